@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The few platform primitives that differ between the kernel module and the host test crate.
+//!
+//! Everything else under `src/` that is compiled into both (the rmap, the SPTE format) reaches
+//! the platform only through this module, never through `kernel::` or `std::` directly:
+//!
+//! - `cfg(not(secmmu_host))`: the kernel module (`#![no_std]`, `kernel` crate).
+//! - `cfg(secmmu_host)`: the host crate under `host/` (std), which runs the unit tests.
+//! - `cfg(all(secmmu_host, loom))`: the host crate with atomics, cells and spinning taken from
+//!   `loom`, so the loom models explore every interleaving and memory ordering.
+
+use core::marker::PhantomData;
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+#[cfg(not(secmmu_host))]
+pub(crate) use kernel::alloc::AllocError;
+
+/// An allocation failed.
+#[cfg(secmmu_host)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AllocError;
+
+/// An owned heap allocation.
+#[cfg(not(secmmu_host))]
+pub(crate) type PBox<T> = kernel::alloc::KBox<T>;
+/// An owned heap allocation.
+#[cfg(secmmu_host)]
+pub(crate) type PBox<T> = std::boxed::Box<T>;
+
+/// Allocates `value` in a context that may sleep, charged to the caller's memory cgroup
+/// (`GFP_KERNEL_ACCOUNT`).  For topping up caches before the MMU lock is taken.
+#[cfg(not(secmmu_host))]
+pub(crate) fn try_box_sleepable<T>(value: T) -> Result<PBox<T>, AllocError> {
+    kernel::alloc::KBox::new(value, kernel::alloc::flags::GFP_KERNEL_ACCOUNT)
+}
+
+/// Allocates `value` without sleeping (`GFP_ATOMIC`).  Only for the fallback when a cache that
+/// should have been topped up is found empty under a spinning lock.
+#[cfg(not(secmmu_host))]
+pub(crate) fn try_box_atomic<T>(value: T) -> Result<PBox<T>, AllocError> {
+    kernel::alloc::KBox::new(value, kernel::alloc::flags::GFP_ATOMIC)
+}
+
+/// Allocates `value` (host: the global allocator; never fails, it aborts instead).
+#[cfg(secmmu_host)]
+pub(crate) fn try_box_sleepable<T>(value: T) -> Result<PBox<T>, AllocError> {
+    Ok(std::boxed::Box::new(value))
+}
+
+/// Allocates `value` (host: the same as [`try_box_sleepable`]).
+#[cfg(secmmu_host)]
+pub(crate) fn try_box_atomic<T>(value: T) -> Result<PBox<T>, AllocError> {
+    Ok(std::boxed::Box::new(value))
+}
+
+/// Tells the CPU we are busy-waiting: call once per iteration of a spin loop.
+#[inline]
+pub(crate) fn cpu_relax() {
+    #[cfg(not(secmmu_host))]
+    kernel::processor::cpu_relax();
+    // loom needs spinning threads to yield, or it would explore the spin loop forever.
+    #[cfg(all(secmmu_host, loom))]
+    loom::thread::yield_now();
+    #[cfg(all(secmmu_host, not(loom)))]
+    core::hint::spin_loop();
+}
+
+/// Proof that preemption is disabled on the current CPU for the lifetime `'a`.
+///
+/// Lockless rmap walkers must hold one while they hold an rmap's bit lock (protocols C14):
+/// other CPUs spin on that bit, so its holder must not be scheduled out.  It is neither `Send`
+/// nor `Sync`: the proof is about the CPU that made it.
+pub(crate) struct NoPreempt<'a>(PhantomData<(&'a (), *mut ())>);
+
+impl NoPreempt<'_> {
+    /// Asserts that preemption is disabled.
+    ///
+    /// # Safety
+    ///
+    /// Preemption must stay disabled on the current CPU (e.g. between `preempt_disable()` and
+    /// `preempt_enable()`, or under a spinlock) for as long as the returned value lives.
+    #[cfg(not(secmmu_host))]
+    #[inline]
+    pub(crate) unsafe fn assume() -> Self {
+        NoPreempt(PhantomData)
+    }
+
+    /// Host threads have no preemption to disable; any thread may make the proof.
+    #[cfg(secmmu_host)]
+    #[inline]
+    pub(crate) fn new() -> Self {
+        NoPreempt(PhantomData)
+    }
+}
+
+/// A cell for data whose accesses are serialized by a lock kept outside of it, e.g. rmap
+/// descriptors serialized by the rmap bit lock.  Under loom this is `loom::cell::UnsafeCell`,
+/// which checks that every access is ordered after the previous conflicting one.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// A cell for data whose accesses are serialized by a lock kept outside of it, e.g. rmap
+/// descriptors serialized by the rmap bit lock.  Same interface as `loom::cell::UnsafeCell`.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    /// Wraps `value`.
+    #[inline]
+    pub(crate) const fn new(value: T) -> Self {
+        UnsafeCell(core::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer for reading the contents.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer for writing the contents.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}

@@ -1,0 +1,5 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! x86 pieces of the secondary MMU: the EPT-format SPTEs its page tables are made of.
+
+pub(crate) mod spte;
