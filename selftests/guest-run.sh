@@ -1,0 +1,67 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# Runs inside the test VM as root: load secmmu, collect its KUnit results,
+# run the selftests, unload, scan for leaks. Every test's verdict is printed
+# as one "SECMMU-RESULT pass|fail|skip NAME" line for the host to count;
+# the host fails the run if "SECMMU-DONE" never comes (crash or timeout).
+#
+# usage: guest-run.sh TOP   (TOP: the secmmu clone, as the guest sees it)
+top=$1
+ko=$top/secmmu.ko
+
+result() { echo "SECMMU-RESULT $1 $2"; }
+
+mount -t debugfs none /sys/kernel/debug 2>/dev/null
+echo "# kernel $(uname -r), $(nproc) cpus, preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null)"
+
+# Start from a clean leak report: boot-time objects are not ours.
+[ -w /sys/kernel/debug/kmemleak ] && echo clear > /sys/kernel/debug/kmemleak
+
+if insmod "$ko"; then
+	result pass insmod
+else
+	result fail insmod
+	echo SECMMU-DONE
+	exit 0
+fi
+
+# KUnit: run the module's suite through debugfs (the kernel's config does
+# not autorun suites at load); its KTAP results are in debugfs.
+if [ -w /sys/kernel/debug/kunit/secmmu/run ]; then
+	echo 1 > /sys/kernel/debug/kunit/secmmu/run
+	sed 's/^/# kunit: /' /sys/kernel/debug/kunit/secmmu/results
+	sed -n 's/^    \(not ok\|ok\) [0-9]* \([^ #]*\).*$/\1 \2/p' \
+		/sys/kernel/debug/kunit/secmmu/results |
+	while read -r a b c; do
+		if [ "$a" = ok ]; then result pass "kunit.$b"; else result fail "kunit.$c"; fi
+	done
+else
+	result fail kunit.results-missing
+fi
+
+# The selftests (kselftest harness, TAP).
+SECMMU_KO=$ko "$top/selftests/secmmu_test" 2>&1 | tee /tmp/secmmu_test.tap
+sed -n 's/^\(not ok\|ok\) [0-9]* \(.*\)$/\1 \2/p' /tmp/secmmu_test.tap |
+while read -r a b c; do
+	case "$a $b $c" in
+	"ok "*"# SKIP"*) result skip "selftest.$(echo "$b" | cut -d' ' -f1)" ;;
+	"ok "*) result pass "selftest.$b" ;;
+	*) result fail "selftest.$c" ;;
+	esac
+done
+
+if rmmod secmmu; then result pass rmmod; else result fail rmmod; fi
+
+# kmemleak reports objects unreferenced for at least 5 s, after a scan.
+if [ -w /sys/kernel/debug/kmemleak ]; then
+	sleep 6
+	echo scan > /sys/kernel/debug/kmemleak
+	echo scan > /sys/kernel/debug/kmemleak
+	if [ -s /sys/kernel/debug/kmemleak ]; then
+		cat /sys/kernel/debug/kmemleak
+		result fail kmemleak
+	else
+		result pass kmemleak
+	fi
+fi
+echo SECMMU-DONE

@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * secmmu selftests: the device, its binding to one mm, and its lifetime.
+ *
+ * Each test states the behaviour it checks. They need /dev/secmmu (the
+ * module loaded) and run as root; unload_while_open also needs the path of
+ * secmmu.ko in $SECMMU_KO to load the module again afterwards.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <linux/secmmu.h>
+
+#include "kselftest_harness.h"
+
+#define SECMMU_DEV "/dev/secmmu"
+
+static int secmmu_open(void)
+{
+	return open(SECMMU_DEV, O_RDWR | O_CLOEXEC);
+}
+
+/* Send @fd over the unix socket @sock (SCM_RIGHTS). */
+static int send_fd(int sock, int fd)
+{
+	char byte = 0;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+	};
+	struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+
+	memset(u.buf, 0, sizeof(u.buf));
+	cmsg->cmsg_level = SOL_SOCKET;
+	cmsg->cmsg_type = SCM_RIGHTS;
+	cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+	return sendmsg(sock, &msg, 0) == 1 ? 0 : -1;
+}
+
+/* Receive a file descriptor from the unix socket @sock, or -1. */
+static int recv_fd(int sock)
+{
+	char byte;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+	};
+	struct cmsghdr *cmsg;
+	int fd;
+
+	if (recvmsg(sock, &msg, 0) != 1)
+		return -1;
+	cmsg = CMSG_FIRSTHDR(&msg);
+	if (!cmsg || cmsg->cmsg_type != SCM_RIGHTS)
+		return -1;
+	memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+	return fd;
+}
+
+/* Exit status of a child that checks one ioctl's errno. */
+#define CHILD_OK	0
+#define CHILD_WRONG	1
+
+static int wait_child(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
+}
+
+static long module_refcnt(void)
+{
+	FILE *f = fopen("/sys/module/secmmu/refcnt", "r");
+	long n = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &n) != 1)
+		n = -1;
+	fclose(f);
+	return n;
+}
+
+/* Opening creates a space; closing destroys it. Many times over. */
+TEST(open_close)
+{
+	int i, fd;
+
+	for (i = 0; i < 256; i++) {
+		fd = secmmu_open();
+		ASSERT_GE(fd, 0) TH_LOG("open %s: %s", SECMMU_DEV, strerror(errno));
+		ASSERT_EQ(0, close(fd));
+	}
+}
+
+/* The API version is the ioctl's return value; unknown ioctls are ENOTTY. */
+TEST(api_version)
+{
+	int fd = secmmu_open();
+
+	ASSERT_GE(fd, 0);
+	EXPECT_EQ(SECMMU_API_VERSION, ioctl(fd, SECMMU_GET_API_VERSION, 0));
+	EXPECT_EQ(-1, ioctl(fd, _IO(SECMMUIO, 0x7f), 0));
+	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(-1, ioctl(fd, _IO('x', 0x00), 0));
+	EXPECT_EQ(ENOTTY, errno);
+	close(fd);
+}
+
+/* A bad user pointer for an ioctl's output is EFAULT, not a crash. */
+TEST(stats_bad_pointer)
+{
+	int fd = secmmu_open();
+
+	ASSERT_GE(fd, 0);
+	EXPECT_EQ(-1, ioctl(fd, SECMMU_GET_STATS, NULL));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-1, ioctl(fd, SECMMU_GET_STATS, (void *)-4096L));
+	EXPECT_EQ(EFAULT, errno);
+	close(fd);
+}
+
+/*
+ * The space follows its mm: unmapping memory of the opener's mm reaches the
+ * space's mmu_notifier as an invalidation of that range.
+ */
+TEST(notifier_sees_munmap)
+{
+	const size_t npages = 64, size = npages * 4096;
+	struct secmmu_stats before, after;
+	char *p;
+	int fd;
+
+	fd = secmmu_open();
+	ASSERT_GE(fd, 0);
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ASSERT_NE(MAP_FAILED, p);
+	memset(p, 0x5a, size);
+
+	ASSERT_EQ(0, ioctl(fd, SECMMU_GET_STATS, &before));
+	ASSERT_EQ(0, munmap(p, size));
+	ASSERT_EQ(0, ioctl(fd, SECMMU_GET_STATS, &after));
+
+	EXPECT_GT(after.invalidations, before.invalidations);
+	EXPECT_GE(after.invalidated_pages - before.invalidated_pages, npages);
+	close(fd);
+}
+
+/*
+ * Only the creator's mm may use a space: a forked child that inherited the
+ * fd, and an unrelated process that received it over a unix socket, both
+ * get EIO. The creator still can, afterwards.
+ */
+TEST(other_mm_rejected)
+{
+	int sv[2], fd, ret;
+	pid_t pid;
+
+	ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+
+	/* A process forked before the open: it never inherited the fd. */
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		int got = recv_fd(sv[1]);
+
+		if (got < 0)
+			_exit(2);
+		ret = ioctl(got, SECMMU_GET_API_VERSION, 0);
+		_exit(ret == -1 && errno == EIO ? CHILD_OK : CHILD_WRONG);
+	}
+
+	fd = secmmu_open();
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, send_fd(sv[0], fd));
+	ASSERT_EQ(CHILD_OK, wait_child(pid)) TH_LOG("receiver's ioctl was not EIO");
+
+	/* A forked child: same fd, copy of the mm, but not the same mm. */
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		ret = ioctl(fd, SECMMU_GET_API_VERSION, 0);
+		_exit(ret == -1 && errno == EIO ? CHILD_OK : CHILD_WRONG);
+	}
+	ASSERT_EQ(CHILD_OK, wait_child(pid)) TH_LOG("forked child's ioctl was not EIO");
+
+	EXPECT_EQ(SECMMU_API_VERSION, ioctl(fd, SECMMU_GET_API_VERSION, 0));
+	close(fd);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+/*
+ * The creator exits (exit_mmap runs the notifier's release) while another
+ * process holds the fd. The holder then gets EIO, and closing the last fd
+ * afterwards unregisters from the dead mm cleanly.
+ */
+TEST(exit_with_fd_open)
+{
+	int sv[2], fd, i;
+	pid_t pid;
+
+	ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+	for (i = 0; i < 16; i++) {
+		pid = fork();
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			int cfd = secmmu_open();
+			char *p = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+			if (cfd < 0 || p == MAP_FAILED)
+				_exit(2);
+			if (ioctl(cfd, SECMMU_GET_API_VERSION, 0) != SECMMU_API_VERSION)
+				_exit(3);
+			if (send_fd(sv[1], cfd))
+				_exit(4);
+			/* Exit with the space and the mapping alive. */
+			_exit(0);
+		}
+		fd = recv_fd(sv[0]);
+		ASSERT_GE(fd, 0);
+		ASSERT_EQ(0, wait_child(pid));
+
+		EXPECT_EQ(-1, ioctl(fd, SECMMU_GET_API_VERSION, 0));
+		EXPECT_EQ(EIO, errno);
+		ASSERT_EQ(0, close(fd));
+	}
+	close(sv[0]);
+	close(sv[1]);
+}
+
+/*
+ * An open space holds a module reference: unloading fails while it is open
+ * (delete_module says EWOULDBLOCK; rmmod reports "in use") and works after
+ * the close. The module is loaded again from $SECMMU_KO for later tests.
+ */
+TEST(unload_while_open)
+{
+	const char *ko = getenv("SECMMU_KO");
+	int fd, kfd;
+
+	if (!ko)
+		SKIP(return, "SECMMU_KO is not set");
+
+	fd = secmmu_open();
+	ASSERT_GE(fd, 0);
+	EXPECT_EQ(1, module_refcnt());
+	EXPECT_EQ(-1, syscall(SYS_delete_module, "secmmu", O_NONBLOCK));
+	EXPECT_EQ(EWOULDBLOCK, errno);
+	/* Still usable after the refused unload. */
+	EXPECT_EQ(SECMMU_API_VERSION, ioctl(fd, SECMMU_GET_API_VERSION, 0));
+	ASSERT_EQ(0, close(fd));
+
+	EXPECT_EQ(0, module_refcnt());
+	ASSERT_EQ(0, syscall(SYS_delete_module, "secmmu", O_NONBLOCK))
+		TH_LOG("delete_module after close: %s", strerror(errno));
+	ASSERT_EQ(-1, access(SECMMU_DEV, F_OK));
+
+	kfd = open(ko, O_RDONLY | O_CLOEXEC);
+	ASSERT_GE(kfd, 0) TH_LOG("open %s: %s", ko, strerror(errno));
+	ASSERT_EQ(0, syscall(SYS_finit_module, kfd, "", 0))
+		TH_LOG("reload: %s", strerror(errno));
+	close(kfd);
+
+	fd = secmmu_open();
+	ASSERT_GE(fd, 0);
+	EXPECT_EQ(SECMMU_API_VERSION, ioctl(fd, SECMMU_GET_API_VERSION, 0));
+	close(fd);
+}
+
+TEST_HARNESS_MAIN

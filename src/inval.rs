@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Invalidation tracking: the retry half of the mmu_notifier contract.
+//!
+//! protocols.md A1-A2 (KVM's `mmu_invalidate_begin/end` and
+//! `mmu_invalidate_retry_gfn`). Between `invalidate_range_start()` and the
+//! matching `invalidate_range_end()` no new mapping of the range may be
+//! created. The fault path therefore snapshots [`Invalidations::seq`] before
+//! it resolves a host page (which may sleep), and, under the lock that
+//! protects this state, gives up and retries when [`Invalidations::retry`]
+//! says an invalidation overlapping the address is in progress or has
+//! completed since the snapshot.
+//!
+//! The state is kept in host virtual addresses, as the notifier reports
+//! them; callers hold the space's invalidation lock around every method.
+//! Kernel-free: built into the module and into the host crate.
+
+/// Invalidations in progress and the sequence of completed ones.
+#[derive(Debug, Default)]
+pub(crate) struct Invalidations {
+    /// Number of `start` calls without their `end` yet.
+    in_progress: u32,
+    /// Union `[start, end)` of the ranges of the in-progress invalidations.
+    /// Only meaningful while `in_progress > 0`.
+    start: usize,
+    end: usize,
+    /// Bumped at every `end`: a fault that began before it must retry.
+    seq: u64,
+}
+
+impl Invalidations {
+    /// Creates the state of a space that never saw an invalidation.
+    pub(crate) const fn new() -> Self {
+        Self {
+            in_progress: 0,
+            start: 0,
+            end: 0,
+            seq: 0,
+        }
+    }
+
+    /// The sequence a fault snapshots before resolving a host page.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Whether any invalidation is in progress.
+    pub(crate) fn in_progress(&self) -> bool {
+        self.in_progress != 0
+    }
+
+    /// `invalidate_range_start()`: from now on, until [`Self::end`], no
+    /// mapping of `[start, end)` may be installed.
+    ///
+    /// Nested or concurrent invalidations widen the tracked range to their
+    /// union, as KVM does: a fault outside every range but inside the union
+    /// retries needlessly, which is rare and harmless.
+    pub(crate) fn begin(&mut self, start: usize, end: usize) {
+        debug_assert!(start < end);
+        if self.in_progress == 0 {
+            self.start = start;
+            self.end = end;
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+        self.in_progress += 1;
+    }
+
+    /// `invalidate_range_end()`: the range may be mapped again, by faults
+    /// that start after this.
+    ///
+    /// The sequence is bumped before the count drops, so a fault that saw
+    /// neither the range (count 0) nor the new sequence cannot exist.
+    pub(crate) fn end(&mut self) {
+        // A missing `begin` would mean the notifier contract is broken; never
+        // wrap the count in that case, and leave the state as it is.
+        if self.in_progress == 0 {
+            debug_assert!(false, "invalidate_range_end without start");
+            return;
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.in_progress -= 1;
+    }
+
+    /// Must a fault on host address `hva`, which snapshotted `seq` before
+    /// resolving its page, be retried?
+    pub(crate) fn retry(&self, hva: usize, seq: u64) -> bool {
+        if self.in_progress != 0 && hva >= self.start && hva < self.end {
+            return true;
+        }
+        self.seq != seq
+    }
+}
+
+#[cfg(any(test, CONFIG_KUNIT))]
+pub(crate) mod checks {
+    //! Checks shared by the host's `cargo test` and the in-kernel KUnit suite.
+    use super::Invalidations;
+
+    /// A fault racing one invalidation retries while the range is in
+    /// progress and after it ended, and not outside it before the end.
+    pub(crate) fn retry_around_one_invalidation() -> bool {
+        let mut inv = Invalidations::new();
+        let seq = inv.seq();
+        inv.begin(0x1000, 0x3000);
+        let ok_during = inv.retry(0x1000, seq) && inv.retry(0x2fff, seq);
+        let ok_outside = !inv.retry(0x3000, seq) && !inv.retry(0x0fff, seq);
+        inv.end();
+        let ok_after = inv.retry(0x5000, seq) && !inv.retry(0x5000, inv.seq());
+        ok_during && ok_outside && ok_after && !inv.in_progress()
+    }
+
+    /// Nested invalidations keep the union until the last one ends.
+    pub(crate) fn nested_invalidations_keep_union() -> bool {
+        let mut inv = Invalidations::new();
+        inv.begin(0x1000, 0x2000);
+        inv.begin(0x8000, 0x9000);
+        let seq = inv.seq();
+        let union = inv.retry(0x1000, seq) && inv.retry(0x8fff, seq) && inv.retry(0x5000, seq);
+        inv.end();
+        let seq = inv.seq();
+        let still = inv.retry(0x1000, seq) && inv.in_progress();
+        inv.end();
+        let seq = inv.seq();
+        union && still && !inv.retry(0x1000, seq) && !inv.in_progress()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checks;
+
+    #[test]
+    fn retry_around_one_invalidation() {
+        assert!(checks::retry_around_one_invalidation());
+    }
+
+    #[test]
+    fn nested_invalidations_keep_union() {
+        assert!(checks::nested_invalidations_keep_union());
+    }
+}

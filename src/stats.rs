@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Per-space event counters, reported by `SECMMU_GET_STATS`.
+//!
+//! Counters are relaxed atomics: they order nothing and are read as a
+//! snapshot that may mix values from slightly different moments.
+//! Kernel-free: built into the module and into the host crate.
+
+use crate::prim::{AtomicU64, Ordering};
+
+/// One event counter.
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    /// Counts one event.
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Counts `n` events.
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The number of events so far.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters of one space. Field names match `struct secmmu_stats`.
+#[derive(Default)]
+pub(crate) struct Stats {
+    /// `invalidate_range_start()` calls.
+    pub(crate) invalidations: Counter,
+    /// ... of which were not blockable (may not sleep).
+    pub(crate) invalidations_nonblock: Counter,
+    /// Pages (4K) covered by those invalidations.
+    pub(crate) invalidated_pages: Counter,
+}
