@@ -12,10 +12,13 @@
 
 use core::marker::PhantomData;
 
+// Atomics and fences.  The shared code uses the Rust memory model throughout: `fence(SeqCst)` is
+// its full barrier (`smp_mb()`; an `mfence` or locked instruction on x86), used by the vCPU
+// request protocol of `tlb.rs`.
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(secmmu_host))]
 pub(crate) use kernel::alloc::AllocError;
@@ -56,6 +59,45 @@ pub(crate) fn try_box_sleepable<T>(value: T) -> Result<PBox<T>, AllocError> {
 #[cfg(secmmu_host)]
 pub(crate) fn try_box_atomic<T>(value: T) -> Result<PBox<T>, AllocError> {
     Ok(std::boxed::Box::new(value))
+}
+
+/// A heap array whose length is fixed when it is made, such as the rmaps of a memslot.  It may be
+/// large, so the kernel falls back to vmalloc (`KVVec`): freeing it may sleep, so drop it outside
+/// spinning locks.
+#[cfg(not(secmmu_host))]
+pub(crate) type PVec<T> = kernel::alloc::KVVec<T>;
+/// A heap array whose length is fixed when it is made, such as the rmaps of a memslot.
+#[cfg(secmmu_host)]
+pub(crate) type PVec<T> = std::vec::Vec<T>;
+
+/// Allocates an array of `n` values made by `f`, in a context that may sleep, charged to the
+/// caller's memory cgroup.  Sizes the kernel refuses outright (above `INT_MAX` bytes, which
+/// `kvmalloc()` would warn about) fail quietly, as does running out of memory: `n` may come from
+/// userspace.
+#[cfg(not(secmmu_host))]
+pub(crate) fn try_vec_with<T>(n: usize, mut f: impl FnMut() -> T) -> Result<PVec<T>, AllocError> {
+    use kernel::alloc::flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT};
+
+    match n.checked_mul(core::mem::size_of::<T>()) {
+        Some(bytes) if bytes <= i32::MAX as usize => {}
+        _ => return Err(AllocError),
+    }
+    let mut v = PVec::with_capacity(n, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
+    for _ in 0..n {
+        // Cannot fail: the capacity is at least `n`.
+        v.push_within_capacity(f()).map_err(|_| AllocError)?;
+    }
+    Ok(v)
+}
+
+/// Allocates an array of `n` values made by `f` (host: fails only if the size overflows or the
+/// global allocator refuses).
+#[cfg(secmmu_host)]
+pub(crate) fn try_vec_with<T>(n: usize, f: impl FnMut() -> T) -> Result<PVec<T>, AllocError> {
+    let mut v = std::vec::Vec::new();
+    v.try_reserve_exact(n).map_err(|_| AllocError)?;
+    v.extend(core::iter::repeat_with(f).take(n));
+    Ok(v)
 }
 
 /// Tells the CPU we are busy-waiting: call once per iteration of a spin loop.

@@ -1,21 +1,42 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Host build of secmmu's kernel-free code: the rmap and the x86 SPTE format, compiled from the
-//! same files as the kernel module, with `std` and (under `--cfg loom`) loom behind
-//! `src/prim.rs`.  It exists to run their unit and loom tests; see `README.md`.
+//! Host build of secmmu's kernel-free code: the rmap, the memslots, the page-table pieces common
+//! to all formats, the x86 SPTE format and MMU, and the software TLB, compiled from the same
+//! files as the kernel module, with `std` and (under `--cfg loom`) loom behind `src/prim.rs`.
+//! It exists to run their unit, stress and loom tests; see `README.md`.
 //!
-//! The module tree mirrors the kernel crate root (`mod prim; mod rmap; mod x86;`), so that
-//! `crate::prim`, `crate::rmap` and `crate::x86::spte` resolve the same in both.
+//! The module tree mirrors the kernel crate root (`mod prim; mod rmap; mod x86; ...`), so that
+//! `crate::prim`, `crate::rmap`, `crate::pgtable` and `crate::x86::spte` resolve the same in
+//! both.
 
 // The items are for the kernel module; here only the unit tests use them (the loom build runs
-// just the rmap models).
+// just the loom models).
 #![cfg_attr(any(not(test), loom), allow(dead_code))]
 
 #[path = "../../src/prim.rs"]
 mod prim;
 
+// Built for `Slot`, which the MMU's rmaps are sized from; not all of it is used here, and its
+// own tests spell some addresses the long way.
+#[path = "../../src/memslot.rs"]
+#[allow(dead_code, clippy::identity_op)]
+pub mod memslot;
+
+#[path = "../../src/pgtable.rs"]
+pub mod pgtable;
+
 #[path = "../../src/rmap.rs"]
 pub mod rmap;
 
+#[path = "../../src/tlb.rs"]
+pub mod tlb;
+
 #[path = "../../src/x86/mod.rs"]
 pub mod x86;
+
+// Host table pages: not under loom, whose atomics cannot live in raw zeroed memory.
+#[cfg(not(loom))]
+pub mod host_pages;
+
+#[cfg(all(test, not(loom)))]
+mod mmu_tests;

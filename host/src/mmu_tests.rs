@@ -1,0 +1,872 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Tests of the x86 MMU (`src/x86/mmu.rs`) with host table pages, and a multi-threaded stress
+//! test of the MMU with lockless walkers, software TLBs and the flush protocol (`src/tlb.rs`).
+//!
+//! Each test uses its own `HostPages<ID>`, so that its leak and dirty checks see only its own
+//! pages while tests run in parallel.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::vec::Vec;
+
+use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
+use crate::memslot::Slot;
+use crate::pgtable::{
+    MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT, SNAP_WRITABLE,
+    TABLE_CACHE_CAPACITY,
+};
+use crate::prim::Ordering;
+use crate::rmap::DescCache;
+use crate::tlb::{SoftTlb, VcpuMode};
+use crate::x86::mmu::{
+    translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, X86Mmu, ZapCursor,
+    ZapProgress, GFN_BITS, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
+};
+use crate::x86::spte;
+
+fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
+    Slot {
+        id,
+        flags: 0,
+        base_gfn,
+        npages,
+        userspace_addr: 0x7000_0000_0000,
+    }
+}
+
+/// An MMU with host pages of test `ID`, and the caches a fault path would top up.
+struct Fixture<const ID: usize> {
+    mmu: X86Mmu<HostPages<ID>>,
+    tables: TableCache<HostPages<ID>>,
+    descs: DescCache,
+}
+
+impl<const ID: usize> Fixture<ID> {
+    fn new(nr_roots: usize, ad_enabled: bool, slots: &[Slot]) -> Self {
+        let mut mmu = X86Mmu::new(nr_roots, ad_enabled).unwrap();
+        for s in slots {
+            assert!(mmu.attach_slot(s.id, SlotRmaps::new(s).unwrap()).is_ok());
+        }
+        Fixture {
+            mmu,
+            tables: TableCache::new(),
+            descs: DescCache::new(4),
+        }
+    }
+
+    fn try_map(
+        &mut self,
+        root: usize,
+        slot_id: u32,
+        gfn: u64,
+        pfn: u64,
+        writable: bool,
+    ) -> Result<MapOutcome, MapError> {
+        self.tables.topup(MAP_MIN_TABLES).unwrap();
+        self.descs.topup(MAP_MIN_DESCS).unwrap();
+        self.mmu.map(
+            root,
+            slot_id,
+            gfn,
+            pfn,
+            writable,
+            &mut self.tables,
+            &mut self.descs,
+        )
+    }
+
+    fn map(&mut self, root: usize, slot_id: u32, gfn: u64, pfn: u64, writable: bool) -> MapOutcome {
+        self.try_map(root, slot_id, gfn, pfn, writable).unwrap()
+    }
+
+    fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
+        let root_pfn = self.mmu.root_pfn(root).unwrap();
+        // SAFETY: `root_pfn` is a root of `self.mmu`, which is borrowed for the call.
+        unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }
+    }
+
+    /// The leaf value of `gfn` in `root`, or 0.
+    fn spte(&self, root: usize, gfn: u64) -> u64 {
+        self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
+    }
+
+    /// Clears `bits` in the leaf of `gfn` in `root`, as aging or a test would.
+    fn clear_bits(&self, root: usize, gfn: u64, bits: u64) {
+        let (sptep, _, _) = self.mmu.leaf(root, gfn).unwrap();
+        sptep.fetch_and(!bits, Ordering::Relaxed);
+    }
+
+    /// Zaps `[start, end)` of `slot_id` to the end, never stopping.
+    fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> ZapProgress {
+        let mut cursor = ZapCursor::new(start);
+        let p = self
+            .mmu
+            .zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
+        assert!(p.done && cursor.is_done());
+        p
+    }
+}
+
+/// Drops the fixture and checks that every table page it allocated was freed.
+fn teardown<const ID: usize>(f: Fixture<ID>) {
+    drop(f);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+}
+
+fn pfn_of(gfn: u64) -> u64 {
+    0x10_0000 + 3 * gfn
+}
+
+#[test]
+fn map_translate_round_trip_all_roots() {
+    const ID: usize = 1;
+    // Crosses a 1G boundary: per root, one table of 1G entries, two of 2M, two of 4K.
+    let (base, n) = (0x3fe00, 1024);
+    let mut f = Fixture::<ID>::new(MAX_ROOTS, true, &[slot(0, base, n)]);
+    assert_eq!((f.mmu.nr_roots(), f.mmu.ad_enabled()), (MAX_ROOTS, true));
+    assert_eq!(f.mmu.root_pfn(MAX_ROOTS), None);
+    let mut new_tables = 0;
+    for root in 0..MAX_ROOTS {
+        for gfn in base..base + n {
+            let o = f.map(root, 0, gfn, pfn_of(gfn), gfn % 2 == 0);
+            assert_eq!(o.action, MapAction::Installed);
+            // Chains grow past one descriptor (32 roots > 14 per descriptor).
+            assert_eq!(o.chain_len, root + 1);
+            assert!(!o.needs_flush());
+            new_tables += o.new_tables;
+        }
+    }
+    assert_eq!(new_tables, 5 * MAX_ROOTS);
+    assert_eq!(f.mmu.table_pages(), 6 * MAX_ROOTS as u64);
+    assert_eq!(f.mmu.leaf_sptes(), MAX_ROOTS as u64 * n);
+
+    for root in 0..MAX_ROOTS {
+        for gfn in base..base + n {
+            let writable = gfn % 2 == 0;
+            let t = f.translate(root, gfn, false).unwrap();
+            assert_eq!(t.pfn, pfn_of(gfn));
+            assert_eq!(t.level, MapLevel::L4K);
+            assert_eq!((t.writable, t.dirty), (writable, writable));
+            let snap = if writable {
+                SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY
+            } else {
+                SNAP_PRESENT | SNAP_ACCESSED
+            };
+            assert_eq!(f.mmu.snapshot(root, gfn), snap);
+        }
+        assert_eq!(
+            f.translate(root, base - 1, false),
+            Err(WalkFault::NotPresent)
+        );
+        assert_eq!(
+            f.translate(root, base + n, false),
+            Err(WalkFault::NotPresent)
+        );
+    }
+
+    assert_eq!(f.mmu.zap_all(), MAX_ROOTS as u64 * n);
+    assert_eq!(f.mmu.leaf_sptes(), 0);
+    for root in [0, MAX_ROOTS - 1] {
+        for gfn in base..base + n {
+            assert_eq!(f.translate(root, gfn, false), Err(WalkFault::NotPresent));
+            assert_eq!(f.mmu.snapshot(root, gfn), 0);
+        }
+    }
+    // Fresh writable leaves are dirty: every root's mapping of every writable page reported.
+    let dirty = HostPages::<ID>::take_dirty();
+    assert_eq!(dirty.len(), MAX_ROOTS * n as usize / 2);
+    let expect: BTreeSet<u64> = (base..base + n)
+        .filter(|g| g % 2 == 0)
+        .map(pfn_of)
+        .collect();
+    assert_eq!(dirty.into_iter().collect::<BTreeSet<_>>(), expect);
+    // Tables stay until the MMU goes.
+    assert_eq!(f.mmu.table_pages(), 6 * MAX_ROOTS as u64);
+    teardown(f);
+}
+
+#[test]
+fn read_only_upgraded_in_place() {
+    const ID: usize = 2;
+    let mut f = Fixture::<ID>::new(2, true, &[slot(0, 0, 16)]);
+    let o = f.map(0, 0, 3, 0x42, false);
+    assert_eq!(
+        (o.action, o.chain_len, o.new_tables),
+        (MapAction::Installed, 1, 3)
+    );
+    let (before, _, _) = f.mmu.leaf(0, 3).unwrap();
+    let before = std::ptr::from_ref(before);
+
+    assert_eq!(f.translate(0, 3, true), Err(WalkFault::WriteProtected));
+    let t = f.translate(0, 3, false).unwrap();
+    assert_eq!((t.pfn, t.writable, t.dirty), (0x42, false, false));
+    // A read fault on a read-only leaf changes nothing.
+    assert_eq!(f.map(0, 0, 3, 0x42, false).action, MapAction::Unchanged);
+
+    let o = f.map(0, 0, 3, 0x42, true);
+    assert_eq!(
+        (o.action, o.chain_len, o.new_tables),
+        (MapAction::Upgraded, 0, 0)
+    );
+    assert!(!o.needs_flush());
+    let (after, spte, _) = f.mmu.leaf(0, 3).unwrap();
+    assert!(std::ptr::eq(before, after), "upgraded in place");
+    assert!(spte::is_writable(spte) && spte::is_dirty(spte));
+    let t = f.translate(0, 3, true).unwrap();
+    assert_eq!((t.pfn, t.writable, t.dirty), (0x42, true, true));
+    // A read-only map never takes W away.
+    assert_eq!(f.map(0, 0, 3, 0x42, false).action, MapAction::Unchanged);
+    assert!(f.translate(0, 3, true).is_ok());
+    // The other root is untouched.
+    assert_eq!(f.translate(1, 3, false), Err(WalkFault::NotPresent));
+
+    assert_eq!(f.mmu.leaf_sptes(), 1);
+    // One rmap entry: one SPTE zapped.
+    let p = f.zap(0, 0, 16);
+    assert_eq!((p.zapped, p.dirty), (1, 1));
+    assert_eq!(HostPages::<ID>::take_dirty(), [0x42]);
+    teardown(f);
+}
+
+#[test]
+fn walker_sets_accessed_and_dirty() {
+    const ID: usize = 3;
+    let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0x100, 16)]);
+    f.map(0, 0, 0x105, 0x77, true);
+    f.clear_bits(0, 0x105, spte::ACCESSED | spte::DIRTY);
+    assert_eq!(f.mmu.snapshot(0, 0x105), SNAP_PRESENT | SNAP_WRITABLE);
+
+    let t = f.translate(0, 0x105, false).unwrap();
+    assert!(t.writable && !t.dirty, "a read does not set D");
+    let v = f.spte(0, 0x105);
+    assert!(spte::is_accessed(v) && !spte::is_dirty(v));
+    assert_eq!(
+        f.mmu.snapshot(0, 0x105),
+        SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED
+    );
+
+    f.clear_bits(0, 0x105, spte::ACCESSED);
+    let t = f.translate(0, 0x105, true).unwrap();
+    assert!(t.writable && t.dirty);
+    let v = f.spte(0, 0x105);
+    assert!(spte::is_accessed(v) && spte::is_dirty(v));
+
+    // A walk that finds A (and D) set already leaves the SPTE alone.
+    assert!(f.translate(0, 0x105, true).is_ok());
+    assert_eq!(f.spte(0, 0x105), v);
+
+    // Clean when zapped: not reported dirty.
+    f.clear_bits(0, 0x105, spte::DIRTY);
+    assert_eq!(f.zap(0, 0x100, 0x110).dirty, 0);
+    assert!(HostPages::<ID>::take_dirty().is_empty());
+    teardown(f);
+}
+
+#[test]
+fn ad_disabled_walks_and_access_tracking() {
+    const ID: usize = 4;
+    let mut f = Fixture::<ID>::new(1, false, &[slot(0, 0, 8)]);
+    assert!(!f.mmu.ad_enabled());
+    f.map(0, 0, 1, 0x11, true);
+    f.map(0, 0, 2, 0x22, false);
+    let (v1, v2) = (f.spte(0, 1), f.spte(0, 2));
+    assert!(!spte::is_ad_enabled(v1));
+
+    // No A/D updates without A/D; writable counts as dirty.
+    let t = f.translate(0, 1, true).unwrap();
+    assert!(t.writable && t.dirty);
+    assert_eq!(f.translate(0, 2, true), Err(WalkFault::WriteProtected));
+    assert!(f.translate(0, 2, false).is_ok());
+    assert_eq!((f.spte(0, 1), f.spte(0, 2)), (v1, v2));
+    assert_eq!(f.mmu.snapshot(0, 1), 0x0f);
+    assert_eq!(f.mmu.snapshot(0, 2), SNAP_PRESENT | SNAP_ACCESSED);
+
+    // Access-tracked: present for the MMU, a fault for the walker.
+    let (sptep, _, _) = f.mmu.leaf(0, 1).unwrap();
+    sptep.store(spte::mark_access_tracked(v1), Ordering::Relaxed);
+    assert_eq!(f.translate(0, 1, false), Err(WalkFault::NotPresent));
+    assert_eq!(f.translate(0, 1, true), Err(WalkFault::NotPresent));
+    assert_eq!(f.mmu.snapshot(0, 1), SNAP_PRESENT);
+    // The fault path restores it.
+    assert_eq!(f.map(0, 0, 1, 0x11, false).action, MapAction::Restored);
+    assert_eq!(f.spte(0, 1), v1);
+    assert!(f.translate(0, 1, true).is_ok());
+
+    // A write fault on a tracked read-only leaf makes it writable.
+    let (sptep, _, _) = f.mmu.leaf(0, 2).unwrap();
+    sptep.store(spte::mark_access_tracked(v2), Ordering::Relaxed);
+    assert_eq!(f.map(0, 0, 2, 0x22, true).action, MapAction::Upgraded);
+    assert!(f.translate(0, 2, true).is_ok());
+
+    // Without A/D, writable leaves are dirty when zapped.
+    assert_eq!(f.zap(0, 0, 8).dirty, 2);
+    let dirty: BTreeSet<u64> = HostPages::<ID>::take_dirty().into_iter().collect();
+    assert_eq!(dirty, BTreeSet::from([0x11, 0x22]));
+    teardown(f);
+}
+
+#[test]
+fn zap_range_reports_exactly_the_dirty_pages() {
+    const ID: usize = 5;
+    let n = 2048;
+    let mut f = Fixture::<ID>::new(2, true, &[slot(0, 0, n)]);
+    for root in 0..2 {
+        for gfn in 0..n {
+            f.map(root, 0, gfn, pfn_of(gfn), gfn % 3 != 0);
+            f.clear_bits(root, gfn, spte::DIRTY);
+        }
+    }
+    // Guest writes: root 0 to multiples of 7, root 1 to multiples of 11, when writable.
+    let written =
+        |root: usize, gfn: u64| !gfn.is_multiple_of(3) && gfn.is_multiple_of([7, 11][root]);
+    for root in 0..2 {
+        for gfn in 0..n {
+            assert!(f.translate(root, gfn, written(root, gfn)).is_ok());
+        }
+    }
+
+    let (start, end) = (100, 1500);
+    let p = f.zap(0, start, end);
+    assert_eq!(p.zapped, 2 * (end - start));
+    assert!(p.needs_flush());
+    let expect_count = (0..2)
+        .flat_map(|root| (start..end).filter(move |&g| written(root, g)))
+        .count();
+    assert_eq!(p.dirty, expect_count as u64);
+    let dirty = HostPages::<ID>::take_dirty();
+    assert_eq!(dirty.len(), expect_count);
+    let expect: BTreeSet<u64> = (start..end)
+        .filter(|&g| written(0, g) || written(1, g))
+        .map(pfn_of)
+        .collect();
+    assert_eq!(dirty.into_iter().collect::<BTreeSet<_>>(), expect);
+
+    for root in 0..2 {
+        for gfn in 0..n {
+            let mapped = f.translate(root, gfn, false).is_ok();
+            assert_eq!(
+                mapped,
+                !(start..end).contains(&gfn),
+                "root {root} gfn {gfn}"
+            );
+        }
+    }
+    assert_eq!(f.mmu.leaf_sptes(), 2 * (n - (end - start)));
+    // Zapping again finds nothing, and needs no flush.
+    let p = f.zap(0, start, end);
+    assert_eq!((p.zapped, p.needs_flush()), (0, false));
+    teardown(f);
+}
+
+#[test]
+fn zap_resumes_where_it_stopped() {
+    const ID: usize = 6;
+    let (base, n) = (0x10, 5000);
+    let mut f = Fixture::<ID>::new(3, true, &[slot(0, base, n)]);
+    for root in 0..3 {
+        for gfn in base..base + n {
+            f.map(root, 0, gfn, pfn_of(gfn), true);
+        }
+    }
+    // No level ends on a batch boundary (0x12e1 4K rmaps), so every step but the last stops
+    // after exactly one batch.
+    let (start, end) = (0x20, 0x1301);
+    let mut cursor = ZapCursor::new(start);
+    let (mut zapped, mut visited, mut steps) = (0, 0, 0);
+    loop {
+        let mut polls = 0;
+        let p = f.mmu.zap_gfn_range_step(0, &mut cursor, end, &mut || {
+            polls += 1;
+            true
+        });
+        steps += 1;
+        zapped += p.zapped;
+        visited += p.visited;
+        assert_eq!(p.needs_flush(), p.zapped != 0);
+        if p.done {
+            assert!(cursor.is_done());
+            break;
+        }
+        // Stopped at the first poll, after one batch: progress every step.
+        assert_eq!((polls, p.visited), (1, 32));
+    }
+    // Every SPTE of the range zapped once (a second zap of one would trip the MMU's debug
+    // check of a non-present SPTE in an rmap).
+    assert_eq!(zapped, 3 * (end - start));
+    // 4K rmaps, then the 2M blocks from 0 (aligned down) to 0x1300, then one 1G block.
+    let expect_visited = (end - start) + (0x1300 >> 9) + 1 + 1;
+    assert_eq!(visited, expect_visited);
+    assert_eq!(steps, expect_visited.div_ceil(32));
+    assert_eq!(f.mmu.leaf_sptes(), 3 * (n - (end - start)));
+    for gfn in [base, start - 1, end, base + n - 1] {
+        assert!(f.translate(2, gfn, false).is_ok());
+    }
+    for gfn in [start, end - 1] {
+        assert_eq!(f.translate(2, gfn, false), Err(WalkFault::NotPresent));
+    }
+    teardown(f);
+}
+
+#[test]
+fn unaligned_slots_and_ranges() {
+    const ID: usize = 7;
+    // Not 2M-aligned at either end: 4 blocks of 2M (0x000-0x1ff .. 0x600-0x7ff).
+    let a = slot(0, 0x1f0, 0x420);
+    // Across a 1G boundary: two 1G blocks, two 2M blocks.
+    let b = slot(1, 0x3ffff, 2);
+    let (ra, rb) = (SlotRmaps::new(&a).unwrap(), SlotRmaps::new(&b).unwrap());
+    let counts = |r: &SlotRmaps| MapLevel::ALL.map(|l| r.nr_rmaps(l));
+    assert_eq!(counts(&ra), [0x420, 4, 1]);
+    assert_eq!(counts(&rb), [2, 2, 2]);
+    drop((ra, rb));
+
+    let mut f = Fixture::<ID>::new(1, true, &[a, b]);
+    let map_all = |f: &mut Fixture<ID>| {
+        for s in [a, b] {
+            for gfn in s.base_gfn..s.end_gfn() {
+                f.map(0, s.id, gfn, pfn_of(gfn), true);
+            }
+        }
+    };
+    let check = |f: &Fixture<ID>, s: Slot, zapped: &dyn Fn(u64) -> bool| {
+        for gfn in s.base_gfn..s.end_gfn() {
+            let mapped = f.translate(0, gfn, false).is_ok();
+            assert_eq!(mapped, !zapped(gfn), "gfn {gfn:#x}");
+        }
+    };
+    map_all(&mut f);
+
+    // (range, rmaps visited at 4K + 2M + 1G)
+    let cases = [
+        ((0x1f5, 0x3f7), 0x202 + 2 + 1),
+        ((0, 0x1f8), 8 + 1 + 1),
+        ((0x600, 0x10000), 0x10 + 1 + 1),
+        ((0x1f0, 0x610), 0x420 + 4 + 1),
+        ((0x3ff, 0x401), 2 + 2 + 1),
+        // Past the slot's last gfn, but its last 2M block and its 1G block overlap the range.
+        ((0x700, 0x800), 1 + 1),
+    ];
+    for ((start, end), visited) in cases {
+        let p = f.zap(0, start, end);
+        assert_eq!(p.visited, visited, "[{start:#x}, {end:#x})");
+        let expect = end.min(a.end_gfn()).saturating_sub(start.max(a.base_gfn));
+        assert_eq!(p.zapped, expect);
+        check(&f, a, &|g| g >= start && g < end);
+        check(&f, b, &|_| false);
+        map_all(&mut f);
+    }
+
+    // Slot b, across the 1G boundary: the second gfn's huge blocks are the second rmaps.
+    let p = f.zap(1, 0x40000, 0x40001);
+    assert_eq!((p.zapped, p.visited), (1, 3));
+    check(&f, b, &|g| g == 0x40000);
+    check(&f, a, &|_| false);
+    let p = f.zap(1, 0, u64::MAX);
+    assert_eq!((p.zapped, p.visited), (1, 6));
+    teardown(f);
+}
+
+#[test]
+fn zap_all_then_drop_frees_every_table() {
+    const ID: usize = 8;
+    let slots = [
+        slot(0, 0, 600),
+        slot(5, 1 << 20, 100),
+        slot(63, 1 << 30, 10),
+    ];
+    let mut f = Fixture::<ID>::new(4, true, &slots);
+    let mut mapped = 0;
+    for root in 0..4 {
+        for s in &slots {
+            for gfn in s.base_gfn..s.end_gfn() {
+                f.map(root, s.id, gfn, pfn_of(gfn), gfn % 2 == 1);
+                mapped += 1;
+            }
+        }
+    }
+    assert_eq!(f.mmu.zap_all(), mapped);
+    assert_eq!(f.mmu.zap_all(), 0);
+    assert_eq!(f.mmu.stats().zapped, mapped);
+    assert_eq!(
+        f.mmu.stats().dirty,
+        HostPages::<ID>::take_dirty().len() as u64
+    );
+    // Mapped again, then dropped without zapping: the drop zaps.
+    for s in &slots {
+        f.map(3, s.id, s.base_gfn, 1, true);
+    }
+    // Allocated: the tables linked, and those left in the cache.
+    let allocated = f.mmu.table_pages() + f.tables.len() as u64;
+    assert_eq!(allocated, HostPages::<ID>::allocs());
+    teardown(f);
+    assert_eq!(HostPages::<ID>::take_dirty(), [1, 1, 1]);
+}
+
+#[test]
+fn snapshot_bytes() {
+    const ID: usize = 9;
+    let mut f = Fixture::<ID>::new(2, true, &[slot(0, 0, 4)]);
+    f.map(0, 0, 0, 0x10, false);
+    f.map(0, 0, 1, 0x11, true);
+    assert_eq!(f.mmu.snapshot(0, 0), 0x05);
+    assert_eq!(f.mmu.snapshot(0, 1), 0x0f);
+    f.clear_bits(0, 0, spte::ACCESSED);
+    f.clear_bits(0, 1, spte::ACCESSED | spte::DIRTY);
+    assert_eq!(f.mmu.snapshot(0, 0), 0x01);
+    assert_eq!(f.mmu.snapshot(0, 1), 0x03);
+    f.translate(0, 1, false).unwrap();
+    assert_eq!(f.mmu.snapshot(0, 1), 0x07);
+    f.translate(0, 1, true).unwrap();
+    assert_eq!(f.mmu.snapshot(0, 1), 0x0f);
+    // Unmapped, other root, no such root, beyond the guest-physical width.
+    assert_eq!(f.mmu.snapshot(0, 2), 0);
+    assert_eq!(f.mmu.snapshot(1, 1), 0);
+    assert_eq!(f.mmu.snapshot(2, 1), 0);
+    assert_eq!(f.mmu.snapshot(0, 1 | (1 << GFN_BITS)), 0);
+    assert_eq!(
+        f.translate(0, 1 | (1 << GFN_BITS), false),
+        Err(WalkFault::NotPresent)
+    );
+    teardown(f);
+}
+
+#[test]
+fn stale_leaf_is_zapped_and_replaced() {
+    const ID: usize = 10;
+    let mut f = Fixture::<ID>::new(2, true, &[slot(0, 0, 4)]);
+    f.map(0, 0, 2, 0xa, true);
+    f.map(1, 0, 2, 0xa, true);
+    let o = f.map(0, 0, 2, 0xb, false);
+    assert_eq!((o.action, o.chain_len), (MapAction::Replaced, 2));
+    assert!(o.needs_flush());
+    assert_eq!(HostPages::<ID>::take_dirty(), [0xa]);
+    let t = f.translate(0, 2, false).unwrap();
+    assert_eq!((t.pfn, t.writable), (0xb, false));
+    assert_eq!(f.translate(1, 2, false).unwrap().pfn, 0xa);
+    assert_eq!(f.mmu.leaf_sptes(), 2);
+    assert_eq!(f.mmu.zap_all(), 2);
+    assert_eq!(HostPages::<ID>::take_dirty(), [0xa]);
+    teardown(f);
+}
+
+#[test]
+fn map_errors_change_nothing() {
+    const ID: usize = 11;
+    let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0x100, 4)]);
+    let pages = f.mmu.table_pages();
+    assert_eq!(f.try_map(1, 0, 0x100, 1, true), Err(MapError::BadRoot));
+    assert_eq!(f.try_map(0, 1, 0x100, 1, true), Err(MapError::NoSlot));
+    assert_eq!(f.try_map(0, 64, 0x100, 1, true), Err(MapError::NoSlot));
+    assert_eq!(f.try_map(0, 0, 0x104, 1, true), Err(MapError::BadGfn));
+    assert_eq!(f.try_map(0, 0, 0xff, 1, true), Err(MapError::BadGfn));
+    assert_eq!(
+        f.try_map(0, 0, 1 << GFN_BITS, 1, true),
+        Err(MapError::BadGfn)
+    );
+    assert_eq!(f.try_map(0, 0, 0x100, 1 << 40, true), Err(MapError::BadPfn));
+
+    let mut tables = TableCache::<HostPages<ID>>::new();
+    let mut descs = DescCache::new(1);
+    let r = f.mmu.map(0, 0, 0x100, 1, true, &mut tables, &mut descs);
+    assert_eq!(r, Err(MapError::NeedTopup));
+    tables.topup(MAP_MIN_TABLES).unwrap();
+    let r = f.mmu.map(0, 0, 0x100, 1, true, &mut tables, &mut descs);
+    assert_eq!(r, Err(MapError::NeedTopup), "descriptor cache empty");
+    assert_eq!(f.mmu.table_pages(), pages);
+    assert_eq!(f.mmu.snapshot(0, 0x100), 0);
+    descs.topup(MAP_MIN_DESCS).unwrap();
+    let r = f.mmu.map(0, 0, 0x100, 1, true, &mut tables, &mut descs);
+    assert_eq!(r.unwrap().new_tables, 3);
+    assert_eq!(tables.len(), TABLE_CACHE_CAPACITY - 3);
+    drop((tables, descs));
+    teardown(f);
+}
+
+#[test]
+fn attach_and_detach_slots() {
+    const ID: usize = 12;
+    let s = slot(3, 0x1000, 8);
+    let mut f = Fixture::<ID>::new(1, true, &[]);
+    assert_eq!(f.try_map(0, 3, 0x1000, 1, true), Err(MapError::NoSlot));
+    assert!(f.mmu.attach_slot(3, SlotRmaps::new(&s).unwrap()).is_ok());
+    let again = f.mmu.attach_slot(3, SlotRmaps::new(&s).unwrap());
+    assert!(again.is_err(), "slot 3 has rmaps already");
+    let bad = f.mmu.attach_slot(64, SlotRmaps::new(&s).unwrap());
+    assert!(bad.is_err(), "no slot 64");
+    drop((again, bad));
+
+    f.map(0, 3, 0x1007, 1, true);
+    assert_eq!(f.mmu.zap_slot(3), 1);
+    let rmaps = f.mmu.detach_slot(3).unwrap();
+    assert_eq!(rmaps.sptes(), 0);
+    drop(rmaps);
+    assert!(f.mmu.detach_slot(3).is_none());
+    assert_eq!(f.try_map(0, 3, 0x1007, 1, true), Err(MapError::NoSlot));
+    // Recreated at the same id, with another range.
+    let s2 = slot(3, 0, 8);
+    assert!(f.mmu.attach_slot(3, SlotRmaps::new(&s2).unwrap()).is_ok());
+    f.map(0, 3, 7, 2, false);
+    assert_eq!(f.mmu.zap_slot(3), 1);
+    teardown(f);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "detaching slot 0")]
+fn detaching_a_mapped_slot_is_a_bug() {
+    const ID: usize = 13;
+    let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 8)]);
+    f.map(0, 0, 1, 1, true);
+    f.mmu.detach_slot(0);
+}
+
+#[test]
+fn table_cache_topup_take_drop() {
+    const ID: usize = 14;
+    let mut c = TableCache::<HostPages<ID>>::new();
+    assert!(c.is_empty() && c.take().is_none());
+    c.topup(1).unwrap();
+    assert_eq!(c.len(), TABLE_CACHE_CAPACITY);
+    c.topup(TABLE_CACHE_CAPACITY).unwrap();
+    assert_eq!(HostPages::<ID>::allocs(), TABLE_CACHE_CAPACITY as u64);
+    assert!(c.topup(TABLE_CACHE_CAPACITY + 1).is_err());
+    let pfn = c.take().unwrap();
+    // SAFETY: a fresh table page from the cache.
+    let table = unsafe { <HostPages<ID> as crate::pgtable::PageOps>::table(pfn) };
+    assert!(
+        table.iter().all(|e| e.load(Ordering::Relaxed) == 0),
+        "zeroed"
+    );
+    // SAFETY: taken from the cache, so ours, and unreachable.
+    unsafe { <HostPages<ID> as crate::pgtable::PageOps>::free_table(pfn) };
+
+    // A failing top-up keeps what it got.
+    HostPages::<ID>::fail_after(0);
+    c.topup(TABLE_CACHE_CAPACITY).unwrap_err();
+    assert_eq!(c.len(), TABLE_CACHE_CAPACITY - 1);
+    drop(c);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+}
+
+#[test]
+fn failed_new_frees_its_roots() {
+    const ID: usize = 15;
+    assert!(X86Mmu::<HostPages<ID>>::new(0, true).is_err());
+    assert!(X86Mmu::<HostPages<ID>>::new(MAX_ROOTS + 1, true).is_err());
+    HostPages::<ID>::fail_after(5);
+    assert!(X86Mmu::<HostPages<ID>>::new(MAX_ROOTS, true).is_err());
+    assert_eq!(HostPages::<ID>::allocs(), 5);
+    assert_eq!(HostPages::<ID>::frees(), 5);
+}
+
+/// Poison a freed guest page holds: a vCPU reading it used a stale translation.
+const POISON: u64 = u64::MAX;
+
+/// The first word of a guest page: the gfn it backs, or [`POISON`].
+fn header(pfn: u64) -> &'static StdAtomicU64 {
+    // SAFETY: guest pages of the stress test are live allocations until the end of the test,
+    // 4096-aligned, and accessed only atomically.
+    unsafe { &*page_ptr(pfn).cast::<StdAtomicU64>() }
+}
+
+/// The second word of a guest page: written by the vCPUs' writes.
+fn data(pfn: u64) -> &'static StdAtomicU64 {
+    // SAFETY: as for `header()`.
+    unsafe { &*page_ptr(pfn).add(8).cast::<StdAtomicU64>() }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// What the stress test's MMU lock (a mutex) protects.
+struct StressWorld<const ID: usize> {
+    mmu: X86Mmu<HostPages<ID>>,
+    /// The page backing each gfn; `None` while an invalidation of the gfn is in progress, when
+    /// faults must retry (protocols A2).
+    backing: Vec<Option<u64>>,
+    /// Pages backing nothing, oldest first.
+    free_pages: VecDeque<u64>,
+}
+
+const STRESS_GFNS: u64 = 600;
+const STRESS_VCPUS: usize = 4;
+
+/// One thread plays the primary MMU: it invalidates random ranges (zapping them with yields,
+/// flushing the vCPUs' TLBs before each yield), frees and poisons their pages, and backs them
+/// with other pages.  vCPU threads access random gfns in guest mode through their software
+/// TLBs and the lockless walker, faulting outside guest mode under the lock.  No vCPU may ever
+/// read a page that does not back the gfn it accessed.
+fn stress<const ID: usize>(ad_enabled: bool) {
+    let s = slot(0, 0x1f0, STRESS_GFNS);
+    let mut mmu = X86Mmu::<HostPages<ID>>::new(STRESS_VCPUS, ad_enabled).unwrap();
+    assert!(mmu.attach_slot(0, SlotRmaps::new(&s).unwrap()).is_ok());
+    let roots: Vec<u64> = (0..STRESS_VCPUS)
+        .map(|r| mmu.root_pfn(r).unwrap())
+        .collect();
+    let all_pages: Vec<u64> = (0..2 * STRESS_GFNS)
+        .map(|_| alloc_page().unwrap())
+        .collect();
+    let mut free_pages: VecDeque<u64> = all_pages.iter().copied().collect();
+    let mut backing = Vec::new();
+    for gfn in s.base_gfn..s.end_gfn() {
+        let pfn = free_pages.pop_front().unwrap();
+        header(pfn).store(gfn, StdOrdering::Relaxed);
+        backing.push(Some(pfn));
+    }
+    let world = Arc::new(Mutex::new(StressWorld::<ID> {
+        mmu,
+        backing,
+        free_pages,
+    }));
+    let modes: Arc<Vec<VcpuMode>> = Arc::new((0..STRESS_VCPUS).map(|_| VcpuMode::new()).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let vcpus: Vec<_> = (0..STRESS_VCPUS)
+        .map(|v| {
+            let (world, modes, stop) = (world.clone(), modes.clone(), stop.clone());
+            let root_pfn = roots[v];
+            thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (v as u64 + 1));
+                let mut tlb = SoftTlb::new();
+                let mut tables = TableCache::<HostPages<ID>>::new();
+                let mut descs = DescCache::new(4);
+                let (mut accesses, mut faults) = (0u64, 0u64);
+                while !stop.load(StdOrdering::Relaxed) || accesses < 20_000 {
+                    let r = rng.next();
+                    let gfn = s.base_gfn + r % STRESS_GFNS;
+                    let write = r & (1 << 40) != 0;
+                    loop {
+                        // Guest mode: TLB, walker and page only in here.
+                        if modes[v].enter_guest() {
+                            tlb.flush();
+                        }
+                        let pfn = match tlb.lookup(gfn, write) {
+                            Some(pfn) => Ok(pfn),
+                            // SAFETY: the MMU of `root_pfn` is dropped only after this thread
+                            // is joined.
+                            None => unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }
+                                .map(|t| {
+                                    tlb.fill(gfn, t.pfn, t.writable, t.dirty);
+                                    t.pfn
+                                }),
+                        };
+                        if let Ok(pfn) = pfn {
+                            let h = header(pfn).load(StdOrdering::Relaxed);
+                            assert_eq!(h, gfn, "vCPU {v}: stale translation of gfn {gfn:#x}");
+                            if write {
+                                data(pfn).fetch_add(1, StdOrdering::Relaxed);
+                            }
+                        }
+                        modes[v].exit_guest();
+                        if pfn.is_ok() {
+                            break;
+                        }
+                        // The fault path: allocate, then lock; retry while invalidated.
+                        tables.topup(MAP_MIN_TABLES).unwrap();
+                        descs.topup(MAP_MIN_DESCS).unwrap();
+                        let mut w = world.lock().unwrap();
+                        let Some(page) = w.backing[(gfn - s.base_gfn) as usize] else {
+                            drop(w);
+                            thread::yield_now();
+                            continue;
+                        };
+                        w.mmu
+                            .map(v, 0, gfn, page, write, &mut tables, &mut descs)
+                            .unwrap();
+                        faults += 1;
+                    }
+                    accesses += 1;
+                }
+                (tlb.hits(), faults)
+            })
+        })
+        .collect();
+
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let (mut zapped, mut yields) = (0u64, 0u64);
+    for _ in 0..1500 {
+        let mut w = world.lock().unwrap();
+        let start = s.base_gfn + rng.next() % STRESS_GFNS;
+        let end = (start + 1 + rng.next() % 160).min(s.end_gfn());
+        // invalidate_range_start: from now on faults of the range retry...
+        let mut old = BTreeMap::new();
+        for gfn in start..end {
+            let page = w.backing[(gfn - s.base_gfn) as usize].take().unwrap();
+            old.insert(gfn, page);
+        }
+        // ... and its mappings are zapped, yielding now and then.
+        let mut cursor = ZapCursor::new(start);
+        loop {
+            let p = w
+                .mmu
+                .zap_gfn_range_step(0, &mut cursor, end, &mut || rng.next().is_multiple_of(2));
+            zapped += p.zapped;
+            if p.needs_flush() {
+                for m in modes.iter() {
+                    m.request_flush();
+                }
+            }
+            if p.done {
+                break;
+            }
+            drop(w);
+            yields += 1;
+            thread::yield_now();
+            w = world.lock().unwrap();
+        }
+        // Every mapping gone and every TLB flushed: the primary frees the pages...
+        for &page in old.values() {
+            header(page).store(POISON, StdOrdering::Relaxed);
+            w.free_pages.push_back(page);
+        }
+        // ... and invalidate_range_end: the range is backed again, by other pages.
+        for gfn in start..end {
+            let page = w.free_pages.pop_front().unwrap();
+            header(page).store(gfn, StdOrdering::Relaxed);
+            w.backing[(gfn - s.base_gfn) as usize] = Some(page);
+        }
+        drop(w);
+        thread::yield_now();
+    }
+    stop.store(true, StdOrdering::Relaxed);
+    let mut faults = 0;
+    for vcpu in vcpus {
+        faults += vcpu.join().unwrap().1;
+    }
+    assert!(zapped > 0 && yields > 0 && faults > 0);
+
+    let world = Arc::into_inner(world).unwrap().into_inner().unwrap();
+    let StressWorld { mut mmu, .. } = world;
+    let left = mmu.zap_all();
+    assert_eq!(mmu.stats().zapped, zapped + left);
+    assert_eq!(mmu.leaf_sptes(), 0);
+    drop(mmu);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+    let dirty = HostPages::<ID>::take_dirty();
+    assert!(dirty.iter().all(|pfn| all_pages.contains(pfn)));
+    for pfn in all_pages {
+        // SAFETY: every thread that used the page is gone.
+        unsafe { free_page(pfn) };
+    }
+}
+
+#[test]
+fn stress_lockless_walkers_against_zaps() {
+    stress::<16>(true);
+}
+
+#[test]
+fn stress_lockless_walkers_against_zaps_without_ad() {
+    stress::<17>(false);
+}

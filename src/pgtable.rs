@@ -1,0 +1,434 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! What the secondary page tables have in common whatever their format (x86 EPT here, arm64
+//! stage-2 later): where table pages come from ([`PageOps`], [`TableCache`]), the mapping levels
+//! ([`MapLevel`]), and the vocabulary of mapping, walking and zapping ([`MapOutcome`],
+//! [`Translation`], [`ZapCursor`], [`ZapProgress`], the snapshot byte).
+//!
+//! Table pages.  A table is one 4 KiB page of 512 64-bit entries, named by its page frame
+//! number.  Entries are only ever accessed atomically: walkers that play the hardware read them
+//! without the MMU lock.  A table is allocated zeroed (all entries non-present) before it is
+//! linked, and the entry that links it is stored with `Release`, so a walker that loads that
+//! entry with `Acquire` sees the zeroes (protocols E27).  Tables stay allocated until no walker
+//! can reach them: for the x86 shadow MMU, until the MMU is dropped.
+//!
+//! Allocation happens before the MMU lock is taken, into caches the lock holder takes from
+//! (KVM's `kvm_mmu_memory_cache`): the MMU lock spins, so nothing under it may sleep.
+//!
+//! Kernel-free: built into the module and into the host crate.
+
+use core::marker::PhantomData;
+
+use crate::prim::{AllocError, AtomicU64};
+
+/// Entries in one page table.
+pub(crate) const ENTRIES_PER_TABLE: usize = 512;
+
+/// A page table as walkers see it.
+pub(crate) type Table = [AtomicU64; ENTRIES_PER_TABLE];
+
+/// Where table pages come from, and what the page tables report about the pages they map.
+///
+/// Implemented by the kernel glue (order-0 pages reached through the direct map) and by the host
+/// tests (4 KiB-aligned heap pages, pfn = address >> 12).  The MMU is generic over it.
+pub(crate) trait PageOps {
+    /// Allocates a zeroed 4 KiB table page and returns its pfn.  May sleep: call it before
+    /// taking the MMU lock.
+    fn alloc_table() -> Result<u64, AllocError>;
+
+    /// Frees a table page.
+    ///
+    /// # Safety
+    ///
+    /// `pfn` came from [`PageOps::alloc_table()`], was not freed since, and no walker can reach
+    /// it any more: it is unlinked, or every walker of its tables has finished.
+    unsafe fn free_table(pfn: u64);
+
+    /// The entries of table page `pfn`.
+    ///
+    /// # Safety
+    ///
+    /// `pfn` came from [`PageOps::alloc_table()`] and is not freed for `'a`.
+    unsafe fn table<'a>(pfn: u64) -> &'a Table;
+
+    /// Host page `pfn` was written through the secondary MMU: its mapping was dirty when zapped.
+    /// Called under the MMU lock, so it must not sleep.
+    fn set_page_dirty(pfn: u64);
+}
+
+/// How many table pages a [`TableCache`] holds when topped up: one per level below the root for
+/// a 4- or 5-level walk, with room to spare.
+pub(crate) const TABLE_CACHE_CAPACITY: usize = 8;
+
+/// A stock of zeroed table pages (KVM's `kvm_mmu_memory_cache` of shadow pages), so that a fault
+/// under the spinning MMU lock can link new tables without allocating.  Top it up before taking
+/// the lock; what is left when it is dropped goes back to the allocator.
+pub(crate) struct TableCache<P: PageOps> {
+    /// Pfns of the cached tables, in `pfns[..nr]`.
+    pfns: [u64; TABLE_CACHE_CAPACITY],
+    nr: usize,
+    _ops: PhantomData<fn() -> P>,
+}
+
+impl<P: PageOps> Default for TableCache<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: PageOps> TableCache<P> {
+    /// An empty cache.
+    pub(crate) const fn new() -> Self {
+        TableCache {
+            pfns: [0; TABLE_CACHE_CAPACITY],
+            nr: 0,
+            _ops: PhantomData,
+        }
+    }
+
+    /// Number of tables in the cache.
+    pub(crate) fn len(&self) -> usize {
+        self.nr
+    }
+
+    /// Whether the cache is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nr == 0
+    }
+
+    /// Makes sure the cache holds at least `min` tables, filling it to its capacity when it
+    /// holds fewer.  May sleep: call it before taking the MMU lock.  Fails if an allocation
+    /// fails (the cache keeps what it had and got) or if `min` exceeds the capacity.
+    pub(crate) fn topup(&mut self, min: usize) -> Result<(), AllocError> {
+        if self.nr >= min {
+            return Ok(());
+        }
+        if min > TABLE_CACHE_CAPACITY {
+            return Err(AllocError);
+        }
+        while self.nr < TABLE_CACHE_CAPACITY {
+            self.pfns[self.nr] = P::alloc_table()?;
+            self.nr += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes a zeroed table page, which the caller then owns.
+    pub(crate) fn take(&mut self) -> Option<u64> {
+        self.nr = self.nr.checked_sub(1)?;
+        Some(self.pfns[self.nr])
+    }
+}
+
+impl<P: PageOps> Drop for TableCache<P> {
+    fn drop(&mut self) {
+        while let Some(pfn) = self.take() {
+            // SAFETY: the page came from `alloc_table()` in `topup()`, and was never handed out
+            // (it is still in the cache), so nothing can reach it.
+            unsafe { P::free_table(pfn) };
+        }
+    }
+}
+
+/// The sizes a leaf entry can map, whatever the format (x86 EPT and arm64 stage-2 with 4 KiB
+/// granules both have 4K pages, 2M and 1G blocks).  The value is the uAPI's level number
+/// (`SECMMU_SNAP_LEVEL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub(crate) enum MapLevel {
+    /// 4 KiB pages.
+    L4K = 0,
+    /// 2 MiB pages.
+    L2M = 1,
+    /// 1 GiB pages.
+    L1G = 2,
+}
+
+impl MapLevel {
+    /// Every mapping level, smallest first: the order zaps visit them in.
+    pub(crate) const ALL: [MapLevel; 3] = [MapLevel::L4K, MapLevel::L2M, MapLevel::L1G];
+
+    /// Position in [`MapLevel::ALL`], for per-level arrays.
+    #[inline]
+    pub(crate) const fn idx(self) -> usize {
+        self as usize
+    }
+
+    /// Log2 of the number of 4K gfns a mapping at this level covers.
+    #[inline]
+    pub(crate) const fn gfn_shift(self) -> u32 {
+        9 * self as u32
+    }
+
+    /// Number of 4K gfns a mapping at this level covers.
+    #[inline]
+    pub(crate) const fn pages(self) -> u64 {
+        1 << self.gfn_shift()
+    }
+
+    /// First gfn of the mapping at this level around `gfn`.  A walk over a gfn range at a huge
+    /// level starts here, or the last huge page of an unaligned range is skipped (protocols D23).
+    #[inline]
+    pub(crate) const fn align_down(self, gfn: u64) -> u64 {
+        gfn & !(self.pages() - 1)
+    }
+
+    /// The next larger level.
+    #[inline]
+    pub(crate) const fn larger(self) -> Option<MapLevel> {
+        match self {
+            MapLevel::L4K => Some(MapLevel::L2M),
+            MapLevel::L2M => Some(MapLevel::L1G),
+            MapLevel::L1G => None,
+        }
+    }
+}
+
+/// What a successful map did to the leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MapAction {
+    /// The entry was empty; a new leaf was installed.
+    Installed,
+    /// The entry mapped another page (stale): that leaf was zapped, then the new one installed.
+    /// TLBs may still hold the old translation: see [`MapOutcome::needs_flush()`].
+    Replaced,
+    /// The entry mapped the page read-only; it was made writable in place.
+    Upgraded,
+    /// The entry mapped the page but was access-tracked; its permissions were restored.
+    Restored,
+    /// The entry already mapped the page with the access asked for.
+    Unchanged,
+}
+
+/// What a successful map did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MapOutcome {
+    /// What happened to the leaf.
+    pub(crate) action: MapAction,
+    /// Length of the rmap chain the new leaf was added to, counting it; 0 if no leaf was added
+    /// (or the format keeps no rmaps).  Chains only grow by adds, so this is enough for a
+    /// longest-chain statistic.
+    pub(crate) chain_len: usize,
+    /// Table pages taken from the cache and linked.
+    pub(crate) new_tables: usize,
+}
+
+impl MapOutcome {
+    /// Whether a present mapping of another page was zapped: the caller must flush remote TLBs
+    /// (and wait for the flush) before it drops the MMU lock, as after any zap.
+    pub(crate) fn needs_flush(&self) -> bool {
+        self.action == MapAction::Replaced
+    }
+}
+
+/// Why a map was refused.  Nothing was changed, except that tables linked on the way down stay
+/// linked (they are empty and harmless), when the error is found at the leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MapError {
+    /// No such root.
+    BadRoot,
+    /// No rmaps attached for the slot id.
+    NoSlot,
+    /// The gfn is outside the slot, or beyond what the format translates.
+    BadGfn,
+    /// The pfn does not fit the format, or is not aligned to the level.
+    BadPfn,
+    /// The level is not supported (yet).
+    BadLevel,
+    /// The table or descriptor cache was not topped up enough for one map.
+    NeedTopup,
+}
+
+/// A translation found by a lockless walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Translation {
+    /// The host page backing the 4K gfn that was walked (within a huge mapping, the right
+    /// 4K page of it).
+    pub(crate) pfn: u64,
+    /// The level of the leaf that maps it.
+    pub(crate) level: MapLevel,
+    /// The leaf allows writes.
+    pub(crate) writable: bool,
+    /// A write through this translation needs no update of the leaf: it is writable, and dirty
+    /// (D set, or A/D not kept).  A TLB may then serve writes without walking.
+    pub(crate) dirty: bool,
+}
+
+/// Why a lockless walk found no usable translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WalkFault {
+    /// No present leaf maps the gfn (or it is access-tracked): take the fault path.
+    NotPresent,
+    /// A present leaf maps the gfn read-only and the access is a write.
+    WriteProtected,
+}
+
+/// Snapshot byte (`SECMMU_SNAP_*`): a present leaf maps the page.
+pub(crate) const SNAP_PRESENT: u8 = 1 << 0;
+/// Snapshot byte: the leaf allows writes.
+pub(crate) const SNAP_WRITABLE: u8 = 1 << 1;
+/// Snapshot byte: the leaf was accessed.
+pub(crate) const SNAP_ACCESSED: u8 = 1 << 2;
+/// Snapshot byte: the leaf is dirty.
+pub(crate) const SNAP_DIRTY: u8 = 1 << 3;
+/// Snapshot byte: position of the leaf's [`MapLevel`].
+pub(crate) const SNAP_LEVEL_SHIFT: u32 = 4;
+
+/// The snapshot byte of a present leaf at `level`.
+pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: MapLevel) -> u8 {
+    let mut b = SNAP_PRESENT | ((level as u8) << SNAP_LEVEL_SHIFT);
+    if writable {
+        b |= SNAP_WRITABLE;
+    }
+    if accessed {
+        b |= SNAP_ACCESSED;
+    }
+    if dirty {
+        b |= SNAP_DIRTY;
+    }
+    b
+}
+
+/// Where a resumable zap of `[start, end)` stands: the level being walked and the next gfn to
+/// visit at it.  Levels go from 4K up; at a huge level the walk starts from the start aligned
+/// down to that level (protocols D23), so a huge page that only partly overlaps the range is
+/// zapped too.  Formats that zap by walking tables rather than rmaps use only the 4K level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ZapCursor {
+    start: u64,
+    level: MapLevel,
+    gfn: u64,
+    done: bool,
+}
+
+impl ZapCursor {
+    /// A cursor at the beginning of a zap that starts at `start`.
+    pub(crate) const fn new(start: u64) -> Self {
+        ZapCursor {
+            start,
+            level: MapLevel::L4K,
+            gfn: start,
+            done: false,
+        }
+    }
+
+    /// The level being walked.
+    pub(crate) fn level(&self) -> MapLevel {
+        self.level
+    }
+
+    /// The next gfn to visit at [`ZapCursor::level()`].
+    pub(crate) fn gfn(&self) -> u64 {
+        self.gfn
+    }
+
+    /// Whether every level has been walked.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Records that the walk at the current level goes on at `gfn`.
+    pub(crate) fn advance_to(&mut self, gfn: u64) {
+        debug_assert!(gfn >= self.gfn);
+        self.gfn = gfn;
+    }
+
+    /// Moves to the start of the next larger level, or marks the zap done after the largest.
+    pub(crate) fn next_level(&mut self) {
+        match self.level.larger() {
+            Some(level) => {
+                self.level = level;
+                self.gfn = level.align_down(self.start);
+            }
+            None => self.done = true,
+        }
+    }
+
+    /// Marks the zap done.
+    pub(crate) fn finish(&mut self) {
+        self.done = true;
+    }
+}
+
+/// What one step of a resumable zap did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ZapProgress {
+    /// Leaves zapped by this step.  If nonzero, TLBs may still hold their translations: flush
+    /// before dropping the MMU lock (protocols B7).
+    pub(crate) zapped: u64,
+    /// ... of which were dirty, so their page was marked dirty.
+    pub(crate) dirty: u64,
+    /// rmaps (or table entries) visited, empty or not.
+    pub(crate) visited: u64,
+    /// The whole range is done; otherwise the caller was asked to stop and may yield, then
+    /// resume with the same cursor.
+    pub(crate) done: bool,
+}
+
+impl ZapProgress {
+    /// Whether the step zapped anything, so that a TLB flush is due before the lock is dropped.
+    pub(crate) fn needs_flush(&self) -> bool {
+        self.zapped != 0
+    }
+}
+
+/// Counters kept by an MMU under its lock, for statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MmuStats {
+    /// Table pages linked (including roots) since the MMU was made.
+    pub(crate) tables_allocated: u64,
+    /// Table pages freed since the MMU was made.
+    pub(crate) tables_freed: u64,
+    /// Present leaf entries now.
+    pub(crate) leaves: u64,
+    /// Leaves zapped since the MMU was made.
+    pub(crate) zapped: u64,
+    /// ... of which were dirty.
+    pub(crate) dirty: u64,
+}
+
+impl MmuStats {
+    /// Table pages allocated now.
+    pub(crate) fn table_pages(&self) -> u64 {
+        self.tables_allocated - self.tables_freed
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        assert_eq!(MapLevel::L4K.pages(), 1);
+        assert_eq!(MapLevel::L2M.pages(), 512);
+        assert_eq!(MapLevel::L1G.pages(), 1 << 18);
+        assert_eq!(MapLevel::L2M.align_down(0x3ff), 0x200);
+        assert_eq!(MapLevel::L1G.larger(), None);
+        for (i, l) in MapLevel::ALL.into_iter().enumerate() {
+            assert_eq!(l.idx(), i);
+        }
+    }
+
+    #[test]
+    fn cursor_walks_levels_from_aligned_start() {
+        let mut c = ZapCursor::new(0x40123);
+        assert_eq!((c.level(), c.gfn()), (MapLevel::L4K, 0x40123));
+        c.advance_to(0x40200);
+        c.next_level();
+        assert_eq!((c.level(), c.gfn()), (MapLevel::L2M, 0x40000));
+        c.next_level();
+        assert_eq!((c.level(), c.gfn()), (MapLevel::L1G, 0x40000));
+        assert!(!c.is_done());
+        c.next_level();
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn snapshot_bytes() {
+        assert_eq!(snapshot_byte(false, false, false, MapLevel::L4K), 0x01);
+        assert_eq!(snapshot_byte(true, true, true, MapLevel::L4K), 0x0f);
+        assert_eq!(snapshot_byte(false, true, false, MapLevel::L2M), 0x15);
+        assert_eq!(snapshot_byte(true, false, true, MapLevel::L1G), 0x2b);
+    }
+}

@@ -1,0 +1,486 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The vCPUs' software TLBs, and the guest-mode/request protocol that lets the zap path flush
+//! them (KVM's `vcpu->mode` and `vcpu->requests`, `kvm_make_all_cpus_request()`).
+//!
+//! The contract (protocols A1 and F29).  A software TLB caches translations outside the page
+//! tables, so a zap does not remove them.  After `invalidate_range_start()` returns, the primary
+//! MMU may free the pages of the range, so by then no vCPU may use a translation, or touch a
+//! page, it got before the zap.  The rules that make it so:
+//!
+//! 1. A vCPU uses its [`SoftTlb`], walks the tables and touches guest pages only in guest mode:
+//!    between [`VcpuMode::enter_guest()`] and [`VcpuMode::exit_guest()`], with preemption
+//!    disabled, for a bounded time, and without taking any lock there (in particular not the
+//!    MMU lock: faults are handled outside guest mode).
+//! 2. When `enter_guest()` returns true, the vCPU flushes its TLB before using it.
+//! 3. The zap path clears SPTEs, then, still holding the MMU lock, calls
+//!    [`VcpuMode::request_flush()`] on every vCPU before it drops the lock (B7, B8).
+//!
+//! Why it works: a Dekker pairing.  `enter_guest()` stores IN_GUEST, then (after a full fence)
+//! reads the requests; `request_flush()` sets the request, then (after a full fence) reads the
+//! mode.  With both fences, at least one side sees the other's store:
+//!
+//! - the vCPU sees the request: it flushes its TLB, and its walks from then on see the zapped
+//!   SPTEs (its Acquire read of the request pairs with the Release that set it, after the zap);
+//! - or the requester sees the vCPU in guest mode, and waits for it to leave (Acquire on the
+//!   mode pairs with the Release of `exit_guest()`, so all the vCPU did in guest mode happened
+//!   before `request_flush()` returns), or to take the request on its next entry (Release when
+//!   it clears the request, for the same reason).
+//!
+//! So when `request_flush()` returns, the vCPU has no access in flight through a translation
+//! from before the request, and any later one starts with an empty TLB and fresh walks.  A
+//! vCPU outside guest mode costs the requester nothing: it gets the flush on its next entry.
+//!
+//! The requester spins, holding the MMU lock, for at most one guest-mode stretch of each vCPU;
+//! that is why guest mode must be short and lock-free.  KVM kicks vCPUs out with an IPI; a
+//! vCPU here may poll [`VcpuMode::flush_pending()`] to leave guest mode early.
+//!
+//! Kernel-free: built into the module and into the host crate.
+
+use crate::prim::{self, fence, AtomicU64, Ordering};
+
+/// Entries in a [`SoftTlb`].
+pub(crate) const TLB_ENTRIES: usize = 64;
+
+/// Entry flag: the entry holds a translation.
+const TLB_VALID: u8 = 1 << 0;
+/// Entry flag: the translation allows writes.
+const TLB_WRITABLE: u8 = 1 << 1;
+/// Entry flag: the leaf's D is set (or A/D are not kept), so a write needs no walk.
+const TLB_DIRTY: u8 = 1 << 2;
+
+/// One cached translation.
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    gfn: u64,
+    pfn: u64,
+    flags: u8,
+}
+
+impl TlbEntry {
+    const EMPTY: TlbEntry = TlbEntry {
+        gfn: 0,
+        pfn: 0,
+        flags: 0,
+    };
+}
+
+/// A vCPU's software TLB: direct-mapped, gfn to host pfn.  Only its vCPU's thread touches it,
+/// and only in guest mode (see the module documentation).
+pub(crate) struct SoftTlb {
+    entries: [TlbEntry; TLB_ENTRIES],
+    hits: u64,
+    misses: u64,
+    flushes: u64,
+}
+
+impl Default for SoftTlb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SoftTlb {
+    /// An empty TLB.
+    pub(crate) const fn new() -> Self {
+        SoftTlb {
+            entries: [TlbEntry::EMPTY; TLB_ENTRIES],
+            hits: 0,
+            misses: 0,
+            flushes: 0,
+        }
+    }
+
+    fn slot(gfn: u64) -> usize {
+        (gfn % TLB_ENTRIES as u64) as usize
+    }
+
+    /// The cached pfn of `gfn`, if a cached translation allows the access: a write needs a
+    /// writable entry whose leaf is known dirty, otherwise the walk must set D first.
+    pub(crate) fn lookup(&mut self, gfn: u64, write: bool) -> Option<u64> {
+        let e = &self.entries[Self::slot(gfn)];
+        let need = if write {
+            TLB_VALID | TLB_WRITABLE | TLB_DIRTY
+        } else {
+            TLB_VALID
+        };
+        if e.gfn == gfn && e.flags & need == need {
+            self.hits += 1;
+            Some(e.pfn)
+        } else {
+            self.misses += 1;
+            None
+        }
+    }
+
+    /// Caches the translation of `gfn` found by a walk: host page `pfn`, whether it allows
+    /// writes, and whether its leaf is dirty (D set, or A/D not kept), so that writes need no
+    /// walk.  Replaces whatever the entry held.
+    pub(crate) fn fill(&mut self, gfn: u64, pfn: u64, writable: bool, dirty: bool) {
+        let mut flags = TLB_VALID;
+        if writable {
+            flags |= TLB_WRITABLE;
+            if dirty {
+                flags |= TLB_DIRTY;
+            }
+        }
+        self.entries[Self::slot(gfn)] = TlbEntry { gfn, pfn, flags };
+    }
+
+    /// Forgets every translation.
+    pub(crate) fn flush(&mut self) {
+        self.entries = [TlbEntry::EMPTY; TLB_ENTRIES];
+        self.flushes += 1;
+    }
+
+    /// Lookups that found a usable translation.
+    pub(crate) fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Lookups that did not.
+    pub(crate) fn misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// Flushes so far.
+    pub(crate) fn flushes(&self) -> u64 {
+        self.flushes
+    }
+}
+
+/// [`VcpuMode`] mode: outside guest mode; the vCPU uses no translation.
+pub(crate) const OUTSIDE_GUEST: u64 = 0;
+/// [`VcpuMode`] mode: in guest mode; the vCPU may use its TLB and touch guest pages.
+pub(crate) const IN_GUEST: u64 = 1;
+/// [`VcpuMode`] request: flush the TLB before using it.
+pub(crate) const REQ_TLB_FLUSH: u64 = 1 << 0;
+
+/// The part of a vCPU that others look at: whether it is in guest mode, and the requests made to
+/// it.  See the module documentation for the protocol.
+pub(crate) struct VcpuMode {
+    /// [`OUTSIDE_GUEST`] or [`IN_GUEST`]; written only by the vCPU.
+    mode: AtomicU64,
+    /// `REQ_*` bits: set by requesters, cleared by the vCPU.
+    requests: AtomicU64,
+}
+
+impl Default for VcpuMode {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VcpuMode {
+    /// A vCPU outside guest mode, with no request pending.
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        VcpuMode {
+            mode: AtomicU64::new(OUTSIDE_GUEST),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// A vCPU outside guest mode, with no request pending.
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        VcpuMode {
+            mode: AtomicU64::new(OUTSIDE_GUEST),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// vCPU side: enters guest mode.  Returns true if a TLB flush was requested since the last
+    /// entry: the vCPU must then flush its TLB before using it.  Call with preemption disabled,
+    /// which stays disabled until [`VcpuMode::exit_guest()`].
+    pub(crate) fn enter_guest(&self) -> bool {
+        self.mode.store(IN_GUEST, Ordering::Relaxed);
+        // Pairs with the fence of `request_flush()`: either we see its request below, or it sees
+        // us in guest mode (KVM's `smp_store_mb(vcpu->mode, IN_GUEST_MODE)`).
+        fence(Ordering::SeqCst);
+        if self.requests.load(Ordering::Relaxed) & REQ_TLB_FLUSH == 0 {
+            return false;
+        }
+        // Acquire: the requester's zaps, made before its Release setting of the request, are
+        // visible to our walks from now on.  Release: a requester that sees the request taken
+        // knows all we did before, in earlier guest-mode stretches, is over.
+        self.requests.fetch_and(!REQ_TLB_FLUSH, Ordering::AcqRel) & REQ_TLB_FLUSH != 0
+    }
+
+    /// vCPU side: leaves guest mode.  Release: a requester that sees us outside guest mode sees
+    /// every access we made inside it as done.
+    pub(crate) fn exit_guest(&self) {
+        self.mode.store(OUTSIDE_GUEST, Ordering::Release);
+    }
+
+    /// vCPU side, in guest mode: whether a flush was requested, so the vCPU should leave guest
+    /// mode soon (the requester is spinning).  A hint only; the flush itself happens on entry.
+    pub(crate) fn flush_pending(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) & REQ_TLB_FLUSH != 0
+    }
+
+    /// Requester side: asks the vCPU to flush its TLB, and waits until it cannot use a
+    /// translation from before this call.  Call after the SPTEs were zapped, holding the MMU
+    /// lock; never sleeps, but spins while the vCPU is in guest mode with the request pending.
+    pub(crate) fn request_flush(&self) {
+        // Release: our zaps, before this, are visible to the vCPU that takes the request.
+        self.requests.fetch_or(REQ_TLB_FLUSH, Ordering::Release);
+        // Pairs with the fence of `enter_guest()`.
+        fence(Ordering::SeqCst);
+        // Acquire on both: pairs with the Release of `exit_guest()` and of the vCPU taking the
+        // request.  A vCPU seen outside guest mode takes the request on its next entry.
+        while self.mode.load(Ordering::Acquire) == IN_GUEST
+            && self.requests.load(Ordering::Acquire) & REQ_TLB_FLUSH != 0
+        {
+            prim::cpu_relax();
+        }
+    }
+
+    /// Whether the vCPU is in guest mode now (a racy snapshot, for tests and statistics).
+    pub(crate) fn in_guest(&self) -> bool {
+        self.mode.load(Ordering::Relaxed) == IN_GUEST
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_fill_flush() {
+        let mut tlb = SoftTlb::new();
+        assert_eq!(tlb.lookup(5, false), None);
+        tlb.fill(5, 0x1234, false, false);
+        assert_eq!(tlb.lookup(5, false), Some(0x1234));
+        assert_eq!(tlb.lookup(5, true), None, "read-only entry serves no write");
+        tlb.fill(5, 0x1234, true, false);
+        assert_eq!(
+            tlb.lookup(5, true),
+            None,
+            "clean entry: the walk must set D"
+        );
+        assert_eq!(tlb.lookup(5, false), Some(0x1234));
+        tlb.fill(5, 0x1234, true, true);
+        assert_eq!(tlb.lookup(5, true), Some(0x1234));
+        // Same slot, other gfn: direct-mapped, replaces.
+        let alias = 5 + TLB_ENTRIES as u64;
+        assert_eq!(tlb.lookup(alias, false), None);
+        tlb.fill(alias, 0x99, false, false);
+        assert_eq!(tlb.lookup(5, false), None);
+        assert_eq!(tlb.lookup(alias, false), Some(0x99));
+        // gfn 0 in an empty TLB is not a hit on the zeroed entry.
+        tlb.flush();
+        assert_eq!(tlb.lookup(0, false), None);
+        assert_eq!(tlb.lookup(alias, false), None);
+        assert_eq!(
+            (tlb.hits(), tlb.misses(), tlb.flushes()),
+            (4, 7, 1),
+            "hits, misses, flushes"
+        );
+    }
+
+    #[test]
+    fn requests_taken_on_entry() {
+        let mode = VcpuMode::new();
+        assert!(!mode.enter_guest());
+        assert!(mode.in_guest());
+        mode.exit_guest();
+        // Outside guest mode: no wait.
+        mode.request_flush();
+        mode.request_flush();
+        assert!(mode.flush_pending());
+        assert!(mode.enter_guest());
+        assert!(!mode.flush_pending());
+        mode.exit_guest();
+        assert!(!mode.enter_guest());
+        mode.exit_guest();
+    }
+
+    #[test]
+    fn requester_waits_for_guest_exit() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+
+        let mode = Arc::new(VcpuMode::new());
+        let exited = Arc::new(AtomicBool::new(false));
+        // The vCPU entered before the request: the requester must wait for its exit.
+        assert!(!mode.enter_guest());
+        let requester = {
+            let (mode, exited) = (mode.clone(), exited.clone());
+            std::thread::spawn(move || {
+                mode.request_flush();
+                assert!(
+                    exited.load(Ordering::Relaxed),
+                    "returned while in guest mode"
+                );
+            })
+        };
+        while !mode.flush_pending() {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        exited.store(true, Ordering::Relaxed);
+        mode.exit_guest();
+        requester.join().unwrap();
+        assert!(mode.enter_guest());
+        mode.exit_guest();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Models of the flush protocol.  A guest page is a loom cell: the requester "frees" it (a
+    //! write) after `request_flush()`, the vCPU reads it through a translation in guest mode, so
+    //! loom reports any read that is not ordered before the free.  Its value also says whether
+    //! the vCPU saw a freed page.
+
+    use super::*;
+    use crate::prim::UnsafeCell;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A live page holds this; a freed one anything else.
+    const LIVE: u64 = 0x1111;
+    const FREED: u64 = 0xdead;
+
+    /// What the vCPU and its requesters share: a leaf per gfn (the pfn + 1, 0 when zapped), the
+    /// pages, and the vCPU's guest-mode state.
+    struct World {
+        sptes: [AtomicU64; 2],
+        pages: [UnsafeCell<u64>; 2],
+        mode: VcpuMode,
+    }
+
+    impl World {
+        fn new() -> Arc<World> {
+            Arc::new(World {
+                // gfn i maps pfn i.
+                sptes: [AtomicU64::new(1), AtomicU64::new(2)],
+                pages: [UnsafeCell::new(LIVE), UnsafeCell::new(LIVE)],
+                mode: VcpuMode::new(),
+            })
+        }
+
+        /// The zap path: zaps gfn `gfn` under the (implied) MMU lock, flushes, then the primary
+        /// MMU frees the page.
+        fn zap_and_free(&self, gfn: usize) {
+            self.sptes[gfn].store(0, Ordering::Relaxed);
+            self.mode.request_flush();
+            self.free(gfn);
+        }
+
+        /// The primary MMU frees (and reuses) page `pfn`.
+        fn free(&self, pfn: usize) {
+            self.pages[pfn].with_mut(|p| {
+                // SAFETY: loom checks that no vCPU access races with this write.
+                unsafe { *p = FREED }
+            });
+        }
+
+        /// One guest-mode stretch of the vCPU accessing `gfns` through `tlb`.  Returns how many
+        /// accesses found a translation.
+        fn guest_stretch(&self, tlb: &mut SoftTlb, gfns: &[usize]) -> usize {
+            let mut found = 0;
+            if self.mode.enter_guest() {
+                tlb.flush();
+            }
+            for &gfn in gfns {
+                let pfn = tlb.lookup(gfn as u64, false).or_else(|| {
+                    // The walk: Acquire, as the walker's loads are.
+                    let spte = self.sptes[gfn].load(Ordering::Acquire);
+                    (spte != 0).then(|| {
+                        tlb.fill(gfn as u64, spte - 1, false, false);
+                        spte - 1
+                    })
+                });
+                if let Some(pfn) = pfn {
+                    let value = self.pages[pfn as usize].with(|p| {
+                        // SAFETY: loom checks that this read is ordered against the free.
+                        unsafe { *p }
+                    });
+                    assert_eq!(value, LIVE, "vCPU touched a freed page");
+                    found += 1;
+                }
+            }
+            self.mode.exit_guest();
+            found
+        }
+    }
+
+    /// (a) A vCPU that filled its TLB before the zap and keeps accessing never uses the stale
+    /// translation, or the page, once `request_flush()` returned.
+    #[test]
+    fn loom_flush_hides_stale_translation() {
+        loom::model(|| {
+            let world = World::new();
+            let mut tlb = SoftTlb::new();
+            // The stale entry: filled before the zap.
+            assert_eq!(world.guest_stretch(&mut tlb, &[0]), 1);
+
+            let requester = {
+                let world = world.clone();
+                thread::spawn(move || world.zap_and_free(0))
+            };
+            world.guest_stretch(&mut tlb, &[0]);
+            world.guest_stretch(&mut tlb, &[0]);
+            requester.join().unwrap();
+            // After the flush, the mapping is gone for good.
+            assert_eq!(world.guest_stretch(&mut tlb, &[0]), 0);
+        });
+    }
+
+    /// (b) An idle vCPU (outside guest mode) does not hold the requester up, and takes the flush
+    /// on its next entry.
+    #[test]
+    fn loom_idle_vcpu_flushes_on_entry() {
+        loom::model(|| {
+            let world = World::new();
+            let mut tlb = SoftTlb::new();
+            assert_eq!(world.guest_stretch(&mut tlb, &[0, 1]), 2);
+
+            let requester = {
+                let world = world.clone();
+                thread::spawn(move || world.zap_and_free(0))
+            };
+            requester.join().unwrap();
+            assert!(world.mode.enter_guest(), "flush request lost");
+            tlb.flush();
+            assert_eq!(tlb.lookup(0, false), None);
+            world.mode.exit_guest();
+            // gfn 1 was not zapped: walked again, still mapped.
+            assert_eq!(world.guest_stretch(&mut tlb, &[0, 1]), 1);
+        });
+    }
+
+    /// (c) Two requesters zap and free different pages while the vCPU runs: each one's flush
+    /// covers the vCPU, also when one vCPU flush answers both, or when the second request comes
+    /// while the vCPU flushes for the first.  The requesters flush holding the MMU lock, as the
+    /// zap path does, so they spin one at a time (two spinning at once would also give loom
+    /// endless schedules of the two yielding to each other); the pages are freed after the lock
+    /// is dropped, as the primary MMU does after `invalidate_range_start()` returns.
+    #[test]
+    fn loom_two_requesters() {
+        loom::model(|| {
+            let world = World::new();
+            let mmu_lock = Arc::new(loom::sync::Mutex::new(()));
+            let mut tlb = SoftTlb::new();
+            assert_eq!(world.guest_stretch(&mut tlb, &[0, 1]), 2);
+
+            let requesters = [0, 1].map(|gfn| {
+                let (world, mmu_lock) = (world.clone(), mmu_lock.clone());
+                thread::spawn(move || {
+                    let guard = mmu_lock.lock().unwrap();
+                    world.sptes[gfn].store(0, Ordering::Relaxed);
+                    world.mode.request_flush();
+                    drop(guard);
+                    world.free(gfn);
+                })
+            });
+            world.guest_stretch(&mut tlb, &[0, 1]);
+            for r in requesters {
+                r.join().unwrap();
+            }
+            assert_eq!(world.guest_stretch(&mut tlb, &[0, 1]), 0);
+        });
+    }
+}
