@@ -3,7 +3,7 @@
 # Out-of-tree build of secmmu against a configured and built Rust-enabled
 # kernel tree:   make KDIR=/path/to/linux-build LLVM=1
 # Lint:          make KDIR=... LLVM=1 CLIPPY=1
-# Tests, VM, benchmarks: see README.rst (scripts/test-all, scripts/demo).
+# Tests, VM, benchmarks: see README.md (scripts/test-all, scripts/demo, scripts/bench).
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
 
@@ -12,9 +12,10 @@ all: modules
 modules clean:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) $@
 
-rustfmt:
-	rustfmt --check --edition 2021 --config-path $(KDIR)/.rustfmt.toml \
-		src/secmmu.rs rust/bindings.rs 2>/dev/null || \
-	rustfmt --check --edition 2021 src/secmmu.rs rust/bindings.rs
+.PHONY: all modules clean
 
-.PHONY: all modules clean rustfmt
+# Benchmarks on the perf kernel, in one VM run (see scripts/bench).
+bench:
+	./scripts/bench
+
+.PHONY: bench

@@ -85,3 +85,14 @@ in_toolchain() {
 			LANG=C.UTF-8 bash -euc "cd \"\$0\" && exec \"\$@\"" "$dir" "$@"
 	' secmmu-chroot "$root" "$dir" "$@"
 }
+
+# prune_kernels KEEP_DIR : remove kernel builds of the same arch and variant
+# as KEEP_DIR made from older inputs (dead weight once KEEP_DIR exists).
+prune_kernels() {
+	local keep=$1 old tag
+	tag=$(basename "$keep" | sed 's/^kernel-[^-]*-\([a-z0-9_]*-[a-z]*\)-.*$/\1/')
+	for old in "$SECMMU_CACHE"/kernel-*-"$tag"-*; do
+		[ -e "$old" ] && [ "$old" != "$keep" ] && rm -rf "$old"
+	done
+	return 0
+}

@@ -26,11 +26,16 @@ command -v vng >/dev/null || {
 image=$kdir/arch/x86/boot/bzImage
 [ -f "$image" ] || die "no kernel image $image"
 
+# Guest memory (SECMMU_VM_MEM, in G), split over the two nodes.
+mem=${SECMMU_VM_MEM:-4G}
+half=$((${mem%G} / 2))G
+
 vng_run() {
 	local t=$1; shift
 	# setsid + timeout: a hung guest is killed with its whole process group.
 	timeout --kill-after=15 "$t" setsid vng --run "$image" --disable-microvm --force-9p \
-		--cpus 2,sockets=2,cores=1,threads=1 --memory 4G --numa 2G,cpus=0 --numa 2G,cpus=1 \
+		--cpus 2,sockets=2,cores=1,threads=1 --memory "$mem" \
+		--numa "$half",cpus=0 --numa "$half",cpus=1 \
 		--verbose --append "kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 ${SECMMU_APPEND:-}" \
 		"$@" </dev/null
 }
