@@ -22,6 +22,6 @@ abs_header=$(cd "$(dirname "$header")" && pwd)/$(basename "$header")
 abs_out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
 cd "$objtree"
 # Only our own functions; no recursion, so types come from kernel::bindings.
-eval "$bindgen \"$abs_header\" --allowlist-function 'secmmu_.*'" \
+eval "$bindgen \"$abs_header\" --allowlist-function 'secmmu_.*' --allowlist-function anon_inode_getfd" \
 	"--no-recursive-allowlist -o \"$abs_out.tmp\" $flags -DMODULE"
 mv "$abs_out.tmp" "$abs_out"

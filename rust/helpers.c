@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * C wrappers for the static inline functions and macros secmmu's Rust code
- * calls. Keep each one a single call: the logic belongs in Rust.
+ * calls. Keep each one a single call or close to it: logic belongs in Rust.
  */
 
+#include <linux/mm.h>
+#include <linux/page-flags.h>
+#include <linux/preempt.h>
 #include <linux/sched.h>
 #include <linux/sched/mm.h>
 #include "secmmu_helpers.h"
@@ -26,4 +29,91 @@ bool secmmu_need_resched(void)
 struct mm_struct *secmmu_current_mm(void)
 {
 	return current->mm;
+}
+
+unsigned long secmmu_task_size(void)
+{
+	return TASK_SIZE;
+}
+
+void secmmu_preempt_disable(void)
+{
+	preempt_disable();
+}
+
+void secmmu_preempt_enable(void)
+{
+	preempt_enable();
+}
+
+void secmmu_rwlock_init(rwlock_t *lock)
+{
+	rwlock_init(lock);
+}
+
+void secmmu_read_lock(rwlock_t *lock)
+{
+	read_lock(lock);
+}
+
+void secmmu_read_unlock(rwlock_t *lock)
+{
+	read_unlock(lock);
+}
+
+void secmmu_write_lock(rwlock_t *lock)
+{
+	write_lock(lock);
+}
+
+void secmmu_write_unlock(rwlock_t *lock)
+{
+	write_unlock(lock);
+}
+
+bool secmmu_rwlock_needbreak(rwlock_t *lock)
+{
+	return rwlock_needbreak(lock);
+}
+
+unsigned long secmmu_alloc_table_page(void)
+{
+	struct page *page = alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO);
+
+	return page ? page_to_pfn(page) : 0;
+}
+
+void secmmu_free_table_page(unsigned long pfn)
+{
+	__free_page(pfn_to_page(pfn));
+}
+
+void *secmmu_pfn_to_virt(unsigned long pfn)
+{
+	return page_address(pfn_to_page(pfn));
+}
+
+int secmmu_get_user_page(unsigned long hva, bool write, unsigned long *pfn)
+{
+	struct page *page;
+	int ret;
+
+	ret = get_user_pages_fast(hva, 1, write ? FOLL_WRITE : 0, &page);
+	if (ret != 1)
+		return ret < 0 ? ret : -EFAULT;
+	*pfn = page_to_pfn(page);
+	return 0;
+}
+
+void secmmu_put_user_page(unsigned long pfn)
+{
+	put_page(pfn_to_page(pfn));
+}
+
+void secmmu_set_page_dirty(unsigned long pfn)
+{
+	struct page *page = pfn_to_page(pfn);
+
+	if (!PageReserved(page))
+		SetPageDirty(page);
 }

@@ -2,14 +2,17 @@
 /*
  * What secmmu needs from the kernel that the kernel's Rust bindings lack:
  * static inline functions and macros, wrapped as real functions in
- * rust/helpers.c. bindgen turns this header (and only the functions named
- * secmmu_*) into rust/bindings_generated.rs; every type it refers to comes
- * from kernel::bindings, so each kernel type stays one Rust type.
+ * rust/helpers.c. bindgen turns this header (the functions named secmmu_*
+ * and the few exported functions listed in gen-bindings.sh) into
+ * rust/bindings_generated.rs; every type it refers to comes from
+ * kernel::bindings, so each kernel type stays one Rust type.
  */
 #ifndef _SECMMU_HELPERS_H
 #define _SECMMU_HELPERS_H
 
+#include <linux/anon_inodes.h>
 #include <linux/mmu_notifier.h>
+#include <linux/spinlock.h>
 #include <linux/types.h>
 
 /* mmu_notifier_range_blockable(): may this invalidation sleep? */
@@ -23,5 +26,47 @@ bool secmmu_need_resched(void);
 
 /* current->mm, without taking a reference. */
 struct mm_struct *secmmu_current_mm(void);
+
+/* TASK_SIZE of the current task: the first address above user space. */
+unsigned long secmmu_task_size(void);
+
+/* preempt_disable() / preempt_enable(). */
+void secmmu_preempt_disable(void);
+void secmmu_preempt_enable(void);
+
+/* The MMU lock: an rwlock_t, one lockdep class for every space. */
+void secmmu_rwlock_init(rwlock_t *lock);
+void secmmu_read_lock(rwlock_t *lock);
+void secmmu_read_unlock(rwlock_t *lock);
+void secmmu_write_lock(rwlock_t *lock);
+void secmmu_write_unlock(rwlock_t *lock);
+/* Is another CPU waiting for this lock (rwlock_needbreak())? */
+bool secmmu_rwlock_needbreak(rwlock_t *lock);
+
+/*
+ * Page-table pages: zeroed order-0 pages charged to the caller's memcg.
+ * Returns the page's pfn, or 0 if the allocation failed.
+ */
+unsigned long secmmu_alloc_table_page(void);
+void secmmu_free_table_page(unsigned long pfn);
+
+/* The kernel (direct map) address of the page at @pfn. */
+void *secmmu_pfn_to_virt(unsigned long pfn);
+
+/*
+ * Resolves the user address @hva of the current mm to its page, faulting
+ * it in (for writing when @write), and takes a reference on it. Returns 0
+ * and the pfn in @pfn, or a negative errno.
+ */
+int secmmu_get_user_page(unsigned long hva, bool write, unsigned long *pfn);
+
+/* Drops the reference secmmu_get_user_page() took. */
+void secmmu_put_user_page(unsigned long pfn);
+
+/*
+ * Marks the page at @pfn dirty, because it was written through the
+ * secondary MMU (like KVM's kvm_set_page_dirty(): not for reserved pages).
+ */
+void secmmu_set_page_dirty(unsigned long pfn);
 
 #endif /* _SECMMU_HELPERS_H */

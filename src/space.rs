@@ -3,29 +3,63 @@
 //! A space: one open `/dev/secmmu`, bound to its opener's mm.
 //!
 //! Lock order (outermost first):
-//! 1. the mm core's locks around notifier callbacks (mmap_lock, i_mmap,
-//!    page table locks): callbacks may run with any of them held, so
-//!    nothing below may be held while calling into the mm core;
-//! 2. [`Space::inval`], a spinlock: held only to update or check the
-//!    invalidation state, never across a sleep.
+//! 1. [`Space::config`], a mutex: serializes CONFIGURE, SET_MEMSLOT and
+//!    CREATE_VCPU (KVM's `slots_lock`). May sleep while held.
+//! 2. The mm core's locks held around notifier callbacks (mmap_lock,
+//!    i_mmap, page-table locks): nothing below may be held while calling
+//!    into the mm core (get_user_pages runs with no secmmu lock held).
+//! 3. [`Space::mmu`], the MMU lock (an rwlock, spinning): page tables,
+//!    rmaps and memslots. Nothing that sleeps runs under it; allocations for
+//!    a fault are made before it is taken (vCPU caches).
+//! 4. [`Space::inval`], a spinlock: the invalidation retry state. Taken
+//!    alone, or inside the MMU lock by the fault path.
+//! 5. rmap bit locks (inside the MMU lock, or alone with preemption off for
+//!    lockless aging).
 //!
-//! Lifetime: a space lives in an `Arc`. Its notifier is its first field, so
-//! when the last reference goes, `mmu_notifier_unregister()` (which waits for
-//! running callbacks) runs before any other field is dropped.
+//! TLB flushes are requested with the MMU lock held and wait, spinning, for
+//! every vCPU in guest mode to acknowledge. vCPUs never take the MMU lock in
+//! guest mode, so the wait is bounded by one guest access.
+//!
+//! Lifetime: a space lives in an `Arc`, held by its file and by each vCPU
+//! file. Its notifier is its first field, so when the last reference goes,
+//! `mmu_notifier_unregister()` (which waits for running callbacks) runs
+//! before any other field is dropped.
 
 use crate::{
     inval::Invalidations,
+    kpages::KernelPages,
+    memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
+    mmu_lock::{MmuLock, WriteGuard},
     notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
+    pgtable::ZapCursor,
     stats::Stats,
+    tlb::VcpuMode,
     uapi,
+    x86::mmu::{SlotRmaps, X86Mmu},
 };
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel::{
     mm::MmWithUser,
-    new_spinlock,
+    new_mutex, new_spinlock,
     prelude::*,
-    sync::{Arc, SpinLock},
+    sync::{Arc, Mutex, SpinLock},
 };
+
+/// The x86 MMU as the kernel instantiates it.
+pub(crate) type Mmu = X86Mmu<KernelPages>;
+
+/// What the MMU lock protects.
+pub(crate) struct MmuState {
+    /// The page tables; `None` until SECMMU_CONFIGURE.
+    pub(crate) mmu: Option<Mmu>,
+    pub(crate) slots: Memslots,
+}
+
+/// The configuration SECMMU_CONFIGURE fixed.
+#[derive(Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) nr_roots: u32,
+}
 
 /// The state of one open `/dev/secmmu`.
 #[pin_data]
@@ -33,15 +67,33 @@ pub(crate) struct Space {
     /// First field: dropped (unregistered) before everything else.
     #[pin]
     notifier: MmuNotifier<Space>,
+    /// Serializes configuration changes; holds the configuration.
+    #[pin]
+    config: Mutex<Option<Config>>,
+    #[pin]
+    pub(crate) mmu: MmuLock<MmuState>,
     /// Invalidations in progress, and the retry sequence (A2).
     #[pin]
-    inval: SpinLock<Invalidations>,
+    pub(crate) inval: SpinLock<Invalidations>,
+    /// Guest-mode state of each vCPU, for TLB flush requests. Entries below
+    /// `nr_vcpus` belong to created vCPUs; they live as long as the space.
+    vcpu_modes: [VcpuMode; uapi::MAX_VCPUS],
+    nr_vcpus: AtomicUsize,
     /// Set by `release()`: the mm's address space is gone (A5).
     released: AtomicBool,
-    stats: Stats,
+    pub(crate) stats: Stats,
 }
 
 impl_has_mmu_notifier!(Space, notifier);
+
+/// Returned by the zap path: what was done, for stats.
+#[derive(Default)]
+struct Zapped {
+    sptes: u64,
+    dirty: u64,
+    /// Zapped entries that may still be in a vCPU's TLB.
+    flush_pending: bool,
+}
 
 impl Space {
     /// Creates a space for the calling task's mm and subscribes to it.
@@ -49,7 +101,11 @@ impl Space {
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 notifier <- MmuNotifier::new(mm),
+                config <- new_mutex!(None, "secmmu_config"),
+                mmu <- MmuLock::new(MmuState { mmu: None, slots: Memslots::new() }),
                 inval <- new_spinlock!(Invalidations::new(), "secmmu_inval"),
+                vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
+                nr_vcpus: AtomicUsize::new(0),
                 released: AtomicBool::new(false),
                 stats: Stats::default(),
             }),
@@ -73,30 +129,287 @@ impl Space {
         if mm.as_raw() != self.notifier.mm().as_raw() {
             return Err(EIO);
         }
-        // Acquire pairs with the release store in `release()`: a caller that
-        // sees the space alive also sees everything set up before.
+        self.check_alive()
+    }
+
+    /// `EIO` once `release()` ran.
+    pub(crate) fn check_alive(&self) -> Result {
+        // Acquire pairs with the release store in `release()`.
         if self.released.load(Ordering::Acquire) {
             return Err(EIO);
         }
         Ok(())
     }
 
+    /// The configuration, once SECMMU_CONFIGURE succeeded.
+    pub(crate) fn config(&self) -> Option<Config> {
+        *self.config.lock()
+    }
+
+    /// SECMMU_CONFIGURE.
+    pub(crate) fn configure(&self, cfg: &uapi::secmmu_config) -> Result {
+        uapi::check_zero(&cfg.reserved)?;
+        if cfg.pad != 0 || cfg.flags & !uapi::CFG_FLAGS != 0 {
+            return Err(EINVAL);
+        }
+        if cfg.format != uapi::FMT_X86_EPT4 {
+            return Err(EINVAL);
+        }
+        if cfg.nr_roots == 0 || cfg.nr_roots > uapi::MAX_ROOTS {
+            return Err(EINVAL);
+        }
+        let mut config = self.config.lock();
+        if config.is_some() {
+            return Err(EBUSY);
+        }
+        let ad_enabled = cfg.flags & uapi::CFG_NO_AD == 0;
+        // Allocates the roots: may sleep, so before the MMU lock.
+        let mmu = Mmu::new(cfg.nr_roots as usize, ad_enabled).map_err(|_| ENOMEM)?;
+        self.mmu.write().mmu = Some(mmu);
+        *config = Some(Config {
+            nr_roots: cfg.nr_roots,
+        });
+        Ok(())
+    }
+
+    /// SECMMU_SET_MEMSLOT.
+    pub(crate) fn set_memslot(&self, req: &uapi::secmmu_memslot) -> Result {
+        uapi::check_zero(&req.reserved)?;
+        let config = self.config.lock();
+        if config.is_none() {
+            return Err(EINVAL);
+        }
+        if req.memory_size == 0 {
+            return self.delete_memslot(req.slot);
+        }
+        let limits = SlotLimits {
+            gpa_bits: 48,
+            // SAFETY: Reads the current task's TASK_SIZE.
+            user_end: unsafe { crate::bindings::secmmu_task_size() } as u64,
+        };
+        let slot = Memslots::validate(
+            &SlotRequest {
+                id: req.slot,
+                flags: req.flags,
+                guest_phys_addr: req.guest_phys_addr,
+                memory_size: req.memory_size,
+                userspace_addr: req.userspace_addr,
+            },
+            &limits,
+        )
+        .map_err(slot_errno)?;
+        // Check before allocating the rmaps, then again under the lock (the
+        // config mutex makes the second check a formality).
+        self.mmu
+            .read()
+            .slots
+            .check_insert(&slot)
+            .map_err(slot_errno)?;
+        let rmaps = SlotRmaps::new(&slot).map_err(|_| ENOMEM)?;
+        let mut mmu = self.mmu.write();
+        mmu.slots.insert(slot).map_err(slot_errno)?;
+        let unused = match mmu.mmu.as_mut() {
+            Some(m) => m.attach_slot(slot.id, rmaps).err(),
+            None => Some(rmaps),
+        };
+        drop(mmu);
+        // Unreachable: the slot id was free. Freed outside the lock.
+        drop(unused);
+        drop(config);
+        Ok(())
+    }
+
+    /// Deletes a memslot: zaps its mappings in every root, flushes, and
+    /// frees its rmaps after dropping the lock.
+    fn delete_memslot(&self, id: u32) -> Result {
+        let mut guard = self.mmu.write();
+        let slot = *guard.slots.by_id(id).ok_or(ENOENT)?;
+        // Faults recheck the slot generation under the lock: removing the
+        // slot first means no fault can map it again once we drop the lock.
+        guard.slots.remove(id).map_err(slot_errno)?;
+        let mut zapped = Zapped::default();
+        self.zap_gfns(
+            &mut guard,
+            &mut zapped,
+            id,
+            slot.base_gfn,
+            slot.end_gfn(),
+            true,
+        );
+        self.flush_if_pending(&mut zapped);
+        let rmaps = guard.mmu.as_mut().and_then(|m| m.detach_slot(id));
+        drop(guard);
+        drop(rmaps);
+        self.stats.slot_zaps.inc();
+        self.count_zapped(&zapped);
+        Ok(())
+    }
+
+    /// Registers a new vCPU's guest-mode state; returns its index.
+    pub(crate) fn add_vcpu(&self) -> Result<usize> {
+        let _config = self.config.lock();
+        let idx = self.nr_vcpus.load(Ordering::Relaxed);
+        if idx >= uapi::MAX_VCPUS {
+            return Err(ENOSPC);
+        }
+        // Release: a flusher that sees the new count sees the mode's init.
+        self.nr_vcpus.store(idx + 1, Ordering::Release);
+        Ok(idx)
+    }
+
+    /// The guest-mode state of vCPU `idx`.
+    pub(crate) fn vcpu_mode(&self, idx: usize) -> &VcpuMode {
+        &self.vcpu_modes[idx]
+    }
+
+    /// Flushes every vCPU's software TLB and waits until none can use a
+    /// translation from before the call (A1, F29).
+    pub(crate) fn flush_remote_tlbs(&self) {
+        let n = self.nr_vcpus.load(Ordering::Acquire);
+        for mode in &self.vcpu_modes[..n] {
+            mode.request_flush();
+        }
+        self.stats.tlb_flushes.inc();
+    }
+
+    /// Zaps the gfns `[start, end)` of slot `id` in every root, yielding the
+    /// MMU lock when `may_block` and someone needs the CPU or the lock.
+    /// Flushes what it zapped before every yield (B7); what it zapped since
+    /// is left in `z.flush_pending` for the caller to flush before it drops
+    /// the lock for good (B8).
+    fn zap_gfns(
+        &self,
+        guard: &mut WriteGuard<'_, MmuState>,
+        z: &mut Zapped,
+        id: u32,
+        start: u64,
+        end: u64,
+        may_block: bool,
+    ) {
+        let mut cursor = ZapCursor::new(start);
+        while let Some(mmu) = guard.mmu.as_mut() {
+            let lock = &self.mmu;
+            let mut should_stop = || {
+                // SAFETY: Plain read of the current task's flags.
+                may_block && (unsafe { crate::bindings::secmmu_need_resched() } || lock.contended())
+            };
+            let progress = mmu.zap_gfn_range_step(id, &mut cursor, end, &mut should_stop);
+            z.sptes += progress.zapped;
+            z.dirty += progress.dirty;
+            z.flush_pending |= progress.needs_flush();
+            if progress.done {
+                break;
+            }
+            self.flush_if_pending(z);
+            self.stats.zap_yields.inc();
+            guard.resched();
+        }
+    }
+
+    /// Flushes the TLBs if anything was zapped since the last flush; counts
+    /// an elided flush otherwise (nothing valid was removed: E26's rule).
+    fn flush_if_pending(&self, z: &mut Zapped) {
+        if z.flush_pending {
+            self.flush_remote_tlbs();
+            z.flush_pending = false;
+        } else {
+            self.stats.tlb_flushes_elided.inc();
+        }
+    }
+
+    fn count_zapped(&self, z: &Zapped) {
+        self.stats.sptes_zapped.add(z.sptes);
+        self.stats.dirty_pages.add(z.dirty);
+    }
+
     /// Fills `SECMMU_GET_STATS`'s answer.
     pub(crate) fn stats(&self) -> uapi::secmmu_stats {
+        let s = &self.stats;
         uapi::secmmu_stats {
-            invalidations: self.stats.invalidations.get(),
-            invalidations_nonblock: self.stats.invalidations_nonblock.get(),
-            invalidated_pages: self.stats.invalidated_pages.get(),
+            invalidations: s.invalidations.get(),
+            invalidations_nonblock: s.invalidations_nonblock.get(),
+            invalidated_pages: s.invalidated_pages.get(),
+            faults: s.faults.get(),
+            fault_retries: s.fault_retries.get(),
+            memory_faults: s.memory_faults.get(),
+            sptes_zapped: s.sptes_zapped.get(),
+            dirty_pages: s.dirty_pages.get(),
+            zap_yields: s.zap_yields.get(),
+            tlb_flushes: s.tlb_flushes.get(),
+            tlb_flushes_elided: s.tlb_flushes_elided.get(),
+            rmap_max_chain: s.rmap_max_chain.get(),
+            table_pages: self.mmu.read().mmu.as_ref().map_or(0, |m| m.table_pages()),
+            slot_zaps: s.slot_zaps.get(),
+            releases: s.releases.get(),
             ..Default::default()
         }
+    }
+
+    /// SECMMU_SNAPSHOT.
+    pub(crate) fn snapshot(&self, req: &uapi::secmmu_snapshot) -> Result {
+        uapi::check_zero(&req.reserved)?;
+        let config = self.config().ok_or(EINVAL)?;
+        if req.flags != 0 || req.root >= config.nr_roots || req.gpa & 0xfff != 0 {
+            return Err(EINVAL);
+        }
+        if req.npages == 0 || req.npages > uapi::SNAPSHOT_MAX {
+            return Err(EINVAL);
+        }
+        let first = req.gpa >> 12;
+        first
+            .checked_add(req.npages)
+            .filter(|&e| e <= 1 << 36)
+            .ok_or(EINVAL)?;
+        let mut buf = KVec::with_capacity(CHUNK, GFP_KERNEL)?;
+        let mut writer = kernel::uaccess::UserSlice::new(
+            kernel::uaccess::UserPtr::from_addr(req.buf as usize),
+            req.npages as usize,
+        )
+        .writer();
+        const CHUNK: usize = 4096;
+        let mut done = 0u64;
+        while done < req.npages {
+            let n = (req.npages - done).min(CHUNK as u64);
+            buf.clear();
+            {
+                let state = self.mmu.read();
+                let mmu = state.mmu.as_ref().ok_or(EINVAL)?;
+                for gfn in first + done..first + done + n {
+                    buf.push(mmu.snapshot(req.root as usize, gfn), GFP_ATOMIC)?;
+                }
+            }
+            writer.write_slice(&buf)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// The errno of a refused memslot change.
+fn slot_errno(e: SlotError) -> Error {
+    match e {
+        SlotError::Invalid => EINVAL,
+        SlotError::Overlap => EEXIST,
+        SlotError::Busy => EBUSY,
+        SlotError::NotFound => ENOENT,
     }
 }
 
 impl MmuNotifierOps for Space {
     fn release(&self) {
-        // From here on every ioctl fails with EIO and nothing may touch the
-        // mm's pages: the address space is being (or has been) torn down.
+        // From here on every ioctl and fault fails with EIO and nothing may
+        // touch the mm's pages: the address space is being torn down.
         self.released.store(true, Ordering::Release);
+        self.stats.releases.inc();
+        let mut guard = self.mmu.write();
+        let mut zapped = Zapped::default();
+        if let Some(mmu) = guard.mmu.as_mut() {
+            zapped.sptes = mmu.zap_all();
+            zapped.flush_pending = zapped.sptes != 0;
+        }
+        self.flush_if_pending(&mut zapped);
+        drop(guard);
+        self.count_zapped(&zapped);
     }
 
     fn invalidate_range_start(&self, range: &Range) -> Result {
@@ -106,7 +419,32 @@ impl MmuNotifierOps for Space {
         }
         let pages = (range.end - range.start) >> kernel::page::PAGE_SHIFT;
         self.stats.invalidated_pages.add(pages as u64);
+        // First make every fault of the range retry (A2), then remove the
+        // mappings that exist (A1): a fault that installed before `begin`
+        // is zapped below, one that checks after it retries.
         self.inval.lock().begin(range.start, range.end);
+
+        let mut guard = self.mmu.write();
+        // The slots this range backs, taken before any yield. While
+        // `zap_gfns` yields, a slot created meanwhile has no mapping of this
+        // range (its faults retry) and a deleted one was zapped by its
+        // deletion (a missing slot zaps nothing).
+        let mut todo = [(0u32, 0u64, 0u64); crate::memslot::MAX_SLOTS];
+        let mut n = 0;
+        for slot in guard.slots.iter() {
+            if let Some((start, end)) = slot.hva_range_to_gfns(range.start as u64, range.end as u64)
+            {
+                todo[n] = (slot.id, start, end);
+                n += 1;
+            }
+        }
+        let mut zapped = Zapped::default();
+        for &(id, start, end) in &todo[..n] {
+            self.zap_gfns(&mut guard, &mut zapped, id, start, end, range.blockable);
+        }
+        self.flush_if_pending(&mut zapped);
+        drop(guard);
+        self.count_zapped(&zapped);
         Ok(())
     }
 

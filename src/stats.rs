@@ -23,6 +23,11 @@ impl Counter {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Raises the counter to `v` if it is lower (a high-water mark).
+    pub(crate) fn max(&self, v: u64) {
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
+
     /// The number of events so far.
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -38,4 +43,26 @@ pub(crate) struct Stats {
     pub(crate) invalidations_nonblock: Counter,
     /// Pages (4K) covered by those invalidations.
     pub(crate) invalidated_pages: Counter,
+    /// Faults resolved by installing an SPTE.
+    pub(crate) faults: Counter,
+    /// Faults retried because an invalidation raced them (A2).
+    pub(crate) fault_retries: Counter,
+    /// Faults that could not be resolved and exited to userspace.
+    pub(crate) memory_faults: Counter,
+    /// Leaf SPTEs zapped.
+    pub(crate) sptes_zapped: Counter,
+    /// ... of which were dirty, so their page was marked dirty.
+    pub(crate) dirty_pages: Counter,
+    /// Zaps that dropped the MMU lock to reschedule (B6).
+    pub(crate) zap_yields: Counter,
+    /// Remote TLB flush rounds.
+    pub(crate) tlb_flushes: Counter,
+    /// Flushes skipped because nothing was zapped.
+    pub(crate) tlb_flushes_elided: Counter,
+    /// Longest rmap chain seen, in SPTEs.
+    pub(crate) rmap_max_chain: Counter,
+    /// Memslot deletions.
+    pub(crate) slot_zaps: Counter,
+    /// `release()` calls.
+    pub(crate) releases: Counter,
 }

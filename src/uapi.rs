@@ -3,11 +3,16 @@
 //! The uAPI of `include/uapi/linux/secmmu.h`, in Rust.
 //!
 //! Keep in step with the header: the selftests use the header, so a
-//! mismatch shows up as a failing selftest.
+//! mismatch shows up as a failing selftest (and the struct sizes are
+//! encoded in the ioctl numbers).
+
+#![allow(non_camel_case_types)]
 
 use kernel::{
-    ioctl::{_IO, _IOR},
-    transmute::AsBytes,
+    ioctl::{_IO, _IOR, _IOW, _IOWR},
+    prelude::*,
+    transmute::{AsBytes, FromBytes},
+    uaccess::{UserPtr, UserSlice},
 };
 
 /// `SECMMU_API_VERSION`.
@@ -15,22 +20,172 @@ pub(crate) const API_VERSION: isize = 1;
 
 const SECMMUIO: u32 = 0xB5;
 
-/// `SECMMU_GET_API_VERSION`.
 pub(crate) const GET_API_VERSION: u32 = _IO(SECMMUIO, 0x00);
-/// `SECMMU_GET_STATS`.
 pub(crate) const GET_STATS: u32 = _IOR::<secmmu_stats>(SECMMUIO, 0x01);
+pub(crate) const CONFIGURE: u32 = _IOW::<secmmu_config>(SECMMUIO, 0x02);
+pub(crate) const SET_MEMSLOT: u32 = _IOW::<secmmu_memslot>(SECMMUIO, 0x03);
+pub(crate) const CREATE_VCPU: u32 = _IOW::<secmmu_vcpu_create>(SECMMUIO, 0x04);
+pub(crate) const SNAPSHOT: u32 = _IOW::<secmmu_snapshot>(SECMMUIO, 0x05);
+pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
+pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
+
+pub(crate) const FMT_X86_EPT4: u32 = 1;
+pub(crate) const CFG_NO_AD: u32 = 1 << 0;
+pub(crate) const CFG_FLAGS: u32 = CFG_NO_AD;
+pub(crate) const MAX_ROOTS: u32 = 32;
+pub(crate) const MAX_VCPUS: usize = 64;
+pub(crate) const SNAPSHOT_MAX: u64 = 1 << 20;
+pub(crate) const ACCESS_MAX: u64 = 1 << 32;
+
+pub(crate) const RUN_WRITE: u32 = 1;
+pub(crate) const RUN_READ: u32 = 2;
+pub(crate) const RUN_VERIFY: u32 = 3;
+pub(crate) const EXIT_NONE: u32 = 0;
+pub(crate) const EXIT_MEMORY_FAULT: u32 = 1;
+pub(crate) const EXIT_SIGNAL: u32 = 2;
+pub(crate) const ACCESS_WRITE: u32 = 1 << 0;
 
 /// `struct secmmu_stats`.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
-#[allow(non_camel_case_types)]
 pub(crate) struct secmmu_stats {
     pub(crate) invalidations: u64,
     pub(crate) invalidations_nonblock: u64,
     pub(crate) invalidated_pages: u64,
-    pub(crate) reserved: [u64; 29],
+    pub(crate) faults: u64,
+    pub(crate) fault_retries: u64,
+    pub(crate) memory_faults: u64,
+    pub(crate) sptes_zapped: u64,
+    pub(crate) dirty_pages: u64,
+    pub(crate) zap_yields: u64,
+    pub(crate) tlb_flushes: u64,
+    pub(crate) tlb_flushes_elided: u64,
+    pub(crate) rmap_max_chain: u64,
+    pub(crate) table_pages: u64,
+    pub(crate) slot_zaps: u64,
+    pub(crate) releases: u64,
+    pub(crate) reserved: [u64; 17],
 }
 
-// SAFETY: `secmmu_stats` is `repr(C)` of `u64`s only: no padding, every
-// byte initialized.
-unsafe impl AsBytes for secmmu_stats {}
+/// `struct secmmu_config`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_config {
+    pub(crate) flags: u32,
+    pub(crate) format: u32,
+    pub(crate) nr_roots: u32,
+    pub(crate) pad: u32,
+    pub(crate) reserved: [u64; 4],
+}
+
+/// `struct secmmu_memslot`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_memslot {
+    pub(crate) slot: u32,
+    pub(crate) flags: u32,
+    pub(crate) guest_phys_addr: u64,
+    pub(crate) memory_size: u64,
+    pub(crate) userspace_addr: u64,
+    pub(crate) reserved: [u64; 2],
+}
+
+/// `struct secmmu_vcpu_create`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_vcpu_create {
+    pub(crate) root: u32,
+    pub(crate) flags: u32,
+    pub(crate) reserved: [u64; 2],
+}
+
+/// `struct secmmu_snapshot`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_snapshot {
+    pub(crate) root: u32,
+    pub(crate) flags: u32,
+    pub(crate) gpa: u64,
+    pub(crate) npages: u64,
+    pub(crate) buf: u64,
+    pub(crate) reserved: [u64; 2],
+}
+
+/// `struct secmmu_run`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_run {
+    pub(crate) op: u32,
+    pub(crate) flags: u32,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) stride: u64,
+    pub(crate) pattern: u64,
+    pub(crate) passes: u32,
+    pub(crate) pad: u32,
+    pub(crate) accesses: u64,
+    pub(crate) mismatches: u64,
+    pub(crate) first_mismatch: u64,
+    pub(crate) exit_gpa: u64,
+    pub(crate) exit_reason: u32,
+    pub(crate) exit_flags: u32,
+    pub(crate) exit_pass: u32,
+    pub(crate) pad2: u32,
+    pub(crate) reserved: [u64; 4],
+}
+
+/// `struct secmmu_access`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_access {
+    pub(crate) gpa: u64,
+    pub(crate) len: u64,
+    pub(crate) buf: u64,
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+    pub(crate) done: u64,
+    pub(crate) exit_gpa: u64,
+    pub(crate) reserved: [u64; 2],
+}
+
+macro_rules! plain_uapi_struct {
+    ($($t:ty),*) => {$(
+        // SAFETY: `repr(C)` of integers and integer arrays only, laid out
+        // without implicit padding (every gap is an explicit field), so
+        // every byte is initialized and every bit pattern is valid.
+        unsafe impl AsBytes for $t {}
+        // SAFETY: As above.
+        unsafe impl FromBytes for $t {}
+    )*};
+}
+plain_uapi_struct!(
+    secmmu_stats,
+    secmmu_config,
+    secmmu_memslot,
+    secmmu_vcpu_create,
+    secmmu_snapshot,
+    secmmu_run,
+    secmmu_access
+);
+
+/// Reads an ioctl's argument struct from user memory.
+pub(crate) fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .reader()
+        .read::<T>()
+}
+
+/// Writes an ioctl's result struct back to user memory.
+pub(crate) fn write_arg<T: AsBytes>(arg: usize, value: &T) -> Result {
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .writer()
+        .write(value)
+}
+
+/// Rejects nonzero padding and reserved fields (`EINVAL`).
+pub(crate) fn check_zero(words: &[u64]) -> Result {
+    if words.iter().any(|&w| w != 0) {
+        return Err(EINVAL);
+    }
+    Ok(())
+}

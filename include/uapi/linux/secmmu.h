@@ -24,6 +24,12 @@
 #define SECMMU_GET_API_VERSION	_IO(SECMMUIO, 0x00)
 
 /*
+ * Every struct below has explicit padding and a flags field. Unknown flags
+ * and nonzero padding or reserved fields are rejected with -EINVAL, so they
+ * can be given meaning later.
+ */
+
+/*
  * SECMMU_GET_STATS: event counters of the space. Counters only grow; the
  * reserved tail reads as zero and takes counters of later API versions.
  */
@@ -31,9 +37,170 @@ struct secmmu_stats {
 	__u64 invalidations;		/* invalidate_range_start() calls */
 	__u64 invalidations_nonblock;	/* ... of which could not sleep */
 	__u64 invalidated_pages;	/* 4K pages they covered */
-	__u64 reserved[29];
+	__u64 faults;			/* faults resolved (SPTE installed) */
+	__u64 fault_retries;		/* retried: invalidation raced the fault */
+	__u64 memory_faults;		/* unresolvable faults exited to userspace */
+	__u64 sptes_zapped;		/* leaf SPTEs zapped */
+	__u64 dirty_pages;		/* ... of which were dirty: page marked dirty */
+	__u64 zap_yields;		/* zaps that dropped the lock to reschedule */
+	__u64 tlb_flushes;		/* remote TLB flush rounds (all vCPUs) */
+	__u64 tlb_flushes_elided;	/* flushes skipped: nothing was zapped */
+	__u64 rmap_max_chain;		/* longest rmap chain seen (SPTEs) */
+	__u64 table_pages;		/* page-table pages now allocated */
+	__u64 slot_zaps;		/* memslot deletions that zapped */
+	__u64 releases;			/* release() calls (0 or 1) */
+	__u64 reserved[17];
 };
 
 #define SECMMU_GET_STATS	_IOR(SECMMUIO, 0x01, struct secmmu_stats)
+
+/*
+ * SECMMU_CONFIGURE: once per space, before any memslot or vCPU.
+ */
+#define SECMMU_FMT_X86_EPT4	1	/* x86 EPT, 4 levels, 48-bit GPAs */
+
+#define SECMMU_CFG_NO_AD	(1u << 0)	/* no accessed/dirty bits */
+#define SECMMU_CFG_FLAGS	SECMMU_CFG_NO_AD
+
+#define SECMMU_MAX_ROOTS	32
+
+struct secmmu_config {
+	__u32 flags;		/* SECMMU_CFG_* */
+	__u32 format;		/* SECMMU_FMT_* */
+	__u32 nr_roots;		/* 1..SECMMU_MAX_ROOTS */
+	__u32 pad;
+	__u64 reserved[4];
+};
+
+#define SECMMU_CONFIGURE	_IOW(SECMMUIO, 0x02, struct secmmu_config)
+
+/*
+ * SECMMU_SET_MEMSLOT: create slot @slot, or delete it when @memory_size is
+ * 0 (its mappings are zapped). Addresses and size must be 4K aligned; the
+ * guest range must fit the format's guest-physical width and not overlap
+ * another slot (-EEXIST); the user range must lie in user space. An
+ * existing slot must be deleted before it is created again (-EBUSY).
+ */
+#define SECMMU_MAX_MEMSLOTS	64
+#define SECMMU_MEM_READONLY	(1u << 0)
+
+struct secmmu_memslot {
+	__u32 slot;
+	__u32 flags;		/* SECMMU_MEM_* */
+	__u64 guest_phys_addr;
+	__u64 memory_size;
+	__u64 userspace_addr;
+	__u64 reserved[2];
+};
+
+#define SECMMU_SET_MEMSLOT	_IOW(SECMMUIO, 0x03, struct secmmu_memslot)
+
+/*
+ * SECMMU_CREATE_VCPU: returns a new vCPU file descriptor, bound to one
+ * root (address space) of the space, like KVM_CREATE_VCPU.
+ */
+#define SECMMU_MAX_VCPUS	64
+
+struct secmmu_vcpu_create {
+	__u32 root;
+	__u32 flags;
+	__u64 reserved[2];
+};
+
+#define SECMMU_CREATE_VCPU	_IOW(SECMMUIO, 0x04, struct secmmu_vcpu_create)
+
+/*
+ * SECMMU_SNAPSHOT: one byte per guest page of [gpa, gpa + npages * 4K) in
+ * root @root, as the secondary page tables map it right now. Host physical
+ * addresses are never returned.
+ */
+#define SECMMU_SNAP_PRESENT	(1u << 0)
+#define SECMMU_SNAP_WRITABLE	(1u << 1)
+#define SECMMU_SNAP_ACCESSED	(1u << 2)
+#define SECMMU_SNAP_DIRTY	(1u << 3)
+#define SECMMU_SNAP_LEVEL(b)	(((b) >> 4) & 3)	/* 0 4K, 1 2M, 2 1G */
+
+struct secmmu_snapshot {
+	__u32 root;
+	__u32 flags;
+	__u64 gpa;
+	__u64 npages;		/* at most SECMMU_SNAPSHOT_MAX */
+	__u64 buf;		/* user pointer to npages bytes */
+	__u64 reserved[2];
+};
+
+#define SECMMU_SNAPSHOT_MAX	(1u << 20)
+#define SECMMU_SNAPSHOT		_IOW(SECMMUIO, 0x05, struct secmmu_snapshot)
+
+/*
+ * On a vCPU fd: SECMMU_RUN executes a bounded guest loop in the kernel,
+ * through the secondary MMU: for @passes passes, for each 8-byte aligned
+ * guest address from @start (inclusive) to @end (exclusive) by @stride,
+ * one access: WRITE stores (@pattern ^ address), READ loads, VERIFY loads
+ * and compares with (@pattern ^ address). Accesses walk the tables like
+ * hardware (setting accessed, and dirty on writes) through the vCPU's
+ * software TLB, and fault through the fault path.
+ *
+ * Returns 0 when done. A fault the space cannot resolve (no memslot, write
+ * to a READONLY slot, the process's own mapping missing or not writable)
+ * returns -EFAULT with @exit_reason SECMMU_EXIT_MEMORY_FAULT, the guest
+ * address in @exit_gpa, the access in @exit_flags and the pass in
+ * @exit_pass, so userspace can skip it and resume. A pending signal
+ * returns -EINTR with the position in the same fields.
+ */
+#define SECMMU_RUN_WRITE	1
+#define SECMMU_RUN_READ		2
+#define SECMMU_RUN_VERIFY	3
+
+#define SECMMU_EXIT_NONE		0
+#define SECMMU_EXIT_MEMORY_FAULT	1
+#define SECMMU_EXIT_SIGNAL		2
+
+#define SECMMU_ACCESS_WRITE	(1u << 0)	/* in exit_flags and access flags */
+
+struct secmmu_run {
+	/* in */
+	__u32 op;		/* SECMMU_RUN_* */
+	__u32 flags;
+	__u64 start;
+	__u64 end;
+	__u64 stride;		/* multiple of 8, nonzero */
+	__u64 pattern;
+	__u32 passes;
+	__u32 pad;
+	/* out */
+	__u64 accesses;		/* accesses completed */
+	__u64 mismatches;	/* VERIFY: values that differed */
+	__u64 first_mismatch;	/* VERIFY: guest address of the first */
+	__u64 exit_gpa;
+	__u32 exit_reason;	/* SECMMU_EXIT_* */
+	__u32 exit_flags;	/* SECMMU_ACCESS_WRITE for a write */
+	__u32 exit_pass;
+	__u32 pad2;
+	__u64 reserved[4];
+};
+
+#define SECMMU_RUN		_IOWR(SECMMUIO, 0x10, struct secmmu_run)
+
+/*
+ * On a vCPU fd: SECMMU_ACCESS copies @len bytes between the user buffer
+ * @buf and guest memory at @gpa through the secondary MMU, with RUN's
+ * fault rules. On -EFAULT, @done bytes were copied and @exit_gpa is the
+ * guest address that could not be mapped (or -1 when @buf itself was the
+ * bad address).
+ */
+struct secmmu_access {
+	__u64 gpa;
+	__u64 len;		/* at most SECMMU_ACCESS_MAX */
+	__u64 buf;
+	__u32 flags;		/* SECMMU_ACCESS_WRITE: buffer to guest */
+	__u32 pad;
+	__u64 done;		/* out */
+	__u64 exit_gpa;		/* out */
+	__u64 reserved[2];
+};
+
+#define SECMMU_ACCESS_MAX	(1ull << 32)
+#define SECMMU_ACCESS		_IOWR(SECMMUIO, 0x11, struct secmmu_access)
 
 #endif /* _UAPI_LINUX_SECMMU_H */

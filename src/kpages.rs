@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! [`PageOps`] for the kernel: table pages are order-0 pages from the page
+//! allocator, reached through the direct map; guest pages are the host's
+//! own pages, named by pfn.
+
+use crate::{
+    bindings,
+    pgtable::PageOps,
+    prim::{AllocError, AtomicU64},
+};
+
+/// Page operations backed by the kernel's page allocator.
+pub(crate) struct KernelPages;
+
+impl PageOps for KernelPages {
+    fn alloc_table() -> Result<u64, AllocError> {
+        // SAFETY: Plain allocation; may sleep, and callers only top up their
+        // caches outside the MMU lock.
+        let pfn = unsafe { bindings::secmmu_alloc_table_page() };
+        if pfn == 0 {
+            return Err(AllocError);
+        }
+        Ok(pfn as u64)
+    }
+
+    unsafe fn free_table(pfn: u64) {
+        // SAFETY: The caller guarantees `pfn` came from `alloc_table` and that
+        // no walker can reach it any more.
+        unsafe { bindings::secmmu_free_table_page(pfn as usize) };
+    }
+
+    unsafe fn table<'a>(pfn: u64) -> &'a [AtomicU64; 512] {
+        // SAFETY: The caller guarantees `pfn` is a live table page from
+        // `alloc_table`: a 4 KiB, 8-byte aligned page in the direct map,
+        // whose entries are only ever accessed atomically.
+        unsafe { &*bindings::secmmu_pfn_to_virt(pfn as usize).cast::<[AtomicU64; 512]>() }
+    }
+
+    fn set_page_dirty(pfn: u64) {
+        // SAFETY: `pfn` is a page the secondary MMU mapped; the caller is
+        // zapping that mapping inside `invalidate_range_start()` or with the
+        // MMU lock held, so the primary has not freed the page yet.
+        unsafe { bindings::secmmu_set_page_dirty(pfn as usize) };
+    }
+}

@@ -1,0 +1,457 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! vCPUs: threads that access guest memory through the secondary MMU.
+//!
+//! A vCPU is a file descriptor from SECMMU_CREATE_VCPU, bound to one root
+//! of its space. Its ioctls (RUN, ACCESS) play a guest: every access goes
+//! through the vCPU's software TLB, then the lockless walker (which sets
+//! accessed/dirty bits like hardware), then, on a miss, the fault path.
+//!
+//! Guest mode (see tlb.rs): the vCPU touches a guest page or its TLB only
+//! between `enter_guest()` and `exit_guest()`, with preemption disabled, and
+//! never takes a lock there. A TLB flush request waits for it to leave guest
+//! mode, so once `invalidate_range_start()` returns, no vCPU uses a
+//! translation or a page from before (protocols.md A1, F29). Faults, signal
+//! checks, rescheduling and user copies happen outside guest mode.
+
+use crate::{
+    bindings,
+    kpages::KernelPages,
+    pgtable::{TableCache, WalkFault},
+    rmap::DescCache,
+    space::Space,
+    tlb::SoftTlb,
+    uapi,
+    x86::mmu::{translate, MAP_MIN_DESCS, MAP_MIN_TABLES},
+};
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::{
+    new_mutex,
+    prelude::*,
+    sync::{Arc, Mutex},
+    types::ForeignOwnable,
+    uaccess::{UserPtr, UserSlice},
+};
+
+/// What stops an access: the ioctl returns its errno.
+pub(crate) enum Exit {
+    /// The fault cannot be resolved (`EFAULT`, memory-fault exit).
+    MemoryFault,
+    /// Another error: `EINTR` for a signal, `EIO` after release, `ENOMEM`.
+    Errno(Error),
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Self {
+        Exit::Errno(e)
+    }
+}
+
+/// What only the vCPU's own thread touches, under its mutex (KVM's
+/// `vcpu->mutex`: one ioctl at a time per vCPU).
+struct VcpuState {
+    tlb: SoftTlb,
+    /// Allocations for a fault, made before the MMU lock is taken.
+    tables: TableCache<KernelPages>,
+    descs: DescCache,
+}
+
+/// A vCPU.
+#[pin_data]
+pub(crate) struct Vcpu {
+    space: Arc<Space>,
+    /// Index of its guest-mode state in the space.
+    idx: usize,
+    root: usize,
+    /// The root table's pfn: fixed once the space is configured, freed only
+    /// with the space, which this vCPU keeps alive.
+    root_pfn: u64,
+    #[pin]
+    state: Mutex<VcpuState>,
+}
+
+/// What a fault preallocates: enough for one map (tables of a 4-level walk,
+/// one rmap descriptor).
+const FAULT_TABLES: usize = MAP_MIN_TABLES;
+const FAULT_DESCS: usize = MAP_MIN_DESCS;
+
+impl Vcpu {
+    /// SECMMU_CREATE_VCPU: returns the new vCPU's file descriptor.
+    pub(crate) fn create(space: &Arc<Space>, req: &uapi::secmmu_vcpu_create) -> Result<isize> {
+        uapi::check_zero(&req.reserved)?;
+        let config = space.config().ok_or(EINVAL)?;
+        if req.flags != 0 || req.root >= config.nr_roots {
+            return Err(EINVAL);
+        }
+        let root = req.root as usize;
+        let root_pfn = {
+            let state = space.mmu.read();
+            state
+                .mmu
+                .as_ref()
+                .and_then(|m| m.root_pfn(root))
+                .ok_or(EINVAL)?
+        };
+        let idx = space.add_vcpu()?;
+        let vcpu = Arc::pin_init(
+            try_pin_init!(Vcpu {
+                space: space.clone(),
+                idx,
+                root,
+                root_pfn,
+                state <- new_mutex!(VcpuState {
+                    tlb: SoftTlb::new(),
+                    tables: TableCache::new(),
+                    descs: DescCache::new(FAULT_DESCS * 4),
+                }),
+            }),
+            GFP_KERNEL,
+        )?;
+        let private = vcpu.into_foreign();
+        // SAFETY: `VCPU_FOPS` is a static table whose callbacks take back the
+        // `Arc<Vcpu>` stored as private data; the name is a C string.
+        let fd = unsafe {
+            bindings::anon_inode_getfd(
+                kernel::str::as_char_ptr_in_const_context(c"secmmu-vcpu").cast(),
+                &VCPU_FOPS,
+                private.cast(),
+                (bindings::O_RDWR | bindings::O_CLOEXEC) as i32,
+            )
+        };
+        if fd < 0 {
+            // SAFETY: `private` came from `into_foreign` and was not consumed.
+            drop(unsafe { <Arc<Vcpu> as ForeignOwnable>::from_foreign(private) });
+            return Err(Error::from_errno(fd));
+        }
+        Ok(fd as isize)
+    }
+
+    fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize> {
+        self.space.check_caller()?;
+        match cmd {
+            uapi::RUN => {
+                let mut run: uapi::secmmu_run = uapi::read_arg(arg)?;
+                let ret = self.run(&mut run);
+                uapi::write_arg(arg, &run)?;
+                ret.map(|()| 0)
+            }
+            uapi::ACCESS => {
+                let mut acc: uapi::secmmu_access = uapi::read_arg(arg)?;
+                let ret = self.access(&mut acc);
+                uapi::write_arg(arg, &acc)?;
+                ret.map(|()| 0)
+            }
+            _ => Err(ENOTTY),
+        }
+    }
+
+    /// Runs `op` on the kernel address of guest page `gfn`, in guest mode,
+    /// faulting the page in first if needed.
+    fn with_guest_page(
+        &self,
+        st: &mut VcpuState,
+        gfn: u64,
+        write: bool,
+        op: impl FnOnce(*mut u8),
+    ) -> Result<(), Exit> {
+        let mode = self.space.vcpu_mode(self.idx);
+        let mut op = Some(op);
+        loop {
+            // Outside guest mode: the places a real vCPU would exit for.
+            if kernel::current!().signal_pending() {
+                return Err(Exit::Errno(EINTR));
+            }
+            // SAFETY: Plain call; no lock is held.
+            unsafe { bindings::secmmu_cond_resched() };
+
+            // SAFETY: Paired with the `preempt_enable()` below on every path.
+            unsafe { bindings::secmmu_preempt_disable() };
+            if mode.enter_guest() {
+                st.tlb.flush();
+            }
+            let pfn = match st.tlb.lookup(gfn, write) {
+                Some(pfn) => Ok(pfn),
+                // SAFETY: `root_pfn` is a root of the space's MMU, which lives
+                // as long as the space, which this vCPU keeps alive.
+                None => unsafe { translate::<KernelPages>(self.root_pfn, gfn, write) }.map(|t| {
+                    st.tlb.fill(gfn, t.pfn, t.writable, t.dirty);
+                    t.pfn
+                }),
+            };
+            if let Ok(pfn) = pfn {
+                // SAFETY: In guest mode the page stays mapped by the secondary
+                // MMU, so the primary cannot free it until we exit (the zap
+                // waits for us); it is in the direct map.
+                let page = unsafe { bindings::secmmu_pfn_to_virt(pfn as usize) }.cast::<u8>();
+                if let Some(op) = op.take() {
+                    op(page);
+                }
+            }
+            mode.exit_guest();
+            // SAFETY: Paired with the `preempt_disable()` above.
+            unsafe { bindings::secmmu_preempt_enable() };
+            match pfn {
+                Ok(_) => return Ok(()),
+                Err(WalkFault::NotPresent) | Err(WalkFault::WriteProtected) => {
+                    self.fault(st, gfn, write)?
+                }
+            }
+        }
+    }
+
+    /// The fault path (protocols.md A2): resolve the host page with no lock
+    /// held, then install it under the MMU lock unless an invalidation
+    /// raced us, in which case start over.
+    fn fault(&self, st: &mut VcpuState, gfn: u64, write: bool) -> Result<(), Exit> {
+        let space = &self.space;
+        loop {
+            space.check_alive()?;
+            let (slot_id, hva, readonly, generation) = {
+                let state = space.mmu.read();
+                let Some(slot) = state.slots.lookup(gfn) else {
+                    space.stats.memory_faults.inc();
+                    return Err(Exit::MemoryFault);
+                };
+                (
+                    slot.id,
+                    slot.gfn_to_hva(gfn),
+                    slot.readonly(),
+                    state.slots.generation(),
+                )
+            };
+            if write && readonly {
+                space.stats.memory_faults.inc();
+                return Err(Exit::MemoryFault);
+            }
+            // Snapshot before resolving the page: an invalidation that ends
+            // after this point bumps the sequence and we retry.
+            let seq = space.inval.lock().seq();
+            st.tables.topup(FAULT_TABLES).map_err(|_| ENOMEM)?;
+            st.descs.topup(FAULT_DESCS).map_err(|_| ENOMEM)?;
+
+            let mut pfn = 0usize;
+            // SAFETY: `hva` is a user address of the current mm (the caller
+            // is the space's creator); `pfn` is a valid out pointer.
+            let ret = unsafe { bindings::secmmu_get_user_page(hva as usize, write, &mut pfn) };
+            if ret != 0 {
+                let e = Error::from_errno(ret);
+                if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
+                    return Err(Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR }));
+                }
+                space.stats.memory_faults.inc();
+                return Err(Exit::MemoryFault);
+            }
+            let pfn = pfn as u64;
+            let put_page = || {
+                // SAFETY: Drops the reference `secmmu_get_user_page` took.
+                unsafe { bindings::secmmu_put_user_page(pfn as usize) }
+            };
+
+            let mut state = space.mmu.write();
+            if space.check_alive().is_err() {
+                drop(state);
+                put_page();
+                return Err(Exit::Errno(EIO));
+            }
+            let stale = state.slots.generation() != generation
+                || space.inval.lock().retry(hva as usize, seq);
+            if stale {
+                drop(state);
+                put_page();
+                space.stats.fault_retries.inc();
+                continue;
+            }
+            let Some(mmu) = state.mmu.as_mut() else {
+                drop(state);
+                put_page();
+                return Err(Exit::Errno(EINVAL));
+            };
+            let mapped = mmu.map(
+                self.root,
+                slot_id,
+                gfn,
+                pfn,
+                write,
+                &mut st.tables,
+                &mut st.descs,
+            );
+            drop(state);
+            // Like KVM: a page mapped writable is dirty from now on; the
+            // zap marks it dirty again if the guest wrote it (D bit).
+            if mapped.is_ok() && write {
+                // SAFETY: We hold a reference on the page.
+                unsafe { bindings::secmmu_set_page_dirty(pfn as usize) };
+            }
+            put_page();
+            let outcome = mapped.map_err(|_| ENOMEM)?;
+            space.stats.faults.inc();
+            space.stats.rmap_max_chain.max(outcome.chain_len as u64);
+            return Ok(());
+        }
+    }
+
+    /// SECMMU_RUN.
+    fn run(&self, run: &mut uapi::secmmu_run) -> Result {
+        uapi::check_zero(&run.reserved)?;
+        let write = match run.op {
+            uapi::RUN_WRITE => true,
+            uapi::RUN_READ | uapi::RUN_VERIFY => false,
+            _ => return Err(EINVAL),
+        };
+        if run.flags != 0 || run.pad != 0 || run.pad2 != 0 {
+            return Err(EINVAL);
+        }
+        if run.start & 7 != 0 || run.stride == 0 || run.stride & 7 != 0 || run.end < run.start {
+            return Err(EINVAL);
+        }
+        if run.end > 1 << 48 {
+            return Err(EINVAL);
+        }
+        run.accesses = 0;
+        run.mismatches = 0;
+        run.first_mismatch = 0;
+        run.exit_reason = uapi::EXIT_NONE;
+        run.exit_flags = 0;
+        run.exit_gpa = 0;
+        run.exit_pass = 0;
+        let mut st = self.state.lock();
+        for pass in 0..run.passes {
+            let mut gpa = run.start;
+            while gpa < run.end {
+                let value = run.pattern ^ gpa;
+                let off = (gpa & 0xfff) as usize;
+                let mut seen = value;
+                let r = self.with_guest_page(&mut st, gpa >> 12, write, |page| {
+                    // SAFETY: `page` is a mapped 4 KiB page and `off` an
+                    // 8-byte aligned offset in it. Userspace may access the
+                    // same memory concurrently, hence an atomic access.
+                    let word = unsafe { AtomicU64::from_ptr(page.add(off).cast::<u64>()) };
+                    if write {
+                        word.store(value, Ordering::Relaxed);
+                    } else {
+                        seen = word.load(Ordering::Relaxed);
+                    }
+                });
+                if let Err(e) = r {
+                    run.exit_gpa = gpa;
+                    run.exit_pass = pass;
+                    run.exit_flags = if write { uapi::ACCESS_WRITE } else { 0 };
+                    return Err(match e {
+                        Exit::MemoryFault => {
+                            run.exit_reason = uapi::EXIT_MEMORY_FAULT;
+                            EFAULT
+                        }
+                        Exit::Errno(e) => {
+                            if e == EINTR {
+                                run.exit_reason = uapi::EXIT_SIGNAL;
+                            }
+                            e
+                        }
+                    });
+                }
+                if run.op == uapi::RUN_VERIFY && seen != value {
+                    if run.mismatches == 0 {
+                        run.first_mismatch = gpa;
+                    }
+                    run.mismatches += 1;
+                }
+                run.accesses += 1;
+                gpa = match gpa.checked_add(run.stride) {
+                    Some(g) => g,
+                    None => break,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// SECMMU_ACCESS: copies between a user buffer and guest memory, a page
+    /// at most at a time, through a kernel bounce buffer (user copies may
+    /// fault and sleep, so never in guest mode).
+    fn access(&self, acc: &mut uapi::secmmu_access) -> Result {
+        uapi::check_zero(&acc.reserved)?;
+        if acc.flags & !uapi::ACCESS_WRITE != 0 || acc.pad != 0 || acc.len > uapi::ACCESS_MAX {
+            return Err(EINVAL);
+        }
+        let end = acc.gpa.checked_add(acc.len).ok_or(EINVAL)?;
+        if end > 1 << 48 {
+            return Err(EINVAL);
+        }
+        let write = acc.flags & uapi::ACCESS_WRITE != 0;
+        acc.done = 0;
+        acc.exit_gpa = 0;
+        let mut bounce = KVec::<u8>::from_elem(0u8, 4096, GFP_KERNEL)?;
+        let user = UserSlice::new(UserPtr::from_addr(acc.buf as usize), acc.len as usize);
+        let (mut reader, mut writer) = user.reader_writer();
+        let mut st = self.state.lock();
+        while acc.done < acc.len {
+            let gpa = acc.gpa + acc.done;
+            let off = (gpa & 0xfff) as usize;
+            let n = (4096 - off).min((acc.len - acc.done) as usize);
+            let buf = &mut bounce[..n];
+            if write && reader.read_slice(buf).is_err() {
+                acc.exit_gpa = u64::MAX;
+                return Err(EFAULT);
+            }
+            let r = self.with_guest_page(&mut st, gpa >> 12, write, |page| {
+                // SAFETY: `page + off .. + n` lies in one mapped guest page;
+                // `buf` is our own kernel buffer of `n` bytes.
+                unsafe {
+                    if write {
+                        core::ptr::copy_nonoverlapping(buf.as_ptr(), page.add(off), n);
+                    } else {
+                        core::ptr::copy_nonoverlapping(page.add(off), buf.as_mut_ptr(), n);
+                    }
+                }
+            });
+            match r {
+                Ok(()) => {}
+                Err(Exit::MemoryFault) => {
+                    acc.exit_gpa = gpa;
+                    return Err(EFAULT);
+                }
+                Err(Exit::Errno(e)) => {
+                    acc.exit_gpa = gpa;
+                    return Err(e);
+                }
+            }
+            if !write && writer.write_slice(buf).is_err() {
+                acc.exit_gpa = u64::MAX;
+                return Err(EFAULT);
+            }
+            acc.done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// # Safety
+///
+/// Called by the VFS for a vCPU file; `private_data` is an `Arc<Vcpu>`.
+unsafe extern "C" fn vcpu_ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> isize {
+    // SAFETY: `private_data` holds the `Arc<Vcpu>` stored at creation, which
+    // lives until `vcpu_release`; the VFS does not release during an ioctl.
+    let vcpu = unsafe { <Arc<Vcpu> as ForeignOwnable>::borrow((*file).private_data) };
+    match vcpu.ioctl(cmd, arg) {
+        Ok(v) => v,
+        Err(e) => e.to_errno() as isize,
+    }
+}
+
+/// # Safety
+///
+/// Called once by the VFS when the last reference to a vCPU file goes.
+unsafe extern "C" fn vcpu_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
+    // SAFETY: Takes back the `Arc<Vcpu>` stored at creation; this is the
+    // last use of `private_data`.
+    drop(unsafe { <Arc<Vcpu> as ForeignOwnable>::from_foreign((*file).private_data) });
+    0
+}
+
+const VCPU_FOPS: bindings::file_operations = bindings::file_operations {
+    owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
+    unlocked_ioctl: Some(vcpu_ioctl),
+    release: Some(vcpu_release),
+    llseek: Some(bindings::noop_llseek),
+    ..pin_init::zeroed()
+};
