@@ -39,15 +39,23 @@ else
 	result fail kunit.results-missing
 fi
 
-# The selftests (kselftest harness, TAP).
-SECMMU_KO=$ko "$top/selftests/secmmu_test" 2>&1 | tee /tmp/secmmu_test.tap
-sed -n 's/^\(not ok\|ok\) [0-9]* \(.*\)$/\1 \2/p' /tmp/secmmu_test.tap |
-while read -r a b c; do
-	case "$a $b $c" in
-	"ok "*"# SKIP"*) result skip "selftest.$(echo "$b" | cut -d' ' -f1)" ;;
-	"ok "*) result pass "selftest.$b" ;;
-	*) result fail "selftest.$c" ;;
-	esac
+# The selftests (kselftest harness, TAP). A binary that dies before its
+# plan is complete is one failure.
+for t in secmmu_test secmmu_mmu_test; do  # secmmu_aging_test: with the aging work
+	SECMMU_KO=$ko "$top/selftests/$t" > /tmp/$t.tap 2>&1
+	echo "# $t exited with $?"
+	cat /tmp/$t.tap
+	planned=$(sed -n 's/^1\.\.\([0-9]*\)$/\1/p' /tmp/$t.tap)
+	seen=$(grep -cE '^(not )?ok [0-9]+ ' /tmp/$t.tap)
+	[ "${planned:-0}" = "$seen" ] && [ "$seen" != 0 ] || result fail "$t.incomplete"
+	sed -n 's/^\(not ok\|ok\) [0-9]* \(.*\)$/\1 \2/p' /tmp/$t.tap |
+	while read -r a b c; do
+		case "$a $b $c" in
+		"ok "*"# SKIP"*) result skip "$t.$(echo "$b" | cut -d' ' -f1)" ;;
+		"ok "*) result pass "$t.$b" ;;
+		*) result fail "$t.$c" ;;
+		esac
+	done
 done
 
 if rmmod secmmu; then result pass rmmod; else result fail rmmod; fi

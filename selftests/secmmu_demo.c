@@ -1,65 +1,92 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * secmmu demo: create a space, change the mirrored process's memory the
- * ways the mm core reports to secondary MMUs, and print what the space saw.
+ * secmmu demo: mirror 16 MiB of this process into a space, let a vCPU
+ * fault it in and write it, change the memory the ways the mm core reports
+ * to secondary MMUs, and print what the secondary MMU did each time.
  */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 
-#include <linux/secmmu.h>
+#include "secmmu_lib.h"
 
-static void die(const char *what)
+#define GPA	0x100000000UL
+#define SIZE	(16UL << 20)
+#define NPAGES	(SIZE / PAGE_SZ)
+
+static int fd, vcpu;
+static unsigned char snap[NPAGES];
+
+static void die(const char *what, int err)
 {
-	fprintf(stderr, "secmmu-demo: %s: %s\n", what, strerror(errno));
+	fprintf(stderr, "secmmu-demo: %s: %s\n", what, strerror(-err));
 	exit(1);
 }
 
-static void show(int fd, const char *after)
+static void show(const char *what)
 {
-	struct secmmu_stats s;
+	struct secmmu_stats s = get_stats(fd);
+	int ret = snapshot(fd, 0, GPA, NPAGES, snap);
 
-	if (ioctl(fd, SECMMU_GET_STATS, &s))
-		die("SECMMU_GET_STATS");
-	printf("%-28s invalidations %4llu (non-blocking %llu), pages %6llu\n",
-	       after, (unsigned long long)s.invalidations,
-	       (unsigned long long)s.invalidations_nonblock,
-	       (unsigned long long)s.invalidated_pages);
+	if (ret)
+		die("SECMMU_SNAPSHOT", ret);
+	printf("%-28s mapped %4lu (writable %4lu, dirty %4lu) | ", what,
+	       count_bits(snap, NPAGES, SECMMU_SNAP_PRESENT),
+	       count_bits(snap, NPAGES, SECMMU_SNAP_PRESENT | SECMMU_SNAP_WRITABLE),
+	       count_bits(snap, NPAGES, SECMMU_SNAP_PRESENT | SECMMU_SNAP_DIRTY));
+	printf("faults %5llu retries %llu zapped %5llu (dirty %5llu) ",
+	       s.faults, s.fault_retries, s.sptes_zapped, s.dirty_pages);
+	printf("TLB flushes %4llu invalidations %4llu\n", s.tlb_flushes, s.invalidations);
+}
+
+static void run(unsigned int op, unsigned long off, unsigned long len, const char *what)
+{
+	struct secmmu_run r;
+	int ret = run_range(vcpu, op, GPA + off, GPA + off + len, PAGE_SZ, 0x5ec, &r);
+
+	if (ret == -EFAULT)
+		printf("%-28s memory-fault exit at gpa 0x%llx\n", "", r.exit_gpa);
+	else if (ret)
+		die("SECMMU_RUN", ret);
+	show(what);
 }
 
 int main(void)
 {
-	const size_t size = 16 << 20;
-	char *p;
-	int fd;
+	char *mem;
+	int ret;
 
-	fd = open("/dev/secmmu", O_RDWR | O_CLOEXEC);
+	fd = space_create(1, 0);
 	if (fd < 0)
-		die("open /dev/secmmu");
-	printf("secmmu API version %d\n", ioctl(fd, SECMMU_GET_API_VERSION, 0));
-	show(fd, "after open:");
+		die("open + SECMMU_CONFIGURE", fd);
+	printf("secmmu API version %d: x86 EPT, 1 root, 16 MiB slot at gpa 0x%lx\n",
+	       ioctl(fd, SECMMU_GET_API_VERSION, 0), GPA);
+	mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		die("mmap", -errno);
+	ret = set_slot(fd, 0, 0, GPA, SIZE, mem);
+	if (ret)
+		die("SECMMU_SET_MEMSLOT", ret);
+	vcpu = vcpu_create(fd, 0);
+	if (vcpu < 0)
+		die("SECMMU_CREATE_VCPU", vcpu);
 
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		die("mmap");
-	memset(p, 1, size);
-	show(fd, "after touching 16 MiB:");
-	if (madvise(p, size / 2, MADV_DONTNEED))
-		die("madvise");
-	show(fd, "after MADV_DONTNEED 8 MiB:");
-	if (mprotect(p + size / 2, size / 4, PROT_READ))
-		die("mprotect");
-	show(fd, "after mprotect RO 4 MiB:");
-	if (munmap(p, size))
-		die("munmap");
-	show(fd, "after munmap 16 MiB:");
+	show("start:");
+	run(SECMMU_RUN_READ, 0, SIZE, "vCPU reads 16 MiB:");
+	run(SECMMU_RUN_WRITE, 0, SIZE, "vCPU writes 16 MiB:");
+	printf("%-28s host reads 0x%llx (= 0x5ec ^ gpa)\n", "",
+	       (unsigned long long)*(unsigned long *)mem);
+	madvise(mem, SIZE / 2, MADV_DONTNEED);
+	show("host MADV_DONTNEED 8 MiB:");
+	mprotect(mem + SIZE / 2, SIZE / 4, PROT_READ);
+	show("host mprotect RO 4 MiB:");
+	run(SECMMU_RUN_WRITE, SIZE / 2, SIZE / 4, "vCPU writes the RO part:");
+	run(SECMMU_RUN_READ, 0, SIZE, "vCPU reads 16 MiB again:");
+	munmap(mem, SIZE);
+	show("host munmap 16 MiB:");
+	run(SECMMU_RUN_READ, 0, SIZE, "vCPU reads after munmap:");
+	close(vcpu);
 	close(fd);
 	return 0;
 }

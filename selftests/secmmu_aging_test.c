@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * secmmu aging selftests: the mm core's page aging (page_idle, MGLRU) must
+ * see accesses made through the secondary MMU only, via clear_young /
+ * test_young / clear_flush_young.
+ *
+ * page_idle_tracking is a port of KVM's access_tracking_perf_test: two
+ * vCPU threads populate a region, the host marks every page idle through
+ * /sys/kernel/mm/page_idle/bitmap, the vCPUs touch their pages again, and
+ * reading the bitmap back must find (almost) none of them idle, while
+ * pages nobody touched stay idle. Sizes are chosen for TCG: 32 MiB.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+
+#include "secmmu_lib.h"
+#include "kselftest_harness.h"
+
+#define GPA_BASE	0x40000000UL
+#define REGION		(32 * SZ_1M)
+#define NPAGES		(REGION / PAGE_SZ)
+
+/* The pfn backing @addr, from /proc/self/pagemap (root only), or 0. */
+static __u64 pfn_of(int pagemap, void *addr)
+{
+	__u64 e;
+
+	if (pread(pagemap, &e, 8, ((uintptr_t)addr / PAGE_SZ) * 8) != 8)
+		return 0;
+	return (e & (1ULL << 63)) ? e & ((1ULL << 55) - 1) : 0;
+}
+
+/* Marks the page at @pfn idle. */
+static int mark_idle(int bitmap, __u64 pfn)
+{
+	__u64 bits = 1ULL << (pfn % 64);
+
+	return pwrite(bitmap, &bits, 8, pfn / 64 * 8) == 8 ? 0 : -1;
+}
+
+/* Is the page at @pfn idle? Reading asks the MMUs (clear_young). */
+static int is_idle(int bitmap, __u64 pfn)
+{
+	__u64 bits;
+
+	if (pread(bitmap, &bits, 8, pfn / 64 * 8) != 8)
+		return -1;
+	return !!(bits & (1ULL << (pfn % 64)));
+}
+
+struct vcpu_thread {
+	int vcpu;
+	unsigned long start, end;
+	unsigned int op;
+	int ret;
+};
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu_thread *t = arg;
+
+	t->ret = run_range(t->vcpu, t->op, t->start, t->end, PAGE_SZ, 0, NULL);
+	return NULL;
+}
+
+/* Both vCPUs run @op over their halves of [start, end) at once. */
+static int run_both(int vcpus[2], unsigned int op, unsigned long start, unsigned long end)
+{
+	unsigned long half = (end - start) / 2;
+	struct vcpu_thread t[2] = {
+		{ vcpus[0], start, start + half, op },
+		{ vcpus[1], start + half, end, op },
+	};
+	pthread_t th[2];
+	int i;
+
+	for (i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, vcpu_thread, &t[i]);
+	for (i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	return t[0].ret ? t[0].ret : t[1].ret;
+}
+
+FIXTURE(aging) {
+	int fd, vcpus[2], pagemap, bitmap;
+	char *mem;
+	__u64 pfns[NPAGES];
+};
+
+FIXTURE_VARIANT(aging) {
+	unsigned int cfg_flags;
+};
+
+FIXTURE_VARIANT_ADD(aging, ad) { .cfg_flags = 0 };
+FIXTURE_VARIANT_ADD(aging, no_ad) { .cfg_flags = SECMMU_CFG_NO_AD };
+
+FIXTURE_SETUP(aging)
+{
+	int i;
+
+	self->bitmap = open("/sys/kernel/mm/page_idle/bitmap", O_RDWR);
+	if (self->bitmap < 0)
+		SKIP(return, "no page_idle");
+	self->pagemap = open("/proc/self/pagemap", O_RDONLY);
+	ASSERT_GE(self->pagemap, 0);
+	self->fd = space_create(1, variant->cfg_flags);
+	ASSERT_GE(self->fd, 0);
+	self->mem = mmap(NULL, REGION, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, self->mem);
+	madvise(self->mem, REGION, MADV_NOHUGEPAGE);
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, GPA_BASE, REGION, self->mem));
+	for (i = 0; i < 2; i++) {
+		self->vcpus[i] = vcpu_create(self->fd, 0);
+		ASSERT_GE(self->vcpus[i], 0);
+	}
+	/* populate: the vCPUs write everything (the host never touches it). */
+	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + REGION));
+	for (i = 0; i < (int)NPAGES; i++) {
+		self->pfns[i] = pfn_of(self->pagemap, self->mem + i * PAGE_SZ);
+		ASSERT_NE(0, self->pfns[i]);
+	}
+}
+
+FIXTURE_TEARDOWN(aging)
+{
+	if (self->bitmap < 0)
+		return;
+	close(self->vcpus[0]);
+	close(self->vcpus[1]);
+	close(self->fd);
+	munmap(self->mem, REGION);
+	close(self->bitmap);
+	close(self->pagemap);
+}
+
+static unsigned long count_idle(int bitmap, const __u64 *pfns, int from, int to)
+{
+	unsigned long idle = 0;
+	int i;
+
+	for (i = from; i < to; i++)
+		idle += is_idle(bitmap, pfns[i]) == 1;
+	return idle;
+}
+
+static void mark_all_idle(int bitmap, const __u64 *pfns)
+{
+	int i;
+
+	for (i = 0; i < (int)NPAGES; i++)
+		mark_idle(bitmap, pfns[i]);
+}
+
+/*
+ * The vCPUs touch the first half after everything was marked idle (write,
+ * then again with reads): at most 10% of those may still read as idle; the
+ * second half, untouched, must stay idle.
+ */
+TEST_F(aging, page_idle_tracking)
+{
+	const int half = NPAGES / 2;
+	unsigned long idle;
+
+	mark_all_idle(self->bitmap, self->pfns);
+	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE,
+			      GPA_BASE + REGION / 2));
+	idle = count_idle(self->bitmap, self->pfns, 0, half);
+	EXPECT_LE(idle, half / 10) TH_LOG("%lu of %d written pages still idle", idle, half);
+	EXPECT_EQ(NPAGES - half, count_idle(self->bitmap, self->pfns, half, NPAGES));
+
+	mark_all_idle(self->bitmap, self->pfns);
+	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_READ, GPA_BASE,
+			      GPA_BASE + REGION / 2));
+	idle = count_idle(self->bitmap, self->pfns, 0, half);
+	EXPECT_LE(idle, half / 10) TH_LOG("%lu of %d read pages still idle", idle, half);
+	EXPECT_EQ(NPAGES - half, count_idle(self->bitmap, self->pfns, half, NPAGES));
+
+	/* Writes after aging are not lost (no-A/D mode restores the SPTE). */
+	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + REGION));
+	{
+		struct secmmu_run r;
+
+		ASSERT_EQ(0, run_range(self->vcpus[0], SECMMU_RUN_VERIFY, GPA_BASE,
+				       GPA_BASE + REGION, PAGE_SZ, 0, &r));
+		EXPECT_EQ(0, r.mismatches);
+	}
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Helpers shared by the secmmu selftests: thin wrappers of the uAPI that
+ * return -errno instead of setting errno, so tests can ASSERT_EQ on them.
+ */
+#ifndef _SECMMU_LIB_H
+#define _SECMMU_LIB_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+
+#include <linux/secmmu.h>
+
+#define PAGE_SZ		4096UL
+#define SZ_1M		(1024UL * 1024)
+#define SZ_2M		(2 * SZ_1M)
+#define SZ_1G		(1024 * SZ_1M)
+
+static inline int secmmu_ioctl(int fd, unsigned long cmd, void *arg)
+{
+	return ioctl(fd, cmd, arg) < 0 ? -errno : 0;
+}
+
+/* A space configured with @nr_roots roots of the x86 EPT format. */
+static inline int space_create(unsigned int nr_roots, unsigned int flags)
+{
+	struct secmmu_config cfg = {
+		.flags = flags,
+		.format = SECMMU_FMT_X86_EPT4,
+		.nr_roots = nr_roots,
+	};
+	int fd = open("/dev/secmmu", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	if (secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg)) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+static inline int set_slot(int fd, unsigned int slot, unsigned int flags,
+			   unsigned long gpa, unsigned long size, void *hva)
+{
+	struct secmmu_memslot m = {
+		.slot = slot,
+		.flags = flags,
+		.guest_phys_addr = gpa,
+		.memory_size = size,
+		.userspace_addr = (unsigned long)hva,
+	};
+
+	return secmmu_ioctl(fd, SECMMU_SET_MEMSLOT, &m);
+}
+
+/* A vCPU on @root; returns its fd or -errno. */
+static inline int vcpu_create(int fd, unsigned int root)
+{
+	struct secmmu_vcpu_create c = { .root = root };
+	int ret = ioctl(fd, SECMMU_CREATE_VCPU, &c);
+
+	return ret < 0 ? -errno : ret;
+}
+
+static inline int vcpu_run(int vcpu, struct secmmu_run *run)
+{
+	return secmmu_ioctl(vcpu, SECMMU_RUN, run);
+}
+
+/* One RUN pass of @op over [start, end) by @stride. */
+static inline int run_range(int vcpu, unsigned int op, unsigned long start,
+			    unsigned long end, unsigned long stride,
+			    unsigned long pattern, struct secmmu_run *out)
+{
+	struct secmmu_run run = {
+		.op = op, .start = start, .end = end, .stride = stride,
+		.pattern = pattern, .passes = 1,
+	};
+	int ret = vcpu_run(vcpu, &run);
+
+	if (out)
+		*out = run;
+	return ret;
+}
+
+static inline int guest_access(int vcpu, unsigned long gpa, void *buf,
+			       unsigned long len, int write)
+{
+	struct secmmu_access a = {
+		.gpa = gpa, .len = len, .buf = (unsigned long)buf,
+		.flags = write ? SECMMU_ACCESS_WRITE : 0,
+	};
+
+	return secmmu_ioctl(vcpu, SECMMU_ACCESS, &a);
+}
+
+static inline int snapshot(int fd, unsigned int root, unsigned long gpa,
+			   unsigned long npages, unsigned char *buf)
+{
+	struct secmmu_snapshot s = {
+		.root = root, .gpa = gpa, .npages = npages,
+		.buf = (unsigned long)buf,
+	};
+
+	return secmmu_ioctl(fd, SECMMU_SNAPSHOT, &s);
+}
+
+/* How many of @n snapshot bytes have all of @bits. */
+static inline unsigned long count_bits(const unsigned char *b, unsigned long n,
+				       unsigned int bits)
+{
+	unsigned long i, c = 0;
+
+	for (i = 0; i < n; i++)
+		c += (b[i] & bits) == bits;
+	return c;
+}
+
+static inline struct secmmu_stats get_stats(int fd)
+{
+	struct secmmu_stats s;
+
+	memset(&s, 0, sizeof(s));
+	ioctl(fd, SECMMU_GET_STATS, &s);
+	return s;
+}
+
+#endif /* _SECMMU_LIB_H */

@@ -1,0 +1,922 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * secmmu x86 MMU selftests: memslots, faults, and coherence of the
+ * secondary page tables with every change the primary MMU makes.
+ *
+ * Most tests use the "mirror" fixture: a space with one root, one vCPU,
+ * and one memslot at GPA_BASE backed by an anonymous mapping of NPAGES.
+ * A guest access is a SECMMU_RUN or SECMMU_ACCESS on the vCPU; what the
+ * secondary MMU maps is read back with SECMMU_SNAPSHOT.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "secmmu_lib.h"
+#include "kselftest_harness.h"
+
+#define GPA_BASE	0x40000000UL
+#define NPAGES		256UL
+#define SIZE		(NPAGES * PAGE_SZ)
+
+#define PRESENT		SECMMU_SNAP_PRESENT
+#define WRITABLE	SECMMU_SNAP_WRITABLE
+
+FIXTURE(mirror) {
+	int fd;
+	int vcpu;
+	char *mem;
+	unsigned char snap[NPAGES];
+};
+
+FIXTURE_SETUP(mirror)
+{
+	self->fd = space_create(1, 0);
+	ASSERT_GE(self->fd, 0) TH_LOG("space: %s", strerror(-self->fd));
+	self->mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, self->mem);
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, GPA_BASE, SIZE, self->mem));
+	self->vcpu = vcpu_create(self->fd, 0);
+	ASSERT_GE(self->vcpu, 0);
+}
+
+FIXTURE_TEARDOWN(mirror)
+{
+	close(self->vcpu);
+	close(self->fd);
+	munmap(self->mem, SIZE);
+}
+
+/* Guest writes one word per page: pattern ^ gpa. */
+static int guest_write_all(int vcpu, unsigned long pattern)
+{
+	return run_range(vcpu, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + SIZE,
+			 PAGE_SZ, pattern, NULL);
+}
+
+/* Number of pages whose first word the guest does not read as expected. */
+static long guest_mismatches(int vcpu, unsigned long pattern)
+{
+	struct secmmu_run r;
+	int ret = run_range(vcpu, SECMMU_RUN_VERIFY, GPA_BASE, GPA_BASE + SIZE,
+			    PAGE_SZ, pattern, &r);
+
+	return ret ? ret : (long)r.mismatches;
+}
+
+/* Host writes what guest_mismatches() expects, into @mem. */
+static void host_write_all(char *mem, unsigned long pattern)
+{
+	unsigned long i;
+
+	for (i = 0; i < NPAGES; i++)
+		*(uint64_t *)(mem + i * PAGE_SZ) = pattern ^ (GPA_BASE + i * PAGE_SZ);
+}
+
+static unsigned long host_mismatches(char *mem, unsigned long pattern)
+{
+	unsigned long i, bad = 0;
+
+	for (i = 0; i < NPAGES; i++)
+		bad += *(uint64_t *)(mem + i * PAGE_SZ) !=
+		       (pattern ^ (GPA_BASE + i * PAGE_SZ));
+	return bad;
+}
+
+/*
+ * Every malformed request is refused with the documented errno and changes
+ * nothing; well-formed ones work.
+ */
+TEST(memslot_validation)
+{
+	char *mem = mmap(NULL, 4 * PAGE_SZ, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct secmmu_config cfg = { .format = SECMMU_FMT_X86_EPT4, .nr_roots = 1 };
+	struct secmmu_memslot m = { .memory_size = PAGE_SZ };
+	struct secmmu_run run = { .op = SECMMU_RUN_READ, .stride = 8, .passes = 1 };
+	unsigned char snap[4];
+	int fd, vcpu;
+
+	ASSERT_NE(MAP_FAILED, mem);
+	fd = open("/dev/secmmu", O_RDWR);
+	ASSERT_GE(fd, 0);
+
+	/* Nothing before CONFIGURE. */
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0, PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, vcpu_create(fd, 0));
+
+	/* CONFIGURE's own validation. */
+	cfg.nr_roots = 0;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.nr_roots = SECMMU_MAX_ROOTS + 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.nr_roots = 1;
+	cfg.format = 99;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.format = SECMMU_FMT_X86_EPT4;
+	cfg.flags = 1u << 31;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.flags = 0;
+	cfg.pad = 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.pad = 0;
+	cfg.reserved[3] = 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.reserved[3] = 0;
+	ASSERT_EQ(0, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	EXPECT_EQ(-EBUSY, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+
+	/* Malformed slots. */
+	EXPECT_EQ(-EINVAL, set_slot(fd, SECMMU_MAX_MEMSLOTS, 0, 0, PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 1u << 7, 0, PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0x800, PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0, PAGE_SZ + 1, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0, PAGE_SZ, mem + 1));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 1UL << 48, PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, (1UL << 48) - PAGE_SZ, 2 * PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, -PAGE_SZ, 2 * PAGE_SZ, mem));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0, PAGE_SZ, (void *)0xffff888000000000UL));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0, 2 * PAGE_SZ, (void *)-PAGE_SZ));
+	EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 0, PAGE_SZ, NULL));
+	m.slot = 0;
+	m.userspace_addr = (unsigned long)mem;
+	m.reserved[1] = 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_SET_MEMSLOT, &m));
+	EXPECT_EQ(-ENOENT, set_slot(fd, 5, 0, 0, 0, NULL));
+
+	/* Overlap, reuse of an id, deletion and re-creation. */
+	ASSERT_EQ(0, set_slot(fd, 0, 0, 0x10000, 2 * PAGE_SZ, mem));
+	EXPECT_EQ(-EEXIST, set_slot(fd, 1, 0, 0x11000, 2 * PAGE_SZ, mem));
+	EXPECT_EQ(-EEXIST, set_slot(fd, 1, 0, 0x0f000, 2 * PAGE_SZ, mem));
+	EXPECT_EQ(-EBUSY, set_slot(fd, 0, 0, 0x20000, PAGE_SZ, mem));
+	EXPECT_EQ(0, set_slot(fd, 1, 0, 0x12000, 2 * PAGE_SZ, mem)); /* alias */
+	EXPECT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
+	EXPECT_EQ(0, set_slot(fd, 0, 0, 0x20000, PAGE_SZ, mem));
+
+	/* vCPU, snapshot and run arguments. */
+	EXPECT_EQ(-EINVAL, vcpu_create(fd, 1));
+	vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(vcpu, 0);
+	EXPECT_EQ(-EINVAL, snapshot(fd, 1, 0x20000, 1, snap));
+	EXPECT_EQ(-EINVAL, snapshot(fd, 0, 0x20001, 1, snap));
+	EXPECT_EQ(-EINVAL, snapshot(fd, 0, 0x20000, 0, snap));
+	EXPECT_EQ(-EFAULT, snapshot(fd, 0, 0x20000, 4, NULL));
+	run.stride = 0;
+	EXPECT_EQ(-EINVAL, vcpu_run(vcpu, &run));
+	run.stride = 8;
+	run.start = 4;
+	EXPECT_EQ(-EINVAL, vcpu_run(vcpu, &run));
+	run.start = 0;
+	run.op = 0;
+	EXPECT_EQ(-EINVAL, vcpu_run(vcpu, &run));
+	EXPECT_EQ(-EFAULT, guest_access(vcpu, 0x20000, NULL, 8, 0));
+	EXPECT_EQ(-ENOTTY, secmmu_ioctl(vcpu, SECMMU_GET_STATS, &run));
+
+	close(vcpu);
+	close(fd);
+	munmap(mem, 4 * PAGE_SZ);
+}
+
+/* Guest writes are seen by the host pointer, host writes by the guest. */
+TEST_F(mirror, access_roundtrip)
+{
+	char buf[3 * PAGE_SZ], back[3 * PAGE_SZ];
+	unsigned long i;
+
+	host_write_all(self->mem, 0x1234);
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 0x1234));
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0xabcd));
+	EXPECT_EQ(0, host_mismatches(self->mem, 0xabcd));
+
+	/* Unaligned copies across page boundaries, both ways. */
+	for (i = 0; i < sizeof(buf); i++)
+		buf[i] = (char)(i * 7 + 3);
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE + 100, buf, sizeof(buf), 1));
+	EXPECT_EQ(0, memcmp(self->mem + 100, buf, sizeof(buf)));
+	memset(self->mem + 5000, 0x77, 3000);
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE + 100, back, sizeof(back), 0));
+	EXPECT_EQ(0, memcmp(self->mem + 100, back, sizeof(back)));
+
+	/* Everything the guest wrote is mapped writable, accessed and dirty. */
+	ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE, NPAGES, self->snap));
+	EXPECT_EQ(NPAGES, count_bits(self->snap, NPAGES, PRESENT | WRITABLE |
+				     SECMMU_SNAP_ACCESSED | SECMMU_SNAP_DIRTY));
+
+	/* Outside every slot: a memory-fault exit with the address. */
+	{
+		struct secmmu_run r;
+
+		EXPECT_EQ(-EFAULT, run_range(self->vcpu, SECMMU_RUN_READ, 0x1000,
+					     0x2000, 8, 0, &r));
+		EXPECT_EQ(SECMMU_EXIT_MEMORY_FAULT, r.exit_reason);
+		EXPECT_EQ(0x1000, r.exit_gpa);
+	}
+}
+
+/* munmap zaps the mirror: the guest faults, then sees the new mapping. */
+TEST_F(mirror, munmap_coherence)
+{
+	struct secmmu_stats before, after;
+	struct secmmu_run r;
+	char *p;
+
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 1));
+	ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE, NPAGES, self->snap));
+	ASSERT_EQ(NPAGES, count_bits(self->snap, NPAGES, PRESENT));
+
+	before = get_stats(self->fd);
+	ASSERT_EQ(0, munmap(self->mem, SIZE));
+	after = get_stats(self->fd);
+	EXPECT_GE(after.sptes_zapped - before.sptes_zapped, NPAGES);
+	EXPECT_GT(after.tlb_flushes, before.tlb_flushes);
+	ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE, NPAGES, self->snap));
+	EXPECT_EQ(0, count_bits(self->snap, NPAGES, PRESENT));
+
+	EXPECT_EQ(-EFAULT, run_range(self->vcpu, SECMMU_RUN_READ, GPA_BASE,
+				     GPA_BASE + SIZE, PAGE_SZ, 0, &r));
+	EXPECT_EQ(GPA_BASE, r.exit_gpa);
+
+	/* New memory at the same address: the guest sees it, not the old. */
+	p = mmap(self->mem, SIZE, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	ASSERT_EQ(self->mem, p);
+	host_write_all(self->mem, 2);
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 2));
+}
+
+/* MADV_DONTNEED zaps: the guest then reads the zero page, not old data. */
+TEST_F(mirror, dontneed_coherence)
+{
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x55));
+	EXPECT_EQ(0, host_mismatches(self->mem, 0x55));
+	ASSERT_EQ(0, madvise(self->mem, SIZE, MADV_DONTNEED));
+	ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE, NPAGES, self->snap));
+	EXPECT_EQ(0, count_bits(self->snap, NPAGES, PRESENT));
+	/* The pattern is gone: the guest reads zeroes, as the host does. */
+	EXPECT_EQ(NPAGES, guest_mismatches(self->vcpu, 0x55));
+	{
+		static char buf[SIZE], zero[SIZE];
+
+		memset(buf, 0xff, sizeof(buf));
+		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, buf, SIZE, 0));
+		EXPECT_EQ(0, memcmp(buf, zero, SIZE));
+	}
+	/* Then new host data is what the guest sees. */
+	host_write_all(self->mem, 0x66);
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 0x66));
+}
+
+/*
+ * mprotect(PROT_READ) write-protects the mirror: every guest write faults
+ * (and userspace can skip it), reads still work; PROT_READ|WRITE restores.
+ */
+TEST_F(mirror, mprotect_ro_rw)
+{
+	struct secmmu_run r;
+	unsigned long gpa, faults = 0;
+
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 7));
+	ASSERT_EQ(0, mprotect(self->mem, SIZE, PROT_READ));
+	ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE, NPAGES, self->snap));
+	EXPECT_EQ(0, count_bits(self->snap, NPAGES, WRITABLE));
+
+	/* Write every page, skipping each memory fault like mmu_stress_test. */
+	for (gpa = GPA_BASE; gpa < GPA_BASE + SIZE; ) {
+		int ret = run_range(self->vcpu, SECMMU_RUN_WRITE, gpa,
+				    GPA_BASE + SIZE, PAGE_SZ, 8, &r);
+		if (!ret)
+			break;
+		ASSERT_EQ(-EFAULT, ret);
+		ASSERT_EQ(SECMMU_EXIT_MEMORY_FAULT, r.exit_reason);
+		ASSERT_EQ(SECMMU_ACCESS_WRITE, r.exit_flags);
+		ASSERT_EQ(gpa, r.exit_gpa);
+		faults++;
+		gpa = r.exit_gpa + PAGE_SZ;
+	}
+	EXPECT_EQ(NPAGES, faults);
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 7));
+	EXPECT_EQ(0, host_mismatches(self->mem, 7));
+
+	ASSERT_EQ(0, mprotect(self->mem, SIZE, PROT_READ | PROT_WRITE));
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 9));
+	EXPECT_EQ(0, host_mismatches(self->mem, 9));
+}
+
+/*
+ * After fork, the parent's private pages are COW-shared. A parent write
+ * breaks COW: the guest must see the parent's new page, and guest writes
+ * must land in it, never in the child's copy.
+ */
+TEST_F(mirror, fork_cow)
+{
+	int pipefd[2];
+	pid_t pid;
+	char c;
+
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x100));
+	ASSERT_EQ(0, pipe(pipefd));
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		/* Wait until the parent is done, then check our copy. */
+		if (read(pipefd[0], &c, 1) != 1)
+			_exit(2);
+		_exit(host_mismatches(self->mem, 0x100) ? 1 : 0);
+	}
+	/* Host write: COW break, new pages in the parent. */
+	host_write_all(self->mem, 0x200);
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 0x200));
+	/* Guest write: into the parent's pages only. */
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x300));
+	EXPECT_EQ(0, host_mismatches(self->mem, 0x300));
+	ASSERT_EQ(1, write(pipefd[1], "x", 1));
+	{
+		int status;
+
+		ASSERT_EQ(pid, waitpid(pid, &status, 0));
+		EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			TH_LOG("the child's copy changed");
+	}
+	close(pipefd[0]);
+	close(pipefd[1]);
+}
+
+/*
+ * One gfn mapped in all 32 roots: each rmap holds 32 SPTEs, a chain longer
+ * than one descriptor. One munmap zaps every one of them.
+ */
+TEST(multi_root)
+{
+	const unsigned long npages = 64, size = npages * PAGE_SZ;
+	int fd, vcpus[SECMMU_MAX_ROOTS], r;
+	unsigned char snap[64];
+	struct secmmu_stats st;
+	char *mem;
+
+	fd = space_create(SECMMU_MAX_ROOTS, 0);
+	ASSERT_GE(fd, 0);
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	ASSERT_EQ(0, set_slot(fd, 0, 0, GPA_BASE, size, mem));
+	for (r = 0; r < SECMMU_MAX_ROOTS; r++) {
+		vcpus[r] = vcpu_create(fd, r);
+		ASSERT_GE(vcpus[r], 0) TH_LOG("vcpu %d: %s", r, strerror(-vcpus[r]));
+		ASSERT_EQ(0, run_range(vcpus[r], SECMMU_RUN_WRITE, GPA_BASE,
+				       GPA_BASE + size, PAGE_SZ, r, NULL));
+	}
+	st = get_stats(fd);
+	EXPECT_EQ(SECMMU_MAX_ROOTS, st.rmap_max_chain);
+	for (r = 0; r < SECMMU_MAX_ROOTS; r++) {
+		ASSERT_EQ(0, snapshot(fd, r, GPA_BASE, npages, snap));
+		EXPECT_EQ(npages, count_bits(snap, npages, PRESENT | WRITABLE));
+	}
+	ASSERT_EQ(0, munmap(mem, size));
+	EXPECT_GE(get_stats(fd).sptes_zapped - st.sptes_zapped,
+		  SECMMU_MAX_ROOTS * npages);
+	for (r = 0; r < SECMMU_MAX_ROOTS; r++) {
+		ASSERT_EQ(0, snapshot(fd, r, GPA_BASE, npages, snap));
+		EXPECT_EQ(0, count_bits(snap, npages, PRESENT));
+		close(vcpus[r]);
+	}
+	close(fd);
+}
+
+/*
+ * mremap moves the pages: the old range is gone (the guest faults), and a
+ * slot over the new range sees the data.
+ */
+TEST_F(mirror, mremap_coherence)
+{
+	struct secmmu_run r;
+	char *dst;
+
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x4242));
+	dst = mmap(NULL, SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, dst);
+	ASSERT_EQ(dst, mremap(self->mem, SIZE, SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst));
+	EXPECT_EQ(-EFAULT, run_range(self->vcpu, SECMMU_RUN_READ, GPA_BASE,
+				     GPA_BASE + SIZE, PAGE_SZ, 0, &r));
+	EXPECT_EQ(GPA_BASE, r.exit_gpa);
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, 0, 0, NULL));
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, GPA_BASE, SIZE, dst));
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 0x4242));
+	EXPECT_EQ(0, host_mismatches(dst, 0x4242));
+	self->mem = dst;	/* for the teardown's munmap */
+}
+
+/* move_pages() to the other node: the guest follows the data. */
+TEST_F(mirror, migrate_coherence)
+{
+	void *pages[NPAGES];
+	int nodes[NPAGES], status[NPAGES];
+	struct secmmu_stats st;
+	unsigned long i, moved = 0;
+	long ret;
+
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x77));
+	/* Where are they now? Then move each to the other node. */
+	for (i = 0; i < NPAGES; i++)
+		pages[i] = self->mem + i * PAGE_SZ;
+	ret = syscall(SYS_move_pages, 0, NPAGES, pages, NULL, status, 0);
+	ASSERT_EQ(0, ret) TH_LOG("move_pages query: %s", strerror(errno));
+	if (status[0] < 0)
+		SKIP(return, "move_pages: %s", strerror(-status[0]));
+	for (i = 0; i < NPAGES; i++)
+		nodes[i] = status[i] == 0 ? 1 : 0;
+	st = get_stats(self->fd);
+	ret = syscall(SYS_move_pages, 0, NPAGES, pages, nodes, status, 2 /* MPOL_MF_MOVE */);
+	if (ret < 0 && errno == ENODEV)
+		SKIP(return, "only one NUMA node");
+	ASSERT_GE(ret, 0) TH_LOG("move_pages: %s", strerror(errno));
+	for (i = 0; i < NPAGES; i++)
+		moved += status[i] == nodes[i];
+	EXPECT_GT(moved, NPAGES / 2) TH_LOG("only %lu pages moved", moved);
+	EXPECT_GE(get_stats(self->fd).sptes_zapped - st.sptes_zapped, moved);
+	EXPECT_EQ(0, guest_mismatches(self->vcpu, 0x77));
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x88));
+	EXPECT_EQ(0, host_mismatches(self->mem, 0x88));
+}
+
+static int write_file(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY), ok;
+
+	if (fd < 0)
+		return -1;
+	ok = write(fd, val, strlen(val)) == (ssize_t)strlen(val);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static long read_long(const char *path)
+{
+	char buf[64] = {};
+	int fd = open(path, O_RDONLY);
+	long v = -1;
+
+	if (fd >= 0 && read(fd, buf, sizeof(buf) - 1) > 0)
+		v = atol(buf);
+	if (fd >= 0)
+		close(fd);
+	return v;
+}
+
+/*
+ * KSM merges identical pages behind the guest's back (write-protecting and
+ * replacing them): the guest still reads the data, and a guest write breaks
+ * the sharing instead of writing into the shared page.
+ */
+TEST_F(mirror, ksm_coherence)
+{
+	unsigned long i;
+	int tries;
+
+	if (write_file("/sys/kernel/mm/ksm/run", "1"))
+		SKIP(return, "no KSM");
+	write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0");
+	write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000");
+	/* All pages identical, then mapped by the guest. */
+	memset(self->mem, 0x5a, SIZE);
+	ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_READ, GPA_BASE,
+			       GPA_BASE + SIZE, PAGE_SZ, 0, NULL));
+	ASSERT_EQ(0, madvise(self->mem, SIZE, MADV_MERGEABLE));
+	for (tries = 0; tries < 300; tries++) {
+		if (read_long("/sys/kernel/mm/ksm/pages_sharing") >= (long)NPAGES / 2)
+			break;
+		usleep(100000);
+	}
+	EXPECT_GE(read_long("/sys/kernel/mm/ksm/pages_sharing"), (long)NPAGES / 2);
+	/* The guest reads the merged data... */
+	{
+		static char buf[SIZE], want[SIZE];
+
+		memset(want, 0x5a, SIZE);
+		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, buf, SIZE, 0));
+		EXPECT_EQ(0, memcmp(buf, want, SIZE));
+	}
+	/* ...and its writes land in private pages, one per page. */
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x99));
+	EXPECT_EQ(0, host_mismatches(self->mem, 0x99));
+	for (i = 0; i < NPAGES; i++)
+		EXPECT_EQ(0x5a, (unsigned char)self->mem[i * PAGE_SZ + 8]);
+	madvise(self->mem, SIZE, MADV_UNMERGEABLE);
+	write_file("/sys/kernel/mm/ksm/run", "2");
+}
+
+/*
+ * Writes through secmmu to a MAP_SHARED file on a writeback filesystem
+ * (ext4 on a loop device) reach the disk: they survive msync, a cache drop
+ * and a remount.
+ */
+TEST(shared_file_dirty)
+{
+	const char *img = "/tmp/secmmu-ext4.img", *mnt = "/tmp/secmmu-mnt";
+	char cmd[512], loopdev[64] = {};
+	int fd, vcpu, ffd;
+	char *mem;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd),
+		 "rm -f %s && truncate -s 64M %s && mkfs.ext4 -q -F %s && mkdir -p %s",
+		 img, img, img, mnt);
+	if (system(cmd))
+		SKIP(return, "cannot make an ext4 image");
+	f = popen("losetup -f --show /tmp/secmmu-ext4.img", "r");
+	if (!f || !fgets(loopdev, sizeof(loopdev), f)) {
+		if (f)
+			pclose(f);
+		SKIP(return, "no loop device");
+	}
+	pclose(f);
+	loopdev[strcspn(loopdev, "\n")] = 0;
+	ASSERT_EQ(0, mount(loopdev, mnt, "ext4", 0, NULL)) TH_LOG("mount: %s", strerror(errno));
+
+	ffd = open("/tmp/secmmu-mnt/data", O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ASSERT_GE(ffd, 0);
+	ASSERT_EQ(0, ftruncate(ffd, SIZE));
+	mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, ffd, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+
+	fd = space_create(1, 0);
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, set_slot(fd, 0, 0, GPA_BASE, SIZE, mem));
+	vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(vcpu, 0);
+
+	/* Write, write back, write again (after writeback cleaned the pages). */
+	ASSERT_EQ(0, guest_write_all(vcpu, 0xd1));
+	ASSERT_EQ(0, msync(mem, SIZE, MS_SYNC));
+	ASSERT_EQ(0, guest_write_all(vcpu, 0xd2));
+	ASSERT_EQ(0, msync(mem, SIZE, MS_SYNC));
+	close(vcpu);
+	close(fd);
+	munmap(mem, SIZE);
+	close(ffd);
+
+	/* Drop every cache: remount and read the file back from disk. */
+	ASSERT_EQ(0, umount(mnt));
+	ASSERT_EQ(0, write_file("/proc/sys/vm/drop_caches", "3"));
+	ASSERT_EQ(0, mount(loopdev, mnt, "ext4", 0, NULL));
+	ffd = open("/tmp/secmmu-mnt/data", O_RDONLY);
+	ASSERT_GE(ffd, 0);
+	mem = mmap(NULL, SIZE, PROT_READ, MAP_SHARED, ffd, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	EXPECT_EQ(0, host_mismatches(mem, 0xd2));
+	munmap(mem, SIZE);
+	close(ffd);
+	umount(mnt);
+	snprintf(cmd, sizeof(cmd), "losetup -d %s; rm -f %s", loopdev, img);
+	system(cmd);
+}
+
+struct runner {
+	int vcpu;
+	unsigned long start, end, pattern;
+	unsigned int op;
+	int stop;		/* read with __atomic_load_n() */
+	unsigned long runs, faults, errors;
+};
+
+/* Runs RUN in a loop until told to stop; faults are expected, errors not. */
+static void *runner_thread(void *arg)
+{
+	struct runner *r = arg;
+	struct secmmu_run run;
+
+	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED)) {
+		int ret = run_range(r->vcpu, r->op, r->start, r->end, PAGE_SZ,
+				    r->pattern, &run);
+		if (ret == -EFAULT)
+			r->faults++;
+		else if (ret)
+			r->errors++;
+		r->runs++;
+	}
+	return NULL;
+}
+
+/*
+ * RUN on one thread while another unmaps and remaps the memory, many
+ * rounds: every access either completes or exits with a memory fault.
+ */
+TEST_F(mirror, teardown_race)
+{
+	struct runner r = {
+		.vcpu = self->vcpu, .start = GPA_BASE, .end = GPA_BASE + SIZE,
+		.op = SECMMU_RUN_WRITE, .pattern = 1,
+	};
+	pthread_t t;
+	int i;
+
+	ASSERT_EQ(0, pthread_create(&t, NULL, runner_thread, &r));
+	for (i = 0; i < 200; i++) {
+		ASSERT_EQ(0, munmap(self->mem + SIZE / 2, SIZE / 2));
+		usleep(1000);
+		ASSERT_EQ(self->mem + SIZE / 2,
+			  mmap(self->mem + SIZE / 2, SIZE / 2, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+		ASSERT_EQ(0, madvise(self->mem, SIZE / 2, MADV_DONTNEED));
+	}
+	__atomic_store_n(&r.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	EXPECT_EQ(0, r.errors);
+	EXPECT_GT(r.runs, 0);
+	TH_LOG("%lu runs, %lu memory faults", r.runs, r.faults);
+	/* After the storm, everything is coherent again. */
+	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x31));
+	EXPECT_EQ(0, host_mismatches(self->mem, 0x31));
+}
+
+/*
+ * The process exits (release() from exit_mmap) while its vCPU threads run
+ * and another process holds the space's fd: the threads die cleanly, the
+ * holder gets EIO, and closing the fd afterwards is clean.
+ */
+TEST(release_while_running)
+{
+	int sv[2], round;
+
+	ASSERT_EQ(0, socketpair(AF_UNIX, SOCK_STREAM, 0, sv));
+	for (round = 0; round < 8; round++) {
+		pid_t pid = fork();
+		int status, held;
+
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			struct runner r[2];
+			pthread_t t[2];
+			char *mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
+					 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			int fd = space_create(1, 0), i;
+			char byte = 0;
+			struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+			union {
+				char buf[CMSG_SPACE(sizeof(int))];
+				struct cmsghdr align;
+			} u = {};
+			struct msghdr msg = {
+				.msg_iov = &iov, .msg_iovlen = 1,
+				.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+			};
+			struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+
+			if (fd < 0 || mem == MAP_FAILED ||
+			    set_slot(fd, 0, 0, GPA_BASE, SIZE, mem))
+				_exit(2);
+			for (i = 0; i < 2; i++) {
+				memset(&r[i], 0, sizeof(r[i]));
+				r[i].vcpu = vcpu_create(fd, 0);
+				r[i].start = GPA_BASE;
+				r[i].end = GPA_BASE + SIZE;
+				r[i].op = i ? SECMMU_RUN_READ : SECMMU_RUN_WRITE;
+				if (r[i].vcpu < 0 ||
+				    pthread_create(&t[i], NULL, runner_thread, &r[i]))
+					_exit(3);
+			}
+			cmsg->cmsg_level = SOL_SOCKET;
+			cmsg->cmsg_type = SCM_RIGHTS;
+			cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+			if (sendmsg(sv[1], &msg, 0) != 1)
+				_exit(4);
+			usleep(20000 * (round + 1));
+			/* exit_group() with the vCPUs in the middle of RUN. */
+			_exit(0);
+		}
+		{
+			char byte;
+			struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+			union {
+				char buf[CMSG_SPACE(sizeof(int))];
+				struct cmsghdr align;
+			} u;
+			struct msghdr msg = {
+				.msg_iov = &iov, .msg_iovlen = 1,
+				.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+			};
+
+			ASSERT_EQ(1, recvmsg(sv[0], &msg, 0));
+			memcpy(&held, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+		}
+		ASSERT_EQ(pid, waitpid(pid, &status, 0));
+		ASSERT_TRUE(WIFEXITED(status));
+		ASSERT_EQ(0, WEXITSTATUS(status));
+		EXPECT_EQ(-EIO, secmmu_ioctl(held, SECMMU_GET_API_VERSION, NULL));
+		EXPECT_EQ(0, close(held));
+	}
+	close(sv[0]);
+	close(sv[1]);
+}
+
+/*
+ * A port of KVM's mmu_stress_test: 2 vCPU threads over several slots.
+ * run1 writes everything, run2 writes again, ro: the host mprotects RO, the
+ * vCPUs read everything and then write until every write has faulted
+ * (each counted), rw: RW again and a final write. Then the teardown of
+ * KVM's test: delete the even slots, unmap half the memory, and exit with
+ * the other slots still present (release() does the rest).
+ * Sizes are chosen for TCG: 4 slots of 8 MiB.
+ */
+#define STRESS_SLOTS	4
+#define STRESS_SLOT_SZ	(8 * SZ_1M)
+#define STRESS_SZ	(STRESS_SLOTS * STRESS_SLOT_SZ)
+
+struct stress_vcpu {
+	int vcpu;
+	unsigned long start, end;	/* guest range of this vCPU */
+	unsigned long faults;
+	int err;
+};
+
+/* One pass of @op over the vCPU's range, skipping every memory fault. */
+static void stress_pass(struct stress_vcpu *v, unsigned int op, unsigned long pattern)
+{
+	unsigned long gpa = v->start;
+	struct secmmu_run r;
+
+	while (gpa < v->end) {
+		int ret = run_range(v->vcpu, op, gpa, v->end, PAGE_SZ, pattern, &r);
+
+		if (!ret)
+			return;
+		if (ret != -EFAULT) {
+			v->err = ret;
+			return;
+		}
+		v->faults++;
+		gpa = r.exit_gpa + PAGE_SZ;
+	}
+}
+
+struct stress_phase {
+	struct stress_vcpu *v;
+	unsigned int op;
+	unsigned long pattern;
+};
+
+static void *stress_thread(void *arg)
+{
+	struct stress_phase *p = arg;
+
+	stress_pass(p->v, p->op, p->pattern);
+	return NULL;
+}
+
+/* Runs one phase on both vCPUs at once; returns the faults it counted. */
+static unsigned long stress_phase(struct stress_vcpu *v, unsigned int op,
+				  unsigned long pattern)
+{
+	struct stress_phase p[2] = { { &v[0], op, pattern }, { &v[1], op, pattern } };
+	pthread_t t[2];
+	unsigned long faults;
+	int i;
+
+	v[0].faults = 0;
+	v[1].faults = 0;
+	for (i = 0; i < 2; i++)
+		if (pthread_create(&t[i], NULL, stress_thread, &p[i]))
+			return -1UL;
+	for (i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	faults = v[0].faults + v[1].faults;
+	return v[0].err || v[1].err ? -1UL : faults;
+}
+
+static int mmu_stress_child(void)
+{
+	const unsigned long npages = STRESS_SZ / PAGE_SZ;
+	struct stress_vcpu v[2] = {};
+	char *mem;
+	int fd, s, i;
+
+	fd = space_create(1, 0);
+	mem = mmap(NULL, STRESS_SZ, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (fd < 0 || mem == MAP_FAILED)
+		return 10;
+	for (s = 0; s < STRESS_SLOTS; s++)
+		if (set_slot(fd, s, 0, GPA_BASE + s * STRESS_SLOT_SZ, STRESS_SLOT_SZ,
+			     mem + s * STRESS_SLOT_SZ))
+			return 11;
+	for (i = 0; i < 2; i++) {
+		v[i].vcpu = vcpu_create(fd, 0);
+		v[i].start = GPA_BASE + i * STRESS_SZ / 2;
+		v[i].end = v[i].start + STRESS_SZ / 2;
+		if (v[i].vcpu < 0)
+			return 12;
+	}
+	if (stress_phase(v, SECMMU_RUN_WRITE, 1))		/* run1 */
+		return 13;
+	if (stress_phase(v, SECMMU_RUN_WRITE, 2))		/* run2 */
+		return 14;
+	if (stress_phase(v, SECMMU_RUN_VERIFY, 2))
+		return 15;
+	if (mprotect(mem, STRESS_SZ, PROT_READ))		/* ro */
+		return 16;
+	if (stress_phase(v, SECMMU_RUN_READ, 0))
+		return 17;
+	if (stress_phase(v, SECMMU_RUN_WRITE, 3) != npages)
+		return 18;
+	if (mprotect(mem, STRESS_SZ, PROT_READ | PROT_WRITE))	/* rw */
+		return 19;
+	if (stress_phase(v, SECMMU_RUN_WRITE, 4))
+		return 20;
+	for (i = 0; i < (int)npages; i++)
+		if (*(uint64_t *)(mem + i * PAGE_SZ) != (4 ^ (GPA_BASE + i * PAGE_SZ)))
+			return 21;
+	/* Teardown: even slots deleted, half unmapped, the rest left to exit. */
+	for (s = 0; s < STRESS_SLOTS; s += 2)
+		if (set_slot(fd, s, 0, 0, 0, NULL))
+			return 22;
+	if (munmap(mem, STRESS_SZ / 2))
+		return 23;
+	return 0;
+}
+
+TEST(mmu_stress)
+{
+	int status;
+	pid_t pid = fork();
+
+	ASSERT_GE(pid, 0);
+	if (pid == 0)
+		_exit(mmu_stress_child());
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("failed at step %d", WEXITSTATUS(status));
+}
+
+static void *spinner(void *arg)
+{
+	int *stop = arg;
+
+	while (!__atomic_load_n(stop, __ATOMIC_RELAXED))
+		;
+	return NULL;
+}
+
+/*
+ * munmap of 1 GiB of 4K mappings: the zap walks 262144 rmaps and must
+ * yield (cond_resched) when another task wants the CPU. A spinning thread
+ * pinned to the same CPU makes sure one does. x86 in 7.3 has no
+ * preempt=none (PREEMPT_LAZY): the lazy model is the least preemptive,
+ * and the zap runs with preemption disabled under the MMU lock anyway.
+ */
+TEST(zap_yield)
+{
+	const unsigned long size = SZ_1G, npages = size / PAGE_SZ;
+	struct secmmu_stats before, after;
+	int stop = 0;
+	pthread_t t;
+	cpu_set_t cpus;
+	int fd, vcpu;
+	char *mem;
+
+	CPU_ZERO(&cpus);
+	CPU_SET(0, &cpus);
+	ASSERT_EQ(0, sched_setaffinity(0, sizeof(cpus), &cpus));
+	fd = space_create(1, 0);
+	ASSERT_GE(fd, 0);
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	ASSERT_EQ(0, set_slot(fd, 0, 0, GPA_BASE, size, mem));
+	vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(vcpu, 0);
+	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, GPA_BASE, GPA_BASE + size,
+			       PAGE_SZ, 0, NULL));
+	before = get_stats(fd);
+	ASSERT_EQ(npages, before.faults);
+
+	ASSERT_EQ(0, pthread_create(&t, NULL, spinner, &stop));
+	ASSERT_EQ(0, munmap(mem, size));
+	__atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	after = get_stats(fd);
+	EXPECT_GE(after.sptes_zapped - before.sptes_zapped, npages);
+	EXPECT_GT(after.zap_yields, before.zap_yields);
+	TH_LOG("zapped %llu SPTEs, %llu yields, %llu TLB flushes",
+	       after.sptes_zapped - before.sptes_zapped,
+	       after.zap_yields - before.zap_yields,
+	       after.tlb_flushes - before.tlb_flushes);
+	close(vcpu);
+	close(fd);
+}
+
+TEST_HARNESS_MAIN
