@@ -664,17 +664,6 @@ TEST(release_while_running)
 			char *mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
 					 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			int fd = space_create(1, 0), i;
-			char byte = 0;
-			struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-			union {
-				char buf[CMSG_SPACE(sizeof(int))];
-				struct cmsghdr align;
-			} u = {};
-			struct msghdr msg = {
-				.msg_iov = &iov, .msg_iovlen = 1,
-				.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
-			};
-			struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
 
 			if (fd < 0 || mem == MAP_FAILED ||
 			    set_slot(fd, 0, 0, GPA_BASE, SIZE, mem))
@@ -689,31 +678,14 @@ TEST(release_while_running)
 				    pthread_create(&t[i], NULL, runner_thread, &r[i]))
 					_exit(3);
 			}
-			cmsg->cmsg_level = SOL_SOCKET;
-			cmsg->cmsg_type = SCM_RIGHTS;
-			cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-			memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
-			if (sendmsg(sv[1], &msg, 0) != 1)
+			if (send_fd(sv[1], fd))
 				_exit(4);
 			usleep(20000 * (round + 1));
 			/* exit_group() with the vCPUs in the middle of RUN. */
 			_exit(0);
 		}
-		{
-			char byte;
-			struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-			union {
-				char buf[CMSG_SPACE(sizeof(int))];
-				struct cmsghdr align;
-			} u;
-			struct msghdr msg = {
-				.msg_iov = &iov, .msg_iovlen = 1,
-				.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
-			};
-
-			ASSERT_EQ(1, recvmsg(sv[0], &msg, 0));
-			memcpy(&held, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
-		}
+		held = recv_fd(sv[0]);
+		ASSERT_GE(held, 0);
 		ASSERT_EQ(pid, waitpid(pid, &status, 0));
 		ASSERT_TRUE(WIFEXITED(status));
 		ASSERT_EQ(0, WEXITSTATUS(status));
