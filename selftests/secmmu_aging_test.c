@@ -168,6 +168,7 @@ static void mark_all_idle(int bitmap, const __u64 *pfns)
 TEST_F(aging, page_idle_tracking)
 {
 	const int half = NPAGES / 2;
+	struct secmmu_run r;
 	unsigned long idle;
 
 	mark_all_idle(self->bitmap, self->pfns);
@@ -186,13 +187,9 @@ TEST_F(aging, page_idle_tracking)
 
 	/* Writes after aging are not lost (no-A/D mode restores the SPTE). */
 	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + REGION));
-	{
-		struct secmmu_run r;
-
-		ASSERT_EQ(0, run_range(self->vcpus[0], SECMMU_RUN_VERIFY, GPA_BASE,
-				       GPA_BASE + REGION, PAGE_SZ, 0, &r));
-		EXPECT_EQ(0, r.mismatches);
-	}
+	ASSERT_EQ(0, run_range(self->vcpus[0], SECMMU_RUN_VERIFY, GPA_BASE,
+			       GPA_BASE + REGION, PAGE_SZ, 0, &r));
+	EXPECT_EQ(0, r.mismatches);
 }
 
 TEST_HARNESS_MAIN
