@@ -9,5 +9,5 @@ echo "== secmmu loaded: $(ls -l /dev/secmmu)"
 rc=$?
 rmmod secmmu
 echo "== kernel log of the module:"
-dmesg | grep -i secmmu | tail -n 20
+dmesg | grep -E "\] secmmu: " | tail -n 20
 echo "SECMMU-DEMO-EXIT $rc"
