@@ -16,9 +16,9 @@ use core::marker::PhantomData;
 // its full barrier (`smp_mb()`; an `mfence` or locked instruction on x86), used by the vCPU
 // request protocol of `tlb.rs`.
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(secmmu_host))]
 pub(crate) use kernel::alloc::AllocError;
@@ -40,6 +40,26 @@ pub(crate) type PBox<T> = std::boxed::Box<T>;
 #[cfg(not(secmmu_host))]
 pub(crate) fn try_box_sleepable<T>(value: T) -> Result<PBox<T>, AllocError> {
     kernel::alloc::KBox::new(value, kernel::alloc::flags::GFP_KERNEL_ACCOUNT)
+}
+
+/// A reference-counted heap allocation, shared between threads (`kernel::sync::Arc`).
+#[cfg(not(secmmu_host))]
+pub(crate) type PArc<T> = kernel::sync::Arc<T>;
+/// A reference-counted heap allocation, shared between threads (`std::sync::Arc`).
+#[cfg(secmmu_host)]
+pub(crate) type PArc<T> = std::sync::Arc<T>;
+
+/// Allocates a [`PArc`] holding `value`, in a context that may sleep, charged to the caller's
+/// memory cgroup (`GFP_KERNEL_ACCOUNT`).
+#[cfg(not(secmmu_host))]
+pub(crate) fn try_arc_sleepable<T>(value: T) -> Result<PArc<T>, AllocError> {
+    kernel::sync::Arc::new(value, kernel::alloc::flags::GFP_KERNEL_ACCOUNT)
+}
+
+/// Allocates a [`PArc`] holding `value` (host: the global allocator; never fails).
+#[cfg(secmmu_host)]
+pub(crate) fn try_arc_sleepable<T>(value: T) -> Result<PArc<T>, AllocError> {
+    Ok(std::sync::Arc::new(value))
 }
 
 /// Allocates `value` without sleeping (`GFP_ATOMIC`).  Only for the fallback when a cache that

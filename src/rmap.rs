@@ -372,9 +372,11 @@ impl RmapHead {
     /// The guard can only read the chain, and its unlock writes back the value it saw.
     #[inline]
     pub(crate) fn lock_readonly<'a>(&'a self, _no_preempt: &'a NoPreempt<'_>) -> RmapReadGuard<'a> {
+        let (val, contended) = self.raw_lock_contended();
         RmapReadGuard {
             head: self,
-            val: self.raw_lock(),
+            val,
+            contended,
             _not_send: PhantomData,
         }
     }
@@ -382,23 +384,31 @@ impl RmapHead {
     /// Takes the bit lock unless the rmap is empty, and returns the value it held, without
     /// `LOCKED`; 0 means empty and not locked (C12, KVM's `__kvm_rmap_lock()`).
     fn raw_lock(&self) -> usize {
+        self.raw_lock_contended().0
+    }
+
+    /// [`RmapHead::raw_lock()`], also telling whether it found the rmap `LOCKED` and had to
+    /// spin (for contention statistics).
+    fn raw_lock_contended(&self) -> (usize, bool) {
         let mut old = self.0.load(Ordering::Relaxed);
+        let mut contended = false;
         // Read-only lockers never walk an empty rmap, and writers are serialized by the MMU
         // lock: no need to lock an empty rmap.
         if old == 0 {
-            return 0;
+            return (0, false);
         }
         loop {
             // Wait for the holder to unlock before trying, rather than bouncing the cache
             // line with failing compare-exchanges.
             while old & RMAP_LOCKED != 0 {
+                contended = true;
                 prim::cpu_relax();
                 old = self.0.load(Ordering::Relaxed);
             }
             // The previous holder may have emptied the rmap.  Then there is no lock to take,
             // and the 0 returned tells the read-only unlock to write nothing.
             if old == 0 {
-                return 0;
+                return (0, contended);
             }
             // Acquire pairs with the Release of `raw_unlock()`: the previous holder's chain
             // updates are visible once we own the lock.
@@ -408,7 +418,7 @@ impl RmapHead {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return old,
+                Ok(_) => return (old, contended),
                 Err(cur) => old = cur,
             }
         }
@@ -676,6 +686,8 @@ pub(crate) struct RmapReadGuard<'a> {
     head: &'a RmapHead,
     /// The head value when locked, without `LOCKED`; 0 if empty and not locked.
     val: usize,
+    /// Locking found the rmap `LOCKED` and had to spin.
+    contended: bool,
     _not_send: PhantomData<(&'a (), *mut ())>,
 }
 
@@ -700,6 +712,12 @@ impl RmapReadGuard<'_> {
     /// Whether the rmap was empty when locked.
     pub(crate) fn is_empty(&self) -> bool {
         self.val == 0
+    }
+
+    /// Whether locking found the rmap `LOCKED` by someone else and had to spin (contention
+    /// statistics for lockless walkers, protocols G).
+    pub(crate) fn contended(&self) -> bool {
+        self.contended
     }
 
     /// Iterates over the SPTEs.  They may be changed or zapped concurrently: walkers must load

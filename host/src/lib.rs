@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Host build of secmmu's kernel-free code: the rmap, the memslots, the page-table pieces common
-//! to all formats, the x86 SPTE format and MMU, and the software TLB, compiled from the same
+//! to all formats, the x86 SPTE format and MMU, aging, and the software TLB, compiled from the same
 //! files as the kernel module, with `std` and (under `--cfg loom`) loom behind `src/prim.rs`.
 //! It exists to run their unit, stress and loom tests; see `README.md`.
 //!
@@ -15,6 +15,9 @@
 
 #[path = "../../src/prim.rs"]
 mod prim;
+
+#[path = "../../src/aging.rs"]
+pub mod aging;
 
 // Built for `Slot`, which the MMU's rmaps are sized from; not all of it is used here, and its
 // own tests spell some addresses the long way.
@@ -40,3 +43,9 @@ pub mod host_pages;
 
 #[cfg(all(test, not(loom)))]
 mod mmu_tests;
+
+#[cfg(all(test, not(loom)))]
+mod aging_tests;
+
+#[cfg(all(test, loom))]
+mod aging_loom;

@@ -11,7 +11,8 @@
 //! Locking (KVM's `mmu_lock`, a spinning rwlock owned by the caller):
 //!
 //! - `&mut X86Mmu` means the write side is held: [`X86Mmu::map()`], the zaps, slot changes.
-//!   Only they change SPTEs, except for the A and D bits, which walkers set.
+//!   Only they change SPTEs, except for the A and D bits, which walkers set, and A, which
+//!   lockless agers clear ([`age_hva_range_lockless()`]).
 //! - `&X86Mmu` means the read side is held (or the write side): [`X86Mmu::snapshot()`] and the
 //!   statistics, which only load entries.
 //! - [`translate()`] takes no lock at all, like the hardware walking EPT tables.  Its caller
@@ -33,6 +34,40 @@
 //!   only on a present leaf: it can never make a zapped SPTE present again (unlike an
 //!   unconditional OR), nor set D on a leaf that lost W meanwhile.
 //!
+//! rmaps and their lifetime.  The rmaps of every memslot live in an [`RmapTable`], shared (in a
+//! [`PArc`]) between the MMU and whoever ages without the MMU lock, outside the data the MMU lock
+//! owns: a lockless ager only ever holds `&RmapTable`, never `&X86Mmu`, so it aliases nothing
+//! that a holder of `&mut X86Mmu` may write.  Everything in the table is reached through shared
+//! references and changed only through atomics (the rmap heads with their bit locks, the SPTE
+//! counts, the slot pointers).
+//!
+//! - R1. One MMU owns a table ([`X86Mmu::with_rmap_table()`] claims it): only that MMU attaches
+//!   and detaches slots, and only under `&mut X86Mmu`, i.e. with the MMU lock held for write.
+//!   So the MMU itself may use a slot's rmaps for as long as it is borrowed.
+//! - R2. Attaching publishes a fully built [`SlotRmaps`] with a `Release` store of its pointer;
+//!   lockless readers load it with `Acquire` ([`RmapTable::get()`]), and see its geometry and
+//!   its empty rmaps.
+//! - R3. Detaching unpublishes the pointer and hands the rmaps to the caller as
+//!   [`DetachedRmaps`], which may be freed only after a grace period
+//!   ([`DetachedRmaps::free_after_grace_period()`]): lockless readers run with preemption
+//!   disabled ([`NoPreempt`]), which is an RCU read-side critical section, so in the kernel
+//!   `synchronize_rcu()` after detaching waits for every reader that may still see them.
+//! - R4. A slot is zapped before it is detached, so the rmaps a late reader may still lock are
+//!   empty.  Descriptors and the SPTEs an rmap points at are covered by the bit lock (C16, I2),
+//!   not by the grace period: a reader dereferences them only while it holds the rmap's bit
+//!   lock, and the MMU frees descriptors and table pages only after emptying the rmaps under
+//!   their bit locks.
+//! - R5. The table itself lives as long as its last [`PArc`]; a reader borrows it, so it
+//!   cannot go away under one.
+//!
+//! Aging (`aging.rs`, protocols D18-D23).  With A/D enabled, [`age_hva_range_lockless()`] ages
+//! through the rmaps without the MMU lock, each rmap locked read-only; clearing A is a single
+//! compare-exchange from the value read (never a store of a stale value, D19, nor anything that
+//! can make a zapped SPTE present again, I3).  Without A/D, aging takes permissions away (access
+//! tracking), so it runs under the MMU lock for write: [`X86Mmu::age_hva_range_locked()`], which
+//! also does the A/D case under the lock, for comparison.  The fault path restores an
+//! access-tracked leaf without resolving the page again: [`X86Mmu::restore_access_tracked()`].
+//!
 //! TLBs.  A zap clears SPTEs, but vCPUs may still hold their translations in software TLBs.
 //! Whoever zaps must flush every vCPU's TLB, and wait for the flush (`tlb.rs`), before it drops
 //! the MMU lock: before each yield of a resumable zap and before returning (protocols B7, B8).
@@ -45,11 +80,14 @@
 //! Kernel-free: built into the module and into the host crate.
 
 use core::marker::PhantomData;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 
+use crate::aging::{AgeOp, AgeResult};
 use crate::memslot::{Slot, MAX_SLOTS};
 use crate::pgtable::{snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache};
-use crate::prim::{self, AllocError, AtomicU64, Ordering, PVec};
+use crate::prim::{
+    self, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox, PVec,
+};
 use crate::rmap::{DescCache, MmuWriteLocked, RmapHead};
 use crate::x86::spte::{self, Level};
 
@@ -115,54 +153,66 @@ fn rmap_count(base: u64, npages: u64, level: MapLevel) -> u64 {
 }
 
 /// The rmaps of one memslot (KVM's `kvm_arch_memory_slot.rmap`): for each mapping level, one
-/// [`RmapHead`] per gfn block of that level the slot overlaps.
+/// [`RmapHead`] per gfn block of that level the slot overlaps, and the slot's geometry, so that
+/// a lockless reader can turn a host-virtual range into gfns without the memslot set.
 ///
 /// Made with [`SlotRmaps::new()`] outside the MMU lock (it allocates, maybe a lot, and may sleep),
-/// handed to [`X86Mmu::attach_slot()`] under it, taken back with [`X86Mmu::detach_slot()`] after
-/// the slot was zapped, and dropped after the MMU lock is released (freeing may sleep).
+/// published with [`X86Mmu::attach_slot()`] under it, unpublished with [`X86Mmu::detach_slot()`]
+/// after the slot was zapped, and freed after a grace period (R3), outside the MMU lock (freeing
+/// may sleep).
 pub(crate) struct SlotRmaps {
-    base_gfn: u64,
-    npages: u64,
+    /// The slot, as it was when the rmaps were made; slots never change in place.
+    slot: Slot,
     /// Per [`MapLevel`]: the rmap of gfn `g` is at `(g >> shift) - (base_gfn >> shift)`.
     rmaps: [PVec<RmapHead>; 3],
-    /// SPTEs in all these rmaps.
-    sptes: u64,
+    /// SPTEs in all these rmaps.  Changed only by the owning MMU under its lock (R1); atomic
+    /// because lockless readers share the structure, not because anyone races on it.
+    sptes: AtomicU64,
 }
 
 impl SlotRmaps {
     /// Allocates empty rmaps covering `slot`, at every level.  May sleep.
-    pub(crate) fn new(slot: &Slot) -> Result<Self, AllocError> {
+    pub(crate) fn new(slot: &Slot) -> Result<PBox<Self>, AllocError> {
         let alloc = |level: MapLevel| {
             let n = rmap_count(slot.base_gfn, slot.npages, level);
             let n = usize::try_from(n).map_err(|_| AllocError)?;
             prim::try_vec_with(n, RmapHead::new)
         };
-        Ok(SlotRmaps {
-            base_gfn: slot.base_gfn,
-            npages: slot.npages,
+        prim::try_box_sleepable(SlotRmaps {
+            slot: *slot,
             rmaps: [
                 alloc(MapLevel::L4K)?,
                 alloc(MapLevel::L2M)?,
                 alloc(MapLevel::L1G)?,
             ],
-            sptes: 0,
+            sptes: AtomicU64::new(0),
         })
+    }
+
+    /// The slot the rmaps were made for.
+    pub(crate) fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    /// First gfn of the slot.
+    fn base_gfn(&self) -> u64 {
+        self.slot.base_gfn
     }
 
     /// One past the last gfn of the slot.
     fn end_gfn(&self) -> u64 {
-        self.base_gfn + self.npages
+        self.slot.end_gfn()
     }
 
     /// Whether the slot holds `gfn`.
     fn contains(&self, gfn: u64) -> bool {
-        gfn >= self.base_gfn && gfn < self.end_gfn()
+        self.slot.contains(gfn)
     }
 
     /// The rmap of `gfn` at `level`; `None` if the slot does not overlap its block.
-    fn rmap(&self, level: MapLevel, gfn: u64) -> Option<&RmapHead> {
+    pub(crate) fn rmap(&self, level: MapLevel, gfn: u64) -> Option<&RmapHead> {
         let shift = level.gfn_shift();
-        let i = (gfn >> shift).checked_sub(self.base_gfn >> shift)?;
+        let i = (gfn >> shift).checked_sub(self.base_gfn() >> shift)?;
         self.rmaps[level.idx()].get(usize::try_from(i).ok()?)
     }
 
@@ -173,29 +223,220 @@ impl SlotRmaps {
 
     /// Number of SPTEs in the rmaps: 0 once the slot was zapped.
     pub(crate) fn sptes(&self) -> u64 {
+        self.sptes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` SPTEs added to the rmaps.  Only the owning MMU, under its lock (R1).
+    fn add_sptes(&self, n: u64) {
+        self.sptes.store(self.sptes() + n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` SPTEs removed from the rmaps.  Only the owning MMU, under its lock (R1).
+    fn sub_sptes(&self, n: u64) {
         self.sptes
+            .store(self.sptes().saturating_sub(n), Ordering::Relaxed);
+    }
+
+    /// Calls `f` on the rmap of every block that `[start, end)` overlaps in the slot, at every
+    /// level, 4K first, until `f` returns true.  At huge levels the walk starts from `start`
+    /// aligned down to the level, or the last huge block of an unaligned range would be missed
+    /// (D23).  Returns whether `f` stopped the walk.
+    fn for_each_rmap(&self, start: u64, end: u64, mut f: impl FnMut(&RmapHead) -> bool) -> bool {
+        let start = start.max(self.base_gfn());
+        let end = end.min(self.end_gfn());
+        if start >= end {
+            return false;
+        }
+        for level in MapLevel::ALL {
+            // Not below the slot's first block: `start` is in the slot.
+            let mut gfn = level.align_down(start);
+            while gfn < end {
+                if let Some(head) = self.rmap(level, gfn) {
+                    if f(head) {
+                        return true;
+                    }
+                }
+                gfn += level.pages();
+            }
+        }
+        false
     }
 }
 
 impl Drop for SlotRmaps {
     fn drop(&mut self) {
         // Non-empty rmaps would leak their descriptors, and their SPTEs would escape zapping.
-        debug_assert_eq!(self.sptes, 0, "rmaps dropped before their slot was zapped");
+        debug_assert_eq!(
+            self.sptes(),
+            0,
+            "rmaps dropped before their slot was zapped"
+        );
+    }
+}
+
+/// [`RmapTable::owner`]: no MMU owns the table.
+const UNOWNED: usize = 0;
+/// [`RmapTable::owner`]: an MMU whose leaves keep A/D bits owns the table.
+const OWNED_AD: usize = 1;
+/// [`RmapTable::owner`]: an MMU whose leaves do not keep A/D bits owns the table.
+const OWNED_NO_AD: usize = 2;
+
+/// The rmaps of every memslot of a space, shared between the MMU that owns it and lockless
+/// agers (see "rmaps and their lifetime" in the module documentation, R1-R5).
+pub(crate) struct RmapTable {
+    /// Per slot id: the published rmaps (a leaked [`PBox`]), or null.
+    slots: [AtomicPtr<SlotRmaps>; MAX_SLOTS],
+    /// [`UNOWNED`], [`OWNED_AD`] or [`OWNED_NO_AD`].
+    owner: AtomicUsize,
+}
+
+impl RmapTable {
+    /// Allocates an empty table, not owned by any MMU yet.  May sleep.
+    pub(crate) fn new() -> Result<PArc<RmapTable>, AllocError> {
+        prim::try_arc_sleepable(RmapTable {
+            slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            owner: AtomicUsize::new(UNOWNED),
+        })
+    }
+
+    /// Whether the SPTEs mapped through this table keep A/D bits, so that clearing young may
+    /// run without the MMU lock (`aging::use_lockless()`).  True while no MMU owns the table:
+    /// then nothing is mapped.
+    pub(crate) fn ad_enabled(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) != OWNED_NO_AD
+    }
+
+    /// The rmaps of slot `id`, for a lockless reader: valid as long as the reader keeps
+    /// preemption disabled, since they are freed only a grace period after they were detached
+    /// (R3).  The reader must expect the slot to be zapped and detached meanwhile: its rmaps
+    /// then are, or become, empty (R4).
+    pub(crate) fn get<'a>(&'a self, id: u32, _rcu: &'a NoPreempt<'_>) -> Option<&'a SlotRmaps> {
+        // Acquire pairs with the Release of `publish()` (R2).
+        let p = self.slots.get(id as usize)?.load(Ordering::Acquire);
+        // SAFETY: non-null, `p` came from a `PBox` leaked by `publish()`, and is freed either by
+        // `Drop`, which `&'a self` excludes for 'a, or by `free_after_grace_period()` a grace
+        // period after it was unpublished; `_rcu` proves that this CPU is in an RCU read-side
+        // critical section for 'a, which that grace period waits for.
+        unsafe { p.as_ref() }
+    }
+
+    /// The rmaps of slot `id`, for the owning MMU.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the MMU that owns the table (R1), and does not detach slot `id` while the
+    /// returned reference lives.
+    unsafe fn owner_get(&self, id: u32) -> Option<&SlotRmaps> {
+        // Relaxed: the owner published the pointer itself.
+        let p = self.slots.get(id as usize)?.load(Ordering::Relaxed);
+        // SAFETY: non-null, `p` came from a `PBox` leaked by `publish()`, and only the owner
+        // unpublishes it, which the caller excludes while the reference lives.
+        unsafe { p.as_ref() }
+    }
+
+    /// Publishes `rmaps` at `id` (R2), or gives them back if `id` is out of range or taken.
+    fn publish(&self, id: u32, rmaps: PBox<SlotRmaps>) -> Result<(), PBox<SlotRmaps>> {
+        let Some(entry) = self.slots.get(id as usize) else {
+            return Err(rmaps);
+        };
+        let p = PBox::into_raw(rmaps);
+        // Release: a reader that loads the pointer sees the geometry and the empty rmaps.
+        match entry.compare_exchange(ptr::null_mut(), p, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => Ok(()),
+            // SAFETY: `p` was leaked just above and not published: we own it again.
+            Err(_) => Err(unsafe { PBox::from_raw(p) }),
+        }
+    }
+
+    /// Unpublishes the rmaps of slot `id` and returns them: readers may still be looking at
+    /// them until a grace period has passed.
+    fn unpublish(&self, id: u32) -> Option<NonNull<SlotRmaps>> {
+        let entry = self.slots.get(id as usize)?;
+        // Relaxed: the grace period the caller waits for orders readers before the free.
+        NonNull::new(entry.swap(ptr::null_mut(), Ordering::Relaxed))
+    }
+}
+
+impl Drop for RmapTable {
+    fn drop(&mut self) {
+        for entry in &self.slots {
+            let p = entry.swap(ptr::null_mut(), Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: published by `publish()` from a leaked `PBox`, and no reader can see
+                // it: readers borrow the table (R5), and we have it exclusively.
+                drop(unsafe { PBox::from_raw(p) });
+            }
+        }
+    }
+}
+
+/// The rmaps of a slot that [`X86Mmu::detach_slot()`] unpublished.  Lockless readers may still
+/// be walking them: free them with [`DetachedRmaps::free_after_grace_period()`] once a grace
+/// period has passed (R3).  Dropping the handle instead leaks the rmaps (and complains in debug
+/// builds): leaking is safe, freeing early is not.
+#[must_use = "free the rmaps with free_after_grace_period() after a grace period"]
+pub(crate) struct DetachedRmaps(NonNull<SlotRmaps>);
+
+// SAFETY: the handle owns the `SlotRmaps`, which is `Send`; readers only share it.
+unsafe impl Send for DetachedRmaps {}
+
+impl DetachedRmaps {
+    fn rmaps(&self) -> &SlotRmaps {
+        // SAFETY: unpublished, but owned by this handle and not freed until it is consumed.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// The slot the rmaps were made for.
+    pub(crate) fn slot(&self) -> &Slot {
+        self.rmaps().slot()
+    }
+
+    /// Number of SPTEs still in the rmaps: 0, since the slot was zapped before it was detached.
+    pub(crate) fn sptes(&self) -> u64 {
+        self.rmaps().sptes()
+    }
+
+    /// Frees the rmaps.  May sleep (the arrays may be vmalloc'ed): call it without spinning
+    /// locks held.
+    ///
+    /// # Safety
+    ///
+    /// A grace period has passed since the rmaps were detached: every lockless reader that may
+    /// have loaded them has left its preemption-disabled section (`synchronize_rcu()` in the
+    /// kernel).
+    pub(crate) unsafe fn free_after_grace_period(self) {
+        let p = self.0;
+        core::mem::forget(self);
+        // SAFETY: `p` came from a `PBox` leaked by `publish()` and unpublished since; no reader
+        // can see it any more, per the caller.
+        drop(unsafe { PBox::from_raw(p.as_ptr()) });
+    }
+}
+
+impl Drop for DetachedRmaps {
+    fn drop(&mut self) {
+        // Readers may still be in there: leak.
+        debug_assert!(
+            false,
+            "detached rmaps dropped instead of freed after a grace period"
+        );
     }
 }
 
 /// The x86 EPT MMU.  See the module documentation for its locking and invariants.
 ///
 /// Dropping it zaps whatever is still mapped and frees every table page: no lockless walker
-/// ([`translate()`]) may run then, or later, with one of its roots.
+/// ([`translate()`]) may run then, or later, with one of its roots.  Lockless agers may go on:
+/// they find the rmaps empty (R4), and the slots stay attached to the table, which outlives the
+/// MMU if they hold it.
 pub(crate) struct X86Mmu<P: PageOps> {
     /// The root tables' pfns, in `roots[..nr_roots]`.
     roots: [u64; MAX_ROOTS],
     nr_roots: usize,
     /// New leaves keep A/D (otherwise aging uses access tracking).
     ad_enabled: bool,
-    /// rmaps per slot id, `MAX_SLOTS` entries.
-    slots: PVec<Option<SlotRmaps>>,
+    /// rmaps per slot id, owned (R1) and shared with lockless agers.
+    rmaps: PArc<RmapTable>,
     stats: MmuStats,
     _ops: PhantomData<fn() -> P>,
 }
@@ -218,17 +459,34 @@ struct Walk<'a> {
 
 impl<P: PageOps> X86Mmu<P> {
     /// Makes an MMU with `nr_roots` (1 to [`MAX_ROOTS`]) empty roots, whose leaves keep A/D bits
-    /// if `ad_enabled`.  Allocates, and may sleep: call it before the MMU is shared.  Fails on
-    /// allocation failure, and for a root count out of range (which the caller validates).
+    /// if `ad_enabled`, and a new [`RmapTable`] ([`X86Mmu::rmap_table()`]).  Allocates, and may
+    /// sleep: call it before the MMU is shared.  Fails on allocation failure, and for a root
+    /// count out of range (which the caller validates).
     pub(crate) fn new(nr_roots: usize, ad_enabled: bool) -> Result<Self, AllocError> {
+        Self::with_rmap_table(nr_roots, ad_enabled, RmapTable::new()?)
+    }
+
+    /// [`X86Mmu::new()`] with the rmaps in `rmaps`, which the MMU claims (R1).  Fails, besides,
+    /// if another MMU owns `rmaps`.  The table may hold rmaps attached for another MMU that was
+    /// dropped since: they are empty (it zapped them), and stay attached.
+    pub(crate) fn with_rmap_table(
+        nr_roots: usize,
+        ad_enabled: bool,
+        rmaps: PArc<RmapTable>,
+    ) -> Result<Self, AllocError> {
         if nr_roots == 0 || nr_roots > MAX_ROOTS {
             return Err(AllocError);
         }
+        let owner = if ad_enabled { OWNED_AD } else { OWNED_NO_AD };
+        rmaps
+            .owner
+            .compare_exchange(UNOWNED, owner, Ordering::Relaxed, Ordering::Relaxed)
+            .map_err(|_| AllocError)?;
         let mut mmu = X86Mmu {
             roots: [0; MAX_ROOTS],
             nr_roots: 0,
             ad_enabled,
-            slots: prim::try_vec_with(MAX_SLOTS, || None)?,
+            rmaps,
             stats: MmuStats::default(),
             _ops: PhantomData,
         };
@@ -257,6 +515,19 @@ impl<P: PageOps> X86Mmu<P> {
         self.roots[..self.nr_roots].get(root).copied()
     }
 
+    /// The rmap table, for lockless agers to hold (clone the [`PArc`]).
+    pub(crate) fn rmap_table(&self) -> &PArc<RmapTable> {
+        &self.rmaps
+    }
+
+    /// The rmaps of slot `id`, for as long as `self` is borrowed.
+    fn slot_rmaps(rmaps: &RmapTable, id: u32) -> Option<&SlotRmaps> {
+        // SAFETY: every `X86Mmu` owns its table (R1, claimed in `with_rmap_table()`), and this
+        // is only called on `self.rmaps` with `self` borrowed for the reference's lifetime, while
+        // detaching needs `&mut self` and does not hold such a reference.
+        unsafe { rmaps.owner_get(id) }
+    }
+
     /// The counters.
     pub(crate) fn stats(&self) -> MmuStats {
         self.stats
@@ -272,33 +543,36 @@ impl<P: PageOps> X86Mmu<P> {
         self.stats.leaves
     }
 
-    /// Attaches the rmaps of slot `id`, which must be made for the slot now at `id` and be
-    /// empty.  Gives them back if `id` is out of range or already has rmaps; the caller then
-    /// drops them after releasing the MMU lock.
-    pub(crate) fn attach_slot(&mut self, id: u32, rmaps: SlotRmaps) -> Result<(), SlotRmaps> {
-        debug_assert_eq!(rmaps.sptes, 0);
-        match self.slots.get_mut(id as usize) {
-            Some(entry) if entry.is_none() => {
-                *entry = Some(rmaps);
-                Ok(())
-            }
-            _ => Err(rmaps),
+    /// Attaches (publishes, R2) the rmaps of slot `id`, which must be made for the slot now at
+    /// `id` and be empty.  Gives them back if `id` is out of range, is not their slot's id, or
+    /// already has rmaps; the caller then drops them after releasing the MMU lock (they were
+    /// never published, so no grace period is needed).
+    pub(crate) fn attach_slot(
+        &mut self,
+        id: u32,
+        rmaps: PBox<SlotRmaps>,
+    ) -> Result<(), PBox<SlotRmaps>> {
+        debug_assert_eq!(rmaps.sptes(), 0);
+        if rmaps.slot.id != id {
+            return Err(rmaps);
         }
+        self.rmaps.publish(id, rmaps)
     }
 
-    /// Detaches the rmaps of slot `id`.  The caller must have zapped the slot and flushed TLBs
-    /// first (SPTEs left would have no rmap to be zapped through); it drops the returned value
-    /// after releasing the MMU lock, since freeing it may sleep.
+    /// Detaches (unpublishes, R3) the rmaps of slot `id`.  The caller must have zapped the slot
+    /// and flushed TLBs first (SPTEs left would have no rmap to be zapped through).  Lockless
+    /// agers may still be walking the rmaps: after releasing the MMU lock, the caller waits for a
+    /// grace period, then frees them with [`DetachedRmaps::free_after_grace_period()`].
     ///
     /// Should SPTEs be left anyway (a bug, flagged by debug builds), they are zapped here so
     /// that none escapes later zaps; their TLB entries are then the caller's problem.
-    pub(crate) fn detach_slot(&mut self, id: u32) -> Option<SlotRmaps> {
-        let left = self.slots.get(id as usize)?.as_ref()?.sptes;
+    pub(crate) fn detach_slot(&mut self, id: u32) -> Option<DetachedRmaps> {
+        let left = Self::slot_rmaps(&self.rmaps, id)?.sptes();
         if left != 0 {
             debug_assert!(false, "detaching slot {id} with {left} SPTEs");
             self.zap_slot(id);
         }
-        self.slots.get_mut(id as usize)?.take()
+        self.rmaps.unpublish(id).map(DetachedRmaps)
     }
 
     /// Maps `gfn` of slot `slot_id` to host page `pfn` in root `root`, writable if `writable`,
@@ -357,11 +631,7 @@ impl<P: PageOps> X86Mmu<P> {
         if !pfn_fits(m.pfn) || m.pfn & (m.level.pages() - 1) != 0 {
             return Err(MapError::BadPfn);
         }
-        let slot = self
-            .slots
-            .get_mut(slot_id as usize)
-            .and_then(Option::as_mut)
-            .ok_or(MapError::NoSlot)?;
+        let slot = Self::slot_rmaps(&self.rmaps, slot_id).ok_or(MapError::NoSlot)?;
         if !slot.contains(m.gfn) {
             return Err(MapError::BadGfn);
         }
@@ -460,11 +730,7 @@ impl<P: PageOps> X86Mmu<P> {
         should_stop: &mut dyn FnMut() -> bool,
     ) -> ZapProgress {
         let mut progress = ZapProgress::default();
-        let Some(slot) = self
-            .slots
-            .get_mut(slot_id as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
             cursor.finish();
             progress.done = true;
             return progress;
@@ -477,11 +743,11 @@ impl<P: PageOps> X86Mmu<P> {
         while !cursor.is_done() {
             let level = cursor.level();
             // Cursors at huge levels start aligned, and so does the slot's first block.
-            let mut gfn = cursor.gfn().max(level.align_down(slot.base_gfn));
+            let mut gfn = cursor.gfn().max(level.align_down(slot.base_gfn()));
             while gfn < stop_gfn {
                 if let Some(head) = slot.rmap(level, gfn) {
                     let (zapped, dirty) = zap_rmap::<P>(head, &mut locked, stats);
-                    slot.sptes = slot.sptes.saturating_sub(zapped);
+                    slot.sub_sptes(zapped);
                     progress.zapped += zapped;
                     progress.dirty += dirty;
                 }
@@ -501,13 +767,13 @@ impl<P: PageOps> X86Mmu<P> {
     /// Zaps every SPTE of slot `slot_id` in every root, without yielding.  Returns the number
     /// zapped; flush TLBs if nonzero.
     pub(crate) fn zap_slot(&mut self, slot_id: u32) -> u64 {
-        let Some(slot) = self.slots.get(slot_id as usize).and_then(Option::as_ref) else {
+        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
             return 0;
         };
-        if slot.sptes == 0 {
+        if slot.sptes() == 0 {
             return 0;
         }
-        let (start, end) = (slot.base_gfn, slot.end_gfn());
+        let (start, end) = (slot.base_gfn(), slot.end_gfn());
         let mut cursor = ZapCursor::new(start);
         let progress = self.zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
         debug_assert!(progress.done);
@@ -550,6 +816,127 @@ impl<P: PageOps> X86Mmu<P> {
         let w = unsafe { walk::<P>(root_pfn, gfn) };
         spte::is_present(w.spte).then(|| (w.sptep, w.spte, map_level(w.level)))
     }
+
+    /// Ages the gfns of every attached slot that back the host-virtual range
+    /// `[hva_start, hva_end)` (exclusive end, A4), in every root, under the MMU lock for write
+    /// (`&mut self`): [`X86Mmu::age_gfn_range_locked()`] per slot.  A host page aliased by several
+    /// slots is aged in each.
+    pub(crate) fn age_hva_range_locked(
+        &mut self,
+        hva_start: u64,
+        hva_end: u64,
+        op: AgeOp,
+    ) -> AgeResult {
+        let mut result = AgeResult::new(op);
+        for id in 0..MAX_SLOTS as u32 {
+            let Some(slot) = Self::slot_rmaps(&self.rmaps, id) else {
+                continue;
+            };
+            let Some((start, end)) = slot.slot.hva_range_to_gfns(hva_start, hva_end) else {
+                continue;
+            };
+            let r = self.age_gfn_range_locked(id, start, end, op);
+            result.merge(&r);
+            if result.done() {
+                break;
+            }
+        }
+        result
+    }
+
+    /// Ages the gfns `[start, end)` of slot `slot_id` in every root, under the MMU lock for
+    /// write (`&mut self`), through the rmaps of every level (huge levels from `start` aligned
+    /// down, D23).
+    ///
+    /// - [`AgeOp::Test`]: young if some leaf is accessed; changes nothing (D20).  An
+    ///   access-tracked leaf is not accessed.
+    /// - [`AgeOp::Clear`], [`AgeOp::ClearFlush`]: every accessed leaf is made old: A cleared
+    ///   with A/D, access-tracked without (D18), after capturing its dirty state: a writable
+    ///   leaf without A/D counts as dirty, and its page is marked dirty before W goes.
+    ///
+    /// If the result [`needs_flush()`](AgeResult::needs_flush), flush TLBs before dropping the
+    /// MMU lock: a vCPU's TLB may still allow writes through a leaf that lost W, and those
+    /// writes would not be seen as dirty.
+    pub(crate) fn age_gfn_range_locked(
+        &mut self,
+        slot_id: u32,
+        start: u64,
+        end: u64,
+        op: AgeOp,
+    ) -> AgeResult {
+        let mut result = AgeResult::new(op);
+        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
+            return result;
+        };
+        // SAFETY: as in `map_at()`, `&mut self` proves the MMU lock is held for write.
+        let mut locked = unsafe { MmuWriteLocked::assume() };
+        slot.for_each_rmap(start, end, |head| {
+            age_rmap_locked::<P>(head, &mut locked, op, &mut result);
+            result.done()
+        });
+        result
+    }
+
+    /// Restores the access-tracked leaf that maps `gfn` in root `root` for the fault that an
+    /// access to it caused, a `write` or a read, under the MMU lock for write (`&mut self`):
+    /// the fast path of a fault, with no need to resolve the host page again (the leaf still
+    /// maps it: an invalidation of the page would have zapped the leaf).
+    ///
+    /// Returns true if the leaf now allows the access, and the vCPU may retry it.  Returns false,
+    /// changing nothing, if there is no present leaf, it is not access-tracked, or the access is
+    /// a write and the leaf was not writable before it was tracked: then take the normal fault
+    /// path, whose [`X86Mmu::map()`] also restores ([`MapAction::Restored`]) or upgrades it.
+    ///
+    /// Permissions only grow, so no TLB flush is needed.
+    pub(crate) fn restore_access_tracked(&mut self, root: usize, gfn: u64, write: bool) -> bool {
+        let Some((sptep, old, _)) = self.leaf(root, gfn) else {
+            return false;
+        };
+        if !spte::is_access_tracked(old) {
+            return false;
+        }
+        let new = spte::restore_access_tracked(old);
+        if write && !spte::is_writable(new) {
+            return false;
+        }
+        // Nothing changes an A/D-disabled leaf without the MMU lock, but a compare-exchange
+        // costs little and cannot undo a change we did not expect.
+        sptep
+            .compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Adds the SPTE `sptep` to the rmap of `gfn` at `level` of slot `slot_id`, as if a leaf had
+    /// been installed there, for tests of huge levels (which [`X86Mmu::map()`] does not install
+    /// yet).  Returns false if the slot has no rmap for it.
+    ///
+    /// # Safety
+    ///
+    /// `sptep` stays valid until it has been zapped out of the rmap (the MMU's drop zaps
+    /// everything), and holds a present leaf whenever the MMU lock is taken.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) unsafe fn add_test_leaf(
+        &mut self,
+        slot_id: u32,
+        level: MapLevel,
+        gfn: u64,
+        sptep: &AtomicU64,
+        descs: &mut DescCache,
+    ) -> bool {
+        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
+            return false;
+        };
+        let Some(head) = slot.rmap(level, gfn) else {
+            return false;
+        };
+        // SAFETY: `&mut self`: the MMU lock is held for write.
+        let mut locked = unsafe { MmuWriteLocked::assume() };
+        // SAFETY: `sptep` stays valid until zapped out of the rmap, per the caller.
+        unsafe { head.lock(&mut locked).add(NonNull::from(sptep), descs) };
+        slot.add_sptes(1);
+        self.stats.leaves += 1;
+        true
+    }
 }
 
 impl<P: PageOps> Drop for X86Mmu<P> {
@@ -565,6 +952,8 @@ impl<P: PageOps> Drop for X86Mmu<P> {
         }
         self.nr_roots = 0;
         debug_assert_eq!(self.stats.table_pages(), 0);
+        // The rmaps are empty and stay attached; another MMU may take the table over.
+        self.rmaps.owner.store(UNOWNED, Ordering::Relaxed);
     }
 }
 
@@ -599,7 +988,7 @@ unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: Level, stats: &mut MmuSta
 fn install_leaf(
     sptep: &AtomicU64,
     new: u64,
-    slot: &mut SlotRmaps,
+    slot: &SlotRmaps,
     level: MapLevel,
     gfn: u64,
     locked: &mut MmuWriteLocked<'_>,
@@ -622,7 +1011,7 @@ fn install_leaf(
         // (I1), so the entry is removed from the rmap before its table is freed.
         unsafe { guard.add(NonNull::from(sptep), descs) }
     };
-    slot.sptes += 1;
+    slot.add_sptes(1);
     before + 1
 }
 
@@ -682,7 +1071,7 @@ fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<boo
 /// rmap (KVM's `drop_spte()`).
 fn drop_leaf<P: PageOps>(
     sptep: &AtomicU64,
-    slot: &mut SlotRmaps,
+    slot: &SlotRmaps,
     level: MapLevel,
     gfn: u64,
     locked: &mut MmuWriteLocked<'_>,
@@ -697,13 +1086,13 @@ fn drop_leaf<P: PageOps>(
     let found = head.lock(locked).remove(NonNull::from(sptep), descs);
     debug_assert!(found, "leaf for gfn {gfn:#x} not in its rmap");
     if found {
-        slot.sptes = slot.sptes.saturating_sub(1);
+        slot.sub_sptes(1);
     }
 }
 
 /// Zaps every leaf in the rmap `head` (KVM's `kvm_zap_rmap()`): empties it under its bit lock,
 /// clearing each leaf.  Returns the number of leaves zapped and how many of them were dirty.
-fn zap_rmap<P: PageOps>(
+pub(crate) fn zap_rmap<P: PageOps>(
     head: &RmapHead,
     locked: &mut MmuWriteLocked<'_>,
     stats: &mut MmuStats,
@@ -722,6 +1111,238 @@ fn zap_rmap<P: PageOps>(
         }
     });
     (zapped, dirty)
+}
+
+/// What aging did to one leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeafAge {
+    /// The entry was not present: zapped while in an rmap we walk locklessly (C17).
+    NotPresent,
+    /// Not accessed since it was made or last aged (or access-tracked).
+    Old,
+    /// Accessed; left alone ([`AgeOp::Test`]).
+    Young,
+    /// Accessed, and made old by us.
+    Cleared {
+        /// The page it maps.
+        pfn: u64,
+        /// Access tracking took W from a dirty leaf: the caller marks `pfn` dirty.
+        dirty: bool,
+        /// Access tracking took W away: TLBs must be flushed.
+        write_protected: bool,
+    },
+    /// The entry changed between our load and our compare-exchange: young, not retried (D21).
+    LostRace,
+    /// Accessed, without A/D bits, met by a lockless walk, which cannot access-track: young.
+    Skipped,
+}
+
+impl LeafAge {
+    /// Adds what happened to this leaf to `result`.
+    fn record(self, result: &mut AgeResult) {
+        match self {
+            LeafAge::NotPresent => result.not_present += 1,
+            LeafAge::Old => {}
+            LeafAge::Young => result.young = true,
+            LeafAge::Cleared {
+                dirty,
+                write_protected,
+                ..
+            } => {
+                result.young = true;
+                result.cleared += 1;
+                result.dirty += u64::from(dirty);
+                result.write_protected += u64::from(write_protected);
+            }
+            LeafAge::LostRace => {
+                result.young = true;
+                result.lost_races += 1;
+            }
+            LeafAge::Skipped => {
+                result.young = true;
+                result.skipped += 1;
+            }
+        }
+    }
+}
+
+/// Clears A in the A/D-enabled leaf `sptep`, which held `old`, with one compare-exchange from
+/// `old` (KVM's `kvm_rmap_age_gfn_range()`): never a store of a stale value, which could undo a
+/// D set by a walker (D19), and never makes a zapped entry present again (I3), since it fails
+/// unless the entry still holds the present `old`.  A failure is a lost race (D21).
+fn clear_accessed_once(sptep: &AtomicU64, old: u64) -> LeafAge {
+    debug_assert!(spte::is_present(old) && spte::is_ad_enabled(old));
+    match sptep.compare_exchange(
+        old,
+        old & !spte::ACCESSED,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    ) {
+        Ok(_) => LeafAge::Cleared {
+            pfn: spte::pfn(old),
+            dirty: false,
+            write_protected: false,
+        },
+        Err(_) => LeafAge::LostRace,
+    }
+}
+
+/// Ages the leaf in `sptep` without the MMU lock, as `op` says.  The entry may be changed or
+/// zapped meanwhile by others (C11, C17): a non-present one is skipped, and only A of an
+/// A/D-enabled leaf is ever changed, by [`clear_accessed_once()`].  Testing only loads (D20),
+/// and works for leaves without A/D too (access tracking clears their A).
+pub(crate) fn age_leaf_lockless(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
+    let old = sptep.load(Ordering::Relaxed);
+    if !spte::is_present(old) {
+        return LeafAge::NotPresent;
+    }
+    if !spte::is_accessed(old) {
+        return LeafAge::Old;
+    }
+    if !op.clears() {
+        return LeafAge::Young;
+    }
+    if !spte::is_ad_enabled(old) {
+        return LeafAge::Skipped;
+    }
+    clear_accessed_once(sptep, old)
+}
+
+/// Ages the leaf in `sptep` under the MMU lock for write, as `op` says: clearing A with A/D,
+/// access-tracking it without, capturing its dirty state first (D18).  Walkers may still set A
+/// and D of an A/D-enabled leaf meanwhile, hence the compare-exchanges.
+fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
+    let old = sptep.load(Ordering::Relaxed);
+    if !spte::is_present(old) {
+        debug_assert!(false, "non-present SPTE in an rmap under the MMU lock");
+        return LeafAge::NotPresent;
+    }
+    if !spte::is_accessed(old) {
+        return LeafAge::Old;
+    }
+    if !op.clears() {
+        return LeafAge::Young;
+    }
+    if spte::is_ad_enabled(old) {
+        return clear_accessed_once(sptep, old);
+    }
+    // The dirty state is captured atomically with the loss of W: the exchange succeeds only if
+    // the leaf still holds `old`.
+    let new = spte::mark_access_tracked(old);
+    match sptep.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => LeafAge::Cleared {
+            pfn: spte::pfn(old),
+            dirty: spte::is_dirty(old),
+            write_protected: spte::is_writable(old),
+        },
+        Err(_) => LeafAge::LostRace,
+    }
+}
+
+/// Ages the leaves of the rmap `head` without the MMU lock, with the rmap locked read-only
+/// (C13, KVM's `kvm_rmap_lock_readonly()`), which needs preemption disabled (C14).  Stops at
+/// the first young leaf when testing.
+pub(crate) fn age_rmap_lockless(
+    head: &RmapHead,
+    no_preempt: &NoPreempt<'_>,
+    op: AgeOp,
+    result: &mut AgeResult,
+) {
+    result.visited += 1;
+    let guard = head.lock_readonly(no_preempt);
+    result.contended += u64::from(guard.contended());
+    for sptep in guard.sptes() {
+        age_leaf_lockless(sptep, op).record(result);
+        if result.done() {
+            break;
+        }
+    }
+}
+
+/// Ages the leaves of the rmap `head` under the MMU lock for write, marking the pages that lost
+/// W while dirty dirty.  Stops at the first young leaf when testing.
+fn age_rmap_locked<P: PageOps>(
+    head: &RmapHead,
+    locked: &mut MmuWriteLocked<'_>,
+    op: AgeOp,
+    result: &mut AgeResult,
+) {
+    result.visited += 1;
+    // Exact under the MMU lock for write: only its holders add to rmaps.
+    if head.is_empty() {
+        return;
+    }
+    let guard = head.lock(locked);
+    for sptep in guard.sptes() {
+        let aged = age_leaf_locked(sptep, op);
+        if let LeafAge::Cleared {
+            pfn, dirty: true, ..
+        } = aged
+        {
+            P::set_page_dirty(pfn);
+        }
+        aged.record(result);
+        if result.done() {
+            break;
+        }
+    }
+}
+
+/// Ages the gfns `[start, end)` of slot `slot_id` in every root without the MMU lock (KVM's
+/// `kvm_rmap_age_gfn_range()`), through the rmaps of every level, huge levels from `start`
+/// aligned down (D23), each rmap locked read-only.  For spaces whose leaves keep A/D bits, or to
+/// test (`aging::use_lockless()`): accessed leaves without A/D are left alone and counted young
+/// ([`AgeResult::skipped`]).
+///
+/// `no_preempt` must cover the whole call: it keeps the bit locks short and, being an RCU
+/// read-side critical section, keeps the slot's rmaps from being freed (R3).  If the result
+/// [`needs_flush()`](AgeResult::needs_flush) (`clear_flush_young` made leaves old), flush TLBs.
+pub(crate) fn age_gfn_range_lockless(
+    table: &RmapTable,
+    no_preempt: &NoPreempt<'_>,
+    slot_id: u32,
+    start: u64,
+    end: u64,
+    op: AgeOp,
+) -> AgeResult {
+    let mut result = AgeResult::new(op);
+    if let Some(slot) = table.get(slot_id, no_preempt) {
+        slot.for_each_rmap(start, end, |head| {
+            age_rmap_lockless(head, no_preempt, op, &mut result);
+            result.done()
+        });
+    }
+    result
+}
+
+/// Ages the gfns of every attached slot that back the host-virtual range `[hva_start, hva_end)`
+/// (exclusive end, A4) without the MMU lock: [`age_gfn_range_lockless()`] per slot, with the
+/// slot geometry the table publishes, so no memslot set is needed.  A host page aliased by
+/// several slots is aged in each.  Testing stops at the first young leaf.
+pub(crate) fn age_hva_range_lockless(
+    table: &RmapTable,
+    no_preempt: &NoPreempt<'_>,
+    hva_start: u64,
+    hva_end: u64,
+    op: AgeOp,
+) -> AgeResult {
+    let mut result = AgeResult::new(op);
+    for id in 0..MAX_SLOTS as u32 {
+        let Some(slot) = table.get(id, no_preempt) else {
+            continue;
+        };
+        let Some((start, end)) = slot.slot.hva_range_to_gfns(hva_start, hva_end) else {
+            continue;
+        };
+        slot.for_each_rmap(start, end, |head| {
+            age_rmap_lockless(head, no_preempt, op, &mut result);
+            result.done()
+        });
+        if result.done() {
+            break;
+        }
+    }
+    result
 }
 
 /// Walks from the root table `root_pfn` towards `gfn`, with `Acquire` loads (each pairs with the
