@@ -7,6 +7,8 @@
 # Exit status: the command's, or 124 on timeout. The whole console (kernel
 # log and the command's output) is in LOG.
 #
+# The cache (kernel builds: test_hmm.ko) is visible read-only in the guest;
+# virtme-ng overlays /var with a tmpfs otherwise.
 # One CPU per socket, one socket per node: two CPUs of one socket on two
 # nodes would trip the scheduler's topology sanity WARN at boot.
 # KUnit suites run at module load (kunit.enable=1).
@@ -36,7 +38,7 @@ vng_run() {
 	timeout --kill-after=15 "$t" setsid vng --run "$image" --disable-microvm --force-9p \
 		--cpus 2,sockets=2,cores=1,threads=1 --memory "$mem" \
 		--numa "$half",cpus=0 --numa "$half",cpus=1 \
-		--verbose --append "kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 ${SECMMU_APPEND:-}" \
+		--rodir="$SECMMU_CACHE" --verbose --append "kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 ${SECMMU_APPEND:-}" \
 		"$@" </dev/null
 }
 
