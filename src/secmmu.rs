@@ -21,6 +21,8 @@ mod vcpu;
 // The kernel-free core, shared with the host crate (../host). Items only
 // the host tests or later formats use are not dead code.
 #[allow(dead_code)]
+mod aging;
+#[allow(dead_code)]
 mod inval;
 #[allow(dead_code)]
 mod memslot;
@@ -52,6 +54,12 @@ module! {
     authors: ["The secmmu developers"],
     description: "A secondary MMU kept coherent with its process through an mmu_notifier",
     license: "GPL",
+    params: {
+        aging_locked: bool {
+            default: false,
+            description: "Age (clear_young/test_young) under the MMU lock even where A/D bits allow lockless aging",
+        },
+    },
 }
 
 #[pin_data]
@@ -79,7 +87,7 @@ impl MiscDevice for SecmmuDevice {
         let task = kernel::current!();
         // A kernel thread has no mm to mirror.
         let mm = task.mm().ok_or(EINVAL)?;
-        Space::create(mm)
+        Space::create(mm, module_parameters::aging_locked.value())
     }
 
     fn ioctl(space: ArcBorrow<'_, Space>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {

@@ -26,16 +26,18 @@
 //! before any other field is dropped.
 
 use crate::{
+    aging::{self, AgeOp, AgeResult},
     inval::Invalidations,
     kpages::KernelPages,
     memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
     mmu_lock::{MmuLock, WriteGuard},
     notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
     pgtable::ZapCursor,
+    prim::{NoPreempt, PArc},
     stats::Stats,
     tlb::VcpuMode,
     uapi,
-    x86::mmu::{SlotRmaps, X86Mmu},
+    x86::mmu::{age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
 };
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel::{
@@ -72,6 +74,14 @@ pub(crate) struct Space {
     config: Mutex<Option<Config>>,
     #[pin]
     pub(crate) mmu: MmuLock<MmuState>,
+    /// The per-memslot rmaps, shared with lockless aging: the MMU (under the
+    /// MMU lock) publishes and detaches slots; agers read them with
+    /// preemption disabled (an RCU read side); detached ones are freed after
+    /// `synchronize_rcu()`.
+    rmaps: PArc<RmapTable>,
+    /// Age under the MMU lock even where A/D bits allow lockless aging
+    /// (module parameter `aging_locked`, read at open).
+    aging_locked: bool,
     /// Invalidations in progress, and the retry sequence (A2).
     #[pin]
     pub(crate) inval: SpinLock<Invalidations>,
@@ -97,12 +107,15 @@ struct Zapped {
 
 impl Space {
     /// Creates a space for the calling task's mm and subscribes to it.
-    pub(crate) fn create(mm: &MmWithUser) -> Result<Arc<Self>> {
+    pub(crate) fn create(mm: &MmWithUser, aging_locked: bool) -> Result<Arc<Self>> {
+        let rmaps = RmapTable::new().map_err(|_| ENOMEM)?;
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 notifier <- MmuNotifier::new(mm),
                 config <- new_mutex!(None, "secmmu_config"),
                 mmu <- MmuLock::new(MmuState { mmu: None, slots: Memslots::new() }),
+                rmaps,
+                aging_locked,
                 inval <- new_spinlock!(Invalidations::new(), "secmmu_inval"),
                 vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
                 nr_vcpus: AtomicUsize::new(0),
@@ -164,7 +177,8 @@ impl Space {
         }
         let ad_enabled = cfg.flags & uapi::CFG_NO_AD == 0;
         // Allocates the roots: may sleep, so before the MMU lock.
-        let mmu = Mmu::new(cfg.nr_roots as usize, ad_enabled).map_err(|_| ENOMEM)?;
+        let mmu = Mmu::with_rmap_table(cfg.nr_roots as usize, ad_enabled, self.rmaps.clone())
+            .map_err(|_| ENOMEM)?;
         self.mmu.write().mmu = Some(mmu);
         *config = Some(Config {
             nr_roots: cfg.nr_roots,
@@ -239,7 +253,9 @@ impl Space {
         self.flush_if_pending(&mut zapped);
         let rmaps = guard.mmu.as_mut().and_then(|m| m.detach_slot(id));
         drop(guard);
-        drop(rmaps);
+        if let Some(rmaps) = rmaps {
+            free_detached(rmaps);
+        }
         self.stats.slot_zaps.inc();
         self.count_zapped(&zapped);
         Ok(())
@@ -341,6 +357,13 @@ impl Space {
             table_pages: self.mmu.read().mmu.as_ref().map_or(0, |m| m.table_pages()),
             slot_zaps: s.slot_zaps.get(),
             releases: s.releases.get(),
+            aging_calls: s.aging_calls.get(),
+            aging_young: s.aging_young.get(),
+            aging_lockless: s.aging_lockless.get(),
+            aging_cleared: s.aging_cleared.get(),
+            rmap_contention: s.rmap_contention.get(),
+            aging_lost_races: s.aging_lost_races.get(),
+            access_restores: s.access_restores.get(),
             ..Default::default()
         }
     }
@@ -451,4 +474,85 @@ impl MmuNotifierOps for Space {
     fn invalidate_range_end(&self, _range: &Range) {
         self.inval.lock().end();
     }
+
+    fn clear_young(&self, start: usize, end: usize) -> bool {
+        self.age(start, end, AgeOp::Clear)
+    }
+
+    fn clear_flush_young(&self, start: usize, end: usize) -> bool {
+        self.age(start, end, AgeOp::ClearFlush)
+    }
+
+    fn test_young(&self, addr: usize) -> bool {
+        self.age(addr, addr + kernel::page::PAGE_SIZE, AgeOp::Test)
+    }
+}
+
+impl Space {
+    /// Ages the host range `[start, end)` (protocols.md D18-D23): without
+    /// the MMU lock where A/D bits allow (walking rmaps under their bit
+    /// locks taken read-only, preemption disabled), under it otherwise.
+    fn age(&self, start: usize, end: usize, op: AgeOp) -> bool {
+        if self.released.load(Ordering::Acquire) {
+            return false;
+        }
+        self.stats.aging_calls.inc();
+        let (start, end) = (start as u64, end as u64);
+        let r = if aging::use_lockless(op, self.rmaps.ad_enabled(), self.aging_locked) {
+            self.stats.aging_lockless.inc();
+            // SAFETY: Paired with the `preempt_enable()` below; nothing in
+            // between sleeps.
+            unsafe { crate::bindings::secmmu_preempt_disable() };
+            let r = {
+                // SAFETY: Preemption stays disabled until after `np` is gone.
+                let np = unsafe { NoPreempt::assume() };
+                age_hva_range_lockless(&self.rmaps, &np, start, end, op)
+            };
+            // SAFETY: Paired with the `preempt_disable()` above.
+            unsafe { crate::bindings::secmmu_preempt_enable() };
+            // clear_flush_young: the entries made old must not stay cached
+            // as young translations (no MMU lock needed to flush).
+            if r.needs_flush() {
+                self.flush_remote_tlbs();
+            }
+            r
+        } else {
+            let mut guard = self.mmu.write();
+            let r = match guard.mmu.as_mut() {
+                Some(mmu) => mmu.age_hva_range_locked(start, end, op),
+                None => return false,
+            };
+            // Access tracking took W away: flush before other faults can
+            // see the lock free (a TLB still allowing writes would hide
+            // them from dirty tracking).
+            if r.needs_flush() {
+                self.flush_remote_tlbs();
+            }
+            drop(guard);
+            r
+        };
+        self.count_aging(&r);
+        r.young
+    }
+
+    fn count_aging(&self, r: &AgeResult) {
+        let s = &self.stats;
+        if r.young {
+            s.aging_young.inc();
+        }
+        s.aging_cleared.add(r.cleared);
+        s.rmap_contention.add(r.contended);
+        s.aging_lost_races.add(r.lost_races);
+        s.dirty_pages.add(r.dirty);
+    }
+}
+
+/// Frees a detached slot's rmaps once no lockless ager can still see them.
+fn free_detached(rmaps: DetachedRmaps) {
+    // SAFETY: Waits for every preempt-disabled (RCU) reader; may sleep, and
+    // no lock is held here.
+    unsafe { crate::bindings::synchronize_rcu() };
+    // SAFETY: A grace period has passed since the slot was detached: lockless
+    // agers, which run with preemption disabled, cannot reach it any more.
+    unsafe { rmaps.free_after_grace_period() };
 }

@@ -65,4 +65,18 @@ pub(crate) struct Stats {
     pub(crate) slot_zaps: Counter,
     /// `release()` calls.
     pub(crate) releases: Counter,
+    /// clear_young / clear_flush_young / test_young calls.
+    pub(crate) aging_calls: Counter,
+    /// ... answered young.
+    pub(crate) aging_young: Counter,
+    /// ... walked without the MMU lock.
+    pub(crate) aging_lockless: Counter,
+    /// Young entries made old.
+    pub(crate) aging_cleared: Counter,
+    /// rmap bit locks a lockless walk found held and spun on.
+    pub(crate) rmap_contention: Counter,
+    /// Entries that changed under an aging compare-exchange (counted young).
+    pub(crate) aging_lost_races: Counter,
+    /// Access-tracked SPTEs restored by a fault without get_user_pages.
+    pub(crate) access_restores: Counter,
 }

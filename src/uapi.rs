@@ -64,7 +64,14 @@ pub(crate) struct secmmu_stats {
     pub(crate) table_pages: u64,
     pub(crate) slot_zaps: u64,
     pub(crate) releases: u64,
-    pub(crate) reserved: [u64; 17],
+    pub(crate) aging_calls: u64,
+    pub(crate) aging_young: u64,
+    pub(crate) aging_lockless: u64,
+    pub(crate) aging_cleared: u64,
+    pub(crate) rmap_contention: u64,
+    pub(crate) aging_lost_races: u64,
+    pub(crate) access_restores: u64,
+    pub(crate) reserved: [u64; 10],
 }
 
 /// `struct secmmu_config`.

@@ -223,6 +223,19 @@ impl Vcpu {
                 space.stats.memory_faults.inc();
                 return Err(Exit::MemoryFault);
             }
+            // Aging without A/D bits made the leaf access-tracked: restore
+            // it without get_user_pages (an invalidation would have zapped
+            // it, so no sequence check is needed).
+            {
+                let mut state = space.mmu.write();
+                if let Some(mmu) = state.mmu.as_mut() {
+                    if mmu.restore_access_tracked(self.root, gfn, write) {
+                        drop(state);
+                        space.stats.access_restores.inc();
+                        return Ok(());
+                    }
+                }
+            }
             // Snapshot before resolving the page: an invalidation that ends
             // after this point bumps the sequence and we retry.
             let seq = space.inval.lock().seq();

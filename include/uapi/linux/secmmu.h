@@ -49,7 +49,14 @@ struct secmmu_stats {
 	__u64 table_pages;		/* page-table pages now allocated */
 	__u64 slot_zaps;		/* memslot deletions that zapped */
 	__u64 releases;			/* release() calls (0 or 1) */
-	__u64 reserved[17];
+	__u64 aging_calls;		/* clear_young/clear_flush_young/test_young */
+	__u64 aging_young;		/* ... answered young */
+	__u64 aging_lockless;		/* ... walked without the MMU lock */
+	__u64 aging_cleared;		/* young SPTEs made old */
+	__u64 rmap_contention;		/* rmap bit locks an ager spun on */
+	__u64 aging_lost_races;		/* SPTEs changed under aging (young) */
+	__u64 access_restores;		/* access-tracked SPTEs restored, no GUP */
+	__u64 reserved[10];
 };
 
 #define SECMMU_GET_STATS	_IOR(SECMMUIO, 0x01, struct secmmu_stats)
