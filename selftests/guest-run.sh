@@ -41,7 +41,7 @@ fi
 
 # The selftests (kselftest harness, TAP). A binary that dies before its
 # plan is complete is one failure.
-for t in secmmu_test secmmu_mmu_test; do  # secmmu_aging_test: with the aging work
+for t in secmmu_test secmmu_mmu_test secmmu_aging_test; do
 	SECMMU_KO=$ko "$top/selftests/$t" > /tmp/$t.tap 2>&1
 	echo "# $t exited with $?"
 	cat /tmp/$t.tap

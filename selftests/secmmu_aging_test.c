@@ -46,6 +46,23 @@ static int mark_idle(int bitmap, __u64 pfn)
 	return pwrite(bitmap, &bits, 8, pfn / 64 * 8) == 8 ? 0 : -1;
 }
 
+/*
+ * Is the page at @pfn on an LRU list? page_idle tracks only LRU pages: a
+ * freshly faulted page can sit in a per-CPU LRU batch for a while, and
+ * then reads as not idle whatever the MMUs say.
+ */
+static int on_lru(int kpageflags, __u64 pfn)
+{
+	__u64 flags;
+
+	if (pread(kpageflags, &flags, 8, pfn * 8) != 8)
+		return 0;
+	return !!(flags & (1ULL << 5));	/* KPF_LRU */
+}
+
+/* /proc/kpageflags, opened by the fixture (-1: count every page). */
+static int kpageflags = -1;
+
 /* Is the page at @pfn idle? Reading asks the MMUs (clear_young). */
 static int is_idle(int bitmap, __u64 pfn)
 {
@@ -110,6 +127,7 @@ FIXTURE_SETUP(aging)
 	if (self->bitmap < 0)
 		SKIP(return, "no page_idle");
 	self->pagemap = open("/proc/self/pagemap", O_RDONLY);
+	kpageflags = open("/proc/kpageflags", O_RDONLY);
 	ASSERT_GE(self->pagemap, 0);
 	self->fd = space_create(1, variant->cfg_flags);
 	ASSERT_GE(self->fd, 0);
@@ -142,14 +160,30 @@ FIXTURE_TEARDOWN(aging)
 	close(self->pagemap);
 }
 
-static unsigned long count_idle(int bitmap, const __u64 *pfns, int from, int to)
+/* Idle pages among the LRU pages of pfns[from, to); *lru gets how many. */
+static unsigned long count_idle_lru(int bitmap, const __u64 *pfns, int from, int to,
+				    unsigned long *lru)
 {
 	unsigned long idle = 0;
 	int i;
 
-	for (i = from; i < to; i++)
-		idle += is_idle(bitmap, pfns[i]) == 1;
+	*lru = 0;
+	for (i = from; i < to; i++) {
+		int bit = is_idle(bitmap, pfns[i]);
+
+		if (kpageflags >= 0 && !on_lru(kpageflags, pfns[i]))
+			continue;
+		(*lru)++;
+		idle += bit == 1;
+	}
 	return idle;
+}
+
+static unsigned long count_idle(int bitmap, const __u64 *pfns, int from, int to)
+{
+	unsigned long lru;
+
+	return count_idle_lru(bitmap, pfns, from, to, &lru);
 }
 
 static void mark_all_idle(int bitmap, const __u64 *pfns)
@@ -168,28 +202,115 @@ static void mark_all_idle(int bitmap, const __u64 *pfns)
 TEST_F(aging, page_idle_tracking)
 {
 	const int half = NPAGES / 2;
+	unsigned long idle, lru;
 	struct secmmu_run r;
-	unsigned long idle;
+	int pass;
 
-	mark_all_idle(self->bitmap, self->pfns);
-	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE,
-			      GPA_BASE + REGION / 2));
-	idle = count_idle(self->bitmap, self->pfns, 0, half);
-	EXPECT_LE(idle, half / 10) TH_LOG("%lu of %d written pages still idle", idle, half);
-	EXPECT_EQ(NPAGES - half, count_idle(self->bitmap, self->pfns, half, NPAGES));
+	for (pass = 0; pass < 2; pass++) {
+		unsigned int op = pass ? SECMMU_RUN_READ : SECMMU_RUN_WRITE;
 
-	mark_all_idle(self->bitmap, self->pfns);
-	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_READ, GPA_BASE,
-			      GPA_BASE + REGION / 2));
-	idle = count_idle(self->bitmap, self->pfns, 0, half);
-	EXPECT_LE(idle, half / 10) TH_LOG("%lu of %d read pages still idle", idle, half);
-	EXPECT_EQ(NPAGES - half, count_idle(self->bitmap, self->pfns, half, NPAGES));
+		mark_all_idle(self->bitmap, self->pfns);
+		ASSERT_EQ(0, run_both(self->vcpus, op, GPA_BASE, GPA_BASE + REGION / 2));
+		/* Touched through the secondary MMU only: (almost) none idle. */
+		idle = count_idle_lru(self->bitmap, self->pfns, 0, half, &lru);
+		EXPECT_LE(idle, lru / 10)
+			TH_LOG("pass %d: %lu of %lu touched pages still idle", pass, idle, lru);
+		EXPECT_GE(lru, half * 9 / 10);
+		/* Untouched: every one still idle. */
+		idle = count_idle_lru(self->bitmap, self->pfns, half, NPAGES, &lru);
+		EXPECT_EQ(lru, idle)
+			TH_LOG("pass %d: %lu of %lu untouched pages idle", pass, idle, lru);
+		EXPECT_GE(lru, half * 9 / 10);
+	}
 
 	/* Writes after aging are not lost (no-A/D mode restores the SPTE). */
 	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + REGION));
 	ASSERT_EQ(0, run_range(self->vcpus[0], SECMMU_RUN_VERIFY, GPA_BASE,
 			       GPA_BASE + REGION, PAGE_SZ, 0, &r));
 	EXPECT_EQ(0, r.mismatches);
+}
+
+struct stress {
+	int vcpu, bitmap, stop;
+	const __u64 *pfns;
+	unsigned long runs, agings;
+};
+
+static void *stress_vcpu(void *arg)
+{
+	struct stress *st = arg;
+
+	while (!__atomic_load_n(&st->stop, __ATOMIC_RELAXED)) {
+		/* Faults are expected: the host unmaps and deletes slots. */
+		run_range(st->vcpu, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + REGION,
+			  PAGE_SZ, 1, NULL);
+		st->runs++;
+	}
+	return NULL;
+}
+
+static void *stress_ager(void *arg)
+{
+	struct stress *st = arg;
+
+	while (!__atomic_load_n(&st->stop, __ATOMIC_RELAXED)) {
+		mark_all_idle(st->bitmap, st->pfns);
+		count_idle(st->bitmap, st->pfns, 0, NPAGES);
+		st->agings++;
+	}
+	return NULL;
+}
+
+/*
+ * Aging in a loop (page_idle: clear_young over every page) while two vCPUs
+ * run and the host invalidates: MADV_DONTNEED, munmap + mmap, and memslot
+ * deletion and re-creation. Lockless walkers meet zapped SPTEs and rmaps
+ * emptied under them; nothing may crash or warn, and the counters show
+ * the walks happened.
+ */
+TEST_F(aging, aging_stress)
+{
+	struct stress v[2], ager;
+	struct secmmu_stats st;
+	pthread_t t[3];
+	int i, round;
+
+	memset(v, 0, sizeof(v));
+	memset(&ager, 0, sizeof(ager));
+	ager.bitmap = self->bitmap;
+	ager.pfns = self->pfns;
+	for (i = 0; i < 2; i++) {
+		v[i].vcpu = self->vcpus[i];
+		ASSERT_EQ(0, pthread_create(&t[i], NULL, stress_vcpu, &v[i]));
+	}
+	ASSERT_EQ(0, pthread_create(&t[2], NULL, stress_ager, &ager));
+	for (round = 0; round < 20; round++) {
+		ASSERT_EQ(0, madvise(self->mem, REGION / 4, MADV_DONTNEED));
+		ASSERT_EQ(0, munmap(self->mem + REGION / 2, REGION / 4));
+		ASSERT_EQ(self->mem + REGION / 2,
+			  mmap(self->mem + REGION / 2, REGION / 4, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+		ASSERT_EQ(0, set_slot(self->fd, 0, 0, 0, 0, NULL));
+		usleep(2000);
+		ASSERT_EQ(0, set_slot(self->fd, 0, 0, GPA_BASE, REGION, self->mem));
+		usleep(5000);
+	}
+	for (i = 0; i < 2; i++)
+		__atomic_store_n(&v[i].stop, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&ager.stop, 1, __ATOMIC_RELAXED);
+	for (i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	st = get_stats(self->fd);
+	TH_LOG("%lu+%lu runs, %lu aging passes", v[0].runs, v[1].runs, ager.agings);
+	TH_LOG("aging: %llu calls (%llu lockless), %llu young, %llu cleared",
+	       st.aging_calls, st.aging_lockless, st.aging_young, st.aging_cleared);
+	TH_LOG("%llu contended, %llu lost races, %llu restores",
+	       st.rmap_contention, st.aging_lost_races, st.access_restores);
+	EXPECT_GT(st.aging_calls, 0);
+	if (!variant->cfg_flags)
+		EXPECT_GT(st.aging_lockless, 0);
+	/* Coherent again afterwards. */
+	ASSERT_EQ(0, run_both(self->vcpus, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + REGION));
 }
 
 TEST_HARNESS_MAIN
