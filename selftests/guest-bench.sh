@@ -8,4 +8,15 @@ insmod "$kdir/lib/test_hmm.ko" || exit 1
 echo "== bench: $(uname -r), $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"
 "$top/selftests/secmmu_bench" "${SECMMU_BENCH_MIB:-1024}"
 rc=$?
+
+# Aging: lockless (default) and under the MMU lock, same kernel, same run.
+echo "== bench: aging while a vCPU faults (targets: lockless >= 90% of the"
+echo "   vCPU's rate alone, and better than locked on both figures)"
+for locked in 0 1; do
+	rmmod secmmu
+	insmod "$top/secmmu.ko" aging_locked=$locked || rc=1
+	label=lockless
+	[ $locked = 1 ] && label=locked
+	"$top/selftests/secmmu_aging_bench" $label "${SECMMU_AGING_SECS:-6}" || rc=1
+done
 echo "SECMMU-BENCH-EXIT $rc"
