@@ -185,10 +185,10 @@ impl<T: HasMmuNotifier> MmuNotifier<T> {
     /// `raw` must be the `raw` field of a registered `MmuNotifier<T>`
     /// embedded in a `T`, called from one of its callbacks.
     unsafe fn container<'a>(raw: *mut bindings::mmu_notifier) -> &'a T {
-        // SAFETY: `raw` is the first field of a `repr(C)` `MmuNotifier<T>`,
-        // and `Opaque` is `repr(transparent)`, so the cast is exact. The
-        // container is alive: drop unregisters (waiting out callbacks via
-        // SRCU) before the container goes away.
+        // The container is alive: its drop unregisters the notifier, which
+        // waits out running callbacks (SRCU), before it goes away.
+        // SAFETY: `raw` is the first field of a `repr(C)` `MmuNotifier<T>`
+        // (`Opaque` is `repr(transparent)`), so the cast is exact.
         unsafe { &*T::container_of(raw.cast::<Self>()) }
     }
 
