@@ -36,6 +36,9 @@
 #define PRESENT		SECMMU_SNAP_PRESENT
 #define WRITABLE	SECMMU_SNAP_WRITABLE
 
+/* Buffers of one region's size, for exact comparisons. */
+static char bounce[SIZE], expect[SIZE];
+
 FIXTURE(mirror) {
 	int fd;
 	int vcpu;
@@ -196,6 +199,7 @@ TEST(memslot_validation)
 TEST_F(mirror, access_roundtrip)
 {
 	char buf[3 * PAGE_SZ], back[3 * PAGE_SZ];
+	struct secmmu_run r;
 	unsigned long i;
 
 	host_write_all(self->mem, 0x1234);
@@ -218,14 +222,10 @@ TEST_F(mirror, access_roundtrip)
 				     SECMMU_SNAP_ACCESSED | SECMMU_SNAP_DIRTY));
 
 	/* Outside every slot: a memory-fault exit with the address. */
-	{
-		struct secmmu_run r;
-
-		EXPECT_EQ(-EFAULT, run_range(self->vcpu, SECMMU_RUN_READ, 0x1000,
-					     0x2000, 8, 0, &r));
-		EXPECT_EQ(SECMMU_EXIT_MEMORY_FAULT, r.exit_reason);
-		EXPECT_EQ(0x1000, r.exit_gpa);
-	}
+	EXPECT_EQ(-EFAULT, run_range(self->vcpu, SECMMU_RUN_READ, 0x1000,
+				     0x2000, 8, 0, &r));
+	EXPECT_EQ(SECMMU_EXIT_MEMORY_FAULT, r.exit_reason);
+	EXPECT_EQ(0x1000, r.exit_gpa);
 }
 
 /* munmap zaps the mirror: the guest faults, then sees the new mapping. */
@@ -269,13 +269,10 @@ TEST_F(mirror, dontneed_coherence)
 	EXPECT_EQ(0, count_bits(self->snap, NPAGES, PRESENT));
 	/* The pattern is gone: the guest reads zeroes, as the host does. */
 	EXPECT_EQ(NPAGES, guest_mismatches(self->vcpu, 0x55));
-	{
-		static char buf[SIZE], zero[SIZE];
-
-		memset(buf, 0xff, sizeof(buf));
-		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, buf, SIZE, 0));
-		EXPECT_EQ(0, memcmp(buf, zero, SIZE));
-	}
+	memset(bounce, 0xff, SIZE);
+	memset(expect, 0, SIZE);
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, bounce, SIZE, 0));
+	EXPECT_EQ(0, memcmp(bounce, expect, SIZE));
 	/* Then new host data is what the guest sees. */
 	host_write_all(self->mem, 0x66);
 	EXPECT_EQ(0, guest_mismatches(self->vcpu, 0x66));
@@ -324,7 +321,7 @@ TEST_F(mirror, mprotect_ro_rw)
  */
 TEST_F(mirror, fork_cow)
 {
-	int pipefd[2];
+	int pipefd[2], status;
 	pid_t pid;
 	char c;
 
@@ -345,13 +342,9 @@ TEST_F(mirror, fork_cow)
 	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x300));
 	EXPECT_EQ(0, host_mismatches(self->mem, 0x300));
 	ASSERT_EQ(1, write(pipefd[1], "x", 1));
-	{
-		int status;
-
-		ASSERT_EQ(pid, waitpid(pid, &status, 0));
-		EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-			TH_LOG("the child's copy changed");
-	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		TH_LOG("the child's copy changed");
 	close(pipefd[0]);
 	close(pipefd[1]);
 }
@@ -503,13 +496,9 @@ TEST_F(mirror, ksm_coherence)
 	}
 	EXPECT_GE(read_long("/sys/kernel/mm/ksm/pages_sharing"), (long)NPAGES / 2);
 	/* The guest reads the merged data... */
-	{
-		static char buf[SIZE], want[SIZE];
-
-		memset(want, 0x5a, SIZE);
-		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, buf, SIZE, 0));
-		EXPECT_EQ(0, memcmp(buf, want, SIZE));
-	}
+	memset(expect, 0x5a, SIZE);
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, bounce, SIZE, 0));
+	EXPECT_EQ(0, memcmp(bounce, expect, SIZE));
 	/* ...and its writes land in private pages, one per page. */
 	ASSERT_EQ(0, guest_write_all(self->vcpu, 0x99));
 	EXPECT_EQ(0, host_mismatches(self->mem, 0x99));
