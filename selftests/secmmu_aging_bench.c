@@ -6,7 +6,10 @@
  * sweeps a 256 MiB region with writes (4K stride) and MADV_DONTNEEDs it
  * after every sweep. An aging thread on CPU 1 ages a separate, fully
  * mapped 1 GiB region in a loop through /sys/kernel/mm/page_idle/bitmap
- * (each pass marks every page idle: clear_young on every page).
+ * (each pass marks every page idle: clear_young on every page). The ager
+ * is a separate process, like the kernel's own agers: it shares no mm
+ * with the vCPU, so the vCPU's TLB shootdowns (MADV_DONTNEED) do not
+ * interrupt it.
  *
  * Prints one line: the vCPU's fault rate with aging relative to the same
  * run without it, the aging thread's ns per page, and the rmap lock
@@ -16,12 +19,13 @@
  * usage: secmmu_aging_bench LABEL [SECONDS]
  */
 #define _GNU_SOURCE
-#include <pthread.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "secmmu_lib.h"
 
@@ -31,7 +35,7 @@
 #define A_SIZE	SZ_1G
 #define A_PAGES	(A_SIZE / PAGE_SZ)
 
-static int fd, vcpu, stop;
+static int fd, vcpu;
 static char *fmem;
 static __u64 *words;		/* the page_idle bitmap words to write */
 static unsigned long nwords, maxword;
@@ -68,25 +72,28 @@ static double fault_rate(double secs)
 	return (get_stats(fd).faults - f0) / (t - t0);
 }
 
-static double aging_ns_per_page;
-
-static void *ager(void *arg)
+/*
+ * The aging process: ages the region in passes until @stop is readable,
+ * then writes its ns per page to @out.
+ */
+static void ager(int stop, int out)
 {
 	int bitmap = open("/sys/kernel/mm/page_idle/bitmap", O_RDWR);
 	unsigned long passes = 0, w;
-	double t0 = now();
+	double t0 = now(), ns;
+	struct pollfd p = { .fd = stop, .events = POLLIN };
 
 	pin(1);
-	while (bitmap >= 0 && !__atomic_load_n(&stop, __ATOMIC_RELAXED)) {
+	while (bitmap >= 0 && poll(&p, 1, 0) == 0) {
 		for (w = 0; w <= maxword; w++)
 			if (words[w])
 				pwrite(bitmap, &words[w], 8, w * 8);
 		passes++;
 	}
-	aging_ns_per_page = passes ? (now() - t0) * 1e9 / (passes * A_PAGES) : 0;
-	if (bitmap >= 0)
-		close(bitmap);
-	return NULL;
+	ns = passes ? (now() - t0) * 1e9 / (passes * A_PAGES) : 0;
+	if (write(out, &ns, sizeof(ns)) != sizeof(ns))
+		_exit(1);
+	_exit(0);
 }
 
 int main(int argc, char **argv)
@@ -95,9 +102,11 @@ int main(int argc, char **argv)
 	double secs = argc > 2 ? atof(argv[2]) : 6, base, with;
 	int pagemap = open("/proc/self/pagemap", O_RDONLY);
 	struct secmmu_stats s0, s1;
+	int stop[2], res[2];
+	double aging_ns_per_page = 0;
 	unsigned long i;
-	pthread_t t;
 	char *amem;
+	pid_t pid;
 
 	fd = space_create(1, 0);
 	fmem = mmap(NULL, F_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -139,10 +148,16 @@ int main(int argc, char **argv)
 
 	base = fault_rate(secs);
 	s0 = get_stats(fd);
-	pthread_create(&t, NULL, ager, NULL);
+	if (pipe(stop) || pipe(res))
+		return 1;
+	pid = fork();
+	if (pid == 0)
+		ager(stop[0], res[1]);
 	with = fault_rate(secs);
-	__atomic_store_n(&stop, 1, __ATOMIC_RELAXED);
-	pthread_join(t, NULL);
+	close(stop[1]);
+	if (read(res[0], &aging_ns_per_page, sizeof(double)) != sizeof(double))
+		return 1;
+	waitpid(pid, NULL, 0);
 	s1 = get_stats(fd);
 
 	printf("%-9s vCPU faults/s %8.0f alone, %8.0f with aging (%5.1f%%) | ",
