@@ -117,6 +117,12 @@ int main(int argc, char **argv)
 	}
 	madvise(fmem, F_SIZE, MADV_NOHUGEPAGE);
 	madvise(amem, A_SIZE, MADV_NOHUGEPAGE);
+	/*
+	 * The ager is forked later: without DONTFORK, fork would write-protect
+	 * both regions for COW, zapping the very mappings it is to age.
+	 */
+	madvise(fmem, F_SIZE, MADV_DONTFORK);
+	madvise(amem, A_SIZE, MADV_DONTFORK);
 	if (set_slot(fd, 0, 0, F_GPA, F_SIZE, fmem) || set_slot(fd, 1, 0, A_GPA, A_SIZE, amem))
 		return 1;
 	vcpu = vcpu_create(fd, 0);
