@@ -157,8 +157,12 @@ int main(int argc, char **argv)
 	if (pipe(stop) || pipe(res))
 		return 1;
 	pid = fork();
-	if (pid == 0)
+	if (pid == 0) {
+		close(stop[1]);	/* EOF on stop[0] once the parent closes its end */
 		ager(stop[0], res[1]);
+	}
+	close(stop[0]);
+	close(res[1]);
 	with = fault_rate(secs);
 	close(stop[1]);
 	if (read(res[0], &aging_ns_per_page, sizeof(double)) != sizeof(double))
