@@ -154,6 +154,12 @@ impl Space {
         Ok(())
     }
 
+    /// Whether the space's SPTEs keep accessed/dirty bits (true until
+    /// SECMMU_CONFIGURE says otherwise: nothing is mapped before it).
+    pub(crate) fn ad_enabled(&self) -> bool {
+        self.rmaps.ad_enabled()
+    }
+
     /// The configuration, once SECMMU_CONFIGURE succeeded.
     pub(crate) fn config(&self) -> Option<Config> {
         *self.config.lock()

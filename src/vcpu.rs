@@ -225,8 +225,9 @@ impl Vcpu {
             }
             // Aging without A/D bits made the leaf access-tracked: restore
             // it without get_user_pages (an invalidation would have zapped
-            // it, so no sequence check is needed).
-            {
+            // it, so no sequence check is needed). With A/D bits no leaf is
+            // ever access-tracked: skip the extra trip through the lock.
+            if !space.ad_enabled() {
                 let mut state = space.mmu.write();
                 if let Some(mmu) = state.mmu.as_mut() {
                     if mmu.restore_access_tracked(self.root, gfn, write) {

@@ -313,10 +313,9 @@ impl RmapTable {
     pub(crate) fn get<'a>(&'a self, id: u32, _rcu: &'a NoPreempt<'_>) -> Option<&'a SlotRmaps> {
         // Acquire pairs with the Release of `publish()` (R2).
         let p = self.slots.get(id as usize)?.load(Ordering::Acquire);
-        // SAFETY: non-null, `p` came from a `PBox` leaked by `publish()`, and is freed either by
-        // `Drop`, which `&'a self` excludes for 'a, or by `free_after_grace_period()` a grace
-        // period after it was unpublished; `_rcu` proves that this CPU is in an RCU read-side
-        // critical section for 'a, which that grace period waits for.
+        // `p` is freed by `Drop` (excluded by `&'a self`) or by `free_after_grace_period()` a
+        // grace period after unpublishing, which `_rcu` (an RCU read side for 'a) holds off.
+        // SAFETY: non-null `p` came from a `PBox` leaked by `publish()` and is live for 'a.
         unsafe { p.as_ref() }
     }
 
@@ -639,10 +638,9 @@ impl<P: PageOps> X86Mmu<P> {
             return Err(MapError::NeedTopup);
         }
         let stats = &mut self.stats;
-        // SAFETY: `&mut self` proves the MMU lock is held for write: an `&mut X86Mmu` is only
-        // reachable through the write guard of the MMU lock (a spinning lock, so preemption is
-        // disabled too), or before the MMU is shared, when no one else can reach its rmaps.  The
-        // token does not outlive this call.
+        // An `&mut X86Mmu` is only reachable through the MMU lock's write guard (a spinning
+        // lock: preemption is off) or before the MMU is shared.  The token dies with this call.
+        // SAFETY: `&mut self` proves the MMU lock is held for write.
         let mut locked = unsafe { MmuWriteLocked::assume() };
 
         let target = spte_level(m.level);
