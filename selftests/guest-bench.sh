@@ -9,6 +9,10 @@ echo "== bench: $(uname -r), $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"
 "$top/selftests/secmmu_bench" "${SECMMU_BENCH_MIB:-1024}"
 rc=$?
 
+# Parallel faults: arm64 stage-2 (read-lock faults) vs x86 (write lock).
+echo "== bench: parallel fault-in, arm64 vs x86 format"
+"$top/selftests/secmmu_fault_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+
 # Aging: lockless (default) and under the MMU lock, same kernel, same run.
 echo "== bench: aging while a vCPU faults (targets: lockless >= 90% of the"
 echo "   vCPU's rate alone, and better than locked on both figures)"

@@ -108,7 +108,7 @@ int main(int argc, char **argv)
 	char *amem;
 	pid_t pid;
 
-	fd = space_create(1, 0);
+	fd = space_create(SECMMU_FMT_X86_EPT4, 1, 0);
 	fmem = mmap(NULL, F_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	amem = mmap(NULL, A_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (fd < 0 || pagemap < 0 || fmem == MAP_FAILED || amem == MAP_FAILED) {

@@ -113,11 +113,28 @@ FIXTURE(aging) {
 };
 
 FIXTURE_VARIANT(aging) {
+	unsigned int format;
 	unsigned int cfg_flags;
 };
 
-FIXTURE_VARIANT_ADD(aging, ad) { .cfg_flags = 0 };
-FIXTURE_VARIANT_ADD(aging, no_ad) { .cfg_flags = SECMMU_CFG_NO_AD };
+/*
+ * x86: with A/D bits agers clear A without the MMU lock; without them aging
+ * is access tracking under it. arm64: agers clear AF under the read side;
+ * without hardware AF management the next access takes an access-flag
+ * fault.
+ */
+FIXTURE_VARIANT_ADD(aging, x86_ad) {
+	.format = SECMMU_FMT_X86_EPT4, .cfg_flags = 0
+};
+FIXTURE_VARIANT_ADD(aging, x86_no_ad) {
+	.format = SECMMU_FMT_X86_EPT4, .cfg_flags = SECMMU_CFG_NO_AD
+};
+FIXTURE_VARIANT_ADD(aging, arm64_ad) {
+	.format = SECMMU_FMT_ARM64_S2, .cfg_flags = 0
+};
+FIXTURE_VARIANT_ADD(aging, arm64_no_ad) {
+	.format = SECMMU_FMT_ARM64_S2, .cfg_flags = SECMMU_CFG_NO_AD
+};
 
 FIXTURE_SETUP(aging)
 {
@@ -129,7 +146,7 @@ FIXTURE_SETUP(aging)
 	self->pagemap = open("/proc/self/pagemap", O_RDONLY);
 	kpageflags = open("/proc/kpageflags", O_RDONLY);
 	ASSERT_GE(self->pagemap, 0);
-	self->fd = space_create(1, variant->cfg_flags);
+	self->fd = space_create(variant->format, 1, variant->cfg_flags);
 	ASSERT_GE(self->fd, 0);
 	self->mem = mmap(NULL, REGION, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -304,8 +321,9 @@ TEST_F(aging, aging_stress)
 	TH_LOG("%lu+%lu runs, %lu aging passes", v[0].runs, v[1].runs, ager.agings);
 	TH_LOG("aging: %llu calls (%llu lockless), %llu young, %llu cleared",
 	       st.aging_calls, st.aging_lockless, st.aging_young, st.aging_cleared);
-	TH_LOG("%llu contended, %llu lost races, %llu restores",
-	       st.rmap_contention, st.aging_lost_races, st.access_restores);
+	TH_LOG("%llu contended, %llu lost races, %llu restores, %llu AF faults, %llu -EAGAIN",
+	       st.rmap_contention, st.aging_lost_races, st.access_restores,
+	       st.access_flag_faults, st.fault_eagain);
 	EXPECT_GT(st.aging_calls, 0);
 	if (!variant->cfg_flags)
 		EXPECT_GT(st.aging_lockless, 0);

@@ -58,7 +58,7 @@ static struct result bench_secmmu(unsigned long size, char *out, int run_only)
 {
 	struct result r;
 	char *mem = populate(size);
-	int fd = space_create(1, 0), vcpu = -1, ret;
+	int fd = space_create(SECMMU_FMT_X86_EPT4, 1, 0), vcpu = -1, ret;
 	double t;
 
 	if (fd >= 0 && !set_slot(fd, 0, 0, GPA, size, mem))

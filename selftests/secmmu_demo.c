@@ -2,7 +2,10 @@
 /*
  * secmmu demo: mirror 16 MiB of this process into a space, let a vCPU
  * fault it in and write it, change the memory the ways the mm core reports
- * to secondary MMUs, and print what the secondary MMU did each time.
+ * to secondary MMUs, and print what the secondary MMU did each time. Once
+ * per page-table format: x86 EPT, then arm64 stage-2.
+ *
+ * usage: secmmu_demo [x86|arm64]   (default: both)
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -37,7 +40,8 @@ static void show(const char *what)
 	       count_bits(snap, NPAGES, SECMMU_SNAP_PRESENT | SECMMU_SNAP_DIRTY));
 	printf("faults %5llu retries %llu zapped %5llu (dirty %5llu) ",
 	       s.faults, s.fault_retries, s.sptes_zapped, s.dirty_pages);
-	printf("TLB flushes %4llu invalidations %4llu\n", s.tlb_flushes, s.invalidations);
+	printf("TLB flushes %4llu invalidations %4llu tables %llu\n", s.tlb_flushes,
+	       s.invalidations, s.table_pages);
 }
 
 static void run(unsigned int op, unsigned long off, unsigned long len, const char *what)
@@ -52,16 +56,18 @@ static void run(unsigned int op, unsigned long off, unsigned long len, const cha
 	show(what);
 }
 
-int main(void)
+static void demo(unsigned int format)
 {
 	char *mem;
 	int ret;
 
-	fd = space_create(1, 0);
+	fd = space_create(format, 1, 0);
 	if (fd < 0)
 		die("open + SECMMU_CONFIGURE", fd);
-	printf("secmmu API version %d: x86 EPT, 1 root, 16 MiB slot at gpa 0x%lx\n",
-	       ioctl(fd, SECMMU_GET_API_VERSION, 0), GPA);
+	printf("\nsecmmu API version %d: %s, 1 root, 16 MiB slot at gpa 0x%lx\n",
+	       ioctl(fd, SECMMU_GET_API_VERSION, 0),
+	       format == SECMMU_FMT_X86_EPT4 ? "x86 EPT (4 levels, rmaps)" :
+	       "arm64 stage-2 (4K granule, 48-bit IPA, parallel faults)", GPA);
 	mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (mem == MAP_FAILED)
 		die("mmap", -errno);
@@ -88,5 +94,15 @@ int main(void)
 	run(SECMMU_RUN_READ, 0, SIZE, "vCPU reads after munmap:");
 	close(vcpu);
 	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	const char *which = argc > 1 ? argv[1] : "both";
+
+	if (strcmp(which, "arm64"))
+		demo(SECMMU_FMT_X86_EPT4);
+	if (strcmp(which, "x86"))
+		demo(SECMMU_FMT_ARM64_S2);
 	return 0;
 }

@@ -25,12 +25,19 @@ static inline int secmmu_ioctl(int fd, unsigned long cmd, void *arg)
 	return ioctl(fd, cmd, arg) < 0 ? -errno : 0;
 }
 
-/* A space configured with @nr_roots roots of the x86 EPT format. */
-static inline int space_create(unsigned int nr_roots, unsigned int flags)
+/* Name of a page-table format, for test logs and fixture variants. */
+static inline const char *format_name(unsigned int format)
+{
+	return format == SECMMU_FMT_ARM64_S2 ? "arm64" : "x86";
+}
+
+/* A space configured with @nr_roots roots of page-table format @format. */
+static inline int space_create(unsigned int format, unsigned int nr_roots,
+			       unsigned int flags)
 {
 	struct secmmu_config cfg = {
 		.flags = flags,
-		.format = SECMMU_FMT_X86_EPT4,
+		.format = format,
 		.nr_roots = nr_roots,
 	};
 	int fd = open("/dev/secmmu", O_RDWR | O_CLOEXEC);

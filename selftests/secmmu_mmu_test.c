@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * secmmu x86 MMU selftests: memslots, faults, and coherence of the
- * secondary page tables with every change the primary MMU makes.
+ * secmmu MMU selftests: memslots, faults, and coherence of the secondary
+ * page tables with every change the primary MMU makes. Every test runs once
+ * per page-table format (fixture variants "x86" and "arm64").
  *
  * Most tests use the "mirror" fixture: a space with one root, one vCPU,
  * and one memslot at GPA_BASE backed by an anonymous mapping of NPAGES.
+ * The others use "fmt", which only carries the format.
  * A guest access is a SECMMU_RUN or SECMMU_ACCESS on the vCPU; what the
  * secondary MMU maps is read back with SECMMU_SNAPSHOT.
  */
@@ -46,9 +48,35 @@ FIXTURE(mirror) {
 	unsigned char snap[NPAGES];
 };
 
+FIXTURE_VARIANT(mirror) {
+	unsigned int format;
+};
+
+FIXTURE_VARIANT_ADD(mirror, x86) { .format = SECMMU_FMT_X86_EPT4 };
+FIXTURE_VARIANT_ADD(mirror, arm64) { .format = SECMMU_FMT_ARM64_S2 };
+
+FIXTURE(fmt) {
+	int unused;
+};
+
+FIXTURE_VARIANT(fmt) {
+	unsigned int format;
+};
+
+FIXTURE_VARIANT_ADD(fmt, x86) { .format = SECMMU_FMT_X86_EPT4 };
+FIXTURE_VARIANT_ADD(fmt, arm64) { .format = SECMMU_FMT_ARM64_S2 };
+
+FIXTURE_SETUP(fmt)
+{
+}
+
+FIXTURE_TEARDOWN(fmt)
+{
+}
+
 FIXTURE_SETUP(mirror)
 {
-	self->fd = space_create(1, 0);
+	self->fd = space_create(variant->format, 1, 0);
 	ASSERT_GE(self->fd, 0) TH_LOG("space: %s", strerror(-self->fd));
 	self->mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -105,11 +133,12 @@ static unsigned long host_mismatches(char *mem, unsigned long pattern)
  * Every malformed request is refused with the documented errno and changes
  * nothing; well-formed ones work.
  */
-TEST(memslot_validation)
+TEST_F(fmt, memslot_validation)
 {
 	char *mem = mmap(NULL, 4 * PAGE_SZ, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	struct secmmu_config cfg = { .format = SECMMU_FMT_X86_EPT4, .nr_roots = 1 };
+	struct secmmu_config cfg = { .format = variant->format, .nr_roots = 1 };
+	int arm64 = variant->format == SECMMU_FMT_ARM64_S2;
 	struct secmmu_memslot m = { .memory_size = PAGE_SZ };
 	struct secmmu_run run = { .op = SECMMU_RUN_READ, .stride = 8, .passes = 1 };
 	unsigned char snap[4];
@@ -131,18 +160,33 @@ TEST(memslot_validation)
 	cfg.nr_roots = 1;
 	cfg.format = 99;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
-	cfg.format = SECMMU_FMT_X86_EPT4;
+	cfg.format = variant->format;
 	cfg.flags = 1u << 31;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	cfg.flags = 0;
-	cfg.pad = 1;
+	/* Guest-physical width: x86 EPT4 is 48 bits; arm64 takes 32..48. */
+	cfg.ia_bits = 31;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
-	cfg.pad = 0;
+	cfg.ia_bits = 49;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	cfg.ia_bits = 40;
+	if (!arm64) {
+		EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	}
+	cfg.ia_bits = arm64 ? 40 : 0;
 	cfg.reserved[3] = 1;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	cfg.reserved[3] = 0;
 	ASSERT_EQ(0, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	EXPECT_EQ(-EBUSY, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
+	/* A slot must fit the configured width. */
+	if (arm64) {
+		EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, 1UL << 40, PAGE_SZ, mem));
+		EXPECT_EQ(-EINVAL, set_slot(fd, 0, 0, (1UL << 40) - PAGE_SZ,
+					    2 * PAGE_SZ, mem));
+		ASSERT_EQ(0, set_slot(fd, 0, 0, (1UL << 40) - PAGE_SZ, PAGE_SZ, mem));
+		ASSERT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
+	}
 
 	/* Malformed slots. */
 	EXPECT_EQ(-EINVAL, set_slot(fd, SECMMU_MAX_MEMSLOTS, 0, 0, PAGE_SZ, mem));
@@ -353,7 +397,7 @@ TEST_F(mirror, fork_cow)
  * One gfn mapped in all 32 roots: each rmap holds 32 SPTEs, a chain longer
  * than one descriptor. One munmap zaps every one of them.
  */
-TEST(multi_root)
+TEST_F(fmt, multi_root)
 {
 	const unsigned long npages = 64, size = npages * PAGE_SZ;
 	int fd, vcpus[SECMMU_MAX_ROOTS], r;
@@ -361,7 +405,7 @@ TEST(multi_root)
 	struct secmmu_stats st;
 	char *mem;
 
-	fd = space_create(SECMMU_MAX_ROOTS, 0);
+	fd = space_create(variant->format, SECMMU_MAX_ROOTS, 0);
 	ASSERT_GE(fd, 0);
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -374,7 +418,9 @@ TEST(multi_root)
 				       GPA_BASE + size, PAGE_SZ, r, NULL));
 	}
 	st = get_stats(fd);
-	EXPECT_EQ(SECMMU_MAX_ROOTS, st.rmap_max_chain);
+	/* Only x86 keeps rmaps; stage-2 zaps by walking each root's tables. */
+	EXPECT_EQ(variant->format == SECMMU_FMT_X86_EPT4 ? SECMMU_MAX_ROOTS : 0,
+		  st.rmap_max_chain);
 	for (r = 0; r < SECMMU_MAX_ROOTS; r++) {
 		ASSERT_EQ(0, snapshot(fd, r, GPA_BASE, npages, snap));
 		EXPECT_EQ(npages, count_bits(snap, npages, PRESENT | WRITABLE));
@@ -513,7 +559,7 @@ TEST_F(mirror, ksm_coherence)
  * (ext4 on a loop device) reach the disk: they survive msync, a cache drop
  * and a remount.
  */
-TEST(shared_file_dirty)
+TEST_F(fmt, shared_file_dirty)
 {
 	const char *img = "/tmp/secmmu-ext4.img", *mnt = "/tmp/secmmu-mnt";
 	char cmd[512], loopdev[64] = {};
@@ -542,7 +588,7 @@ TEST(shared_file_dirty)
 	mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, ffd, 0);
 	ASSERT_NE(MAP_FAILED, mem);
 
-	fd = space_create(1, 0);
+	fd = space_create(variant->format, 1, 0);
 	ASSERT_GE(fd, 0);
 	ASSERT_EQ(0, set_slot(fd, 0, 0, GPA_BASE, SIZE, mem));
 	vcpu = vcpu_create(fd, 0);
@@ -637,7 +683,7 @@ TEST_F(mirror, teardown_race)
  * and another process holds the space's fd: the threads die cleanly, the
  * holder gets EIO, and closing the fd afterwards is clean.
  */
-TEST(release_while_running)
+TEST_F(fmt, release_while_running)
 {
 	int sv[2], round;
 
@@ -652,7 +698,7 @@ TEST(release_while_running)
 			pthread_t t[2];
 			char *mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
 					 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			int fd = space_create(1, 0), i;
+			int fd = space_create(variant->format, 1, 0), i;
 
 			if (fd < 0 || mem == MAP_FAILED ||
 			    set_slot(fd, 0, 0, GPA_BASE, SIZE, mem))
@@ -759,14 +805,14 @@ static unsigned long stress_phase(struct stress_vcpu *v, unsigned int op,
 	return v[0].err || v[1].err ? -1UL : faults;
 }
 
-static int mmu_stress_child(void)
+static int mmu_stress_child(unsigned int format)
 {
 	const unsigned long npages = STRESS_SZ / PAGE_SZ;
 	struct stress_vcpu v[2] = {};
 	char *mem;
 	int fd, s, i;
 
-	fd = space_create(1, 0);
+	fd = space_create(format, 1, 0);
 	mem = mmap(NULL, STRESS_SZ, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (fd < 0 || mem == MAP_FAILED)
@@ -810,14 +856,14 @@ static int mmu_stress_child(void)
 	return 0;
 }
 
-TEST(mmu_stress)
+TEST_F(fmt, mmu_stress)
 {
 	int status;
 	pid_t pid = fork();
 
 	ASSERT_GE(pid, 0);
 	if (pid == 0)
-		_exit(mmu_stress_child());
+		_exit(mmu_stress_child(variant->format));
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
 	ASSERT_TRUE(WIFEXITED(status));
 	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("failed at step %d", WEXITSTATUS(status));
@@ -839,7 +885,7 @@ static void *spinner(void *arg)
  * preempt=none (PREEMPT_LAZY): the lazy model is the least preemptive,
  * and the zap runs with preemption disabled under the MMU lock anyway.
  */
-TEST(zap_yield)
+TEST_F(fmt, zap_yield)
 {
 	const unsigned long size = SZ_1G, npages = size / PAGE_SZ;
 	struct secmmu_stats before, after;
@@ -852,7 +898,7 @@ TEST(zap_yield)
 	CPU_ZERO(&cpus);
 	CPU_SET(0, &cpus);
 	ASSERT_EQ(0, sched_setaffinity(0, sizeof(cpus), &cpus));
-	fd = space_create(1, 0);
+	fd = space_create(variant->format, 1, 0);
 	ASSERT_GE(fd, 0);
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -878,6 +924,123 @@ TEST(zap_yield)
 	       after.tlb_flushes - before.tlb_flushes);
 	close(vcpu);
 	close(fd);
+}
+
+/* One vCPU thread of parallel_fault_race: waits at the barrier, then runs. */
+struct racer {
+	int vcpu;
+	unsigned int op;
+	unsigned long start, end, pattern;
+	pthread_barrier_t *barrier;
+	int ret;
+	unsigned long mismatches;
+};
+
+static void *racer_fn(void *arg)
+{
+	struct racer *r = arg;
+	struct secmmu_run out;
+
+	pthread_barrier_wait(r->barrier);
+	r->ret = run_range(r->vcpu, r->op, r->start, r->end, PAGE_SZ, r->pattern,
+			   &out);
+	r->mismatches = out.mismatches;
+	return NULL;
+}
+
+/* Runs @op on both vCPUs over the same range at the same moment. */
+static int race_pass(int vcpus[2], unsigned int op, unsigned long start,
+		     unsigned long end, unsigned long pattern,
+		     unsigned long *mismatches)
+{
+	pthread_barrier_t barrier;
+	struct racer r[2];
+	pthread_t t[2];
+	int i, ret = 0;
+
+	pthread_barrier_init(&barrier, NULL, 2);
+	for (i = 0; i < 2; i++) {
+		r[i] = (struct racer){ .vcpu = vcpus[i], .op = op, .start = start,
+				       .end = end, .pattern = pattern,
+				       .barrier = &barrier };
+		pthread_create(&t[i], NULL, racer_fn, &r[i]);
+	}
+	*mismatches = 0;
+	for (i = 0; i < 2; i++) {
+		pthread_join(t[i], NULL);
+		ret = ret ?: r[i].ret;
+		*mismatches += r[i].mismatches;
+	}
+	pthread_barrier_destroy(&barrier);
+	return ret;
+}
+
+/*
+ * Two vCPUs fault the same never-mapped gfns at the same time, reading,
+ * then writing, round after round: each round's slot lies in a new 1 GiB
+ * of guest-physical space, so the faults also race to install the tables
+ * at every level. On stage-2 the faults run in parallel under the read
+ * side of the MMU lock: losers of a table install reuse the winner's
+ * table; losers of a leaf install back off (-EAGAIN) and fault again.
+ * The data must be right, and every table page must come back once the
+ * space is gone, the losers' included.
+ */
+#define RACE_ROUNDS	48
+#define RACE_PAGES	512UL
+
+TEST_F(fmt, parallel_fault_race)
+{
+	const unsigned long size = RACE_PAGES * PAGE_SZ;
+	unsigned long round, i, bad;
+	struct secmmu_stats base, st;
+	int probe, fd, vcpus[2];
+	char *mem;
+
+	/* A space without tables, to read the module-wide count with. */
+	probe = open("/dev/secmmu", O_RDWR);
+	ASSERT_GE(probe, 0);
+	base = get_stats(probe);
+
+	fd = space_create(variant->format, 1, 0);
+	ASSERT_GE(fd, 0);
+	for (i = 0; i < 2; i++) {
+		vcpus[i] = vcpu_create(fd, 0);
+		ASSERT_GE(vcpus[i], 0);
+	}
+	for (round = 0; round < RACE_ROUNDS; round++) {
+		unsigned long gpa = (round + 1) * SZ_1G;
+
+		mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ASSERT_NE(MAP_FAILED, mem);
+		for (i = 0; i < RACE_PAGES; i++)
+			*(uint64_t *)(mem + i * PAGE_SZ) = round ^ (gpa + i * PAGE_SZ);
+		ASSERT_EQ(0, set_slot(fd, 0, 0, gpa, size, mem));
+		ASSERT_EQ(0, race_pass(vcpus, SECMMU_RUN_VERIFY, gpa, gpa + size,
+				       round, &bad));
+		EXPECT_EQ(0, bad) TH_LOG("round %lu: reads saw wrong data", round);
+		ASSERT_EQ(0, race_pass(vcpus, SECMMU_RUN_WRITE, gpa, gpa + size,
+				       ~round, &bad));
+		for (i = 0; i < RACE_PAGES; i++)
+			bad += *(uint64_t *)(mem + i * PAGE_SZ) != (~round ^ (gpa + i * PAGE_SZ));
+		EXPECT_EQ(0, bad) TH_LOG("round %lu: the host saw wrong data", round);
+		ASSERT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
+		ASSERT_EQ(0, munmap(mem, size));
+	}
+	st = get_stats(fd);
+	TH_LOG("%s: %llu faults, %llu -EAGAIN retries, %llu invalidation retries, %llu table pages",
+	       format_name(variant->format), st.faults, st.fault_eagain,
+	       st.fault_retries, st.table_pages);
+	/* Each page is faulted by a read, then upgraded by a write. */
+	EXPECT_GE(st.faults, RACE_ROUNDS * RACE_PAGES);
+	/* At least one table per level per round, below the root. */
+	EXPECT_GE(st.table_pages, RACE_ROUNDS * 2);
+	EXPECT_GT(get_stats(probe).module_table_pages, base.module_table_pages);
+	for (i = 0; i < 2; i++)
+		close(vcpus[i]);
+	close(fd);
+	EXPECT_EQ(base.module_table_pages, get_stats(probe).module_table_pages);
+	close(probe);
 }
 
 TEST_HARNESS_MAIN

@@ -7,11 +7,20 @@
 use crate::{
     bindings,
     pgtable::PageOps,
-    prim::{AllocError, AtomicU64},
+    prim::{AllocError, AtomicU64, Ordering},
 };
 
 /// Page operations backed by the kernel's page allocator.
 pub(crate) struct KernelPages;
+
+/// Table pages the module holds now, in every space and vCPU cache: what
+/// the selftests check returns to where it was after a space is gone.
+static TABLE_PAGES: AtomicU64 = AtomicU64::new(0);
+
+/// The number of table pages the module holds now.
+pub(crate) fn table_pages_now() -> u64 {
+    TABLE_PAGES.load(Ordering::Relaxed)
+}
 
 impl PageOps for KernelPages {
     fn alloc_table() -> Result<u64, AllocError> {
@@ -21,6 +30,7 @@ impl PageOps for KernelPages {
         if pfn == 0 {
             return Err(AllocError);
         }
+        TABLE_PAGES.fetch_add(1, Ordering::Relaxed);
         Ok(pfn as u64)
     }
 
@@ -28,6 +38,7 @@ impl PageOps for KernelPages {
         // SAFETY: The caller guarantees `pfn` came from `alloc_table` and that
         // no walker can reach it any more.
         unsafe { bindings::secmmu_free_table_page(pfn as usize) };
+        TABLE_PAGES.fetch_sub(1, Ordering::Relaxed);
     }
 
     unsafe fn table<'a>(pfn: u64) -> &'a [AtomicU64; 512] {

@@ -11,6 +11,7 @@
 
 #[path = "../rust/bindings.rs"]
 mod bindings;
+mod format;
 mod kpages;
 mod mmu_lock;
 mod notifier;
@@ -22,6 +23,8 @@ mod vcpu;
 // the host tests or later formats use are not dead code.
 #[allow(dead_code)]
 mod aging;
+#[allow(dead_code)]
+mod arm64;
 #[allow(dead_code)]
 mod inval;
 #[allow(dead_code)]

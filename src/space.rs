@@ -27,8 +27,10 @@
 
 use crate::{
     aging::{self, AgeOp, AgeResult},
+    arm64::mmu::S2Mmu,
+    format::Pgt,
     inval::Invalidations,
-    kpages::KernelPages,
+    kpages::{self, KernelPages},
     memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
     mmu_lock::{MmuLock, WriteGuard},
     notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
@@ -39,7 +41,7 @@ use crate::{
     uapi,
     x86::mmu::{age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
 };
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use kernel::{
     mm::MmWithUser,
     new_mutex, new_spinlock,
@@ -47,20 +49,21 @@ use kernel::{
     sync::{Arc, Mutex, SpinLock},
 };
 
-/// The x86 MMU as the kernel instantiates it.
-pub(crate) type Mmu = X86Mmu<KernelPages>;
-
 /// What the MMU lock protects.
 pub(crate) struct MmuState {
     /// The page tables; `None` until SECMMU_CONFIGURE.
-    pub(crate) mmu: Option<Mmu>,
+    pub(crate) mmu: Option<Pgt>,
     pub(crate) slots: Memslots,
 }
 
 /// The configuration SECMMU_CONFIGURE fixed.
 #[derive(Clone, Copy)]
 pub(crate) struct Config {
+    /// `SECMMU_FMT_*`.
+    pub(crate) format: u32,
     pub(crate) nr_roots: u32,
+    /// Guest-physical address bits: memslots must fit below `1 << ia_bits`.
+    pub(crate) ia_bits: u32,
 }
 
 /// The state of one open `/dev/secmmu`.
@@ -82,6 +85,13 @@ pub(crate) struct Space {
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
+    /// The walkers keep accessed (and, on x86, dirty) state in the entries:
+    /// true unless SECMMU_CONFIGURE asked for `SECMMU_CFG_NO_AD`. Written
+    /// once, before the space has tables.
+    ad_enabled: AtomicBool,
+    /// `SECMMU_FMT_*` once configured, 0 before: lets the mm core's
+    /// callbacks pick the format's aging walk without any lock.
+    format: AtomicU32,
     /// Invalidations in progress, and the retry sequence (A2).
     #[pin]
     pub(crate) inval: SpinLock<Invalidations>,
@@ -116,6 +126,8 @@ impl Space {
                 mmu <- MmuLock::new(MmuState { mmu: None, slots: Memslots::new() }),
                 rmaps,
                 aging_locked,
+                ad_enabled: AtomicBool::new(true),
+                format: AtomicU32::new(0),
                 inval <- new_spinlock!(Invalidations::new(), "secmmu_inval"),
                 vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
                 nr_vcpus: AtomicUsize::new(0),
@@ -154,10 +166,12 @@ impl Space {
         Ok(())
     }
 
-    /// Whether the space's SPTEs keep accessed/dirty bits (true until
-    /// SECMMU_CONFIGURE says otherwise: nothing is mapped before it).
+    /// Whether the space's walkers keep accessed/dirty state in the
+    /// entries (true until SECMMU_CONFIGURE says otherwise: nothing is
+    /// mapped before it). Without it, x86 ages by access tracking and
+    /// arm64 by access-flag faults.
     pub(crate) fn ad_enabled(&self) -> bool {
-        self.rmaps.ad_enabled()
+        self.ad_enabled.load(Ordering::Relaxed)
     }
 
     /// The configuration, once SECMMU_CONFIGURE succeeded.
@@ -168,26 +182,41 @@ impl Space {
     /// SECMMU_CONFIGURE.
     pub(crate) fn configure(&self, cfg: &uapi::secmmu_config) -> Result {
         uapi::check_zero(&cfg.reserved)?;
-        if cfg.pad != 0 || cfg.flags & !uapi::CFG_FLAGS != 0 {
-            return Err(EINVAL);
-        }
-        if cfg.format != uapi::FMT_X86_EPT4 {
+        if cfg.flags & !uapi::CFG_FLAGS != 0 {
             return Err(EINVAL);
         }
         if cfg.nr_roots == 0 || cfg.nr_roots > uapi::MAX_ROOTS {
             return Err(EINVAL);
         }
+        let ia_bits = match (cfg.format, cfg.ia_bits) {
+            (uapi::FMT_X86_EPT4 | uapi::FMT_ARM64_S2, 0) => uapi::IA_BITS_DEFAULT,
+            (uapi::FMT_X86_EPT4, uapi::IA_BITS_DEFAULT) => uapi::IA_BITS_DEFAULT,
+            (uapi::FMT_ARM64_S2, b) if (uapi::IA_BITS_MIN_ARM64..=uapi::IA_BITS_DEFAULT).contains(&b) => b,
+            _ => return Err(EINVAL),
+        };
         let mut config = self.config.lock();
         if config.is_some() {
             return Err(EBUSY);
         }
         let ad_enabled = cfg.flags & uapi::CFG_NO_AD == 0;
+        let nr_roots = cfg.nr_roots as usize;
         // Allocates the roots: may sleep, so before the MMU lock.
-        let mmu = Mmu::with_rmap_table(cfg.nr_roots as usize, ad_enabled, self.rmaps.clone())
-            .map_err(|_| ENOMEM)?;
+        let mmu = match cfg.format {
+            uapi::FMT_X86_EPT4 => Pgt::X86(
+                X86Mmu::with_rmap_table(nr_roots, ad_enabled, self.rmaps.clone())
+                    .map_err(|_| ENOMEM)?,
+            ),
+            _ => Pgt::S2(S2Mmu::new(nr_roots, ia_bits, ad_enabled).map_err(|_| ENOMEM)?),
+        };
+        self.ad_enabled.store(ad_enabled, Ordering::Relaxed);
         self.mmu.write().mmu = Some(mmu);
+        // Release: an ager that sees the format sees the tables published
+        // (it takes the MMU lock anyway, which orders it too).
+        self.format.store(cfg.format, Ordering::Release);
         *config = Some(Config {
+            format: cfg.format,
             nr_roots: cfg.nr_roots,
+            ia_bits,
         });
         Ok(())
     }
@@ -196,14 +225,14 @@ impl Space {
     pub(crate) fn set_memslot(&self, req: &uapi::secmmu_memslot) -> Result {
         uapi::check_zero(&req.reserved)?;
         let config = self.config.lock();
-        if config.is_none() {
+        let Some(cfg) = *config else {
             return Err(EINVAL);
-        }
+        };
         if req.memory_size == 0 {
             return self.delete_memslot(req.slot);
         }
         let limits = SlotLimits {
-            gpa_bits: 48,
+            gpa_bits: cfg.ia_bits,
             // SAFETY: Reads the current task's TASK_SIZE.
             user_end: unsafe { crate::bindings::secmmu_task_size() } as u64,
         };
@@ -225,12 +254,16 @@ impl Space {
             .slots
             .check_insert(&slot)
             .map_err(slot_errno)?;
-        let rmaps = SlotRmaps::new(&slot).map_err(|_| ENOMEM)?;
+        // Only the x86 shadow MMU keeps rmaps; stage-2 walks its tables.
+        let rmaps = match cfg.format {
+            uapi::FMT_X86_EPT4 => Some(SlotRmaps::new(&slot).map_err(|_| ENOMEM)?),
+            _ => None,
+        };
         let mut mmu = self.mmu.write();
         mmu.slots.insert(slot).map_err(slot_errno)?;
-        let unused = match mmu.mmu.as_mut() {
-            Some(m) => m.attach_slot(slot.id, rmaps).err(),
-            None => Some(rmaps),
+        let unused = match (mmu.mmu.as_mut(), rmaps) {
+            (Some(Pgt::X86(m)), Some(rmaps)) => m.attach_slot(slot.id, rmaps).err(),
+            (_, rmaps) => rmaps,
         };
         drop(mmu);
         // Unreachable: the slot id was free. Freed outside the lock.
@@ -257,7 +290,10 @@ impl Space {
             true,
         );
         self.flush_if_pending(&mut zapped);
-        let rmaps = guard.mmu.as_mut().and_then(|m| m.detach_slot(id));
+        let rmaps = match guard.mmu.as_mut() {
+            Some(Pgt::X86(m)) => m.detach_slot(id),
+            _ => None,
+        };
         drop(guard);
         if let Some(rmaps) = rmaps {
             free_detached(rmaps);
@@ -361,6 +397,10 @@ impl Space {
             tlb_flushes_elided: s.tlb_flushes_elided.get(),
             rmap_max_chain: s.rmap_max_chain.get(),
             table_pages: self.mmu.read().mmu.as_ref().map_or(0, |m| m.table_pages()),
+            fault_eagain: s.fault_eagain.get(),
+            access_flag_faults: s.access_flag_faults.get(),
+            bbm: s.bbm.get(),
+            module_table_pages: kpages::table_pages_now(),
             slot_zaps: s.slot_zaps.get(),
             releases: s.releases.get(),
             aging_calls: s.aging_calls.get(),
@@ -504,7 +544,12 @@ impl Space {
         }
         self.stats.aging_calls.inc();
         let (start, end) = (start as u64, end as u64);
-        let r = if aging::use_lockless(op, self.rmaps.ad_enabled(), self.aging_locked) {
+        let r = if self.format.load(Ordering::Acquire) == uapi::FMT_ARM64_S2 {
+            match self.age_s2(start, end, op) {
+                Some(r) => r,
+                None => return false,
+            }
+        } else if aging::use_lockless(op, self.rmaps.ad_enabled(), self.aging_locked) {
             self.stats.aging_lockless.inc();
             // SAFETY: Paired with the `preempt_enable()` below; nothing in
             // between sleeps.
@@ -525,8 +570,8 @@ impl Space {
         } else {
             let mut guard = self.mmu.write();
             let r = match guard.mmu.as_mut() {
-                Some(mmu) => mmu.age_hva_range_locked(start, end, op),
-                None => return false,
+                Some(Pgt::X86(mmu)) => mmu.age_hva_range_locked(start, end, op),
+                _ => return false,
             };
             // Access tracking took W away: flush before other faults can
             // see the lock free (a TLB still allowing writes would hide
@@ -539,6 +584,39 @@ impl Space {
         };
         self.count_aging(&r);
         r.young
+    }
+
+    /// Ages on stage-2 tables (protocols.md E28): under the read side of
+    /// the MMU lock, racing faults and the walkers, AF cleared with a
+    /// compare-exchange whose failure counts young; under the write side
+    /// only when `aging_locked` asks, for comparison. No permission is
+    /// taken away in either A/D mode (a writable leaf is dirty already),
+    /// so only `clear_flush_young` needs a flush.
+    fn age_s2(&self, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+        let walk = |state: &MmuState| {
+            let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
+                return None;
+            };
+            let mut r = AgeResult::new(op);
+            for slot in state.slots.iter() {
+                if let Some((s, e)) = slot.hva_range_to_gfns(start, end) {
+                    r.merge(&mmu.age_gfn_range(s, e, op));
+                    if r.done() {
+                        break;
+                    }
+                }
+            }
+            if r.needs_flush() {
+                self.flush_remote_tlbs();
+            }
+            Some(r)
+        };
+        if self.aging_locked {
+            walk(&self.mmu.write())
+        } else {
+            self.stats.aging_lockless.inc();
+            walk(&self.mmu.read())
+        }
     }
 
     fn count_aging(&self, r: &AgeResult) {

@@ -79,4 +79,11 @@ pub(crate) struct Stats {
     pub(crate) aging_lost_races: Counter,
     /// Access-tracked SPTEs restored by a fault without get_user_pages.
     pub(crate) access_restores: Counter,
+    /// Faults that found an entry locked or changed by another walker
+    /// (-EAGAIN, protocols.md E25) and started over.
+    pub(crate) fault_eagain: Counter,
+    /// Access-flag faults fixed without get_user_pages (arm64, no A/D).
+    pub(crate) access_flag_faults: Counter,
+    /// Break-before-make sequences of the fault path (arm64).
+    pub(crate) bbm: Counter,
 }

@@ -30,6 +30,9 @@ pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
 
 pub(crate) const FMT_X86_EPT4: u32 = 1;
+pub(crate) const FMT_ARM64_S2: u32 = 2;
+pub(crate) const IA_BITS_DEFAULT: u32 = 48;
+pub(crate) const IA_BITS_MIN_ARM64: u32 = 32;
 pub(crate) const CFG_NO_AD: u32 = 1 << 0;
 pub(crate) const CFG_FLAGS: u32 = CFG_NO_AD;
 pub(crate) const MAX_ROOTS: u32 = 32;
@@ -71,7 +74,11 @@ pub(crate) struct secmmu_stats {
     pub(crate) rmap_contention: u64,
     pub(crate) aging_lost_races: u64,
     pub(crate) access_restores: u64,
-    pub(crate) reserved: [u64; 10],
+    pub(crate) fault_eagain: u64,
+    pub(crate) access_flag_faults: u64,
+    pub(crate) bbm: u64,
+    pub(crate) module_table_pages: u64,
+    pub(crate) reserved: [u64; 6],
 }
 
 /// `struct secmmu_config`.
@@ -81,7 +88,7 @@ pub(crate) struct secmmu_config {
     pub(crate) flags: u32,
     pub(crate) format: u32,
     pub(crate) nr_roots: u32,
-    pub(crate) pad: u32,
+    pub(crate) ia_bits: u32,
     pub(crate) reserved: [u64; 4],
 }
 

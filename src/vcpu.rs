@@ -15,14 +15,16 @@
 //! checks, rescheduling and user copies happen outside guest mode.
 
 use crate::{
+    arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
     bindings,
+    format::{Pgt, Root},
     kpages::KernelPages,
-    pgtable::{TableCache, WalkFault},
+    pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache, WalkFault},
     rmap::DescCache,
     space::Space,
     tlb::SoftTlb,
     uapi,
-    x86::mmu::{translate, MAP_MIN_DESCS, MAP_MIN_TABLES},
+    x86::mmu::{MAP_MIN_DESCS, MAP_MIN_TABLES as X86_MAP_MIN_TABLES},
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
@@ -47,6 +49,16 @@ impl From<Error> for Exit {
     }
 }
 
+/// How installing a resolved page went.
+enum Installed {
+    /// The map ran (and may have failed, e.g. a cache not topped up).
+    Mapped(Result<MapOutcome, MapError>),
+    /// An invalidation or another walker raced the fault: start over.
+    Retry,
+    /// The space cannot map any more (released, or not configured).
+    Dead(Error),
+}
+
 /// What only the vCPU's own thread touches, under its mutex (KVM's
 /// `vcpu->mutex`: one ioctl at a time per vCPU).
 struct VcpuState {
@@ -63,16 +75,20 @@ pub(crate) struct Vcpu {
     /// Index of its guest-mode state in the space.
     idx: usize,
     root: usize,
-    /// The root table's pfn: fixed once the space is configured, freed only
-    /// with the space, which this vCPU keeps alive.
-    root_pfn: u64,
+    /// The root's tables for the lockless walker: fixed once the space is
+    /// configured, freed only with the space, which this vCPU keeps alive.
+    root_tables: Root,
     #[pin]
     state: Mutex<VcpuState>,
 }
 
-/// What a fault preallocates: enough for one map (tables of a 4-level walk,
-/// one rmap descriptor).
-const FAULT_TABLES: usize = MAP_MIN_TABLES;
+/// What a fault preallocates: enough for one map in either format (tables
+/// of a 4-level walk, one rmap descriptor).
+const FAULT_TABLES: usize = if X86_MAP_MIN_TABLES > S2_MAP_MIN_TABLES {
+    X86_MAP_MIN_TABLES
+} else {
+    S2_MAP_MIN_TABLES
+};
 const FAULT_DESCS: usize = MAP_MIN_DESCS;
 
 impl Vcpu {
@@ -84,12 +100,12 @@ impl Vcpu {
             return Err(EINVAL);
         }
         let root = req.root as usize;
-        let root_pfn = {
+        let root_tables = {
             let state = space.mmu.read();
             state
                 .mmu
                 .as_ref()
-                .and_then(|m| m.root_pfn(root))
+                .and_then(|m| m.root(root))
                 .ok_or(EINVAL)?
         };
         let idx = space.add_vcpu()?;
@@ -98,7 +114,7 @@ impl Vcpu {
                 space: space.clone(),
                 idx,
                 root,
-                root_pfn,
+                root_tables,
                 state <- new_mutex!(VcpuState {
                     tlb: SoftTlb::new(),
                     tables: TableCache::new(),
@@ -171,9 +187,9 @@ impl Vcpu {
             }
             let pfn = match st.tlb.lookup(gfn, write) {
                 Some(pfn) => Ok(pfn),
-                // SAFETY: `root_pfn` is a root of the space's MMU, which lives
-                // as long as the space, which this vCPU keeps alive.
-                None => unsafe { translate::<KernelPages>(self.root_pfn, gfn, write) }.map(|t| {
+                // SAFETY: `root_tables` is a root of the space's MMU, which
+                // lives as long as the space, which this vCPU keeps alive.
+                None => unsafe { self.root_tables.translate(gfn, write) }.map(|t| {
                     st.tlb.fill(gfn, t.pfn, t.writable, t.dirty);
                     t.pfn
                 }),
@@ -223,19 +239,13 @@ impl Vcpu {
                 space.stats.memory_faults.inc();
                 return Err(Exit::MemoryFault);
             }
-            // Aging without A/D bits made the leaf access-tracked: restore
-            // it without get_user_pages (an invalidation would have zapped
-            // it, so no sequence check is needed). With A/D bits no leaf is
-            // ever access-tracked: skip the extra trip through the lock.
-            if !space.ad_enabled() {
-                let mut state = space.mmu.write();
-                if let Some(mmu) = state.mmu.as_mut() {
-                    if mmu.restore_access_tracked(self.root, gfn, write) {
-                        drop(state);
-                        space.stats.access_restores.inc();
-                        return Ok(());
-                    }
-                }
+            // Aging without A/D bits made the leaf access-tracked (x86) or
+            // old (arm64: an access-flag fault): make it young again without
+            // get_user_pages (an invalidation would have zapped it, so no
+            // sequence check is needed). With A/D bits the walker keeps
+            // entries young itself: skip the extra trip through the lock.
+            if !space.ad_enabled() && self.fix_access_fault(gfn, write) {
+                return Ok(());
             }
             // Snapshot before resolving the page: an invalidation that ends
             // after this point bumps the sequence and we retry.
@@ -261,35 +271,22 @@ impl Vcpu {
                 unsafe { bindings::secmmu_put_user_page(pfn as usize) }
             };
 
-            let mut state = space.mmu.write();
-            if space.check_alive().is_err() {
-                drop(state);
-                put_page();
-                return Err(Exit::Errno(EIO));
-            }
-            let stale = state.slots.generation() != generation
-                || space.inval.lock().retry(hva as usize, seq);
-            if stale {
-                drop(state);
-                put_page();
-                space.stats.fault_retries.inc();
-                continue;
-            }
-            let Some(mmu) = state.mmu.as_mut() else {
-                drop(state);
-                put_page();
-                return Err(Exit::Errno(EINVAL));
+            let mapped = if matches!(self.root_tables, Root::S2(..)) {
+                self.map_parallel(st, gfn, pfn, write, generation, hva, seq)
+            } else {
+                self.map_exclusive(st, slot_id, gfn, pfn, write, generation, hva, seq)
             };
-            let mapped = mmu.map(
-                self.root,
-                slot_id,
-                gfn,
-                pfn,
-                write,
-                &mut st.tables,
-                &mut st.descs,
-            );
-            drop(state);
+            let mapped = match mapped {
+                Installed::Mapped(m) => m,
+                Installed::Retry => {
+                    put_page();
+                    continue;
+                }
+                Installed::Dead(e) => {
+                    put_page();
+                    return Err(Exit::Errno(e));
+                }
+            };
             // Like KVM: a page mapped writable is dirty from now on; the
             // zap marks it dirty again if the guest wrote it (D bit).
             if mapped.is_ok() && write {
@@ -301,6 +298,143 @@ impl Vcpu {
             space.stats.faults.inc();
             space.stats.rmap_max_chain.max(outcome.chain_len as u64);
             return Ok(());
+        }
+    }
+
+    /// The fast path of an access fault without A/D bits: x86 restores an
+    /// access-tracked leaf under the MMU lock for write; stage-2 sets AF on
+    /// an old leaf under the read side, like KVM's `handle_access_fault()`.
+    /// False if there is no such leaf: take the full fault path.
+    fn fix_access_fault(&self, gfn: u64, write: bool) -> bool {
+        let space = &self.space;
+        if matches!(self.root_tables, Root::S2(..)) {
+            let state = space.mmu.read();
+            let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
+                return false;
+            };
+            if !mmu.mkyoung(self.root, gfn, write) {
+                return false;
+            }
+            drop(state);
+            space.stats.access_flag_faults.inc();
+            return true;
+        }
+        let mut state = space.mmu.write();
+        let Some(Pgt::X86(mmu)) = state.mmu.as_mut() else {
+            return false;
+        };
+        if !mmu.restore_access_tracked(self.root, gfn, write) {
+            return false;
+        }
+        drop(state);
+        space.stats.access_restores.inc();
+        true
+    }
+
+    /// Whether the fault must start over: the slots changed, or an
+    /// invalidation of `hva` ran since `seq` was read (A2). Called with the
+    /// MMU lock held, either side: invalidations change the sequence before
+    /// they take the lock for write to zap, so a fault that passes this
+    /// check installs before the zap and is zapped by it.
+    fn must_retry(&self, slots_generation: u64, generation: u64, hva: u64, seq: u64) -> bool {
+        let space = &self.space;
+        let stale =
+            slots_generation != generation || space.inval.lock().retry(hva as usize, seq);
+        if stale {
+            space.stats.fault_retries.inc();
+        }
+        stale
+    }
+
+    /// Installs the leaf on x86: under the MMU lock for write, like KVM's
+    /// shadow MMU.
+    #[allow(clippy::too_many_arguments)]
+    fn map_exclusive(
+        &self,
+        st: &mut VcpuState,
+        slot_id: u32,
+        gfn: u64,
+        pfn: u64,
+        write: bool,
+        generation: u64,
+        hva: u64,
+        seq: u64,
+    ) -> Installed {
+        let space = &self.space;
+        let mut state = space.mmu.write();
+        if space.check_alive().is_err() {
+            return Installed::Dead(EIO);
+        }
+        if self.must_retry(state.slots.generation(), generation, hva, seq) {
+            return Installed::Retry;
+        }
+        let Some(Pgt::X86(mmu)) = state.mmu.as_mut() else {
+            return Installed::Dead(EINVAL);
+        };
+        let mapped = mmu.map(
+            self.root,
+            slot_id,
+            gfn,
+            pfn,
+            write,
+            &mut st.tables,
+            &mut st.descs,
+        );
+        if mapped.is_ok_and(|o| o.needs_flush()) {
+            space.flush_remote_tlbs();
+        }
+        Installed::Mapped(mapped)
+    }
+
+    /// Installs the leaf on stage-2: under the read side of the MMU lock,
+    /// racing other faults and agers (protocols.md E24-E27). An entry
+    /// locked or changed by another walker makes the map back off with
+    /// -EAGAIN; the fault then starts over, as a vCPU re-executes the
+    /// faulting instruction.
+    #[allow(clippy::too_many_arguments)]
+    fn map_parallel(
+        &self,
+        st: &mut VcpuState,
+        gfn: u64,
+        pfn: u64,
+        write: bool,
+        generation: u64,
+        hva: u64,
+        seq: u64,
+    ) -> Installed {
+        let space = &self.space;
+        let state = space.mmu.read();
+        if space.check_alive().is_err() {
+            return Installed::Dead(EIO);
+        }
+        if self.must_retry(state.slots.generation(), generation, hva, seq) {
+            return Installed::Retry;
+        }
+        let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
+            return Installed::Dead(EINVAL);
+        };
+        // Break-before-make replaces a stale leaf: the flush between break
+        // and make waits for every vCPU to drop the old translation.
+        let flush = || space.flush_remote_tlbs();
+        let mapped = mmu.map(
+            self.root,
+            gfn,
+            pfn,
+            write,
+            MapLevel::L4K,
+            &mut st.tables,
+            &flush,
+        );
+        match mapped {
+            Err(MapError::Again) => {
+                space.stats.fault_eagain.inc();
+                Installed::Retry
+            }
+            Ok(o) if o.action == MapAction::Replaced => {
+                space.stats.bbm.inc();
+                Installed::Mapped(mapped)
+            }
+            _ => Installed::Mapped(mapped),
         }
     }
 

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The page-table format of a space, chosen by SECMMU_CONFIGURE, and what
+//! the kernel glue asks of it whatever it is.
+//!
+//! The two formats differ in how faults synchronize, and that shapes the
+//! callers more than the tables do:
+//!
+//! - x86 EPT ([`X86Mmu`], shadow-MMU style): faults, zaps and locked aging
+//!   hold the MMU lock for write; rmaps find every SPTE of a gfn; A/D-bit
+//!   aging walks the rmaps with no MMU lock at all.
+//! - arm64 stage-2 ([`S2Mmu`]): faults and aging hold the MMU lock for
+//!   read and race each other with compare-exchange and the locked-entry
+//!   protocol (protocols.md E24-E28); only zaps hold it for write. No
+//!   rmaps: zaps and aging walk the tables.
+//!
+//! Whatever touches the tables of a specific format (the fault path, aging)
+//! matches on [`Pgt`]; what is the same for both (roots, snapshots, zaps,
+//! statistics) goes through the methods here.
+
+use crate::{
+    arm64::mmu::{self as s2, S2Mmu, S2Root},
+    kpages::KernelPages,
+    pgtable::{Translation, WalkFault, ZapCursor, ZapProgress},
+    x86::mmu::{self as x86, X86Mmu},
+};
+
+/// The page tables of a space.
+pub(crate) enum Pgt {
+    /// x86 EPT, 4 levels.
+    X86(X86Mmu<KernelPages>),
+    /// arm64 stage-2, 4K granule.
+    S2(S2Mmu<KernelPages>),
+}
+
+/// What a vCPU needs to walk its root without any lock, as the hardware
+/// does: fixed once the space is configured, valid while the space lives.
+#[derive(Clone, Copy)]
+pub(crate) enum Root {
+    /// The root table's pfn.
+    X86(u64),
+    /// The start-level tables, and whether the walker sets AF itself.
+    S2(S2Root, bool),
+}
+
+impl Root {
+    /// Translates `gfn` for a read or a `write`, setting accessed (and
+    /// dirty) state as the format's hardware would.
+    ///
+    /// # Safety
+    ///
+    /// `self` came from [`Pgt::root()`] of page tables that are not dropped
+    /// before this returns.
+    pub(crate) unsafe fn translate(self, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
+        match self {
+            // SAFETY: Per the caller, the MMU of the root outlives the call.
+            Root::X86(pfn) => unsafe { x86::translate::<KernelPages>(pfn, gfn, write) },
+            // SAFETY: As above.
+            Root::S2(root, hw_af) => unsafe {
+                s2::translate::<KernelPages>(root, gfn, write, hw_af)
+            },
+        }
+    }
+}
+
+impl Pgt {
+    /// Whether faults run under the read side of the MMU lock.
+    pub(crate) fn parallel_faults(&self) -> bool {
+        matches!(self, Pgt::S2(_))
+    }
+
+    /// The lockless walker's handle of root `root`.
+    pub(crate) fn root(&self, root: usize) -> Option<Root> {
+        match self {
+            Pgt::X86(m) => m.root_pfn(root).map(Root::X86),
+            Pgt::S2(m) => m.root(root).map(|r| Root::S2(r, m.hw_af())),
+        }
+    }
+
+    /// Table pages the tables hold now, roots included.
+    pub(crate) fn table_pages(&self) -> u64 {
+        match self {
+            Pgt::X86(m) => m.table_pages(),
+            Pgt::S2(m) => m.table_pages(),
+        }
+    }
+
+    /// The snapshot byte of `gfn` in root `root`.
+    pub(crate) fn snapshot(&self, root: usize, gfn: u64) -> u8 {
+        match self {
+            Pgt::X86(m) => m.snapshot(root, gfn),
+            Pgt::S2(m) => m.snapshot(root, gfn),
+        }
+    }
+
+    /// One step of a resumable zap of the gfns `[cursor, end)` of slot
+    /// `slot_id` (the x86 MMU finds them through the slot's rmaps; stage-2
+    /// walks its tables over the range). MMU lock held for write.
+    pub(crate) fn zap_gfn_range_step(
+        &mut self,
+        slot_id: u32,
+        cursor: &mut ZapCursor,
+        end: u64,
+        should_stop: &mut dyn FnMut() -> bool,
+    ) -> ZapProgress {
+        match self {
+            Pgt::X86(m) => m.zap_gfn_range_step(slot_id, cursor, end, should_stop),
+            Pgt::S2(m) => m.zap_gfn_range_step(cursor, end, should_stop),
+        }
+    }
+
+    /// Zaps everything, without yielding. Returns the number of leaves
+    /// zapped: flush TLBs if nonzero. MMU lock held for write.
+    pub(crate) fn zap_all(&mut self) -> u64 {
+        match self {
+            Pgt::X86(m) => m.zap_all(),
+            Pgt::S2(m) => m.zap_all(),
+        }
+    }
+}
