@@ -216,7 +216,7 @@ static void mark_all_idle(int bitmap, const __u64 *pfns)
  * then again with reads): at most 10% of those may still read as idle; the
  * second half, untouched, must stay idle.
  */
-TEST_F(aging, page_idle_tracking)
+TEST_F_TIMEOUT(aging, page_idle_tracking, 120)
 {
 	const int half = NPAGES / 2;
 	unsigned long idle, lru;
@@ -285,7 +285,7 @@ static void *stress_ager(void *arg)
  * emptied under them; nothing may crash or warn, and the counters show
  * the walks happened.
  */
-TEST_F(aging, aging_stress)
+TEST_F_TIMEOUT(aging, aging_stress, 120)
 {
 	struct stress v[2], ager;
 	struct secmmu_stats st;

@@ -683,7 +683,7 @@ TEST_F(mirror, teardown_race)
  * and another process holds the space's fd: the threads die cleanly, the
  * holder gets EIO, and closing the fd afterwards is clean.
  */
-TEST_F(fmt, release_while_running)
+TEST_F_TIMEOUT(fmt, release_while_running, 180)
 {
 	int sv[2], round;
 
@@ -856,7 +856,7 @@ static int mmu_stress_child(unsigned int format)
 	return 0;
 }
 
-TEST_F(fmt, mmu_stress)
+TEST_F_TIMEOUT(fmt, mmu_stress, 180)
 {
 	int status;
 	pid_t pid = fork();
@@ -885,7 +885,7 @@ static void *spinner(void *arg)
  * preempt=none (PREEMPT_LAZY): the lazy model is the least preemptive,
  * and the zap runs with preemption disabled under the MMU lock anyway.
  */
-TEST_F(fmt, zap_yield)
+TEST_F_TIMEOUT(fmt, zap_yield, 180)
 {
 	const unsigned long size = SZ_1G, npages = size / PAGE_SZ;
 	struct secmmu_stats before, after;
@@ -924,6 +924,27 @@ TEST_F(fmt, zap_yield)
 	       after.tlb_flushes - before.tlb_flushes);
 	close(vcpu);
 	close(fd);
+}
+
+/*
+ * The module-wide table page count, once it reads @want (if nonzero) or
+ * stops changing: a space a previous test's process left behind is torn
+ * down by its exit, which may still be running.
+ */
+static struct secmmu_stats settled_stats(int probe, unsigned long long want)
+{
+	struct secmmu_stats s = get_stats(probe), prev;
+	int i;
+
+	for (i = 0; i < 50; i++) {
+		usleep(100 * 1000);
+		prev = s;
+		s = get_stats(probe);
+		if (want ? s.module_table_pages == want :
+			   s.module_table_pages == prev.module_table_pages)
+			break;
+	}
+	return s;
 }
 
 /* One vCPU thread of parallel_fault_race: waits at the barrier, then runs. */
@@ -988,7 +1009,7 @@ static int race_pass(int vcpus[2], unsigned int op, unsigned long start,
 #define RACE_ROUNDS	48
 #define RACE_PAGES	512UL
 
-TEST_F(fmt, parallel_fault_race)
+TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 {
 	const unsigned long size = RACE_PAGES * PAGE_SZ;
 	unsigned long round, i, bad;
@@ -999,7 +1020,7 @@ TEST_F(fmt, parallel_fault_race)
 	/* A space without tables, to read the module-wide count with. */
 	probe = open("/dev/secmmu", O_RDWR);
 	ASSERT_GE(probe, 0);
-	base = get_stats(probe);
+	base = settled_stats(probe, 0);
 
 	fd = space_create(variant->format, 1, 0);
 	ASSERT_GE(fd, 0);
@@ -1039,7 +1060,8 @@ TEST_F(fmt, parallel_fault_race)
 	for (i = 0; i < 2; i++)
 		close(vcpus[i]);
 	close(fd);
-	EXPECT_EQ(base.module_table_pages, get_stats(probe).module_table_pages);
+	st = settled_stats(probe, base.module_table_pages);
+	EXPECT_EQ(base.module_table_pages, st.module_table_pages);
 	close(probe);
 }
 

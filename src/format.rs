@@ -64,11 +64,6 @@ impl Root {
 }
 
 impl Pgt {
-    /// Whether faults run under the read side of the MMU lock.
-    pub(crate) fn parallel_faults(&self) -> bool {
-        matches!(self, Pgt::S2(_))
-    }
-
     /// The lockless walker's handle of root `root`.
     pub(crate) fn root(&self, root: usize) -> Option<Root> {
         match self {

@@ -237,6 +237,9 @@ pub(crate) enum MapError {
     BadLevel,
     /// The table or descriptor cache was not topped up enough for one map.
     NeedTopup,
+    /// Another walker holds or changed an entry on the way (protocols E25): nothing was
+    /// changed; retry the fault.
+    Again,
 }
 
 /// A translation found by a lockless walk.

@@ -30,7 +30,7 @@ use crate::{
     arm64::mmu::S2Mmu,
     format::Pgt,
     inval::Invalidations,
-    kpages::{self, KernelPages},
+    kpages,
     memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
     mmu_lock::{MmuLock, WriteGuard},
     notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
