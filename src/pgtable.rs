@@ -118,6 +118,25 @@ impl<P: PageOps> TableCache<P> {
         self.nr = self.nr.checked_sub(1)?;
         Some(self.pfns[self.nr])
     }
+
+    /// Gives back a table page taken with [`TableCache::take()`] that was not used: the loser of
+    /// a race to link a table.  It goes back into the cache, or to the allocator if the cache is
+    /// full.  Never sleeps.
+    ///
+    /// # Safety
+    ///
+    /// `pfn` came from [`TableCache::take()`] of a cache of the same [`PageOps`] (so from
+    /// [`PageOps::alloc_table()`]), the caller owns it, it is still all zeroes, and nothing else
+    /// can reach it: it was never linked, or it was unlinked and every walker is done with it.
+    pub(crate) unsafe fn put_back(&mut self, pfn: u64) {
+        if self.nr < TABLE_CACHE_CAPACITY {
+            self.pfns[self.nr] = pfn;
+            self.nr += 1;
+        } else {
+            // SAFETY: from `alloc_table()`, owned by the caller and unreachable, per the caller.
+            unsafe { P::free_table(pfn) };
+        }
+    }
 }
 
 impl<P: PageOps> Drop for TableCache<P> {
@@ -237,8 +256,10 @@ pub(crate) enum MapError {
     BadLevel,
     /// The table or descriptor cache was not topped up enough for one map.
     NeedTopup,
-    /// Another walker holds or changed an entry on the way (protocols E25): nothing was
-    /// changed; retry the fault.
+    /// Another walker changed or owns (locked) an entry on the way: the map lost a race under
+    /// the read side of the MMU lock (arm64 stage-2's `-EAGAIN`, protocols E25).  Nothing to
+    /// undo: the caller drops nothing and just retries the fault (the vCPU re-enters and faults
+    /// again if it still needs the mapping).
     Again,
 }
 

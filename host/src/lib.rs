@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Host build of secmmu's kernel-free code: the rmap, the memslots, the page-table pieces common
-//! to all formats, the x86 SPTE format and MMU, aging, and the software TLB, compiled from the same
-//! files as the kernel module, with `std` and (under `--cfg loom`) loom behind `src/prim.rs`.
+//! to all formats, the x86 SPTE format and MMU, the arm64 stage-2 format and MMU, aging, and the
+//! software TLB, compiled from the same files as the kernel module, with `std` and (under
+//! `--cfg loom`) loom behind `src/prim.rs`.
 //! It exists to run their unit, stress and loom tests; see `README.md`.
 //!
 //! The module tree mirrors the kernel crate root (`mod prim; mod rmap; mod x86; ...`), so that
@@ -37,6 +38,9 @@ pub mod tlb;
 #[path = "../../src/x86/mod.rs"]
 pub mod x86;
 
+#[path = "../../src/arm64/mod.rs"]
+pub mod arm64;
+
 // Host table pages: not under loom, whose atomics cannot live in raw zeroed memory.
 #[cfg(not(loom))]
 pub mod host_pages;
@@ -49,3 +53,9 @@ mod aging_tests;
 
 #[cfg(all(test, loom))]
 mod aging_loom;
+
+#[cfg(all(test, not(loom)))]
+mod s2_tests;
+
+#[cfg(all(test, loom))]
+mod s2_loom;

@@ -1,0 +1,1080 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The arm64 stage-2 MMU: stage-2 page tables with a 4 KiB granule (`pte.rs`), built and walked
+//! like KVM's `arch/arm64/kvm/hyp/pgtable.c` with parallel faults, and a lockless walker that
+//! plays the hardware ([`translate()`]).
+//!
+//! Roots.  Each root is an independent set of tables (an address space), like the x86 MMU's.
+//! A root's start level may concatenate up to 16 tables (`pte::Geometry`).  Hardware needs them
+//! physically contiguous and aligned to their total size (one `VTTBR_EL2` base); a software walker
+//! does not, so each root keeps an array of start-level table pfns (`S2Root`), each table
+//! allocated alone.  Roots are allocated by [`S2Mmu::new()`] and live as long as the MMU.
+//!
+//! No rmaps: zaps and aging walk the tables over the gfn range, skipping empty subtrees (an empty
+//! entry at level `l` covers `512^(3-l)` gfns).
+//!
+//! Locking (KVM's `mmu_lock`, a spinning rwlock owned by the caller):
+//!
+//! - `&S2Mmu` means the read side is held (or the write side).  Faults run in parallel under it,
+//!   like KVM's stage-2 faults since 6.2 (protocols E24-E27): [`S2Mmu::map()`], which links
+//!   tables, installs leaves, relaxes permissions and replaces stale leaves, and
+//!   [`S2Mmu::mkyoung()`] (the access-flag fault, KVM's `handle_access_fault()`).  Aging runs
+//!   under it too (E28, KVM since 6.11): [`S2Mmu::age_gfn_range()`].  So do the snapshot and the
+//!   statistics, which only load.  Every change of an entry under the read side is a
+//!   compare-exchange from the value the walker loaded, and fails if another walker changed it.
+//! - `&mut S2Mmu` means the write side is held: the zaps and the teardown.  Only they remove
+//!   valid leaves outside a break-before-make.
+//! - [`translate()`] takes no lock, like the hardware walking stage-2 tables.  Its caller keeps
+//!   the MMU from being dropped while it walks (a vCPU holds its space).
+//!
+//! Invariants, each kept by the code that says so:
+//!
+//! - I1. Every table page is a start-level table of a root or is linked by exactly one valid
+//!   table entry of this MMU, and table pages are freed only when the MMU is dropped.  So a
+//!   walker that read a table entry, however long ago, may dereference the table it points at
+//!   for as long as the MMU lives.  Links only appear (a compare-exchange from invalid, or the
+//!   make of a block broken into a table), never go: replacing a table by a block (huge mappings,
+//!   later) will need a grace period for walkers before the table is freed, as KVM's
+//!   `free_unlinked_table()` waits for RCU.
+//! - I2. An entry holding [`LOCKED`](pte::LOCKED) is owned by the walker that locked it with
+//!   `pte::try_break()`, and only that walker changes it, once, with `pte::make()`.  Everybody
+//!   else fails on it: a mapper returns [`MapError::Again`] (never takes it over, E25), an ager
+//!   skips it, the hardware walker faults.  The owner does not drop the MMU lock in between, so
+//!   a holder of the write side never sees a locked entry.
+//! - I3. Only compare-exchanges from a value loaded from the entry change it under the read side
+//!   or without lock, and the new value is computed from that value.  So a change can never
+//!   undo another one made in between: a leaf zapped or broken meanwhile is not made valid again
+//!   by setting or clearing AF, and a table linked by a racing mapper is not overwritten.
+//! - I4. A stage-2 leaf has no dirty bit (no DBM): a writable leaf counts as dirty.  Whoever
+//!   removes a writable leaf (zap, break-before-make) marks its page dirty; permission changes
+//!   under the read side only add permissions (relax), never remove W.
+//!
+//! Memory orderings.  Walkers load entries with `Acquire` (each pairs with the `Release` that
+//! published the table or leaf, E27); every publish of a table or a leaf is `Release`: the
+//! compare-exchange that links a table or installs a leaf (`pte::try_set()`), and the store that
+//! ends a break-before-make (`pte::make()`).  The statistics are relaxed counters that order
+//! nothing.
+//!
+//! TLBs.  A break-before-make flushes through the caller's `flush` before making the new entry
+//! (the architecture's rule, E24): [`MapAction::Replaced`] was already flushed when `map` returns.
+//! A zap clears leaves without flushing: the caller flushes before dropping the MMU lock (B7,
+//! B8), as for x86.  Aging flushes nothing: after [`AgeOp::ClearFlush`] the caller flushes if
+//! [`AgeResult::cleared`] is nonzero.
+//!
+//! Huge mappings.  Only 4K leaves are installed for now ([`S2Mmu::map()`] answers
+//! [`MapError::BadLevel`] for blocks), but the walks, zaps, aging, snapshot and [`translate()`]
+//! handle blocks at levels 1 and 2, and a map that meets a block where it needs a table breaks
+//! it into an empty table with break-before-make (KVM's `stage2_map_walk_leaf()`).  Replacing a
+//! table by a block needs I1's grace period first.
+//!
+//! KVM functions followed: `kvm_pgtable_stage2_map()` (`stage2_map_walk_leaf()`,
+//! `stage2_map_walker_try_leaf()`) for [`S2Mmu::map()`], `kvm_pgtable_stage2_relax_perms()` for
+//! its permission relax, `kvm_pgtable_stage2_mkyoung()` for [`S2Mmu::mkyoung()`],
+//! `kvm_pgtable_stage2_test_clear_young()` (`stage2_age_walker()`) for
+//! [`S2Mmu::age_gfn_range()`], `kvm_pgtable_stage2_unmap()` for the zaps,
+//! `kvm_pgtable_stage2_destroy()` for the drop, `kvm_pgtable_stage2_init()` /
+//! `kvm_pgd_pages()` for [`S2Mmu::new()`].
+//!
+//! Kernel-free: built into the module and into the host crate.
+
+use core::marker::PhantomData;
+use core::ops::ControlFlow;
+// Statistics are plain counters, kept out of the loom models: they order nothing, and loom would
+// only explore their interleavings for nothing.
+use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
+
+use crate::aging::{AgeOp, AgeResult};
+use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_PGD_PAGES};
+use crate::pgtable::{snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache};
+use crate::prim::{self, AllocError, AtomicU64, Ordering, PVec};
+
+pub(crate) use crate::pgtable::{
+    MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
+};
+
+/// Most roots an MMU can have (`SECMMU_MAX_ROOTS`).
+pub(crate) const MAX_ROOTS: usize = 32;
+
+/// Table pages a map may link: one per level below the start level of the deepest walk (four
+/// levels, `ia_bits` 44 to 48).  Top up the [`TableCache`] with at least this many before taking
+/// the MMU lock; a shallower MMU needs fewer ([`S2Mmu::map_min_tables()`]).
+pub(crate) const MAP_MIN_TABLES: usize = (pte::MAX_LEVELS - 1) as usize;
+
+/// gfns a zap clears in every root between two polls of its `should_stop`.  A power of two.
+const ZAP_BATCH: u64 = 32;
+
+/// Table entries a zap may scan looking for the next mapped gfn between two polls of its
+/// `should_stop` (empty tables are never freed, I1, so scanning them is not free).
+const ZAP_SCAN_BUDGET: u64 = 512;
+
+/// The level of the entries of leaves that map `level`.
+const fn pte_level(level: MapLevel) -> u32 {
+    LAST_LEVEL - level as u32
+}
+
+/// The mapping level of a leaf found at `level` (1 to 3: level 0 cannot map).
+const fn map_level(level: u32) -> MapLevel {
+    match LAST_LEVEL - level {
+        0 => MapLevel::L4K,
+        1 => MapLevel::L2M,
+        _ => MapLevel::L1G,
+    }
+}
+
+/// The entries of table page `pfn`.
+///
+/// # Safety
+///
+/// `pfn` is a table of an [`S2Mmu<P>`] that is not dropped for `'a` (it is then allocated, I1).
+#[inline]
+unsafe fn table<'a, P: PageOps>(pfn: u64) -> &'a crate::pgtable::Table {
+    // SAFETY: tables of a live MMU came from `alloc_table()` and are freed only when it is
+    // dropped (I1), which the caller excludes for 'a.
+    unsafe { P::table::<'a>(pfn) }
+}
+
+/// A root, for [`translate()`]: where its walk starts.  A copy; the tables it names stay
+/// allocated until the MMU is dropped (I1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct S2Root {
+    /// The concatenated start-level tables, in `pgd[..geo.pgd_pages]`.
+    pgd: [u64; MAX_PGD_PAGES],
+    geo: Geometry,
+}
+
+impl S2Root {
+    /// The shape of the walk.
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// Levels of the walk.
+    pub(crate) fn levels(&self) -> u32 {
+        self.geo.levels
+    }
+
+    /// Level of the start-level tables.
+    pub(crate) fn start_level(&self) -> u32 {
+        self.geo.start_level
+    }
+
+    /// The start-level tables (hardware would need them contiguous: see the module doc).
+    pub(crate) fn pgd(&self) -> &[u64] {
+        &self.pgd[..self.geo.pgd_pages]
+    }
+
+    /// The start-level table that covers `gfn`, below the space's limit.
+    fn pgd_for(&self, gfn: u64) -> u64 {
+        self.pgd[self.geo.pgd_page(gfn)]
+    }
+}
+
+/// An entry found by a walk: the entry, the value loaded from it, and its level.
+struct Walk<'a> {
+    ptep: &'a AtomicU64,
+    pte: u64,
+    level: u32,
+}
+
+/// Walks from the start-level table `pgd_pfn` at `start_level` towards `gfn`, with `Acquire`
+/// loads (each pairs with the `Release` that published the table or leaf, E27), down to the
+/// first entry that is not a table: a leaf, an empty or a locked entry.
+///
+/// # Safety
+///
+/// `pgd_pfn` is the start-level table covering `gfn` of a root of an [`S2Mmu<P>`] that is not
+/// dropped for `'a`.
+unsafe fn walk<'a, P: PageOps>(pgd_pfn: u64, start_level: u32, gfn: u64) -> Walk<'a> {
+    let mut table_pfn = pgd_pfn;
+    let mut level = start_level;
+    loop {
+        // SAFETY: a start-level table, or linked by a valid table entry of the MMU (I1), which
+        // the caller keeps alive for 'a.
+        let ptep = &unsafe { table::<'a, P>(table_pfn) }[pte::index(gfn, level)];
+        let v = ptep.load(Ordering::Acquire);
+        // Never true at the last level, so the walk ends there at the latest.
+        if !pte::is_table(v, level) {
+            return Walk {
+                ptep,
+                pte: v,
+                level,
+            };
+        }
+        table_pfn = pte::pfn(v);
+        level += 1;
+    }
+}
+
+/// The translation of `gfn` by the valid leaf `v` at `level`.
+fn translation(v: u64, level: u32, gfn: u64) -> Translation {
+    let level = map_level(level);
+    let writable = pte::is_writable(v);
+    Translation {
+        pfn: pte::pfn(v) + (gfn & (level.pages() - 1)),
+        level,
+        writable,
+        // I4: no dirty bit, a writable leaf is dirty already; writes need no update.
+        dirty: writable,
+    }
+}
+
+/// Translates `gfn` through `root` for a read or a `write`, like the hardware's stage-2 walk:
+/// without any lock.
+///
+/// - An empty or locked entry on the way is [`WalkFault::NotPresent`] (a translation fault; a
+///   locked entry is invalid to the hardware).
+/// - A leaf whose AF is clear: with hardware AF management (`hw_af`, `VTCR_EL2.HA`), AF is set
+///   with a compare-exchange from the value read, the hardware's atomic AF update; a failure
+///   reloads the entry and looks again, so a leaf zapped or broken meanwhile is never made valid
+///   again (I3).  Without it, [`WalkFault::NotPresent`]: an access-flag fault, which the fault
+///   path resolves with [`S2Mmu::mkyoung()`] without resolving the page again.  As on hardware,
+///   the access-flag fault comes before a permission fault.
+/// - A write to a read-only leaf is [`WalkFault::WriteProtected`] (a permission fault).
+///
+/// The translation is only good until a zap's (or a break-before-make's) TLB flush: use it, and
+/// the page, only inside guest mode (`tlb.rs`).
+///
+/// # Safety
+///
+/// `root` is [`S2Mmu::root()`] of an `S2Mmu<P>` that is not dropped before this returns.
+pub(crate) unsafe fn translate<P: PageOps>(
+    root: S2Root,
+    gfn: u64,
+    write: bool,
+    hw_af: bool,
+) -> Result<Translation, WalkFault> {
+    if gfn >= root.geo.gfn_limit() {
+        return Err(WalkFault::NotPresent);
+    }
+    'walk: loop {
+        // SAFETY: per the caller, the MMU of `root` outlives this call.
+        let w = unsafe { walk::<P>(root.pgd_for(gfn), root.geo.start_level, gfn) };
+        let mut v = w.pte;
+        loop {
+            if !pte::is_valid(v) {
+                return Err(WalkFault::NotPresent);
+            }
+            if pte::is_table(v, w.level) {
+                // A block was broken into a table meanwhile: walk again.
+                continue 'walk;
+            }
+            if !pte::is_young(v) && !hw_af {
+                return Err(WalkFault::NotPresent);
+            }
+            if write && !pte::is_writable(v) {
+                return Err(WalkFault::WriteProtected);
+            }
+            if pte::is_young(v) {
+                return Ok(translation(v, w.level, gfn));
+            }
+            match pte::try_set(w.ptep, v, pte::mkyoung(v)) {
+                Ok(()) => return Ok(translation(pte::mkyoung(v), w.level, gfn)),
+                Err(cur) => v = cur,
+            }
+        }
+    }
+}
+
+/// The MMU's counters.  Relaxed: statistics only, nothing is ordered by them.
+#[derive(Default)]
+struct Counters {
+    tables_allocated: Counter,
+    tables_freed: Counter,
+    leaves: Counter,
+    zapped: Counter,
+    dirty: Counter,
+    eagain: Counter,
+}
+
+impl Counters {
+    fn add(c: &Counter, n: u64) {
+        c.fetch_add(n, CounterOrdering::Relaxed);
+    }
+
+    fn get(c: &Counter) -> u64 {
+        c.load(CounterOrdering::Relaxed)
+    }
+}
+
+/// The arm64 stage-2 MMU.  See the module documentation for its locking and invariants.
+///
+/// Dropping it zaps whatever is still mapped (marking writable pages dirty, I4) and frees every
+/// table page: no lockless walker ([`translate()`]) may run then, or later, with one of its
+/// roots.  Dropping may sleep (the root array may be vmalloc'ed): not under a spinning lock.
+pub(crate) struct S2Mmu<P: PageOps> {
+    geo: Geometry,
+    /// Complete roots, each with `geo.pgd_pages` start-level tables.
+    nr_roots: usize,
+    /// The start-level tables of root `r` are `pgd[r * geo.pgd_pages..][..geo.pgd_pages]`.
+    pgd: PVec<u64>,
+    /// Entries of `pgd` holding an allocated table: all of them once `new()` succeeded.
+    pgd_allocated: usize,
+    /// The walkers set AF in hardware (`VTCR_EL2.HA`); otherwise accesses to old leaves take
+    /// access-flag faults.
+    hw_af: bool,
+    counters: Counters,
+    _ops: PhantomData<fn() -> P>,
+}
+
+impl<P: PageOps> S2Mmu<P> {
+    /// Makes an MMU with `nr_roots` (1 to [`MAX_ROOTS`]) empty roots translating `ia_bits`
+    /// (`pte::MIN_IA_BITS` to `pte::MAX_IA_BITS`) of guest-physical address, whose walkers set
+    /// AF themselves if `hw_af`.  Allocates the start-level tables of every root, and may sleep:
+    /// call it before the MMU is shared.  Fails on allocation failure, and for a root count or
+    /// address size out of range (which the caller validates).
+    pub(crate) fn new(nr_roots: usize, ia_bits: u32, hw_af: bool) -> Result<Self, AllocError> {
+        if nr_roots == 0 || nr_roots > MAX_ROOTS {
+            return Err(AllocError);
+        }
+        let geo = Geometry::new(ia_bits).ok_or(AllocError)?;
+        let pgd = prim::try_vec_with(nr_roots * geo.pgd_pages, || 0)?;
+        let mut mmu = S2Mmu {
+            geo,
+            nr_roots: 0,
+            pgd,
+            pgd_allocated: 0,
+            hw_af,
+            counters: Counters::default(),
+            _ops: PhantomData,
+        };
+        while mmu.pgd_allocated < mmu.pgd.len() {
+            // On failure, dropping `mmu` frees the tables allocated so far.
+            mmu.pgd[mmu.pgd_allocated] = P::alloc_table()?;
+            mmu.pgd_allocated += 1;
+            Counters::add(&mmu.counters.tables_allocated, 1);
+        }
+        mmu.nr_roots = nr_roots;
+        Ok(mmu)
+    }
+
+    /// Number of roots.
+    pub(crate) fn nr_roots(&self) -> usize {
+        self.nr_roots
+    }
+
+    /// Input (guest-physical) address bits.
+    pub(crate) fn ia_bits(&self) -> u32 {
+        self.geo.ia_bits
+    }
+
+    /// The shape of the walks.
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// Whether the walkers set AF themselves (hardware access-flag management); false: an access
+    /// to an old leaf takes an access-flag fault ([`S2Mmu::mkyoung()`]).
+    pub(crate) fn hw_af(&self) -> bool {
+        self.hw_af
+    }
+
+    /// Table pages a map may link in this MMU: one per level below the start level
+    /// (at most [`MAP_MIN_TABLES`]).
+    pub(crate) fn map_min_tables(&self) -> usize {
+        self.geo.map_min_tables()
+    }
+
+    /// Root `root`, for [`translate()`].  Its tables stay the same, and allocated, until the MMU
+    /// is dropped.
+    pub(crate) fn root(&self, root: usize) -> Option<S2Root> {
+        if root >= self.nr_roots {
+            return None;
+        }
+        let n = self.geo.pgd_pages;
+        let mut pgd = [0; MAX_PGD_PAGES];
+        pgd[..n].copy_from_slice(&self.pgd[root * n..][..n]);
+        Some(S2Root { pgd, geo: self.geo })
+    }
+
+    /// The start-level tables of root `root` (which must exist).
+    fn root_pgd(&self, root: usize) -> &[u64] {
+        let n = self.geo.pgd_pages;
+        &self.pgd[root * n..][..n]
+    }
+
+    /// The start-level table of root `root` covering `gfn`, or `None` if there is no such root
+    /// or `gfn` is outside the space.
+    fn pgd_for(&self, root: usize, gfn: u64) -> Option<u64> {
+        if root >= self.nr_roots || gfn >= self.geo.gfn_limit() {
+            return None;
+        }
+        Some(self.root_pgd(root)[self.geo.pgd_page(gfn)])
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> MmuStats {
+        let c = &self.counters;
+        MmuStats {
+            tables_allocated: Counters::get(&c.tables_allocated),
+            tables_freed: Counters::get(&c.tables_freed),
+            leaves: Counters::get(&c.leaves),
+            zapped: Counters::get(&c.zapped),
+            dirty: Counters::get(&c.dirty),
+        }
+    }
+
+    /// Table pages allocated now, start-level tables included.
+    pub(crate) fn table_pages(&self) -> u64 {
+        self.stats().table_pages()
+    }
+
+    /// Valid leaves now, in all roots.
+    pub(crate) fn leaves(&self) -> u64 {
+        Counters::get(&self.counters.leaves)
+    }
+
+    /// Races lost so far (`-EAGAIN`): maps that returned [`MapError::Again`] and aging
+    /// compare-exchanges that failed.
+    pub(crate) fn eagain(&self) -> u64 {
+        Counters::get(&self.counters.eagain)
+    }
+
+    /// Counts a lost race and answers it.
+    fn again<T>(&self) -> Result<T, MapError> {
+        Counters::add(&self.counters.eagain, 1);
+        Err(MapError::Again)
+    }
+
+    /// Accounts for the valid leaf `old` having been removed from its entry (zap or
+    /// break-before-make): one leaf less, one zapped, and its page marked dirty if it was
+    /// writable (I4).  Returns whether it was dirty.
+    fn leaf_removed(&self, old: u64) -> bool {
+        let c = &self.counters;
+        c.leaves.fetch_sub(1, CounterOrdering::Relaxed);
+        Counters::add(&c.zapped, 1);
+        let dirty = pte::is_dirty(old);
+        if dirty {
+            P::set_page_dirty(pte::pfn(old));
+            Counters::add(&c.dirty, 1);
+        }
+        dirty
+    }
+
+    /// Maps `gfn` to host page `pfn` in root `root` at `level`, writable if `writable`, as a
+    /// fault does after resolving the page (KVM's `kvm_pgtable_stage2_map()` of a shared walk,
+    /// or `kvm_pgtable_stage2_relax_perms()` when the leaf is there).  The read side of the MMU
+    /// lock is enough: faults run in parallel.
+    ///
+    /// Walks down from the start level, linking missing tables from `tables` with a
+    /// compare-exchange from empty; the loser of a race to link gives its page back to `tables`
+    /// and goes on with the winner's table.  Then, at the leaf:
+    ///
+    /// - empty: installs the leaf with a compare-exchange ([`MapAction::Installed`]);
+    /// - maps `pfn` already: only grows it in place with a compare-exchange, never taking a
+    ///   permission away: read-only to writable ([`MapAction::Upgraded`], which also sets AF),
+    ///   AF set on an old leaf ([`MapAction::Restored`]: the access-flag fault done by a map),
+    ///   or nothing to do ([`MapAction::Unchanged`]);
+    /// - maps another page (stale: the primary MMU remapped the page between an invalidation's
+    ///   end and this fault): break-before-make, i.e. lock the entry, `flush()` (which must
+    ///   invalidate the TLBs of the vCPUs and wait until none can use the old translation), mark
+    ///   the old page dirty if it was writable, and make the new leaf ([`MapAction::Replaced`]).
+    ///   The flush is done when `map` returns.
+    ///
+    /// A block met where a table must go is broken into an empty table the same way (`flush()`
+    /// called once), and the map goes on in it.
+    ///
+    /// Errors, with nothing changed but tables linked on the way (empty, harmless):
+    /// [`MapError::BadRoot`], [`MapError::BadLevel`] for blocks (not yet), [`MapError::BadGfn`]
+    /// outside the space, [`MapError::BadPfn`], [`MapError::NeedTopup`] if `tables` holds fewer
+    /// than [`S2Mmu::map_min_tables()`], and [`MapError::Again`] if another walker changed or
+    /// locked an entry on the way (counted in [`S2Mmu::eagain()`]): retry the fault, nothing to
+    /// drop.  A lock is never taken over (E25).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn map(
+        &self,
+        root: usize,
+        gfn: u64,
+        pfn: u64,
+        writable: bool,
+        level: MapLevel,
+        tables: &mut TableCache<P>,
+        flush: &dyn Fn(),
+    ) -> Result<MapOutcome, MapError> {
+        if root >= self.nr_roots {
+            return Err(MapError::BadRoot);
+        }
+        if level != MapLevel::L4K {
+            // Blocks: a table where the block goes must be replaced and freed after a grace
+            // period (I1); not yet.
+            return Err(MapError::BadLevel);
+        }
+        let pgd_pfn = self.pgd_for(root, gfn).ok_or(MapError::BadGfn)?;
+        if !pte::pfn_fits(pfn) || pfn & (level.pages() - 1) != 0 {
+            return Err(MapError::BadPfn);
+        }
+        if tables.len() < self.map_min_tables() {
+            return Err(MapError::NeedTopup);
+        }
+
+        let target = pte_level(level);
+        let mut table_pfn = pgd_pfn;
+        let mut lvl = self.geo.start_level;
+        let mut new_tables = 0;
+        while lvl < target {
+            // SAFETY: a start-level table of `self` or linked by a valid table entry of `self`
+            // (I1); `self` is borrowed, so not dropped.
+            let ptep = &unsafe { table::<P>(table_pfn) }[pte::index(gfn, lvl)];
+            let old = ptep.load(Ordering::Acquire);
+            table_pfn = if pte::is_table(old, lvl) {
+                pte::pfn(old)
+            } else {
+                self.link_table(ptep, old, lvl, tables, flush, &mut new_tables)?
+            };
+            lvl += 1;
+        }
+
+        // SAFETY: as above.
+        let ptep = &unsafe { table::<P>(table_pfn) }[pte::index(gfn, lvl)];
+        let old = ptep.load(Ordering::Acquire);
+        let new = pte::make_leaf(pfn, lvl, writable);
+        let action = self.set_leaf(ptep, old, new, lvl, flush)?;
+        Ok(MapOutcome {
+            action,
+            chain_len: 0,
+            new_tables,
+        })
+    }
+
+    /// Links a table from `tables` in `ptep`, an entry at `level` (not the last) on the way down
+    /// a map that held `old` (not a table), and returns its pfn: the new table, or the table a
+    /// racing mapper linked first.
+    fn link_table(
+        &self,
+        ptep: &AtomicU64,
+        old: u64,
+        level: u32,
+        tables: &mut TableCache<P>,
+        flush: &dyn Fn(),
+        new_tables: &mut usize,
+    ) -> Result<u64, MapError> {
+        if pte::is_locked(old) {
+            // Another walker owns the entry (I2, E25).
+            return self.again();
+        }
+        // Cannot fail: checked against `map_min_tables()`, one per level.
+        let new_pfn = tables.take().ok_or(MapError::NeedTopup)?;
+        let new = pte::make_table(new_pfn);
+
+        if pte::is_valid(old) {
+            // A block where a table must go (KVM's `stage2_map_walk_leaf()`): break it, then
+            // make an empty table; the rest of the block faults back in lazily.
+            if !pte::try_break(ptep, old, flush) {
+                // SAFETY: taken from `tables` above, never linked, still zeroed.
+                unsafe { tables.put_back(new_pfn) };
+                return self.again();
+            }
+            self.leaf_removed(old);
+            Counters::add(&self.counters.tables_allocated, 1);
+            *new_tables += 1;
+            // Release (in `make()`): walkers that load the table entry see the zeroed table.
+            pte::make(ptep, new);
+            return Ok(new_pfn);
+        }
+
+        // Empty: link with a compare-exchange from the value loaded (I3), Release on success so
+        // that a walker that Acquire-loads the entry sees the table zeroed (E27).  Nothing was
+        // valid, so there is nothing to flush (E26): no break is needed.
+        match pte::try_set(ptep, old, new) {
+            Ok(()) => {
+                Counters::add(&self.counters.tables_allocated, 1);
+                *new_tables += 1;
+                Ok(new_pfn)
+            }
+            Err(cur) => {
+                // SAFETY: taken from `tables` above; the compare-exchange failed, so it was never
+                // linked and nobody wrote to it: still zeroed, reachable only by us.
+                unsafe { tables.put_back(new_pfn) };
+                if pte::is_table(cur, level) {
+                    // The winner's table: go on in it.  The Acquire of the failed compare-exchange pairs with the winner's
+                    // Release: its table is seen zeroed.
+                    Ok(pte::pfn(cur))
+                } else {
+                    self.again()
+                }
+            }
+        }
+    }
+
+    /// Sets the leaf entry `ptep` at `level`, which held `old`, to `new` as [`S2Mmu::map()`]
+    /// says.
+    fn set_leaf(
+        &self,
+        ptep: &AtomicU64,
+        old: u64,
+        new: u64,
+        level: u32,
+        flush: &dyn Fn(),
+    ) -> Result<MapAction, MapError> {
+        if pte::is_locked(old) {
+            // I2, E25.
+            return self.again();
+        }
+        if !pte::is_valid(old) {
+            // Release (in `try_set()`): a walker that Acquire-loads the leaf then touches the
+            // page, and must see what was done to it before it was mapped.
+            return match pte::try_set(ptep, old, new) {
+                Ok(()) => {
+                    Counters::add(&self.counters.leaves, 1);
+                    Ok(MapAction::Installed)
+                }
+                Err(_) => self.again(),
+            };
+        }
+        if pte::is_table(old, level) {
+            // A table where a block goes: only for block levels, which map() refuses for now.
+            debug_assert!(false, "table at the leaf level {level}");
+            return Err(MapError::BadLevel);
+        }
+        if pte::pfn(old) == pte::pfn(new) {
+            // Relax (`kvm_pgtable_stage2_relax_perms()`): only ever add W and AF (I4).
+            let mut want = pte::mkyoung(old);
+            if pte::is_writable(new) {
+                want = pte::mkwrite(want);
+            }
+            if want == old {
+                return Ok(MapAction::Unchanged);
+            }
+            let action = if pte::is_writable(want) && !pte::is_writable(old) {
+                MapAction::Upgraded
+            } else {
+                MapAction::Restored
+            };
+            // Permissions only grow: no TLB flush (a TLB entry of `old` faults at worst).
+            return match pte::try_set(ptep, old, want) {
+                Ok(()) => Ok(action),
+                Err(_) => self.again(),
+            };
+        }
+        // Another page: break-before-make (E24).  The break flushes, since `old` is valid.
+        if !pte::try_break(ptep, old, flush) {
+            return self.again();
+        }
+        self.leaf_removed(old);
+        Counters::add(&self.counters.leaves, 1);
+        pte::make(ptep, new);
+        Ok(MapAction::Replaced)
+    }
+
+    /// The access-flag fault (KVM's `handle_access_fault()` / `kvm_pgtable_stage2_mkyoung()`):
+    /// sets AF on the valid leaf that maps `gfn` in root `root`, with a compare-exchange from the
+    /// value loaded (retried while the entry stays a valid leaf: a leaf zapped or broken
+    /// meanwhile is never made valid again, I3).  The read side of the MMU lock is enough; no
+    /// page needs resolving (the leaf still maps it: an invalidation would have zapped it).
+    ///
+    /// Returns true if the leaf is now young and allows the access (`write` or read): the vCPU
+    /// may retry it.  False, changing nothing, if there is no valid leaf (empty, locked) or the
+    /// access is a write to a read-only leaf: take the full fault path.  Permissions only grow,
+    /// so no TLB flush.
+    pub(crate) fn mkyoung(&self, root: usize, gfn: u64, write: bool) -> bool {
+        let Some(pgd_pfn) = self.pgd_for(root, gfn) else {
+            return false;
+        };
+        // SAFETY: a start-level table of `self`, which is borrowed.
+        let w = unsafe { walk::<P>(pgd_pfn, self.geo.start_level, gfn) };
+        let mut v = w.pte;
+        loop {
+            if !pte::is_leaf(v, w.level) || (write && !pte::is_writable(v)) {
+                return false;
+            }
+            if pte::is_young(v) {
+                return true;
+            }
+            match pte::try_set(w.ptep, v, pte::mkyoung(v)) {
+                Ok(()) => return true,
+                Err(cur) => v = cur,
+            }
+        }
+    }
+
+    /// Ages the gfns `[start, end)` in every root under the read side of the MMU lock (KVM's
+    /// `kvm_pgtable_stage2_test_clear_young()` since it runs under the read lock, protocols
+    /// E28, D19-D22), walking the tables over the range (leaves at any level overlapping it).
+    ///
+    /// - [`AgeOp::Test`]: young if some leaf has AF; changes nothing, stops at the first (D20).
+    /// - [`AgeOp::Clear`], [`AgeOp::ClearFlush`]: clears AF of every young leaf with a
+    ///   compare-exchange from the value loaded (D19, I3).  One that fails lost a race with a
+    ///   fault, the hardware or another ager: the page is most likely young, so it counts young
+    ///   ([`AgeResult::lost_races`], and [`S2Mmu::eagain()`]), and is not retried (D21, seed 000).
+    ///
+    /// Works with and without hardware AF: without, the next access to an old leaf takes an
+    /// access-flag fault ([`S2Mmu::mkyoung()`]).  No permission is taken and no dirty state
+    /// needs capturing (I4).  Locked entries are skipped (their new leaf will be young).  If the
+    /// result [`needs_flush()`](AgeResult::needs_flush) (`ClearFlush` cleared some), flush TLBs.
+    pub(crate) fn age_gfn_range(&self, start: u64, end: u64, op: AgeOp) -> AgeResult {
+        let mut result = AgeResult::new(op);
+        for root in 0..self.nr_roots {
+            // SAFETY: `root` is a root of `self`, which is borrowed.
+            let flow = unsafe {
+                self.for_each_leaf(root, start, end, &mut |ptep, v, _, _| {
+                    age_leaf(ptep, v, op, &mut result);
+                    if result.done() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+            };
+            if flow.is_break() {
+                break;
+            }
+        }
+        Counters::add(&self.counters.eagain, result.lost_races);
+        result
+    }
+
+    /// Calls `f` on every valid leaf of root `root` that overlaps gfns `[start, end)`, with the
+    /// value loaded from it, its level and its first gfn, in gfn order, until `f` breaks.
+    /// Empty and locked entries are skipped with everything under them.  Returns whether `f`
+    /// broke.
+    ///
+    /// # Safety
+    ///
+    /// `root` is a root of `self` (below `nr_roots`).
+    unsafe fn for_each_leaf<'a>(
+        &'a self,
+        root: usize,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(&'a AtomicU64, u64, u32, u64) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let end = end.min(self.geo.gfn_limit());
+        let span = pte::level_pages(self.geo.start_level) * pte::ENTRIES_PER_TABLE as u64;
+        for (i, &pgd_pfn) in self.root_pgd(root).iter().enumerate() {
+            let base = i as u64 * span;
+            if base >= end {
+                break;
+            }
+            if base + span <= start {
+                continue;
+            }
+            // SAFETY: a start-level table of `self`, which is borrowed for 'a.
+            unsafe { leaves_in::<P>(pgd_pfn, self.geo.start_level, base, start, end, f) }?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// One step of zapping the gfns `[cursor, end)` in every root (KVM's
+    /// `kvm_pgtable_stage2_unmap()`), resumable so that the caller can flush and yield the MMU
+    /// lock between steps (B7, B8).  Same contract as the x86 MMU's `zap_gfn_range_step()`, but
+    /// only the cursor's 4K level is used: the walk covers leaves of every level at once (a
+    /// block overlapping the range is zapped whole).
+    ///
+    /// In gfn order: skips the gfns no root maps (whole empty subtrees at a time, scanning at
+    /// most [`ZAP_SCAN_BUDGET`] entries), then clears the leaves of the next [`ZAP_BATCH`] gfns
+    /// in every root, marking the pages of writable leaves dirty (I4); polls `should_stop` after
+    /// each such round, and returns with the cursor where to resume when it says so.  Everything
+    /// below the cursor is zapped in every root.
+    ///
+    /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
+    /// dropping the lock (B7).  Tables stay (I1).  Never sleeps.
+    pub(crate) fn zap_gfn_range_step(
+        &mut self,
+        cursor: &mut ZapCursor,
+        end: u64,
+        should_stop: &mut dyn FnMut() -> bool,
+    ) -> ZapProgress {
+        let mut progress = ZapProgress::default();
+        let end = end.min(self.geo.gfn_limit());
+        let mut gfn = cursor.gfn();
+        while gfn < end {
+            // The first gfn any root may map, at or after `gfn`.
+            let mut budget = ZAP_SCAN_BUDGET;
+            let mut next = end;
+            for root in 0..self.nr_roots {
+                // SAFETY: `root` is a root of `self`.
+                next = unsafe { self.first_mapped(root, gfn, next, &mut budget) };
+                if next == gfn {
+                    break;
+                }
+            }
+            progress.visited += ZAP_SCAN_BUDGET - budget;
+            gfn = next;
+            cursor.advance_to(gfn);
+            if gfn >= end {
+                break;
+            }
+
+            let batch_end = ((gfn | (ZAP_BATCH - 1)) + 1).min(end);
+            for root in 0..self.nr_roots {
+                // SAFETY: `root` is a root of `self`.
+                unsafe { self.zap_root_range(root, gfn, batch_end, &mut progress) };
+            }
+            gfn = batch_end;
+            cursor.advance_to(gfn);
+            if gfn < end && should_stop() {
+                return progress;
+            }
+        }
+        cursor.finish();
+        progress.done = true;
+        progress
+    }
+
+    /// The first gfn in `[from, limit)` that a valid leaf of root `root` covers, or where
+    /// `budget` (entries to scan, decremented) ran out, or `limit`: root `root` maps nothing in
+    /// `[from, returned)`.
+    ///
+    /// # Safety
+    ///
+    /// `root` is a root of `self`.
+    unsafe fn first_mapped(&self, root: usize, from: u64, limit: u64, budget: &mut u64) -> u64 {
+        let span = pte::level_pages(self.geo.start_level) * pte::ENTRIES_PER_TABLE as u64;
+        let mut i = (from / span) as usize;
+        let pgd = self.root_pgd(root);
+        while i < pgd.len() && (i as u64) * span < limit {
+            // SAFETY: a start-level table of `self`, which is borrowed.
+            let found = unsafe {
+                first_mapped_in::<P>(
+                    pgd[i],
+                    self.geo.start_level,
+                    i as u64 * span,
+                    from,
+                    limit,
+                    budget,
+                )
+            };
+            if let Some(gfn) = found {
+                return gfn.min(limit);
+            }
+            i += 1;
+        }
+        limit
+    }
+
+    /// Clears every valid leaf of root `root` overlapping `[start, end)`, counting into
+    /// `progress`.
+    ///
+    /// # Safety
+    ///
+    /// `root` is a root of `self`.
+    unsafe fn zap_root_range(&self, root: usize, start: u64, end: u64, progress: &mut ZapProgress) {
+        let mut visited = 0;
+        // SAFETY: `root` is a root of `self`, per the caller.
+        let _ = unsafe {
+            self.for_each_leaf(root, start, end, &mut |ptep, _, _, _| {
+                visited += 1;
+                // `&mut self` (our caller): no map, ager or break-before-make runs, so the entry
+                // is a valid leaf or was one; only the hardware walker may set AF meanwhile, so
+                // swap rather than store, and lose nothing.  Relaxed: the caller's TLB flush,
+                // before the lock is dropped, orders the clear before anything the primary MMU
+                // does to the page next (B7).
+                let old = ptep.swap(0, Ordering::Relaxed);
+                debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
+                if pte::is_valid(old) {
+                    progress.zapped += 1;
+                    progress.dirty += u64::from(self.leaf_removed(old));
+                }
+                ControlFlow::Continue(())
+            })
+        };
+        progress.visited += visited;
+    }
+
+    /// Zaps every leaf in every root (release, teardown), without yielding.  Returns the number
+    /// zapped; flush TLBs if nonzero.  The tables stay, empty, until the MMU is dropped: walkers
+    /// may still be in them (I1).
+    pub(crate) fn zap_all(&mut self) -> u64 {
+        let mut cursor = ZapCursor::new(0);
+        let end = self.geo.gfn_limit();
+        let progress = self.zap_gfn_range_step(&mut cursor, end, &mut || false);
+        debug_assert!(progress.done);
+        progress.zapped
+    }
+
+    /// The snapshot byte of `gfn` in root `root` (`SECMMU_SNAP_*`, `pgtable::snapshot_byte()`):
+    /// 0 if no valid leaf maps it (empty or locked), otherwise present, writable, accessed (AF),
+    /// dirty (= writable, I4) and the leaf's level.  Loads only; the read side is enough.
+    pub(crate) fn snapshot(&self, root: usize, gfn: u64) -> u8 {
+        let Some((_, v, level)) = self.leaf(root, gfn) else {
+            return 0;
+        };
+        snapshot_byte(
+            pte::is_writable(v),
+            pte::is_young(v),
+            pte::is_dirty(v),
+            level,
+        )
+    }
+
+    /// The valid leaf that maps `gfn` in root `root`, the value loaded from it and its level
+    /// (for tests and the snapshot).  It may change as soon as it was loaded, unless the MMU lock
+    /// is held for write.
+    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, MapLevel)> {
+        let (ptep, v, level) = self.entry(root, gfn)?;
+        pte::is_leaf(v, level).then(|| (ptep, v, map_level(level)))
+    }
+
+    /// The last entry a walk to `gfn` in root `root` loads: a leaf, an empty or a locked entry,
+    /// with the value loaded and its level (for tests, which lock entries by hand).
+    pub(crate) fn entry(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, u32)> {
+        let pgd_pfn = self.pgd_for(root, gfn)?;
+        // SAFETY: a start-level table of `self`, which is borrowed for the returned lifetime.
+        let w = unsafe { walk::<P>(pgd_pfn, self.geo.start_level, gfn) };
+        Some((w.ptep, w.pte, w.level))
+    }
+
+    /// Installs a block leaf mapping `gfn`'s aligned block at `level` to `pfn` in root `root`,
+    /// in an empty entry whose table exists, as a future block map would, for tests of the paths
+    /// that already handle blocks.  Returns false if there is no empty entry at that level.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn install_test_block(
+        &self,
+        root: usize,
+        gfn: u64,
+        pfn: u64,
+        level: MapLevel,
+        writable: bool,
+    ) -> bool {
+        let lvl = pte_level(level);
+        let Some((ptep, v, at)) = self.entry(root, gfn) else {
+            return false;
+        };
+        if at != lvl || v != 0 || pfn & (level.pages() - 1) != 0 {
+            return false;
+        }
+        let ok = pte::try_set(ptep, 0, pte::make_leaf(pfn, lvl, writable)).is_ok();
+        if ok {
+            Counters::add(&self.counters.leaves, 1);
+        }
+        ok
+    }
+}
+
+impl<P: PageOps> Drop for S2Mmu<P> {
+    fn drop(&mut self) {
+        // Reports the dirty pages: the primary MMU still has them mapped, or `release()` would
+        // have zapped them already.
+        self.zap_all();
+        for i in 0..self.pgd_allocated {
+            // SAFETY: a start-level table of this MMU that no walker can reach any more (the
+            // owner of the MMU guarantees no walker runs once it is dropped), and each table
+            // under it is linked only there (I1).
+            unsafe { free_tree::<P>(self.pgd[i], self.geo.start_level, &self.counters) };
+        }
+        self.pgd_allocated = 0;
+        self.nr_roots = 0;
+        debug_assert_eq!(self.table_pages(), 0);
+    }
+}
+
+/// Frees `table_pfn`, a table at `level`, and every table under it.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `S2Mmu<P>`, not freed yet, that no walker can reach any more,
+/// and each table under it is linked only from it or from the tables under it (I1).
+unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: u32, counters: &Counters) {
+    if level < LAST_LEVEL {
+        // SAFETY: the table is allocated, per the caller.
+        let t = unsafe { table::<P>(table_pfn) };
+        for entry in t {
+            let v = entry.load(Ordering::Relaxed);
+            if pte::is_table(v, level) {
+                // SAFETY: a valid table entry of this MMU links a table only it links (I1); it
+                // is unreachable like its parent.
+                unsafe { free_tree::<P>(pte::pfn(v), level + 1, counters) };
+            }
+        }
+    }
+    // SAFETY: from `alloc_table()` (I1), unreachable per the caller, and its subtables, freed
+    // above, were the last users of its entries.
+    unsafe { P::free_table(table_pfn) };
+    Counters::add(&counters.tables_freed, 1);
+}
+
+/// Calls `f` on every valid leaf of the table `table_pfn` at `level`, whose first entry maps
+/// gfn `base`, and of the tables under it, that overlaps `[start, end)`; see
+/// [`S2Mmu::for_each_leaf()`].
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `S2Mmu<P>` that is not dropped for `'a`.
+unsafe fn leaves_in<'a, P: PageOps>(
+    table_pfn: u64,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    f: &mut dyn FnMut(&'a AtomicU64, u64, u32, u64) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    // SAFETY: per the caller.
+    let t = unsafe { table::<'a, P>(table_pfn) };
+    let span = pte::level_pages(level);
+    let first = (start.saturating_sub(base) / span) as usize;
+    for (i, ptep) in t.iter().enumerate().skip(first) {
+        let gfn = base + i as u64 * span;
+        if gfn >= end {
+            break;
+        }
+        // Acquire: pairs with the Release that linked the table or installed the leaf (E27).
+        let v = ptep.load(Ordering::Acquire);
+        if pte::is_table(v, level) {
+            // SAFETY: linked by a valid table entry of the MMU (I1), alive for 'a per the caller.
+            unsafe { leaves_in::<P>(pte::pfn(v), level + 1, gfn, start, end, f) }?;
+        } else if pte::is_valid(v) {
+            f(ptep, v, level, gfn)?;
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// The first gfn in `[from, limit)` that a valid leaf covers in the table `table_pfn` at `level`
+/// (first entry at gfn `base`) and the tables under it, or where `budget` ran out; `None` if
+/// nothing there maps any of `[from, limit)`.  See [`S2Mmu::first_mapped()`].
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `S2Mmu<P>` that is not dropped while this runs.
+unsafe fn first_mapped_in<P: PageOps>(
+    table_pfn: u64,
+    level: u32,
+    base: u64,
+    from: u64,
+    limit: u64,
+    budget: &mut u64,
+) -> Option<u64> {
+    // SAFETY: per the caller.
+    let t = unsafe { table::<P>(table_pfn) };
+    let span = pte::level_pages(level);
+    let first = (from.saturating_sub(base) / span) as usize;
+    for (i, ptep) in t.iter().enumerate().skip(first) {
+        let gfn = base + i as u64 * span;
+        if gfn >= limit {
+            return None;
+        }
+        if *budget == 0 {
+            return Some(gfn.max(from));
+        }
+        *budget -= 1;
+        let v = ptep.load(Ordering::Acquire);
+        if pte::is_table(v, level) {
+            // SAFETY: linked by a valid table entry of the MMU (I1).
+            let found = unsafe { first_mapped_in::<P>(pte::pfn(v), level + 1, gfn, from, limit, budget) };
+            if found.is_some() {
+                return found;
+            }
+        } else if pte::is_valid(v) {
+            return Some(gfn.max(from));
+        }
+    }
+    None
+}
+
+/// Ages the valid leaf `ptep`, which held `v`, as `op` says, recording into `result` (see
+/// [`S2Mmu::age_gfn_range()`]).
+pub(crate) fn age_leaf(ptep: &AtomicU64, v: u64, op: AgeOp, result: &mut AgeResult) {
+    result.visited += 1;
+    if !pte::is_young(v) {
+        return;
+    }
+    result.young = true;
+    if !op.clears() {
+        return;
+    }
+    // One compare-exchange from the value loaded (D19, I3); a failure is a lost race, young
+    // already, not retried (D21).
+    match pte::try_set(ptep, v, pte::mkold(v)) {
+        Ok(()) => result.cleared += 1,
+        Err(_) => result.lost_races += 1,
+    }
+}
