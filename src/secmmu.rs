@@ -112,7 +112,14 @@ mod kunit {
     //! In-kernel checks of the kernel-free core, built with the kernel's
     //! compiler and allocator (the host crate runs the exhaustive ones).
     use crate::{
+        aging::AgeOp,
+        arm64::{
+            mmu::{translate as s2_translate, S2Mmu},
+            pte as s2,
+        },
         inval::checks,
+        kpages::KernelPages,
+        pgtable::{MapAction, MapError, MapLevel, TableCache, ZapCursor},
         prim::{AtomicU64, NoPreempt, Ordering},
         rmap::{DescCache, MmuWriteLocked, RmapHead, PTE_LIST_EXT},
         x86::spte::{self, Level},
@@ -205,6 +212,89 @@ mod kunit {
         assert!(!g.remove(ptr(0), &mut cache));
         drop(g);
         assert!(cache.len() >= N / PTE_LIST_EXT);
+        Ok(())
+    }
+
+    /// Stage-2 descriptors decode to what they were made of; the locked
+    /// value is invalid and unlike any valid entry (E24, E25); a break of
+    /// an invalid entry does not flush, of a valid one flushes once (E26).
+    #[test]
+    fn s2_descriptors_and_break_before_make() {
+        for level in 1..=s2::LAST_LEVEL {
+            for writable in [false, true] {
+                let pfn = 0x40000u64;
+                let v = s2::make_leaf(pfn, level, writable);
+                assert!(s2::is_valid(v) && s2::is_leaf(v, level) && !s2::is_locked(v));
+                assert_eq!(s2::pfn(v), pfn);
+                assert_eq!(s2::is_writable(v), writable);
+                assert!(s2::is_young(v) && !s2::is_young(s2::mkold(v)));
+            }
+        }
+        let t = s2::make_table(0x1234);
+        assert!(s2::is_table(t, 2) && s2::pfn(t) == 0x1234);
+        assert!(!s2::is_valid(s2::LOCKED) && s2::is_locked(s2::LOCKED));
+
+        let flushes = core::cell::Cell::new(0);
+        let flush = || flushes.set(flushes.get() + 1);
+        let e = AtomicU64::new(0);
+        assert!(s2::try_break(&e, 0, &flush));
+        assert_eq!(flushes.get(), 0);
+        // Locked: nobody else may take it over.
+        assert!(!s2::try_break(&e, s2::LOCKED, &flush));
+        let leaf = s2::make_leaf(0x99, s2::LAST_LEVEL, true);
+        s2::make(&e, leaf);
+        assert!(s2::try_break(&e, leaf, &flush));
+        assert_eq!(flushes.get(), 1);
+        s2::make(&e, 0);
+    }
+
+    /// A stage-2 MMU on kernel pages: map, translate (the walker sets AF
+    /// only with hardware AF), age, relax, zap, and every table page back
+    /// when it is dropped.
+    #[test]
+    fn s2_map_translate_age_zap() -> Result {
+        let before = crate::kpages::table_pages_now();
+        {
+            let mmu = S2Mmu::<KernelPages>::new(2, 40, false).map_err(|_| ENOMEM)?;
+            let mut cache = TableCache::<KernelPages>::new();
+            cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
+            // Any host page will do as the mapped pfn: nothing touches it.
+            let pfn = cache.take().ok_or(ENOMEM)?;
+            let flush = || {};
+            let gfn = 0x12345;
+            let m = mmu.map(0, gfn, pfn, false, MapLevel::L4K, &mut cache, &flush);
+            assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
+            assert_eq!(
+                mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush),
+                Err(MapError::BadLevel)
+            );
+            let root = mmu.root(0).ok_or(EINVAL)?;
+            // SAFETY: `mmu` lives until the end of the block.
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn, false, false) };
+            assert_eq!(t.map(|t| t.pfn), Ok(pfn));
+            // SAFETY: as above.
+            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, true, false) }.is_err());
+            // Aged: old, so the walker without hardware AF faults.
+            assert!(mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Clear).young);
+            assert!(!mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Test).young);
+            // SAFETY: as above.
+            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, false) }.is_err());
+            assert!(mmu.mkyoung(0, gfn, false));
+            // (Read-only only: a writable leaf would mark the page dirty
+            // when zapped, and this one is not a page cache page.)
+            let again = mmu.map(0, gfn, pfn, false, MapLevel::L4K, &mut cache, &flush);
+            assert_eq!(again.map(|o| o.action), Ok(MapAction::Unchanged));
+            let mut mmu = mmu;
+            let mut cursor = ZapCursor::new(0);
+            let p = mmu.zap_gfn_range_step(&mut cursor, 1 << 28, &mut || false);
+            assert!(p.done && p.zapped == 1);
+            // SAFETY: as above.
+            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, true) }.is_err());
+            // SAFETY: `pfn` came from the cache (`alloc_table()`) and was
+            // only ever mapped by `mmu`, whose leaf is zapped.
+            unsafe { <KernelPages as crate::pgtable::PageOps>::free_table(pfn) };
+        }
+        assert_eq!(crate::kpages::table_pages_now(), before);
         Ok(())
     }
 

@@ -777,17 +777,19 @@ impl<P: PageOps> S2Mmu<P> {
         let end = end.min(self.geo.gfn_limit());
         let mut gfn = cursor.gfn();
         while gfn < end {
-            // The first gfn any root may map, at or after `gfn`.
-            let mut budget = ZAP_SCAN_BUDGET;
+            // The first gfn any root may map, at or after `gfn`.  Each root scans with its own
+            // budget: a budget shared by all roots, spent by the first, would let the others
+            // advance nothing, and the zap crawl a batch at a time through empty tables.
             let mut next = end;
             for root in 0..self.nr_roots {
+                let mut budget = ZAP_SCAN_BUDGET;
                 // SAFETY: `root` is a root of `self`.
                 next = unsafe { self.first_mapped(root, gfn, next, &mut budget) };
+                progress.visited += ZAP_SCAN_BUDGET - budget;
                 if next == gfn {
                     break;
                 }
             }
-            progress.visited += ZAP_SCAN_BUDGET - budget;
             gfn = next;
             cursor.advance_to(gfn);
             if gfn >= end {
