@@ -559,7 +559,7 @@ TEST_F(mirror, ksm_coherence)
  * (ext4 on a loop device) reach the disk: they survive msync, a cache drop
  * and a remount.
  */
-TEST_F(fmt, shared_file_dirty)
+TEST_F_TIMEOUT(fmt, shared_file_dirty, 120)
 {
 	const char *img = "/tmp/secmmu-ext4.img", *mnt = "/tmp/secmmu-mnt";
 	char cmd[512], loopdev[64] = {};
