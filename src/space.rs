@@ -9,11 +9,12 @@
 //!    i_mmap, page-table locks): nothing below may be held while calling
 //!    into the mm core (get_user_pages runs with no secmmu lock held).
 //! 3. [`Space::mmu`], the MMU lock (an rwlock, spinning): page tables,
-//!    rmaps and memslots. Nothing that sleeps runs under it; allocations for
-//!    a fault are made before it is taken (vCPU caches).
-//! 4. [`Space::inval`], a spinlock: the invalidation retry state. Taken
-//!    alone, or inside the MMU lock by the fault path.
-//! 5. rmap bit locks (inside the MMU lock, or alone with preemption off for
+//!    rmaps, memslots and the invalidation retry state. Nothing that sleeps
+//!    runs under it; allocations for a fault are made before it is taken
+//!    (vCPU caches). Invalidations change the retry state with it held for
+//!    write, like KVM's `mmu_invalidate_begin/end()`, so faults read it
+//!    under the read side, in parallel, with no lock of their own.
+//! 4. rmap bit locks (inside the MMU lock, or alone with preemption off for
 //!    lockless aging).
 //!
 //! TLB flushes are requested with the MMU lock held and wait, spinning, for
@@ -44,9 +45,9 @@ use crate::{
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use kernel::{
     mm::MmWithUser,
-    new_mutex, new_spinlock,
+    new_mutex,
     prelude::*,
-    sync::{Arc, Mutex, SpinLock},
+    sync::{Arc, Mutex},
 };
 
 /// What the MMU lock protects.
@@ -54,6 +55,8 @@ pub(crate) struct MmuState {
     /// The page tables; `None` until SECMMU_CONFIGURE.
     pub(crate) mmu: Option<Pgt>,
     pub(crate) slots: Memslots,
+    /// Invalidations in progress, and the retry sequence (A2).
+    pub(crate) inval: Invalidations,
 }
 
 /// The configuration SECMMU_CONFIGURE fixed.
@@ -92,9 +95,6 @@ pub(crate) struct Space {
     /// `SECMMU_FMT_*` once configured, 0 before: lets the mm core's
     /// callbacks pick the format's aging walk without any lock.
     format: AtomicU32,
-    /// Invalidations in progress, and the retry sequence (A2).
-    #[pin]
-    pub(crate) inval: SpinLock<Invalidations>,
     /// Guest-mode state of each vCPU, for TLB flush requests. Entries below
     /// `nr_vcpus` belong to created vCPUs; they live as long as the space.
     vcpu_modes: [VcpuMode; uapi::MAX_VCPUS],
@@ -123,12 +123,15 @@ impl Space {
             try_pin_init!(Self {
                 notifier <- MmuNotifier::new(mm),
                 config <- new_mutex!(None, "secmmu_config"),
-                mmu <- MmuLock::new(MmuState { mmu: None, slots: Memslots::new() }),
+                mmu <- MmuLock::new(MmuState {
+                    mmu: None,
+                    slots: Memslots::new(),
+                    inval: Invalidations::new(),
+                }),
                 rmaps,
                 aging_locked,
                 ad_enabled: AtomicBool::new(true),
                 format: AtomicU32::new(0),
-                inval <- new_spinlock!(Invalidations::new(), "secmmu_inval"),
                 vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
                 nr_vcpus: AtomicUsize::new(0),
                 released: AtomicBool::new(false),
@@ -490,10 +493,10 @@ impl MmuNotifierOps for Space {
         self.stats.invalidated_pages.add(pages as u64);
         // First make every fault of the range retry (A2), then remove the
         // mappings that exist (A1): a fault that installed before `begin`
-        // is zapped below, one that checks after it retries.
-        self.inval.lock().begin(range.start, range.end);
-
+        // is zapped below, one that checks after it retries. Both under the
+        // MMU lock for write: faults check under the read side at least.
         let mut guard = self.mmu.write();
+        guard.inval.begin(range.start, range.end);
         // The slots this range backs, taken before any yield. While
         // `zap_gfns` yields, a slot created meanwhile has no mapping of this
         // range (its faults retry) and a deleted one was zapped by its
@@ -518,7 +521,7 @@ impl MmuNotifierOps for Space {
     }
 
     fn invalidate_range_end(&self, _range: &Range) {
-        self.inval.lock().end();
+        self.mmu.write().inval.end();
     }
 
     fn clear_young(&self, start: usize, end: usize) -> bool {

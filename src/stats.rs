@@ -25,7 +25,11 @@ impl Counter {
 
     /// Raises the counter to `v` if it is lower (a high-water mark).
     pub(crate) fn max(&self, v: u64) {
-        self.0.fetch_max(v, Ordering::Relaxed);
+        // Load first: most calls raise nothing, and then write nothing to a
+        // cache line that every vCPU's faults share.
+        if v > self.0.load(Ordering::Relaxed) {
+            self.0.fetch_max(v, Ordering::Relaxed);
+        }
     }
 
     /// The number of events so far.

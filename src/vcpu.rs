@@ -21,7 +21,7 @@ use crate::{
     kpages::KernelPages,
     pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache, WalkFault},
     rmap::DescCache,
-    space::Space,
+    space::{MmuState, Space},
     tlb::SoftTlb,
     uapi,
     x86::mmu::{MAP_MIN_DESCS, MAP_MIN_TABLES as X86_MAP_MIN_TABLES},
@@ -222,7 +222,9 @@ impl Vcpu {
         let space = &self.space;
         loop {
             space.check_alive()?;
-            let (slot_id, hva, readonly, generation) = {
+            // Snapshot the retry sequence before resolving the page: an
+            // invalidation that ends after this point bumps it and we retry.
+            let (slot_id, hva, readonly, generation, seq) = {
                 let state = space.mmu.read();
                 let Some(slot) = state.slots.lookup(gfn) else {
                     space.stats.memory_faults.inc();
@@ -233,6 +235,7 @@ impl Vcpu {
                     slot.gfn_to_hva(gfn),
                     slot.readonly(),
                     state.slots.generation(),
+                    state.inval.seq(),
                 )
             };
             if write && readonly {
@@ -247,9 +250,6 @@ impl Vcpu {
             if !space.ad_enabled() && self.fix_access_fault(gfn, write) {
                 return Ok(());
             }
-            // Snapshot before resolving the page: an invalidation that ends
-            // after this point bumps the sequence and we retry.
-            let seq = space.inval.lock().seq();
             st.tables.topup(FAULT_TABLES).map_err(|_| ENOMEM)?;
             st.descs.topup(FAULT_DESCS).map_err(|_| ENOMEM)?;
 
@@ -332,14 +332,15 @@ impl Vcpu {
     }
 
     /// Whether the fault must start over: the slots changed, or an
-    /// invalidation of `hva` ran since `seq` was read (A2). Called with the
-    /// MMU lock held, either side: invalidations change the sequence before
-    /// they take the lock for write to zap, so a fault that passes this
-    /// check installs before the zap and is zapped by it.
-    fn must_retry(&self, slots_generation: u64, generation: u64, hva: u64, seq: u64) -> bool {
+    /// invalidation of `hva` ran since `seq` was read (A2). `state` is
+    /// borrowed from an MMU lock guard, either side: invalidations change
+    /// the retry state with the lock held for write before they zap, so a
+    /// fault that passes this check installs before the zap and is zapped
+    /// by it.
+    fn must_retry(&self, state: &MmuState, generation: u64, hva: u64, seq: u64) -> bool {
         let space = &self.space;
         let stale =
-            slots_generation != generation || space.inval.lock().retry(hva as usize, seq);
+            state.slots.generation() != generation || state.inval.retry(hva as usize, seq);
         if stale {
             space.stats.fault_retries.inc();
         }
@@ -365,7 +366,7 @@ impl Vcpu {
         if space.check_alive().is_err() {
             return Installed::Dead(EIO);
         }
-        if self.must_retry(state.slots.generation(), generation, hva, seq) {
+        if self.must_retry(&state, generation, hva, seq) {
             return Installed::Retry;
         }
         let Some(Pgt::X86(mmu)) = state.mmu.as_mut() else {
@@ -407,7 +408,7 @@ impl Vcpu {
         if space.check_alive().is_err() {
             return Installed::Dead(EIO);
         }
-        if self.must_retry(state.slots.generation(), generation, hva, seq) {
+        if self.must_retry(&state, generation, hva, seq) {
             return Installed::Retry;
         }
         let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
