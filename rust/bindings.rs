@@ -5,7 +5,8 @@
 //! Everything the kernel already binds is re-exported from
 //! [`kernel::bindings`]; `bindings_generated.rs` adds only the `secmmu_*`
 //! wrappers of `rust/helpers.c`, generated at build time from
-//! `rust/secmmu_helpers.h` with the configured kernel's own bindgen command.
+//! `rust/secmmu_helpers.h` with the configured kernel's own bindgen command,
+//! into the build's output directory (`$SECMMU_BINDINGS`, set by `Kbuild`).
 //! Types in their signatures resolve to the kernel's bindings, so a
 //! `mmu_notifier_range` is the same Rust type on both sides.
 
@@ -27,4 +28,5 @@ pub(crate) use kernel::bindings::*;
 #[allow(unused_imports)]
 use kernel::ffi;
 
-include!("bindings_generated.rs");
+// In the build's output directory, which is not this one under `make MO=`.
+include!(env!("SECMMU_BINDINGS"));

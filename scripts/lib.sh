@@ -58,6 +58,11 @@ host_mirror() {
 	echo "$uri"
 }
 
+# build_dir ARCH : where secmmu.ko (Kbuild MO=) and selftests/ of one arch
+# are built, so x86_64 and arm64 builds of one clone live side by side. The
+# guest scripts take it as their TOP: TOP/secmmu.ko, TOP/selftests/.
+build_dir() { echo "$SECMMU_TOP/build/$1"; }
+
 # The toolchain root: see scripts/toolchain.sh.
 TOOLCHAIN_PKGS=$SECMMU_TOP/scripts/toolchain.pkgs
 toolchain_key() { hash_of "$TOOLCHAIN_PKGS" "$SECMMU_TOP/scripts/toolchain.sh"; }

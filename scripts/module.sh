@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# Build secmmu.ko and the selftests against a kernel build directory, in the
-# toolchain root. Also the lint that needs the kernel tree: clippy.
+# Build secmmu.ko against a kernel build directory, in the toolchain root,
+# into build/ARCH (Kbuild MO=), so an x86_64 and an arm64 build coexist.
+# Also the lint that needs the kernel tree: clippy (into build/ARCH-clippy).
 #
 # usage: scripts/module.sh KBUILD_DIR [--clippy]
 . "$(dirname "$0")/lib.sh"
 
 kdir=$1
 clippy=${2:-}
-case $(grep -c '^CONFIG_ARM64=y' "$kdir/.config") in
-1) karch=arm64 ;;
-*) karch=x86_64 ;;
-esac
+karch=x86_64
+grep -q '^CONFIG_ARM64=y' "$kdir/.config" && karch=arm64
+out=$(build_dir $karch)
+
+mk() { in_toolchain "$SECMMU_TOP" make KDIR="$kdir" ARCH=$karch LLVM=1 "$@"; }
+
+# Kbuild refuses MO= builds while an in-place build (make KDIR=... by hand)
+# has left its modules.order next to the sources: clean that one first.
+[ -f "$SECMMU_TOP/modules.order" ] && mk -s clean >&2
 
 if [ "$clippy" = --clippy ]; then
 	# A clean clippy build: every warning is an error for the test command.
-	in_toolchain "$SECMMU_TOP" make -s KDIR="$kdir" ARCH=$karch LLVM=1 clean >&2
-	out=$(in_toolchain "$SECMMU_TOP" make KDIR="$kdir" ARCH=$karch LLVM=1 CLIPPY=1 2>&1) || {
-		echo "$out" >&2
+	mk -s MO="$out-clippy" clean >&2
+	res=$(mk MO="$out-clippy" CLIPPY=1 2>&1) || {
+		echo "$res" >&2
 		die "clippy build failed"
 	}
-	if echo "$out" | grep -qE '^(warning|error)'; then
-		echo "$out" | grep -A12 -E '^(warning|error)' >&2
+	if echo "$res" | grep -qE '^(warning|error)'; then
+		echo "$res" | grep -A12 -E '^(warning|error)' >&2
 		die "clippy or rustc warnings"
 	fi
 	exit 0
 fi
 
-in_toolchain "$SECMMU_TOP" make -s KDIR="$kdir" ARCH=$karch LLVM=1 >&2
-[ -f "$SECMMU_TOP/secmmu.ko" ] || die "secmmu.ko was not built"
+mk -s MO="$out" >&2
+[ -f "$out/secmmu.ko" ] || die "secmmu.ko was not built in $out"

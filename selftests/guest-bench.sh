@@ -2,6 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0
 # Runs inside the perf VM: load secmmu and the HMM test driver, run the
 # benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR
+# (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/)
 top=$1 kdir=$2
 insmod "$top/secmmu.ko" || exit 1
 insmod "$kdir/lib/test_hmm.ko" || exit 1

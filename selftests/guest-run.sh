@@ -5,14 +5,24 @@
 # as one "SECMMU-RESULT pass|fail|skip NAME" line for the host to count;
 # the host fails the run if "SECMMU-DONE" never comes (crash or timeout).
 #
-# usage: guest-run.sh TOP   (TOP: the secmmu clone, as the guest sees it)
+# Plain POSIX sh and busybox-level tools: runs on the host's userland
+# (virtme-ng, x86_64) and in the arm64 initramfs of scripts/vm-arm64.sh
+# (dash and busybox; busybox ash works too).
+#
+# usage: guest-run.sh TOP   (TOP: a build dir as the guest sees it, with
+#                            TOP/secmmu.ko and TOP/selftests/; see
+#                            scripts/lib.sh build_dir. A clone with an
+#                            in-place build is one too.)
 top=$1
 ko=$top/secmmu.ko
+# Test sizes divided by this (slow guests: arm64 under TCG), for the tests.
+export SECMMU_TEST_SCALE=${SECMMU_TEST_SCALE:-1}
 
 result() { echo "SECMMU-RESULT $1 $2"; }
 
 mount -t debugfs none /sys/kernel/debug 2>/dev/null
-echo "# kernel $(uname -r), $(nproc) cpus, preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null)"
+echo "# kernel $(uname -r) $(uname -m), $(nproc) cpus, preempt: $(cat /sys/kernel/debug/sched/preempt 2>/dev/null)"
+echo "# test sizes: 1/$SECMMU_TEST_SCALE"
 
 # Start from a clean leak report: boot-time objects are not ours.
 [ -w /sys/kernel/debug/kmemleak ] && echo clear > /sys/kernel/debug/kmemleak
@@ -42,8 +52,9 @@ fi
 # The selftests (kselftest harness, TAP). A binary that dies before its
 # plan is complete is one failure.
 for t in secmmu_test secmmu_mmu_test secmmu_aging_test; do
+	t0=$(date +%s)
 	SECMMU_KO=$ko "$top/selftests/$t" > /tmp/$t.tap 2>&1
-	echo "# $t exited with $?"
+	echo "# $t exited with $? after $(($(date +%s) - t0)) s"
 	cat /tmp/$t.tap
 	planned=$(sed -n 's/^1\.\.\([0-9]*\)$/\1/p' /tmp/$t.tap)
 	seen=$(grep -cE '^(not )?ok [0-9]+ ' /tmp/$t.tap)

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
@@ -19,6 +20,19 @@
 #define SZ_1M		(1024UL * 1024)
 #define SZ_2M		(2 * SZ_1M)
 #define SZ_1G		(1024 * SZ_1M)
+
+/*
+ * What the big tests divide their sizes by: SECMMU_TEST_SCALE from the
+ * environment (guest-run.sh sets it, e.g. 4 under emulated arm64), 1 if
+ * unset or invalid.
+ */
+static inline unsigned long test_scale(void)
+{
+	const char *s = getenv("SECMMU_TEST_SCALE");
+	unsigned long v = s ? strtoul(s, NULL, 0) : 1;
+
+	return v ? v : 1;
+}
 
 static inline int secmmu_ioctl(int fd, unsigned long cmd, void *arg)
 {

@@ -879,7 +879,8 @@ static void *spinner(void *arg)
 }
 
 /*
- * munmap of 1 GiB of 4K mappings: the zap walks 262144 rmaps and must
+ * munmap of 1 GiB of 4K mappings (divided by SECMMU_TEST_SCALE): the zap
+ * walks 262144 rmaps (x86) or the tables over the range (arm64) and must
  * yield (cond_resched) when another task wants the CPU. A spinning thread
  * pinned to the same CPU makes sure one does. x86 in 7.3 has no
  * preempt=none (PREEMPT_LAZY): the lazy model is the least preemptive,
@@ -887,7 +888,7 @@ static void *spinner(void *arg)
  */
 TEST_F_TIMEOUT(fmt, zap_yield, 180)
 {
-	const unsigned long size = SZ_1G, npages = size / PAGE_SZ;
+	const unsigned long size = SZ_1G / test_scale(), npages = size / PAGE_SZ;
 	struct secmmu_stats before, after;
 	int stop = 0;
 	pthread_t t;
@@ -1012,6 +1013,7 @@ static int race_pass(int vcpus[2], unsigned int op, unsigned long start,
 TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 {
 	const unsigned long size = RACE_PAGES * PAGE_SZ;
+	const unsigned long rounds = RACE_ROUNDS / test_scale() ?: 1;
 	unsigned long round, i, bad;
 	struct secmmu_stats base, st;
 	int probe, fd, vcpus[2];
@@ -1028,7 +1030,7 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 		vcpus[i] = vcpu_create(fd, 0);
 		ASSERT_GE(vcpus[i], 0);
 	}
-	for (round = 0; round < RACE_ROUNDS; round++) {
+	for (round = 0; round < rounds; round++) {
 		unsigned long gpa = (round + 1) * SZ_1G;
 
 		mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
@@ -1053,9 +1055,9 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 	       format_name(variant->format), st.faults, st.fault_eagain,
 	       st.fault_retries, st.table_pages);
 	/* Each page is faulted by a read, then upgraded by a write. */
-	EXPECT_GE(st.faults, RACE_ROUNDS * RACE_PAGES);
+	EXPECT_GE(st.faults, rounds * RACE_PAGES);
 	/* At least one table per level per round, below the root. */
-	EXPECT_GE(st.table_pages, RACE_ROUNDS * 2);
+	EXPECT_GE(st.table_pages, rounds * 2);
 	EXPECT_GT(get_stats(probe).module_table_pages, base.module_table_pages);
 	for (i = 0; i < 2; i++)
 		close(vcpus[i]);
