@@ -103,8 +103,8 @@ pub(crate) const MAP_MIN_TABLES: usize = (pte::MAX_LEVELS - 1) as usize;
 /// gfns a zap clears in every root between two polls of its `should_stop`.  A power of two.
 const ZAP_BATCH: u64 = 32;
 
-/// Table entries a zap may scan looking for the next mapped gfn between two polls of its
-/// `should_stop` (empty tables are never freed, I1, so scanning them is not free).
+/// Table entries a zap may scan in each root looking for the next mapped gfn between two polls
+/// of its `should_stop` (empty tables are never freed, I1, so scanning them is not free).
 const ZAP_SCAN_BUDGET: u64 = 512;
 
 /// The level of the entries of leaves that map `level`.
@@ -760,7 +760,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// block overlapping the range is zapped whole).
     ///
     /// In gfn order: skips the gfns no root maps (whole empty subtrees at a time, scanning at
-    /// most [`ZAP_SCAN_BUDGET`] entries), then clears the leaves of the next [`ZAP_BATCH`] gfns
+    /// most [`ZAP_SCAN_BUDGET`] entries per root), then clears the leaves of the next [`ZAP_BATCH`] gfns
     /// in every root, marking the pages of writable leaves dirty (I4); polls `should_stop` after
     /// each such round, and returns with the cursor where to resume when it says so.  Everything
     /// below the cursor is zapped in every root.
@@ -777,17 +777,18 @@ impl<P: PageOps> S2Mmu<P> {
         let end = end.min(self.geo.gfn_limit());
         let mut gfn = cursor.gfn();
         while gfn < end {
-            // The first gfn any root may map, at or after `gfn`.
-            let mut budget = ZAP_SCAN_BUDGET;
+            // The first gfn any root may map, at or after `gfn`.  Each root has its own scan
+            // budget, so that each skips at least a table's worth of empty entries.
             let mut next = end;
             for root in 0..self.nr_roots {
+                let mut budget = ZAP_SCAN_BUDGET;
                 // SAFETY: `root` is a root of `self`.
                 next = unsafe { self.first_mapped(root, gfn, next, &mut budget) };
+                progress.visited += ZAP_SCAN_BUDGET - budget;
                 if next == gfn {
                     break;
                 }
             }
-            progress.visited += ZAP_SCAN_BUDGET - budget;
             gfn = next;
             cursor.advance_to(gfn);
             if gfn >= end {
