@@ -22,8 +22,8 @@ use crate::arm64::mmu::{
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
 use crate::pgtable::{
-    MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT, SNAP_PRESENT,
-    SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
+    MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT,
+    SNAP_PRESENT, SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
 use crate::prim::{AtomicU64, Ordering};
 
@@ -55,15 +55,10 @@ impl<const ID: usize> Fixture<ID> {
         let mut tables = self.tables.borrow_mut();
         tables.topup(MAP_MIN_TABLES).unwrap();
         let flushes = &self.flushes;
-        self.mmu.map(
-            root,
-            gfn,
-            pfn,
-            writable,
-            level,
-            &mut tables,
-            &|| flushes.set(flushes.get() + 1),
-        )
+        self.mmu
+            .map(root, gfn, pfn, writable, level, &mut tables, &|| {
+                flushes.set(flushes.get() + 1)
+            })
     }
 
     fn try_map(
@@ -94,9 +89,7 @@ impl<const ID: usize> Fixture<ID> {
     /// Zaps `[start, end)` to the end, never stopping.
     fn zap(&mut self, start: u64, end: u64) -> ZapProgress {
         let mut cursor = ZapCursor::new(start);
-        let p = self
-            .mmu
-            .zap_gfn_range_step(&mut cursor, end, &mut || false);
+        let p = self.mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
         assert!(p.done && cursor.is_done());
         p
     }
@@ -143,7 +136,11 @@ fn leaf_encoding() {
                 assert_ne!(v & pte::S2AP_R, 0);
                 assert_eq!((v & pte::MEMATTR_MASK) >> pte::MEMATTR_SHIFT, 0xf);
                 assert_eq!((v & pte::SH_MASK) >> pte::SH_SHIFT, 3);
-                assert_eq!(v & (pte::XN_MASK | pte::SW_MASK), 0, "executable, no SW bits");
+                assert_eq!(
+                    v & (pte::XN_MASK | pte::SW_MASK),
+                    0,
+                    "executable, no SW bits"
+                );
                 // Aging and relaxing touch only their bits.
                 assert_eq!(pte::mkold(v), v & !pte::AF);
                 assert_eq!(pte::mkyoung(pte::mkold(v)), v);
@@ -275,7 +272,10 @@ fn level_math() {
     assert_eq!(pte::level_pages(2), 512);
     // gfn with index 0x1a5 at level 3, 0x0f3 at 2, 0x1ff at 1 and 0x002 at 0.
     let gfn = (0x002 << 27) | (0x1ff << 18) | (0x0f3 << 9) | 0x1a5;
-    assert_eq!([3, 2, 1, 0].map(|l| pte::index(gfn, l)), [0x1a5, 0x0f3, 0x1ff, 0x002]);
+    assert_eq!(
+        [3, 2, 1, 0].map(|l| pte::index(gfn, l)),
+        [0x1a5, 0x0f3, 0x1ff, 0x002]
+    );
 }
 
 #[test]
@@ -297,8 +297,14 @@ fn new_validates_ranges() {
         assert_eq!(r.levels(), r.geometry().levels);
         assert_eq!(r.start_level(), 4 - r.levels());
         assert!(m.root(3).is_none());
-        let roots: BTreeSet<u64> = (0..3).flat_map(|i| m.root(i).unwrap().pgd().to_vec()).collect();
-        assert_eq!(roots.len() as u64, 3 * pages, "every start-level table its own");
+        let roots: BTreeSet<u64> = (0..3)
+            .flat_map(|i| m.root(i).unwrap().pgd().to_vec())
+            .collect();
+        assert_eq!(
+            roots.len() as u64,
+            3 * pages,
+            "every start-level table its own"
+        );
     }
     assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
 
@@ -351,9 +357,8 @@ fn map_translate_round_trip_all_geometries() {
                     }
                 );
                 assert_eq!(f.translate(root, gfn, true).is_ok(), w);
-                let snap = SNAP_PRESENT
-                    | SNAP_ACCESSED
-                    | if w { SNAP_WRITABLE | SNAP_DIRTY } else { 0 };
+                let snap =
+                    SNAP_PRESENT | SNAP_ACCESSED | if w { SNAP_WRITABLE | SNAP_DIRTY } else { 0 };
                 assert_eq!(f.mmu.snapshot(root, gfn), snap);
             }
             for gfn in [600, limit - 601, limit / 2] {
@@ -383,10 +388,7 @@ fn map_errors_change_nothing() {
     assert_eq!(f.try_map(0, u64::MAX, 1, true), Err(MapError::BadGfn));
     assert_eq!(f.try_map(0, 0, 1 << 36, true), Err(MapError::BadPfn));
     for level in [MapLevel::L2M, MapLevel::L1G] {
-        assert_eq!(
-            f.try_map_at(0, 0, 0, true, level),
-            Err(MapError::BadLevel)
-        );
+        assert_eq!(f.try_map_at(0, 0, 0, true, level), Err(MapError::BadLevel));
     }
     // An empty cache: NeedTopup before anything.
     let mut empty = TableCache::<HostPages<ID>>::new();
@@ -453,7 +455,11 @@ fn stale_leaf_replaced_with_break_before_make() {
     assert_eq!(o.action, MapAction::Replaced);
     assert!(o.needs_flush());
     assert_eq!(f.flushes.get(), 1, "one flush between break and make");
-    assert_eq!(HostPages::<ID>::take_dirty(), vec![pfn_of(gfn)], "writable = dirty");
+    assert_eq!(
+        HostPages::<ID>::take_dirty(),
+        vec![pfn_of(gfn)],
+        "writable = dirty"
+    );
     let t = f.translate(0, gfn, false).unwrap();
     assert_eq!((t.pfn, t.writable), (alt_of(gfn), false));
     // The other root is its own address space.
@@ -484,7 +490,11 @@ fn locked_entries_make_maps_back_off() {
     for pfn in [0x99, 0x100] {
         for writable in [false, true] {
             assert_eq!(f.try_map(0, gfn, pfn, writable), Err(MapError::Again));
-            assert_eq!(slot.load(Ordering::Relaxed), pte::LOCKED, "never taken over");
+            assert_eq!(
+                slot.load(Ordering::Relaxed),
+                pte::LOCKED,
+                "never taken over"
+            );
         }
     }
     assert_eq!(f.mmu.eagain(), 4);
@@ -492,7 +502,11 @@ fn locked_entries_make_maps_back_off() {
     assert_eq!(f.mmu.snapshot(0, gfn), 0);
     assert!(!f.mmu.mkyoung(0, gfn, false));
     let r = f.mmu.age_gfn_range(0, 1 << 20, AgeOp::Clear);
-    assert_eq!((r.young, r.visited), (false, 0), "locked entries are skipped");
+    assert_eq!(
+        (r.young, r.visited),
+        (false, 0),
+        "locked entries are skipped"
+    );
     assert_eq!(f.flushes.get(), 0);
     // The owner makes the new entry; maps go on.
     pte::make(slot, old);
@@ -595,11 +609,17 @@ fn aging_test_clear_and_ranges() {
     let r = f.mmu.age_gfn_range(start, end, AgeOp::Test);
     assert!(r.young && r.done());
     assert_eq!((r.visited, r.cleared), (1, 0));
-    assert_eq!(gfns.iter().map(|&g| f.pte(0, g)).collect::<Vec<_>>(), before);
+    assert_eq!(
+        gfns.iter().map(|&g| f.pte(0, g)).collect::<Vec<_>>(),
+        before
+    );
 
     // Clear a sub-range: exactly its leaves in both roots.
     let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Clear);
-    assert_eq!((r.young, r.cleared, r.visited, r.lost_races), (true, 20, 20, 0));
+    assert_eq!(
+        (r.young, r.cleared, r.visited, r.lost_races),
+        (true, 20, 20, 0)
+    );
     assert!(!r.needs_flush(), "clear_young does not flush");
     for (i, &g) in gfns.iter().enumerate() {
         for root in [0, 2] {
@@ -690,19 +710,21 @@ fn zap_resumes_where_it_stopped() {
     let (mut zapped, mut steps, mut polls) = (0, 0, 0);
     let mut last = 0;
     loop {
-        let p = f
-            .mmu
-            .zap_gfn_range_step(&mut cursor, limit, &mut || {
-                polls += 1;
-                true
-            });
+        let p = f.mmu.zap_gfn_range_step(&mut cursor, limit, &mut || {
+            polls += 1;
+            true
+        });
         steps += 1;
         zapped += p.zapped;
         assert!(p.done || cursor.gfn() > last, "no progress at {last:#x}");
         assert_eq!(cursor.level(), MapLevel::L4K, "only the 4K level is used");
         // Everything below the cursor is gone in every root.
         for &g in gfns.iter().filter(|&&g| g < cursor.gfn()) {
-            assert_eq!(f.mmu.snapshot(g as usize % 2, g), 0, "gfn {g:#x} below the cursor");
+            assert_eq!(
+                f.mmu.snapshot(g as usize % 2, g),
+                0,
+                "gfn {g:#x} below the cursor"
+            );
         }
         last = cursor.gfn();
         if p.done {
@@ -758,9 +780,16 @@ fn blocks_walk_age_zap_and_break() {
     f.map(0, 0, 0x1, false);
     // 2M block at gfn 0x400 (the third 2M of the first 1G).
     let (bgfn, bpfn) = (0x400, 0x20_0000);
-    assert!(!f.mmu.install_test_block(0, bgfn, bpfn + 1, MapLevel::L2M, true), "unaligned");
+    assert!(
+        !f.mmu
+            .install_test_block(0, bgfn, bpfn + 1, MapLevel::L2M, true),
+        "unaligned"
+    );
     assert!(f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true));
-    assert!(!f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true), "not empty");
+    assert!(
+        !f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true),
+        "not empty"
+    );
 
     let t = f.translate(0, bgfn + 0x123, true).unwrap();
     assert_eq!(
@@ -774,13 +803,20 @@ fn blocks_walk_age_zap_and_break() {
     );
     let snap = f.mmu.snapshot(0, bgfn + 511);
     assert_eq!(snap >> SNAP_LEVEL_SHIFT, MapLevel::L2M as u8);
-    assert_eq!(snap & 0xf, SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY);
+    assert_eq!(
+        snap & 0xf,
+        SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY
+    );
     assert_eq!(f.mmu.snapshot(0, bgfn + 512), 0);
 
     // Aging a range that only overlaps the block's tail still sees it.
     let r = f.mmu.age_gfn_range(bgfn + 500, bgfn + 501, AgeOp::Clear);
     assert_eq!((r.cleared, r.visited), (1, 1));
-    assert_eq!(f.translate(0, bgfn, false).unwrap().level, MapLevel::L2M, "hw AF");
+    assert_eq!(
+        f.translate(0, bgfn, false).unwrap().level,
+        MapLevel::L2M,
+        "hw AF"
+    );
 
     // A 4K map inside the block breaks it into an empty table: one flush, dirty reported.
     let o = f.map(0, bgfn + 5, 0x55, false);
@@ -792,7 +828,9 @@ fn blocks_walk_age_zap_and_break() {
 
     // A zap of a range overlapping a block's head zaps the block whole.
     let b2 = 0x800;
-    assert!(f.mmu.install_test_block(0, b2, 0x40_0000, MapLevel::L2M, false));
+    assert!(f
+        .mmu
+        .install_test_block(0, b2, 0x40_0000, MapLevel::L2M, false));
     let p = f.zap(b2 + 511, b2 + 512);
     assert_eq!((p.zapped, p.dirty), (1, 0));
     assert_eq!(f.mmu.snapshot(0, b2), 0);
@@ -899,23 +937,21 @@ fn fault_in<const ID: usize>(
             Err(WalkFault::NotPresent) if mmu.mkyoung(root, gfn, write) => {
                 Tally::add(&tally.mkyoung, 1);
             }
-            Err(_) => {
-                match mmu.map(root, gfn, pfn, write, MapLevel::L4K, tables, &flush) {
-                    Ok(o) => {
-                        Tally::add(&tally.new_tables, o.new_tables as u64);
-                        let c = match o.action {
-                            MapAction::Installed => &tally.installed,
-                            MapAction::Replaced => &tally.replaced,
-                            MapAction::Upgraded | MapAction::Restored | MapAction::Unchanged => {
-                                &tally.relaxed
-                            }
-                        };
-                        Tally::add(c, 1);
-                    }
-                    Err(MapError::Again) => Tally::add(&tally.again, 1),
-                    Err(e) => panic!("map of gfn {gfn:#x}: {e:?}"),
+            Err(_) => match mmu.map(root, gfn, pfn, write, MapLevel::L4K, tables, &flush) {
+                Ok(o) => {
+                    Tally::add(&tally.new_tables, o.new_tables as u64);
+                    let c = match o.action {
+                        MapAction::Installed => &tally.installed,
+                        MapAction::Replaced => &tally.replaced,
+                        MapAction::Upgraded | MapAction::Restored | MapAction::Unchanged => {
+                            &tally.relaxed
+                        }
+                    };
+                    Tally::add(c, 1);
                 }
-            }
+                Err(MapError::Again) => Tally::add(&tally.again, 1),
+                Err(e) => panic!("map of gfn {gfn:#x}: {e:?}"),
+            },
         }
     }
 }
@@ -940,7 +976,8 @@ fn stress<const ID: usize>(hw_af: bool) {
             s.spawn(|| {
                 let mut rng = Rng(0x9e37_79b9 + round);
                 while !stop_aging.load(StdOrdering::Relaxed) {
-                    let op = [AgeOp::Test, AgeOp::Clear, AgeOp::ClearFlush][rng.next() as usize % 3];
+                    let op =
+                        [AgeOp::Test, AgeOp::Clear, AgeOp::ClearFlush][rng.next() as usize % 3];
                     let a = start + rng.next() % STRESS_GFNS;
                     let b = (a + 1 + rng.next() % 700).min(end);
                     let r = lock.read().unwrap().age_gfn_range(a, b, op);
@@ -971,8 +1008,9 @@ fn stress<const ID: usize>(hw_af: bool) {
                             }
                         }
                         for &(root, gfn) in &order {
-                            let write = (gfn + t as u64) % 4 == 0;
-                            let got = fault_in(lock, &mut tables, tally, root, gfn, pfn_of(gfn), write);
+                            let write = (gfn + t as u64).is_multiple_of(4);
+                            let got =
+                                fault_in(lock, &mut tables, tally, root, gfn, pfn_of(gfn), write);
                             assert_eq!(got, pfn_of(gfn), "thread {t} gfn {gfn:#x}");
                         }
                         phase.wait();
@@ -980,14 +1018,22 @@ fn stress<const ID: usize>(hw_af: bool) {
                             // The primary remapped every page: stale leaves are replaced by
                             // break-before-make, racing each other.
                             for &(root, gfn) in &order {
-                                let write = rng.next() % 2 == 0;
+                                let write = rng.next().is_multiple_of(2);
                                 let mut got = 0;
                                 while got != alt_of(gfn) {
                                     // Map unconditionally, as a fault after an invalidation does.
                                     tables.topup(MAP_MIN_TABLES).unwrap();
                                     let mmu = lock.read().unwrap();
                                     let flush = || Tally::add(&tally.flushes, 1);
-                                    match mmu.map(root, gfn, alt_of(gfn), write, MapLevel::L4K, &mut tables, &flush) {
+                                    match mmu.map(
+                                        root,
+                                        gfn,
+                                        alt_of(gfn),
+                                        write,
+                                        MapLevel::L4K,
+                                        &mut tables,
+                                        &flush,
+                                    ) {
                                         Ok(o) if o.action == MapAction::Replaced => {
                                             Tally::add(&tally.replaced, 1)
                                         }
@@ -996,8 +1042,19 @@ fn stress<const ID: usize>(hw_af: bool) {
                                         Err(e) => panic!("remap of gfn {gfn:#x}: {e:?}"),
                                     }
                                     drop(mmu);
-                                    got = fault_in(lock, &mut tables, tally, root, gfn, alt_of(gfn), false);
-                                    assert!(got == alt_of(gfn) || got == pfn_of(gfn), "gfn {gfn:#x}: {got:#x}");
+                                    got = fault_in(
+                                        lock,
+                                        &mut tables,
+                                        tally,
+                                        root,
+                                        gfn,
+                                        alt_of(gfn),
+                                        false,
+                                    );
+                                    assert!(
+                                        got == alt_of(gfn) || got == pfn_of(gfn),
+                                        "gfn {gfn:#x}: {got:#x}"
+                                    );
                                 }
                             }
                         }
@@ -1018,7 +1075,11 @@ fn stress<const ID: usize>(hw_af: bool) {
         for root in 0..STRESS_ROOTS {
             for gfn in start..end {
                 let (_, v, level) = mmu.leaf(root, gfn).unwrap();
-                assert_eq!((pte::pfn(v), level), (want(gfn), MapLevel::L4K), "gfn {gfn:#x}");
+                assert_eq!(
+                    (pte::pfn(v), level),
+                    (want(gfn), MapLevel::L4K),
+                    "gfn {gfn:#x}"
+                );
             }
         }
         let mut cursor = ZapCursor::new(start);

@@ -1050,7 +1050,8 @@ unsafe fn first_mapped_in<P: PageOps>(
         let v = ptep.load(Ordering::Acquire);
         if pte::is_table(v, level) {
             // SAFETY: linked by a valid table entry of the MMU (I1).
-            let found = unsafe { first_mapped_in::<P>(pte::pfn(v), level + 1, gfn, from, limit, budget) };
+            let found =
+                unsafe { first_mapped_in::<P>(pte::pfn(v), level + 1, gfn, from, limit, budget) };
             if found.is_some() {
                 return found;
             }
