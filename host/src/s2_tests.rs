@@ -1,0 +1,1138 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Tests of the arm64 stage-2 format (`src/arm64/pte.rs`) and MMU (`src/arm64/mmu.rs`) with host
+//! table pages, and a multi-threaded stress test of parallel faults, aging and break-before-make
+//! under the read side of an `RwLock` standing for the MMU lock.
+//!
+//! Each test uses its own `HostPages<ID>` (IDs 20 to 39), so that its leak and dirty checks see
+//! only its own pages while tests run in parallel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::sync::{Barrier, RwLock};
+use std::thread;
+use std::vec::Vec;
+
+use crate::aging::AgeOp;
+use crate::arm64::mmu::{
+    translate, MapError, MapOutcome, S2Mmu, Translation, WalkFault, ZapCursor, ZapProgress,
+    MAP_MIN_TABLES, MAX_ROOTS,
+};
+use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
+use crate::host_pages::HostPages;
+use crate::pgtable::{
+    MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT,
+    SNAP_PRESENT, SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
+};
+use crate::prim::{AtomicU64, Ordering};
+
+/// An MMU with host pages of test `ID`, the table cache a fault path would top up, and a count
+/// of the TLB flushes the MMU asked for.
+struct Fixture<const ID: usize> {
+    mmu: S2Mmu<HostPages<ID>>,
+    tables: RefCell<TableCache<HostPages<ID>>>,
+    flushes: Cell<u64>,
+}
+
+impl<const ID: usize> Fixture<ID> {
+    fn new(nr_roots: usize, ia_bits: u32, hw_af: bool) -> Self {
+        Fixture {
+            mmu: S2Mmu::new(nr_roots, ia_bits, hw_af).unwrap(),
+            tables: RefCell::new(TableCache::new()),
+            flushes: Cell::new(0),
+        }
+    }
+
+    fn try_map_at(
+        &self,
+        root: usize,
+        gfn: u64,
+        pfn: u64,
+        writable: bool,
+        level: MapLevel,
+    ) -> Result<MapOutcome, MapError> {
+        let mut tables = self.tables.borrow_mut();
+        tables.topup(MAP_MIN_TABLES).unwrap();
+        let flushes = &self.flushes;
+        self.mmu
+            .map(root, gfn, pfn, writable, level, &mut tables, &|| {
+                flushes.set(flushes.get() + 1)
+            })
+    }
+
+    fn try_map(
+        &self,
+        root: usize,
+        gfn: u64,
+        pfn: u64,
+        writable: bool,
+    ) -> Result<MapOutcome, MapError> {
+        self.try_map_at(root, gfn, pfn, writable, MapLevel::L4K)
+    }
+
+    fn map(&self, root: usize, gfn: u64, pfn: u64, writable: bool) -> MapOutcome {
+        self.try_map(root, gfn, pfn, writable).unwrap()
+    }
+
+    fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
+        let r = self.mmu.root(root).unwrap();
+        // SAFETY: `r` is a root of `self.mmu`, which is borrowed for the call.
+        unsafe { translate::<HostPages<ID>>(r, gfn, write, self.mmu.hw_af()) }
+    }
+
+    /// The leaf value of `gfn` in `root`, or 0.
+    fn pte(&self, root: usize, gfn: u64) -> u64 {
+        self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
+    }
+
+    /// Zaps `[start, end)` to the end, never stopping.
+    fn zap(&mut self, start: u64, end: u64) -> ZapProgress {
+        let mut cursor = ZapCursor::new(start);
+        let p = self.mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
+        assert!(p.done && cursor.is_done());
+        p
+    }
+}
+
+/// Drops the fixture and checks that every table page it allocated was freed, the MMU's own
+/// count included.
+fn teardown<const ID: usize>(f: Fixture<ID>) {
+    let stats = f.mmu.stats();
+    assert_eq!(stats.tables_freed, 0);
+    drop(f);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+}
+
+/// The largest pfn a stage-2 leaf can hold (48-bit output addresses).
+const PFN_MASK: u64 = (1 << 36) - 1;
+
+fn pfn_of(gfn: u64) -> u64 {
+    (0x10_0000 + 3 * gfn) & PFN_MASK
+}
+
+fn alt_of(gfn: u64) -> u64 {
+    (0x80_0000 + 5 * gfn) & PFN_MASK
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors and geometry.
+
+#[test]
+fn leaf_encoding() {
+    for level in pte::MIN_BLOCK_LEVEL..=LAST_LEVEL {
+        let align = pte::level_pages(level);
+        for pfn in [0, 0x1234_5678 & !(align - 1), (1 << 36) - align] {
+            for writable in [false, true] {
+                let v = pte::make_leaf(pfn, level, writable);
+                let what = (level, pfn, writable);
+                assert!(pte::is_valid(v) && pte::is_leaf(v, level), "{what:?}");
+                assert!(!pte::is_table(v, level) && !pte::is_locked(v), "{what:?}");
+                assert_eq!(v & pte::TYPE != 0, level == LAST_LEVEL, "page or block");
+                assert_eq!(pte::pfn(v), pfn, "{what:?}");
+                assert_eq!(pte::is_writable(v), writable, "{what:?}");
+                assert_eq!(pte::is_dirty(v), writable, "{what:?}");
+                assert!(pte::is_young(v), "{what:?}");
+                assert_ne!(v & pte::S2AP_R, 0);
+                assert_eq!((v & pte::MEMATTR_MASK) >> pte::MEMATTR_SHIFT, 0xf);
+                assert_eq!((v & pte::SH_MASK) >> pte::SH_SHIFT, 3);
+                assert_eq!(
+                    v & (pte::XN_MASK | pte::SW_MASK),
+                    0,
+                    "executable, no SW bits"
+                );
+                // Aging and relaxing touch only their bits.
+                assert_eq!(pte::mkold(v), v & !pte::AF);
+                assert_eq!(pte::mkyoung(pte::mkold(v)), v);
+                assert_eq!(pte::mkwrite(v) & !pte::S2AP_W, v & !pte::S2AP_W);
+            }
+        }
+    }
+    // The exact bits of a writable 4K page of pfn 0x12345: KVM's PAGE_S2 | S2AP_W | AF.
+    assert_eq!(pte::make_leaf(0x12345, 3, true), 0x1234_57ff);
+    assert_eq!(pte::make_leaf(0x200, 2, false), 0x20_077d);
+}
+
+#[test]
+fn table_and_special_encodings() {
+    for level in 0..LAST_LEVEL {
+        let v = pte::make_table(0xabcde);
+        assert!(pte::is_valid(v) && pte::is_table(v, level) && !pte::is_leaf(v, level));
+        assert_eq!(pte::pfn(v), 0xabcde);
+        assert_eq!(v, 0xabcd_e003);
+    }
+    // At the last level the same bits are a page.
+    assert!(pte::is_leaf(pte::make_table(1), LAST_LEVEL));
+    assert!(!pte::is_valid(0) && !pte::is_locked(0));
+    assert_eq!(pte::LOCKED, 1 << 10);
+    assert!(pte::is_locked(pte::LOCKED) && !pte::is_valid(pte::LOCKED));
+    for level in 0..=LAST_LEVEL {
+        assert!(!pte::is_table(pte::LOCKED, level) && !pte::is_leaf(pte::LOCKED, level));
+    }
+    assert!(pte::pfn_fits((1 << 36) - 1) && !pte::pfn_fits(1 << 36));
+}
+
+#[test]
+fn try_set_break_make() {
+    let leaf = pte::make_leaf(7, LAST_LEVEL, true);
+    let slot = AtomicU64::new(0);
+    let flushes = Cell::new(0);
+    let flush = || flushes.set(flushes.get() + 1);
+
+    // try_set: only from the value held.
+    assert_eq!(pte::try_set(&slot, leaf, 0), Err(0));
+    assert_eq!(pte::try_set(&slot, 0, leaf), Ok(()));
+    assert_eq!(pte::try_set(&slot, 0, leaf), Err(leaf));
+
+    // Breaking a valid entry locks it and flushes once.
+    assert!(!pte::try_break(&slot, 0, &flush), "stale old value");
+    assert_eq!(flushes.get(), 0);
+    assert!(pte::try_break(&slot, leaf, &flush));
+    assert_eq!(slot.load(Ordering::Relaxed), pte::LOCKED);
+    assert_eq!(flushes.get(), 1);
+    // Nobody takes a lock over: not from its value, not from a stale one.
+    assert!(!pte::try_break(&slot, pte::LOCKED, &flush));
+    assert!(!pte::try_break(&slot, leaf, &flush));
+    assert_eq!(pte::try_set(&slot, leaf, 0), Err(pte::LOCKED));
+    assert_eq!(flushes.get(), 1);
+    let new = pte::make_leaf(8, LAST_LEVEL, false);
+    pte::make(&slot, new);
+    assert_eq!(slot.load(Ordering::Relaxed), new);
+
+    // Breaking an invalid entry flushes nothing (E26).
+    let empty = AtomicU64::new(0);
+    assert!(pte::try_break(&empty, 0, &flush));
+    assert_eq!(flushes.get(), 1);
+    pte::make(&empty, pte::make_table(9));
+    assert_eq!(empty.load(Ordering::Relaxed), pte::make_table(9));
+}
+
+/// KVM's formulas, transcribed with signed levels as in the C code: `stage2_pgtable_levels()`,
+/// `kvm_get_vtcr()`'s minimum of 2, the start level, `kvm_pgd_pages()`.
+fn kvm_geometry(ia_bits: u32) -> (u32, i32, u64) {
+    const PAGE_SHIFT: i64 = 12;
+    const PTDESC_ORDER: i64 = 3;
+    const PTDESC_TABLE_SHIFT: i64 = PAGE_SHIFT - PTDESC_ORDER;
+    let hw_levels = |va_bits: i64| (va_bits - PTDESC_ORDER - 1) / PTDESC_TABLE_SHIFT;
+    let granule_shift = |n: i64| PTDESC_TABLE_SHIFT * (4 - n) + PTDESC_ORDER;
+    let lvls = hw_levels(i64::from(ia_bits) - 4).max(2);
+    let start_level = 3 + 1 - lvls;
+    let mask = (1u64 << ia_bits) - 1;
+    let pgd_pages = (mask >> granule_shift(start_level - 1)) + 1;
+    (lvls as u32, start_level as i32, pgd_pages)
+}
+
+#[test]
+fn geometry_matches_kvm() {
+    let expect_pages = [
+        (32, 4),
+        (33, 8),
+        (34, 16),
+        (35, 1),
+        (39, 1),
+        (40, 2),
+        (43, 16),
+        (44, 1),
+        (48, 1),
+    ];
+    for ia_bits in MIN_IA_BITS..=MAX_IA_BITS {
+        let g = Geometry::new(ia_bits).unwrap();
+        let (levels, start, pages) = kvm_geometry(ia_bits);
+        assert_eq!(g.levels, levels, "ia_bits {ia_bits}");
+        assert_eq!(g.start_level as i32, start, "ia_bits {ia_bits}");
+        assert_eq!(g.pgd_pages as u64, pages, "ia_bits {ia_bits}");
+        assert!(g.pgd_pages <= pte::MAX_PGD_PAGES);
+        assert_eq!(g.map_min_tables(), levels as usize - 1);
+        assert!(g.map_min_tables() <= MAP_MIN_TABLES);
+        // The concatenated tables cover the space exactly.
+        let covered = g.pgd_pages as u64 * 512 * pte::level_pages(g.start_level);
+        assert!(covered >= g.gfn_limit(), "ia_bits {ia_bits}");
+        assert!(covered / 2 < g.gfn_limit() || g.pgd_pages == 1);
+        assert_eq!(g.pgd_page(g.gfn_limit() - 1), g.pgd_pages - 1);
+        assert_eq!(g.pgd_page(0), 0);
+        if let Some(&(_, p)) = expect_pages.iter().find(|(b, _)| *b == ia_bits) {
+            assert_eq!(g.pgd_pages, p, "ia_bits {ia_bits}");
+        }
+    }
+    assert_eq!(Geometry::new(48).unwrap().levels, 4);
+    assert_eq!(Geometry::new(40).unwrap().start_level, 1);
+    assert_eq!(Geometry::new(32).unwrap().start_level, 2);
+    for bad in [0, 31, 49, 52, 64] {
+        assert_eq!(Geometry::new(bad), None, "ia_bits {bad}");
+    }
+}
+
+#[test]
+fn level_math() {
+    assert_eq!(
+        [0, 1, 2, 3].map(pte::granule_shift),
+        [39, 30, 21, 12],
+        "kvm_granule_shift()"
+    );
+    assert_eq!(pte::level_pages(2), 512);
+    // gfn with index 0x1a5 at level 3, 0x0f3 at 2, 0x1ff at 1 and 0x002 at 0.
+    let gfn = (0x002 << 27) | (0x1ff << 18) | (0x0f3 << 9) | 0x1a5;
+    assert_eq!(
+        [3, 2, 1, 0].map(|l| pte::index(gfn, l)),
+        [0x1a5, 0x0f3, 0x1ff, 0x002]
+    );
+}
+
+#[test]
+fn new_validates_ranges() {
+    const ID: usize = 20;
+    type M = S2Mmu<HostPages<ID>>;
+    assert!(M::new(0, 40, true).is_err());
+    assert!(M::new(MAX_ROOTS + 1, 40, true).is_err());
+    assert!(M::new(1, MIN_IA_BITS - 1, true).is_err());
+    assert!(M::new(1, MAX_IA_BITS + 1, true).is_err());
+    assert_eq!(HostPages::<ID>::allocs(), 0);
+    for (ia_bits, pages) in [(32, 4), (34, 16), (40, 2), (48, 1)] {
+        let m = M::new(3, ia_bits, false).unwrap();
+        assert_eq!((m.nr_roots(), m.ia_bits(), m.hw_af()), (3, ia_bits, false));
+        assert_eq!(m.table_pages(), 3 * pages);
+        let r = m.root(2).unwrap();
+        assert_eq!(r.pgd().len() as u64, pages);
+        assert_eq!(r.geometry(), Geometry::new(ia_bits).unwrap());
+        assert_eq!(r.levels(), r.geometry().levels);
+        assert_eq!(r.start_level(), 4 - r.levels());
+        assert!(m.root(3).is_none());
+        let roots: BTreeSet<u64> = (0..3)
+            .flat_map(|i| m.root(i).unwrap().pgd().to_vec())
+            .collect();
+        assert_eq!(
+            roots.len() as u64,
+            3 * pages,
+            "every start-level table its own"
+        );
+    }
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+
+    // A failed allocation frees what was allocated.
+    HostPages::<ID>::fail_after(20);
+    assert!(M::new(2, 34, true).is_err());
+    HostPages::<ID>::fail_after(u64::MAX);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Map, translate, snapshot.
+
+#[test]
+fn map_translate_round_trip_all_geometries() {
+    const ID: usize = 21;
+    for ia_bits in [32, 34, 36, 40, 43, 44, 48] {
+        let mut f = Fixture::<ID>::new(2, ia_bits, true);
+        let g = f.mmu.geometry();
+        let limit = g.gfn_limit();
+        // The first and last 600 gfns: two leaf tables each side, first and last pgd page.
+        let gfns: Vec<u64> = (0..600).chain(limit - 600..limit).collect();
+        let mut new_tables = 0;
+        for root in 0..2 {
+            for &gfn in &gfns {
+                let o = f.map(root, gfn, pfn_of(gfn), gfn % 2 == 0);
+                assert_eq!((o.action, o.chain_len), (MapAction::Installed, 0));
+                new_tables += o.new_tables;
+            }
+        }
+        // Per root and side: one table per level below the start, plus one more leaf table.
+        let per_side = g.levels as usize - 1 + 1;
+        assert_eq!(new_tables, 2 * 2 * per_side, "ia_bits {ia_bits}");
+        assert_eq!(
+            f.mmu.table_pages(),
+            2 * g.pgd_pages as u64 + new_tables as u64
+        );
+        assert_eq!(f.mmu.stats().leaves, 2 * gfns.len() as u64);
+        for root in 0..2 {
+            for &gfn in &gfns {
+                let w = gfn % 2 == 0;
+                let t = f.translate(root, gfn, false).unwrap();
+                assert_eq!(
+                    t,
+                    Translation {
+                        pfn: pfn_of(gfn),
+                        level: MapLevel::L4K,
+                        writable: w,
+                        dirty: w,
+                    }
+                );
+                assert_eq!(f.translate(root, gfn, true).is_ok(), w);
+                let snap =
+                    SNAP_PRESENT | SNAP_ACCESSED | if w { SNAP_WRITABLE | SNAP_DIRTY } else { 0 };
+                assert_eq!(f.mmu.snapshot(root, gfn), snap);
+            }
+            for gfn in [600, limit - 601, limit / 2] {
+                assert_eq!(f.translate(root, gfn, false), Err(WalkFault::NotPresent));
+                assert_eq!(f.mmu.snapshot(root, gfn), 0);
+            }
+            // Outside the space.
+            assert_eq!(f.translate(root, limit, false), Err(WalkFault::NotPresent));
+            assert_eq!(f.mmu.snapshot(root, limit), 0);
+            assert_eq!(f.mmu.snapshot(root, u64::MAX), 0);
+        }
+        assert_eq!(f.flushes.get(), 0, "installing never flushes");
+        assert_eq!(f.mmu.zap_all(), 2 * gfns.len() as u64);
+        let dirty = HostPages::<ID>::take_dirty();
+        assert_eq!(dirty.len(), gfns.len(), "both roots, even gfns");
+        teardown(f);
+    }
+}
+
+#[test]
+fn map_errors_change_nothing() {
+    const ID: usize = 22;
+    let f = Fixture::<ID>::new(2, 36, true);
+    let limit = f.mmu.geometry().gfn_limit();
+    assert_eq!(f.try_map(2, 0, 1, true), Err(MapError::BadRoot));
+    assert_eq!(f.try_map(0, limit, 1, true), Err(MapError::BadGfn));
+    assert_eq!(f.try_map(0, u64::MAX, 1, true), Err(MapError::BadGfn));
+    assert_eq!(f.try_map(0, 0, 1 << 36, true), Err(MapError::BadPfn));
+    for level in [MapLevel::L2M, MapLevel::L1G] {
+        assert_eq!(f.try_map_at(0, 0, 0, true, level), Err(MapError::BadLevel));
+    }
+    // An empty cache: NeedTopup before anything.
+    let mut empty = TableCache::<HostPages<ID>>::new();
+    let r = f.mmu.map(0, 5, 5, true, MapLevel::L4K, &mut empty, &|| ());
+    assert_eq!(r, Err(MapError::NeedTopup));
+    assert_eq!(f.mmu.stats().leaves, 0);
+    assert_eq!(f.mmu.table_pages(), 2, "nothing linked");
+    assert_eq!(f.mmu.eagain(), 0);
+    // One level below the start is enough at 36 bits (3 levels): 2 tables.
+    assert_eq!(f.mmu.map_min_tables(), 2);
+    teardown(f);
+}
+
+#[test]
+fn relax_permissions_in_place() {
+    const ID: usize = 23;
+    let f = Fixture::<ID>::new(1, 40, false);
+    let gfn = 0x1234;
+    let o = f.map(0, gfn, 0x42, false);
+    assert_eq!(o.action, MapAction::Installed);
+    let (slot, ro, _) = f.mmu.leaf(0, gfn).unwrap();
+    assert_eq!(f.translate(0, gfn, true), Err(WalkFault::WriteProtected));
+
+    // RO -> RW: the same entry, only W added.
+    assert_eq!(f.map(0, gfn, 0x42, true).action, MapAction::Upgraded);
+    let (again, rw, _) = f.mmu.leaf(0, gfn).unwrap();
+    assert!(std::ptr::eq(slot, again));
+    assert_eq!(rw, pte::mkwrite(ro));
+    assert!(f.translate(0, gfn, true).unwrap().dirty);
+    // Never takes W away, and has nothing to do.
+    assert_eq!(f.map(0, gfn, 0x42, false).action, MapAction::Unchanged);
+    assert_eq!(f.map(0, gfn, 0x42, true).action, MapAction::Unchanged);
+    assert_eq!(f.pte(0, gfn), rw);
+
+    // An old leaf made young by the map (the access-flag fault done by a full fault).
+    let r = f.mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Clear);
+    assert_eq!((r.young, r.cleared), (true, 1));
+    assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
+    assert_eq!(f.map(0, gfn, 0x42, false).action, MapAction::Restored);
+    assert_eq!(f.pte(0, gfn), rw);
+    // Old and read-only: a writable map both upgrades and sets AF.
+    let gfn2 = gfn + 1;
+    f.map(0, gfn2, 0x43, false);
+    f.mmu.age_gfn_range(gfn2, gfn2 + 1, AgeOp::Clear);
+    assert_eq!(f.map(0, gfn2, 0x43, true).action, MapAction::Upgraded);
+    assert_eq!(f.pte(0, gfn2), pte::make_leaf(0x43, LAST_LEVEL, true));
+
+    assert_eq!(f.flushes.get(), 0, "relaxing never flushes");
+    assert_eq!(f.mmu.stats().zapped, 0);
+    assert_eq!(f.mmu.stats().leaves, 2);
+    teardown(f);
+}
+
+#[test]
+fn stale_leaf_replaced_with_break_before_make() {
+    const ID: usize = 24;
+    let f = Fixture::<ID>::new(2, 40, true);
+    let gfn = 0x777;
+    f.map(0, gfn, pfn_of(gfn), true);
+    f.map(1, gfn, pfn_of(gfn), false);
+    assert_eq!(f.flushes.get(), 0);
+
+    let o = f.map(0, gfn, alt_of(gfn), false);
+    assert_eq!(o.action, MapAction::Replaced);
+    assert!(o.needs_flush());
+    assert_eq!(f.flushes.get(), 1, "one flush between break and make");
+    assert_eq!(
+        HostPages::<ID>::take_dirty(),
+        vec![pfn_of(gfn)],
+        "writable = dirty"
+    );
+    let t = f.translate(0, gfn, false).unwrap();
+    assert_eq!((t.pfn, t.writable), (alt_of(gfn), false));
+    // The other root is its own address space.
+    assert_eq!(f.translate(1, gfn, false).unwrap().pfn, pfn_of(gfn));
+
+    // A read-only old leaf: flushed too, but not dirty.
+    let o = f.map(1, gfn, alt_of(gfn), true);
+    assert_eq!(o.action, MapAction::Replaced);
+    assert_eq!(f.flushes.get(), 2);
+    assert!(HostPages::<ID>::take_dirty().is_empty());
+
+    let s = f.mmu.stats();
+    assert_eq!((s.leaves, s.zapped, s.dirty), (2, 2, 1));
+    assert_eq!(f.mmu.leaves(), 2);
+    teardown(f);
+}
+
+#[test]
+fn locked_entries_make_maps_back_off() {
+    const ID: usize = 25;
+    let f = Fixture::<ID>::new(1, 40, false);
+    let gfn = 0x4_0000 + 9;
+    f.map(0, gfn, 0x99, true);
+    let (slot, old, _) = f.mmu.leaf(0, gfn).unwrap();
+    // Another walker's break-before-make in progress.
+    slot.store(pte::LOCKED, Ordering::Relaxed);
+
+    for pfn in [0x99, 0x100] {
+        for writable in [false, true] {
+            assert_eq!(f.try_map(0, gfn, pfn, writable), Err(MapError::Again));
+            assert_eq!(
+                slot.load(Ordering::Relaxed),
+                pte::LOCKED,
+                "never taken over"
+            );
+        }
+    }
+    assert_eq!(f.mmu.eagain(), 4);
+    assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
+    assert_eq!(f.mmu.snapshot(0, gfn), 0);
+    assert!(!f.mmu.mkyoung(0, gfn, false));
+    let r = f.mmu.age_gfn_range(0, 1 << 20, AgeOp::Clear);
+    assert_eq!(
+        (r.young, r.visited),
+        (false, 0),
+        "locked entries are skipped"
+    );
+    assert_eq!(f.flushes.get(), 0);
+    // The owner makes the new entry; maps go on.
+    pte::make(slot, old);
+    assert_eq!(f.map(0, gfn, 0x99, true).action, MapAction::Unchanged);
+
+    // A locked entry above the leaf level (a block being broken, later): maps under it back
+    // off too, and link nothing.
+    let far = 0x20_0000;
+    let (upper, v, level) = f.mmu.entry(0, far).unwrap();
+    assert_eq!((v, level), (0, f.mmu.geometry().start_level));
+    upper.store(pte::LOCKED, Ordering::Relaxed);
+    let before = f.mmu.table_pages();
+    assert_eq!(f.try_map(0, far, 0x5, false), Err(MapError::Again));
+    assert_eq!(f.mmu.table_pages(), before);
+    assert_eq!(f.mmu.eagain(), 5);
+    upper.store(0, Ordering::Relaxed);
+    assert_eq!(f.map(0, far, 0x5, false).new_tables, 2);
+    teardown(f);
+}
+
+#[test]
+fn stale_compare_exchanges_fail() {
+    const ID: usize = 26;
+    let f = Fixture::<ID>::new(1, 36, true);
+    // A race lost between a walker's load and its compare-exchange, staged from one thread: a
+    // leaf installed from a stale "empty" value fails, and so does a relax from a stale leaf.
+    f.map(0, 3, 0x30, false);
+    let (slot, v, _) = f.mmu.leaf(0, 3).unwrap();
+    assert_eq!(pte::try_set(slot, 0, pte::make_leaf(0x31, 3, true)), Err(v));
+    assert!(pte::try_set(slot, pte::mkold(v), pte::mkwrite(v)).is_err());
+    assert_eq!(f.pte(0, 3), v);
+    teardown(f);
+}
+
+#[test]
+fn mkyoung_is_the_access_flag_fault() {
+    const ID: usize = 27;
+    let f = Fixture::<ID>::new(1, 40, false);
+    f.map(0, 10, 0x10, false);
+    f.map(0, 11, 0x11, true);
+    assert!(!f.mmu.mkyoung(0, 12, false), "nothing mapped");
+    assert!(!f.mmu.mkyoung(1, 10, false), "no such root");
+
+    let r = f.mmu.age_gfn_range(10, 12, AgeOp::ClearFlush);
+    assert_eq!((r.young, r.cleared, r.visited), (true, 2, 2));
+    assert!(r.needs_flush());
+    for gfn in [10, 11] {
+        // Without hardware AF, an old leaf faults for reads and writes alike, before any
+        // permission check.
+        assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
+        assert_eq!(f.translate(0, gfn, true), Err(WalkFault::NotPresent));
+        assert_eq!(f.mmu.snapshot(0, gfn) & SNAP_ACCESSED, 0);
+    }
+    // A write to the read-only leaf needs the full fault path.
+    assert!(!f.mmu.mkyoung(0, 10, true));
+    assert!(!pte::is_young(f.pte(0, 10)));
+    assert!(f.mmu.mkyoung(0, 10, false));
+    assert!(f.mmu.mkyoung(0, 11, true));
+    assert!(f.mmu.mkyoung(0, 11, true), "already young");
+    assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
+    assert_eq!(f.translate(0, 11, true).unwrap().pfn, 0x11);
+    assert_eq!(f.pte(0, 11), pte::make_leaf(0x11, 3, true));
+    teardown(f);
+}
+
+#[test]
+fn hardware_af_sets_the_flag_on_access() {
+    const ID: usize = 28;
+    let f = Fixture::<ID>::new(1, 40, true);
+    f.map(0, 10, 0x10, false);
+    f.mmu.age_gfn_range(0, 100, AgeOp::Clear);
+    assert!(!pte::is_young(f.pte(0, 10)));
+    // A permission fault does not set AF.
+    assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
+    assert!(!pte::is_young(f.pte(0, 10)));
+    assert_eq!(f.translate(0, 10, false).unwrap().pfn, 0x10);
+    assert!(pte::is_young(f.pte(0, 10)));
+    assert_eq!(f.mmu.snapshot(0, 10), SNAP_PRESENT | SNAP_ACCESSED);
+    teardown(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aging.
+
+#[test]
+fn aging_test_clear_and_ranges() {
+    const ID: usize = 29;
+    let f = Fixture::<ID>::new(3, 44, true);
+    // Sparse: a gfn every 100 across several leaf tables, in roots 0 and 2.
+    let gfns: Vec<u64> = (0..50).map(|i| 0x10_0000 + 100 * i).collect();
+    for root in [0, 2] {
+        for &gfn in &gfns {
+            f.map(root, gfn, pfn_of(gfn), gfn % 200 == 0);
+        }
+    }
+    let (start, end) = (gfns[0], gfns[49] + 1);
+
+    // Test: young, stops at the first, changes nothing.
+    let before: Vec<u64> = gfns.iter().map(|&g| f.pte(0, g)).collect();
+    let r = f.mmu.age_gfn_range(start, end, AgeOp::Test);
+    assert!(r.young && r.done());
+    assert_eq!((r.visited, r.cleared), (1, 0));
+    assert_eq!(
+        gfns.iter().map(|&g| f.pte(0, g)).collect::<Vec<_>>(),
+        before
+    );
+
+    // Clear a sub-range: exactly its leaves in both roots.
+    let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Clear);
+    assert_eq!(
+        (r.young, r.cleared, r.visited, r.lost_races),
+        (true, 20, 20, 0)
+    );
+    assert!(!r.needs_flush(), "clear_young does not flush");
+    for (i, &g) in gfns.iter().enumerate() {
+        for root in [0, 2] {
+            assert_eq!(pte::is_young(f.pte(root, g)), !(10..20).contains(&i), "{i}");
+        }
+    }
+    // Nothing young left there: test and clear say old.
+    let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Test);
+    assert_eq!((r.young, r.visited), (false, 20));
+    let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Clear);
+    assert_eq!((r.young, r.cleared), (false, 0));
+    // Clear-flush the whole range.
+    let r = f.mmu.age_gfn_range(0, u64::MAX, AgeOp::ClearFlush);
+    assert_eq!((r.young, r.cleared, r.visited), (true, 80, 100));
+    assert!(r.needs_flush());
+    // Aging never takes permissions or reports dirty pages: writable is dirty (I4).
+    for &g in &gfns {
+        assert_eq!(pte::is_writable(f.pte(0, g)), g % 200 == 0);
+    }
+    assert_eq!(r.dirty + r.write_protected, 0);
+    assert!(HostPages::<ID>::take_dirty().is_empty());
+    assert_eq!(f.mmu.eagain(), 0);
+    // Empty ranges.
+    assert!(!f.mmu.age_gfn_range(5, 5, AgeOp::Test).young);
+    assert_eq!(f.mmu.age_gfn_range(0, 0x10_0000, AgeOp::Clear).visited, 0);
+    teardown(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zaps.
+
+#[test]
+fn zap_range_reports_exactly_the_dirty_pages() {
+    const ID: usize = 30;
+    let mut f = Fixture::<ID>::new(4, 40, true);
+    let n = 2000;
+    for root in 0..4 {
+        for gfn in 0..n {
+            f.map(root, gfn, pfn_of(gfn), gfn % 3 != 0);
+        }
+    }
+    let (start, end) = (500, 1500);
+    let p = f.zap(start, end);
+    assert_eq!(p.zapped, 4 * (end - start));
+    let dirty_expect: u64 = (start..end).filter(|g| g % 3 != 0).count() as u64;
+    assert_eq!(p.dirty, 4 * dirty_expect);
+    assert!(p.needs_flush());
+    let dirty = HostPages::<ID>::take_dirty();
+    assert_eq!(dirty.len() as u64, 4 * dirty_expect);
+    let set: BTreeSet<u64> = dirty.into_iter().collect();
+    let expect: BTreeSet<u64> = (start..end).filter(|g| g % 3 != 0).map(pfn_of).collect();
+    assert_eq!(set, expect);
+    for root in 0..4 {
+        for gfn in [0, start - 1, end, n - 1] {
+            assert!(f.translate(root, gfn, false).is_ok(), "{root} {gfn}");
+        }
+        for gfn in [start, end - 1, (start + end) / 2] {
+            assert_eq!(f.translate(root, gfn, false), Err(WalkFault::NotPresent));
+        }
+    }
+    let s = f.mmu.stats();
+    assert_eq!((s.leaves, s.zapped), (4 * (n - 1000), 4000));
+    // Zapping again finds nothing.
+    assert_eq!(f.zap(start, end).zapped, 0);
+    // And the tables stay, so the same gfns map again without new tables.
+    assert_eq!(f.map(0, start, 1, true).new_tables, 0);
+    teardown(f);
+}
+
+#[test]
+fn zap_resumes_where_it_stopped() {
+    const ID: usize = 31;
+    let mut f = Fixture::<ID>::new(2, 48, true);
+    // Spread over the whole space: dense runs, lone gfns and huge empty stretches between.
+    let limit = f.mmu.geometry().gfn_limit();
+    let mut gfns: Vec<u64> = (0..300).collect();
+    gfns.extend((0..40).map(|i| (limit / 40) * i + 7));
+    gfns.extend(limit - 100..limit);
+    gfns.sort();
+    gfns.dedup();
+    for &gfn in &gfns {
+        f.map(gfn as usize % 2, gfn, pfn_of(gfn), true);
+    }
+    let total = gfns.len() as u64;
+
+    // Asked to stop at every poll: each step still makes progress, and never goes past the end.
+    let mut cursor = ZapCursor::new(0);
+    let (mut zapped, mut steps, mut polls) = (0, 0, 0);
+    let mut last = 0;
+    loop {
+        let p = f.mmu.zap_gfn_range_step(&mut cursor, limit, &mut || {
+            polls += 1;
+            true
+        });
+        steps += 1;
+        zapped += p.zapped;
+        assert!(p.done || cursor.gfn() > last, "no progress at {last:#x}");
+        assert_eq!(cursor.level(), MapLevel::L4K, "only the 4K level is used");
+        // Everything below the cursor is gone in every root.
+        for &g in gfns.iter().filter(|&&g| g < cursor.gfn()) {
+            assert_eq!(
+                f.mmu.snapshot(g as usize % 2, g),
+                0,
+                "gfn {g:#x} below the cursor"
+            );
+        }
+        last = cursor.gfn();
+        if p.done {
+            assert!(cursor.is_done());
+            break;
+        }
+        assert!(steps < 100_000);
+    }
+    assert_eq!(zapped, total);
+    assert_eq!(polls + 1, steps);
+    // At most a batch (or a scan budget) per step: the 300 dense gfns took several steps.
+    assert!(steps >= 300 / 32, "{steps} steps");
+    // The empty stretches were skipped a subtree at a time, not gfn by gfn.
+    assert!(steps < 2000, "{steps} steps");
+    assert_eq!(HostPages::<ID>::take_dirty().len() as u64, total);
+
+    // A zap that is never asked to stop is one step; an empty or inverted range does nothing.
+    let mut c = ZapCursor::new(100);
+    let p = f.mmu.zap_gfn_range_step(&mut c, 50, &mut || true);
+    assert!(p.done && p.zapped == 0 && c.is_done());
+    teardown(f);
+}
+
+#[test]
+fn zap_all_then_drop_frees_every_table() {
+    const ID: usize = 32;
+    let mut f = Fixture::<ID>::new(MAX_ROOTS, 34, false);
+    let pgd = f.mmu.table_pages();
+    assert_eq!(pgd, MAX_ROOTS as u64 * 16);
+    for root in 0..MAX_ROOTS {
+        for gfn in [0, 1 << 10, 1 << 20, (1 << 22) - 1] {
+            f.map(root, gfn, pfn_of(gfn), root % 2 == 0);
+        }
+    }
+    assert_eq!(f.mmu.zap_all(), 4 * MAX_ROOTS as u64);
+    assert_eq!(f.mmu.stats().dirty, 4 * MAX_ROOTS as u64 / 2);
+    assert!(f.mmu.table_pages() > pgd, "tables stay until the drop");
+    // Leaves still mapped at drop are zapped (and reported dirty) by it.
+    f.map(3, 77, 0x77, true);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+    assert_eq!(HostPages::<ID>::take_dirty(), vec![0x77]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks: not installed by map() yet, but every other path handles them.
+
+#[test]
+fn blocks_walk_age_zap_and_break() {
+    const ID: usize = 33;
+    let mut f = Fixture::<ID>::new(1, 40, true);
+    // A 4K map links the level-2 table of the first 1G, and the level-3 table of the first 2M.
+    f.map(0, 0, 0x1, false);
+    // 2M block at gfn 0x400 (the third 2M of the first 1G).
+    let (bgfn, bpfn) = (0x400, 0x20_0000);
+    assert!(
+        !f.mmu
+            .install_test_block(0, bgfn, bpfn + 1, MapLevel::L2M, true),
+        "unaligned"
+    );
+    assert!(f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true));
+    assert!(
+        !f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true),
+        "not empty"
+    );
+
+    let t = f.translate(0, bgfn + 0x123, true).unwrap();
+    assert_eq!(
+        t,
+        Translation {
+            pfn: bpfn + 0x123,
+            level: MapLevel::L2M,
+            writable: true,
+            dirty: true
+        }
+    );
+    let snap = f.mmu.snapshot(0, bgfn + 511);
+    assert_eq!(snap >> SNAP_LEVEL_SHIFT, MapLevel::L2M as u8);
+    assert_eq!(
+        snap & 0xf,
+        SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY
+    );
+    assert_eq!(f.mmu.snapshot(0, bgfn + 512), 0);
+
+    // Aging a range that only overlaps the block's tail still sees it.
+    let r = f.mmu.age_gfn_range(bgfn + 500, bgfn + 501, AgeOp::Clear);
+    assert_eq!((r.cleared, r.visited), (1, 1));
+    assert_eq!(
+        f.translate(0, bgfn, false).unwrap().level,
+        MapLevel::L2M,
+        "hw AF"
+    );
+
+    // A 4K map inside the block breaks it into an empty table: one flush, dirty reported.
+    let o = f.map(0, bgfn + 5, 0x55, false);
+    assert_eq!((o.action, o.new_tables), (MapAction::Installed, 1));
+    assert_eq!(f.flushes.get(), 1);
+    assert_eq!(HostPages::<ID>::take_dirty(), vec![bpfn]);
+    assert_eq!(f.translate(0, bgfn + 5, false).unwrap().pfn, 0x55);
+    assert_eq!(f.translate(0, bgfn + 6, false), Err(WalkFault::NotPresent));
+
+    // A zap of a range overlapping a block's head zaps the block whole.
+    let b2 = 0x800;
+    assert!(f
+        .mmu
+        .install_test_block(0, b2, 0x40_0000, MapLevel::L2M, false));
+    let p = f.zap(b2 + 511, b2 + 512);
+    assert_eq!((p.zapped, p.dirty), (1, 0));
+    assert_eq!(f.mmu.snapshot(0, b2), 0);
+    let s = f.mmu.stats();
+    assert_eq!((s.leaves, s.zapped, s.dirty), (2, 2, 1));
+    teardown(f);
+}
+
+#[test]
+fn table_cache_put_back() {
+    const ID: usize = 34;
+    let mut c = TableCache::<HostPages<ID>>::new();
+    c.topup(1).unwrap();
+    assert_eq!(c.len(), TABLE_CACHE_CAPACITY);
+    let pfn = c.take().unwrap();
+    // SAFETY: just taken, never used.
+    unsafe { c.put_back(pfn) };
+    assert_eq!(c.len(), TABLE_CACHE_CAPACITY);
+    // Full: the page goes back to the allocator.
+    let extra = <HostPages<ID> as PageOps>::alloc_table().unwrap();
+    // SAFETY: fresh, zeroed, ours.
+    unsafe { c.put_back(extra) };
+    assert_eq!(c.len(), TABLE_CACHE_CAPACITY);
+    assert_eq!(HostPages::<ID>::frees(), 1);
+    drop(c);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stress: parallel faults under the read lock.
+
+/// What the faulting threads did, summed.
+#[derive(Default)]
+struct Tally {
+    installed: StdAtomicU64,
+    replaced: StdAtomicU64,
+    relaxed: StdAtomicU64,
+    again: StdAtomicU64,
+    new_tables: StdAtomicU64,
+    mkyoung: StdAtomicU64,
+    flushes: StdAtomicU64,
+    translations: StdAtomicU64,
+}
+
+impl Tally {
+    fn add(c: &StdAtomicU64, n: u64) {
+        c.fetch_add(n, StdOrdering::Relaxed);
+    }
+
+    fn get(c: &StdAtomicU64) -> u64 {
+        c.load(StdOrdering::Relaxed)
+    }
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const STRESS_THREADS: usize = 3;
+const STRESS_ROUNDS: u64 = 24;
+/// gfns per round: three leaf tables' worth, plus a bit of a fourth.
+const STRESS_GFNS: u64 = 3 * 512 + 64;
+const STRESS_ROOTS: usize = 2;
+
+/// The gfn region of `round`: a 1G region never mapped before, so every table below the start
+/// level must be linked by the racing faults.
+fn stress_base(round: u64) -> u64 {
+    (round + 1) << 18
+}
+
+/// Resolves an access to `gfn` in `root` as a vCPU would: translate, and on a fault take the
+/// read lock and map (or mkyoung) until the translation works.  Returns the pfn translated.
+fn fault_in<const ID: usize>(
+    lock: &RwLock<S2Mmu<HostPages<ID>>>,
+    tables: &mut TableCache<HostPages<ID>>,
+    tally: &Tally,
+    root: usize,
+    gfn: u64,
+    pfn: u64,
+    write: bool,
+) -> u64 {
+    let flush = || Tally::add(&tally.flushes, 1);
+    loop {
+        // Top up before taking the (spinning, in the kernel) lock.
+        tables.topup(MAP_MIN_TABLES).unwrap();
+        let mmu = lock.read().unwrap();
+        let r = mmu.root(root).unwrap();
+        // SAFETY: the read guard keeps the MMU alive for the call.
+        let t = unsafe { translate::<HostPages<ID>>(r, gfn, write, mmu.hw_af()) };
+        match t {
+            Ok(t) => {
+                Tally::add(&tally.translations, 1);
+                assert!(!write || (t.writable && t.dirty));
+                return t.pfn;
+            }
+            Err(WalkFault::NotPresent) if mmu.mkyoung(root, gfn, write) => {
+                Tally::add(&tally.mkyoung, 1);
+            }
+            Err(_) => match mmu.map(root, gfn, pfn, write, MapLevel::L4K, tables, &flush) {
+                Ok(o) => {
+                    Tally::add(&tally.new_tables, o.new_tables as u64);
+                    let c = match o.action {
+                        MapAction::Installed => &tally.installed,
+                        MapAction::Replaced => &tally.replaced,
+                        MapAction::Upgraded | MapAction::Restored | MapAction::Unchanged => {
+                            &tally.relaxed
+                        }
+                    };
+                    Tally::add(c, 1);
+                }
+                Err(MapError::Again) => Tally::add(&tally.again, 1),
+                Err(e) => panic!("map of gfn {gfn:#x}: {e:?}"),
+            },
+        }
+    }
+}
+
+fn stress<const ID: usize>(hw_af: bool) {
+    let lock = RwLock::new(S2Mmu::<HostPages<ID>>::new(STRESS_ROOTS, 40, hw_af).unwrap());
+    let pgd_tables = lock.read().unwrap().table_pages();
+    let tally = Tally::default();
+    let stop_aging = AtomicBool::new(false);
+    let aged = StdAtomicU64::new(0);
+    let lost_races = StdAtomicU64::new(0);
+    // Remapped rounds: every gfn is then remapped to `alt_of()`, racing break-before-makes.
+    let remap = |round: u64| round % 3 == 2;
+
+    for round in 0..STRESS_ROUNDS {
+        let base = stress_base(round);
+        // Between the faulting and the remapping phases of a round.
+        let phase = Barrier::new(STRESS_THREADS);
+        let (start, end) = (base, base + STRESS_GFNS);
+        thread::scope(|s| {
+            // The ager: all three operations, over the round's region, under the read lock.
+            s.spawn(|| {
+                let mut rng = Rng(0x9e37_79b9 + round);
+                while !stop_aging.load(StdOrdering::Relaxed) {
+                    let op =
+                        [AgeOp::Test, AgeOp::Clear, AgeOp::ClearFlush][rng.next() as usize % 3];
+                    let a = start + rng.next() % STRESS_GFNS;
+                    let b = (a + 1 + rng.next() % 700).min(end);
+                    let r = lock.read().unwrap().age_gfn_range(a, b, op);
+                    Tally::add(&aged, r.cleared);
+                    Tally::add(&lost_races, r.lost_races);
+                    assert!(op != AgeOp::Test || r.cleared == 0);
+                    thread::yield_now();
+                }
+            });
+            let faulters: Vec<_> = (0..STRESS_THREADS)
+                .map(|t| {
+                    let (lock, tally, phase) = (&lock, &tally, &phase);
+                    s.spawn(move || {
+                        let mut tables = TableCache::<HostPages<ID>>::new();
+                        let mut rng = Rng(0x1234_5678 + (round << 8) + t as u64);
+                        // Every thread faults every gfn of every root, in its own order: the
+                        // same gfns, hence the same tables and leaves, concurrently.
+                        let mut order: Vec<(usize, u64)> = (0..STRESS_ROOTS)
+                            .flat_map(|root| (start..end).map(move |g| (root, g)))
+                            .collect();
+                        match t % 3 {
+                            0 => {}
+                            1 => order.reverse(),
+                            _ => {
+                                for i in (1..order.len()).rev() {
+                                    order.swap(i, rng.next() as usize % (i + 1));
+                                }
+                            }
+                        }
+                        for &(root, gfn) in &order {
+                            let write = (gfn + t as u64).is_multiple_of(4);
+                            let got =
+                                fault_in(lock, &mut tables, tally, root, gfn, pfn_of(gfn), write);
+                            assert_eq!(got, pfn_of(gfn), "thread {t} gfn {gfn:#x}");
+                        }
+                        phase.wait();
+                        if remap(round) {
+                            // The primary remapped every page: stale leaves are replaced by
+                            // break-before-make, racing each other.
+                            for &(root, gfn) in &order {
+                                let write = rng.next().is_multiple_of(2);
+                                let mut got = 0;
+                                while got != alt_of(gfn) {
+                                    // Map unconditionally, as a fault after an invalidation does.
+                                    tables.topup(MAP_MIN_TABLES).unwrap();
+                                    let mmu = lock.read().unwrap();
+                                    let flush = || Tally::add(&tally.flushes, 1);
+                                    match mmu.map(
+                                        root,
+                                        gfn,
+                                        alt_of(gfn),
+                                        write,
+                                        MapLevel::L4K,
+                                        &mut tables,
+                                        &flush,
+                                    ) {
+                                        Ok(o) if o.action == MapAction::Replaced => {
+                                            Tally::add(&tally.replaced, 1)
+                                        }
+                                        Ok(_) => Tally::add(&tally.relaxed, 1),
+                                        Err(MapError::Again) => Tally::add(&tally.again, 1),
+                                        Err(e) => panic!("remap of gfn {gfn:#x}: {e:?}"),
+                                    }
+                                    drop(mmu);
+                                    got = fault_in(
+                                        lock,
+                                        &mut tables,
+                                        tally,
+                                        root,
+                                        gfn,
+                                        alt_of(gfn),
+                                        false,
+                                    );
+                                    assert!(
+                                        got == alt_of(gfn) || got == pfn_of(gfn),
+                                        "gfn {gfn:#x}: {got:#x}"
+                                    );
+                                }
+                            }
+                        }
+                        // `tables` is dropped here: its pages, given back ones included, freed.
+                    })
+                })
+                .collect();
+            for h in faulters {
+                h.join().unwrap();
+            }
+            stop_aging.store(true, StdOrdering::Relaxed);
+        });
+        stop_aging.store(false, StdOrdering::Relaxed);
+
+        // Between rounds, the write side: check, then zap the round's region.
+        let mut mmu = lock.write().unwrap();
+        let want = if remap(round) { alt_of } else { pfn_of };
+        for root in 0..STRESS_ROOTS {
+            for gfn in start..end {
+                let (_, v, level) = mmu.leaf(root, gfn).unwrap();
+                assert_eq!(
+                    (pte::pfn(v), level),
+                    (want(gfn), MapLevel::L4K),
+                    "gfn {gfn:#x}"
+                );
+            }
+        }
+        let mut cursor = ZapCursor::new(start);
+        let p = mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
+        assert_eq!(p.zapped, STRESS_ROOTS as u64 * STRESS_GFNS);
+        assert_eq!(mmu.stats().leaves, 0);
+    }
+
+    let mmu = lock.into_inner().unwrap();
+    let installed = Tally::get(&tally.installed);
+    let replaced = Tally::get(&tally.replaced);
+    let remapped_rounds = (0..STRESS_ROUNDS).filter(|&r| remap(r)).count() as u64;
+    // Exactly one install per leaf per round, and one replace per leaf per remapped round:
+    // every other racer backed off (Again) or found the winner's leaf.
+    let leaves_per_round = STRESS_ROOTS as u64 * STRESS_GFNS;
+    assert_eq!(installed, STRESS_ROUNDS * leaves_per_round);
+    assert_eq!(replaced, remapped_rounds * leaves_per_round);
+    // One flush per break-before-make of a valid leaf, none for installs.
+    assert_eq!(Tally::get(&tally.flushes), replaced);
+    // Exactly the tables needed were linked: per root and round one level-2 table and four
+    // leaf tables; every loser gave its page back.
+    assert_eq!(
+        Tally::get(&tally.new_tables),
+        STRESS_ROUNDS * STRESS_ROOTS as u64 * 5
+    );
+    let s = mmu.stats();
+    assert_eq!(s.table_pages(), pgd_tables + Tally::get(&tally.new_tables));
+    assert_eq!(s.zapped, installed + replaced);
+    eprintln!(
+        "s2 stress (hw_af {hw_af}): {installed} installed, {replaced} replaced, {} relaxed, {} \
+         mkyoung, {} Again, {} translations, {} aged, {} aging races lost, eagain {}",
+        Tally::get(&tally.relaxed),
+        Tally::get(&tally.mkyoung),
+        Tally::get(&tally.again),
+        Tally::get(&tally.translations),
+        Tally::get(&aged),
+        Tally::get(&lost_races),
+        mmu.eagain(),
+    );
+    assert_eq!(
+        mmu.eagain(),
+        Tally::get(&tally.again) + Tally::get(&lost_races)
+    );
+    drop(mmu);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
+}
+
+#[test]
+fn stress_parallel_faults_hw_af() {
+    stress::<35>(true);
+}
+
+#[test]
+fn stress_parallel_faults_no_hw_af() {
+    stress::<36>(false);
+}

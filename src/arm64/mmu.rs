@@ -103,8 +103,8 @@ pub(crate) const MAP_MIN_TABLES: usize = (pte::MAX_LEVELS - 1) as usize;
 /// gfns a zap clears in every root between two polls of its `should_stop`.  A power of two.
 const ZAP_BATCH: u64 = 32;
 
-/// Table entries a zap may scan looking for the next mapped gfn between two polls of its
-/// `should_stop` (empty tables are never freed, I1, so scanning them is not free).
+/// Table entries a zap may scan in each root looking for the next mapped gfn between two polls
+/// of its `should_stop` (empty tables are never freed, I1, so scanning them is not free).
 const ZAP_SCAN_BUDGET: u64 = 512;
 
 /// The level of the entries of leaves that map `level`.
@@ -760,7 +760,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// block overlapping the range is zapped whole).
     ///
     /// In gfn order: skips the gfns no root maps (whole empty subtrees at a time, scanning at
-    /// most [`ZAP_SCAN_BUDGET`] entries), then clears the leaves of the next [`ZAP_BATCH`] gfns
+    /// most [`ZAP_SCAN_BUDGET`] entries per root), then clears the leaves of the next [`ZAP_BATCH`] gfns
     /// in every root, marking the pages of writable leaves dirty (I4); polls `should_stop` after
     /// each such round, and returns with the cursor where to resume when it says so.  Everything
     /// below the cursor is zapped in every root.
@@ -1051,7 +1051,8 @@ unsafe fn first_mapped_in<P: PageOps>(
         let v = ptep.load(Ordering::Acquire);
         if pte::is_table(v, level) {
             // SAFETY: linked by a valid table entry of the MMU (I1).
-            let found = unsafe { first_mapped_in::<P>(pte::pfn(v), level + 1, gfn, from, limit, budget) };
+            let found =
+                unsafe { first_mapped_in::<P>(pte::pfn(v), level + 1, gfn, from, limit, budget) };
             if found.is_some() {
                 return found;
             }
