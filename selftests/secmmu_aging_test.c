@@ -126,12 +126,15 @@ FIXTURE_VARIANT(aging) {
 FIXTURE_VARIANT_ADD(aging, x86_ad) {
 	.format = SECMMU_FMT_X86_EPT4, .cfg_flags = 0
 };
+
 FIXTURE_VARIANT_ADD(aging, x86_no_ad) {
 	.format = SECMMU_FMT_X86_EPT4, .cfg_flags = SECMMU_CFG_NO_AD
 };
+
 FIXTURE_VARIANT_ADD(aging, arm64_ad) {
 	.format = SECMMU_FMT_ARM64_S2, .cfg_flags = 0
 };
+
 FIXTURE_VARIANT_ADD(aging, arm64_no_ad) {
 	.format = SECMMU_FMT_ARM64_S2, .cfg_flags = SECMMU_CFG_NO_AD
 };

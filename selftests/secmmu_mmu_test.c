@@ -170,9 +170,8 @@ TEST_F(fmt, memslot_validation)
 	cfg.ia_bits = 49;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	cfg.ia_bits = 40;
-	if (!arm64) {
+	if (!arm64)
 		EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
-	}
 	cfg.ia_bits = arm64 ? 40 : 0;
 	cfg.reserved[3] = 1;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));

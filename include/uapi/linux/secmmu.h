@@ -56,12 +56,10 @@ struct secmmu_stats {
 	__u64 rmap_contention;		/* rmap bit locks an ager spun on */
 	__u64 aging_lost_races;		/* SPTEs changed under aging (young) */
 	__u64 access_restores;		/* access-tracked SPTEs restored, no GUP */
-	__u64 fault_eagain;		/* faults that backed off on a locked or
-					 * changed entry (-EAGAIN) and retried */
+	__u64 fault_eagain;		/* faults backed off (-EAGAIN), retried */
 	__u64 access_flag_faults;	/* AF set by an access-flag fault, no GUP */
 	__u64 bbm;			/* break-before-make sequences */
-	__u64 module_table_pages;	/* table pages the whole module holds now,
-					 * every space and cache included */
+	__u64 module_table_pages;	/* table pages of the module, all spaces */
 	__u64 reserved[6];
 };
 
@@ -82,8 +80,7 @@ struct secmmu_config {
 	__u32 flags;		/* SECMMU_CFG_* */
 	__u32 format;		/* SECMMU_FMT_* */
 	__u32 nr_roots;		/* 1..SECMMU_MAX_ROOTS */
-	__u32 ia_bits;		/* guest-physical bits: 0 = the format's
-				 * default (48); x86: 48; arm64: 32..48 */
+	__u32 ia_bits;		/* guest-physical bits, 0: 48; arm64: 32..48 */
 	__u64 reserved[4];
 };
 
