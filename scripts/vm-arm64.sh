@@ -96,7 +96,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t debugfs debugfs /sys/kernel/debug
-mount -t tmpfs tmpfs /tmp
+# No tmpfs on /tmp: the initramfs is in memory already, and the clone (with
+# the files CMD needs) may live under /tmp on the host.
 echo "secmmu-init: running $cmd"
 cd /root
 $cmd

@@ -194,7 +194,11 @@ impl Space {
         let ia_bits = match (cfg.format, cfg.ia_bits) {
             (uapi::FMT_X86_EPT4 | uapi::FMT_ARM64_S2, 0) => uapi::IA_BITS_DEFAULT,
             (uapi::FMT_X86_EPT4, uapi::IA_BITS_DEFAULT) => uapi::IA_BITS_DEFAULT,
-            (uapi::FMT_ARM64_S2, b) if (uapi::IA_BITS_MIN_ARM64..=uapi::IA_BITS_DEFAULT).contains(&b) => b,
+            (uapi::FMT_ARM64_S2, b)
+                if (uapi::IA_BITS_MIN_ARM64..=uapi::IA_BITS_DEFAULT).contains(&b) =>
+            {
+                b
+            }
             _ => return Err(EINVAL),
         };
         let mut config = self.config.lock();

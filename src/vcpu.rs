@@ -339,8 +339,7 @@ impl Vcpu {
     /// by it.
     fn must_retry(&self, state: &MmuState, generation: u64, hva: u64, seq: u64) -> bool {
         let space = &self.space;
-        let stale =
-            state.slots.generation() != generation || state.inval.retry(hva as usize, seq);
+        let stale = state.slots.generation() != generation || state.inval.retry(hva as usize, seq);
         if stale {
             space.stats.fault_retries.inc();
         }
