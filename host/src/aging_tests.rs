@@ -838,3 +838,50 @@ fn stress_lockless_aging_against_maps_zaps_and_slot_changes() {
 fn stress_locked_aging_without_ad() {
     stress::<49>(false);
 }
+
+/// Per-call cost of aging one page at a time, as page_idle ages (one `clear_young` per page),
+/// lockless and locked, in the layout of `selftests/secmmu_aging_bench.c`: a 256 MiB slot and a
+/// 1 GiB slot, one root, every page of the second mapped and old.  A timing harness, not a test:
+/// `cargo test --release -- --ignored --nocapture aging_per_call_cost`.
+#[test]
+#[ignore]
+fn aging_per_call_cost() {
+    use std::time::Instant;
+    const ID: usize = 50;
+    const F_PAGES: u64 = 256 << 8;
+    const A_PAGES: u64 = 1 << 18;
+    let fs = slot(0, 0x10_0000, F_PAGES, HVA);
+    let a_hva = HVA + (1 << 40);
+    let asl = slot(1, 0x20_0000, A_PAGES, a_hva);
+    let mut f = Fixture::<ID>::new(1, true, &[fs, asl]);
+    for gfn in asl.base_gfn..asl.end_gfn() {
+        f.map(0, 1, gfn, true);
+    }
+    let pass = |f: &mut Fixture<ID>, locked: bool, base: u64| {
+        let t = Instant::now();
+        let mut young = 0;
+        for i in 0..A_PAGES {
+            let h = base + (i << PAGE_SHIFT);
+            let r = if locked {
+                f.mmu.age_hva_range_locked(h, h + 4096, AgeOp::Clear)
+            } else {
+                f.lockless(h, h + 4096, AgeOp::Clear)
+            };
+            young += u64::from(r.young);
+        }
+        (t.elapsed().as_nanos() as f64 / A_PAGES as f64, young)
+    };
+    for round in 0..3 {
+        for (name, locked, base) in [
+            ("lockless", false, a_hva),
+            ("locked", true, a_hva),
+            ("lockless, no slot", false, HVA + (1 << 44)),
+            ("locked, no slot", true, HVA + (1 << 44)),
+        ] {
+            let (ns, young) = pass(&mut f, locked, base);
+            println!("round {round} {name:18} {ns:6.1} ns/page, {young} young");
+        }
+    }
+    f.mmu.zap_all();
+    teardown(f);
+}
