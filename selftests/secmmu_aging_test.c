@@ -9,6 +9,10 @@
  * /sys/kernel/mm/page_idle/bitmap, the vCPUs touch their pages again, and
  * reading the bitmap back must find (almost) none of them idle, while
  * pages nobody touched stay idle. Sizes are chosen for TCG: 32 MiB.
+ *
+ * test_young_readonly checks that test_young never clears the accessed
+ * state, through SECMMU_TEST_YOUNG (the mm core's test_young is not
+ * exported, and its users, khugepaged and DAMON, do not report it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -228,6 +232,115 @@ TEST_F(aging, page_idle_tracking)
 	ASSERT_EQ(0, run_range(self->vcpus[0], SECMMU_RUN_VERIFY, GPA_BASE,
 			       GPA_BASE + REGION, PAGE_SZ, 0, &r));
 	EXPECT_EQ(0, r.mismatches);
+}
+
+/*
+ * Whether secmmu was loaded with aging_locked=1 (all aging under the MMU
+ * lock). 7.3 does not show Rust module parameters in sysfs: without the
+ * file, the default (lockless) is assumed, as scripts/test-all loads it.
+ */
+static int module_aging_locked(void)
+{
+	char c = 'N';
+	int fd = open("/sys/module/secmmu/parameters/aging_locked", O_RDONLY);
+
+	if (fd >= 0) {
+		if (read(fd, &c, 1) != 1)
+			c = 'N';
+		close(fd);
+	}
+	return c == 'Y' || c == '1';
+}
+
+/*
+ * test_young never clears the accessed state (D20): asked twice in a row,
+ * it answers the same, and the SPTE keeps its accessed bit. Pages the
+ * vCPUs wrote are young; after clear_young (page_idle) they are old, twice;
+ * a vCPU read makes them young again, twice. test_young is lockless in
+ * every mode (it only loads SPTEs) unless aging_locked=1.
+ */
+TEST_F(aging, test_young_readonly)
+{
+	enum { N = 64 };
+	const unsigned long calls = 2 * N, lockless = module_aging_locked() ? 0 : 2 * N;
+	struct secmmu_test_young bad = { .hva = (unsigned long)self->mem };
+	struct secmmu_stats s0, s1;
+	int idx[N], n = 0, i, k;
+	unsigned char snap;
+
+	/* The uAPI's validation. */
+	bad.hva += 1;
+	EXPECT_EQ(-1, ioctl(self->fd, SECMMU_TEST_YOUNG, &bad));
+	EXPECT_EQ(EINVAL, errno);
+	bad.hva = ~0UL << 12;
+	EXPECT_EQ(-1, ioctl(self->fd, SECMMU_TEST_YOUNG, &bad));
+	EXPECT_EQ(EINVAL, errno);
+	bad.hva = (unsigned long)self->mem;
+	bad.flags = 1;
+	EXPECT_EQ(-1, ioctl(self->fd, SECMMU_TEST_YOUNG, &bad));
+	EXPECT_EQ(EINVAL, errno);
+
+	/* Pages on the LRU: page_idle below clears only those. */
+	for (i = 0; i < (int)NPAGES && n < N; i += 61)
+		if (kpageflags < 0 || on_lru(kpageflags, self->pfns[i]))
+			idx[n++] = i;
+	ASSERT_EQ(N, n);
+
+	/* Written by the vCPUs in the fixture: young, and still young. */
+	s0 = get_stats(self->fd);
+	for (k = 0; k < N; k++) {
+		char *page = self->mem + idx[k] * PAGE_SZ;
+
+		ASSERT_EQ(1, test_young(self->fd, page));
+		ASSERT_EQ(1, test_young(self->fd, page));
+		ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE + idx[k] * PAGE_SZ, 1, &snap));
+		EXPECT_TRUE(snap & SECMMU_SNAP_ACCESSED);
+	}
+	s1 = get_stats(self->fd);
+	EXPECT_EQ(calls, s1.aging_calls - s0.aging_calls);
+	EXPECT_EQ(calls, s1.aging_young - s0.aging_young);
+	EXPECT_EQ(lockless, s1.aging_lockless - s0.aging_lockless);
+	EXPECT_EQ(0, s1.aging_cleared - s0.aging_cleared);
+
+	/* clear_young through page_idle: one call per page, each made old. */
+	s0 = get_stats(self->fd);
+	for (k = 0; k < N; k++)
+		ASSERT_EQ(0, mark_idle(self->bitmap, self->pfns[idx[k]]));
+	s1 = get_stats(self->fd);
+	EXPECT_EQ(N, s1.aging_calls - s0.aging_calls);
+	EXPECT_EQ(N, s1.aging_cleared - s0.aging_cleared);
+
+	/* Old now, and still old. */
+	s0 = get_stats(self->fd);
+	for (k = 0; k < N; k++) {
+		char *page = self->mem + idx[k] * PAGE_SZ;
+
+		ASSERT_EQ(0, test_young(self->fd, page));
+		ASSERT_EQ(0, test_young(self->fd, page));
+		ASSERT_EQ(0, snapshot(self->fd, 0, GPA_BASE + idx[k] * PAGE_SZ, 1, &snap));
+		EXPECT_FALSE(snap & SECMMU_SNAP_ACCESSED);
+	}
+	s1 = get_stats(self->fd);
+	EXPECT_EQ(calls, s1.aging_calls - s0.aging_calls);
+	EXPECT_EQ(0, s1.aging_young - s0.aging_young);
+	EXPECT_EQ(lockless, s1.aging_lockless - s0.aging_lockless);
+
+	/* A vCPU read makes them young again (without A/D: a restore fault). */
+	s0 = get_stats(self->fd);
+	for (k = 0; k < N; k++) {
+		char *page = self->mem + idx[k] * PAGE_SZ;
+		__u64 v;
+
+		ASSERT_EQ(0, guest_access(self->vcpus[0], GPA_BASE + idx[k] * PAGE_SZ,
+					  &v, sizeof(v), 0));
+		ASSERT_EQ(1, test_young(self->fd, page));
+		ASSERT_EQ(1, test_young(self->fd, page));
+	}
+	s1 = get_stats(self->fd);
+	EXPECT_EQ(calls, s1.aging_calls - s0.aging_calls);
+	EXPECT_EQ(calls, s1.aging_young - s0.aging_young);
+	EXPECT_EQ(variant->cfg_flags ? N : 0, s1.access_restores - s0.access_restores);
+	EXPECT_EQ(0, s1.aging_cleared - s0.aging_cleared);
 }
 
 struct stress {
