@@ -203,7 +203,7 @@ static void mark_all_idle(int bitmap, const __u64 *pfns)
  * then again with reads): at most 10% of those may still read as idle; the
  * second half, untouched, must stay idle.
  */
-TEST_F(aging, page_idle_tracking)
+TEST_F_TIMEOUT(aging, page_idle_tracking, 120)
 {
 	const int half = NPAGES / 2;
 	unsigned long idle, lru;
