@@ -16,7 +16,9 @@ echo "== bench: parallel fault-in, arm64 vs x86 format"
 
 # Aging: lockless (default) and under the MMU lock, same kernel, same run.
 echo "== bench: aging while a vCPU faults (targets: lockless >= 90% of the"
-echo "   vCPU's rate alone, and better than locked on both figures)"
+echo "   vCPU's rate alone, and better than locked on both figures; under TCG"
+echo "   a busy CPU 1 slows CPU 0 on a host without a spare core, so the rate"
+echo "   is also given against CPU 1 spinning in user space)"
 for locked in 0 1; do
 	rmmod secmmu
 	insmod "$top/secmmu.ko" aging_locked=$locked || rc=1

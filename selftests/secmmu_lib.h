@@ -153,6 +153,18 @@ static inline struct secmmu_stats get_stats(int fd)
 	return s;
 }
 
+/*
+ * SECMMU_TEST_YOUNG: 1 if the space says the page at @hva is young, 0 if
+ * not, -errno on error.
+ */
+static inline int test_young(int fd, const void *hva)
+{
+	struct secmmu_test_young t = { .hva = (unsigned long)hva };
+	int ret = ioctl(fd, SECMMU_TEST_YOUNG, &t);
+
+	return ret < 0 ? -errno : ret;
+}
+
 /* Send @fd over the unix socket @sock (SCM_RIGHTS). */
 static inline int send_fd(int sock, int fd)
 {

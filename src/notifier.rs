@@ -178,6 +178,25 @@ impl<T: HasMmuNotifier> MmuNotifier<T> {
         kernel::error::to_result(ret)
     }
 
+    /// Calls the `test_young` callback of the registered notifier for `addr` through its ops
+    /// table, as `__mmu_notifier_test_young()` calls every notifier of the mm: a debug hook
+    /// (SECMMU_TEST_YOUNG), since that function is not exported to modules.  Answers false
+    /// while the notifier is not registered.
+    pub(crate) fn call_test_young(&self, addr: usize) -> bool {
+        if !self.registered.load(Ordering::Acquire) {
+            return false;
+        }
+        // SAFETY: `raw` was initialized by `new()` and its ops pointer never changes.
+        let ops = unsafe { (*self.raw.get()).ops };
+        // SAFETY: `ops` is `&Self::OPS`, a static.
+        let Some(test_young) = (unsafe { (*ops).test_young }) else {
+            return false;
+        };
+        // SAFETY: `raw` is registered and embedded in a live `T` (we are borrowed from it), as
+        // `test_young_cb()` requires; the callback does not sleep, like the mm core's callers.
+        unsafe { test_young(self.raw.get(), self.mm.as_raw(), addr) }
+    }
+
     /// Returns the container of the notifier behind `raw`.
     ///
     /// # Safety

@@ -102,6 +102,7 @@ impl MiscDevice for SecmmuDevice {
             uapi::SET_MEMSLOT => space.set_memslot(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::CREATE_VCPU => Vcpu::create(&space.into(), &uapi::read_arg(arg)?),
             uapi::SNAPSHOT => space.snapshot(&uapi::read_arg(arg)?).map(|()| 0),
+            uapi::TEST_YOUNG => space.test_young_ioctl(&uapi::read_arg(arg)?),
             _ => Err(ENOTTY),
         }
     }

@@ -542,6 +542,24 @@ impl MmuNotifierOps for Space {
 }
 
 impl Space {
+    /// SECMMU_TEST_YOUNG: what the mm core's `mmu_notifier_test_young()`
+    /// would hear from this space for the page at `req.hva`: asks our
+    /// notifier's `test_young` callback, which changes nothing (D20).
+    pub(crate) fn test_young_ioctl(&self, req: &uapi::secmmu_test_young) -> Result<isize> {
+        uapi::check_zero(&req.reserved)?;
+        // SAFETY: Reads the current task's TASK_SIZE.
+        let user_end = unsafe { crate::bindings::secmmu_task_size() } as u64;
+        if req.flags != 0 || req.pad != 0 {
+            return Err(EINVAL);
+        }
+        if req.hva & (kernel::page::PAGE_SIZE as u64 - 1) != 0 || req.hva >= user_end {
+            return Err(EINVAL);
+        }
+        Ok(isize::from(self.notifier.call_test_young(req.hva as usize)))
+    }
+}
+
+impl Space {
     /// Ages the host range `[start, end)` (protocols.md D18-D23): without
     /// the MMU lock where A/D bits allow (walking rmaps under their bit
     /// locks taken read-only, preemption disabled), under it otherwise.

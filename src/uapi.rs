@@ -28,6 +28,7 @@ pub(crate) const CREATE_VCPU: u32 = _IOW::<secmmu_vcpu_create>(SECMMUIO, 0x04);
 pub(crate) const SNAPSHOT: u32 = _IOW::<secmmu_snapshot>(SECMMUIO, 0x05);
 pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
+pub(crate) const TEST_YOUNG: u32 = _IOW::<secmmu_test_young>(SECMMUIO, 0x20);
 
 pub(crate) const FMT_X86_EPT4: u32 = 1;
 pub(crate) const FMT_ARM64_S2: u32 = 2;
@@ -162,6 +163,16 @@ pub(crate) struct secmmu_access {
     pub(crate) reserved: [u64; 2],
 }
 
+/// `struct secmmu_test_young`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_test_young {
+    pub(crate) hva: u64,
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+    pub(crate) reserved: [u64; 2],
+}
+
 macro_rules! plain_uapi_struct {
     ($($t:ty),*) => {$(
         // SAFETY: `repr(C)` of integers and integer arrays only, laid out
@@ -179,7 +190,8 @@ plain_uapi_struct!(
     secmmu_vcpu_create,
     secmmu_snapshot,
     secmmu_run,
-    secmmu_access
+    secmmu_access,
+    secmmu_test_young
 );
 
 /// Reads an ioctl's argument struct from user memory.

@@ -22,8 +22,8 @@ use crate::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESEN
 use crate::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::rmap::{DescCache, PTE_LIST_EXT};
 use crate::x86::mmu::{
-    age_gfn_range_lockless, age_hva_range_lockless, translate, RmapTable, SlotRmaps, WalkFault,
-    X86Mmu, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
+    age_gfn_range_lockless, age_hva_range_lockless, slot_ids, translate, RmapTable, SlotRmaps,
+    WalkFault, X86Mmu, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
 };
 use crate::x86::spte::{self, Level};
 
@@ -579,6 +579,52 @@ fn rmap_table_ownership_attach_and_detach() {
     assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
 }
 
+/// The table's bitmap of live slots follows attach and detach, up to the last slot id, and the
+/// walks age through it.
+#[test]
+fn live_slot_bitmap() {
+    const ID: usize = 51;
+    let (a, b, c) = (
+        slot(0, 0x100, 4, HVA),
+        slot(5, 0x200, 4, HVA + 0x10_0000),
+        slot(63, 0x300, 4, HVA + 0x20_0000),
+    );
+    let mut f = Fixture::<ID>::new(1, true, &[a, b, c]);
+    let bits = (1u64 << 0) | (1 << 5) | (1 << 63);
+    assert_eq!(f.table.live_ids(), bits);
+    assert_eq!(slot_ids(bits).collect::<Vec<_>>(), [0, 5, 63]);
+    assert_eq!(slot_ids(0).count(), 0);
+    // Refused attaches change nothing: id taken, or rmaps made for another id.
+    assert!(f.mmu.attach_slot(63, SlotRmaps::new(&c).unwrap()).is_err());
+    assert!(f.mmu.attach_slot(7, SlotRmaps::new(&c).unwrap()).is_err());
+    assert_eq!(f.table.live_ids(), bits);
+
+    f.map(0, 63, 0x302, true);
+    let page = hva(&c, 0x302);
+    for locked in [false, true] {
+        let r = if locked {
+            f.mmu
+                .age_hva_range_locked(HVA, HVA + 0x30_0000, AgeOp::Test)
+        } else {
+            f.lockless(HVA, HVA + 0x30_0000, AgeOp::Test)
+        };
+        assert!(r.young, "{r:?}");
+    }
+    let r = f.lockless(page, page + 4096, AgeOp::Clear);
+    assert_eq!((r.young, r.cleared), (true, 1));
+
+    assert_eq!(f.zap(5, b.base_gfn, b.end_gfn()), 0);
+    let detached = f.mmu.detach_slot(5).unwrap();
+    assert_eq!(f.table.live_ids(), bits & !(1 << 5));
+    // SAFETY: no lockless reader runs in this test.
+    unsafe { detached.free_after_grace_period() };
+    // 4 rmaps at 4K and one each at 2M and 1G per slot, for the two slots left.
+    let r = f.lockless(HVA, HVA + 0x30_0000, AgeOp::Test);
+    assert_eq!((r.young, r.visited), (false, 2 * 6));
+    f.mmu.zap_all();
+    teardown(f);
+}
+
 #[test]
 fn contention_is_counted() {
     const ID: usize = 47;
@@ -837,4 +883,51 @@ fn stress_lockless_aging_against_maps_zaps_and_slot_changes() {
 #[test]
 fn stress_locked_aging_without_ad() {
     stress::<49>(false);
+}
+
+/// Per-call cost of aging one page at a time, as page_idle ages (one `clear_young` per page),
+/// lockless and locked, in the layout of `selftests/secmmu_aging_bench.c`: a 256 MiB slot and a
+/// 1 GiB slot, one root, every page of the second mapped and old.  A timing harness, not a test:
+/// `cargo test --release -- --ignored --nocapture aging_per_call_cost`.
+#[test]
+#[ignore]
+fn aging_per_call_cost() {
+    use std::time::Instant;
+    const ID: usize = 50;
+    const F_PAGES: u64 = 256 << 8;
+    const A_PAGES: u64 = 1 << 18;
+    let fs = slot(0, 0x10_0000, F_PAGES, HVA);
+    let a_hva = HVA + (1 << 40);
+    let asl = slot(1, 0x20_0000, A_PAGES, a_hva);
+    let mut f = Fixture::<ID>::new(1, true, &[fs, asl]);
+    for gfn in asl.base_gfn..asl.end_gfn() {
+        f.map(0, 1, gfn, true);
+    }
+    let pass = |f: &mut Fixture<ID>, locked: bool, base: u64| {
+        let t = Instant::now();
+        let mut young = 0;
+        for i in 0..A_PAGES {
+            let h = base + (i << PAGE_SHIFT);
+            let r = if locked {
+                f.mmu.age_hva_range_locked(h, h + 4096, AgeOp::Clear)
+            } else {
+                f.lockless(h, h + 4096, AgeOp::Clear)
+            };
+            young += u64::from(r.young);
+        }
+        (t.elapsed().as_nanos() as f64 / A_PAGES as f64, young)
+    };
+    for round in 0..3 {
+        for (name, locked, base) in [
+            ("lockless", false, a_hva),
+            ("locked", true, a_hva),
+            ("lockless, no slot", false, HVA + (1 << 44)),
+            ("locked, no slot", true, HVA + (1 << 44)),
+        ] {
+            let (ns, young) = pass(&mut f, locked, base);
+            println!("round {round} {name:18} {ns:6.1} ns/page, {young} young");
+        }
+    }
+    f.mmu.zap_all();
+    teardown(f);
 }

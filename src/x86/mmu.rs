@@ -44,10 +44,15 @@
 //! - R1. One MMU owns a table ([`X86Mmu::with_rmap_table()`] claims it): only that MMU attaches
 //!   and detaches slots, and only under `&mut X86Mmu`, i.e. with the MMU lock held for write.
 //!   So the MMU itself may use a slot's rmaps for as long as it is borrowed.
-//! - R2. Attaching publishes a fully built [`SlotRmaps`] with a `Release` store of its pointer;
-//!   lockless readers load it with `Acquire` ([`RmapTable::get()`]), and see its geometry and
-//!   its empty rmaps.
-//! - R3. Detaching unpublishes the pointer and hands the rmaps to the caller as
+//! - R2. Attaching publishes a fully built [`SlotRmaps`] with a `Release` store of its pointer,
+//!   then sets its id in the table's bitmap of live slots; lockless readers load it with
+//!   `Acquire` ([`RmapTable::get()`]), and see its geometry and its empty rmaps.  Agers visit only
+//!   the live ids ([`RmapTable::live_ids()`]) instead of loading every slot pointer on every
+//!   call.  One that misses a bit being set ages as if it had run before the attach, when
+//!   nothing was mapped through the slot yet; one that sees a bit being cleared may find the
+//!   pointer or not, and the slot was zapped anyway (R4).
+//! - R3. Detaching clears the slot's live bit, unpublishes the pointer and hands the rmaps to
+//!   the caller as
 //!   [`DetachedRmaps`], which may be freed only after a grace period
 //!   ([`DetachedRmaps::free_after_grace_period()`]): lockless readers run with preemption
 //!   disabled ([`NoPreempt`]), which is an RCU read-side critical section, so in the kernel
@@ -286,6 +291,8 @@ const OWNED_NO_AD: usize = 2;
 pub(crate) struct RmapTable {
     /// Per slot id: the published rmaps (a leaked [`PBox`]), or null.
     slots: [AtomicPtr<SlotRmaps>; MAX_SLOTS],
+    /// Bit `id` set while `slots[id]` is published (R2, R3).
+    live: AtomicU64,
     /// [`UNOWNED`], [`OWNED_AD`] or [`OWNED_NO_AD`].
     owner: AtomicUsize,
 }
@@ -295,6 +302,7 @@ impl RmapTable {
     pub(crate) fn new() -> Result<PArc<RmapTable>, AllocError> {
         prim::try_arc_sleepable(RmapTable {
             slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            live: AtomicU64::new(0),
             owner: AtomicUsize::new(UNOWNED),
         })
     }
@@ -319,6 +327,16 @@ impl RmapTable {
         unsafe { p.as_ref() }
     }
 
+    /// The ids of the published slots, as a bitmap (bit `id` for slot `id`), to look up with
+    /// [`RmapTable::get()`] ([`slot_ids()`] iterates it).  A slot attached or detached meanwhile
+    /// may be in it or not (R2): `get()` then finds it or not.
+    #[inline]
+    pub(crate) fn live_ids(&self) -> u64 {
+        // Acquire pairs with the Release of `publish()`, for the owner's lookups (readers
+        // acquire the pointer itself).
+        self.live.load(Ordering::Acquire)
+    }
+
     /// The rmaps of slot `id`, for the owning MMU.
     ///
     /// # Safety
@@ -341,7 +359,11 @@ impl RmapTable {
         let p = PBox::into_raw(rmaps);
         // Release: a reader that loads the pointer sees the geometry and the empty rmaps.
         match entry.compare_exchange(ptr::null_mut(), p, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // After the pointer: a reader that finds the bit finds the rmaps (R2).
+                self.live.fetch_or(1 << id, Ordering::Release);
+                Ok(())
+            }
             // SAFETY: `p` was leaked just above and not published: we own it again.
             Err(_) => Err(unsafe { PBox::from_raw(p) }),
         }
@@ -351,9 +373,23 @@ impl RmapTable {
     /// them until a grace period has passed.
     fn unpublish(&self, id: u32) -> Option<NonNull<SlotRmaps>> {
         let entry = self.slots.get(id as usize)?;
+        self.live.fetch_and(!(1 << id), Ordering::Relaxed);
         // Relaxed: the grace period the caller waits for orders readers before the free.
         NonNull::new(entry.swap(ptr::null_mut(), Ordering::Relaxed))
     }
+}
+
+// Slot ids fit the bitmap of live slots.
+const _: () = assert!(MAX_SLOTS <= u64::BITS as usize);
+
+/// The slot ids whose bits are set in `bits` ([`RmapTable::live_ids()`]), lowest first.
+#[inline]
+pub(crate) fn slot_ids(mut bits: u64) -> impl Iterator<Item = u32> {
+    core::iter::from_fn(move || {
+        let id = bits.trailing_zeros();
+        bits &= bits.wrapping_sub(1);
+        (id < u64::BITS).then_some(id)
+    })
 }
 
 impl Drop for RmapTable {
@@ -826,7 +862,7 @@ impl<P: PageOps> X86Mmu<P> {
         op: AgeOp,
     ) -> AgeResult {
         let mut result = AgeResult::new(op);
-        for id in 0..MAX_SLOTS as u32 {
+        for id in slot_ids(self.rmaps.live_ids()) {
             let Some(slot) = Self::slot_rmaps(&self.rmaps, id) else {
                 continue;
             };
@@ -1247,6 +1283,12 @@ pub(crate) fn age_rmap_lockless(
     result: &mut AgeResult,
 ) {
     result.visited += 1;
+    // Most rmaps of a range are empty (the huge levels, unmapped pages): skip them without
+    // building a guard (KVM checks `rmap_head->val` first too).  An SPTE added right after is
+    // missed, as it would be if it came after the walk (D22).
+    if head.is_empty() {
+        return;
+    }
     let guard = head.lock_readonly(no_preempt);
     result.contended += u64::from(guard.contended());
     for sptep in guard.sptes() {
@@ -1325,7 +1367,9 @@ pub(crate) fn age_hva_range_lockless(
     op: AgeOp,
 ) -> AgeResult {
     let mut result = AgeResult::new(op);
-    for id in 0..MAX_SLOTS as u32 {
+    // Only the live slots: loading all `MAX_SLOTS` pointers on every call (page_idle ages one
+    // page per call) costs more than aging the page.
+    for id in slot_ids(table.live_ids()) {
         let Some(slot) = table.get(id, no_preempt) else {
             continue;
         };

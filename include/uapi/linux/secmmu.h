@@ -215,4 +215,25 @@ struct secmmu_access {
 #define SECMMU_ACCESS_MAX	(1ull << 32)
 #define SECMMU_ACCESS		_IOWR(SECMMUIO, 0x11, struct secmmu_access)
 
+/*
+ * SECMMU_TEST_YOUNG: a debug hook for tests. Asks the space's own
+ * mmu_notifier test_young callback, through the ops table the mm core
+ * calls, whether the page of the caller's address space at @hva was
+ * accessed through the secondary MMU since its accessed state was last
+ * cleared: the answer mmu_notifier_test_young() gets from this space (the
+ * mm core's function is not exported to modules, and its callers,
+ * khugepaged and DAMON, do not report it). Changes nothing, like
+ * test_young itself. Returns 1 (young) or 0 as the ioctl's value.
+ * -EINVAL: @hva not page aligned or not a user address, or nonzero flags,
+ * pad or reserved.
+ */
+struct secmmu_test_young {
+	__u64 hva;
+	__u32 flags;
+	__u32 pad;
+	__u64 reserved[2];
+};
+
+#define SECMMU_TEST_YOUNG	_IOW(SECMMUIO, 0x20, struct secmmu_test_young)
+
 #endif /* _UAPI_LINUX_SECMMU_H */
