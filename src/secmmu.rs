@@ -137,6 +137,11 @@ mod kunit {
         assert!(checks::nested_invalidations_keep_union());
     }
 
+    #[test]
+    fn inval_range_retry_covers_whole_range() {
+        assert!(checks::range_retry_covers_whole_range());
+    }
+
     /// Every leaf decodes to what it was made of, at every level.
     #[test]
     fn spte_leaf_encode_decode() {

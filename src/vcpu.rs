@@ -188,7 +188,8 @@ impl Vcpu {
             let pfn = match st.tlb.lookup(gfn, write) {
                 Some(pfn) => Ok(pfn),
                 // SAFETY: `root_tables` is a root of the space's MMU, which
-                // lives as long as the space, which this vCPU keeps alive.
+                // lives as long as the space, which this vCPU keeps alive;
+                // we are in guest mode (entered above, left below).
                 None => unsafe { self.root_tables.translate(gfn, write) }.map(|t| {
                     st.tlb.fill(gfn, t.pfn, t.writable, t.dirty);
                     t.pfn

@@ -532,6 +532,8 @@ impl<P: PageOps> S2Mmu<P> {
             action,
             chain_len: 0,
             new_tables,
+            split: false,
+            unlinked: None,
         })
     }
 
