@@ -1453,4 +1453,59 @@ TEST_F(fmt, hugetlb_map)
 	munmap(mem, SZ_1G);
 }
 
+/*
+ * Aging of a huge entry: page_idle on a THP makes the primary clear young
+ * over the THP's range, which ages the 2M entry; a later guest access to
+ * another 4K page inside the entry makes the page young again. (The
+ * primary always ages a PMD-mapped THP over its aligned 2M range; a range
+ * that starts inside a huge entry, protocols.md D23, is checked by the host
+ * tests, unaligned_ranges_at_huge_levels.)
+ */
+TEST_F(fmt, unaligned_huge_range)
+{
+	int bitmap = open("/sys/kernel/mm/page_idle/bitmap", O_RDWR);
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	struct secmmu_stats before, after;
+	unsigned long present;
+	__u64 e, pfn = 0, bits;
+	char *mem;
+
+	if (bitmap < 0 || pagemap < 0)
+		SKIP(return, "no page_idle or pagemap");
+	mem = thp_alloc(SZ_2M);
+	if (!mem)
+		SKIP(return, "no THP available for 2M-aligned MADV_HUGEPAGE memory");
+	if (pread(pagemap, &e, 8, (uintptr_t)mem / PAGE_SZ * 8) == 8 &&
+	    (e & (1ULL << 63)))
+		pfn = e & ((1ULL << 55) - 1);
+	ASSERT_NE(0, pfn);
+	HUGE_SETUP(mem, SZ_2M, HUGE_GPA);
+	/* One guest access maps (and makes young) the whole 2M entry. */
+	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, HUGE_GPA, HUGE_GPA + 8, 8,
+			       0, NULL));
+	EXPECT_EQ(huge_level(variant->format, 1) ? SZ_2M / PAGE_SZ : 1,
+		  mapped_at(fd, HUGE_GPA, SZ_2M / PAGE_SZ,
+			    huge_level(variant->format, 1), &present));
+	before = get_stats(fd);
+	bits = 1ULL << (pfn % 64);
+	ASSERT_EQ(8, pwrite(bitmap, &bits, 8, pfn / 64 * 8));
+	after = get_stats(fd);
+	EXPECT_GT(after.aging_calls, before.aging_calls);
+	EXPECT_GE(after.aging_cleared, before.aging_cleared + 1);
+	ASSERT_EQ(0, snapshot(fd, 0, HUGE_GPA, 1, huge_snap));
+	EXPECT_EQ(0, huge_snap[0] & SECMMU_SNAP_ACCESSED);
+	/* The guest touches another 4K page of the entry: young again. */
+	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, HUGE_GPA + SZ_1M + PAGE_SZ,
+			       HUGE_GPA + SZ_1M + PAGE_SZ + 8, 8, 0, NULL));
+	ASSERT_EQ(0, snapshot(fd, 0, HUGE_GPA, 1, huge_snap));
+	if (huge_level(variant->format, 1))
+		EXPECT_NE(0, huge_snap[0] & SECMMU_SNAP_ACCESSED);
+	ASSERT_EQ(8, pread(bitmap, &bits, 8, pfn / 64 * 8));
+	EXPECT_EQ(0, bits & (1ULL << (pfn % 64)));
+	HUGE_TEARDOWN();
+	munmap(mem, SZ_2M);
+	close(bitmap);
+	close(pagemap);
+}
+
 TEST_HARNESS_MAIN

@@ -144,8 +144,8 @@ pub(crate) mod checks {
         let seq = inv.seq();
         inv.begin(0x3ff000, 0x400000);
         let inside = inv.retry_range(0x200000, 0x400000, seq) && !inv.retry(0x200000, seq);
-        let outside = !inv.retry_range(0x400000, 0x600000, seq)
-            && !inv.retry_range(0x000000, 0x3ff000, seq);
+        let outside =
+            !inv.retry_range(0x400000, 0x600000, seq) && !inv.retry_range(0x000000, 0x3ff000, seq);
         inv.end();
         let after = inv.retry_range(0x400000, 0x600000, seq);
         inside && outside && after

@@ -83,7 +83,7 @@ pub(crate) struct secmmu_stats {
     pub(crate) mappings_1g: u64,
     pub(crate) splits: u64,
     pub(crate) collapses: u64,
-    pub(crate) reserved: [u64; 1],
+    pub(crate) reserved: u64,
 }
 
 /// `struct secmmu_config`.

@@ -558,7 +558,16 @@ impl<const ID: usize> Fixture<ID> {
         self.descs.topup(MAP_MIN_DESCS).unwrap();
         let o = self
             .mmu
-            .map_level(0, 0, gfn, pfn, true, level, &mut self.tables, &mut self.descs)
+            .map_level(
+                0,
+                0,
+                gfn,
+                pfn,
+                true,
+                level,
+                &mut self.tables,
+                &mut self.descs,
+            )
             .unwrap();
         if let Some(t) = o.unlinked {
             // SAFETY: no walker runs in this test, so none can be inside the unlinked table.
@@ -575,20 +584,44 @@ fn huge_leaves_map_translate_and_zap() {
     const ID: usize = 60;
     let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
     let o = f.map_huge(0x200, 0x8_0000, MapLevel::L2M);
-    assert_eq!((o.action, o.new_tables, o.split), (MapAction::Installed, 2, false));
+    assert_eq!(
+        (o.action, o.new_tables, o.split),
+        (MapAction::Installed, 2, false)
+    );
     let t = f.translate(0, 0x2ff, true).unwrap();
     assert_eq!((t.pfn, t.level), (0x8_00ff, MapLevel::L2M));
     assert_eq!(f.mmu.snapshot(0, 0x3ff) >> 4, MapLevel::L2M as u8);
     let o = f.map_huge(1 << 18, 1 << 20, MapLevel::L1G);
     assert_eq!(o.action, MapAction::Installed);
-    assert_eq!(f.translate(0, (1 << 18) + 7, false).unwrap().pfn, (1 << 20) + 7);
+    assert_eq!(
+        f.translate(0, (1 << 18) + 7, false).unwrap().pfn,
+        (1 << 20) + 7
+    );
     // Unaligned: refused.
     assert_eq!(
-        f.mmu.map_level(0, 0, 0x201, 0x8_0000, true, MapLevel::L2M, &mut f.tables, &mut f.descs),
+        f.mmu.map_level(
+            0,
+            0,
+            0x201,
+            0x8_0000,
+            true,
+            MapLevel::L2M,
+            &mut f.tables,
+            &mut f.descs
+        ),
         Err(MapError::BadGfn)
     );
     assert_eq!(
-        f.mmu.map_level(0, 0, 0x400, 0x8_0001, true, MapLevel::L2M, &mut f.tables, &mut f.descs),
+        f.mmu.map_level(
+            0,
+            0,
+            0x400,
+            0x8_0001,
+            true,
+            MapLevel::L2M,
+            &mut f.tables,
+            &mut f.descs
+        ),
         Err(MapError::BadPfn)
     );
     // One 4K gfn at the end of each: both huge leaves go (D23).

@@ -610,7 +610,16 @@ impl<P: PageOps> X86Mmu<P> {
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
-        self.map_level(root, slot_id, gfn, pfn, writable, MapLevel::L4K, tables, descs)
+        self.map_level(
+            root,
+            slot_id,
+            gfn,
+            pfn,
+            writable,
+            MapLevel::L4K,
+            tables,
+            descs,
+        )
     }
 
     /// [`X86Mmu::map()`] at any level: maps the `level`-sized block of gfns that starts at
@@ -748,9 +757,8 @@ impl<P: PageOps> X86Mmu<P> {
             let pfn = spte::pfn(old);
             if let Some(lower) = level.lower() {
                 // SAFETY: linked by the present non-leaf `old`, so a table of this MMU (I2).
-                let zapped = unsafe {
-                    zap_tree::<P>(pfn, lower, m.gfn, slot, &mut locked, descs, stats)
-                };
+                let zapped =
+                    unsafe { zap_tree::<P>(pfn, lower, m.gfn, slot, &mut locked, descs, stats) };
                 zapped_huge |= zapped != 0;
             }
             sptep.store(0, Ordering::Relaxed);
@@ -1089,7 +1097,8 @@ unsafe fn zap_tree<P: PageOps>(
         } else if let Some(lower) = level.lower() {
             // SAFETY: linked by a present non-leaf SPTE of this MMU, under the caller's table,
             // so its gfns are in `slot` too.
-            zapped += unsafe { zap_tree::<P>(spte::pfn(e), lower, gfn, slot, locked, descs, stats) };
+            zapped +=
+                unsafe { zap_tree::<P>(spte::pfn(e), lower, gfn, slot, locked, descs, stats) };
         }
     }
     zapped

@@ -65,7 +65,7 @@ struct secmmu_stats {
 	__u64 mappings_1g;		/* ... and 1G */
 	__u64 splits;			/* huge leaves replaced by a table */
 	__u64 collapses;		/* tables replaced by a huge leaf */
-	__u64 reserved[1];
+	__u64 reserved;			/* reads as zero */
 };
 
 #define SECMMU_GET_STATS	_IOR(SECMMUIO, 0x01, struct secmmu_stats)
