@@ -343,12 +343,7 @@ impl Vcpu {
                 unsafe { bindings::secmmu_put_user_page(pfn as usize) }
             };
 
-            let m = if matches!(self.root_tables, Root::S2(..)) {
-                // Stage-2 blocks are not mapped yet: 4K only.
-                Resolved::at(MapLevel::L4K, gfn, pfn, hva)
-            } else {
-                Resolved::new(&slot, gfn, pfn, hva, MapLevel::L1G)
-            };
+            let m = Resolved::new(&slot, gfn, pfn, hva, MapLevel::L1G);
             let mapped = if matches!(self.root_tables, Root::S2(..)) {
                 self.map_parallel(st, &m, write, generation, seq)
             } else {
@@ -526,6 +521,22 @@ impl Vcpu {
             &mut st.tables,
             &flush,
         );
+        drop(state);
+        if let Ok(MapOutcome {
+            unlinked: Some(t), ..
+        }) = mapped
+        {
+            // A table replaced by a block: other faults and agers under the
+            // read side may still be inside it; under the write side none
+            // is (the arm64 module's I1).
+            let mut state = space.mmu.write();
+            if let Some(Pgt::S2(mmu)) = state.mmu.as_mut() {
+                // SAFETY: unlinked by the map above, of this MMU (the MMU
+                // of a space is never replaced once configured), and not
+                // freed since; we hold the write side.
+                unsafe { mmu.free_unlinked(t) };
+            }
+        }
         match mapped {
             Err(MapError::Again) => {
                 space.stats.fault_eagain.inc();
