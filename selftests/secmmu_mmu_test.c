@@ -1590,9 +1590,11 @@ TEST_F_TIMEOUT(fmt, bbm_race, 300)
 			bad += *(uint64_t *)(mem + off) != (0x44 ^ (HUGE_GPA + off));
 		EXPECT_EQ(0, bad);
 		st = get_stats(fd);
-		TH_LOG("%s: %lu rounds, %lu collapses by the host; %llu 2M maps, %llu splits, %llu collapses, %llu bbm, %llu -EAGAIN, %llu retries",
-		       format_name(variant->format), rounds, collapsed,
-		       st.mappings_2m, st.splits, st.collapses, st.bbm,
+		TH_LOG("%s: %lu rounds, %lu collapses by the host",
+		       format_name(variant->format), rounds, collapsed);
+		TH_LOG("%llu 2M maps, %llu splits, %llu collapses, %llu bbm",
+		       st.mappings_2m, st.splits, st.collapses, st.bbm);
+		TH_LOG("%llu -EAGAIN, %llu invalidation retries",
 		       st.fault_eagain, st.fault_retries);
 		EXPECT_GT(st.mappings_2m, 0);
 		for (i = 0; i < 2; i++)

@@ -984,6 +984,13 @@ impl<P: PageOps> S2Mmu<P> {
         Some((w.ptep, w.pte, w.level))
     }
 
+    /// Counts a leaf installed by hand, as a racing fault that put it in a table being unlinked
+    /// would have, for tests of [`S2Mmu::free_unlinked()`].
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn count_test_leaf(&self) {
+        Counters::add(&self.counters.leaves, 1);
+    }
+
     /// Installs a block leaf mapping `gfn`'s aligned block at `level` to `pfn` in root `root`,
     /// in an empty entry whose table exists, as a future block map would, for tests of the paths
     /// that already handle blocks.  Returns false if there is no empty entry at that level.
