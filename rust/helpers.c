@@ -4,7 +4,9 @@
  * calls. Keep each one a single call or close to it: logic belongs in Rust.
  */
 
+#include <linux/irqflags.h>
 #include <linux/mm.h>
+#include <linux/pgtable.h>
 #include <linux/page-flags.h>
 #include <linux/preempt.h>
 #include <linux/sched.h>
@@ -116,4 +118,45 @@ void secmmu_set_page_dirty(unsigned long pfn)
 
 	if (!PageReserved(page))
 		SetPageDirty(page);
+}
+
+/*
+ * KVM's host_pfn_mapping_level(): how large the primary MMU maps @hva in
+ * @mm right now. IRQs are off, so page tables cannot be freed under the
+ * walk (their freeing waits for an IPI or an RCU grace period, as for
+ * GUP-fast), and each entry is read exactly once: a table may be promoted
+ * to a huge leaf (or split) during the walk, and reading an entry twice
+ * could mix the two.
+ */
+int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva)
+{
+	int level = 0;
+	unsigned long flags;
+	pgd_t pgd;
+	p4d_t p4d;
+	pud_t pud;
+	pmd_t pmd;
+
+	local_irq_save(flags);
+	pgd = READ_ONCE(*pgd_offset(mm, hva));
+	if (pgd_none(pgd))
+		goto out;
+	p4d = READ_ONCE(*p4d_offset(&pgd, hva));
+	if (p4d_none(p4d) || !p4d_present(p4d))
+		goto out;
+	pud = READ_ONCE(*pud_offset(&p4d, hva));
+	if (pud_none(pud) || !pud_present(pud))
+		goto out;
+	if (pud_leaf(pud)) {
+		level = 2;
+		goto out;
+	}
+	pmd = READ_ONCE(*pmd_offset(&pud, hva));
+	if (pmd_none(pmd) || !pmd_present(pmd))
+		goto out;
+	if (pmd_leaf(pmd))
+		level = 1;
+out:
+	local_irq_restore(flags);
+	return level;
 }

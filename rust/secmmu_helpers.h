@@ -69,4 +69,12 @@ void secmmu_put_user_page(unsigned long pfn);
  */
 void secmmu_set_page_dirty(unsigned long pfn);
 
+/*
+ * How large the primary MMU maps @hva of @mm now (KVM's
+ * host_pfn_mapping_level()): 0 for 4K (or not mapped), 1 for a 2M leaf,
+ * 2 for a 1G leaf. A snapshot: the caller checks the invalidation retry
+ * state afterwards, as a split invalidates the whole huge range first.
+ */
+int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva);
+
 #endif /* _SECMMU_HELPERS_H */

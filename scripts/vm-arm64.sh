@@ -111,6 +111,9 @@ chmod +x "$ir/init"
 # Guest memory (SECMMU_VM_MEM, in G), split over the two nodes.
 mem=${SECMMU_VM_MEM:-4G}
 half=$((${mem%G} / 2))G
+# hugetlbfs pages for the huge-mapping tests (hugetlb_map): 1G and a few
+# 2M, reserved at boot while memory is not fragmented yet.
+hugepages="hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=8"
 # pauth-impdef: QEMU's own pointer-authentication hash, far cheaper under
 # TCG than the architected QARMA. One CPU per socket, one socket per node,
 # as on x86 (a cluster across nodes trips the topology sanity check).
@@ -119,7 +122,7 @@ qemu=(qemu-system-aarch64 -machine virt,gic-version=3 -cpu max,pauth-impdef=on
 	-object memory-backend-ram,id=m0,size="$half" -object memory-backend-ram,id=m1,size="$half"
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1
 	-kernel "$image" -initrd "$work/initrd.gz"
-	-append "console=ttyAMA0 rdinit=/init kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 ${SECMMU_APPEND:-}"
+	-append "console=ttyAMA0 rdinit=/init kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 $hugepages ${SECMMU_APPEND:-}"
 	-display none -monitor none -serial stdio -no-reboot)
 
 log "booting $(basename "$kdir") (qemu-system-aarch64, TCG), timeout ${tmo}s"

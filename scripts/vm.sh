@@ -31,6 +31,9 @@ image=$kdir/arch/x86/boot/bzImage
 # Guest memory (SECMMU_VM_MEM, in G), split over the two nodes.
 mem=${SECMMU_VM_MEM:-4G}
 half=$((${mem%G} / 2))G
+# hugetlbfs pages for the huge-mapping tests (hugetlb_map): 1G and a few
+# 2M, reserved at boot while memory is not fragmented yet.
+hugepages="hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=8"
 
 vng_run() {
 	local t=$1; shift
@@ -38,7 +41,7 @@ vng_run() {
 	timeout --kill-after=15 "$t" setsid vng --run "$image" --disable-microvm --force-9p \
 		--cpus 2,sockets=2,cores=1,threads=1 --memory "$mem" \
 		--numa "$half",cpus=0 --numa "$half",cpus=1 \
-		--rodir="$SECMMU_CACHE" --verbose --append "kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 ${SECMMU_APPEND:-}" \
+		--rodir="$SECMMU_CACHE" --verbose --append "kunit.enable=1 panic=-1 oops=panic softlockup_panic=0 $hugepages ${SECMMU_APPEND:-}" \
 		"$@" </dev/null
 }
 

@@ -14,6 +14,11 @@ rc=$?
 echo "== bench: parallel fault-in, arm64 vs x86 format"
 "$top/selftests/secmmu_fault_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
 
+# Huge mappings: THP-backed vs THP-disabled fault-in, both formats.
+echo "== bench: fault-in of THP-backed vs 4K memory (targets: >= 100x fewer"
+echo "   faults and >= 10x less time with huge mappings)"
+"$top/selftests/secmmu_huge_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+
 # Aging: lockless (default) and under the MMU lock, same kernel, same run.
 echo "== bench: aging while a vCPU faults (targets: lockless >= 90% of the"
 echo "   vCPU's rate alone, and better than locked on both figures; under TCG"

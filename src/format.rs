@@ -50,10 +50,13 @@ impl Root {
     /// # Safety
     ///
     /// `self` came from [`Pgt::root()`] of page tables that are not dropped
-    /// before this returns.
+    /// before this returns, and the caller is in guest mode until it
+    /// returns (tables a map unlinks are freed only after a TLB flush that
+    /// waited for guest mode to end).
     pub(crate) unsafe fn translate(self, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
         match self {
-            // SAFETY: Per the caller, the MMU of the root outlives the call.
+            // SAFETY: Per the caller, the MMU of the root outlives the call,
+            // and the caller is in guest mode throughout.
             Root::X86(pfn) => unsafe { x86::translate::<KernelPages>(pfn, gfn, write) },
             // SAFETY: As above.
             Root::S2(root, hw_af) => unsafe {

@@ -86,7 +86,18 @@ impl Invalidations {
     /// Must a fault on host address `hva`, which snapshotted `seq` before
     /// resolving its page, be retried?
     pub(crate) fn retry(&self, hva: usize, seq: u64) -> bool {
-        if self.in_progress != 0 && hva >= self.start && hva < self.end {
+        self.retry_range(hva, hva + 1, seq)
+    }
+
+    /// Must a fault that maps the host range `[start, end)` (a huge page's
+    /// worth) and snapshotted `seq` before resolving its page be retried?
+    /// Yes if an invalidation in progress overlaps any of the range, or one
+    /// ended since the snapshot: a split of the primary's huge mapping, or a
+    /// partial unmap of it, invalidates part or all of the range, and the
+    /// huge mapping must then not be installed.
+    pub(crate) fn retry_range(&self, start: usize, end: usize, seq: u64) -> bool {
+        debug_assert!(start < end);
+        if self.in_progress != 0 && start < self.end && end > self.start {
             return true;
         }
         self.seq != seq
@@ -125,6 +136,20 @@ pub(crate) mod checks {
         let seq = inv.seq();
         union && still && !inv.retry(0x1000, seq) && !inv.in_progress()
     }
+
+    /// A huge range retries if an in-progress invalidation overlaps any part
+    /// of it, not only its first page.
+    pub(crate) fn range_retry_covers_whole_range() -> bool {
+        let mut inv = Invalidations::new();
+        let seq = inv.seq();
+        inv.begin(0x3ff000, 0x400000);
+        let inside = inv.retry_range(0x200000, 0x400000, seq) && !inv.retry(0x200000, seq);
+        let outside =
+            !inv.retry_range(0x400000, 0x600000, seq) && !inv.retry_range(0x000000, 0x3ff000, seq);
+        inv.end();
+        let after = inv.retry_range(0x400000, 0x600000, seq);
+        inside && outside && after
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +164,10 @@ mod tests {
     #[test]
     fn nested_invalidations_keep_union() {
         assert!(checks::nested_invalidations_keep_union());
+    }
+
+    #[test]
+    fn range_retry_covers_whole_range() {
+        assert!(checks::range_retry_covers_whole_range());
     }
 }

@@ -13,6 +13,8 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
+use crate::pgtable::MapLevel;
+
 /// Guest page size: 4 KiB.
 pub(crate) const PAGE_SHIFT: u32 = 12;
 /// Guest page size in bytes.
@@ -68,6 +70,33 @@ impl Slot {
     pub(crate) fn gfn_to_hva(&self, gfn: u64) -> u64 {
         debug_assert!(self.contains(gfn));
         self.userspace_addr + ((gfn - self.base_gfn) << PAGE_SHIFT)
+    }
+
+    /// The largest level up to `max` at which `gfn` may be mapped as far as
+    /// the slot is concerned (KVM's `lpage_info` / `kvm_is_gfn_alias` idea):
+    /// the guest and user addresses are aligned the same way at that level,
+    /// so one huge host page backs one huge guest page, and the whole huge
+    /// range lies inside the slot.  The primary MMU must also map the host
+    /// range at least that large: the caller takes the minimum.
+    pub(crate) fn max_level(&self, gfn: u64, max: MapLevel) -> MapLevel {
+        debug_assert!(self.contains(gfn));
+        let hfn = self.gfn_to_hva(gfn) >> PAGE_SHIFT;
+        let mut best = MapLevel::L4K;
+        for level in MapLevel::ALL {
+            if level > max {
+                break;
+            }
+            let mask = level.pages() - 1;
+            let first = level.align_down(gfn);
+            if (gfn ^ hfn) & mask != 0
+                || first < self.base_gfn
+                || first.saturating_add(level.pages()) > self.end_gfn()
+            {
+                break;
+            }
+            best = level;
+        }
+        best
     }
 
     /// The gfns `[start, end)` whose backing pages intersect the user range
@@ -257,6 +286,27 @@ mod tests {
 
     fn add(m: &mut Memslots, r: SlotRequest) -> Result<(), SlotError> {
         m.insert(Memslots::validate(&r, &LIMITS)?)
+    }
+
+    #[test]
+    fn max_level_needs_same_alignment_and_whole_range() {
+        // 4 MiB at gpa 1 GiB, user 2 MiB-aligned: 2M, not 1G (not inside).
+        let s = Memslots::validate(&req(0, 1 << 30, 4 << 20, 0x4020_0000), &LIMITS).unwrap();
+        let g = s.base_gfn;
+        assert_eq!(s.max_level(g, MapLevel::L1G), MapLevel::L2M);
+        assert_eq!(s.max_level(g + 0x3ff, MapLevel::L1G), MapLevel::L2M);
+        assert_eq!(s.max_level(g, MapLevel::L4K), MapLevel::L4K);
+        // User address off by 4K: 4K only.
+        let s = Memslots::validate(&req(0, 1 << 30, 4 << 20, 0x4020_1000), &LIMITS).unwrap();
+        assert_eq!(s.max_level(s.base_gfn + 5, MapLevel::L1G), MapLevel::L4K);
+        // Slot starting inside a 2M block: its first block is not whole.
+        let s = Memslots::validate(&req(0, (1 << 30) + 4096, 4 << 20, 0x4020_1000), &LIMITS);
+        let s = s.unwrap();
+        assert_eq!(s.max_level(s.base_gfn, MapLevel::L1G), MapLevel::L4K);
+        assert_eq!(s.max_level(s.base_gfn + 511, MapLevel::L1G), MapLevel::L2M);
+        // A whole aligned 1G.
+        let s = Memslots::validate(&req(0, 1 << 30, 1 << 30, 0x4000_0000), &LIMITS).unwrap();
+        assert_eq!(s.max_level(s.base_gfn + 77, MapLevel::L1G), MapLevel::L1G);
     }
 
     #[test]

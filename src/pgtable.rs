@@ -230,14 +230,33 @@ pub(crate) struct MapOutcome {
     pub(crate) chain_len: usize,
     /// Table pages taken from the cache and linked.
     pub(crate) new_tables: usize,
+    /// A huge leaf on the way down was zapped and replaced by a table (a split).
+    pub(crate) split: bool,
+    /// The huge leaf was installed where a table was (a collapse): the table, emptied of its
+    /// leaves, was unlinked, and lockless walkers may still be inside it.  The caller frees it
+    /// after the TLB flush that [`MapOutcome::needs_flush()`] asks for, which waits for every
+    /// such walker to be done.  Dropping it instead leaks the pages, which is safe.
+    pub(crate) unlinked: Option<UnlinkedTable>,
 }
 
 impl MapOutcome {
-    /// Whether a present mapping of another page was zapped: the caller must flush remote TLBs
-    /// (and wait for the flush) before it drops the MMU lock, as after any zap.
+    /// Whether a present mapping of another page was zapped, or a table unlinked: the caller
+    /// must flush remote TLBs (and wait for the flush) before it drops the MMU lock, as after
+    /// any zap, and before it frees [`MapOutcome::unlinked`].
     pub(crate) fn needs_flush(&self) -> bool {
-        self.action == MapAction::Replaced
+        self.action == MapAction::Replaced || self.unlinked.is_some()
     }
+}
+
+/// A table page that a map unlinked to put a huge leaf in its place, with the tables linked
+/// under it: no leaf is left in any of them, but lockless walkers may still be walking them until
+/// the next TLB flush has waited for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UnlinkedTable {
+    /// The table page.
+    pub(crate) pfn: u64,
+    /// The size the entry that linked it mapped: its entries map the next smaller level.
+    pub(crate) covers: MapLevel,
 }
 
 /// Why a map was refused.  Nothing was changed, except that tables linked on the way down stay

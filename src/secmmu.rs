@@ -138,6 +138,11 @@ mod kunit {
         assert!(checks::nested_invalidations_keep_union());
     }
 
+    #[test]
+    fn inval_range_retry_covers_whole_range() {
+        assert!(checks::range_retry_covers_whole_range());
+    }
+
     /// Every leaf decodes to what it was made of, at every level.
     #[test]
     fn spte_leaf_encode_decode() {
@@ -249,6 +254,58 @@ mod kunit {
         s2::make(&e, 0);
     }
 
+    /// Stage-2 blocks: a 2M block translates each page under it; a page
+    /// map under it breaks it into a table; a block map over the table
+    /// replaces it (break-before-make) and hands the table back, freed
+    /// under the write side; every table page comes back.
+    #[test]
+    fn s2_blocks_split_and_collapse() -> Result {
+        let before = crate::kpages::table_pages_now();
+        {
+            let mut mmu = S2Mmu::<KernelPages>::new(1, 40, true).map_err(|_| ENOMEM)?;
+            let mut cache = TableCache::<KernelPages>::new();
+            let flushes = core::cell::Cell::new(0);
+            let flush = || flushes.set(flushes.get() + 1);
+            // Never dereferenced: read-only leaves are not marked dirty.
+            let (gfn, pfn) = (0x40000u64, 0x80000u64);
+            cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
+            let m = mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush);
+            assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
+            let root = mmu.root(0).ok_or(EINVAL)?;
+            // SAFETY: `mmu` lives until the end of the block.
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 7, false, true) };
+            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 7, MapLevel::L2M)));
+            // A page under the block: break it into a table.
+            cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
+            let m = mmu.map(0, gfn + 3, 0x1234, false, MapLevel::L4K, &mut cache, &flush);
+            assert!(m.is_ok());
+            assert_eq!(flushes.get(), 1);
+            // SAFETY: as above.
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
+            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((0x1234, MapLevel::L4K)));
+            // SAFETY: as above.
+            assert!(unsafe { s2_translate::<KernelPages>(root, gfn + 4, false, true) }.is_err());
+            let pages = mmu.table_pages();
+            // The block again, over the table.
+            cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
+            let m = mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush);
+            let o = m.map_err(|_| EINVAL)?;
+            assert_eq!(o.action, MapAction::Replaced);
+            assert_eq!(flushes.get(), 2);
+            let t = o.unlinked.ok_or(EINVAL)?;
+            // SAFETY: unlinked by the map above, not freed; `&mut mmu`.
+            unsafe { mmu.free_unlinked(t) };
+            assert_eq!(mmu.table_pages(), pages - 1);
+            assert_eq!(mmu.leaves(), 1);
+            // SAFETY: as above.
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
+            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 3, MapLevel::L2M)));
+            assert_eq!(mmu.zap_all(), 1);
+        }
+        assert_eq!(crate::kpages::table_pages_now(), before);
+        Ok(())
+    }
+
     /// A stage-2 MMU on kernel pages: map, translate (the walker sets AF
     /// only with hardware AF), age, relax, zap, and every table page back
     /// when it is dropped.
@@ -267,7 +324,7 @@ mod kunit {
             assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
             assert_eq!(
                 mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush),
-                Err(MapError::BadLevel)
+                Err(MapError::BadGfn)
             );
             let root = mmu.root(0).ok_or(EINVAL)?;
             // SAFETY: `mmu` lives until the end of the block.

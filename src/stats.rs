@@ -95,4 +95,11 @@ pub(crate) struct Stats {
     pub(crate) access_flag_faults: Counter,
     /// Break-before-make sequences of the fault path (arm64).
     pub(crate) bbm: Counter,
+    /// Leaves installed by faults, per level (4K, 2M, 1G).
+    pub(crate) mappings: [Counter; 3],
+    /// Huge leaves a fault zapped and replaced by a table, to map a
+    /// smaller page under it.
+    pub(crate) splits: Counter,
+    /// Tables a fault zapped and replaced by a huge leaf.
+    pub(crate) collapses: Counter,
 }

@@ -79,7 +79,12 @@ pub(crate) struct secmmu_stats {
     pub(crate) access_flag_faults: u64,
     pub(crate) bbm: u64,
     pub(crate) module_table_pages: u64,
-    pub(crate) reserved: [u64; 6],
+    pub(crate) mappings_4k: u64,
+    pub(crate) mappings_2m: u64,
+    pub(crate) mappings_1g: u64,
+    pub(crate) splits: u64,
+    pub(crate) collapses: u64,
+    pub(crate) reserved: u64,
 }
 
 /// `struct secmmu_config`.

@@ -19,6 +19,7 @@ use crate::{
     bindings,
     format::{Pgt, Root},
     kpages::KernelPages,
+    memslot::Slot,
     pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache, WalkFault},
     rmap::DescCache,
     space::{MmuState, Space},
@@ -57,6 +58,76 @@ enum Installed {
     Retry,
     /// The space cannot map any more (released, or not configured).
     Dead(Error),
+}
+
+/// What a fault maps: the `level`-sized block of gfns from `gfn` to the
+/// host pages from `pfn`, backed by the user range from `hva`.
+struct Resolved {
+    level: MapLevel,
+    gfn: u64,
+    pfn: u64,
+    hva: u64,
+}
+
+impl Resolved {
+    /// The mapping of the 4K page `gfn` at `level`, `pfn` and `hva` being
+    /// those of the faulting page: all three aligned down to the level.
+    fn at(level: MapLevel, gfn: u64, pfn: u64, hva: u64) -> Self {
+        let off = gfn - level.align_down(gfn);
+        Resolved {
+            level,
+            gfn: gfn - off,
+            pfn: pfn - off,
+            hva: hva - (off << 12),
+        }
+    }
+
+    /// The largest mapping of the faulting page `gfn` of `slot`, whose
+    /// user address `hva` get_user_pages resolved to `pfn`, up to `max`
+    /// (KVM's `kvm_mmu_hugepage_adjust()`): no larger than the slot allows
+    /// (`Slot::max_level()`: same alignment, whole range in the slot), nor
+    /// than the primary MMU maps `hva` now (never the folio size alone: a
+    /// PTE-mapped THP or a partly unmapped huge page is mapped 4K).
+    ///
+    /// The primary's level is a snapshot taken after get_user_pages: it
+    /// may split right after, but only inside an invalidation of the huge
+    /// range, which makes `must_retry()` over that range (the fault's
+    /// `seq` predates the lookup) send the fault round again.
+    fn new(slot: &Slot, gfn: u64, pfn: u64, hva: u64, max: MapLevel) -> Self {
+        let mut level = slot.max_level(gfn, max);
+        if level > MapLevel::L4K {
+            // SAFETY: `secmmu_current_mm()` is the mm of the calling task,
+            // the space's creator (`check_caller()`), alive while it runs;
+            // the helper only reads its page tables with IRQs off.
+            let host = unsafe {
+                bindings::secmmu_host_mapping_level(bindings::secmmu_current_mm(), hva as usize)
+            };
+            level = level.min(match host {
+                2 => MapLevel::L1G,
+                1 => MapLevel::L2M,
+                _ => MapLevel::L4K,
+            });
+        }
+        // A huge host page maps its pfns in order; should it not (the
+        // pfn of the faulting page is not where a huge page of the level
+        // would put it), map what is known to be right.
+        while level > MapLevel::L4K {
+            let off = gfn - level.align_down(gfn);
+            if pfn >= off && (pfn - off) & (level.pages() - 1) == 0 {
+                break;
+            }
+            level = match level {
+                MapLevel::L1G => MapLevel::L2M,
+                _ => MapLevel::L4K,
+            };
+        }
+        Self::at(level, gfn, pfn, hva)
+    }
+
+    /// The user range the mapping covers, `[start, end)`.
+    fn hva_range(&self) -> (u64, u64) {
+        (self.hva, self.hva + (self.level.pages() << 12))
+    }
 }
 
 /// What only the vCPU's own thread touches, under its mutex (KVM's
@@ -188,7 +259,8 @@ impl Vcpu {
             let pfn = match st.tlb.lookup(gfn, write) {
                 Some(pfn) => Ok(pfn),
                 // SAFETY: `root_tables` is a root of the space's MMU, which
-                // lives as long as the space, which this vCPU keeps alive.
+                // lives as long as the space, which this vCPU keeps alive;
+                // we are in guest mode (entered above, left below).
                 None => unsafe { self.root_tables.translate(gfn, write) }.map(|t| {
                     st.tlb.fill(gfn, t.pfn, t.writable, t.dirty);
                     t.pfn
@@ -224,20 +296,20 @@ impl Vcpu {
             space.check_alive()?;
             // Snapshot the retry sequence before resolving the page: an
             // invalidation that ends after this point bumps it and we retry.
-            let (slot_id, hva, readonly, generation, seq) = {
+            let (slot, hva, generation, seq) = {
                 let state = space.mmu.read();
                 let Some(slot) = state.slots.lookup(gfn) else {
                     space.stats.memory_faults.inc();
                     return Err(Exit::MemoryFault);
                 };
                 (
-                    slot.id,
+                    *slot,
                     slot.gfn_to_hva(gfn),
-                    slot.readonly(),
                     state.slots.generation(),
                     state.inval.seq(),
                 )
             };
+            let readonly = slot.readonly();
             if write && readonly {
                 space.stats.memory_faults.inc();
                 return Err(Exit::MemoryFault);
@@ -271,10 +343,11 @@ impl Vcpu {
                 unsafe { bindings::secmmu_put_user_page(pfn as usize) }
             };
 
+            let m = Resolved::new(&slot, gfn, pfn, hva, MapLevel::L1G);
             let mapped = if matches!(self.root_tables, Root::S2(..)) {
-                self.map_parallel(st, gfn, pfn, write, generation, hva, seq)
+                self.map_parallel(st, &m, write, generation, seq)
             } else {
-                self.map_exclusive(st, slot_id, gfn, pfn, write, generation, hva, seq)
+                self.map_exclusive(st, slot.id, &m, write, generation, seq)
             };
             let mapped = match mapped {
                 Installed::Mapped(m) => m,
@@ -296,6 +369,15 @@ impl Vcpu {
             put_page();
             let outcome = mapped.map_err(|_| ENOMEM)?;
             space.stats.faults.inc();
+            if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
+                space.stats.mappings[m.level.idx()].inc();
+            }
+            if outcome.split {
+                space.stats.splits.inc();
+            }
+            if outcome.unlinked.is_some() {
+                space.stats.collapses.inc();
+            }
             space.stats.rmap_max_chain.max(outcome.chain_len as u64);
             return Ok(());
         }
@@ -332,14 +414,22 @@ impl Vcpu {
     }
 
     /// Whether the fault must start over: the slots changed, or an
-    /// invalidation of `hva` ran since `seq` was read (A2). `state` is
-    /// borrowed from an MMU lock guard, either side: invalidations change
-    /// the retry state with the lock held for write before they zap, so a
-    /// fault that passes this check installs before the zap and is zapped
-    /// by it.
-    fn must_retry(&self, state: &MmuState, generation: u64, hva: u64, seq: u64) -> bool {
+    /// invalidation of any of the host range `m` maps ran since `seq` was
+    /// read (A2). `state` is borrowed from an MMU lock guard, either side:
+    /// invalidations change the retry state with the lock held for write
+    /// before they zap, so a fault that passes this check installs before
+    /// the zap and is zapped by it.
+    ///
+    /// The whole huge range is checked, not only the faulting page: the
+    /// primary MMU splits a huge mapping, or unmaps part of it, only inside
+    /// an invalidation of (at least) that part, so a split or partial unmap
+    /// that ran after `seq` was read, and so maybe after the host level was
+    /// looked up, makes the fault retry and look again.
+    fn must_retry(&self, state: &MmuState, generation: u64, m: &Resolved, seq: u64) -> bool {
         let space = &self.space;
-        let stale = state.slots.generation() != generation || state.inval.retry(hva as usize, seq);
+        let (start, end) = m.hva_range();
+        let stale = state.slots.generation() != generation
+            || state.inval.retry_range(start as usize, end as usize, seq);
         if stale {
             space.stats.fault_retries.inc();
         }
@@ -353,11 +443,9 @@ impl Vcpu {
         &self,
         st: &mut VcpuState,
         slot_id: u32,
-        gfn: u64,
-        pfn: u64,
+        m: &Resolved,
         write: bool,
         generation: u64,
-        hva: u64,
         seq: u64,
     ) -> Installed {
         let space = &self.space;
@@ -365,23 +453,33 @@ impl Vcpu {
         if space.check_alive().is_err() {
             return Installed::Dead(EIO);
         }
-        if self.must_retry(&state, generation, hva, seq) {
+        if self.must_retry(&state, generation, m, seq) {
             return Installed::Retry;
         }
         let Some(Pgt::X86(mmu)) = state.mmu.as_mut() else {
             return Installed::Dead(EINVAL);
         };
-        let mapped = mmu.map(
+        let mapped = mmu.map_level(
             self.root,
             slot_id,
-            gfn,
-            pfn,
+            m.gfn,
+            m.pfn,
             write,
+            m.level,
             &mut st.tables,
             &mut st.descs,
         );
-        if mapped.is_ok_and(|o| o.needs_flush()) {
-            space.flush_remote_tlbs();
+        if let Ok(o) = mapped {
+            if o.needs_flush() {
+                space.flush_remote_tlbs();
+            }
+            if let Some(t) = o.unlinked {
+                // SAFETY: the table was unlinked by this map of this MMU,
+                // and the flush above waited for every vCPU to leave guest
+                // mode, where alone lockless walkers run; we still hold the
+                // lock for write, so no locked walker is in it either.
+                unsafe { mmu.free_unlinked(t) };
+            }
         }
         Installed::Mapped(mapped)
     }
@@ -395,11 +493,9 @@ impl Vcpu {
     fn map_parallel(
         &self,
         st: &mut VcpuState,
-        gfn: u64,
-        pfn: u64,
+        m: &Resolved,
         write: bool,
         generation: u64,
-        hva: u64,
         seq: u64,
     ) -> Installed {
         let space = &self.space;
@@ -407,7 +503,7 @@ impl Vcpu {
         if space.check_alive().is_err() {
             return Installed::Dead(EIO);
         }
-        if self.must_retry(&state, generation, hva, seq) {
+        if self.must_retry(&state, generation, m, seq) {
             return Installed::Retry;
         }
         let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
@@ -418,13 +514,29 @@ impl Vcpu {
         let flush = || space.flush_remote_tlbs();
         let mapped = mmu.map(
             self.root,
-            gfn,
-            pfn,
+            m.gfn,
+            m.pfn,
             write,
-            MapLevel::L4K,
+            m.level,
             &mut st.tables,
             &flush,
         );
+        drop(state);
+        if let Ok(MapOutcome {
+            unlinked: Some(t), ..
+        }) = mapped
+        {
+            // A table replaced by a block: other faults and agers under the
+            // read side may still be inside it; under the write side none
+            // is (the arm64 module's I1).
+            let mut state = space.mmu.write();
+            if let Some(Pgt::S2(mmu)) = state.mmu.as_mut() {
+                // SAFETY: unlinked by the map above, of this MMU (the MMU
+                // of a space is never replaced once configured), and not
+                // freed since; we hold the write side.
+                unsafe { mmu.free_unlinked(t) };
+            }
+        }
         match mapped {
             Err(MapError::Again) => {
                 space.stats.fault_eagain.inc();

@@ -552,6 +552,125 @@ fn stale_leaf_is_zapped_and_replaced() {
     teardown(f);
 }
 
+impl<const ID: usize> Fixture<ID> {
+    fn map_huge(&mut self, gfn: u64, pfn: u64, level: MapLevel) -> MapOutcome {
+        self.tables.topup(MAP_MIN_TABLES).unwrap();
+        self.descs.topup(MAP_MIN_DESCS).unwrap();
+        let o = self
+            .mmu
+            .map_level(
+                0,
+                0,
+                gfn,
+                pfn,
+                true,
+                level,
+                &mut self.tables,
+                &mut self.descs,
+            )
+            .unwrap();
+        if let Some(t) = o.unlinked {
+            // SAFETY: no walker runs in this test, so none can be inside the unlinked table.
+            unsafe { self.mmu.free_unlinked(t) };
+        }
+        o
+    }
+}
+
+/// 2M and 1G leaves translate every 4K page under them, show their level, and are zapped by a
+/// range that only touches them.
+#[test]
+fn huge_leaves_map_translate_and_zap() {
+    const ID: usize = 60;
+    let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
+    let o = f.map_huge(0x200, 0x8_0000, MapLevel::L2M);
+    assert_eq!(
+        (o.action, o.new_tables, o.split),
+        (MapAction::Installed, 2, false)
+    );
+    let t = f.translate(0, 0x2ff, true).unwrap();
+    assert_eq!((t.pfn, t.level), (0x8_00ff, MapLevel::L2M));
+    assert_eq!(f.mmu.snapshot(0, 0x3ff) >> 4, MapLevel::L2M as u8);
+    let o = f.map_huge(1 << 18, 1 << 20, MapLevel::L1G);
+    assert_eq!(o.action, MapAction::Installed);
+    assert_eq!(
+        f.translate(0, (1 << 18) + 7, false).unwrap().pfn,
+        (1 << 20) + 7
+    );
+    // Unaligned: refused.
+    assert_eq!(
+        f.mmu.map_level(
+            0,
+            0,
+            0x201,
+            0x8_0000,
+            true,
+            MapLevel::L2M,
+            &mut f.tables,
+            &mut f.descs
+        ),
+        Err(MapError::BadGfn)
+    );
+    assert_eq!(
+        f.mmu.map_level(
+            0,
+            0,
+            0x400,
+            0x8_0001,
+            true,
+            MapLevel::L2M,
+            &mut f.tables,
+            &mut f.descs
+        ),
+        Err(MapError::BadPfn)
+    );
+    // One 4K gfn at the end of each: both huge leaves go (D23).
+    let p = f.zap(0, 0x3ff, 0x400);
+    assert_eq!(p.zapped, 1);
+    let p = f.zap(0, (1 << 18) + 5, (1 << 18) + 6);
+    assert_eq!(p.zapped, 1);
+    assert_eq!(f.mmu.leaf_sptes(), 0);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
+/// A 4K map under a huge leaf splits it; a huge map over a table collapses it, zapping every
+/// leaf under it and handing the table back to be freed after the flush.
+#[test]
+fn split_and_collapse() {
+    const ID: usize = 61;
+    let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
+    f.map_huge(0x400, 0x1000, MapLevel::L2M);
+    let o = f.map(0, 0, 0x405, 0x2005, true);
+    assert!(o.split && o.needs_flush() && o.unlinked.is_none());
+    assert_eq!(f.mmu.leaf_sptes(), 1);
+    assert_eq!(f.translate(0, 0x405, false).unwrap().level, MapLevel::L4K);
+    assert_eq!(f.translate(0, 0x406, false), Err(WalkFault::NotPresent));
+    f.map(0, 0, 0x407, 0x2007, true);
+    let pages = f.mmu.table_pages();
+    let o = f.map_huge(0x400, 0x1000, MapLevel::L2M);
+    assert_eq!(o.unlinked.map(|t| t.covers), Some(MapLevel::L2M));
+    assert!(o.needs_flush() && !o.split && o.action == MapAction::Replaced);
+    assert_eq!(f.mmu.table_pages(), pages - 1);
+    assert_eq!(f.mmu.leaf_sptes(), 1);
+    assert_eq!(f.translate(0, 0x405, false).unwrap().pfn, 0x1005);
+    // A 1G collapse over 2M leaves, 4K tables and an empty table.
+    f.map(0, 0, 0x600, 0x3000, true);
+    let pages = f.mmu.table_pages();
+    let o = f.map_huge(0, 0, MapLevel::L1G);
+    assert_eq!(o.unlinked.map(|t| t.covers), Some(MapLevel::L1G));
+    assert_eq!(f.mmu.table_pages(), pages - 2);
+    assert_eq!(f.mmu.leaf_sptes(), 1);
+    assert_eq!(f.translate(0, 0x405, false).unwrap().pfn, 0x405);
+    // Empty table: still unlinked and freed.
+    f.map(0, 0, 1 << 18, 0x5000, true);
+    f.zap(0, 1 << 18, (1 << 18) + 1);
+    let o = f.map_huge(1 << 18, 1 << 18, MapLevel::L1G);
+    assert!(o.unlinked.is_some() && o.action == MapAction::Installed && o.needs_flush());
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
 #[test]
 fn map_errors_change_nothing() {
     const ID: usize = 11;

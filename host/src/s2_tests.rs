@@ -388,7 +388,8 @@ fn map_errors_change_nothing() {
     assert_eq!(f.try_map(0, u64::MAX, 1, true), Err(MapError::BadGfn));
     assert_eq!(f.try_map(0, 0, 1 << 36, true), Err(MapError::BadPfn));
     for level in [MapLevel::L2M, MapLevel::L1G] {
-        assert_eq!(f.try_map_at(0, 0, 0, true, level), Err(MapError::BadLevel));
+        assert_eq!(f.try_map_at(0, 1, 0, true, level), Err(MapError::BadGfn));
+        assert_eq!(f.try_map_at(0, 0, 1, true, level), Err(MapError::BadPfn));
     }
     // An empty cache: NeedTopup before anything.
     let mut empty = TableCache::<HostPages<ID>>::new();
@@ -400,6 +401,67 @@ fn map_errors_change_nothing() {
     // One level below the start is enough at 36 bits (3 levels): 2 tables.
     assert_eq!(f.mmu.map_min_tables(), 2);
     teardown(f);
+}
+
+/// Block maps: a 2M and a 1G block translate every page under them; a page map under a block
+/// breaks it into a table; a block map over a table replaces it with break-before-make, zaps
+/// (and marks dirty) what it mapped, and hands it back, to be freed under the write side; a
+/// leaf a racing fault put in the unlinked table is dropped with it.  Every table page comes
+/// back.
+#[test]
+fn block_maps_split_and_collapse() {
+    const ID: usize = 62;
+    let mut f = Fixture::<ID>::new(1, 40, true);
+    let o = f
+        .try_map_at(0, 0x200, 0x8_0000, false, MapLevel::L2M)
+        .unwrap();
+    assert_eq!(o.action, MapAction::Installed);
+    let t = f.translate(0, 0x3ff, false).unwrap();
+    assert_eq!((t.pfn, t.level), (0x8_01ff, MapLevel::L2M));
+    // A page under the block: broken into a table (one flush).
+    f.map(0, 0x205, 0x777, true);
+    assert_eq!(f.flushes.get(), 1);
+    assert_eq!(f.translate(0, 0x206, false), Err(WalkFault::NotPresent));
+    let pages = f.mmu.table_pages();
+    // The block again, over the table: break-before-make, the writable page marked dirty.
+    let o = f
+        .try_map_at(0, 0x200, 0x8_0000, false, MapLevel::L2M)
+        .unwrap();
+    assert_eq!(o.action, MapAction::Replaced);
+    assert_eq!(f.flushes.get(), 2);
+    assert_eq!(HostPages::<ID>::take_dirty(), [0x777]);
+    let t = o.unlinked.unwrap();
+    assert_eq!(t.covers, MapLevel::L2M);
+    // A racing fault that was inside the table puts a leaf there: nothing can reach it.
+    // SAFETY: the unlinked table is not freed until `free_unlinked()` below.
+    let dead = unsafe { HostPages::<ID>::table(t.pfn) };
+    dead[9].store(pte::make_leaf(0x999, LAST_LEVEL, true), Ordering::Release);
+    f.mmu.count_test_leaf();
+    assert_eq!(f.translate(0, 0x209, false).unwrap().pfn, 0x8_0009);
+    // SAFETY: from this MMU's map, not freed; `&mut` MMU: no walker under the read side.
+    unsafe { f.mmu.free_unlinked(t) };
+    assert_eq!(f.mmu.table_pages(), pages - 1);
+    assert_eq!(f.mmu.stats().leaves, 1);
+    assert!(
+        HostPages::<ID>::take_dirty().is_empty(),
+        "dead leaves are not dirty"
+    );
+    // A 1G block over tables of tables.
+    f.map(0, 1 << 18, 0x10, false);
+    let o = f.try_map_at(0, 0, 0x4_0000, false, MapLevel::L1G).unwrap();
+    // SAFETY: as above.
+    unsafe { f.mmu.free_unlinked(o.unlinked.unwrap()) };
+    let t = f.translate(0, 0x3ffff, false).unwrap();
+    assert_eq!((t.pfn, t.level), (0x7_ffff, MapLevel::L1G));
+    assert_eq!(f.translate(0, 1 << 18, false).unwrap().pfn, 0x10);
+    assert_eq!(f.mmu.stats().leaves, 2);
+    // A zap of one page inside the 1G block zaps it whole (D23).
+    assert_eq!(f.zap(0x12345, 0x12346).zapped, 1);
+    assert_eq!(f.zap(0, 1 << 20).zapped, 1);
+    // The two unlinked tables were freed before the drop (`teardown()` expects none).
+    assert_eq!(f.mmu.stats().tables_freed, 2);
+    drop(f);
+    assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
 }
 
 #[test]

@@ -29,13 +29,17 @@
 //!
 //! Invariants, each kept by the code that says so:
 //!
-//! - I1. Every table page is a start-level table of a root or is linked by exactly one valid
-//!   table entry of this MMU, and table pages are freed only when the MMU is dropped.  So a
-//!   walker that read a table entry, however long ago, may dereference the table it points at
-//!   for as long as the MMU lives.  Links only appear (a compare-exchange from invalid, or the
-//!   make of a block broken into a table), never go: replacing a table by a block (huge mappings,
-//!   later) will need a grace period for walkers before the table is freed, as KVM's
-//!   `free_unlinked_table()` waits for RCU.
+//! - I1. Every table page is a start-level table of a root, or is linked by exactly one valid
+//!   table entry of this MMU, or was unlinked by a block map and waits to be freed.  A table
+//!   page is freed only when the MMU is dropped, or, once unlinked, by
+//!   [`S2Mmu::free_unlinked()`] with the write side of the MMU lock held: no walker under the
+//!   read side (faults, agers, the snapshot) can be inside it then, and the hardware walker
+//!   ([`translate()`], guest mode only) left it at the break-before-make's flush, after which it
+//!   cannot reach it again.  So a walker that read a table entry may dereference the table it
+//!   points at for as long as it holds the MMU lock (either side) or stays in guest mode.
+//!   Links appear with a compare-exchange from invalid, or with the make of a block broken into
+//!   a table; they go only when a table is replaced by a block (KVM frees such a table after an
+//!   RCU grace period, `free_unlinked_table()`; here the write side plays the grace period).
 //! - I2. An entry holding [`LOCKED`](pte::LOCKED) is owned by the walker that locked it with
 //!   `pte::try_break()`, and only that walker changes it, once, with `pte::make()`.  Everybody
 //!   else fails on it: a mapper returns [`MapError::Again`] (never takes it over, E25), an ager
@@ -61,11 +65,13 @@
 //! B8), as for x86.  Aging flushes nothing: after [`AgeOp::ClearFlush`] the caller flushes if
 //! [`AgeResult::cleared`] is nonzero.
 //!
-//! Huge mappings.  Only 4K leaves are installed for now ([`S2Mmu::map()`] answers
-//! [`MapError::BadLevel`] for blocks), but the walks, zaps, aging, snapshot and [`translate()`]
-//! handle blocks at levels 1 and 2, and a map that meets a block where it needs a table breaks
-//! it into an empty table with break-before-make (KVM's `stage2_map_walk_leaf()`).  Replacing a
-//! table by a block needs I1's grace period first.
+//! Huge mappings.  [`S2Mmu::map()`] installs blocks at levels 1 and 2 (1G, 2M) as well as
+//! pages.  A block met where a table must go is broken into an empty table with
+//! break-before-make (KVM's `stage2_map_walk_leaf()`); a table where a block goes is replaced
+//! by the block with break-before-make too (lock, flush, zap what the table maps, make the
+//! block), and freed later under the write side (I1).  The walks, zaps, aging, snapshot and
+//! [`translate()`] handle blocks; a zap or an ager visits every leaf overlapping its range, so
+//! a range starting inside a block reaches it (D23).
 //!
 //! KVM functions followed: `kvm_pgtable_stage2_map()` (`stage2_map_walk_leaf()`,
 //! `stage2_map_walker_try_leaf()`) for [`S2Mmu::map()`], `kvm_pgtable_stage2_relax_perms()` for
@@ -85,7 +91,9 @@ use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 
 use crate::aging::{AgeOp, AgeResult};
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_PGD_PAGES};
-use crate::pgtable::{snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache};
+use crate::pgtable::{
+    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable,
+};
 use crate::prim::{self, AllocError, AtomicU64, Ordering, PVec};
 
 pub(crate) use crate::pgtable::{
@@ -125,11 +133,13 @@ const fn map_level(level: u32) -> MapLevel {
 ///
 /// # Safety
 ///
-/// `pfn` is a table of an [`S2Mmu<P>`] that is not dropped for `'a` (it is then allocated, I1).
+/// `pfn` is a table of an [`S2Mmu<P>`] that is not dropped for `'a`, and not freed for `'a`
+/// either: it is linked and the caller holds the MMU lock (either side) or stays in guest mode,
+/// or it is unlinked and the caller frees it (I1).
 #[inline]
 unsafe fn table<'a, P: PageOps>(pfn: u64) -> &'a crate::pgtable::Table {
     // SAFETY: tables of a live MMU came from `alloc_table()` and are freed only when it is
-    // dropped (I1), which the caller excludes for 'a.
+    // dropped, or once unlinked under the write side (I1): the caller excludes both for 'a.
     unsafe { P::table::<'a>(pfn) }
 }
 
@@ -236,7 +246,9 @@ fn translation(v: u64, level: u32, gfn: u64) -> Translation {
 ///
 /// # Safety
 ///
-/// `root` is [`S2Mmu::root()`] of an `S2Mmu<P>` that is not dropped before this returns.
+/// `root` is [`S2Mmu::root()`] of an `S2Mmu<P>` that is not dropped before this returns, and
+/// the caller stays in guest mode (or holds the MMU lock) until it returns, so that no table
+/// unlinked by a block map is freed under the walk (I1).
 pub(crate) unsafe fn translate<P: PageOps>(
     root: S2Root,
     gfn: u64,
@@ -474,8 +486,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// called once), and the map goes on in it.
     ///
     /// Errors, with nothing changed but tables linked on the way (empty, harmless):
-    /// [`MapError::BadRoot`], [`MapError::BadLevel`] for blocks (not yet), [`MapError::BadGfn`]
-    /// outside the space, [`MapError::BadPfn`], [`MapError::NeedTopup`] if `tables` holds fewer
+    /// [`MapError::BadRoot`], [`MapError::BadGfn`] outside the space or not aligned to `level`, [`MapError::BadPfn`], [`MapError::NeedTopup`] if `tables` holds fewer
     /// than [`S2Mmu::map_min_tables()`], and [`MapError::Again`] if another walker changed or
     /// locked an entry on the way (counted in [`S2Mmu::eagain()`]): retry the fault, nothing to
     /// drop.  A lock is never taken over (E25).
@@ -493,10 +504,8 @@ impl<P: PageOps> S2Mmu<P> {
         if root >= self.nr_roots {
             return Err(MapError::BadRoot);
         }
-        if level != MapLevel::L4K {
-            // Blocks: a table where the block goes must be replaced and freed after a grace
-            // period (I1); not yet.
-            return Err(MapError::BadLevel);
+        if gfn & (level.pages() - 1) != 0 {
+            return Err(MapError::BadGfn);
         }
         let pgd_pfn = self.pgd_for(root, gfn).ok_or(MapError::BadGfn)?;
         if !pte::pfn_fits(pfn) || pfn & (level.pages() - 1) != 0 {
@@ -527,12 +536,72 @@ impl<P: PageOps> S2Mmu<P> {
         let ptep = &unsafe { table::<P>(table_pfn) }[pte::index(gfn, lvl)];
         let old = ptep.load(Ordering::Acquire);
         let new = pte::make_leaf(pfn, lvl, writable);
-        let action = self.set_leaf(ptep, old, new, lvl, flush)?;
+        let mut unlinked = None;
+        let action = if pte::is_table(old, lvl) {
+            unlinked = Some(self.collapse(ptep, old, new, lvl, level, flush)?);
+            MapAction::Replaced
+        } else {
+            self.set_leaf(ptep, old, new, lvl, flush)?
+        };
         Ok(MapOutcome {
             action,
             chain_len: 0,
             new_tables,
+            split: false,
+            unlinked,
         })
+    }
+
+    /// Replaces the table entry `ptep` at `level`, which held `old`, by the block `new` mapping
+    /// `covers` (the primary collapsed the range since it was mapped smaller), with
+    /// break-before-make under the read side of the MMU lock: lock the entry (E25: another
+    /// walker's lock is never taken over), flush (the entry was valid: no vCPU can use a
+    /// translation through the table any more, and none can enter it again, E24), zap every
+    /// leaf of the table and the tables under it, then make the block.
+    ///
+    /// The table is unlinked but not freed: other walkers under the read side (faults, agers,
+    /// the snapshot) may still be inside it, and may even install leaves or link tables in it
+    /// (which nothing can reach: harmless).  It is returned for
+    /// [`S2Mmu::free_unlinked()`], under the write side (I1).
+    fn collapse(
+        &self,
+        ptep: &AtomicU64,
+        old: u64,
+        new: u64,
+        level: u32,
+        covers: MapLevel,
+        flush: &dyn Fn(),
+    ) -> Result<UnlinkedTable, MapError> {
+        if !pte::try_break(ptep, old, flush) {
+            return self.again();
+        }
+        // SAFETY: linked by the valid table entry `old` of `self` until the break just now, so a
+        // table of `self`, and freed only by `free_unlinked()`, with the write side held, which
+        // our read side excludes (I1).
+        unsafe { zap_unlinked::<P>(pte::pfn(old), level + 1, self) };
+        Counters::add(&self.counters.leaves, 1);
+        pte::make(ptep, new);
+        Ok(UnlinkedTable {
+            pfn: pte::pfn(old),
+            covers,
+        })
+    }
+
+    /// Frees a table a block map unlinked ([`MapOutcome::unlinked`]), and the tables under it,
+    /// with the write side of the MMU lock held (`&mut self`), so that no walker under the read
+    /// side is left in it.  Leaves that racing faults installed in it after it was unlinked are
+    /// dropped without marking their pages dirty: no vCPU could reach them to write.
+    ///
+    /// # Safety
+    ///
+    /// `t` came from a [`MapOutcome`] of this MMU and was not freed yet.  (The break-before-make
+    /// that unlinked it flushed the TLBs, which waited for every vCPU that could be walking
+    /// inside it: hardware walkers run only in guest mode.)
+    pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
+        let level = pte_level(t.covers) + 1;
+        // SAFETY: unlinked, per the caller; `&mut self`: no walker under the read side, and
+        // none in guest mode since the break's flush.
+        unsafe { drop_unlinked::<P>(t.pfn, level, &self.counters) };
     }
 
     /// Links a table from `tables` in `ptep`, an entry at `level` (not the last) on the way down
@@ -621,7 +690,7 @@ impl<P: PageOps> S2Mmu<P> {
             };
         }
         if pte::is_table(old, level) {
-            // A table where a block goes: only for block levels, which map() refuses for now.
+            // A table where a block goes: `map()` collapses it before it gets here.
             debug_assert!(false, "table at the leaf level {level}");
             return Err(MapError::BadLevel);
         }
@@ -915,6 +984,13 @@ impl<P: PageOps> S2Mmu<P> {
         Some((w.ptep, w.pte, w.level))
     }
 
+    /// Counts a leaf installed by hand, as a racing fault that put it in a table being unlinked
+    /// would have, for tests of [`S2Mmu::free_unlinked()`].
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn count_test_leaf(&self) {
+        Counters::add(&self.counters.leaves, 1);
+    }
+
     /// Installs a block leaf mapping `gfn`'s aligned block at `level` to `pfn` in root `root`,
     /// in an empty entry whose table exists, as a future block map would, for tests of the paths
     /// that already handle blocks.  Returns false if there is no empty entry at that level.
@@ -957,6 +1033,66 @@ impl<P: PageOps> Drop for S2Mmu<P> {
         self.nr_roots = 0;
         debug_assert_eq!(self.table_pages(), 0);
     }
+}
+
+/// Zaps every valid leaf of `table_pfn`, a table at `level` just unlinked by a block map's
+/// break-before-make, and of the tables under it: each with a compare-exchange from the value
+/// loaded (I3: other walkers under the read side may still be inside), counted as removed with
+/// its page marked dirty if it was writable (I4; the primary MMU still maps the page: zaps that
+/// would unmap it need the write side).  Locked entries belong to their owner (I2): skipped.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of `mmu`, not freed while this runs.
+unsafe fn zap_unlinked<P: PageOps>(table_pfn: u64, level: u32, mmu: &S2Mmu<P>) {
+    // SAFETY: allocated, per the caller.
+    let t = unsafe { table::<P>(table_pfn) };
+    for entry in t {
+        let mut v = entry.load(Ordering::Acquire);
+        loop {
+            if pte::is_table(v, level) {
+                // SAFETY: linked from an unlinked table of `mmu`, freed with it.
+                unsafe { zap_unlinked::<P>(pte::pfn(v), level + 1, mmu) };
+                break;
+            }
+            if !pte::is_leaf(v, level) {
+                break;
+            }
+            match pte::try_set(entry, v, 0) {
+                Ok(()) => {
+                    mmu.leaf_removed(v);
+                    break;
+                }
+                Err(cur) => v = cur,
+            }
+        }
+    }
+}
+
+/// Frees `table_pfn`, a table at `level` unlinked by a block map, and every table under it,
+/// counting the leaves left in them (installed by racing faults after the unlink) as removed,
+/// without marking their pages dirty (nothing could reach them to write).
+///
+/// # Safety
+///
+/// As for [`free_tree()`]; besides, no walker under the read side of the MMU lock is left in
+/// it (the caller holds the write side).
+unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: u32, counters: &Counters) {
+    // SAFETY: allocated and unreachable, per the caller.
+    let t = unsafe { table::<P>(table_pfn) };
+    for entry in t {
+        let v = entry.load(Ordering::Relaxed);
+        if pte::is_table(v, level) {
+            // SAFETY: linked only from this unreachable table (I1).
+            unsafe { drop_unlinked::<P>(pte::pfn(v), level + 1, counters) };
+        } else if pte::is_leaf(v, level) {
+            counters.leaves.fetch_sub(1, CounterOrdering::Relaxed);
+            Counters::add(&counters.zapped, 1);
+        }
+    }
+    // SAFETY: from `alloc_table()` (I1), unreachable per the caller; its subtables are freed.
+    unsafe { P::free_table(table_pfn) };
+    Counters::add(&counters.tables_freed, 1);
 }
 
 /// Frees `table_pfn`, a table at `level`, and every table under it.

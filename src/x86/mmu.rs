@@ -26,10 +26,13 @@
 //!   leaf removes it ([`drop_leaf()`], [`zap_rmap()`]).  So zapping through the rmaps of a gfn
 //!   range clears every mapping of the range in every root.
 //! - I2. Every table page is a root or is linked by exactly one present non-leaf SPTE of this
-//!   MMU, and table pages are freed only when the MMU is dropped.  So a walker that read a
-//!   non-leaf SPTE, however long ago, may still dereference the table it points at (no
-//!   lifetime tracking is needed while tables are never unlinked; freeing them earlier, as
-//!   zapping huge ranges will want, needs a grace period for walkers first).
+//!   MMU, or was unlinked by a collapse ([`X86Mmu::map_level()`] putting a huge leaf where a
+//!   table was) and is waiting to be freed.  A table page is freed only when the MMU is dropped,
+//!   or, once unlinked, after a TLB flush that waited for every vCPU to leave guest mode
+//!   ([`X86Mmu::free_unlinked()`]): the lockless walker ([`translate()`]) runs only in guest
+//!   mode, so a walker that read a non-leaf SPTE may dereference the table it points at until
+//!   it leaves guest mode.  Walkers under the MMU lock ([`X86Mmu::snapshot()`]) cannot meet an
+//!   unlinked table: unlinking and freeing both happen under the lock held for write.
 //! - I3. A walker changes only A and D, only with a compare-exchange from the value it read, and
 //!   only on a present leaf: it can never make a zapped SPTE present again (unlike an
 //!   unconditional OR), nor set D on a leaf that lost W meanwhile.
@@ -78,9 +81,13 @@
 //! the MMU lock: before each yield of a resumable zap and before returning (protocols B7, B8).
 //! Then no vCPU can use a translation of a zapped SPTE, and the primary MMU may free its page.
 //!
-//! Huge pages.  Only 4K leaves are installed for now, but the rmaps, the zaps, the walkers and
-//! the snapshot already handle leaves at 2M and 1G, and [`X86Mmu::map()`] is written for any
-//! target level (a huge leaf found on the way down is zapped and replaced by a table).
+//! Huge pages.  [`X86Mmu::map_level()`] installs leaves at 4K, 2M and 1G, each in the rmap of
+//! its level; the zaps, the agers, the walkers and the snapshot handle every level, and visit
+//! huge levels from the range start aligned down (D23), so an invalidation of part of a huge
+//! leaf zaps all of it.  The fault path picks the level (`vcpu.rs`): no larger than the primary
+//! MMU maps the host range, nor than the slot's alignment allows.  A map below a huge leaf
+//! splits it (zaps it and links a table); a huge map over a table collapses it (zaps every leaf
+//! under it, unlinks it, and the caller frees it after the TLB flush, I2).
 //!
 //! Kernel-free: built into the module and into the host crate.
 
@@ -89,7 +96,9 @@ use core::ptr::{self, NonNull};
 
 use crate::aging::{AgeOp, AgeResult};
 use crate::memslot::{Slot, MAX_SLOTS};
-use crate::pgtable::{snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache};
+use crate::pgtable::{
+    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable,
+};
 use crate::prim::{
     self, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox, PVec,
 };
@@ -637,17 +646,70 @@ impl<P: PageOps> X86Mmu<P> {
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
+        self.map_level(
+            root,
+            slot_id,
+            gfn,
+            pfn,
+            writable,
+            MapLevel::L4K,
+            tables,
+            descs,
+        )
+    }
+
+    /// [`X86Mmu::map()`] at any level: maps the `level`-sized block of gfns that starts at
+    /// `gfn` (aligned to `level`, and whole inside the slot) to the host pages that start at
+    /// `pfn` (aligned to `level` too), with one leaf.  The caller has made sure that the primary
+    /// MMU maps the host range at least that large (see `vcpu.rs`).
+    ///
+    /// On the way down, a huge leaf where a table must go is zapped and replaced by a table (a
+    /// split, [`MapOutcome::split`]): later faults map what the primary maps then.  At the
+    /// target level, a table where the huge leaf goes (the range was mapped smaller, and the
+    /// primary has collapsed it since) is emptied: every leaf under it is zapped through its
+    /// rmap, and the table is unlinked and replaced by the leaf (a collapse).  Lockless walkers
+    /// may still be inside the unlinked table: it is handed back in [`MapOutcome::unlinked`],
+    /// and the caller frees it with [`X86Mmu::free_unlinked()`] after the TLB flush that
+    /// [`MapOutcome::needs_flush()`] asks for (I2).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn map_level(
+        &mut self,
+        root: usize,
+        slot_id: u32,
+        gfn: u64,
+        pfn: u64,
+        writable: bool,
+        level: MapLevel,
+        tables: &mut TableCache<P>,
+        descs: &mut DescCache,
+    ) -> Result<MapOutcome, MapError> {
         let m = Mapping {
             gfn,
             pfn,
-            level: MapLevel::L4K,
+            level,
             writable,
         };
         self.map_at(root, slot_id, m, tables, descs)
     }
 
-    /// [`X86Mmu::map()`] at any level.  Only [`MapLevel::L4K`] is accepted until huge mappings
-    /// are: mapping a huge leaf over a table also needs the tables under it zapped and freed.
+    /// Frees a table that a map unlinked ([`MapOutcome::unlinked`]), and the tables under it.
+    ///
+    /// # Safety
+    ///
+    /// `t` came from a [`MapOutcome`] of this MMU and was not freed yet, and no lockless walker
+    /// can still be inside it: a TLB flush that waits for every vCPU to leave guest mode (the
+    /// only place [`translate()`] runs) has completed since the map unlinked it.
+    pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
+        let Some(level) = spte_level(t.covers).lower() else {
+            debug_assert!(false, "a 4K entry never links a table");
+            return;
+        };
+        // SAFETY: unlinked by a map of this MMU, so linked nowhere, with only empty entries and
+        // tables linked from it alone (I2); no walker is left in it, per the caller.
+        unsafe { free_tree::<P>(t.pfn, level, &mut self.stats) };
+    }
+
+    /// [`X86Mmu::map_level()`] with the mapping gathered.
     fn map_at(
         &mut self,
         root: usize,
@@ -657,17 +719,17 @@ impl<P: PageOps> X86Mmu<P> {
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
         let root_pfn = self.root_pfn(root).ok_or(MapError::BadRoot)?;
-        if m.level != MapLevel::L4K {
-            return Err(MapError::BadLevel);
-        }
-        if m.gfn >> GFN_BITS != 0 {
+        let pages = m.level.pages();
+        if m.gfn >> GFN_BITS != 0 || m.gfn & (pages - 1) != 0 {
             return Err(MapError::BadGfn);
         }
-        if !pfn_fits(m.pfn) || m.pfn & (m.level.pages() - 1) != 0 {
+        if !pfn_fits(m.pfn) || m.pfn & (pages - 1) != 0 {
             return Err(MapError::BadPfn);
         }
         let slot = Self::slot_rmaps(&self.rmaps, slot_id).ok_or(MapError::NoSlot)?;
-        if !slot.contains(m.gfn) {
+        // The whole block is in the slot: every leaf under a table replaced by the huge leaf
+        // maps a gfn of this slot, so it is in this slot's rmaps (I1).
+        if !slot.contains(m.gfn) || !slot.contains(m.gfn + pages - 1) {
             return Err(MapError::BadGfn);
         }
         if tables.len() < MAP_MIN_TABLES || descs.len() < MAP_MIN_DESCS {
@@ -686,7 +748,8 @@ impl<P: PageOps> X86Mmu<P> {
         let mut zapped_huge = false;
         while level > target {
             // SAFETY: `table_pfn` is a root or was linked by a present non-leaf SPTE of this
-            // MMU, so it came from `alloc_table()` and is freed only when the MMU is (I2).
+            // MMU, so it came from `alloc_table()`, and is freed only after it was unlinked and
+            // a flush waited for walkers (I2); we hold the lock, so it is linked now.
             let sptep = &unsafe { P::table(table_pfn) }[level.index(m.gfn)];
             let mut e = sptep.load(Ordering::Relaxed);
             if spte::is_present(e) && spte::is_leaf(e, level) {
@@ -695,7 +758,7 @@ impl<P: PageOps> X86Mmu<P> {
                     sptep,
                     slot,
                     map_level(level),
-                    m.gfn,
+                    map_level(level).align_down(m.gfn),
                     &mut locked,
                     descs,
                     stats,
@@ -721,7 +784,23 @@ impl<P: PageOps> X86Mmu<P> {
 
         // SAFETY: as above.
         let sptep = &unsafe { P::table(table_pfn) }[level.index(m.gfn)];
-        let old = sptep.load(Ordering::Relaxed);
+        let mut old = sptep.load(Ordering::Relaxed);
+        let mut unlinked = None;
+        if spte::is_present(old) && !spte::is_leaf(old, level) {
+            // A table where the huge leaf goes: zap every leaf under it, through their rmaps
+            // (I1), then unlink it.  Walkers that are inside it find empty entries and fault.
+            let covers = m.level;
+            let pfn = spte::pfn(old);
+            if let Some(lower) = level.lower() {
+                // SAFETY: linked by the present non-leaf `old`, so a table of this MMU (I2).
+                let zapped =
+                    unsafe { zap_tree::<P>(pfn, lower, m.gfn, slot, &mut locked, descs, stats) };
+                zapped_huge |= zapped != 0;
+            }
+            sptep.store(0, Ordering::Relaxed);
+            unlinked = Some(UnlinkedTable { pfn, covers });
+            old = 0;
+        }
         let new = spte::make_leaf(m.pfn, level, m.writable, self.ad_enabled);
         let (mut action, chain_len) = if !spte::is_present(old) {
             let len = install_leaf(sptep, new, slot, m.level, m.gfn, &mut locked, descs, stats);
@@ -740,6 +819,8 @@ impl<P: PageOps> X86Mmu<P> {
             action,
             chain_len,
             new_tables,
+            split: zapped_huge && unlinked.is_none(),
+            unlinked,
         })
     }
 
@@ -845,8 +926,9 @@ impl<P: PageOps> X86Mmu<P> {
         if gfn >> GFN_BITS != 0 {
             return None;
         }
-        // SAFETY: `root_pfn` is a root of `self`, which is borrowed, so not dropped, for as long
-        // as the entry returned.
+        // SAFETY: `root_pfn` is a root of `self`, which is borrowed, so neither dropped nor
+        // freeing unlinked tables (`free_unlinked()` takes `&mut self`), for as long as the entry
+        // returned: `&self` stands for the MMU lock (module documentation).
         let w = unsafe { walk::<P>(root_pfn, gfn) };
         spte::is_present(w.spte).then(|| (w.sptep, w.spte, map_level(w.level)))
     }
@@ -1016,6 +1098,48 @@ unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: Level, stats: &mut MmuSta
     stats.tables_freed += 1;
 }
 
+/// Zaps every leaf in `table_pfn`, a table at `level` whose first entry maps `first_gfn`, and in
+/// the tables under it, each through its rmap in `slot` (I1): the unlinking of the table by a
+/// collapse.  Tables under it stay linked from it, to be freed with it.  Returns the number of
+/// leaves zapped.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of this MMU, linked by a present non-leaf SPTE (I2), whose gfns all
+/// lie in `slot`, and the MMU lock is held for write (`locked`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn zap_tree<P: PageOps>(
+    table_pfn: u64,
+    level: Level,
+    first_gfn: u64,
+    slot: &SlotRmaps,
+    locked: &mut MmuWriteLocked<'_>,
+    descs: &mut DescCache,
+    stats: &mut MmuStats,
+) -> u64 {
+    let ml = map_level(level);
+    // SAFETY: a table of this MMU, per the caller.
+    let table = unsafe { P::table(table_pfn) };
+    let mut zapped = 0;
+    for (i, sptep) in table.iter().enumerate() {
+        let e = sptep.load(Ordering::Relaxed);
+        if !spte::is_present(e) {
+            continue;
+        }
+        let gfn = first_gfn + ((i as u64) << ml.gfn_shift());
+        if spte::is_leaf(e, level) {
+            drop_leaf::<P>(sptep, slot, ml, gfn, locked, descs, stats);
+            zapped += 1;
+        } else if let Some(lower) = level.lower() {
+            // SAFETY: linked by a present non-leaf SPTE of this MMU, under the caller's table,
+            // so its gfns are in `slot` too.
+            zapped +=
+                unsafe { zap_tree::<P>(spte::pfn(e), lower, gfn, slot, locked, descs, stats) };
+        }
+    }
+    zapped
+}
+
 /// Installs the leaf `new` in the empty entry `sptep`, which maps `gfn` at `level` in `slot`, and
 /// adds it to its rmap (I1).  Returns the rmap's length with it.
 #[allow(clippy::too_many_arguments)]
@@ -1041,7 +1165,8 @@ fn install_leaf(
     let before = {
         let mut guard = head.lock(locked);
         // SAFETY: `sptep` is an entry of a table page that stays allocated until the MMU is
-        // dropped (I2); the MMU's drop first zaps everything, and a cleared leaf leaves its rmap
+        // dropped or the table is unlinked and freed (I2); the MMU's drop first zaps everything,
+        // a collapse zaps every leaf of the table it unlinks, and a cleared leaf leaves its rmap
         // (I1), so the entry is removed from the rmap before its table is freed.
         unsafe { guard.add(NonNull::from(sptep), descs) }
     };
@@ -1393,14 +1518,17 @@ pub(crate) fn age_hva_range_lockless(
 ///
 /// # Safety
 ///
-/// `root_pfn` is a root of an [`X86Mmu<P>`] that is not dropped for `'a`.
+/// `root_pfn` is a root of an [`X86Mmu<P>`] that is not dropped for `'a`, and for `'a` the
+/// caller holds its MMU lock (either side) or runs in guest mode, so that no table it walks
+/// into is freed (I2).
 unsafe fn walk<'a, P: PageOps>(root_pfn: u64, gfn: u64) -> Walk<'a> {
     debug_assert_eq!(gfn >> GFN_BITS, 0);
     let mut table_pfn = root_pfn;
     let mut level = ROOT_LEVEL;
     loop {
         // SAFETY: `table_pfn` is the root, or was linked by a present non-leaf SPTE of the MMU,
-        // and tables are freed only when the MMU is dropped (I2), which the caller excludes.
+        // and tables are freed only when the MMU is dropped, or after they were unlinked under
+        // the MMU lock and a flush waited for guest mode to end (I2): the caller excludes all.
         let sptep = &unsafe { P::table::<'a>(table_pfn) }[level.index(gfn)];
         let spte = sptep.load(Ordering::Acquire);
         if !spte::is_present(spte) || spte::is_leaf(spte, level) {
@@ -1444,7 +1572,8 @@ fn translation(spte: u64, level: Level, gfn: u64) -> Translation {
 /// # Safety
 ///
 /// `root_pfn` is [`X86Mmu::root_pfn()`] of an `X86Mmu<P>` that is not dropped before this
-/// returns.
+/// returns, and the caller runs in guest mode (or holds the MMU lock) until it returns, so
+/// that no table unlinked meanwhile is freed under the walk (I2).
 pub(crate) unsafe fn translate<P: PageOps>(
     root_pfn: u64,
     gfn: u64,
@@ -1454,7 +1583,8 @@ pub(crate) unsafe fn translate<P: PageOps>(
         return Err(WalkFault::NotPresent);
     }
     'walk: loop {
-        // SAFETY: per the caller, the MMU of `root_pfn` outlives this call.
+        // SAFETY: per the caller, the MMU of `root_pfn` outlives this call, and the caller is
+        // in guest mode or holds the MMU lock throughout.
         let w = unsafe { walk::<P>(root_pfn, gfn) };
         let mut spte = w.spte;
         loop {

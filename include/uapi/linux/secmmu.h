@@ -60,7 +60,12 @@ struct secmmu_stats {
 	__u64 access_flag_faults;	/* AF set by an access-flag fault, no GUP */
 	__u64 bbm;			/* break-before-make sequences */
 	__u64 module_table_pages;	/* table pages of the module, all spaces */
-	__u64 reserved[6];
+	__u64 mappings_4k;		/* leaves installed by faults: 4K, */
+	__u64 mappings_2m;		/* ... 2M */
+	__u64 mappings_1g;		/* ... and 1G */
+	__u64 splits;			/* huge leaves replaced by a table */
+	__u64 collapses;		/* tables replaced by a huge leaf */
+	__u64 reserved;			/* reads as zero */
 };
 
 #define SECMMU_GET_STATS	_IOR(SECMMUIO, 0x01, struct secmmu_stats)
