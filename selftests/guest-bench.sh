@@ -1,34 +1,44 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 # Runs inside the perf VM: load secmmu and the HMM test driver, run the
-# benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR
-# (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/)
-top=$1 kdir=$2
+# benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES]
+# (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/; BENCHES: some of
+# "dmirror fault huge aging", default all)
+top=$1 kdir=$2 only=${3:-all}
+want() { [ "$only" = all ] || case " $only " in *" $1 "*) ;; *) false ;; esac; }
+rc=0
 insmod "$top/secmmu.ko" || exit 1
 insmod "$kdir/lib/test_hmm.ko" || exit 1
 echo "== bench: $(uname -r), $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"
-"$top/selftests/secmmu_bench" "${SECMMU_BENCH_MIB:-1024}"
-rc=$?
+if want dmirror; then
+	"$top/selftests/secmmu_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+fi
 
 # Parallel faults: arm64 stage-2 (read-lock faults) vs x86 (write lock).
-echo "== bench: parallel fault-in, arm64 vs x86 format"
-"$top/selftests/secmmu_fault_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+if want fault; then
+	echo "== bench: parallel fault-in, arm64 vs x86 format"
+	"$top/selftests/secmmu_fault_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+fi
 
 # Huge mappings: THP-backed vs THP-disabled fault-in, both formats.
-echo "== bench: fault-in of THP-backed vs 4K memory (targets: >= 100x fewer"
-echo "   faults and >= 10x less time with huge mappings)"
-"$top/selftests/secmmu_huge_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+if want huge; then
+	echo "== bench: fault-in of THP-backed vs 4K memory (targets: >= 100x fewer"
+	echo "   faults and >= 10x less time with huge mappings)"
+	"$top/selftests/secmmu_huge_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+fi
 
 # Aging: lockless (default) and under the MMU lock, same kernel, same run.
-echo "== bench: aging while a vCPU faults (targets: lockless >= 90% of the"
-echo "   vCPU's rate alone, and better than locked on both figures; under TCG"
-echo "   a busy CPU 1 slows CPU 0 on a host without a spare core, so the rate"
-echo "   is also given against CPU 1 spinning in user space)"
-for locked in 0 1; do
-	rmmod secmmu
-	insmod "$top/secmmu.ko" aging_locked=$locked || rc=1
-	label=lockless
-	[ $locked = 1 ] && label=locked
-	"$top/selftests/secmmu_aging_bench" $label "${SECMMU_AGING_SECS:-6}" || rc=1
-done
+if want aging; then
+	echo "== bench: aging while a vCPU faults (targets: lockless >= 90% of the"
+	echo "   vCPU's rate alone, and better than locked on both figures; under TCG"
+	echo "   a busy CPU 1 slows CPU 0 on a host without a spare core, so the rate"
+	echo "   is also given against CPU 1 spinning in user space)"
+	for locked in 0 1; do
+		rmmod secmmu
+		insmod "$top/secmmu.ko" aging_locked=$locked || rc=1
+		label=lockless
+		[ $locked = 1 ] && label=locked
+		"$top/selftests/secmmu_aging_bench" $label "${SECMMU_AGING_SECS:-6}" || rc=1
+	done
+fi
 echo "SECMMU-BENCH-EXIT $rc"

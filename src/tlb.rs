@@ -37,10 +37,15 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
-use crate::prim::{self, fence, AtomicU64, Ordering};
+use crate::{
+    pgtable::{MapLevel, Translation, WalkFault},
+    prim::{self, fence, AtomicU64, Ordering},
+};
 
-/// Entries in a [`SoftTlb`].
-pub(crate) const TLB_ENTRIES: usize = 64;
+/// Entries of a [`SoftTlb`] for each mapping size, indexed by [`MapLevel::idx()`]: like the
+/// separate 4K, 2M and 1G arrays of a hardware TLB, so that one huge mapping takes one entry
+/// and serves every 4K page under it.
+pub(crate) const TLB_ENTRIES: [usize; 3] = [64, 32, 4];
 
 /// Entry flag: the entry holds a translation.
 const TLB_VALID: u8 = 1 << 0;
@@ -49,26 +54,35 @@ const TLB_WRITABLE: u8 = 1 << 1;
 /// Entry flag: the leaf's D is set (or A/D are not kept), so a write needs no walk.
 const TLB_DIRTY: u8 = 1 << 2;
 
-/// One cached translation.
+/// One cached translation, of the leaf mapping `tag` (the gfn shifted right by its level's
+/// [`MapLevel::gfn_shift()`]) to the host pages from `pfn` on.
 #[derive(Clone, Copy)]
 struct TlbEntry {
-    gfn: u64,
+    tag: u64,
     pfn: u64,
     flags: u8,
 }
 
 impl TlbEntry {
     const EMPTY: TlbEntry = TlbEntry {
-        gfn: 0,
+        tag: 0,
         pfn: 0,
         flags: 0,
     };
 }
 
-/// A vCPU's software TLB: direct-mapped, gfn to host pfn.  Only its vCPU's thread touches it,
-/// and only in guest mode (see the module documentation).
+/// A vCPU's software TLB: direct-mapped arrays, one per mapping size, from a gfn to its host
+/// pfn.  Only its vCPU's thread touches it, and only in guest mode (see the module
+/// documentation).
+///
+/// A translation is cached at the size of the leaf that maps it, as hardware does.  Two entries
+/// of different sizes never both cover a gfn with different translations: a leaf is replaced by
+/// one of another size only after it is zapped, and the zap flushes (A1; on stage-2, the flush
+/// between break and make).
 pub(crate) struct SoftTlb {
-    entries: [TlbEntry; TLB_ENTRIES],
+    small: [TlbEntry; TLB_ENTRIES[0]],
+    large: [TlbEntry; TLB_ENTRIES[1]],
+    giant: [TlbEntry; TLB_ENTRIES[2]],
     hits: u64,
     misses: u64,
     flushes: u64,
@@ -84,52 +98,86 @@ impl SoftTlb {
     /// An empty TLB.
     pub(crate) const fn new() -> Self {
         SoftTlb {
-            entries: [TlbEntry::EMPTY; TLB_ENTRIES],
+            small: [TlbEntry::EMPTY; TLB_ENTRIES[0]],
+            large: [TlbEntry::EMPTY; TLB_ENTRIES[1]],
+            giant: [TlbEntry::EMPTY; TLB_ENTRIES[2]],
             hits: 0,
             misses: 0,
             flushes: 0,
         }
     }
 
-    fn slot(gfn: u64) -> usize {
-        (gfn % TLB_ENTRIES as u64) as usize
+    /// The entry that would cache a `level`-sized translation of `gfn`.
+    fn entry(&mut self, level: MapLevel, gfn: u64) -> &mut TlbEntry {
+        let tag = gfn >> level.gfn_shift();
+        let set: &mut [TlbEntry] = match level {
+            MapLevel::L4K => &mut self.small,
+            MapLevel::L2M => &mut self.large,
+            MapLevel::L1G => &mut self.giant,
+        };
+        let n = set.len() as u64;
+        &mut set[(tag % n) as usize]
     }
 
     /// The cached pfn of `gfn`, if a cached translation allows the access: a write needs a
     /// writable entry whose leaf is known dirty, otherwise the walk must set D first.
     pub(crate) fn lookup(&mut self, gfn: u64, write: bool) -> Option<u64> {
-        let e = &self.entries[Self::slot(gfn)];
         let need = if write {
             TLB_VALID | TLB_WRITABLE | TLB_DIRTY
         } else {
             TLB_VALID
         };
-        if e.gfn == gfn && e.flags & need == need {
-            self.hits += 1;
-            Some(e.pfn)
-        } else {
-            self.misses += 1;
-            None
+        for level in MapLevel::ALL {
+            let e = *self.entry(level, gfn);
+            if e.tag == gfn >> level.gfn_shift() && e.flags & need == need {
+                self.hits += 1;
+                return Some(e.pfn + (gfn & (level.pages() - 1)));
+            }
         }
+        self.misses += 1;
+        None
     }
 
-    /// Caches the translation of `gfn` found by a walk: host page `pfn`, whether it allows
-    /// writes, and whether its leaf is dirty (D set, or A/D not kept), so that writes need no
-    /// walk.  Replaces whatever the entry held.
-    pub(crate) fn fill(&mut self, gfn: u64, pfn: u64, writable: bool, dirty: bool) {
+    /// Caches `t`, the translation of `gfn` found by a walk, at the size of its leaf: so that
+    /// reads (and, if the leaf is writable and dirty, writes) of every gfn the leaf maps need
+    /// no walk.  Replaces whatever the entry held.
+    pub(crate) fn fill(&mut self, gfn: u64, t: &Translation) {
         let mut flags = TLB_VALID;
-        if writable {
+        if t.writable {
             flags |= TLB_WRITABLE;
-            if dirty {
+            if t.dirty {
                 flags |= TLB_DIRTY;
             }
         }
-        self.entries[Self::slot(gfn)] = TlbEntry { gfn, pfn, flags };
+        let off = gfn & (t.level.pages() - 1);
+        *self.entry(t.level, gfn) = TlbEntry {
+            tag: gfn >> t.level.gfn_shift(),
+            pfn: t.pfn - off,
+            flags,
+        };
     }
 
-    /// Forgets every translation.
+    /// The host pfn of `gfn` for a read or a `write`: from the TLB, or else from `walk` (the
+    /// format's lockless walker), whose translation is then cached.
+    pub(crate) fn translate(
+        &mut self,
+        gfn: u64,
+        write: bool,
+        walk: impl FnOnce() -> Result<Translation, WalkFault>,
+    ) -> Result<u64, WalkFault> {
+        if let Some(pfn) = self.lookup(gfn, write) {
+            return Ok(pfn);
+        }
+        let t = walk()?;
+        self.fill(gfn, &t);
+        Ok(t.pfn)
+    }
+
+    /// Forgets every translation, of every size.
     pub(crate) fn flush(&mut self) {
-        self.entries = [TlbEntry::EMPTY; TLB_ENTRIES];
+        self.small = [TlbEntry::EMPTY; TLB_ENTRIES[0]];
+        self.large = [TlbEntry::EMPTY; TLB_ENTRIES[1]];
+        self.giant = [TlbEntry::EMPTY; TLB_ENTRIES[2]];
         self.flushes += 1;
     }
 
@@ -246,26 +294,35 @@ impl VcpuMode {
 mod tests {
     use super::*;
 
+    fn leaf(pfn: u64, level: MapLevel, writable: bool, dirty: bool) -> Translation {
+        Translation {
+            pfn,
+            level,
+            writable,
+            dirty,
+        }
+    }
+
     #[test]
     fn lookup_fill_flush() {
         let mut tlb = SoftTlb::new();
         assert_eq!(tlb.lookup(5, false), None);
-        tlb.fill(5, 0x1234, false, false);
+        tlb.fill(5, &leaf(0x1234, MapLevel::L4K, false, false));
         assert_eq!(tlb.lookup(5, false), Some(0x1234));
         assert_eq!(tlb.lookup(5, true), None, "read-only entry serves no write");
-        tlb.fill(5, 0x1234, true, false);
+        tlb.fill(5, &leaf(0x1234, MapLevel::L4K, true, false));
         assert_eq!(
             tlb.lookup(5, true),
             None,
             "clean entry: the walk must set D"
         );
         assert_eq!(tlb.lookup(5, false), Some(0x1234));
-        tlb.fill(5, 0x1234, true, true);
+        tlb.fill(5, &leaf(0x1234, MapLevel::L4K, true, true));
         assert_eq!(tlb.lookup(5, true), Some(0x1234));
         // Same slot, other gfn: direct-mapped, replaces.
-        let alias = 5 + TLB_ENTRIES as u64;
+        let alias = 5 + TLB_ENTRIES[0] as u64;
         assert_eq!(tlb.lookup(alias, false), None);
-        tlb.fill(alias, 0x99, false, false);
+        tlb.fill(alias, &leaf(0x99, MapLevel::L4K, false, false));
         assert_eq!(tlb.lookup(5, false), None);
         assert_eq!(tlb.lookup(alias, false), Some(0x99));
         // gfn 0 in an empty TLB is not a hit on the zeroed entry.
@@ -277,6 +334,57 @@ mod tests {
             (4, 7, 1),
             "hits, misses, flushes"
         );
+    }
+
+    /// A huge leaf takes one entry, which serves every 4K page under it (and no other), with
+    /// the right pfn; a flush forgets entries of every size.
+    #[test]
+    fn huge_entries_cover_their_leaf() {
+        let mut tlb = SoftTlb::new();
+        // gfn 0x40205 is mapped by the 2M leaf of gfns 0x40200..0x40400 at pfn 0x8000.
+        tlb.fill(0x40205, &leaf(0x8005, MapLevel::L2M, true, true));
+        for gfn in 0x40200..0x40400 {
+            assert_eq!(tlb.lookup(gfn, true), Some(0x8000 + gfn - 0x40200));
+        }
+        assert_eq!(tlb.lookup(0x401ff, false), None);
+        assert_eq!(tlb.lookup(0x40400, false), None);
+        // An alias 2M leaf replaces it.
+        let alias = 0x40200 + (TLB_ENTRIES[1] as u64) * 512;
+        tlb.fill(alias, &leaf(0x10000, MapLevel::L2M, false, false));
+        assert_eq!(tlb.lookup(0x40300, false), None);
+        assert_eq!(tlb.lookup(alias + 511, false), Some(0x10000 + 511));
+        assert_eq!(tlb.lookup(alias + 511, true), None, "read-only huge entry");
+        // 1G leaf: gfns 0x80000..0xc0000 at pfn 0x100000; a 4K entry beside it.
+        tlb.fill(0xbffff, &leaf(0x13ffff, MapLevel::L1G, true, false));
+        tlb.fill(0x7, &leaf(0x77, MapLevel::L4K, false, false));
+        assert_eq!(tlb.lookup(0x80000, false), Some(0x100000));
+        assert_eq!(tlb.lookup(0xa1234, false), Some(0x121234));
+        assert_eq!(tlb.lookup(0xa1234, true), None, "clean: the walk sets D");
+        assert_eq!(tlb.lookup(0xc0000, false), None);
+        assert_eq!(tlb.lookup(0x7, false), Some(0x77));
+        tlb.flush();
+        for gfn in [0x7, 0x80000, 0xa1234, alias, 0x40205] {
+            assert_eq!(tlb.lookup(gfn, false), None, "gfn {gfn:#x} after flush");
+        }
+    }
+
+    #[test]
+    fn translate_walks_only_on_miss() {
+        let mut tlb = SoftTlb::new();
+        let mut walks = 0;
+        for gfn in 0x200..0x400 {
+            let pfn = tlb.translate(gfn, false, || {
+                walks += 1;
+                Ok(leaf(0x1000 + gfn - 0x200, MapLevel::L2M, false, false))
+            });
+            assert_eq!(pfn, Ok(0x1000 + gfn - 0x200));
+        }
+        assert_eq!(walks, 1, "one walk for a whole 2M leaf");
+        assert_eq!(
+            tlb.translate(0x400, false, || Err(WalkFault::NotPresent)),
+            Err(WalkFault::NotPresent)
+        );
+        assert_eq!(tlb.lookup(0x400, false), None, "a fault caches nothing");
     }
 
     #[test]
@@ -385,15 +493,19 @@ mod loom_tests {
                 tlb.flush();
             }
             for &gfn in gfns {
-                let pfn = tlb.lookup(gfn as u64, false).or_else(|| {
+                let pfn = tlb.translate(gfn as u64, false, || {
                     // The walk: Acquire, as the walker's loads are.
-                    let spte = self.sptes[gfn].load(Ordering::Acquire);
-                    (spte != 0).then(|| {
-                        tlb.fill(gfn as u64, spte - 1, false, false);
-                        spte - 1
-                    })
+                    match self.sptes[gfn].load(Ordering::Acquire) {
+                        0 => Err(WalkFault::NotPresent),
+                        spte => Ok(Translation {
+                            pfn: spte - 1,
+                            level: MapLevel::L4K,
+                            writable: false,
+                            dirty: false,
+                        }),
+                    }
                 });
-                if let Some(pfn) = pfn {
+                if let Ok(pfn) = pfn {
                     let value = self.pages[pfn as usize].with(|p| {
                         // SAFETY: loom checks that this read is ordered against the free.
                         unsafe { *p }

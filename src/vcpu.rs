@@ -23,7 +23,7 @@ use crate::{
     pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache, WalkFault},
     rmap::DescCache,
     space::{MmuState, Space},
-    tlb::SoftTlb,
+    tlb::{SoftTlb, VcpuMode},
     uapi,
     x86::mmu::{MAP_MIN_DESCS, MAP_MIN_TABLES as X86_MAP_MIN_TABLES},
 };
@@ -232,6 +232,39 @@ impl Vcpu {
         }
     }
 
+    /// The places a real vCPU exits for, between guest-mode stretches: a
+    /// pending signal (`EINTR`) and rescheduling.
+    fn exit_point(&self) -> Result<(), Exit> {
+        if kernel::current!().signal_pending() {
+            return Err(Exit::Errno(EINTR));
+        }
+        // SAFETY: Plain call; no lock is held.
+        unsafe { bindings::secmmu_cond_resched() };
+        Ok(())
+    }
+
+    /// Runs `body` in one guest-mode stretch (tlb.rs, rule 1): preemption
+    /// disabled, the TLB flushed first if a flush was requested. `body` gets
+    /// the TLB, and a [`GuestMode`] to translate and to see flush requests
+    /// with; it must be short and take no lock.
+    fn in_guest<R>(&self, tlb: &mut SoftTlb, body: impl FnOnce(&mut GuestMode<'_>) -> R) -> R {
+        let mode = self.space.vcpu_mode(self.idx);
+        // SAFETY: Paired with the `preempt_enable()` below.
+        unsafe { bindings::secmmu_preempt_disable() };
+        if mode.enter_guest() {
+            tlb.flush();
+        }
+        let r = body(&mut GuestMode {
+            tlb,
+            root: self.root_tables,
+            mode,
+        });
+        mode.exit_guest();
+        // SAFETY: Paired with the `preempt_disable()` above.
+        unsafe { bindings::secmmu_preempt_enable() };
+        r
+    }
+
     /// Runs `op` on the kernel address of guest page `gfn`, in guest mode,
     /// faulting the page in first if needed.
     fn with_guest_page(
@@ -241,45 +274,18 @@ impl Vcpu {
         write: bool,
         op: impl FnOnce(*mut u8),
     ) -> Result<(), Exit> {
-        let mode = self.space.vcpu_mode(self.idx);
         let mut op = Some(op);
         loop {
-            // Outside guest mode: the places a real vCPU would exit for.
-            if kernel::current!().signal_pending() {
-                return Err(Exit::Errno(EINTR));
-            }
-            // SAFETY: Plain call; no lock is held.
-            unsafe { bindings::secmmu_cond_resched() };
-
-            // SAFETY: Paired with the `preempt_enable()` below on every path.
-            unsafe { bindings::secmmu_preempt_disable() };
-            if mode.enter_guest() {
-                st.tlb.flush();
-            }
-            let pfn = match st.tlb.lookup(gfn, write) {
-                Some(pfn) => Ok(pfn),
-                // SAFETY: `root_tables` is a root of the space's MMU, which
-                // lives as long as the space, which this vCPU keeps alive;
-                // we are in guest mode (entered above, left below).
-                None => unsafe { self.root_tables.translate(gfn, write) }.map(|t| {
-                    st.tlb.fill(gfn, t.pfn, t.writable, t.dirty);
-                    t.pfn
-                }),
-            };
-            if let Ok(pfn) = pfn {
-                // SAFETY: In guest mode the page stays mapped by the secondary
-                // MMU, so the primary cannot free it until we exit (the zap
-                // waits for us); it is in the direct map.
-                let page = unsafe { bindings::secmmu_pfn_to_virt(pfn as usize) }.cast::<u8>();
+            self.exit_point()?;
+            let r = self.in_guest(&mut st.tlb, |g| {
+                let page = g.page(gfn, write)?;
                 if let Some(op) = op.take() {
                     op(page);
                 }
-            }
-            mode.exit_guest();
-            // SAFETY: Paired with the `preempt_disable()` above.
-            unsafe { bindings::secmmu_preempt_enable() };
-            match pfn {
-                Ok(_) => return Ok(()),
+                Ok(())
+            });
+            match r {
+                Ok(()) => return Ok(()),
                 Err(WalkFault::NotPresent) | Err(WalkFault::WriteProtected) => {
                     self.fault(st, gfn, write)?
                 }
@@ -550,7 +556,11 @@ impl Vcpu {
         }
     }
 
-    /// SECMMU_RUN.
+    /// SECMMU_RUN: accesses `[start, end)` every `stride` bytes, `passes`
+    /// times, as a guest loop would. Like a real vCPU, it stays in guest
+    /// mode across accesses that hit the TLB or the tables, and leaves it
+    /// only to fault, when a TLB flush is requested, and every
+    /// [`GUEST_BUDGET`] accesses to check for signals and rescheduling.
     fn run(&self, run: &mut uapi::secmmu_run) -> Result {
         uapi::check_zero(&run.reserved)?;
         let write = match run.op {
@@ -574,55 +584,50 @@ impl Vcpu {
         run.exit_flags = 0;
         run.exit_gpa = 0;
         run.exit_pass = 0;
-        let mut st = self.state.lock();
-        for pass in 0..run.passes {
-            let mut gpa = run.start;
-            while gpa < run.end {
-                let value = run.pattern ^ gpa;
-                let off = (gpa & 0xfff) as usize;
-                let mut seen = value;
-                let r = self.with_guest_page(&mut st, gpa >> 12, write, |page| {
-                    // SAFETY: `page` is a mapped 4 KiB page and `off` an
-                    // 8-byte aligned offset in it. Userspace may access the
-                    // same memory concurrently, hence an atomic access.
-                    let word = unsafe { AtomicU64::from_ptr(page.add(off).cast::<u64>()) };
-                    if write {
-                        word.store(value, Ordering::Relaxed);
-                    } else {
-                        seen = word.load(Ordering::Relaxed);
-                    }
-                });
-                if let Err(e) = r {
-                    run.exit_gpa = gpa;
-                    run.exit_pass = pass;
-                    run.exit_flags = if write { uapi::ACCESS_WRITE } else { 0 };
-                    return Err(match e {
-                        Exit::MemoryFault => {
-                            run.exit_reason = uapi::EXIT_MEMORY_FAULT;
-                            EFAULT
-                        }
-                        Exit::Errno(e) => {
-                            if e == EINTR {
-                                run.exit_reason = uapi::EXIT_SIGNAL;
-                            }
-                            e
-                        }
-                    });
-                }
-                if run.op == uapi::RUN_VERIFY && seen != value {
-                    if run.mismatches == 0 {
-                        run.first_mismatch = gpa;
-                    }
-                    run.mismatches += 1;
-                }
-                run.accesses += 1;
-                gpa = match gpa.checked_add(run.stride) {
-                    Some(g) => g,
-                    None => break,
-                };
-            }
+        if run.start == run.end {
+            // Passes of no access: nothing to run.
+            return Ok(());
         }
-        Ok(())
+        let mut cur = RunCursor {
+            pass: 0,
+            gpa: run.start,
+        };
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let r = loop {
+            if cur.pass >= run.passes {
+                break Ok(());
+            }
+            if let Err(e) = self.exit_point() {
+                break Err(e);
+            }
+            match self.in_guest(&mut st.tlb, |g| run_stretch(g, run, &mut cur, write)) {
+                Stretch::Yield => {}
+                Stretch::Fault(gfn) => {
+                    if let Err(e) = self.fault(st, gfn, write) {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        let Err(e) = r else {
+            return Ok(());
+        };
+        run.exit_gpa = cur.gpa;
+        run.exit_pass = cur.pass;
+        run.exit_flags = if write { uapi::ACCESS_WRITE } else { 0 };
+        Err(match e {
+            Exit::MemoryFault => {
+                run.exit_reason = uapi::EXIT_MEMORY_FAULT;
+                EFAULT
+            }
+            Exit::Errno(e) => {
+                if e == EINTR {
+                    run.exit_reason = uapi::EXIT_SIGNAL;
+                }
+                e
+            }
+        })
     }
 
     /// SECMMU_ACCESS: copies between a user buffer and guest memory, a page
@@ -683,6 +688,106 @@ impl Vcpu {
         }
         Ok(())
     }
+}
+
+/// Accesses a SECMMU_RUN guest-mode stretch makes at most: bounds the time
+/// with preemption off, and between checks for signals.
+const GUEST_BUDGET: u32 = 256;
+
+/// A vCPU in guest mode: what it may use there (tlb.rs, rule 1).
+struct GuestMode<'a> {
+    tlb: &'a mut SoftTlb,
+    root: Root,
+    mode: &'a VcpuMode,
+}
+
+impl GuestMode<'_> {
+    /// The kernel address of guest page `gfn`, translated for a read or a
+    /// `write` through the TLB or else a walk of the tables, as the
+    /// hardware does. Valid until guest mode ends.
+    fn page(&mut self, gfn: u64, write: bool) -> Result<*mut u8, WalkFault> {
+        let root = self.root;
+        let pfn = self.tlb.translate(gfn, write, || {
+            // SAFETY: `root` is a root of the space's MMU, which lives as
+            // long as the space, which the vCPU keeps alive; we are in guest
+            // mode (`Vcpu::in_guest()`).
+            unsafe { root.translate(gfn, write) }
+        })?;
+        // SAFETY: In guest mode the page stays mapped by the secondary MMU,
+        // so the primary cannot free it until we exit (the zap waits for
+        // us); it is in the direct map.
+        Ok(unsafe { bindings::secmmu_pfn_to_virt(pfn as usize) }.cast::<u8>())
+    }
+
+    /// Whether a TLB flush was requested: leave guest mode now, the
+    /// requester spins until we do.
+    fn flush_pending(&self) -> bool {
+        self.mode.flush_pending()
+    }
+}
+
+/// Where SECMMU_RUN is: the pass, and the next access of it.
+struct RunCursor {
+    pass: u32,
+    gpa: u64,
+}
+
+/// Why a guest-mode stretch of SECMMU_RUN ended, short of the end.
+enum Stretch {
+    /// Budget used up, or a flush requested: go round again.
+    Yield,
+    /// The access at the cursor found no usable translation: fault `gfn`
+    /// in, then run it again.
+    Fault(u64),
+}
+
+/// One guest-mode stretch of SECMMU_RUN: accesses from `cur` on, advancing
+/// it past each access done, until the run is over (the cursor reaches
+/// `run.passes`), a fault, a flush request or [`GUEST_BUDGET`].
+fn run_stretch(
+    g: &mut GuestMode<'_>,
+    run: &mut uapi::secmmu_run,
+    cur: &mut RunCursor,
+    write: bool,
+) -> Stretch {
+    for _ in 0..GUEST_BUDGET {
+        if cur.pass >= run.passes {
+            return Stretch::Yield;
+        }
+        if g.flush_pending() {
+            return Stretch::Yield;
+        }
+        let gpa = cur.gpa;
+        let page = match g.page(gpa >> 12, write) {
+            Ok(page) => page,
+            Err(_) => return Stretch::Fault(gpa >> 12),
+        };
+        let value = run.pattern ^ gpa;
+        // SAFETY: `page` is a mapped 4 KiB page, valid in guest mode, and
+        // `gpa & 0xfff` an 8-byte aligned offset in it. Userspace may access
+        // the same memory concurrently, hence an atomic access.
+        let word = unsafe { AtomicU64::from_ptr(page.add((gpa & 0xfff) as usize).cast::<u64>()) };
+        if write {
+            word.store(value, Ordering::Relaxed);
+        } else {
+            let seen = word.load(Ordering::Relaxed);
+            if run.op == uapi::RUN_VERIFY && seen != value {
+                if run.mismatches == 0 {
+                    run.first_mismatch = gpa;
+                }
+                run.mismatches += 1;
+            }
+        }
+        run.accesses += 1;
+        cur.gpa = match gpa.checked_add(run.stride) {
+            Some(next) if next < run.end => next,
+            _ => {
+                cur.pass += 1;
+                run.start
+            }
+        };
+    }
+    Stretch::Yield
 }
 
 /// # Safety

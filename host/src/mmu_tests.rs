@@ -871,16 +871,11 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                         if modes[v].enter_guest() {
                             tlb.flush();
                         }
-                        let pfn = match tlb.lookup(gfn, write) {
-                            Some(pfn) => Ok(pfn),
+                        let pfn = tlb.translate(gfn, write, || {
                             // SAFETY: the MMU of `root_pfn` is dropped only after this thread
                             // is joined.
-                            None => unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }
-                                .map(|t| {
-                                    tlb.fill(gfn, t.pfn, t.writable, t.dirty);
-                                    t.pfn
-                                }),
-                        };
+                            unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }
+                        });
                         if let Ok(pfn) = pfn {
                             let h = header(pfn).load(StdOrdering::Relaxed);
                             assert_eq!(h, gfn, "vCPU {v}: stale translation of gfn {gfn:#x}");
