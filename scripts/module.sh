@@ -33,5 +33,15 @@ if [ "$clippy" = --clippy ]; then
 	exit 0
 fi
 
-mk -s MO="$out" >&2
+res=$(mk -s MO="$out" 2>&1) || {
+	echo "$res" >&2
+	die "module build failed"
+}
+[ -n "$res" ] && echo "$res" >&2
 [ -f "$out/secmmu.ko" ] || die "secmmu.ko was not built in $out"
+# objtool's warnings (e.g. a call it does not know cannot return, so code
+# "falls through" into the next function) are errors here: the kernel
+# build would print them for every user of the module.
+if echo "$res" | grep -q 'objtool:'; then
+	die "objtool warnings in the module build"
+fi

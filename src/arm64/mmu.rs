@@ -889,8 +889,11 @@ impl<P: PageOps> S2Mmu<P> {
     ///
     /// `root` is a root of `self`.
     unsafe fn first_mapped(&self, root: usize, from: u64, limit: u64, budget: &mut u64) -> u64 {
-        let span = pte::level_pages(self.geo.start_level) * pte::ENTRIES_PER_TABLE as u64;
-        let mut i = (from / span) as usize;
+        // gfns under one start-level table: a power of two, so a shift (no division, which
+        // would need a divide-by-zero check).
+        let span_shift = pte::gfn_shift(self.geo.start_level) + pte::TABLE_SHIFT;
+        let span = 1u64 << span_shift;
+        let mut i = (from >> span_shift) as usize;
         let pgd = self.root_pgd(root);
         while i < pgd.len() && (i as u64) * span < limit {
             // SAFETY: a start-level table of `self`, which is borrowed.
