@@ -47,6 +47,9 @@ use crate::{
 /// and serves every 4K page under it.
 pub(crate) const TLB_ENTRIES: [usize; 3] = [64, 32, 4];
 
+/// Log2 of the size of a 4K page.
+const PAGE_SHIFT: u32 = 12;
+
 /// Entry flag: the entry holds a translation.
 const TLB_VALID: u8 = 1 << 0;
 /// Entry flag: the translation allows writes.
@@ -55,11 +58,13 @@ const TLB_WRITABLE: u8 = 1 << 1;
 const TLB_DIRTY: u8 = 1 << 2;
 
 /// One cached translation, of the leaf mapping `tag` (the gfn shifted right by its level's
-/// [`MapLevel::gfn_shift()`]) to the host pages from `pfn` on.
+/// [`MapLevel::gfn_shift()`]) to the host pages from `pfn` on, which the host reaches from
+/// address `addr` on.
 #[derive(Clone, Copy)]
 struct TlbEntry {
     tag: u64,
     pfn: u64,
+    addr: usize,
     flags: u8,
 }
 
@@ -67,18 +72,32 @@ impl TlbEntry {
     const EMPTY: TlbEntry = TlbEntry {
         tag: 0,
         pfn: 0,
+        addr: 0,
         flags: 0,
     };
 }
 
+/// What a TLB hit gives: the host page of the gfn, and the address the host accesses it at
+/// (the kernel's direct map, for the module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TlbHit {
+    pub(crate) pfn: u64,
+    pub(crate) addr: usize,
+}
+
 /// A vCPU's software TLB: direct-mapped arrays, one per mapping size, from a gfn to its host
-/// pfn.  Only its vCPU's thread touches it, and only in guest mode (see the module
+/// pfn, and the host address of that page, so that a hit costs no lookup of the page's address
+/// either.  Only its vCPU's thread touches it, and only in guest mode (see the module
 /// documentation).
 ///
 /// A translation is cached at the size of the leaf that maps it, as hardware does.  Two entries
 /// of different sizes never both cover a gfn with different translations: a leaf is replaced by
 /// one of another size only after it is zapped, and the zap flushes (A1; on stage-2, the flush
 /// between break and make).
+///
+/// The pages of a huge leaf are one huge page of the host, whose addresses are as contiguous
+/// as its pfns (a folio's pages in the direct map): the address of page `i` of a leaf is the
+/// address of its first page plus `i` pages.
 pub(crate) struct SoftTlb {
     small: [TlbEntry; TLB_ENTRIES[0]],
     large: [TlbEntry; TLB_ENTRIES[1]],
@@ -119,9 +138,9 @@ impl SoftTlb {
         &mut set[(tag % n) as usize]
     }
 
-    /// The cached pfn of `gfn`, if a cached translation allows the access: a write needs a
-    /// writable entry whose leaf is known dirty, otherwise the walk must set D first.
-    pub(crate) fn lookup(&mut self, gfn: u64, write: bool) -> Option<u64> {
+    /// The cached translation of `gfn`, if it allows the access: a write needs a writable entry
+    /// whose leaf is known dirty, otherwise the walk must set D first.
+    pub(crate) fn lookup(&mut self, gfn: u64, write: bool) -> Option<TlbHit> {
         let need = if write {
             TLB_VALID | TLB_WRITABLE | TLB_DIRTY
         } else {
@@ -131,7 +150,11 @@ impl SoftTlb {
             let e = *self.entry(level, gfn);
             if e.tag == gfn >> level.gfn_shift() && e.flags & need == need {
                 self.hits += 1;
-                return Some(e.pfn + (gfn & (level.pages() - 1)));
+                let off = gfn & (level.pages() - 1);
+                return Some(TlbHit {
+                    pfn: e.pfn + off,
+                    addr: e.addr + ((off as usize) << PAGE_SHIFT),
+                });
             }
         }
         self.misses += 1;
@@ -140,8 +163,8 @@ impl SoftTlb {
 
     /// Caches `t`, the translation of `gfn` found by a walk, at the size of its leaf: so that
     /// reads (and, if the leaf is writable and dirty, writes) of every gfn the leaf maps need
-    /// no walk.  Replaces whatever the entry held.
-    pub(crate) fn fill(&mut self, gfn: u64, t: &Translation) {
+    /// no walk.  `addr` is the host address of page `t.pfn`.  Replaces whatever the entry held.
+    pub(crate) fn fill(&mut self, gfn: u64, t: &Translation, addr: usize) {
         let mut flags = TLB_VALID;
         if t.writable {
             flags |= TLB_WRITABLE;
@@ -153,24 +176,28 @@ impl SoftTlb {
         *self.entry(t.level, gfn) = TlbEntry {
             tag: gfn >> t.level.gfn_shift(),
             pfn: t.pfn - off,
+            addr: addr - ((off as usize) << PAGE_SHIFT),
             flags,
         };
     }
 
-    /// The host pfn of `gfn` for a read or a `write`: from the TLB, or else from `walk` (the
-    /// format's lockless walker), whose translation is then cached.
+    /// The translation of `gfn` for a read or a `write`: from the TLB, or else from `walk` (the
+    /// format's lockless walker), whose translation is then cached with the host address
+    /// `address` gives for its page.
     pub(crate) fn translate(
         &mut self,
         gfn: u64,
         write: bool,
         walk: impl FnOnce() -> Result<Translation, WalkFault>,
-    ) -> Result<u64, WalkFault> {
-        if let Some(pfn) = self.lookup(gfn, write) {
-            return Ok(pfn);
+        address: impl FnOnce(u64) -> usize,
+    ) -> Result<TlbHit, WalkFault> {
+        if let Some(hit) = self.lookup(gfn, write) {
+            return Ok(hit);
         }
         let t = walk()?;
-        self.fill(gfn, &t);
-        Ok(t.pfn)
+        let addr = address(t.pfn);
+        self.fill(gfn, &t, addr);
+        Ok(TlbHit { pfn: t.pfn, addr })
     }
 
     /// Forgets every translation, of every size.
@@ -303,32 +330,56 @@ mod tests {
         }
     }
 
+    /// Host address of page `pfn` in the tests: anything linear in the pfn.
+    fn addr(pfn: u64) -> usize {
+        0x1000_0000 + ((pfn as usize) << 12)
+    }
+
+    /// [`SoftTlb::lookup()`], checking that the address is that of the pfn.
+    fn lookup(tlb: &mut SoftTlb, gfn: u64, write: bool) -> Option<u64> {
+        let hit = tlb.lookup(gfn, write)?;
+        assert_eq!(
+            hit.addr,
+            addr(hit.pfn),
+            "gfn {gfn:#x}: address of another page"
+        );
+        Some(hit.pfn)
+    }
+
+    fn fill(tlb: &mut SoftTlb, gfn: u64, t: Translation) {
+        tlb.fill(gfn, &t, addr(t.pfn));
+    }
+
     #[test]
     fn lookup_fill_flush() {
         let mut tlb = SoftTlb::new();
-        assert_eq!(tlb.lookup(5, false), None);
-        tlb.fill(5, &leaf(0x1234, MapLevel::L4K, false, false));
-        assert_eq!(tlb.lookup(5, false), Some(0x1234));
-        assert_eq!(tlb.lookup(5, true), None, "read-only entry serves no write");
-        tlb.fill(5, &leaf(0x1234, MapLevel::L4K, true, false));
+        assert_eq!(lookup(&mut tlb, 5, false), None);
+        fill(&mut tlb, 5, leaf(0x1234, MapLevel::L4K, false, false));
+        assert_eq!(lookup(&mut tlb, 5, false), Some(0x1234));
         assert_eq!(
-            tlb.lookup(5, true),
+            lookup(&mut tlb, 5, true),
+            None,
+            "read-only entry serves no write"
+        );
+        fill(&mut tlb, 5, leaf(0x1234, MapLevel::L4K, true, false));
+        assert_eq!(
+            lookup(&mut tlb, 5, true),
             None,
             "clean entry: the walk must set D"
         );
-        assert_eq!(tlb.lookup(5, false), Some(0x1234));
-        tlb.fill(5, &leaf(0x1234, MapLevel::L4K, true, true));
-        assert_eq!(tlb.lookup(5, true), Some(0x1234));
+        assert_eq!(lookup(&mut tlb, 5, false), Some(0x1234));
+        fill(&mut tlb, 5, leaf(0x1234, MapLevel::L4K, true, true));
+        assert_eq!(lookup(&mut tlb, 5, true), Some(0x1234));
         // Same slot, other gfn: direct-mapped, replaces.
         let alias = 5 + TLB_ENTRIES[0] as u64;
-        assert_eq!(tlb.lookup(alias, false), None);
-        tlb.fill(alias, &leaf(0x99, MapLevel::L4K, false, false));
-        assert_eq!(tlb.lookup(5, false), None);
-        assert_eq!(tlb.lookup(alias, false), Some(0x99));
+        assert_eq!(lookup(&mut tlb, alias, false), None);
+        fill(&mut tlb, alias, leaf(0x99, MapLevel::L4K, false, false));
+        assert_eq!(lookup(&mut tlb, 5, false), None);
+        assert_eq!(lookup(&mut tlb, alias, false), Some(0x99));
         // gfn 0 in an empty TLB is not a hit on the zeroed entry.
         tlb.flush();
-        assert_eq!(tlb.lookup(0, false), None);
-        assert_eq!(tlb.lookup(alias, false), None);
+        assert_eq!(lookup(&mut tlb, 0, false), None);
+        assert_eq!(lookup(&mut tlb, alias, false), None);
         assert_eq!(
             (tlb.hits(), tlb.misses(), tlb.flushes()),
             (4, 7, 1),
@@ -342,29 +393,45 @@ mod tests {
     fn huge_entries_cover_their_leaf() {
         let mut tlb = SoftTlb::new();
         // gfn 0x40205 is mapped by the 2M leaf of gfns 0x40200..0x40400 at pfn 0x8000.
-        tlb.fill(0x40205, &leaf(0x8005, MapLevel::L2M, true, true));
+        fill(&mut tlb, 0x40205, leaf(0x8005, MapLevel::L2M, true, true));
         for gfn in 0x40200..0x40400 {
-            assert_eq!(tlb.lookup(gfn, true), Some(0x8000 + gfn - 0x40200));
+            assert_eq!(lookup(&mut tlb, gfn, true), Some(0x8000 + gfn - 0x40200));
         }
-        assert_eq!(tlb.lookup(0x401ff, false), None);
-        assert_eq!(tlb.lookup(0x40400, false), None);
+        assert_eq!(lookup(&mut tlb, 0x401ff, false), None);
+        assert_eq!(lookup(&mut tlb, 0x40400, false), None);
         // An alias 2M leaf replaces it.
         let alias = 0x40200 + (TLB_ENTRIES[1] as u64) * 512;
-        tlb.fill(alias, &leaf(0x10000, MapLevel::L2M, false, false));
-        assert_eq!(tlb.lookup(0x40300, false), None);
-        assert_eq!(tlb.lookup(alias + 511, false), Some(0x10000 + 511));
-        assert_eq!(tlb.lookup(alias + 511, true), None, "read-only huge entry");
+        fill(&mut tlb, alias, leaf(0x10000, MapLevel::L2M, false, false));
+        assert_eq!(lookup(&mut tlb, 0x40300, false), None);
+        assert_eq!(lookup(&mut tlb, alias + 511, false), Some(0x10000 + 511));
+        assert_eq!(
+            lookup(&mut tlb, alias + 511, true),
+            None,
+            "read-only huge entry"
+        );
         // 1G leaf: gfns 0x80000..0xc0000 at pfn 0x100000; a 4K entry beside it.
-        tlb.fill(0xbffff, &leaf(0x13ffff, MapLevel::L1G, true, false));
-        tlb.fill(0x7, &leaf(0x77, MapLevel::L4K, false, false));
-        assert_eq!(tlb.lookup(0x80000, false), Some(0x100000));
-        assert_eq!(tlb.lookup(0xa1234, false), Some(0x121234));
-        assert_eq!(tlb.lookup(0xa1234, true), None, "clean: the walk sets D");
-        assert_eq!(tlb.lookup(0xc0000, false), None);
-        assert_eq!(tlb.lookup(0x7, false), Some(0x77));
+        fill(
+            &mut tlb,
+            0xbffff,
+            leaf(0x13ffff, MapLevel::L1G, true, false),
+        );
+        fill(&mut tlb, 0x7, leaf(0x77, MapLevel::L4K, false, false));
+        assert_eq!(lookup(&mut tlb, 0x80000, false), Some(0x100000));
+        assert_eq!(lookup(&mut tlb, 0xa1234, false), Some(0x121234));
+        assert_eq!(
+            lookup(&mut tlb, 0xa1234, true),
+            None,
+            "clean: the walk sets D"
+        );
+        assert_eq!(lookup(&mut tlb, 0xc0000, false), None);
+        assert_eq!(lookup(&mut tlb, 0x7, false), Some(0x77));
         tlb.flush();
         for gfn in [0x7, 0x80000, 0xa1234, alias, 0x40205] {
-            assert_eq!(tlb.lookup(gfn, false), None, "gfn {gfn:#x} after flush");
+            assert_eq!(
+                lookup(&mut tlb, gfn, false),
+                None,
+                "gfn {gfn:#x} after flush"
+            );
         }
     }
 
@@ -373,18 +440,34 @@ mod tests {
         let mut tlb = SoftTlb::new();
         let mut walks = 0;
         for gfn in 0x200..0x400 {
-            let pfn = tlb.translate(gfn, false, || {
-                walks += 1;
-                Ok(leaf(0x1000 + gfn - 0x200, MapLevel::L2M, false, false))
-            });
-            assert_eq!(pfn, Ok(0x1000 + gfn - 0x200));
+            let hit = tlb.translate(
+                gfn,
+                false,
+                || {
+                    walks += 1;
+                    Ok(leaf(0x1000 + gfn - 0x200, MapLevel::L2M, false, false))
+                },
+                addr,
+            );
+            let pfn = 0x1000 + gfn - 0x200;
+            assert_eq!(
+                hit,
+                Ok(TlbHit {
+                    pfn,
+                    addr: addr(pfn)
+                })
+            );
         }
         assert_eq!(walks, 1, "one walk for a whole 2M leaf");
         assert_eq!(
-            tlb.translate(0x400, false, || Err(WalkFault::NotPresent)),
+            tlb.translate(0x400, false, || Err(WalkFault::NotPresent), addr),
             Err(WalkFault::NotPresent)
         );
-        assert_eq!(tlb.lookup(0x400, false), None, "a fault caches nothing");
+        assert_eq!(
+            lookup(&mut tlb, 0x400, false),
+            None,
+            "a fault caches nothing"
+        );
     }
 
     #[test]
@@ -493,19 +576,24 @@ mod loom_tests {
                 tlb.flush();
             }
             for &gfn in gfns {
-                let pfn = tlb.translate(gfn as u64, false, || {
-                    // The walk: Acquire, as the walker's loads are.
-                    match self.sptes[gfn].load(Ordering::Acquire) {
-                        0 => Err(WalkFault::NotPresent),
-                        spte => Ok(Translation {
-                            pfn: spte - 1,
-                            level: MapLevel::L4K,
-                            writable: false,
-                            dirty: false,
-                        }),
-                    }
-                });
-                if let Ok(pfn) = pfn {
+                let hit = tlb.translate(
+                    gfn as u64,
+                    false,
+                    || {
+                        // The walk: Acquire, as the walker's loads are.
+                        match self.sptes[gfn].load(Ordering::Acquire) {
+                            0 => Err(WalkFault::NotPresent),
+                            spte => Ok(Translation {
+                                pfn: spte - 1,
+                                level: MapLevel::L4K,
+                                writable: false,
+                                dirty: false,
+                            }),
+                        }
+                    },
+                    |pfn| pfn as usize,
+                );
+                if let Ok(TlbHit { pfn, .. }) = hit {
                     let value = self.pages[pfn as usize].with(|p| {
                         // SAFETY: loom checks that this read is ordered against the free.
                         unsafe { *p }

@@ -707,16 +707,21 @@ impl GuestMode<'_> {
     /// hardware does. Valid until guest mode ends.
     fn page(&mut self, gfn: u64, write: bool) -> Result<*mut u8, WalkFault> {
         let root = self.root;
-        let pfn = self.tlb.translate(gfn, write, || {
-            // SAFETY: `root` is a root of the space's MMU, which lives as
-            // long as the space, which the vCPU keeps alive; we are in guest
-            // mode (`Vcpu::in_guest()`).
-            unsafe { root.translate(gfn, write) }
-        })?;
-        // SAFETY: In guest mode the page stays mapped by the secondary MMU,
-        // so the primary cannot free it until we exit (the zap waits for
-        // us); it is in the direct map.
-        Ok(unsafe { bindings::secmmu_pfn_to_virt(pfn as usize) }.cast::<u8>())
+        let hit = self.tlb.translate(
+            gfn,
+            write,
+            || {
+                // SAFETY: `root` is a root of the space's MMU, which lives as
+                // long as the space, which the vCPU keeps alive; we are in
+                // guest mode (`Vcpu::in_guest()`).
+                unsafe { root.translate(gfn, write) }
+            },
+            // SAFETY: A page the walk found mapped: in the direct map.
+            |pfn| unsafe { bindings::secmmu_pfn_to_virt(pfn as usize) } as usize,
+        )?;
+        // In guest mode the page stays mapped by the secondary MMU, so the
+        // primary cannot free it until we exit (the zap waits for us).
+        Ok(hit.addr as *mut u8)
     }
 
     /// Whether a TLB flush was requested: leave guest mode now, the

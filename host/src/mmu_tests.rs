@@ -871,11 +871,16 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                         if modes[v].enter_guest() {
                             tlb.flush();
                         }
-                        let pfn = tlb.translate(gfn, write, || {
-                            // SAFETY: the MMU of `root_pfn` is dropped only after this thread
-                            // is joined.
-                            unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }
-                        });
+                        let pfn = tlb
+                            .translate(
+                                gfn,
+                                write,
+                                // SAFETY: the MMU of `root_pfn` is dropped only after this
+                                // thread is joined.
+                                || unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) },
+                                |pfn| pfn as usize,
+                            )
+                            .map(|hit| hit.pfn);
                         if let Ok(pfn) = pfn {
                             let h = header(pfn).load(StdOrdering::Relaxed);
                             assert_eq!(h, gfn, "vCPU {v}: stale translation of gfn {gfn:#x}");
