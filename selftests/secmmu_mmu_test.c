@@ -1455,12 +1455,14 @@ TEST_F(fmt, hugetlb_map)
 }
 
 /*
- * Aging of a huge entry: page_idle on a THP makes the primary clear young
- * over the THP's range, which ages the 2M entry; a later guest access to
- * another 4K page inside the entry makes the page young again. (The
- * primary always ages a PMD-mapped THP over its aligned 2M range; a range
- * that starts inside a huge entry, protocols.md D23, is checked by the host
- * tests, unaligned_ranges_at_huge_levels.)
+ * Aging of a huge entry over ranges that start inside it (protocols.md
+ * D23): page_idle on a THP makes the primary clear young over the THP's
+ * range, which ages the 2M entry; a later guest access to another 4K page
+ * inside the entry makes it young again. test_young of single 4K pages
+ * inside the entry, pages the guest never touched, follows the entry's
+ * state each time. (The primary always clears young on a PMD-mapped THP
+ * over its aligned 2M range; clear_young over a range starting inside a
+ * huge entry is checked by the host tests, unaligned_ranges_at_huge_levels.)
  */
 TEST_F(fmt, unaligned_huge_range)
 {
@@ -1487,6 +1489,13 @@ TEST_F(fmt, unaligned_huge_range)
 	EXPECT_EQ(huge_level(variant->format, 1) ? SZ_2M / PAGE_SZ : 1,
 		  mapped_at(fd, HUGE_GPA, SZ_2M / PAGE_SZ,
 			    huge_level(variant->format, 1), &present));
+	/*
+	 * test_young of one 4K page in the middle of the entry: the range
+	 * starts inside the 2M entry, on a page the guest never touched, and
+	 * the entry's accessed state answers for it.
+	 */
+	if (huge_level(variant->format, 1))
+		EXPECT_EQ(1, test_young(fd, mem + SZ_1M + 2 * PAGE_SZ));
 	before = get_stats(fd);
 	bits = 1ULL << (pfn % 64);
 	ASSERT_EQ(8, pwrite(bitmap, &bits, 8, pfn / 64 * 8));
@@ -1495,12 +1504,18 @@ TEST_F(fmt, unaligned_huge_range)
 	EXPECT_GE(after.aging_cleared, before.aging_cleared + 1);
 	ASSERT_EQ(0, snapshot(fd, 0, HUGE_GPA, 1, huge_snap));
 	EXPECT_EQ(0, huge_snap[0] & SECMMU_SNAP_ACCESSED);
+	EXPECT_EQ(0, test_young(fd, mem + SZ_1M + 2 * PAGE_SZ));
+	EXPECT_EQ(0, test_young(fd, mem));
 	/* The guest touches another 4K page of the entry: young again. */
 	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, HUGE_GPA + SZ_1M + PAGE_SZ,
 			       HUGE_GPA + SZ_1M + PAGE_SZ + 8, 8, 0, NULL));
 	ASSERT_EQ(0, snapshot(fd, 0, HUGE_GPA, 1, huge_snap));
-	if (huge_level(variant->format, 1))
+	if (huge_level(variant->format, 1)) {
 		EXPECT_NE(0, huge_snap[0] & SECMMU_SNAP_ACCESSED);
+		/* Pages the guest did not touch, on either side of it. */
+		EXPECT_EQ(1, test_young(fd, mem + SZ_1M + 2 * PAGE_SZ));
+		EXPECT_EQ(1, test_young(fd, mem + PAGE_SZ));
+	}
 	ASSERT_EQ(8, pread(bitmap, &bits, 8, pfn / 64 * 8));
 	EXPECT_EQ(0, bits & (1ULL << (pfn % 64)));
 	HUGE_TEARDOWN();
