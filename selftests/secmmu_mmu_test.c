@@ -1338,6 +1338,8 @@ TEST_F(fmt, pte_mapped_thp)
 	/* Split the PMD, not the folio: mprotect of part, then back. */
 	ASSERT_EQ(0, mprotect(mem + PAGE_SZ, PAGE_SZ, PROT_READ));
 	ASSERT_EQ(0, mprotect(mem + PAGE_SZ, PAGE_SZ, PROT_READ | PROT_WRITE));
+	/* And keep khugepaged from mapping it with a PMD again meanwhile. */
+	ASSERT_EQ(0, madvise(mem, SZ_2M, MADV_NOHUGEPAGE));
 	EXPECT_EQ(0, anon_huge_kb(mem));
 	host_fill(mem, SZ_2M, HUGE_GPA, 9);
 	HUGE_SETUP(mem, SZ_2M, HUGE_GPA);

@@ -133,6 +133,12 @@ impl Resolved {
 /// What only the vCPU's own thread touches, under its mutex (KVM's
 /// `vcpu->mutex`: one ioctl at a time per vCPU).
 struct VcpuState {
+    /// Untagged (no VPID or ASID): it starts empty at each RUN and ACCESS,
+    /// like a TLB that a CPU without VPID flushes on every VM entry.
+    /// Within one call, aging that clears accessed bits without a flush
+    /// leaves the translations cached, as hardware does, and the pages look
+    /// old until a miss; across calls, a page the guest touches again
+    /// always looks young.
     tlb: SoftTlb,
     /// Allocations for a fault, made before the MMU lock is taken.
     tables: TableCache<KernelPages>,
@@ -594,6 +600,7 @@ impl Vcpu {
         };
         let mut st = self.state.lock();
         let st = &mut *st;
+        st.tlb.flush();
         let r = loop {
             if cur.pass >= run.passes {
                 break Ok(());
@@ -649,6 +656,7 @@ impl Vcpu {
         let user = UserSlice::new(UserPtr::from_addr(acc.buf as usize), acc.len as usize);
         let (mut reader, mut writer) = user.reader_writer();
         let mut st = self.state.lock();
+        st.tlb.flush();
         while acc.done < acc.len {
             let gpa = acc.gpa + acc.done;
             let off = (gpa & 0xfff) as usize;
