@@ -271,6 +271,73 @@ TEST_F(mirror, access_roundtrip)
 	EXPECT_EQ(0x1000, r.exit_gpa);
 }
 
+/*
+ * SECMMU_RUN is a guest loop that stays in guest mode across accesses, and
+ * leaves it only to fault or every so many accesses: every access is made
+ * once per pass, in order, also across those exits; the counts and the
+ * position of an exit are exact.
+ */
+TEST_F(mirror, run_loop)
+{
+	unsigned long stride = 3 * PAGE_SZ + 8, n = (SIZE + stride - 1) / stride;
+	struct secmmu_run r = {
+		.op = SECMMU_RUN_WRITE, .start = GPA_BASE, .end = GPA_BASE + SIZE,
+		.stride = stride, .pattern = 0x77, .passes = 3,
+	};
+	unsigned long i;
+
+	/* Three passes of writes, stride not a page: n accesses each. */
+	ASSERT_EQ(0, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(3 * n, r.accesses);
+	EXPECT_EQ(SECMMU_EXIT_NONE, r.exit_reason);
+	for (i = 0; i < n; i++)
+		EXPECT_EQ(0x77 ^ (GPA_BASE + i * stride),
+			  *(uint64_t *)(self->mem + i * stride));
+	/* Verify: no mismatch; then a wrong pattern, all of them. */
+	r.op = SECMMU_RUN_VERIFY;
+	ASSERT_EQ(0, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(3 * n, r.accesses);
+	EXPECT_EQ(0, r.mismatches);
+	r.pattern = 0x78;
+	ASSERT_EQ(0, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(3 * n, r.mismatches);
+	EXPECT_EQ(GPA_BASE, r.first_mismatch);
+
+	/* An empty range, or no pass: no access. */
+	r.end = r.start;
+	ASSERT_EQ(0, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(0, r.accesses);
+	r.end = GPA_BASE + SIZE;
+	r.passes = 0;
+	ASSERT_EQ(0, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(0, r.accesses);
+
+	/* A stride past the end of the address space: one access a pass. */
+	r.op = SECMMU_RUN_READ;
+	r.passes = 5;
+	r.end = 1UL << 48;
+	r.stride = 1UL << 63;
+	ASSERT_EQ(0, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(5, r.accesses);
+	r.end = (1UL << 48) + 8;
+	EXPECT_EQ(-EINVAL, vcpu_run(self->vcpu, &r));
+
+	/*
+	 * A range running off the slot: the first access past it exits with
+	 * its address and pass, after every access before it.
+	 */
+	r.op = SECMMU_RUN_WRITE;
+	r.passes = 2;
+	r.stride = PAGE_SZ;
+	r.end = GPA_BASE + SIZE + 4 * PAGE_SZ;
+	EXPECT_EQ(-EFAULT, vcpu_run(self->vcpu, &r));
+	EXPECT_EQ(SECMMU_EXIT_MEMORY_FAULT, r.exit_reason);
+	EXPECT_EQ(GPA_BASE + SIZE, r.exit_gpa);
+	EXPECT_EQ(0, r.exit_pass);
+	EXPECT_EQ(SECMMU_ACCESS_WRITE, r.exit_flags);
+	EXPECT_EQ(NPAGES, r.accesses);
+}
+
 /* munmap zaps the mirror: the guest faults, then sees the new mapping. */
 TEST_F(mirror, munmap_coherence)
 {
