@@ -107,6 +107,14 @@ impl Pgt {
         }
     }
 
+    /// Frees the table pages zaps unlinked (stage-2; x86 keeps its tables). MMU
+    /// lock held for write, after the TLB flush that followed the zaps.
+    pub(crate) fn free_zapped_tables(&mut self) {
+        if let Pgt::S2(m) = self {
+            m.free_zapped_tables();
+        }
+    }
+
     /// Zaps everything, without yielding. Returns the number of leaves
     /// zapped: flush TLBs if nonzero. MMU lock held for write.
     pub(crate) fn zap_all(&mut self) -> u64 {

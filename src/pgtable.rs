@@ -403,15 +403,23 @@ pub(crate) struct ZapProgress {
     pub(crate) dirty: u64,
     /// rmaps (or table entries) visited, empty or not.
     pub(crate) visited: u64,
+    /// Empty table pages this step unlinked (stage-2): they wait, with the MMU, for the TLB
+    /// flush after which no vCPU can be walking them.  Flush, then free them, before dropping
+    /// the MMU lock.
+    pub(crate) unlinked_tables: u64,
+    /// The step stopped because the MMU holds as many unlinked tables as it can: flush, free
+    /// them, and resume with the same cursor (no need to yield).
+    pub(crate) tables_full: bool,
     /// The whole range is done; otherwise the caller was asked to stop and may yield, then
     /// resume with the same cursor.
     pub(crate) done: bool,
 }
 
 impl ZapProgress {
-    /// Whether the step zapped anything, so that a TLB flush is due before the lock is dropped.
+    /// Whether the step zapped or unlinked anything, so that a TLB flush is due before the lock
+    /// is dropped.
     pub(crate) fn needs_flush(&self) -> bool {
-        self.zapped != 0
+        self.zapped != 0 || self.unlinked_tables != 0
     }
 }
 

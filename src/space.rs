@@ -296,7 +296,7 @@ impl Space {
             slot.end_gfn(),
             true,
         );
-        self.flush_if_pending(&mut zapped);
+        self.flush_and_free(&mut guard, &mut zapped);
         let rmaps = match guard.mmu.as_mut() {
             Some(Pgt::X86(m)) => m.detach_slot(id),
             _ => None,
@@ -365,20 +365,29 @@ impl Space {
             if progress.done {
                 break;
             }
-            self.flush_if_pending(z);
+            self.flush_and_free(guard, z);
+            if progress.tables_full {
+                // Stopped only to free the tables it unlinked: go on.
+                continue;
+            }
             self.stats.zap_yields.inc();
             guard.resched();
         }
     }
 
-    /// Flushes the TLBs if anything was zapped since the last flush; counts
-    /// an elided flush otherwise (nothing valid was removed: E26's rule).
-    fn flush_if_pending(&self, z: &mut Zapped) {
+    /// Flushes the TLBs if anything was zapped or unlinked since the last
+    /// flush, counting an elided flush otherwise (nothing valid was removed:
+    /// E26's rule); then frees the tables the zaps unlinked, which only that
+    /// flush made sure no vCPU walks any more.
+    fn flush_and_free(&self, state: &mut MmuState, z: &mut Zapped) {
         if z.flush_pending {
             self.flush_remote_tlbs();
             z.flush_pending = false;
         } else {
             self.stats.tlb_flushes_elided.inc();
+        }
+        if let Some(mmu) = state.mmu.as_mut() {
+            mmu.free_zapped_tables();
         }
     }
 
@@ -488,7 +497,7 @@ impl MmuNotifierOps for Space {
             zapped.sptes = mmu.zap_all();
             zapped.flush_pending = zapped.sptes != 0;
         }
-        self.flush_if_pending(&mut zapped);
+        self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
         self.count_zapped(&zapped);
     }
@@ -523,7 +532,7 @@ impl MmuNotifierOps for Space {
         for &(id, start, end) in &todo[..n] {
             self.zap_gfns(&mut guard, &mut zapped, id, start, end, range.blockable);
         }
-        self.flush_if_pending(&mut zapped);
+        self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
         self.count_zapped(&zapped);
         Ok(())

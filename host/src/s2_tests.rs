@@ -86,20 +86,37 @@ impl<const ID: usize> Fixture<ID> {
         self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
     }
 
-    /// Zaps `[start, end)` to the end, never stopping.
+    /// Zaps `[start, end)` to the end, never asked to stop, as the kernel's caller does: after
+    /// each step, (flush and) free the tables it unlinked.  Returns the sum of the steps.
     fn zap(&mut self, start: u64, end: u64) -> ZapProgress {
-        let mut cursor = ZapCursor::new(start);
-        let p = self.mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
-        assert!(p.done && cursor.is_done());
-        p
+        zap_to_end(&mut self.mmu, start, end)
     }
 }
 
-/// Drops the fixture and checks that every table page it allocated was freed, the MMU's own
-/// count included.
+/// Zaps `[start, end)` of `mmu` to the end (see [`Fixture::zap()`]).
+fn zap_to_end<P: PageOps>(mmu: &mut S2Mmu<P>, start: u64, end: u64) -> ZapProgress {
+    let mut cursor = ZapCursor::new(start);
+    let mut sum = ZapProgress::default();
+    loop {
+        let p = mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
+        // Only a full list of unlinked tables stops a step that is never asked to.
+        assert!(p.done || p.tables_full);
+        // (The flush the kernel does here.)
+        mmu.free_zapped_tables();
+        sum.zapped += p.zapped;
+        sum.dirty += p.dirty;
+        sum.visited += p.visited;
+        sum.unlinked_tables += p.unlinked_tables;
+        if p.done {
+            assert!(cursor.is_done());
+            sum.done = true;
+            return sum;
+        }
+    }
+}
+
+/// Drops the fixture and checks that every table page it allocated was freed.
 fn teardown<const ID: usize>(f: Fixture<ID>) {
-    let stats = f.mmu.stats();
-    assert_eq!(stats.tables_freed, 0);
     drop(f);
     assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
 }
@@ -458,8 +475,9 @@ fn block_maps_split_and_collapse() {
     // A zap of one page inside the 1G block zaps it whole (D23).
     assert_eq!(f.zap(0x12345, 0x12346).zapped, 1);
     assert_eq!(f.zap(0, 1 << 20).zapped, 1);
-    // The two unlinked tables were freed before the drop (`teardown()` expects none).
-    assert_eq!(f.mmu.stats().tables_freed, 2);
+    // The two tables the block maps unlinked were freed before the drop, and the last zap
+    // unlinked the two it emptied whole (a level-2 table and a leaf table at 1G), freed since.
+    assert_eq!(f.mmu.stats().tables_freed, 4);
     drop(f);
     assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
 }
@@ -769,15 +787,23 @@ fn zap_resumes_where_it_stopped() {
 
     // Asked to stop at every poll: each step still makes progress, and never goes past the end.
     let mut cursor = ZapCursor::new(0);
-    let (mut zapped, mut steps, mut polls) = (0, 0, 0);
+    let (mut zapped, mut steps, mut polls, mut full) = (0, 0, 0, 0);
     let mut last = 0;
     loop {
         let p = f.mmu.zap_gfn_range_step(&mut cursor, limit, &mut || {
             polls += 1;
             true
         });
+        f.mmu.free_zapped_tables();
         steps += 1;
         zapped += p.zapped;
+        if p.tables_full {
+            // Stopped before a batch, to have its unlinked tables freed: resumes there.
+            full += 1;
+            assert_eq!(cursor.gfn(), last.max(cursor.gfn()));
+            last = cursor.gfn();
+            continue;
+        }
         assert!(p.done || cursor.gfn() > last, "no progress at {last:#x}");
         assert_eq!(cursor.level(), MapLevel::L4K, "only the 4K level is used");
         // Everything below the cursor is gone in every root.
@@ -796,7 +822,9 @@ fn zap_resumes_where_it_stopped() {
         assert!(steps < 100_000);
     }
     assert_eq!(zapped, total);
-    assert_eq!(polls + 1, steps);
+    assert_eq!(polls + 1 + full, steps);
+    // The whole space was zapped: every table below the start level went.
+    assert_eq!(f.mmu.table_pages(), 2 * f.mmu.geometry().pgd_pages as u64);
     // At most a batch (or a scan budget) per step: the 300 dense gfns took several steps.
     assert!(steps >= 300 / 32, "{steps} steps");
     // The empty stretches were skipped a subtree at a time, not gfn by gfn.
@@ -807,6 +835,77 @@ fn zap_resumes_where_it_stopped() {
     let mut c = ZapCursor::new(100);
     let p = f.mmu.zap_gfn_range_step(&mut c, 50, &mut || true);
     assert!(p.done && p.zapped == 0 && c.is_done());
+    teardown(f);
+}
+
+/// A zap unlinks the tables it leaves empty, as KVM's unmap does, whether it covered them whole
+/// or in part, and only those.  Unlinked tables are not reachable (walks fault) and wait for
+/// `free_zapped_tables()`, after the caller's flush; with many roots, a step stops for the
+/// caller to free them and goes on.
+#[test]
+fn zap_frees_the_tables_it_empties() {
+    const ID: usize = 37;
+    let mut f = Fixture::<ID>::new(1, 40, true);
+    let pgd = f.mmu.table_pages();
+    // 40 bits: start level 1; level-2 tables of 1G, leaf tables of 2M.  Map two 2M regions
+    // (two leaf tables under one level-2 table) and one gfn in the next 1G.
+    let (a, b, far) = (0x200, 0x400, 0x40000 + 5);
+    for gfn in (a..a + 512).chain(b..b + 512) {
+        f.map(0, gfn, pfn_of(gfn), false);
+    }
+    f.map(0, far, pfn_of(far), false);
+    assert_eq!(f.mmu.table_pages(), pgd + 2 + 1 + 2);
+    // Part of a leaf table: its leaves go, the table stays.
+    assert_eq!(f.zap(a, a + 256).unlinked_tables, 0);
+    assert_eq!(f.zap(b + 100, b + 101).unlinked_tables, 0);
+    // The rest of it, from another zap, which covers it in part too: it is empty now, and goes.
+    let p = f.zap(a + 256, a + 512);
+    assert_eq!((p.zapped, p.unlinked_tables), (256, 1));
+    assert_eq!(f.mmu.table_pages(), pgd + 4);
+    assert_eq!(f.translate(0, a + 300, false), Err(WalkFault::NotPresent));
+    // The other region: its leaf table, then the level-2 table above it, empty too, go.
+    let p = f.zap(b, b + 512);
+    assert_eq!((p.zapped, p.unlinked_tables), (511, 2));
+    assert_eq!(f.mmu.table_pages(), pgd + 2);
+    assert_eq!(f.translate(0, b + 3, false), Err(WalkFault::NotPresent));
+    assert_eq!(f.translate(0, far, false).map(|t| t.pfn), Ok(pfn_of(far)));
+    // A zap of nothing mapped frees nothing.
+    assert_eq!(f.zap(0, 0x40000).unlinked_tables, 0);
+    // One page, alone in its tables.
+    let p = f.zap(far, far + 1);
+    assert_eq!((p.zapped, p.unlinked_tables), (1, 2));
+    assert_eq!(f.mmu.table_pages(), pgd);
+    // Mapping again links new tables.
+    f.map(0, a, pfn_of(a), false);
+    assert_eq!(f.mmu.table_pages(), pgd + 2);
+    assert_eq!(f.mmu.stats().tables_freed, 5);
+    teardown(f);
+
+    // Many roots, a mapping in every 2M of 64M: more tables than one step may hold.
+    const ID2: usize = 38;
+    let mut f = Fixture::<ID2>::new(MAX_ROOTS, 40, true);
+    let pgd = f.mmu.table_pages();
+    for root in 0..MAX_ROOTS {
+        for gfn in (0..32).map(|i| i * 512 + 7) {
+            f.map(root, gfn, pfn_of(gfn), true);
+        }
+    }
+    let mut cursor = ZapCursor::new(0);
+    let mut full = 0;
+    loop {
+        let p = f
+            .mmu
+            .zap_gfn_range_step(&mut cursor, 0x40000, &mut || false);
+        full += u64::from(p.tables_full);
+        f.mmu.free_zapped_tables();
+        if p.done {
+            break;
+        }
+        assert!(p.tables_full);
+    }
+    assert!(full > 0, "{} tables in one step", MAX_ROOTS * 33);
+    assert_eq!(f.mmu.table_pages(), pgd);
+    assert_eq!(HostPages::<ID2>::take_dirty().len(), MAX_ROOTS * 32);
     teardown(f);
 }
 
@@ -1144,10 +1243,12 @@ fn stress<const ID: usize>(hw_af: bool) {
                 );
             }
         }
-        let mut cursor = ZapCursor::new(start);
-        let p = mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
+        let p = zap_to_end(&mut *mmu, start, end);
         assert_eq!(p.zapped, STRESS_ROOTS as u64 * STRESS_GFNS);
         assert_eq!(mmu.stats().leaves, 0);
+        // The round's region is alone in its 1G: its four leaf tables and the level-2 table
+        // above them went, in each root.
+        assert_eq!(p.unlinked_tables, STRESS_ROOTS as u64 * 5);
     }
 
     let mmu = lock.into_inner().unwrap();
@@ -1168,7 +1269,11 @@ fn stress<const ID: usize>(hw_af: bool) {
         STRESS_ROUNDS * STRESS_ROOTS as u64 * 5
     );
     let s = mmu.stats();
-    assert_eq!(s.table_pages(), pgd_tables + Tally::get(&tally.new_tables));
+    assert_eq!(
+        s.tables_allocated,
+        pgd_tables + Tally::get(&tally.new_tables)
+    );
+    assert_eq!(s.tables_freed, STRESS_ROUNDS * STRESS_ROOTS as u64 * 5);
     assert_eq!(s.zapped, installed + replaced);
     eprintln!(
         "s2 stress (hw_af {hw_af}): {installed} installed, {replaced} replaced, {} relaxed, {} \

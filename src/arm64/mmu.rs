@@ -30,16 +30,19 @@
 //! Invariants, each kept by the code that says so:
 //!
 //! - I1. Every table page is a start-level table of a root, or is linked by exactly one valid
-//!   table entry of this MMU, or was unlinked by a block map and waits to be freed.  A table
-//!   page is freed only when the MMU is dropped, or, once unlinked, by
-//!   [`S2Mmu::free_unlinked()`] with the write side of the MMU lock held: no walker under the
-//!   read side (faults, agers, the snapshot) can be inside it then, and the hardware walker
-//!   ([`translate()`], guest mode only) left it at the break-before-make's flush, after which it
-//!   cannot reach it again.  So a walker that read a table entry may dereference the table it
-//!   points at for as long as it holds the MMU lock (either side) or stays in guest mode.
-//!   Links appear with a compare-exchange from invalid, or with the make of a block broken into
-//!   a table; they go only when a table is replaced by a block (KVM frees such a table after an
-//!   RCU grace period, `free_unlinked_table()`; here the write side plays the grace period).
+//!   table entry of this MMU, or was unlinked (by a block map, or by a zap that emptied it) and
+//!   waits to be freed.  A table page is freed only when the MMU is dropped, or, once unlinked,
+//!   with the write side of the MMU lock held ([`S2Mmu::free_unlinked()`],
+//!   [`S2Mmu::free_zapped_tables()`]) and after a TLB flush that followed the unlink: no walker
+//!   under the read side (faults, agers, the snapshot) can be inside it then, and the hardware
+//!   walker ([`translate()`], guest mode only) left it at that flush, after which it cannot
+//!   reach it again.  So a walker that read a table entry may dereference the table it points
+//!   at for as long as it holds the MMU lock (either side) or stays in guest mode.  Links appear
+//!   with a compare-exchange from invalid, or with the make of a block broken into a table;
+//!   they go when a table is replaced by a block (KVM frees such a table after an RCU grace
+//!   period, `free_unlinked_table()`; here the write side plays the grace period), and when a
+//!   zap under the write side leaves a table empty (KVM's `stage2_unmap_walker()` frees a
+//!   table whose last entry it cleared).
 //! - I2. An entry holding [`LOCKED`](pte::LOCKED) is owned by the walker that locked it with
 //!   `pte::try_break()`, and only that walker changes it, once, with `pte::make()`.  Everybody
 //!   else fails on it: a mapper returns [`MapError::Again`] (never takes it over, E25), an ager
@@ -112,8 +115,33 @@ pub(crate) const MAP_MIN_TABLES: usize = (pte::MAX_LEVELS - 1) as usize;
 const ZAP_BATCH: u64 = 32;
 
 /// Table entries a zap may scan in each root looking for the next mapped gfn between two polls
-/// of its `should_stop` (empty tables are never freed, I1, so scanning them is not free).
+/// of its `should_stop` (tables that zaps left empty are unlinked, but the tables a map links
+/// for a fault that then retries stay until a zap passes, so scanning them is not free).
 const ZAP_SCAN_BUDGET: u64 = 512;
+
+/// Tables a zap may unlink before the caller must flush and free them
+/// ([`ZapProgress::tables_full`]).
+const ZAPPED_TABLES: usize = 128;
+
+/// Table pages unlinked by zaps, waiting for the TLB flush after which they can be freed (I1).
+/// Room for [`ZAPPED_TABLES`], allocated with the MMU: a zap runs under the spinning MMU lock.
+struct ZappedTables {
+    pfns: PVec<u64>,
+    nr: usize,
+}
+
+impl ZappedTables {
+    fn new() -> Result<Self, AllocError> {
+        Ok(ZappedTables {
+            pfns: prim::try_vec_with(ZAPPED_TABLES, || 0)?,
+            nr: 0,
+        })
+    }
+
+    fn room(&self) -> usize {
+        ZAPPED_TABLES - self.nr
+    }
+}
 
 /// The level of the entries of leaves that map `level`.
 const fn pte_level(level: MapLevel) -> u32 {
@@ -143,8 +171,8 @@ unsafe fn table<'a, P: PageOps>(pfn: u64) -> &'a crate::pgtable::Table {
     unsafe { P::table::<'a>(pfn) }
 }
 
-/// A root, for [`translate()`]: where its walk starts.  A copy; the tables it names stay
-/// allocated until the MMU is dropped (I1).
+/// A root, for [`translate()`]: where its walk starts.  A copy; the start-level tables it names
+/// stay allocated until the MMU is dropped (I1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct S2Root {
     /// The concatenated start-level tables, in `pgd[..geo.pgd_pages]`.
@@ -248,7 +276,7 @@ fn translation(v: u64, level: u32, gfn: u64) -> Translation {
 ///
 /// `root` is [`S2Mmu::root()`] of an `S2Mmu<P>` that is not dropped before this returns, and
 /// the caller stays in guest mode (or holds the MMU lock) until it returns, so that no table
-/// unlinked by a block map is freed under the walk (I1).
+/// unlinked by a block map or a zap is freed under the walk (I1).
 pub(crate) unsafe fn translate<P: PageOps>(
     root: S2Root,
     gfn: u64,
@@ -325,6 +353,8 @@ pub(crate) struct S2Mmu<P: PageOps> {
     /// access-flag faults.
     hw_af: bool,
     counters: Counters,
+    /// Tables zaps unlinked, freed by [`S2Mmu::free_zapped_tables()`] after the next flush.
+    zapped_tables: ZappedTables,
     _ops: PhantomData<fn() -> P>,
 }
 
@@ -347,6 +377,7 @@ impl<P: PageOps> S2Mmu<P> {
             pgd_allocated: 0,
             hw_af,
             counters: Counters::default(),
+            zapped_tables: ZappedTables::new()?,
             _ops: PhantomData,
         };
         while mmu.pgd_allocated < mmu.pgd.len() {
@@ -386,8 +417,8 @@ impl<P: PageOps> S2Mmu<P> {
         self.geo.map_min_tables()
     }
 
-    /// Root `root`, for [`translate()`].  Its tables stay the same, and allocated, until the MMU
-    /// is dropped.
+    /// Root `root`, for [`translate()`].  Its start-level tables stay the same, and allocated,
+    /// until the MMU is dropped.
     pub(crate) fn root(&self, root: usize) -> Option<S2Root> {
         if root >= self.nr_roots {
             return None;
@@ -451,15 +482,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// break-before-make): one leaf less, one zapped, and its page marked dirty if it was
     /// writable (I4).  Returns whether it was dirty.
     fn leaf_removed(&self, old: u64) -> bool {
-        let c = &self.counters;
-        c.leaves.fetch_sub(1, CounterOrdering::Relaxed);
-        Counters::add(&c.zapped, 1);
-        let dirty = pte::is_dirty(old);
-        if dirty {
-            P::set_page_dirty(pte::pfn(old));
-            Counters::add(&c.dirty, 1);
-        }
-        dirty
+        leaf_removed::<P>(&self.counters, old)
     }
 
     /// Maps `gfn` to host page `pfn` in root `root` at `level`, writable if `writable`, as a
@@ -834,15 +857,33 @@ impl<P: PageOps> S2Mmu<P> {
     /// each such round, and returns with the cursor where to resume when it says so.  Everything
     /// below the cursor is zapped in every root.
     ///
+    /// A table under a start-level table that is empty when the zap leaves it is unlinked, as
+    /// KVM's unmap does, and kept for [`S2Mmu::free_zapped_tables()`].  When there may be no
+    /// room for the tables of one more batch, the step returns with
+    /// [`ZapProgress::tables_full`] set.
+    ///
     /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
-    /// dropping the lock (B7).  Tables stay (I1).  Never sleeps.
+    /// dropping the lock (B7), then free the unlinked tables.  Never sleeps.
     pub(crate) fn zap_gfn_range_step(
         &mut self,
         cursor: &mut ZapCursor,
         end: u64,
         should_stop: &mut dyn FnMut() -> bool,
     ) -> ZapProgress {
+        self.zap_step(cursor, end, should_stop, true)
+    }
+
+    /// [`S2Mmu::zap_gfn_range_step()`], unlinking the tables it empties if `unlink_tables`.
+    fn zap_step(
+        &mut self,
+        cursor: &mut ZapCursor,
+        end: u64,
+        should_stop: &mut dyn FnMut() -> bool,
+        unlink_tables: bool,
+    ) -> ZapProgress {
         let mut progress = ZapProgress::default();
+        // A batch unlinks at most one table per level below the start level, in each root.
+        let batch_tables = self.nr_roots * (LAST_LEVEL - self.geo.start_level) as usize;
         let end = end.min(self.geo.gfn_limit());
         let mut gfn = cursor.gfn();
         while gfn < end {
@@ -850,25 +891,50 @@ impl<P: PageOps> S2Mmu<P> {
             // budget: a budget shared by all roots, spent by the first, would let the others
             // advance nothing, and the zap crawl a batch at a time through empty tables.
             let mut next = end;
+            let mut unlink = Unlink {
+                zapped: &mut self.zapped_tables,
+                unlinked: 0,
+            };
             for root in 0..self.nr_roots {
                 let mut budget = ZAP_SCAN_BUDGET;
-                // SAFETY: `root` is a root of `self`.
-                next = unsafe { self.first_mapped(root, gfn, next, &mut budget) };
+                let pgd = &self.pgd[root * self.geo.pgd_pages..][..self.geo.pgd_pages];
+                // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`.
+                next = unsafe {
+                    first_mapped::<P>(
+                        pgd,
+                        &self.geo,
+                        gfn,
+                        next,
+                        &mut budget,
+                        unlink_tables.then_some(&mut unlink),
+                    )
+                };
                 progress.visited += ZAP_SCAN_BUDGET - budget;
                 if next == gfn {
                     break;
                 }
             }
+            progress.unlinked_tables += unlink.unlinked;
             gfn = next;
             cursor.advance_to(gfn);
             if gfn >= end {
                 break;
             }
 
+            if unlink_tables && self.zapped_tables.room() < batch_tables {
+                progress.tables_full = true;
+                return progress;
+            }
             let batch_end = ((gfn | (ZAP_BATCH - 1)) + 1).min(end);
+            let zap = ZapRange {
+                start: gfn,
+                end: batch_end,
+                last: end,
+                unlink_tables,
+            };
             for root in 0..self.nr_roots {
                 // SAFETY: `root` is a root of `self`.
-                unsafe { self.zap_root_range(root, gfn, batch_end, &mut progress) };
+                unsafe { self.zap_root_range(root, &zap, &mut progress) };
             }
             gfn = batch_end;
             cursor.advance_to(gfn);
@@ -881,67 +947,51 @@ impl<P: PageOps> S2Mmu<P> {
         progress
     }
 
-    /// The first gfn in `[from, limit)` that a valid leaf of root `root` covers, or where
-    /// `budget` (entries to scan, decremented) ran out, or `limit`: root `root` maps nothing in
-    /// `[from, returned)`.
+    /// Clears every valid leaf of root `root` overlapping `[zap.start, zap.end)`, and unlinks
+    /// the tables the zap emptied (see [`ZapRange`]), counting into `progress`.
     ///
     /// # Safety
     ///
     /// `root` is a root of `self`.
-    unsafe fn first_mapped(&self, root: usize, from: u64, limit: u64, budget: &mut u64) -> u64 {
-        // gfns under one start-level table: a power of two, so a shift (no division, which
-        // would need a divide-by-zero check).
-        let span_shift = pte::gfn_shift(self.geo.start_level) + pte::TABLE_SHIFT;
-        let span = 1u64 << span_shift;
-        let mut i = (from >> span_shift) as usize;
-        let pgd = self.root_pgd(root);
-        while i < pgd.len() && (i as u64) * span < limit {
-            // SAFETY: a start-level table of `self`, which is borrowed.
-            let found = unsafe {
-                first_mapped_in::<P>(
-                    pgd[i],
+    unsafe fn zap_root_range(&mut self, root: usize, zap: &ZapRange, progress: &mut ZapProgress) {
+        let end = zap.end.min(self.geo.gfn_limit());
+        let span = 1u64 << (pte::gfn_shift(self.geo.start_level) + pte::TABLE_SHIFT);
+        let pgds = root * self.geo.pgd_pages..(root + 1) * self.geo.pgd_pages;
+        for (i, idx) in pgds.enumerate() {
+            let base = i as u64 * span;
+            if base >= end {
+                break;
+            }
+            if base + span <= zap.start {
+                continue;
+            }
+            // SAFETY: a start-level table of `self`, which we hold `&mut`: the write side.
+            unsafe {
+                zap_table::<P>(
+                    self.pgd[idx],
                     self.geo.start_level,
-                    i as u64 * span,
-                    from,
-                    limit,
-                    budget,
+                    base,
+                    zap,
+                    &self.counters,
+                    &mut self.zapped_tables,
+                    progress,
                 )
             };
-            if let Some(gfn) = found {
-                return gfn.min(limit);
-            }
-            i += 1;
         }
-        limit
     }
 
-    /// Clears every valid leaf of root `root` overlapping `[start, end)`, counting into
-    /// `progress`.
-    ///
-    /// # Safety
-    ///
-    /// `root` is a root of `self`.
-    unsafe fn zap_root_range(&self, root: usize, start: u64, end: u64, progress: &mut ZapProgress) {
-        let mut visited = 0;
-        // SAFETY: `root` is a root of `self`, per the caller.
-        let _ = unsafe {
-            self.for_each_leaf(root, start, end, &mut |ptep, _, _, _| {
-                visited += 1;
-                // `&mut self` (our caller): no map, ager or break-before-make runs, so the entry
-                // is a valid leaf or was one; only the hardware walker may set AF meanwhile, so
-                // swap rather than store, and lose nothing.  Relaxed: the caller's TLB flush,
-                // before the lock is dropped, orders the clear before anything the primary MMU
-                // does to the page next (B7).
-                let old = ptep.swap(0, Ordering::Relaxed);
-                debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
-                if pte::is_valid(old) {
-                    progress.zapped += 1;
-                    progress.dirty += u64::from(self.leaf_removed(old));
-                }
-                ControlFlow::Continue(())
-            })
-        };
-        progress.visited += visited;
+    /// Frees the tables zaps unlinked.  Call with the write side held (`&mut self`), after the
+    /// TLB flush that followed their unlink (the flush a zap's [`ZapProgress::needs_flush()`]
+    /// asks for): then no walker can be inside them (I1).
+    pub(crate) fn free_zapped_tables(&mut self) {
+        let t = &mut self.zapped_tables;
+        for &pfn in &t.pfns[..t.nr] {
+            // SAFETY: unlinked by a zap of this MMU, empty, not freed since; per the caller no
+            // walker is left in it.
+            unsafe { P::free_table(pfn) };
+            Counters::add(&self.counters.tables_freed, 1);
+        }
+        t.nr = 0;
     }
 
     /// Zaps every leaf in every root (release, teardown), without yielding.  Returns the number
@@ -950,7 +1000,7 @@ impl<P: PageOps> S2Mmu<P> {
     pub(crate) fn zap_all(&mut self) -> u64 {
         let mut cursor = ZapCursor::new(0);
         let end = self.geo.gfn_limit();
-        let progress = self.zap_gfn_range_step(&mut cursor, end, &mut || false);
+        let progress = self.zap_step(&mut cursor, end, &mut || false, false);
         debug_assert!(progress.done);
         progress.zapped
     }
@@ -1026,6 +1076,8 @@ impl<P: PageOps> Drop for S2Mmu<P> {
         // Reports the dirty pages: the primary MMU still has them mapped, or `release()` would
         // have zapped them already.
         self.zap_all();
+        // No walker is left (the owner's guarantee), so no flush is needed first.
+        self.free_zapped_tables();
         for i in 0..self.pgd_allocated {
             // SAFETY: a start-level table of this MMU that no walker can reach any more (the
             // owner of the MMU guarantees no walker runs once it is dropped), and each table
@@ -1098,6 +1150,104 @@ unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: u32, counters: &Count
     Counters::add(&counters.tables_freed, 1);
 }
 
+/// [`S2Mmu::leaf_removed()`], on an MMU's `counters`.
+fn leaf_removed<P: PageOps>(c: &Counters, old: u64) -> bool {
+    c.leaves.fetch_sub(1, CounterOrdering::Relaxed);
+    Counters::add(&c.zapped, 1);
+    let dirty = pte::is_dirty(old);
+    if dirty {
+        P::set_page_dirty(pte::pfn(old));
+        Counters::add(&c.dirty, 1);
+    }
+    dirty
+}
+
+/// One batch of a zap: the gfns `[start, end)`, of a zap that ends at `last`.
+struct ZapRange {
+    start: u64,
+    end: u64,
+    last: u64,
+    /// Unlink the tables the zap empties.
+    unlink_tables: bool,
+}
+
+impl ZapRange {
+    /// Whether this batch is the zap's last visit of `[base, base + span)`: it reaches the
+    /// end of that range, or it is the zap's last batch.  A table there is checked for
+    /// emptiness then, once per zap.
+    fn leaves(&self, base: u64, span: u64) -> bool {
+        self.end >= base + span || self.end >= self.last
+    }
+}
+
+/// Clears every valid leaf of the table `table_pfn` at `level` (first entry at gfn `base`) and
+/// of the tables under it that overlaps `[zap.start, zap.end)`, counting into `progress` and
+/// `counters` and marking the pages of writable leaves dirty (I4).  A table under it that is
+/// empty when the zap leaves it is unlinked into `zapped` (if `zap.unlink_tables` and there is
+/// room), as KVM's `stage2_unmap_walker()` frees a table whose last entry it cleared: whether
+/// the zap covered it whole, or in part and nothing else is mapped there.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `S2Mmu<P>` whose write side the caller holds.
+unsafe fn zap_table<P: PageOps>(
+    table_pfn: u64,
+    level: u32,
+    base: u64,
+    zap: &ZapRange,
+    counters: &Counters,
+    zapped: &mut ZappedTables,
+    progress: &mut ZapProgress,
+) {
+    // SAFETY: per the caller.
+    let t = unsafe { table::<P>(table_pfn) };
+    let span = pte::level_pages(level);
+    let first = (zap.start.saturating_sub(base) >> pte::gfn_shift(level)) as usize;
+    for (i, ptep) in t.iter().enumerate().skip(first) {
+        let gfn = base + i as u64 * span;
+        if gfn >= zap.end {
+            break;
+        }
+        // The write side: no map, ager or break-before-make runs, so no entry is locked (I2)
+        // and only the hardware walker may change one (setting AF on a leaf).
+        let v = ptep.load(Ordering::Acquire);
+        progress.visited += 1;
+        if pte::is_table(v, level) {
+            let child = pte::pfn(v);
+            // SAFETY: linked by a valid table entry of the MMU (I1); write side held.
+            unsafe { zap_table::<P>(child, level + 1, gfn, zap, counters, zapped, progress) };
+            if zap.unlink_tables && zap.leaves(gfn, span) && zapped.room() > 0 {
+                // SAFETY: as above.
+                if unsafe { table_is_empty::<P>(child) } {
+                    unlink_table(ptep, child, zapped);
+                    progress.unlinked_tables += 1;
+                }
+            }
+        } else if pte::is_valid(v) {
+            // Swap, not store: the hardware walker may set AF meanwhile, and the dirty state
+            // must not be lost.  Relaxed: the caller's TLB flush, before the lock is dropped,
+            // orders the clear before anything the primary MMU does to the page next (B7).
+            let old = ptep.swap(0, Ordering::Relaxed);
+            debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
+            if pte::is_valid(old) {
+                progress.zapped += 1;
+                progress.dirty += u64::from(leaf_removed::<P>(counters, old));
+            }
+        }
+    }
+}
+
+/// Whether every entry of the table `table_pfn` is empty.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `S2Mmu<P>`, not freed while this runs.
+unsafe fn table_is_empty<P: PageOps>(table_pfn: u64) -> bool {
+    // SAFETY: per the caller.
+    let t = unsafe { table::<P>(table_pfn) };
+    t.iter().all(|e| e.load(Ordering::Relaxed) == 0)
+}
+
 /// Frees `table_pfn`, a table at `level`, and every table under it.
 ///
 /// # Safety
@@ -1159,13 +1309,69 @@ unsafe fn leaves_in<'a, P: PageOps>(
     ControlFlow::Continue(())
 }
 
-/// The first gfn in `[from, limit)` that a valid leaf covers in the table `table_pfn` at `level`
-/// (first entry at gfn `base`) and the tables under it, or where `budget` ran out; `None` if
-/// nothing there maps any of `[from, limit)`.  See [`S2Mmu::first_mapped()`].
+/// What a zap's scan for mapped gfns needs to unlink the empty tables it passes: they go into
+/// `zapped`, counted in `unlinked`.
+struct Unlink<'a> {
+    zapped: &'a mut ZappedTables,
+    unlinked: u64,
+}
+
+/// The first gfn in `[from, limit)` that a valid leaf covers in the start-level tables `pgd` of
+/// a root with geometry `geo`, or where `budget` (entries to scan, decremented) ran out, or
+/// `limit`: the root maps nothing in `[from, returned)`.  With `unlink`, tables the scan finds
+/// empty that the zap covered whole are unlinked on the way (see [`first_mapped_in()`]).
 ///
 /// # Safety
 ///
-/// `table_pfn` is a table of an `S2Mmu<P>` that is not dropped while this runs.
+/// `pgd` are the start-level tables of a root of an `S2Mmu<P>` that is not dropped while this
+/// runs; with `unlink`, the caller holds its write side.
+unsafe fn first_mapped<P: PageOps>(
+    pgd: &[u64],
+    geo: &Geometry,
+    from: u64,
+    limit: u64,
+    budget: &mut u64,
+    mut unlink: Option<&mut Unlink<'_>>,
+) -> u64 {
+    // gfns under one start-level table: a power of two, so a shift (no division, which would
+    // need a divide-by-zero check).
+    let span_shift = pte::gfn_shift(geo.start_level) + pte::TABLE_SHIFT;
+    let span = 1u64 << span_shift;
+    let mut i = (from >> span_shift) as usize;
+    while i < pgd.len() && (i as u64) * span < limit {
+        // SAFETY: a start-level table of the MMU, per the caller.
+        let found = unsafe {
+            first_mapped_in::<P>(
+                pgd[i],
+                geo.start_level,
+                i as u64 * span,
+                from,
+                limit,
+                budget,
+                unlink.as_deref_mut(),
+            )
+        };
+        if let Some(gfn) = found {
+            return gfn.min(limit);
+        }
+        i += 1;
+    }
+    limit
+}
+
+/// The first gfn in `[from, limit)` that a valid leaf covers in the table `table_pfn` at `level`
+/// (first entry at gfn `base`) and the tables under it, or where `budget` ran out; `None` if
+/// nothing there maps any of `[from, limit)`.  See [`first_mapped()`].
+///
+/// With `unlink`, a table under it in which the scan found nothing, up to its end, is unlinked
+/// into `unlink.zapped` if it is empty (the zap may have emptied the part before `from`, and
+/// anything after `limit` was empty already).  When there is no room left there, the scan stops
+/// at that table, as when its budget runs out.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `S2Mmu<P>` that is not dropped while this runs; with `unlink`,
+/// the caller holds its write side.
 unsafe fn first_mapped_in<P: PageOps>(
     table_pfn: u64,
     level: u32,
@@ -1173,11 +1379,12 @@ unsafe fn first_mapped_in<P: PageOps>(
     from: u64,
     limit: u64,
     budget: &mut u64,
+    mut unlink: Option<&mut Unlink<'_>>,
 ) -> Option<u64> {
     // SAFETY: per the caller.
     let t = unsafe { table::<P>(table_pfn) };
     let span = pte::level_pages(level);
-    let first = (from.saturating_sub(base) / span) as usize;
+    let first = (from.saturating_sub(base) >> pte::gfn_shift(level)) as usize;
     for (i, ptep) in t.iter().enumerate().skip(first) {
         let gfn = base + i as u64 * span;
         if gfn >= limit {
@@ -1189,17 +1396,52 @@ unsafe fn first_mapped_in<P: PageOps>(
         *budget -= 1;
         let v = ptep.load(Ordering::Acquire);
         if pte::is_table(v, level) {
+            let child = pte::pfn(v);
             // SAFETY: linked by a valid table entry of the MMU (I1).
-            let found =
-                unsafe { first_mapped_in::<P>(pte::pfn(v), level + 1, gfn, from, limit, budget) };
+            let found = unsafe {
+                first_mapped_in::<P>(
+                    child,
+                    level + 1,
+                    gfn,
+                    from,
+                    limit,
+                    budget,
+                    unlink.as_deref_mut(),
+                )
+            };
             if found.is_some() {
                 return found;
+            }
+            let Some(u) = unlink.as_deref_mut() else {
+                continue;
+            };
+            if gfn + span > limit {
+                // Not scanned to its end: mapped beyond `limit`, likely.
+                continue;
+            }
+            if u.zapped.room() == 0 {
+                return Some(gfn.max(from));
+            }
+            // SAFETY: as above.
+            if unsafe { table_is_empty::<P>(child) } {
+                unlink_table(ptep, child, u.zapped);
+                u.unlinked += 1;
             }
         } else if pte::is_valid(v) {
             return Some(gfn.max(from));
         }
     }
     None
+}
+
+/// Unlinks the empty table `child` from its entry `ptep` into `zapped`, to be freed after the
+/// next TLB flush (I1).  Write side held.
+fn unlink_table(ptep: &AtomicU64, child: u64, zapped: &mut ZappedTables) {
+    // Relaxed: no other walker under the lock runs (write side), and the flush before the
+    // table is freed orders this for the hardware walker (I1).
+    ptep.store(0, Ordering::Relaxed);
+    zapped.pfns[zapped.nr] = child;
+    zapped.nr += 1;
 }
 
 /// Ages the valid leaf `ptep`, which held `v`, as `op` says, recording into `result` (see
