@@ -117,7 +117,7 @@ hugepages="hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=8"
 # pauth-impdef: QEMU's own pointer-authentication hash, far cheaper under
 # TCG than the architected QARMA. One CPU per socket, one socket per node,
 # as on x86 (a cluster across nodes trips the topology sanity check).
-qemu=(qemu-system-aarch64 -machine virt,gic-version=3 -cpu max,pauth-impdef=on
+qemu=(qemu-system-aarch64 -machine virt,gic-version=3 -cpu max,pauth-impdef=on,lpa2=off
 	-accel tcg,thread=multi -smp 2,sockets=2,cores=1,threads=1 -m "$mem"
 	-object memory-backend-ram,id=m0,size="$half" -object memory-backend-ram,id=m1,size="$half"
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1

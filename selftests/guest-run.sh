@@ -50,10 +50,13 @@ else
 fi
 
 # The selftests (kselftest harness, TAP). A binary that dies before its
-# plan is complete is one failure.
-for t in secmmu_test secmmu_mmu_test secmmu_aging_test; do
+# plan is complete is one failure. SECMMU_SELFTESTS picks binaries and
+# SECMMU_KSFT_ARGS harness options (-r FIXTURE.VARIANT.TEST, -f, -t) for a
+# partial run (scripts/vm-test).
+for t in ${SECMMU_SELFTESTS:-secmmu_test secmmu_mmu_test secmmu_aging_test}; do
 	t0=$(date +%s)
-	SECMMU_KO=$ko "$top/selftests/$t" > /tmp/$t.tap 2>&1
+	# shellcheck disable=SC2086 # word splitting of the options is wanted
+	SECMMU_KO=$ko "$top/selftests/$t" ${SECMMU_KSFT_ARGS:-} > /tmp/$t.tap 2>&1
 	echo "# $t exited with $? after $(($(date +%s) - t0)) s"
 	cat /tmp/$t.tap
 	planned=$(sed -n 's/^1\.\.\([0-9]*\)$/\1/p' /tmp/$t.tap)

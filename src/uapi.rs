@@ -29,6 +29,7 @@ pub(crate) const SNAPSHOT: u32 = _IOW::<secmmu_snapshot>(SECMMUIO, 0x05);
 pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
 pub(crate) const TEST_YOUNG: u32 = _IOW::<secmmu_test_young>(SECMMUIO, 0x20);
+pub(crate) const AUDIT: u32 = _IOWR::<secmmu_audit>(SECMMUIO, 0x21);
 
 pub(crate) const FMT_X86_EPT4: u32 = 1;
 pub(crate) const FMT_ARM64_S2: u32 = 2;
@@ -84,6 +85,8 @@ pub(crate) struct secmmu_stats {
     pub(crate) mappings_1g: u64,
     pub(crate) splits: u64,
     pub(crate) collapses: u64,
+    pub(crate) audits: u64,
+    pub(crate) audit_mismatches: u64,
     pub(crate) reserved: u64,
 }
 
@@ -178,6 +181,21 @@ pub(crate) struct secmmu_test_young {
     pub(crate) reserved: [u64; 2],
 }
 
+/// `struct secmmu_audit`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_audit {
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+    pub(crate) leaves: u64,
+    pub(crate) mismatches: u64,
+    pub(crate) skipped: u64,
+    pub(crate) first_gpa: u64,
+    pub(crate) first_root: u32,
+    pub(crate) pad2: u32,
+    pub(crate) reserved: [u64; 4],
+}
+
 macro_rules! plain_uapi_struct {
     ($($t:ty),*) => {$(
         // SAFETY: `repr(C)` of integers and integer arrays only, laid out
@@ -196,7 +214,8 @@ plain_uapi_struct!(
     secmmu_snapshot,
     secmmu_run,
     secmmu_access,
-    secmmu_test_young
+    secmmu_test_young,
+    secmmu_audit
 );
 
 /// Reads an ioctl's argument struct from user memory.

@@ -65,6 +65,8 @@ struct secmmu_stats {
 	__u64 mappings_1g;		/* ... and 1G */
 	__u64 splits;			/* huge leaves replaced by a table */
 	__u64 collapses;		/* tables replaced by a huge leaf */
+	__u64 audits;			/* SECMMU_AUDIT runs */
+	__u64 audit_mismatches;		/* leaves they found incoherent */
 	__u64 reserved;			/* reads as zero */
 };
 
@@ -240,5 +242,31 @@ struct secmmu_test_young {
 };
 
 #define SECMMU_TEST_YOUNG	_IOW(SECMMUIO, 0x20, struct secmmu_test_young)
+
+/*
+ * SECMMU_AUDIT: a coherence check for tests. Walks every leaf of every
+ * root and checks that the primary MMU maps, at the user address its
+ * memslot gives, the same page with at least the leaf's permissions (a
+ * writable leaf needs a writable primary mapping). Leaves whose user range
+ * an invalidation in progress covers are counted in @skipped, not checked:
+ * the primary may have changed them already and the secondary is allowed
+ * until that invalidation's start returns to remove them. Returns 0 with
+ * the counts; a debug build also WARNs on a mismatch. @first_gpa and
+ * @first_root locate the first mismatch. -EINVAL: unconfigured space, or
+ * nonzero flags, pad or reserved.
+ */
+struct secmmu_audit {
+	__u32 flags;
+	__u32 pad;
+	__u64 leaves;		/* out: leaves checked */
+	__u64 mismatches;	/* out: of which the primary does not back */
+	__u64 skipped;		/* out: under an invalidation in progress */
+	__u64 first_gpa;	/* out: guest address of the first mismatch */
+	__u32 first_root;	/* out: its root */
+	__u32 pad2;
+	__u64 reserved[4];
+};
+
+#define SECMMU_AUDIT		_IOWR(SECMMUIO, 0x21, struct secmmu_audit)
 
 #endif /* _UAPI_LINUX_SECMMU_H */
