@@ -23,6 +23,13 @@ if [ -e "$out/.complete" ]; then
 	echo "$out"
 	exit 0
 fi
+# One build of a kernel at a time: a second caller waits for the first.
+exec 8>"$SECMMU_CACHE/kernel-$arch-$variant.lock"
+flock 8
+if [ -e "$out/.complete" ]; then
+	echo "$out"
+	exit 0
+fi
 
 case $arch in
 x86_64) karch=x86_64; image=arch/x86/boot/bzImage ;;
