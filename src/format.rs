@@ -21,7 +21,7 @@
 use crate::{
     arm64::mmu::{self as s2, S2Mmu, S2Root},
     kpages::KernelPages,
-    pgtable::{Translation, WalkFault, ZapCursor, ZapProgress},
+    pgtable::{MapLevel, Translation, WalkFault, ZapCursor, ZapProgress},
     x86::mmu::{self as x86, X86Mmu},
 };
 
@@ -72,6 +72,17 @@ impl Pgt {
         match self {
             Pgt::X86(m) => m.root_pfn(root).map(Root::X86),
             Pgt::S2(m) => m.root(root).map(|r| Root::S2(r, m.hw_af())),
+        }
+    }
+
+    /// The largest leaf a map may install: the fault path clamps the level it maps at to this
+    /// (a stage-2 walk that starts at level 2 has no 1G entry, and its `map()` refuses 1G).
+    // Until `vcpu.rs` clamps with it.
+    #[allow(dead_code)]
+    pub(crate) fn max_map_level(&self) -> MapLevel {
+        match self {
+            Pgt::X86(m) => m.max_map_level(),
+            Pgt::S2(m) => m.max_map_level(),
         }
     }
 

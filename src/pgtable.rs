@@ -271,7 +271,8 @@ pub(crate) enum MapError {
     BadGfn,
     /// The pfn does not fit the format, or is not aligned to the level.
     BadPfn,
-    /// The level is not supported (yet).
+    /// The level is larger than the format can map (the MMU's `max_map_level()`): nothing was
+    /// changed.
     BadLevel,
     /// The table or descriptor cache was not topped up enough for one map.
     NeedTopup,

@@ -583,6 +583,7 @@ impl<const ID: usize> Fixture<ID> {
 fn huge_leaves_map_translate_and_zap() {
     const ID: usize = 60;
     let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
+    assert_eq!(f.mmu.max_map_level(), MapLevel::L1G);
     let o = f.map_huge(0x200, 0x8_0000, MapLevel::L2M);
     assert_eq!(
         (o.action, o.new_tables, o.split),

@@ -1000,6 +1000,58 @@ fn blocks_walk_age_zap_and_break() {
     teardown(f);
 }
 
+/// Every geometry maps the largest block its walk can hold, whole, and refuses a larger one
+/// without installing anything: a 1G block is an entry at level 1, which a walk starting at
+/// level 2 (`ia_bits` 32 to 34) does not have.
+#[test]
+fn block_maps_fit_every_geometry() {
+    const ID: usize = 39;
+    for ia_bits in MIN_IA_BITS..=MAX_IA_BITS {
+        let mut f = Fixture::<ID>::new(1, ia_bits, true);
+        let geo = f.mmu.geometry();
+        let max = if geo.start_level <= 1 {
+            MapLevel::L1G
+        } else {
+            MapLevel::L2M
+        };
+        assert_eq!(f.mmu.max_map_level(), max, "ia_bits {ia_bits}");
+        let pgd = f.mmu.table_pages();
+        // The second 1G, and a 2M block in the third.
+        let (g1, p1) = (1u64 << 18, 0x40_0000u64);
+        let (g2, p2) = ((2u64 << 18) + 0x600, 0x8_0000u64);
+        let o = f.try_map_at(0, g1, p1, true, MapLevel::L1G);
+        if max == MapLevel::L1G {
+            assert_eq!(o.map(|o| o.action), Ok(MapAction::Installed));
+            for gfn in g1..g1 + MapLevel::L1G.pages() {
+                let t = f.translate(0, gfn, false).unwrap();
+                assert_eq!((t.pfn, t.level), (p1 + gfn - g1, MapLevel::L1G), "{gfn:#x}");
+            }
+        } else {
+            assert_eq!(o, Err(MapError::BadLevel), "ia_bits {ia_bits}");
+            assert_eq!(
+                f.mmu.table_pages(),
+                pgd,
+                "ia_bits {ia_bits}: no table linked"
+            );
+            assert_eq!(f.mmu.leaves(), 0);
+            for gfn in [g1, g1 + 1, g1 + 0x200, g1 + 0x3_ffff] {
+                assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
+            }
+        }
+        let o = f.try_map_at(0, g2, p2, false, MapLevel::L2M).unwrap();
+        assert_eq!(o.action, MapAction::Installed);
+        for gfn in g2..g2 + MapLevel::L2M.pages() {
+            let t = f.translate(0, gfn, false).unwrap();
+            assert_eq!((t.pfn, t.level), (p2 + gfn - g2, MapLevel::L2M), "{gfn:#x}");
+        }
+        assert_eq!(f.translate(0, g2 + 512, false), Err(WalkFault::NotPresent));
+        let leaves = u64::from(max == MapLevel::L1G) + 1;
+        assert_eq!(f.zap(0, geo.gfn_limit()).zapped, leaves);
+        assert_eq!(f.mmu.table_pages(), pgd);
+        teardown(f);
+    }
+}
+
 #[test]
 fn table_cache_put_back() {
     const ID: usize = 34;

@@ -69,7 +69,8 @@
 //! [`AgeResult::cleared`] is nonzero.
 //!
 //! Huge mappings.  [`S2Mmu::map()`] installs blocks at levels 1 and 2 (1G, 2M) as well as
-//! pages.  A block met where a table must go is broken into an empty table with
+//! pages, but none above the start level: a walk that starts at level 2 has no 1G entry, so it
+//! refuses 1G maps ([`S2Mmu::max_map_level()`], which the fault path clamps to).  A block met where a table must go is broken into an empty table with
 //! break-before-make (KVM's `stage2_map_walk_leaf()`); a table where a block goes is replaced
 //! by the block with break-before-make too (lock, flush, zap what the table maps, make the
 //! block), and freed later under the write side (I1).  The walks, zaps, aging, snapshot and
@@ -417,6 +418,15 @@ impl<P: PageOps> S2Mmu<P> {
         self.geo.map_min_tables()
     }
 
+    /// The largest leaf this MMU can install (see [`S2Mmu::map()`]): a block is an entry at
+    /// its level (KVM's `kvm_level_supports_block_mapping()`: levels 1 and 2 with 4K pages), so
+    /// a 1G block needs a walk that starts at level 1 or 0 (`ia_bits` 35 and up), and a walk
+    /// that starts at level 2 (`ia_bits` 32 to 34) holds 2M blocks at most.  The fault path
+    /// clamps the level it asks for to this.
+    pub(crate) fn max_map_level(&self) -> MapLevel {
+        map_level(self.geo.start_level.max(pte::MIN_BLOCK_LEVEL))
+    }
+
     /// Root `root`, for [`translate()`].  Its start-level tables stay the same, and allocated,
     /// until the MMU is dropped.
     pub(crate) fn root(&self, root: usize) -> Option<S2Root> {
@@ -509,10 +519,12 @@ impl<P: PageOps> S2Mmu<P> {
     /// called once), and the map goes on in it.
     ///
     /// Errors, with nothing changed but tables linked on the way (empty, harmless):
-    /// [`MapError::BadRoot`], [`MapError::BadGfn`] outside the space or not aligned to `level`, [`MapError::BadPfn`], [`MapError::NeedTopup`] if `tables` holds fewer
-    /// than [`S2Mmu::map_min_tables()`], and [`MapError::Again`] if another walker changed or
-    /// locked an entry on the way (counted in [`S2Mmu::eagain()`]): retry the fault, nothing to
-    /// drop.  A lock is never taken over (E25).
+    /// [`MapError::BadRoot`], [`MapError::BadLevel`] if `level` is larger than
+    /// [`S2Mmu::max_map_level()`] (nothing is linked then), [`MapError::BadGfn`] outside the
+    /// space or not aligned to `level`, [`MapError::BadPfn`], [`MapError::NeedTopup`] if
+    /// `tables` holds fewer than [`S2Mmu::map_min_tables()`], and [`MapError::Again`] if another
+    /// walker changed or locked an entry on the way (counted in [`S2Mmu::eagain()`]): retry the
+    /// fault, nothing to drop.  A lock is never taken over (E25).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn map(
         &self,
@@ -526,6 +538,11 @@ impl<P: PageOps> S2Mmu<P> {
     ) -> Result<MapOutcome, MapError> {
         if root >= self.nr_roots {
             return Err(MapError::BadRoot);
+        }
+        if level > self.max_map_level() {
+            // No entry of the walk maps that size: a leaf at the start level would map a
+            // smaller block than asked, and the rest of the range would fault forever.
+            return Err(MapError::BadLevel);
         }
         if gfn & (level.pages() - 1) != 0 {
             return Err(MapError::BadGfn);

@@ -548,6 +548,12 @@ impl<P: PageOps> X86Mmu<P> {
         self.nr_roots
     }
 
+    /// The largest leaf [`X86Mmu::map_level()`] installs: 1G (a 4-level EPT walk has 1G and 2M
+    /// entries under its root; EPT has no 512G pages).
+    pub(crate) fn max_map_level(&self) -> MapLevel {
+        map_level(Level::MAX_LEAF)
+    }
+
     /// Whether new leaves keep A/D bits.
     pub(crate) fn ad_enabled(&self) -> bool {
         self.ad_enabled
