@@ -21,6 +21,7 @@ use crate::memslot::{Slot, PAGE_SHIFT};
 use crate::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
 use crate::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::rmap::{DescCache, PTE_LIST_EXT};
+use crate::test_util::Rng;
 use crate::x86::mmu::{
     age_gfn_range_lockless, age_hva_range_lockless, slot_ids, translate, RmapTable, SlotRmaps,
     WalkFault, X86Mmu, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
@@ -667,21 +668,6 @@ fn contention_is_counted() {
     f.mmu.zap_all();
     HostPages::<ID>::take_dirty();
     teardown(f);
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 const STRESS_ROOTS: usize = 18;

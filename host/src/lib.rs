@@ -45,6 +45,10 @@ pub mod arm64;
 #[cfg(not(loom))]
 pub mod host_pages;
 
+// The generator of the stress tests.
+#[cfg(all(test, not(loom)))]
+mod test_util;
+
 #[cfg(all(test, not(loom)))]
 mod mmu_tests;
 

@@ -20,6 +20,7 @@ use crate::pgtable::{
 };
 use crate::prim::Ordering;
 use crate::rmap::DescCache;
+use crate::test_util::Rng;
 use crate::tlb::{SoftTlb, VcpuMode};
 use crate::x86::mmu::{
     translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, X86Mmu, ZapCursor,
@@ -797,17 +798,6 @@ fn header(pfn: u64) -> &'static StdAtomicU64 {
 fn data(pfn: u64) -> &'static StdAtomicU64 {
     // SAFETY: as for `header()`.
     unsafe { &*page_ptr(pfn).add(8).cast::<StdAtomicU64>() }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// What the stress test's MMU lock (a mutex) protects.

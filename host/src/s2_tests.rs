@@ -26,6 +26,7 @@ use crate::pgtable::{
     SNAP_PRESENT, SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
 use crate::prim::{AtomicU64, Ordering};
+use crate::test_util::Rng;
 
 /// An MMU with host pages of test `ID`, the table cache a fault path would top up, and a count
 /// of the TLB flushes the MMU asked for.
@@ -1095,18 +1096,6 @@ impl Tally {
 
     fn get(c: &StdAtomicU64) -> u64 {
         c.load(StdOrdering::Relaxed)
-    }
-}
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 
