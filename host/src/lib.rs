@@ -45,9 +45,12 @@ pub mod arm64;
 #[cfg(not(loom))]
 pub mod host_pages;
 
-// The generator of the stress tests.
+// The generator of the stress tests and the configuration of the property tests.
 #[cfg(all(test, not(loom)))]
 mod test_util;
+
+#[cfg(all(test, not(loom)))]
+mod rmap_props;
 
 #[cfg(all(test, not(loom)))]
 mod mmu_tests;

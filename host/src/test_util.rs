@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! What the host tests share: the small deterministic generator of the multi-threaded stress
-//! tests.
+//! tests, and the configuration of the property tests.
 //!
 //! The single-threaded randomized tests use `proptest`, which generates, shrinks and replays
 //! their cases.  The stress tests cannot: their interleavings are not reproducible anyway, and
@@ -22,5 +22,21 @@ impl Rng {
     /// A number below `n`, which must not be 0.
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// The configuration of a property test: `cases` cases, few enough that the whole `cargo test`
+/// stays quick, unless `PROPTEST_CASES` asks for another number (to search longer locally).
+/// Failing cases are shrunk and reported, but not saved under the source tree: keep one worth
+/// keeping as a test of its own.
+pub(crate) fn prop_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
     }
 }
