@@ -53,6 +53,9 @@ mod test_util;
 mod rmap_props;
 
 #[cfg(all(test, not(loom)))]
+mod tlb_props;
+
+#[cfg(all(test, not(loom)))]
 mod mmu_tests;
 
 #[cfg(all(test, not(loom)))]
