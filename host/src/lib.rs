@@ -56,6 +56,9 @@ mod rmap_props;
 mod tlb_props;
 
 #[cfg(all(test, not(loom)))]
+mod mmu_props;
+
+#[cfg(all(test, not(loom)))]
 mod mmu_tests;
 
 #[cfg(all(test, not(loom)))]

@@ -1,0 +1,680 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Property tests of the two MMUs with host table pages: random maps at 4K, 2M and 1G (which
+//! split and collapse when the level of a block changes), translations, zaps of gfn ranges
+//! (driven to completion, also with a `should_stop` that stops at every chance), aging and the
+//! fault paths' fast restores, over several roots, checked after every step against a model
+//! of the leaves of each root.
+//!
+//! - x86 (`src/x86/mmu.rs`), with and without A/D bits, over two slots, one of them unaligned
+//!   so that huge maps at its edges fail; aging locked and lockless.
+//! - arm64 stage-2 (`src/arm64/mmu.rs`), at every geometry (`ia_bits` 32 to 48), with and
+//!   without hardware AF.
+//!
+//! Each test has its own `HostPages<ID>`; a case checks its table pages against the counts
+//! before it, so that a failed case does not spoil the next one while proptest shrinks.
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use crate::aging::{AgeOp, AgeResult};
+use crate::host_pages::HostPages;
+use crate::memslot::Slot;
+use crate::pgtable::{snapshot_byte, MapAction, MapLevel, TableCache, Translation, WalkFault};
+use crate::test_util::prop_config;
+
+/// A leaf of the model: the block of gfns from its key's gfn, at its key's level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Leaf {
+    /// The first page of the block.
+    pfn: u64,
+    /// Writable when not access-tracked (x86 without A/D saves W while tracked).
+    writable: bool,
+    /// A (x86) or AF (stage-2).
+    accessed: bool,
+    /// D, for x86 with A/D.
+    d: bool,
+    /// Access-tracked: x86 without A/D, aged under the lock.
+    tracked: bool,
+}
+
+impl Leaf {
+    /// A leaf as a map makes it: accessed, and dirty if writable.
+    fn new(pfn: u64, writable: bool) -> Self {
+        Leaf {
+            pfn,
+            writable,
+            accessed: true,
+            d: writable,
+            tracked: false,
+        }
+    }
+
+    /// W as the entry has it now.
+    fn w(&self) -> bool {
+        self.writable && !self.tracked
+    }
+}
+
+/// The leaves of one root, by (level, first gfn); they never overlap.
+#[derive(Clone, Default, Debug)]
+struct Root(BTreeMap<(MapLevel, u64), Leaf>);
+
+impl Root {
+    /// The leaf that maps `gfn`.
+    fn find(&mut self, gfn: u64) -> Option<(MapLevel, u64, &mut Leaf)> {
+        let key = MapLevel::ALL
+            .into_iter()
+            .map(|l| (l, l.align_down(gfn)))
+            .find(|k| self.0.contains_key(k))?;
+        Some((key.0, key.1, self.0.get_mut(&key).unwrap()))
+    }
+
+    /// The keys of the leaves overlapping `[start, end)`.
+    fn overlapping(&self, start: u64, end: u64) -> Vec<(MapLevel, u64)> {
+        self.0
+            .keys()
+            .filter(|&&(l, g)| g < end && g + l.pages() > start)
+            .copied()
+            .collect()
+    }
+}
+
+/// What a map of the `level` block at `first` finds in a root, before it is changed.
+struct MapEffect {
+    /// A larger leaf was in the way (split), and whether it was dirty.
+    larger: Option<bool>,
+    /// Smaller leaves under the block (collapse), and how many of them were dirty.
+    smaller: (u64, u64),
+    /// The leaf at the same level and gfn.
+    same: Option<Leaf>,
+}
+
+/// Removes the leaves a map of the `level` block at `first` replaces: a larger one it splits,
+/// smaller ones it collapses.  `dirty` says whether a leaf counts as dirty when removed.
+fn clear_for_map(
+    root: &mut Root,
+    level: MapLevel,
+    first: u64,
+    dirty: impl Fn(&Leaf) -> bool,
+) -> MapEffect {
+    let mut larger = None;
+    let mut smaller = (0, 0);
+    for key in root.overlapping(first, first + level.pages()) {
+        if key.0 > level {
+            larger = Some(dirty(&root.0.remove(&key).unwrap()));
+        } else if key.0 < level {
+            smaller.0 += 1;
+            smaller.1 += u64::from(dirty(&root.0.remove(&key).unwrap()));
+        }
+    }
+    MapEffect {
+        larger,
+        smaller,
+        same: root.0.get(&(level, first)).copied(),
+    }
+}
+
+/// Removes the leaves of every root overlapping `[start, end)`; returns how many, and how many
+/// of them were dirty.
+fn zap_model(
+    roots: &mut [Root],
+    start: u64,
+    end: u64,
+    dirty: impl Fn(&Leaf) -> bool,
+) -> (u64, u64) {
+    let (mut zapped, mut dirtied) = (0, 0);
+    for root in roots {
+        for key in root.overlapping(start, end) {
+            let leaf = root.0.remove(&key).unwrap();
+            zapped += 1;
+            dirtied += u64::from(dirty(&leaf));
+        }
+    }
+    (zapped, dirtied)
+}
+
+/// Ages the leaves of every root overlapping `[start, end)` as `op` says, with `clear` making a
+/// young leaf old; returns whether one was young, and how many.
+fn age_model(
+    roots: &mut [Root],
+    start: u64,
+    end: u64,
+    op: AgeOp,
+    mut clear: impl FnMut(&mut Leaf),
+) -> (bool, u64) {
+    let mut young = 0;
+    for root in roots.iter_mut() {
+        for key in root.overlapping(start, end) {
+            let leaf = root.0.get_mut(&key).unwrap();
+            if leaf.accessed {
+                young += 1;
+                if op.clears() {
+                    clear(leaf);
+                }
+            }
+        }
+    }
+    (young != 0, young)
+}
+
+/// The translation of `gfn` by the leaf at (`level`, `first`).
+fn translation(level: MapLevel, first: u64, leaf: &Leaf, gfn: u64, dirty: bool) -> Translation {
+    Translation {
+        pfn: leaf.pfn + (gfn - first),
+        level,
+        writable: leaf.w(),
+        dirty,
+    }
+}
+
+/// The page a map of the `level` block at `first` maps it to: one of a few versions, so that
+/// maps replace leaves of other pages as well as find their own.
+fn pfn_for(first: u64, version: u64) -> u64 {
+    ((version + 1) << 28) + first
+}
+
+/// Lengths of zapped and aged ranges.
+fn range_len() -> impl Strategy<Value = u64> {
+    prop::sample::select(vec![
+        1u64,
+        2,
+        511,
+        512,
+        513,
+        1 << 18,
+        (1 << 18) + 1,
+        1 << 20,
+    ])
+}
+
+fn age_op() -> impl Strategy<Value = AgeOp> {
+    prop::sample::select(vec![AgeOp::Test, AgeOp::Clear, AgeOp::ClearFlush])
+}
+
+fn level() -> impl Strategy<Value = MapLevel> {
+    prop::sample::select(MapLevel::ALL.to_vec())
+}
+
+/// 2M blocks and pages within their larger block that the gfns use: the first ones, and the
+/// last one, so that ranges cross block boundaries.
+fn index() -> impl Strategy<Value = u64> {
+    prop::sample::select(vec![0u64, 1, 2, 511])
+}
+
+/// The table pages of `HostPages<ID>` allocated and not freed.
+fn live_pages<const ID: usize>() -> u64 {
+    HostPages::<ID>::allocs() - HostPages::<ID>::frees()
+}
+
+mod x86 {
+    use super::*;
+
+    use crate::prim::NoPreempt;
+    use crate::rmap::DescCache;
+    use crate::x86::mmu::{
+        age_gfn_range_lockless, translate, MapError, RmapTable, SlotRmaps, X86Mmu, ZapCursor,
+        MAP_MIN_DESCS, MAP_MIN_TABLES,
+    };
+    use crate::x86::spte;
+
+    const ID: usize = 56;
+
+    /// The slots: the first holds a whole 1G block and two 2M blocks of the next; the second
+    /// starts 256 pages below a 1G boundary, in the middle of a 2M block, and holds the 1G
+    /// block above and one 2M block more.
+    const SLOTS: [Slot; 2] = [
+        Slot {
+            id: 0,
+            flags: 0,
+            base_gfn: 1 << 18,
+            npages: (1 << 18) + 1024,
+            userspace_addr: 0x7000_0000_0000,
+        },
+        Slot {
+            id: 1,
+            flags: 0,
+            base_gfn: (3 << 18) - 0x100,
+            npages: (1 << 18) + 0x100 + 512,
+            userspace_addr: 0x7100_0000_0000,
+        },
+    ];
+
+    /// The two regions of gfns of each slot: of the first, its 1G block and the next (where
+    /// only 4K and 2M maps fit); of the second, the 2M block its start is in, and its 1G block.
+    const REGIONS: [[u64; 2]; 2] = [[1 << 18, 2 << 18], [(3 << 18) - 512, 3 << 18]];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Map {
+            root: usize,
+            slot: usize,
+            gfn: u64,
+            level: MapLevel,
+            version: u64,
+            writable: bool,
+        },
+        Translate {
+            root: usize,
+            slot: usize,
+            gfn: u64,
+            write: bool,
+        },
+        /// `X86Mmu::restore_access_tracked()`, the fault's fast path.
+        Restore {
+            root: usize,
+            slot: usize,
+            gfn: u64,
+            write: bool,
+        },
+        Zap {
+            slot: usize,
+            gfn: u64,
+            len: u64,
+            stop_often: bool,
+        },
+        Age {
+            slot: usize,
+            gfn: u64,
+            len: u64,
+            op: AgeOp,
+            locked: bool,
+        },
+    }
+
+    /// A gfn of slot `slot`, or just outside it.
+    fn gfn() -> impl Strategy<Value = (usize, u64)> {
+        (0..2usize, 0..2usize, index(), index())
+            .prop_map(|(s, r, m, p)| (s, REGIONS[s][r] + (m << 9) + p))
+    }
+
+    fn op(roots: usize) -> impl Strategy<Value = Op> {
+        let root = 0..roots;
+        prop_oneof![
+            6 => (root.clone(), gfn(), level(), 0..3u64, any::<bool>()).prop_map(
+                |(root, (slot, gfn), level, version, writable)| Op::Map {
+                    root, slot, gfn, level, version, writable,
+                }
+            ),
+            3 => (root.clone(), gfn(), any::<bool>())
+                .prop_map(|(root, (slot, gfn), write)| Op::Translate { root, slot, gfn, write }),
+            1 => (root, gfn(), any::<bool>())
+                .prop_map(|(root, (slot, gfn), write)| Op::Restore { root, slot, gfn, write }),
+            1 => (gfn(), range_len(), any::<bool>()).prop_map(|((slot, gfn), len, stop_often)| {
+                Op::Zap { slot, gfn, len, stop_often }
+            }),
+            2 => (gfn(), range_len(), age_op(), any::<bool>()).prop_map(
+                |((slot, gfn), len, op, locked)| Op::Age { slot, gfn, len, op, locked }
+            ),
+        ]
+    }
+
+    fn case() -> impl Strategy<Value = (usize, bool, Vec<Op>)> {
+        (1..=3usize, any::<bool>()).prop_flat_map(|(roots, ad)| {
+            (
+                Just(roots),
+                Just(ad),
+                prop::collection::vec(op(roots), 1..60),
+            )
+        })
+    }
+
+    struct World {
+        mmu: X86Mmu<HostPages<ID>>,
+        table: crate::prim::PArc<RmapTable>,
+        tables: TableCache<HostPages<ID>>,
+        descs: DescCache,
+        ad: bool,
+        /// Per slot, the model's roots.
+        model: [Vec<Root>; 2],
+        /// gfns whose leaves are checked after every step.
+        probes: Vec<u64>,
+        /// Table pages live before the case.
+        pages_before: u64,
+    }
+
+    impl World {
+        /// Whether the leaf counts as dirty when zapped: D, or without A/D, W.
+        fn dirty(ad: bool) -> impl Fn(&Leaf) -> bool {
+            move |l| if ad { l.d } else { l.w() }
+        }
+
+        fn snapshot(&self, leaf: &Leaf, level: MapLevel) -> u8 {
+            snapshot_byte(leaf.w(), leaf.accessed, Self::dirty(self.ad)(leaf), level)
+        }
+
+        fn map(&mut self, root: usize, s: usize, gfn: u64, level: MapLevel, pfn: u64, w: bool) {
+            let slot = &SLOTS[s];
+            let first = level.align_down(gfn);
+            self.tables.topup(MAP_MIN_TABLES).unwrap();
+            self.descs.topup(MAP_MIN_DESCS).unwrap();
+            let r = self.mmu.map_level(
+                root,
+                s as u32,
+                first,
+                pfn,
+                w,
+                level,
+                &mut self.tables,
+                &mut self.descs,
+            );
+            if !slot.contains(first) || !slot.contains(first + level.pages() - 1) {
+                assert_eq!(r.unwrap_err(), MapError::BadGfn);
+                return;
+            }
+            let o = r.unwrap();
+            let ad = self.ad;
+            let m = &mut self.model[s][root];
+            let effect = clear_for_map(m, level, first, Self::dirty(ad));
+            let action = match effect.same {
+                Some(old) if old.pfn == pfn => {
+                    let leaf = m.0.get_mut(&(level, first)).unwrap();
+                    if w && !old.w() {
+                        *leaf = Leaf::new(pfn, true);
+                        MapAction::Upgraded
+                    } else if old.tracked {
+                        leaf.tracked = false;
+                        leaf.accessed = true;
+                        MapAction::Restored
+                    } else {
+                        MapAction::Unchanged
+                    }
+                }
+                Some(_) => {
+                    m.0.insert((level, first), Leaf::new(pfn, w));
+                    MapAction::Replaced
+                }
+                None => {
+                    m.0.insert((level, first), Leaf::new(pfn, w));
+                    if effect.larger.is_some() || effect.smaller.0 != 0 {
+                        MapAction::Replaced
+                    } else {
+                        MapAction::Installed
+                    }
+                }
+            };
+            assert_eq!(
+                o.action,
+                action,
+                "{effect:?}",
+                effect = (effect.larger, effect.smaller)
+            );
+            assert_eq!(o.split, effect.larger.is_some());
+            if effect.smaller.0 != 0 {
+                assert!(o.unlinked.is_some(), "a collapse unlinks the table");
+            }
+            if let Some(t) = o.unlinked {
+                assert_eq!(t.covers, level);
+                // SAFETY: from this map; no walker runs (the flush it asks for is a no-op).
+                unsafe { self.mmu.free_unlinked(t) };
+            }
+        }
+
+        fn translate(&mut self, root: usize, s: usize, gfn: u64, write: bool) {
+            let root_pfn = self.mmu.root_pfn(root).unwrap();
+            // SAFETY: a root of `self.mmu`, which is borrowed for the call.
+            let got = unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) };
+            let ad = self.ad;
+            let want = match self.model[s][root].find(gfn) {
+                None => Err(WalkFault::NotPresent),
+                Some((_, _, l)) if write && !l.w() => Err(if l.tracked {
+                    WalkFault::NotPresent
+                } else {
+                    WalkFault::WriteProtected
+                }),
+                Some((_, _, l)) if l.tracked => Err(WalkFault::NotPresent),
+                Some((level, first, l)) => {
+                    if ad {
+                        l.accessed = true;
+                        l.d |= write;
+                    }
+                    let dirty = l.w() && if ad { l.d } else { true };
+                    Ok(translation(level, first, l, gfn, dirty))
+                }
+            };
+            assert_eq!(got, want, "root {root} gfn {gfn:#x} write {write}");
+        }
+
+        fn restore(&mut self, root: usize, s: usize, gfn: u64, write: bool) {
+            let got = self.mmu.restore_access_tracked(root, gfn, write);
+            let want = match self.model[s][root].find(gfn) {
+                Some((_, _, l)) if l.tracked && (!write || l.writable) => {
+                    l.tracked = false;
+                    l.accessed = true;
+                    true
+                }
+                _ => false,
+            };
+            assert_eq!(got, want, "root {root} gfn {gfn:#x} write {write}");
+        }
+
+        fn zap(&mut self, s: usize, start: u64, end: u64, stop_often: bool) {
+            let mut cursor = ZapCursor::new(start);
+            let (mut zapped, mut dirty) = (0, 0);
+            let mut steps = 0;
+            loop {
+                let p = self
+                    .mmu
+                    .zap_gfn_range_step(s as u32, &mut cursor, end, &mut || stop_often);
+                zapped += p.zapped;
+                dirty += p.dirty;
+                steps += 1;
+                if p.done {
+                    assert!(cursor.is_done());
+                    break;
+                }
+                assert!(stop_often, "stopped without being asked to");
+                assert!(steps < 1 << 16, "the zap does not progress");
+            }
+            let slot = &SLOTS[s];
+            let (lo, hi) = (start.max(slot.base_gfn), end.min(slot.end_gfn()));
+            let want = if lo < hi {
+                zap_model(&mut self.model[s], lo, hi, Self::dirty(self.ad))
+            } else {
+                (0, 0)
+            };
+            assert_eq!((zapped, dirty), want, "zap of [{start:#x}, {end:#x})");
+        }
+
+        fn age(&mut self, s: usize, start: u64, end: u64, op: AgeOp, locked: bool) {
+            let r: AgeResult = if locked {
+                self.mmu.age_gfn_range_locked(s as u32, start, end, op)
+            } else {
+                let no_preempt = NoPreempt::new();
+                age_gfn_range_lockless(&self.table, &no_preempt, s as u32, start, end, op)
+            };
+            let slot = &SLOTS[s];
+            let (lo, hi) = (start.max(slot.base_gfn), end.min(slot.end_gfn()));
+            if lo >= hi {
+                assert!(!r.young && r.visited == 0, "{r:?}");
+                return;
+            }
+            let (ad, m) = (self.ad, &mut self.model[s]);
+            let what = format!("{op:?} locked {locked} of [{start:#x}, {end:#x}): {r:?}");
+            if ad || op == AgeOp::Test {
+                let (young, n) = age_model(m, lo, hi, op, |l| l.accessed = false);
+                assert_eq!(r.young, young, "{what}");
+                if op.clears() {
+                    assert_eq!(r.cleared, n, "{what}");
+                } else {
+                    assert_eq!(r.cleared, 0, "{what}");
+                }
+                assert_eq!((r.skipped, r.write_protected, r.dirty), (0, 0, 0), "{what}");
+            } else if locked {
+                // Access tracking takes W away, capturing the dirty state first.
+                let mut w = 0;
+                let (young, n) = age_model(m, lo, hi, op, |l| {
+                    w += u64::from(l.w());
+                    l.tracked = true;
+                    l.accessed = false;
+                });
+                assert_eq!((r.young, r.cleared), (young, n), "{what}");
+                assert_eq!((r.write_protected, r.dirty), (w, w), "{what}");
+                assert_eq!(r.skipped, 0, "{what}");
+            } else {
+                // The lockless walk cannot access-track: young leaves are left alone.
+                let (young, n) = age_model(m, lo, hi, AgeOp::Test, |_| {});
+                assert_eq!((r.young, r.skipped, r.cleared), (young, n, 0), "{what}");
+            }
+            assert_eq!(
+                (r.lost_races, r.not_present, r.contended),
+                (0, 0, 0),
+                "{what}"
+            );
+        }
+
+        /// Checks the leaves of the probes, the counters, and the table pages.
+        fn check(&mut self) {
+            let no_preempt = NoPreempt::new();
+            let mut leaves = 0;
+            for s in 0..2 {
+                let n: usize = self.model[s].iter().map(|r| r.0.len()).sum();
+                let rmaps = self.table.get(s as u32, &no_preempt).unwrap();
+                assert_eq!(rmaps.sptes(), n as u64, "slot {s}");
+                leaves += n as u64;
+            }
+            assert_eq!(self.mmu.leaf_sptes(), leaves);
+            for &gfn in &self.probes {
+                // Leaves lie whole in their slot: outside the slots, nothing is mapped.
+                let s = SLOTS.iter().position(|s| s.contains(gfn));
+                for root in 0..self.mmu.nr_roots() {
+                    let want = s.and_then(|s| {
+                        let found = self.model[s][root].find(gfn);
+                        found.map(|(l, f, leaf)| (l, f, *leaf))
+                    });
+                    let got = self.mmu.leaf(root, gfn).map(|(_, v, l)| (v, l));
+                    match (want, got) {
+                        (None, None) => {}
+                        (Some((level, first, leaf)), Some((v, l))) => {
+                            assert_eq!(l, level, "root {root} gfn {gfn:#x}");
+                            assert_eq!(
+                                spte::pfn(v),
+                                leaf.pfn,
+                                "root {root} gfn {gfn:#x} ({first:#x})"
+                            );
+                            assert_eq!(
+                                self.mmu.snapshot(root, gfn),
+                                self.snapshot(&leaf, level),
+                                "root {root} gfn {gfn:#x}: {leaf:?}"
+                            );
+                        }
+                        _ => panic!("root {root} gfn {gfn:#x}: model {want:?}, MMU {got:?}"),
+                    }
+                }
+            }
+            let st = self.mmu.stats();
+            assert_eq!(
+                st.tables_allocated - st.tables_freed,
+                self.mmu.table_pages()
+            );
+            assert_eq!(
+                live_pages::<ID>() - self.pages_before,
+                self.mmu.table_pages() + self.tables.len() as u64
+            );
+        }
+    }
+
+    fn run(roots: usize, ad: bool, ops: &[Op]) {
+        HostPages::<ID>::take_dirty();
+        let pages_before = live_pages::<ID>();
+        let table = RmapTable::new().unwrap();
+        let mut mmu = X86Mmu::with_rmap_table(roots, ad, table.clone()).unwrap();
+        for s in &SLOTS {
+            assert!(mmu.attach_slot(s.id, SlotRmaps::new(s).unwrap()).is_ok());
+        }
+        let mut probes = Vec::new();
+        for op in ops {
+            let (Op::Map { gfn, .. }
+            | Op::Translate { gfn, .. }
+            | Op::Restore { gfn, .. }
+            | Op::Zap { gfn, .. }
+            | Op::Age { gfn, .. }) = *op;
+            for level in MapLevel::ALL {
+                let first = level.align_down(gfn);
+                probes.extend([first, first + level.pages() - 1]);
+            }
+            probes.push(gfn);
+        }
+        probes.sort_unstable();
+        probes.dedup();
+        let mut w = World {
+            mmu,
+            table,
+            tables: TableCache::new(),
+            descs: DescCache::new(4),
+            ad,
+            model: [vec![Root::default(); roots], vec![Root::default(); roots]],
+            probes,
+            pages_before,
+        };
+        for op in ops {
+            match *op {
+                Op::Map {
+                    root,
+                    slot,
+                    gfn,
+                    level,
+                    version,
+                    writable,
+                } => {
+                    let pfn = pfn_for(level.align_down(gfn), version);
+                    w.map(root, slot, gfn, level, pfn, writable);
+                }
+                Op::Translate {
+                    root,
+                    slot,
+                    gfn,
+                    write,
+                } => w.translate(root, slot, gfn, write),
+                Op::Restore {
+                    root,
+                    slot,
+                    gfn,
+                    write,
+                } => w.restore(root, slot, gfn, write),
+                Op::Zap {
+                    slot,
+                    gfn,
+                    len,
+                    stop_often,
+                } => w.zap(slot, gfn, gfn + len, stop_often),
+                Op::Age {
+                    slot,
+                    gfn,
+                    len,
+                    op,
+                    locked,
+                } => w.age(slot, gfn, gfn + len, op, locked),
+            }
+            w.check();
+        }
+        // Zapping everything leaves no leaf.
+        for s in 0..2 {
+            w.zap(s, 0, u64::MAX, false);
+        }
+        w.check();
+        assert_eq!(w.mmu.leaf_sptes(), 0);
+        for &gfn in &w.probes {
+            for root in 0..roots {
+                assert!(w.mmu.leaf(root, gfn).is_none(), "root {root} gfn {gfn:#x}");
+            }
+        }
+        let World { mmu, tables, .. } = w;
+        drop(mmu);
+        drop(tables);
+        assert_eq!(live_pages::<ID>(), pages_before, "table pages leaked");
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(64))]
+
+        /// Maps, translations, restores, zaps and aging do to the x86 MMU what they do to the
+        /// model, in every root and slot, with and without A/D.
+        #[test]
+        fn x86_mmu_matches_a_model((roots, ad, ops) in case()) {
+            run(roots, ad, &ops);
+        }
+    }
+}
