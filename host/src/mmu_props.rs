@@ -171,9 +171,10 @@ fn translation(level: MapLevel, first: u64, leaf: &Leaf, gfn: u64, dirty: bool) 
 }
 
 /// The page a map of the `level` block at `first` maps it to: one of a few versions, so that
-/// maps replace leaves of other pages as well as find their own.
+/// maps replace leaves of other pages as well as find their own.  Aligned like `first`, and
+/// below 2^36 (stage-2 output addresses have 48 bits).
 fn pfn_for(first: u64, version: u64) -> u64 {
-    ((version + 1) << 28) + first
+    ((version + 1) << 28) | (first & ((1 << 28) - 1))
 }
 
 /// Lengths of zapped and aged ranges.
@@ -675,6 +676,405 @@ mod x86 {
         #[test]
         fn x86_mmu_matches_a_model((roots, ad, ops) in case()) {
             run(roots, ad, &ops);
+        }
+    }
+}
+
+mod s2 {
+    use super::*;
+
+    use std::cell::Cell;
+
+    use crate::arm64::mmu::{translate, MapError, S2Mmu, ZapCursor};
+    use crate::arm64::pte::{self, MAX_IA_BITS, MIN_IA_BITS};
+
+    const ID: usize = 57;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Map {
+            root: usize,
+            gfn: u64,
+            level: MapLevel,
+            version: u64,
+            writable: bool,
+        },
+        Translate {
+            root: usize,
+            gfn: u64,
+            write: bool,
+        },
+        /// `S2Mmu::mkyoung()`, the access-flag fault.
+        Mkyoung {
+            root: usize,
+            gfn: u64,
+            write: bool,
+        },
+        Zap {
+            gfn: u64,
+            len: u64,
+            stop_often: bool,
+        },
+        Age {
+            gfn: u64,
+            len: u64,
+            op: AgeOp,
+        },
+    }
+
+    /// The regions of gfns, as 1G blocks: the first two of the space, the last one, and the
+    /// one past the end (where every map fails).
+    fn gfn(limit: u64) -> impl Strategy<Value = u64> {
+        let regions = vec![0, 1 << 18, limit - (1 << 18), limit];
+        (prop::sample::select(regions), index(), index()).prop_map(|(r, m, p)| r + (m << 9) + p)
+    }
+
+    fn op(roots: usize, limit: u64) -> impl Strategy<Value = Op> {
+        let root = 0..roots;
+        prop_oneof![
+            6 => (root.clone(), gfn(limit), level(), 0..3u64, any::<bool>()).prop_map(
+                |(root, gfn, level, version, writable)| Op::Map {
+                    root, gfn, level, version, writable,
+                }
+            ),
+            3 => (root.clone(), gfn(limit), any::<bool>())
+                .prop_map(|(root, gfn, write)| Op::Translate { root, gfn, write }),
+            1 => (root, gfn(limit), any::<bool>())
+                .prop_map(|(root, gfn, write)| Op::Mkyoung { root, gfn, write }),
+            1 => (gfn(limit), range_len(), any::<bool>())
+                .prop_map(|(gfn, len, stop_often)| Op::Zap { gfn, len, stop_often }),
+            2 => (gfn(limit), range_len(), age_op())
+                .prop_map(|(gfn, len, op)| Op::Age { gfn, len, op }),
+        ]
+    }
+
+    fn case() -> impl Strategy<Value = (u32, usize, bool, Vec<Op>)> {
+        (MIN_IA_BITS..=MAX_IA_BITS, 1..=3usize, any::<bool>()).prop_flat_map(
+            |(ia_bits, roots, hw_af)| {
+                let limit = pte::Geometry::new(ia_bits).unwrap().gfn_limit();
+                (
+                    Just(ia_bits),
+                    Just(roots),
+                    Just(hw_af),
+                    prop::collection::vec(op(roots, limit), 1..60),
+                )
+            },
+        )
+    }
+
+    struct World {
+        mmu: S2Mmu<HostPages<ID>>,
+        tables: TableCache<HostPages<ID>>,
+        model: Vec<Root>,
+        /// The largest level a leaf can have: a walk starting at level 2 has no 1G blocks.
+        max_level: MapLevel,
+        probes: Vec<u64>,
+        pages_before: u64,
+    }
+
+    /// A stage-2 leaf has no dirty bit: a writable one is dirty.
+    fn dirty(l: &Leaf) -> bool {
+        l.writable
+    }
+
+    impl World {
+        fn map(&mut self, root: usize, gfn: u64, level: MapLevel, pfn: u64, w: bool) {
+            let first = level.align_down(gfn);
+            self.tables.topup(self.mmu.map_min_tables()).unwrap();
+            let flushes = Cell::new(0);
+            let r = self
+                .mmu
+                .map(root, first, pfn, w, level, &mut self.tables, &|| {
+                    flushes.set(flushes.get() + 1)
+                });
+            if first >= self.mmu.geometry().gfn_limit() {
+                assert_eq!(r.unwrap_err(), MapError::BadGfn);
+                return;
+            }
+            let o = r.unwrap();
+            let m = &mut self.model[root];
+            let effect = clear_for_map(m, level, first, dirty);
+            let what = format!("map of {level:?} {first:#x}: {o:?}");
+            match effect.same {
+                Some(old) if old.pfn == pfn => {
+                    let leaf = m.0.get_mut(&(level, first)).unwrap();
+                    let action = if w && !old.writable {
+                        MapAction::Upgraded
+                    } else if !old.accessed {
+                        MapAction::Restored
+                    } else {
+                        MapAction::Unchanged
+                    };
+                    leaf.writable |= w;
+                    leaf.accessed = true;
+                    assert_eq!(o.action, action, "{what}");
+                    assert_eq!(flushes.get(), 0, "{what}");
+                }
+                Some(_) => {
+                    m.0.insert((level, first), Leaf::new(pfn, w));
+                    assert_eq!(o.action, MapAction::Replaced, "{what}");
+                    assert_eq!(flushes.get(), 1, "{what}");
+                }
+                None => {
+                    m.0.insert((level, first), Leaf::new(pfn, w));
+                    if effect.larger.is_some() {
+                        // The block was broken into a new, empty table.
+                        assert_eq!(o.action, MapAction::Installed, "{what}");
+                        assert_eq!(flushes.get(), 1, "{what}");
+                    } else if effect.smaller.0 != 0 {
+                        assert_eq!(o.action, MapAction::Replaced, "{what}");
+                        assert_eq!(flushes.get(), 1, "{what}");
+                    } else {
+                        // Replaced if a table, empty, was there.
+                        let replaced = o.action == MapAction::Replaced;
+                        assert!(replaced || o.action == MapAction::Installed, "{what}");
+                        assert_eq!(flushes.get(), u32::from(replaced), "{what}");
+                    }
+                }
+            }
+            assert!(!o.split, "{what}");
+            assert_eq!(
+                o.unlinked.is_some(),
+                effect.same.is_none() && effect.larger.is_none() && o.action == MapAction::Replaced,
+                "{what}"
+            );
+            if let Some(t) = o.unlinked {
+                assert_eq!(t.covers, level);
+                // SAFETY: from this map; the break-before-make flushed.
+                unsafe { self.mmu.free_unlinked(t) };
+            }
+        }
+
+        fn translate(&mut self, root: usize, gfn: u64, write: bool) {
+            let r = self.mmu.root(root).unwrap();
+            let hw_af = self.mmu.hw_af();
+            // SAFETY: a root of `self.mmu`, which is borrowed for the call.
+            let got = unsafe { translate::<HostPages<ID>>(r, gfn, write, hw_af) };
+            let want = match self.model[root].find(gfn) {
+                None => Err(WalkFault::NotPresent),
+                Some((_, _, l)) if !l.accessed && !hw_af => Err(WalkFault::NotPresent),
+                Some((_, _, l)) if write && !l.writable => Err(WalkFault::WriteProtected),
+                Some((level, first, l)) => {
+                    l.accessed = true;
+                    Ok(translation(level, first, l, gfn, l.writable))
+                }
+            };
+            assert_eq!(got, want, "root {root} gfn {gfn:#x} write {write}");
+        }
+
+        fn mkyoung(&mut self, root: usize, gfn: u64, write: bool) {
+            let got = self.mmu.mkyoung(root, gfn, write);
+            let want = match self.model[root].find(gfn) {
+                Some((_, _, l)) if !write || l.writable => {
+                    l.accessed = true;
+                    true
+                }
+                _ => false,
+            };
+            assert_eq!(got, want, "root {root} gfn {gfn:#x} write {write}");
+        }
+
+        fn zap(&mut self, start: u64, end: u64, stop_often: bool) {
+            let mut cursor = ZapCursor::new(start);
+            let (mut zapped, mut dirtied) = (0, 0);
+            let mut steps = 0;
+            loop {
+                let p = self
+                    .mmu
+                    .zap_gfn_range_step(&mut cursor, end, &mut || stop_often);
+                zapped += p.zapped;
+                dirtied += p.dirty;
+                steps += 1;
+                // The flush the zap asks for, after which its tables can go.
+                self.mmu.free_zapped_tables();
+                if p.done {
+                    assert!(cursor.is_done());
+                    break;
+                }
+                assert!(
+                    stop_often || p.tables_full,
+                    "stopped without being asked to"
+                );
+                assert!(steps < 1 << 16, "the zap does not progress");
+            }
+            let end = end.min(self.mmu.geometry().gfn_limit());
+            let want = zap_model(&mut self.model, start, end, dirty);
+            assert_eq!((zapped, dirtied), want, "zap of [{start:#x}, {end:#x})");
+        }
+
+        fn age(&mut self, start: u64, end: u64, op: AgeOp) {
+            let r = self.mmu.age_gfn_range(start, end, op);
+            let (young, n) = age_model(&mut self.model, start, end, op, |l| l.accessed = false);
+            let what = format!("{op:?} of [{start:#x}, {end:#x}): {r:?}");
+            assert_eq!(r.young, young, "{what}");
+            assert_eq!(r.cleared, if op.clears() { n } else { 0 }, "{what}");
+            assert_eq!(
+                (r.lost_races, r.write_protected, r.dirty),
+                (0, 0, 0),
+                "{what}"
+            );
+        }
+
+        fn check(&mut self) {
+            let leaves: usize = self.model.iter().map(|r| r.0.len()).sum();
+            assert_eq!(self.mmu.leaves(), leaves as u64);
+            for &gfn in &self.probes {
+                for root in 0..self.mmu.nr_roots() {
+                    let want = self.model[root].find(gfn).map(|(l, f, leaf)| (l, f, *leaf));
+                    let got = self.mmu.leaf(root, gfn).map(|(_, v, l)| (v, l));
+                    match (want, got) {
+                        (None, None) => {}
+                        (Some((level, first, leaf)), Some((v, l))) => {
+                            assert!(level <= self.max_level);
+                            assert_eq!(l, level, "root {root} gfn {gfn:#x}");
+                            assert_eq!(
+                                pte::pfn(v),
+                                leaf.pfn,
+                                "root {root} gfn {gfn:#x} ({first:#x})"
+                            );
+                            assert_eq!(
+                                self.mmu.snapshot(root, gfn),
+                                snapshot_byte(leaf.writable, leaf.accessed, leaf.writable, level),
+                                "root {root} gfn {gfn:#x}: {leaf:?}"
+                            );
+                        }
+                        _ => panic!("root {root} gfn {gfn:#x}: model {want:?}, MMU {got:?}"),
+                    }
+                }
+            }
+            let st = self.mmu.stats();
+            assert_eq!(
+                st.tables_allocated - st.tables_freed,
+                self.mmu.table_pages()
+            );
+            assert_eq!(
+                live_pages::<ID>() - self.pages_before,
+                self.mmu.table_pages() + self.tables.len() as u64
+            );
+        }
+    }
+
+    fn run(ia_bits: u32, roots: usize, hw_af: bool, ops: &[Op]) {
+        let pages_before = live_pages::<ID>();
+        let mmu = S2Mmu::<HostPages<ID>>::new(roots, ia_bits, hw_af).unwrap();
+        let geo = mmu.geometry();
+        assert_eq!(mmu.root(0).unwrap().start_level(), geo.start_level);
+        // Only levels the walk can hold: 1G blocks need a walk starting at level 1 or 0.
+        let max_level = if geo.start_level <= 1 {
+            MapLevel::L1G
+        } else {
+            MapLevel::L2M
+        };
+        let limit = geo.gfn_limit();
+        let mut probes = Vec::new();
+        for op in ops {
+            let (Op::Map { gfn, .. }
+            | Op::Translate { gfn, .. }
+            | Op::Mkyoung { gfn, .. }
+            | Op::Zap { gfn, .. }
+            | Op::Age { gfn, .. }) = *op;
+            for level in MapLevel::ALL {
+                let first = level.align_down(gfn);
+                probes.extend([first, first + level.pages() - 1]);
+            }
+            probes.push(gfn);
+        }
+        probes.retain(|&g| g < limit);
+        probes.sort_unstable();
+        probes.dedup();
+        let mut w = World {
+            mmu,
+            tables: TableCache::new(),
+            model: vec![Root::default(); roots],
+            max_level,
+            probes,
+            pages_before,
+        };
+        let pgd_pages = w.mmu.table_pages();
+        for op in ops {
+            match *op {
+                Op::Map {
+                    root,
+                    gfn,
+                    level,
+                    version,
+                    writable,
+                } => {
+                    let level = level.min(max_level);
+                    let pfn = pfn_for(level.align_down(gfn), version);
+                    w.map(root, gfn, level, pfn, writable);
+                }
+                Op::Translate { root, gfn, write } => w.translate(root, gfn, write),
+                Op::Mkyoung { root, gfn, write } => w.mkyoung(root, gfn, write),
+                Op::Zap {
+                    gfn,
+                    len,
+                    stop_often,
+                } => w.zap(gfn, gfn + len, stop_often),
+                Op::Age { gfn, len, op } => w.age(gfn, gfn + len, op),
+            }
+            w.check();
+        }
+        // Zapping everything leaves no leaf, and no table below the start level.
+        w.zap(0, limit, false);
+        w.check();
+        assert_eq!(w.mmu.leaves(), 0);
+        assert_eq!(
+            w.mmu.table_pages(),
+            pgd_pages,
+            "tables left after zapping everything"
+        );
+        let World { mmu, tables, .. } = w;
+        drop(mmu);
+        drop(tables);
+        assert_eq!(live_pages::<ID>(), pages_before, "table pages leaked");
+    }
+
+    proptest! {
+        #![proptest_config(prop_config(256))]
+
+        /// Maps, translations, access-flag faults, zaps and aging do to the stage-2 MMU what
+        /// they do to the model, in every root, at every geometry, with and without hardware
+        /// AF.
+        #[test]
+        fn s2_mmu_matches_a_model((ia_bits, roots, hw_af, ops) in case()) {
+            run(ia_bits, roots, hw_af, &ops);
+        }
+    }
+}
+
+/// A map of a 1G block in a stage-2 walk that starts at level 2 (`ia_bits` 32 to 34), which has
+/// no 1G blocks, must fail or map 1G; it maps a single 2M block instead, leaving the other 511
+/// 2M blocks of the request unmapped while the caller believes the whole 1G is.  Another change
+/// lets the fault path clamp the level; until then the property test only asks for levels the
+/// geometry can hold.
+#[test]
+#[ignore = "known bug: a 1G map at start level 2 maps 2M"]
+fn s2_1g_map_at_start_level_2() {
+    use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES};
+    const ID: usize = 58;
+    for ia_bits in 32..=34 {
+        let mmu = S2Mmu::<HostPages<ID>>::new(1, ia_bits, true).unwrap();
+        assert_eq!(mmu.root(0).unwrap().start_level(), 2);
+        let mut tables = TableCache::<HostPages<ID>>::new();
+        tables.topup(MAP_MIN_TABLES).unwrap();
+        let r = mmu.map(
+            0,
+            1 << 18,
+            1 << 28,
+            true,
+            MapLevel::L1G,
+            &mut tables,
+            &|| {},
+        );
+        if r.is_ok() {
+            let last = (2 << 18) - 1;
+            let leaf = mmu.leaf(0, last).map(|(_, _, level)| level);
+            assert_eq!(
+                leaf,
+                Some(MapLevel::L1G),
+                "ia_bits {ia_bits}: the 1G map left {last:#x} unmapped"
+            );
         }
     }
 }
