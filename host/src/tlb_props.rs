@@ -2,8 +2,8 @@
 
 //! Property tests of the software TLB (`src/tlb.rs`): random sequences of translations, lookups,
 //! fills at 4K, 2M and 1G, and changes of the page tables it caches, each change that takes a
-//! translation away followed by a flush as the zap path's protocol requires (Documentation/
-//! secmmu.rst, the TLB flush protocol).  The page tables are a model, which the walk closure
+//! translation away followed by a flush as the zap path must do ("vCPUs and their TLBs" in
+//! `Documentation/secmmu.rst`).  The page tables are a model, which the walk closure
 //! reads as the format's lockless walker would.  Checked: a hit always equals what a walk would
 //! return now, and no translation cached before a flush is ever returned after it.
 
