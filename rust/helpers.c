@@ -121,42 +121,87 @@ void secmmu_set_page_dirty(unsigned long pfn)
 }
 
 /*
- * KVM's host_pfn_mapping_level(): how large the primary MMU maps @hva in
- * @mm right now. IRQs are off, so page tables cannot be freed under the
- * walk (their freeing waits for an IPI or an RCU grace period, as for
- * GUP-fast), and each entry is read exactly once: a table may be promoted
- * to a huge leaf (or split) during the walk, and reading an entry twice
- * could mix the two.
+ * How the primary MMU maps @hva in @mm right now: returns the level of the
+ * present leaf (0: 4K, 1: 2M, 2: 1G) and fills @pfn (the 4K page of @hva)
+ * and @writable; -1 if nothing maps it. KVM's host_pfn_mapping_level()
+ * walk: IRQs are off, so page tables cannot be freed under the walk (their
+ * freeing waits for an IPI or an RCU grace period, as for GUP-fast), and
+ * each entry is read exactly once: a table may be promoted to a huge leaf
+ * (or split) during the walk, and reading an entry twice could mix the
+ * two. The next level is found from the entry read, through the
+ * *_offset_lockless() forms gup_fast_pgd_range() uses: on arm64 with
+ * levels folded at run time (52-bit VA without FEAT_LPA2), p4d_offset() of
+ * a stack copy would return the copy's own address, not the table's.
  */
-int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva)
+static int host_leaf(struct mm_struct *mm, unsigned long hva,
+		     unsigned long *pfn, bool *writable)
 {
-	int level = 0;
+	int level = -1;
 	unsigned long flags;
-	pgd_t pgd;
-	p4d_t p4d;
-	pud_t pud;
-	pmd_t pmd;
+	pgd_t *pgdp, pgd;
+	p4d_t *p4dp, p4d;
+	pud_t *pudp, pud;
+	pmd_t *pmdp, pmd;
+	pte_t *ptep, pte;
 
 	local_irq_save(flags);
-	pgd = READ_ONCE(*pgd_offset(mm, hva));
+	pgdp = pgd_offset(mm, hva);
+	pgd = READ_ONCE(*pgdp);
 	if (pgd_none(pgd))
 		goto out;
-	p4d = READ_ONCE(*p4d_offset(&pgd, hva));
+	p4dp = p4d_offset_lockless(pgdp, pgd, hva);
+	p4d = READ_ONCE(*p4dp);
 	if (p4d_none(p4d) || !p4d_present(p4d))
 		goto out;
-	pud = READ_ONCE(*pud_offset(&p4d, hva));
+	pudp = pud_offset_lockless(p4dp, p4d, hva);
+	pud = READ_ONCE(*pudp);
 	if (pud_none(pud) || !pud_present(pud))
 		goto out;
 	if (pud_leaf(pud)) {
+		*pfn = pud_pfn(pud) + ((hva & ~PUD_MASK) >> PAGE_SHIFT);
+		*writable = pud_write(pud);
 		level = 2;
 		goto out;
 	}
-	pmd = READ_ONCE(*pmd_offset(&pud, hva));
+	pmdp = pmd_offset_lockless(pudp, pud, hva);
+	pmd = pmdp_get_lockless(pmdp);
 	if (pmd_none(pmd) || !pmd_present(pmd))
 		goto out;
-	if (pmd_leaf(pmd))
+	if (pmd_leaf(pmd)) {
+		*pfn = pmd_pfn(pmd) + ((hva & ~PMD_MASK) >> PAGE_SHIFT);
+		*writable = pmd_write(pmd);
 		level = 1;
+		goto out;
+	}
+	/*
+	 * pte_offset_map() is not for modules; on a 64-bit kernel page tables
+	 * are never in highmem, so the table @pmd (read once, a table) names
+	 * is in the direct map, and stays allocated while IRQs are off.
+	 */
+	ptep = pte_offset_kernel(&pmd, hva);
+	pte = ptep_get_lockless(ptep);
+	if (pte_present(pte)) {
+		*pfn = pte_pfn(pte);
+		*writable = pte_write(pte);
+		level = 0;
+	}
 out:
 	local_irq_restore(flags);
 	return level;
+}
+
+/* KVM's host_pfn_mapping_level(): 0 for 4K or nothing, 1 for 2M, 2 for 1G. */
+int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva)
+{
+	unsigned long pfn;
+	bool writable;
+
+	return max(host_leaf(mm, hva, &pfn, &writable), 0);
+}
+
+/* The primary's mapping of @hva: level as above, or -1 for none. */
+int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
+		     unsigned long *pfn, bool *writable)
+{
+	return host_leaf(mm, hva, pfn, writable);
 }

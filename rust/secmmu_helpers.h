@@ -77,4 +77,12 @@ void secmmu_set_page_dirty(unsigned long pfn);
  */
 int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva);
 
+/*
+ * The primary MMU's present leaf at @hva in @mm, walked as above: its level
+ * (0: 4K, 1: 2M, 2: 1G) with the pfn of @hva's 4K page and whether it is
+ * writable; -1 if nothing maps @hva. Any context.
+ */
+int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
+		     unsigned long *pfn, bool *writable);
+
 #endif /* _SECMMU_HELPERS_H */
