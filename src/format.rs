@@ -125,13 +125,4 @@ impl Pgt {
             m.free_zapped_tables();
         }
     }
-
-    /// Zaps everything, without yielding. Returns the number of leaves
-    /// zapped: flush TLBs if nonzero. MMU lock held for write.
-    pub(crate) fn zap_all(&mut self) -> u64 {
-        match self {
-            Pgt::X86(m) => m.zap_all(),
-            Pgt::S2(m) => m.zap_all(),
-        }
-    }
 }

@@ -25,6 +25,11 @@ pub(crate) const MAX_SLOTS: usize = 64;
 pub(crate) const MEM_READONLY: u32 = 1 << 0;
 /// Every flag `SECMMU_SET_MEMSLOT` knows.
 pub(crate) const MEM_FLAGS: u32 = MEM_READONLY;
+/// Internal, never from userspace: the slot is being deleted (KVM's
+/// `KVM_MEMSLOT_INVALID`). Faults treat it as absent; invalidations and
+/// aging still see it, so its mappings stay covered by the mmu_notifier
+/// until the deletion has zapped them all.
+pub(crate) const SLOT_INVALID: u32 = 1 << 31;
 
 /// Why a slot change was refused. Maps to an errno at the uAPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +69,11 @@ impl Slot {
     /// Whether guest writes must fault to userspace.
     pub(crate) fn readonly(&self) -> bool {
         self.flags & MEM_READONLY != 0
+    }
+
+    /// Whether the slot is being deleted ([`SLOT_INVALID`]).
+    pub(crate) fn is_invalid(&self) -> bool {
+        self.flags & SLOT_INVALID != 0
     }
 
     /// The user address backing `gfn`, which the slot must contain.
@@ -175,13 +185,34 @@ impl Memslots {
         self.iter().find(|s| s.id == id)
     }
 
-    /// The slot mapping `gfn`.
+    /// The slot a fault on `gfn` may map through: none for a slot being
+    /// deleted.
     pub(crate) fn lookup(&self, gfn: u64) -> Option<&Slot> {
+        self.lookup_any(gfn).filter(|s| !s.is_invalid())
+    }
+
+    /// The slot mapping `gfn`, even one being deleted.
+    pub(crate) fn lookup_any(&self, gfn: u64) -> Option<&Slot> {
         let slots = &self.slots[..self.len];
-        // First slot whose base is above gfn; the candidate is the one before.
         let idx = slots.partition_point(|s| s.base_gfn <= gfn);
         let slot = slots.get(idx.checked_sub(1)?)?;
         slot.contains(gfn).then_some(slot)
+    }
+
+    /// First step of deleting slot `id` (KVM's `kvm_invalidate_memslot()`):
+    /// marks it [`SLOT_INVALID`], so that no fault maps it any more (the
+    /// generation moves, so faults that looked it up before retry), while
+    /// it stays in the set for invalidations and aging until
+    /// [`Self::remove`] takes it out once its mappings are gone.
+    pub(crate) fn invalidate(&mut self, id: u32) -> Result<Slot, SlotError> {
+        let slot = self.slots[..self.len]
+            .iter_mut()
+            .find(|s| s.id == id && !s.is_invalid())
+            .ok_or(SlotError::NotFound)?;
+        slot.flags |= SLOT_INVALID;
+        let slot = *slot;
+        self.generation += 1;
+        Ok(slot)
     }
 
     /// Checks a request to create a slot, without changing anything.
@@ -363,6 +394,22 @@ mod tests {
         assert!(m.generation() > g);
         assert_eq!(m.lookup(0x100), None);
         assert_eq!(m.remove(3), Err(SlotError::NotFound));
+    }
+
+    #[test]
+    fn invalid_slot_is_gone_for_faults_only() {
+        let mut m = Memslots::new();
+        add(&mut m, req(3, 0x10000, 0x4000, 0x7000_0000)).unwrap();
+        let g = m.generation();
+        let s = m.invalidate(3).unwrap();
+        assert!(s.is_invalid() && m.generation() > g);
+        assert_eq!(m.lookup(0x10), None);
+        assert_eq!(m.iter().count(), 1);
+        assert_eq!(m.invalidate(3), Err(SlotError::NotFound));
+        // Still occupies its id and range until removed.
+        assert_eq!(m.check_insert(&s), Err(SlotError::Busy));
+        m.remove(3).unwrap();
+        assert_eq!(m.iter().count(), 0);
     }
 
     #[test]

@@ -47,9 +47,15 @@ pub(crate) trait MmuNotifierOps: Sync {
     /// unregistered: remove every mapping; no callback follows.
     fn release(&self);
 
-    /// Remove every mapping of `range` before returning (A1). When the range
-    /// is not blockable, return `EAGAIN` rather than sleep (A3).
-    fn invalidate_range_start(&self, range: &Range) -> Result;
+    /// Remove every mapping of `range` before returning. When the range is
+    /// not blockable, do so without sleeping or yielding.
+    ///
+    /// It cannot fail: the one error the mm core takes, `-EAGAIN` for a
+    /// range that is not blockable, is only for notifiers without an
+    /// `invalidate_range_end` (after a failure the mm core calls `end` on
+    /// every notifier, so it could not tell whose `start` failed, and
+    /// WARNs), and this trait always has one.
+    fn invalidate_range_start(&self, range: &Range);
 
     /// The invalidation of `range` is complete.
     fn invalidate_range_end(&self, range: &Range);
@@ -234,10 +240,8 @@ impl<T: HasMmuNotifier> MmuNotifier<T> {
         // SAFETY: The mm core passes a valid range for the callback's duration.
         let range = unsafe { Self::range(range) };
         // SAFETY: Called by the mm core for a registered notifier.
-        match unsafe { Self::container(raw) }.invalidate_range_start(&range) {
-            Ok(()) => 0,
-            Err(e) => e.to_errno(),
-        }
+        unsafe { Self::container(raw) }.invalidate_range_start(&range);
+        0
     }
 
     /// # Safety

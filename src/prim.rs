@@ -192,3 +192,30 @@ impl<T> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+/// Reports a broken invariant that the code survives: a `WARN` in the kernel (the debug kernel
+/// of the tests makes it fail the run; a production kernel goes on), a panic in the host tests.
+/// Evaluates to the condition, like the kernel's `WARN_ON()`.
+#[cfg(not(secmmu_host))]
+macro_rules! warn_on {
+    ($cond:expr, $($msg:tt)+) => {{
+        let cond = $cond;
+        if cond {
+            ::kernel::pr_err!($($msg)+);
+        }
+        ::kernel::warn_on!(cond)
+    }};
+}
+
+/// Reports a broken invariant that the code survives: a `WARN` in the kernel (the debug kernel
+/// of the tests makes it fail the run; a production kernel goes on), a panic in the host tests.
+/// Evaluates to the condition, like the kernel's `WARN_ON()`.
+#[cfg(secmmu_host)]
+macro_rules! warn_on {
+    ($cond:expr, $($msg:tt)+) => {{
+        let cond = $cond;
+        assert!(!cond, $($msg)+);
+        cond
+    }};
+}
+pub(crate) use warn_on;

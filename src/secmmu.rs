@@ -65,6 +65,13 @@ module! {
     },
 }
 
+// secmmu keeps one guest page in one host page: gfns would alias inside
+// larger pages.
+const _: () = assert!(
+    kernel::page::PAGE_SIZE == 4096,
+    "secmmu needs a kernel with 4K pages (CONFIG_ARM64_4K_PAGES on arm64)"
+);
+
 #[pin_data]
 struct SecmmuModule {
     #[pin]
@@ -141,6 +148,11 @@ mod kunit {
     #[test]
     fn inval_range_retry_covers_whole_range() {
         assert!(checks::range_retry_covers_whole_range());
+    }
+
+    #[test]
+    fn inval_history_bounds_range_retry() {
+        assert!(checks::history_bounds_range_retry());
     }
 
     /// Every leaf decodes to what it was made of, at every level.

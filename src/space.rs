@@ -42,7 +42,7 @@ use crate::{
     uapi,
     x86::mmu::{age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
 };
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     mm::MmWithUser,
     new_mutex,
@@ -95,10 +95,13 @@ pub(crate) struct Space {
     /// `SECMMU_FMT_*` once configured, 0 before: lets the mm core's
     /// callbacks pick the format's aging walk without any lock.
     format: AtomicU32,
-    /// Guest-mode state of each vCPU, for TLB flush requests. Entries below
-    /// `nr_vcpus` belong to created vCPUs; they live as long as the space.
+    /// Guest-mode state of each vCPU, for TLB flush requests, by vCPU id;
+    /// they live as long as the space.
     vcpu_modes: [VcpuMode; uapi::MAX_VCPUS],
-    nr_vcpus: AtomicUsize,
+    /// The ids of the vCPUs that exist: bit `i` for vCPU `i`. Ids are
+    /// taken under `config` and given back when a vCPU goes (or its
+    /// creation fails), so they are reused.
+    vcpu_ids: AtomicU64,
     /// Set by `release()`: the mm's address space is gone (A5).
     released: AtomicBool,
     pub(crate) stats: Stats,
@@ -133,11 +136,11 @@ impl Space {
                 ad_enabled: AtomicBool::new(true),
                 format: AtomicU32::new(0),
                 vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
-                nr_vcpus: AtomicUsize::new(0),
+                vcpu_ids: AtomicU64::new(0),
                 released: AtomicBool::new(false),
                 stats: Stats::default(),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         // SAFETY: The space lives in an `Arc`, which never moves its
         // contents, so its notifier is pinned.
@@ -236,6 +239,11 @@ impl Space {
             return Err(EINVAL);
         };
         if req.memory_size == 0 {
+            // A deletion names a slot and nothing else; unknown flags are
+            // refused here as for a creation.
+            if req.flags & !crate::memslot::MEM_FLAGS != 0 {
+                return Err(EINVAL);
+            }
             return self.delete_memslot(req.slot);
         }
         let limits = SlotLimits {
@@ -281,12 +289,16 @@ impl Space {
 
     /// Deletes a memslot: zaps its mappings in every root, flushes, and
     /// frees its rmaps after dropping the lock.
+    ///
+    /// The slot stays in the set, marked invalid, until its zap is done,
+    /// as KVM keeps a `KVM_MEMSLOT_INVALID` slot visible: the zap yields
+    /// the lock, and an `invalidate_range_start()` that runs meanwhile must
+    /// still find the slot and zap its range, or it would return with the
+    /// slot's mappings of pages the primary MMU then frees. Faults no longer
+    /// find the slot from the moment it is marked.
     fn delete_memslot(&self, id: u32) -> Result {
         let mut guard = self.mmu.write();
-        let slot = *guard.slots.by_id(id).ok_or(ENOENT)?;
-        // Faults recheck the slot generation under the lock: removing the
-        // slot first means no fault can map it again once we drop the lock.
-        guard.slots.remove(id).map_err(slot_errno)?;
+        let slot = guard.slots.invalidate(id).map_err(slot_errno)?;
         let mut zapped = Zapped::default();
         self.zap_gfns(
             &mut guard,
@@ -297,6 +309,7 @@ impl Space {
             true,
         );
         self.flush_and_free(&mut guard, &mut zapped);
+        guard.slots.remove(id).map_err(slot_errno)?;
         let rmaps = match guard.mmu.as_mut() {
             Some(Pgt::X86(m)) => m.detach_slot(id),
             _ => None,
@@ -310,16 +323,25 @@ impl Space {
         Ok(())
     }
 
-    /// Registers a new vCPU's guest-mode state; returns its index.
-    pub(crate) fn add_vcpu(&self) -> Result<usize> {
+    /// Takes the lowest free vCPU id; `ENOSPC` if all
+    /// `SECMMU_MAX_VCPUS` exist. Give it back with [`Self::put_vcpu_id`].
+    pub(crate) fn get_vcpu_id(&self) -> Result<usize> {
         let _config = self.config.lock();
-        let idx = self.nr_vcpus.load(Ordering::Relaxed);
+        let ids = self.vcpu_ids.load(Ordering::Relaxed);
+        let idx = (!ids).trailing_zeros() as usize;
         if idx >= uapi::MAX_VCPUS {
             return Err(ENOSPC);
         }
-        // Release: a flusher that sees the new count sees the mode's init.
-        self.nr_vcpus.store(idx + 1, Ordering::Release);
+        // Release: a flusher that sees the id sees the mode as its last
+        // user left it (out of guest mode).
+        self.vcpu_ids.fetch_or(1 << idx, Ordering::Release);
         Ok(idx)
+    }
+
+    /// Gives back vCPU id `idx`: its vCPU is gone, or was never made. The
+    /// vCPU is out of guest mode for good, so flushers may skip it.
+    pub(crate) fn put_vcpu_id(&self, idx: usize) {
+        self.vcpu_ids.fetch_and(!(1 << idx), Ordering::Release);
     }
 
     /// The guest-mode state of vCPU `idx`.
@@ -330,9 +352,10 @@ impl Space {
     /// Flushes every vCPU's software TLB and waits until none can use a
     /// translation from before the call (A1, F29).
     pub(crate) fn flush_remote_tlbs(&self) {
-        let n = self.nr_vcpus.load(Ordering::Acquire);
-        for mode in &self.vcpu_modes[..n] {
-            mode.request_flush();
+        let mut ids = self.vcpu_ids.load(Ordering::Acquire);
+        while ids != 0 {
+            self.vcpu_modes[ids.trailing_zeros() as usize].request_flush();
+            ids &= ids - 1;
         }
         self.stats.tlb_flushes.inc();
     }
@@ -491,18 +514,32 @@ impl MmuNotifierOps for Space {
         // touch the mm's pages: the address space is being torn down.
         self.released.store(true, Ordering::Release);
         self.stats.releases.inc();
+        // Zap slot by slot, yielding like an invalidation: a space may map
+        // many GiB in many roots, and `exit_mmap()` may sleep here (KVM's
+        // `kvm_mmu_zap_all()` yields with `cond_resched_rwlock_write()`).
         let mut guard = self.mmu.write();
         let mut zapped = Zapped::default();
-        if let Some(mmu) = guard.mmu.as_mut() {
-            zapped.sptes = mmu.zap_all();
-            zapped.flush_pending = zapped.sptes != 0;
+        let mut from = 0;
+        loop {
+            let Some(slot) = guard.slots.iter().find(|s| s.base_gfn >= from).copied() else {
+                break;
+            };
+            from = slot.end_gfn();
+            self.zap_gfns(
+                &mut guard,
+                &mut zapped,
+                slot.id,
+                slot.base_gfn,
+                slot.end_gfn(),
+                true,
+            );
         }
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
         self.count_zapped(&zapped);
     }
 
-    fn invalidate_range_start(&self, range: &Range) -> Result {
+    fn invalidate_range_start(&self, range: &Range) {
         self.stats.invalidations.inc();
         if !range.blockable {
             self.stats.invalidations_nonblock.inc();
@@ -515,31 +552,37 @@ impl MmuNotifierOps for Space {
         // MMU lock for write: faults check under the read side at least.
         let mut guard = self.mmu.write();
         guard.inval.begin(range.start, range.end);
-        // The slots this range backs, taken before any yield. While
-        // `zap_gfns` yields, a slot created meanwhile has no mapping of this
-        // range (its faults retry) and a deleted one was zapped by its
-        // deletion (a missing slot zaps nothing).
-        let mut todo = [(0u32, 0u64, 0u64); crate::memslot::MAX_SLOTS];
-        let mut n = 0;
-        for slot in guard.slots.iter() {
-            if let Some((start, end)) = slot.hva_range_to_gfns(range.start as u64, range.end as u64)
-            {
-                todo[n] = (slot.id, start, end);
-                n += 1;
-            }
-        }
+        // The slots this range backs, in guest-physical order, found again
+        // after every slot's zap, since `zap_gfns` may yield the lock. A
+        // slot created meanwhile maps nothing of the range (its faults
+        // retry until `end`); a slot being deleted stays in the set, marked
+        // invalid, until its own zap is done, so it is zapped here too.
         let mut zapped = Zapped::default();
-        for &(id, start, end) in &todo[..n] {
+        let mut from = 0;
+        loop {
+            let next = guard
+                .slots
+                .iter()
+                .filter(|s| s.base_gfn >= from)
+                .find_map(|s| {
+                    let (start, end) = s.hva_range_to_gfns(range.start as u64, range.end as u64)?;
+                    Some((s.id, s.end_gfn(), start, end))
+                });
+            let Some((id, slot_end, start, end)) = next else {
+                break;
+            };
+            from = slot_end;
             self.zap_gfns(&mut guard, &mut zapped, id, start, end, range.blockable);
         }
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
         self.count_zapped(&zapped);
-        Ok(())
     }
 
-    fn invalidate_range_end(&self, _range: &Range) {
-        self.mmu.write().inval.end();
+    fn invalidate_range_end(&self, range: &Range) {
+        let balanced = self.mmu.write().inval.end(range.start, range.end);
+        // An end without its start: the mm core broke the contract.
+        kernel::warn_on!(!balanced);
     }
 
     fn clear_young(&self, start: usize, end: usize) -> bool {

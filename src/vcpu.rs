@@ -145,12 +145,33 @@ struct VcpuState {
     descs: DescCache,
 }
 
+/// A vCPU id of a space, given back when dropped.
+struct VcpuId {
+    space: Arc<Space>,
+    idx: usize,
+}
+
+impl VcpuId {
+    fn new(space: &Arc<Space>) -> Result<Self> {
+        Ok(Self {
+            idx: space.get_vcpu_id()?,
+            space: space.clone(),
+        })
+    }
+}
+
+impl Drop for VcpuId {
+    fn drop(&mut self) {
+        self.space.put_vcpu_id(self.idx);
+    }
+}
+
 /// A vCPU.
 #[pin_data]
 pub(crate) struct Vcpu {
     space: Arc<Space>,
-    /// Index of its guest-mode state in the space.
-    idx: usize,
+    /// Its id: the index of its guest-mode state in the space.
+    id: VcpuId,
     root: usize,
     /// The root's tables for the lockless walker: fixed once the space is
     /// configured, freed only with the space, which this vCPU keeps alive.
@@ -185,11 +206,12 @@ impl Vcpu {
                 .and_then(|m| m.root(root))
                 .ok_or(EINVAL)?
         };
-        let idx = space.add_vcpu()?;
+        // Given back if anything below fails, and when the vCPU goes.
+        let id = VcpuId::new(space)?;
         let vcpu = Arc::pin_init(
             try_pin_init!(Vcpu {
                 space: space.clone(),
-                idx,
+                id,
                 root,
                 root_tables,
                 state <- new_mutex!(VcpuState {
@@ -198,7 +220,7 @@ impl Vcpu {
                     descs: DescCache::new(FAULT_DESCS * 4),
                 }),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         let private = vcpu.into_foreign();
         // SAFETY: `VCPU_FOPS` is a static table whose callbacks take back the
@@ -238,6 +260,13 @@ impl Vcpu {
         }
     }
 
+    /// The vCPU's state for one RUN or ACCESS; `EBUSY` while another
+    /// thread runs it. KVM waits on its vCPU mutex killably; secmmu refuses
+    /// at once, so no caller ever sleeps behind a RUN that may last long.
+    fn busy_or_lock(&self) -> Result<kernel::sync::MutexGuard<'_, VcpuState>> {
+        self.state.try_lock().ok_or(EBUSY)
+    }
+
     /// The places a real vCPU exits for, between guest-mode stretches: a
     /// pending signal (`EINTR`) and rescheduling.
     fn exit_point(&self) -> Result<(), Exit> {
@@ -254,7 +283,7 @@ impl Vcpu {
     /// the TLB, and a [`GuestMode`] to translate and to see flush requests
     /// with; it must be short and take no lock.
     fn in_guest<R>(&self, tlb: &mut SoftTlb, body: impl FnOnce(&mut GuestMode<'_>) -> R) -> R {
-        let mode = self.space.vcpu_mode(self.idx);
+        let mode = self.space.vcpu_mode(self.id.idx);
         // SAFETY: Paired with the `preempt_enable()` below.
         unsafe { bindings::secmmu_preempt_disable() };
         if mode.enter_guest() {
@@ -308,17 +337,21 @@ impl Vcpu {
             space.check_alive()?;
             // Snapshot the retry sequence before resolving the page: an
             // invalidation that ends after this point bumps it and we retry.
-            let (slot, hva, generation, seq) = {
+            let (slot, hva, generation, seq, max_level) = {
                 let state = space.mmu.read();
                 let Some(slot) = state.slots.lookup(gfn) else {
                     space.stats.memory_faults.inc();
                     return Err(Exit::MemoryFault);
                 };
+                // The largest leaf the format's geometry can hold: a
+                // stage-2 walk that starts at level 2 has no 1G entry.
+                let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
                 (
                     *slot,
                     slot.gfn_to_hva(gfn),
                     state.slots.generation(),
                     state.inval.seq(),
+                    max_level,
                 )
             };
             let readonly = slot.readonly();
@@ -355,7 +388,7 @@ impl Vcpu {
                 unsafe { bindings::secmmu_put_user_page(pfn as usize) }
             };
 
-            let m = Resolved::new(&slot, gfn, pfn, hva, MapLevel::L1G);
+            let m = Resolved::new(&slot, gfn, pfn, hva, max_level);
             let mapped = if matches!(self.root_tables, Root::S2(..)) {
                 self.map_parallel(st, &m, write, generation, seq)
             } else {
@@ -365,6 +398,10 @@ impl Vcpu {
                 Installed::Mapped(m) => m,
                 Installed::Retry => {
                     put_page();
+                    // Retry through the exit point, as a vCPU re-entering
+                    // the guest would: an invalidation that never ends
+                    // must not keep the thread from a signal or the CPU.
+                    self.exit_point()?;
                     continue;
                 }
                 Installed::Dead(e) => {
@@ -598,7 +635,7 @@ impl Vcpu {
             pass: 0,
             gpa: run.start,
         };
-        let mut st = self.state.lock();
+        let mut st = self.busy_or_lock()?;
         let st = &mut *st;
         st.tlb.flush();
         let r = loop {
@@ -655,7 +692,7 @@ impl Vcpu {
         let mut bounce = KVec::<u8>::from_elem(0u8, 4096, GFP_KERNEL)?;
         let user = UserSlice::new(UserPtr::from_addr(acc.buf as usize), acc.len as usize);
         let (mut reader, mut writer) = user.reader_writer();
-        let mut st = self.state.lock();
+        let mut st = self.busy_or_lock()?;
         st.tlb.flush();
         while acc.done < acc.len {
             let gpa = acc.gpa + acc.done;
@@ -830,6 +867,10 @@ const VCPU_FOPS: bindings::file_operations = bindings::file_operations {
     owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
     unlocked_ioctl: Some(vcpu_ioctl),
     release: Some(vcpu_release),
+    // The structs have one layout for 32- and 64-bit callers: only the
+    // pointer argument needs converting (`compat_ptr_ioctl`).
+    #[cfg(CONFIG_COMPAT)]
+    compat_ioctl: bindings::compat_ptr_ioctl,
     llseek: Some(bindings::noop_llseek),
     ..pin_init::zeroed()
 };

@@ -98,7 +98,7 @@ use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_PGD_PAGES};
 use crate::pgtable::{
     snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable,
 };
-use crate::prim::{self, AllocError, AtomicU64, Ordering, PVec};
+use crate::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 
 pub(crate) use crate::pgtable::{
     MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
@@ -731,7 +731,7 @@ impl<P: PageOps> S2Mmu<P> {
         }
         if pte::is_table(old, level) {
             // A table where a block goes: `map()` collapses it before it gets here.
-            debug_assert!(false, "table at the leaf level {level}");
+            warn_on!(true, "table at the leaf level {level}");
             return Err(MapError::BadLevel);
         }
         if pte::pfn(old) == pte::pfn(new) {

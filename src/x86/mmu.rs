@@ -100,7 +100,8 @@ use crate::pgtable::{
     snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable,
 };
 use crate::prim::{
-    self, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox, PVec,
+    self, warn_on, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox,
+    PVec,
 };
 use crate::rmap::{DescCache, MmuWriteLocked, RmapHead};
 use crate::x86::spte::{self, Level};
@@ -619,7 +620,7 @@ impl<P: PageOps> X86Mmu<P> {
     pub(crate) fn detach_slot(&mut self, id: u32) -> Option<DetachedRmaps> {
         let left = Self::slot_rmaps(&self.rmaps, id)?.sptes();
         if left != 0 {
-            debug_assert!(false, "detaching slot {id} with {left} SPTEs");
+            warn_on!(true, "detaching slot {id} with {left} SPTEs");
             self.zap_slot(id);
         }
         self.rmaps.unpublish(id).map(DetachedRmaps)
@@ -707,7 +708,7 @@ impl<P: PageOps> X86Mmu<P> {
     /// only place [`translate()`] runs) has completed since the map unlinked it.
     pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
         let Some(level) = spte_level(t.covers).lower() else {
-            debug_assert!(false, "a 4K entry never links a table");
+            warn_on!(true, "a 4K entry never links a table");
             return;
         };
         // SAFETY: unlinked by a map of this MMU, so linked nowhere, with only empty entries and
@@ -1161,7 +1162,7 @@ fn install_leaf(
 ) -> usize {
     // The caller checked that the slot holds `gfn`, so it has an rmap for it.
     let Some(head) = slot.rmap(level, gfn) else {
-        debug_assert!(false, "no rmap for gfn {gfn:#x} in its slot");
+        warn_on!(true, "no rmap for gfn {gfn:#x} in its slot");
         return 0;
     };
     // Release: a walker that Acquire-loads the leaf then touches the page, and must see what
@@ -1202,7 +1203,7 @@ fn upgrade_leaf(sptep: &AtomicU64, mut old: u64, m: Mapping) -> MapAction {
             Err(cur) => {
                 // Only holders of the MMU lock for write, like us, clear SPTEs.
                 if !spte::is_present(cur) || spte::pfn(cur) != m.pfn {
-                    debug_assert!(false, "leaf changed under the MMU lock: {cur:#x}");
+                    warn_on!(true, "leaf changed under the MMU lock: {cur:#x}");
                     return MapAction::Unchanged;
                 }
                 old = cur;
@@ -1218,7 +1219,7 @@ fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<boo
     // Atomic where a walker's D update could otherwise be lost.
     let old = spte::zap(sptep);
     if !spte::is_present(old) {
-        debug_assert!(false, "non-present SPTE in an rmap under the MMU lock");
+        warn_on!(true, "non-present SPTE in an rmap under the MMU lock");
         return None;
     }
     stats.leaves = stats.leaves.saturating_sub(1);
@@ -1245,7 +1246,7 @@ fn drop_leaf<P: PageOps>(
 ) {
     clear_leaf::<P>(sptep, stats);
     let Some(head) = slot.rmap(level, gfn) else {
-        debug_assert!(false, "no rmap for gfn {gfn:#x} in its slot");
+        warn_on!(true, "no rmap for gfn {gfn:#x} in its slot");
         return;
     };
     let found = head.lock(locked).remove(NonNull::from(sptep), descs);
@@ -1379,7 +1380,7 @@ pub(crate) fn age_leaf_lockless(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
 fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
     let old = sptep.load(Ordering::Relaxed);
     if !spte::is_present(old) {
-        debug_assert!(false, "non-present SPTE in an rmap under the MMU lock");
+        warn_on!(true, "non-present SPTE in an rmap under the MMU lock");
         return LeafAge::NotPresent;
     }
     if !spte::is_accessed(old) {
