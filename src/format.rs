@@ -118,6 +118,15 @@ impl Pgt {
         }
     }
 
+    /// The first leaf of root `root` mapping a gfn in `[gfn, end)`: its first
+    /// gfn and that gfn's translation. MMU lock held, either side.
+    pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
+        match self {
+            Pgt::X86(m) => m.next_leaf(root, gfn, end),
+            Pgt::S2(m) => m.next_leaf(root, gfn, end),
+        }
+    }
+
     /// Frees the table pages zaps unlinked (stage-2; x86 keeps its tables). MMU
     /// lock held for write, after the TLB flush that followed the zaps.
     pub(crate) fn free_zapped_tables(&mut self) {

@@ -16,6 +16,7 @@ mod kpages;
 mod mmu_lock;
 mod notifier;
 mod space;
+mod testhooks;
 mod uapi;
 mod vcpu;
 
@@ -76,11 +77,14 @@ const _: () = assert!(
 struct SecmmuModule {
     #[pin]
     _miscdev: MiscDeviceRegistration<SecmmuDevice>,
+    #[pin]
+    _hooks: testhooks::TestHooks,
 }
 
 impl kernel::InPlaceModule for SecmmuModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
+            _hooks <- testhooks::TestHooks::new(),
             _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"secmmu" }),
         })
     }
@@ -110,6 +114,11 @@ impl MiscDevice for SecmmuDevice {
             uapi::CREATE_VCPU => Vcpu::create(&space.into(), &uapi::read_arg(arg)?),
             uapi::SNAPSHOT => space.snapshot(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::TEST_YOUNG => space.test_young_ioctl(&uapi::read_arg(arg)?),
+            uapi::AUDIT => {
+                let mut req: uapi::secmmu_audit = uapi::read_arg(arg)?;
+                space.audit(&mut req)?;
+                uapi::write_arg(arg, &req).map(|()| 0)
+            }
             _ => Err(ENOTTY),
         }
     }

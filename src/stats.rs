@@ -102,4 +102,8 @@ pub(crate) struct Stats {
     pub(crate) splits: Counter,
     /// Tables a fault zapped and replaced by a huge leaf.
     pub(crate) collapses: Counter,
+    /// SECMMU_AUDIT runs.
+    pub(crate) audits: Counter,
+    /// Leaves they found incoherent with the primary MMU.
+    pub(crate) audit_mismatches: Counter,
 }

@@ -70,5 +70,8 @@ mod aging_loom;
 #[cfg(all(test, not(loom)))]
 mod s2_tests;
 
+#[cfg(all(test, not(loom)))]
+mod leaf_walk_tests;
+
 #[cfg(all(test, loom))]
 mod s2_loom;

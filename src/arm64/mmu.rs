@@ -1054,6 +1054,29 @@ impl<P: PageOps> S2Mmu<P> {
         Some((w.ptep, w.pte, w.level))
     }
 
+    /// The first valid leaf of root `root` that maps a gfn in `[gfn, end)`: the first gfn it
+    /// maps and the translation of that gfn.  Skips empty (and locked) entries a whole entry at a
+    /// time, so a sparse range costs a walk per empty entry, not per gfn (the coherence audit).
+    /// Loads only; the MMU lock, either side, keeps the tables.
+    pub(crate) fn next_leaf(
+        &self,
+        root: usize,
+        mut gfn: u64,
+        end: u64,
+    ) -> Option<(u64, Translation)> {
+        let end = end.min(self.geo.gfn_limit());
+        while gfn < end {
+            let (_, v, level) = self.entry(root, gfn)?;
+            let pages = 1u64 << pte::gfn_shift(level);
+            let base = gfn & !(pages - 1);
+            if pte::is_leaf(v, level) {
+                return Some((base, translation(v, level, base)));
+            }
+            gfn = base + pages;
+        }
+        None
+    }
+
     /// Counts a leaf installed by hand, as a racing fault that put it in a table being unlinked
     /// would have, for tests of [`S2Mmu::free_unlinked()`].
     #[cfg(all(test, not(loom)))]

@@ -940,6 +940,30 @@ impl<P: PageOps> X86Mmu<P> {
         spte::is_present(w.spte).then(|| (w.sptep, w.spte, map_level(w.level)))
     }
 
+    /// The first present leaf of root `root` that maps a gfn in `[gfn, end)`: the first gfn it
+    /// maps and the translation of that gfn.  Skips empty subtrees a whole entry at a time, so a
+    /// sparse range costs a walk per empty entry, not per gfn (the coherence audit).  Loads only;
+    /// the MMU lock, either side, keeps the tables.
+    pub(crate) fn next_leaf(
+        &self,
+        root: usize,
+        mut gfn: u64,
+        end: u64,
+    ) -> Option<(u64, Translation)> {
+        let root_pfn = self.root_pfn(root)?;
+        let end = end.min(1 << GFN_BITS);
+        while gfn < end {
+            // SAFETY: as in `leaf()`: `&self` stands for the MMU lock.
+            let w = unsafe { walk::<P>(root_pfn, gfn) };
+            let base = gfn & !(w.level.pages() - 1);
+            if spte::is_present(w.spte) {
+                return Some((base, translation(w.spte, w.level, base)));
+            }
+            gfn = base + w.level.pages();
+        }
+        None
+    }
+
     /// Ages the gfns of every attached slot that back the host-virtual range
     /// `[hva_start, hva_end)` (exclusive end, A4), in every root, under the MMU lock for write
     /// (`&mut self`): [`X86Mmu::age_gfn_range_locked()`] per slot.  A host page aliased by several
