@@ -413,7 +413,16 @@ mod x86 {
             }
         }
 
+        /// The slot whose model holds the leaves of `gfn`: the slot that holds `gfn` (the gfns
+        /// generated for the first slot reach into the second, which starts near the end of the
+        /// first's second 1G), or `s` when neither does (then neither model maps it).
+        fn slot_of(s: usize, gfn: u64) -> usize {
+            SLOTS.iter().position(|sl| sl.contains(gfn)).unwrap_or(s)
+        }
+
         fn translate(&mut self, root: usize, s: usize, gfn: u64, write: bool) {
+            // A translation knows no slot.
+            let s = Self::slot_of(s, gfn);
             let root_pfn = self.mmu.root_pfn(root).unwrap();
             // SAFETY: a root of `self.mmu`, which is borrowed for the call.
             let got = unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) };
@@ -439,6 +448,8 @@ mod x86 {
         }
 
         fn restore(&mut self, root: usize, s: usize, gfn: u64, write: bool) {
+            // Neither does a restore.
+            let s = Self::slot_of(s, gfn);
             let got = self.mmu.restore_access_tracked(root, gfn, write);
             let want = match self.model[s][root].find(gfn) {
                 Some((_, _, l)) if l.tracked && (!write || l.writable) => {
