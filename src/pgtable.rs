@@ -19,7 +19,7 @@
 
 use core::marker::PhantomData;
 
-use crate::prim::{AllocError, AtomicU64};
+use crate::prim::{self, AllocError, AtomicU64, PVec};
 
 /// Entries in one page table.
 pub(crate) const ENTRIES_PER_TABLE: usize = 512;
@@ -391,6 +391,47 @@ impl ZapCursor {
     /// Marks the zap done.
     pub(crate) fn finish(&mut self) {
         self.done = true;
+    }
+}
+
+/// Tables a zap may unlink before the caller must flush and free them
+/// ([`ZapProgress::tables_full`]).
+pub(crate) const ZAPPED_TABLES: usize = 128;
+
+/// Table pages unlinked by zaps, waiting for the TLB flush after which they can be freed.  Room
+/// for [`ZAPPED_TABLES`], allocated with the MMU: a zap runs under the spinning MMU lock.
+pub(crate) struct ZappedTables {
+    pfns: PVec<u64>,
+    nr: usize,
+}
+
+impl ZappedTables {
+    /// An empty list.  Allocates, and may sleep.
+    pub(crate) fn new() -> Result<Self, AllocError> {
+        Ok(ZappedTables {
+            pfns: prim::try_vec_with(ZAPPED_TABLES, || 0)?,
+            nr: 0,
+        })
+    }
+
+    /// How many more tables the list can take.
+    pub(crate) fn room(&self) -> usize {
+        ZAPPED_TABLES - self.nr
+    }
+
+    /// Adds the unlinked table `pfn`.  The caller checked [`ZappedTables::room()`] first.
+    pub(crate) fn push(&mut self, pfn: u64) {
+        debug_assert!(self.room() > 0);
+        self.pfns[self.nr] = pfn;
+        self.nr += 1;
+    }
+
+    /// Empties the list, calling `free` on every table in it.
+    pub(crate) fn drain(&mut self, mut free: impl FnMut(u64)) {
+        for &pfn in &self.pfns[..self.nr] {
+            free(pfn);
+        }
+        self.nr = 0;
     }
 }
 

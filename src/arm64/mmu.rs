@@ -96,7 +96,7 @@ use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 use crate::aging::{AgeOp, AgeResult};
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_PGD_PAGES};
 use crate::pgtable::{
-    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable,
+    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
 use crate::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 
@@ -119,30 +119,6 @@ const ZAP_BATCH: u64 = 32;
 /// of its `should_stop` (tables that zaps left empty are unlinked, but the tables a map links
 /// for a fault that then retries stay until a zap passes, so scanning them is not free).
 const ZAP_SCAN_BUDGET: u64 = 512;
-
-/// Tables a zap may unlink before the caller must flush and free them
-/// ([`ZapProgress::tables_full`]).
-const ZAPPED_TABLES: usize = 128;
-
-/// Table pages unlinked by zaps, waiting for the TLB flush after which they can be freed (I1).
-/// Room for [`ZAPPED_TABLES`], allocated with the MMU: a zap runs under the spinning MMU lock.
-struct ZappedTables {
-    pfns: PVec<u64>,
-    nr: usize,
-}
-
-impl ZappedTables {
-    fn new() -> Result<Self, AllocError> {
-        Ok(ZappedTables {
-            pfns: prim::try_vec_with(ZAPPED_TABLES, || 0)?,
-            nr: 0,
-        })
-    }
-
-    fn room(&self) -> usize {
-        ZAPPED_TABLES - self.nr
-    }
-}
 
 /// The level of the entries of leaves that map `level`.
 const fn pte_level(level: MapLevel) -> u32 {
@@ -1001,14 +977,13 @@ impl<P: PageOps> S2Mmu<P> {
     /// TLB flush that followed their unlink (the flush a zap's [`ZapProgress::needs_flush()`]
     /// asks for): then no walker can be inside them (I1).
     pub(crate) fn free_zapped_tables(&mut self) {
-        let t = &mut self.zapped_tables;
-        for &pfn in &t.pfns[..t.nr] {
+        let counters = &self.counters;
+        self.zapped_tables.drain(|pfn| {
             // SAFETY: unlinked by a zap of this MMU, empty, not freed since; per the caller no
             // walker is left in it.
             unsafe { P::free_table(pfn) };
-            Counters::add(&self.counters.tables_freed, 1);
-        }
-        t.nr = 0;
+            Counters::add(&counters.tables_freed, 1);
+        });
     }
 
     /// Zaps every leaf in every root (release, teardown), without yielding.  Returns the number
@@ -1480,8 +1455,7 @@ fn unlink_table(ptep: &AtomicU64, child: u64, zapped: &mut ZappedTables) {
     // Relaxed: no other walker under the lock runs (write side), and the flush before the
     // table is freed orders this for the hardware walker (I1).
     ptep.store(0, Ordering::Relaxed);
-    zapped.pfns[zapped.nr] = child;
-    zapped.nr += 1;
+    zapped.push(child);
 }
 
 /// Ages the valid leaf `ptep`, which held `v`, as `op` says, recording into `result` (see
