@@ -51,8 +51,8 @@ impl Root {
     ///
     /// `self` came from [`Pgt::root()`] of page tables that are not dropped
     /// before this returns, and the caller is in guest mode until it
-    /// returns (tables a map unlinks are freed only after a TLB flush that
-    /// waited for guest mode to end).
+    /// returns (tables a map or a zap unlinks are freed only after a TLB
+    /// flush that waited for guest mode to end).
     pub(crate) unsafe fn translate(self, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
         match self {
             // SAFETY: Per the caller, the MMU of the root outlives the call,
@@ -104,7 +104,9 @@ impl Pgt {
 
     /// One step of a resumable zap of the gfns `[cursor, end)` of slot
     /// `slot_id` (the x86 MMU finds them through the slot's rmaps; stage-2
-    /// walks its tables over the range). MMU lock held for write.
+    /// walks its tables over the range), which also unlinks the tables it
+    /// leaves empty: flush, then [`Pgt::free_zapped_tables()`]; on
+    /// `tables_full`, flush, free and go on. MMU lock held for write.
     pub(crate) fn zap_gfn_range_step(
         &mut self,
         slot_id: u32,
@@ -127,11 +129,13 @@ impl Pgt {
         }
     }
 
-    /// Frees the table pages zaps unlinked (stage-2; x86 keeps its tables). MMU
-    /// lock held for write, after the TLB flush that followed the zaps.
+    /// Frees the table pages zaps unlinked (both formats unlink the tables a
+    /// zap of a range leaves empty). MMU lock held for write, after the TLB
+    /// flush that followed the zaps.
     pub(crate) fn free_zapped_tables(&mut self) {
-        if let Pgt::S2(m) = self {
-            m.free_zapped_tables();
+        match self {
+            Pgt::X86(m) => m.free_zapped_tables(),
+            Pgt::S2(m) => m.free_zapped_tables(),
         }
     }
 }

@@ -10,7 +10,8 @@
 //! without the MMU lock.  A table is allocated zeroed (all entries non-present) before it is
 //! linked, and the entry that links it is stored with `Release`, so a walker that loads that
 //! entry with `Acquire` sees the zeroes (protocols E27).  Tables stay allocated until no walker
-//! can reach them: for the x86 shadow MMU, until the MMU is dropped.
+//! can reach them: a table a map or a zap unlinks is freed after the TLB flush that waits for
+//! every vCPU to leave guest mode, with the MMU lock held for write ([`ZappedTables`]).
 //!
 //! Allocation happens before the MMU lock is taken, into caches the lock holder takes from
 //! (KVM's `kvm_mmu_memory_cache`): the MMU lock spins, so nothing under it may sleep.
@@ -337,11 +338,16 @@ pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: 
 /// visit at it.  Levels go from 4K up; at a huge level the walk starts from the start aligned
 /// down to that level (protocols D23), so a huge page that only partly overlaps the range is
 /// zapped too.  Formats that zap by walking tables rather than rmaps use only the 4K level.
+///
+/// A format that zaps through rmaps (x86) then walks the tables of the range, root by root, to
+/// unlink those the zap left empty: [`ZapCursor::table_root()`] is the root being walked, and
+/// [`ZapCursor::gfn()`] the next gfn to visit in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ZapCursor {
     start: u64,
     level: MapLevel,
     gfn: u64,
+    table_root: Option<usize>,
     done: bool,
 }
 
@@ -352,8 +358,20 @@ impl ZapCursor {
             start,
             level: MapLevel::L4K,
             gfn: start,
+            table_root: None,
             done: false,
         }
+    }
+
+    /// The root whose tables the walk for empty tables is at, once the leaves are zapped.
+    pub(crate) fn table_root(&self) -> Option<usize> {
+        self.table_root
+    }
+
+    /// Moves to the walk for empty tables of root `root`, from the start of the zap.
+    pub(crate) fn walk_tables(&mut self, root: usize) {
+        self.table_root = Some(root);
+        self.gfn = self.start;
     }
 
     /// The level being walked.
@@ -445,9 +463,9 @@ pub(crate) struct ZapProgress {
     pub(crate) dirty: u64,
     /// rmaps (or table entries) visited, empty or not.
     pub(crate) visited: u64,
-    /// Empty table pages this step unlinked (stage-2): they wait, with the MMU, for the TLB
-    /// flush after which no vCPU can be walking them.  Flush, then free them, before dropping
-    /// the MMU lock.
+    /// Empty table pages this step unlinked: they wait, with the MMU, for the TLB flush after
+    /// which no vCPU can be walking them.  Flush, then free them (the MMU's
+    /// `free_zapped_tables()`), before dropping the MMU lock.
     pub(crate) unlinked_tables: u64,
     /// The step stopped because the MMU holds as many unlinked tables as it can: flush, free
     /// them, and resume with the same cursor (no need to yield).
@@ -513,6 +531,9 @@ mod tests {
         c.next_level();
         assert_eq!((c.level(), c.gfn()), (MapLevel::L1G, 0x40000));
         assert!(!c.is_done());
+        assert_eq!(c.table_root(), None);
+        c.walk_tables(3);
+        assert_eq!((c.table_root(), c.gfn()), (Some(3), 0x40123));
         c.next_level();
         assert!(c.is_done());
     }

@@ -22,6 +22,7 @@ use crate::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESEN
 use crate::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::rmap::{DescCache, PTE_LIST_EXT};
 use crate::test_util::Rng;
+use crate::tlb::VcpuMode;
 use crate::x86::mmu::{
     age_gfn_range_lockless, age_hva_range_lockless, slot_ids, translate, RmapTable, SlotRmaps,
     WalkFault, X86Mmu, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
@@ -116,11 +117,19 @@ impl<const ID: usize> Fixture<ID> {
 
     fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> u64 {
         let mut cursor = ZapCursor::new(start);
-        let p = self
-            .mmu
-            .zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
-        assert!(p.done);
-        p.zapped
+        let mut zapped = 0;
+        loop {
+            let p = self
+                .mmu
+                .zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
+            zapped += p.zapped;
+            // (The flush the kernel does here.)
+            self.mmu.free_zapped_tables();
+            if p.done {
+                return zapped;
+            }
+            assert!(p.tables_full);
+        }
     }
 }
 
@@ -676,7 +685,8 @@ const STRESS_ROUNDS: usize = 3000;
 
 /// Agers walk random host-virtual ranges without the MMU lock (a mutex here), each call inside
 /// an RCU read-side section emulated by the read side of an `RwLock`, while a mapper maps and
-/// zaps under the mutex, a walker sets A and D like the hardware, and a slot changer zaps,
+/// zaps under the mutex (freeing the tables its zaps empty after a flush that waits for the
+/// walker to leave guest mode), a walker sets A and D like the hardware, and a slot changer zaps,
 /// detaches and frees slots after a grace period (the write side of the `RwLock`), then attaches
 /// them again.  Without A/D the agers clear under the mutex and the mapper also restores
 /// access-tracked leaves.  At the end every present leaf must be in an rmap (no zapped SPTE was
@@ -700,8 +710,9 @@ fn stress<const ID: usize>(ad_enabled: bool) {
     let mmu = Mutex::new(mmu);
     let rcu = RwLock::new(());
     let done = AtomicBool::new(false);
+    let walker_mode = VcpuMode::new();
 
-    let (totals, restored) = thread::scope(|sc| {
+    let (totals, restored, unlinked) = thread::scope(|sc| {
         let agers: Vec<_> = (0..2u64)
             .map(|a| {
                 let (table, mmu, rcu, done) = (&table, &mmu, &rcu, &done);
@@ -738,17 +749,20 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             .collect();
 
         let walker = {
-            let (roots, done) = (&roots, &done);
+            let (roots, done, mode) = (&roots, &done, &walker_mode);
             sc.spawn(move || {
                 let mut rng = Rng(77);
                 while !done.load(StdOrdering::Relaxed) {
                     let s = &slots[rng.below(2) as usize];
                     let gfn = s.base_gfn + rng.below(STRESS_GFNS);
                     let root = rng.below(STRESS_ROOTS as u64) as usize;
-                    // SAFETY: the MMU outlives the scope.
+                    mode.enter_guest();
+                    // SAFETY: the MMU outlives the scope, and we are in guest mode: tables the
+                    // zaps unlink are freed after a flush that waits for us to leave it.
                     let _ = unsafe {
                         translate::<HostPages<ID>>(roots[root], gfn, rng.next().is_multiple_of(4))
                     };
+                    mode.exit_guest();
                 }
             })
         };
@@ -778,7 +792,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         let mut rng = Rng(12345);
         let mut tables = TableCache::<HostPages<ID>>::new();
         let mut descs = DescCache::new(4);
-        let mut restored = 0;
+        let (mut restored, mut unlinked) = (0, 0);
         for _ in 0..STRESS_ROUNDS {
             let s = &slots[rng.below(2) as usize];
             tables.topup(MAP_MIN_TABLES).unwrap();
@@ -806,7 +820,15 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 let start = s.base_gfn + rng.below(STRESS_GFNS);
                 let mut cursor = ZapCursor::new(start);
                 let end = start + rng.below(64);
-                m.zap_gfn_range_step(s.id, &mut cursor, end, &mut || false);
+                loop {
+                    let p = m.zap_gfn_range_step(s.id, &mut cursor, end, &mut || false);
+                    unlinked += p.unlinked_tables;
+                    walker_mode.request_flush();
+                    m.free_zapped_tables();
+                    if p.done {
+                        break;
+                    }
+                }
             }
             drop(m);
             HostPages::<ID>::take_dirty();
@@ -823,7 +845,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                     .merge(&r);
             }
         }
-        (totals, restored)
+        (totals, restored, unlinked)
     });
 
     let mut mmu = mmu.into_inner().unwrap();
@@ -858,7 +880,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         // Whether the mapper hit a tracked leaf to restore depends on the scheduling.
         assert!(clear.write_protected > 0, "{clear:?} {restored}");
     }
-    std::println!("ad={ad_enabled} restored={restored} totals={totals:?}");
+    std::println!("ad={ad_enabled} restored={restored} unlinked={unlinked} totals={totals:?}");
 }
 
 #[test]

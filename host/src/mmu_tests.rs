@@ -14,14 +14,16 @@ use std::vec::Vec;
 
 use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
 use crate::memslot::Slot;
+use crate::pgtable::ZAPPED_TABLES;
 use crate::pgtable::{
-    MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT, SNAP_WRITABLE,
-    TABLE_CACHE_CAPACITY,
+    MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT,
+    SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
 use crate::prim::Ordering;
 use crate::rmap::DescCache;
 use crate::test_util::Rng;
 use crate::tlb::{SoftTlb, VcpuMode};
+use crate::x86::mmu::TABLE_SCAN_BATCH;
 use crate::x86::mmu::{
     translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, X86Mmu, ZapCursor,
     ZapProgress, GFN_BITS, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
@@ -100,14 +102,33 @@ impl<const ID: usize> Fixture<ID> {
         sptep.fetch_and(!bits, Ordering::Relaxed);
     }
 
-    /// Zaps `[start, end)` of `slot_id` to the end, never stopping.
+    /// Zaps `[start, end)` of `slot_id` to the end, never asked to stop, as the kernel's caller
+    /// does: after each step, (flush and) free the tables it unlinked.  Returns the sum of the
+    /// steps.
     fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> ZapProgress {
-        let mut cursor = ZapCursor::new(start);
-        let p = self
-            .mmu
-            .zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
-        assert!(p.done && cursor.is_done());
-        p
+        zap_to_end(&mut self.mmu, slot_id, start, end)
+    }
+}
+
+/// Zaps `[start, end)` of `slot_id` in `mmu` to the end (see [`Fixture::zap()`]).
+fn zap_to_end<P: PageOps>(mmu: &mut X86Mmu<P>, slot_id: u32, start: u64, end: u64) -> ZapProgress {
+    let mut cursor = ZapCursor::new(start);
+    let mut sum = ZapProgress::default();
+    loop {
+        let p = mmu.zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
+        // Only a full list of unlinked tables stops a step that is never asked to.
+        assert!(p.done || p.tables_full);
+        // (The flush the kernel does here.)
+        mmu.free_zapped_tables();
+        sum.zapped += p.zapped;
+        sum.dirty += p.dirty;
+        sum.visited += p.visited;
+        sum.unlinked_tables += p.unlinked_tables;
+        if p.done {
+            assert!(cursor.is_done());
+            sum.done = true;
+            return sum;
+        }
     }
 }
 
@@ -397,10 +418,13 @@ fn zap_resumes_where_it_stopped() {
     // Every SPTE of the range zapped once (a second zap of one would trip the MMU's debug
     // check of a non-present SPTE in an rmap).
     assert_eq!(zapped, 3 * (end - start));
-    // 4K rmaps, then the 2M blocks from 0 (aligned down) to 0x1300, then one 1G block.
-    let expect_visited = (end - start) + (0x1300 >> 9) + 1 + 1;
-    assert_eq!(visited, expect_visited);
-    assert_eq!(steps, expect_visited.div_ceil(32));
+    // 4K rmaps, then the 2M blocks from 0 (aligned down) to 0x1300, then one 1G block; then,
+    // in each root, the table entries walked for empty tables (none: the slot is mapped on
+    // both sides of the range), whose visits do not reach a poll: the root's entry, the 1G
+    // entry's and the ten 2M entries'.
+    let rmaps = (end - start) + (0x1300 >> 9) + 1 + 1;
+    assert_eq!(visited, rmaps + 3 * (1 + 1 + 10));
+    assert_eq!(steps, rmaps.div_ceil(32));
     assert_eq!(f.mmu.leaf_sptes(), 3 * (n - (end - start)));
     for gfn in [base, start - 1, end, base + n - 1] {
         assert!(f.translate(2, gfn, false).is_ok());
@@ -440,14 +464,16 @@ fn unaligned_slots_and_ranges() {
     };
     map_all(&mut f);
 
-    // (range, rmaps visited at 4K + 2M + 1G)
+    // (range, rmaps visited at 4K + 2M + 1G + table entries walked for empty tables: the
+    // root's, the 1G entry's and the 2M entries' over the part of the range in the slot)
     let cases = [
-        ((0x1f5, 0x3f7), 0x202 + 2 + 1),
-        ((0, 0x1f8), 8 + 1 + 1),
-        ((0x600, 0x10000), 0x10 + 1 + 1),
-        ((0x1f0, 0x610), 0x420 + 4 + 1),
-        ((0x3ff, 0x401), 2 + 2 + 1),
-        // Past the slot's last gfn, but its last 2M block and its 1G block overlap the range.
+        ((0x1f5, 0x3f7), 0x202 + 2 + 1 + 4),
+        ((0, 0x1f8), 8 + 1 + 1 + 3),
+        ((0x600, 0x10000), 0x10 + 1 + 1 + 3),
+        ((0x1f0, 0x610), 0x420 + 4 + 1 + 6),
+        ((0x3ff, 0x401), 2 + 2 + 1 + 4),
+        // Past the slot's last gfn, but its last 2M block and its 1G block overlap the range;
+        // no table to walk.
         ((0x700, 0x800), 1 + 1),
     ];
     for ((start, end), visited) in cases {
@@ -460,13 +486,16 @@ fn unaligned_slots_and_ranges() {
         map_all(&mut f);
     }
 
-    // Slot b, across the 1G boundary: the second gfn's huge blocks are the second rmaps.
+    // Slot b, across the 1G boundary: the second gfn's huge blocks are the second rmaps.  Its
+    // 4K and 2M tables hold nothing else: unlinked (3 table entries walked).
     let p = f.zap(1, 0x40000, 0x40001);
-    assert_eq!((p.zapped, p.visited), (1, 3));
+    assert_eq!((p.zapped, p.visited, p.unlinked_tables), (1, 3 + 3, 2));
     check(&f, b, &|g| g == 0x40000);
     check(&f, a, &|_| false);
+    // The root's entry, two 1G entries, the 2M entry of the first gfn.  Its 4K table goes;
+    // the 2M table of the first 1G also links slot a's tables, and stays.
     let p = f.zap(1, 0, u64::MAX);
-    assert_eq!((p.zapped, p.visited), (1, 6));
+    assert_eq!((p.zapped, p.visited, p.unlinked_tables), (1, 6 + 4, 1));
     teardown(f);
 }
 
@@ -664,9 +693,10 @@ fn split_and_collapse() {
     assert_eq!(f.mmu.table_pages(), pages - 2);
     assert_eq!(f.mmu.leaf_sptes(), 1);
     assert_eq!(f.translate(0, 0x405, false).unwrap().pfn, 0x405);
-    // Empty table: still unlinked and freed.
+    // Empty tables (a zap of a range unlinks them, but not a zap of the whole slot, as at
+    // release): still unlinked and freed.
     f.map(0, 0, 1 << 18, 0x5000, true);
-    f.zap(0, 1 << 18, (1 << 18) + 1);
+    f.mmu.zap_slot(0);
     let o = f.map_huge(1 << 18, 1 << 18, MapLevel::L1G);
     assert!(o.unlinked.is_some() && o.action == MapAction::Installed && o.needs_flush());
     HostPages::<ID>::take_dirty();
@@ -743,6 +773,222 @@ fn detaching_a_mapped_slot_is_a_bug() {
     let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 8)]);
     f.map(0, 0, 1, 1, true);
     f.mmu.detach_slot(0);
+}
+
+/// Memslots that come and go at fresh addresses: each is mapped (one page, in two roots),
+/// zapped as its deletion zaps it (the range, then the flush and the free), and detached.  The
+/// zap unlinks every table the page needed, so the tables shrink back to the roots every time
+/// instead of growing without bound.
+#[test]
+fn slots_at_fresh_addresses_free_their_tables() {
+    const ID: usize = 18;
+    let mut f = Fixture::<ID>::new(2, true, &[]);
+    let roots = f.mmu.table_pages();
+    assert_eq!(roots, 2);
+    for i in 0..10_000u64 {
+        // A fresh 512G, 1G or 2M each time: all three tables are new for the first 512 slots,
+        // the 2M and 4K ones after.
+        let base = ((i % 512) << 27) | (((i / 512) % 512) << 18) | ((i % 509) << 9) | 0x40;
+        let s = slot(7, base, 16);
+        assert!(f.mmu.attach_slot(7, SlotRmaps::new(&s).unwrap()).is_ok());
+        for root in 0..2 {
+            let o = f.map(root, 7, base + 5, pfn_of(i), true);
+            assert!(o.new_tables >= 2, "cycle {i}");
+        }
+        assert!(f.mmu.table_pages() >= roots + 4);
+        let p = f.zap(7, s.base_gfn, s.end_gfn());
+        assert_eq!(p.zapped, 2);
+        assert_eq!(f.mmu.table_pages(), roots, "cycle {i}: {p:?}");
+        assert_eq!(f.translate(1, base + 5, false), Err(WalkFault::NotPresent));
+        let rmaps = f.mmu.detach_slot(7).unwrap();
+        // SAFETY: no lockless reader runs in this test: the grace period is trivially over.
+        unsafe { rmaps.free_after_grace_period() };
+    }
+    HostPages::<ID>::take_dirty();
+    assert!(HostPages::<ID>::allocs() > 40_000);
+    teardown(f);
+}
+
+/// A zap unlinks only the tables it leaves without a present entry: a table that still holds a
+/// leaf (outside the range, of another slot, or a huge leaf in a 2M table) stays, with every
+/// translation through it; once its last leaf goes, it goes, and so do the tables above it
+/// that it leaves empty.
+#[test]
+fn partial_zaps_keep_tables_with_live_leaves() {
+    const ID: usize = 19;
+    // Slot 0 covers two 2M blocks; slot 1 the rest of the first 1G, slot 2 a page of the next.
+    let (a, b, c) = (
+        slot(0, 0x200, 0x400),
+        slot(1, 0x600, 0x3fa00),
+        slot(2, 0x40000, 1),
+    );
+    let mut f = Fixture::<ID>::new(1, true, &[a, b, c]);
+    let roots = f.mmu.table_pages();
+    for gfn in [0x200, 0x3ff, 0x400, 0x401] {
+        f.map(0, 0, gfn, pfn_of(gfn), false);
+    }
+    // Slot 1 has a page in the fourth 2M, and a 2M leaf in the fifth, in the 2M table that
+    // links slot 0's 4K tables.
+    f.map(0, 1, 0x601, pfn_of(0x601), false);
+    f.tables.topup(MAP_MIN_TABLES).unwrap();
+    f.descs.topup(MAP_MIN_DESCS).unwrap();
+    f.mmu
+        .map_level(
+            0,
+            1,
+            0x800,
+            0x10_0000,
+            false,
+            MapLevel::L2M,
+            &mut f.tables,
+            &mut f.descs,
+        )
+        .unwrap();
+    f.map(0, 2, 0x40000, pfn_of(0x40000), false);
+    // A 1G table, two 2M tables, and the 4K tables of 0x200, 0x400, 0x600 and 0x40000.
+    assert_eq!(f.mmu.table_pages(), roots + 1 + 2 + 4);
+
+    // Part of a 4K table: it keeps its other leaf.
+    let p = f.zap(0, 0x200, 0x201);
+    assert_eq!((p.zapped, p.unlinked_tables), (1, 0));
+    assert_eq!(
+        f.translate(0, 0x3ff, false).map(|t| t.pfn),
+        Ok(pfn_of(0x3ff))
+    );
+    // Its last leaf, by another zap that covers it in part: it goes.
+    let p = f.zap(0, 0x300, 0x400);
+    assert_eq!((p.zapped, p.unlinked_tables), (1, 1));
+    assert_eq!(f.mmu.table_pages(), roots + 1 + 2 + 3);
+    // All of slot 0: the second 4K table goes; the 2M table stays for slot 1's tables and leaf.
+    let p = f.zap(0, 0, u64::MAX);
+    assert_eq!((p.zapped, p.unlinked_tables), (2, 1));
+    assert_eq!(f.mmu.table_pages(), roots + 1 + 2 + 2);
+    assert_eq!(
+        f.translate(0, 0x601, false).map(|t| t.pfn),
+        Ok(pfn_of(0x601))
+    );
+    assert_eq!(
+        f.translate(0, 0x9ff, false).map(|t| (t.pfn, t.level)),
+        Ok((0x10_01ff, MapLevel::L2M))
+    );
+    // Slot 1's 4K page: its table goes, the 2M table stays for the 2M leaf.
+    let p = f.zap(1, 0x600, 0x800);
+    assert_eq!((p.zapped, p.unlinked_tables), (1, 1));
+    assert_eq!(f.mmu.table_pages(), roots + 1 + 2 + 1);
+    assert!(f.translate(0, 0x800, false).is_ok());
+    // Part of the 2M leaf: all of it goes (huge levels are zapped from the range start aligned
+    // down), then the 2M table it leaves empty.
+    let p = f.zap(1, 0x9ff, 0xa00);
+    assert_eq!((p.zapped, p.unlinked_tables), (1, 1));
+    assert_eq!(f.mmu.table_pages(), roots + 1 + 1 + 1);
+    // The last page: its 4K and 2M tables, then the 1G table, empty now.
+    let p = f.zap(2, 0, u64::MAX);
+    assert_eq!((p.zapped, p.unlinked_tables), (1, 3));
+    assert_eq!(f.mmu.table_pages(), roots);
+    // Zapping again finds nothing to unlink; mapping again links new tables.
+    assert_eq!(f.zap(1, 0, u64::MAX).unlinked_tables, 0);
+    assert_eq!(f.map(0, 2, 0x40000, 9, true).new_tables, 3);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
+/// A zap asked to stop at every poll, with 32 roots whose emptied tables overflow the list of
+/// unlinked tables many times over: each step makes progress, stops either for the poll or for a
+/// full list, and the zap still unlinks every table it empties; the caller frees them between
+/// steps.
+#[test]
+fn zap_stopped_often_still_frees_everything() {
+    const ID: usize = 59;
+    // 128 MiB, one page mapped in every 2M: 64 4K tables, one 2M and one 1G table per root.
+    let s = slot(0, 0x4_0000, 64 * 512);
+    let mut f = Fixture::<ID>::new(MAX_ROOTS, true, &[s]);
+    let roots = f.mmu.table_pages();
+    for root in 0..MAX_ROOTS {
+        for i in 0..64 {
+            let gfn = s.base_gfn + i * 512 + 3;
+            f.map(root, 0, gfn, pfn_of(gfn), true);
+        }
+    }
+    assert_eq!(f.mmu.table_pages(), roots + MAX_ROOTS as u64 * 66);
+    let mut cursor = ZapCursor::new(s.base_gfn);
+    let (mut steps, mut full, mut stopped, mut unlinked, mut zapped) = (0, 0, 0, 0, 0);
+    let mut last = (cursor.table_root(), cursor.gfn());
+    loop {
+        let mut polls = 0;
+        let p = f
+            .mmu
+            .zap_gfn_range_step(0, &mut cursor, s.end_gfn(), &mut || {
+                polls += 1;
+                true
+            });
+        steps += 1;
+        zapped += p.zapped;
+        unlinked += p.unlinked_tables;
+        assert!(p.unlinked_tables <= ZAPPED_TABLES as u64);
+        // (The flush the kernel does here.)
+        f.mmu.free_zapped_tables();
+        if p.done {
+            break;
+        }
+        assert!(p.tables_full || polls == 1, "{p:?}");
+        full += u64::from(p.tables_full);
+        stopped += u64::from(!p.tables_full);
+        // Progress: a table is unlinked, or the cursor moved.
+        let now = (cursor.table_root(), cursor.gfn());
+        assert!(
+            p.unlinked_tables > 0 || now != last,
+            "no progress at {now:?}"
+        );
+        last = now;
+    }
+    assert_eq!(zapped, MAX_ROOTS as u64 * 64);
+    assert_eq!(unlinked, MAX_ROOTS as u64 * 66);
+    assert!(full >= unlinked / ZAPPED_TABLES as u64, "{full} full stops");
+    assert!(stopped > 0, "{steps} steps");
+    assert_eq!(f.mmu.table_pages(), roots);
+    assert_eq!(f.mmu.leaf_sptes(), 0);
+    for root in [0, MAX_ROOTS - 1] {
+        assert_eq!(
+            f.translate(root, s.base_gfn + 3, false),
+            Err(WalkFault::NotPresent)
+        );
+    }
+    assert_eq!(HostPages::<ID>::take_dirty().len(), MAX_ROOTS * 64);
+    teardown(f);
+
+    // A sparse 4G slot: the walk for empty tables visits a 2M entry for every 2M, and stops for
+    // polls on the way, then resumes where it stopped.
+    const ID2: usize = 63;
+    let s = slot(0, 1 << 20, 1 << 20);
+    let mut f = Fixture::<ID2>::new(1, true, &[s]);
+    let roots = f.mmu.table_pages();
+    for gfn in [s.base_gfn, s.base_gfn + (1 << 19) + 7, s.end_gfn() - 1] {
+        f.map(0, 0, gfn, pfn_of(gfn), false);
+    }
+    let mut cursor = ZapCursor::new(s.base_gfn);
+    let (mut table_stops, mut unlinked) = (0, 0);
+    loop {
+        let p = f
+            .mmu
+            .zap_gfn_range_step(0, &mut cursor, s.end_gfn(), &mut || true);
+        unlinked += p.unlinked_tables;
+        f.mmu.free_zapped_tables();
+        if p.done {
+            break;
+        }
+        assert!(!p.tables_full);
+        if cursor.table_root().is_some() {
+            table_stops += 1;
+            assert!(p.visited >= TABLE_SCAN_BATCH, "{p:?}");
+        }
+    }
+    // The slot spans the fifth to the eighth 1G, and has pages in three of them: the 512
+    // entries of their three 2M tables, four 1G entries and a root entry make three polls.
+    assert_eq!(table_stops, 3);
+    // Three 4K tables, three 2M tables, one 1G table.
+    assert_eq!(unlinked, 3 + 3 + 1);
+    assert_eq!(f.mmu.table_pages(), roots);
+    teardown(f);
 }
 
 #[test]
@@ -905,7 +1151,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         .collect();
 
     let mut rng = Rng(0x1234_5678_9abc_def1);
-    let (mut zapped, mut yields) = (0u64, 0u64);
+    let (mut zapped, mut yields, mut unlinked) = (0u64, 0u64, 0u64);
     for _ in 0..1500 {
         let mut w = world.lock().unwrap();
         let start = s.base_gfn + rng.next() % STRESS_GFNS;
@@ -923,13 +1169,19 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 .mmu
                 .zap_gfn_range_step(0, &mut cursor, end, &mut || rng.next().is_multiple_of(2));
             zapped += p.zapped;
+            unlinked += p.unlinked_tables;
             if p.needs_flush() {
                 for m in modes.iter() {
                     m.request_flush();
                 }
             }
+            // Every vCPU left guest mode since the unlink, or flushed: nobody walks them.
+            w.mmu.free_zapped_tables();
             if p.done {
                 break;
+            }
+            if p.tables_full {
+                continue;
             }
             drop(w);
             yields += 1;
@@ -955,7 +1207,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
     for vcpu in vcpus {
         faults += vcpu.join().unwrap().1;
     }
-    assert!(zapped > 0 && yields > 0 && faults > 0);
+    assert!(zapped > 0 && yields > 0 && faults > 0 && unlinked > 0);
 
     let world = Arc::into_inner(world).unwrap().into_inner().unwrap();
     let StressWorld { mut mmu, .. } = world;

@@ -6,7 +6,8 @@
 //!
 //! Roots.  Each root is an independent set of tables (an address space, like a vCPU's EPT
 //! pointer); the same gfn may be mapped in every root, and then its rmap holds one SPTE per
-//! root.  Roots are allocated by [`X86Mmu::new()`] and live as long as the MMU.
+//! root.  Roots are allocated by [`X86Mmu::new()`] and live as long as the MMU; the tables
+//! under them come and go (I2).
 //!
 //! Locking (KVM's `mmu_lock`, a spinning rwlock owned by the caller):
 //!
@@ -26,13 +27,25 @@
 //!   leaf removes it ([`drop_leaf()`], [`zap_rmap()`]).  So zapping through the rmaps of a gfn
 //!   range clears every mapping of the range in every root.
 //! - I2. Every table page is a root or is linked by exactly one present non-leaf SPTE of this
-//!   MMU, or was unlinked by a collapse ([`X86Mmu::map_level()`] putting a huge leaf where a
-//!   table was) and is waiting to be freed.  A table page is freed only when the MMU is dropped,
-//!   or, once unlinked, after a TLB flush that waited for every vCPU to leave guest mode
-//!   ([`X86Mmu::free_unlinked()`]): the lockless walker ([`translate()`]) runs only in guest
-//!   mode, so a walker that read a non-leaf SPTE may dereference the table it points at until
-//!   it leaves guest mode.  Walkers under the MMU lock ([`X86Mmu::snapshot()`]) cannot meet an
-//!   unlinked table: unlinking and freeing both happen under the lock held for write.
+//!   MMU, or was unlinked and is waiting to be freed: by a collapse ([`X86Mmu::map_level()`]
+//!   putting a huge leaf where a table was), or by a zap that left it without a present entry
+//!   ([`X86Mmu::zap_gfn_range_step()`]).  A table page is freed only when the MMU is dropped,
+//!   or, once unlinked, with the MMU lock held for write and after a TLB flush that waited for
+//!   every vCPU to leave guest mode ([`X86Mmu::free_unlinked()`],
+//!   [`X86Mmu::free_zapped_tables()`]; KVM's `kvm_mmu_commit_zap_page()` after
+//!   `kvm_flush_remote_tlbs()`).  No walker can be inside it then:
+//!   - the lockless walker ([`translate()`]) runs only in guest mode, so a walker that read a
+//!     non-leaf SPTE may dereference the table it points at until it leaves guest mode, which
+//!     the flush waited for;
+//!   - walkers under the MMU lock ([`X86Mmu::snapshot()`], the maps, zaps and locked aging)
+//!     cannot meet an unlinked table: unlinking and freeing both happen under the lock held for
+//!     write;
+//!   - lockless agers ([`age_hva_range_lockless()`]) walk no table: they reach SPTEs only
+//!     through rmaps, and dereference one only while they hold its rmap's bit lock (R4).  A
+//!     table is unlinked only once it holds no leaf: each was zapped under the MMU lock held for
+//!     write and removed from its rmap under the rmap's bit lock ([`zap_rmap()`],
+//!     [`drop_leaf()`]), which waited for any ager holding it; an ager that locks the rmap
+//!     later does not find the SPTE there (I1), and no map can put it back meanwhile.
 //! - I3. A walker changes only A and D, only with a compare-exchange from the value it read, and
 //!   only on a present leaf: it can never make a zapped SPTE present again (unlike an
 //!   unconditional OR), nor set D on a leaf that lost W meanwhile.
@@ -80,6 +93,13 @@
 //! Whoever zaps must flush every vCPU's TLB, and wait for the flush (`tlb.rs`), before it drops
 //! the MMU lock: before each yield of a resumable zap and before returning (protocols B7, B8).
 //! Then no vCPU can use a translation of a zapped SPTE, and the primary MMU may free its page.
+//! The same flush lets the caller free the tables the zap unlinked (I2).
+//!
+//! Table memory.  A zap of a gfn range unlinks the tables it leaves empty in every root, so
+//! memslots that come and go at fresh addresses do not grow the tables without bound (KVM's
+//! shadow MMU zaps the shadow pages of a deleted memslot, `kvm_arch_flush_shadow_memslot()`).
+//! The zaps that do not unlink ([`X86Mmu::zap_all()`] at teardown, [`X86Mmu::zap_slot()`])
+//! leave the tables to the drop.
 //!
 //! Huge pages.  [`X86Mmu::map_level()`] installs leaves at 4K, 2M and 1G, each in the rmap of
 //! its level; the zaps, the agers, the walkers and the snapshot handle every level, and visit
@@ -97,7 +117,7 @@ use core::ptr::{self, NonNull};
 use crate::aging::{AgeOp, AgeResult};
 use crate::memslot::{Slot, MAX_SLOTS};
 use crate::pgtable::{
-    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable,
+    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
 use crate::prim::{
     self, warn_on, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox,
@@ -127,6 +147,11 @@ pub(crate) const MAP_MIN_DESCS: usize = 1;
 
 /// rmaps a zap visits between two polls of its `should_stop`.
 const ZAP_BATCH: u64 = 32;
+
+/// Table entries a zap's walk for the tables it emptied visits between two polls of its
+/// `should_stop`.  More than the entries on one path from the root to a 4K table, so that a
+/// step always gets past the gfn it resumed at.
+pub(crate) const TABLE_SCAN_BATCH: u64 = 512;
 
 /// The level of the root tables.
 const ROOT_LEVEL: Level = Level::L512G;
@@ -483,6 +508,8 @@ pub(crate) struct X86Mmu<P: PageOps> {
     /// rmaps per slot id, owned (R1) and shared with lockless agers.
     rmaps: PArc<RmapTable>,
     stats: MmuStats,
+    /// Tables zaps unlinked, freed by [`X86Mmu::free_zapped_tables()`] after the next flush.
+    zapped_tables: ZappedTables,
     _ops: PhantomData<fn() -> P>,
 }
 
@@ -522,6 +549,7 @@ impl<P: PageOps> X86Mmu<P> {
         if nr_roots == 0 || nr_roots > MAX_ROOTS {
             return Err(AllocError);
         }
+        let zapped_tables = ZappedTables::new()?;
         let owner = if ad_enabled { OWNED_AD } else { OWNED_NO_AD };
         rmaps
             .owner
@@ -533,6 +561,7 @@ impl<P: PageOps> X86Mmu<P> {
             ad_enabled,
             rmaps,
             stats: MmuStats::default(),
+            zapped_tables,
             _ops: PhantomData,
         };
         while mmu.nr_roots < nr_roots {
@@ -841,15 +870,36 @@ impl<P: PageOps> X86Mmu<P> {
     /// [`ZAP_BATCH`] rmaps it polls `should_stop`: when that says so (need to reschedule, lock
     /// contention) it returns with the cursor where to resume, after at least one batch.
     ///
+    /// Then it walks the tables of the range in every root and unlinks, bottom-up, every table
+    /// below a root that has no present entry left (a table whose last table it unlinked goes
+    /// too), as KVM's shadow MMU zaps the shadow pages of a deleted memslot
+    /// (`kvm_mmu_prepare_zap_page()`, then `kvm_mmu_commit_zap_page()` after the flush).  They
+    /// wait for [`X86Mmu::free_zapped_tables()`] (I2).  This walk polls `should_stop` every
+    /// [`TABLE_SCAN_BATCH`] entries; when the list of unlinked tables is full, the step returns
+    /// with [`ZapProgress::tables_full`] set: flush, free them, and go on with the same cursor.
+    ///
     /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
-    /// dropping the lock (B7).  Make the cursor with [`ZapCursor::new()`] from the range start.
-    /// A slot without rmaps has nothing to zap.  Never sleeps.
+    /// dropping the lock (see Invalidation in `Documentation/secmmu.rst`), then free the
+    /// unlinked tables.  Make the cursor with [`ZapCursor::new()`] from the range start.  A slot
+    /// without rmaps has nothing to zap.  Never sleeps.
     pub(crate) fn zap_gfn_range_step(
         &mut self,
         slot_id: u32,
         cursor: &mut ZapCursor,
         end_gfn: u64,
         should_stop: &mut dyn FnMut() -> bool,
+    ) -> ZapProgress {
+        self.zap_step(slot_id, cursor, end_gfn, should_stop, true)
+    }
+
+    /// [`X86Mmu::zap_gfn_range_step()`], unlinking the tables it empties if `unlink_tables`.
+    fn zap_step(
+        &mut self,
+        slot_id: u32,
+        cursor: &mut ZapCursor,
+        end_gfn: u64,
+        should_stop: &mut dyn FnMut() -> bool,
+        unlink_tables: bool,
     ) -> ZapProgress {
         let mut progress = ZapProgress::default();
         let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
@@ -862,7 +912,7 @@ impl<P: PageOps> X86Mmu<P> {
         let mut locked = unsafe { MmuWriteLocked::assume() };
 
         let stop_gfn = end_gfn.min(slot.end_gfn());
-        while !cursor.is_done() {
+        while cursor.table_root().is_none() && !cursor.is_done() {
             let level = cursor.level();
             // Cursors at huge levels start aligned, and so does the slot's first block.
             let mut gfn = cursor.gfn().max(level.align_down(slot.base_gfn()));
@@ -880,14 +930,81 @@ impl<P: PageOps> X86Mmu<P> {
                     return progress;
                 }
             }
-            cursor.next_level();
+            if level.larger().is_none() && unlink_tables {
+                cursor.walk_tables(0);
+            } else {
+                cursor.next_level();
+            }
         }
+
+        // The leaves of the range are gone from every root: unlink the tables left empty.
+        let mut budget = TABLE_SCAN_BATCH;
+        while let Some(root) = cursor.table_root() {
+            if root >= self.nr_roots {
+                break;
+            }
+            let from = cursor.gfn().max(slot.base_gfn());
+            let mut walk = TableWalk {
+                zapped: &mut self.zapped_tables,
+                budget,
+                unlinked: 0,
+                full: false,
+            };
+            let resume = if from < stop_gfn {
+                // SAFETY: a root of this MMU, whose lock is held for write (`&mut self`).
+                unsafe {
+                    unlink_empty_tables::<P>(
+                        self.roots[root],
+                        ROOT_LEVEL,
+                        0,
+                        from,
+                        stop_gfn,
+                        &mut walk,
+                    )
+                }
+            } else {
+                None
+            };
+            progress.visited += budget - walk.budget;
+            progress.unlinked_tables += walk.unlinked;
+            budget = walk.budget;
+            let full = walk.full;
+            let Some(gfn) = resume else {
+                cursor.walk_tables(root + 1);
+                continue;
+            };
+            cursor.advance_to(gfn);
+            if full {
+                progress.tables_full = true;
+                return progress;
+            }
+            if should_stop() {
+                return progress;
+            }
+            budget = TABLE_SCAN_BATCH;
+        }
+        cursor.finish();
         progress.done = true;
         progress
     }
 
-    /// Zaps every SPTE of slot `slot_id` in every root, without yielding.  Returns the number
-    /// zapped; flush TLBs if nonzero.
+    /// Frees the tables zaps unlinked.  Call with the MMU lock held for write (`&mut self`),
+    /// after the TLB flush that followed their unlink (the flush a zap's
+    /// [`ZapProgress::needs_flush()`] asks for): then no walker can be inside them (I2).
+    pub(crate) fn free_zapped_tables(&mut self) {
+        let stats = &mut self.stats;
+        self.zapped_tables.drain(|pfn| {
+            // SAFETY: unlinked by a zap of this MMU, without a present entry, so without a
+            // leaf that an rmap could lead a lockless ager to (I1), and not freed since; per the
+            // caller, the flush since waited for every vCPU to leave guest mode, where alone
+            // the lockless walker runs, and walkers under the MMU lock cannot reach it (I2).
+            unsafe { P::free_table(pfn) };
+            stats.tables_freed += 1;
+        });
+    }
+
+    /// Zaps every SPTE of slot `slot_id` in every root, without yielding and without unlinking
+    /// tables.  Returns the number zapped; flush TLBs if nonzero.
     pub(crate) fn zap_slot(&mut self, slot_id: u32) -> u64 {
         let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
             return 0;
@@ -897,14 +1014,14 @@ impl<P: PageOps> X86Mmu<P> {
         }
         let (start, end) = (slot.base_gfn(), slot.end_gfn());
         let mut cursor = ZapCursor::new(start);
-        let progress = self.zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
+        let progress = self.zap_step(slot_id, &mut cursor, end, &mut || false, false);
         debug_assert!(progress.done);
         progress.zapped
     }
 
-    /// Zaps every SPTE of every slot in every root (release, teardown), without yielding.
+    /// Zaps every SPTE of every slot in every root (teardown, tests), without yielding.
     /// Returns the number zapped; flush TLBs if nonzero.  The tables stay, empty, until the
-    /// MMU is dropped: walkers may still be in them.
+    /// MMU is dropped or a zap of their range unlinks them: walkers may still be in them.
     pub(crate) fn zap_all(&mut self) -> u64 {
         (0..MAX_SLOTS as u32).map(|id| self.zap_slot(id)).sum()
     }
@@ -1091,6 +1208,8 @@ impl<P: PageOps> Drop for X86Mmu<P> {
         // Empties every rmap (freeing the descriptors) and reports dirty pages: the primary MMU
         // still has every page mapped, or `release()` would have zapped them already.
         self.zap_all();
+        // No walker is left (the owner's guarantee), so no flush is needed first.
+        self.free_zapped_tables();
         for &root in &self.roots[..self.nr_roots] {
             // SAFETY: the root is a table of this MMU that no walker can reach any more (the
             // owner of the MMU guarantees no walker runs once it is dropped), and each table
@@ -1127,6 +1246,87 @@ unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: Level, stats: &mut MmuSta
     // above, were the last users of its entries.
     unsafe { P::free_table(table_pfn) };
     stats.tables_freed += 1;
+}
+
+/// A zap's walk for the tables it emptied ([`unlink_empty_tables()`]).
+struct TableWalk<'a> {
+    /// Where unlinked tables go.
+    zapped: &'a mut ZappedTables,
+    /// Entries the walk may still visit before it stops for a poll.
+    budget: u64,
+    /// Tables unlinked.
+    unlinked: u64,
+    /// The walk stopped because `zapped` is full.
+    full: bool,
+}
+
+/// Visits the entries of `table_pfn`, a table at `level` whose first entry maps gfn `base`, that
+/// overlap `[from, end)`, and the tables under them, and unlinks into `walk.zapped` every table
+/// under it that has no present entry once the walk has been through it: bottom-up, so that a
+/// table whose tables all went goes too.  A table the range covers only in part goes as well if
+/// it is empty: its other entries were empty already.
+///
+/// Returns `None` when it is through, or the gfn to resume at (at least `from`) when
+/// `walk.budget` ran out, or when an empty table found no room in `walk.zapped`
+/// (`walk.full`): a walk resumed there visits again the tables on the way to that gfn, which
+/// hold nothing it needs to see before it.
+///
+/// # Safety
+///
+/// `table_pfn` is a table of an `X86Mmu<P>`, linked or a root, whose lock the caller holds for
+/// write.
+unsafe fn unlink_empty_tables<P: PageOps>(
+    table_pfn: u64,
+    level: Level,
+    base: u64,
+    from: u64,
+    end: u64,
+    walk: &mut TableWalk<'_>,
+) -> Option<u64> {
+    // A 4K table links no table.
+    let lower = level.lower()?;
+    // SAFETY: a table of this MMU, per the caller.
+    let table = unsafe { P::table(table_pfn) };
+    let first = (from.saturating_sub(base) >> level.gfn_shift()) as usize;
+    for (i, sptep) in table.iter().enumerate().skip(first) {
+        let gfn = base + ((i as u64) << level.gfn_shift());
+        if gfn >= end {
+            break;
+        }
+        if walk.budget == 0 {
+            return Some(gfn.max(from));
+        }
+        walk.budget -= 1;
+        let e = sptep.load(Ordering::Relaxed);
+        if !spte::is_present(e) || spte::is_leaf(e, level) {
+            continue;
+        }
+        let child = spte::pfn(e);
+        // SAFETY: linked by a present non-leaf SPTE of this MMU (I2); the lock is held.
+        let resume = unsafe { unlink_empty_tables::<P>(child, lower, gfn, from, end, walk) };
+        if resume.is_some() {
+            return resume;
+        }
+        // SAFETY: as above.
+        let entries = unsafe { P::table(child) };
+        if entries
+            .iter()
+            .any(|e| spte::is_present(e.load(Ordering::Relaxed)))
+        {
+            continue;
+        }
+        if walk.zapped.room() == 0 {
+            walk.full = true;
+            return Some(gfn.max(from));
+        }
+        // No present entry: no leaf, so no rmap entry points into the table (I1), and no table
+        // under it.  Relaxed: walkers under the lock are excluded (write side); the lockless
+        // walker may still be inside until the flush that precedes the free (I2).
+        sptep.store(0, Ordering::Relaxed);
+        walk.zapped.push(child);
+        walk.unlinked += 1;
+    }
+    None
 }
 
 /// Zaps every leaf in `table_pfn`, a table at `level` whose first entry maps `first_gfn`, and in
@@ -1197,8 +1397,9 @@ fn install_leaf(
         let mut guard = head.lock(locked);
         // SAFETY: `sptep` is an entry of a table page that stays allocated until the MMU is
         // dropped or the table is unlinked and freed (I2); the MMU's drop first zaps everything,
-        // a collapse zaps every leaf of the table it unlinks, and a cleared leaf leaves its rmap
-        // (I1), so the entry is removed from the rmap before its table is freed.
+        // a collapse zaps every leaf of the table it unlinks, a zap unlinks only tables without
+        // a leaf, and a cleared leaf leaves its rmap (I1), so the entry is removed from the rmap
+        // before its table is freed.
         unsafe { guard.add(NonNull::from(sptep), descs) }
     };
     slot.add_sptes(1);
