@@ -1082,7 +1082,7 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 	const unsigned long rounds = RACE_ROUNDS / test_scale() ?: 1;
 	unsigned long round, i, bad, roots;
 	struct secmmu_stats base, st;
-	int probe, fd, vcpus[2], arm64;
+	int probe, fd, vcpus[2];
 	char *mem;
 
 	/* A space without tables, to read the module-wide count with. */
@@ -1124,13 +1124,10 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 	/* Each page is faulted by a read, then upgraded by a write. */
 	EXPECT_GE(st.faults, rounds * RACE_PAGES);
 	/*
-	 * Each round's slot deletion zapped its GiB: stage-2 freed the tables
-	 * it emptied; the x86 MMU keeps at least one table per level per
-	 * round, below the root, until the space goes.
+	 * Each round's slot deletion zapped its GiB, and freed the tables it
+	 * emptied, in either format: only the roots are left.
 	 */
-	arm64 = variant->format == SECMMU_FMT_ARM64_S2;
-	EXPECT_EQ(arm64, st.table_pages == roots);
-	EXPECT_GE(st.table_pages, roots + (arm64 ? 0 : rounds * 2));
+	EXPECT_EQ(roots, st.table_pages);
 	EXPECT_GT(get_stats(probe).module_table_pages, base.module_table_pages);
 	for (i = 0; i < 2; i++)
 		close(vcpus[i]);
@@ -1147,15 +1144,14 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
  * aligned alike.
  */
 /*
- * Tables a zap leaves empty: stage-2 frees them, as KVM's arm64 unmap does,
- * after the TLB flush; the next faults link new ones. The x86 shadow MMU
- * keeps them until the space goes, as KVM's shadow MMU does. A zap that
- * leaves a table in use frees nothing.
+ * Tables a zap leaves empty are freed after the TLB flush, in either format
+ * (stage-2 as KVM's arm64 unmap does, x86 as KVM's shadow MMU zaps the
+ * shadow pages of a deleted memslot); the next faults link new ones. A zap
+ * that leaves a table in use frees nothing.
  */
 TEST_F(fmt, empty_tables_freed)
 {
 	const unsigned long size = 4 * SZ_1M, gpa = 2 * SZ_1G;
-	int arm64 = variant->format == SECMMU_FMT_ARM64_S2;
 	unsigned long roots, mapped, i;
 	struct secmmu_stats st;
 	struct secmmu_run r;
@@ -1184,7 +1180,7 @@ TEST_F(fmt, empty_tables_freed)
 	ASSERT_EQ(0, madvise(mem, size, MADV_DONTNEED));
 	st = get_stats(fd);
 	EXPECT_EQ(size / PAGE_SZ, st.sptes_zapped);
-	EXPECT_EQ(arm64 ? roots : mapped, st.table_pages);
+	EXPECT_EQ(roots, st.table_pages);
 	/* Faults link tables again, and the data is the host's. */
 	for (i = 0; i < size / PAGE_SZ; i++)
 		*(uint64_t *)(mem + i * PAGE_SZ) = 5 ^ (gpa + i * PAGE_SZ);
@@ -1194,7 +1190,7 @@ TEST_F(fmt, empty_tables_freed)
 	EXPECT_EQ(mapped, get_stats(fd).table_pages);
 	/* Deleting the slot zaps all of it too. */
 	ASSERT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
-	EXPECT_EQ(arm64 ? roots : mapped, get_stats(fd).table_pages);
+	EXPECT_EQ(roots, get_stats(fd).table_pages);
 	close(vcpu);
 	close(fd);
 	munmap(mem, size);
@@ -1490,7 +1486,6 @@ TEST_F(fmt, pte_mapped_thp)
 TEST_F(fmt, collapse)
 {
 	unsigned int lvl = huge_level(variant->format, 1);
-	int arm64 = variant->format == SECMMU_FMT_ARM64_S2;
 	unsigned long present, tables;
 	struct secmmu_stats st;
 	char *mem = alloc_aligned(SZ_2M, MADV_NOHUGEPAGE);
@@ -1518,11 +1513,11 @@ TEST_F(fmt, collapse)
 	if (lvl) {
 		EXPECT_EQ(1, st.mappings_2m);
 		/*
-		 * The 4K table went: x86 keeps tables a zap empties, so the
-		 * 2M leaf replaced it (a collapse); stage-2 freed it with
-		 * the collapse's zap, and the leaf took an empty entry.
+		 * The 4K table went: the collapse's zap freed it (and the
+		 * tables above it left empty), in either format, so the 2M
+		 * leaf took an empty entry rather than replacing a table.
 		 */
-		EXPECT_EQ(arm64 ? 0 : 1, st.collapses);
+		EXPECT_EQ(0, st.collapses);
 		EXPECT_EQ(tables - 1, st.table_pages);
 	}
 	HUGE_TEARDOWN();
