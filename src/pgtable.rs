@@ -277,6 +277,12 @@ pub(crate) enum MapError {
     BadLevel,
     /// The table or descriptor cache was not topped up enough for one map.
     NeedTopup,
+    /// The map needed a new table, and the MMU holds as many table pages as its limit allows
+    /// (the MMU's `set_table_limit()`; the pages it counts are its `table_pages()`, roots and
+    /// unlinked tables not yet freed included).  Nothing was changed but tables linked on the
+    /// way, which count.  The fault fails until zaps free tables (unmapped memory, deleted
+    /// memslots) or the limit is raised.
+    TableLimit,
     /// Another walker changed or owns (locked) an entry on the way: the map lost a race under
     /// the read side of the MMU lock (arm64 stage-2's `-EAGAIN`, protocols E25).  Nothing to
     /// undo: the caller drops nothing and just retries the fault (the vCPU re-enters and faults
@@ -486,7 +492,8 @@ impl ZapProgress {
 /// Counters kept by an MMU under its lock, for statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MmuStats {
-    /// Table pages linked (including roots) since the MMU was made.
+    /// Table pages linked (including roots) since the MMU was made (stage-2 counts a table
+    /// just before it links it, and takes the count back if it loses the race to).
     pub(crate) tables_allocated: u64,
     /// Table pages freed since the MMU was made.
     pub(crate) tables_freed: u64,

@@ -991,6 +991,50 @@ fn zap_stopped_often_still_frees_everything() {
     teardown(f);
 }
 
+/// A table limit: a map that needs a table past it fails and changes nothing (a huge leaf it
+/// would split stays); maps that need no new table go on; once a zap frees tables, or the
+/// limit is raised, maps that need tables work again.
+#[test]
+fn table_limit_refuses_new_tables_until_freed() {
+    const ID: usize = 54;
+    let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
+    let roots = f.mmu.table_pages();
+    f.mmu.set_table_limit(roots + 4);
+    // A 1G table, a 2M table and two 4K tables: up to the limit.
+    assert_eq!(f.map(0, 0, 0x5, 0x10, true).new_tables, 3);
+    assert_eq!(f.map(0, 0, 0x205, 0x11, true).new_tables, 1);
+    assert_eq!(f.mmu.table_pages(), roots + 4);
+    // Past it: a third 4K table, a 2M table of another 1G.
+    for gfn in [0x405, (1 << 18) + 5] {
+        assert_eq!(f.try_map(0, 0, gfn, 0x12, true), Err(MapError::TableLimit));
+        assert_eq!(f.mmu.snapshot(0, gfn), 0);
+    }
+    assert_eq!(f.mmu.table_pages(), roots + 4);
+    assert_eq!(f.mmu.stats().tables_allocated, roots + 4);
+    // No new table needed: a page in a 4K table there is, a 2M leaf in the 2M table.
+    assert_eq!(f.map(0, 0, 0x206, 0x13, false).new_tables, 0);
+    assert_eq!(f.map_huge(0x600, 0x8_0000, MapLevel::L2M).new_tables, 0);
+    // A page under the 2M leaf would split it into a new table: refused, the leaf stays.
+    assert_eq!(
+        f.try_map(0, 0, 0x601, 0x14, true),
+        Err(MapError::TableLimit)
+    );
+    assert_eq!(
+        f.translate(0, 0x601, false).map(|t| (t.pfn, t.level)),
+        Ok((0x8_0001, MapLevel::L2M))
+    );
+    // A zap frees the first 4K table: room for one.
+    assert_eq!(f.zap(0, 0, 0x200).unlinked_tables, 1);
+    assert_eq!(f.map(0, 0, 0x405, 0x12, true).new_tables, 1);
+    assert_eq!(f.try_map(0, 0, 0x5, 0x10, true), Err(MapError::TableLimit));
+    // Raised: the other 1G too.
+    f.mmu.set_table_limit(u64::MAX);
+    assert_eq!(f.map(0, 0, (1 << 18) + 5, 0x15, true).new_tables, 2);
+    assert_eq!(f.map(0, 0, 0x601, 0x14, true).new_tables, 1);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
 #[test]
 fn table_cache_topup_take_drop() {
     const ID: usize = 14;

@@ -1053,6 +1053,51 @@ fn block_maps_fit_every_geometry() {
     }
 }
 
+/// A table limit on stage-2: a map that needs a table past it fails with nothing changed, and
+/// takes nothing from the cache (a block it would break stays); maps that need no new table go
+/// on; once a zap frees tables, maps that need tables work again.
+#[test]
+fn table_limit_refuses_new_tables_until_freed() {
+    const ID: usize = 55;
+    let mut f = Fixture::<ID>::new(1, 40, true);
+    let pgd = f.mmu.table_pages();
+    f.mmu.set_table_limit(pgd + 2);
+    // 40 bits: start level 1, a level-2 table and a leaf table for the first page.
+    assert_eq!(f.map(0, 0x5, 0x10, true).new_tables, 2);
+    assert_eq!(f.mmu.table_pages(), pgd + 2);
+    let cached = f.tables.borrow().len();
+    for gfn in [0x205, 0x4_0005] {
+        assert_eq!(f.try_map(0, gfn, 0x11, true), Err(MapError::TableLimit));
+        assert_eq!(f.mmu.entry(0, gfn).map(|(_, v, _)| v), Some(0));
+    }
+    assert_eq!(f.tables.borrow().len(), cached);
+    assert_eq!(f.mmu.stats().tables_allocated, pgd + 2);
+    assert_eq!(f.mmu.eagain(), 0);
+    // No new table needed: a page next to the first, a 2M block in the level-2 table.
+    assert_eq!(f.map(0, 0x6, 0x12, false).new_tables, 0);
+    let o = f
+        .try_map_at(0, 0x400, 0x8_0000, false, MapLevel::L2M)
+        .unwrap();
+    assert_eq!(o.new_tables, 0);
+    // A page under the block would break it into a new table: refused, no flush, the block
+    // stays.
+    assert_eq!(f.try_map(0, 0x401, 0x13, true), Err(MapError::TableLimit));
+    assert_eq!(f.flushes.get(), 0);
+    assert_eq!(
+        f.translate(0, 0x401, false).map(|t| (t.pfn, t.level)),
+        Ok((0x8_0001, MapLevel::L2M))
+    );
+    // A zap frees the leaf table: room for one.
+    assert_eq!(f.zap(0, 0x200).unlinked_tables, 1);
+    assert_eq!(f.map(0, 0x205, 0x11, true).new_tables, 1);
+    assert_eq!(f.try_map(0, 0x5, 0x10, true), Err(MapError::TableLimit));
+    f.mmu.set_table_limit(u64::MAX);
+    assert_eq!(f.map(0, 0x4_0005, 0x14, true).new_tables, 2);
+    assert_eq!(f.map(0, 0x401, 0x13, true).new_tables, 1);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
 #[test]
 fn table_cache_put_back() {
     const ID: usize = 34;

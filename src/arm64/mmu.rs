@@ -332,6 +332,8 @@ pub(crate) struct S2Mmu<P: PageOps> {
     counters: Counters,
     /// Tables zaps unlinked, freed by [`S2Mmu::free_zapped_tables()`] after the next flush.
     zapped_tables: ZappedTables,
+    /// Most table pages the MMU may hold ([`S2Mmu::set_table_limit()`]).
+    table_limit: u64,
     _ops: PhantomData<fn() -> P>,
 }
 
@@ -355,6 +357,7 @@ impl<P: PageOps> S2Mmu<P> {
             hw_af,
             counters: Counters::default(),
             zapped_tables: ZappedTables::new()?,
+            table_limit: u64::MAX,
             _ops: PhantomData,
         };
         while mmu.pgd_allocated < mmu.pgd.len() {
@@ -442,6 +445,38 @@ impl<P: PageOps> S2Mmu<P> {
         }
     }
 
+    /// Limits the table pages the MMU may hold ([`S2Mmu::table_pages()`]) to `pages`: from
+    /// now on, a map that needs a new table while the MMU holds `pages` or more fails with
+    /// [`MapError::TableLimit`].  Tables already linked stay.  No limit at first (`u64::MAX`).
+    pub(crate) fn set_table_limit(&mut self, pages: u64) {
+        self.table_limit = pages;
+    }
+
+    /// Counts a table about to be linked in [`MmuStats::tables_allocated`], unless the MMU
+    /// holds its limit of table pages already ([`MapError::TableLimit`]).  Counting first makes
+    /// the limit exact with maps racing under the read side: each one's count is in before it
+    /// links.  A map that does not link the table after all gives its count back
+    /// ([`S2Mmu::unreserve_table()`]).
+    fn reserve_table(&self) -> Result<(), MapError> {
+        let c = &self.counters;
+        // Tables are freed only under the write side, which the caller's read side excludes:
+        // `tables_freed` does not change meanwhile.
+        let freed = Counters::get(&c.tables_freed);
+        c.tables_allocated
+            .fetch_update(CounterOrdering::Relaxed, CounterOrdering::Relaxed, |n| {
+                (n - freed < self.table_limit).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| MapError::TableLimit)
+    }
+
+    /// Gives back the count of [`S2Mmu::reserve_table()`] for a table that was not linked.
+    fn unreserve_table(&self) {
+        self.counters
+            .tables_allocated
+            .fetch_sub(1, CounterOrdering::Relaxed);
+    }
+
     /// Table pages allocated now, start-level tables included.
     pub(crate) fn table_pages(&self) -> u64 {
         self.stats().table_pages()
@@ -498,9 +533,11 @@ impl<P: PageOps> S2Mmu<P> {
     /// [`MapError::BadRoot`], [`MapError::BadLevel`] if `level` is larger than
     /// [`S2Mmu::max_map_level()`] (nothing is linked then), [`MapError::BadGfn`] outside the
     /// space or not aligned to `level`, [`MapError::BadPfn`], [`MapError::NeedTopup`] if
-    /// `tables` holds fewer than [`S2Mmu::map_min_tables()`], and [`MapError::Again`] if another
-    /// walker changed or locked an entry on the way (counted in [`S2Mmu::eagain()`]): retry the
-    /// fault, nothing to drop.  A lock is never taken over (E25).
+    /// `tables` holds fewer than [`S2Mmu::map_min_tables()`], [`MapError::TableLimit`] if a
+    /// table is needed while the MMU holds its limit of table pages
+    /// ([`S2Mmu::set_table_limit()`]; a block is not broken for it), and [`MapError::Again`] if
+    /// another walker changed or locked an entry on the way (counted in [`S2Mmu::eagain()`]):
+    /// retry the fault, nothing to drop.  A lock is never taken over.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn map(
         &self,
@@ -636,8 +673,13 @@ impl<P: PageOps> S2Mmu<P> {
             // Another walker owns the entry (I2, E25).
             return self.again();
         }
+        // Before a block is broken for it: a map refused for the limit changes nothing.
+        self.reserve_table()?;
         // Cannot fail: checked against `map_min_tables()`, one per level.
-        let new_pfn = tables.take().ok_or(MapError::NeedTopup)?;
+        let Some(new_pfn) = tables.take() else {
+            self.unreserve_table();
+            return Err(MapError::NeedTopup);
+        };
         let new = pte::make_table(new_pfn);
 
         if pte::is_valid(old) {
@@ -646,10 +688,10 @@ impl<P: PageOps> S2Mmu<P> {
             if !pte::try_break(ptep, old, flush) {
                 // SAFETY: taken from `tables` above, never linked, still zeroed.
                 unsafe { tables.put_back(new_pfn) };
+                self.unreserve_table();
                 return self.again();
             }
             self.leaf_removed(old);
-            Counters::add(&self.counters.tables_allocated, 1);
             *new_tables += 1;
             // Release (in `make()`): walkers that load the table entry see the zeroed table.
             pte::make(ptep, new);
@@ -661,7 +703,6 @@ impl<P: PageOps> S2Mmu<P> {
         // valid, so there is nothing to flush (E26): no break is needed.
         match pte::try_set(ptep, old, new) {
             Ok(()) => {
-                Counters::add(&self.counters.tables_allocated, 1);
                 *new_tables += 1;
                 Ok(new_pfn)
             }
@@ -669,6 +710,7 @@ impl<P: PageOps> S2Mmu<P> {
                 // SAFETY: taken from `tables` above; the compare-exchange failed, so it was never
                 // linked and nobody wrote to it: still zeroed, reachable only by us.
                 unsafe { tables.put_back(new_pfn) };
+                self.unreserve_table();
                 if pte::is_table(cur, level) {
                     // The winner's table: go on in it.  The Acquire of the failed compare-exchange pairs with the winner's
                     // Release: its table is seen zeroed.

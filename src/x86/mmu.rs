@@ -510,6 +510,8 @@ pub(crate) struct X86Mmu<P: PageOps> {
     stats: MmuStats,
     /// Tables zaps unlinked, freed by [`X86Mmu::free_zapped_tables()`] after the next flush.
     zapped_tables: ZappedTables,
+    /// Most table pages the MMU may hold ([`X86Mmu::set_table_limit()`]).
+    table_limit: u64,
     _ops: PhantomData<fn() -> P>,
 }
 
@@ -562,6 +564,7 @@ impl<P: PageOps> X86Mmu<P> {
             rmaps,
             stats: MmuStats::default(),
             zapped_tables,
+            table_limit: u64::MAX,
             _ops: PhantomData,
         };
         while mmu.nr_roots < nr_roots {
@@ -611,6 +614,13 @@ impl<P: PageOps> X86Mmu<P> {
     /// The counters.
     pub(crate) fn stats(&self) -> MmuStats {
         self.stats
+    }
+
+    /// Limits the table pages the MMU may hold ([`X86Mmu::table_pages()`]) to `pages`: from
+    /// now on, a map that needs a new table while the MMU holds `pages` or more fails with
+    /// [`MapError::TableLimit`].  Tables already linked stay.  No limit at first (`u64::MAX`).
+    pub(crate) fn set_table_limit(&mut self, pages: u64) {
+        self.table_limit = pages;
     }
 
     /// Table pages allocated now, roots included.
@@ -669,8 +679,10 @@ impl<P: PageOps> X86Mmu<P> {
     ///   MMU lock ([`MapOutcome::needs_flush()`]).
     ///
     /// `tables` must hold [`MAP_MIN_TABLES`] and `descs` [`MAP_MIN_DESCS`], or the map fails
-    /// with [`MapError::NeedTopup`] before changing anything.  `&mut self`: the MMU lock is held
-    /// for write.
+    /// with [`MapError::NeedTopup`] before changing anything.  A map that needs a new table
+    /// while the MMU holds its limit of table pages fails with [`MapError::TableLimit`]
+    /// ([`X86Mmu::set_table_limit()`]), leaving linked the tables it linked on the way.
+    /// `&mut self`: the MMU lock is held for write.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn map(
         &mut self,
@@ -772,6 +784,7 @@ impl<P: PageOps> X86Mmu<P> {
             return Err(MapError::NeedTopup);
         }
         let stats = &mut self.stats;
+        let table_limit = self.table_limit;
         // An `&mut X86Mmu` is only reachable through the MMU lock's write guard (a spinning
         // lock: preemption is off) or before the MMU is shared.  The token dies with this call.
         // SAFETY: `&mut self` proves the MMU lock is held for write.
@@ -788,6 +801,11 @@ impl<P: PageOps> X86Mmu<P> {
             // a flush waited for walkers (I2); we hold the lock, so it is linked now.
             let sptep = &unsafe { P::table(table_pfn) }[level.index(m.gfn)];
             let mut e = sptep.load(Ordering::Relaxed);
+            let needs_table = !spte::is_present(e) || spte::is_leaf(e, level);
+            if needs_table && stats.table_pages() >= table_limit {
+                // Before a huge leaf is zapped for it: the failed map changes nothing.
+                return Err(MapError::TableLimit);
+            }
             if spte::is_present(e) && spte::is_leaf(e, level) {
                 // A huge leaf where a table must go: zap it, then link a table instead.
                 drop_leaf::<P>(
