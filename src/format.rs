@@ -77,8 +77,6 @@ impl Pgt {
 
     /// The largest leaf a map may install: the fault path clamps the level it maps at to this
     /// (a stage-2 walk that starts at level 2 has no 1G entry, and its `map()` refuses 1G).
-    // Until `vcpu.rs` clamps with it.
-    #[allow(dead_code)]
     pub(crate) fn max_map_level(&self) -> MapLevel {
         match self {
             Pgt::X86(m) => m.max_map_level(),
