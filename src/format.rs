@@ -89,8 +89,6 @@ impl Pgt {
     /// past it, a map that needs a new table fails with
     /// `MapError::TableLimit` (nothing changed; the fault fails until zaps
     /// free tables). MMU lock held for write.
-    // Until `space.rs` sets one.
-    #[allow(dead_code)]
     pub(crate) fn set_table_limit(&mut self, pages: u64) {
         match self {
             Pgt::X86(m) => m.set_table_limit(pages),

@@ -63,6 +63,10 @@ module! {
             default: false,
             description: "Age (clear_young/test_young) under the MMU lock even where A/D bits allow lockless aging",
         },
+        max_table_pages: u64 {
+            default: 262144,
+            description: "Page-table pages one space may hold (default 1 GiB worth); past it, faults fail with ENOSPC",
+        },
     },
 }
 
@@ -101,7 +105,11 @@ impl MiscDevice for SecmmuDevice {
         let task = kernel::current!();
         // A kernel thread has no mm to mirror.
         let mm = task.mm().ok_or(EINVAL)?;
-        Space::create(mm, module_parameters::aging_locked.value())
+        Space::create(
+            mm,
+            module_parameters::aging_locked.value(),
+            module_parameters::max_table_pages.value(),
+        )
     }
 
     fn ioctl(space: ArcBorrow<'_, Space>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {

@@ -88,6 +88,10 @@ pub(crate) struct Space {
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
+    /// The most table pages the space's tables may hold (module parameter
+    /// `max_table_pages`, read at open): past it, faults that need a new
+    /// table fail with `ENOSPC` until zaps free some.
+    max_table_pages: u64,
     /// The walkers keep accessed (and, on x86, dirty) state in the entries:
     /// true unless SECMMU_CONFIGURE asked for `SECMMU_CFG_NO_AD`. Written
     /// once, before the space has tables.
@@ -120,7 +124,12 @@ struct Zapped {
 
 impl Space {
     /// Creates a space for the calling task's mm and subscribes to it.
-    pub(crate) fn create(mm: &MmWithUser, aging_locked: bool) -> Result<Arc<Self>> {
+    /// Its tables may hold at most `max_table_pages` pages.
+    pub(crate) fn create(
+        mm: &MmWithUser,
+        aging_locked: bool,
+        max_table_pages: u64,
+    ) -> Result<Arc<Self>> {
         let rmaps = RmapTable::new().map_err(|_| ENOMEM)?;
         let space = Arc::pin_init(
             try_pin_init!(Self {
@@ -133,6 +142,7 @@ impl Space {
                 }),
                 rmaps,
                 aging_locked,
+                max_table_pages,
                 ad_enabled: AtomicBool::new(true),
                 format: AtomicU32::new(0),
                 vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
@@ -211,13 +221,14 @@ impl Space {
         let ad_enabled = cfg.flags & uapi::CFG_NO_AD == 0;
         let nr_roots = cfg.nr_roots as usize;
         // Allocates the roots: may sleep, so before the MMU lock.
-        let mmu = match cfg.format {
+        let mut mmu = match cfg.format {
             uapi::FMT_X86_EPT4 => Pgt::X86(
                 X86Mmu::with_rmap_table(nr_roots, ad_enabled, self.rmaps.clone())
                     .map_err(|_| ENOMEM)?,
             ),
             _ => Pgt::S2(S2Mmu::new(nr_roots, ia_bits, ad_enabled).map_err(|_| ENOMEM)?),
         };
+        mmu.set_table_limit(self.max_table_pages);
         self.ad_enabled.store(ad_enabled, Ordering::Relaxed);
         self.mmu.write().mmu = Some(mmu);
         // Release: an ager that sees the format sees the tables published

@@ -416,7 +416,11 @@ impl Vcpu {
                 unsafe { bindings::secmmu_set_page_dirty(pfn as usize) };
             }
             put_page();
-            let outcome = mapped.map_err(|_| ENOMEM)?;
+            let outcome = mapped.map_err(|e| match e {
+                // The space holds its limit of table pages.
+                MapError::TableLimit => ENOSPC,
+                _ => ENOMEM,
+            })?;
             space.stats.faults.inc();
             if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
                 space.stats.mappings[m.level.idx()].inc();

@@ -165,7 +165,10 @@ struct secmmu_snapshot {
  * returns -EFAULT with @exit_reason SECMMU_EXIT_MEMORY_FAULT, the guest
  * address in @exit_gpa, the access in @exit_flags and the pass in
  * @exit_pass, so userspace can skip it and resume. A pending signal
- * returns -EINTR with the position in the same fields.
+ * returns -EINTR with the position in the same fields. -ENOSPC: the space
+ * holds the most page-table pages it may (module parameter
+ * max_table_pages) and the fault needs another; -ENOMEM: out of memory.
+ * -EBUSY: another thread is running the vCPU.
  */
 #define SECMMU_RUN_WRITE	1
 #define SECMMU_RUN_READ		2
