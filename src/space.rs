@@ -882,10 +882,15 @@ impl Space {
 }
 
 /// Frees a detached slot's rmaps once no lockless ager can still see them.
+///
+/// The grace period is expedited, as KVM's memslot updates wait with
+/// `synchronize_srcu_expedited()`: a deletion is a control-plane call that
+/// userspace waits for, and a normal grace period (tens of ms) made a VMM
+/// that creates and deletes slots in a loop crawl.
 fn free_detached(rmaps: DetachedRmaps) {
     // SAFETY: Waits for every preempt-disabled (RCU) reader; may sleep, and
     // no lock is held here.
-    unsafe { crate::bindings::synchronize_rcu() };
+    unsafe { crate::bindings::synchronize_rcu_expedited() };
     // SAFETY: A grace period has passed since the slot was detached: lockless
     // agers, which run with preemption disabled, cannot reach it any more.
     unsafe { rmaps.free_after_grace_period() };
