@@ -8,8 +8,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -45,14 +47,18 @@ static inline const char *format_name(unsigned int format)
 	return format == SECMMU_FMT_ARM64_S2 ? "arm64" : "x86";
 }
 
-/* A space configured with @nr_roots roots of page-table format @format. */
-static inline int space_create(unsigned int format, unsigned int nr_roots,
-			       unsigned int flags)
+/*
+ * A space configured with @nr_roots roots of page-table format @format and
+ * @ia_bits guest-physical bits (0: the format's default, 48).
+ */
+static inline int space_create_ia(unsigned int format, unsigned int nr_roots,
+				  unsigned int flags, unsigned int ia_bits)
 {
 	struct secmmu_config cfg = {
 		.flags = flags,
 		.format = format,
 		.nr_roots = nr_roots,
+		.ia_bits = ia_bits,
 	};
 	int fd = open("/dev/secmmu", O_RDWR | O_CLOEXEC);
 
@@ -65,6 +71,13 @@ static inline int space_create(unsigned int format, unsigned int nr_roots,
 		return err;
 	}
 	return fd;
+}
+
+/* A space configured with @nr_roots roots of page-table format @format. */
+static inline int space_create(unsigned int format, unsigned int nr_roots,
+			       unsigned int flags)
+{
+	return space_create_ia(format, nr_roots, flags, 0);
 }
 
 static inline int set_slot(int fd, unsigned int slot, unsigned int flags,
@@ -163,6 +176,45 @@ static inline int test_young(int fd, const void *hva)
 	int ret = ioctl(fd, SECMMU_TEST_YOUNG, &t);
 
 	return ret < 0 ? -errno : ret;
+}
+
+/*
+ * SECMMU_AUDIT: checks every leaf of every root against the primary MMU.
+ * 0 with @a filled in, or -errno (-ENOTTY: a module without the auditor).
+ */
+static inline int audit_space(int fd, struct secmmu_audit *a)
+{
+	memset(a, 0, sizeof(*a));
+	return secmmu_ioctl(fd, SECMMU_AUDIT, a);
+}
+
+/* Seconds on the monotonic clock. */
+static inline double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static inline void secmmu_noop_handler(int sig)
+{
+	(void)sig;
+}
+
+/*
+ * Makes @sig interrupt, with a handler that does nothing and without
+ * SA_RESTART: an ioctl sleeping interruptibly, or a RUN checking for
+ * signals, returns EINTR when it arrives; one that does neither does not.
+ */
+static inline int catch_signal(int sig)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = secmmu_noop_handler;
+	sigemptyset(&sa.sa_mask);
+	return sigaction(sig, &sa, NULL);
 }
 
 /* Send @fd over the unix socket @sock (SCM_RIGHTS). */

@@ -86,8 +86,27 @@ FIXTURE_SETUP(mirror)
 	ASSERT_GE(self->vcpu, 0);
 }
 
+/*
+ * Every leaf of @fd's page tables is backed by the primary MMU as the
+ * SECMMU_AUDIT auditor sees it, checked with EXPECTs so a teardown goes on.
+ * A module without the auditor (ENOTTY) is not audited.
+ */
+static void expect_coherent(struct __test_metadata *_metadata, int fd)
+{
+	struct secmmu_audit a;
+	int ret = audit_space(fd, &a);
+
+	if (ret == -ENOTTY)
+		return;
+	EXPECT_EQ(0, ret) TH_LOG("SECMMU_AUDIT: %s", strerror(-ret));
+	EXPECT_EQ(0, a.mismatches)
+		TH_LOG("audit: %llu of %llu leaves incoherent, the first at gpa %#llx in root %u",
+		       a.mismatches, a.leaves, a.first_gpa, a.first_root);
+}
+
 FIXTURE_TEARDOWN(mirror)
 {
+	expect_coherent(_metadata, self->fd);
 	close(self->vcpu);
 	close(self->fd);
 	munmap(self->mem, SIZE);
@@ -1317,7 +1336,11 @@ static long guest_bad(int vcpu, unsigned long gpa, unsigned long size,
 	vcpu = vcpu_create(fd, 0);					\
 	ASSERT_GE(vcpu, 0)
 
-#define HUGE_TEARDOWN()	do { close(vcpu); close(fd); } while (0)
+#define HUGE_TEARDOWN()	do {						\
+	expect_coherent(_metadata, fd);					\
+	close(vcpu);							\
+	close(fd);							\
+} while (0)
 
 /* A 2M-aligned THP-backed slot maps with 2M entries. */
 TEST_F(fmt, thp_map)
