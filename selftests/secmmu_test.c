@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <stdint.h>
 
 #include "secmmu_lib.h"
 #include "kselftest_harness.h"
@@ -243,6 +244,57 @@ TEST(unload_while_open)
 	ASSERT_GE(fd, 0);
 	EXPECT_EQ(SECMMU_API_VERSION, ioctl(fd, SECMMU_GET_API_VERSION, 0));
 	close(fd);
+}
+
+/* A configured space with one slot of @size bytes at guest address 0. */
+static int space_with_slot(char **mem, unsigned long size)
+{
+	int fd = space_create(SECMMU_FMT_X86_EPT4, 1, 0);
+
+	if (fd < 0)
+		return fd;
+	*mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (*mem == MAP_FAILED || set_slot(fd, 0, 0, 0, size, *mem)) {
+		close(fd);
+		return -ENOMEM;
+	}
+	return fd;
+}
+
+/*
+ * Deleting a slot (memory_size 0) checks its flags like creating one does:
+ * unknown flags are EINVAL, and the slot stays, still mapped and usable.
+ */
+TEST(delete_unknown_flags)
+{
+	static const unsigned int bad[] = { 1u << 1, 1u << 16, 1u << 31 };
+	struct secmmu_memslot m = { .slot = 0 };
+	unsigned int i;
+	int fd, vcpu;
+	char *mem;
+
+	fd = space_with_slot(&mem, 4 * PAGE_SZ);
+	ASSERT_GE(fd, 0) TH_LOG("space: %s", strerror(-fd));
+	vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(vcpu, 0);
+	for (i = 0; i < ARRAY_SIZE(bad); i++) {
+		m.flags = bad[i];
+		EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_SET_MEMSLOT, &m))
+			TH_LOG("delete with flags %#x was accepted", bad[i]);
+		/* Still there: creating it again is EBUSY, the guest reaches it. */
+		EXPECT_EQ(-EBUSY, set_slot(fd, 0, 0, 0, 4 * PAGE_SZ, mem))
+			TH_LOG("flags %#x: the slot was deleted", bad[i]);
+		EXPECT_EQ(0, run_range(vcpu, SECMMU_RUN_WRITE, 0, 4 * PAGE_SZ,
+				       PAGE_SZ, i, NULL));
+		EXPECT_EQ(i ^ (3 * PAGE_SZ), *(uint64_t *)(mem + 3 * PAGE_SZ));
+	}
+	/* A well-formed deletion works. */
+	EXPECT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
+	EXPECT_EQ(-ENOENT, set_slot(fd, 0, 0, 0, 0, NULL));
+	close(vcpu);
+	close(fd);
+	munmap(mem, 4 * PAGE_SZ);
 }
 
 TEST_HARNESS_MAIN
