@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -295,6 +296,75 @@ TEST(delete_unknown_flags)
 	close(vcpu);
 	close(fd);
 	munmap(mem, 4 * PAGE_SZ);
+}
+
+/* The lowest free file descriptor number. */
+static int lowest_free_fd(void)
+{
+	int fd = dup(0);
+
+	if (fd >= 0)
+		close(fd);
+	return fd;
+}
+
+/*
+ * vCPU ids are given back: by a creation that fails after taking one (no
+ * file descriptor left: EMFILE), and by closing a vCPU. A space has
+ * SECMMU_MAX_VCPUS of them; more failures or closes than that must not
+ * leave it unable to create vCPUs (ENOSPC).
+ */
+TEST(vcpu_id_reuse)
+{
+	const int n = SECMMU_MAX_VCPUS;
+	struct rlimit old, low;
+	int fd, i, ret, vcpus[SECMMU_MAX_VCPUS], round;
+
+	fd = space_create(SECMMU_FMT_X86_EPT4, 1, 0);
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, getrlimit(RLIMIT_NOFILE, &old));
+
+	/* No descriptor left: every creation fails with EMFILE. */
+	low = old;
+	low.rlim_cur = lowest_free_fd();
+	ASSERT_GT(low.rlim_cur, 0);
+	ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &low));
+	for (i = 0; i < 2 * n; i++) {
+		ret = vcpu_create(fd, 0);
+		if (ret >= 0)
+			close(ret);
+		EXPECT_EQ(-EMFILE, ret) TH_LOG("creation %d: %s", i, strerror(-ret));
+		if (ret != -EMFILE)
+			break;
+	}
+	ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &old));
+	/* None of them kept an id. */
+	for (i = 0; i < n; i++) {
+		vcpus[i] = vcpu_create(fd, 0);
+		ASSERT_GE(vcpus[i], 0)
+			TH_LOG("vCPU %d after %d failed creations: %s", i, 2 * n,
+			       strerror(-vcpus[i]));
+	}
+	EXPECT_EQ(-ENOSPC, vcpu_create(fd, 0));
+	for (i = 0; i < n; i++)
+		close(vcpus[i]);
+	close(fd);
+
+	/* Closed vCPUs give their ids back, round after round. */
+	fd = space_create(SECMMU_FMT_X86_EPT4, 1, 0);
+	ASSERT_GE(fd, 0);
+	for (round = 0; round < 3; round++) {
+		for (i = 0; i < n; i++) {
+			vcpus[i] = vcpu_create(fd, 0);
+			ASSERT_GE(vcpus[i], 0)
+				TH_LOG("round %d, vCPU %d: %s", round, i,
+				       strerror(-vcpus[i]));
+		}
+		EXPECT_EQ(-ENOSPC, vcpu_create(fd, 0));
+		for (i = 0; i < n; i++)
+			ASSERT_EQ(0, close(vcpus[i]));
+	}
+	close(fd);
 }
 
 TEST_HARNESS_MAIN
