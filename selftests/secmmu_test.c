@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -365,6 +366,129 @@ TEST(vcpu_id_reuse)
 			ASSERT_EQ(0, close(vcpus[i]));
 	}
 	close(fd);
+}
+
+struct busy_runner {
+	int vcpu;
+	unsigned int passes;
+	int ret;
+	struct secmmu_run run;
+	int done;		/* __atomic */
+	pid_t tid;
+	double t_end;
+};
+
+static void *busy_run_fn(void *arg)
+{
+	struct busy_runner *b = arg;
+
+	__atomic_store_n(&b->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+	b->run = (struct secmmu_run){
+		.op = SECMMU_RUN_WRITE, .start = 0, .end = 16 * PAGE_SZ,
+		.stride = PAGE_SZ, .pattern = 1, .passes = b->passes,
+	};
+	b->ret = vcpu_run(b->vcpu, &b->run);
+	b->t_end = now_s();
+	__atomic_store_n(&b->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* Scheduler state of thread @tid of this process ('R', 'S', 'D', ...). */
+static char task_state(pid_t tid)
+{
+	char path[64], buf[512], *p;
+	int fd, n;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return '?';
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return '?';
+	buf[n] = 0;
+	p = strrchr(buf, ')');
+	return p && p[1] && p[2] ? p[2] : '?';
+}
+
+/* Waits up to @secs for @b to finish; true if it did. */
+static int wait_done(struct busy_runner *b, double secs)
+{
+	double end = now_s() + secs;
+
+	while (!__atomic_load_n(&b->done, __ATOMIC_ACQUIRE) && now_s() < end)
+		usleep(10000);
+	return __atomic_load_n(&b->done, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * A RUN on a vCPU another thread is running fails at once with EBUSY, or
+ * waits interruptibly: a signal ends the wait with EINTR. It never sleeps
+ * uninterruptibly until the other RUN ends (a hung task, if that RUN runs
+ * for long). Thread A runs a RUN of "forever" (2^32-1 passes), B a short
+ * RUN on the same vCPU, then B gets a signal: B must have returned within
+ * a couple of seconds. A is stopped by a signal of its own afterwards.
+ */
+TEST(run_busy)
+{
+	struct busy_runner a = { .passes = ~0u }, b = { .passes = 1 };
+	pthread_t ta, tb;
+	char *mem, state;
+	double t0, waited;
+	int fd, round, b_done;
+
+	ASSERT_EQ(0, catch_signal(SIGUSR1));
+	fd = space_with_slot(&mem, 16 * PAGE_SZ);
+	ASSERT_GE(fd, 0);
+	a.vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(a.vcpu, 0);
+	b.vcpu = a.vcpu;
+	for (round = 0; round < 3; round++) {
+		a.done = 0;
+		b.done = 0;
+		state = '-';
+		ASSERT_EQ(0, pthread_create(&ta, NULL, busy_run_fn, &a));
+		/* A is in its RUN once it wrote the slot's first page. */
+		while (__atomic_load_n((uint64_t *)mem, __ATOMIC_RELAXED) != 1 &&
+		       !__atomic_load_n(&a.done, __ATOMIC_ACQUIRE))
+			usleep(1000);
+		usleep(50000);
+		ASSERT_FALSE(__atomic_load_n(&a.done, __ATOMIC_ACQUIRE))
+			TH_LOG("A's RUN ended: %d", a.ret);
+		t0 = now_s();
+		ASSERT_EQ(0, pthread_create(&tb, NULL, busy_run_fn, &b));
+		while (!__atomic_load_n(&b.tid, __ATOMIC_ACQUIRE))
+			usleep(1000);
+		/* Give B time to block, then signal it (it alone). */
+		if (!wait_done(&b, 0.5)) {
+			state = task_state(b.tid);
+			pthread_kill(tb, SIGUSR1);
+			wait_done(&b, 2);
+		}
+		waited = now_s() - t0;
+		b_done = __atomic_load_n(&b.done, __ATOMIC_ACQUIRE);
+		if (!b_done)
+			TH_LOG("round %d: B's RUN still waits %.1f s after a signal, in state %c",
+			       round, waited, state);
+		/* Stop A (B, if it still waits, then gets the vCPU and runs once). */
+		pthread_kill(ta, SIGUSR1);
+		pthread_join(ta, NULL);
+		pthread_join(tb, NULL);
+		EXPECT_EQ(-EINTR, a.ret);
+		EXPECT_TRUE(b.ret == -EBUSY || b.ret == -EINTR)
+			TH_LOG("round %d: B's RUN returned %d (%s) after %.1f s, state %c",
+			       round, b.ret, strerror(-b.ret), b.t_end - t0, state);
+		/* Done on its own, before A's RUN ended. */
+		EXPECT_TRUE(b_done);
+		EXPECT_LT(b.t_end - t0, 2.5);
+		b.tid = 0;
+		if (_metadata->exit_code)
+			break;
+	}
+	close(a.vcpu);
+	close(fd);
+	munmap(mem, 16 * PAGE_SZ);
 }
 
 TEST_HARNESS_MAIN
