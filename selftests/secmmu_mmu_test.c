@@ -1777,4 +1777,126 @@ TEST_F_TIMEOUT(fmt, bbm_race, 300)
 	munmap(mem, BBM_SIZE);
 }
 
+/*
+ * Every stage-2 geometry (ia_bits 32 to 48: start level 2, 1 or 0, one to
+ * 16 concatenated start-level tables) with every backing: 4K pages, THP,
+ * 2M and 1G hugetlb pages (each skipped if the VM has none), in a slot at
+ * the bottom and at the top of the guest-physical space. The guest writes
+ * then verifies every page (first word, stride 4K), and the first and last
+ * words of the slot. A geometry that cannot map what a fault asks for at
+ * the level asked (e.g. a 1G block where the start level is 2) must map it
+ * smaller; a fault that "succeeds" without mapping the page would fault
+ * forever: every RUN has an alarm, whose signal ends it with EINTR. x86
+ * has one geometry, 48 bits: it runs the same backings and slots.
+ */
+enum geo_backing { GEO_4K, GEO_THP, GEO_2M, GEO_1G, GEO_NR };
+
+static const char *const geo_backing_name[GEO_NR] = {
+	"4K", "THP", "hugetlb-2M", "hugetlb-1G",
+};
+
+/* One RUN of @op over [gpa, gpa + size) by @stride, ended by an alarm. */
+static int geo_run(int vcpu, unsigned int op, unsigned long gpa,
+		   unsigned long size, unsigned long stride, unsigned long pattern,
+		   struct secmmu_run *r)
+{
+	int ret;
+
+	alarm(10);
+	ret = run_range(vcpu, op, gpa, gpa + size, stride, pattern, r);
+	alarm(0);
+	return ret;
+}
+
+/* Writes and verifies the slot; 0, or a description of what went wrong. */
+static const char *geo_check(int vcpu, unsigned long gpa, unsigned long size,
+			     unsigned long stride, unsigned long pattern,
+			     struct secmmu_run *r, int *ret)
+{
+	const unsigned long ends[2] = { gpa, gpa + size - 8 };
+	int i;
+
+	*ret = geo_run(vcpu, SECMMU_RUN_WRITE, gpa, size, stride, pattern, r);
+	if (*ret)
+		return "write";
+	*ret = geo_run(vcpu, SECMMU_RUN_VERIFY, gpa, size, stride, pattern, r);
+	if (*ret || r->mismatches)
+		return "verify";
+	for (i = 0; i < 2; i++) {
+		*ret = geo_run(vcpu, SECMMU_RUN_WRITE, ends[i], 8, 8, ~pattern, r);
+		if (*ret)
+			return "write of an end";
+		*ret = geo_run(vcpu, SECMMU_RUN_VERIFY, ends[i], 8, 8, ~pattern, r);
+		if (*ret || r->mismatches)
+			return "verify of an end";
+	}
+	return NULL;
+}
+
+TEST_F_TIMEOUT(fmt, s2_all_geometries, 600)
+{
+	int arm64 = variant->format == SECMMU_FMT_ARM64_S2;
+	unsigned long size[GEO_NR] = { 2 * SZ_2M, 2 * SZ_2M, 2 * SZ_2M, SZ_1G };
+	char *mem[GEO_NR] = {};
+	unsigned int ia, b, top, bad = 0, runs = 0;
+	double t0 = now_s();
+
+	ASSERT_EQ(0, catch_signal(SIGALRM));
+	mem[GEO_4K] = alloc_aligned(size[GEO_4K], MADV_NOHUGEPAGE);
+	ASSERT_NE(NULL, mem[GEO_4K]);
+	mem[GEO_THP] = thp_alloc(size[GEO_THP]);
+	mem[GEO_2M] = hugetlb_alloc(size[GEO_2M], 21);
+	mem[GEO_1G] = hugetlb_alloc(size[GEO_1G], 30);
+	for (b = 0; b < GEO_NR; b++) {
+		/* Fault the hugetlb pages in now: a missing one is a skip. */
+		if (mem[b] && madvise(mem[b], size[b], MADV_POPULATE_WRITE)) {
+			munmap(mem[b], size[b]);
+			mem[b] = NULL;
+		}
+		if (!mem[b])
+			TH_LOG("no %s backing: not tested", geo_backing_name[b]);
+	}
+	for (ia = arm64 ? 32 : 48; ia <= 48; ia++) {
+		for (b = 0; b < GEO_NR; b++) {
+			/* 1G: a stride of 4K times the scale (slow guests). */
+			unsigned long stride = b == GEO_1G ? PAGE_SZ * test_scale() : PAGE_SZ;
+
+			if (!mem[b])
+				continue;
+			for (top = 0; top < 2; top++) {
+				unsigned long gpa = top ? (1UL << ia) - size[b] : 0;
+				const char *what;
+				struct secmmu_run r;
+				int fd, vcpu, ret;
+
+				fd = space_create_ia(variant->format, 1, 0, arm64 ? ia : 0);
+				ASSERT_GE(fd, 0) TH_LOG("ia_bits %u: %s", ia, strerror(-fd));
+				ASSERT_EQ(0, set_slot(fd, 0, 0, gpa, size[b], mem[b]));
+				vcpu = vcpu_create(fd, 0);
+				ASSERT_GE(vcpu, 0);
+				what = geo_check(vcpu, gpa, size[b], stride, ia * 4 + b, &r, &ret);
+				runs++;
+				if (what) {
+					bad++;
+					TH_LOG("ia_bits %u, %s at %#lx: %s: %s",
+					       ia, geo_backing_name[b], gpa, what,
+					       ret ? strerror(-ret) : "ok");
+					TH_LOG("  exit at %#llx, %llu accesses, %llu bad%s",
+					       r.exit_gpa, r.accesses, r.mismatches,
+					       ret == -EINTR ? ": livelock" : "");
+				}
+				expect_coherent(_metadata, fd);
+				close(vcpu);
+				close(fd);
+			}
+		}
+	}
+	TH_LOG("%s: %u geometry/backing/slot combinations in %.1f s, %u failed",
+	       format_name(variant->format), runs, now_s() - t0, bad);
+	EXPECT_EQ(0, bad);
+	for (b = 0; b < GEO_NR; b++)
+		if (mem[b])
+			munmap(mem[b], size[b]);
+}
+
 TEST_HARNESS_MAIN
