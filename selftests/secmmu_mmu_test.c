@@ -1899,4 +1899,160 @@ TEST_F_TIMEOUT(fmt, s2_all_geometries, 600)
 			munmap(mem[b], size[b]);
 }
 
+/*
+ * release() of a big space: the process is killed (SIGKILL) while a vCPU
+ * thread is in the middle of a RUN, and exit_mmap() calls release(), which
+ * must zap everything without hogging the CPU (no soft lockup, no RCU
+ * stall). Two spaces, each in its own child: 32 roots over REL_MAPPED of
+ * 4K pages (divided by the scale), mapped in every root and once more
+ * through an alias slot; and 32 roots over a sparse slot of 512 GiB
+ * (MAP_NORESERVE, one page a GiB touched in every root; halved until the
+ * slot's bookkeeping fits the VM). The child's exit runs on CPU 0, where
+ * the parent spins meanwhile, measuring the longest time it did not get
+ * the CPU: an exit that does not yield for long keeps it off. The parent
+ * checks that each child died of its SIGKILL, and that gap.
+ */
+#define REL_MAPPED	(64 * SZ_1M)
+#define REL_SPARSE	(512 * SZ_1G)
+
+struct rel_runner {
+	int vcpu;
+	unsigned long start, end, stride;
+};
+
+static void *rel_run_fn(void *arg)
+{
+	struct rel_runner *r = arg;
+	struct secmmu_run run = {
+		.op = SECMMU_RUN_READ, .start = r->start, .end = r->end,
+		.stride = r->stride, .passes = ~0u,
+	};
+
+	vcpu_run(r->vcpu, &run);	/* until the SIGKILL */
+	return NULL;
+}
+
+static int pin_to_cpu0(void)
+{
+	cpu_set_t cpus;
+
+	CPU_ZERO(&cpus);
+	CPU_SET(0, &cpus);
+	return sched_setaffinity(0, sizeof(cpus), &cpus);
+}
+
+/*
+ * The child: builds the space, moves to CPU 0, starts vCPU threads, writes
+ * a byte to @ready and waits to be killed. Returns (exits with) a step
+ * number if something failed.
+ */
+static int release_child(unsigned int format, int sparse, int ready)
+{
+	unsigned long size = sparse ? REL_SPARSE : REL_MAPPED / test_scale();
+	unsigned long stride = sparse ? SZ_1G : PAGE_SZ;
+	unsigned long alias = sparse ? 0 : 1UL << 40;
+	struct rel_runner r[2];
+	pthread_t t[2];
+	int fd, root, vcpu, i, ret;
+	char *mem;
+
+	fd = space_create(format, SECMMU_MAX_ROOTS, 0);
+	if (fd < 0)
+		return 10;
+	for (;;) {
+		mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (mem == MAP_FAILED)
+			return 11;
+		madvise(mem, size, MADV_NOHUGEPAGE);
+		ret = set_slot(fd, 0, 0, 0, size, mem);
+		if (!ret)
+			break;
+		munmap(mem, size);
+		if (ret != -ENOMEM || !sparse || size <= 16 * SZ_1G)
+			return 12;
+		size /= 2;
+	}
+	if (alias && set_slot(fd, 1, 0, alias, size, mem))
+		return 13;
+	printf("# child: %lu MiB slot%s, %s\n", size >> 20,
+	       alias ? " and an alias" : "", sparse ? "sparse" : "mapped");
+	fflush(stdout);
+	for (root = 0; root < SECMMU_MAX_ROOTS; root++) {
+		vcpu = vcpu_create(fd, root);
+		if (vcpu < 0)
+			return 14;
+		if (run_range(vcpu, SECMMU_RUN_WRITE, 0, size, stride, root, NULL))
+			return 15;
+		if (alias && run_range(vcpu, SECMMU_RUN_READ, alias, alias + size,
+				       stride, 0, NULL))
+			return 16;
+		if (root < 2) {
+			r[root] = (struct rel_runner){
+				.vcpu = vcpu, .start = root ? alias : 0,
+				.end = (root ? alias : 0) + size, .stride = stride,
+			};
+		} else {
+			close(vcpu);
+		}
+	}
+	if (pin_to_cpu0())
+		return 17;
+	for (i = 0; i < (alias ? 2 : 1); i++)
+		if (pthread_create(&t[i], NULL, rel_run_fn, &r[i]))
+			return 18;
+	if (write(ready, "r", 1) != 1)
+		return 19;
+	for (;;)
+		pause();
+}
+
+TEST_F_TIMEOUT(fmt, release_huge_space, 300)
+{
+	const double max_gap = 0.5 + 0.5 * test_scale();
+	int sparse;
+
+	for (sparse = 0; sparse < 2; sparse++) {
+		double t0, t1, last, now, gap = 0;
+		int pipefd[2], status = 0;
+		pid_t pid, got;
+		char c;
+
+		ASSERT_EQ(0, pipe(pipefd));
+		t0 = now_s();
+		pid = fork();
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			close(pipefd[0]);
+			_exit(release_child(variant->format, sparse, pipefd[1]));
+		}
+		close(pipefd[1]);
+		if (read(pipefd[0], &c, 1) == 1) {
+			ASSERT_EQ(0, pin_to_cpu0());
+			usleep(200000);		/* the vCPUs are in their RUN */
+			ASSERT_EQ(0, kill(pid, SIGKILL));
+		}
+		close(pipefd[0]);
+		t1 = now_s();
+		last = t1;
+		/* Spin on CPU 0 beside the exit; the longest time off it. */
+		while ((got = waitpid(pid, &status, WNOHANG)) == 0) {
+			now = now_s();
+			if (now - last > gap)
+				gap = now - last;
+			last = now;
+		}
+		ASSERT_EQ(pid, got);
+		EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+			TH_LOG("%s space: the child exited with %d before the kill",
+			       sparse ? "sparse" : "mapped",
+			       WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+		TH_LOG("%s: %s space: set up in %.1f s, exit took %.2f s, CPU 0 kept %.2f s",
+		       format_name(variant->format), sparse ? "sparse" : "mapped",
+		       t1 - t0, now_s() - t1, gap);
+		EXPECT_LT(gap, max_gap)
+			TH_LOG("the exit ran %.2f s on CPU 0 without letting it go", gap);
+	}
+}
+
 TEST_HARNESS_MAIN
