@@ -2055,4 +2055,129 @@ TEST_F_TIMEOUT(fmt, release_huge_space, 300)
 	}
 }
 
+/*
+ * Fault retries are for invalidations of what the fault maps, and a fault
+ * that keeps retrying still answers signals.
+ *
+ * First, a vCPU faults in 4096 pages (divided by the scale) while another
+ * thread MADV_DONTNEEDs one page elsewhere in a tight loop: the RUN must
+ * complete (an alarm after 20 s ends it otherwise), and the retries it
+ * took must stay below a quarter of its faults. An invalidation that does
+ * not overlap the fault's host range is no reason to retry: a module that
+ * retries only for those should see none here; the quarter leaves room
+ * for conservative approximations (e.g. a union of concurrent ranges),
+ * while a module that retries for every invalidation of the mm that ends
+ * during a fault retries for most faults, as the other CPU finishes a
+ * DONTNEED every few microseconds.
+ *
+ * Then a RUN that can never complete (2^32-1 passes) over 64 pages that
+ * the other thread keeps invalidating: every fault there may retry
+ * forever, but a SIGALRM after 1 s must end the RUN within a few seconds
+ * with EINTR and a signal exit.
+ */
+#define STORM_GPA	(2 * SZ_1G)
+#define STORM_PAGES	4096UL
+
+struct storm {
+	char *addr;
+	unsigned long len;
+	double deadline;
+	int stop;		/* __atomic */
+	unsigned long rounds;
+};
+
+/* MADV_DONTNEEDs its range until told to stop or the deadline passes. */
+static void *storm_fn(void *arg)
+{
+	struct storm *s = arg;
+	sigset_t set;
+
+	/* Signals are for the vCPU thread. */
+	sigfillset(&set);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED) && now_s() < s->deadline) {
+		madvise(s->addr, s->len, MADV_DONTNEED);
+		s->rounds++;
+	}
+	return NULL;
+}
+
+TEST_F_TIMEOUT(mirror, retry_storm, 120)
+{
+	const unsigned long npages = STORM_PAGES / test_scale();
+	const unsigned long size = npages * PAGE_SZ;
+	struct secmmu_stats before, after;
+	struct storm s = {};
+	struct secmmu_run r = {};
+	unsigned long faults, retries;
+	pthread_t t;
+	double t0, dt;
+	char *mem;
+	int ret;
+
+	ASSERT_EQ(0, catch_signal(SIGALRM));
+	mem = alloc_aligned(size, MADV_NOHUGEPAGE);
+	ASSERT_NE(NULL, mem);
+	memset(mem, 0x11, size);
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, STORM_GPA, size, mem));
+
+	/* 1. A storm of invalidations elsewhere: one page of slot 0. */
+	s.addr = self->mem;
+	s.len = PAGE_SZ;
+	s.deadline = now_s() + 60;
+	ASSERT_EQ(0, pthread_create(&t, NULL, storm_fn, &s));
+	usleep(10000);
+	before = get_stats(self->fd);
+	alarm(20);
+	ret = run_range(self->vcpu, SECMMU_RUN_READ, STORM_GPA, STORM_GPA + size,
+			PAGE_SZ, 0, &r);
+	alarm(0);
+	after = get_stats(self->fd);
+	__atomic_store_n(&s.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	faults = after.faults - before.faults;
+	retries = after.fault_retries - before.fault_retries;
+	TH_LOG("%s: %lu faults, %lu retries, %llu invalidations elsewhere",
+	       format_name(variant->format), faults, retries,
+	       after.invalidations - before.invalidations);
+	EXPECT_EQ(0, ret) TH_LOG("RUN: %s after %llu of %lu accesses",
+				 strerror(-ret), r.accesses, npages);
+	EXPECT_LT(retries, npages / 4)
+		TH_LOG("disjoint invalidations made %lu of %lu faults retry",
+		       retries, faults);
+
+	/* 2. A RUN that cannot complete, over a range invalidated nonstop. */
+	s.stop = 0;
+	s.rounds = 0;
+	s.addr = mem;
+	s.len = 64 * PAGE_SZ;
+	s.deadline = now_s() + 20;
+	before = get_stats(self->fd);
+	ASSERT_EQ(0, pthread_create(&t, NULL, storm_fn, &s));
+	memset(&r, 0, sizeof(r));
+	r.op = SECMMU_RUN_READ;
+	r.start = STORM_GPA;
+	r.end = STORM_GPA + 64 * PAGE_SZ;
+	r.stride = PAGE_SZ;
+	r.passes = ~0u;
+	t0 = now_s();
+	alarm(1);
+	ret = vcpu_run(self->vcpu, &r);
+	dt = now_s() - t0;
+	alarm(0);
+	__atomic_store_n(&s.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	after = get_stats(self->fd);
+	TH_LOG("RUN returned %d after %.1f s: %llu accesses, %llu faults, %llu retries",
+	       ret, dt, r.accesses, after.faults - before.faults,
+	       after.fault_retries - before.fault_retries);
+	TH_LOG("%lu DONTNEEDs meanwhile", s.rounds);
+	EXPECT_EQ(-EINTR, ret);
+	EXPECT_EQ(SECMMU_EXIT_SIGNAL, r.exit_reason);
+	EXPECT_LT(dt, 4.0) TH_LOG("the signal took %.1f s to end the RUN", dt);
+
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, 0, 0, NULL));
+	munmap(mem, size);
+}
+
 TEST_HARNESS_MAIN
