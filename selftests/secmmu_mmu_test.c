@@ -2180,4 +2180,55 @@ TEST_F_TIMEOUT(mirror, retry_storm, 120)
 	munmap(mem, size);
 }
 
+/*
+ * Slot churn: 10000 times (divided by the scale), create a one-page slot
+ * at a fresh guest address (1 GiB + 2 MiB further each time, wrapping
+ * inside the 48-bit space), touch its page, delete it. Each touch needs
+ * tables at every level below the root; each deletion leaves them empty.
+ * The tables a space holds must stay bounded: after every deletion, at
+ * most a few more than before the first (x86 may keep a walk's worth of
+ * empty tables, e.g. cached for the next fault; stage-2 frees them all).
+ */
+#define CHURN_CYCLES	10000UL
+#define CHURN_SLACK	8
+
+TEST_F_TIMEOUT(fmt, slot_churn_bounded, 120)
+{
+	const unsigned long cycles = CHURN_CYCLES / test_scale();
+	const unsigned long step = SZ_1G + SZ_2M, span = (1UL << 48) - SZ_1G;
+	unsigned long long base, peak = 0, tables;
+	unsigned long i, gpa = 0;
+	double t0 = now_s();
+	int fd, vcpu;
+	char *mem;
+
+	mem = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	fd = space_create(variant->format, 1, 0);
+	ASSERT_GE(fd, 0);
+	vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(vcpu, 0);
+	base = get_stats(fd).table_pages;
+	for (i = 0; i < cycles; i++) {
+		gpa = (gpa + step) % span & ~(PAGE_SZ - 1);
+		ASSERT_EQ(0, set_slot(fd, 0, 0, gpa, PAGE_SZ, mem));
+		ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_WRITE, gpa, gpa + 8, 8, i, NULL));
+		ASSERT_EQ(i ^ gpa, *(uint64_t *)mem);
+		ASSERT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
+		tables = get_stats(fd).table_pages;
+		if (tables > peak)
+			peak = tables;
+		if (tables > base + CHURN_SLACK)
+			break;
+	}
+	TH_LOG("%s: %lu cycles in %.1f s: %llu table pages first, at most %llu",
+	       format_name(variant->format), i, now_s() - t0, base, peak);
+	EXPECT_LE(peak, base + CHURN_SLACK)
+		TH_LOG("%llu table pages after %lu cycles", peak, i + 1);
+	close(vcpu);
+	close(fd);
+	munmap(mem, PAGE_SZ);
+}
+
 TEST_HARNESS_MAIN
