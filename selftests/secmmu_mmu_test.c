@@ -2303,4 +2303,134 @@ TEST_F(mirror, audit_detects_stale)
 	close(mfd);
 }
 
+/*
+ * Slot deletion against munmap of the slot's memory (KVM's memslot
+ * deletion vs. mmu_notifier rule: once invalidate_range_start() returns,
+ * no secondary mapping of the range may remain, whether or not its slot
+ * is being deleted). A fully written slot of 1 GiB of 4K pages (divided
+ * by SECMMU_TEST_SCALE); from one barrier, one thread deletes the slot,
+ * one munmaps its upper half, and the vCPU reads the slot's last page
+ * over and over until the deletion returned. Once munmap returned, a read
+ * there must fault (EFAULT, a memory-fault exit): a read that succeeds
+ * used a mapping of a page the primary unmapped, and maybe freed. Round
+ * after round; the console must stay clean (KASAN, "Bad page state").
+ */
+#define DSM_GPA		(4 * SZ_1G)
+#define DSM_SLOT	1
+#define DSM_ROUNDS	100
+
+struct dsm_race {
+	pthread_barrier_t barrier;
+	int fd, vcpu;
+	char *mem;
+	unsigned long size;
+	int del_ret, unmap_ret;
+	int del_done, unmap_done;	/* __atomic */
+	unsigned long reads, faults, stale;
+	int run_err;
+};
+
+static void *dsm_delete_fn(void *arg)
+{
+	struct dsm_race *d = arg;
+
+	pthread_barrier_wait(&d->barrier);
+	d->del_ret = set_slot(d->fd, DSM_SLOT, 0, 0, 0, NULL);
+	__atomic_store_n(&d->del_done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void *dsm_munmap_fn(void *arg)
+{
+	struct dsm_race *d = arg;
+
+	pthread_barrier_wait(&d->barrier);
+	d->unmap_ret = munmap(d->mem + d->size / 2, d->size / 2);
+	__atomic_store_n(&d->unmap_done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* The vCPU: reads the last page of the slot until the deletion is done. */
+static void dsm_reader(struct dsm_race *d)
+{
+	unsigned long last = DSM_GPA + d->size - PAGE_SZ;
+	struct secmmu_run r;
+	int unmapped, ret;
+
+	pthread_barrier_wait(&d->barrier);
+	do {
+		unmapped = __atomic_load_n(&d->unmap_done, __ATOMIC_ACQUIRE);
+		ret = run_range(d->vcpu, SECMMU_RUN_READ, last, last + PAGE_SZ,
+				PAGE_SZ, 0, &r);
+		d->reads++;
+		if (ret == -EFAULT && r.exit_reason == SECMMU_EXIT_MEMORY_FAULT)
+			d->faults++;
+		else if (ret)
+			d->run_err = ret;
+		else if (unmapped)
+			d->stale++;
+	} while (!__atomic_load_n(&d->del_done, __ATOMIC_ACQUIRE) ||
+		 !__atomic_load_n(&d->unmap_done, __ATOMIC_ACQUIRE));
+}
+
+TEST_F_TIMEOUT(mirror, delete_slot_vs_munmap, 300)
+{
+	const unsigned long size = SZ_1G / test_scale();
+	const unsigned long rounds = DSM_ROUNDS / test_scale() ?: 1;
+	const double budget = 60.0;
+	struct dsm_race d = { .fd = self->fd, .vcpu = self->vcpu, .size = size };
+	unsigned long round, stale = 0, present;
+	pthread_t t[2];
+	double t0 = now_s();
+	char *mem;
+
+	mem = alloc_aligned(size, MADV_NOHUGEPAGE);
+	ASSERT_NE(NULL, mem);
+	d.mem = mem;
+	for (round = 0; round < rounds; round++) {
+		struct secmmu_run r;
+
+		if (round) {
+			ASSERT_EQ(mem + size / 2,
+				  mmap(mem + size / 2, size / 2, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+			ASSERT_EQ(0, madvise(mem + size / 2, size / 2, MADV_NOHUGEPAGE));
+		}
+		ASSERT_EQ(0, set_slot(self->fd, DSM_SLOT, 0, DSM_GPA, size, mem));
+		/* Fully written: every page allocated, mapped 4K and dirty. */
+		ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_WRITE, DSM_GPA,
+				       DSM_GPA + size, PAGE_SZ, round, &r));
+		d.del_done = 0;
+		d.unmap_done = 0;
+		d.reads = 0;
+		d.faults = 0;
+		d.stale = 0;
+		ASSERT_EQ(0, pthread_barrier_init(&d.barrier, NULL, 3));
+		ASSERT_EQ(0, pthread_create(&t[0], NULL, dsm_delete_fn, &d));
+		ASSERT_EQ(0, pthread_create(&t[1], NULL, dsm_munmap_fn, &d));
+		dsm_reader(&d);
+		pthread_join(t[0], NULL);
+		pthread_join(t[1], NULL);
+		pthread_barrier_destroy(&d.barrier);
+		ASSERT_EQ(0, d.del_ret);
+		ASSERT_EQ(0, d.unmap_ret);
+		ASSERT_EQ(0, d.run_err) TH_LOG("round %lu: RUN: %s", round,
+					       strerror(-d.run_err));
+		/* The slot is gone: nothing of it is mapped. */
+		mapped_at(self->fd, DSM_GPA, size / PAGE_SZ, 0, &present);
+		EXPECT_EQ(0, present) TH_LOG("round %lu: %lu pages still mapped",
+					     round, present);
+		if (d.stale)
+			TH_LOG("round %lu: %lu of %lu reads after munmap used its page",
+			       round, d.stale, d.reads);
+		stale += d.stale;
+		if (stale || now_s() - t0 > budget)
+			break;
+	}
+	TH_LOG("%s: %lu rounds of %lu MiB in %.1f s", format_name(variant->format),
+	       round + (round < rounds), size >> 20, now_s() - t0);
+	EXPECT_EQ(0, stale) TH_LOG("the secondary MMU mapped memory after its munmap returned");
+	munmap(mem, size);
+}
+
 TEST_HARNESS_MAIN
