@@ -86,8 +86,8 @@ FIXTURE_SETUP(mirror)
 	ASSERT_GE(self->vcpu, 0);
 }
 
-/* Module parameter of the auditor's test: invalidations skip some zaps. */
-#define SKIP_ZAP_PARAM	"/sys/module/secmmu/parameters/test_skip_zap"
+/* Test hook of the auditor's test: invalidations skip some zaps. */
+#define SKIP_ZAP_PARAM	"/sys/kernel/debug/secmmu/test_skip_zap"
 
 static int write_file(const char *path, const char *val);
 
@@ -2239,14 +2239,14 @@ TEST_F_TIMEOUT(fmt, slot_churn_bounded, 120)
 }
 
 /*
- * The auditor finds what an invalidation left behind. With the module
- * parameter test_skip_zap at 4, invalidations skip the zap of every gfn
+ * The auditor finds what an invalidation left behind. With the debugfs
+ * hook secmmu/test_skip_zap at 4, invalidations skip the zap of every gfn
  * that is a multiple of 4: over a memfd (shared memory, no huge pages),
  * written by the guest, MADV_DONTNEED drops the primary's PTEs while the
  * page cache keeps the pages, so the skipped leaves stay mapped, pointing
  * to pages the primary no longer maps there: the audit must count them.
  * The same sequence with the knob at 0 leaves nothing to find. Skipped
- * where the module has no such parameter.
+ * where the module has no such hook.
  */
 #define AUDIT_GPA	(2 * SZ_1G)
 
