@@ -6,7 +6,8 @@
 # Objects and secmmu.ko go next to the sources, or into MO=DIR (Linux 6.13+),
 # so builds for several kernels or arches can live side by side; Kbuild
 # refuses MO= while an in-place build's modules.order is there ("make clean").
-# Tests, VM, benchmarks: see README.md (scripts/test-all, scripts/demo, scripts/bench).
+# Tests, VM, benchmarks, soak: see README.md (scripts/test-all, scripts/demo,
+# scripts/bench, scripts/soak).
 
 KDIR ?= /lib/modules/$(shell uname -r)/build
 MO ?=
@@ -22,4 +23,10 @@ modules clean:
 bench:
 	./scripts/bench
 
-.PHONY: bench
+# The randomized stress test for DURATION seconds per format, on the debug
+# kernel of each arch or of ARCH=x86_64|arm64 (see scripts/soak).
+DURATION ?= 600
+soak:
+	SECMMU_SOAK_ARCH="$(ARCH)" ./scripts/soak $(DURATION)
+
+.PHONY: bench soak
