@@ -140,7 +140,7 @@ static struct {
 	struct region reg[NR_REGIONS];
 	int slot[NR_CHUNKS];	/* SLOT_*: under all the chunk's region locks */
 	pthread_mutex_t vcpu_lock;
-	unsigned int nr_vcpus;	/* created: they live as long as the space */
+	unsigned int nr_vcpus;	/* open vCPU fds: their ids are in use */
 	int stop;
 	pthread_mutex_t fail_lock;
 	int failed;
@@ -777,31 +777,42 @@ static void op_mergeable(struct region *r)
 }
 
 /*
- * A new vCPU on a random root, or -1. vCPUs live as long as their space
- * (like KVM's): once SECMMU_MAX_VCPUS were created, CREATE_VCPU must
- * refuse with ENOSPC.
+ * A new vCPU on a random root, or -1. At most SECMMU_MAX_VCPUS exist at
+ * once; a closed vCPU gives its id back. A close() returns before a RUN
+ * of another thread on the same fd ends and lets the file go, so below
+ * the limit by fewer than NR_WORKERS, ENOSPC is allowed too; at or above
+ * it, CREATE_VCPU must refuse with ENOSPC.
  */
 static int new_vcpu(struct worker *w)
 {
 	unsigned int root = stress_below(&w->rng, NR_ROOTS), n;
 	int vcpu;
 
-	/* Creations are counted in order, so the count says what to expect. */
 	pthread_mutex_lock(&S.vcpu_lock);
 	vcpu = vcpu_create(S.fd, root);
-	n = S.nr_vcpus++;
+	n = S.nr_vcpus;
+	if (vcpu >= 0)
+		S.nr_vcpus++;
 	pthread_mutex_unlock(&S.vcpu_lock);
-	if (n < SECMMU_MAX_VCPUS) {
+	if (n + NR_WORKERS < SECMMU_MAX_VCPUS) {
 		if (vcpu < 0)
-			fail("CREATE_VCPU: %s", strerror(-vcpu));
-	} else if (vcpu != -ENOSPC) {
-		fail("CREATE_VCPU beyond %u vCPUs: %s", SECMMU_MAX_VCPUS,
+			fail("CREATE_VCPU with %u open: %s", n, strerror(-vcpu));
+	} else if (n >= SECMMU_MAX_VCPUS && vcpu != -ENOSPC) {
+		fail("CREATE_VCPU with %u open: %s", n,
 		     vcpu < 0 ? strerror(-vcpu) : "success");
-		if (vcpu >= 0)
-			close(vcpu);
-		vcpu = -1;
+	} else if (vcpu < 0 && vcpu != -ENOSPC) {
+		fail("CREATE_VCPU with %u open: %s", n, strerror(-vcpu));
 	}
 	return vcpu < 0 ? -1 : vcpu;
+}
+
+/* Closes a vCPU new_vcpu() made: its id is free again. */
+static void close_vcpu(int vcpu)
+{
+	close(vcpu);
+	pthread_mutex_lock(&S.vcpu_lock);
+	S.nr_vcpus--;
+	pthread_mutex_unlock(&S.vcpu_lock);
 }
 
 /* Close the vCPU and use a new one (if the space still makes any). */
@@ -811,7 +822,7 @@ static void op_vcpu(struct worker *w)
 
 	if (vcpu < 0)
 		return;
-	close(w->vcpu);
+	close_vcpu(w->vcpu);
 	w->vcpu = vcpu;
 }
 
@@ -1134,7 +1145,7 @@ static void op_churn(struct worker *w)
 	if (ret && ret != -EINTR &&
 	    !(ret == -EFAULT && run.exit_reason == SECMMU_EXIT_MEMORY_FAULT))
 		fail("RUN on a new vCPU: %s", strerror(-ret));
-	close(vcpu);
+	close_vcpu(vcpu);
 }
 
 static unsigned int pick_op(struct worker *w)
