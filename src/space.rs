@@ -70,7 +70,7 @@ pub(crate) struct Config {
 }
 
 /// The state of one open `/dev/secmmu`.
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct Space {
     /// First field: dropped (unregistered) before everything else.
     #[pin]
@@ -85,6 +85,11 @@ pub(crate) struct Space {
     /// preemption disabled (an RCU read side); detached ones are freed after
     /// `synchronize_rcu()`.
     rmaps: PArc<RmapTable>,
+    /// Rmaps of deleted slots that lockless agers may still read, each with
+    /// the RCU state (`get_state_synchronize_rcu()`) of its detach: freed
+    /// by later deletions once that grace period is over, and by the drop.
+    #[pin]
+    retired: Mutex<KVec<(DetachedRmaps, kernel::ffi::c_ulong)>>,
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
@@ -141,6 +146,7 @@ impl Space {
                     inval: Invalidations::new(),
                 }),
                 rmaps,
+                retired <- new_mutex!(KVec::new(), "secmmu_retired_rmaps"),
                 aging_locked,
                 max_table_pages,
                 ad_enabled: AtomicBool::new(true),
@@ -327,7 +333,7 @@ impl Space {
         };
         drop(guard);
         if let Some(rmaps) = rmaps {
-            free_detached(rmaps);
+            self.retire_rmaps(rmaps);
         }
         self.stats.slot_zaps.inc();
         self.count_zapped(&zapped);
@@ -881,17 +887,61 @@ impl Space {
     }
 }
 
-/// Frees a detached slot's rmaps once no lockless ager can still see them.
-///
-/// The grace period is expedited, as KVM's memslot updates wait with
-/// `synchronize_srcu_expedited()`: a deletion is a control-plane call that
-/// userspace waits for, and a normal grace period (tens of ms) made a VMM
-/// that creates and deletes slots in a loop crawl.
-fn free_detached(rmaps: DetachedRmaps) {
-    // SAFETY: Waits for every preempt-disabled (RCU) reader; may sleep, and
-    // no lock is held here.
-    unsafe { crate::bindings::synchronize_rcu_expedited() };
-    // SAFETY: A grace period has passed since the slot was detached: lockless
-    // agers, which run with preemption disabled, cannot reach it any more.
-    unsafe { rmaps.free_after_grace_period() };
+impl Space {
+    /// Frees a deleted slot's rmaps once no lockless ager can still see
+    /// them: after an RCU grace period (agers run with preemption off).
+    ///
+    /// Not by waiting for one here: a grace period is tens of ms under
+    /// load, and a VMM that creates and deletes slots in a loop would
+    /// crawl. The rmaps wait in `retired` instead, and each deletion frees
+    /// those whose grace period has ended since (the polled grace-period
+    /// API); the drop frees the rest after `synchronize_rcu()`.
+    fn retire_rmaps(&self, rmaps: DetachedRmaps) {
+        // SAFETY: Plain call.
+        let cookie = unsafe { crate::bindings::get_state_synchronize_rcu() };
+        let mut retired = self.retired.lock();
+        let mut i = 0;
+        while i < retired.len() {
+            // SAFETY: Plain call, on a cookie of `get_state_synchronize_rcu()`.
+            if !unsafe { crate::bindings::poll_state_synchronize_rcu(retired[i].1) } {
+                i += 1;
+                continue;
+            }
+            if let Ok((done, _)) = retired.remove(i) {
+                // SAFETY: A grace period has passed since these rmaps were
+                // detached: lockless agers cannot reach them any more.
+                unsafe { done.free_after_grace_period() };
+            }
+        }
+        // Room first: a failed push would drop the rmaps.
+        if retired.reserve(1, GFP_KERNEL_ACCOUNT).is_ok() {
+            // Cannot fail: there is room.
+            let _ = retired.push((rmaps, cookie), GFP_KERNEL_ACCOUNT);
+        } else {
+            drop(retired);
+            // SAFETY: Waits for every preempt-disabled (RCU) reader; may
+            // sleep, and no spinlock is held here.
+            unsafe { crate::bindings::synchronize_rcu() };
+            // SAFETY: A grace period has passed since the detach.
+            unsafe { rmaps.free_after_grace_period() };
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Space {
+    fn drop(self: Pin<&mut Self>) {
+        let mut retired = self.retired.lock();
+        if retired.is_empty() {
+            return;
+        }
+        // SAFETY: Waits for every preempt-disabled (RCU) reader; may sleep
+        // (the last reference goes from a file's release or a vCPU's, both
+        // process context), and no spinlock is held.
+        unsafe { crate::bindings::synchronize_rcu() };
+        while let Some((rmaps, _)) = retired.pop() {
+            // SAFETY: A grace period has passed since every detach.
+            unsafe { rmaps.free_after_grace_period() };
+        }
+    }
 }
