@@ -743,7 +743,14 @@ impl MmuNotifierOps for Space {
                 let next = (gfn / skip + 1) * skip;
                 let first = if gfn % skip == 0 { gfn + 1 } else { gfn };
                 if first < next.min(end) {
-                    self.zap_gfns(&mut guard, &mut zapped, id, first, next.min(end), true);
+                    self.zap_gfns(
+                        &mut guard,
+                        &mut zapped,
+                        id,
+                        first,
+                        next.min(end),
+                        range.blockable,
+                    );
                 }
                 gfn = next;
             }
