@@ -106,21 +106,21 @@ enum {
 	OP_RUN_WRITE, OP_ACCESS_WRITE, OP_HOST_WRITE, OP_VERIFY, OP_DONTNEED,
 	OP_FREE, OP_MPROTECT, OP_SLOT, OP_REMAP, OP_MREMAP, OP_MERGEABLE,
 	OP_SNAPCHECK, OP_THP, OP_VCPU, OP_READ, OP_PAGEOUT, OP_MOVE, OP_IDLE,
-	OP_FORK, OP_CHILD, OP_SNAPSHOT, OP_CHURN, NR_OPS
+	OP_FORK, OP_CHILD, OP_SNAPSHOT, OP_CHURN, OP_VCPUS_FULL, NR_OPS
 };
 
 static const char * const op_names[NR_OPS] = {
 	"run_write", "access_write", "host_write", "verify", "dontneed",
 	"free", "mprotect", "slot", "remap", "mremap", "mergeable",
 	"snapcheck", "thp", "vcpu", "read", "pageout", "move_pages", "idle",
-	"fork", "child", "snapshot", "churn",
+	"fork", "child", "snapshot", "churn", "vcpus_full",
 };
 
 /* Relative frequencies. */
 static const unsigned int op_weights[NR_OPS] = {
 	12, 6, 6, 14, 4, 4, 5, 2, 3, 3, 1,
-	3, 1, 1, 8, 3, 3, 3,
-	1, 1, 2, 1,
+	3, 1, 2, 8, 3, 3, 3,
+	1, 1, 2, 2, 1,
 };
 
 struct worker {
@@ -140,7 +140,7 @@ static struct {
 	struct region reg[NR_REGIONS];
 	int slot[NR_CHUNKS];	/* SLOT_*: under all the chunk's region locks */
 	pthread_mutex_t vcpu_lock;
-	unsigned int nr_vcpus;	/* open vCPU fds: their ids are in use */
+	unsigned int nr_vcpus;	/* live */
 	int stop;
 	pthread_mutex_t fail_lock;
 	int failed;
@@ -777,45 +777,36 @@ static void op_mergeable(struct region *r)
 }
 
 /*
- * A new vCPU on a random root, or -1. At most SECMMU_MAX_VCPUS exist at
- * once; a closed vCPU gives its id back. A close() returns before a RUN
- * of another thread on the same fd ends and lets the file go, so below
- * the limit by fewer than NR_WORKERS, ENOSPC is allowed too; at or above
- * it, CREATE_VCPU must refuse with ENOSPC.
+ * vCPUs are created and closed under vcpu_lock, which counts the live
+ * ones: their ids are recycled on close, and at SECMMU_MAX_VCPUS live
+ * CREATE_VCPU must refuse with ENOSPC (op_vcpus_full). op_fork holds it
+ * while its child holds references to the fds.
  */
 static int new_vcpu(struct worker *w)
 {
-	unsigned int root = stress_below(&w->rng, NR_ROOTS), n;
+	unsigned int root = stress_below(&w->rng, NR_ROOTS);
 	int vcpu;
 
 	pthread_mutex_lock(&S.vcpu_lock);
 	vcpu = vcpu_create(S.fd, root);
-	n = S.nr_vcpus;
 	if (vcpu >= 0)
 		S.nr_vcpus++;
 	pthread_mutex_unlock(&S.vcpu_lock);
-	if (n + NR_WORKERS < SECMMU_MAX_VCPUS) {
-		if (vcpu < 0)
-			fail("CREATE_VCPU with %u open: %s", n, strerror(-vcpu));
-	} else if (n >= SECMMU_MAX_VCPUS && vcpu != -ENOSPC) {
-		fail("CREATE_VCPU with %u open: %s", n,
-		     vcpu < 0 ? strerror(-vcpu) : "success");
-	} else if (vcpu < 0 && vcpu != -ENOSPC) {
-		fail("CREATE_VCPU with %u open: %s", n, strerror(-vcpu));
-	}
-	return vcpu < 0 ? -1 : vcpu;
+	if (vcpu < 0)
+		fail("CREATE_VCPU (%u live): %s", S.nr_vcpus, strerror(-vcpu));
+	return vcpu;
 }
 
 /* Closes a vCPU new_vcpu() made: its id is free again. */
 static void close_vcpu(int vcpu)
 {
-	close(vcpu);
 	pthread_mutex_lock(&S.vcpu_lock);
+	close(vcpu);
 	S.nr_vcpus--;
 	pthread_mutex_unlock(&S.vcpu_lock);
 }
 
-/* Close the vCPU and use a new one (if the space still makes any). */
+/* Close the vCPU and use a new one. */
 static void op_vcpu(struct worker *w)
 {
 	int vcpu = new_vcpu(w);
@@ -824,6 +815,47 @@ static void op_vcpu(struct worker *w)
 		return;
 	close_vcpu(w->vcpu);
 	w->vcpu = vcpu;
+}
+
+/*
+ * Create vCPUs up to SECMMU_MAX_VCPUS live: one more gets ENOSPC; close
+ * one and its id is free again. Then close them all.
+ */
+static void op_vcpus_full(struct worker *w)
+{
+	int fds[SECMMU_MAX_VCPUS], n = 0, ret, i;
+
+	pthread_mutex_lock(&S.vcpu_lock);
+	while (S.nr_vcpus + n < SECMMU_MAX_VCPUS) {
+		fds[n] = vcpu_create(S.fd, stress_below(&w->rng, NR_ROOTS));
+		if (fds[n] < 0) {
+			fail("CREATE_VCPU %u of %u: %s", S.nr_vcpus + n + 1, SECMMU_MAX_VCPUS,
+			     strerror(-fds[n]));
+			goto out;
+		}
+		n++;
+	}
+	ret = vcpu_create(S.fd, 0);
+	if (ret != -ENOSPC) {
+		fail("CREATE_VCPU beyond %u live vCPUs: %s", SECMMU_MAX_VCPUS,
+		     ret < 0 ? strerror(-ret) : "success");
+		if (ret >= 0)
+			close(ret);
+		goto out;
+	}
+	if (n) {
+		i = stress_below(&w->rng, n);
+		close(fds[i]);
+		fds[i] = vcpu_create(S.fd, NR_ROOTS - 1);
+		if (fds[i] < 0) {
+			fail("CREATE_VCPU after a close at the limit: %s", strerror(-fds[i]));
+			fds[i] = fds[--n];
+		}
+	}
+out:
+	for (i = 0; i < n; i++)
+		close(fds[i]);
+	pthread_mutex_unlock(&S.vcpu_lock);
 }
 
 /*
@@ -994,9 +1026,12 @@ static void op_idle(struct worker *w)
 static void op_fork(struct worker *w)
 {
 	int status;
-	pid_t pid = fork();
+	pid_t pid;
 
+	pthread_mutex_lock(&S.vcpu_lock);
+	pid = fork();
 	if (pid < 0) {
+		pthread_mutex_unlock(&S.vcpu_lock);
 		fail("fork: %s", strerror(errno));
 		return;
 	}
@@ -1014,7 +1049,11 @@ static void op_fork(struct worker *w)
 			bad |= 2;
 		_exit(bad);
 	}
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status))
+	/* Its exit dropped its references to our files before waitpid returns. */
+	if (waitpid(pid, &status, 0) != pid)
+		status = -1;
+	pthread_mutex_unlock(&S.vcpu_lock);
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
 		fail("forked child: status %#x (1: space not EIO, 2: vCPU not EIO)",
 		     status);
 }
@@ -1095,14 +1134,22 @@ static void op_child(struct worker *w)
 	pid_t pid;
 
 	snprintf(env, sizeof(env), "SECMMU_STRESS_CHILD=%u,%u", S.format, kill_it ? 0 : us);
-	pid = fork();
-	if (pid < 0) {
-		fail("fork: %s", strerror(errno));
-		return;
-	}
+	/*
+	 * vfork, under vcpu_lock: we go on once the child has closed what it
+	 * inherited (a vCPU's id is only recycled once every reference to its
+	 * file is gone) and exec'd; until then no vCPU may be closed.
+	 */
+	pthread_mutex_lock(&S.vcpu_lock);
+	pid = vfork();
 	if (pid == 0) {
+		syscall(__NR_close_range, 3, ~0U, 0);
 		execve("/proc/self/exe", argv, envp);
 		_exit(99);
+	}
+	pthread_mutex_unlock(&S.vcpu_lock);
+	if (pid < 0) {
+		fail("vfork: %s", strerror(errno));
+		return;
 	}
 	if (kill_it) {
 		usleep(us);
@@ -1254,6 +1301,9 @@ static void *worker_thread(void *arg)
 			break;
 		case OP_CHURN:
 			op_churn(w);
+			break;
+		case OP_VCPUS_FULL:
+			op_vcpus_full(w);
 			break;
 		default:
 			locked_op(w, op);
@@ -1469,7 +1519,7 @@ TEST_F_TIMEOUT(stress, stress_random, 100)
 		(unsigned long long)st.invalidations, (unsigned long long)st.splits,
 		(unsigned long long)st.collapses, (unsigned long long)st.mappings_2m);
 	for (i = 0; i < NR_WORKERS; i++) {
-		close(w[i].vcpu);
+		close_vcpu(w[i].vcpu);
 		free(w[i].buf);
 	}
 	close(S.fd);
