@@ -300,11 +300,12 @@ static int module_aging_locked(void)
 }
 
 /*
- * test_young never clears the accessed state (D20): asked twice in a row,
- * it answers the same, and the SPTE keeps its accessed bit. Pages the
- * vCPUs wrote are young; after clear_young (page_idle) they are old, twice;
- * a vCPU read makes them young again, twice. test_young is lockless in
- * every mode (it only loads SPTEs) unless aging_locked=1.
+ * test_young never clears the accessed state (see "Testing is read-only" in
+ * Documentation/secmmu-protocols.rst): asked twice in a row, it answers the
+ * same, and the SPTE keeps its accessed bit. Pages the vCPUs wrote are
+ * young; after clear_young (page_idle) they are old, twice; a vCPU read
+ * makes them young again, twice. test_young is lockless in every mode (it
+ * only loads SPTEs) unless aging_locked=1.
  */
 TEST_F(aging, test_young_readonly)
 {

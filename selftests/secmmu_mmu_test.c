@@ -1617,14 +1617,15 @@ TEST_F(fmt, hugetlb_map)
 }
 
 /*
- * Aging of a huge entry over ranges that start inside it (protocols.md
- * D23): page_idle on a THP makes the primary clear young over the THP's
- * range, which ages the 2M entry; a later guest access to another 4K page
- * inside the entry makes it young again. test_young of single 4K pages
- * inside the entry, pages the guest never touched, follows the entry's
- * state each time. (The primary always clears young on a PMD-mapped THP
- * over its aligned 2M range; clear_young over a range starting inside a
- * huge entry is checked by the host tests, unaligned_ranges_at_huge_levels.)
+ * Aging of a huge entry over ranges that start inside it (see "Ranges and
+ * mapping levels" in Documentation/secmmu-protocols.rst): page_idle on a
+ * THP makes the primary clear young over the THP's range, which ages the 2M
+ * entry; a later guest access to another 4K page inside the entry makes it
+ * young again. test_young of single 4K pages inside the entry, pages the
+ * guest never touched, follows the entry's state each time. (The primary
+ * always clears young on a PMD-mapped THP over its aligned 2M range;
+ * clear_young over a range starting inside a huge entry is checked by the
+ * host tests, unaligned_ranges_at_huge_levels.)
  */
 TEST_F(fmt, unaligned_huge_range)
 {

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Aging: answering the mm core's `clear_young`, `clear_flush_young` and `test_young` notifier
-//! callbacks (page_idle, MGLRU, reclaim) from the secondary page tables (protocols D18-D23).
+//! callbacks (page_idle, MGLRU, reclaim) from the secondary page tables.  The rules are those of
+//! "Aging without the MMU lock" in Documentation/secmmu-protocols.rst, whose subsections the
+//! comments below cite by title.
 //!
 //! This file holds what does not depend on the page-table format: the operation ([`AgeOp`]),
 //! what an aging walk found and did ([`AgeResult`]), and the choice between the lockless and the
@@ -11,14 +13,17 @@
 //! Two walks:
 //!
 //! - Lockless: without the MMU lock, with preemption disabled, each rmap locked read-only
-//!   (C13, C14).  Only where the walkers keep accessed bits in the entries (x86 A/D enabled):
-//!   clearing A is then a compare-exchange on the entry (D19) that leaves every other bit alone.
-//!   Testing is lockless in every mode, since it only loads entries (D20).
+//!   ("Lockless rmap walks").  Only where the walkers keep accessed bits in the entries (x86 A/D
+//!   enabled): clearing A is then a compare-exchange on the entry ("Clearing the accessed bit")
+//!   that leaves every other bit alone.  Testing is lockless in every mode, since it only loads
+//!   entries ("Testing is read-only").
 //! - Locked: under the MMU lock for write.  Needed to clear without A/D bits, where aging
 //!   marks entries for access tracking, which takes permissions away, W included: the dirty
-//!   state must be captured first and TLBs flushed before the lock is dropped (D18).
+//!   state must be captured first and TLBs flushed before the lock is dropped ("Access tracking
+//!   without A/D bits").
 //!
-//! Aging tolerates rare false young and false old answers (D22): a lost race is young (D21).
+//! Aging tolerates rare false young and false old answers ("Imprecise aging"): a lost race is young
+//! ("Clearing the accessed bit").
 //!
 //! Kernel-free: built into the module and into the host crate.
 
@@ -26,10 +31,10 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AgeOp {
     /// `test_young`: was any page of the range accessed?  Changes nothing, stops at the first
-    /// young entry (D20).
+    /// young entry (KVM's `kvm_test_age_gfn()`).
     Test,
     /// `clear_young`: was any accessed, and make them all old.  No TLB flush: a translation
-    /// cached meanwhile only makes the page look old for longer (D22).
+    /// cached meanwhile only makes the page look old for longer ("Imprecise aging").
     Clear,
     /// `clear_flush_young`: as [`AgeOp::Clear`], then flush the TLBs of the entries made old,
     /// so that the next access through them shows ([`AgeResult::needs_flush()`]).
@@ -50,7 +55,7 @@ impl AgeOp {
 pub(crate) struct AgeResult {
     /// The operation.
     pub(crate) op: AgeOp,
-    /// Some entry of the range was accessed (or raced with us, D21): the mm core's answer.
+    /// Some entry of the range was accessed (or raced with us): the mm core's answer.
     pub(crate) young: bool,
     /// Young entries this walk made old.
     pub(crate) cleared: u64,
@@ -58,16 +63,16 @@ pub(crate) struct AgeResult {
     /// that would not be seen as dirty, so they must be flushed before the MMU lock is dropped
     /// whatever the operation (locked walk only).
     pub(crate) write_protected: u64,
-    /// Pages marked dirty because aging took W from a dirty entry (locked walk only, D18).
+    /// Pages marked dirty because aging took W from a dirty entry (locked walk only).
     pub(crate) dirty: u64,
     /// rmaps (or table entries) visited.
     pub(crate) visited: u64,
     /// rmap bit locks found held by someone else, so that the walk had to spin.
     pub(crate) contended: u64,
     /// Entries that changed between our load and our compare-exchange: counted young, not
-    /// retried (D21).
+    /// retried ("Clearing the accessed bit").
     pub(crate) lost_races: u64,
-    /// Non-present entries met in rmaps: zapped and not yet removed (C17, lockless walk).
+    /// Non-present entries met in rmaps: zapped and not yet removed (lockless walk).
     pub(crate) not_present: u64,
     /// Accessed entries without A/D bits that the lockless walk could not clear: counted
     /// young; the space should age with the locked walk.
@@ -122,7 +127,7 @@ impl AgeResult {
 /// Whether `op` may run on the lockless walk in a space whose entries keep A/D bits if
 /// `ad_enabled`; `force_locked` is a knob that sends everything to the locked walk (to compare
 /// the two).  Testing only loads, so it is lockless in every mode; clearing is lockless only
-/// with A/D bits (D18).
+/// with A/D bits ("Access tracking without A/D bits").
 #[inline]
 pub(crate) fn use_lockless(op: AgeOp, ad_enabled: bool, force_locked: bool) -> bool {
     !force_locked && (ad_enabled || op == AgeOp::Test)

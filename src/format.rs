@@ -11,8 +11,8 @@
 //!   aging walks the rmaps with no MMU lock at all.
 //! - arm64 stage-2 ([`S2Mmu`]): faults and aging hold the MMU lock for
 //!   read and race each other with compare-exchange and the locked-entry
-//!   protocol (protocols.md E24-E28); only zaps hold it for write. No
-//!   rmaps: zaps and aging walk the tables.
+//!   protocol (see "Stage-2 (arm64)" in Documentation/secmmu-protocols.rst);
+//!   only zaps hold it for write. No rmaps: zaps and aging walk the tables.
 //!
 //! Whatever touches the tables of a specific format (the fault path, aging)
 //! matches on [`Pgt`]; what is the same for both (roots, snapshots, zaps,

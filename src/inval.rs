@@ -2,17 +2,20 @@
 
 //! Invalidation tracking: the retry half of the mmu_notifier contract.
 //!
-//! protocols.md A1-A2 (KVM's `mmu_invalidate_begin/end` and
-//! `mmu_invalidate_retry_gfn`). Between `invalidate_range_start()` and the
-//! matching `invalidate_range_end()` no new mapping of the range may be
-//! created. The fault path therefore snapshots [`Invalidations::seq`] before
-//! it resolves a host page (which may sleep), and, under the lock that
-//! protects this state, gives up and retries when [`Invalidations::retry`]
-//! says an invalidation overlapping the address is in progress or has
-//! completed since the snapshot.
+//! See "Invalidation and the retry sequence" in
+//! Documentation/secmmu-protocols.rst (KVM's `kvm_mmu_invalidate_start()`,
+//! `kvm_mmu_invalidate_end()` and `mmu_invalidate_retry_gfn()`). Between
+//! `invalidate_range_start()` and the matching `invalidate_range_end()` no
+//! new mapping of the range may be created. The fault path therefore
+//! snapshots [`Invalidations::seq`] before it resolves a host page (which
+//! may sleep), and, under the lock that protects this state, gives up and
+//! retries when [`Invalidations::retry_range`] says an invalidation
+//! overlapping what it maps is in progress or has completed since the
+//! snapshot.
 //!
 //! The state is kept in host virtual addresses, as the notifier reports
-//! them; callers hold the space's invalidation lock around every method.
+//! them. It lives under the space's MMU lock: `start` and `end` change it
+//! with the lock held for write, faults read it under either side.
 //! Kernel-free: built into the module and into the host crate.
 
 /// How many completed invalidations are remembered with their ranges.

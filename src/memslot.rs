@@ -110,7 +110,8 @@ impl Slot {
     }
 
     /// The gfns `[start, end)` whose backing pages intersect the user range
-    /// `[hva_start, hva_end)`, if any. `hva_end` is exclusive (A4).
+    /// `[hva_start, hva_end)`, if any. `hva_end` is exclusive, as the
+    /// notifier's is (KVM's `kvm_handle_hva_range()`).
     pub(crate) fn hva_range_to_gfns(&self, hva_start: u64, hva_end: u64) -> Option<(u64, u64)> {
         let slot_end = self.userspace_addr + (self.npages << PAGE_SHIFT);
         let start = hva_start.max(self.userspace_addr);

@@ -134,9 +134,9 @@ pub(crate) fn cpu_relax() {
 
 /// Proof that preemption is disabled on the current CPU for the lifetime `'a`.
 ///
-/// Lockless rmap walkers must hold one while they hold an rmap's bit lock (protocols C14):
-/// other CPUs spin on that bit, so its holder must not be scheduled out.  It is neither `Send`
-/// nor `Sync`: the proof is about the CPU that made it.
+/// Lockless rmap walkers must hold one while they hold an rmap's bit lock (see "Lockless rmap
+/// walks" in Documentation/secmmu-protocols.rst): other CPUs spin on that bit, so its holder must
+/// not be scheduled out.  It is neither `Send` nor `Sync`: the proof is about the CPU that made it.
 pub(crate) struct NoPreempt<'a>(PhantomData<(&'a (), *mut ())>);
 
 impl NoPreempt<'_> {

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Reverse maps: for one gfn at one mapping level, the SPTEs that map it (KVM's rmaps, see
-//! `arch/x86/kvm/mmu/mmu.c`, and protocols C9-C17).
+//! `arch/x86/kvm/mmu/mmu.c`).  The rules they keep are the sections "Rmap encoding", "Rmap
+//! locking" and "Lockless rmap walks" of Documentation/secmmu-protocols.rst, cited below by
+//! title.
 //!
 //! An rmap is one word, [`RmapHead`]:
 //!
@@ -12,26 +14,27 @@
 //!
 //! SPTE slots and descriptors are at least 8-byte aligned, so both low bits are free.
 //!
-//! Locking.  Only holders of the MMU lock for write modify rmaps ([`MmuWriteLocked`], C11), and
-//! they also take the bit lock ([`RmapHead::lock()`]), so that lockless walkers, which hold only
-//! the bit lock ([`RmapHead::lock_readonly()`], C13), see a stable chain.  The bit lock protects
-//! the chain, not the SPTEs: SPTEs behind a locked rmap may still be changed or zapped by others
-//! (C11), so lockless walkers must expect non-present SPTEs in the chain (C17).
+//! Locking.  Only holders of the MMU lock for write modify rmaps ([`MmuWriteLocked`], "Rmap
+//! locking"), and they also take the bit lock ([`RmapHead::lock()`]), so that lockless walkers,
+//! which hold only the bit lock ([`RmapHead::lock_readonly()`], "Lockless rmap walks"), see a
+//! stable chain.  The bit lock protects the chain, not the SPTEs: SPTEs behind a locked rmap may
+//! still be changed or zapped by others (a zap clears an SPTE before it removes it), so lockless
+//! walkers must expect non-present SPTEs in the chain.
 //!
-//! Locking elides the bit lock when the rmap is empty (C12): a lockless walker has nothing to
-//! walk then, and writers are serialized by the MMU lock.  That is why a read-only unlock of an
-//! empty rmap must write nothing: writing back the 0 it saw would discard an SPTE that a writer
-//! added meanwhile (C13).
+//! Locking elides the bit lock when the rmap is empty (as KVM's `__kvm_rmap_lock()` does): a
+//! lockless walker has nothing to walk then, and writers are serialized by the MMU lock.  That
+//! is why a read-only unlock of an empty rmap must write nothing: writing back the 0 it saw would
+//! discard an SPTE that a writer added meanwhile (KVM's `kvm_rmap_unlock_readonly()`).
 //!
-//! Every operation reads the head once when locking, computes the new value locally, and
-//! writes it once when unlocking (C10).  The lock is a compare-exchange with `Acquire`, the
-//! unlock a store with `Release` (C15): a lockless walker that takes the bit lock sees every
-//! descriptor write made by the writer that released it.
+//! Every operation reads the head once when locking, computes the new value locally, and writes
+//! it once when unlocking ("Rmap encoding").  The lock is a compare-exchange with `Acquire`, the
+//! unlock a store with `Release` ("Rmap locking"): a lockless walker that takes the bit lock
+//! sees every descriptor write made by the writer that released it.
 //!
-//! Descriptors are freed only under the bit lock (C16), into a [`DescCache`]: no lockless
-//! walker can be looking at them then.  They are also allocated from a `DescCache`, topped up
-//! before the MMU lock is taken, so that adding to an rmap under the spinning MMU lock neither
-//! sleeps nor fails.
+//! Descriptors are freed only under the bit lock ("Lockless rmap walks"), into a [`DescCache`]:
+//! no lockless walker can be looking at them then.  They are also allocated from a `DescCache`,
+//! topped up before the MMU lock is taken, so that adding to an rmap under the spinning MMU lock
+//! neither sleeps nor fails.
 
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
@@ -89,9 +92,9 @@ impl PteListDesc {
     }
 }
 
-/// A descriptor as allocated.  Linked in an rmap, it is written only by a holder of both the
-/// MMU lock for write and the rmap's bit lock, and read by holders of either (C11).  Otherwise
-/// it belongs to a [`DescCache`] or to the operation that just took it from one.
+/// A descriptor as allocated.  Linked in an rmap, it is written only by a holder of both the MMU
+/// lock for write and the rmap's bit lock, and read by holders of either ("Rmap locking").
+/// Otherwise it belongs to a [`DescCache`] or to the operation that just took it from one.
 struct Desc(UnsafeCell<PteListDesc>);
 
 impl Desc {
@@ -250,8 +253,8 @@ impl Drop for DescCache {
     }
 }
 
-/// Proof that the current thread holds the MMU lock for write, which rmap modifications
-/// require (C11).  Writers pass it by `&mut`, so one thread cannot have two write guards, and
+/// Proof that the current thread holds the MMU lock for write, which rmap modifications require
+/// ("Rmap locking").  Writers pass it by `&mut`, so one thread cannot have two write guards, and
 /// thus two diverging views of one rmap, at once.
 pub(crate) struct MmuWriteLocked<'a>(PhantomData<(&'a (), *mut ())>);
 
@@ -382,7 +385,7 @@ impl RmapHead {
     }
 
     /// Takes the bit lock unless the rmap is empty, and returns the value it held, without
-    /// `LOCKED`; 0 means empty and not locked (C12, KVM's `__kvm_rmap_lock()`).
+    /// `LOCKED`; 0 means empty and not locked (KVM's `__kvm_rmap_lock()`).
     fn raw_lock(&self) -> usize {
         self.raw_lock_contended().0
     }
@@ -476,8 +479,8 @@ impl RmapGuard<'_> {
         self.new == 0
     }
 
-    /// Iterates over the SPTEs.  Under the MMU lock a non-present SPTE in an rmap means
-    /// corruption (C17): zapped SPTEs are removed before the MMU lock is dropped.
+    /// Iterates over the SPTEs.  Under the MMU lock a non-present SPTE in an rmap means corruption
+    /// ("Lockless rmap walks"): zapped SPTEs are removed before the MMU lock is dropped.
     pub(crate) fn sptes(&self) -> RmapIter<'_> {
         // SAFETY: the chain is stable while `self` is borrowed: only `&mut self` changes it, and
         // other writers are excluded by the bit lock or, for an rmap that was empty, by the MMU
@@ -492,7 +495,7 @@ impl RmapGuard<'_> {
     ///
     /// `sptep` points at an SPTE slot that stays valid until it has been removed from this
     /// rmap, by [`RmapGuard::remove()`] or [`RmapGuard::drain()`], and that guard dropped:
-    /// walkers dereference the SPTE pointers of an rmap they locked (C16).
+    /// walkers dereference the SPTE pointers of an rmap they locked ("Lockless rmap walks").
     pub(crate) unsafe fn add(&mut self, sptep: NonNull<AtomicU64>, cache: &mut DescCache) -> usize {
         debug_assert_eq!(sptep.as_ptr().addr() & RMAP_TAGS, 0);
 
@@ -610,14 +613,14 @@ impl RmapGuard<'_> {
         if empty {
             // The new head is the next descriptor, or nothing.
             self.new = more.map_or(Chain::Empty, Chain::Many).encode();
-            // Unlinked under the bit lock, it cannot be in use by a lockless walker (C16).
+            // Unlinked under the bit lock, it cannot be in use by a lockless walker.
             cache.put(head);
         }
     }
 
     /// Empties the rmap, handing each SPTE to `f` first (KVM's `kvm_zap_all_rmap_sptes()`,
     /// with `f` zapping), and giving the descriptors back to `cache` while the bit lock is
-    /// held (C16).  Returns the number of SPTEs.
+    /// held ("Lockless rmap walks").  Returns the number of SPTEs.
     pub(crate) fn drain(&mut self, cache: &mut DescCache, mut f: impl FnMut(&AtomicU64)) -> usize {
         let chain = self.chain();
         self.new = 0;
@@ -642,7 +645,7 @@ impl RmapGuard<'_> {
                     }
                     count += n;
                     next = more;
-                    // Unlinked under the bit lock: no lockless walker is looking at it (C16).
+                    // Unlinked under the bit lock: no lockless walker is looking at it.
                     cache.put(desc);
                 }
                 count
@@ -679,8 +682,8 @@ impl RmapGuard<'_> {
     }
 }
 
-/// A read-only lock of an rmap, for walking it without the MMU lock and with preemption
-/// disabled (C13, C14).  It has no way to change the chain; dropping it writes back the value
+/// A read-only lock of an rmap, for walking it without the MMU lock and with preemption disabled
+/// ("Lockless rmap walks").  It has no way to change the chain; dropping it writes back the value
 /// it saw, or nothing if the rmap was empty (KVM's `kvm_rmap_unlock_readonly()`).
 pub(crate) struct RmapReadGuard<'a> {
     head: &'a RmapHead,
@@ -693,7 +696,7 @@ pub(crate) struct RmapReadGuard<'a> {
 
 impl Drop for RmapReadGuard<'_> {
     fn drop(&mut self) {
-        // Not locked: writing back 0 could discard an SPTE added meanwhile (C13).
+        // Not locked: writing back 0 could discard an SPTE added meanwhile.
         if self.val == 0 {
             return;
         }
@@ -715,13 +718,13 @@ impl RmapReadGuard<'_> {
     }
 
     /// Whether locking found the rmap `LOCKED` by someone else and had to spin (contention
-    /// statistics for lockless walkers, protocols G).
+    /// statistics for lockless walkers: `rmap_contention`).
     pub(crate) fn contended(&self) -> bool {
         self.contended
     }
 
     /// Iterates over the SPTEs.  They may be changed or zapped concurrently: walkers must load
-    /// each one and skip non-present ones (C17).
+    /// each one and skip non-present ones (KVM's `for_each_rmap_spte_lockless()`).
     pub(crate) fn sptes(&self) -> RmapIter<'_> {
         // SAFETY: the guard holds the bit lock (or the chain is empty), so no writer changes
         // the chain or removes an SPTE, which keeps the SPTEs valid, per `add()`.
@@ -1129,9 +1132,10 @@ mod tests {
 
 #[cfg(all(test, loom))]
 mod loom_tests {
-    //! Models of the races protocols C12-C15 guard against, explored exhaustively (no
-    //! preemption bound; each takes milliseconds).  Each thread that writes holds its own
-    //! [`DescCache`], as a vCPU would; leak checks count descriptors back into the caches.
+    //! Models of the races the bit lock guards against ("Rmap locking", "Lockless rmap walks"),
+    //! explored exhaustively (no preemption bound; each takes milliseconds).  Each thread that
+    //! writes holds its own [`DescCache`], as a vCPU would; leak checks count descriptors back into
+    //! the caches.
 
     use super::*;
     use loom::model;

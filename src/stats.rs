@@ -54,7 +54,8 @@ pub(crate) struct Stats {
     pub(crate) invalidated_pages: Counter,
     /// Faults resolved by installing an SPTE.
     pub(crate) faults: Counter,
-    /// Faults retried because an invalidation raced them (A2).
+    /// Faults retried because an invalidation raced them (see "Invalidation
+    /// and the retry sequence" in Documentation/secmmu-protocols.rst).
     pub(crate) fault_retries: Counter,
     /// Faults that could not be resolved and exited to userspace.
     pub(crate) memory_faults: Counter,
@@ -62,7 +63,8 @@ pub(crate) struct Stats {
     pub(crate) sptes_zapped: Counter,
     /// ... of which were dirty, so their page was marked dirty.
     pub(crate) dirty_pages: Counter,
-    /// Zaps that dropped the MMU lock to reschedule (B6).
+    /// Zaps that dropped the MMU lock to reschedule ("Yielding in long
+    /// walks").
     pub(crate) zap_yields: Counter,
     /// Remote TLB flush rounds.
     pub(crate) tlb_flushes: Counter,
@@ -89,7 +91,7 @@ pub(crate) struct Stats {
     /// Access-tracked SPTEs restored by a fault without get_user_pages.
     pub(crate) access_restores: Counter,
     /// Faults that found an entry locked or changed by another walker
-    /// (-EAGAIN, protocols.md E25) and started over.
+    /// (-EAGAIN, "Locked entries") and started over.
     pub(crate) fault_eagain: Counter,
     /// Access-flag faults fixed without get_user_pages (arm64, no A/D).
     pub(crate) access_flag_faults: Counter,

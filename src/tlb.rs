@@ -3,10 +3,11 @@
 //! The vCPUs' software TLBs, and the guest-mode/request protocol that lets the zap path flush
 //! them (KVM's `vcpu->mode` and `vcpu->requests`, `kvm_make_all_cpus_request()`).
 //!
-//! The contract (protocols A1 and F29).  A software TLB caches translations outside the page
-//! tables, so a zap does not remove them.  After `invalidate_range_start()` returns, the primary
-//! MMU may free the pages of the range, so by then no vCPU may use a translation, or touch a
-//! page, it got before the zap.  The rules that make it so:
+//! The contract (see "Invalidation removes every mapping" and "Translations cached outside the
+//! tables" in Documentation/secmmu-protocols.rst).  A software TLB caches translations outside the
+//! page tables, so a zap does not remove them.  After `invalidate_range_start()` returns, the
+//! primary MMU may free the pages of the range, so by then no vCPU may use a translation, or touch
+//! a page, it got before the zap.  The rules that make it so:
 //!
 //! 1. A vCPU uses its [`SoftTlb`], walks the tables and touches guest pages only in guest mode:
 //!    between [`VcpuMode::enter_guest()`] and [`VcpuMode::exit_guest()`], with preemption
@@ -14,7 +15,8 @@
 //!    MMU lock: faults are handled outside guest mode).
 //! 2. When `enter_guest()` returns true, the vCPU flushes its TLB before using it.
 //! 3. The zap path clears SPTEs, then, still holding the MMU lock, calls
-//!    [`VcpuMode::request_flush()`] on every vCPU before it drops the lock (B7, B8).
+//!    [`VcpuMode::request_flush()`] on every vCPU before it drops the lock ("TLB flush before
+//!    dropping the MMU lock").
 //!
 //! Why it works: a Dekker pairing.  `enter_guest()` stores IN_GUEST, then (after a full fence)
 //! reads the requests; `request_flush()` sets the request, then (after a full fence) reads the
@@ -92,8 +94,8 @@ pub(crate) struct TlbHit {
 ///
 /// A translation is cached at the size of the leaf that maps it, as hardware does.  Two entries
 /// of different sizes never both cover a gfn with different translations: a leaf is replaced by
-/// one of another size only after it is zapped, and the zap flushes (A1; on stage-2, the flush
-/// between break and make).
+/// one of another size only after it is zapped, and the zap flushes ("Invalidation removes every
+/// mapping"; on stage-2, the flush between break and make, "Break-before-make").
 ///
 /// The pages of a huge leaf are one huge page of the host, whose addresses are as contiguous
 /// as its pfns (a folio's pages in the direct map): the address of page `i` of a leaf is the
