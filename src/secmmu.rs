@@ -11,10 +11,13 @@
 
 #[path = "../rust/bindings.rs"]
 mod bindings;
+// Kernel abstractions the kernel crate lacks, written for rust/kernel/.
+#[allow(dead_code)]
+#[path = "../rust/ext.rs"]
+mod ext;
 mod format;
 mod kpages;
 mod mmu_lock;
-mod notifier;
 mod space;
 mod testhooks;
 mod uapi;

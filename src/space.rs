@@ -29,12 +29,12 @@
 use crate::{
     aging::{self, AgeOp, AgeResult},
     arm64::mmu::S2Mmu,
+    ext::mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
     format::Pgt,
     inval::Invalidations,
     kpages,
     memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
     mmu_lock::{MmuLock, WriteGuard},
-    notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
     pgtable::ZapCursor,
     prim::{NoPreempt, PArc},
     stats::Stats,
@@ -72,7 +72,8 @@ pub(crate) struct Config {
 /// The state of one open `/dev/secmmu`.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Space {
-    /// First field: dropped (unregistered) before everything else.
+    /// First field: dropped (unregistered, waiting for running callbacks)
+    /// before everything else; initialized (registered) last.
     #[pin]
     notifier: MmuNotifier<Space>,
     /// Serializes configuration changes; holds the configuration.
@@ -138,7 +139,6 @@ impl Space {
         let rmaps = RmapTable::new().map_err(|_| ENOMEM)?;
         let space = Arc::pin_init(
             try_pin_init!(Self {
-                notifier <- MmuNotifier::new(mm),
                 config <- new_mutex!(None, "secmmu_config"),
                 mmu <- MmuLock::new(MmuState {
                     mmu: None,
@@ -155,13 +155,12 @@ impl Space {
                 vcpu_ids: AtomicU64::new(0),
                 released: AtomicBool::new(false),
                 stats: Stats::default(),
+                // SAFETY: Last: callbacks may run from here on, and every
+                // other field is initialized.
+                notifier <- unsafe { MmuNotifier::register(mm) },
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
-        // SAFETY: The space lives in an `Arc`, which never moves its
-        // contents, so its notifier is pinned.
-        let notifier = unsafe { Pin::new_unchecked(&space.notifier) };
-        notifier.register(mm)?;
         Ok(space)
     }
 
@@ -667,6 +666,7 @@ fn slot_errno(e: SlotError) -> Error {
     }
 }
 
+#[vtable]
 impl MmuNotifierOps for Space {
     fn release(&self) {
         // From here on every ioctl and fault fails with EIO and nothing may
@@ -698,19 +698,23 @@ impl MmuNotifierOps for Space {
         self.count_zapped(&zapped);
     }
 
-    fn invalidate_range_start(&self, range: &Range) {
+    /// Never fails: the mm core takes `EAGAIN` only from a notifier without
+    /// `invalidate_range_end()`, and a space needs its `end` (the retry
+    /// state). A range that is not blockable is zapped without yielding.
+    fn invalidate_range_start(&self, range: &Range) -> Result {
+        let (start, end, blockable) = (range.start(), range.end(), range.blockable());
         self.stats.invalidations.inc();
-        if !range.blockable {
+        if !blockable {
             self.stats.invalidations_nonblock.inc();
         }
-        let pages = (range.end - range.start) >> kernel::page::PAGE_SHIFT;
+        let pages = (end - start) >> kernel::page::PAGE_SHIFT;
         self.stats.invalidated_pages.add(pages as u64);
         // First make every fault of the range retry (A2), then remove the
         // mappings that exist (A1): a fault that installed before `begin`
         // is zapped below, one that checks after it retries. Both under the
         // MMU lock for write: faults check under the read side at least.
         let mut guard = self.mmu.write();
-        guard.inval.begin(range.start, range.end);
+        guard.inval.begin(start, end);
         // The slots this range backs, in guest-physical order, found again
         // after every slot's zap, since `zap_gfns` may yield the lock. A
         // slot created meanwhile maps nothing of the range (its faults
@@ -724,32 +728,32 @@ impl MmuNotifierOps for Space {
                 .iter()
                 .filter(|s| s.base_gfn >= from)
                 .find_map(|s| {
-                    let (start, end) = s.hva_range_to_gfns(range.start as u64, range.end as u64)?;
-                    Some((s.id, s.end_gfn(), start, end))
+                    let (first, last) = s.hva_range_to_gfns(start as u64, end as u64)?;
+                    Some((s.id, s.end_gfn(), first, last))
                 });
-            let Some((id, slot_end, start, end)) = next else {
+            let Some((id, slot_end, gfn_start, gfn_end)) = next else {
                 break;
             };
             from = slot_end;
             let skip = crate::testhooks::skip_zap();
             if skip == 0 {
-                self.zap_gfns(&mut guard, &mut zapped, id, start, end, range.blockable);
+                self.zap_gfns(&mut guard, &mut zapped, id, gfn_start, gfn_end, blockable);
                 continue;
             }
             // Tests only: leave every gfn that is a multiple of `skip`
             // mapped, for SECMMU_AUDIT to find.
-            let mut gfn = start;
-            while gfn < end {
+            let mut gfn = gfn_start;
+            while gfn < gfn_end {
                 let next = (gfn / skip + 1) * skip;
                 let first = if gfn % skip == 0 { gfn + 1 } else { gfn };
-                if first < next.min(end) {
+                if first < next.min(gfn_end) {
                     self.zap_gfns(
                         &mut guard,
                         &mut zapped,
                         id,
                         first,
-                        next.min(end),
-                        range.blockable,
+                        next.min(gfn_end),
+                        blockable,
                     );
                 }
                 gfn = next;
@@ -758,10 +762,11 @@ impl MmuNotifierOps for Space {
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
         self.count_zapped(&zapped);
+        Ok(())
     }
 
     fn invalidate_range_end(&self, range: &Range) {
-        let balanced = self.mmu.write().inval.end(range.start, range.end);
+        let balanced = self.mmu.write().inval.end(range.start(), range.end());
         // An end without its start: the mm core broke the contract.
         kernel::warn_on!(!balanced);
     }

@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Kernel abstractions secmmu needs that the kernel crate (Linux 7.3) lacks.
+//!
+//! Each file is written as it would be proposed for `rust/kernel/`: safe
+//! types over the C API, with the rules of the C side in their docs. The
+//! secmmu code in `src/` uses the kernel through these and the kernel crate
+//! only, never through raw bindings.
+//!
+//! Their API is what the C side offers, not trimmed to what secmmu calls
+//! today, so some items have no user yet.
+
+pub(crate) mod mmu_notifier;
