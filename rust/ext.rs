@@ -11,3 +11,4 @@
 //! today, so some items have no user yet.
 
 pub(crate) mod mmu_notifier;
+pub(crate) mod sched;

@@ -81,8 +81,8 @@ impl<T> WriteGuard<'_, T> {
         // SAFETY: We hold the write side; no reference derived from this
         // guard outlives the `&mut self` borrow of this call.
         unsafe { bindings::secmmu_write_unlock(self.lock.lock.get()) };
-        // SAFETY: Plain call; we hold no spinning lock now.
-        unsafe { bindings::secmmu_cond_resched() };
+        // We hold no spinning lock now.
+        crate::ext::sched::cond_resched();
         // SAFETY: The lock is initialized.
         unsafe { bindings::secmmu_write_lock(self.lock.lock.get()) };
     }

@@ -29,7 +29,10 @@
 use crate::{
     aging::{self, AgeOp, AgeResult},
     arm64::mmu::S2Mmu,
-    ext::mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
+    ext::{
+        mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
+        sched,
+    },
     format::Pgt,
     inval::Invalidations,
     kpages,
@@ -393,10 +396,7 @@ impl Space {
         let mut cursor = ZapCursor::new(start);
         while let Some(mmu) = guard.mmu.as_mut() {
             let lock = &self.mmu;
-            let mut should_stop = || {
-                // SAFETY: Plain read of the current task's flags.
-                may_block && (unsafe { crate::bindings::secmmu_need_resched() } || lock.contended())
-            };
+            let mut should_stop = || may_block && (sched::need_resched() || lock.contended());
             let progress = mmu.zap_gfn_range_step(id, &mut cursor, end, &mut should_stop);
             z.sptes += progress.zapped;
             z.dirty += progress.dirty;
@@ -555,8 +555,8 @@ impl Space {
                 };
                 drop(state);
                 gfn = next;
-                // SAFETY: Plain call; no lock is held.
-                unsafe { crate::bindings::secmmu_cond_resched() };
+                // No lock is held.
+                sched::cond_resched();
             }
         }
         self.stats.audits.inc();

@@ -17,6 +17,7 @@
 use crate::{
     arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
     bindings,
+    ext::sched,
     format::{Pgt, Root},
     kpages::KernelPages,
     memslot::Slot,
@@ -273,8 +274,8 @@ impl Vcpu {
         if kernel::current!().signal_pending() {
             return Err(Exit::Errno(EINTR));
         }
-        // SAFETY: Plain call; no lock is held.
-        unsafe { bindings::secmmu_cond_resched() };
+        // No lock is held.
+        sched::cond_resched();
         Ok(())
     }
 
