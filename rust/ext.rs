@@ -11,4 +11,5 @@
 //! today, so some items have no user yet.
 
 pub(crate) mod mmu_notifier;
+pub(crate) mod preempt;
 pub(crate) mod sched;

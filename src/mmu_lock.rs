@@ -10,8 +10,12 @@
 //! [`MmuLock::write`] returns a [`WriteGuard`] that derefs mutably, and is
 //! the only way to get `&mut T`: a function that takes `&mut T` (or the
 //! guard) proves the write side is held. A [`ReadGuard`] derefs shared.
+//!
+//! The kernel-free core takes its own proof tokens (it is compiled for the
+//! host too): they are made here, and only here, from the kernel's real
+//! guards.
 
-use crate::bindings;
+use crate::{bindings, ext::preempt::PreemptDisabled, prim::NoPreempt};
 use core::{
     cell::UnsafeCell,
     ops::{Deref, DerefMut},
@@ -130,5 +134,14 @@ impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: We hold the read side.
         unsafe { bindings::secmmu_read_unlock(self.lock.lock.get()) };
+    }
+}
+
+impl<'a> From<PreemptDisabled<'a>> for NoPreempt<'a> {
+    /// The core's proof that preemption is disabled, from the kernel's.
+    fn from(_proof: PreemptDisabled<'a>) -> Self {
+        // SAFETY: `_proof` shows that preemption stays disabled on this CPU
+        // for `'a`, which the token cannot outlive.
+        unsafe { NoPreempt::assume() }
     }
 }

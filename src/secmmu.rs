@@ -145,10 +145,11 @@ mod kunit {
             mmu::{translate as s2_translate, S2Mmu},
             pte as s2,
         },
+        ext::preempt::PreemptGuard,
         inval::checks,
         kpages::KernelPages,
         pgtable::{MapAction, MapError, MapLevel, TableCache, ZapCursor},
-        prim::{AtomicU64, NoPreempt, Ordering},
+        prim::{AtomicU64, Ordering},
         rmap::{DescCache, MmuWriteLocked, RmapHead, PTE_LIST_EXT},
         x86::spte::{self, Level},
     };
@@ -392,16 +393,12 @@ mod kunit {
     #[test]
     fn rmap_readonly_unlock_of_empty() {
         let head = RmapHead::new();
-        // SAFETY: Paired with the enable below; nothing sleeps in between.
-        unsafe { crate::bindings::secmmu_preempt_disable() };
         {
-            // SAFETY: Preemption is disabled until after the proof is gone.
-            let np = unsafe { NoPreempt::assume() };
+            let preempt = PreemptGuard::new();
+            let np = preempt.proof().into();
             let g = head.lock_readonly(&np);
             assert!(g.is_empty());
         }
-        // SAFETY: Paired with the disable above.
-        unsafe { crate::bindings::secmmu_preempt_enable() };
         assert!(head.is_empty());
     }
 }

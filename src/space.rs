@@ -31,6 +31,7 @@ use crate::{
     arm64::mmu::S2Mmu,
     ext::{
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
+        preempt::PreemptGuard,
         sched,
     },
     format::Pgt,
@@ -39,7 +40,7 @@ use crate::{
     memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
     mmu_lock::{MmuLock, WriteGuard},
     pgtable::ZapCursor,
-    prim::{NoPreempt, PArc},
+    prim::PArc,
     stats::Stats,
     tlb::VcpuMode,
     uapi,
@@ -819,16 +820,11 @@ impl Space {
             }
         } else if aging::use_lockless(op, self.rmaps.ad_enabled(), self.aging_locked) {
             self.stats.aging_lockless.inc();
-            // SAFETY: Paired with the `preempt_enable()` below; nothing in
-            // between sleeps.
-            unsafe { crate::bindings::secmmu_preempt_disable() };
             let r = {
-                // SAFETY: Preemption stays disabled until after `np` is gone.
-                let np = unsafe { NoPreempt::assume() };
-                age_hva_range_lockless(&self.rmaps, &np, start, end, op)
+                // Nothing in the walk sleeps.
+                let preempt = PreemptGuard::new();
+                age_hva_range_lockless(&self.rmaps, &preempt.proof().into(), start, end, op)
             };
-            // SAFETY: Paired with the `preempt_disable()` above.
-            unsafe { crate::bindings::secmmu_preempt_enable() };
             // clear_flush_young: the entries made old must not stay cached
             // as young translations (no MMU lock needed to flush).
             if r.needs_flush() {

@@ -17,7 +17,7 @@
 use crate::{
     arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
     bindings,
-    ext::sched,
+    ext::{preempt::PreemptGuard, sched},
     format::{Pgt, Root},
     kpages::KernelPages,
     memslot::Slot,
@@ -285,8 +285,7 @@ impl Vcpu {
     /// with; it must be short and take no lock.
     fn in_guest<R>(&self, tlb: &mut SoftTlb, body: impl FnOnce(&mut GuestMode<'_>) -> R) -> R {
         let mode = self.space.vcpu_mode(self.id.idx);
-        // SAFETY: Paired with the `preempt_enable()` below.
-        unsafe { bindings::secmmu_preempt_disable() };
+        let preempt = PreemptGuard::new();
         if mode.enter_guest() {
             tlb.flush();
         }
@@ -296,8 +295,7 @@ impl Vcpu {
             mode,
         });
         mode.exit_guest();
-        // SAFETY: Paired with the `preempt_disable()` above.
-        unsafe { bindings::secmmu_preempt_enable() };
+        drop(preempt);
         r
     }
 
