@@ -12,4 +12,5 @@
 
 pub(crate) mod mmu_notifier;
 pub(crate) mod preempt;
+pub(crate) mod rwlock;
 pub(crate) mod sched;

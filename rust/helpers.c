@@ -48,9 +48,14 @@ void secmmu_preempt_enable(void)
 	preempt_enable();
 }
 
-void secmmu_rwlock_init(rwlock_t *lock)
+void secmmu_rwlock_init(rwlock_t *lock, const char *name,
+			struct lock_class_key *key)
 {
+#if defined(CONFIG_DEBUG_SPINLOCK) && !defined(CONFIG_PREEMPT_RT)
+	__rwlock_init(lock, name, key);
+#else
 	rwlock_init(lock);
+#endif
 }
 
 void secmmu_read_lock(rwlock_t *lock)

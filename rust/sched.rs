@@ -6,8 +6,10 @@
 //!
 //! Long loops in process context call [`cond_resched()`] between steps, and
 //! loops under a spinning lock poll [`need_resched()`] (next to the lock's
-//! own contention check, e.g. `rwlock_needbreak()`) to know when to drop
+//! own contention check, e.g. [`RwLock::contended`]) to know when to drop
 //! the lock and call it, like the kernel's `cond_resched_rwlock_write()`.
+//!
+//! [`RwLock::contended`]: super::rwlock::RwLock::contended
 
 use crate::bindings;
 

@@ -34,8 +34,12 @@ unsigned long secmmu_task_size(void);
 void secmmu_preempt_disable(void);
 void secmmu_preempt_enable(void);
 
-/* The MMU lock: an rwlock_t, one lockdep class for every space. */
-void secmmu_rwlock_init(rwlock_t *lock);
+/*
+ * rwlock_init() with the lockdep class @key and @name, as the kernel's Rust
+ * helper does for spinlocks (without CONFIG_DEBUG_SPINLOCK, rwlock_init()).
+ */
+void secmmu_rwlock_init(rwlock_t *lock, const char *name,
+			struct lock_class_key *key);
 void secmmu_read_lock(rwlock_t *lock);
 void secmmu_read_unlock(rwlock_t *lock);
 void secmmu_write_lock(rwlock_t *lock);

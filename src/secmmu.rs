@@ -145,12 +145,13 @@ mod kunit {
             mmu::{translate as s2_translate, S2Mmu},
             pte as s2,
         },
-        ext::preempt::PreemptGuard,
+        ext::{preempt::PreemptGuard, rwlock::new_rwlock},
         inval::checks,
         kpages::KernelPages,
+        mmu_lock::write_locked,
         pgtable::{MapAction, MapError, MapLevel, TableCache, ZapCursor},
         prim::{AtomicU64, Ordering},
-        rmap::{DescCache, MmuWriteLocked, RmapHead, PTE_LIST_EXT},
+        rmap::{DescCache, RmapHead, PTE_LIST_EXT},
         x86::spte::{self, Level},
     };
     use core::ptr::NonNull;
@@ -230,10 +231,14 @@ mod kunit {
         let ptr = |i: usize| NonNull::from(&sptes[i]);
         let head = RmapHead::new();
         let mut cache = DescCache::new(8);
-        // SAFETY: The rmap is local to this test: no one else can lock it.
-        let mut mmu = unsafe { MmuWriteLocked::assume() };
+        // The MMU lock of this test's rmap: its writers hold it for write.
+        let lock = KBox::pin_init(new_rwlock!((), "secmmu_test_mmu_lock"), GFP_KERNEL)?;
         for i in 0..N {
+            // Allocates: before the (spinning) lock.
             cache.topup(1).map_err(|_| ENOMEM)?;
+            let mut guard = lock.write();
+            // SAFETY: `lock` is the only lock the rmap's writers take.
+            let mut mmu = unsafe { write_locked(&mut guard) };
             let mut g = head.lock(&mut mmu);
             // SAFETY: `sptes` outlives the rmap's use of its entries: all
             // are removed below.
@@ -241,6 +246,9 @@ mod kunit {
             assert_eq!(before, i);
             assert_eq!(g.len(), i + 1);
         }
+        let mut guard = lock.write();
+        // SAFETY: As above.
+        let mut mmu = unsafe { write_locked(&mut guard) };
         // Remove every other one, then the rest, back to front.
         for i in Iterator::chain((0..N).step_by(2), (1..N).step_by(2).rev()) {
             let mut g = head.lock(&mut mmu);
@@ -250,6 +258,7 @@ mod kunit {
         let mut g = head.lock(&mut mmu);
         assert!(!g.remove(ptr(0), &mut cache));
         drop(g);
+        drop(guard);
         assert!(cache.len() >= N / PTE_LIST_EXT);
         Ok(())
     }

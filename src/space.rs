@@ -32,6 +32,7 @@ use crate::{
     ext::{
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
         preempt::PreemptGuard,
+        rwlock::new_rwlock,
         sched,
     },
     format::Pgt,
@@ -144,11 +145,14 @@ impl Space {
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 config <- new_mutex!(None, "secmmu_config"),
-                mmu <- MmuLock::new(MmuState {
-                    mmu: None,
-                    slots: Memslots::new(),
-                    inval: Invalidations::new(),
-                }),
+                mmu <- new_rwlock!(
+                    MmuState {
+                        mmu: None,
+                        slots: Memslots::new(),
+                        inval: Invalidations::new(),
+                    },
+                    "secmmu_mmu_lock"
+                ),
                 rmaps,
                 retired <- new_mutex!(KVec::new(), "secmmu_retired_rmaps"),
                 aging_locked,
