@@ -17,7 +17,7 @@
 use crate::{
     arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
     bindings,
-    ext::{preempt::PreemptGuard, sched},
+    ext::{gup::UserPageRef, preempt::PreemptGuard, sched},
     format::{Pgt, Root},
     kpages::KernelPages,
     memslot::Slot,
@@ -369,23 +369,19 @@ impl Vcpu {
             st.tables.topup(FAULT_TABLES).map_err(|_| ENOMEM)?;
             st.descs.topup(FAULT_DESCS).map_err(|_| ENOMEM)?;
 
-            let mut pfn = 0usize;
-            // SAFETY: `hva` is a user address of the current mm (the caller
-            // is the space's creator); `pfn` is a valid out pointer.
-            let ret = unsafe { bindings::secmmu_get_user_page(hva as usize, write, &mut pfn) };
-            if ret != 0 {
-                let e = Error::from_errno(ret);
-                if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
+            // `hva` is a user address of the current mm (the caller is the
+            // space's creator).
+            let page = match UserPageRef::get_fast(hva as usize, write) {
+                Ok(page) => page,
+                Err(e) if e == ENOMEM || e == EINTR || e == ERESTARTSYS => {
                     return Err(Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR }));
                 }
-                space.stats.memory_faults.inc();
-                return Err(Exit::MemoryFault);
-            }
-            let pfn = pfn as u64;
-            let put_page = || {
-                // SAFETY: Drops the reference `secmmu_get_user_page` took.
-                unsafe { bindings::secmmu_put_user_page(pfn as usize) }
+                Err(_) => {
+                    space.stats.memory_faults.inc();
+                    return Err(Exit::MemoryFault);
+                }
             };
+            let pfn = page.pfn() as u64;
 
             let m = Resolved::new(&slot, gfn, pfn, hva, max_level);
             let mapped = if matches!(self.root_tables, Root::S2(..)) {
@@ -396,7 +392,7 @@ impl Vcpu {
             let mapped = match mapped {
                 Installed::Mapped(m) => m,
                 Installed::Retry => {
-                    put_page();
+                    drop(page);
                     // Retry through the exit point, as a vCPU re-entering
                     // the guest would: an invalidation that never ends
                     // must not keep the thread from a signal or the CPU.
@@ -404,17 +400,16 @@ impl Vcpu {
                     continue;
                 }
                 Installed::Dead(e) => {
-                    put_page();
+                    drop(page);
                     return Err(Exit::Errno(e));
                 }
             };
             // Like KVM: a page mapped writable is dirty from now on; the
             // zap marks it dirty again if the guest wrote it (D bit).
             if mapped.is_ok() && write {
-                // SAFETY: We hold a reference on the page.
-                unsafe { bindings::secmmu_set_page_dirty(pfn as usize) };
+                page.set_dirty();
             }
-            put_page();
+            drop(page);
             let outcome = mapped.map_err(|e| match e {
                 // The space holds its limit of table pages.
                 MapError::TableLimit => ENOSPC,

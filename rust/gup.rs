@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! References on user pages, from `get_user_pages_fast()`.
+//!
+//! C header: [`include/linux/mm.h`](srctree/include/linux/mm.h)
+//!
+//! A [`UserPageRef`] keeps the page behind a user address of the current
+//! task allocated (not mapped: the primary MMU may unmap it meanwhile, and
+//! an MMU notifier tells who mirrors the mapping) until it is dropped, as
+//! KVM's fault path holds the page it maps until the mapping is installed.
+//!
+//! # Examples
+//!
+//! ```
+//! use crate::ext::gup::UserPageRef;
+//!
+//! fn touch(addr: usize) -> Result<usize> {
+//!     let page = UserPageRef::get_fast(addr, true)?;
+//!     // ... map `page.pfn()` somewhere, written through ...
+//!     page.set_dirty();
+//!     Ok(page.pfn())
+//! } // put_page()
+//! ```
+
+use crate::bindings;
+use kernel::{error::to_result, prelude::*};
+
+/// A reference on the page at a user address (`get_user_pages_fast()`),
+/// put (`put_page()`) when dropped.
+///
+/// # Invariants
+///
+/// The value owns one reference on the page of frame number `pfn`.
+pub(crate) struct UserPageRef {
+    pfn: usize,
+}
+
+impl UserPageRef {
+    /// Resolves the user address `addr` of the current task to its page,
+    /// faulting it in (for writing when `write`, breaking copy-on-write),
+    /// and takes a reference on it. May sleep.
+    ///
+    /// Fails with `EFAULT` if nothing may be mapped there (or the task has
+    /// no mm, as a kernel thread), and otherwise with GUP's errors: `ENOMEM`,
+    /// `EINTR` or `ERESTARTSYS` on a fatal signal, `EHWPOISON`, ...
+    pub(crate) fn get_fast(addr: usize, write: bool) -> Result<Self> {
+        if kernel::current!().mm().is_none() {
+            return Err(EFAULT);
+        }
+        let mut pfn = 0;
+        // SAFETY: The current task has an mm, whose pages GUP resolves; any
+        // address is fine (GUP checks it); `pfn` is a valid out pointer.
+        to_result(unsafe { bindings::secmmu_get_user_page(addr, write, &mut pfn) })?;
+        // INVARIANT: The call succeeded: it took a reference on `pfn`.
+        Ok(Self { pfn })
+    }
+
+    /// The page frame number of the page.
+    pub(crate) fn pfn(&self) -> usize {
+        self.pfn
+    }
+
+    /// Marks the page dirty: it was (or is about to be) written through
+    /// another mapping than the primary MMU's. Like KVM's
+    /// `kvm_set_page_dirty()`, a no-op for reserved pages.
+    pub(crate) fn set_dirty(&self) {
+        // SAFETY: By the type invariants we hold a reference on the page,
+        // so it is allocated.
+        unsafe { bindings::secmmu_set_page_dirty(self.pfn) };
+    }
+}
+
+impl Drop for UserPageRef {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants, this is our reference on the page.
+        unsafe { bindings::secmmu_put_user_page(self.pfn) };
+    }
+}
