@@ -10,6 +10,7 @@
 //! Their API is what the C side offers, not trimmed to what secmmu calls
 //! today, so some items have no user yet.
 
+pub(crate) mod anon_inode;
 pub(crate) mod gup;
 pub(crate) mod mmu_notifier;
 pub(crate) mod preempt;

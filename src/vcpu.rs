@@ -17,7 +17,12 @@
 use crate::{
     arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
     bindings,
-    ext::{gup::UserPageRef, preempt::PreemptGuard, sched},
+    ext::{
+        anon_inode::{self, AnonInodeFile},
+        gup::UserPageRef,
+        preempt::PreemptGuard,
+        sched,
+    },
     format::{Pgt, Root},
     kpages::KernelPages,
     memslot::Slot,
@@ -30,10 +35,13 @@ use crate::{
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
+    fs::{
+        file::flags::{O_CLOEXEC, O_RDWR},
+        File,
+    },
     new_mutex,
     prelude::*,
-    sync::{Arc, Mutex},
-    types::ForeignOwnable,
+    sync::{Arc, ArcBorrow, Mutex},
     uaccess::{UserPtr, UserSlice},
 };
 
@@ -223,25 +231,24 @@ impl Vcpu {
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
-        let private = vcpu.into_foreign();
-        // SAFETY: `VCPU_FOPS` is a static table whose callbacks take back the
-        // `Arc<Vcpu>` stored as private data; the name is a C string.
-        let fd = unsafe {
-            bindings::anon_inode_getfd(
-                kernel::str::as_char_ptr_in_const_context(c"secmmu-vcpu").cast(),
-                &VCPU_FOPS,
-                private.cast(),
-                (bindings::O_RDWR | bindings::O_CLOEXEC) as i32,
-            )
-        };
-        if fd < 0 {
-            // SAFETY: `private` came from `into_foreign` and was not consumed.
-            drop(unsafe { <Arc<Vcpu> as ForeignOwnable>::from_foreign(private) });
-            return Err(Error::from_errno(fd));
-        }
+        let fd = anon_inode::getfd::<Vcpu>(c"secmmu-vcpu", vcpu, O_RDWR | O_CLOEXEC)?;
         Ok(fd as isize)
     }
+}
 
+/// The file operations of a vCPU file. The ioctl structures have one layout
+/// for 32- and 64-bit callers: a compat ioctl only needs its pointer
+/// argument converted, which is the default.
+#[vtable]
+impl AnonInodeFile for Vcpu {
+    type Ptr = Arc<Vcpu>;
+
+    fn ioctl(vcpu: ArcBorrow<'_, Vcpu>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        vcpu.ioctl(cmd, arg)
+    }
+}
+
+impl Vcpu {
     fn ioctl(&self, cmd: u32, arg: usize) -> Result<isize> {
         self.space.check_caller()?;
         match cmd {
@@ -837,38 +844,3 @@ fn run_stretch(
     }
     Stretch::Yield
 }
-
-/// # Safety
-///
-/// Called by the VFS for a vCPU file; `private_data` is an `Arc<Vcpu>`.
-unsafe extern "C" fn vcpu_ioctl(file: *mut bindings::file, cmd: u32, arg: usize) -> isize {
-    // SAFETY: `private_data` holds the `Arc<Vcpu>` stored at creation, which
-    // lives until `vcpu_release`; the VFS does not release during an ioctl.
-    let vcpu = unsafe { <Arc<Vcpu> as ForeignOwnable>::borrow((*file).private_data) };
-    match vcpu.ioctl(cmd, arg) {
-        Ok(v) => v,
-        Err(e) => e.to_errno() as isize,
-    }
-}
-
-/// # Safety
-///
-/// Called once by the VFS when the last reference to a vCPU file goes.
-unsafe extern "C" fn vcpu_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> i32 {
-    // SAFETY: Takes back the `Arc<Vcpu>` stored at creation; this is the
-    // last use of `private_data`.
-    drop(unsafe { <Arc<Vcpu> as ForeignOwnable>::from_foreign((*file).private_data) });
-    0
-}
-
-const VCPU_FOPS: bindings::file_operations = bindings::file_operations {
-    owner: kernel::module::this_module::<crate::LocalModule>().as_ptr(),
-    unlocked_ioctl: Some(vcpu_ioctl),
-    release: Some(vcpu_release),
-    // The structs have one layout for 32- and 64-bit callers: only the
-    // pointer argument needs converting (`compat_ptr_ioctl`).
-    #[cfg(CONFIG_COMPAT)]
-    compat_ioctl: bindings::compat_ptr_ioctl,
-    llseek: Some(bindings::noop_llseek),
-    ..pin_init::zeroed()
-};
