@@ -28,11 +28,6 @@ bool secmmu_need_resched(void)
 	return need_resched();
 }
 
-struct mm_struct *secmmu_current_mm(void)
-{
-	return current->mm;
-}
-
 unsigned long secmmu_task_size(void)
 {
 	return TASK_SIZE;
@@ -138,7 +133,7 @@ void secmmu_set_page_dirty(unsigned long pfn)
  * levels folded at run time (52-bit VA without FEAT_LPA2), p4d_offset() of
  * a stack copy would return the copy's own address, not the table's.
  */
-static int host_leaf(struct mm_struct *mm, unsigned long hva,
+int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
 		     unsigned long *pfn, bool *writable)
 {
 	int level = -1;
@@ -193,20 +188,4 @@ static int host_leaf(struct mm_struct *mm, unsigned long hva,
 out:
 	local_irq_restore(flags);
 	return level;
-}
-
-/* KVM's host_pfn_mapping_level(): 0 for 4K or nothing, 1 for 2M, 2 for 1G. */
-int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva)
-{
-	unsigned long pfn;
-	bool writable;
-
-	return max(host_leaf(mm, hva, &pfn, &writable), 0);
-}
-
-/* The primary's mapping of @hva: level as above, or -1 for none. */
-int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
-		     unsigned long *pfn, bool *writable)
-{
-	return host_leaf(mm, hva, pfn, writable);
 }

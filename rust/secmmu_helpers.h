@@ -24,9 +24,6 @@ void secmmu_cond_resched(void);
 /* need_resched(): would cond_resched() reschedule now? */
 bool secmmu_need_resched(void);
 
-/* current->mm, without taking a reference. */
-struct mm_struct *secmmu_current_mm(void);
-
 /* TASK_SIZE of the current task: the first address above user space. */
 unsigned long secmmu_task_size(void);
 
@@ -72,14 +69,6 @@ void secmmu_put_user_page(unsigned long pfn);
  * secondary MMU (like KVM's kvm_set_page_dirty(): not for reserved pages).
  */
 void secmmu_set_page_dirty(unsigned long pfn);
-
-/*
- * How large the primary MMU maps @hva of @mm now (KVM's
- * host_pfn_mapping_level()): 0 for 4K (or not mapped), 1 for a 2M leaf,
- * 2 for a 1G leaf. A snapshot: the caller checks the invalidation retry
- * state afterwards, as a split invalidates the whole huge range first.
- */
-int secmmu_host_mapping_level(struct mm_struct *mm, unsigned long hva);
 
 /*
  * The primary MMU's present leaf at @hva in @mm, walked as above: its level

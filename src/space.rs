@@ -30,6 +30,7 @@ use crate::{
     aging::{self, AgeOp, AgeResult},
     arm64::mmu::S2Mmu,
     ext::{
+        mm::{self, LeafLevel},
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
         preempt::PreemptGuard,
         rwlock::new_rwlock,
@@ -272,8 +273,7 @@ impl Space {
         }
         let limits = SlotLimits {
             gpa_bits: cfg.ia_bits,
-            // SAFETY: Reads the current task's TASK_SIZE.
-            user_end: unsafe { crate::bindings::secmmu_task_size() } as u64,
+            user_end: mm::task_size() as u64,
         };
         let slot = Memslots::validate(
             &SlotRequest {
@@ -546,6 +546,13 @@ impl Space {
             return Err(EINVAL);
         }
         let cfg = self.config().ok_or(EINVAL)?;
+        // The caller's mm is the space's (`check_caller()`): its page
+        // tables are alive while it runs.
+        let task = kernel::current!();
+        let mm = task.mm().ok_or(EIO)?;
+        if mm.as_raw() != self.notifier.mm().as_raw() {
+            return Err(EIO);
+        }
         let mut a = Audit::default();
         for root in 0..cfg.nr_roots {
             let mut gfn = 0;
@@ -555,7 +562,7 @@ impl Space {
                 }
                 let state = self.mmu.write();
                 let mmu = state.mmu.as_ref().ok_or(EINVAL)?;
-                let Some(next) = self.audit_batch(&state, mmu, root, gfn, &mut a) else {
+                let Some(next) = self.audit_batch(&state, mm, mmu, root, gfn, &mut a) else {
                     break;
                 };
                 drop(state);
@@ -587,12 +594,12 @@ impl Space {
     fn audit_batch(
         &self,
         state: &MmuState,
+        mm: &MmWithUser,
         mmu: &Pgt,
         root: u32,
         mut gfn: u64,
         a: &mut Audit,
     ) -> Option<u64> {
-        let mm = self.notifier.mm().as_raw();
         let mut budget = AUDIT_BATCH;
         while budget > 0 {
             let (base, t) = mmu.next_leaf(root as usize, gfn, u64::MAX)?;
@@ -618,7 +625,7 @@ impl Space {
     fn audit_leaf(
         &self,
         state: &MmuState,
-        mm: *mut crate::bindings::mm_struct,
+        mm: &MmWithUser,
         base: u64,
         pages: u64,
         pfn: u64,
@@ -638,21 +645,17 @@ impl Space {
             {
                 return None;
             }
-            let (mut host_pfn, mut host_w) = (0usize, false);
-            // SAFETY: `mm` is the space's mm, whose page tables live while
-            // the caller, a task of that mm (`check_caller()`), runs; the
-            // helper walks them with IRQs off and only reads.
-            let host = unsafe {
-                crate::bindings::secmmu_host_leaf(mm, hva as usize, &mut host_pfn, &mut host_w)
+            let Some(host) = mm::leaf(mm, hva as usize) else {
+                return Some(false);
             };
-            if host < 0 || host_pfn as u64 != pfn + i || (writable && !host_w) {
+            if host.pfn as u64 != pfn + i || (writable && !host.writable) {
                 return Some(false);
             }
             // The rest of a huge host leaf maps on in order: skip it.
-            let host_pages: u64 = match host {
-                2 => 1 << 18,
-                1 => 1 << 9,
-                _ => 1,
+            let host_pages: u64 = match host.level {
+                LeafLevel::Pud => 1 << 18,
+                LeafLevel::Pmd => 1 << 9,
+                LeafLevel::Pte => 1,
             };
             let left_in_host = host_pages - ((hva >> 12) & (host_pages - 1));
             i += left_in_host.min(slot.end_gfn() - (base + i));
@@ -795,8 +798,7 @@ impl Space {
     /// notifier's `test_young` callback, which changes nothing (D20).
     pub(crate) fn test_young_ioctl(&self, req: &uapi::secmmu_test_young) -> Result<isize> {
         uapi::check_zero(&req.reserved)?;
-        // SAFETY: Reads the current task's TASK_SIZE.
-        let user_end = unsafe { crate::bindings::secmmu_task_size() } as u64;
+        let user_end = mm::task_size() as u64;
         if req.flags != 0 || req.pad != 0 {
             return Err(EINVAL);
         }

@@ -20,6 +20,7 @@ use crate::{
     ext::{
         anon_inode::{self, AnonInodeFile},
         gup::UserPageRef,
+        mm::{self, LeafLevel},
         preempt::PreemptGuard,
         sched,
     },
@@ -105,16 +106,16 @@ impl Resolved {
     fn new(slot: &Slot, gfn: u64, pfn: u64, hva: u64, max: MapLevel) -> Self {
         let mut level = slot.max_level(gfn, max);
         if level > MapLevel::L4K {
-            // SAFETY: `secmmu_current_mm()` is the mm of the calling task,
-            // the space's creator (`check_caller()`), alive while it runs;
-            // the helper only reads its page tables with IRQs off.
-            let host = unsafe {
-                bindings::secmmu_host_mapping_level(bindings::secmmu_current_mm(), hva as usize)
-            };
+            // The calling task is the space's creator (`check_caller()`):
+            // its mm is the one the space mirrors.
+            let task = kernel::current!();
+            let host = task
+                .mm()
+                .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
             level = level.min(match host {
-                2 => MapLevel::L1G,
-                1 => MapLevel::L2M,
-                _ => MapLevel::L4K,
+                LeafLevel::Pud => MapLevel::L1G,
+                LeafLevel::Pmd => MapLevel::L2M,
+                LeafLevel::Pte => MapLevel::L4K,
             });
         }
         // A huge host page maps its pfns in order; should it not (the
