@@ -14,6 +14,7 @@ pub(crate) mod anon_inode;
 pub(crate) mod gup;
 pub(crate) mod mm;
 pub(crate) mod mmu_notifier;
+pub(crate) mod pfn;
 pub(crate) mod preempt;
 pub(crate) mod rwlock;
 pub(crate) mod sched;

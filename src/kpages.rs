@@ -5,7 +5,7 @@
 //! own pages, named by pfn.
 
 use crate::{
-    bindings,
+    ext::pfn,
     pgtable::PageOps,
     prim::{AllocError, AtomicU64, Ordering},
 };
@@ -24,12 +24,8 @@ pub(crate) fn table_pages_now() -> u64 {
 
 impl PageOps for KernelPages {
     fn alloc_table() -> Result<u64, AllocError> {
-        // SAFETY: Plain allocation; may sleep, and callers only top up their
-        // caches outside the MMU lock.
-        let pfn = unsafe { bindings::secmmu_alloc_table_page() };
-        if pfn == 0 {
-            return Err(AllocError);
-        }
+        // May sleep: callers only top up their caches outside the MMU lock.
+        let pfn = pfn::alloc_zeroed_page()?;
         TABLE_PAGES.fetch_add(1, Ordering::Relaxed);
         Ok(pfn as u64)
     }
@@ -37,7 +33,7 @@ impl PageOps for KernelPages {
     unsafe fn free_table(pfn: u64) {
         // SAFETY: The caller guarantees `pfn` came from `alloc_table` and that
         // no walker can reach it any more.
-        unsafe { bindings::secmmu_free_table_page(pfn as usize) };
+        unsafe { pfn::free_page(pfn as usize) };
         TABLE_PAGES.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -45,13 +41,13 @@ impl PageOps for KernelPages {
         // SAFETY: The caller guarantees `pfn` is a live table page from
         // `alloc_table`: a 4 KiB, 8-byte aligned page in the direct map,
         // whose entries are only ever accessed atomically.
-        unsafe { &*bindings::secmmu_pfn_to_virt(pfn as usize).cast::<[AtomicU64; 512]>() }
+        unsafe { &*pfn::to_virt(pfn as usize).cast::<[AtomicU64; 512]>() }
     }
 
     fn set_page_dirty(pfn: u64) {
         // SAFETY: `pfn` is a page the secondary MMU mapped; the caller is
         // zapping that mapping inside `invalidate_range_start()` or with the
         // MMU lock held, so the primary has not freed the page yet.
-        unsafe { bindings::secmmu_set_page_dirty(pfn as usize) };
+        unsafe { pfn::set_dirty(pfn as usize) };
     }
 }

@@ -16,11 +16,11 @@
 
 use crate::{
     arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
-    bindings,
     ext::{
         anon_inode::{self, AnonInodeFile},
         gup::UserPageRef,
         mm::{self, LeafLevel},
+        pfn,
         preempt::PreemptGuard,
         sched,
     },
@@ -767,8 +767,9 @@ impl GuestMode<'_> {
                 // guest mode (`Vcpu::in_guest()`).
                 unsafe { root.translate(gfn, write) }
             },
-            // SAFETY: A page the walk found mapped: in the direct map.
-            |pfn| unsafe { bindings::secmmu_pfn_to_virt(pfn as usize) } as usize,
+            // SAFETY: A page the walk found mapped: a page of RAM (the
+            // host's, from GUP), in the direct map on a 64-bit kernel.
+            |pfn| unsafe { pfn::to_virt(pfn as usize) } as usize,
         )?;
         // In guest mode the page stays mapped by the secondary MMU, so the
         // primary cannot free it until we exit (the zap waits for us).
