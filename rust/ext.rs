@@ -16,5 +16,6 @@ pub(crate) mod mm;
 pub(crate) mod mmu_notifier;
 pub(crate) mod pfn;
 pub(crate) mod preempt;
+pub(crate) mod rcu;
 pub(crate) mod rwlock;
 pub(crate) mod sched;

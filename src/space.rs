@@ -33,6 +33,7 @@ use crate::{
         mm::{self, LeafLevel},
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
         preempt::PreemptGuard,
+        rcu::GracePeriodState,
         rwlock::new_rwlock,
         sched,
     },
@@ -53,7 +54,7 @@ use kernel::{
     mm::MmWithUser,
     new_mutex,
     prelude::*,
-    sync::{Arc, Mutex},
+    sync::{rcu, Arc, Mutex},
 };
 
 /// What the MMU lock protects.
@@ -96,7 +97,7 @@ pub(crate) struct Space {
     /// the RCU state (`get_state_synchronize_rcu()`) of its detach: freed
     /// by later deletions once that grace period is over, and by the drop.
     #[pin]
-    retired: Mutex<KVec<(DetachedRmaps, kernel::ffi::c_ulong)>>,
+    retired: Mutex<KVec<(DetachedRmaps, GracePeriodState)>>,
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
@@ -911,13 +912,11 @@ impl Space {
     /// those whose grace period has ended since (the polled grace-period
     /// API); the drop frees the rest after `synchronize_rcu()`.
     fn retire_rmaps(&self, rmaps: DetachedRmaps) {
-        // SAFETY: Plain call.
-        let cookie = unsafe { crate::bindings::get_state_synchronize_rcu() };
+        let state = GracePeriodState::get();
         let mut retired = self.retired.lock();
         let mut i = 0;
         while i < retired.len() {
-            // SAFETY: Plain call, on a cookie of `get_state_synchronize_rcu()`.
-            if !unsafe { crate::bindings::poll_state_synchronize_rcu(retired[i].1) } {
+            if !retired[i].1.completed() {
                 i += 1;
                 continue;
             }
@@ -930,12 +929,12 @@ impl Space {
         // Room first: a failed push would drop the rmaps.
         if retired.reserve(1, GFP_KERNEL_ACCOUNT).is_ok() {
             // Cannot fail: there is room.
-            let _ = retired.push((rmaps, cookie), GFP_KERNEL_ACCOUNT);
+            let _ = retired.push((rmaps, state), GFP_KERNEL_ACCOUNT);
         } else {
             drop(retired);
-            // SAFETY: Waits for every preempt-disabled (RCU) reader; may
-            // sleep, and no spinlock is held here.
-            unsafe { crate::bindings::synchronize_rcu() };
+            // Waits for every preempt-disabled (RCU) reader; may sleep, and
+            // no spinlock is held here.
+            rcu::synchronize_rcu();
             // SAFETY: A grace period has passed since the detach.
             unsafe { rmaps.free_after_grace_period() };
         }
@@ -949,10 +948,10 @@ impl PinnedDrop for Space {
         if retired.is_empty() {
             return;
         }
-        // SAFETY: Waits for every preempt-disabled (RCU) reader; may sleep
-        // (the last reference goes from a file's release or a vCPU's, both
-        // process context), and no spinlock is held.
-        unsafe { crate::bindings::synchronize_rcu() };
+        // Waits for every preempt-disabled (RCU) reader; may sleep (the last
+        // reference goes from a file's release or a vCPU's, both process
+        // context), and no spinlock is held.
+        rcu::synchronize_rcu();
         while let Some((rmaps, _)) = retired.pop() {
             // SAFETY: A grace period has passed since every detach.
             unsafe { rmaps.free_after_grace_period() };
