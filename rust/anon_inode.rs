@@ -36,7 +36,7 @@
 //! }
 //! ```
 
-use crate::bindings;
+use super::bindings;
 use core::marker::PhantomData;
 use kernel::{
     error::VTABLE_DEFAULT_ERROR, fs::File, module::this_module, prelude::*, types::ForeignOwnable,

@@ -9,6 +9,9 @@
 //! into the build's output directory (`$SECMMU_BINDINGS`, set by `Kbuild`).
 //! Types in their signatures resolve to the kernel's bindings, so a
 //! `mmu_notifier_range` is the same Rust type on both sides.
+//!
+//! The module is private to `ext` (`rust/ext.rs`): the rest of secmmu uses
+//! the kernel through the abstractions there and the kernel crate.
 
 #![allow(
     dead_code,

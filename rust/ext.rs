@@ -10,6 +10,9 @@
 //! Their API is what the C side offers, not trimmed to what secmmu calls
 //! today, so some items have no user yet.
 
+// The raw bindings: private to these abstractions.
+mod bindings;
+
 pub(crate) mod anon_inode;
 pub(crate) mod gup;
 pub(crate) mod mm;

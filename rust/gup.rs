@@ -22,7 +22,7 @@
 //! } // put_page()
 //! ```
 
-use crate::bindings;
+use super::bindings;
 use kernel::{error::to_result, prelude::*};
 
 /// A reference on the page at a user address (`get_user_pages_fast()`),

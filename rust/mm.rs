@@ -10,7 +10,7 @@
 //! found checks afterwards, under its own lock, that no MMU notifier
 //! invalidation of the address ran since before the lookup.
 
-use crate::bindings;
+use super::bindings;
 use kernel::mm::MmWithUser;
 
 /// The first address above the current task's user address space

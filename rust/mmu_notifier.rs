@@ -71,7 +71,7 @@
 //! }
 //! ```
 
-use crate::bindings;
+use super::bindings;
 use core::marker::PhantomData;
 use kernel::{
     error::{to_result, VTABLE_DEFAULT_ERROR},

@@ -11,7 +11,7 @@
 //! functions are for code that keeps only the pfn (e.g. in a page-table
 //! entry).
 
-use crate::bindings;
+use super::bindings;
 use kernel::alloc::AllocError;
 
 /// Allocates a zeroed order-0 page, charged to the current task's memory

@@ -22,7 +22,7 @@
 //! drop(guard); // preempt_enable()
 //! ```
 
-use crate::bindings;
+use super::bindings;
 use core::marker::PhantomData;
 use kernel::types::NotThreadSafe;
 

@@ -25,7 +25,7 @@
 //! assert!(state.completed());
 //! ```
 
-use crate::bindings;
+use super::bindings;
 use kernel::ffi::c_ulong;
 
 /// A snapshot of RCU's grace-period state (`get_state_synchronize_rcu()`),

@@ -38,9 +38,9 @@
 //! # Ok::<(), Error>(())
 //! ```
 
+use super::bindings;
 #[cfg(not(CONFIG_PREEMPT_RT))]
 use super::preempt::PreemptDisabled;
-use crate::bindings;
 use core::{
     cell::UnsafeCell,
     ops::{Deref, DerefMut},

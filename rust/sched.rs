@@ -11,7 +11,7 @@
 //!
 //! [`RwLock::contended`]: super::rwlock::RwLock::contended
 
-use crate::bindings;
+use super::bindings;
 
 /// Gives the CPU away if the scheduler wants it (`cond_resched()`).
 ///

@@ -9,9 +9,8 @@
 //! device's file operations name it as owner), so the module cannot be
 //! unloaded while any space exists.
 
-#[path = "../rust/bindings.rs"]
-mod bindings;
-// Kernel abstractions the kernel crate lacks, written for rust/kernel/.
+// Kernel abstractions the kernel crate lacks, written for rust/kernel/:
+// the only code that uses raw bindings.
 #[allow(dead_code)]
 #[path = "../rust/ext.rs"]
 mod ext;
