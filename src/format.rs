@@ -20,10 +20,19 @@
 
 use crate::{
     arm64::mmu::{self as s2, S2Mmu, S2Root},
+    ext::rwlock::ReadGuard,
+    fault::{Fault, FaultCaches},
     kpages::KernelPages,
-    pgtable::{MapLevel, Translation, WalkFault, ZapCursor, ZapProgress},
+    mmu_lock::{MmuLock, WriteGuard},
+    pgtable::{
+        MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault, ZapCursor,
+        ZapProgress,
+    },
+    space::MmuState,
+    stats::{Counter, Stats},
     x86::mmu::{self as x86, X86Mmu},
 };
+use core::ops::Deref;
 
 /// The page tables of a space.
 pub(crate) enum Pgt {
@@ -146,6 +155,289 @@ impl Pgt {
         match self {
             Pgt::X86(m) => m.free_zapped_tables(),
             Pgt::S2(m) => m.free_zapped_tables(),
+        }
+    }
+}
+
+/// The operations of a page-table format that the format-independent fault
+/// path needs; implemented by [`X86Mmu`] and [`S2Mmu`], which are named
+/// together only in this file.
+///
+/// The formats differ in which side of the MMU lock a fault installs under
+/// ([`Format::FaultSide`]), and that is all the fault path needs to know:
+/// KVM's x86 fault path likewise takes `mmu_lock` for write for the shadow
+/// MMU (`direct_page_fault()`) and for read for the TDP MMU
+/// (`kvm_tdp_mmu_page_fault()`), with one `struct kvm_page_fault`.
+pub(crate) trait Format: Sized {
+    /// The side of the MMU lock a fault holds to install a leaf.
+    type FaultSide: FaultSide;
+    /// Table pages a fault must have in its cache before it maps.
+    const MAP_MIN_TABLES: usize;
+    /// Rmap descriptors a fault must have in its cache before it maps.
+    const MAP_MIN_DESCS: usize;
+    /// A map that replaces a valid leaf breaks it first, flushes, then
+    /// makes the new one (stage-2's break-before-make); x86 replaces in one
+    /// store and flushes after.
+    const BREAK_BEFORE_MAKE: bool;
+
+    /// This format's tables in `pgt`, shared; `None` if `pgt` is of the
+    /// other format.
+    fn of(pgt: &Pgt) -> Option<&Self>;
+
+    /// This format's tables in `pgt`, exclusive; `None` if `pgt` is of the
+    /// other format.
+    fn of_mut(pgt: &mut Pgt) -> Option<&mut Self>;
+
+    /// Installs the leaf `fault` resolved, in root `root`, with the MMU
+    /// lock held on [`Format::FaultSide`]. `flush` flushes every vCPU's
+    /// TLB and waits for them: the map calls it whenever it removed a
+    /// translation (break-before-make needs it between the break and the
+    /// make), so on return nothing stale is cached and a table the outcome
+    /// says was unlinked may be freed once no locked walker is in it.
+    fn map(
+        tables: Tables<'_, Self>,
+        root: usize,
+        fault: &Fault,
+        caches: &mut FaultCaches,
+        flush: &dyn Fn(),
+    ) -> Result<MapOutcome, MapError>;
+
+    /// Without A/D bits, an access to a leaf that aging made old faults:
+    /// makes the leaf of `gfn` young again for the access, if there is one
+    /// that allows it, without resolving the page (an invalidation would
+    /// have zapped the leaf). With the MMU lock held on
+    /// [`Format::FaultSide`].
+    fn fix_access_fault(tables: Tables<'_, Self>, root: usize, gfn: u64, write: bool) -> bool;
+
+    /// The statistic [`Format::fix_access_fault()`]'s successes count in.
+    fn access_fixes(stats: &Stats) -> &Counter;
+
+    /// Frees a table that a map unlinked, with the MMU lock held for write.
+    ///
+    /// # Safety
+    ///
+    /// `t` was unlinked by a map of `self` and not freed since, and no
+    /// walker can be inside it any more: lockless walkers were waited for
+    /// by a TLB flush after the unlink, and the caller holds the write side.
+    unsafe fn free_unlinked(&mut self, t: UnlinkedTable);
+}
+
+/// The tables of format `F`, borrowed as a fault's side of the lock allows.
+pub(crate) type Tables<'a, F> = <<F as Format>::FaultSide as FaultSide>::Tables<'a, F>;
+
+/// A side of the MMU lock, as a type: [`Shared`] or [`Exclusive`].
+pub(crate) trait FaultSide {
+    /// The guard of this side.
+    type Guard<'a>: Deref<Target = MmuState>;
+    /// A format's tables, borrowed through a guard of this side.
+    type Tables<'a, F: 'a>;
+
+    /// Takes this side of `lock`, spinning.
+    fn lock(lock: &MmuLock<MmuState>) -> Self::Guard<'_>;
+
+    /// The tables of format `F` behind `guard`; `None` until the space is
+    /// configured (a space configured for `F` keeps its tables of `F`
+    /// until it is dropped: they are never replaced).
+    fn tables<'a, F: Format>(guard: &'a mut Self::Guard<'_>) -> Option<Self::Tables<'a, F>>;
+
+    /// Frees the table a map unlinked under `guard`, after the TLB flush
+    /// that waited for the lockless walkers; walkers under the read side
+    /// may still be inside it, so that side takes the write side first.
+    fn free_unlinked<F: Format>(lock: &MmuLock<MmuState>, guard: Self::Guard<'_>, t: UnlinkedTable);
+}
+
+/// The read side of the MMU lock: faults race each other and the agers
+/// with compare-exchange and locked entries (stage-2).
+pub(crate) struct Shared;
+
+/// The write side of the MMU lock: faults exclude every other walker but
+/// the lockless ones (x86 shadow MMU).
+pub(crate) struct Exclusive;
+
+impl FaultSide for Shared {
+    type Guard<'a> = ReadGuard<'a, MmuState>;
+    type Tables<'a, F: 'a> = &'a F;
+
+    fn lock(lock: &MmuLock<MmuState>) -> Self::Guard<'_> {
+        lock.read()
+    }
+
+    fn tables<'a, F: Format>(guard: &'a mut Self::Guard<'_>) -> Option<&'a F> {
+        F::of(guard.mmu.as_ref()?)
+    }
+
+    fn free_unlinked<F: Format>(
+        lock: &MmuLock<MmuState>,
+        guard: Self::Guard<'_>,
+        t: UnlinkedTable,
+    ) {
+        drop(guard);
+        let mut guard = lock.write();
+        if let Some(mmu) = guard.mmu.as_mut().and_then(F::of_mut) {
+            // SAFETY: Unlinked by a map of this MMU (the tables of a space
+            // are never replaced) and not freed since; the caller flushed
+            // after the unlink; we hold the write side, so no walker under
+            // the read side is inside it either.
+            unsafe { mmu.free_unlinked(t) };
+        }
+    }
+}
+
+impl FaultSide for Exclusive {
+    type Guard<'a> = WriteGuard<'a, MmuState>;
+    type Tables<'a, F: 'a> = &'a mut F;
+
+    fn lock(lock: &MmuLock<MmuState>) -> Self::Guard<'_> {
+        lock.write()
+    }
+
+    fn tables<'a, F: Format>(guard: &'a mut Self::Guard<'_>) -> Option<&'a mut F> {
+        F::of_mut(guard.mmu.as_mut()?)
+    }
+
+    fn free_unlinked<F: Format>(
+        _lock: &MmuLock<MmuState>,
+        mut guard: Self::Guard<'_>,
+        t: UnlinkedTable,
+    ) {
+        if let Some(mmu) = guard.mmu.as_mut().and_then(F::of_mut) {
+            // SAFETY: Unlinked by a map of this MMU under this guard and not
+            // freed since; the caller flushed after the unlink, and the
+            // write side excludes every other locked walker.
+            unsafe { mmu.free_unlinked(t) };
+        }
+    }
+}
+
+impl Format for X86Mmu<KernelPages> {
+    type FaultSide = Exclusive;
+    const MAP_MIN_TABLES: usize = x86::MAP_MIN_TABLES;
+    const MAP_MIN_DESCS: usize = x86::MAP_MIN_DESCS;
+    const BREAK_BEFORE_MAKE: bool = false;
+
+    fn of(pgt: &Pgt) -> Option<&Self> {
+        match pgt {
+            Pgt::X86(m) => Some(m),
+            Pgt::S2(_) => None,
+        }
+    }
+
+    fn of_mut(pgt: &mut Pgt) -> Option<&mut Self> {
+        match pgt {
+            Pgt::X86(m) => Some(m),
+            Pgt::S2(_) => None,
+        }
+    }
+
+    fn map(
+        tables: &mut Self,
+        root: usize,
+        fault: &Fault,
+        caches: &mut FaultCaches,
+        flush: &dyn Fn(),
+    ) -> Result<MapOutcome, MapError> {
+        let (gfn, pfn) = fault.block();
+        let mapped = tables.map_level(
+            root,
+            fault.slot.id,
+            gfn,
+            pfn,
+            fault.write,
+            fault.level,
+            &mut caches.tables,
+            &mut caches.descs,
+        );
+        // The leaf or table replaced may be cached: flush before the write
+        // side is dropped, and before an unlinked table is freed.
+        if mapped.as_ref().is_ok_and(MapOutcome::needs_flush) {
+            flush();
+        }
+        mapped
+    }
+
+    fn fix_access_fault(tables: &mut Self, root: usize, gfn: u64, write: bool) -> bool {
+        tables.restore_access_tracked(root, gfn, write)
+    }
+
+    fn access_fixes(stats: &Stats) -> &Counter {
+        &stats.access_restores
+    }
+
+    unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
+        // SAFETY: Per the caller.
+        unsafe { X86Mmu::free_unlinked(self, t) }
+    }
+}
+
+impl Format for S2Mmu<KernelPages> {
+    type FaultSide = Shared;
+    const MAP_MIN_TABLES: usize = s2::MAP_MIN_TABLES;
+    const MAP_MIN_DESCS: usize = 0;
+    const BREAK_BEFORE_MAKE: bool = true;
+
+    fn of(pgt: &Pgt) -> Option<&Self> {
+        match pgt {
+            Pgt::S2(m) => Some(m),
+            Pgt::X86(_) => None,
+        }
+    }
+
+    fn of_mut(pgt: &mut Pgt) -> Option<&mut Self> {
+        match pgt {
+            Pgt::S2(m) => Some(m),
+            Pgt::X86(_) => None,
+        }
+    }
+
+    fn map(
+        tables: &Self,
+        root: usize,
+        fault: &Fault,
+        caches: &mut FaultCaches,
+        flush: &dyn Fn(),
+    ) -> Result<MapOutcome, MapError> {
+        let (gfn, pfn) = fault.block();
+        tables.map(
+            root,
+            gfn,
+            pfn,
+            fault.write,
+            fault.level,
+            &mut caches.tables,
+            flush,
+        )
+    }
+
+    fn fix_access_fault(tables: &Self, root: usize, gfn: u64, write: bool) -> bool {
+        tables.mkyoung(root, gfn, write)
+    }
+
+    fn access_fixes(stats: &Stats) -> &Counter {
+        &stats.access_flag_faults
+    }
+
+    unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
+        // SAFETY: Per the caller.
+        unsafe { S2Mmu::free_unlinked(self, t) }
+    }
+}
+
+/// Code generic over the format, run by [`Root::with_format()`] for the
+/// format of a root.
+pub(crate) trait WithFormat {
+    /// What the code returns.
+    type Output;
+    /// Runs the code for format `F`.
+    fn run<F: Format>(self) -> Self::Output;
+}
+
+impl Root {
+    /// Runs `w` for the format of this root: the one place a vCPU goes from
+    /// the format it was given as a value to code specialized for it.
+    pub(crate) fn with_format<W: WithFormat>(&self, w: W) -> W::Output {
+        match self {
+            Root::X86(_) => w.run::<X86Mmu<KernelPages>>(),
+            Root::S2(..) => w.run::<S2Mmu<KernelPages>>(),
         }
     }
 }

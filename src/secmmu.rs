@@ -14,6 +14,7 @@
 #[allow(dead_code)]
 #[path = "../rust/ext.rs"]
 mod ext;
+mod fault;
 mod format;
 mod kpages;
 mod mmu_lock;

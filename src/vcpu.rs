@@ -11,28 +11,23 @@
 //! between `enter_guest()` and `exit_guest()`, with preemption disabled, and
 //! never takes a lock there. A TLB flush request waits for it to leave guest
 //! mode, so once `invalidate_range_start()` returns, no vCPU uses a
-//! translation or a page from before (protocols.md A1, F29). Faults, signal
-//! checks, rescheduling and user copies happen outside guest mode.
+//! translation or a page from before. Faults (fault.rs), signal checks,
+//! rescheduling and user copies happen outside guest mode.
 
 use crate::{
-    arm64::mmu::MAP_MIN_TABLES as S2_MAP_MIN_TABLES,
     ext::{
         anon_inode::{self, AnonInodeFile},
-        gup::UserPageRef,
         mm::{self, LeafLevel},
         pfn,
         preempt::PreemptGuard,
         sched,
     },
-    format::{Pgt, Root},
-    kpages::KernelPages,
-    memslot::Slot,
-    pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache, WalkFault},
-    rmap::DescCache,
-    space::{MmuState, Space},
+    fault::{FaultCaches, FaultIn},
+    format::Root,
+    pgtable::{MapLevel, WalkFault},
+    space::Space,
     tlb::{SoftTlb, VcpuMode},
     uapi,
-    x86::mmu::{MAP_MIN_DESCS, MAP_MIN_TABLES as X86_MAP_MIN_TABLES},
 };
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::{
@@ -60,86 +55,6 @@ impl From<Error> for Exit {
     }
 }
 
-/// How installing a resolved page went.
-enum Installed {
-    /// The map ran (and may have failed, e.g. a cache not topped up).
-    Mapped(Result<MapOutcome, MapError>),
-    /// An invalidation or another walker raced the fault: start over.
-    Retry,
-    /// The space cannot map any more (released, or not configured).
-    Dead(Error),
-}
-
-/// What a fault maps: the `level`-sized block of gfns from `gfn` to the
-/// host pages from `pfn`, backed by the user range from `hva`.
-struct Resolved {
-    level: MapLevel,
-    gfn: u64,
-    pfn: u64,
-    hva: u64,
-}
-
-impl Resolved {
-    /// The mapping of the 4K page `gfn` at `level`, `pfn` and `hva` being
-    /// those of the faulting page: all three aligned down to the level.
-    fn at(level: MapLevel, gfn: u64, pfn: u64, hva: u64) -> Self {
-        let off = gfn - level.align_down(gfn);
-        Resolved {
-            level,
-            gfn: gfn - off,
-            pfn: pfn - off,
-            hva: hva - (off << 12),
-        }
-    }
-
-    /// The largest mapping of the faulting page `gfn` of `slot`, whose
-    /// user address `hva` get_user_pages resolved to `pfn`, up to `max`
-    /// (KVM's `kvm_mmu_hugepage_adjust()`): no larger than the slot allows
-    /// (`Slot::max_level()`: same alignment, whole range in the slot), nor
-    /// than the primary MMU maps `hva` now (never the folio size alone: a
-    /// PTE-mapped THP or a partly unmapped huge page is mapped 4K).
-    ///
-    /// The primary's level is a snapshot taken after get_user_pages: it
-    /// may split right after, but only inside an invalidation of the huge
-    /// range, which makes `must_retry()` over that range (the fault's
-    /// `seq` predates the lookup) send the fault round again.
-    fn new(slot: &Slot, gfn: u64, pfn: u64, hva: u64, max: MapLevel) -> Self {
-        let mut level = slot.max_level(gfn, max);
-        if level > MapLevel::L4K {
-            // The calling task is the space's creator (`check_caller()`):
-            // its mm is the one the space mirrors.
-            let task = kernel::current!();
-            let host = task
-                .mm()
-                .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
-            level = level.min(match host {
-                LeafLevel::Pud => MapLevel::L1G,
-                LeafLevel::Pmd => MapLevel::L2M,
-                LeafLevel::Pte => MapLevel::L4K,
-            });
-        }
-        // A huge host page maps its pfns in order; should it not (the
-        // pfn of the faulting page is not where a huge page of the level
-        // would put it), map what is known to be right.
-        while level > MapLevel::L4K {
-            let off = gfn - level.align_down(gfn);
-            if pfn >= off && (pfn - off) & (level.pages() - 1) == 0 {
-                break;
-            }
-            level = match level {
-                MapLevel::L1G => MapLevel::L2M,
-                _ => MapLevel::L4K,
-            };
-        }
-        Self::at(level, gfn, pfn, hva)
-    }
-
-    /// The user range the mapping covers, `[start, end)`.
-    fn hva_range(&self) -> (u64, u64) {
-        (self.hva, self.hva + (self.level.pages() << 12))
-    }
-}
-
 /// What only the vCPU's own thread touches, under its mutex (KVM's
 /// `vcpu->mutex`: one ioctl at a time per vCPU).
 struct VcpuState {
@@ -151,8 +66,7 @@ struct VcpuState {
     /// always looks young.
     tlb: SoftTlb,
     /// Allocations for a fault, made before the MMU lock is taken.
-    tables: TableCache<KernelPages>,
-    descs: DescCache,
+    caches: FaultCaches,
 }
 
 /// A vCPU id of a space, given back when dropped.
@@ -190,14 +104,8 @@ pub(crate) struct Vcpu {
     state: Mutex<VcpuState>,
 }
 
-/// What a fault preallocates: enough for one map in either format (tables
-/// of a 4-level walk, one rmap descriptor).
-const FAULT_TABLES: usize = if X86_MAP_MIN_TABLES > S2_MAP_MIN_TABLES {
-    X86_MAP_MIN_TABLES
-} else {
-    S2_MAP_MIN_TABLES
-};
-const FAULT_DESCS: usize = MAP_MIN_DESCS;
+/// Rmap descriptors a vCPU's fault cache keeps when zaps free them.
+const CACHED_DESCS: usize = 4;
 
 impl Vcpu {
     /// SECMMU_CREATE_VCPU: returns the new vCPU's file descriptor.
@@ -226,8 +134,7 @@ impl Vcpu {
                 root_tables,
                 state <- new_mutex!(VcpuState {
                     tlb: SoftTlb::new(),
-                    tables: TableCache::new(),
-                    descs: DescCache::new(FAULT_DESCS * 4),
+                    caches: FaultCaches::new(CACHED_DESCS),
                 }),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -276,15 +183,16 @@ impl Vcpu {
         self.state.try_lock().ok_or(EBUSY)
     }
 
-    /// The places a real vCPU exits for, between guest-mode stretches: a
-    /// pending signal (`EINTR`) and rescheduling.
-    fn exit_point(&self) -> Result<(), Exit> {
-        if kernel::current!().signal_pending() {
-            return Err(Exit::Errno(EINTR));
-        }
-        // No lock is held.
-        sched::cond_resched();
-        Ok(())
+    /// Faults guest page `gfn` in for a read or a `write`.
+    fn fault(&self, st: &mut VcpuState, gfn: u64, write: bool) -> Result<(), Exit> {
+        self.root_tables.with_format(FaultIn {
+            space: &self.space,
+            root: self.root,
+            caches: &mut st.caches,
+            gfn,
+            write,
+            host_level,
+        })
     }
 
     /// Runs `body` in one guest-mode stretch (tlb.rs, rule 1): preemption
@@ -318,7 +226,7 @@ impl Vcpu {
     ) -> Result<(), Exit> {
         let mut op = Some(op);
         loop {
-            self.exit_point()?;
+            exit_point()?;
             let r = self.in_guest(&mut st.tlb, |g| {
                 let page = g.page(gfn, write)?;
                 if let Some(op) = op.take() {
@@ -332,276 +240,6 @@ impl Vcpu {
                     self.fault(st, gfn, write)?
                 }
             }
-        }
-    }
-
-    /// The fault path (protocols.md A2): resolve the host page with no lock
-    /// held, then install it under the MMU lock unless an invalidation
-    /// raced us, in which case start over.
-    fn fault(&self, st: &mut VcpuState, gfn: u64, write: bool) -> Result<(), Exit> {
-        let space = &self.space;
-        loop {
-            space.check_alive()?;
-            // Snapshot the retry sequence before resolving the page: an
-            // invalidation that ends after this point bumps it and we retry.
-            let (slot, hva, generation, seq, max_level) = {
-                let state = space.mmu.read();
-                let Some(slot) = state.slots.lookup(gfn) else {
-                    space.stats.memory_faults.inc();
-                    return Err(Exit::MemoryFault);
-                };
-                // The largest leaf the format's geometry can hold: a
-                // stage-2 walk that starts at level 2 has no 1G entry.
-                let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
-                (
-                    *slot,
-                    slot.gfn_to_hva(gfn),
-                    state.slots.generation(),
-                    state.inval.seq(),
-                    max_level,
-                )
-            };
-            let readonly = slot.readonly();
-            if write && readonly {
-                space.stats.memory_faults.inc();
-                return Err(Exit::MemoryFault);
-            }
-            // Aging without A/D bits made the leaf access-tracked (x86) or
-            // old (arm64: an access-flag fault): make it young again without
-            // get_user_pages (an invalidation would have zapped it, so no
-            // sequence check is needed). With A/D bits the walker keeps
-            // entries young itself: skip the extra trip through the lock.
-            if !space.ad_enabled() && self.fix_access_fault(gfn, write) {
-                return Ok(());
-            }
-            st.tables.topup(FAULT_TABLES).map_err(|_| ENOMEM)?;
-            st.descs.topup(FAULT_DESCS).map_err(|_| ENOMEM)?;
-
-            // `hva` is a user address of the current mm (the caller is the
-            // space's creator).
-            let page = match UserPageRef::get_fast(hva as usize, write) {
-                Ok(page) => page,
-                Err(e) if e == ENOMEM || e == EINTR || e == ERESTARTSYS => {
-                    return Err(Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR }));
-                }
-                Err(_) => {
-                    space.stats.memory_faults.inc();
-                    return Err(Exit::MemoryFault);
-                }
-            };
-            let pfn = page.pfn() as u64;
-
-            let m = Resolved::new(&slot, gfn, pfn, hva, max_level);
-            let mapped = if matches!(self.root_tables, Root::S2(..)) {
-                self.map_parallel(st, &m, write, generation, seq)
-            } else {
-                self.map_exclusive(st, slot.id, &m, write, generation, seq)
-            };
-            let mapped = match mapped {
-                Installed::Mapped(m) => m,
-                Installed::Retry => {
-                    drop(page);
-                    // Retry through the exit point, as a vCPU re-entering
-                    // the guest would: an invalidation that never ends
-                    // must not keep the thread from a signal or the CPU.
-                    self.exit_point()?;
-                    continue;
-                }
-                Installed::Dead(e) => {
-                    drop(page);
-                    return Err(Exit::Errno(e));
-                }
-            };
-            // Like KVM: a page mapped writable is dirty from now on; the
-            // zap marks it dirty again if the guest wrote it (D bit).
-            if mapped.is_ok() && write {
-                page.set_dirty();
-            }
-            drop(page);
-            let outcome = mapped.map_err(|e| match e {
-                // The space holds its limit of table pages.
-                MapError::TableLimit => ENOSPC,
-                _ => ENOMEM,
-            })?;
-            space.stats.faults.inc();
-            if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
-                space.stats.mappings[m.level.idx()].inc();
-            }
-            if outcome.split {
-                space.stats.splits.inc();
-            }
-            if outcome.unlinked.is_some() {
-                space.stats.collapses.inc();
-            }
-            space.stats.rmap_max_chain.max(outcome.chain_len as u64);
-            return Ok(());
-        }
-    }
-
-    /// The fast path of an access fault without A/D bits: x86 restores an
-    /// access-tracked leaf under the MMU lock for write; stage-2 sets AF on
-    /// an old leaf under the read side, like KVM's `handle_access_fault()`.
-    /// False if there is no such leaf: take the full fault path.
-    fn fix_access_fault(&self, gfn: u64, write: bool) -> bool {
-        let space = &self.space;
-        if matches!(self.root_tables, Root::S2(..)) {
-            let state = space.mmu.read();
-            let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
-                return false;
-            };
-            if !mmu.mkyoung(self.root, gfn, write) {
-                return false;
-            }
-            drop(state);
-            space.stats.access_flag_faults.inc();
-            return true;
-        }
-        let mut state = space.mmu.write();
-        let Some(Pgt::X86(mmu)) = state.mmu.as_mut() else {
-            return false;
-        };
-        if !mmu.restore_access_tracked(self.root, gfn, write) {
-            return false;
-        }
-        drop(state);
-        space.stats.access_restores.inc();
-        true
-    }
-
-    /// Whether the fault must start over: the slots changed, or an
-    /// invalidation of any of the host range `m` maps ran since `seq` was
-    /// read (A2). `state` is borrowed from an MMU lock guard, either side:
-    /// invalidations change the retry state with the lock held for write
-    /// before they zap, so a fault that passes this check installs before
-    /// the zap and is zapped by it.
-    ///
-    /// The whole huge range is checked, not only the faulting page: the
-    /// primary MMU splits a huge mapping, or unmaps part of it, only inside
-    /// an invalidation of (at least) that part, so a split or partial unmap
-    /// that ran after `seq` was read, and so maybe after the host level was
-    /// looked up, makes the fault retry and look again.
-    fn must_retry(&self, state: &MmuState, generation: u64, m: &Resolved, seq: u64) -> bool {
-        let space = &self.space;
-        let (start, end) = m.hva_range();
-        let stale = state.slots.generation() != generation
-            || state.inval.retry_range(start as usize, end as usize, seq);
-        if stale {
-            space.stats.fault_retries.inc();
-        }
-        stale
-    }
-
-    /// Installs the leaf on x86: under the MMU lock for write, like KVM's
-    /// shadow MMU.
-    #[allow(clippy::too_many_arguments)]
-    fn map_exclusive(
-        &self,
-        st: &mut VcpuState,
-        slot_id: u32,
-        m: &Resolved,
-        write: bool,
-        generation: u64,
-        seq: u64,
-    ) -> Installed {
-        let space = &self.space;
-        let mut state = space.mmu.write();
-        if space.check_alive().is_err() {
-            return Installed::Dead(EIO);
-        }
-        if self.must_retry(&state, generation, m, seq) {
-            return Installed::Retry;
-        }
-        let Some(Pgt::X86(mmu)) = state.mmu.as_mut() else {
-            return Installed::Dead(EINVAL);
-        };
-        let mapped = mmu.map_level(
-            self.root,
-            slot_id,
-            m.gfn,
-            m.pfn,
-            write,
-            m.level,
-            &mut st.tables,
-            &mut st.descs,
-        );
-        if let Ok(o) = mapped {
-            if o.needs_flush() {
-                space.flush_remote_tlbs();
-            }
-            if let Some(t) = o.unlinked {
-                // SAFETY: the table was unlinked by this map of this MMU,
-                // and the flush above waited for every vCPU to leave guest
-                // mode, where alone lockless walkers run; we still hold the
-                // lock for write, so no locked walker is in it either.
-                unsafe { mmu.free_unlinked(t) };
-            }
-        }
-        Installed::Mapped(mapped)
-    }
-
-    /// Installs the leaf on stage-2: under the read side of the MMU lock,
-    /// racing other faults and agers (protocols.md E24-E27). An entry
-    /// locked or changed by another walker makes the map back off with
-    /// -EAGAIN; the fault then starts over, as a vCPU re-executes the
-    /// faulting instruction.
-    #[allow(clippy::too_many_arguments)]
-    fn map_parallel(
-        &self,
-        st: &mut VcpuState,
-        m: &Resolved,
-        write: bool,
-        generation: u64,
-        seq: u64,
-    ) -> Installed {
-        let space = &self.space;
-        let state = space.mmu.read();
-        if space.check_alive().is_err() {
-            return Installed::Dead(EIO);
-        }
-        if self.must_retry(&state, generation, m, seq) {
-            return Installed::Retry;
-        }
-        let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
-            return Installed::Dead(EINVAL);
-        };
-        // Break-before-make replaces a stale leaf: the flush between break
-        // and make waits for every vCPU to drop the old translation.
-        let flush = || space.flush_remote_tlbs();
-        let mapped = mmu.map(
-            self.root,
-            m.gfn,
-            m.pfn,
-            write,
-            m.level,
-            &mut st.tables,
-            &flush,
-        );
-        drop(state);
-        if let Ok(MapOutcome {
-            unlinked: Some(t), ..
-        }) = mapped
-        {
-            // A table replaced by a block: other faults and agers under the
-            // read side may still be inside it; under the write side none
-            // is (the arm64 module's I1).
-            let mut state = space.mmu.write();
-            if let Some(Pgt::S2(mmu)) = state.mmu.as_mut() {
-                // SAFETY: unlinked by the map above, of this MMU (the MMU
-                // of a space is never replaced once configured), and not
-                // freed since; we hold the write side.
-                unsafe { mmu.free_unlinked(t) };
-            }
-        }
-        match mapped {
-            Err(MapError::Again) => {
-                space.stats.fault_eagain.inc();
-                Installed::Retry
-            }
-            Ok(o) if o.action == MapAction::Replaced => {
-                space.stats.bbm.inc();
-                Installed::Mapped(mapped)
-            }
-            _ => Installed::Mapped(mapped),
         }
     }
 
@@ -648,7 +286,7 @@ impl Vcpu {
             if cur.pass >= run.passes {
                 break Ok(());
             }
-            if let Err(e) = self.exit_point() {
+            if let Err(e) = exit_point() {
                 break Err(e);
             }
             match self.in_guest(&mut st.tlb, |g| run_stretch(g, run, &mut cur, write)) {
@@ -738,6 +376,32 @@ impl Vcpu {
             acc.done += n as u64;
         }
         Ok(())
+    }
+}
+
+/// The places a real vCPU exits for, between guest-mode stretches: a
+/// pending signal (`EINTR`) and rescheduling. No lock may be held.
+pub(crate) fn exit_point() -> Result<(), Exit> {
+    if kernel::current!().signal_pending() {
+        return Err(Exit::Errno(EINTR));
+    }
+    sched::cond_resched();
+    Ok(())
+}
+
+/// The level the primary MMU maps user address `hva` of the calling task
+/// with now: a snapshot, see [`Fault`](crate::fault::Fault). The calling
+/// task is the space's creator (`Space::check_caller()`): its mm is the one
+/// the space mirrors.
+fn host_level(hva: u64) -> MapLevel {
+    let task = kernel::current!();
+    let host = task
+        .mm()
+        .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
+    match host {
+        LeafLevel::Pud => MapLevel::L1G,
+        LeafLevel::Pmd => MapLevel::L2M,
+        LeafLevel::Pte => MapLevel::L4K,
     }
 }
 

@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The fault path: one for both page-table formats.
+//!
+//! A vCPU whose walk found no usable translation faults here (KVM's
+//! `kvm_mmu_page_fault()`). The fault is described by a [`Fault`], like
+//! KVM's `struct kvm_page_fault`, and goes through three steps:
+//!
+//! 1. Under the read side of the MMU lock: find the memslot, snapshot the
+//!    slot generation and the invalidation sequence.
+//! 2. With no lock held: resolve the host page (get_user_pages, which may
+//!    sleep and may itself invalidate), and size the mapping
+//!    ([`Fault::adjust_level()`], KVM's `kvm_mmu_hugepage_adjust()`).
+//! 3. Under the side of the MMU lock the format's faults hold
+//!    ([`Format::FaultSide`]: the write side for x86, the read side for
+//!    stage-2): install the leaf unless the slots changed or an
+//!    invalidation of the mapped range ran since step 1 (then start over,
+//!    through the vCPU's exit point, as a vCPU re-entering the guest would).
+//!
+//! See "Invalidation and the retry sequence" in
+//! Documentation/secmmu.rst for why step 3's check is enough.
+
+use crate::{
+    ext::gup::UserPageRef,
+    format::{FaultSide, Format, WithFormat},
+    kpages::KernelPages,
+    memslot::Slot,
+    pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache},
+    rmap::DescCache,
+    space::{MmuState, Space},
+    vcpu::{exit_point, Exit},
+};
+use kernel::prelude::*;
+
+/// What a fault preallocates before it takes the MMU lock (KVM's
+/// `mmu_topup_memory_caches()`): table pages and rmap descriptors.
+pub(crate) struct FaultCaches {
+    pub(crate) tables: TableCache<KernelPages>,
+    pub(crate) descs: DescCache,
+}
+
+impl FaultCaches {
+    /// Empty caches; rmap descriptors freed into them are kept up to `descs`.
+    pub(crate) fn new(descs: usize) -> Self {
+        Self {
+            tables: TableCache::new(),
+            descs: DescCache::new(descs),
+        }
+    }
+
+    /// Fills the caches with what one map of format `F` may use.
+    fn topup<F: Format>(&mut self) -> Result {
+        self.tables.topup(F::MAP_MIN_TABLES).map_err(|_| ENOMEM)?;
+        self.descs.topup(F::MAP_MIN_DESCS).map_err(|_| ENOMEM)?;
+        Ok(())
+    }
+}
+
+/// One fault: what the vCPU asked for, what the host resolved it to, and
+/// what gets mapped.
+pub(crate) struct Fault {
+    /// The faulting guest page, and whether the access writes it.
+    pub(crate) gfn: u64,
+    pub(crate) write: bool,
+    /// Its memslot, as it was when the fault began.
+    pub(crate) slot: Slot,
+    /// The memslot set's generation when the fault began.
+    generation: u64,
+    /// The invalidation sequence when the fault began (KVM's `mmu_seq`).
+    mmu_seq: u64,
+    /// The user address backing `gfn`.
+    hva: u64,
+    /// The host page backing `hva`, as get_user_pages resolved it.
+    pfn: u64,
+    /// The largest leaf the tables can hold: a stage-2 walk that starts
+    /// at level 2 has no 1G entry (KVM's `max_level`).
+    max_level: MapLevel,
+    /// The size of the leaf to install (KVM's `goal_level`).
+    pub(crate) level: MapLevel,
+}
+
+impl Fault {
+    /// The first gfn and pfn of the `level`-sized block the fault maps.
+    pub(crate) fn block(&self) -> (u64, u64) {
+        let off = self.gfn - self.level.align_down(self.gfn);
+        (self.gfn - off, self.pfn - off)
+    }
+
+    /// The user range the mapping covers, `[start, end)`.
+    fn hva_range(&self) -> (u64, u64) {
+        let off = self.gfn - self.level.align_down(self.gfn);
+        let start = self.hva - (off << 12);
+        (start, start + (self.level.pages() << 12))
+    }
+
+    /// Sizes the mapping (KVM's `kvm_mmu_hugepage_adjust()`): the largest
+    /// leaf up to `max_level` that the slot allows (`Slot::max_level()`:
+    /// same alignment, whole range in the slot) and the primary MMU maps
+    /// `hva` with now, never the folio size alone: a PTE-mapped THP or a
+    /// partly unmapped huge page is mapped 4K.
+    ///
+    /// The primary's level is a snapshot taken after get_user_pages: it may
+    /// split right after, but only inside an invalidation of the huge
+    /// range, which makes [`Fault::must_retry()`] over that range (the
+    /// fault's `mmu_seq` predates the lookup) send the fault round again.
+    fn adjust_level(&mut self, host_level: impl FnOnce() -> MapLevel) {
+        let mut level = self.slot.max_level(self.gfn, self.max_level);
+        if level > MapLevel::L4K {
+            level = level.min(host_level());
+        }
+        // A huge host page maps its pfns in order; should it not (the pfn
+        // of the faulting page is not where a huge page of the level would
+        // put it), map what is known to be right.
+        while level > MapLevel::L4K {
+            let off = self.gfn - level.align_down(self.gfn);
+            if self.pfn >= off && (self.pfn - off) & (level.pages() - 1) == 0 {
+                break;
+            }
+            level = match level {
+                MapLevel::L1G => MapLevel::L2M,
+                _ => MapLevel::L4K,
+            };
+        }
+        self.level = level;
+    }
+
+    /// Whether the fault must start over: the slots changed, or an
+    /// invalidation of any of the host range the fault maps ran since it
+    /// began. `state` is borrowed from an MMU lock guard, either side:
+    /// invalidations change the retry state with the lock held for write
+    /// before they zap, so a fault that passes this check installs before
+    /// the zap and is zapped by it (KVM's `mmu_invalidate_retry_gfn()`).
+    ///
+    /// The whole huge range is checked, not only the faulting page: the
+    /// primary MMU splits a huge mapping, or unmaps part of it, only inside
+    /// an invalidation of (at least) that part, so a split or partial unmap
+    /// that ran after the fault began, and so maybe after the host level was
+    /// looked up, makes the fault retry and look again.
+    fn must_retry(&self, state: &MmuState) -> bool {
+        let (start, end) = self.hva_range();
+        state.slots.generation() != self.generation
+            || state
+                .inval
+                .retry_range(start as usize, end as usize, self.mmu_seq)
+    }
+}
+
+/// How installing a resolved page went.
+enum Installed {
+    /// The map ran (and may have failed, e.g. past the table limit).
+    Mapped(Result<MapOutcome, MapError>),
+    /// An invalidation or another walker raced the fault: start over.
+    Retry,
+    /// The space was released: nothing may be mapped any more.
+    Dead,
+}
+
+/// A fault of guest page `gfn` by a vCPU of `space` on root `root`, for a
+/// read or a `write`; run for the root's format by
+/// [`Root::with_format()`](crate::format::Root::with_format).
+pub(crate) struct FaultIn<'a> {
+    pub(crate) space: &'a Space,
+    pub(crate) root: usize,
+    pub(crate) caches: &'a mut FaultCaches,
+    pub(crate) gfn: u64,
+    pub(crate) write: bool,
+    /// The primary MMU's mapping level of a user address of the caller's mm.
+    pub(crate) host_level: fn(u64) -> MapLevel,
+}
+
+impl WithFormat for FaultIn<'_> {
+    type Output = Result<(), Exit>;
+
+    fn run<F: Format>(self) -> Result<(), Exit> {
+        let FaultIn {
+            space,
+            root,
+            caches,
+            gfn,
+            write,
+            host_level,
+        } = self;
+        loop {
+            space.check_alive()?;
+            let mut fault = begin(space, gfn, write)?;
+            if write && fault.slot.readonly() {
+                space.stats.memory_faults.inc();
+                return Err(Exit::MemoryFault);
+            }
+            // Aging without A/D bits made the leaf access-tracked (x86) or
+            // old (arm64: an access-flag fault): make it young again without
+            // get_user_pages (an invalidation would have zapped it, so no
+            // sequence check is needed). With A/D bits the walker keeps
+            // entries young itself: skip the extra trip through the lock.
+            if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write) {
+                return Ok(());
+            }
+            caches.topup::<F>()?;
+
+            // `hva` is a user address of the current mm (the caller is the
+            // space's creator).
+            let page = UserPageRef::get_fast(fault.hva as usize, write).map_err(|e| {
+                if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
+                    Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR })
+                } else {
+                    space.stats.memory_faults.inc();
+                    Exit::MemoryFault
+                }
+            })?;
+            fault.pfn = page.pfn() as u64;
+            let hva = fault.hva;
+            fault.adjust_level(|| host_level(hva));
+
+            let mapped = match install::<F>(space, root, &fault, caches) {
+                Installed::Mapped(m) => m,
+                Installed::Dead => return Err(Exit::Errno(EIO)),
+                Installed::Retry => {
+                    drop(page);
+                    // Retry through the exit point, as a vCPU re-entering
+                    // the guest would: an invalidation that never ends
+                    // must not keep the thread from a signal or the CPU.
+                    exit_point()?;
+                    continue;
+                }
+            };
+            // Like KVM: a page mapped writable is dirty from now on; the
+            // zap marks it dirty again if the guest wrote it (D bit).
+            if mapped.is_ok() && write {
+                page.set_dirty();
+            }
+            drop(page);
+            let outcome = mapped.map_err(|e| match e {
+                // The space holds its limit of table pages.
+                MapError::TableLimit => ENOSPC,
+                _ => ENOMEM,
+            })?;
+            count_fault(space, &fault, &outcome);
+            return Ok(());
+        }
+    }
+}
+
+/// Step 1 of a fault: its slot and the retry snapshots, under the read side.
+fn begin(space: &Space, gfn: u64, write: bool) -> Result<Fault, Exit> {
+    let state = space.mmu.read();
+    let Some(slot) = state.slots.lookup(gfn) else {
+        space.stats.memory_faults.inc();
+        return Err(Exit::MemoryFault);
+    };
+    let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
+    Ok(Fault {
+        gfn,
+        write,
+        slot: *slot,
+        generation: state.slots.generation(),
+        mmu_seq: state.inval.seq(),
+        hva: slot.gfn_to_hva(gfn),
+        pfn: 0,
+        max_level,
+        level: MapLevel::L4K,
+    })
+}
+
+/// Step 3 of a fault: installs the leaf under the format's side of the MMU
+/// lock, unless the fault must start over.
+fn install<F: Format>(
+    space: &Space,
+    root: usize,
+    fault: &Fault,
+    caches: &mut FaultCaches,
+) -> Installed {
+    let mut guard = F::FaultSide::lock(&space.mmu);
+    // A space released since the fault began keeps its tables, but nothing
+    // may be mapped into them any more.
+    if space.check_alive().is_err() {
+        return Installed::Dead;
+    }
+    if fault.must_retry(&guard) {
+        space.stats.fault_retries.inc();
+        return Installed::Retry;
+    }
+    let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
+        // Not reached: a vCPU exists only once its space has tables.
+        return Installed::Dead;
+    };
+    let flush = || space.flush_remote_tlbs();
+    let mapped = F::map(tables, root, fault, caches, &flush);
+    if F::BREAK_BEFORE_MAKE
+        && mapped
+            .as_ref()
+            .is_ok_and(|o| o.action == MapAction::Replaced)
+    {
+        space.stats.bbm.inc();
+    }
+    match mapped {
+        Err(MapError::Again) => {
+            space.stats.fault_eagain.inc();
+            Installed::Retry
+        }
+        Ok(MapOutcome {
+            unlinked: Some(t), ..
+        }) => {
+            // `F::map()` flushed after the unlink: free the table once no
+            // locked walker can be inside it.
+            F::FaultSide::free_unlinked::<F>(&space.mmu, guard, t);
+            Installed::Mapped(mapped)
+        }
+        _ => Installed::Mapped(mapped),
+    }
+}
+
+/// The fast path of an access fault without A/D bits: x86 restores an
+/// access-tracked leaf, stage-2 sets AF on an old leaf (KVM's
+/// `handle_access_fault()`), each under its format's side of the lock.
+/// False if there is no such leaf: take the full fault path.
+fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: u64, write: bool) -> bool {
+    let mut guard = F::FaultSide::lock(&space.mmu);
+    let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
+        return false;
+    };
+    if !F::fix_access_fault(tables, root, gfn, write) {
+        return false;
+    }
+    drop(guard);
+    F::access_fixes(&space.stats).inc();
+    true
+}
+
+/// Counts a fault that installed (or found) its leaf.
+fn count_fault(space: &Space, fault: &Fault, outcome: &MapOutcome) {
+    let stats = &space.stats;
+    stats.faults.inc();
+    if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
+        stats.mappings[fault.level.idx()].inc();
+    }
+    if outcome.split {
+        stats.splits.inc();
+    }
+    if outcome.unlinked.is_some() {
+        stats.collapses.inc();
+    }
+    stats.rmap_max_chain.max(outcome.chain_len as u64);
+}
