@@ -17,8 +17,8 @@
 //!    invalidation of the mapped range ran since step 1 (then start over,
 //!    through the vCPU's exit point, as a vCPU re-entering the guest would).
 //!
-//! See "Invalidation and the retry sequence" in
-//! Documentation/secmmu.rst for why step 3's check is enough.
+//! Why step 3's check is enough: "Invalidation and the retry sequence" in
+//! Documentation/secmmu-protocols.rst.
 
 use crate::{
     ext::gup::UserPageRef,
@@ -157,7 +157,7 @@ enum Installed {
 
 /// A fault of guest page `gfn` by a vCPU of `space` on root `root`, for a
 /// read or a `write`; run for the root's format by
-/// [`Root::with_format()`](crate::format::Root::with_format).
+/// [`Kind::with_format()`](crate::format::Kind::with_format).
 pub(crate) struct FaultIn<'a> {
     pub(crate) space: &'a Space,
     pub(crate) root: usize,

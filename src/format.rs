@@ -19,20 +19,25 @@
 //! statistics) goes through the methods here.
 
 use crate::{
+    aging::{self, AgeOp, AgeResult},
     arm64::mmu::{self as s2, S2Mmu, S2Root},
-    ext::rwlock::ReadGuard,
+    ext::{preempt::PreemptGuard, rwlock::ReadGuard},
     fault::{Fault, FaultCaches},
     kpages::KernelPages,
+    memslot::Slot,
     mmu_lock::{MmuLock, WriteGuard},
     pgtable::{
         MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault, ZapCursor,
         ZapProgress,
     },
-    space::MmuState,
+    prim::{PArc, PBox},
+    space::{MmuState, Space},
     stats::{Counter, Stats},
-    x86::mmu::{self as x86, X86Mmu},
+    uapi,
+    x86::mmu::{self as x86, age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
 };
 use core::ops::Deref;
+use kernel::alloc::AllocError;
 
 /// The page tables of a space.
 pub(crate) enum Pgt {
@@ -212,6 +217,31 @@ pub(crate) trait Format: Sized {
     /// The statistic [`Format::fix_access_fault()`]'s successes count in.
     fn access_fixes(stats: &Stats) -> &Counter;
 
+    /// The guest-physical address bits of a space whose SECMMU_CONFIGURE
+    /// asked for `requested` (0: the default), `None` if the format cannot
+    /// have them.
+    fn ia_bits(requested: u32) -> Option<u32>;
+
+    /// New tables with `nr_roots` empty roots. Allocates, and may sleep:
+    /// before the MMU lock.
+    fn new_tables(
+        nr_roots: usize,
+        ia_bits: u32,
+        ad_enabled: bool,
+        lockless: &LocklessState,
+    ) -> Result<Pgt, AllocError>;
+
+    /// What a new memslot needs from the format, allocated before the MMU
+    /// lock (may sleep): x86 gives it rmaps, stage-2 nothing.
+    fn prepare_slot(slot: &Slot) -> Result<SlotData, AllocError>;
+
+    /// Ages the user range `[start, end)` of a configured `space` of this
+    /// format, taking whichever side of the MMU lock the format's aging
+    /// needs, or none (see "Aging without the MMU lock" in
+    /// Documentation/secmmu-protocols.rst), and flushing what
+    /// `clear_flush_young` or access tracking requires.
+    fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult>;
+
     /// Frees a table that a map unlinked, with the MMU lock held for write.
     ///
     /// # Safety
@@ -363,6 +393,63 @@ impl Format for X86Mmu<KernelPages> {
         &stats.access_restores
     }
 
+    fn ia_bits(requested: u32) -> Option<u32> {
+        // EPT walks 4 levels: 48 bits, always.
+        match requested {
+            0 | uapi::IA_BITS_DEFAULT => Some(uapi::IA_BITS_DEFAULT),
+            _ => None,
+        }
+    }
+
+    fn new_tables(
+        nr_roots: usize,
+        _ia_bits: u32,
+        ad_enabled: bool,
+        lockless: &LocklessState,
+    ) -> Result<Pgt, AllocError> {
+        Ok(Pgt::X86(X86Mmu::with_rmap_table(
+            nr_roots,
+            ad_enabled,
+            lockless.rmaps.clone(),
+        )?))
+    }
+
+    fn prepare_slot(slot: &Slot) -> Result<SlotData, AllocError> {
+        Ok(SlotData(Some(SlotRmaps::new(slot)?)))
+    }
+
+    /// With A/D bits, without the MMU lock: the rmaps are walked under
+    /// their bit locks taken read-only, with preemption disabled (an RCU
+    /// read side: deleted slots' rmaps are freed after a grace period).
+    /// Without them, or when `aging_locked` asks, under the write side:
+    /// access tracking takes W away.
+    fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+        let lockless = &space.lockless().rmaps;
+        if aging::use_lockless(op, lockless.ad_enabled(), space.aging_locked()) {
+            space.stats.aging_lockless.inc();
+            let r = {
+                // Nothing in the walk sleeps.
+                let preempt = PreemptGuard::new();
+                age_hva_range_lockless(lockless, &preempt.proof().into(), start, end, op)
+            };
+            // clear_flush_young: the entries made old must not stay cached
+            // as young translations (no MMU lock needed to flush).
+            if r.needs_flush() {
+                space.flush_remote_tlbs();
+            }
+            return Some(r);
+        }
+        let mut guard = space.mmu.write();
+        let r = Self::of_mut(guard.mmu.as_mut()?)?.age_hva_range_locked(start, end, op);
+        // Access tracking took W away: flush before other faults can see
+        // the lock free (a TLB still allowing writes would hide them from
+        // dirty tracking).
+        if r.needs_flush() {
+            space.flush_remote_tlbs();
+        }
+        Some(r)
+    }
+
     unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
         // SAFETY: Per the caller.
         unsafe { X86Mmu::free_unlinked(self, t) }
@@ -416,14 +503,182 @@ impl Format for S2Mmu<KernelPages> {
         &stats.access_flag_faults
     }
 
+    fn ia_bits(requested: u32) -> Option<u32> {
+        match requested {
+            0 => Some(uapi::IA_BITS_DEFAULT),
+            b if (uapi::IA_BITS_MIN_ARM64..=uapi::IA_BITS_DEFAULT).contains(&b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn new_tables(
+        nr_roots: usize,
+        ia_bits: u32,
+        ad_enabled: bool,
+        _lockless: &LocklessState,
+    ) -> Result<Pgt, AllocError> {
+        Ok(Pgt::S2(S2Mmu::new(nr_roots, ia_bits, ad_enabled)?))
+    }
+
+    fn prepare_slot(_slot: &Slot) -> Result<SlotData, AllocError> {
+        // No rmaps: zaps and aging walk the tables.
+        Ok(SlotData(None))
+    }
+
+    /// Under the read side of the MMU lock, racing faults and the other
+    /// walkers, AF cleared with a compare-exchange whose failure counts
+    /// young (see "Stage-2 aging under the read side" in
+    /// Documentation/secmmu-protocols.rst); under the write side only when
+    /// `aging_locked` asks, for comparison. No permission is taken away in
+    /// either A/D mode (a writable leaf is dirty already), so only
+    /// `clear_flush_young` needs a flush.
+    fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+        let walk = |state: &MmuState| {
+            let mmu = Self::of(state.mmu.as_ref()?)?;
+            let mut r = AgeResult::new(op);
+            for slot in state.slots.iter() {
+                if let Some((s, e)) = slot.hva_range_to_gfns(start, end) {
+                    r.merge(&mmu.age_gfn_range(s, e, op));
+                    if r.done() {
+                        break;
+                    }
+                }
+            }
+            if r.needs_flush() {
+                space.flush_remote_tlbs();
+            }
+            Some(r)
+        };
+        if space.aging_locked() {
+            walk(&space.mmu.write())
+        } else {
+            space.stats.aging_lockless.inc();
+            walk(&space.mmu.read())
+        }
+    }
+
     unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
         // SAFETY: Per the caller.
         unsafe { S2Mmu::free_unlinked(self, t) }
     }
 }
 
-/// Code generic over the format, run by [`Root::with_format()`] for the
-/// format of a root.
+/// What lockless walkers of a space read without the MMU lock. Made when
+/// the space is opened, before its format is chosen; only x86 spaces fill
+/// it: the rmap table, whose slots' rmaps lockless agers walk.
+pub(crate) struct LocklessState {
+    rmaps: PArc<RmapTable>,
+}
+
+impl LocklessState {
+    /// An empty state. Allocates, and may sleep.
+    pub(crate) fn new() -> Result<Self, AllocError> {
+        Ok(Self {
+            rmaps: RmapTable::new()?,
+        })
+    }
+}
+
+/// What a new memslot brings to its format's tables
+/// ([`Format::prepare_slot()`]).
+pub(crate) struct SlotData(Option<PBox<SlotRmaps>>);
+
+/// What a deleted memslot leaves for lockless walkers: x86 rmaps, freed
+/// after an RCU grace period.
+pub(crate) type Retired = DetachedRmaps;
+
+impl Pgt {
+    /// Attaches what [`Format::prepare_slot()`] made for slot `id`, just
+    /// inserted in the set; gives it back if the slot has it already.
+    pub(crate) fn attach_slot(&mut self, id: u32, data: SlotData) -> Result<(), SlotData> {
+        match (self, data.0) {
+            (Pgt::X86(m), Some(rmaps)) => m.attach_slot(id, rmaps).map_err(|r| SlotData(Some(r))),
+            (_, data) => data.map_or(Ok(()), |r| Err(SlotData(Some(r)))),
+        }
+    }
+
+    /// Detaches the format's data of slot `id`, whose mappings are all
+    /// zapped: what lockless walkers may still read, for the caller to free
+    /// after a grace period.
+    pub(crate) fn detach_slot(&mut self, id: u32) -> Option<Retired> {
+        match self {
+            Pgt::X86(m) => m.detach_slot(id),
+            Pgt::S2(_) => None,
+        }
+    }
+}
+
+/// A page-table format, as a value: what SECMMU_CONFIGURE chose
+/// (`SECMMU_FMT_*`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// x86 EPT, 4 levels.
+    X86 = uapi::FMT_X86_EPT4 as isize,
+    /// arm64 stage-2, 4K granule.
+    S2 = uapi::FMT_ARM64_S2 as isize,
+}
+
+/// Evaluates `$e` with `$F` standing for the [`Format`] `$kind` names.
+macro_rules! with_kind {
+    ($kind:expr, $F:ident => $e:expr) => {
+        match $kind {
+            Kind::X86 => {
+                type $F = X86Mmu<KernelPages>;
+                $e
+            }
+            Kind::S2 => {
+                type $F = S2Mmu<KernelPages>;
+                $e
+            }
+        }
+    };
+}
+
+impl Kind {
+    /// The format `SECMMU_FMT_*` value `format` names, if any.
+    pub(crate) fn from_uapi(format: u32) -> Option<Kind> {
+        match format {
+            uapi::FMT_X86_EPT4 => Some(Kind::X86),
+            uapi::FMT_ARM64_S2 => Some(Kind::S2),
+            _ => None,
+        }
+    }
+
+    /// Runs `w` for this format: the one place the MMU goes from a format
+    /// as a value to code specialized for it.
+    pub(crate) fn with_format<W: WithFormat>(self, w: W) -> W::Output {
+        with_kind!(self, F => w.run::<F>())
+    }
+
+    /// [`Format::ia_bits()`] of this format.
+    pub(crate) fn ia_bits(self, requested: u32) -> Option<u32> {
+        with_kind!(self, F => <F as Format>::ia_bits(requested))
+    }
+
+    /// [`Format::new_tables()`] of this format.
+    pub(crate) fn new_tables(
+        self,
+        nr_roots: usize,
+        ia_bits: u32,
+        ad_enabled: bool,
+        lockless: &LocklessState,
+    ) -> Result<Pgt, AllocError> {
+        with_kind!(self, F => <F as Format>::new_tables(nr_roots, ia_bits, ad_enabled, lockless))
+    }
+
+    /// [`Format::prepare_slot()`] of this format.
+    pub(crate) fn prepare_slot(self, slot: &Slot) -> Result<SlotData, AllocError> {
+        with_kind!(self, F => <F as Format>::prepare_slot(slot))
+    }
+
+    /// [`Format::age()`] of this format.
+    pub(crate) fn age(self, space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+        with_kind!(self, F => <F as Format>::age(space, start, end, op))
+    }
+}
+
+/// Code generic over the format, run by [`Kind::with_format()`] for the
+/// format of a space or a root.
 pub(crate) trait WithFormat {
     /// What the code returns.
     type Output;
@@ -432,12 +687,11 @@ pub(crate) trait WithFormat {
 }
 
 impl Root {
-    /// Runs `w` for the format of this root: the one place a vCPU goes from
-    /// the format it was given as a value to code specialized for it.
-    pub(crate) fn with_format<W: WithFormat>(&self, w: W) -> W::Output {
+    /// The format of the root.
+    pub(crate) fn kind(&self) -> Kind {
         match self {
-            Root::X86(_) => w.run::<X86Mmu<KernelPages>>(),
-            Root::S2(..) => w.run::<S2Mmu<KernelPages>>(),
+            Root::X86(_) => Kind::X86,
+            Root::S2(..) => Kind::S2,
         }
     }
 }

@@ -27,27 +27,23 @@
 //! before any other field is dropped.
 
 use crate::{
-    aging::{self, AgeOp, AgeResult},
-    arm64::mmu::S2Mmu,
+    aging::{AgeOp, AgeResult},
     ext::{
         mm::{self, LeafLevel},
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
-        preempt::PreemptGuard,
         rcu::GracePeriodState,
         rwlock::new_rwlock,
         sched,
     },
-    format::Pgt,
+    format::{Kind, LocklessState, Pgt, Retired},
     inval::Invalidations,
     kpages,
     memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
     mmu_lock::{MmuLock, WriteGuard},
     pgtable::ZapCursor,
-    prim::PArc,
     stats::Stats,
     tlb::VcpuMode,
     uapi,
-    x86::mmu::{age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
@@ -88,16 +84,17 @@ pub(crate) struct Space {
     config: Mutex<Option<Config>>,
     #[pin]
     pub(crate) mmu: MmuLock<MmuState>,
-    /// The per-memslot rmaps, shared with lockless aging: the MMU (under the
-    /// MMU lock) publishes and detaches slots; agers read them with
-    /// preemption disabled (an RCU read side); detached ones are freed after
-    /// `synchronize_rcu()`.
-    rmaps: PArc<RmapTable>,
-    /// Rmaps of deleted slots that lockless agers may still read, each with
-    /// the RCU state (`get_state_synchronize_rcu()`) of its detach: freed
-    /// by later deletions once that grace period is over, and by the drop.
+    /// What lockless walkers read without the MMU lock (x86: the
+    /// per-memslot rmaps, for lockless aging): the tables (under the MMU
+    /// lock) publish and detach slots; agers read them with preemption
+    /// disabled (an RCU read side).
+    lockless: LocklessState,
+    /// What deleted slots left that lockless agers may still read, each
+    /// with the RCU state (`get_state_synchronize_rcu()`) of its detach:
+    /// freed by later deletions once that grace period is over, and by the
+    /// drop.
     #[pin]
-    retired: Mutex<KVec<(DetachedRmaps, GracePeriodState)>>,
+    retired: Mutex<KVec<(Retired, GracePeriodState)>>,
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
@@ -143,7 +140,7 @@ impl Space {
         aging_locked: bool,
         max_table_pages: u64,
     ) -> Result<Arc<Self>> {
-        let rmaps = RmapTable::new().map_err(|_| ENOMEM)?;
+        let lockless = LocklessState::new()?;
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 config <- new_mutex!(None, "secmmu_config"),
@@ -155,7 +152,7 @@ impl Space {
                     },
                     "secmmu_mmu_lock"
                 ),
-                rmaps,
+                lockless,
                 retired <- new_mutex!(KVec::new(), "secmmu_retired_rmaps"),
                 aging_locked,
                 max_table_pages,
@@ -219,16 +216,8 @@ impl Space {
         if cfg.nr_roots == 0 || cfg.nr_roots > uapi::MAX_ROOTS {
             return Err(EINVAL);
         }
-        let ia_bits = match (cfg.format, cfg.ia_bits) {
-            (uapi::FMT_X86_EPT4 | uapi::FMT_ARM64_S2, 0) => uapi::IA_BITS_DEFAULT,
-            (uapi::FMT_X86_EPT4, uapi::IA_BITS_DEFAULT) => uapi::IA_BITS_DEFAULT,
-            (uapi::FMT_ARM64_S2, b)
-                if (uapi::IA_BITS_MIN_ARM64..=uapi::IA_BITS_DEFAULT).contains(&b) =>
-            {
-                b
-            }
-            _ => return Err(EINVAL),
-        };
+        let kind = Kind::from_uapi(cfg.format).ok_or(EINVAL)?;
+        let ia_bits = kind.ia_bits(cfg.ia_bits).ok_or(EINVAL)?;
         let mut config = self.config.lock();
         if config.is_some() {
             return Err(EBUSY);
@@ -236,13 +225,7 @@ impl Space {
         let ad_enabled = cfg.flags & uapi::CFG_NO_AD == 0;
         let nr_roots = cfg.nr_roots as usize;
         // Allocates the roots: may sleep, so before the MMU lock.
-        let mut mmu = match cfg.format {
-            uapi::FMT_X86_EPT4 => Pgt::X86(
-                X86Mmu::with_rmap_table(nr_roots, ad_enabled, self.rmaps.clone())
-                    .map_err(|_| ENOMEM)?,
-            ),
-            _ => Pgt::S2(S2Mmu::new(nr_roots, ia_bits, ad_enabled).map_err(|_| ENOMEM)?),
-        };
+        let mut mmu = kind.new_tables(nr_roots, ia_bits, ad_enabled, &self.lockless)?;
         mmu.set_table_limit(self.max_table_pages);
         self.ad_enabled.store(ad_enabled, Ordering::Relaxed);
         self.mmu.write().mmu = Some(mmu);
@@ -294,17 +277,16 @@ impl Space {
             .slots
             .check_insert(&slot)
             .map_err(slot_errno)?;
-        // Only the x86 shadow MMU keeps rmaps; stage-2 walks its tables.
-        let rmaps = match cfg.format {
-            uapi::FMT_X86_EPT4 => Some(SlotRmaps::new(&slot).map_err(|_| ENOMEM)?),
-            _ => None,
-        };
+        // The format's share of the slot (x86: its rmaps), made before
+        // the lock: it may sleep.
+        let kind = Kind::from_uapi(cfg.format).ok_or(EINVAL)?;
+        let data = kind.prepare_slot(&slot)?;
         let mut mmu = self.mmu.write();
         mmu.slots.insert(slot).map_err(slot_errno)?;
-        let unused = match (mmu.mmu.as_mut(), rmaps) {
-            (Some(Pgt::X86(m)), Some(rmaps)) => m.attach_slot(slot.id, rmaps).err(),
-            (_, rmaps) => rmaps,
-        };
+        let unused = mmu
+            .mmu
+            .as_mut()
+            .and_then(|m| m.attach_slot(slot.id, data).err());
         drop(mmu);
         // Unreachable: the slot id was free. Freed outside the lock.
         drop(unused);
@@ -335,10 +317,7 @@ impl Space {
         );
         self.flush_and_free(&mut guard, &mut zapped);
         guard.slots.remove(id).map_err(slot_errno)?;
-        let rmaps = match guard.mmu.as_mut() {
-            Some(Pgt::X86(m)) => m.detach_slot(id),
-            _ => None,
-        };
+        let rmaps = guard.mmu.as_mut().and_then(|m| m.detach_slot(id));
         drop(guard);
         if let Some(rmaps) = rmaps {
             self.retire_rmaps(rmaps);
@@ -811,83 +790,34 @@ impl Space {
 }
 
 impl Space {
-    /// Ages the host range `[start, end)` (protocols.md D18-D23): without
-    /// the MMU lock where A/D bits allow (walking rmaps under their bit
-    /// locks taken read-only, preemption disabled), under it otherwise.
+    /// Ages the host range `[start, end)` as the space's format does it
+    /// ([`Format::age()`](crate::format::Format::age)): without the MMU
+    /// lock where A/D bits allow, under it otherwise (see "Aging without
+    /// the MMU lock" in Documentation/secmmu-protocols.rst).
     fn age(&self, start: usize, end: usize, op: AgeOp) -> bool {
         if self.released.load(Ordering::Acquire) {
             return false;
         }
         self.stats.aging_calls.inc();
-        let (start, end) = (start as u64, end as u64);
-        let r = if self.format.load(Ordering::Acquire) == uapi::FMT_ARM64_S2 {
-            match self.age_s2(start, end, op) {
-                Some(r) => r,
-                None => return false,
-            }
-        } else if aging::use_lockless(op, self.rmaps.ad_enabled(), self.aging_locked) {
-            self.stats.aging_lockless.inc();
-            let r = {
-                // Nothing in the walk sleeps.
-                let preempt = PreemptGuard::new();
-                age_hva_range_lockless(&self.rmaps, &preempt.proof().into(), start, end, op)
-            };
-            // clear_flush_young: the entries made old must not stay cached
-            // as young translations (no MMU lock needed to flush).
-            if r.needs_flush() {
-                self.flush_remote_tlbs();
-            }
-            r
-        } else {
-            let mut guard = self.mmu.write();
-            let r = match guard.mmu.as_mut() {
-                Some(Pgt::X86(mmu)) => mmu.age_hva_range_locked(start, end, op),
-                _ => return false,
-            };
-            // Access tracking took W away: flush before other faults can
-            // see the lock free (a TLB still allowing writes would hide
-            // them from dirty tracking).
-            if r.needs_flush() {
-                self.flush_remote_tlbs();
-            }
-            drop(guard);
-            r
+        let Some(kind) = Kind::from_uapi(self.format.load(Ordering::Acquire)) else {
+            return false;
+        };
+        let Some(r) = kind.age(self, start as u64, end as u64, op) else {
+            return false;
         };
         self.count_aging(&r);
         r.young
     }
 
-    /// Ages on stage-2 tables (protocols.md E28): under the read side of
-    /// the MMU lock, racing faults and the walkers, AF cleared with a
-    /// compare-exchange whose failure counts young; under the write side
-    /// only when `aging_locked` asks, for comparison. No permission is
-    /// taken away in either A/D mode (a writable leaf is dirty already),
-    /// so only `clear_flush_young` needs a flush.
-    fn age_s2(&self, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
-        let walk = |state: &MmuState| {
-            let Some(Pgt::S2(mmu)) = state.mmu.as_ref() else {
-                return None;
-            };
-            let mut r = AgeResult::new(op);
-            for slot in state.slots.iter() {
-                if let Some((s, e)) = slot.hva_range_to_gfns(start, end) {
-                    r.merge(&mmu.age_gfn_range(s, e, op));
-                    if r.done() {
-                        break;
-                    }
-                }
-            }
-            if r.needs_flush() {
-                self.flush_remote_tlbs();
-            }
-            Some(r)
-        };
-        if self.aging_locked {
-            walk(&self.mmu.write())
-        } else {
-            self.stats.aging_lockless.inc();
-            walk(&self.mmu.read())
-        }
+    /// What lockless walkers read without the MMU lock.
+    pub(crate) fn lockless(&self) -> &LocklessState {
+        &self.lockless
+    }
+
+    /// Whether aging must take the MMU lock even where A/D bits allow
+    /// lockless aging (module parameter `aging_locked`).
+    pub(crate) fn aging_locked(&self) -> bool {
+        self.aging_locked
     }
 
     fn count_aging(&self, r: &AgeResult) {
@@ -911,7 +841,7 @@ impl Space {
     /// crawl. The rmaps wait in `retired` instead, and each deletion frees
     /// those whose grace period has ended since (the polled grace-period
     /// API); the drop frees the rest after `synchronize_rcu()`.
-    fn retire_rmaps(&self, rmaps: DetachedRmaps) {
+    fn retire_rmaps(&self, rmaps: Retired) {
         let state = GracePeriodState::get();
         let mut retired = self.retired.lock();
         let mut i = 0;

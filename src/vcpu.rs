@@ -185,7 +185,7 @@ impl Vcpu {
 
     /// Faults guest page `gfn` in for a read or a `write`.
     fn fault(&self, st: &mut VcpuState, gfn: u64, write: bool) -> Result<(), Exit> {
-        self.root_tables.with_format(FaultIn {
+        self.root_tables.kind().with_format(FaultIn {
             space: &self.space,
             root: self.root,
             caches: &mut st.caches,
