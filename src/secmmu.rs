@@ -210,7 +210,8 @@ mod kunit {
         assert!(spte::is_access_tracked(tracked));
         assert!(!spte::is_writable(tracked));
         assert_eq!(spte::restore_access_tracked(tracked), s);
-        // Clearing A atomically reports whether it was set (D19).
+        // Clearing A atomically reports whether it was set ("Clearing the
+        // accessed bit" in Documentation/secmmu-protocols.rst).
         let a = AtomicU64::new(spte::make_leaf(0x888, Level::L4K, false, true) | spte::ACCESSED);
         assert!(spte::test_and_clear_accessed(&a));
         assert!(!spte::test_and_clear_accessed(&a));
@@ -264,8 +265,9 @@ mod kunit {
     }
 
     /// Stage-2 descriptors decode to what they were made of; the locked
-    /// value is invalid and unlike any valid entry (E24, E25); a break of
-    /// an invalid entry does not flush, of a valid one flushes once (E26).
+    /// value is invalid and unlike any valid entry; a break of an invalid
+    /// entry does not flush, of a valid one flushes once ("Locked entries"
+    /// and "Break-before-make" in Documentation/secmmu-protocols.rst).
     #[test]
     fn s2_descriptors_and_break_before_make() {
         for level in 1..=s2::LAST_LEVEL {
@@ -398,7 +400,8 @@ mod kunit {
         Ok(())
     }
 
-    /// A read-only walker's unlock of an empty rmap writes nothing (C13).
+    /// A read-only walker's unlock of an empty rmap writes nothing (KVM's
+    /// `kvm_rmap_unlock_readonly()`).
     #[test]
     fn rmap_readonly_unlock_of_empty() {
         let head = RmapHead::new();

@@ -2,24 +2,29 @@
 
 //! A space: one open `/dev/secmmu`, bound to its opener's mm.
 //!
-//! Lock order (outermost first):
-//! 1. [`Space::config`], a mutex: serializes CONFIGURE, SET_MEMSLOT and
-//!    CREATE_VCPU (KVM's `slots_lock`). May sleep while held.
-//! 2. The mm core's locks held around notifier callbacks (mmap_lock,
-//!    i_mmap, page-table locks): nothing below may be held while calling
-//!    into the mm core (get_user_pages runs with no secmmu lock held).
-//! 3. [`Space::mmu`], the MMU lock (an rwlock, spinning): page tables,
-//!    rmaps, memslots and the invalidation retry state. Nothing that sleeps
-//!    runs under it; allocations for a fault are made before it is taken
-//!    (vCPU caches). Invalidations change the retry state with it held for
-//!    write, like KVM's `mmu_invalidate_begin/end()`, so faults read it
-//!    under the read side, in parallel, with no lock of their own.
-//! 4. rmap bit locks (inside the MMU lock, or alone with preemption off for
-//!    lockless aging).
-//!
-//! TLB flushes are requested with the MMU lock held and wait, spinning, for
-//! every vCPU in guest mode to acknowledge. vCPUs never take the MMU lock in
-//! guest mode, so the wait is bounded by one guest access.
+//! Lock order, outermost first (the whole story, with what the mm core
+//! holds around each callback: "Lifetime and lock order" in
+//! Documentation/secmmu.rst):
+//! 1. a vCPU's mutex (`Vcpu::state`), only ever tried;
+//! 2. [`Space::config`], a mutex: serializes CONFIGURE, SET_MEMSLOT and
+//!    vCPU ids (KVM's `slots_lock`); never held with a vCPU's mutex;
+//! 3. [`Space::retired`], the mutex of deleted slots' retired rmaps;
+//! 4. the mm core's locks: under the mutexes above secmmu calls into the mm
+//!    core (get_user_pages, user copies, allocations) holding no spinning
+//!    lock; the mm core calls the notifier callbacks with its own held, so
+//!    a callback takes only the spinning locks below;
+//! 5. [`Space::mmu`], the MMU lock (an `rwlock_t`, spinning): page tables,
+//!    memslots and the invalidation retry state. Nothing that sleeps runs
+//!    under it; a fault allocates before it takes it (vCPU caches).
+//!    Invalidations change the retry state with it held for write, like
+//!    KVM's `kvm_mmu_invalidate_start/end()`, so faults read it under the
+//!    read side, in parallel, with no lock of their own;
+//! 6. rmap bit locks (inside the MMU lock, or alone with preemption off for
+//!    lockless aging);
+//! 7. guest mode, waited on as a lock: TLB flushes are requested with the
+//!    MMU lock held (or none) and spin until every vCPU in guest mode has
+//!    acknowledged. vCPUs never take a lock in guest mode, so the wait is
+//!    bounded by one guest access.
 //!
 //! Lifetime: a space lives in an `Arc`, held by its file and by each vCPU
 //! file. Its notifier is its first field, so when the last reference goes,
@@ -58,7 +63,8 @@ pub(crate) struct MmuState {
     /// The page tables; `None` until SECMMU_CONFIGURE.
     pub(crate) mmu: Option<Pgt>,
     pub(crate) slots: Memslots,
-    /// Invalidations in progress, and the retry sequence (A2).
+    /// Invalidations in progress, and the retry sequence (KVM's
+    /// `mmu_invalidate_seq` and `mmu_invalidate_in_progress`).
     pub(crate) inval: Invalidations,
 }
 
@@ -116,7 +122,8 @@ pub(crate) struct Space {
     /// taken under `config` and given back when a vCPU goes (or its
     /// creation fails), so they are reused.
     vcpu_ids: AtomicU64,
-    /// Set by `release()`: the mm's address space is gone (A5).
+    /// Set by `release()`: the mm's address space is gone ("Release and the
+    /// dead address space" in Documentation/secmmu-protocols.rst).
     released: AtomicBool,
     pub(crate) stats: Stats,
 }
@@ -354,7 +361,9 @@ impl Space {
     }
 
     /// Flushes every vCPU's software TLB and waits until none can use a
-    /// translation from before the call (A1, F29).
+    /// translation from before the call (KVM's `kvm_flush_remote_tlbs()`;
+    /// "Translations cached outside the tables" in
+    /// Documentation/secmmu-protocols.rst).
     pub(crate) fn flush_remote_tlbs(&self) {
         let mut ids = self.vcpu_ids.load(Ordering::Acquire);
         while ids != 0 {
@@ -366,9 +375,10 @@ impl Space {
 
     /// Zaps the gfns `[start, end)` of slot `id` in every root, yielding the
     /// MMU lock when `may_block` and someone needs the CPU or the lock.
-    /// Flushes what it zapped before every yield (B7); what it zapped since
-    /// is left in `z.flush_pending` for the caller to flush before it drops
-    /// the lock for good (B8).
+    /// Flushes what it zapped before every yield; what it zapped since is
+    /// left in `z.flush_pending` for the caller to flush before it drops the
+    /// lock for good ("TLB flush before dropping the MMU lock" in
+    /// Documentation/secmmu-protocols.rst).
     fn zap_gfns(
         &self,
         guard: &mut WriteGuard<'_, MmuState>,
@@ -400,9 +410,10 @@ impl Space {
     }
 
     /// Flushes the TLBs if anything was zapped or unlinked since the last
-    /// flush, counting an elided flush otherwise (nothing valid was removed:
-    /// E26's rule); then frees the tables the zaps unlinked, which only that
-    /// flush made sure no vCPU walks any more.
+    /// flush, counting an elided flush otherwise (nothing valid was removed,
+    /// as in "Break-before-make"); then frees the tables the zaps unlinked,
+    /// which only that flush made sure no vCPU walks any more ("TLB flush
+    /// before freeing tables" in Documentation/secmmu-protocols.rst).
     fn flush_and_free(&self, state: &mut MmuState, z: &mut Zapped) {
         if z.flush_pending {
             self.flush_remote_tlbs();
@@ -697,8 +708,9 @@ impl MmuNotifierOps for Space {
         }
         let pages = (end - start) >> kernel::page::PAGE_SHIFT;
         self.stats.invalidated_pages.add(pages as u64);
-        // First make every fault of the range retry (A2), then remove the
-        // mappings that exist (A1): a fault that installed before `begin`
+        // First make every fault of the range retry, then remove the
+        // mappings that exist (KVM's kvm_mmu_notifier_invalidate_range_start()
+        // does the same): a fault that installed before `begin`
         // is zapped below, one that checks after it retries. Both under the
         // MMU lock for write: faults check under the read side at least.
         let mut guard = self.mmu.write();
@@ -775,7 +787,8 @@ impl MmuNotifierOps for Space {
 impl Space {
     /// SECMMU_TEST_YOUNG: what the mm core's `mmu_notifier_test_young()`
     /// would hear from this space for the page at `req.hva`: asks our
-    /// notifier's `test_young` callback, which changes nothing (D20).
+    /// notifier's `test_young` callback, which changes nothing ("Testing is
+    /// read-only" in Documentation/secmmu-protocols.rst).
     pub(crate) fn test_young_ioctl(&self, req: &uapi::secmmu_test_young) -> Result<isize> {
         uapi::check_zero(&req.reserved)?;
         let user_end = mm::task_size() as u64;
