@@ -21,16 +21,33 @@
 //! Documentation/secmmu-protocols.rst.
 
 use crate::{
-    ext::gup::UserPageRef,
+    ext::{
+        gup::UserPageRef,
+        mm::{self, LeafLevel},
+        sched,
+    },
     format::{FaultSide, Format, WithFormat},
     kpages::KernelPages,
     memslot::Slot,
     pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache},
     rmap::DescCache,
     space::{MmuState, Space},
-    vcpu::{exit_point, Exit},
 };
 use kernel::prelude::*;
+
+/// What stops an access: the ioctl returns its errno.
+pub(crate) enum Exit {
+    /// The fault cannot be resolved (`EFAULT`, memory-fault exit).
+    MemoryFault,
+    /// Another error: `EINTR` for a signal, `EIO` after release, `ENOMEM`.
+    Errno(Error),
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Self {
+        Exit::Errno(e)
+    }
+}
 
 /// What a fault preallocates before it takes the MMU lock (KVM's
 /// `mmu_topup_memory_caches()`): table pages and rmap descriptors.
@@ -155,6 +172,32 @@ enum Installed {
     Dead,
 }
 
+/// The places a real vCPU exits for, between guest-mode stretches: a
+/// pending signal (`EINTR`) and rescheduling. No lock may be held.
+pub(crate) fn exit_point() -> Result<(), Exit> {
+    if kernel::current!().signal_pending() {
+        return Err(Exit::Errno(EINTR));
+    }
+    sched::cond_resched();
+    Ok(())
+}
+
+/// The level the primary MMU maps user address `hva` of the calling task
+/// with now: a snapshot, see [`Fault`](crate::fault::Fault). The calling
+/// task is the space's creator (`Space::check_caller()`): its mm is the one
+/// the space mirrors.
+fn host_level(hva: u64) -> MapLevel {
+    let task = kernel::current!();
+    let host = task
+        .mm()
+        .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
+    match host {
+        LeafLevel::Pud => MapLevel::L1G,
+        LeafLevel::Pmd => MapLevel::L2M,
+        LeafLevel::Pte => MapLevel::L4K,
+    }
+}
+
 /// A fault of guest page `gfn` by a vCPU of `space` on root `root`, for a
 /// read or a `write`; run for the root's format by
 /// [`Kind::with_format()`](crate::format::Kind::with_format).
@@ -164,8 +207,6 @@ pub(crate) struct FaultIn<'a> {
     pub(crate) caches: &'a mut FaultCaches,
     pub(crate) gfn: u64,
     pub(crate) write: bool,
-    /// The primary MMU's mapping level of a user address of the caller's mm.
-    pub(crate) host_level: fn(u64) -> MapLevel,
 }
 
 impl WithFormat for FaultIn<'_> {
@@ -178,7 +219,6 @@ impl WithFormat for FaultIn<'_> {
             caches,
             gfn,
             write,
-            host_level,
         } = self;
         loop {
             space.check_alive()?;

@@ -17,14 +17,12 @@
 use crate::{
     ext::{
         anon_inode::{self, AnonInodeFile},
-        mm::{self, LeafLevel},
         pfn,
         preempt::PreemptGuard,
-        sched,
     },
-    fault::{FaultCaches, FaultIn},
+    fault::{exit_point, Exit, FaultCaches, FaultIn},
     format::Root,
-    pgtable::{MapLevel, WalkFault},
+    pgtable::WalkFault,
     space::Space,
     tlb::{SoftTlb, VcpuMode},
     uapi,
@@ -40,20 +38,6 @@ use kernel::{
     sync::{Arc, ArcBorrow, Mutex},
     uaccess::{UserPtr, UserSlice},
 };
-
-/// What stops an access: the ioctl returns its errno.
-pub(crate) enum Exit {
-    /// The fault cannot be resolved (`EFAULT`, memory-fault exit).
-    MemoryFault,
-    /// Another error: `EINTR` for a signal, `EIO` after release, `ENOMEM`.
-    Errno(Error),
-}
-
-impl From<Error> for Exit {
-    fn from(e: Error) -> Self {
-        Exit::Errno(e)
-    }
-}
 
 /// What only the vCPU's own thread touches, under its mutex (KVM's
 /// `vcpu->mutex`: one ioctl at a time per vCPU).
@@ -191,7 +175,6 @@ impl Vcpu {
             caches: &mut st.caches,
             gfn,
             write,
-            host_level,
         })
     }
 
@@ -376,32 +359,6 @@ impl Vcpu {
             acc.done += n as u64;
         }
         Ok(())
-    }
-}
-
-/// The places a real vCPU exits for, between guest-mode stretches: a
-/// pending signal (`EINTR`) and rescheduling. No lock may be held.
-pub(crate) fn exit_point() -> Result<(), Exit> {
-    if kernel::current!().signal_pending() {
-        return Err(Exit::Errno(EINTR));
-    }
-    sched::cond_resched();
-    Ok(())
-}
-
-/// The level the primary MMU maps user address `hva` of the calling task
-/// with now: a snapshot, see [`Fault`](crate::fault::Fault). The calling
-/// task is the space's creator (`Space::check_caller()`): its mm is the one
-/// the space mirrors.
-fn host_level(hva: u64) -> MapLevel {
-    let task = kernel::current!();
-    let host = task
-        .mm()
-        .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
-    match host {
-        LeafLevel::Pud => MapLevel::L1G,
-        LeafLevel::Pmd => MapLevel::L2M,
-        LeafLevel::Pte => MapLevel::L4K,
     }
 }
 
