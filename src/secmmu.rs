@@ -44,6 +44,8 @@ mod stats;
 #[allow(dead_code)]
 mod tlb;
 #[allow(dead_code)]
+mod walk;
+#[allow(dead_code)]
 mod x86;
 
 use kernel::{

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Host build of secmmu's kernel-free code: the rmap, the memslots, the page-table pieces common
-//! to all formats, the x86 SPTE format and MMU, the arm64 stage-2 format and MMU, aging, and the
+//! to all formats, the page-table walker, the x86 SPTE format and MMU, the arm64 stage-2 format and MMU, aging, and the
 //! software TLB, compiled from the same files as the kernel module, with `std` and (under
 //! `--cfg loom`) loom behind `src/prim.rs`.
 //! It exists to run their unit, stress and loom tests; see `README.md`.
@@ -34,6 +34,9 @@ pub mod rmap;
 
 #[path = "../../src/tlb.rs"]
 pub mod tlb;
+
+#[path = "../../src/walk.rs"]
+pub mod walk;
 
 #[path = "../../src/x86/mod.rs"]
 pub mod x86;
@@ -75,3 +78,6 @@ mod leaf_walk_tests;
 
 #[cfg(all(test, loom))]
 mod s2_loom;
+
+#[cfg(all(test, not(loom)))]
+mod walk_tests;
