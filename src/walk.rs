@@ -53,6 +53,7 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
+use core::marker::PhantomData;
 use core::ops::ControlFlow;
 
 use crate::pgtable::{MapLevel, PageOps, Table, ENTRIES_PER_TABLE};
@@ -497,6 +498,45 @@ pub(crate) unsafe fn find<'a, F: Format, P: PageOps>(
     }
 }
 
+/// The visitor of [`first_leaf()`]: breaks at the first valid leaf.
+struct FirstLeaf<F>(PhantomData<fn() -> F>);
+
+impl<'a, F: Format> Visitor<'a> for FirstLeaf<F> {
+    const FLAGS: u32 = LEAF;
+    type Break = (u64, Found<'a>);
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, _visit: Visit) -> Step<Self::Break> {
+        if !F::is_leaf(ctx.old, ctx.level) {
+            return Step::Continue;
+        }
+        let found = Found {
+            ptep: ctx.ptep,
+            old: ctx.old,
+            level: ctx.level,
+        };
+        Step::Break((ctx.base(), found))
+    }
+}
+
+/// The first valid leaf of `tables` that maps a gfn in `[from, end)`, with the first gfn it
+/// maps: skips empty subtrees a whole entry at a time (the coherence audit's walk).
+///
+/// # Safety
+///
+/// As for [`walk()`].
+#[inline(always)]
+pub(crate) unsafe fn first_leaf<'a, F: Format, P: PageOps>(
+    tables: &Tables<'a>,
+    from: u64,
+    end: u64,
+) -> Option<(u64, Found<'a>)> {
+    let mut pos = from;
+    // SAFETY: per the caller.
+    let flow = unsafe { walk::<F, P, _>(tables, &mut pos, end, &mut FirstLeaf::<F>(PhantomData)) };
+    flow.break_value()
+}
+
 /// Why a [`Budget`] walk stopped.
 pub(crate) enum Stop<B> {
     /// The budget ran out: a safe point to yield at.
@@ -641,4 +681,73 @@ pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a>>(
             }
         }
     }
+}
+
+/// The visitor of [`free_subtree()`]: with `LEAVES`, it calls `leaf` on every entry that is not
+/// a table.
+struct Free<F, L, T, const LEAVES: bool> {
+    /// Called on every entry that is not a table, with its level.
+    leaf: L,
+    /// Called on the entry of each table the walk is done with, to free that table.
+    free: T,
+    _format: PhantomData<fn() -> F>,
+}
+
+impl<'a, F: Format, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> Visitor<'a>
+    for Free<F, L, T, LEAVES>
+{
+    const FLAGS: u32 = TABLE_POST | if LEAVES { LEAF } else { 0 };
+    // Without leaves to see, the entries of the last-level tables need no load.
+    const BOTTOM: u32 = if LEAVES { LAST_LEVEL } else { LAST_LEVEL - 1 };
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
+        match visit {
+            Visit::Leaf => (self.leaf)(ctx.old, ctx.level),
+            // The walk is done with the table under the entry (post-order): free it.  The walk
+            // goes on in the table that holds the entry, freed after it.
+            _ => (self.free)(F::table_pfn(ctx.old)),
+        }
+        Step::Continue
+    }
+}
+
+/// Frees the table `pfn` at `level` and every table under it, bottom-up (KVM's
+/// `stage2_free_walker()`, `kvm_pgtable_stage2_destroy()`), calling `freed()` once per table
+/// page freed; with `LEAVES`, first calls `leaf(entry, level)` on every entry that is not a
+/// table (a leaf, an empty or a locked entry), for the caller's accounting.
+///
+/// # Safety
+///
+/// `pfn` came from `P::alloc_table()` and is not freed yet; no walker can reach it any more
+/// (it was unlinked and a TLB flush with the MMU lock held for write since waited for every
+/// walker, or the MMU is being dropped); and each table under it is linked only from it or the
+/// tables under it.
+pub(crate) unsafe fn free_subtree<F: Format, P: PageOps, const LEAVES: bool>(
+    pfn: u64,
+    level: u32,
+    leaf: impl FnMut(u64, u32),
+    mut freed: impl FnMut(),
+) {
+    {
+        let mut v = Free::<F, _, _, LEAVES> {
+            leaf,
+            free: |child| {
+                // SAFETY: a table under `pfn`, linked only there, so unreachable like it, and its
+                // own tables are freed already (post-order): from `alloc_table()`, not freed yet.
+                unsafe { P::free_table(child) };
+                freed();
+            },
+            _format: PhantomData,
+        };
+        let tables = Tables::subtree(&pfn, level, 0);
+        let mut pos = 0;
+        // SAFETY: nothing but this walk frees the tables under `pfn` (per the caller), and it
+        // frees each only once done with it.
+        let _ = unsafe { walk::<F, P, _>(&tables, &mut pos, tables.limit, &mut v) };
+    }
+    // SAFETY: from `alloc_table()`, unreachable per the caller; the walk is done with it.
+    unsafe { P::free_table(pfn) };
+    freed();
 }

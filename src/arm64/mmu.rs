@@ -85,6 +85,12 @@
 //! `kvm_pgtable_stage2_destroy()` for the drop, `kvm_pgtable_stage2_init()` /
 //! `kvm_pgd_pages()` for [`S2Mmu::new()`].
 //!
+//! Walks.  Every walk of the tables is a visitor of the shared walker (`walk.rs`, [`S2`] says
+//! what a descriptor is to it), as every walk of KVM's stage-2 is a `kvm_pgtable_walker`: the
+//! lookups and [`translate()`] ([`walk::find()`]), [`S2Mmu::map()`] ([`MapWalker`]), the
+//! collapse's zap ([`zap_unlinked()`]), aging ([`AgeWalker`]), the zap's scan and batches
+//! ([`Scan`], [`ZapWalker`]), [`S2Mmu::next_leaf()`] and the frees ([`walk::free_subtree()`]).
+//!
 //! Kernel-free: built into the module and into the host crate.
 
 use core::marker::PhantomData;
@@ -99,6 +105,10 @@ use crate::pgtable::{
     snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
 use crate::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
+use crate::walk::{
+    self, leaf_level, map_level, Budget, Ctx, Format, Step, StopHook, Tables, Visit, Visitor,
+    YieldHook, LEAF, SHARED, TABLE_POST, TABLE_PRE,
+};
 
 pub(crate) use crate::pgtable::{
     MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
@@ -119,20 +129,6 @@ const ZAP_BATCH: u64 = 32;
 /// of its `should_stop` (tables that zaps left empty are unlinked, but the tables a map links
 /// for a fault that then retries stay until a zap passes, so scanning them is not free).
 const ZAP_SCAN_BUDGET: u64 = 512;
-
-/// The level of the entries of leaves that map `level`.
-const fn pte_level(level: MapLevel) -> u32 {
-    LAST_LEVEL - level as u32
-}
-
-/// The mapping level of a leaf found at `level` (1 to 3: level 0 cannot map).
-const fn map_level(level: u32) -> MapLevel {
-    match LAST_LEVEL - level {
-        0 => MapLevel::L4K,
-        1 => MapLevel::L2M,
-        _ => MapLevel::L1G,
-    }
-}
 
 /// The entries of table page `pfn`.
 ///
@@ -178,46 +174,38 @@ impl S2Root {
         &self.pgd[..self.geo.pgd_pages]
     }
 
-    /// The start-level table that covers `gfn`, below the space's limit.
-    fn pgd_for(&self, gfn: u64) -> u64 {
-        self.pgd[self.geo.pgd_page(gfn)]
+    /// Where the walks of the root start.
+    fn tables(&self) -> Tables<'_> {
+        root_tables(self.pgd(), &self.geo)
     }
 }
 
-/// An entry found by a walk: the entry, the value loaded from it, and its level.
-struct Walk<'a> {
-    ptep: &'a AtomicU64,
-    pte: u64,
-    level: u32,
+/// The stage-2 descriptors as the shared walker (`walk.rs`) sees them.
+pub(crate) struct S2;
+
+impl Format for S2 {
+    const MIN_BLOCK_LEVEL: u32 = pte::MIN_BLOCK_LEVEL;
+
+    #[inline(always)]
+    fn is_valid(entry: u64) -> bool {
+        pte::is_valid(entry)
+    }
+
+    #[inline(always)]
+    fn is_table(entry: u64, level: u32) -> bool {
+        pte::is_table(entry, level)
+    }
+
+    #[inline(always)]
+    fn table_pfn(entry: u64) -> u64 {
+        pte::pfn(entry)
+    }
 }
 
-/// Walks from the start-level table `pgd_pfn` at `start_level` towards `gfn`, with `Acquire`
-/// loads (each pairs with the `Release` that published the table or leaf, E27), down to the
-/// first entry that is not a table: a leaf, an empty or a locked entry.
-///
-/// # Safety
-///
-/// `pgd_pfn` is the start-level table covering `gfn` of a root of an [`S2Mmu<P>`] that is not
-/// dropped for `'a`.
-unsafe fn walk<'a, P: PageOps>(pgd_pfn: u64, start_level: u32, gfn: u64) -> Walk<'a> {
-    let mut table_pfn = pgd_pfn;
-    let mut level = start_level;
-    loop {
-        // SAFETY: a start-level table, or linked by a valid table entry of the MMU (I1), which
-        // the caller keeps alive for 'a.
-        let ptep = &unsafe { table::<'a, P>(table_pfn) }[pte::index(gfn, level)];
-        let v = ptep.load(Ordering::Acquire);
-        // Never true at the last level, so the walk ends there at the latest.
-        if !pte::is_table(v, level) {
-            return Walk {
-                ptep,
-                pte: v,
-                level,
-            };
-        }
-        table_pfn = pte::pfn(v);
-        level += 1;
-    }
+/// The start-level tables `pgd` of a root of geometry `geo`, where its walks start.
+#[inline(always)]
+fn root_tables<'a>(pgd: &'a [u64], geo: &Geometry) -> Tables<'a> {
+    Tables::new(pgd, geo.start_level, 0, geo.gfn_limit())
 }
 
 /// The translation of `gfn` by the valid leaf `v` at `level`.
@@ -260,13 +248,14 @@ pub(crate) unsafe fn translate<P: PageOps>(
     write: bool,
     hw_af: bool,
 ) -> Result<Translation, WalkFault> {
-    if gfn >= root.geo.gfn_limit() {
-        return Err(WalkFault::NotPresent);
-    }
     'walk: loop {
-        // SAFETY: per the caller, the MMU of `root` outlives this call.
-        let w = unsafe { walk::<P>(root.pgd_for(gfn), root.geo.start_level, gfn) };
-        let mut v = w.pte;
+        // SAFETY: per the caller, the MMU of `root` outlives this call, and the caller stays in
+        // guest mode (or holds the MMU lock) until it returns (I1).
+        let Some(w) = (unsafe { walk::find::<S2, P>(&root.tables(), gfn) }) else {
+            // Outside the space.
+            return Err(WalkFault::NotPresent);
+        };
+        let mut v = w.old;
         loop {
             if !pte::is_valid(v) {
                 return Err(WalkFault::NotPresent);
@@ -403,7 +392,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// that starts at level 2 (`ia_bits` 32 to 34) holds 2M blocks at most.  The fault path
     /// clamps the level it asks for to this.
     pub(crate) fn max_map_level(&self) -> MapLevel {
-        map_level(self.geo.start_level.max(pte::MIN_BLOCK_LEVEL))
+        map_level(self.geo.start_level.max(S2::MIN_BLOCK_LEVEL))
     }
 
     /// Root `root`, for [`translate()`].  Its start-level tables stay the same, and allocated,
@@ -422,15 +411,6 @@ impl<P: PageOps> S2Mmu<P> {
     fn root_pgd(&self, root: usize) -> &[u64] {
         let n = self.geo.pgd_pages;
         &self.pgd[root * n..][..n]
-    }
-
-    /// The start-level table of root `root` covering `gfn`, or `None` if there is no such root
-    /// or `gfn` is outside the space.
-    fn pgd_for(&self, root: usize, gfn: u64) -> Option<u64> {
-        if root >= self.nr_roots || gfn >= self.geo.gfn_limit() {
-            return None;
-        }
-        Some(self.root_pgd(root)[self.geo.pgd_page(gfn)])
     }
 
     /// The counters.
@@ -560,7 +540,9 @@ impl<P: PageOps> S2Mmu<P> {
         if gfn & (level.pages() - 1) != 0 {
             return Err(MapError::BadGfn);
         }
-        let pgd_pfn = self.pgd_for(root, gfn).ok_or(MapError::BadGfn)?;
+        if gfn >= self.geo.gfn_limit() {
+            return Err(MapError::BadGfn);
+        }
         if !pte::pfn_fits(pfn) || pfn & (level.pages() - 1) != 0 {
             return Err(MapError::BadPfn);
         }
@@ -568,41 +550,33 @@ impl<P: PageOps> S2Mmu<P> {
             return Err(MapError::NeedTopup);
         }
 
-        let target = pte_level(level);
-        let mut table_pfn = pgd_pfn;
-        let mut lvl = self.geo.start_level;
-        let mut new_tables = 0;
-        while lvl < target {
-            // SAFETY: a start-level table of `self` or linked by a valid table entry of `self`
-            // (I1); `self` is borrowed, so not dropped.
-            let ptep = &unsafe { table::<P>(table_pfn) }[pte::index(gfn, lvl)];
-            let old = ptep.load(Ordering::Acquire);
-            table_pfn = if pte::is_table(old, lvl) {
-                pte::pfn(old)
-            } else {
-                self.link_table(ptep, old, lvl, tables, flush, &mut new_tables)?
-            };
-            lvl += 1;
-        }
-
-        // SAFETY: as above.
-        let ptep = &unsafe { table::<P>(table_pfn) }[pte::index(gfn, lvl)];
-        let old = ptep.load(Ordering::Acquire);
-        let new = pte::make_leaf(pfn, lvl, writable);
-        let mut unlinked = None;
-        let action = if pte::is_table(old, lvl) {
-            unlinked = Some(self.collapse(ptep, old, new, lvl, level, flush)?);
-            MapAction::Replaced
-        } else {
-            self.set_leaf(ptep, old, new, lvl, flush)?
+        let mut v = MapWalker {
+            mmu: self,
+            target: leaf_level(level),
+            pfn,
+            writable,
+            covers: level,
+            tables,
+            flush,
+            new_tables: 0,
         };
-        Ok(MapOutcome {
-            action,
-            chain_len: 0,
-            new_tables,
-            split: false,
-            unlinked,
-        })
+        let mut pos = gfn;
+        // SAFETY: the start-level tables of root `root` of `self`, which is borrowed (the
+        // read side of the MMU lock, at least): no table the walk reaches is freed (I1).
+        let flow = unsafe {
+            walk::walk::<S2, P, _>(
+                &root_tables(self.root_pgd(root), &self.geo),
+                &mut pos,
+                gfn + 1,
+                &mut v,
+            )
+        };
+        match flow {
+            ControlFlow::Break(mapped) => mapped,
+            // The entry on the way, just linked, was not a table any more when loaded again:
+            // another walker broke it meanwhile: a lost race.
+            ControlFlow::Continue(()) => self.again(),
+        }
     }
 
     /// Replaces the table entry `ptep` at `level`, which held `old`, by the block `new` mapping
@@ -651,14 +625,14 @@ impl<P: PageOps> S2Mmu<P> {
     /// that unlinked it flushed the TLBs, which waited for every vCPU that could be walking
     /// inside it: hardware walkers run only in guest mode.)
     pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
-        let level = pte_level(t.covers) + 1;
+        let level = leaf_level(t.covers) + 1;
         // SAFETY: unlinked, per the caller; `&mut self`: no walker under the read side, and
         // none in guest mode since the break's flush.
         unsafe { drop_unlinked::<P>(t.pfn, level, &self.counters) };
     }
 
     /// Links a table from `tables` in `ptep`, an entry at `level` (not the last) on the way down
-    /// a map that held `old` (not a table), and returns its pfn: the new table, or the table a
+    /// a map that held `old` (not a table): the walk goes on in the new table, or in the table a
     /// racing mapper linked first.
     fn link_table(
         &self,
@@ -668,7 +642,7 @@ impl<P: PageOps> S2Mmu<P> {
         tables: &mut TableCache<P>,
         flush: &dyn Fn(),
         new_tables: &mut usize,
-    ) -> Result<u64, MapError> {
+    ) -> Result<(), MapError> {
         if pte::is_locked(old) {
             // Another walker owns the entry (I2, E25).
             return self.again();
@@ -695,7 +669,7 @@ impl<P: PageOps> S2Mmu<P> {
             *new_tables += 1;
             // Release (in `make()`): walkers that load the table entry see the zeroed table.
             pte::make(ptep, new);
-            return Ok(new_pfn);
+            return Ok(());
         }
 
         // Empty: link with a compare-exchange from the value loaded (I3), Release on success so
@@ -704,7 +678,7 @@ impl<P: PageOps> S2Mmu<P> {
         match pte::try_set(ptep, old, new) {
             Ok(()) => {
                 *new_tables += 1;
-                Ok(new_pfn)
+                Ok(())
             }
             Err(cur) => {
                 // SAFETY: taken from `tables` above; the compare-exchange failed, so it was never
@@ -712,9 +686,9 @@ impl<P: PageOps> S2Mmu<P> {
                 unsafe { tables.put_back(new_pfn) };
                 self.unreserve_table();
                 if pte::is_table(cur, level) {
-                    // The winner's table: go on in it.  The Acquire of the failed compare-exchange pairs with the winner's
-                    // Release: its table is seen zeroed.
-                    Ok(pte::pfn(cur))
+                    // The winner's table: the walk goes on in it.  Its reload is Acquire, and
+                    // pairs with the winner's Release: its table is seen zeroed.
+                    Ok(())
                 } else {
                     self.again()
                 }
@@ -793,20 +767,17 @@ impl<P: PageOps> S2Mmu<P> {
     /// access is a write to a read-only leaf: take the full fault path.  Permissions only grow,
     /// so no TLB flush.
     pub(crate) fn mkyoung(&self, root: usize, gfn: u64, write: bool) -> bool {
-        let Some(pgd_pfn) = self.pgd_for(root, gfn) else {
+        let Some((ptep, mut v, level)) = self.entry(root, gfn) else {
             return false;
         };
-        // SAFETY: a start-level table of `self`, which is borrowed.
-        let w = unsafe { walk::<P>(pgd_pfn, self.geo.start_level, gfn) };
-        let mut v = w.pte;
         loop {
-            if !pte::is_leaf(v, w.level) || (write && !pte::is_writable(v)) {
+            if !pte::is_leaf(v, level) || (write && !pte::is_writable(v)) {
                 return false;
             }
             if pte::is_young(v) {
                 return true;
             }
-            match pte::try_set(w.ptep, v, pte::mkyoung(v)) {
+            match pte::try_set(ptep, v, pte::mkyoung(v)) {
                 Ok(()) => return true,
                 Err(cur) => v = cur,
             }
@@ -829,17 +800,21 @@ impl<P: PageOps> S2Mmu<P> {
     /// result [`needs_flush()`](AgeResult::needs_flush) (`ClearFlush` cleared some), flush TLBs.
     pub(crate) fn age_gfn_range(&self, start: u64, end: u64, op: AgeOp) -> AgeResult {
         let mut result = AgeResult::new(op);
+        let mut v = AgeWalker {
+            op,
+            result: &mut result,
+        };
         for root in 0..self.nr_roots {
-            // SAFETY: `root` is a root of `self`, which is borrowed.
+            let mut pos = start;
+            // SAFETY: the start-level tables of a root of `self`, which is borrowed (the read
+            // side of the MMU lock, at least): no table the walk reaches is freed (I1).
             let flow = unsafe {
-                self.for_each_leaf(root, start, end, &mut |ptep, v, _, _| {
-                    age_leaf(ptep, v, op, &mut result);
-                    if result.done() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
-                })
+                walk::walk::<S2, P, _>(
+                    &root_tables(self.root_pgd(root), &self.geo),
+                    &mut pos,
+                    end,
+                    &mut v,
+                )
             };
             if flow.is_break() {
                 break;
@@ -847,37 +822,6 @@ impl<P: PageOps> S2Mmu<P> {
         }
         Counters::add(&self.counters.eagain, result.lost_races);
         result
-    }
-
-    /// Calls `f` on every valid leaf of root `root` that overlaps gfns `[start, end)`, with the
-    /// value loaded from it, its level and its first gfn, in gfn order, until `f` breaks.
-    /// Empty and locked entries are skipped with everything under them.  Returns whether `f`
-    /// broke.
-    ///
-    /// # Safety
-    ///
-    /// `root` is a root of `self` (below `nr_roots`).
-    unsafe fn for_each_leaf<'a>(
-        &'a self,
-        root: usize,
-        start: u64,
-        end: u64,
-        f: &mut dyn FnMut(&'a AtomicU64, u64, u32, u64) -> ControlFlow<()>,
-    ) -> ControlFlow<()> {
-        let end = end.min(self.geo.gfn_limit());
-        let span = pte::level_pages(self.geo.start_level) * pte::ENTRIES_PER_TABLE as u64;
-        for (i, &pgd_pfn) in self.root_pgd(root).iter().enumerate() {
-            let base = i as u64 * span;
-            if base >= end {
-                break;
-            }
-            if base + span <= start {
-                continue;
-            }
-            // SAFETY: a start-level table of `self`, which is borrowed for 'a.
-            unsafe { leaves_in::<P>(pgd_pfn, self.geo.start_level, base, start, end, f) }?;
-        }
-        ControlFlow::Continue(())
     }
 
     /// One step of zapping the gfns `[cursor, end)` in every root (KVM's
@@ -905,51 +849,46 @@ impl<P: PageOps> S2Mmu<P> {
         end: u64,
         should_stop: &mut dyn FnMut() -> bool,
     ) -> ZapProgress {
-        self.zap_step(cursor, end, should_stop, true)
+        self.zap_step(cursor, end, &mut StopHook(should_stop), true)
     }
 
-    /// [`S2Mmu::zap_gfn_range_step()`], unlinking the tables it empties if `unlink_tables`.
+    /// [`S2Mmu::zap_gfn_range_step()`], yielding as `hook` says, and unlinking the tables it
+    /// empties if `unlink_tables`.
     fn zap_step(
         &mut self,
         cursor: &mut ZapCursor,
         end: u64,
-        should_stop: &mut dyn FnMut() -> bool,
+        hook: &mut impl YieldHook,
         unlink_tables: bool,
     ) -> ZapProgress {
         let mut progress = ZapProgress::default();
         // A batch unlinks at most one table per level below the start level, in each root.
         let batch_tables = self.nr_roots * (LAST_LEVEL - self.geo.start_level) as usize;
         let end = end.min(self.geo.gfn_limit());
+        let n = self.geo.pgd_pages;
         let mut gfn = cursor.gfn();
         while gfn < end {
             // The first gfn any root may map, at or after `gfn`.  Each root scans with its own
             // budget: a budget shared by all roots, spent by the first, would let the others
             // advance nothing, and the zap crawl a batch at a time through empty tables.
             let mut next = end;
-            let mut unlink = Unlink {
-                zapped: &mut self.zapped_tables,
+            let mut scan = Scan::<P> {
+                limit: end,
+                zapped: unlink_tables.then_some(&mut self.zapped_tables),
                 unlinked: 0,
+                _ops: PhantomData,
             };
             for root in 0..self.nr_roots {
                 let mut budget = ZAP_SCAN_BUDGET;
-                let pgd = &self.pgd[root * self.geo.pgd_pages..][..self.geo.pgd_pages];
+                let tables = root_tables(&self.pgd[root * n..][..n], &self.geo);
                 // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`.
-                next = unsafe {
-                    first_mapped::<P>(
-                        pgd,
-                        &self.geo,
-                        gfn,
-                        next,
-                        &mut budget,
-                        unlink_tables.then_some(&mut unlink),
-                    )
-                };
+                next = unsafe { first_mapped::<P>(&tables, gfn, next, &mut budget, &mut scan) };
                 progress.visited += ZAP_SCAN_BUDGET - budget;
                 if next == gfn {
                     break;
                 }
             }
-            progress.unlinked_tables += unlink.unlinked;
+            progress.unlinked_tables += scan.unlinked;
             gfn = next;
             cursor.advance_to(gfn);
             if gfn >= end {
@@ -967,52 +906,36 @@ impl<P: PageOps> S2Mmu<P> {
                 last: end,
                 unlink_tables,
             };
+            let mut v = ZapWalker::<P> {
+                zap: &zap,
+                counters: &self.counters,
+                zapped: &mut self.zapped_tables,
+                progress: &mut progress,
+                _ops: PhantomData,
+            };
             for root in 0..self.nr_roots {
-                // SAFETY: `root` is a root of `self`.
-                unsafe { self.zap_root_range(root, &zap, &mut progress) };
+                let mut pos = zap.start;
+                // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`: the
+                // write side.
+                let _ = unsafe {
+                    walk::walk::<S2, P, _>(
+                        &root_tables(&self.pgd[root * n..][..n], &self.geo),
+                        &mut pos,
+                        zap.end,
+                        &mut v,
+                    )
+                };
             }
             gfn = batch_end;
             cursor.advance_to(gfn);
-            if gfn < end && should_stop() {
+            if gfn < end && hook.should_yield() {
+                hook.flush();
                 return progress;
             }
         }
         cursor.finish();
         progress.done = true;
         progress
-    }
-
-    /// Clears every valid leaf of root `root` overlapping `[zap.start, zap.end)`, and unlinks
-    /// the tables the zap emptied (see [`ZapRange`]), counting into `progress`.
-    ///
-    /// # Safety
-    ///
-    /// `root` is a root of `self`.
-    unsafe fn zap_root_range(&mut self, root: usize, zap: &ZapRange, progress: &mut ZapProgress) {
-        let end = zap.end.min(self.geo.gfn_limit());
-        let span = 1u64 << (pte::gfn_shift(self.geo.start_level) + pte::TABLE_SHIFT);
-        let pgds = root * self.geo.pgd_pages..(root + 1) * self.geo.pgd_pages;
-        for (i, idx) in pgds.enumerate() {
-            let base = i as u64 * span;
-            if base >= end {
-                break;
-            }
-            if base + span <= zap.start {
-                continue;
-            }
-            // SAFETY: a start-level table of `self`, which we hold `&mut`: the write side.
-            unsafe {
-                zap_table::<P>(
-                    self.pgd[idx],
-                    self.geo.start_level,
-                    base,
-                    zap,
-                    &self.counters,
-                    &mut self.zapped_tables,
-                    progress,
-                )
-            };
-        }
     }
 
     /// Frees the tables zaps unlinked.  Call with the write side held (`&mut self`), after the
@@ -1034,7 +957,7 @@ impl<P: PageOps> S2Mmu<P> {
     pub(crate) fn zap_all(&mut self) -> u64 {
         let mut cursor = ZapCursor::new(0);
         let end = self.geo.gfn_limit();
-        let progress = self.zap_step(&mut cursor, end, &mut || false, false);
+        let progress = self.zap_step(&mut cursor, end, &mut StopHook(&mut || false), false);
         debug_assert!(progress.done);
         progress.zapped
     }
@@ -1065,33 +988,29 @@ impl<P: PageOps> S2Mmu<P> {
     /// The last entry a walk to `gfn` in root `root` loads: a leaf, an empty or a locked entry,
     /// with the value loaded and its level (for tests, which lock entries by hand).
     pub(crate) fn entry(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, u32)> {
-        let pgd_pfn = self.pgd_for(root, gfn)?;
-        // SAFETY: a start-level table of `self`, which is borrowed for the returned lifetime.
-        let w = unsafe { walk::<P>(pgd_pfn, self.geo.start_level, gfn) };
-        Some((w.ptep, w.pte, w.level))
+        if root >= self.nr_roots {
+            return None;
+        }
+        // SAFETY: the start-level tables of a root of `self`, which is borrowed for the returned
+        // lifetime (the MMU lock, either side): no table the walk reaches is freed (I1).
+        let w = unsafe { walk::find::<S2, P>(&root_tables(self.root_pgd(root), &self.geo), gfn) }?;
+        Some((w.ptep, w.old, w.level))
     }
 
     /// The first valid leaf of root `root` that maps a gfn in `[gfn, end)`: the first gfn it
     /// maps and the translation of that gfn.  Skips empty (and locked) entries a whole entry at a
     /// time, so a sparse range costs a walk per empty entry, not per gfn (the coherence audit).
     /// Loads only; the MMU lock, either side, keeps the tables.
-    pub(crate) fn next_leaf(
-        &self,
-        root: usize,
-        mut gfn: u64,
-        end: u64,
-    ) -> Option<(u64, Translation)> {
-        let end = end.min(self.geo.gfn_limit());
-        while gfn < end {
-            let (_, v, level) = self.entry(root, gfn)?;
-            let pages = 1u64 << pte::gfn_shift(level);
-            let base = gfn & !(pages - 1);
-            if pte::is_leaf(v, level) {
-                return Some((base, translation(v, level, base)));
-            }
-            gfn = base + pages;
+    pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
+        if root >= self.nr_roots {
+            return None;
         }
-        None
+        // SAFETY: the start-level tables of a root of `self`, which is borrowed (the MMU lock,
+        // either side): no table the walk reaches is freed (I1).
+        let (base, w) = unsafe {
+            walk::first_leaf::<S2, P>(&root_tables(self.root_pgd(root), &self.geo), gfn, end)
+        }?;
+        Some((base, translation(w.old, w.level, base)))
     }
 
     /// Counts a leaf installed by hand, as a racing fault that put it in a table being unlinked
@@ -1113,7 +1032,7 @@ impl<P: PageOps> S2Mmu<P> {
         level: MapLevel,
         writable: bool,
     ) -> bool {
-        let lvl = pte_level(level);
+        let lvl = leaf_level(level);
         let Some((ptep, v, at)) = self.entry(root, gfn) else {
             return false;
         };
@@ -1147,6 +1066,102 @@ impl<P: PageOps> Drop for S2Mmu<P> {
     }
 }
 
+/// The walk of [`S2Mmu::map()`] (KVM's `stage2_map_walker()`): on the way down to the
+/// `target` level, links a table where there is none (or breaks a block into one) and has the
+/// walk go into it; at the target, installs, relaxes or replaces the leaf, or replaces a table
+/// by the block, and ends the walk with the outcome.
+struct MapWalker<'m, P: PageOps> {
+    mmu: &'m S2Mmu<P>,
+    /// The level of the leaf.
+    target: u32,
+    pfn: u64,
+    writable: bool,
+    /// The size of the leaf.
+    covers: MapLevel,
+    tables: &'m mut TableCache<P>,
+    flush: &'m dyn Fn(),
+    /// Tables linked on the way.
+    new_tables: usize,
+}
+
+impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
+    const FLAGS: u32 = LEAF | TABLE_PRE | SHARED;
+    type Break = Result<MapOutcome, MapError>;
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<Self::Break> {
+        if ctx.level < self.target {
+            if visit == Visit::TablePre {
+                return Step::Continue;
+            }
+            let linked = self.mmu.link_table(
+                ctx.ptep,
+                ctx.old,
+                ctx.level,
+                self.tables,
+                self.flush,
+                &mut self.new_tables,
+            );
+            return match linked {
+                // Into the table now linked there.
+                Ok(()) => Step::Reload,
+                Err(e) => Step::Break(Err(e)),
+            };
+        }
+        let new = pte::make_leaf(self.pfn, ctx.level, self.writable);
+        let mut unlinked = None;
+        let action = if visit == Visit::TablePre {
+            self.mmu
+                .collapse(ctx.ptep, ctx.old, new, ctx.level, self.covers, self.flush)
+                .map(|t| {
+                    unlinked = Some(t);
+                    MapAction::Replaced
+                })
+        } else {
+            self.mmu
+                .set_leaf(ctx.ptep, ctx.old, new, ctx.level, self.flush)
+        };
+        Step::Break(action.map(|action| MapOutcome {
+            action,
+            chain_len: 0,
+            new_tables: self.new_tables,
+            split: false,
+            unlinked,
+        }))
+    }
+}
+
+/// The walk of [`zap_unlinked()`]: clears every valid leaf with a compare-exchange from the
+/// value loaded, retried while the entry stays a valid leaf.
+struct ZapUnlinked<'m, P: PageOps>(&'m S2Mmu<P>);
+
+impl<'a, P: PageOps> Visitor<'a> for ZapUnlinked<'_, P> {
+    const FLAGS: u32 = LEAF | SHARED;
+    type Break = ();
+
+    fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
+        let mut v = ctx.old;
+        loop {
+            if !pte::is_leaf(v, ctx.level) {
+                // A table a racing fault linked since the load: the walk goes into it.  Empty
+                // and locked entries (I2) are left alone.
+                return if pte::is_table(v, ctx.level) {
+                    Step::Reload
+                } else {
+                    Step::Continue
+                };
+            }
+            match pte::try_set(ctx.ptep, v, 0) {
+                Ok(()) => {
+                    self.0.leaf_removed(v);
+                    return Step::Continue;
+                }
+                Err(cur) => v = cur,
+            }
+        }
+    }
+}
+
 /// Zaps every valid leaf of `table_pfn`, a table at `level` just unlinked by a block map's
 /// break-before-make, and of the tables under it: each with a compare-exchange from the value
 /// loaded (I3: other walkers under the read side may still be inside), counted as removed with
@@ -1157,28 +1172,12 @@ impl<P: PageOps> Drop for S2Mmu<P> {
 ///
 /// `table_pfn` is a table of `mmu`, not freed while this runs.
 unsafe fn zap_unlinked<P: PageOps>(table_pfn: u64, level: u32, mmu: &S2Mmu<P>) {
-    // SAFETY: allocated, per the caller.
-    let t = unsafe { table::<P>(table_pfn) };
-    for entry in t {
-        let mut v = entry.load(Ordering::Acquire);
-        loop {
-            if pte::is_table(v, level) {
-                // SAFETY: linked from an unlinked table of `mmu`, freed with it.
-                unsafe { zap_unlinked::<P>(pte::pfn(v), level + 1, mmu) };
-                break;
-            }
-            if !pte::is_leaf(v, level) {
-                break;
-            }
-            match pte::try_set(entry, v, 0) {
-                Ok(()) => {
-                    mmu.leaf_removed(v);
-                    break;
-                }
-                Err(cur) => v = cur,
-            }
-        }
-    }
+    let tables = Tables::subtree(&table_pfn, level, 0);
+    let mut pos = 0;
+    // SAFETY: the table and those linked from it are freed only by `free_unlinked()`, after
+    // this returns, per the caller (I1).
+    let _ =
+        unsafe { walk::walk::<S2, P, _>(&tables, &mut pos, tables.limit(), &mut ZapUnlinked(mmu)) };
 }
 
 /// Frees `table_pfn`, a table at `level` unlinked by a block map, and every table under it,
@@ -1190,21 +1189,20 @@ unsafe fn zap_unlinked<P: PageOps>(table_pfn: u64, level: u32, mmu: &S2Mmu<P>) {
 /// As for [`free_tree()`]; besides, no walker under the read side of the MMU lock is left in
 /// it (the caller holds the write side).
 unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: u32, counters: &Counters) {
-    // SAFETY: allocated and unreachable, per the caller.
-    let t = unsafe { table::<P>(table_pfn) };
-    for entry in t {
-        let v = entry.load(Ordering::Relaxed);
-        if pte::is_table(v, level) {
-            // SAFETY: linked only from this unreachable table (I1).
-            unsafe { drop_unlinked::<P>(pte::pfn(v), level + 1, counters) };
-        } else if pte::is_leaf(v, level) {
-            counters.leaves.fetch_sub(1, CounterOrdering::Relaxed);
-            Counters::add(&counters.zapped, 1);
-        }
-    }
-    // SAFETY: from `alloc_table()` (I1), unreachable per the caller; its subtables are freed.
-    unsafe { P::free_table(table_pfn) };
-    Counters::add(&counters.tables_freed, 1);
+    // SAFETY: unreachable, per the caller, and each table under it linked only there (I1).
+    unsafe {
+        walk::free_subtree::<S2, P, true>(
+            table_pfn,
+            level,
+            |v, level| {
+                if pte::is_leaf(v, level) {
+                    counters.leaves.fetch_sub(1, CounterOrdering::Relaxed);
+                    Counters::add(&counters.zapped, 1);
+                }
+            },
+            || Counters::add(&counters.tables_freed, 1),
+        )
+    };
 }
 
 /// [`S2Mmu::leaf_removed()`], on an MMU's `counters`.
@@ -1237,60 +1235,60 @@ impl ZapRange {
     }
 }
 
-/// Clears every valid leaf of the table `table_pfn` at `level` (first entry at gfn `base`) and
-/// of the tables under it that overlaps `[zap.start, zap.end)`, counting into `progress` and
-/// `counters` and marking the pages of writable leaves dirty (I4).  A table under it that is
-/// empty when the zap leaves it is unlinked into `zapped` (if `zap.unlink_tables` and there is
-/// room), as KVM's `stage2_unmap_walker()` frees a table whose last entry it cleared: whether
-/// the zap covered it whole, or in part and nothing else is mapped there.
-///
-/// # Safety
-///
-/// `table_pfn` is a table of an `S2Mmu<P>` whose write side the caller holds.
-unsafe fn zap_table<P: PageOps>(
-    table_pfn: u64,
-    level: u32,
-    base: u64,
-    zap: &ZapRange,
-    counters: &Counters,
-    zapped: &mut ZappedTables,
-    progress: &mut ZapProgress,
-) {
-    // SAFETY: per the caller.
-    let t = unsafe { table::<P>(table_pfn) };
-    let span = pte::level_pages(level);
-    let first = (zap.start.saturating_sub(base) >> pte::gfn_shift(level)) as usize;
-    for (i, ptep) in t.iter().enumerate().skip(first) {
-        let gfn = base + i as u64 * span;
-        if gfn >= zap.end {
-            break;
-        }
-        // The write side: no map, ager or break-before-make runs, so no entry is locked (I2)
-        // and only the hardware walker may change one (setting AF on a leaf).
-        let v = ptep.load(Ordering::Acquire);
-        progress.visited += 1;
-        if pte::is_table(v, level) {
-            let child = pte::pfn(v);
-            // SAFETY: linked by a valid table entry of the MMU (I1); write side held.
-            unsafe { zap_table::<P>(child, level + 1, gfn, zap, counters, zapped, progress) };
-            if zap.unlink_tables && zap.leaves(gfn, span) && zapped.room() > 0 {
-                // SAFETY: as above.
-                if unsafe { table_is_empty::<P>(child) } {
-                    unlink_table(ptep, child, zapped);
-                    progress.unlinked_tables += 1;
+/// The walk of one batch of a zap in one root (KVM's `stage2_unmap_walker()`), under the write
+/// side: clears every valid leaf overlapping `[zap.start, zap.end)`, counting into `progress`
+/// and `counters` and marking the pages of writable leaves dirty (I4).  A table the walk is
+/// done with that is empty is unlinked into `zapped` (if `zap.unlink_tables` and there is
+/// room), as KVM's unmap frees a table whose last entry it cleared: whether the zap covered it
+/// whole, or in part and nothing else is mapped there.
+struct ZapWalker<'z, P: PageOps> {
+    zap: &'z ZapRange,
+    counters: &'z Counters,
+    zapped: &'z mut ZappedTables,
+    progress: &'z mut ZapProgress,
+    _ops: PhantomData<fn() -> P>,
+}
+
+impl<'a, P: PageOps> Visitor<'a> for ZapWalker<'_, P> {
+    const FLAGS: u32 = LEAF | TABLE_PRE | TABLE_POST;
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
+        match visit {
+            Visit::TablePre => self.progress.visited += 1,
+            Visit::Leaf => {
+                self.progress.visited += 1;
+                // The write side: no map, ager or break-before-make runs, so no entry is
+                // locked (I2) and only the hardware walker may change one (setting AF).
+                if pte::is_valid(ctx.old) {
+                    // Swap, not store: the hardware walker may set AF meanwhile, and the dirty
+                    // state must not be lost.  Relaxed: the caller's TLB flush, before the
+                    // lock is dropped, orders the clear before anything the primary MMU does to
+                    // the page next ("TLB flush before dropping the MMU
+                    // lock" in `Documentation/secmmu-protocols.rst`).
+                    let old = ctx.ptep.swap(0, Ordering::Relaxed);
+                    debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
+                    if pte::is_valid(old) {
+                        self.progress.zapped += 1;
+                        self.progress.dirty += u64::from(leaf_removed::<P>(self.counters, old));
+                    }
                 }
             }
-        } else if pte::is_valid(v) {
-            // Swap, not store: the hardware walker may set AF meanwhile, and the dirty state
-            // must not be lost.  Relaxed: the caller's TLB flush, before the lock is dropped,
-            // orders the clear before anything the primary MMU does to the page next (B7).
-            let old = ptep.swap(0, Ordering::Relaxed);
-            debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
-            if pte::is_valid(old) {
-                progress.zapped += 1;
-                progress.dirty += u64::from(leaf_removed::<P>(counters, old));
+            Visit::TablePost => {
+                let child = pte::pfn(ctx.old);
+                if self.zap.unlink_tables
+                    && self.zap.leaves(ctx.base(), ctx.pages())
+                    && self.zapped.room() > 0
+                    // SAFETY: linked by a valid table entry of the MMU (I1); write side held.
+                    && unsafe { table_is_empty::<P>(child) }
+                {
+                    unlink_table(ctx.ptep, child, self.zapped);
+                    self.progress.unlinked_tables += 1;
+                }
             }
         }
+        Step::Continue
     }
 }
 
@@ -1312,183 +1310,116 @@ unsafe fn table_is_empty<P: PageOps>(table_pfn: u64) -> bool {
 /// `table_pfn` is a table of an `S2Mmu<P>`, not freed yet, that no walker can reach any more,
 /// and each table under it is linked only from it or from the tables under it (I1).
 unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: u32, counters: &Counters) {
-    if level < LAST_LEVEL {
-        // SAFETY: the table is allocated, per the caller.
-        let t = unsafe { table::<P>(table_pfn) };
-        for entry in t {
-            let v = entry.load(Ordering::Relaxed);
-            if pte::is_table(v, level) {
-                // SAFETY: a valid table entry of this MMU links a table only it links (I1); it
-                // is unreachable like its parent.
-                unsafe { free_tree::<P>(pte::pfn(v), level + 1, counters) };
+    // SAFETY: per the caller.
+    unsafe {
+        walk::free_subtree::<S2, P, false>(
+            table_pfn,
+            level,
+            |_, _| {},
+            || Counters::add(&counters.tables_freed, 1),
+        )
+    };
+}
+
+/// The walk of [`S2Mmu::age_gfn_range()`] in one root (KVM's `stage2_age_walker()`): ages
+/// every valid leaf, and ends the walk once the result is known.
+struct AgeWalker<'r> {
+    op: AgeOp,
+    result: &'r mut AgeResult,
+}
+
+impl<'a> Visitor<'a> for AgeWalker<'_> {
+    const FLAGS: u32 = LEAF | SHARED;
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
+        // Empty and locked entries are skipped.
+        if pte::is_valid(ctx.old) {
+            age_leaf(ctx.ptep, ctx.old, self.op, self.result);
+            if self.result.done() {
+                return Step::Break(());
             }
         }
+        Step::Continue
     }
-    // SAFETY: from `alloc_table()` (I1), unreachable per the caller, and its subtables, freed
-    // above, were the last users of its entries.
-    unsafe { P::free_table(table_pfn) };
-    Counters::add(&counters.tables_freed, 1);
 }
 
-/// Calls `f` on every valid leaf of the table `table_pfn` at `level`, whose first entry maps
-/// gfn `base`, and of the tables under it, that overlaps `[start, end)`; see
-/// [`S2Mmu::for_each_leaf()`].
-///
-/// # Safety
-///
-/// `table_pfn` is a table of an `S2Mmu<P>` that is not dropped for `'a`.
-unsafe fn leaves_in<'a, P: PageOps>(
-    table_pfn: u64,
-    level: u32,
-    base: u64,
-    start: u64,
-    end: u64,
-    f: &mut dyn FnMut(&'a AtomicU64, u64, u32, u64) -> ControlFlow<()>,
-) -> ControlFlow<()> {
-    // SAFETY: per the caller.
-    let t = unsafe { table::<'a, P>(table_pfn) };
-    let span = pte::level_pages(level);
-    let first = (start.saturating_sub(base) / span) as usize;
-    for (i, ptep) in t.iter().enumerate().skip(first) {
-        let gfn = base + i as u64 * span;
-        if gfn >= end {
-            break;
-        }
-        // Acquire: pairs with the Release that linked the table or installed the leaf (E27).
-        let v = ptep.load(Ordering::Acquire);
-        if pte::is_table(v, level) {
-            // SAFETY: linked by a valid table entry of the MMU (I1), alive for 'a per the caller.
-            unsafe { leaves_in::<P>(pte::pfn(v), level + 1, gfn, start, end, f) }?;
-        } else if pte::is_valid(v) {
-            f(ptep, v, level, gfn)?;
-        }
-    }
-    ControlFlow::Continue(())
-}
-
-/// What a zap's scan for mapped gfns needs to unlink the empty tables it passes: they go into
-/// `zapped`, counted in `unlinked`.
-struct Unlink<'a> {
-    zapped: &'a mut ZappedTables,
+/// The walk of a zap's scan for the next mapped gfn ([`first_mapped()`]): ends at the first
+/// valid leaf; with `zapped`, unlinks into it the tables it finds empty, once it went through
+/// them up to their end (the zap may have emptied the part before the scan's start, and
+/// anything after `limit` was empty already).  When there is no room left there, the scan
+/// stops at that table, as when its budget runs out.
+struct Scan<'z, P: PageOps> {
+    limit: u64,
+    zapped: Option<&'z mut ZappedTables>,
+    /// Tables unlinked.
     unlinked: u64,
+    _ops: PhantomData<fn() -> P>,
 }
 
-/// The first gfn in `[from, limit)` that a valid leaf covers in the start-level tables `pgd` of
-/// a root with geometry `geo`, or where `budget` (entries to scan, decremented) ran out, or
-/// `limit`: the root maps nothing in `[from, returned)`.  With `unlink`, tables the scan finds
-/// empty that the zap covered whole are unlinked on the way (see [`first_mapped_in()`]).
-///
-/// # Safety
-///
-/// `pgd` are the start-level tables of a root of an `S2Mmu<P>` that is not dropped while this
-/// runs; with `unlink`, the caller holds its write side.
-unsafe fn first_mapped<P: PageOps>(
-    pgd: &[u64],
-    geo: &Geometry,
-    from: u64,
-    limit: u64,
-    budget: &mut u64,
-    mut unlink: Option<&mut Unlink<'_>>,
-) -> u64 {
-    // gfns under one start-level table: a power of two, so a shift (no division, which would
-    // need a divide-by-zero check).
-    let span_shift = pte::gfn_shift(geo.start_level) + pte::TABLE_SHIFT;
-    let span = 1u64 << span_shift;
-    let mut i = (from >> span_shift) as usize;
-    while i < pgd.len() && (i as u64) * span < limit {
-        // SAFETY: a start-level table of the MMU, per the caller.
-        let found = unsafe {
-            first_mapped_in::<P>(
-                pgd[i],
-                geo.start_level,
-                i as u64 * span,
-                from,
-                limit,
-                budget,
-                unlink.as_deref_mut(),
-            )
+impl<'a, P: PageOps> Visitor<'a> for Scan<'_, P> {
+    const FLAGS: u32 = LEAF | TABLE_POST;
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
+        if visit == Visit::Leaf {
+            return if pte::is_valid(ctx.old) {
+                Step::Break(())
+            } else {
+                Step::Continue
+            };
+        }
+        let Some(zapped) = self.zapped.as_deref_mut() else {
+            return Step::Continue;
         };
-        if let Some(gfn) = found {
-            return gfn.min(limit);
+        if ctx.end() > self.limit {
+            // Not scanned to its end: mapped beyond `limit`, likely.
+            return Step::Continue;
         }
-        i += 1;
+        if zapped.room() == 0 {
+            return Step::Break(());
+        }
+        let child = pte::pfn(ctx.old);
+        // SAFETY: linked by a valid table entry of the MMU (I1); with `zapped`, the write side
+        // is held (see `first_mapped()`).
+        if unsafe { table_is_empty::<P>(child) } {
+            unlink_table(ctx.ptep, child, zapped);
+            self.unlinked += 1;
+        }
+        Step::Continue
     }
-    limit
 }
 
-/// The first gfn in `[from, limit)` that a valid leaf covers in the table `table_pfn` at `level`
-/// (first entry at gfn `base`) and the tables under it, or where `budget` ran out; `None` if
-/// nothing there maps any of `[from, limit)`.  See [`first_mapped()`].
-///
-/// With `unlink`, a table under it in which the scan found nothing, up to its end, is unlinked
-/// into `unlink.zapped` if it is empty (the zap may have emptied the part before `from`, and
-/// anything after `limit` was empty already).  When there is no room left there, the scan stops
-/// at that table, as when its budget runs out.
+/// The first gfn in `[from, limit)` that a valid leaf covers in the root `tables`, or where
+/// `budget` (entries to scan, decremented) ran out, or `limit`: the root maps nothing in
+/// `[from, returned)`.  With `scan.zapped`, tables the scan finds empty that the zap covered
+/// whole are unlinked on the way (see [`Scan`]).
 ///
 /// # Safety
 ///
-/// `table_pfn` is a table of an `S2Mmu<P>` that is not dropped while this runs; with `unlink`,
-/// the caller holds its write side.
-unsafe fn first_mapped_in<P: PageOps>(
-    table_pfn: u64,
-    level: u32,
-    base: u64,
+/// `tables` are the start-level tables of a root of an `S2Mmu<P>` that is not dropped while
+/// this runs; with `scan.zapped`, the caller holds its write side.
+unsafe fn first_mapped<P: PageOps>(
+    tables: &Tables<'_>,
     from: u64,
     limit: u64,
     budget: &mut u64,
-    mut unlink: Option<&mut Unlink<'_>>,
-) -> Option<u64> {
-    // SAFETY: per the caller.
-    let t = unsafe { table::<P>(table_pfn) };
-    let span = pte::level_pages(level);
-    let first = (from.saturating_sub(base) >> pte::gfn_shift(level)) as usize;
-    for (i, ptep) in t.iter().enumerate().skip(first) {
-        let gfn = base + i as u64 * span;
-        if gfn >= limit {
-            return None;
-        }
-        if *budget == 0 {
-            return Some(gfn.max(from));
-        }
-        *budget -= 1;
-        let v = ptep.load(Ordering::Acquire);
-        if pte::is_table(v, level) {
-            let child = pte::pfn(v);
-            // SAFETY: linked by a valid table entry of the MMU (I1).
-            let found = unsafe {
-                first_mapped_in::<P>(
-                    child,
-                    level + 1,
-                    gfn,
-                    from,
-                    limit,
-                    budget,
-                    unlink.as_deref_mut(),
-                )
-            };
-            if found.is_some() {
-                return found;
-            }
-            let Some(u) = unlink.as_deref_mut() else {
-                continue;
-            };
-            if gfn + span > limit {
-                // Not scanned to its end: mapped beyond `limit`, likely.
-                continue;
-            }
-            if u.zapped.room() == 0 {
-                return Some(gfn.max(from));
-            }
-            // SAFETY: as above.
-            if unsafe { table_is_empty::<P>(child) } {
-                unlink_table(ptep, child, u.zapped);
-                u.unlinked += 1;
-            }
-        } else if pte::is_valid(v) {
-            return Some(gfn.max(from));
-        }
+    scan: &mut Scan<'_, P>,
+) -> u64 {
+    scan.limit = limit;
+    let mut b = Budget::new(scan, *budget);
+    let mut pos = from;
+    // SAFETY: per the caller; the tables the walk reaches are linked, and freed only under the
+    // write side after a flush (I1), which the caller's lock excludes.
+    let flow = unsafe { walk::walk::<S2, P, _>(tables, &mut pos, limit, &mut b) };
+    *budget = b.left;
+    match flow {
+        ControlFlow::Continue(()) => limit,
+        // At the leaf found, or where the budget or the room for tables ran out.
+        ControlFlow::Break(_) => pos.min(limit),
     }
-    None
 }
 
 /// Unlinks the empty table `child` from its entry `ptep` into `zapped`, to be freed after the
