@@ -109,9 +109,16 @@
 //! splits it (zaps it and links a table); a huge map over a table collapses it (zaps every leaf
 //! under it, unlinks it, and the caller frees it after the TLB flush, I2).
 //!
+//! Walks.  Every walk of the tables is a visitor of the shared walker (`walk.rs`, [`Ept`] says
+//! what an SPTE is to it): the lookups and [`translate()`] ([`walk::find()`]), the map's descent
+//! ([`MapWalker`]), the collapse's zap ([`zap_tree()`]), the zap's walk for empty tables
+//! ([`UnlinkEmpty`], with the walker's safe points), [`X86Mmu::next_leaf()`] and the frees
+//! ([`walk::free_subtree()`]).  The leaves of a gfn range are zapped and aged through the rmaps.
+//!
 //! Kernel-free: built into the module and into the host crate.
 
 use core::marker::PhantomData;
+use core::ops::ControlFlow;
 use core::ptr::{self, NonNull};
 
 use crate::aging::{AgeOp, AgeResult};
@@ -124,6 +131,10 @@ use crate::prim::{
     PVec,
 };
 use crate::rmap::{DescCache, MmuWriteLocked, RmapHead};
+use crate::walk::{
+    self, map_level, walk_yielding, Ctx, Format, Step, StopHook, Tables, Visit, Visitor, Walked,
+    YieldHook, LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
+};
 use crate::x86::spte::{self, Level};
 
 pub(crate) use crate::pgtable::{
@@ -153,8 +164,9 @@ const ZAP_BATCH: u64 = 32;
 /// step always gets past the gfn it resumed at.
 pub(crate) const TABLE_SCAN_BATCH: u64 = 512;
 
-/// The level of the root tables.
-const ROOT_LEVEL: Level = Level::L512G;
+/// The walker's level of the root tables (`walk.rs` numbers levels from the top: the 512G
+/// level is 0, the 4K level [`LAST_LEVEL`]).
+const ROOT_LEVEL: u32 = 0;
 
 /// The SPTE level of leaves that map `level`.
 fn spte_level(level: MapLevel) -> Level {
@@ -165,15 +177,35 @@ fn spte_level(level: MapLevel) -> Level {
     }
 }
 
-/// The mapping level of a leaf SPTE found at `level` (never the root level: EPT has no 512G
-/// pages).
-fn map_level(level: Level) -> MapLevel {
-    debug_assert!(level <= Level::MAX_LEAF);
-    match level {
-        Level::L4K => MapLevel::L4K,
-        Level::L2M => MapLevel::L2M,
-        Level::L1G | Level::L512G => MapLevel::L1G,
+/// EPT entries as the shared walker (`walk.rs`) sees them: a present non-leaf SPTE points at a
+/// table (every present 4K SPTE is a leaf, and above 4K the large-page bit makes a leaf).
+pub(crate) struct Ept;
+
+impl Format for Ept {
+    /// 1G: EPT has no 512G pages.
+    const MIN_BLOCK_LEVEL: u32 = 1;
+
+    #[inline(always)]
+    fn is_valid(entry: u64) -> bool {
+        spte::is_present(entry)
     }
+
+    #[inline(always)]
+    fn is_table(entry: u64, level: u32) -> bool {
+        spte::is_present(entry) && level < LAST_LEVEL && entry & spte::LARGE == 0
+    }
+
+    #[inline(always)]
+    fn table_pfn(entry: u64) -> u64 {
+        spte::pfn(entry)
+    }
+}
+
+/// The root table `root`, where the walks of a root start: 4 levels translate
+/// [`GFN_BITS`].
+#[inline(always)]
+fn root_tables(root: &u64) -> Tables<'_> {
+    Tables::new(core::slice::from_ref(root), ROOT_LEVEL, 0, 1 << GFN_BITS)
 }
 
 /// Whether `pfn` fits the SPTE's frame number field.
@@ -524,13 +556,6 @@ struct Mapping {
     writable: bool,
 }
 
-/// A leaf found by a walk: the entry, the value loaded from it, and its level.
-struct Walk<'a> {
-    sptep: &'a AtomicU64,
-    spte: u64,
-    level: Level,
-}
-
 impl<P: PageOps> X86Mmu<P> {
     /// Makes an MMU with `nr_roots` (1 to [`MAX_ROOTS`]) empty roots, whose leaves keep A/D bits
     /// if `ad_enabled`, and a new [`RmapTable`] ([`X86Mmu::rmap_table()`]).  Allocates, and may
@@ -584,7 +609,7 @@ impl<P: PageOps> X86Mmu<P> {
     /// The largest leaf [`X86Mmu::map_level()`] installs: 1G (a 4-level EPT walk has 1G and 2M
     /// entries under its root; EPT has no 512G pages).
     pub(crate) fn max_map_level(&self) -> MapLevel {
-        map_level(Level::MAX_LEAF)
+        map_level(Ept::MIN_BLOCK_LEVEL)
     }
 
     /// Whether new leaves keep A/D bits.
@@ -748,10 +773,11 @@ impl<P: PageOps> X86Mmu<P> {
     /// can still be inside it: a TLB flush that waits for every vCPU to leave guest mode (the
     /// only place [`translate()`] runs) has completed since the map unlinked it.
     pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
-        let Some(level) = spte_level(t.covers).lower() else {
+        let level = walk::leaf_level(t.covers) + 1;
+        if level > LAST_LEVEL {
             warn_on!(true, "a 4K entry never links a table");
             return;
-        };
+        }
         // SAFETY: unlinked by a map of this MMU, so linked nowhere, with only empty entries and
         // tables linked from it alone (I2); no walker is left in it, per the caller.
         unsafe { free_tree::<P>(t.pfn, level, &mut self.stats) };
@@ -766,7 +792,9 @@ impl<P: PageOps> X86Mmu<P> {
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
-        let root_pfn = self.root_pfn(root).ok_or(MapError::BadRoot)?;
+        let root_pfn = self.roots[..self.nr_roots]
+            .get(root)
+            .ok_or(MapError::BadRoot)?;
         let pages = m.level.pages();
         if m.gfn >> GFN_BITS != 0 || m.gfn & (pages - 1) != 0 {
             return Err(MapError::BadGfn);
@@ -783,99 +811,33 @@ impl<P: PageOps> X86Mmu<P> {
         if tables.len() < MAP_MIN_TABLES || descs.len() < MAP_MIN_DESCS {
             return Err(MapError::NeedTopup);
         }
-        let stats = &mut self.stats;
-        let table_limit = self.table_limit;
         // An `&mut X86Mmu` is only reachable through the MMU lock's write guard (a spinning
         // lock: preemption is off) or before the MMU is shared.  The token dies with this call.
         // SAFETY: `&mut self` proves the MMU lock is held for write.
         let mut locked = unsafe { MmuWriteLocked::assume() };
-
-        let target = spte_level(m.level);
-        let mut level = ROOT_LEVEL;
-        let mut table_pfn = root_pfn;
-        let mut new_tables = 0;
-        let mut zapped_huge = false;
-        while level > target {
-            // SAFETY: `table_pfn` is a root or was linked by a present non-leaf SPTE of this
-            // MMU, so it came from `alloc_table()`, and is freed only after it was unlinked and
-            // a flush waited for walkers (I2); we hold the lock, so it is linked now.
-            let sptep = &unsafe { P::table(table_pfn) }[level.index(m.gfn)];
-            let mut e = sptep.load(Ordering::Relaxed);
-            let needs_table = !spte::is_present(e) || spte::is_leaf(e, level);
-            if needs_table && stats.table_pages() >= table_limit {
-                // Before a huge leaf is zapped for it: the failed map changes nothing.
-                return Err(MapError::TableLimit);
-            }
-            if spte::is_present(e) && spte::is_leaf(e, level) {
-                // A huge leaf where a table must go: zap it, then link a table instead.
-                drop_leaf::<P>(
-                    sptep,
-                    slot,
-                    map_level(level),
-                    map_level(level).align_down(m.gfn),
-                    &mut locked,
-                    descs,
-                    stats,
-                );
-                zapped_huge = true;
-                e = 0;
-            }
-            if !spte::is_present(e) {
-                // Cannot fail: checked against MAP_MIN_TABLES above.
-                let new = tables.take().ok_or(MapError::NeedTopup)?;
-                e = spte::make_nonleaf(new);
-                // Release: a walker that Acquire-loads this SPTE sees the table zeroed (E27).
-                sptep.store(e, Ordering::Release);
-                new_tables += 1;
-                stats.tables_allocated += 1;
-            }
-            table_pfn = spte::pfn(e);
-            match level.lower() {
-                Some(lower) => level = lower,
-                None => break,
-            }
-        }
-
-        // SAFETY: as above.
-        let sptep = &unsafe { P::table(table_pfn) }[level.index(m.gfn)];
-        let mut old = sptep.load(Ordering::Relaxed);
-        let mut unlinked = None;
-        if spte::is_present(old) && !spte::is_leaf(old, level) {
-            // A table where the huge leaf goes: zap every leaf under it, through their rmaps
-            // (I1), then unlink it.  Walkers that are inside it find empty entries and fault.
-            let covers = m.level;
-            let pfn = spte::pfn(old);
-            if let Some(lower) = level.lower() {
-                // SAFETY: linked by the present non-leaf `old`, so a table of this MMU (I2).
-                let zapped =
-                    unsafe { zap_tree::<P>(pfn, lower, m.gfn, slot, &mut locked, descs, stats) };
-                zapped_huge |= zapped != 0;
-            }
-            sptep.store(0, Ordering::Relaxed);
-            unlinked = Some(UnlinkedTable { pfn, covers });
-            old = 0;
-        }
-        let new = spte::make_leaf(m.pfn, level, m.writable, self.ad_enabled);
-        let (mut action, chain_len) = if !spte::is_present(old) {
-            let len = install_leaf(sptep, new, slot, m.level, m.gfn, &mut locked, descs, stats);
-            (MapAction::Installed, len)
-        } else if spte::pfn(old) == m.pfn {
-            (upgrade_leaf(sptep, old, m), 0)
-        } else {
-            drop_leaf::<P>(sptep, slot, m.level, m.gfn, &mut locked, descs, stats);
-            let len = install_leaf(sptep, new, slot, m.level, m.gfn, &mut locked, descs, stats);
-            (MapAction::Replaced, len)
+        let mut v = MapWalker {
+            m,
+            target: walk::leaf_level(m.level),
+            slot,
+            locked: &mut locked,
+            descs,
+            tables,
+            stats: &mut self.stats,
+            table_limit: self.table_limit,
+            ad_enabled: self.ad_enabled,
+            new_tables: 0,
+            zapped_huge: false,
         };
-        if zapped_huge {
-            action = MapAction::Replaced;
+        let mut pos = m.gfn;
+        // SAFETY: a root of this MMU, whose lock is held for write (`&mut self`): every table
+        // the walk reaches is linked, and freed only after it is unlinked and a flush (I2).
+        let flow =
+            unsafe { walk::walk::<Ept, P, _>(&root_tables(root_pfn), &mut pos, m.gfn + 1, &mut v) };
+        match flow {
+            ControlFlow::Break(mapped) => mapped,
+            // Not reached: the walk ends at the target level at the latest.
+            ControlFlow::Continue(()) => Err(MapError::BadGfn),
         }
-        Ok(MapOutcome {
-            action,
-            chain_len,
-            new_tables,
-            split: zapped_huge && unlinked.is_none(),
-            unlinked,
-        })
     }
 
     /// One step of zapping the gfns `[cursor, end_gfn)` of slot `slot_id` in every root
@@ -907,16 +869,17 @@ impl<P: PageOps> X86Mmu<P> {
         end_gfn: u64,
         should_stop: &mut dyn FnMut() -> bool,
     ) -> ZapProgress {
-        self.zap_step(slot_id, cursor, end_gfn, should_stop, true)
+        self.zap_step(slot_id, cursor, end_gfn, &mut StopHook(should_stop), true)
     }
 
-    /// [`X86Mmu::zap_gfn_range_step()`], unlinking the tables it empties if `unlink_tables`.
+    /// [`X86Mmu::zap_gfn_range_step()`], yielding as `hook` says, and unlinking the tables it
+    /// empties if `unlink_tables`.
     fn zap_step(
         &mut self,
         slot_id: u32,
         cursor: &mut ZapCursor,
         end_gfn: u64,
-        should_stop: &mut dyn FnMut() -> bool,
+        hook: &mut impl YieldHook,
         unlink_tables: bool,
     ) -> ZapProgress {
         let mut progress = ZapProgress::default();
@@ -943,7 +906,8 @@ impl<P: PageOps> X86Mmu<P> {
                 }
                 progress.visited += 1;
                 gfn += level.pages();
-                if progress.visited % ZAP_BATCH == 0 && gfn < stop_gfn && should_stop() {
+                if progress.visited % ZAP_BATCH == 0 && gfn < stop_gfn && hook.should_yield() {
+                    hook.flush();
                     cursor.advance_to(gfn);
                     return progress;
                 }
@@ -956,50 +920,52 @@ impl<P: PageOps> X86Mmu<P> {
         }
 
         // The leaves of the range are gone from every root: unlink the tables left empty.
+        // The budget of entries between two polls carries over from root to root.
         let mut budget = TABLE_SCAN_BATCH;
         while let Some(root) = cursor.table_root() {
             if root >= self.nr_roots {
                 break;
             }
             let from = cursor.gfn().max(slot.base_gfn());
-            let mut walk = TableWalk {
-                zapped: &mut self.zapped_tables,
-                budget,
-                unlinked: 0,
-                full: false,
-            };
-            let resume = if from < stop_gfn {
-                // SAFETY: a root of this MMU, whose lock is held for write (`&mut self`).
-                unsafe {
-                    unlink_empty_tables::<P>(
-                        self.roots[root],
-                        ROOT_LEVEL,
-                        0,
-                        from,
-                        stop_gfn,
-                        &mut walk,
-                    )
-                }
-            } else {
-                None
-            };
-            progress.visited += budget - walk.budget;
-            progress.unlinked_tables += walk.unlinked;
-            budget = walk.budget;
-            let full = walk.full;
-            let Some(gfn) = resume else {
+            if from >= stop_gfn {
                 cursor.walk_tables(root + 1);
                 continue;
+            }
+            let mut v = UnlinkEmpty::<P> {
+                zapped: &mut self.zapped_tables,
+                unlinked: 0,
+                _ops: PhantomData,
             };
-            cursor.advance_to(gfn);
-            if full {
-                progress.tables_full = true;
-                return progress;
+            let mut pos = from;
+            // SAFETY: a root of this MMU, whose lock is held for write (`&mut self`).
+            let walked = unsafe {
+                walk_yielding::<Ept, P, _>(
+                    &root_tables(&self.roots[root]),
+                    &mut pos,
+                    stop_gfn,
+                    &mut v,
+                    &mut budget,
+                    TABLE_SCAN_BATCH,
+                    &mut progress.visited,
+                    hook,
+                )
+            };
+            progress.unlinked_tables += v.unlinked;
+            match walked {
+                Walked::Done => cursor.walk_tables(root + 1),
+                // At the table that found no room in the list of unlinked tables: resumed
+                // there, it is visited again (with the tables on the way, which hold nothing
+                // the walk needs to see before it).
+                Walked::Broke(()) => {
+                    cursor.advance_to(pos);
+                    progress.tables_full = true;
+                    return progress;
+                }
+                Walked::Yielded => {
+                    cursor.advance_to(pos);
+                    return progress;
+                }
             }
-            if should_stop() {
-                return progress;
-            }
-            budget = TABLE_SCAN_BATCH;
         }
         cursor.finish();
         progress.done = true;
@@ -1032,7 +998,13 @@ impl<P: PageOps> X86Mmu<P> {
         }
         let (start, end) = (slot.base_gfn(), slot.end_gfn());
         let mut cursor = ZapCursor::new(start);
-        let progress = self.zap_step(slot_id, &mut cursor, end, &mut || false, false);
+        let progress = self.zap_step(
+            slot_id,
+            &mut cursor,
+            end,
+            &mut StopHook(&mut || false),
+            false,
+        );
         debug_assert!(progress.done);
         progress.zapped
     }
@@ -1064,39 +1036,23 @@ impl<P: PageOps> X86Mmu<P> {
     /// (for aging and tests).  It may change as soon as it was loaded, unless the MMU lock is
     /// held for write.
     pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, MapLevel)> {
-        let root_pfn = self.root_pfn(root)?;
-        if gfn >> GFN_BITS != 0 {
-            return None;
-        }
+        let root_pfn = self.roots[..self.nr_roots].get(root)?;
         // SAFETY: `root_pfn` is a root of `self`, which is borrowed, so neither dropped nor
         // freeing unlinked tables (`free_unlinked()` takes `&mut self`), for as long as the entry
         // returned: `&self` stands for the MMU lock (module documentation).
-        let w = unsafe { walk::<P>(root_pfn, gfn) };
-        spte::is_present(w.spte).then(|| (w.sptep, w.spte, map_level(w.level)))
+        let w = unsafe { walk::find::<Ept, P>(&root_tables(root_pfn), gfn) }?;
+        spte::is_present(w.old).then(|| (w.ptep, w.old, map_level(w.level)))
     }
 
     /// The first present leaf of root `root` that maps a gfn in `[gfn, end)`: the first gfn it
     /// maps and the translation of that gfn.  Skips empty subtrees a whole entry at a time, so a
     /// sparse range costs a walk per empty entry, not per gfn (the coherence audit).  Loads only;
     /// the MMU lock, either side, keeps the tables.
-    pub(crate) fn next_leaf(
-        &self,
-        root: usize,
-        mut gfn: u64,
-        end: u64,
-    ) -> Option<(u64, Translation)> {
-        let root_pfn = self.root_pfn(root)?;
-        let end = end.min(1 << GFN_BITS);
-        while gfn < end {
-            // SAFETY: as in `leaf()`: `&self` stands for the MMU lock.
-            let w = unsafe { walk::<P>(root_pfn, gfn) };
-            let base = gfn & !(w.level.pages() - 1);
-            if spte::is_present(w.spte) {
-                return Some((base, translation(w.spte, w.level, base)));
-            }
-            gfn = base + w.level.pages();
-        }
-        None
+    pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
+        let root_pfn = self.roots[..self.nr_roots].get(root)?;
+        // SAFETY: as in `leaf()`: `&self` stands for the MMU lock.
+        let (base, w) = unsafe { walk::first_leaf::<Ept, P>(&root_tables(root_pfn), gfn, end) }?;
+        Some((base, translation(w.old, w.level, base)))
     }
 
     /// Ages the gfns of every attached slot that back the host-virtual range
@@ -1241,116 +1197,231 @@ impl<P: PageOps> Drop for X86Mmu<P> {
     }
 }
 
-/// Frees `table_pfn`, a table at `level`, and every table under it.
+/// The walk of [`X86Mmu::map_level()`] (KVM's `direct_map()`): on the way down to the `target`
+/// level, links a table from `tables` where there is none, zapping a huge leaf found there (a
+/// split), and has the walk go into it; at the target, installs, grows or replaces the leaf, or
+/// empties the table found there and puts the leaf in its place (a collapse), and ends the walk
+/// with the outcome.  The MMU lock is held for write (`locked`).
+struct MapWalker<'m, 'l, P: PageOps> {
+    m: Mapping,
+    /// The walker's level of the leaf.
+    target: u32,
+    slot: &'m SlotRmaps,
+    locked: &'m mut MmuWriteLocked<'l>,
+    descs: &'m mut DescCache,
+    tables: &'m mut TableCache<P>,
+    stats: &'m mut MmuStats,
+    table_limit: u64,
+    ad_enabled: bool,
+    /// Tables linked on the way.
+    new_tables: usize,
+    /// A huge leaf on the way, or leaves under the table the leaf replaces, were zapped.
+    zapped_huge: bool,
+}
+
+impl<'a, P: PageOps> MapWalker<'_, '_, P> {
+    /// Links a table in the entry `ctx` on the way down, which is not a table: empty, or a huge
+    /// leaf, zapped first.
+    fn link_table(&mut self, ctx: &Ctx<'a>) -> Result<(), MapError> {
+        if self.stats.table_pages() >= self.table_limit {
+            // Before a huge leaf is zapped for it: the failed map changes nothing.
+            return Err(MapError::TableLimit);
+        }
+        if spte::is_present(ctx.old) {
+            // A huge leaf where a table must go: zap it, then link a table instead.
+            let level = map_level(ctx.level);
+            drop_leaf::<P>(
+                ctx.ptep,
+                self.slot,
+                level,
+                level.align_down(self.m.gfn),
+                self.locked,
+                self.descs,
+                self.stats,
+            );
+            self.zapped_huge = true;
+        }
+        // Cannot fail: checked against MAP_MIN_TABLES before the walk.
+        let new = self.tables.take().ok_or(MapError::NeedTopup)?;
+        // A store with Release (not shared): a walker that Acquire-loads this SPTE sees the
+        // table zeroed ("Publishing with release" in `Documentation/secmmu-protocols.rst`).
+        let _ = ctx.set(spte::make_nonleaf(new));
+        self.new_tables += 1;
+        self.stats.tables_allocated += 1;
+        Ok(())
+    }
+
+    /// Sets the leaf at the target level, in the entry `ctx`, as [`X86Mmu::map()`] says.
+    fn set_leaf(&mut self, ctx: &Ctx<'a>, visit: Visit) -> MapOutcome {
+        let m = self.m;
+        let sptep = ctx.ptep;
+        let mut old = ctx.old;
+        let mut unlinked = None;
+        if visit == Visit::TablePre {
+            // A table where the huge leaf goes: zap every leaf under it, through their rmaps
+            // (I1), then unlink it.  Walkers that are inside it find empty entries and fault.
+            let pfn = spte::pfn(old);
+            // SAFETY: linked by the present non-leaf `old`, so a table of this MMU (I2), whose
+            // gfns are all in the slot (`map_at()` checked the block); the lock is held.
+            let zapped = unsafe {
+                zap_tree::<P>(
+                    pfn,
+                    ctx.level + 1,
+                    m.gfn,
+                    self.slot,
+                    self.locked,
+                    self.descs,
+                    self.stats,
+                )
+            };
+            self.zapped_huge |= zapped != 0;
+            sptep.store(0, Ordering::Relaxed);
+            unlinked = Some(UnlinkedTable {
+                pfn,
+                covers: m.level,
+            });
+            old = 0;
+        }
+        let new = spte::make_leaf(m.pfn, spte_level(m.level), m.writable, self.ad_enabled);
+        let (slot, stats) = (self.slot, &mut *self.stats);
+        let (locked, descs) = (&mut *self.locked, &mut *self.descs);
+        let (mut action, chain_len) = if !spte::is_present(old) {
+            let len = install_leaf(sptep, new, slot, m.level, m.gfn, locked, descs, stats);
+            (MapAction::Installed, len)
+        } else if spte::pfn(old) == m.pfn {
+            (upgrade_leaf(sptep, old, m), 0)
+        } else {
+            drop_leaf::<P>(sptep, slot, m.level, m.gfn, locked, descs, stats);
+            let len = install_leaf(sptep, new, slot, m.level, m.gfn, locked, descs, stats);
+            (MapAction::Replaced, len)
+        };
+        if self.zapped_huge {
+            action = MapAction::Replaced;
+        }
+        MapOutcome {
+            action,
+            chain_len,
+            new_tables: self.new_tables,
+            split: self.zapped_huge && unlinked.is_none(),
+            unlinked,
+        }
+    }
+}
+
+impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, '_, P> {
+    const FLAGS: u32 = LEAF | TABLE_PRE;
+    type Break = Result<MapOutcome, MapError>;
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<Self::Break> {
+        if ctx.level == self.target {
+            return Step::Break(Ok(self.set_leaf(ctx, visit)));
+        }
+        if visit == Visit::TablePre {
+            return Step::Continue;
+        }
+        match self.link_table(ctx) {
+            // Into the table just linked.
+            Ok(()) => Step::Reload,
+            Err(e) => Step::Break(Err(e)),
+        }
+    }
+}
+
+/// Frees `table_pfn`, a table at the walker's `level`, and every table under it.
 ///
 /// # Safety
 ///
 /// `table_pfn` is a table of this MMU, not freed yet, that no walker can reach any more, and
 /// each table under it is linked only from it or from the tables under it (I2).
-unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: Level, stats: &mut MmuStats) {
-    if let Some(lower) = level.lower() {
-        // SAFETY: the table is allocated, per the caller.
-        let table = unsafe { P::table(table_pfn) };
-        for entry in table {
-            let e = entry.load(Ordering::Relaxed);
-            if spte::is_present(e) && !spte::is_leaf(e, level) {
-                // SAFETY: a present non-leaf SPTE of this MMU links a table only it links
-                // (I2); it is unreachable like its parent.
-                unsafe { free_tree::<P>(spte::pfn(e), lower, stats) };
-            }
-        }
-    }
-    // SAFETY: from `alloc_table()` (I2), unreachable per the caller, and its subtables, freed
-    // above, were the last users of its entries.
-    unsafe { P::free_table(table_pfn) };
-    stats.tables_freed += 1;
+unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: u32, stats: &mut MmuStats) {
+    // SAFETY: per the caller.
+    unsafe {
+        walk::free_subtree::<Ept, P, false>(table_pfn, level, |_, _| {}, || stats.tables_freed += 1)
+    };
 }
 
-/// A zap's walk for the tables it emptied ([`unlink_empty_tables()`]).
-struct TableWalk<'a> {
-    /// Where unlinked tables go.
-    zapped: &'a mut ZappedTables,
-    /// Entries the walk may still visit before it stops for a poll.
-    budget: u64,
+/// A zap's walk for the tables it emptied (KVM's shadow MMU zaps the shadow pages of a deleted
+/// memslot, `kvm_mmu_prepare_zap_page()`): every table the walk is done with that has no
+/// present entry is unlinked into `zapped`, bottom-up, so that a table whose tables all went
+/// goes too.  A table the range covers only in part goes as well if it is empty: its other
+/// entries were empty already.  The walk does not go into the 4K tables, which link no table:
+/// they are checked whole.  When `zapped` has no room for an empty table, the walk breaks at
+/// it.  The MMU lock is held for write.
+struct UnlinkEmpty<'z, P: PageOps> {
+    zapped: &'z mut ZappedTables,
     /// Tables unlinked.
     unlinked: u64,
-    /// The walk stopped because `zapped` is full.
-    full: bool,
+    _ops: PhantomData<fn() -> P>,
 }
 
-/// Visits the entries of `table_pfn`, a table at `level` whose first entry maps gfn `base`, that
-/// overlap `[from, end)`, and the tables under them, and unlinks into `walk.zapped` every table
-/// under it that has no present entry once the walk has been through it: bottom-up, so that a
-/// table whose tables all went goes too.  A table the range covers only in part goes as well if
-/// it is empty: its other entries were empty already.
-///
-/// Returns `None` when it is through, or the gfn to resume at (at least `from`) when
-/// `walk.budget` ran out, or when an empty table found no room in `walk.zapped`
-/// (`walk.full`): a walk resumed there visits again the tables on the way to that gfn, which
-/// hold nothing it needs to see before it.
-///
-/// # Safety
-///
-/// `table_pfn` is a table of an `X86Mmu<P>`, linked or a root, whose lock the caller holds for
-/// write.
-unsafe fn unlink_empty_tables<P: PageOps>(
-    table_pfn: u64,
-    level: Level,
-    base: u64,
-    from: u64,
-    end: u64,
-    walk: &mut TableWalk<'_>,
-) -> Option<u64> {
-    // A 4K table links no table.
-    let lower = level.lower()?;
-    // SAFETY: a table of this MMU, per the caller.
-    let table = unsafe { P::table(table_pfn) };
-    let first = (from.saturating_sub(base) >> level.gfn_shift()) as usize;
-    for (i, sptep) in table.iter().enumerate().skip(first) {
-        let gfn = base + ((i as u64) << level.gfn_shift());
-        if gfn >= end {
-            break;
-        }
-        if walk.budget == 0 {
-            return Some(gfn.max(from));
-        }
-        walk.budget -= 1;
-        let e = sptep.load(Ordering::Relaxed);
-        if !spte::is_present(e) || spte::is_leaf(e, level) {
-            continue;
-        }
-        let child = spte::pfn(e);
+impl<'a, P: PageOps> Visitor<'a> for UnlinkEmpty<'_, P> {
+    const FLAGS: u32 = TABLE_POST;
+    const BOTTOM: u32 = LAST_LEVEL - 1;
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
+        let child = spte::pfn(ctx.old);
         // SAFETY: linked by a present non-leaf SPTE of this MMU (I2); the lock is held.
-        let resume = unsafe { unlink_empty_tables::<P>(child, lower, gfn, from, end, walk) };
-        if resume.is_some() {
-            return resume;
-        }
-        // SAFETY: as above.
         let entries = unsafe { P::table(child) };
         if entries
             .iter()
             .any(|e| spte::is_present(e.load(Ordering::Relaxed)))
         {
-            continue;
+            return Step::Continue;
         }
-        if walk.zapped.room() == 0 {
-            walk.full = true;
-            return Some(gfn.max(from));
+        if self.zapped.room() == 0 {
+            return Step::Break(());
         }
         // No present entry: no leaf, so no rmap entry points into the table (I1), and no table
         // under it.  Relaxed: walkers under the lock are excluded (write side); the lockless
         // walker may still be inside until the flush that precedes the free (I2).
-        sptep.store(0, Ordering::Relaxed);
-        walk.zapped.push(child);
-        walk.unlinked += 1;
+        ctx.ptep.store(0, Ordering::Relaxed);
+        self.zapped.push(child);
+        self.unlinked += 1;
+        Step::Continue
     }
-    None
 }
 
-/// Zaps every leaf in `table_pfn`, a table at `level` whose first entry maps `first_gfn`, and in
-/// the tables under it, each through its rmap in `slot` (I1): the unlinking of the table by a
-/// collapse.  Tables under it stay linked from it, to be freed with it.  Returns the number of
-/// leaves zapped.
+/// The walk of [`zap_tree()`]: zaps every leaf through its rmap in `slot` (I1).
+struct ZapTree<'m, 'l, P: PageOps> {
+    slot: &'m SlotRmaps,
+    locked: &'m mut MmuWriteLocked<'l>,
+    descs: &'m mut DescCache,
+    stats: &'m mut MmuStats,
+    /// Leaves zapped.
+    zapped: u64,
+    _ops: PhantomData<fn() -> P>,
+}
+
+impl<'a, P: PageOps> Visitor<'a> for ZapTree<'_, '_, P> {
+    const FLAGS: u32 = LEAF;
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
+        if spte::is_present(ctx.old) {
+            let level = map_level(ctx.level);
+            drop_leaf::<P>(
+                ctx.ptep,
+                self.slot,
+                level,
+                ctx.base(),
+                self.locked,
+                self.descs,
+                self.stats,
+            );
+            self.zapped += 1;
+        }
+        Step::Continue
+    }
+}
+
+/// Zaps every leaf in `table_pfn`, a table at the walker's `level` whose first entry maps
+/// `first_gfn`, and in the tables under it, each through its rmap in `slot` (I1): the
+/// unlinking of the table by a collapse.  Tables under it stay linked from it, to be freed with
+/// it.  Returns the number of leaves zapped.
 ///
 /// # Safety
 ///
@@ -1359,34 +1430,27 @@ unsafe fn unlink_empty_tables<P: PageOps>(
 #[allow(clippy::too_many_arguments)]
 unsafe fn zap_tree<P: PageOps>(
     table_pfn: u64,
-    level: Level,
+    level: u32,
     first_gfn: u64,
     slot: &SlotRmaps,
     locked: &mut MmuWriteLocked<'_>,
     descs: &mut DescCache,
     stats: &mut MmuStats,
 ) -> u64 {
-    let ml = map_level(level);
-    // SAFETY: a table of this MMU, per the caller.
-    let table = unsafe { P::table(table_pfn) };
-    let mut zapped = 0;
-    for (i, sptep) in table.iter().enumerate() {
-        let e = sptep.load(Ordering::Relaxed);
-        if !spte::is_present(e) {
-            continue;
-        }
-        let gfn = first_gfn + ((i as u64) << ml.gfn_shift());
-        if spte::is_leaf(e, level) {
-            drop_leaf::<P>(sptep, slot, ml, gfn, locked, descs, stats);
-            zapped += 1;
-        } else if let Some(lower) = level.lower() {
-            // SAFETY: linked by a present non-leaf SPTE of this MMU, under the caller's table,
-            // so its gfns are in `slot` too.
-            zapped +=
-                unsafe { zap_tree::<P>(spte::pfn(e), lower, gfn, slot, locked, descs, stats) };
-        }
-    }
-    zapped
+    let mut v = ZapTree::<P> {
+        slot,
+        locked,
+        descs,
+        stats,
+        zapped: 0,
+        _ops: PhantomData,
+    };
+    let tables = Tables::subtree(&table_pfn, level, first_gfn);
+    let mut pos = first_gfn;
+    // SAFETY: a table of this MMU, per the caller, and the tables under it, none freed while
+    // the lock is held.
+    let _ = unsafe { walk::walk::<Ept, P, _>(&tables, &mut pos, tables.limit(), &mut v) };
+    v.zapped
 }
 
 /// Installs the leaf `new` in the empty entry `sptep`, which maps `gfn` at `level` in `slot`, and
@@ -1762,41 +1826,8 @@ pub(crate) fn age_hva_range_lockless(
     result
 }
 
-/// Walks from the root table `root_pfn` towards `gfn`, with `Acquire` loads (each pairs with the
-/// `Release` store that linked the table or leaf, E27), down to the present leaf that maps
-/// `gfn` or the first non-present entry.  `gfn` must be below `1 << GFN_BITS`.
-///
-/// # Safety
-///
-/// `root_pfn` is a root of an [`X86Mmu<P>`] that is not dropped for `'a`, and for `'a` the
-/// caller holds its MMU lock (either side) or runs in guest mode, so that no table it walks
-/// into is freed (I2).
-unsafe fn walk<'a, P: PageOps>(root_pfn: u64, gfn: u64) -> Walk<'a> {
-    debug_assert_eq!(gfn >> GFN_BITS, 0);
-    let mut table_pfn = root_pfn;
-    let mut level = ROOT_LEVEL;
-    loop {
-        // SAFETY: `table_pfn` is the root, or was linked by a present non-leaf SPTE of the MMU,
-        // and tables are freed only when the MMU is dropped, or after they were unlinked under
-        // the MMU lock and a flush waited for guest mode to end (I2): the caller excludes all.
-        let sptep = &unsafe { P::table::<'a>(table_pfn) }[level.index(gfn)];
-        let spte = sptep.load(Ordering::Acquire);
-        if !spte::is_present(spte) || spte::is_leaf(spte, level) {
-            return Walk { sptep, spte, level };
-        }
-        match level.lower() {
-            Some(lower) => {
-                level = lower;
-                table_pfn = spte::pfn(spte);
-            }
-            // Unreachable: every present 4K SPTE is a leaf.
-            None => return Walk { sptep, spte, level },
-        }
-    }
-}
-
-/// The translation of `gfn` by the present leaf `spte` at `level`.
-fn translation(spte: u64, level: Level, gfn: u64) -> Translation {
+/// The translation of `gfn` by the present leaf `spte` at the walker's `level`.
+fn translation(spte: u64, level: u32, gfn: u64) -> Translation {
     let level = map_level(level);
     let writable = spte::is_writable(spte);
     Translation {
@@ -1829,19 +1860,20 @@ pub(crate) unsafe fn translate<P: PageOps>(
     gfn: u64,
     write: bool,
 ) -> Result<Translation, WalkFault> {
-    if gfn >> GFN_BITS != 0 {
-        return Err(WalkFault::NotPresent);
-    }
     'walk: loop {
         // SAFETY: per the caller, the MMU of `root_pfn` outlives this call, and the caller is
-        // in guest mode or holds the MMU lock throughout.
-        let w = unsafe { walk::<P>(root_pfn, gfn) };
-        let mut spte = w.spte;
+        // in guest mode or holds the MMU lock throughout, so no table the walk reaches is freed
+        // (I2).
+        let Some(w) = (unsafe { walk::find::<Ept, P>(&root_tables(&root_pfn), gfn) }) else {
+            // Beyond what 4 levels translate.
+            return Err(WalkFault::NotPresent);
+        };
+        let mut spte = w.old;
         loop {
             if !spte::is_present(spte) {
                 return Err(WalkFault::NotPresent);
             }
-            if !spte::is_leaf(spte, w.level) {
+            if Ept::is_table(spte, w.level) {
                 // The leaf was replaced by a table meanwhile: walk again.
                 continue 'walk;
             }
@@ -1864,7 +1896,7 @@ pub(crate) unsafe fn translate<P: PageOps>(
             }
             // Acquire on failure: the value may be a new leaf, whose page we then touch.
             match w
-                .sptep
+                .ptep
                 .compare_exchange_weak(spte, new, Ordering::Relaxed, Ordering::Acquire)
             {
                 Ok(_) => return Ok(translation(new, w.level, gfn)),
