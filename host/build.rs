@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Selects the host variant of `src/prim.rs`.
+//! Selects the host variant of `src/mmu/prim.rs`.
 
 fn main() {
     println!("cargo:rustc-cfg=secmmu_host");

@@ -28,10 +28,10 @@ use crate::{
     },
     format::{FaultSide, Format, WithFormat},
     kpages::KernelPages,
-    memslot::Slot,
-    pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache},
-    rmap::DescCache,
+    mmu::memslot::Slot,
+    mmu::pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache},
     space::{MmuState, Space},
+    x86::rmap::DescCache,
 };
 use kernel::prelude::*;
 

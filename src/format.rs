@@ -19,20 +19,20 @@
 //! statistics) goes through the methods here.
 
 use crate::{
-    aging::{self, AgeOp, AgeResult},
     arm64::mmu::{self as s2, S2Mmu, S2Root},
     ext::{preempt::PreemptGuard, rwlock::ReadGuard},
     fault::{Fault, FaultCaches},
     kpages::KernelPages,
-    memslot::Slot,
-    mmu_lock::{MmuLock, WriteGuard},
-    pgtable::{
+    mmu::aging::{self, AgeOp, AgeResult},
+    mmu::memslot::Slot,
+    mmu::pgtable::{
         MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault, ZapCursor,
         ZapProgress,
     },
-    prim::{PArc, PBox},
+    mmu::prim::{PArc, PBox},
+    mmu::stats::{Counter, Stats},
+    mmu_lock::{MmuLock, WriteGuard},
     space::{MmuState, Space},
-    stats::{Counter, Stats},
     uapi,
     x86::mmu::{self as x86, age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
 };

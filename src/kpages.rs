@@ -6,8 +6,8 @@
 
 use crate::{
     ext::pfn,
-    pgtable::PageOps,
-    prim::{AllocError, AtomicU64, Ordering},
+    mmu::pgtable::PageOps,
+    mmu::prim::{AllocError, AtomicU64, Ordering},
 };
 
 /// Page operations backed by the kernel's page allocator.

@@ -15,8 +15,8 @@
 
 use crate::{
     ext::{preempt::PreemptDisabled, rwlock},
-    prim::NoPreempt,
-    rmap::MmuWriteLocked,
+    mmu::prim::NoPreempt,
+    x86::rmap::MmuWriteLocked,
 };
 
 /// The MMU lock around `T`.

@@ -23,28 +23,12 @@ mod testhooks;
 mod uapi;
 mod vcpu;
 
-// The kernel-free core, shared with the host crate (../host). Items only
-// the host tests or later formats use are not dead code.
-#[allow(dead_code)]
-mod aging;
+// The kernel-free MMU core and the two page-table formats, shared with the
+// host crate (../host). Items only the host tests use are not dead code.
 #[allow(dead_code)]
 mod arm64;
 #[allow(dead_code)]
-mod inval;
-#[allow(dead_code)]
-mod memslot;
-#[allow(dead_code)]
-mod pgtable;
-#[allow(dead_code)]
-mod prim;
-#[allow(dead_code)]
-mod rmap;
-#[allow(dead_code)]
-mod stats;
-#[allow(dead_code)]
-mod tlb;
-#[allow(dead_code)]
-mod walk;
+mod mmu;
 #[allow(dead_code)]
 mod x86;
 
@@ -142,18 +126,18 @@ mod kunit {
     //! In-kernel checks of the kernel-free core, built with the kernel's
     //! compiler and allocator (the host crate runs the exhaustive ones).
     use crate::{
-        aging::AgeOp,
         arm64::{
             mmu::{translate as s2_translate, S2Mmu},
             pte as s2,
         },
         ext::{preempt::PreemptGuard, rwlock::new_rwlock},
-        inval::checks,
         kpages::KernelPages,
+        mmu::aging::AgeOp,
+        mmu::inval::checks,
+        mmu::pgtable::{MapAction, MapError, MapLevel, TableCache, ZapCursor},
+        mmu::prim::{AtomicU64, Ordering},
         mmu_lock::write_locked,
-        pgtable::{MapAction, MapError, MapLevel, TableCache, ZapCursor},
-        prim::{AtomicU64, Ordering},
-        rmap::{DescCache, RmapHead, PTE_LIST_EXT},
+        x86::rmap::{DescCache, RmapHead, PTE_LIST_EXT},
         x86::spte::{self, Level},
     };
     use core::ptr::NonNull;
@@ -396,7 +380,7 @@ mod kunit {
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, true) }.is_err());
             // SAFETY: `pfn` came from the cache (`alloc_table()`) and was
             // only ever mapped by `mmu`, whose leaf is zapped.
-            unsafe { <KernelPages as crate::pgtable::PageOps>::free_table(pfn) };
+            unsafe { <KernelPages as crate::mmu::pgtable::PageOps>::free_table(pfn) };
         }
         assert_eq!(crate::kpages::table_pages_now(), before);
         Ok(())

@@ -32,7 +32,6 @@
 //! before any other field is dropped.
 
 use crate::{
-    aging::{AgeOp, AgeResult},
     ext::{
         mm::{self, LeafLevel},
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
@@ -41,13 +40,14 @@ use crate::{
         sched,
     },
     format::{Kind, LocklessState, Pgt, Retired},
-    inval::Invalidations,
     kpages,
-    memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
+    mmu::aging::{AgeOp, AgeResult},
+    mmu::inval::Invalidations,
+    mmu::memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
+    mmu::pgtable::ZapCursor,
+    mmu::stats::Stats,
+    mmu::tlb::VcpuMode,
     mmu_lock::{MmuLock, WriteGuard},
-    pgtable::ZapCursor,
-    stats::Stats,
-    tlb::VcpuMode,
     uapi,
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -257,7 +257,7 @@ impl Space {
         if req.memory_size == 0 {
             // A deletion names a slot and nothing else; unknown flags are
             // refused here as for a creation.
-            if req.flags & !crate::memslot::MEM_FLAGS != 0 {
+            if req.flags & !crate::mmu::memslot::MEM_FLAGS != 0 {
                 return Err(EINVAL);
             }
             return self.delete_memslot(req.slot);

@@ -22,9 +22,9 @@ use crate::{
     },
     fault::{exit_point, Exit, FaultCaches, FaultIn},
     format::Root,
-    pgtable::WalkFault,
+    mmu::pgtable::WalkFault,
+    mmu::tlb::{SoftTlb, VcpuMode},
     space::Space,
-    tlb::{SoftTlb, VcpuMode},
     uapi,
 };
 use core::sync::atomic::{AtomicU64, Ordering};

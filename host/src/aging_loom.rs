@@ -3,7 +3,7 @@
 //! Loom models of lockless aging against the MMU's writers (protocols C11, C17, D19-D21),
 //! explored exhaustively.  The rmap lock races themselves (0->1 under a read-only walker, an
 //! rmap emptied while a walker spins, a read-only unlock of an empty rmap while a writer adds)
-//! are modelled in `src/rmap.rs`.
+//! are modelled in `src/x86/rmap.rs`.
 //!
 //! The SPTEs live in plain atomics here, not in table pages: loom's atomics cannot live in raw
 //! page memory, and aging reaches SPTEs only through rmap pointers anyway.
@@ -13,11 +13,11 @@ use loom::sync::Arc;
 use loom::thread;
 use std::ptr::NonNull;
 
-use crate::aging::{AgeOp, AgeResult};
-use crate::pgtable::{MmuStats, PageOps, Table};
-use crate::prim::{AllocError, AtomicU64, NoPreempt, Ordering};
-use crate::rmap::{DescCache, MmuWriteLocked, RmapHead};
+use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::pgtable::{MmuStats, PageOps, Table};
+use crate::mmu::prim::{AllocError, AtomicU64, NoPreempt, Ordering};
 use crate::x86::mmu::{age_leaf_lockless, age_rmap_lockless, zap_rmap, LeafAge};
+use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
 use crate::x86::spte::{self, Level};
 
 /// [`PageOps`] for models that zap SPTEs but never walk tables.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Tests of aging (`src/aging.rs`, the aging walks of `src/x86/mmu.rs`) with host table pages:
+//! Tests of aging (`src/mmu/aging.rs`, the aging walks of `src/x86/mmu.rs`) with host table pages:
 //! lockless and locked walks, every level, long rmap chains, non-present SPTEs, access tracking
 //! and its restore, the shared rmap table, and a multi-threaded stress test of lockless aging
 //! against maps, zaps, walkers and slot changes with an emulated grace period.
@@ -15,18 +15,18 @@ use std::thread;
 use std::time::Duration;
 use std::vec::Vec;
 
-use crate::aging::{use_lockless, AgeOp, AgeResult};
 use crate::host_pages::HostPages;
-use crate::memslot::{Slot, PAGE_SHIFT};
-use crate::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
-use crate::prim::{AtomicU64, NoPreempt, Ordering, PArc};
-use crate::rmap::{DescCache, PTE_LIST_EXT};
+use crate::mmu::aging::{use_lockless, AgeOp, AgeResult};
+use crate::mmu::memslot::{Slot, PAGE_SHIFT};
+use crate::mmu::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
+use crate::mmu::prim::{AtomicU64, NoPreempt, Ordering, PArc};
+use crate::mmu::tlb::VcpuMode;
 use crate::test_util::Rng;
-use crate::tlb::VcpuMode;
 use crate::x86::mmu::{
     age_gfn_range_lockless, age_hva_range_lockless, slot_ids, translate, RmapTable, SlotRmaps,
     WalkFault, X86Mmu, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
 };
+use crate::x86::rmap::{DescCache, PTE_LIST_EXT};
 use crate::x86::spte::{self, Level};
 
 /// Where the test slots' memory starts in the (pretend) user address space.
@@ -373,13 +373,13 @@ impl<const ID: usize> Fixture<ID> {
         let mut table = root_pfn;
         for level in [Level::L512G, Level::L1G, Level::L2M] {
             // SAFETY: tables of `self.mmu`, borrowed for the call.
-            let e = unsafe { <HostPages<ID> as crate::pgtable::PageOps>::table(table) }
+            let e = unsafe { <HostPages<ID> as crate::mmu::pgtable::PageOps>::table(table) }
                 [level.index(gfn)]
             .load(Ordering::Relaxed);
             table = spte::pfn(e);
         }
         // SAFETY: as above.
-        let t = unsafe { <HostPages<ID> as crate::pgtable::PageOps>::table(table) };
+        let t = unsafe { <HostPages<ID> as crate::mmu::pgtable::PageOps>::table(table) };
         t[Level::L4K.index(gfn)].store(v, Ordering::Relaxed);
     }
 }

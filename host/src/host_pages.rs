@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
-use crate::pgtable::{PageOps, Table};
-use crate::prim::AllocError;
+use crate::mmu::pgtable::{PageOps, Table};
+use crate::mmu::prim::AllocError;
 
 /// How many distinct `HostPages<ID>` there can be.
 pub(crate) const MAX_IDS: usize = 64;

@@ -8,10 +8,10 @@ use std::vec::Vec;
 
 use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES as S2_MIN_TABLES};
 use crate::host_pages::HostPages;
-use crate::memslot::Slot;
-use crate::pgtable::{MapLevel, TableCache};
-use crate::rmap::DescCache;
+use crate::mmu::memslot::Slot;
+use crate::mmu::pgtable::{MapLevel, TableCache};
 use crate::x86::mmu::{SlotRmaps, X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES};
+use crate::x86::rmap::DescCache;
 
 /// Leaves as `(first gfn, pfn of it, level, writable)`: far apart, at every level.
 const LEAVES: [(u64, u64, MapLevel, bool); 5] = [
@@ -23,7 +23,7 @@ const LEAVES: [(u64, u64, MapLevel, bool); 5] = [
 ];
 
 fn collect(
-    mut next: impl FnMut(u64) -> Option<(u64, crate::pgtable::Translation)>,
+    mut next: impl FnMut(u64) -> Option<(u64, crate::mmu::pgtable::Translation)>,
 ) -> Vec<(u64, u64, MapLevel, bool)> {
     let mut found = Vec::new();
     let mut gfn = 0;
@@ -60,7 +60,7 @@ fn x86_next_leaf_finds_each_leaf_once() {
     assert_eq!(mmu.next_leaf(1, 0x201, 0x202).map(|(b, _)| b), Some(0x200));
     assert_eq!(mmu.next_leaf(1, 0x6, 0x200).map(|(b, _)| b), None);
     for id in 0..LEAVES.len() as u32 {
-        let mut cursor = crate::pgtable::ZapCursor::new(0);
+        let mut cursor = crate::mmu::pgtable::ZapCursor::new(0);
         while !mmu
             .zap_gfn_range_step(id, &mut cursor, 1 << 36, &mut || false)
             .done

@@ -3,40 +3,22 @@
 //! Host build of secmmu's kernel-free code: the rmap, the memslots, the page-table pieces common
 //! to all formats, the page-table walker, the x86 SPTE format and MMU, the arm64 stage-2 format and MMU, aging, and the
 //! software TLB, compiled from the same files as the kernel module, with `std` and (under
-//! `--cfg loom`) loom behind `src/prim.rs`.
+//! `--cfg loom`) loom behind `src/mmu/prim.rs`.
 //! It exists to run their unit, stress and loom tests; see `README.md`.
 //!
 //! The module tree mirrors the kernel crate root (`mod prim; mod rmap; mod x86; ...`), so that
-//! `crate::prim`, `crate::rmap`, `crate::pgtable` and `crate::x86::spte` resolve the same in
+//! `crate::mmu::prim`, `crate::x86::rmap`, `crate::mmu::pgtable` and `crate::x86::spte` resolve the same in
 //! both.
 
 // The items are for the kernel module; here only the unit tests use them (the loom build runs
 // just the loom models).
 #![cfg_attr(any(not(test), loom), allow(dead_code))]
 
-#[path = "../../src/prim.rs"]
-mod prim;
-
-#[path = "../../src/aging.rs"]
-pub mod aging;
-
-// Built for `Slot`, which the MMU's rmaps are sized from; not all of it is used here, and its
-// own tests spell some addresses the long way.
-#[path = "../../src/memslot.rs"]
+// The whole core, though the tests here use only some of it (the statistics
+// and the memslot flags serve the kernel glue).
+#[path = "../../src/mmu/mod.rs"]
 #[allow(dead_code, clippy::identity_op)]
-pub mod memslot;
-
-#[path = "../../src/pgtable.rs"]
-pub mod pgtable;
-
-#[path = "../../src/rmap.rs"]
-pub mod rmap;
-
-#[path = "../../src/tlb.rs"]
-pub mod tlb;
-
-#[path = "../../src/walk.rs"]
-pub mod walk;
+pub mod mmu;
 
 #[path = "../../src/x86/mod.rs"]
 pub mod x86;

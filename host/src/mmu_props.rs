@@ -19,10 +19,10 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::aging::{AgeOp, AgeResult};
 use crate::host_pages::HostPages;
-use crate::memslot::Slot;
-use crate::pgtable::{snapshot_byte, MapAction, MapLevel, TableCache, Translation, WalkFault};
+use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::memslot::Slot;
+use crate::mmu::pgtable::{snapshot_byte, MapAction, MapLevel, TableCache, Translation, WalkFault};
 use crate::test_util::prop_config;
 
 /// A leaf of the model: the block of gfns from its key's gfn, at its key's level.
@@ -213,12 +213,12 @@ fn live_pages<const ID: usize>() -> u64 {
 mod x86 {
     use super::*;
 
-    use crate::prim::NoPreempt;
-    use crate::rmap::DescCache;
+    use crate::mmu::prim::NoPreempt;
     use crate::x86::mmu::{
         age_gfn_range_lockless, translate, MapError, RmapTable, SlotRmaps, X86Mmu, ZapCursor,
         MAP_MIN_DESCS, MAP_MIN_TABLES,
     };
+    use crate::x86::rmap::DescCache;
     use crate::x86::spte;
 
     const ID: usize = 56;
@@ -324,7 +324,7 @@ mod x86 {
 
     struct World {
         mmu: X86Mmu<HostPages<ID>>,
-        table: crate::prim::PArc<RmapTable>,
+        table: crate::mmu::prim::PArc<RmapTable>,
         tables: TableCache<HostPages<ID>>,
         descs: DescCache,
         ad: bool,

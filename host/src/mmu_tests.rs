@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Tests of the x86 MMU (`src/x86/mmu.rs`) with host table pages, and a multi-threaded stress
-//! test of the MMU with lockless walkers, software TLBs and the flush protocol (`src/tlb.rs`).
+//! test of the MMU with lockless walkers, software TLBs and the flush protocol (`src/mmu/tlb.rs`).
 //!
 //! Each test uses its own `HostPages<ID>`, so that its leak and dirty checks see only its own
 //! pages while tests run in parallel.
@@ -13,21 +13,21 @@ use std::thread;
 use std::vec::Vec;
 
 use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
-use crate::memslot::Slot;
-use crate::pgtable::ZAPPED_TABLES;
-use crate::pgtable::{
+use crate::mmu::memslot::Slot;
+use crate::mmu::pgtable::ZAPPED_TABLES;
+use crate::mmu::pgtable::{
     MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT,
     SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
-use crate::prim::Ordering;
-use crate::rmap::DescCache;
+use crate::mmu::prim::Ordering;
+use crate::mmu::tlb::{SoftTlb, VcpuMode};
 use crate::test_util::Rng;
-use crate::tlb::{SoftTlb, VcpuMode};
 use crate::x86::mmu::TABLE_SCAN_BATCH;
 use crate::x86::mmu::{
     translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, X86Mmu, ZapCursor,
     ZapProgress, GFN_BITS, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
 };
+use crate::x86::rmap::DescCache;
 use crate::x86::spte;
 
 fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
@@ -1047,13 +1047,13 @@ fn table_cache_topup_take_drop() {
     assert!(c.topup(TABLE_CACHE_CAPACITY + 1).is_err());
     let pfn = c.take().unwrap();
     // SAFETY: a fresh table page from the cache.
-    let table = unsafe { <HostPages<ID> as crate::pgtable::PageOps>::table(pfn) };
+    let table = unsafe { <HostPages<ID> as crate::mmu::pgtable::PageOps>::table(pfn) };
     assert!(
         table.iter().all(|e| e.load(Ordering::Relaxed) == 0),
         "zeroed"
     );
     // SAFETY: taken from the cache, so ours, and unreachable.
-    unsafe { <HostPages<ID> as crate::pgtable::PageOps>::free_table(pfn) };
+    unsafe { <HostPages<ID> as crate::mmu::pgtable::PageOps>::free_table(pfn) };
 
     // A failing top-up keeps what it got.
     HostPages::<ID>::fail_after(0);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Property tests of the rmaps (`src/rmap.rs`): random sequences of adds, removes, drains,
+//! Property tests of the rmaps (`src/x86/rmap.rs`): random sequences of adds, removes, drains,
 //! write locks holding several changes, and read-only walks, over a few heads and a pool of
 //! SPTE slots, checked after every step against a model that is a multiset of SPTE pointers per
 //! head.  The sequences grow chains across several descriptors ([`PTE_LIST_EXT`] SPTEs each) and
@@ -12,9 +12,9 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::prim::{AtomicU64, NoPreempt, Ordering};
-use crate::rmap::{DescCache, MmuWriteLocked, RmapHead, PTE_LIST_EXT};
+use crate::mmu::prim::{AtomicU64, NoPreempt, Ordering};
 use crate::test_util::prop_config;
+use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead, PTE_LIST_EXT};
 
 /// rmap heads of a case.
 const HEADS: usize = 3;

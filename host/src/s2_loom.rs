@@ -16,11 +16,11 @@ use std::boxed::Box;
 use std::sync::Mutex;
 use std::vec::Vec;
 
-use crate::aging::AgeOp;
 use crate::arm64::mmu::{translate, MapError, S2Mmu, WalkFault};
 use crate::arm64::pte;
-use crate::pgtable::{MapAction, MapLevel, PageOps, Table, TableCache};
-use crate::prim::{AllocError, AtomicU64};
+use crate::mmu::aging::AgeOp;
+use crate::mmu::pgtable::{MapAction, MapLevel, PageOps, Table, TableCache};
+use crate::mmu::prim::{AllocError, AtomicU64};
 
 /// Distinct [`LoomPages`] registries, one per model (models run in parallel test threads).
 const MAX_IDS: usize = 8;

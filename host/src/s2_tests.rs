@@ -14,18 +14,18 @@ use std::sync::{Barrier, RwLock};
 use std::thread;
 use std::vec::Vec;
 
-use crate::aging::AgeOp;
 use crate::arm64::mmu::{
     translate, MapError, MapOutcome, S2Mmu, Translation, WalkFault, ZapCursor, ZapProgress,
     MAP_MIN_TABLES, MAX_ROOTS,
 };
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
-use crate::pgtable::{
+use crate::mmu::aging::AgeOp;
+use crate::mmu::pgtable::{
     MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT,
     SNAP_PRESENT, SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
-use crate::prim::{AtomicU64, Ordering};
+use crate::mmu::prim::{AtomicU64, Ordering};
 use crate::test_util::Rng;
 
 /// An MMU with host pages of test `ID`, the table cache a fault path would top up, and a count

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Property tests of the software TLB (`src/tlb.rs`): random sequences of translations, lookups,
+//! Property tests of the software TLB (`src/mmu/tlb.rs`): random sequences of translations, lookups,
 //! fills at 4K, 2M and 1G, and changes of the page tables it caches, each change that takes a
 //! translation away followed by a flush as the zap path must do ("vCPUs and their TLBs" in
 //! `Documentation/secmmu.rst`).  The page tables are a model, which the walk closure
@@ -12,9 +12,9 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::pgtable::{MapLevel, Translation, WalkFault};
+use crate::mmu::pgtable::{MapLevel, Translation, WalkFault};
+use crate::mmu::tlb::{SoftTlb, TlbHit};
 use crate::test_util::prop_config;
-use crate::tlb::{SoftTlb, TlbHit};
 
 /// A gfn from a small set, so that translations share TLB sets and leaves overlap: one of six
 /// 1G regions (four 1G entries), 2M blocks 0, 1, 32 and 33 of it (32 2M entries), pages 0, 1,

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Tests of the shared page-table walker (`src/walk.rs`) on a toy format: the order and kinds of
+//! Tests of the shared page-table walker (`src/mmu/walk.rs`) on a toy format: the order and kinds of
 //! the visits, the range, breaks and resuming, reloads after a visitor links a table, the bottom
 //! level, lookups, and the yield protocol (the flush comes exactly before each yield, and a
 //! walk resumed from the root after every yield visits every entry once).
@@ -8,9 +8,9 @@
 use core::ops::ControlFlow;
 
 use crate::host_pages::HostPages;
-use crate::pgtable::PageOps;
-use crate::prim::{AtomicU64, Ordering};
-use crate::walk::{
+use crate::mmu::pgtable::PageOps;
+use crate::mmu::prim::{AtomicU64, Ordering};
+use crate::mmu::walk::{
     self, find, level_pages, walk, walk_yielding, Ctx, Format, Step, Tables, Visit, Visitor,
     Walked, YieldHook, LEAF, TABLE_POST, TABLE_PRE,
 };

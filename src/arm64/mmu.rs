@@ -99,18 +99,18 @@ use core::ops::ControlFlow;
 // only explore their interleavings for nothing.
 use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 
-use crate::aging::{AgeOp, AgeResult};
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_PGD_PAGES};
-use crate::pgtable::{
+use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::pgtable::{
     snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
-use crate::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
-use crate::walk::{
+use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
+use crate::mmu::walk::{
     self, leaf_level, map_level, Budget, Ctx, Format, Step, StopHook, Tables, Visit, Visitor,
     YieldHook, LEAF, SHARED, TABLE_POST, TABLE_PRE,
 };
 
-pub(crate) use crate::pgtable::{
+pub(crate) use crate::mmu::pgtable::{
     MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
 };
 
@@ -138,7 +138,7 @@ const ZAP_SCAN_BUDGET: u64 = 512;
 /// either: it is linked and the caller holds the MMU lock (either side) or stays in guest mode,
 /// or it is unlinked and the caller frees it (I1).
 #[inline]
-unsafe fn table<'a, P: PageOps>(pfn: u64) -> &'a crate::pgtable::Table {
+unsafe fn table<'a, P: PageOps>(pfn: u64) -> &'a crate::mmu::pgtable::Table {
     // SAFETY: tables of a live MMU came from `alloc_table()` and are freed only when it is
     // dropped, or once unlinked under the write side (I1): the caller excludes both for 'a.
     unsafe { P::table::<'a>(pfn) }

@@ -45,7 +45,7 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
-use crate::prim::{AtomicU64, Ordering};
+use crate::mmu::prim::{AtomicU64, Ordering};
 
 /// `KVM_PTE_VALID`: the hardware walker uses the entry.
 pub(crate) const VALID: u64 = 1 << 0;

@@ -121,23 +121,23 @@ use core::marker::PhantomData;
 use core::ops::ControlFlow;
 use core::ptr::{self, NonNull};
 
-use crate::aging::{AgeOp, AgeResult};
-use crate::memslot::{Slot, MAX_SLOTS};
-use crate::pgtable::{
+use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::memslot::{Slot, MAX_SLOTS};
+use crate::mmu::pgtable::{
     snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
-use crate::prim::{
+use crate::mmu::prim::{
     self, warn_on, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox,
     PVec,
 };
-use crate::rmap::{DescCache, MmuWriteLocked, RmapHead};
-use crate::walk::{
+use crate::mmu::walk::{
     self, map_level, walk_yielding, Ctx, Format, Step, StopHook, Tables, Visit, Visitor, Walked,
     YieldHook, LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
 };
+use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
 use crate::x86::spte::{self, Level};
 
-pub(crate) use crate::pgtable::{
+pub(crate) use crate::mmu::pgtable::{
     MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
 };
 

@@ -4,4 +4,5 @@
 //! shadow-MMU-style EPT MMU built from them.
 
 pub(crate) mod mmu;
+pub(crate) mod rmap;
 pub(crate) mod spte;

@@ -34,7 +34,7 @@
 //! the TLB flush protocol, not by the SPTE's own loads and stores.  Whoever publishes a non-leaf
 //! SPTE pointing at a freshly filled table must store it with `Release` (protocols E27).
 
-use crate::prim::{AtomicU64, Ordering};
+use crate::mmu::prim::{AtomicU64, Ordering};
 
 /// Readable.
 pub(crate) const READABLE: u64 = 1 << 0;

@@ -6,7 +6,7 @@
 //! snapshot that may mix values from slightly different moments.
 //! Kernel-free: built into the module and into the host crate.
 
-use crate::prim::{AtomicU64, Ordering};
+use crate::mmu::prim::{AtomicU64, Ordering};
 
 /// One event counter.
 #[derive(Default)]

@@ -39,7 +39,7 @@
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
-use crate::prim::{self, AllocError, AtomicU64, AtomicUsize, NoPreempt, Ordering, UnsafeCell};
+use crate::mmu::prim::{self, AllocError, AtomicU64, AtomicUsize, NoPreempt, Ordering, UnsafeCell};
 
 /// SPTE pointers per descriptor: with its 16-byte header a descriptor is two cache lines, and
 /// one holding at most 6 SPTEs is used within its first (KVM's `PTE_LIST_EXT`).

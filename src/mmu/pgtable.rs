@@ -20,7 +20,7 @@
 
 use core::marker::PhantomData;
 
-use crate::prim::{self, AllocError, AtomicU64, PVec};
+use crate::mmu::prim::{self, AllocError, AtomicU64, PVec};
 
 /// Entries in one page table.
 pub(crate) const ENTRIES_PER_TABLE: usize = 512;

@@ -40,8 +40,8 @@
 //! Kernel-free: built into the module and into the host crate.
 
 use crate::{
-    pgtable::{MapLevel, Translation, WalkFault},
-    prim::{self, fence, AtomicU64, Ordering},
+    mmu::pgtable::{MapLevel, Translation, WalkFault},
+    mmu::prim::{self, fence, AtomicU64, Ordering},
 };
 
 /// Entries of a [`SoftTlb`] for each mapping size, indexed by [`MapLevel::idx()`]: like the
@@ -528,7 +528,7 @@ mod loom_tests {
     //! the vCPU saw a freed page.
 
     use super::*;
-    use crate::prim::UnsafeCell;
+    use crate::mmu::prim::UnsafeCell;
     use loom::sync::Arc;
     use loom::thread;
 

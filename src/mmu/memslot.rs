@@ -13,7 +13,7 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
-use crate::pgtable::MapLevel;
+use crate::mmu::pgtable::MapLevel;
 
 /// Guest page size: 4 KiB.
 pub(crate) const PAGE_SHIFT: u32 = 12;

@@ -56,8 +56,8 @@
 use core::marker::PhantomData;
 use core::ops::ControlFlow;
 
-use crate::pgtable::{MapLevel, PageOps, Table, ENTRIES_PER_TABLE};
-use crate::prim::{AtomicU64, Ordering};
+use crate::mmu::pgtable::{MapLevel, PageOps, Table, ENTRIES_PER_TABLE};
+use crate::mmu::prim::{AtomicU64, Ordering};
 
 /// Log2 of the entries in a table: the gfn bits one level translates.
 pub(crate) const TABLE_SHIFT: u32 = 9;
