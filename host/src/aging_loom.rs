@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Loom models of lockless aging against the MMU's writers (protocols C11, C17, D19-D21),
-//! explored exhaustively.  The rmap lock races themselves (0->1 under a read-only walker, an
-//! rmap emptied while a walker spins, a read-only unlock of an empty rmap while a writer adds)
-//! are modelled in `src/x86/rmap.rs`.
+//! Loom models of lockless aging against the MMU's writers ("Rmap locking", "Lockless rmap walks"
+//! and "Aging without the MMU lock" in Documentation/secmmu-protocols.rst, whose section names are
+//! quoted below; I1-I4 are the invariants of src/x86/mmu.rs), explored exhaustively.  The rmap lock
+//! races themselves (0->1 under a read-only walker, an rmap emptied while a walker spins, a
+//! read-only unlock of an empty rmap while a writer adds) are modelled in `src/x86/rmap.rs`.
 //!
 //! The SPTEs live in plain atomics here, not in table pages: loom's atomics cannot live in raw
 //! page memory, and aging reaches SPTEs only through rmap pointers anyway.
@@ -90,8 +91,8 @@ impl World {
 
 /// (d) A lockless clear_young racing a zap of the whole rmap (`kvm_zap_rmap()`): the zapped
 /// SPTEs stay zapped whatever the interleaving (the clear is a compare-exchange from a present
-/// value, I3), the dirty page is reported exactly once (the clear never undoes D, D19), and the
-/// ager sees all of the chain or none of it.
+/// value, I3), the dirty page is reported exactly once (the clear never undoes D, "Clearing the
+/// accessed bit"), and the ager sees all of the chain or none of it.
 #[test]
 fn loom_clear_young_racing_zap_rmap() {
     model(|| {
@@ -119,16 +120,16 @@ fn loom_clear_young_racing_zap_rmap() {
 
 /// (d) A lockless clear_young racing the zap of one leaf the way `drop_leaf()` does it: the
 /// SPTE is cleared before the rmap's bit lock is taken to remove it, so the ager may find it
-/// non-present in the chain (C17); it must leave it so.
+/// non-present in the chain ("Lockless rmap walks"); it must leave it so.
 ///
 /// The leaf zapped is the clean writable one, which `spte::zap()` clears with an atomic
 /// exchange.  Not the dirty one, cleared with a plain store: loom 0.7 builds impossible histories
 /// when a relaxed store races a read-modify-write on the same atomic (tokio-rs/loom#254, #389: a
 /// later load may read the RMW's value although the RMW came first in modification order), and
-/// reports a resurrection that C11 forbids (the compare-exchange from the present value either
-/// comes before the store in modification order, which then overwrites it, or reads the 0 and
-/// fails).  In [`loom_clear_young_racing_zap_rmap`] the store cannot race the ager: both hold
-/// the rmap's bit lock while they touch the SPTEs.
+/// reports a resurrection that the C11 memory model forbids (the compare-exchange from the present
+/// value either comes before the store in modification order, which then overwrites it, or reads
+/// the 0 and fails).  In [`loom_clear_young_racing_zap_rmap`] the store cannot race the ager: both
+/// hold the rmap's bit lock while they touch the SPTEs.
 #[test]
 fn loom_clear_young_racing_drop_leaf() {
     model(|| {

@@ -261,8 +261,10 @@ fn hva_ranges_partial_pages_and_aliases() {
     teardown(f);
 }
 
-/// Huge leaves of test `ID`: heap-allocated SPTE slots added to the rmaps directly, since
-/// [`X86Mmu::map()`] installs only 4K leaves for now.
+/// Huge leaves of test `ID`: heap-allocated SPTE slots added to the rmaps directly, in no table, so
+/// that the test holds each leaf and sets and checks its bits itself while the agers reach it only
+/// through the rmaps, as they do every leaf.  [`X86Mmu::map_level()`] installs huge leaves in the
+/// tables.
 fn add_huge<const ID: usize>(
     f: &mut Fixture<ID>,
     slot_id: u32,
@@ -298,7 +300,8 @@ fn unaligned_ranges_at_huge_levels() {
     let g0 = add_huge(&mut f, 0, MapLevel::L1G, 0);
 
     // [0x3ff, 0x401) touches 2M blocks 1 and 2: from 0x3ff stepping by 512 would miss block 2
-    // (D23).  Visited: two 4K rmaps, two 2M, one 1G.
+    // (see "Ranges and mapping levels" in Documentation/secmmu-protocols.rst).  Visited: two 4K
+    // rmaps, two 2M, one 1G.
     let r = f.lockless_gfns(0, 0x3ff, 0x401, AgeOp::Clear);
     assert_eq!((r.young, r.cleared, r.visited), (true, 3, 5), "{r:?}");
     for leaf in [&b1, &b2, &g0] {
@@ -338,7 +341,7 @@ fn lockless_walk_skips_nonpresent_sptes() {
         f.map(root, 0, 5, true);
     }
     // Zapped by someone else but not removed from the rmap yet, as a lockless walker may see
-    // them (C17), the first one included.
+    // them ("Lockless rmap walks" in Documentation/secmmu-protocols.rst), the first one included.
     let zapped = [0, 3, 7, 15];
     let saved: Vec<u64> = zapped
         .iter()
@@ -849,8 +852,8 @@ fn stress<const ID: usize>(ad_enabled: bool) {
     });
 
     let mut mmu = mmu.into_inner().unwrap();
-    // I1: every present leaf is in an rmap.  A zapped SPTE made present again by aging would be
-    // present without being counted.
+    // I1 of src/x86/mmu.rs: every present leaf is in an rmap.  A zapped SPTE made present again by
+    // aging would be present without being counted.
     let mut present = 0;
     for root in 0..STRESS_ROOTS {
         for s in &slots {

@@ -655,7 +655,8 @@ fn huge_leaves_map_translate_and_zap() {
         ),
         Err(MapError::BadPfn)
     );
-    // One 4K gfn at the end of each: both huge leaves go (D23).
+    // One 4K gfn at the end of each: both huge leaves go ("Ranges and mapping levels" in
+    // Documentation/secmmu-protocols.rst).
     let p = f.zap(0, 0x3ff, 0x400);
     assert_eq!(p.zapped, 1);
     let p = f.zap(0, (1 << 18) + 5, (1 << 18) + 6);
@@ -1094,7 +1095,8 @@ fn data(pfn: u64) -> &'static StdAtomicU64 {
 struct StressWorld<const ID: usize> {
     mmu: X86Mmu<HostPages<ID>>,
     /// The page backing each gfn; `None` while an invalidation of the gfn is in progress, when
-    /// faults must retry (protocols A2).
+    /// faults must retry ("Invalidation and the retry sequence" in
+    /// Documentation/secmmu-protocols.rst).
     backing: Vec<Option<u64>>,
     /// Pages backing nothing, oldest first.
     free_pages: VecDeque<u64>,

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Loom models of the arm64 stage-2 MMU's parallel walkers (protocols E24-E28), explored
-//! exhaustively: two mappers racing to link the same missing tables, a permission relax racing
-//! an ager on the same leaf, the hardware walker setting AF racing an ager, and a
-//! break-before-make whose locked entry a second mapper and the hardware walker run into.
+//! Loom models of the arm64 stage-2 MMU's parallel walkers (the chapter "Stage-2 (arm64)" of
+//! Documentation/secmmu-protocols.rst, whose section names are quoted below; I1-I4 are the
+//! invariants of src/arm64/mmu.rs), explored exhaustively: two mappers racing to link the same
+//! missing tables, a permission relax racing an ager on the same leaf, the hardware walker setting
+//! AF racing an ager, and a break-before-make whose locked entry a second mapper and the hardware
+//! walker run into.
 //!
 //! Unlike the x86 models, these run the MMU itself (`src/arm64/mmu.rs`): its table pages are
 //! boxed arrays of loom atomics ([`LoomPages`]), named by their index in a registry, so that
@@ -163,9 +165,10 @@ fn leaf7<const ID: usize>(mmu: &S2Mmu<LoomPages<ID>>) -> u64 {
 }
 
 /// (b) A permission relax (RO -> RW) racing clear_young on the same young leaf, both under the
-/// read lock: the ager reports young whatever happens (a lost race counts young, E28, D21), W is
-/// never lost (the ager's compare-exchange from a stale value fails, I3), the mapper either
-/// upgraded or backed off with Again, and every lost race is counted in `eagain`.
+/// read lock: the ager reports young whatever happens (a lost race counts young, "Stage-2 aging
+/// under the read side", "Clearing the accessed bit"), W is never lost (the ager's compare-exchange
+/// from a stale value fails, I3), the mapper either upgraded or backed off with Again, and every
+/// lost race is counted in `eagain`.
 #[test]
 fn loom_relax_racing_clear_young() {
     const ID: usize = 1;
@@ -248,8 +251,8 @@ fn loom_hardware_af_racing_aging() {
 
 /// (c) A break-before-make replacing the stale leaf of gfn 7 while a second mapper faults the
 /// same gfn: whoever holds the lock keeps it through its flush (the other backs off with Again
-/// or waits for the make, never takes it over, E25), each replace flushes exactly once, and the
-/// hardware walker sees the old page, the new one, or a fault, never anything else.
+/// or waits for the make, never takes it over, "Locked entries"), each replace flushes exactly
+/// once, and the hardware walker sees the old page, the new one, or a fault, never anything else.
 #[test]
 fn loom_locked_entry_is_never_taken_over() {
     const ID: usize = 3;

@@ -217,7 +217,8 @@ fn try_set_break_make() {
     pte::make(&slot, new);
     assert_eq!(slot.load(Ordering::Relaxed), new);
 
-    // Breaking an invalid entry flushes nothing (E26).
+    // Breaking an invalid entry flushes nothing ("Break-before-make" in
+    // Documentation/secmmu-protocols.rst).
     let empty = AtomicU64::new(0);
     assert!(pte::try_break(&empty, 0, &flush));
     assert_eq!(flushes.get(), 1);
@@ -473,7 +474,8 @@ fn block_maps_split_and_collapse() {
     assert_eq!((t.pfn, t.level), (0x7_ffff, MapLevel::L1G));
     assert_eq!(f.translate(0, 1 << 18, false).unwrap().pfn, 0x10);
     assert_eq!(f.mmu.stats().leaves, 2);
-    // A zap of one page inside the 1G block zaps it whole (D23).
+    // A zap of one page inside the 1G block zaps it whole ("Ranges and mapping levels" in
+    // Documentation/secmmu-protocols.rst).
     assert_eq!(f.zap(0x12345, 0x12346).zapped, 1);
     assert_eq!(f.zap(0, 1 << 20).zapped, 1);
     // The two tables the block maps unlinked were freed before the drop, and the last zap
@@ -593,8 +595,8 @@ fn locked_entries_make_maps_back_off() {
     pte::make(slot, old);
     assert_eq!(f.map(0, gfn, 0x99, true).action, MapAction::Unchanged);
 
-    // A locked entry above the leaf level (a block being broken, later): maps under it back
-    // off too, and link nothing.
+    // A locked entry above the leaf level (as while a block there is broken into a table): maps
+    // under it back off too, and link nothing.
     let far = 0x20_0000;
     let (upper, v, level) = f.mmu.entry(0, far).unwrap();
     assert_eq!((v, level), (0, f.mmu.geometry().start_level));
@@ -716,7 +718,8 @@ fn aging_test_clear_and_ranges() {
     let r = f.mmu.age_gfn_range(0, u64::MAX, AgeOp::ClearFlush);
     assert_eq!((r.young, r.cleared, r.visited), (true, 80, 100));
     assert!(r.needs_flush());
-    // Aging never takes permissions or reports dirty pages: writable is dirty (I4).
+    // Aging never takes permissions or reports dirty pages: writable is dirty (I4 of
+    // src/arm64/mmu.rs).
     for &g in &gfns {
         assert_eq!(pte::is_writable(f.pte(0, g)), g % 200 == 0);
     }
@@ -932,7 +935,8 @@ fn zap_all_then_drop_frees_every_table() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Blocks: not installed by map() yet, but every other path handles them.
+// Blocks installed by hand (`install_test_block()`), to test every other path's handling of them
+// apart from map().
 
 #[test]
 fn blocks_walk_age_zap_and_break() {

@@ -4,6 +4,9 @@
 //! like KVM's `arch/arm64/kvm/hyp/pgtable.c` with parallel faults, and a lockless walker that
 //! plays the hardware ([`translate()`]).
 //!
+//! Section names in quotes are those of Documentation/secmmu-protocols.rst, which states the rules
+//! cited here and the KVM functions that keep them.
+//!
 //! Roots.  Each root is an independent set of tables (an address space), like the x86 MMU's.
 //! A root's start level may concatenate up to 16 tables (`pte::Geometry`).  Hardware needs them
 //! physically contiguous and aligned to their total size (one `VTTBR_EL2` base); a software walker
@@ -16,12 +19,13 @@
 //! Locking (KVM's `mmu_lock`, a spinning rwlock owned by the caller):
 //!
 //! - `&S2Mmu` means the read side is held (or the write side).  Faults run in parallel under it,
-//!   like KVM's stage-2 faults since 6.2 (protocols E24-E27): [`S2Mmu::map()`], which links
-//!   tables, installs leaves, relaxes permissions and replaces stale leaves, and
-//!   [`S2Mmu::mkyoung()`] (the access-flag fault, KVM's `handle_access_fault()`).  Aging runs
-//!   under it too (E28, KVM since 6.11): [`S2Mmu::age_gfn_range()`].  So do the snapshot and the
-//!   statistics, which only load.  Every change of an entry under the read side is a
-//!   compare-exchange from the value the walker loaded, and fails if another walker changed it.
+//!   like KVM's stage-2 faults since 6.2 ("Locked entries", "Break-before-make", "Publishing with
+//!   release"): [`S2Mmu::map()`], which links tables, installs leaves, relaxes permissions and
+//!   replaces stale leaves, and [`S2Mmu::mkyoung()`] (the access-flag fault, KVM's
+//!   `handle_access_fault()`).  Aging runs under it too ("Stage-2 aging under the read side", KVM
+//!   since 6.11): [`S2Mmu::age_gfn_range()`].  So do the snapshot and the statistics, which only
+//!   load.  Every change of an entry under the read side is a compare-exchange from the value the
+//!   walker loaded, and fails if another walker changed it.
 //! - `&mut S2Mmu` means the write side is held: the zaps and the teardown.  Only they remove
 //!   valid leaves outside a break-before-make.
 //! - [`translate()`] takes no lock, like the hardware walking stage-2 tables.  Its caller keeps
@@ -45,9 +49,9 @@
 //!   table whose last entry it cleared).
 //! - I2. An entry holding [`LOCKED`](pte::LOCKED) is owned by the walker that locked it with
 //!   `pte::try_break()`, and only that walker changes it, once, with `pte::make()`.  Everybody
-//!   else fails on it: a mapper returns [`MapError::Again`] (never takes it over, E25), an ager
-//!   skips it, the hardware walker faults.  The owner does not drop the MMU lock in between, so
-//!   a holder of the write side never sees a locked entry.
+//!   else fails on it: a mapper returns [`MapError::Again`] (never takes it over, "Locked
+//!   entries"), an ager skips it, the hardware walker faults.  The owner does not drop the MMU lock
+//!   in between, so a holder of the write side never sees a locked entry.
 //! - I3. Only compare-exchanges from a value loaded from the entry change it under the read side
 //!   or without lock, and the new value is computed from that value.  So a change can never
 //!   undo another one made in between: a leaf zapped or broken meanwhile is not made valid again
@@ -57,25 +61,26 @@
 //!   under the read side only add permissions (relax), never remove W.
 //!
 //! Memory orderings.  Walkers load entries with `Acquire` (each pairs with the `Release` that
-//! published the table or leaf, E27); every publish of a table or a leaf is `Release`: the
-//! compare-exchange that links a table or installs a leaf (`pte::try_set()`), and the store that
-//! ends a break-before-make (`pte::make()`).  The statistics are relaxed counters that order
-//! nothing.
+//! published the table or leaf, "Publishing with release"); every publish of a table or a leaf is
+//! `Release`: the compare-exchange that links a table or installs a leaf (`pte::try_set()`), and
+//! the store that ends a break-before-make (`pte::make()`).  The statistics are relaxed counters
+//! that order nothing.
 //!
 //! TLBs.  A break-before-make flushes through the caller's `flush` before making the new entry
-//! (the architecture's rule, E24): [`MapAction::Replaced`] was already flushed when `map` returns.
-//! A zap clears leaves without flushing: the caller flushes before dropping the MMU lock (B7,
-//! B8), as for x86.  Aging flushes nothing: after [`AgeOp::ClearFlush`] the caller flushes if
-//! [`AgeResult::cleared`] is nonzero.
+//! (the architecture's rule, "Break-before-make"): [`MapAction::Replaced`] was already flushed when
+//! `map` returns.  A zap clears leaves without flushing: the caller flushes before dropping the MMU
+//! lock ("TLB flush before dropping the MMU lock"), as for x86.  Aging flushes nothing: after
+//! [`AgeOp::ClearFlush`] the caller flushes if [`AgeResult::cleared`] is nonzero.
 //!
 //! Huge mappings.  [`S2Mmu::map()`] installs blocks at levels 1 and 2 (1G, 2M) as well as
 //! pages, but none above the start level: a walk that starts at level 2 has no 1G entry, so it
-//! refuses 1G maps ([`S2Mmu::max_map_level()`], which the fault path clamps to).  A block met where a table must go is broken into an empty table with
-//! break-before-make (KVM's `stage2_map_walk_leaf()`); a table where a block goes is replaced
-//! by the block with break-before-make too (lock, flush, zap what the table maps, make the
-//! block), and freed later under the write side (I1).  The walks, zaps, aging, snapshot and
-//! [`translate()`] handle blocks; a zap or an ager visits every leaf overlapping its range, so
-//! a range starting inside a block reaches it (D23).
+//! refuses 1G maps ([`S2Mmu::max_map_level()`], which the fault path clamps to).  A block met
+//! where a table must go is broken into an empty table with break-before-make (KVM's
+//! `stage2_map_walk_leaf()`); a table where a block goes is replaced by the block with
+//! break-before-make too (lock, flush, zap what the table maps, make the block), and freed later
+//! under the write side (I1).  The walks, zaps, aging, snapshot and [`translate()`] handle
+//! blocks; a zap or an ager visits every leaf overlapping its range, so a range starting inside a
+//! block reaches it ("Ranges and mapping levels").
 //!
 //! KVM functions followed: `kvm_pgtable_stage2_map()` (`stage2_map_walk_leaf()`,
 //! `stage2_map_walker_try_leaf()`) for [`S2Mmu::map()`], `kvm_pgtable_stage2_relax_perms()` for
@@ -581,10 +586,10 @@ impl<P: PageOps> S2Mmu<P> {
 
     /// Replaces the table entry `ptep` at `level`, which held `old`, by the block `new` mapping
     /// `covers` (the primary collapsed the range since it was mapped smaller), with
-    /// break-before-make under the read side of the MMU lock: lock the entry (E25: another
-    /// walker's lock is never taken over), flush (the entry was valid: no vCPU can use a
-    /// translation through the table any more, and none can enter it again, E24), zap every
-    /// leaf of the table and the tables under it, then make the block.
+    /// break-before-make under the read side of the MMU lock: lock the entry ("Locked entries":
+    /// another walker's lock is never taken over), flush (the entry was valid: no vCPU can use a
+    /// translation through the table any more, and none can enter it again, "Break-before-make"),
+    /// zap every leaf of the table and the tables under it, then make the block.
     ///
     /// The table is unlinked but not freed: other walkers under the read side (faults, agers,
     /// the snapshot) may still be inside it, and may even install leaves or link tables in it
@@ -644,7 +649,7 @@ impl<P: PageOps> S2Mmu<P> {
         new_tables: &mut usize,
     ) -> Result<(), MapError> {
         if pte::is_locked(old) {
-            // Another walker owns the entry (I2, E25).
+            // Another walker owns the entry (I2, "Locked entries").
             return self.again();
         }
         // Before a block is broken for it: a map refused for the limit changes nothing.
@@ -673,8 +678,9 @@ impl<P: PageOps> S2Mmu<P> {
         }
 
         // Empty: link with a compare-exchange from the value loaded (I3), Release on success so
-        // that a walker that Acquire-loads the entry sees the table zeroed (E27).  Nothing was
-        // valid, so there is nothing to flush (E26): no break is needed.
+        // that a walker that Acquire-loads the entry sees the table zeroed ("Publishing with
+        // release").  Nothing was valid, so there is nothing to flush ("Break-before-make"): no
+        // break is needed.
         match pte::try_set(ptep, old, new) {
             Ok(()) => {
                 *new_tables += 1;
@@ -707,7 +713,7 @@ impl<P: PageOps> S2Mmu<P> {
         flush: &dyn Fn(),
     ) -> Result<MapAction, MapError> {
         if pte::is_locked(old) {
-            // I2, E25.
+            // Another walker owns the entry (I2, "Locked entries").
             return self.again();
         }
         if !pte::is_valid(old) {
@@ -746,7 +752,7 @@ impl<P: PageOps> S2Mmu<P> {
                 Err(_) => self.again(),
             };
         }
-        // Another page: break-before-make (E24).  The break flushes, since `old` is valid.
+        // Another page: "Break-before-make".  The break flushes, since `old` is valid.
         if !pte::try_break(ptep, old, flush) {
             return self.again();
         }
@@ -785,14 +791,17 @@ impl<P: PageOps> S2Mmu<P> {
     }
 
     /// Ages the gfns `[start, end)` in every root under the read side of the MMU lock (KVM's
-    /// `kvm_pgtable_stage2_test_clear_young()` since it runs under the read lock, protocols
-    /// E28, D19-D22), walking the tables over the range (leaves at any level overlapping it).
+    /// `kvm_pgtable_stage2_test_clear_young()` since it runs under the read lock, see "Stage-2
+    /// aging under the read side" and "Aging without the MMU lock"), walking the tables over the
+    /// range (leaves at any level overlapping it).
     ///
-    /// - [`AgeOp::Test`]: young if some leaf has AF; changes nothing, stops at the first (D20).
+    /// - [`AgeOp::Test`]: young if some leaf has AF; changes nothing, stops at the first ("Testing
+    ///   is read-only").
     /// - [`AgeOp::Clear`], [`AgeOp::ClearFlush`]: clears AF of every young leaf with a
-    ///   compare-exchange from the value loaded (D19, I3).  One that fails lost a race with a
-    ///   fault, the hardware or another ager: the page is most likely young, so it counts young
-    ///   ([`AgeResult::lost_races`], and [`S2Mmu::eagain()`]), and is not retried (D21, seed 000).
+    ///   compare-exchange from the value loaded ("Clearing the accessed bit", I3).  One that fails
+    ///   lost a race with a fault, the hardware or another ager: the page is most likely young, so
+    ///   it counts young ([`AgeResult::lost_races`], and [`S2Mmu::eagain()`]), and is not retried,
+    ///   as in KVM's `stage2_age_walker()` ("Clearing the accessed bit").
     ///
     /// Works with and without hardware AF: without, the next access to an old leaf takes an
     /// access-flag fault ([`S2Mmu::mkyoung()`]).  No permission is taken and no dirty state
@@ -826,15 +835,15 @@ impl<P: PageOps> S2Mmu<P> {
 
     /// One step of zapping the gfns `[cursor, end)` in every root (KVM's
     /// `kvm_pgtable_stage2_unmap()`), resumable so that the caller can flush and yield the MMU
-    /// lock between steps (B7, B8).  Same contract as the x86 MMU's `zap_gfn_range_step()`, but
-    /// only the cursor's 4K level is used: the walk covers leaves of every level at once (a
-    /// block overlapping the range is zapped whole).
+    /// lock between steps ("TLB flush before dropping the MMU lock").  Same contract as the x86
+    /// MMU's `zap_gfn_range_step()`, but only the cursor's 4K level is used: the walk covers leaves
+    /// of every level at once (a block overlapping the range is zapped whole).
     ///
     /// In gfn order: skips the gfns no root maps (whole empty subtrees at a time, scanning at
-    /// most [`ZAP_SCAN_BUDGET`] entries per root), then clears the leaves of the next [`ZAP_BATCH`] gfns
-    /// in every root, marking the pages of writable leaves dirty (I4); polls `should_stop` after
-    /// each such round, and returns with the cursor where to resume when it says so.  Everything
-    /// below the cursor is zapped in every root.
+    /// most [`ZAP_SCAN_BUDGET`] entries per root), then clears the leaves of the next
+    /// [`ZAP_BATCH`] gfns in every root, marking the pages of writable leaves dirty (I4); polls
+    /// `should_stop` after each such round, and returns with the cursor where to resume when it
+    /// says so.  Everything below the cursor is zapped in every root.
     ///
     /// A table under a start-level table that is empty when the zap leaves it is unlinked, as
     /// KVM's unmap does, and kept for [`S2Mmu::free_zapped_tables()`].  When there may be no
@@ -842,7 +851,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// [`ZapProgress::tables_full`] set.
     ///
     /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
-    /// dropping the lock (B7), then free the unlinked tables.  Never sleeps.
+    /// dropping the lock, then free the unlinked tables.  Never sleeps.
     pub(crate) fn zap_gfn_range_step(
         &mut self,
         cursor: &mut ZapCursor,
@@ -1021,8 +1030,9 @@ impl<P: PageOps> S2Mmu<P> {
     }
 
     /// Installs a block leaf mapping `gfn`'s aligned block at `level` to `pfn` in root `root`,
-    /// in an empty entry whose table exists, as a future block map would, for tests of the paths
-    /// that already handle blocks.  Returns false if there is no empty entry at that level.
+    /// in an empty entry whose table exists, as a block map would, for tests of the paths that
+    /// handle blocks apart from [`S2Mmu::map()`].  Returns false if there is no empty entry at that
+    /// level.
     #[cfg(all(test, not(loom)))]
     pub(crate) fn install_test_block(
         &self,
@@ -1265,8 +1275,7 @@ impl<'a, P: PageOps> Visitor<'a> for ZapWalker<'_, P> {
                     // Swap, not store: the hardware walker may set AF meanwhile, and the dirty
                     // state must not be lost.  Relaxed: the caller's TLB flush, before the
                     // lock is dropped, orders the clear before anything the primary MMU does to
-                    // the page next ("TLB flush before dropping the MMU
-                    // lock" in `Documentation/secmmu-protocols.rst`).
+                    // the page next ("TLB flush before dropping the MMU lock").
                     let old = ctx.ptep.swap(0, Ordering::Relaxed);
                     debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
                     if pte::is_valid(old) {
@@ -1442,8 +1451,8 @@ pub(crate) fn age_leaf(ptep: &AtomicU64, v: u64, op: AgeOp, result: &mut AgeResu
     if !op.clears() {
         return;
     }
-    // One compare-exchange from the value loaded (D19, I3); a failure is a lost race, young
-    // already, not retried (D21).
+    // One compare-exchange from the value loaded (I3); a failure is a lost race, young already, not
+    // retried ("Clearing the accessed bit").
     match pte::try_set(ptep, v, pte::mkold(v)) {
         Ok(()) => result.cleared += 1,
         Err(_) => result.lost_races += 1,

@@ -22,11 +22,13 @@
 //! - `0`: empty.  Tables are allocated zeroed, so every entry of a new table is empty.
 //! - [`LOCKED`] (`KVM_INVALID_PTE_LOCKED`, bit 10 with bit 0 clear): a walker owns the entry for
 //!   a break-before-make sequence ([`try_break()`] then [`make()`], KVM's
-//!   `stage2_try_break_pte()` / `stage2_make_pte()`, protocols E24-E27).  Nobody else may change
-//!   a locked entry: compare-exchanges from any other value fail on it, and no path
-//!   compare-exchanges from [`LOCKED`] (E25).  This is the 2022 encoding of the seed thread
-//!   (004); Linux 7.3 moved the lock into the invalid-type field `[63:60] = 1` of pKVM's
-//!   annotations, which secmmu does not have, so bit 10 stays.
+//!   `stage2_try_break_pte()` / `stage2_make_pte()`; see "Locked entries", "Break-before-make" and
+//!   "Publishing with release" in Documentation/secmmu-protocols.rst, whose section names are
+//!   quoted below).  Nobody else may change a locked entry: compare-exchanges from any other value
+//!   fail on it, and no path compare-exchanges from [`LOCKED`] ("Locked entries").  This is the
+//!   encoding KVM introduced with parallel stage-2 faults (Linux 6.2, 2022); Linux 7.3 moved the
+//!   lock into the invalid-type field `[63:60] = 1` of pKVM's annotations, which secmmu does not
+//!   have, so bit 10 stays.
 //!
 //! Leaves made here are normal write-back memory, inner shareable, readable, executable, and
 //! writable only if asked ([`make_leaf()`], KVM's `kvm_init_valid_leaf_pte()` with the attributes
@@ -337,9 +339,10 @@ pub(crate) const fn make_leaf(pfn: u64, level: u32, writable: bool) -> u64 {
 /// (`stage2_try_set_pte()` of a shared walk).  Returns the value found instead on failure.
 ///
 /// Orderings: `Release` on success publishes whatever the caller did before: the zeroes of a
-/// table being linked, the page being mapped, for a walker that `Acquire`-loads the entry (E27);
-/// `Acquire` on success and failure, because the caller goes on from the value it read: it
-/// follows a table, or reports a replaced page dirty, published by another walker's `Release`.
+/// table being linked, the page being mapped, for a walker that `Acquire`-loads the entry
+/// ("Publishing with release"); `Acquire` on success and failure, because the caller goes on from
+/// the value it read: it follows a table, or reports a replaced page dirty, published by another
+/// walker's `Release`.
 #[inline]
 pub(crate) fn try_set(ptep: &AtomicU64, old: u64, new: u64) -> Result<(), u64> {
     ptep.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
@@ -350,16 +353,16 @@ pub(crate) fn try_set(ptep: &AtomicU64, old: u64, new: u64) -> Result<(), u64> {
 /// `ptep`, which held `old`, by replacing it with [`LOCKED`], then, if `old` was valid, calls
 /// `flush` to invalidate the TLBs that may hold its translation (or, for a table, anything under
 /// it), and waits until no vCPU can use it.  No flush when `old` was invalid: nothing could cache
-/// it (E26).
+/// it ("Break-before-make").
 ///
 /// Returns false, changing nothing, if `old` is locked already (another walker owns it: back off,
-/// never take it over, E25) or the entry changed since it was loaded.  On success the caller owns
-/// the entry and must finish with [`make()`]: every other walker backs off meanwhile.
+/// never take it over, "Locked entries") or the entry changed since it was loaded.  On success the
+/// caller owns the entry and must finish with [`make()`]: every other walker backs off meanwhile.
 #[inline]
 pub(crate) fn try_break(ptep: &AtomicU64, old: u64, flush: &dyn Fn()) -> bool {
     if is_locked(old) {
         // Kept although the compare-exchange below would fail anyway (old == LOCKED), as KVM
-        // keeps it (protocols E25): owning an entry is never taken over.
+        // keeps it ("Locked entries"): owning an entry is never taken over.
         return false;
     }
     if try_set(ptep, old, LOCKED).is_err() {
@@ -375,8 +378,8 @@ pub(crate) fn try_break(ptep: &AtomicU64, old: u64, flush: &dyn Fn()) -> bool {
 /// locked with [`try_break()`], releasing the ownership.
 ///
 /// `Release`: a walker that `Acquire`-loads `new` sees everything done before, the zeroes of a
-/// new table, and the TLB invalidation of the old value (E27).  A plain store is enough: nobody
-/// else changes a locked entry.
+/// new table, and the TLB invalidation of the old value ("Publishing with release").  A plain store
+/// is enough: nobody else changes a locked entry.
 #[inline]
 pub(crate) fn make(ptep: &AtomicU64, new: u64) {
     debug_assert!(is_locked(ptep.load(Ordering::Relaxed)));

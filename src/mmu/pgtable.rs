@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! What the secondary page tables have in common whatever their format (x86 EPT here, arm64
-//! stage-2 later): where table pages come from ([`PageOps`], [`TableCache`]), the mapping levels
-//! ([`MapLevel`]), and the vocabulary of mapping, walking and zapping ([`MapOutcome`],
-//! [`Translation`], [`ZapCursor`], [`ZapProgress`], the snapshot byte).
+//! What the secondary page tables have in common whatever their format (x86 EPT, arm64 stage-2):
+//! where table pages come from ([`PageOps`], [`TableCache`]), the mapping levels ([`MapLevel`]),
+//! and the vocabulary of mapping, walking and zapping ([`MapOutcome`], [`Translation`],
+//! [`ZapCursor`], [`ZapProgress`], the snapshot byte).
+//!
+//! Section names in quotes are those of Documentation/secmmu-protocols.rst.
 //!
 //! Table pages.  A table is one 4 KiB page of 512 64-bit entries, named by its page frame
 //! number.  Entries are only ever accessed atomically: walkers that play the hardware read them
 //! without the MMU lock.  A table is allocated zeroed (all entries non-present) before it is
 //! linked, and the entry that links it is stored with `Release`, so a walker that loads that
-//! entry with `Acquire` sees the zeroes (protocols E27).  Tables stay allocated until no walker
-//! can reach them: a table a map or a zap unlinks is freed after the TLB flush that waits for
-//! every vCPU to leave guest mode, with the MMU lock held for write ([`ZappedTables`]).
+//! entry with `Acquire` sees the zeroes ("Publishing with release").  Tables stay allocated until
+//! no walker can reach them: a table a map or a zap unlinks is freed after the TLB flush that waits
+//! for every vCPU to leave guest mode, with the MMU lock held for write ([`ZappedTables`]).
 //!
 //! Allocation happens before the MMU lock is taken, into caches the lock holder takes from
 //! (KVM's `kvm_mmu_memory_cache`): the MMU lock spins, so nothing under it may sleep.
@@ -187,7 +189,8 @@ impl MapLevel {
     }
 
     /// First gfn of the mapping at this level around `gfn`.  A walk over a gfn range at a huge
-    /// level starts here, or the last huge page of an unaligned range is skipped (protocols D23).
+    /// level starts here, or the last huge page of an unaligned range is skipped ("Ranges and
+    /// mapping levels").
     #[inline]
     pub(crate) const fn align_down(self, gfn: u64) -> u64 {
         gfn & !(self.pages() - 1)
@@ -284,7 +287,7 @@ pub(crate) enum MapError {
     /// memslots) or the limit is raised.
     TableLimit,
     /// Another walker changed or owns (locked) an entry on the way: the map lost a race under
-    /// the read side of the MMU lock (arm64 stage-2's `-EAGAIN`, protocols E25).  Nothing to
+    /// the read side of the MMU lock (arm64 stage-2's `-EAGAIN`, "Locked entries").  Nothing to
     /// undo: the caller drops nothing and just retries the fault (the vCPU re-enters and faults
     /// again if it still needs the mapping).
     Again,
@@ -342,8 +345,9 @@ pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: 
 
 /// Where a resumable zap of `[start, end)` stands: the level being walked and the next gfn to
 /// visit at it.  Levels go from 4K up; at a huge level the walk starts from the start aligned
-/// down to that level (protocols D23), so a huge page that only partly overlaps the range is
-/// zapped too.  Formats that zap by walking tables rather than rmaps use only the 4K level.
+/// down to that level ("Ranges and mapping levels"), so a huge page that only partly overlaps the
+/// range is zapped too.  Formats that zap by walking tables rather than rmaps use only the 4K
+/// level.
 ///
 /// A format that zaps through rmaps (x86) then walks the tables of the range, root by root, to
 /// unlink those the zap left empty: [`ZapCursor::table_root()`] is the root being walked, and
@@ -463,7 +467,7 @@ impl ZappedTables {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ZapProgress {
     /// Leaves zapped by this step.  If nonzero, TLBs may still hold their translations: flush
-    /// before dropping the MMU lock (protocols B7).
+    /// before dropping the MMU lock ("TLB flush before dropping the MMU lock").
     pub(crate) zapped: u64,
     /// ... of which were dirty, so their page was marked dirty.
     pub(crate) dirty: u64,

@@ -4,6 +4,9 @@
 //! (`arch/x86/kvm/mmu/mmu.c`), with rmaps to find every SPTE of a gfn, and a lockless walker
 //! that plays the hardware.
 //!
+//! Section names in quotes are those of Documentation/secmmu-protocols.rst, which states the rules
+//! cited here and the KVM functions that keep them.
+//!
 //! Roots.  Each root is an independent set of tables (an address space, like a vCPU's EPT
 //! pointer); the same gfn may be mapped in every root, and then its rmap holds one SPTE per
 //! root.  Roots are allocated by [`X86Mmu::new()`] and live as long as the MMU; the tables
@@ -74,26 +77,27 @@
 //!   disabled ([`NoPreempt`]), which is an RCU read-side critical section, so in the kernel
 //!   `synchronize_rcu()` after detaching waits for every reader that may still see them.
 //! - R4. A slot is zapped before it is detached, so the rmaps a late reader may still lock are
-//!   empty.  Descriptors and the SPTEs an rmap points at are covered by the bit lock (C16, I2),
-//!   not by the grace period: a reader dereferences them only while it holds the rmap's bit
-//!   lock, and the MMU frees descriptors and table pages only after emptying the rmaps under
-//!   their bit locks.
+//!   empty.  Descriptors and the SPTEs an rmap points at are covered by the bit lock ("Lockless
+//!   rmap walks", I2), not by the grace period: a reader dereferences them only while it holds the
+//!   rmap's bit lock, and the MMU frees descriptors and table pages only after emptying the rmaps
+//!   under their bit locks.
 //! - R5. The table itself lives as long as its last [`PArc`]; a reader borrows it, so it
 //!   cannot go away under one.
 //!
-//! Aging (`aging.rs`, protocols D18-D23).  With A/D enabled, [`age_hva_range_lockless()`] ages
-//! through the rmaps without the MMU lock, each rmap locked read-only; clearing A is a single
-//! compare-exchange from the value read (never a store of a stale value, D19, nor anything that
-//! can make a zapped SPTE present again, I3).  Without A/D, aging takes permissions away (access
-//! tracking), so it runs under the MMU lock for write: [`X86Mmu::age_hva_range_locked()`], which
-//! also does the A/D case under the lock, for comparison.  The fault path restores an
-//! access-tracked leaf without resolving the page again: [`X86Mmu::restore_access_tracked()`].
+//! Aging (`aging.rs`, "Aging without the MMU lock").  With A/D enabled,
+//! [`age_hva_range_lockless()`] ages through the rmaps without the MMU lock, each rmap locked
+//! read-only; clearing A is a single compare-exchange from the value read (never a store of a stale
+//! value, see "Clearing the accessed bit", nor anything that can make a zapped SPTE present again,
+//! I3).  Without A/D, aging takes permissions away (access tracking), so it runs under the MMU lock
+//! for write: [`X86Mmu::age_hva_range_locked()`], which also does the A/D case under the lock, for
+//! comparison.  The fault path restores an access-tracked leaf without resolving the page again:
+//! [`X86Mmu::restore_access_tracked()`].
 //!
 //! TLBs.  A zap clears SPTEs, but vCPUs may still hold their translations in software TLBs.
 //! Whoever zaps must flush every vCPU's TLB, and wait for the flush (`tlb.rs`), before it drops
-//! the MMU lock: before each yield of a resumable zap and before returning (protocols B7, B8).
-//! Then no vCPU can use a translation of a zapped SPTE, and the primary MMU may free its page.
-//! The same flush lets the caller free the tables the zap unlinked (I2).
+//! the MMU lock: before each yield of a resumable zap and before returning ("TLB flush before
+//! dropping the MMU lock").  Then no vCPU can use a translation of a zapped SPTE, and the primary
+//! MMU may free its page.  The same flush lets the caller free the tables the zap unlinked (I2).
 //!
 //! Table memory.  A zap of a gfn range unlinks the tables it leaves empty in every root, so
 //! memslots that come and go at fresh addresses do not grow the tables without bound (KVM's
@@ -103,11 +107,11 @@
 //!
 //! Huge pages.  [`X86Mmu::map_level()`] installs leaves at 4K, 2M and 1G, each in the rmap of
 //! its level; the zaps, the agers, the walkers and the snapshot handle every level, and visit
-//! huge levels from the range start aligned down (D23), so an invalidation of part of a huge
-//! leaf zaps all of it.  The fault path picks the level (`vcpu.rs`): no larger than the primary
-//! MMU maps the host range, nor than the slot's alignment allows.  A map below a huge leaf
-//! splits it (zaps it and links a table); a huge map over a table collapses it (zaps every leaf
-//! under it, unlinks it, and the caller frees it after the TLB flush, I2).
+//! huge levels from the range start aligned down ("Ranges and mapping levels"), so an invalidation
+//! of part of a huge leaf zaps all of it.  The fault path picks the level (`vcpu.rs`): no larger
+//! than the primary MMU maps the host range, nor than the slot's alignment allows.  A map below a
+//! huge leaf splits it (zaps it and links a table); a huge map over a table collapses it (zaps
+//! every leaf under it, unlinks it, and the caller frees it after the TLB flush, I2).
 //!
 //! Walks.  Every walk of the tables is a visitor of the shared walker (`walk.rs`, [`Ept`] says
 //! what an SPTE is to it): the lookups and [`translate()`] ([`walk::find()`]), the map's descent
@@ -214,7 +218,7 @@ fn pfn_fits(pfn: u64) -> bool {
 }
 
 /// Number of rmaps at `level` for the slot `[base, base + npages)`: one per `level`-sized,
-/// aligned block the slot overlaps, so from `level.align_down(base)` (protocols D23).
+/// aligned block the slot overlaps, so from `level.align_down(base)` ("Ranges and mapping levels").
 fn rmap_count(base: u64, npages: u64, level: MapLevel) -> u64 {
     if npages == 0 {
         return 0;
@@ -312,7 +316,7 @@ impl SlotRmaps {
     /// Calls `f` on the rmap of every block that `[start, end)` overlaps in the slot, at every
     /// level, 4K first, until `f` returns true.  At huge levels the walk starts from `start`
     /// aligned down to the level, or the last huge block of an unaligned range would be missed
-    /// (D23).  Returns whether `f` stopped the walk.
+    /// ("Ranges and mapping levels").  Returns whether `f` stopped the walk.
     fn for_each_rmap(&self, start: u64, end: u64, mut f: impl FnMut(&RmapHead) -> bool) -> bool {
         let start = start.max(self.base_gfn());
         let end = end.min(self.end_gfn());
@@ -845,10 +849,10 @@ impl<P: PageOps> X86Mmu<P> {
     /// caller can yield the MMU lock between steps.
     ///
     /// Walks the slot's rmaps at every level, 4K first, huge levels from the start aligned down
-    /// (D23); empties each rmap under its bit lock, clearing every SPTE in it atomically and
-    /// marking its page dirty if the SPTE was (D set, or writable without A/D).  Every
-    /// [`ZAP_BATCH`] rmaps it polls `should_stop`: when that says so (need to reschedule, lock
-    /// contention) it returns with the cursor where to resume, after at least one batch.
+    /// ("Ranges and mapping levels"); empties each rmap under its bit lock, clearing every SPTE in
+    /// it atomically and marking its page dirty if the SPTE was (D set, or writable without A/D).
+    /// Every [`ZAP_BATCH`] rmaps it polls `should_stop`: when that says so (need to reschedule,
+    /// lock contention) it returns with the cursor where to resume, after at least one batch.
     ///
     /// Then it walks the tables of the range in every root and unlinks, bottom-up, every table
     /// below a root that has no present entry left (a table whose last table it unlinked goes
@@ -1056,9 +1060,9 @@ impl<P: PageOps> X86Mmu<P> {
     }
 
     /// Ages the gfns of every attached slot that back the host-virtual range
-    /// `[hva_start, hva_end)` (exclusive end, A4), in every root, under the MMU lock for write
-    /// (`&mut self`): [`X86Mmu::age_gfn_range_locked()`] per slot.  A host page aliased by several
-    /// slots is aged in each.
+    /// `[hva_start, hva_end)` (exclusive end, "Ranges and mapping levels"), in every root, under
+    /// the MMU lock for write (`&mut self`): [`X86Mmu::age_gfn_range_locked()`] per slot.  A host
+    /// page aliased by several slots is aged in each.
     pub(crate) fn age_hva_range_locked(
         &mut self,
         hva_start: u64,
@@ -1084,13 +1088,14 @@ impl<P: PageOps> X86Mmu<P> {
 
     /// Ages the gfns `[start, end)` of slot `slot_id` in every root, under the MMU lock for
     /// write (`&mut self`), through the rmaps of every level (huge levels from `start` aligned
-    /// down, D23).
+    /// down, see "Ranges and mapping levels").
     ///
-    /// - [`AgeOp::Test`]: young if some leaf is accessed; changes nothing (D20).  An
-    ///   access-tracked leaf is not accessed.
+    /// - [`AgeOp::Test`]: young if some leaf is accessed; changes nothing ("Testing is read-only").
+    ///   An access-tracked leaf is not accessed.
     /// - [`AgeOp::Clear`], [`AgeOp::ClearFlush`]: every accessed leaf is made old: A cleared
-    ///   with A/D, access-tracked without (D18), after capturing its dirty state: a writable
-    ///   leaf without A/D counts as dirty, and its page is marked dirty before W goes.
+    ///   with A/D, access-tracked without ("Access tracking without A/D bits"), after capturing its
+    ///   dirty state: a writable leaf without A/D counts as dirty, and its page is marked dirty
+    ///   before W goes.
     ///
     /// If the result [`needs_flush()`](AgeResult::needs_flush), flush TLBs before dropping the
     /// MMU lock: a vCPU's TLB may still allow writes through a leaf that lost W, and those
@@ -1244,7 +1249,7 @@ impl<'a, P: PageOps> MapWalker<'_, '_, P> {
         // Cannot fail: checked against MAP_MIN_TABLES before the walk.
         let new = self.tables.take().ok_or(MapError::NeedTopup)?;
         // A store with Release (not shared): a walker that Acquire-loads this SPTE sees the
-        // table zeroed ("Publishing with release" in `Documentation/secmmu-protocols.rst`).
+        // table zeroed ("Publishing with release").
         let _ = ctx.set(spte::make_nonleaf(new));
         self.new_tables += 1;
         self.stats.tables_allocated += 1;
@@ -1521,7 +1526,8 @@ fn upgrade_leaf(sptep: &AtomicU64, mut old: u64, m: Mapping) -> MapAction {
 
 /// Clears the leaf in `sptep` and marks its page dirty if the leaf was (KVM's
 /// `mmu_spte_clear_track_bits()`).  The caller removes it from its rmap.  Returns whether it was
-/// dirty, or `None` if it was not present, which under the MMU lock means corruption (C17).
+/// dirty, or `None` if it was not present, which under the MMU lock means corruption ("Lockless
+/// rmap walks").
 fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<bool> {
     // Atomic where a walker's D update could otherwise be lost.
     let old = spte::zap(sptep);
@@ -1574,7 +1580,8 @@ pub(crate) fn zap_rmap<P: PageOps>(
     if head.is_empty() {
         return (0, 0);
     }
-    // Zero capacity: descriptors are freed as the chain empties (under its bit lock, C16).
+    // Zero capacity: descriptors are freed as the chain empties (under its bit lock, see "Lockless
+    // rmap walks").
     let mut descs = DescCache::new(0);
     let (mut zapped, mut dirty) = (0, 0);
     head.lock(locked).drain(&mut descs, |sptep| {
@@ -1589,7 +1596,8 @@ pub(crate) fn zap_rmap<P: PageOps>(
 /// What aging did to one leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LeafAge {
-    /// The entry was not present: zapped while in an rmap we walk locklessly (C17).
+    /// The entry was not present: zapped while in an rmap we walk locklessly ("Lockless rmap
+    /// walks").
     NotPresent,
     /// Not accessed since it was made or last aged (or access-tracked).
     Old,
@@ -1604,7 +1612,8 @@ pub(crate) enum LeafAge {
         /// Access tracking took W away: TLBs must be flushed.
         write_protected: bool,
     },
-    /// The entry changed between our load and our compare-exchange: young, not retried (D21).
+    /// The entry changed between our load and our compare-exchange: young, not retried ("Clearing
+    /// the accessed bit").
     LostRace,
     /// Accessed, without A/D bits, met by a lockless walk, which cannot access-track: young.
     Skipped,
@@ -1641,8 +1650,9 @@ impl LeafAge {
 
 /// Clears A in the A/D-enabled leaf `sptep`, which held `old`, with one compare-exchange from
 /// `old` (KVM's `kvm_rmap_age_gfn_range()`): never a store of a stale value, which could undo a
-/// D set by a walker (D19), and never makes a zapped entry present again (I3), since it fails
-/// unless the entry still holds the present `old`.  A failure is a lost race (D21).
+/// D set by a walker, and never makes a zapped entry present again (I3), since it fails unless the
+/// entry still holds the present `old`.  A failure is a lost race, not retried.  Both rules are in
+/// "Clearing the accessed bit".
 fn clear_accessed_once(sptep: &AtomicU64, old: u64) -> LeafAge {
     debug_assert!(spte::is_present(old) && spte::is_ad_enabled(old));
     match sptep.compare_exchange(
@@ -1661,9 +1671,9 @@ fn clear_accessed_once(sptep: &AtomicU64, old: u64) -> LeafAge {
 }
 
 /// Ages the leaf in `sptep` without the MMU lock, as `op` says.  The entry may be changed or
-/// zapped meanwhile by others (C11, C17): a non-present one is skipped, and only A of an
-/// A/D-enabled leaf is ever changed, by [`clear_accessed_once()`].  Testing only loads (D20),
-/// and works for leaves without A/D too (access tracking clears their A).
+/// zapped meanwhile by others ("Lockless rmap walks"): a non-present one is skipped, and only A of
+/// an A/D-enabled leaf is ever changed, by [`clear_accessed_once()`].  Testing only loads ("Testing
+/// is read-only"), and works for leaves without A/D too (access tracking clears their A).
 pub(crate) fn age_leaf_lockless(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
     let old = sptep.load(Ordering::Relaxed);
     if !spte::is_present(old) {
@@ -1682,8 +1692,9 @@ pub(crate) fn age_leaf_lockless(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
 }
 
 /// Ages the leaf in `sptep` under the MMU lock for write, as `op` says: clearing A with A/D,
-/// access-tracking it without, capturing its dirty state first (D18).  Walkers may still set A
-/// and D of an A/D-enabled leaf meanwhile, hence the compare-exchanges.
+/// access-tracking it without, capturing its dirty state first ("Access tracking without A/D
+/// bits").  Walkers may still set A and D of an A/D-enabled leaf meanwhile, hence the
+/// compare-exchanges.
 fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
     let old = sptep.load(Ordering::Relaxed);
     if !spte::is_present(old) {
@@ -1713,8 +1724,8 @@ fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
 }
 
 /// Ages the leaves of the rmap `head` without the MMU lock, with the rmap locked read-only
-/// (C13, KVM's `kvm_rmap_lock_readonly()`), which needs preemption disabled (C14).  Stops at
-/// the first young leaf when testing.
+/// (KVM's `kvm_rmap_lock_readonly()`), which needs preemption disabled ("Lockless rmap walks").
+/// Stops at the first young leaf when testing.
 pub(crate) fn age_rmap_lockless(
     head: &RmapHead,
     no_preempt: &NoPreempt<'_>,
@@ -1724,7 +1735,7 @@ pub(crate) fn age_rmap_lockless(
     result.visited += 1;
     // Most rmaps of a range are empty (the huge levels, unmapped pages): skip them without
     // building a guard (KVM checks `rmap_head->val` first too).  An SPTE added right after is
-    // missed, as it would be if it came after the walk (D22).
+    // missed, as it would be if it came after the walk ("Imprecise aging").
     if head.is_empty() {
         return;
     }
@@ -1769,9 +1780,9 @@ fn age_rmap_locked<P: PageOps>(
 
 /// Ages the gfns `[start, end)` of slot `slot_id` in every root without the MMU lock (KVM's
 /// `kvm_rmap_age_gfn_range()`), through the rmaps of every level, huge levels from `start`
-/// aligned down (D23), each rmap locked read-only.  For spaces whose leaves keep A/D bits, or to
-/// test (`aging::use_lockless()`): accessed leaves without A/D are left alone and counted young
-/// ([`AgeResult::skipped`]).
+/// aligned down ("Ranges and mapping levels"), each rmap locked read-only.  For spaces whose leaves
+/// keep A/D bits, or to test (`aging::use_lockless()`): accessed leaves without A/D are left alone
+/// and counted young ([`AgeResult::skipped`]).
 ///
 /// `no_preempt` must cover the whole call: it keeps the bit locks short and, being an RCU
 /// read-side critical section, keeps the slot's rmaps from being freed (R3).  If the result
@@ -1795,9 +1806,9 @@ pub(crate) fn age_gfn_range_lockless(
 }
 
 /// Ages the gfns of every attached slot that back the host-virtual range `[hva_start, hva_end)`
-/// (exclusive end, A4) without the MMU lock: [`age_gfn_range_lockless()`] per slot, with the
-/// slot geometry the table publishes, so no memslot set is needed.  A host page aliased by
-/// several slots is aged in each.  Testing stops at the first young leaf.
+/// (exclusive end, "Ranges and mapping levels") without the MMU lock: [`age_gfn_range_lockless()`]
+/// per slot, with the slot geometry the table publishes, so no memslot set is needed.  A host page
+/// aliased by several slots is aged in each.  Testing stops at the first young leaf.
 pub(crate) fn age_hva_range_lockless(
     table: &RmapTable,
     no_preempt: &NoPreempt<'_>,

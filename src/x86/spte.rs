@@ -32,7 +32,10 @@
 //! Every other change of an SPTE happens under the MMU lock for write.  The helpers here order
 //! nothing but the SPTE itself (`Relaxed`): what an SPTE maps is kept alive by the MMU lock and
 //! the TLB flush protocol, not by the SPTE's own loads and stores.  Whoever publishes a non-leaf
-//! SPTE pointing at a freshly filled table must store it with `Release` (protocols E27).
+//! SPTE pointing at a freshly filled table must store it with `Release` ("Publishing with
+//! release").
+//!
+//! Section names in quotes are those of Documentation/secmmu-protocols.rst.
 
 use crate::mmu::prim::{AtomicU64, Ordering};
 
@@ -148,7 +151,7 @@ impl Level {
 
     /// First gfn of the range one SPTE at this level maps around `gfn`.  Walks over a gfn range
     /// at a huge level must start here, or the last huge page of an unaligned range is skipped
-    /// (protocols D23).
+    /// ("Ranges and mapping levels").
     #[inline]
     pub(crate) const fn align_down(self, gfn: u64) -> u64 {
         gfn & !(self.pages() - 1)
@@ -266,7 +269,7 @@ pub(crate) fn is_access_tracked(spte: u64) -> bool {
 ///
 /// With A/D enabled that is clearing A.  Without, R/W/X move to the saved bits and A is
 /// cleared, so the next access faults; dropping W means the caller must capture the dirty state
-/// first (protocols D18), and must hold the MMU lock for write.
+/// first ("Access tracking without A/D bits"), and must hold the MMU lock for write.
 #[inline]
 pub(crate) fn mark_access_tracked(spte: u64) -> u64 {
     if is_ad_enabled(spte) {
@@ -297,7 +300,7 @@ pub(crate) fn restore_access_tracked(spte: u64) -> u64 {
 /// - an A/D-disabled SPTE may be access-tracked or restored outside the MMU lock;
 /// - a walker may set D on a writable, clean SPTE.
 ///
-/// A is deliberately ignored: aging tolerates losing an A bit now and then (protocols D22).
+/// A is deliberately ignored: aging tolerates losing an A bit now and then ("Imprecise aging").
 /// A non-present SPTE has nothing to lose.
 #[inline]
 pub(crate) fn needs_atomic_update(spte: u64) -> bool {
@@ -314,7 +317,7 @@ pub(crate) fn needs_atomic_update(spte: u64) -> bool {
 }
 
 /// Clears A in `sptep`, returning whether it was set.  An atomic AND, never a store of a value
-/// read earlier, which would undo a D set in between (protocols D19).
+/// read earlier, which would undo a D set in between ("Clearing the accessed bit").
 ///
 /// Needs no lock.  Meant for A/D-enabled SPTEs: for A/D-disabled ones use
 /// [`test_and_mark_access_tracked()`] under the MMU lock.
@@ -345,11 +348,12 @@ pub(crate) struct Aged {
 }
 
 /// Ages the leaf in `sptep` under the MMU lock for write: clears A if A/D is enabled, otherwise
-/// marks it for access tracking, capturing its dirty state before W goes (protocols D18).
+/// marks it for access tracking, capturing its dirty state before W goes ("Access tracking without
+/// A/D bits").
 ///
-/// Losing the race with a lockless update is not an error (protocols D21): the SPTE changed, so
-/// it is most likely young; report it young and leave it.  Its dirty state is then still in the
-/// SPTE, to be captured by whoever drops W next.
+/// Losing the race with a lockless update is not an error ("Clearing the accessed bit"): the SPTE
+/// changed, so it is most likely young; report it young and leave it.  Its dirty state is then
+/// still in the SPTE, to be captured by whoever drops W next.
 pub(crate) fn test_and_mark_access_tracked(sptep: &AtomicU64) -> Aged {
     let old = sptep.load(Ordering::Relaxed);
     if !is_present(old) || !is_accessed(old) {
