@@ -548,7 +548,33 @@ pub(crate) struct X86Mmu<P: PageOps> {
     zapped_tables: ZappedTables,
     /// Most table pages the MMU may hold ([`X86Mmu::set_table_limit()`]).
     table_limit: u64,
+    /// Where rmap writers get their proof of the write side: a field of its own, so that the
+    /// proof borrows it alone and the other fields stay free to borrow.
+    write_side: WriteSide,
     _ops: PhantomData<fn() -> P>,
+}
+
+/// The witness, inside an [`X86Mmu`], that whoever borrows the MMU mutably holds the MMU lock for
+/// write.
+///
+/// # Invariants
+///
+/// A `WriteSide` only exists as the `write_side` field of an [`X86Mmu`], and an `&mut X86Mmu` is
+/// only ever formed through the MMU lock's write guard (`format.rs` keeps the tables in the
+/// lock's data; the kernel glue takes `&mut` of them nowhere else), or while the MMU is not
+/// shared yet (being built, or owned by a host test, which is then the only writer of its rmaps;
+/// lockless agers only take rmap locks read-only).  So an `&mut WriteSide` proves the write side.
+struct WriteSide(());
+
+impl WriteSide {
+    /// The rmaps' proof that the MMU lock is held for write, for as long as `self` is borrowed.
+    #[inline(always)]
+    fn locked(&mut self) -> MmuWriteLocked<'_> {
+        // SAFETY: By the type invariants, `&mut self` is borrowed from an `&mut X86Mmu`, which
+        // only the holder of the MMU lock's write side (a spinning lock: preemption is off), or
+        // the only owner of an unshared MMU, has; the token cannot outlive the borrow.
+        unsafe { MmuWriteLocked::assume() }
+    }
 }
 
 /// A leaf to install.
@@ -594,6 +620,8 @@ impl<P: PageOps> X86Mmu<P> {
             stats: MmuStats::default(),
             zapped_tables,
             table_limit: u64::MAX,
+            // INVARIANT: The field of a new `X86Mmu`.
+            write_side: WriteSide(()),
             _ops: PhantomData,
         };
         while mmu.nr_roots < nr_roots {
@@ -815,10 +843,7 @@ impl<P: PageOps> X86Mmu<P> {
         if tables.len() < MAP_MIN_TABLES || descs.len() < MAP_MIN_DESCS {
             return Err(MapError::NeedTopup);
         }
-        // An `&mut X86Mmu` is only reachable through the MMU lock's write guard (a spinning
-        // lock: preemption is off) or before the MMU is shared.  The token dies with this call.
-        // SAFETY: `&mut self` proves the MMU lock is held for write.
-        let mut locked = unsafe { MmuWriteLocked::assume() };
+        let mut locked = self.write_side.locked();
         let mut v = MapWalker {
             m,
             target: walk::leaf_level(m.level),
@@ -893,8 +918,7 @@ impl<P: PageOps> X86Mmu<P> {
             return progress;
         };
         let stats = &mut self.stats;
-        // SAFETY: as in `map_at()`, `&mut self` proves the MMU lock is held for write.
-        let mut locked = unsafe { MmuWriteLocked::assume() };
+        let mut locked = self.write_side.locked();
 
         let stop_gfn = end_gfn.min(slot.end_gfn());
         while cursor.table_root().is_none() && !cursor.is_done() {
@@ -1111,8 +1135,7 @@ impl<P: PageOps> X86Mmu<P> {
         let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
             return result;
         };
-        // SAFETY: as in `map_at()`, `&mut self` proves the MMU lock is held for write.
-        let mut locked = unsafe { MmuWriteLocked::assume() };
+        let mut locked = self.write_side.locked();
         slot.for_each_rmap(start, end, |head| {
             age_rmap_locked::<P>(head, &mut locked, op, &mut result);
             result.done()
@@ -1172,8 +1195,7 @@ impl<P: PageOps> X86Mmu<P> {
         let Some(head) = slot.rmap(level, gfn) else {
             return false;
         };
-        // SAFETY: `&mut self`: the MMU lock is held for write.
-        let mut locked = unsafe { MmuWriteLocked::assume() };
+        let mut locked = self.write_side.locked();
         // SAFETY: `sptep` stays valid until zapped out of the rmap, per the caller.
         unsafe { head.lock(&mut locked).add(NonNull::from(sptep), descs) };
         slot.add_sptes(1);
