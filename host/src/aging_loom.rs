@@ -17,7 +17,7 @@ use std::ptr::NonNull;
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::pgtable::{MmuStats, PageOps, Table};
 use crate::mmu::prim::{AllocError, AtomicU64, NoPreempt, Ordering};
-use crate::x86::mmu::{age_leaf_lockless, age_rmap_lockless, zap_rmap, LeafAge};
+use crate::x86::mmu::{age_leaf, age_rmap, zap_rmap, LeafAge, Lockless};
 use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
 use crate::x86::spte::{self, Level};
 
@@ -84,7 +84,7 @@ impl World {
     fn age(&self, op: AgeOp) -> AgeResult {
         let no_preempt = NoPreempt::new();
         let mut result = AgeResult::new(op);
-        age_rmap_lockless(&self.head, &no_preempt, op, &mut result);
+        age_rmap(&mut Lockless(&no_preempt), &self.head, op, &mut result);
         result
     }
 }
@@ -178,7 +178,7 @@ fn loom_test_young_racing_clear_young_and_walker() {
         let sptep = Arc::new(AtomicU64::new(start));
         let tester = {
             let sptep = sptep.clone();
-            thread::spawn(move || age_leaf_lockless(&sptep, AgeOp::Test))
+            thread::spawn(move || age_leaf(&sptep, AgeOp::Test, false))
         };
         let walker = {
             let sptep = sptep.clone();
@@ -195,7 +195,7 @@ fn loom_test_young_racing_clear_young_and_walker() {
                 }
             })
         };
-        let cleared = age_leaf_lockless(&sptep, AgeOp::Clear);
+        let cleared = age_leaf(&sptep, AgeOp::Clear, false);
         let tested = tester.join().unwrap();
         walker.join().unwrap();
 
@@ -216,8 +216,8 @@ fn loom_test_young_racing_clear_young_and_walker() {
         );
         // Test changes nothing: whatever it saw, a second test with nobody else running
         // answers from the same final value.
-        let again = age_leaf_lockless(&sptep, AgeOp::Test);
-        let again_twice = age_leaf_lockless(&sptep, AgeOp::Test);
+        let again = age_leaf(&sptep, AgeOp::Test, false);
+        let again_twice = age_leaf(&sptep, AgeOp::Test, false);
         assert_eq!(again, again_twice);
         assert_eq!(sptep.load(Ordering::Relaxed), end);
     });

@@ -1093,21 +1093,10 @@ impl<P: PageOps> X86Mmu<P> {
         hva_end: u64,
         op: AgeOp,
     ) -> AgeResult {
-        let mut result = AgeResult::new(op);
-        for id in slot_ids(self.rmaps.live_ids()) {
-            let Some(slot) = Self::slot_rmaps(&self.rmaps, id) else {
-                continue;
-            };
-            let Some((start, end)) = slot.slot.hva_range_to_gfns(hva_start, hva_end) else {
-                continue;
-            };
-            let r = self.age_gfn_range_locked(id, start, end, op);
-            result.merge(&r);
-            if result.done() {
-                break;
-            }
-        }
-        result
+        let rmaps = &self.rmaps;
+        let slots = slot_ids(rmaps.live_ids()).filter_map(|id| Self::slot_rmaps(rmaps, id));
+        let mut side = Locked::<P>(&mut self.write_side.locked(), PhantomData);
+        age_slots_hva(&mut side, slots, hva_start, hva_end, op)
     }
 
     /// Ages the gfns `[start, end)` of slot `slot_id` in every root, under the MMU lock for
@@ -1131,16 +1120,11 @@ impl<P: PageOps> X86Mmu<P> {
         end: u64,
         op: AgeOp,
     ) -> AgeResult {
-        let mut result = AgeResult::new(op);
         let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
-            return result;
+            return AgeResult::new(op);
         };
-        let mut locked = self.write_side.locked();
-        slot.for_each_rmap(start, end, |head| {
-            age_rmap_locked::<P>(head, &mut locked, op, &mut result);
-            result.done()
-        });
-        result
+        let mut side = Locked::<P>(&mut self.write_side.locked(), PhantomData);
+        age_slot(&mut side, slot, start, end, op)
     }
 
     /// Restores the access-tracked leaf that maps `gfn` in root `root` for the fault that an
@@ -1692,35 +1676,20 @@ fn clear_accessed_once(sptep: &AtomicU64, old: u64) -> LeafAge {
     }
 }
 
-/// Ages the leaf in `sptep` without the MMU lock, as `op` says.  The entry may be changed or
-/// zapped meanwhile by others ("Lockless rmap walks"): a non-present one is skipped, and only A of
-/// an A/D-enabled leaf is ever changed, by [`clear_accessed_once()`].  Testing only loads ("Testing
-/// is read-only"), and works for leaves without A/D too (access tracking clears their A).
-pub(crate) fn age_leaf_lockless(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
+/// Ages the leaf in `sptep` as `op` says, with the MMU lock held for write if `locked`, without
+/// it otherwise ("Aging without the MMU lock").
+///
+/// Testing only loads ("Testing is read-only"), and works for leaves without A/D too (access
+/// tracking clears their A).  An A/D-enabled leaf gets A cleared by [`clear_accessed_once()`]:
+/// walkers may set A and D meanwhile, whatever the lock.  A leaf without A/D is access-tracked
+/// only under the lock, capturing its dirty state first ("Access tracking without A/D bits"); a
+/// lockless walk cannot take W away, and counts it young.  Without the lock, the entry may also
+/// be zapped by others under us ("Lockless rmap walks"): a non-present one is skipped; under the
+/// lock, an rmap holds only present leaves.
+pub(crate) fn age_leaf(sptep: &AtomicU64, op: AgeOp, locked: bool) -> LeafAge {
     let old = sptep.load(Ordering::Relaxed);
     if !spte::is_present(old) {
-        return LeafAge::NotPresent;
-    }
-    if !spte::is_accessed(old) {
-        return LeafAge::Old;
-    }
-    if !op.clears() {
-        return LeafAge::Young;
-    }
-    if !spte::is_ad_enabled(old) {
-        return LeafAge::Skipped;
-    }
-    clear_accessed_once(sptep, old)
-}
-
-/// Ages the leaf in `sptep` under the MMU lock for write, as `op` says: clearing A with A/D,
-/// access-tracking it without, capturing its dirty state first ("Access tracking without A/D
-/// bits").  Walkers may still set A and D of an A/D-enabled leaf meanwhile, hence the
-/// compare-exchanges.
-fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
-    let old = sptep.load(Ordering::Relaxed);
-    if !spte::is_present(old) {
-        warn_on!(true, "non-present SPTE in an rmap under the MMU lock");
+        warn_on!(locked, "non-present SPTE in an rmap under the MMU lock");
         return LeafAge::NotPresent;
     }
     if !spte::is_accessed(old) {
@@ -1731,6 +1700,9 @@ fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
     }
     if spte::is_ad_enabled(old) {
         return clear_accessed_once(sptep, old);
+    }
+    if !locked {
+        return LeafAge::Skipped;
     }
     // The dirty state is captured atomically with the loss of W: the exchange succeeds only if
     // the leaf still holds `old`.
@@ -1745,66 +1717,140 @@ fn age_leaf_locked(sptep: &AtomicU64, op: AgeOp) -> LeafAge {
     }
 }
 
-/// Ages the leaves of the rmap `head` without the MMU lock, with the rmap locked read-only
-/// (KVM's `kvm_rmap_lock_readonly()`), which needs preemption disabled ("Lockless rmap walks").
-/// Stops at the first young leaf when testing.
-pub(crate) fn age_rmap_lockless(
+/// How an aging walk locks the rmaps it visits: the one difference between aging under the MMU
+/// lock and without it, above the leaves ([`age_leaf()`]).
+pub(crate) trait AgeSide {
+    /// Under the MMU lock for write: leaves are all present, and may be access-tracked.
+    const LOCKED: bool;
+
+    /// Calls `f` on each SPTE of `head` until it returns true, with the rmap locked as this side
+    /// may lock it.  Returns whether the lock was contended.
+    fn for_each_spte(&mut self, head: &RmapHead, f: impl FnMut(&AtomicU64) -> bool) -> bool;
+
+    /// Access tracking took W from a dirty leaf mapping `pfn`: mark the page dirty.
+    fn mark_dirty(pfn: u64);
+}
+
+/// Aging without the MMU lock (KVM's `kvm_rmap_age_gfn_range()`): rmaps locked read-only, which
+/// needs preemption disabled for the whole walk ("Lockless rmap walks").
+pub(crate) struct Lockless<'a, 'b>(pub(crate) &'a NoPreempt<'b>);
+
+impl AgeSide for Lockless<'_, '_> {
+    const LOCKED: bool = false;
+
+    fn for_each_spte(&mut self, head: &RmapHead, mut f: impl FnMut(&AtomicU64) -> bool) -> bool {
+        let guard = head.lock_readonly(self.0);
+        for sptep in guard.sptes() {
+            if f(sptep) {
+                break;
+            }
+        }
+        guard.contended()
+    }
+
+    fn mark_dirty(_pfn: u64) {
+        // Never called: a lockless walk does not access-track.
+        warn_on!(true, "lockless aging took W away");
+    }
+}
+
+/// Aging under the MMU lock for write: rmaps locked as their writers lock them.
+struct Locked<'a, 'b, P>(&'a mut MmuWriteLocked<'b>, PhantomData<fn() -> P>);
+
+impl<P: PageOps> AgeSide for Locked<'_, '_, P> {
+    const LOCKED: bool = true;
+
+    fn for_each_spte(&mut self, head: &RmapHead, mut f: impl FnMut(&AtomicU64) -> bool) -> bool {
+        let guard = head.lock(self.0);
+        for sptep in guard.sptes() {
+            if f(sptep) {
+                break;
+            }
+        }
+        false
+    }
+
+    fn mark_dirty(pfn: u64) {
+        P::set_page_dirty(pfn);
+    }
+}
+
+/// Ages the leaves of the rmap `head` as `side` locks it.  Stops at the first young leaf when
+/// testing.
+pub(crate) fn age_rmap<S: AgeSide>(
+    side: &mut S,
     head: &RmapHead,
-    no_preempt: &NoPreempt<'_>,
     op: AgeOp,
     result: &mut AgeResult,
 ) {
     result.visited += 1;
     // Most rmaps of a range are empty (the huge levels, unmapped pages): skip them without
-    // building a guard (KVM checks `rmap_head->val` first too).  An SPTE added right after is
-    // missed, as it would be if it came after the walk ("Imprecise aging").
+    // building a guard (KVM checks `rmap_head->val` first too).  Exact under the MMU lock, whose
+    // holders alone add to rmaps; without it, an SPTE added right after is missed, as it would
+    // be if it came after the walk ("Imprecise aging").
     if head.is_empty() {
         return;
     }
-    let guard = head.lock_readonly(no_preempt);
-    result.contended += u64::from(guard.contended());
-    for sptep in guard.sptes() {
-        age_leaf_lockless(sptep, op).record(result);
-        if result.done() {
-            break;
-        }
-    }
-}
-
-/// Ages the leaves of the rmap `head` under the MMU lock for write, marking the pages that lost
-/// W while dirty dirty.  Stops at the first young leaf when testing.
-fn age_rmap_locked<P: PageOps>(
-    head: &RmapHead,
-    locked: &mut MmuWriteLocked<'_>,
-    op: AgeOp,
-    result: &mut AgeResult,
-) {
-    result.visited += 1;
-    // Exact under the MMU lock for write: only its holders add to rmaps.
-    if head.is_empty() {
-        return;
-    }
-    let guard = head.lock(locked);
-    for sptep in guard.sptes() {
-        let aged = age_leaf_locked(sptep, op);
+    let contended = side.for_each_spte(head, |sptep| {
+        let aged = age_leaf(sptep, op, S::LOCKED);
         if let LeafAge::Cleared {
             pfn, dirty: true, ..
         } = aged
         {
-            P::set_page_dirty(pfn);
+            S::mark_dirty(pfn);
         }
         aged.record(result);
+        result.done()
+    });
+    result.contended += u64::from(contended);
+}
+
+/// Ages the gfns `[start, end)` of `slot` in every root, through the rmaps of every level, huge
+/// levels from `start` aligned down ("Ranges and mapping levels"), each rmap locked as `side`
+/// locks it.  Testing stops at the first young leaf.
+fn age_slot<S: AgeSide>(
+    side: &mut S,
+    slot: &SlotRmaps,
+    start: u64,
+    end: u64,
+    op: AgeOp,
+) -> AgeResult {
+    let mut result = AgeResult::new(op);
+    slot.for_each_rmap(start, end, |head| {
+        age_rmap(side, head, op, &mut result);
+        result.done()
+    });
+    result
+}
+
+/// Ages the gfns of each of `slots` that back the host-virtual range `[hva_start, hva_end)`
+/// (exclusive end, "Ranges and mapping levels"), [`age_slot()`] per slot, with the slot
+/// geometry the rmaps carry, so no memslot set is needed.  A host page aliased by several slots
+/// is aged in each.  Testing stops at the first young leaf.
+fn age_slots_hva<'s, S: AgeSide>(
+    side: &mut S,
+    slots: impl Iterator<Item = &'s SlotRmaps>,
+    hva_start: u64,
+    hva_end: u64,
+    op: AgeOp,
+) -> AgeResult {
+    let mut result = AgeResult::new(op);
+    for slot in slots {
+        let Some((start, end)) = slot.slot.hva_range_to_gfns(hva_start, hva_end) else {
+            continue;
+        };
+        result.merge(&age_slot(side, slot, start, end, op));
         if result.done() {
             break;
         }
     }
+    result
 }
 
 /// Ages the gfns `[start, end)` of slot `slot_id` in every root without the MMU lock (KVM's
-/// `kvm_rmap_age_gfn_range()`), through the rmaps of every level, huge levels from `start`
-/// aligned down ("Ranges and mapping levels"), each rmap locked read-only.  For spaces whose leaves
-/// keep A/D bits, or to test (`aging::use_lockless()`): accessed leaves without A/D are left alone
-/// and counted young ([`AgeResult::skipped`]).
+/// `kvm_rmap_age_gfn_range()`): [`age_slot()`] with each rmap locked read-only.  For spaces
+/// whose leaves keep A/D bits, or to test (`aging::use_lockless()`): accessed leaves without A/D
+/// are left alone and counted young ([`AgeResult::skipped`]).
 ///
 /// `no_preempt` must cover the whole call: it keeps the bit locks short and, being an RCU
 /// read-side critical section, keeps the slot's rmaps from being freed (R3).  If the result
@@ -1817,20 +1863,14 @@ pub(crate) fn age_gfn_range_lockless(
     end: u64,
     op: AgeOp,
 ) -> AgeResult {
-    let mut result = AgeResult::new(op);
-    if let Some(slot) = table.get(slot_id, no_preempt) {
-        slot.for_each_rmap(start, end, |head| {
-            age_rmap_lockless(head, no_preempt, op, &mut result);
-            result.done()
-        });
+    match table.get(slot_id, no_preempt) {
+        Some(slot) => age_slot(&mut Lockless(no_preempt), slot, start, end, op),
+        None => AgeResult::new(op),
     }
-    result
 }
 
 /// Ages the gfns of every attached slot that back the host-virtual range `[hva_start, hva_end)`
-/// (exclusive end, "Ranges and mapping levels") without the MMU lock: [`age_gfn_range_lockless()`]
-/// per slot, with the slot geometry the table publishes, so no memslot set is needed.  A host page
-/// aliased by several slots is aged in each.  Testing stops at the first young leaf.
+/// without the MMU lock: [`age_gfn_range_lockless()`] per slot.
 pub(crate) fn age_hva_range_lockless(
     table: &RmapTable,
     no_preempt: &NoPreempt<'_>,
@@ -1838,25 +1878,10 @@ pub(crate) fn age_hva_range_lockless(
     hva_end: u64,
     op: AgeOp,
 ) -> AgeResult {
-    let mut result = AgeResult::new(op);
     // Only the live slots: loading all `MAX_SLOTS` pointers on every call (page_idle ages one
     // page per call) costs more than aging the page.
-    for id in slot_ids(table.live_ids()) {
-        let Some(slot) = table.get(id, no_preempt) else {
-            continue;
-        };
-        let Some((start, end)) = slot.slot.hva_range_to_gfns(hva_start, hva_end) else {
-            continue;
-        };
-        slot.for_each_rmap(start, end, |head| {
-            age_rmap_lockless(head, no_preempt, op, &mut result);
-            result.done()
-        });
-        if result.done() {
-            break;
-        }
-    }
-    result
+    let slots = slot_ids(table.live_ids()).filter_map(|id| table.get(id, no_preempt));
+    age_slots_hva(&mut Lockless(no_preempt), slots, hva_start, hva_end, op)
 }
 
 /// The translation of `gfn` by the present leaf `spte` at the walker's `level`.
