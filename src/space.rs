@@ -762,6 +762,9 @@ impl MmuNotifierOps for Space {
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
         self.count_zapped(&zapped);
+        if !range.blockable() {
+            crate::testhooks::count_nonblock_zapped(zapped.sptes);
+        }
         Ok(())
     }
 
