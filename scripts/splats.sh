@@ -12,14 +12,25 @@ pat='WARNING:|BUG:|BUG kmalloc|KASAN:|UBSAN:|KFENCE:|Oops|general protection fau
 pat+='possible circular locking|possible recursive locking|inconsistent lock state|'
 pat+='suspicious RCU usage|lockdep: |DEBUG_LOCKS_WARN_ON|detected stall|stalls on CPUs|soft lockup|'
 pat+='blocked for more than|unreferenced object|Call Trace:|list_add corruption|list_del corruption'
+# The lines of $1 that match $pat, numbered as by grep -n. The OOM
+# killer's report (dump_header() in mm/oom_kill.c) dumps the stack of the
+# task that invoked it, by design: that "Call Trace:" (x86's; arm64 prints
+# "Call trace:") is not a splat and is dropped. The report's other lines
+# match nothing. secmmu_oom_test makes such reports.
+matches() {
+	grep -anE "$pat|invoked oom-killer:" "$1" | awk -F: '
+		/invoked oom-killer:/ { oom = $1; next }
+		oom && $1 - oom <= 8 && /Call Trace:/ { oom = 0; next }
+		{ print }'
+}
 start=$(grep -anm1 '^# kernel ' "$1" | cut -d: -f1)
 start=${start:-0}
-boot=$(grep -anE "$pat" "$1" | awk -F: -v s="$start" '$1 < s' | head -n 20)
+boot=$(matches "$1" | awk -F: -v s="$start" '$1 < s' | head -n 20)
 if [ -n "$boot" ]; then
 	echo "splats while the test kernel booted in $1 (not counted):"
 	echo "$boot" | sed 's/^/  /'
 fi
-if grep -anE "$pat" "$1" | grep -v 'SECMMU-RESULT' |
+if matches "$1" | grep -v 'SECMMU-RESULT' |
 	awk -F: -v s="$start" '$1 >= s' > /tmp/secmmu-splats.$$ && [ -s /tmp/secmmu-splats.$$ ]; then
 	echo "kernel splats in $1:"
 	sed 's/^/  /' /tmp/secmmu-splats.$$ | head -n 40
