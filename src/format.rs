@@ -339,25 +339,32 @@ impl FaultSide for Exclusive {
     }
 }
 
+/// [`Format::of()`] and [`Format::of_mut()`] for the format in variant `$v` of [`Pgt`].
+macro_rules! pgt_variant {
+    ($v:ident) => {
+        fn of(pgt: &Pgt) -> Option<&Self> {
+            match pgt {
+                Pgt::$v(m) => Some(m),
+                _ => None,
+            }
+        }
+
+        fn of_mut(pgt: &mut Pgt) -> Option<&mut Self> {
+            match pgt {
+                Pgt::$v(m) => Some(m),
+                _ => None,
+            }
+        }
+    };
+}
+
 impl Format for X86Mmu<KernelPages> {
     type FaultSide = Exclusive;
     const MAP_MIN_TABLES: usize = x86::MAP_MIN_TABLES;
     const MAP_MIN_DESCS: usize = x86::MAP_MIN_DESCS;
     const BREAK_BEFORE_MAKE: bool = false;
 
-    fn of(pgt: &Pgt) -> Option<&Self> {
-        match pgt {
-            Pgt::X86(m) => Some(m),
-            Pgt::S2(_) => None,
-        }
-    }
-
-    fn of_mut(pgt: &mut Pgt) -> Option<&mut Self> {
-        match pgt {
-            Pgt::X86(m) => Some(m),
-            Pgt::S2(_) => None,
-        }
-    }
+    pgt_variant!(X86);
 
     fn map(
         tables: &mut Self,
@@ -462,19 +469,7 @@ impl Format for S2Mmu<KernelPages> {
     const MAP_MIN_DESCS: usize = 0;
     const BREAK_BEFORE_MAKE: bool = true;
 
-    fn of(pgt: &Pgt) -> Option<&Self> {
-        match pgt {
-            Pgt::S2(m) => Some(m),
-            Pgt::X86(_) => None,
-        }
-    }
-
-    fn of_mut(pgt: &mut Pgt) -> Option<&mut Self> {
-        match pgt {
-            Pgt::S2(m) => Some(m),
-            Pgt::X86(_) => None,
-        }
-    }
+    pgt_variant!(S2);
 
     fn map(
         tables: &Self,
