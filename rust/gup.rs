@@ -44,13 +44,31 @@ impl UserPageRef {
     /// no mm, as a kernel thread), and otherwise with GUP's errors: `ENOMEM`,
     /// `EINTR` or `ERESTARTSYS` on a fatal signal, `EHWPOISON`, ...
     pub(crate) fn get_fast(addr: usize, write: bool) -> Result<Self> {
+        Self::get(addr, write, false)
+    }
+
+    /// The page the current task's primary MMU maps at `addr` now, with a
+    /// reference on it, without faulting anything in: `EFAULT` if nothing
+    /// is mapped there, or (for `write`) nothing writable. May sleep.
+    ///
+    /// Where the lockless walk (`get_user_pages_fast()`) finds no page, the
+    /// slow path reads the entry under the mmap lock and the page-table
+    /// lock, so an entry that the primary MMU clears and sets again under
+    /// that lock without telling MMU notifiers (arm64's `contpte_convert()`
+    /// folding or unfolding a contiguous block) is seen as it is before or
+    /// after, never in between.
+    pub(crate) fn get_mapped(addr: usize, write: bool) -> Result<Self> {
+        Self::get(addr, write, true)
+    }
+
+    fn get(addr: usize, write: bool, nofault: bool) -> Result<Self> {
         if kernel::current!().mm().is_none() {
             return Err(EFAULT);
         }
         let mut pfn = 0;
         // SAFETY: The current task has an mm, whose pages GUP resolves; any
         // address is fine (GUP checks it); `pfn` is a valid out pointer.
-        to_result(unsafe { bindings::secmmu_get_user_page(addr, write, &mut pfn) })?;
+        to_result(unsafe { bindings::secmmu_get_user_page(addr, write, nofault, &mut pfn) })?;
         // INVARIANT: The call succeeded: it took a reference on `pfn`.
         Ok(Self { pfn })
     }

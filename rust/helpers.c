@@ -95,12 +95,14 @@ void *secmmu_pfn_to_virt(unsigned long pfn)
 	return page_address(pfn_to_page(pfn));
 }
 
-int secmmu_get_user_page(unsigned long hva, bool write, unsigned long *pfn)
+int secmmu_get_user_page(unsigned long hva, bool write, bool nofault,
+			 unsigned long *pfn)
 {
 	struct page *page;
 	int ret;
 
-	ret = get_user_pages_fast(hva, 1, write ? FOLL_WRITE : 0, &page);
+	ret = get_user_pages_fast(hva, 1, (write ? FOLL_WRITE : 0) |
+				  (nofault ? FOLL_NOFAULT : 0), &page);
 	if (ret != 1)
 		return ret < 0 ? ret : -EFAULT;
 	*pfn = page_to_pfn(page);

@@ -56,10 +56,12 @@ void *secmmu_pfn_to_virt(unsigned long pfn);
 
 /*
  * Resolves the user address @hva of the current mm to its page, faulting
- * it in (for writing when @write), and takes a reference on it. Returns 0
- * and the pfn in @pfn, or a negative errno.
+ * it in (for writing when @write) unless @nofault, and takes a reference on
+ * it. Returns 0 and the pfn in @pfn, or a negative errno (-EFAULT when
+ * @nofault and the page is not mapped, or not writable for @write).
  */
-int secmmu_get_user_page(unsigned long hva, bool write, unsigned long *pfn);
+int secmmu_get_user_page(unsigned long hva, bool write, bool nofault,
+			 unsigned long *pfn);
 
 /* Drops the reference secmmu_get_user_page() took. */
 void secmmu_put_user_page(unsigned long pfn);

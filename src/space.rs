@@ -33,6 +33,7 @@
 
 use crate::{
     ext::{
+        gup::UserPageRef,
         mm::{self, LeafLevel},
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
         rcu::GracePeriodState,
@@ -515,6 +516,10 @@ impl Space {
 /// Pages SECMMU_AUDIT checks under one hold of the MMU lock.
 const AUDIT_BATCH: u64 = 4096;
 
+/// Suspect pages SECMMU_AUDIT collects under one hold of the MMU lock
+/// before it drops the lock to confirm them.
+const AUDIT_SUSPECTS: usize = 16;
+
 /// What SECMMU_AUDIT found so far.
 #[derive(Default)]
 struct Audit {
@@ -522,6 +527,31 @@ struct Audit {
     mismatches: u64,
     skipped: u64,
     first: Option<(u32, u64)>,
+    /// Pages that looked incoherent to the lockless look-up, to confirm
+    /// ([`Space::audit_confirm()`]) once the MMU lock is dropped.
+    suspects: [Suspect; AUDIT_SUSPECTS],
+    nr_suspects: usize,
+}
+
+/// A page of a leaf that did not match the primary MMU's lockless look-up.
+#[derive(Clone, Copy, Default)]
+struct Suspect {
+    root: u32,
+    gfn: u64,
+    /// What the leaf maps the gfn to, and whether writably.
+    pfn: u64,
+    writable: bool,
+    /// The user address the gfn's memslot gives.
+    hva: u64,
+    /// The invalidation sequence when the leaf was looked at.
+    seq: u64,
+}
+
+impl Audit {
+    fn mismatch(&mut self, root: u32, gfn: u64) {
+        self.mismatches += 1;
+        self.first.get_or_insert((root, gfn));
+    }
 }
 
 impl Space {
@@ -531,6 +561,8 @@ impl Space {
     /// leaf under the check, and no invalidation starts or ends during a
     /// batch: a leaf is either checked against a primary MMU that has not
     /// been told to drop it, or covered by an invalidation in progress.
+    /// What the lockless look-up finds incoherent is confirmed under the
+    /// primary's page-table lock before it counts.
     pub(crate) fn audit(&self, req: &mut uapi::secmmu_audit) -> Result {
         uapi::check_zero(&req.reserved)?;
         if req.flags != 0 || req.pad != 0 || req.pad2 != 0 {
@@ -553,12 +585,14 @@ impl Space {
                 }
                 let state = self.mmu.write();
                 let mmu = state.mmu.as_ref().ok_or(EINVAL)?;
-                let Some(next) = self.audit_batch(&state, mm, mmu, root, gfn, &mut a) else {
+                let next = self.audit_batch(&state, mm, mmu, root, gfn, &mut a);
+                drop(state);
+                // No lock is held.
+                self.audit_confirm(&mut a);
+                let Some(next) = next else {
                     break;
                 };
-                drop(state);
                 gfn = next;
-                // No lock is held.
                 sched::cond_resched();
             }
         }
@@ -581,7 +615,8 @@ impl Space {
     }
 
     /// Audits the leaves of `root` from `gfn` on, about [`AUDIT_BATCH`]
-    /// pages' worth; returns where to go on, or `None` at the end.
+    /// pages' worth, or until [`AUDIT_SUSPECTS`] pages are suspect; returns
+    /// where to go on, or `None` at the end.
     fn audit_batch(
         &self,
         state: &MmuState,
@@ -592,27 +627,35 @@ impl Space {
         a: &mut Audit,
     ) -> Option<u64> {
         let mut budget = AUDIT_BATCH;
-        while budget > 0 {
+        while budget > 0 && a.nr_suspects < AUDIT_SUSPECTS {
             let (base, t) = mmu.next_leaf(root as usize, gfn, u64::MAX)?;
             let pages = t.level.pages();
             budget = budget.saturating_sub(pages.min(512));
             gfn = base + pages;
             a.leaves += 1;
             match self.audit_leaf(state, mm, base, pages, t.pfn, t.writable) {
-                Some(true) => {}
-                Some(false) => {
-                    a.mismatches += 1;
-                    a.first.get_or_insert((root, base));
+                LeafAudit::Coherent => {}
+                LeafAudit::Stale => a.mismatch(root, base),
+                LeafAudit::Suspect { gfn, hva } => {
+                    a.suspects[a.nr_suspects] = Suspect {
+                        root,
+                        gfn,
+                        pfn: t.pfn + (gfn - base),
+                        writable: t.writable,
+                        hva,
+                        seq: state.inval.seq(),
+                    };
+                    a.nr_suspects += 1;
                 }
-                None => a.skipped += 1,
+                LeafAudit::Invalidating => a.skipped += 1,
             }
         }
         Some(gfn)
     }
 
-    /// Whether the primary MMU maps each page of the leaf `[base, base +
-    /// pages)` to `pfn + i` with write permission if the leaf has it;
-    /// `None` if an invalidation in progress covers any of it.
+    /// Checks each page of the leaf `[base, base + pages)` against the
+    /// primary MMU's lockless look-up: it must map the page to `pfn + i`,
+    /// writable if the leaf is.
     fn audit_leaf(
         &self,
         state: &MmuState,
@@ -621,26 +664,27 @@ impl Space {
         pages: u64,
         pfn: u64,
         writable: bool,
-    ) -> Option<bool> {
+    ) -> LeafAudit {
         let mut i = 0;
         while i < pages {
             // A leaf outside every memslot is stale: the slot's deletion
             // should have zapped it.
             let Some(slot) = state.slots.lookup_any(base + i) else {
-                return Some(false);
+                return LeafAudit::Stale;
             };
             let hva = slot.gfn_to_hva(base + i);
             if state
                 .inval
                 .in_progress_overlaps(hva as usize, (hva + 4096) as usize)
             {
-                return None;
+                return LeafAudit::Invalidating;
             }
+            let suspect = LeafAudit::Suspect { gfn: base + i, hva };
             let Some(host) = mm::leaf(mm, hva as usize) else {
-                return Some(false);
+                return suspect;
             };
             if host.pfn as u64 != pfn + i || (writable && !host.writable) {
-                return Some(false);
+                return suspect;
             }
             // The rest of a huge host leaf maps on in order: skip it.
             let host_pages: u64 = match host.level {
@@ -651,8 +695,64 @@ impl Space {
             let left_in_host = host_pages - ((hva >> 12) & (host_pages - 1));
             i += left_in_host.min(slot.end_gfn() - (base + i));
         }
-        Some(true)
+        LeafAudit::Coherent
     }
+
+    /// Confirms the suspects of `a` with the MMU lock dropped, and counts
+    /// those that are real.
+    ///
+    /// The lockless look-up reads the primary's entries without their
+    /// page-table lock, and the primary may clear and set an entry under
+    /// that lock without telling MMU notifiers when the mapping does not
+    /// change (arm64's `contpte_convert()` folds or unfolds a contiguous
+    /// block that way): a lockless reader in that window sees nothing
+    /// mapped. So each suspect is looked up again under the page-table
+    /// lock ([`UserPageRef::get_mapped()`]), which cannot be taken under
+    /// the MMU lock (aging callbacks take the MMU lock with a page-table
+    /// lock held). It is a mismatch only if that look-up disagrees too,
+    /// and then, under the MMU lock again, the leaf still maps the same
+    /// page and no invalidation of the page began or ended since the first
+    /// look: the primary changed nothing it had to tell us about, so the
+    /// disagreement was there when the leaf was first checked.
+    fn audit_confirm(&self, a: &mut Audit) {
+        let suspects = a.suspects;
+        for s in &suspects[..a.nr_suspects] {
+            if let Ok(page) = UserPageRef::get_mapped(s.hva as usize, s.writable) {
+                if page.pfn() as u64 == s.pfn {
+                    continue;
+                }
+            }
+            let state = self.mmu.write();
+            let same_leaf = state.mmu.as_ref().is_some_and(|mmu| {
+                mmu.next_leaf(s.root as usize, s.gfn, s.gfn + 1)
+                    .is_some_and(|(base, t)| {
+                        t.pfn + (s.gfn - base) == s.pfn && t.writable == s.writable
+                    })
+            });
+            let hva = s.hva as usize;
+            let quiet = !state.inval.retry_range(hva, hva + 4096, s.seq);
+            drop(state);
+            if same_leaf && quiet {
+                a.mismatch(s.root, s.gfn);
+            } else {
+                a.skipped += 1;
+            }
+        }
+        a.nr_suspects = 0;
+    }
+}
+
+/// What the audit of one leaf found.
+enum LeafAudit {
+    /// The primary maps every page of the leaf as the leaf does.
+    Coherent,
+    /// The leaf lies outside every memslot.
+    Stale,
+    /// The lockless look-up of the page at `gfn` (user address `hva`)
+    /// disagrees with the leaf.
+    Suspect { gfn: u64, hva: u64 },
+    /// An invalidation in progress covers part of the leaf.
+    Invalidating,
 }
 
 /// The errno of a refused memslot change.
