@@ -2085,6 +2085,9 @@ TEST_F_TIMEOUT(fmt, release_huge_space, 300)
  */
 #define STORM_GPA	(2 * SZ_1G)
 #define STORM_PAGES	4096UL
+/* Slow faults: 32 huge pages, 1 GiB above the 4K slot. */
+#define STORM_THP_GPA	(3 * SZ_1G)
+#define STORM_THP	(64 * SZ_1M)
 
 struct storm {
 	char *addr;
@@ -2120,7 +2123,7 @@ TEST_F_TIMEOUT(mirror, retry_storm, 120)
 	unsigned long faults, retries;
 	pthread_t t;
 	double t0, dt;
-	char *mem;
+	char *mem, *thp;
 	int ret;
 
 	ASSERT_EQ(0, catch_signal(SIGALRM));
@@ -2153,6 +2156,42 @@ TEST_F_TIMEOUT(mirror, retry_storm, 120)
 	EXPECT_LT(retries, npages / 4)
 		TH_LOG("disjoint invalidations made %lu of %lu faults retry",
 		       retries, faults);
+
+	/*
+	 * 1b. The same storm against slow faults: write faults on THP memory
+	 * not populated yet, where GUP allocates and zeroes 2 MiB between
+	 * the fault's sequence snapshot and its check, long enough for the
+	 * storm to finish several invalidations in between. A retry policy
+	 * that looks at any invalidation of the mm (not the fault's range)
+	 * retries nearly every one of these faults.
+	 */
+	thp = alloc_aligned(STORM_THP, MADV_HUGEPAGE);
+	ASSERT_NE(NULL, thp);
+	ASSERT_EQ(0, set_slot(self->fd, 2, 0, STORM_THP_GPA, STORM_THP, thp));
+	s.stop = 0;
+	s.deadline = now_s() + 60;
+	ASSERT_EQ(0, pthread_create(&t, NULL, storm_fn, &s));
+	usleep(10000);
+	before = get_stats(self->fd);
+	alarm(20);
+	memset(&r, 0, sizeof(r));
+	ret = run_range(self->vcpu, SECMMU_RUN_WRITE, STORM_THP_GPA,
+			STORM_THP_GPA + STORM_THP, SZ_2M, 0x5e, &r);
+	alarm(0);
+	after = get_stats(self->fd);
+	__atomic_store_n(&s.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	retries = after.fault_retries - before.fault_retries;
+	TH_LOG("%s, slow faults: %llu faults, %lu retries, %llu invalidations elsewhere",
+	       format_name(variant->format), after.faults - before.faults,
+	       retries, after.invalidations - before.invalidations);
+	EXPECT_EQ(0, ret) TH_LOG("RUN: %s after %llu accesses", strerror(-ret),
+				 r.accesses);
+	EXPECT_LE(retries, STORM_THP / SZ_2M / 8)
+		TH_LOG("disjoint invalidations made %lu of %lu slow faults retry",
+		       retries, STORM_THP / SZ_2M);
+	ASSERT_EQ(0, set_slot(self->fd, 2, 0, 0, 0, NULL));
+	munmap(thp, STORM_THP);
 
 	/* 2. A RUN that cannot complete, over a range invalidated nonstop. */
 	s.stop = 0;

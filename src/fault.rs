@@ -83,8 +83,10 @@ pub(crate) struct Fault {
     pub(crate) slot: Slot,
     /// The memslot set's generation when the fault began.
     generation: u64,
-    /// The invalidation sequence when the fault began (KVM's `mmu_seq`).
-    mmu_seq: u64,
+    /// The vCPU whose fault it is: its watch on the host range the fault
+    /// may map stands in for KVM's `mmu_seq`
+    /// ([`Invalidations::watch()`](crate::mmu::inval::Invalidations::watch)).
+    vcpu: usize,
     /// The user address backing `gfn`.
     hva: u64,
     /// The host page backing `hva`, as get_user_pages resolved it.
@@ -119,7 +121,8 @@ impl Fault {
     /// The primary's level is a snapshot taken after get_user_pages: it may
     /// split right after, but only inside an invalidation of the huge
     /// range, which makes [`Fault::must_retry()`] over that range (the
-    /// fault's `mmu_seq` predates the lookup) send the fault round again.
+    /// fault's watch predates the lookup and covers every level the slot
+    /// allows) send the fault round again.
     fn adjust_level(&mut self, host_level: impl FnOnce() -> MapLevel) {
         let mut level = self.slot.max_level(self.gfn, self.max_level);
         if level > MapLevel::L4K {
@@ -142,11 +145,14 @@ impl Fault {
     }
 
     /// Whether the fault must start over: the slots changed, or an
-    /// invalidation of any of the host range the fault maps ran since it
-    /// began. `state` is borrowed from an MMU lock guard, either side:
-    /// invalidations change the retry state with the lock held for write
-    /// before they zap, so a fault that passes this check installs before
-    /// the zap and is zapped by it (KVM's `mmu_invalidate_retry_gfn()`).
+    /// invalidation of any of the host range the fault maps began since it
+    /// started watching that range, or is in progress. `state` is borrowed
+    /// from an MMU lock guard, either side: invalidations change the retry
+    /// state with the lock held for write before they zap, so a fault that
+    /// passes this check installs before the zap and is zapped by it (KVM's
+    /// `mmu_invalidate_retry_gfn()`, but by range whether the invalidation
+    /// has ended or not: an invalidation of other memory never makes it
+    /// retry).
     ///
     /// The whole huge range is checked, not only the faulting page: the
     /// primary MMU splits a huge mapping, or unmaps part of it, only inside
@@ -158,7 +164,7 @@ impl Fault {
         state.slots.generation() != self.generation
             || state
                 .inval
-                .retry_range(start as usize, end as usize, self.mmu_seq)
+                .fault_must_retry(self.vcpu, start as usize, end as usize)
     }
 }
 
@@ -203,6 +209,8 @@ fn host_level(hva: u64) -> MapLevel {
 /// [`Kind::with_format()`](crate::format::Kind::with_format).
 pub(crate) struct FaultIn<'a> {
     pub(crate) space: &'a Space,
+    /// The faulting vCPU's id.
+    pub(crate) vcpu: usize,
     pub(crate) root: usize,
     pub(crate) caches: &'a mut FaultCaches,
     pub(crate) gfn: u64,
@@ -215,6 +223,7 @@ impl WithFormat for FaultIn<'_> {
     fn run<F: Format>(self) -> Result<(), Exit> {
         let FaultIn {
             space,
+            vcpu,
             root,
             caches,
             gfn,
@@ -222,7 +231,7 @@ impl WithFormat for FaultIn<'_> {
         } = self;
         loop {
             space.check_alive()?;
-            let mut fault = begin(space, gfn, write)?;
+            let mut fault = begin(space, vcpu, gfn, write)?;
             if write && fault.slot.readonly() {
                 space.stats.memory_faults.inc();
                 return Err(Exit::MemoryFault);
@@ -280,25 +289,31 @@ impl WithFormat for FaultIn<'_> {
     }
 }
 
-/// Step 1 of a fault: its slot and the retry snapshots, under the read side.
-fn begin(space: &Space, gfn: u64, write: bool) -> Result<Fault, Exit> {
+/// Step 1 of a fault: its slot and the retry state, under the read side:
+/// the fault watches the host range of the largest leaf the slot allows it,
+/// which contains whatever it maps in the end.
+fn begin(space: &Space, vcpu: usize, gfn: u64, write: bool) -> Result<Fault, Exit> {
     let state = space.mmu.read();
     let Some(slot) = state.slots.lookup(gfn) else {
         space.stats.memory_faults.inc();
         return Err(Exit::MemoryFault);
     };
     let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
-    Ok(Fault {
+    let mut fault = Fault {
         gfn,
         write,
         slot: *slot,
         generation: state.slots.generation(),
-        mmu_seq: state.inval.seq(),
+        vcpu,
         hva: slot.gfn_to_hva(gfn),
         pfn: 0,
         max_level,
-        level: MapLevel::L4K,
-    })
+        level: slot.max_level(gfn, max_level),
+    };
+    let (start, end) = fault.hva_range();
+    state.inval.watch(vcpu, start as usize, end as usize);
+    fault.level = MapLevel::L4K;
+    Ok(fault)
 }
 
 /// Step 3 of a fault: installs the leaf under the format's side of the MMU

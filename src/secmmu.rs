@@ -66,6 +66,9 @@ const _: () = assert!(
     "secmmu needs a kernel with 4K pages (CONFIG_ARM64_4K_PAGES on arm64)"
 );
 
+// Every vCPU has its fault's watch on the invalidations.
+const _: () = assert!(mmu::inval::MAX_WATCHES == uapi::MAX_VCPUS);
+
 #[pin_data]
 struct SecmmuModule {
     #[pin]
@@ -154,13 +157,13 @@ mod kunit {
     }
 
     #[test]
-    fn inval_range_retry_covers_whole_range() {
-        assert!(checks::range_retry_covers_whole_range());
+    fn inval_storm_elsewhere_never_retries() {
+        assert!(checks::storm_elsewhere_never_retries());
     }
 
     #[test]
-    fn inval_history_bounds_range_retry() {
-        assert!(checks::history_bounds_range_retry());
+    fn inval_watch_during_invalidation_is_stale() {
+        assert!(checks::watch_during_invalidation_is_stale());
     }
 
     /// Every leaf decodes to what it was made of, at every level.

@@ -730,7 +730,7 @@ impl Space {
                     })
             });
             let hva = s.hva as usize;
-            let quiet = !state.inval.retry_range(hva, hva + 4096, s.seq);
+            let quiet = !state.inval.changed_since(hva, hva + 4096, s.seq);
             drop(state);
             if same_leaf && quiet {
                 a.mismatch(s.root, s.gfn);
@@ -868,8 +868,8 @@ impl MmuNotifierOps for Space {
         Ok(())
     }
 
-    fn invalidate_range_end(&self, range: &Range) {
-        let balanced = self.mmu.write().inval.end(range.start(), range.end());
+    fn invalidate_range_end(&self, _range: &Range) {
+        let balanced = self.mmu.write().inval.end();
         // An end without its start: the mm core broke the contract.
         kernel::warn_on!(!balanced);
     }

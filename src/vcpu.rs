@@ -171,6 +171,7 @@ impl Vcpu {
     fn fault(&self, st: &mut VcpuState, gfn: u64, write: bool) -> Result<(), Exit> {
         self.root_tables.kind().with_format(FaultIn {
             space: &self.space,
+            vcpu: self.id.idx,
             root: self.root,
             caches: &mut st.caches,
             gfn,

@@ -6,22 +6,61 @@
 //! Documentation/secmmu-protocols.rst (KVM's `kvm_mmu_invalidate_start()`,
 //! `kvm_mmu_invalidate_end()` and `mmu_invalidate_retry_gfn()`). Between
 //! `invalidate_range_start()` and the matching `invalidate_range_end()` no
-//! new mapping of the range may be created. The fault path therefore
-//! snapshots [`Invalidations::seq`] before it resolves a host page (which
-//! may sleep), and, under the lock that protects this state, gives up and
-//! retries when [`Invalidations::retry_range`] says an invalidation
-//! overlapping what it maps is in progress or has completed since the
-//! snapshot.
+//! new mapping of the range may be created.
+//!
+//! A fault resolves its host page with no lock held (it may sleep), so it
+//! must learn whether the primary changed that page meanwhile. KVM snapshots
+//! a sequence that every `end` bumps and retries if it moved, whatever the
+//! range of the invalidation that moved it: a fault that takes longer than
+//! the gap between two invalidations of unrelated memory retries forever.
+//! Here a fault instead *watches* the host range it may map
+//! ([`Invalidations::watch()`], one watch per vCPU): every `begin` that
+//! overlaps a watched range marks the watch stale, and the fault retries
+//! only if its watch went stale or an overlapping invalidation is still in
+//! progress ([`Invalidations::fault_must_retry()`]). Retries then follow
+//! the invalidations of what the fault maps, and nothing else.
 //!
 //! The state is kept in host virtual addresses, as the notifier reports
-//! them. It lives under the space's MMU lock: `start` and `end` change it
-//! with the lock held for write, faults read it under either side.
+//! them. It lives under the space's MMU lock: `begin` and `end` change it
+//! with the lock held for write; faults watch and check under either side
+//! (a watch is written only by its own vCPU, so faults under the read side
+//! never write the same watch).
 //! Kernel-free: built into the module and into the host crate.
 
-/// How many completed invalidations are remembered with their ranges.
-pub(crate) const HISTORY: usize = 64;
+use crate::mmu::prim::{AtomicBool, AtomicUsize, Ordering};
 
-/// Invalidations in progress and the sequence of completed ones.
+/// How many faults may watch at once: one per vCPU (`SECMMU_MAX_VCPUS`).
+pub(crate) const MAX_WATCHES: usize = 64;
+
+/// The host range `[start, end)` one fault may map, and whether an
+/// invalidation of it began since the fault started watching.
+///
+/// Relaxed atomics: the MMU lock orders every access (a watch is written
+/// under the read side by its vCPU only, and by `begin` under the write
+/// side); they are atomics only because the read side hands out `&self`.
+#[derive(Debug)]
+struct Watch {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    stale: AtomicBool,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Self {
+            start: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
+            stale: AtomicBool::new(false),
+        }
+    }
+
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        start < self.end.load(Ordering::Relaxed) && end > self.start.load(Ordering::Relaxed)
+    }
+}
+
+/// Invalidations in progress, the sequence of completed ones, and the
+/// ranges faults watch.
 #[derive(Debug)]
 pub(crate) struct Invalidations {
     /// Number of `start` calls without their `end` yet.
@@ -30,27 +69,26 @@ pub(crate) struct Invalidations {
     /// Only meaningful while `in_progress > 0`.
     start: usize,
     end: usize,
-    /// Bumped at every `end`: a fault that began before it must retry
-    /// if the range of that `end` overlaps what it maps.
+    /// Bumped at every `end` (KVM's `mmu_invalidate_seq`): for readers that
+    /// need no range, such as the coherence audit.
     seq: u64,
-    /// `ended[n % HISTORY]`: the range of the invalidation whose end made
-    /// the sequence `n`, for the last [`HISTORY`] values of `seq`.
-    ended: [(usize, usize); HISTORY],
+    /// One per vCPU, by vCPU id.
+    watches: [Watch; MAX_WATCHES],
 }
 
 impl Invalidations {
     /// Creates the state of a space that never saw an invalidation.
-    pub(crate) const fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             in_progress: 0,
             start: 0,
             end: 0,
             seq: 0,
-            ended: [(0, 0); HISTORY],
+            watches: core::array::from_fn(|_| Watch::new()),
         }
     }
 
-    /// The sequence a fault snapshots before resolving a host page.
+    /// The number of invalidations that ended so far.
     pub(crate) fn seq(&self) -> u64 {
         self.seq
     }
@@ -67,7 +105,8 @@ impl Invalidations {
     }
 
     /// `invalidate_range_start()`: from now on, until [`Self::end`], no
-    /// mapping of `[start, end)` may be installed.
+    /// mapping of `[start, end)` may be installed; a fault watching any of
+    /// it must start over.
     ///
     /// Nested or concurrent invalidations widen the tracked range to their
     /// union, as KVM does: a fault outside every range but inside the union
@@ -82,127 +121,137 @@ impl Invalidations {
             self.end = self.end.max(end);
         }
         self.in_progress += 1;
+        for w in &self.watches {
+            if w.overlaps(start, end) {
+                w.stale.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
-    /// `invalidate_range_end()` of `[start, end)`: the range may be mapped
-    /// again, by faults that start after this.
+    /// `invalidate_range_end()`: its range may be mapped again, by faults
+    /// that start watching it after this (the union of the ranges in
+    /// progress only shrinks when the last one ends, as in KVM).
     ///
-    /// The sequence is bumped, and the range recorded under it, before the
-    /// count drops, so a fault that saw neither the range (count 0) nor the
-    /// new sequence cannot exist. Returns false, changing nothing, for an
-    /// `end` without a `begin`: the notifier contract is broken, and the
-    /// caller warns.
+    /// Returns false, changing nothing, for an `end` without a `begin`: the
+    /// notifier contract is broken, and the caller warns.
     #[must_use]
-    pub(crate) fn end(&mut self, start: usize, end: usize) -> bool {
+    pub(crate) fn end(&mut self) -> bool {
         if self.in_progress == 0 {
             return false;
         }
         self.seq = self.seq.wrapping_add(1);
-        self.ended[self.seq as usize % HISTORY] = (start, end);
         self.in_progress -= 1;
         true
     }
 
-    /// Must a fault on host address `hva`, which snapshotted `seq` before
-    /// resolving its page, be retried?
-    pub(crate) fn retry(&self, hva: usize, seq: u64) -> bool {
-        self.retry_range(hva, hva + 1, seq)
+    /// Fault `id` (a vCPU id) is about to resolve a host page it may map
+    /// anywhere in `[start, end)`: from now on every invalidation that
+    /// begins over any of it makes [`Self::fault_must_retry()`] true. One
+    /// already in progress over it does so at once: its `end` may come
+    /// before the fault looks, and the primary may be changing the page
+    /// under the fault's look-up right now.
+    pub(crate) fn watch(&self, id: usize, start: usize, end: usize) {
+        let w = &self.watches[id];
+        w.start.store(start, Ordering::Relaxed);
+        w.end.store(end, Ordering::Relaxed);
+        w.stale
+            .store(self.in_progress_overlaps(start, end), Ordering::Relaxed);
     }
 
-    /// Must a fault that maps the host range `[start, end)` (a huge page's
-    /// worth) and snapshotted `seq` before resolving its page be retried?
-    /// Yes if an invalidation in progress overlaps any of the range, or one
-    /// that overlaps it ended since the snapshot: a split of the primary's
-    /// huge mapping, or a partial unmap of it, invalidates part or all of
-    /// the range, and the huge mapping must then not be installed. Also yes
-    /// when more invalidations ended since the snapshot than the history
-    /// holds: their ranges are no longer known.
-    pub(crate) fn retry_range(&self, start: usize, end: usize, seq: u64) -> bool {
-        if self.in_progress_overlaps(start, end) {
-            return true;
-        }
-        let overlaps = |(s, e): (usize, usize)| start < e && end > s;
-        let ended = self.seq.wrapping_sub(seq);
-        if ended > HISTORY as u64 {
-            return true;
-        }
-        (1..=ended).any(|i| overlaps(self.ended[seq.wrapping_add(i) as usize % HISTORY]))
+    /// Must fault `id`, which watched a range containing `[start, end)`
+    /// since before it resolved its page, start over instead of mapping
+    /// `[start, end)`? Yes if an invalidation overlapping its watch began
+    /// since it started watching, or one overlapping `[start, end)` is in
+    /// progress.
+    pub(crate) fn fault_must_retry(&self, id: usize, start: usize, end: usize) -> bool {
+        let w = &self.watches[id];
+        debug_assert!(
+            w.start.load(Ordering::Relaxed) <= start && end <= w.end.load(Ordering::Relaxed)
+        );
+        w.stale.load(Ordering::Relaxed) || self.in_progress_overlaps(start, end)
     }
 
-    /// Whether any invalidation ended since `seq` was read, whatever its
-    /// range (KVM's `mmu_invalidate_retry()` without the range).
-    pub(crate) fn any_since(&self, seq: u64) -> bool {
-        self.seq != seq
+    /// Whether anything since `seq` (a value of [`Self::seq()`]) may have
+    /// changed the primary's mapping of `[start, end)`: an invalidation of
+    /// it is in progress, or any invalidation ended since. Conservative
+    /// (any range), for readers that are not faults.
+    pub(crate) fn changed_since(&self, start: usize, end: usize, seq: u64) -> bool {
+        self.in_progress_overlaps(start, end) || self.seq != seq
     }
 }
 
 #[cfg(any(test, CONFIG_KUNIT))]
 pub(crate) mod checks {
     //! Checks shared by the host's `cargo test` and the in-kernel KUnit suite.
-    use super::{Invalidations, HISTORY};
+    use super::{Invalidations, MAX_WATCHES};
 
-    /// A fault racing one invalidation retries while the range is in
-    /// progress and after it ended, and not outside it before the end.
+    /// A fault racing one invalidation of its range retries whether the
+    /// invalidation is in progress or over when it looks; one that started
+    /// watching after the end does not.
     pub(crate) fn retry_around_one_invalidation() -> bool {
         let mut inv = Invalidations::new();
-        let seq = inv.seq();
-        inv.begin(0x1000, 0x3000);
-        let ok_during = inv.retry(0x1000, seq) && inv.retry(0x2fff, seq);
-        let ok_outside = !inv.retry(0x3000, seq) && !inv.retry(0x0fff, seq);
-        let ended = inv.end(0x1000, 0x3000);
-        let ok_after = inv.retry(0x2000, seq) && !inv.retry(0x2000, inv.seq());
-        // Range-based: an invalidation elsewhere does not make it retry.
-        let ok_elsewhere = !inv.retry(0x5000, seq) && inv.any_since(seq);
-        ended && ok_during && ok_outside && ok_after && ok_elsewhere && !inv.in_progress()
+        inv.watch(0, 0x1000, 0x3000);
+        let quiet = !inv.fault_must_retry(0, 0x1000, 0x2000);
+        inv.begin(0x2000, 0x3000);
+        let during = inv.fault_must_retry(0, 0x1000, 0x2000);
+        let ended = inv.end();
+        let after = inv.fault_must_retry(0, 0x1000, 0x2000);
+        inv.watch(0, 0x1000, 0x3000);
+        let fresh = !inv.fault_must_retry(0, 0x1000, 0x3000);
+        quiet && during && ended && after && fresh && !inv.in_progress()
     }
 
-    /// Nested invalidations keep the union until the last one ends.
-    pub(crate) fn nested_invalidations_keep_union() -> bool {
+    /// Invalidations elsewhere, however many, never make a fault retry; nor
+    /// those of another vCPU's range.
+    pub(crate) fn storm_elsewhere_never_retries() -> bool {
         let mut inv = Invalidations::new();
-        inv.begin(0x1000, 0x2000);
-        inv.begin(0x8000, 0x9000);
-        let seq = inv.seq();
-        let union = inv.retry(0x1000, seq) && inv.retry(0x8fff, seq) && inv.retry(0x5000, seq);
-        let e1 = inv.end(0x8000, 0x9000);
-        let seq = inv.seq();
-        let still = inv.retry(0x1000, seq) && inv.in_progress();
-        let e2 = inv.end(0x1000, 0x2000);
-        let seq = inv.seq();
-        e1 && e2 && union && still && !inv.retry(0x1000, seq) && !inv.in_progress()
-    }
-
-    /// A huge range retries if an in-progress invalidation overlaps any part
-    /// of it, not only its first page.
-    pub(crate) fn range_retry_covers_whole_range() -> bool {
-        let mut inv = Invalidations::new();
-        let seq = inv.seq();
-        inv.begin(0x3ff000, 0x400000);
-        let inside = inv.retry_range(0x200000, 0x400000, seq) && !inv.retry(0x200000, seq);
-        let outside =
-            !inv.retry_range(0x400000, 0x600000, seq) && !inv.retry_range(0x000000, 0x3ff000, seq);
-        let ended = inv.end(0x3ff000, 0x400000);
-        let after =
-            inv.retry_range(0x200000, 0x400000, seq) && !inv.retry_range(0x400000, 0x600000, seq);
-        ended && inside && outside && after
-    }
-
-    /// Ended invalidations are remembered by range for [`HISTORY`]
-    /// sequence numbers; a fault overtaken by more retries whatever its
-    /// range, and an `end` without a `begin` changes nothing.
-    pub(crate) fn history_bounds_range_retry() -> bool {
-        let mut inv = Invalidations::new();
-        let unbalanced = !inv.end(0, 0x1000) && inv.seq() == 0;
+        inv.watch(0, 0x200000, 0x400000);
+        inv.watch(1, 0x800000, 0x801000);
         let seq = inv.seq();
         let mut ok = true;
-        for i in 0..HISTORY {
-            inv.begin(0x100000 + i * 0x1000, 0x101000 + i * 0x1000);
-            ok &= inv.end(0x100000 + i * 0x1000, 0x101000 + i * 0x1000);
+        for i in 0..1000 {
+            let a = 0x800000 + (i % 16) * 0x1000;
+            inv.begin(a, a + 0x1000);
+            ok &= !inv.fault_must_retry(0, 0x200000, 0x400000);
+            ok &= inv.end();
         }
-        let within = !inv.retry(0x1000, seq) && inv.retry(0x100000, seq);
-        inv.begin(0x900000, 0x901000);
-        ok &= inv.end(0x900000, 0x901000);
-        let overtaken = inv.retry(0x1000, seq) && !inv.retry(0x1000, seq + 1);
-        unbalanced && ok && within && overtaken
+        ok && !inv.fault_must_retry(0, 0x200000, 0x400000)
+            && inv.fault_must_retry(1, 0x800000, 0x801000)
+            && inv.changed_since(0x200000, 0x400000, seq)
+    }
+
+    /// Watching a range that an invalidation in progress covers is stale at
+    /// once, even if that invalidation ends before the fault looks.
+    pub(crate) fn watch_during_invalidation_is_stale() -> bool {
+        let mut inv = Invalidations::new();
+        inv.begin(0x3ff000, 0x400000);
+        inv.watch(2, 0x200000, 0x400000);
+        let ended = inv.end();
+        let stale = inv.fault_must_retry(2, 0x3fe000, 0x3ff000);
+        inv.watch(3, 0x400000, 0x600000);
+        ended && stale && !inv.fault_must_retry(3, 0x400000, 0x600000)
+    }
+
+    /// Nested invalidations keep the union until the last one ends, and an
+    /// `end` without a `begin` changes nothing.
+    pub(crate) fn nested_invalidations_keep_union() -> bool {
+        let mut inv = Invalidations::new();
+        let unbalanced = !inv.end() && inv.seq() == 0;
+        inv.begin(0x1000, 0x2000);
+        inv.begin(0x8000, 0x9000);
+        let union = inv.in_progress_overlaps(0x5000, 0x6000);
+        let e1 = inv.end();
+        let still = inv.in_progress_overlaps(0x1000, 0x1001) && inv.in_progress();
+        let e2 = inv.end();
+        inv.watch(MAX_WATCHES - 1, 0x1000, 0x2000);
+        unbalanced
+            && e1
+            && e2
+            && union
+            && still
+            && !inv.in_progress()
+            && inv.seq() == 2
+            && !inv.fault_must_retry(MAX_WATCHES - 1, 0x1000, 0x2000)
     }
 }
 
@@ -216,17 +265,17 @@ mod tests {
     }
 
     #[test]
+    fn storm_elsewhere_never_retries() {
+        assert!(checks::storm_elsewhere_never_retries());
+    }
+
+    #[test]
+    fn watch_during_invalidation_is_stale() {
+        assert!(checks::watch_during_invalidation_is_stale());
+    }
+
+    #[test]
     fn nested_invalidations_keep_union() {
         assert!(checks::nested_invalidations_keep_union());
-    }
-
-    #[test]
-    fn range_retry_covers_whole_range() {
-        assert!(checks::range_retry_covers_whole_range());
-    }
-
-    #[test]
-    fn history_bounds_range_retry() {
-        assert!(checks::history_bounds_range_retry());
     }
 }

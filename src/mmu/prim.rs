@@ -16,9 +16,13 @@ use core::marker::PhantomData;
 // its full barrier (`smp_mb()`; an `mfence` or locked instruction on x86), used by the vCPU
 // request protocol of `tlb.rs`.
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
 
 #[cfg(not(secmmu_host))]
 pub(crate) use kernel::alloc::AllocError;
