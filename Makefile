@@ -19,9 +19,10 @@ modules clean:
 
 .PHONY: all modules clean
 
-# Benchmarks on the perf kernel, in one VM run (see scripts/bench).
+# Benchmarks on the perf kernel, in one VM run (see scripts/bench);
+# BASE=REV runs git revision REV's first, in the same VM boot.
 bench:
-	./scripts/bench
+	SECMMU_BENCH_BASE="$(BASE)" ./scripts/bench
 
 # The randomized stress test for DURATION seconds per format, on the debug
 # kernel of each arch or of ARCH=x86_64|arm64 (see scripts/soak).

@@ -1,15 +1,16 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 # Runs inside the perf VM: load secmmu and the HMM test driver, run the
-# benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES]
+# benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES [LABEL]]
 # (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/; BENCHES: some of
-# "dmirror fault huge aging", default all)
-top=$1 kdir=$2 only=${3:-all}
+# "dmirror fault huge aging", default all; LABEL: names the build in the
+# first line, when one VM runs several)
+top=$1 kdir=$2 only=${3:-all} label=${4:+ [$4]}
 want() { [ "$only" = all ] || case " $only " in *" $1 "*) ;; *) false ;; esac; }
 rc=0
 insmod "$top/secmmu.ko" || exit 1
 insmod "$kdir/lib/test_hmm.ko" || exit 1
-echo "== bench: $(uname -r), $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"
+echo "== bench$label: $(uname -r), $(nproc) vCPUs, $(grep MemTotal /proc/meminfo)"
 if want dmirror; then
 	"$top/selftests/secmmu_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
 fi
