@@ -24,12 +24,14 @@ use crate::{
     ext::{
         gup::UserPageRef,
         mm::{self, LeafLevel},
+        preempt::PreemptGuard,
         sched,
     },
-    format::{FaultSide, Format, WithFormat},
+    format::{FaultSide, Format, SlotSet, WithFormat},
     kpages::KernelPages,
     mmu::memslot::Slot,
     mmu::pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache},
+    mmu::prim::NoPreempt,
     space::{MmuState, Space},
     x86::rmap::DescCache,
 };
@@ -147,7 +149,8 @@ impl Fault {
     /// Whether the fault must start over: the slots changed, or an
     /// invalidation of any of the host range the fault maps began since it
     /// started watching that range, or is in progress. `state` is borrowed
-    /// from an MMU lock guard, either side: invalidations change the retry
+    /// from an MMU lock guard, either side, and `slots` is the memslot set
+    /// current under it: invalidations change the retry
     /// state with the lock held for write before they zap, so a fault that
     /// passes this check installs before the zap and is zapped by it (KVM's
     /// `mmu_invalidate_retry_gfn()`, but by range whether the invalidation
@@ -159,9 +162,9 @@ impl Fault {
     /// an invalidation of (at least) that part, so a split or partial unmap
     /// that ran after the fault began, and so maybe after the host level was
     /// looked up, makes the fault retry and look again.
-    fn must_retry(&self, state: &MmuState) -> bool {
+    fn must_retry(&self, state: &MmuState, slots: &SlotSet) -> bool {
         let (start, end) = self.hva_range();
-        state.slots.generation() != self.generation
+        slots.generation() != self.generation
             || state
                 .inval
                 .fault_must_retry(self.vcpu, start as usize, end as usize)
@@ -294,7 +297,10 @@ impl WithFormat for FaultIn<'_> {
 /// which contains whatever it maps in the end.
 fn begin(space: &Space, vcpu: usize, gfn: u64, write: bool) -> Result<Fault, Exit> {
     let state = space.mmu.read();
-    let Some(slot) = state.slots.lookup(gfn) else {
+    let preempt = PreemptGuard::new();
+    let rcu: NoPreempt<'_> = preempt.proof().into();
+    let slots = space.memslots(&rcu);
+    let Some(slot) = slots.lookup(gfn) else {
         space.stats.memory_faults.inc();
         return Err(Exit::MemoryFault);
     };
@@ -302,8 +308,8 @@ fn begin(space: &Space, vcpu: usize, gfn: u64, write: bool) -> Result<Fault, Exi
     let mut fault = Fault {
         gfn,
         write,
-        slot: *slot,
-        generation: state.slots.generation(),
+        slot: slot.slot,
+        generation: slots.generation(),
         vcpu,
         hva: slot.gfn_to_hva(gfn),
         pfn: 0,
@@ -330,16 +336,27 @@ fn install<F: Format>(
     if space.check_alive().is_err() {
         return Installed::Dead;
     }
-    if fault.must_retry(&guard) {
-        space.stats.fault_retries.inc();
-        return Installed::Retry;
-    }
-    let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
-        // Not reached: a vCPU exists only once its space has tables.
-        return Installed::Dead;
+    let mapped = {
+        // The set current under the lock: the one the fault began with
+        // unless the generation moved.
+        let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
+        let slots = space.memslots(&rcu);
+        if fault.must_retry(&guard, slots) {
+            space.stats.fault_retries.inc();
+            return Installed::Retry;
+        }
+        let Some(slot) = slots.lookup(fault.gfn) else {
+            // Not reached: the generation did not move.
+            return Installed::Retry;
+        };
+        let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
+            // Not reached: a vCPU exists only once its space has tables.
+            return Installed::Dead;
+        };
+        let flush = || space.flush_remote_tlbs();
+        F::map(tables, root, fault, slot, caches, &flush)
     };
-    let flush = || space.flush_remote_tlbs();
-    let mapped = F::map(tables, root, fault, caches, &flush);
     if F::BREAK_BEFORE_MAKE
         && mapped
             .as_ref()

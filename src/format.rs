@@ -24,17 +24,17 @@ use crate::{
     fault::{Fault, FaultCaches},
     kpages::KernelPages,
     mmu::aging::{self, AgeOp, AgeResult},
-    mmu::memslot::Slot,
+    mmu::memslot::{Memslots, Slot, SlotEntry},
     mmu::pgtable::{
         MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault, ZapCursor,
         ZapProgress,
     },
-    mmu::prim::{PArc, PBox},
+    mmu::prim::{self, NoPreempt, PArc},
     mmu::stats::{Counter, Stats},
     mmu_lock::{MmuLock, WriteGuard},
     space::{MmuState, Space},
     uapi,
-    x86::mmu::{self as x86, age_hva_range_lockless, DetachedRmaps, RmapTable, SlotRmaps, X86Mmu},
+    x86::mmu::{self as x86, age_gfn_range_lockless, SlotRef, SlotRmaps, X86Mmu},
 };
 use core::ops::Deref;
 use kernel::alloc::AllocError;
@@ -126,21 +126,29 @@ impl Pgt {
         }
     }
 
-    /// One step of a resumable zap of the gfns `[cursor, end)` of slot
-    /// `slot_id` (the x86 MMU finds them through the slot's rmaps; stage-2
+    /// One step of a resumable zap of the gfns `[cursor, end)` of `slot`
+    /// (the x86 MMU finds them through the slot's rmaps; stage-2
     /// walks its tables over the range), which also unlinks the tables it
     /// leaves empty: flush, then [`Pgt::free_zapped_tables()`]; on
     /// `tables_full`, flush, free and go on. MMU lock held for write.
     pub(crate) fn zap_gfn_range_step(
         &mut self,
-        slot_id: u32,
+        slot: &MemSlot,
         cursor: &mut ZapCursor,
         end: u64,
         should_stop: &mut dyn FnMut() -> bool,
     ) -> ZapProgress {
-        match self {
-            Pgt::X86(m) => m.zap_gfn_range_step(slot_id, cursor, end, should_stop),
-            Pgt::S2(m) => m.zap_gfn_range_step(cursor, end, should_stop),
+        match (self, x86_slot(slot)) {
+            (Pgt::X86(m), Some(slot)) => m.zap_gfn_range_step(slot, cursor, end, should_stop),
+            // Not reached: an x86 space's slots all have rmaps.
+            (Pgt::X86(_), None) => {
+                cursor.finish();
+                ZapProgress {
+                    done: true,
+                    ..ZapProgress::default()
+                }
+            }
+            (Pgt::S2(m), _) => m.zap_gfn_range_step(cursor, end, should_stop),
         }
     }
 
@@ -193,7 +201,8 @@ pub(crate) trait Format: Sized {
     /// other format.
     fn of_mut(pgt: &mut Pgt) -> Option<&mut Self>;
 
-    /// Installs the leaf `fault` resolved, in root `root`, with the MMU
+    /// Installs the leaf `fault` resolved, in root `root`, through `slot`
+    /// (the fault's slot, from the set current under the lock), with the MMU
     /// lock held on [`Format::FaultSide`]. `flush` flushes every vCPU's
     /// TLB and waits for them: the map calls it whenever it removed a
     /// translation (break-before-make needs it between the break and the
@@ -203,6 +212,7 @@ pub(crate) trait Format: Sized {
         tables: Tables<'_, Self>,
         root: usize,
         fault: &Fault,
+        slot: &MemSlot,
         caches: &mut FaultCaches,
         flush: &dyn Fn(),
     ) -> Result<MapOutcome, MapError>;
@@ -224,22 +234,20 @@ pub(crate) trait Format: Sized {
 
     /// New tables with `nr_roots` empty roots. Allocates, and may sleep:
     /// before the MMU lock.
-    fn new_tables(
-        nr_roots: usize,
-        ia_bits: u32,
-        ad_enabled: bool,
-        lockless: &LocklessState,
-    ) -> Result<Pgt, AllocError>;
+    fn new_tables(nr_roots: usize, ia_bits: u32, ad_enabled: bool) -> Result<Pgt, AllocError>;
 
-    /// What a new memslot needs from the format, allocated before the MMU
-    /// lock (may sleep): x86 gives it rmaps, stage-2 nothing.
+    /// What a new memslot's entry in the set holds for the format,
+    /// allocated before the MMU lock (may sleep): x86 gives it rmaps,
+    /// stage-2 nothing.
     fn prepare_slot(slot: &Slot) -> Result<SlotData, AllocError>;
 
     /// Ages the user range `[start, end)` of a configured `space` of this
     /// format, taking whichever side of the MMU lock the format's aging
     /// needs, or none (see "Aging without the MMU lock" in
     /// Documentation/secmmu-protocols.rst), and flushing what
-    /// `clear_flush_young` or access tracking requires.
+    /// `clear_flush_young` or access tracking requires. The range becomes
+    /// (slot, gfn range) pairs once, through [`age_hva_range()`], and the
+    /// format ages each pair.
     fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult>;
 
     /// Frees a table that a map unlinked, with the MMU lock held for write.
@@ -370,13 +378,15 @@ impl Format for X86Mmu<KernelPages> {
         tables: &mut Self,
         root: usize,
         fault: &Fault,
+        slot: &MemSlot,
         caches: &mut FaultCaches,
         flush: &dyn Fn(),
     ) -> Result<MapOutcome, MapError> {
         let (gfn, pfn) = fault.block();
+        let slot = x86_slot(slot).ok_or(MapError::NoSlot)?;
         let mapped = tables.map_level(
             root,
-            fault.slot.id,
+            slot,
             gfn,
             pfn,
             fault.write,
@@ -408,36 +418,33 @@ impl Format for X86Mmu<KernelPages> {
         }
     }
 
-    fn new_tables(
-        nr_roots: usize,
-        _ia_bits: u32,
-        ad_enabled: bool,
-        lockless: &LocklessState,
-    ) -> Result<Pgt, AllocError> {
-        Ok(Pgt::X86(X86Mmu::with_rmap_table(
-            nr_roots,
-            ad_enabled,
-            lockless.rmaps.clone(),
-        )?))
+    fn new_tables(nr_roots: usize, _ia_bits: u32, ad_enabled: bool) -> Result<Pgt, AllocError> {
+        Ok(Pgt::X86(X86Mmu::new(nr_roots, ad_enabled)?))
     }
 
     fn prepare_slot(slot: &Slot) -> Result<SlotData, AllocError> {
-        Ok(SlotData(Some(SlotRmaps::new(slot)?)))
+        let rmaps = prim::try_arc_sleepable(SlotRmaps::new(slot)?)?;
+        Ok(SlotData(Some(rmaps)))
     }
 
-    /// With A/D bits, without the MMU lock: the rmaps are walked under
-    /// their bit locks taken read-only, with preemption disabled (an RCU
-    /// read side: deleted slots' rmaps are freed after a grace period).
+    /// With A/D bits, without the MMU lock: the memslot set is read, and
+    /// the rmaps are walked under their bit locks taken read-only, with
+    /// preemption disabled, an RCU read side (the set, and a deleted slot's
+    /// rmaps with it, are freed after a grace period).
     /// Without them, or when `aging_locked` asks, under the write side:
     /// access tracking takes W away.
     fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
-        let lockless = &space.lockless().rmaps;
-        if aging::use_lockless(op, lockless.ad_enabled(), space.aging_locked()) {
+        if aging::use_lockless(op, space.ad_enabled(), space.aging_locked()) {
             space.stats.aging_lockless.inc();
             let r = {
                 // Nothing in the walk sleeps.
                 let preempt = PreemptGuard::new();
-                age_hva_range_lockless(lockless, &preempt.proof().into(), start, end, op)
+                let rcu: NoPreempt<'_> = preempt.proof().into();
+                age_hva_range(space.memslots(&rcu), start, end, op, |slot, s, e| {
+                    x86_slot(slot).map_or(AgeResult::new(op), |slot| {
+                        age_gfn_range_lockless(slot, &rcu, s, e, op)
+                    })
+                })
             };
             // clear_flush_young: the entries made old must not stay cached
             // as young translations (no MMU lock needed to flush).
@@ -447,7 +454,16 @@ impl Format for X86Mmu<KernelPages> {
             return Some(r);
         }
         let mut guard = space.mmu.write();
-        let r = Self::of_mut(guard.mmu.as_mut()?)?.age_hva_range_locked(start, end, op);
+        let mmu = Self::of_mut(guard.mmu.as_mut()?)?;
+        // The set is the current one for as long as the write side is held.
+        let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
+        let r = age_hva_range(space.memslots(&rcu), start, end, op, |slot, s, e| {
+            x86_slot(slot).map_or(AgeResult::new(op), |slot| {
+                mmu.age_gfn_range_locked(slot, s, e, op)
+            })
+        });
+        drop(preempt);
         // Access tracking took W away: flush before other faults can see
         // the lock free (a TLB still allowing writes would hide them from
         // dirty tracking).
@@ -475,6 +491,7 @@ impl Format for S2Mmu<KernelPages> {
         tables: &Self,
         root: usize,
         fault: &Fault,
+        _slot: &MemSlot,
         caches: &mut FaultCaches,
         flush: &dyn Fn(),
     ) -> Result<MapOutcome, MapError> {
@@ -506,12 +523,7 @@ impl Format for S2Mmu<KernelPages> {
         }
     }
 
-    fn new_tables(
-        nr_roots: usize,
-        ia_bits: u32,
-        ad_enabled: bool,
-        _lockless: &LocklessState,
-    ) -> Result<Pgt, AllocError> {
+    fn new_tables(nr_roots: usize, ia_bits: u32, ad_enabled: bool) -> Result<Pgt, AllocError> {
         Ok(Pgt::S2(S2Mmu::new(nr_roots, ia_bits, ad_enabled)?))
     }
 
@@ -530,15 +542,13 @@ impl Format for S2Mmu<KernelPages> {
     fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
         let walk = |state: &MmuState| {
             let mmu = Self::of(state.mmu.as_ref()?)?;
-            let mut r = AgeResult::new(op);
-            for slot in state.slots.iter() {
-                if let Some((s, e)) = slot.hva_range_to_gfns(start, end) {
-                    r.merge(&mmu.age_gfn_range(s, e, op));
-                    if r.done() {
-                        break;
-                    }
-                }
-            }
+            // The set is the current one for as long as the lock is held.
+            let preempt = PreemptGuard::new();
+            let rcu: NoPreempt<'_> = preempt.proof().into();
+            let r = age_hva_range(space.memslots(&rcu), start, end, op, |_, s, e| {
+                mmu.age_gfn_range(s, e, op)
+            });
+            drop(preempt);
             if r.needs_flush() {
                 space.flush_remote_tlbs();
             }
@@ -558,49 +568,53 @@ impl Format for S2Mmu<KernelPages> {
     }
 }
 
-/// What lockless walkers of a space read without the MMU lock. Made when
-/// the space is opened, before its format is chosen; only x86 spaces fill
-/// it: the rmap table, whose slots' rmaps lockless agers walk.
-pub(crate) struct LocklessState {
-    rmaps: PArc<RmapTable>,
+/// What a memslot's entry in the set holds for the format
+/// ([`Format::prepare_slot()`]): x86 its rmaps, shared by pointer by every
+/// set that holds the slot (KVM's `slot->arch.rmap`; see "Memslots and
+/// their lifetime" in Documentation/secmmu-protocols.rst); stage-2 nothing.
+#[derive(Clone, Default)]
+pub(crate) struct SlotData(Option<PArc<SlotRmaps>>);
+
+/// A space's memslot set.
+pub(crate) type SlotSet = Memslots<SlotData>;
+
+/// A memslot of a space's set, with the format's data for it.
+pub(crate) type MemSlot = SlotEntry<SlotData>;
+
+/// The x86 MMU's view of `slot`: the slot with its rmaps, if it has them.
+fn x86_slot(slot: &MemSlot) -> Option<SlotRef<'_>> {
+    slot.data
+        .0
+        .as_deref()
+        .map(|rmaps| SlotRef::new(&slot.slot, rmaps))
 }
 
-impl LocklessState {
-    /// An empty state. Allocates, and may sleep.
-    pub(crate) fn new() -> Result<Self, AllocError> {
-        Ok(Self {
-            rmaps: RmapTable::new()?,
-        })
-    }
+/// SPTEs left in the rmaps of `slot` (x86; 0 for stage-2): 0 once its zap
+/// is done.
+pub(crate) fn slot_sptes(slot: &MemSlot) -> u64 {
+    x86_slot(slot).map_or(0, |slot| slot.sptes())
 }
 
-/// What a new memslot brings to its format's tables
-/// ([`Format::prepare_slot()`]).
-pub(crate) struct SlotData(Option<PBox<SlotRmaps>>);
-
-/// What a deleted memslot leaves for lockless walkers: x86 rmaps, freed
-/// after an RCU grace period.
-pub(crate) type Retired = DetachedRmaps;
-
-impl Pgt {
-    /// Attaches what [`Format::prepare_slot()`] made for slot `id`, just
-    /// inserted in the set; gives it back if the slot has it already.
-    pub(crate) fn attach_slot(&mut self, id: u32, data: SlotData) -> Result<(), SlotData> {
-        match (self, data.0) {
-            (Pgt::X86(m), Some(rmaps)) => m.attach_slot(id, rmaps).map_err(|r| SlotData(Some(r))),
-            (_, data) => data.map_or(Ok(()), |r| Err(SlotData(Some(r)))),
+/// Ages the user range `[start, end)` of the slots in `slots`: `age` on
+/// each (slot, gfn range) pair that backs part of it, as
+/// [`Memslots::gfn_ranges()`] finds them (KVM's `kvm_handle_hva_range()`),
+/// until testing finds a young leaf. A host page aliased by several slots
+/// is aged in each.
+fn age_hva_range(
+    slots: &SlotSet,
+    start: u64,
+    end: u64,
+    op: AgeOp,
+    mut age: impl FnMut(&MemSlot, u64, u64) -> AgeResult,
+) -> AgeResult {
+    let mut r = AgeResult::new(op);
+    for (slot, first, last) in slots.gfn_ranges(start, end) {
+        r.merge(&age(slot, first, last));
+        if r.done() {
+            break;
         }
     }
-
-    /// Detaches the format's data of slot `id`, whose mappings are all
-    /// zapped: what lockless walkers may still read, for the caller to free
-    /// after a grace period.
-    pub(crate) fn detach_slot(&mut self, id: u32) -> Option<Retired> {
-        match self {
-            Pgt::X86(m) => m.detach_slot(id),
-            Pgt::S2(_) => None,
-        }
-    }
+    r
 }
 
 /// A page-table format, as a value: what SECMMU_CONFIGURE chose
@@ -656,9 +670,8 @@ impl Kind {
         nr_roots: usize,
         ia_bits: u32,
         ad_enabled: bool,
-        lockless: &LocklessState,
     ) -> Result<Pgt, AllocError> {
-        with_kind!(self, F => <F as Format>::new_tables(nr_roots, ia_bits, ad_enabled, lockless))
+        with_kind!(self, F => <F as Format>::new_tables(nr_roots, ia_bits, ad_enabled))
     }
 
     /// [`Format::prepare_slot()`] of this format.

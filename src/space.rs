@@ -8,13 +8,15 @@
 //! 1. a vCPU's mutex (`Vcpu::state`), only ever tried;
 //! 2. [`Space::config`], a mutex: serializes CONFIGURE, SET_MEMSLOT and
 //!    vCPU ids (KVM's `slots_lock`); never held with a vCPU's mutex;
-//! 3. [`Space::retired`], the mutex of deleted slots' retired rmaps;
+//! 3. [`Space::retired`], the mutex of replaced memslot sets waiting for
+//!    their grace period;
 //! 4. the mm core's locks: under the mutexes above secmmu calls into the mm
 //!    core (get_user_pages, user copies, allocations) holding no spinning
 //!    lock; the mm core calls the notifier callbacks with its own held, so
 //!    a callback takes only the spinning locks below;
 //! 5. [`Space::mmu`], the MMU lock (an `rwlock_t`, spinning): page tables,
-//!    memslots and the invalidation retry state. Nothing that sleeps runs
+//!    the publication of memslot sets ([`Space::memslots`] is replaced only
+//!    under the write side) and the invalidation retry state. Nothing that sleeps runs
 //!    under it; a fault allocates before it takes it (vCPU caches).
 //!    Invalidations change the retry state with it held for write, like
 //!    KVM's `kvm_mmu_invalidate_start/end()`, so faults read it under the
@@ -36,16 +38,18 @@ use crate::{
         gup::UserPageRef,
         mm::{self, LeafLevel},
         mmu_notifier::{impl_has_mmu_notifier, MmuNotifier, MmuNotifierOps, Range},
+        preempt::PreemptGuard,
         rcu::GracePeriodState,
         rwlock::new_rwlock,
         sched,
     },
-    format::{Kind, LocklessState, Pgt, Retired},
+    format::{self, Kind, Pgt, SlotSet},
     kpages,
     mmu::aging::{AgeOp, AgeResult},
     mmu::inval::Invalidations,
-    mmu::memslot::{Memslots, SlotError, SlotLimits, SlotRequest},
+    mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
     mmu::pgtable::ZapCursor,
+    mmu::prim::{self, NoPreempt, RcuPtr, Unpublished},
     mmu::stats::Stats,
     mmu::tlb::VcpuMode,
     mmu_lock::{MmuLock, WriteGuard},
@@ -56,14 +60,13 @@ use kernel::{
     mm::MmWithUser,
     new_mutex,
     prelude::*,
-    sync::{rcu, Arc, Mutex},
+    sync::{rcu, Arc, Mutex, MutexGuard},
 };
 
 /// What the MMU lock protects.
 pub(crate) struct MmuState {
     /// The page tables; `None` until SECMMU_CONFIGURE.
     pub(crate) mmu: Option<Pgt>,
-    pub(crate) slots: Memslots,
     /// Invalidations in progress, and the retry sequence (KVM's
     /// `mmu_invalidate_seq` and `mmu_invalidate_in_progress`).
     pub(crate) inval: Invalidations,
@@ -91,17 +94,19 @@ pub(crate) struct Space {
     config: Mutex<Option<Config>>,
     #[pin]
     pub(crate) mmu: MmuLock<MmuState>,
-    /// What lockless walkers read without the MMU lock (x86: the
-    /// per-memslot rmaps, for lockless aging): the tables (under the MMU
-    /// lock) publish and detach slots; agers read them with preemption
-    /// disabled (an RCU read side).
-    lockless: LocklessState,
-    /// What deleted slots left that lockless agers may still read, each
-    /// with the RCU state (`get_state_synchronize_rcu()`) of its detach:
-    /// freed by later deletions once that grace period is over, and by the
-    /// drop.
+    /// The memslot set (KVM's `kvm->memslots`), with each slot's format
+    /// data (x86: its rmaps): replaced only under `config` and the MMU lock
+    /// held for write, so holders of the MMU lock see one set; lockless
+    /// agers read it in an RCU read side (see "Memslots and their lifetime"
+    /// in Documentation/secmmu-protocols.rst). After `notifier`: `release()`
+    /// zaps through it.
+    memslots: RcuPtr<SlotSet>,
+    /// Replaced memslot sets that RCU readers may still see, each with the
+    /// RCU state (`get_state_synchronize_rcu()`) of its replacement: freed
+    /// by later slot changes once that grace period is over, and by the
+    /// drop. A deleted slot's rmaps go with the last set that holds them.
     #[pin]
-    retired: Mutex<KVec<(Retired, GracePeriodState)>>,
+    retired: Mutex<KVec<(Unpublished<SlotSet>, GracePeriodState)>>,
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
@@ -148,20 +153,19 @@ impl Space {
         aging_locked: bool,
         max_table_pages: u64,
     ) -> Result<Arc<Self>> {
-        let lockless = LocklessState::new()?;
+        let memslots = RcuPtr::new(prim::try_box_sleepable(SlotSet::new())?);
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 config <- new_mutex!(None, "secmmu_config"),
                 mmu <- new_rwlock!(
                     MmuState {
                         mmu: None,
-                        slots: Memslots::new(),
                         inval: Invalidations::new(),
                     },
                     "secmmu_mmu_lock"
                 ),
-                lockless,
-                retired <- new_mutex!(KVec::new(), "secmmu_retired_rmaps"),
+                memslots,
+                retired <- new_mutex!(KVec::new(), "secmmu_retired_memslots"),
                 aging_locked,
                 max_table_pages,
                 ad_enabled: AtomicBool::new(true),
@@ -233,7 +237,7 @@ impl Space {
         let ad_enabled = cfg.flags & uapi::CFG_NO_AD == 0;
         let nr_roots = cfg.nr_roots as usize;
         // Allocates the roots: may sleep, so before the MMU lock.
-        let mut mmu = kind.new_tables(nr_roots, ia_bits, ad_enabled, &self.lockless)?;
+        let mut mmu = kind.new_tables(nr_roots, ia_bits, ad_enabled)?;
         mmu.set_table_limit(self.max_table_pages);
         self.ad_enabled.store(ad_enabled, Ordering::Relaxed);
         self.mmu.write().mmu = Some(mmu);
@@ -261,13 +265,13 @@ impl Space {
             if req.flags & !crate::mmu::memslot::MEM_FLAGS != 0 {
                 return Err(EINVAL);
             }
-            return self.delete_memslot(req.slot);
+            return self.delete_memslot(&config, req.slot);
         }
         let limits = SlotLimits {
             gpa_bits: cfg.ia_bits,
             user_end: mm::task_size() as u64,
         };
-        let slot = Memslots::validate(
+        let slot = Slot::validate(
             &SlotRequest {
                 id: req.slot,
                 flags: req.flags,
@@ -278,32 +282,25 @@ impl Space {
             &limits,
         )
         .map_err(slot_errno)?;
-        // Check before allocating the rmaps, then again under the lock (the
-        // config mutex makes the second check a formality).
-        self.mmu
-            .read()
-            .slots
-            .check_insert(&slot)
-            .map_err(slot_errno)?;
-        // The format's share of the slot (x86: its rmaps), made before
-        // the lock: it may sleep.
+        let current = self.memslots_of_config(&config);
+        // Check before allocating the rmaps.
+        current.check_insert(&slot).map_err(slot_errno)?;
+        // The format's share of the slot (x86: its rmaps) and the new set,
+        // made before the lock: they may sleep. A failure leaves the
+        // current set as it is.
         let kind = Kind::from_uapi(cfg.format).ok_or(EINVAL)?;
         let data = kind.prepare_slot(&slot)?;
-        let mut mmu = self.mmu.write();
-        mmu.slots.insert(slot).map_err(slot_errno)?;
-        let unused = mmu
-            .mmu
-            .as_mut()
-            .and_then(|m| m.attach_slot(slot.id, data).err());
-        drop(mmu);
-        // Unreachable: the slot id was free. Freed outside the lock.
-        drop(unused);
+        let new = current.inserted(slot, data).map_err(slot_errno)?;
+        let new = prim::try_box_sleepable(new)?;
+        let old = self.publish_memslots(new);
+        self.retire_memslots(old);
         drop(config);
         Ok(())
     }
 
     /// Deletes a memslot: zaps its mappings in every root, flushes, and
-    /// frees its rmaps after dropping the lock.
+    /// retires the sets that held it (with its rmaps) after dropping the
+    /// lock.
     ///
     /// The slot stays in the set, marked invalid, until its zap is done,
     /// as KVM keeps a `KVM_MEMSLOT_INVALID` slot visible: the zap yields
@@ -311,9 +308,18 @@ impl Space {
     /// still find the slot and zap its range, or it would return with the
     /// slot's mappings of pages the primary MMU then frees. Faults no longer
     /// find the slot from the moment it is marked.
-    fn delete_memslot(&self, id: u32) -> Result {
+    ///
+    /// Both sets are made before the lock is taken: a failed allocation
+    /// leaves the current set as it is (`ENOMEM`), and nothing can fail
+    /// once the zap has begun.
+    fn delete_memslot(&self, config: &MutexGuard<'_, Option<Config>>, id: u32) -> Result {
+        let current = self.memslots_of_config(config);
+        let (invalid, slot) = current.invalidated(id).map_err(slot_errno)?;
+        let (removed, _) = invalid.removed(id).map_err(slot_errno)?;
+        let invalid = prim::try_box_sleepable(invalid)?;
+        let removed = prim::try_box_sleepable(removed)?;
         let mut guard = self.mmu.write();
-        let slot = guard.slots.invalidate(id).map_err(slot_errno)?;
+        let before = self.memslots.replace(invalid);
         let mut zapped = Zapped::default();
         self.zap_gfns(
             &mut guard,
@@ -324,15 +330,51 @@ impl Space {
             true,
         );
         self.flush_and_free(&mut guard, &mut zapped);
-        guard.slots.remove(id).map_err(slot_errno)?;
-        let rmaps = guard.mmu.as_mut().and_then(|m| m.detach_slot(id));
-        drop(guard);
-        if let Some(rmaps) = rmaps {
-            self.retire_rmaps(rmaps);
+        {
+            // SPTEs left in the slot's rmaps (a bug) would escape later
+            // zaps once the slot is gone.
+            let preempt = PreemptGuard::new();
+            let rcu: NoPreempt<'_> = preempt.proof().into();
+            let left = self.memslots(&rcu).by_id(id).map_or(0, format::slot_sptes);
+            kernel::warn_on!(left != 0);
         }
+        let during = self.memslots.replace(removed);
+        drop(guard);
+        self.retire_memslots(before);
+        self.retire_memslots(during);
         self.stats.slot_zaps.inc();
         self.count_zapped(&zapped);
         Ok(())
+    }
+
+    /// The memslot set, for a reader in an RCU read side (`rcu`; a holder
+    /// of the MMU lock, either side, is in one, and reads the set that stays
+    /// current until it drops the lock). Lockless agers read it so, as KVM's
+    /// `kvm_memslots()` under SRCU.
+    pub(crate) fn memslots<'a>(&'a self, rcu: &'a NoPreempt<'_>) -> &'a SlotSet {
+        self.memslots.read(rcu)
+    }
+
+    /// The memslot set, for the holder of `config`, which every change of
+    /// the set holds (KVM's `slots_lock`): it stays current, and allocated,
+    /// for as long as `config` is held, even across sleeps.
+    fn memslots_of_config<'a>(
+        &'a self,
+        _config: &'a MutexGuard<'_, Option<Config>>,
+    ) -> &'a SlotSet {
+        // SAFETY: Sets are replaced and retired only with `config` held,
+        // which the caller holds for as long as the reference lives.
+        unsafe { self.memslots.get_unchecked() }
+    }
+
+    /// Publishes `new` as the memslot set under the MMU lock held for write
+    /// (KVM's `kvm_swap_active_memslots()`): holders of the lock see one
+    /// set, and faults that resolved their slot in the old one retry (the
+    /// generation moved). Returns the old set, for [`Self::retire_memslots()`].
+    /// Called with `config` held.
+    fn publish_memslots(&self, new: prim::PBox<SlotSet>) -> Unpublished<SlotSet> {
+        let _guard = self.mmu.write();
+        self.memslots.replace(new)
     }
 
     /// Takes the lowest free vCPU id; `ENOSPC` if all
@@ -393,7 +435,16 @@ impl Space {
         while let Some(mmu) = guard.mmu.as_mut() {
             let lock = &self.mmu;
             let mut should_stop = || may_block && (sched::need_resched() || lock.contended());
-            let progress = mmu.zap_gfn_range_step(id, &mut cursor, end, &mut should_stop);
+            let progress = {
+                // Looked up in the set current under the lock, again after
+                // every yield: a slot deleted meanwhile was zapped whole.
+                let preempt = PreemptGuard::new();
+                let rcu: NoPreempt<'_> = preempt.proof().into();
+                let Some(slot) = self.memslots(&rcu).by_id(id) else {
+                    break;
+                };
+                mmu.zap_gfn_range_step(slot, &mut cursor, end, &mut should_stop)
+            };
             z.sptes += progress.zapped;
             z.dirty += progress.dirty;
             z.flush_pending |= progress.needs_flush();
@@ -585,7 +636,11 @@ impl Space {
                 }
                 let state = self.mmu.write();
                 let mmu = state.mmu.as_ref().ok_or(EINVAL)?;
-                let next = self.audit_batch(&state, mm, mmu, root, gfn, &mut a);
+                let preempt = PreemptGuard::new();
+                let rcu: NoPreempt<'_> = preempt.proof().into();
+                let slots = self.memslots(&rcu);
+                let next = self.audit_batch(&state, slots, mm, mmu, root, gfn, &mut a);
+                drop(preempt);
                 drop(state);
                 // No lock is held.
                 self.audit_confirm(&mut a);
@@ -617,9 +672,11 @@ impl Space {
     /// Audits the leaves of `root` from `gfn` on, about [`AUDIT_BATCH`]
     /// pages' worth, or until [`AUDIT_SUSPECTS`] pages are suspect; returns
     /// where to go on, or `None` at the end.
+    #[allow(clippy::too_many_arguments)]
     fn audit_batch(
         &self,
         state: &MmuState,
+        slots: &SlotSet,
         mm: &MmWithUser,
         mmu: &Pgt,
         root: u32,
@@ -633,7 +690,7 @@ impl Space {
             budget = budget.saturating_sub(pages.min(512));
             gfn = base + pages;
             a.leaves += 1;
-            match self.audit_leaf(state, mm, base, pages, t.pfn, t.writable) {
+            match self.audit_leaf(state, slots, mm, base, pages, t.pfn, t.writable) {
                 LeafAudit::Coherent => {}
                 LeafAudit::Stale => a.mismatch(root, base),
                 LeafAudit::Suspect { gfn, hva } => {
@@ -656,9 +713,11 @@ impl Space {
     /// Checks each page of the leaf `[base, base + pages)` against the
     /// primary MMU's lockless look-up: it must map the page to `pfn + i`,
     /// writable if the leaf is.
+    #[allow(clippy::too_many_arguments)]
     fn audit_leaf(
         &self,
         state: &MmuState,
+        slots: &SlotSet,
         mm: &MmWithUser,
         base: u64,
         pages: u64,
@@ -669,7 +728,7 @@ impl Space {
         while i < pages {
             // A leaf outside every memslot is stale: the slot's deletion
             // should have zapped it.
-            let Some(slot) = state.slots.lookup_any(base + i) else {
+            let Some(slot) = slots.lookup_any(base + i) else {
                 return LeafAudit::Stale;
             };
             let hva = slot.gfn_to_hva(base + i);
@@ -762,6 +821,7 @@ fn slot_errno(e: SlotError) -> Error {
         SlotError::Overlap => EEXIST,
         SlotError::Busy => EBUSY,
         SlotError::NotFound => ENOENT,
+        SlotError::NoMemory => ENOMEM,
     }
 }
 
@@ -778,19 +838,10 @@ impl MmuNotifierOps for Space {
         let mut guard = self.mmu.write();
         let mut zapped = Zapped::default();
         let mut from = 0;
-        loop {
-            let Some(slot) = guard.slots.iter().find(|s| s.base_gfn >= from).copied() else {
-                break;
-            };
-            from = slot.end_gfn();
-            self.zap_gfns(
-                &mut guard,
-                &mut zapped,
-                slot.id,
-                slot.base_gfn,
-                slot.end_gfn(),
-                true,
-            );
+        // Every slot, whole: the whole user range.
+        while let Some((id, end, first, last)) = self.next_gfn_range(0, u64::MAX, from) {
+            from = end;
+            self.zap_gfns(&mut guard, &mut zapped, id, first, last, true);
         }
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
@@ -823,14 +874,7 @@ impl MmuNotifierOps for Space {
         let mut zapped = Zapped::default();
         let mut from = 0;
         loop {
-            let next = guard
-                .slots
-                .iter()
-                .filter(|s| s.base_gfn >= from)
-                .find_map(|s| {
-                    let (first, last) = s.hva_range_to_gfns(start as u64, end as u64)?;
-                    Some((s.id, s.end_gfn(), first, last))
-                });
+            let next = self.next_gfn_range(start as u64, end as u64, from);
             let Some((id, slot_end, gfn_start, gfn_end)) = next else {
                 break;
             };
@@ -925,11 +969,6 @@ impl Space {
         r.young
     }
 
-    /// What lockless walkers read without the MMU lock.
-    pub(crate) fn lockless(&self) -> &LocklessState {
-        &self.lockless
-    }
-
     /// Whether aging must take the MMU lock even where A/D bits allow
     /// lockless aging (module parameter `aging_locked`).
     pub(crate) fn aging_locked(&self) -> bool {
@@ -949,15 +988,34 @@ impl Space {
 }
 
 impl Space {
-    /// Frees a deleted slot's rmaps once no lockless ager can still see
-    /// them: after an RCU grace period (agers run with preemption off).
+    /// The next slot at or above gfn `from` that backs part of the user
+    /// range `[start, end)`: its id, its end, and the gfns `[first, last)`
+    /// that back the range ([`Memslots::next_gfn_range()`], KVM's
+    /// `kvm_handle_hva_range()`), in the set current under the MMU lock,
+    /// which the caller holds for write. Looked up again after every slot's
+    /// zap, which may yield the lock: a slot created meanwhile maps nothing
+    /// of an invalidated range (its faults retry until `end`); a slot being
+    /// deleted stays in the set, marked invalid, until its own zap is done.
+    ///
+    /// [`Memslots::next_gfn_range()`]: crate::mmu::memslot::Memslots::next_gfn_range
+    fn next_gfn_range(&self, start: u64, end: u64, from: u64) -> Option<(u32, u64, u64, u64)> {
+        let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
+        let (slot, first, last) = self.memslots(&rcu).next_gfn_range(start, end, from)?;
+        Some((slot.id, slot.end_gfn(), first, last))
+    }
+
+    /// Frees a replaced memslot set once no RCU reader can still see it:
+    /// after a grace period (lockless agers read it with preemption off).
+    /// A deleted slot's rmaps go with the last set that holds them.
     ///
     /// Not by waiting for one here: a grace period is tens of ms under
     /// load, and a VMM that creates and deletes slots in a loop would
-    /// crawl. The rmaps wait in `retired` instead, and each deletion frees
+    /// crawl. The sets wait in `retired` instead, and each change frees
     /// those whose grace period has ended since (the polled grace-period
-    /// API); the drop frees the rest after `synchronize_rcu()`.
-    fn retire_rmaps(&self, rmaps: Retired) {
+    /// API); the drop frees the rest after `synchronize_rcu()`. Called with
+    /// `config` held and no spinning lock.
+    fn retire_memslots(&self, old: Unpublished<SlotSet>) {
         let state = GracePeriodState::get();
         let mut retired = self.retired.lock();
         let mut i = 0;
@@ -967,22 +1025,22 @@ impl Space {
                 continue;
             }
             if let Ok((done, _)) = retired.remove(i) {
-                // SAFETY: A grace period has passed since these rmaps were
-                // detached: lockless agers cannot reach them any more.
+                // SAFETY: A grace period has passed since this set was
+                // replaced: RCU readers cannot reach it any more.
                 unsafe { done.free_after_grace_period() };
             }
         }
-        // Room first: a failed push would drop the rmaps.
+        // Room first: a failed push would drop the set.
         if retired.reserve(1, GFP_KERNEL_ACCOUNT).is_ok() {
             // Cannot fail: there is room.
-            let _ = retired.push((rmaps, state), GFP_KERNEL_ACCOUNT);
+            let _ = retired.push((old, state), GFP_KERNEL_ACCOUNT);
         } else {
             drop(retired);
             // Waits for every preempt-disabled (RCU) reader; may sleep, and
             // no spinlock is held here.
             rcu::synchronize_rcu();
-            // SAFETY: A grace period has passed since the detach.
-            unsafe { rmaps.free_after_grace_period() };
+            // SAFETY: A grace period has passed since the replacement.
+            unsafe { old.free_after_grace_period() };
         }
     }
 }
@@ -998,9 +1056,9 @@ impl PinnedDrop for Space {
         // reference goes from a file's release or a vCPU's, both process
         // context), and no spinlock is held.
         rcu::synchronize_rcu();
-        while let Some((rmaps, _)) = retired.pop() {
-            // SAFETY: A grace period has passed since every detach.
-            unsafe { rmaps.free_after_grace_period() };
+        while let Some((set, _)) = retired.pop() {
+            // SAFETY: A grace period has passed since every replacement.
+            unsafe { set.free_after_grace_period() };
         }
     }
 }

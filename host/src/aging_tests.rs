@@ -22,12 +22,10 @@ use crate::mmu::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_P
 use crate::mmu::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::mmu::tlb::VcpuMode;
 use crate::test_util::Rng;
-use crate::x86::mmu::{
-    age_gfn_range_lockless, age_hva_range_lockless, slot_ids, translate, RmapTable, SlotRmaps,
-    WalkFault, X86Mmu, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
-};
+use crate::x86::mmu::{translate, WalkFault, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS};
 use crate::x86::rmap::{DescCache, PTE_LIST_EXT};
 use crate::x86::spte::{self, Level};
+use crate::x86_slots::{slot_ref, TestMmu, TestSlots};
 
 /// Where the test slots' memory starts in the (pretend) user address space.
 const HVA: u64 = 0x7000_0000_0000;
@@ -51,21 +49,21 @@ fn pfn_of(gfn: u64) -> u64 {
     0x20_0000 + gfn
 }
 
-/// An MMU with host pages of test `ID`, its shared rmap table, and the caches a fault path
-/// would top up.
+/// An MMU with host pages of test `ID`, its memslot set (shared with lockless agers), and the
+/// caches a fault path would top up.
 struct Fixture<const ID: usize> {
-    mmu: X86Mmu<HostPages<ID>>,
-    table: PArc<RmapTable>,
+    mmu: TestMmu<HostPages<ID>>,
+    table: PArc<TestSlots>,
     tables: TableCache<HostPages<ID>>,
     descs: DescCache,
 }
 
 impl<const ID: usize> Fixture<ID> {
     fn new(nr_roots: usize, ad_enabled: bool, slots: &[Slot]) -> Self {
-        let table = RmapTable::new().unwrap();
-        let mut mmu = X86Mmu::with_rmap_table(nr_roots, ad_enabled, table.clone()).unwrap();
+        let table = TestSlots::new();
+        let mut mmu = TestMmu::with_slots(nr_roots, ad_enabled, table.clone()).unwrap();
         for s in slots {
-            assert!(mmu.attach_slot(s.id, SlotRmaps::new(s).unwrap()).is_ok());
+            assert!(mmu.attach_slot(s).is_ok());
         }
         Fixture {
             mmu,
@@ -101,12 +99,14 @@ impl<const ID: usize> Fixture<ID> {
 
     fn lockless(&self, hva_start: u64, hva_end: u64, op: AgeOp) -> AgeResult {
         let no_preempt = NoPreempt::new();
-        age_hva_range_lockless(&self.table, &no_preempt, hva_start, hva_end, op)
+        self.table
+            .age_hva_range_lockless(&no_preempt, hva_start, hva_end, op)
     }
 
     fn lockless_gfns(&self, slot_id: u32, start: u64, end: u64, op: AgeOp) -> AgeResult {
         let no_preempt = NoPreempt::new();
-        age_gfn_range_lockless(&self.table, &no_preempt, slot_id, start, end, op)
+        self.table
+            .age_gfn_range_lockless(&no_preempt, slot_id, start, end, op)
     }
 
     fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<u64, WalkFault> {
@@ -263,7 +263,7 @@ fn hva_ranges_partial_pages_and_aliases() {
 
 /// Huge leaves of test `ID`: heap-allocated SPTE slots added to the rmaps directly, in no table, so
 /// that the test holds each leaf and sets and checks its bits itself while the agers reach it only
-/// through the rmaps, as they do every leaf.  [`X86Mmu::map_level()`] installs huge leaves in the
+/// through the rmaps, as they do every leaf.  [`TestMmu::map_level()`] installs huge leaves in the
 /// tables.
 fn add_huge<const ID: usize>(
     f: &mut Fixture<ID>,
@@ -400,7 +400,7 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
             f.map(root, 0, gfn, writable(gfn));
         }
     }
-    assert!(!f.table.ad_enabled());
+    assert!(!f.mmu.ad_enabled());
     assert!(use_lockless(AgeOp::Test, false, false));
     assert!(!use_lockless(AgeOp::Clear, false, false));
     assert!(!use_lockless(AgeOp::ClearFlush, false, false));
@@ -526,30 +526,28 @@ fn locked_aging_with_ad_matches_lockless() {
     teardown(f);
 }
 
+/// Slots come and go by publishing new sets: a reader of the set from before a change still
+/// finds the slot it had, a reader after it does not, and a deleted slot's rmaps live on with
+/// the old set until it is freed.
 #[test]
-fn rmap_table_ownership_attach_and_detach() {
+fn memslot_set_attach_and_detach() {
     const ID: usize = 46;
     let s = slot(5, 0x10, 8, HVA);
-    let table = RmapTable::new().unwrap();
-    assert!(table.ad_enabled(), "unowned: nothing mapped");
-    let mut mmu = X86Mmu::<HostPages<ID>>::with_rmap_table(2, true, table.clone()).unwrap();
-    assert!(PArc::ptr_eq(mmu.rmap_table(), &table));
-    assert!(
-        X86Mmu::<HostPages<ID>>::with_rmap_table(1, true, table.clone()).is_err(),
-        "one MMU per table"
-    );
-    // Made for slot 5, attached at 4: refused.
-    let wrong = mmu.attach_slot(4, SlotRmaps::new(&s).unwrap());
-    assert!(wrong.is_err());
-    drop(wrong);
-    assert!(mmu.attach_slot(5, SlotRmaps::new(&s).unwrap()).is_ok());
+    let table = TestSlots::new();
+    let mut mmu = TestMmu::<HostPages<ID>>::with_slots(2, true, table.clone()).unwrap();
+    assert!(PArc::ptr_eq(mmu.slots(), &table));
+    // Overlapping slot 5, or at its id: refused, the set unchanged.
+    assert!(mmu.attach_slot(&s).is_ok());
+    assert!(mmu.attach_slot(&slot(4, 0x17, 2, HVA)).is_err());
+    assert!(mmu.attach_slot(&slot(5, 0x100, 2, HVA)).is_err());
     {
         let no_preempt = NoPreempt::new();
         let rmaps = table.get(5, &no_preempt).unwrap();
         assert_eq!(*rmaps.slot(), s);
-        assert_eq!(rmaps.nr_rmaps(MapLevel::L4K), 8);
+        assert_eq!(rmaps.rmaps().nr_rmaps(MapLevel::L4K), 8);
         assert!(table.get(4, &no_preempt).is_none());
         assert!(table.get(u32::MAX, &no_preempt).is_none());
+        assert_eq!(table.read(&no_preempt).iter().count(), 1);
     }
     let mut tables = TableCache::<HostPages<ID>>::new();
     let mut descs = DescCache::new(2);
@@ -559,58 +557,59 @@ fn rmap_table_ownership_attach_and_detach() {
         mmu.map(root, 5, 0x12, 7, true, &mut tables, &mut descs)
             .unwrap();
     }
+    let no_preempt = NoPreempt::new();
+    // A reader that read the set before the deletion.
+    let before = table.get(5, &no_preempt).unwrap();
     assert_eq!(mmu.zap_slot(5), 2);
     assert_eq!(HostPages::<ID>::take_dirty(), [7, 7]);
     let detached = mmu.detach_slot(5).unwrap();
-    assert_eq!((*detached.slot(), detached.sptes()), (s, 0));
-    {
-        let no_preempt = NoPreempt::new();
-        assert!(table.get(5, &no_preempt).is_none());
-        let r = age_hva_range_lockless(&table, &no_preempt, 0, u64::MAX, AgeOp::Clear);
-        assert_eq!(r.visited, 0);
-    }
-    // SAFETY: no lockless reader runs in this test.
+    let old = detached.get().by_id(5).and_then(slot_ref).unwrap();
+    assert_eq!((*old.slot(), old.sptes()), (s, 0));
+    // The old reader still has the slot, emptied; a new one does not find it.
+    assert_eq!(before.sptes(), 0);
+    assert!(table.get(5, &no_preempt).is_none());
+    let r = table.age_hva_range_lockless(&no_preempt, 0, u64::MAX, AgeOp::Clear);
+    assert_eq!(r.visited, 0);
+    // SAFETY: `before` and `old` are not used any more: no reader of the old set is left.
     unsafe { detached.free_after_grace_period() };
     assert!(mmu.detach_slot(5).is_none());
 
-    // A slot left attached when the MMU goes stays in the table, empty; another MMU may take
-    // the table over.
-    assert!(mmu.attach_slot(5, SlotRmaps::new(&s).unwrap()).is_ok());
+    // A slot left mapped when the MMU goes is zapped first, its page reported dirty.
+    assert!(mmu.attach_slot(&s).is_ok());
     tables.topup(MAP_MIN_TABLES).unwrap();
     descs.topup(MAP_MIN_DESCS).unwrap();
-    mmu.map(0, 5, 0x13, 8, false, &mut tables, &mut descs)
+    mmu.map(0, 5, 0x13, 8, true, &mut tables, &mut descs)
         .unwrap();
     drop((mmu, tables));
-    assert_eq!(HostPages::<ID>::take_dirty(), Vec::<u64>::new());
-    let mmu = X86Mmu::<HostPages<ID>>::with_rmap_table(1, false, table.clone()).unwrap();
-    assert!(!table.ad_enabled());
-    {
-        let no_preempt = NoPreempt::new();
-        assert_eq!(table.get(5, &no_preempt).unwrap().sptes(), 0);
-    }
-    drop(mmu);
+    assert_eq!(HostPages::<ID>::take_dirty(), [8]);
+    assert_eq!(table.get(5, &no_preempt).unwrap().sptes(), 0);
     assert_eq!(HostPages::<ID>::allocs(), HostPages::<ID>::frees());
 }
 
-/// The table's bitmap of live slots follows attach and detach, up to the last slot id, and the
-/// walks age through it.
+/// The set holds slots up to the last id, and the walks age the slots that back a range, in
+/// guest-physical order, each once.
 #[test]
-fn live_slot_bitmap() {
+fn slots_up_to_the_last_id() {
     const ID: usize = 51;
     let (a, b, c) = (
         slot(0, 0x100, 4, HVA),
         slot(5, 0x200, 4, HVA + 0x10_0000),
         slot(63, 0x300, 4, HVA + 0x20_0000),
     );
-    let mut f = Fixture::<ID>::new(1, true, &[a, b, c]);
-    let bits = (1u64 << 0) | (1 << 5) | (1 << 63);
-    assert_eq!(f.table.live_ids(), bits);
-    assert_eq!(slot_ids(bits).collect::<Vec<_>>(), [0, 5, 63]);
-    assert_eq!(slot_ids(0).count(), 0);
-    // Refused attaches change nothing: id taken, or rmaps made for another id.
-    assert!(f.mmu.attach_slot(63, SlotRmaps::new(&c).unwrap()).is_err());
-    assert!(f.mmu.attach_slot(7, SlotRmaps::new(&c).unwrap()).is_err());
-    assert_eq!(f.table.live_ids(), bits);
+    let mut f = Fixture::<ID>::new(1, true, &[c, a, b]);
+    let ids = |f: &Fixture<ID>| {
+        let no_preempt = NoPreempt::new();
+        f.table
+            .read(&no_preempt)
+            .iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&f), [0, 5, 63]);
+    // Refused attaches change nothing: id taken, or range taken.
+    assert!(f.mmu.attach_slot(&c).is_err());
+    assert!(f.mmu.attach_slot(&slot(7, 0x302, 1, HVA)).is_err());
+    assert_eq!(ids(&f), [0, 5, 63]);
 
     f.map(0, 63, 0x302, true);
     let page = hva(&c, 0x302);
@@ -628,7 +627,7 @@ fn live_slot_bitmap() {
 
     assert_eq!(f.zap(5, b.base_gfn, b.end_gfn()), 0);
     let detached = f.mmu.detach_slot(5).unwrap();
-    assert_eq!(f.table.live_ids(), bits & !(1 << 5));
+    assert_eq!(ids(&f), [0, 63]);
     // SAFETY: no lockless reader runs in this test.
     unsafe { detached.free_after_grace_period() };
     // 4 rmaps at 4K and one each at 2M and 1G per slot, for the two slots left.
@@ -659,7 +658,7 @@ fn contention_is_counted() {
             let ager = sc.spawn(|| {
                 let no_preempt = NoPreempt::new();
                 started.store(true, StdOrdering::Release);
-                age_gfn_range_lockless(table, &no_preempt, 0, 1, 2, AgeOp::Clear)
+                table.age_gfn_range_lockless(&no_preempt, 0, 1, 2, AgeOp::Clear)
             });
             while !started.load(StdOrdering::Acquire) {
                 thread::yield_now();
@@ -701,11 +700,11 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         slot(1, 0x40_0100, STRESS_GFNS, HVA + (STRESS_GFNS << PAGE_SHIFT)),
     ];
     let hva_end = HVA + ((2 * STRESS_GFNS) << PAGE_SHIFT);
-    let table = RmapTable::new().unwrap();
+    let table = TestSlots::new();
     let mut mmu =
-        X86Mmu::<HostPages<ID>>::with_rmap_table(STRESS_ROOTS, ad_enabled, table.clone()).unwrap();
+        TestMmu::<HostPages<ID>>::with_slots(STRESS_ROOTS, ad_enabled, table.clone()).unwrap();
     for s in &slots {
-        assert!(mmu.attach_slot(s.id, SlotRmaps::new(s).unwrap()).is_ok());
+        assert!(mmu.attach_slot(s).is_ok());
     }
     let roots: Vec<u64> = (0..STRESS_ROOTS)
         .map(|r| mmu.root_pfn(r).unwrap())
@@ -727,10 +726,10 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                         let op = ops[rng.below(3) as usize];
                         let start = HVA - 4096 + rng.below(hva_end - HVA + 4096);
                         let end = start + rng.below(64 << PAGE_SHIFT);
-                        let r = if use_lockless(op, table.ad_enabled(), false) {
+                        let r = if use_lockless(op, ad_enabled, false) {
                             let _rcu = rcu.read().unwrap();
                             let no_preempt = NoPreempt::new();
-                            age_hva_range_lockless(table, &no_preempt, start, end, op)
+                            table.age_hva_range_lockless(&no_preempt, start, end, op)
                         } else {
                             let r = mmu.lock().unwrap().age_hva_range_locked(start, end, op);
                             assert_eq!(r.lost_races, 0, "nothing races under the lock");
@@ -775,18 +774,20 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             sc.spawn(move || {
                 for i in 0..STRESS_ROUNDS / 30 {
                     let s = &slots[i % 2];
-                    let rmaps = SlotRmaps::new(s).unwrap();
                     let detached = {
                         let mut m = mmu.lock().unwrap();
                         m.zap_slot(s.id);
                         m.detach_slot(s.id).unwrap()
                     };
-                    // synchronize_rcu(): wait for every reader that may see the rmaps.
+                    // synchronize_rcu(): wait for every reader that may see the old set.
                     drop(rcu.write().unwrap());
-                    // SAFETY: a grace period has passed since the detach.
+                    // SAFETY: a grace period has passed since the replacement.
                     unsafe { detached.free_after_grace_period() };
                     thread::yield_now();
-                    assert!(mmu.lock().unwrap().attach_slot(s.id, rmaps).is_ok());
+                    let old = mmu.lock().unwrap().attach_slot_rcu(s).unwrap();
+                    drop(rcu.write().unwrap());
+                    // SAFETY: as above.
+                    unsafe { old.free_after_grace_period() };
                     thread::sleep(Duration::from_micros(200));
                 }
             })

@@ -10,8 +10,9 @@ use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES as S2_MIN_TABLES};
 use crate::host_pages::HostPages;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::{MapLevel, TableCache};
-use crate::x86::mmu::{SlotRmaps, X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES};
+use crate::x86::mmu::{MAP_MIN_DESCS, MAP_MIN_TABLES};
 use crate::x86::rmap::DescCache;
+use crate::x86_slots::TestMmu;
 
 /// Leaves as `(first gfn, pfn of it, level, writable)`: far apart, at every level.
 const LEAVES: [(u64, u64, MapLevel, bool); 5] = [
@@ -36,7 +37,7 @@ fn collect(
 
 #[test]
 fn x86_next_leaf_finds_each_leaf_once() {
-    let mut mmu = X86Mmu::<HostPages<52>>::new(2, true).unwrap();
+    let mut mmu = TestMmu::<HostPages<52>>::new(2, true).unwrap();
     // Rmaps for a 48-bit slot would be huge: a small slot per leaf instead.
     let mut tables = TableCache::<HostPages<52>>::new();
     let mut descs = DescCache::new(4);
@@ -48,7 +49,7 @@ fn x86_next_leaf_finds_each_leaf_once() {
             npages: level.pages(),
             userspace_addr: 0,
         };
-        assert!(mmu.attach_slot(s.id, SlotRmaps::new(&s).unwrap()).is_ok());
+        assert!(mmu.attach_slot(&s).is_ok());
         tables.topup(MAP_MIN_TABLES).unwrap();
         descs.topup(MAP_MIN_DESCS).unwrap();
         mmu.map_level(1, s.id, gfn, pfn, w, level, &mut tables, &mut descs)

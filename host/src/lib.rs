@@ -43,6 +43,10 @@ mod tlb_props;
 #[cfg(all(test, not(loom)))]
 mod mmu_props;
 
+// The x86 MMU's memslot set, as the kernel glue keeps it, for the tests.
+#[cfg(all(test, not(loom)))]
+mod x86_slots;
+
 #[cfg(all(test, not(loom)))]
 mod mmu_tests;
 

@@ -214,12 +214,10 @@ mod x86 {
     use super::*;
 
     use crate::mmu::prim::NoPreempt;
-    use crate::x86::mmu::{
-        age_gfn_range_lockless, translate, MapError, RmapTable, SlotRmaps, X86Mmu, ZapCursor,
-        MAP_MIN_DESCS, MAP_MIN_TABLES,
-    };
+    use crate::x86::mmu::{translate, MapError, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES};
     use crate::x86::rmap::DescCache;
     use crate::x86::spte;
+    use crate::x86_slots::{TestMmu, TestSlots};
 
     const ID: usize = 56;
 
@@ -263,7 +261,7 @@ mod x86 {
             gfn: u64,
             write: bool,
         },
-        /// `X86Mmu::restore_access_tracked()`, the fault's fast path.
+        /// `TestMmu::restore_access_tracked()`, the fault's fast path.
         Restore {
             root: usize,
             slot: usize,
@@ -323,8 +321,8 @@ mod x86 {
     }
 
     struct World {
-        mmu: X86Mmu<HostPages<ID>>,
-        table: crate::mmu::prim::PArc<RmapTable>,
+        mmu: TestMmu<HostPages<ID>>,
+        table: crate::mmu::prim::PArc<TestSlots>,
         tables: TableCache<HostPages<ID>>,
         descs: DescCache,
         ad: bool,
@@ -500,7 +498,8 @@ mod x86 {
                 self.mmu.age_gfn_range_locked(s as u32, start, end, op)
             } else {
                 let no_preempt = NoPreempt::new();
-                age_gfn_range_lockless(&self.table, &no_preempt, s as u32, start, end, op)
+                self.table
+                    .age_gfn_range_lockless(&no_preempt, s as u32, start, end, op)
             };
             let slot = &SLOTS[s];
             let (lo, hi) = (start.max(slot.base_gfn), end.min(slot.end_gfn()));
@@ -596,10 +595,10 @@ mod x86 {
     fn run(roots: usize, ad: bool, ops: &[Op]) {
         HostPages::<ID>::take_dirty();
         let pages_before = live_pages::<ID>();
-        let table = RmapTable::new().unwrap();
-        let mut mmu = X86Mmu::with_rmap_table(roots, ad, table.clone()).unwrap();
+        let table = TestSlots::new();
+        let mut mmu = TestMmu::with_slots(roots, ad, table.clone()).unwrap();
         for s in &SLOTS {
-            assert!(mmu.attach_slot(s.id, SlotRmaps::new(s).unwrap()).is_ok());
+            assert!(mmu.attach_slot(s).is_ok());
         }
         let mut probes = Vec::new();
         for op in ops {

@@ -24,11 +24,12 @@ use crate::mmu::tlb::{SoftTlb, VcpuMode};
 use crate::test_util::Rng;
 use crate::x86::mmu::TABLE_SCAN_BATCH;
 use crate::x86::mmu::{
-    translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, X86Mmu, ZapCursor,
-    ZapProgress, GFN_BITS, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
+    translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, ZapCursor, ZapProgress,
+    GFN_BITS, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
 };
 use crate::x86::rmap::DescCache;
 use crate::x86::spte;
+use crate::x86_slots::{slot_ref, TestMmu};
 
 fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
     Slot {
@@ -42,16 +43,16 @@ fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
 
 /// An MMU with host pages of test `ID`, and the caches a fault path would top up.
 struct Fixture<const ID: usize> {
-    mmu: X86Mmu<HostPages<ID>>,
+    mmu: TestMmu<HostPages<ID>>,
     tables: TableCache<HostPages<ID>>,
     descs: DescCache,
 }
 
 impl<const ID: usize> Fixture<ID> {
     fn new(nr_roots: usize, ad_enabled: bool, slots: &[Slot]) -> Self {
-        let mut mmu = X86Mmu::new(nr_roots, ad_enabled).unwrap();
+        let mut mmu = TestMmu::new(nr_roots, ad_enabled).unwrap();
         for s in slots {
-            assert!(mmu.attach_slot(s.id, SlotRmaps::new(s).unwrap()).is_ok());
+            assert!(mmu.attach_slot(s).is_ok());
         }
         Fixture {
             mmu,
@@ -111,7 +112,7 @@ impl<const ID: usize> Fixture<ID> {
 }
 
 /// Zaps `[start, end)` of `slot_id` in `mmu` to the end (see [`Fixture::zap()`]).
-fn zap_to_end<P: PageOps>(mmu: &mut X86Mmu<P>, slot_id: u32, start: u64, end: u64) -> ZapProgress {
+fn zap_to_end<P: PageOps>(mmu: &mut TestMmu<P>, slot_id: u32, start: u64, end: u64) -> ZapProgress {
     let mut cursor = ZapCursor::new(start);
     let mut sum = ZapProgress::default();
     loop {
@@ -743,24 +744,24 @@ fn attach_and_detach_slots() {
     let s = slot(3, 0x1000, 8);
     let mut f = Fixture::<ID>::new(1, true, &[]);
     assert_eq!(f.try_map(0, 3, 0x1000, 1, true), Err(MapError::NoSlot));
-    assert!(f.mmu.attach_slot(3, SlotRmaps::new(&s).unwrap()).is_ok());
-    let again = f.mmu.attach_slot(3, SlotRmaps::new(&s).unwrap());
+    assert!(f.mmu.attach_slot(&s).is_ok());
+    let again = f.mmu.attach_slot(&s);
     assert!(again.is_err(), "slot 3 has rmaps already");
-    let bad = f.mmu.attach_slot(64, SlotRmaps::new(&s).unwrap());
-    assert!(bad.is_err(), "no slot 64");
-    drop((again, bad));
+    let bad = f.mmu.attach_slot(&slot(4, 0x1004, 2));
+    assert!(bad.is_err(), "overlaps slot 3");
 
     f.map(0, 3, 0x1007, 1, true);
     assert_eq!(f.mmu.zap_slot(3), 1);
     let rmaps = f.mmu.detach_slot(3).unwrap();
-    assert_eq!(rmaps.sptes(), 0);
+    let old = rmaps.get().by_id(3).and_then(slot_ref).unwrap();
+    assert_eq!(old.sptes(), 0);
     // SAFETY: no lockless reader runs in this test: the grace period is trivially over.
     unsafe { rmaps.free_after_grace_period() };
     assert!(f.mmu.detach_slot(3).is_none());
     assert_eq!(f.try_map(0, 3, 0x1007, 1, true), Err(MapError::NoSlot));
     // Recreated at the same id, with another range.
     let s2 = slot(3, 0, 8);
-    assert!(f.mmu.attach_slot(3, SlotRmaps::new(&s2).unwrap()).is_ok());
+    assert!(f.mmu.attach_slot(&s2).is_ok());
     f.map(0, 3, 7, 2, false);
     assert_eq!(f.mmu.zap_slot(3), 1);
     teardown(f);
@@ -791,7 +792,7 @@ fn slots_at_fresh_addresses_free_their_tables() {
         // the 2M and 4K ones after.
         let base = ((i % 512) << 27) | (((i / 512) % 512) << 18) | ((i % 509) << 9) | 0x40;
         let s = slot(7, base, 16);
-        assert!(f.mmu.attach_slot(7, SlotRmaps::new(&s).unwrap()).is_ok());
+        assert!(f.mmu.attach_slot(&s).is_ok());
         for root in 0..2 {
             let o = f.map(root, 7, base + 5, pfn_of(i), true);
             assert!(o.new_tables >= 2, "cycle {i}");
@@ -1067,10 +1068,10 @@ fn table_cache_topup_take_drop() {
 #[test]
 fn failed_new_frees_its_roots() {
     const ID: usize = 15;
-    assert!(X86Mmu::<HostPages<ID>>::new(0, true).is_err());
-    assert!(X86Mmu::<HostPages<ID>>::new(MAX_ROOTS + 1, true).is_err());
+    assert!(TestMmu::<HostPages<ID>>::new(0, true).is_err());
+    assert!(TestMmu::<HostPages<ID>>::new(MAX_ROOTS + 1, true).is_err());
     HostPages::<ID>::fail_after(5);
-    assert!(X86Mmu::<HostPages<ID>>::new(MAX_ROOTS, true).is_err());
+    assert!(TestMmu::<HostPages<ID>>::new(MAX_ROOTS, true).is_err());
     assert_eq!(HostPages::<ID>::allocs(), 5);
     assert_eq!(HostPages::<ID>::frees(), 5);
 }
@@ -1093,7 +1094,7 @@ fn data(pfn: u64) -> &'static StdAtomicU64 {
 
 /// What the stress test's MMU lock (a mutex) protects.
 struct StressWorld<const ID: usize> {
-    mmu: X86Mmu<HostPages<ID>>,
+    mmu: TestMmu<HostPages<ID>>,
     /// The page backing each gfn; `None` while an invalidation of the gfn is in progress, when
     /// faults must retry ("Invalidation and the retry sequence" in
     /// Documentation/secmmu-protocols.rst).
@@ -1112,8 +1113,8 @@ const STRESS_VCPUS: usize = 4;
 /// read a page that does not back the gfn it accessed.
 fn stress<const ID: usize>(ad_enabled: bool) {
     let s = slot(0, 0x1f0, STRESS_GFNS);
-    let mut mmu = X86Mmu::<HostPages<ID>>::new(STRESS_VCPUS, ad_enabled).unwrap();
-    assert!(mmu.attach_slot(0, SlotRmaps::new(&s).unwrap()).is_ok());
+    let mut mmu = TestMmu::<HostPages<ID>>::new(STRESS_VCPUS, ad_enabled).unwrap();
+    assert!(mmu.attach_slot(&s).is_ok());
     let roots: Vec<u64> = (0..STRESS_VCPUS)
         .map(|r| mmu.root_pfn(r).unwrap())
         .collect();

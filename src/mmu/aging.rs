@@ -8,7 +8,8 @@
 //! This file holds what does not depend on the page-table format: the operation ([`AgeOp`]),
 //! what an aging walk found and did ([`AgeResult`]), and the choice between the lockless and the
 //! locked walk ([`use_lockless`]).  The walks themselves are the format's: for x86,
-//! `age_hva_range_lockless()` and `X86Mmu::age_hva_range_locked()` in `x86/mmu.rs`.
+//! `age_gfn_range_lockless()` and `X86Mmu::age_gfn_range_locked()` in `x86/mmu.rs`, on the
+//! (slot, gfn range) pairs the memslot set turns a host range into (`Memslots::gfn_ranges()`).
 //!
 //! Two walks:
 //!

@@ -7,13 +7,17 @@
 //! guest-physical space; they may overlap (alias) in user space, so one host
 //! page can be mapped at several gfns.
 //!
-//! The set is a small array sorted by `base_gfn`; lookups are binary
-//! searches. Changes happen under the MMU lock held for write, so a holder
-//! of the MMU lock (either side) sees a stable set.
+//! The set ([`Memslots`]) is a small immutable array sorted by `base_gfn`,
+//! published through one RCU-protected pointer: changes make a new set
+//! and swap it in under the MMU lock held for write, so a holder of the
+//! MMU lock (either side) sees a stable set, and lockless agers read it
+//! under RCU (see "Memslots and their lifetime" in
+//! Documentation/secmmu-protocols.rst).
 //!
 //! Kernel-free: built into the module and into the host crate.
 
 use crate::mmu::pgtable::MapLevel;
+use crate::mmu::prim::{self, PVec};
 
 /// Guest page size: 4 KiB.
 pub(crate) const PAGE_SHIFT: u32 = 12;
@@ -43,6 +47,8 @@ pub(crate) enum SlotError {
     Busy,
     /// Deleting a slot that does not exist (ENOENT).
     NotFound,
+    /// The new set could not be allocated (ENOMEM); the old one stays.
+    NoMemory,
 }
 
 /// One memslot.
@@ -56,6 +62,43 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Checks a request to create a slot, without changing anything.
+    pub(crate) fn validate(req: &SlotRequest, limits: &SlotLimits) -> Result<Self, SlotError> {
+        if req.id as usize >= MAX_SLOTS || req.flags & !MEM_FLAGS != 0 {
+            return Err(SlotError::Invalid);
+        }
+        let aligned = |v: u64| v & (PAGE_SIZE - 1) == 0;
+        if !aligned(req.guest_phys_addr)
+            || !aligned(req.memory_size)
+            || !aligned(req.userspace_addr)
+        {
+            return Err(SlotError::Invalid);
+        }
+        let gpa_end = req
+            .guest_phys_addr
+            .checked_add(req.memory_size)
+            .ok_or(SlotError::Invalid)?;
+        let hva_end = req
+            .userspace_addr
+            .checked_add(req.memory_size)
+            .ok_or(SlotError::Invalid)?;
+        if req.memory_size == 0
+            || limits.gpa_bits >= 64
+            || gpa_end > (1u64 << limits.gpa_bits)
+            || hva_end > limits.user_end
+            || req.userspace_addr == 0
+        {
+            return Err(SlotError::Invalid);
+        }
+        Ok(Self {
+            id: req.id,
+            flags: req.flags,
+            base_gfn: req.guest_phys_addr >> PAGE_SHIFT,
+            npages: req.memory_size >> PAGE_SHIFT,
+            userspace_addr: req.userspace_addr,
+        })
+    }
+
     /// One past the last gfn of the slot.
     pub(crate) fn end_gfn(&self) -> u64 {
         self.base_gfn + self.npages
@@ -145,34 +188,53 @@ pub(crate) struct SlotRequest {
     pub(crate) userspace_addr: u64,
 }
 
-/// The slots of a space, sorted by `base_gfn`.
-pub(crate) struct Memslots {
-    slots: [Slot; MAX_SLOTS],
-    len: usize,
+/// A memslot in a set, with what the page-table format keeps for it (x86: its rmaps, KVM's
+/// `slot->arch.rmap`; stage-2: nothing).  The format's data is shared by pointer between the
+/// sets that hold the slot, never copied: the rmap heads in it change under the MMU lock and
+/// under lockless agers while several sets reach them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SlotEntry<D> {
+    /// The slot.  Slots never change in place: marking one invalid makes a new entry.
+    pub(crate) slot: Slot,
+    /// The format's data for the slot.
+    pub(crate) data: D,
+}
+
+impl<D> core::ops::Deref for SlotEntry<D> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.slot
+    }
+}
+
+/// An immutable set of memslots, sorted by `base_gfn` (KVM's `struct kvm_memslots`).
+///
+/// A set never changes once made: a change makes a new set from the current one
+/// ([`Memslots::inserted()`], [`Memslots::invalidated()`], [`Memslots::removed()`]), which
+/// allocates and so is done before the MMU lock is taken; the owner then publishes it with the
+/// MMU lock held for write, and frees the old one after an RCU grace period (KVM's
+/// `kvm_swap_active_memslots()` and `synchronize_srcu_expedited()`).  So holders of the MMU lock
+/// see one set for as long as they hold it, and lockless readers one set for as long as their
+/// RCU read side lasts.  Lookups are binary searches.
+pub(crate) struct Memslots<D> {
+    slots: PVec<SlotEntry<D>>,
     /// Bumped on every change; faults recheck it under the MMU lock.
     generation: u64,
 }
 
-impl Memslots {
-    /// An empty set.
-    pub(crate) const fn new() -> Self {
-        const EMPTY: Slot = Slot {
-            id: 0,
-            flags: 0,
-            base_gfn: 0,
-            npages: 0,
-            userspace_addr: 0,
-        };
+impl<D: Clone> Memslots<D> {
+    /// An empty set.  Allocates nothing.
+    pub(crate) fn new() -> Self {
         Self {
-            slots: [EMPTY; MAX_SLOTS],
-            len: 0,
+            slots: PVec::new(),
             generation: 0,
         }
     }
 
     /// The slots, sorted by guest-physical address.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.slots[..self.len].iter()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SlotEntry<D>> {
+        self.slots.iter()
     }
 
     /// Changes count: a fault that resolved its slot under another
@@ -182,75 +244,86 @@ impl Memslots {
     }
 
     /// The slot with id `id`.
-    pub(crate) fn by_id(&self, id: u32) -> Option<&Slot> {
+    pub(crate) fn by_id(&self, id: u32) -> Option<&SlotEntry<D>> {
         self.iter().find(|s| s.id == id)
     }
 
     /// The slot a fault on `gfn` may map through: none for a slot being
     /// deleted.
-    pub(crate) fn lookup(&self, gfn: u64) -> Option<&Slot> {
+    pub(crate) fn lookup(&self, gfn: u64) -> Option<&SlotEntry<D>> {
         self.lookup_any(gfn).filter(|s| !s.is_invalid())
     }
 
     /// The slot mapping `gfn`, even one being deleted.
-    pub(crate) fn lookup_any(&self, gfn: u64) -> Option<&Slot> {
-        let slots = &self.slots[..self.len];
-        let idx = slots.partition_point(|s| s.base_gfn <= gfn);
-        let slot = slots.get(idx.checked_sub(1)?)?;
+    pub(crate) fn lookup_any(&self, gfn: u64) -> Option<&SlotEntry<D>> {
+        let idx = self.slots.partition_point(|s| s.base_gfn <= gfn);
+        let slot = self.slots.get(idx.checked_sub(1)?)?;
         slot.contains(gfn).then_some(slot)
     }
 
-    /// First step of deleting slot `id` (KVM's `kvm_invalidate_memslot()`):
-    /// marks it [`SLOT_INVALID`], so that no fault maps it any more (the
-    /// generation moves, so faults that looked it up before retry), while
-    /// it stays in the set for invalidations and aging until
-    /// [`Self::remove`] takes it out once its mappings are gone.
-    pub(crate) fn invalidate(&mut self, id: u32) -> Result<Slot, SlotError> {
-        let slot = self.slots[..self.len]
-            .iter_mut()
-            .find(|s| s.id == id && !s.is_invalid())
-            .ok_or(SlotError::NotFound)?;
-        slot.flags |= SLOT_INVALID;
-        let slot = *slot;
-        self.generation += 1;
-        Ok(slot)
+    /// The slots that back some of the user range `[hva_start, hva_end)` (exclusive end, as
+    /// the notifier's), each with the gfns `[first, last)` whose pages intersect it, in
+    /// guest-physical order; aliases of one host page in several slots come once per slot
+    /// (KVM's `kvm_handle_hva_range()`).  Slots being deleted are included: their mappings
+    /// must stay covered by invalidations and aging until their zap is done.
+    pub(crate) fn gfn_ranges(
+        &self,
+        hva_start: u64,
+        hva_end: u64,
+    ) -> impl Iterator<Item = (&SlotEntry<D>, u64, u64)> {
+        self.iter().filter_map(move |s| {
+            let (first, last) = s.hva_range_to_gfns(hva_start, hva_end)?;
+            Some((s, first, last))
+        })
     }
 
-    /// Checks a request to create a slot, without changing anything.
-    pub(crate) fn validate(req: &SlotRequest, limits: &SlotLimits) -> Result<Slot, SlotError> {
-        if req.id as usize >= MAX_SLOTS || req.flags & !MEM_FLAGS != 0 {
-            return Err(SlotError::Invalid);
-        }
-        let aligned = |v: u64| v & (PAGE_SIZE - 1) == 0;
-        if !aligned(req.guest_phys_addr)
-            || !aligned(req.memory_size)
-            || !aligned(req.userspace_addr)
-        {
-            return Err(SlotError::Invalid);
-        }
-        let gpa_end = req
-            .guest_phys_addr
-            .checked_add(req.memory_size)
-            .ok_or(SlotError::Invalid)?;
-        let hva_end = req
-            .userspace_addr
-            .checked_add(req.memory_size)
-            .ok_or(SlotError::Invalid)?;
-        if req.memory_size == 0
-            || limits.gpa_bits >= 64
-            || gpa_end > (1u64 << limits.gpa_bits)
-            || hva_end > limits.user_end
-            || req.userspace_addr == 0
-        {
-            return Err(SlotError::Invalid);
-        }
-        Ok(Slot {
-            id: req.id,
-            flags: req.flags,
-            base_gfn: req.guest_phys_addr >> PAGE_SHIFT,
-            npages: req.memory_size >> PAGE_SHIFT,
-            userspace_addr: req.userspace_addr,
+    /// The first of [`Memslots::gfn_ranges()`] in a slot that starts at gfn `from` or above:
+    /// for a caller that drops the MMU lock between slots, and so must look its next slot up
+    /// again, in whatever set is current then.
+    pub(crate) fn next_gfn_range(
+        &self,
+        hva_start: u64,
+        hva_end: u64,
+        from: u64,
+    ) -> Option<(&SlotEntry<D>, u64, u64)> {
+        self.gfn_ranges(hva_start, hva_end)
+            .find(|(s, _, _)| s.base_gfn >= from)
+    }
+
+    /// A new set of the first `len` of `slots`, one generation on from this one.  Allocates,
+    /// and may sleep.
+    fn derive<'a>(
+        &'a self,
+        len: usize,
+        slots: impl Iterator<Item = SlotEntry<D>> + 'a,
+    ) -> Result<Self, SlotError> {
+        Ok(Self {
+            slots: prim::try_vec_collect(len, slots).map_err(|_| SlotError::NoMemory)?,
+            generation: self.generation + 1,
         })
+    }
+
+    /// First step of deleting slot `id` (KVM's `kvm_invalidate_memslot()`):
+    /// a new set where it is marked [`SLOT_INVALID`], so that no fault maps it any more (the
+    /// generation moves, so faults that looked it up before retry), while
+    /// it stays in the set for invalidations and aging until
+    /// [`Self::removed()`] takes it out once its mappings are gone.  Returns the new set and
+    /// the slot as marked.  Allocates, and may sleep.
+    pub(crate) fn invalidated(&self, id: u32) -> Result<(Self, Slot), SlotError> {
+        let mut slot = self
+            .iter()
+            .find(|s| s.id == id && !s.is_invalid())
+            .ok_or(SlotError::NotFound)?
+            .slot;
+        slot.flags |= SLOT_INVALID;
+        let entries = self.iter().map(|s| {
+            let mut s = s.clone();
+            if s.id == id {
+                s.slot = slot;
+            }
+            s
+        });
+        Ok((self.derive(self.slots.len(), entries)?, slot))
     }
 
     /// Checks that `slot` can be added: its id is free and its range
@@ -259,7 +332,7 @@ impl Memslots {
         if self.by_id(slot.id).is_some() {
             return Err(SlotError::Busy);
         }
-        if self.len == MAX_SLOTS {
+        if self.slots.len() >= MAX_SLOTS {
             // Unreachable while ids are below MAX_SLOTS and unique.
             return Err(SlotError::Invalid);
         }
@@ -272,28 +345,26 @@ impl Memslots {
         Ok(())
     }
 
-    /// Adds a slot that passed [`Self::check_insert`].
-    pub(crate) fn insert(&mut self, slot: Slot) -> Result<(), SlotError> {
+    /// A new set: this one with `slot` added (it must pass [`Self::check_insert()`]), with the
+    /// format's `data` for it.  Allocates, and may sleep.
+    pub(crate) fn inserted(&self, slot: Slot, data: D) -> Result<Self, SlotError> {
         self.check_insert(&slot)?;
-        let idx = self.slots[..self.len].partition_point(|s| s.base_gfn < slot.base_gfn);
-        self.slots.copy_within(idx..self.len, idx + 1);
-        self.slots[idx] = slot;
-        self.len += 1;
-        self.generation += 1;
-        Ok(())
+        let idx = self.slots.partition_point(|s| s.base_gfn < slot.base_gfn);
+        let new = SlotEntry { slot, data };
+        let entries = self.slots[..idx]
+            .iter()
+            .cloned()
+            .chain(core::iter::once(new))
+            .chain(self.slots[idx..].iter().cloned());
+        self.derive(self.slots.len() + 1, entries)
     }
 
-    /// Removes the slot with id `id` and returns it.
-    pub(crate) fn remove(&mut self, id: u32) -> Result<Slot, SlotError> {
-        let idx = self.slots[..self.len]
-            .iter()
-            .position(|s| s.id == id)
-            .ok_or(SlotError::NotFound)?;
-        let slot = self.slots[idx];
-        self.slots.copy_within(idx + 1..self.len, idx);
-        self.len -= 1;
-        self.generation += 1;
-        Ok(slot)
+    /// A new set: this one without the slot with id `id`, which is returned too.  Allocates,
+    /// and may sleep.
+    pub(crate) fn removed(&self, id: u32) -> Result<(Self, Slot), SlotError> {
+        let slot = self.by_id(id).ok_or(SlotError::NotFound)?.slot;
+        let entries = self.iter().filter(|s| s.id != id).cloned();
+        Ok((self.derive(self.slots.len() - 1, entries)?, slot))
     }
 }
 
@@ -316,28 +387,43 @@ mod tests {
         }
     }
 
-    fn add(m: &mut Memslots, r: SlotRequest) -> Result<(), SlotError> {
-        m.insert(Memslots::validate(&r, &LIMITS)?)
+    type Set = Memslots<()>;
+
+    fn add(m: &mut Set, r: SlotRequest) -> Result<(), SlotError> {
+        *m = m.inserted(Slot::validate(&r, &LIMITS)?, ())?;
+        Ok(())
+    }
+
+    fn remove(m: &mut Set, id: u32) -> Result<Slot, SlotError> {
+        let (new, slot) = m.removed(id)?;
+        *m = new;
+        Ok(slot)
+    }
+
+    fn invalidate(m: &mut Set, id: u32) -> Result<Slot, SlotError> {
+        let (new, slot) = m.invalidated(id)?;
+        *m = new;
+        Ok(slot)
     }
 
     #[test]
     fn max_level_needs_same_alignment_and_whole_range() {
         // 4 MiB at gpa 1 GiB, user 2 MiB-aligned: 2M, not 1G (not inside).
-        let s = Memslots::validate(&req(0, 1 << 30, 4 << 20, 0x4020_0000), &LIMITS).unwrap();
+        let s = Slot::validate(&req(0, 1 << 30, 4 << 20, 0x4020_0000), &LIMITS).unwrap();
         let g = s.base_gfn;
         assert_eq!(s.max_level(g, MapLevel::L1G), MapLevel::L2M);
         assert_eq!(s.max_level(g + 0x3ff, MapLevel::L1G), MapLevel::L2M);
         assert_eq!(s.max_level(g, MapLevel::L4K), MapLevel::L4K);
         // User address off by 4K: 4K only.
-        let s = Memslots::validate(&req(0, 1 << 30, 4 << 20, 0x4020_1000), &LIMITS).unwrap();
+        let s = Slot::validate(&req(0, 1 << 30, 4 << 20, 0x4020_1000), &LIMITS).unwrap();
         assert_eq!(s.max_level(s.base_gfn + 5, MapLevel::L1G), MapLevel::L4K);
         // Slot starting inside a 2M block: its first block is not whole.
-        let s = Memslots::validate(&req(0, (1 << 30) + 4096, 4 << 20, 0x4020_1000), &LIMITS);
+        let s = Slot::validate(&req(0, (1 << 30) + 4096, 4 << 20, 0x4020_1000), &LIMITS);
         let s = s.unwrap();
         assert_eq!(s.max_level(s.base_gfn, MapLevel::L1G), MapLevel::L4K);
         assert_eq!(s.max_level(s.base_gfn + 511, MapLevel::L1G), MapLevel::L2M);
         // A whole aligned 1G.
-        let s = Memslots::validate(&req(0, 1 << 30, 1 << 30, 0x4000_0000), &LIMITS).unwrap();
+        let s = Slot::validate(&req(0, 1 << 30, 1 << 30, 0x4000_0000), &LIMITS).unwrap();
         assert_eq!(s.max_level(s.base_gfn + 77, MapLevel::L1G), MapLevel::L1G);
     }
 
@@ -357,20 +443,20 @@ mod tests {
         ];
         for r in bad {
             assert_eq!(
-                Memslots::validate(&r, &LIMITS),
+                Slot::validate(&r, &LIMITS),
                 Err(SlotError::Invalid),
                 "{r:?}"
             );
         }
         let mut flags = req(0, 0, 4096, 0x10000);
         flags.flags = 2;
-        assert_eq!(Memslots::validate(&flags, &LIMITS), Err(SlotError::Invalid));
-        assert!(Memslots::validate(&req(0, (1 << 48) - 4096, 4096, 0x10000), &LIMITS).is_ok());
+        assert_eq!(Slot::validate(&flags, &LIMITS), Err(SlotError::Invalid));
+        assert!(Slot::validate(&req(0, (1 << 48) - 4096, 4096, 0x10000), &LIMITS).is_ok());
     }
 
     #[test]
     fn overlap_busy_and_lookup() {
-        let mut m = Memslots::new();
+        let mut m = Set::new();
         add(&mut m, req(3, 0x100000, 0x10000, 0x7000_0000)).unwrap();
         add(&mut m, req(1, 0, 0x10000, 0x7000_0000)).unwrap();
         assert_eq!(
@@ -391,31 +477,31 @@ mod tests {
         assert_eq!(m.lookup(0xf).map(|s| s.id), Some(1));
         assert_eq!(m.lookup(0x10), None);
         let g = m.generation();
-        assert_eq!(m.remove(3).map(|s| s.id), Ok(3));
+        assert_eq!(remove(&mut m, 3).map(|s| s.id), Ok(3));
         assert!(m.generation() > g);
         assert_eq!(m.lookup(0x100), None);
-        assert_eq!(m.remove(3), Err(SlotError::NotFound));
+        assert_eq!(remove(&mut m, 3), Err(SlotError::NotFound));
     }
 
     #[test]
     fn invalid_slot_is_gone_for_faults_only() {
-        let mut m = Memslots::new();
+        let mut m = Set::new();
         add(&mut m, req(3, 0x10000, 0x4000, 0x7000_0000)).unwrap();
         let g = m.generation();
-        let s = m.invalidate(3).unwrap();
+        let s = invalidate(&mut m, 3).unwrap();
         assert!(s.is_invalid() && m.generation() > g);
         assert_eq!(m.lookup(0x10), None);
         assert_eq!(m.iter().count(), 1);
-        assert_eq!(m.invalidate(3), Err(SlotError::NotFound));
+        assert_eq!(invalidate(&mut m, 3), Err(SlotError::NotFound));
         // Still occupies its id and range until removed.
         assert_eq!(m.check_insert(&s), Err(SlotError::Busy));
-        m.remove(3).unwrap();
+        remove(&mut m, 3).unwrap();
         assert_eq!(m.iter().count(), 0);
     }
 
     #[test]
     fn hva_to_gfn_ranges_round_out() {
-        let s = Memslots::validate(&req(0, 0x10000, 0x4000, 0x7000_0000), &LIMITS).unwrap();
+        let s = Slot::validate(&req(0, 0x10000, 0x4000, 0x7000_0000), &LIMITS).unwrap();
         assert_eq!(
             s.hva_range_to_gfns(0x7000_0000, 0x7000_4000),
             Some((0x10, 0x14))
@@ -430,5 +516,144 @@ mod tests {
         );
         assert_eq!(s.hva_range_to_gfns(0x7000_4000, 0x7001_0000), None);
         assert_eq!(s.gfn_to_hva(0x12), 0x7000_2000);
+    }
+
+    #[test]
+    fn hva_ranges_split_across_slots() {
+        let mut m = Set::new();
+        // Three slots back consecutive user pages, in another gfn order: 2 [0x7000_0000, +16K),
+        // 0 [+16K, +24K), 1 [+24K, +40K).
+        add(&mut m, req(2, 0x40_0000, 0x4000, 0x7000_0000)).unwrap();
+        add(&mut m, req(0, 0x1000, 0x2000, 0x7000_4000)).unwrap();
+        add(&mut m, req(1, 0x20_0000, 0x4000, 0x7000_6000)).unwrap();
+        let ranges = |s: u64, e: u64| {
+            m.gfn_ranges(s, e)
+                .map(|(slot, first, last)| (slot.id, first, last))
+                .collect::<Vec<_>>()
+        };
+        // Guest-physical order, each clipped to the part of the range it backs.
+        assert_eq!(
+            ranges(0x7000_3000, 0x7000_7001),
+            [(0, 0x1, 0x3), (1, 0x200, 0x202), (2, 0x403, 0x404)]
+        );
+        assert_eq!(ranges(0x7000_4000, 0x7000_6000), [(0, 0x1, 0x3)]);
+        assert_eq!(ranges(0x6000_0000, 0x7000_0000), []);
+        assert_eq!(ranges(0x7000_a000, 0x8000_0000), []);
+        // Everything: each slot whole (how release() zaps).
+        assert_eq!(
+            ranges(0, u64::MAX),
+            [(0, 0x1, 0x3), (1, 0x200, 0x204), (2, 0x400, 0x404)]
+        );
+        // Resuming after a slot, as a zap that dropped the lock does.
+        let next = |from| {
+            m.next_gfn_range(0x7000_0000, 0x7001_0000, from)
+                .map(|(s, f, l)| (s.id, f, l))
+        };
+        assert_eq!(next(0), Some((0, 0x1, 0x3)));
+        assert_eq!(next(0x3), Some((1, 0x200, 0x204)));
+        assert_eq!(next(0x204), Some((2, 0x400, 0x404)));
+        assert_eq!(next(0x404), None);
+    }
+
+    #[test]
+    fn aliasing_slots_each_get_their_gfns() {
+        let mut m = Set::new();
+        // Slots 4 and 5 back the same user pages; 5 only half of them.
+        add(&mut m, req(4, 0x10_0000, 0x4000, 0x7000_0000)).unwrap();
+        add(&mut m, req(5, 0x2000, 0x2000, 0x7000_2000)).unwrap();
+        let got: Vec<_> = m
+            .gfn_ranges(0x7000_2000, 0x7000_3000)
+            .map(|(s, f, l)| (s.id, f, l))
+            .collect();
+        assert_eq!(got, [(5, 0x2, 0x3), (4, 0x102, 0x103)]);
+        // A slot being deleted still gets its range (invalidations must zap it).
+        invalidate(&mut m, 5).unwrap();
+        assert_eq!(m.gfn_ranges(0x7000_2000, 0x7000_3000).count(), 2);
+        remove(&mut m, 5).unwrap();
+        assert_eq!(m.gfn_ranges(0x7000_2000, 0x7000_3000).count(), 1);
+    }
+
+    #[test]
+    fn sets_are_immutable_and_share_the_format_data() {
+        use std::sync::Arc;
+        let data = Arc::new(7u32);
+        let a: Memslots<Arc<u32>> = Memslots::new();
+        let r = req(1, 0x1000, 0x1000, 0x7000_0000);
+        let b = a
+            .inserted(Slot::validate(&r, &LIMITS).unwrap(), data.clone())
+            .unwrap();
+        // `a` is untouched; `b` holds the data by pointer.
+        assert_eq!(a.iter().count(), 0);
+        assert_eq!(b.generation(), a.generation() + 1);
+        assert!(Arc::ptr_eq(&b.by_id(1).unwrap().data, &data));
+        let (c, slot) = b.invalidated(1).unwrap();
+        assert!(slot.is_invalid() && !b.by_id(1).unwrap().is_invalid());
+        // The invalid entry shares the data with the valid one: never a copy.
+        assert!(Arc::ptr_eq(&c.by_id(1).unwrap().data, &data));
+        assert_eq!(Arc::strong_count(&data), 3);
+        let (d, _) = c.removed(1).unwrap();
+        assert_eq!(d.iter().count(), 0);
+        drop((b, c));
+        assert_eq!(Arc::strong_count(&data), 1);
+        assert_eq!(d.generation(), 3);
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn publish_and_retire_through_the_rcu_pointer() {
+        use crate::mmu::prim::{NoPreempt, RcuPtr};
+        use std::sync::Arc;
+        let data = Arc::new(0u8);
+        let ptr = RcuPtr::new(Box::new(Set::new()));
+        let rcu = NoPreempt::new();
+        let first = ptr.read(&rcu);
+        assert_eq!(first.iter().count(), 0);
+        let mut next: Memslots<Arc<u8>> = Memslots::new();
+        let r = req(2, 0x1000, 0x1000, 0x7000_0000);
+        next = next
+            .inserted(Slot::validate(&r, &LIMITS).unwrap(), data.clone())
+            .unwrap();
+        let ptr2 = RcuPtr::new(Box::new(Memslots::new()));
+        let old = ptr2.replace(Box::new(next));
+        // The reader of the old set still sees it, whole, until it is freed.
+        assert_eq!(old.get().iter().count(), 0);
+        assert_eq!(ptr2.read(&rcu).by_id(2).map(|s| s.id), Some(2));
+        // SAFETY: No reader of `old` is left.
+        unsafe { old.free_after_grace_period() };
+        assert_eq!(Arc::strong_count(&data), 2);
+        drop(ptr2);
+        assert_eq!(Arc::strong_count(&data), 1);
+        // SAFETY: `first` is not used any more.
+        unsafe { ptr.replace(Box::new(Set::new())).free_after_grace_period() };
+    }
+
+    /// A reader racing a replacement sees one set or the other, whole, and the old one is freed
+    /// only after the reader is done with it (joining it stands for the grace period).
+    #[cfg(loom)]
+    #[test]
+    fn loom_reader_sees_one_whole_set() {
+        use crate::mmu::prim::{NoPreempt, RcuPtr};
+        loom::model(|| {
+            let ptr = loom::sync::Arc::new(RcuPtr::new(Box::new(Set::new())));
+            let reader = {
+                let ptr = ptr.clone();
+                loom::thread::spawn(move || {
+                    let rcu = NoPreempt::new();
+                    let set = ptr.read(&rcu);
+                    match set.by_id(1) {
+                        Some(s) => assert_eq!((s.base_gfn, set.generation()), (1, 1)),
+                        None => assert_eq!((set.iter().count(), set.generation()), (0, 0)),
+                    }
+                })
+            };
+            let r = req(1, 0x1000, 0x1000, 0x7000_0000);
+            let new = Set::new()
+                .inserted(Slot::validate(&r, &LIMITS).unwrap(), ())
+                .unwrap();
+            let old = ptr.replace(Box::new(new));
+            reader.join().unwrap();
+            // SAFETY: The only reader was joined: the grace period is over.
+            unsafe { old.free_after_grace_period() };
+        });
     }
 }

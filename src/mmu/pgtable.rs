@@ -269,7 +269,7 @@ pub(crate) struct UnlinkedTable {
 pub(crate) enum MapError {
     /// No such root.
     BadRoot,
-    /// No rmaps attached for the slot id.
+    /// The slot has no rmaps, or is not in the memslot set.
     NoSlot,
     /// The gfn is outside the slot, or beyond what the format translates.
     BadGfn,

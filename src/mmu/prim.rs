@@ -11,6 +11,7 @@
 //!   `loom`, so the loom models explore every interleaving and memory ordering.
 
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 
 // Atomics and fences.  The shared code uses the Rust memory model throughout: `fence(SeqCst)` is
 // its full barrier (`smp_mb()`; an `mfence` or locked instruction on x86), used by the vCPU
@@ -122,6 +123,167 @@ pub(crate) fn try_vec_with<T>(n: usize, f: impl FnMut() -> T) -> Result<PVec<T>,
     v.try_reserve_exact(n).map_err(|_| AllocError)?;
     v.extend(core::iter::repeat_with(f).take(n));
     Ok(v)
+}
+
+/// Allocates an array holding the first `n` values of `values`, in a context that may sleep,
+/// charged to the caller's memory cgroup.  For small arrays, such as a memslot set.
+#[cfg(not(secmmu_host))]
+pub(crate) fn try_vec_collect<T>(
+    n: usize,
+    values: impl Iterator<Item = T>,
+) -> Result<PVec<T>, AllocError> {
+    use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
+
+    let mut v = PVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
+    for value in values.take(n) {
+        // Cannot fail: the capacity is at least `n`.
+        v.push_within_capacity(value).map_err(|_| AllocError)?;
+    }
+    Ok(v)
+}
+
+/// Allocates an array holding the first `n` values of `values` (host: fails only if the global
+/// allocator refuses).
+#[cfg(secmmu_host)]
+pub(crate) fn try_vec_collect<T>(
+    n: usize,
+    values: impl Iterator<Item = T>,
+) -> Result<PVec<T>, AllocError> {
+    let mut v = std::vec::Vec::new();
+    v.try_reserve_exact(n).map_err(|_| AllocError)?;
+    v.extend(values.take(n));
+    Ok(v)
+}
+
+/// A pointer to a heap value that readers load without any lock, inside an RCU read-side
+/// critical section, while its owner replaces it (`rcu_dereference()` / `rcu_assign_pointer()`
+/// on one `__rcu` pointer, as KVM publishes `struct kvm_memslots` in
+/// `kvm_swap_active_memslots()`).
+///
+/// The read side is a [`NoPreempt`] proof: since the RCU flavours were consolidated, a region
+/// with preemption disabled is an RCU read-side critical section, and holders of a spinning lock
+/// are in one too.  A replaced value is handed back as [`Unpublished`], to be freed once a grace
+/// period has passed.
+///
+/// # Invariants
+///
+/// `ptr` is never null and points at a value leaked from a [`PBox`], which the `RcuPtr` owns:
+/// only [`RcuPtr::replace()`] unpublishes it, and only the drop frees it.
+pub(crate) struct RcuPtr<T> {
+    ptr: AtomicPtr<T>,
+    _owns: PhantomData<PBox<T>>,
+}
+
+// SAFETY: An `RcuPtr` owns a `T` (so it may be sent where `T` may) and shares it with readers on
+// other threads (so it needs `T: Sync` as well).
+unsafe impl<T: Send + Sync> Send for RcuPtr<T> {}
+// SAFETY: Readers on any thread get `&T`, and a replacement hands the old `T` to whichever thread
+// replaced it.
+unsafe impl<T: Send + Sync> Sync for RcuPtr<T> {}
+
+impl<T> RcuPtr<T> {
+    /// Publishes `value`.
+    pub(crate) fn new(value: PBox<T>) -> Self {
+        // INVARIANT: `into_raw()` of a `PBox` is never null, and the `RcuPtr` owns it.
+        Self {
+            ptr: AtomicPtr::new(PBox::into_raw(value)),
+            _owns: PhantomData,
+        }
+    }
+
+    /// The value, for a reader in an RCU read-side critical section (`rcu_dereference()`): it
+    /// stays valid for as long as the read side lasts, even if it is replaced meanwhile.
+    #[inline]
+    pub(crate) fn read<'a>(&'a self, _rcu: &'a NoPreempt<'_>) -> &'a T {
+        // Acquire pairs with the Release of `replace()`: the reader sees the value as it was
+        // built.
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: By the type invariants `p` is a live `PBox` value; it is freed by the drop
+        // (excluded by `&'a self`) or by `Unpublished::free_after_grace_period()`, which waits
+        // for every read side that began before its replacement, as `_rcu` is for `'a`.
+        unsafe { &*p }
+    }
+
+    /// The value, for a caller that excludes every [`RcuPtr::replace()`] and every free of the
+    /// value by other means.
+    ///
+    /// # Safety
+    ///
+    /// Until the returned reference is last used, the value is not replaced (the caller holds a
+    /// lock that every replacer holds), or is replaced but not freed.
+    #[inline]
+    pub(crate) unsafe fn get_unchecked(&self) -> &T {
+        // Relaxed: the lock the caller holds orders the replacement that published the value
+        // before this load.
+        let p = self.ptr.load(Ordering::Relaxed);
+        // SAFETY: A live `PBox` value (type invariants), not freed while the reference is used,
+        // per the caller.
+        unsafe { &*p }
+    }
+
+    /// Publishes `new` (`rcu_assign_pointer()`) and returns the value it replaces, which readers
+    /// may still be using: free it after a grace period.  Replacements must be serialized by
+    /// the caller for [`RcuPtr::get_unchecked()`] to mean anything.
+    pub(crate) fn replace(&self, new: PBox<T>) -> Unpublished<T> {
+        // Release: a reader that loads the new pointer sees the value as it was built.
+        let old = self.ptr.swap(PBox::into_raw(new), Ordering::AcqRel);
+        // INVARIANT: The new value is a leaked `PBox`, now owned by `self`; the old one goes to
+        // the caller.
+        // SAFETY: `old` is never null (type invariants).
+        Unpublished(unsafe { NonNull::new_unchecked(old) })
+    }
+}
+
+impl<T> Drop for RcuPtr<T> {
+    fn drop(&mut self) {
+        let p = self.ptr.load(Ordering::Relaxed);
+        // SAFETY: A leaked `PBox` owned by `self` (type invariants); readers borrow `self`, so
+        // none is left.
+        drop(unsafe { PBox::from_raw(p) });
+    }
+}
+
+/// A value that [`RcuPtr::replace()`] unpublished: readers that loaded it before may still use
+/// it until a grace period has passed.  Free it with
+/// [`Unpublished::free_after_grace_period()`]; dropping the handle instead leaks the value (and
+/// complains in debug builds): leaking is safe, freeing early is not.
+#[must_use = "free the value with free_after_grace_period() after a grace period"]
+pub(crate) struct Unpublished<T>(NonNull<T>);
+
+// SAFETY: The handle owns the `T`, which readers only share.
+unsafe impl<T: Send + Sync> Send for Unpublished<T> {}
+
+impl<T> Unpublished<T> {
+    /// The value, as readers see it.
+    pub(crate) fn get(&self) -> &T {
+        // SAFETY: Owned by this handle, and freed only when it is consumed.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Frees the value.  May sleep, as dropping `T` may: call it without spinning locks held.
+    ///
+    /// # Safety
+    ///
+    /// A grace period has passed since the value was unpublished: every reader that may have
+    /// loaded it has left its read-side critical section (`synchronize_rcu()` or
+    /// `poll_state_synchronize_rcu()` in the kernel; on the host, the readers were joined).
+    pub(crate) unsafe fn free_after_grace_period(self) {
+        let p = self.0;
+        core::mem::forget(self);
+        // SAFETY: A `PBox` leaked by `RcuPtr` and unpublished since; no reader can see it any
+        // more, per the caller.
+        drop(unsafe { PBox::from_raw(p.as_ptr()) });
+    }
+}
+
+impl<T> Drop for Unpublished<T> {
+    fn drop(&mut self) {
+        // Readers may still be in there: leak.
+        debug_assert!(
+            false,
+            "unpublished value dropped instead of freed after a grace period"
+        );
+    }
 }
 
 /// Tells the CPU we are busy-waiting: call once per iteration of a spin loop.

@@ -14,9 +14,9 @@
 //!
 //! Locking (KVM's `mmu_lock`, a spinning rwlock owned by the caller):
 //!
-//! - `&mut X86Mmu` means the write side is held: [`X86Mmu::map()`], the zaps, slot changes.
+//! - `&mut X86Mmu` means the write side is held: [`X86Mmu::map()`], the zaps.
 //!   Only they change SPTEs, except for the A and D bits, which walkers set, and A, which
-//!   lockless agers clear ([`age_hva_range_lockless()`]).
+//!   lockless agers clear ([`age_gfn_range_lockless()`]).
 //! - `&X86Mmu` means the read side is held (or the write side): [`X86Mmu::snapshot()`] and the
 //!   statistics, which only load entries.
 //! - [`translate()`] takes no lock at all, like the hardware walking EPT tables.  Its caller
@@ -43,7 +43,7 @@
 //!   - walkers under the MMU lock ([`X86Mmu::snapshot()`], the maps, zaps and locked aging)
 //!     cannot meet an unlinked table: unlinking and freeing both happen under the lock held for
 //!     write;
-//!   - lockless agers ([`age_hva_range_lockless()`]) walk no table: they reach SPTEs only
+//!   - lockless agers ([`age_gfn_range_lockless()`]) walk no table: they reach SPTEs only
 //!     through rmaps, and dereference one only while they hold its rmap's bit lock (R4).  A
 //!     table is unlinked only once it holds no leaf: each was zapped under the MMU lock held for
 //!     write and removed from its rmap under the rmap's bit lock ([`zap_rmap()`],
@@ -53,43 +53,49 @@
 //!   only on a present leaf: it can never make a zapped SPTE present again (unlike an
 //!   unconditional OR), nor set D on a leaf that lost W meanwhile.
 //!
-//! rmaps and their lifetime.  The rmaps of every memslot live in an [`RmapTable`], shared (in a
-//! [`PArc`]) between the MMU and whoever ages without the MMU lock, outside the data the MMU lock
-//! owns: a lockless ager only ever holds `&RmapTable`, never `&X86Mmu`, so it aliases nothing
-//! that a holder of `&mut X86Mmu` may write.  Everything in the table is reached through shared
-//! references and changed only through atomics (the rmap heads with their bit locks, the SPTE
-//! counts, the slot pointers).
+//! rmaps and their lifetime (see "Memslots and their lifetime" in
+//! Documentation/secmmu-protocols.rst).  The rmaps of a memslot ([`SlotRmaps`]) belong to the
+//! memslot set's entry for the slot, as KVM's `slot->arch.rmap` does; the MMU keeps no slot of
+//! its own and reaches rmaps only through a [`SlotRef`] borrowed from a set.  Everything in them
+//! is reached through shared references and changed only through atomics (the rmap heads with
+//! their bit locks, the SPTE counts), so a lockless ager aliases nothing that a holder of
+//! `&mut X86Mmu` may write.
 //!
-//! - R1. One MMU owns a table ([`X86Mmu::with_rmap_table()`] claims it): only that MMU attaches
-//!   and detaches slots, and only under `&mut X86Mmu`, i.e. with the MMU lock held for write.
-//!   So the MMU itself may use a slot's rmaps for as long as it is borrowed.
-//! - R2. Attaching publishes a fully built [`SlotRmaps`] with a `Release` store of its pointer,
-//!   then sets its id in the table's bitmap of live slots; lockless readers load it with
-//!   `Acquire` ([`RmapTable::get()`]), and see its geometry and its empty rmaps.  Agers visit only
-//!   the live ids ([`RmapTable::live_ids()`]) instead of loading every slot pointer on every
-//!   call.  One that misses a bit being set ages as if it had run before the attach, when
-//!   nothing was mapped through the slot yet; one that sees a bit being cleared may find the
-//!   pointer or not, and the slot was zapped anyway (R4).
-//! - R3. Detaching clears the slot's live bit, unpublishes the pointer and hands the rmaps to
-//!   the caller as
-//!   [`DetachedRmaps`], which may be freed only after a grace period
-//!   ([`DetachedRmaps::free_after_grace_period()`]): lockless readers run with preemption
-//!   disabled ([`NoPreempt`]), which is an RCU read-side critical section, so in the kernel
-//!   `synchronize_rcu()` after detaching waits for every reader that may still see them.
-//! - R4. A slot is zapped before it is detached, so the rmaps a late reader may still lock are
-//!   empty.  Descriptors and the SPTEs an rmap points at are covered by the bit lock ("Lockless
-//!   rmap walks", I2), not by the grace period: a reader dereferences them only while it holds the
-//!   rmap's bit lock, and the MMU frees descriptors and table pages only after emptying the rmaps
-//!   under their bit locks.
-//! - R5. The table itself lives as long as its last [`PArc`]; a reader borrows it, so it
-//!   cannot go away under one.
+//! - R1. A set never changes.  A change (create, the KVM_MEMSLOT_INVALID step of a deletion, the
+//!   removal) makes a new set whose entries share the old ones' rmaps by pointer, never copies
+//!   them: the heads change under the MMU lock and under lockless agers while several sets
+//!   reach them.  Rmaps are added to or emptied only under the MMU lock held for write
+//!   ([`MmuWriteLocked`]); lockless agers lock them read-only.
+//! - R2. The current set is published through one RCU pointer, replaced only under the MMU lock
+//!   held for write (KVM's `kvm_swap_active_memslots()`).  A holder of the MMU lock, either side,
+//!   sees one set for as long as it holds the lock.  A lockless ager reads the set inside an RCU
+//!   read side (preemption disabled: [`NoPreempt`]) and may see the set from before a change:
+//!   a slot being created then has empty rmaps (nothing was mapped through it before its set was
+//!   published), one being deleted is zapped anyway (R4).
+//! - R3. A replaced set is freed an RCU grace period after its replacement (polled, so slot
+//!   churn does not wait for one; the owner's drop waits with `synchronize_rcu()`), and a
+//!   slot's rmaps with the last set that holds them: the rmaps an ager found stay valid for its
+//!   whole read side.
+//! - R4. A slot is zapped, and TLBs flushed, before a set without it is published: a deletion
+//!   first publishes a set where the slot is marked invalid (faults no longer find it;
+//!   invalidations and aging still do, while its zap yields the lock), zaps it, then publishes
+//!   the set without it.  So the rmaps a late reader may still lock are empty.  Descriptors and
+//!   the SPTEs an rmap points at are covered by the bit lock ("Lockless rmap walks", I2), not by
+//!   the grace period: a reader dereferences them only while it holds the rmap's bit lock, and
+//!   the MMU frees descriptors and table pages only after emptying the rmaps under their bit
+//!   locks.
+//! - R5. The MMU outlives no leaf: its owner zaps every slot of the set before dropping it
+//!   ([`X86Mmu::zap_all()`]; the kernel's `release()` always runs first), since the rmaps, which
+//!   live in the set, would otherwise point into freed tables.
 //!
-//! Aging (`aging.rs`, "Aging without the MMU lock").  With A/D enabled,
-//! [`age_hva_range_lockless()`] ages through the rmaps without the MMU lock, each rmap locked
+//! Aging (`aging.rs`, "Aging without the MMU lock").  The caller turns a host-virtual range
+//! into (slot, gfn range) pairs once, from the memslot set (KVM's `kvm_handle_hva_range()`);
+//! each pair is aged here.  With A/D enabled,
+//! [`age_gfn_range_lockless()`] ages through the rmaps without the MMU lock, each rmap locked
 //! read-only; clearing A is a single compare-exchange from the value read (never a store of a stale
 //! value, see "Clearing the accessed bit", nor anything that can make a zapped SPTE present again,
 //! I3).  Without A/D, aging takes permissions away (access tracking), so it runs under the MMU lock
-//! for write: [`X86Mmu::age_hva_range_locked()`], which also does the A/D case under the lock, for
+//! for write: [`X86Mmu::age_gfn_range_locked()`], which also does the A/D case under the lock, for
 //! comparison.  The fault path restores an access-tracked leaf without resolving the page again:
 //! [`X86Mmu::restore_access_tracked()`].
 //!
@@ -123,17 +129,14 @@
 
 use core::marker::PhantomData;
 use core::ops::ControlFlow;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 
 use crate::mmu::aging::{AgeOp, AgeResult};
-use crate::mmu::memslot::{Slot, MAX_SLOTS};
+use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::{
     snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
-use crate::mmu::prim::{
-    self, warn_on, AllocError, AtomicPtr, AtomicU64, AtomicUsize, NoPreempt, Ordering, PArc, PBox,
-    PVec,
-};
+use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, NoPreempt, Ordering, PVec};
 use crate::mmu::walk::{
     self, map_level, walk_yielding, Ctx, Format, Step, StopHook, Tables, Visit, Visitor, Walked,
     YieldHook, LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
@@ -229,33 +232,30 @@ fn rmap_count(base: u64, npages: u64, level: MapLevel) -> u64 {
 }
 
 /// The rmaps of one memslot (KVM's `kvm_arch_memory_slot.rmap`): for each mapping level, one
-/// [`RmapHead`] per gfn block of that level the slot overlaps, and the slot's geometry, so that
-/// a lockless reader can turn a host-virtual range into gfns without the memslot set.
+/// [`RmapHead`] per gfn block of that level the slot overlaps.  They carry no geometry: the
+/// memslot set's entry for the slot, which owns them, does ([`SlotRef`]).
 ///
 /// Made with [`SlotRmaps::new()`] outside the MMU lock (it allocates, maybe a lot, and may sleep),
-/// published with [`X86Mmu::attach_slot()`] under it, unpublished with [`X86Mmu::detach_slot()`]
-/// after the slot was zapped, and freed after a grace period (R3), outside the MMU lock (freeing
-/// may sleep).
+/// and owned, through a shared pointer, by every memslot set that holds the slot; freed with the
+/// last of them, which is retired an RCU grace period after a set without the slot replaced it
+/// (R3), outside the MMU lock (freeing may sleep).
 pub(crate) struct SlotRmaps {
-    /// The slot, as it was when the rmaps were made; slots never change in place.
-    slot: Slot,
     /// Per [`MapLevel`]: the rmap of gfn `g` is at `(g >> shift) - (base_gfn >> shift)`.
     rmaps: [PVec<RmapHead>; 3],
-    /// SPTEs in all these rmaps.  Changed only by the owning MMU under its lock (R1); atomic
+    /// SPTEs in all these rmaps.  Changed only under the MMU lock held for write (R1); atomic
     /// because lockless readers share the structure, not because anyone races on it.
     sptes: AtomicU64,
 }
 
 impl SlotRmaps {
     /// Allocates empty rmaps covering `slot`, at every level.  May sleep.
-    pub(crate) fn new(slot: &Slot) -> Result<PBox<Self>, AllocError> {
+    pub(crate) fn new(slot: &Slot) -> Result<Self, AllocError> {
         let alloc = |level: MapLevel| {
             let n = rmap_count(slot.base_gfn, slot.npages, level);
             let n = usize::try_from(n).map_err(|_| AllocError)?;
             prim::try_vec_with(n, RmapHead::new)
         };
-        prim::try_box_sleepable(SlotRmaps {
-            slot: *slot,
+        Ok(SlotRmaps {
             rmaps: [
                 alloc(MapLevel::L4K)?,
                 alloc(MapLevel::L2M)?,
@@ -265,9 +265,67 @@ impl SlotRmaps {
         })
     }
 
-    /// The slot the rmaps were made for.
-    pub(crate) fn slot(&self) -> &Slot {
-        &self.slot
+    /// Number of rmaps at `level`.
+    pub(crate) fn nr_rmaps(&self, level: MapLevel) -> usize {
+        self.rmaps[level.idx()].len()
+    }
+
+    /// Number of SPTEs in the rmaps: 0 once the slot was zapped.
+    pub(crate) fn sptes(&self) -> u64 {
+        self.sptes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` SPTEs added to the rmaps.  Only under the MMU lock held for write (R1).
+    fn add_sptes(&self, n: u64) {
+        self.sptes.store(self.sptes() + n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` SPTEs removed from the rmaps.  Only under the MMU lock held for write (R1).
+    fn sub_sptes(&self, n: u64) {
+        self.sptes
+            .store(self.sptes().saturating_sub(n), Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlotRmaps {
+    fn drop(&mut self) {
+        // Non-empty rmaps would leak their descriptors, and their SPTEs would escape zapping.
+        debug_assert_eq!(
+            self.sptes(),
+            0,
+            "rmaps dropped before their slot was zapped"
+        );
+    }
+}
+
+/// A memslot and its rmaps, as an entry of the memslot set holds them (KVM's
+/// `struct kvm_memory_slot` with its `arch.rmap`): what the MMU maps, zaps and ages through.
+/// Borrowed from a set that the borrower keeps alive: by holding the MMU lock, or by an RCU read
+/// side (R2, R3).
+#[derive(Clone, Copy)]
+pub(crate) struct SlotRef<'a> {
+    slot: &'a Slot,
+    rmaps: &'a SlotRmaps,
+}
+
+impl<'a> SlotRef<'a> {
+    /// `slot` with `rmaps`, which [`SlotRmaps::new()`] made for a slot of the same geometry.
+    pub(crate) fn new(slot: &'a Slot, rmaps: &'a SlotRmaps) -> Self {
+        debug_assert_eq!(
+            rmaps.nr_rmaps(MapLevel::L4K) as u64,
+            rmap_count(slot.base_gfn, slot.npages, MapLevel::L4K)
+        );
+        SlotRef { slot, rmaps }
+    }
+
+    /// The slot.
+    pub(crate) fn slot(&self) -> &'a Slot {
+        self.slot
+    }
+
+    /// The slot's rmaps.
+    pub(crate) fn rmaps(&self) -> &'a SlotRmaps {
+        self.rmaps
     }
 
     /// First gfn of the slot.
@@ -286,31 +344,15 @@ impl SlotRmaps {
     }
 
     /// The rmap of `gfn` at `level`; `None` if the slot does not overlap its block.
-    pub(crate) fn rmap(&self, level: MapLevel, gfn: u64) -> Option<&RmapHead> {
+    pub(crate) fn rmap(&self, level: MapLevel, gfn: u64) -> Option<&'a RmapHead> {
         let shift = level.gfn_shift();
         let i = (gfn >> shift).checked_sub(self.base_gfn() >> shift)?;
-        self.rmaps[level.idx()].get(usize::try_from(i).ok()?)
+        self.rmaps.rmaps[level.idx()].get(usize::try_from(i).ok()?)
     }
 
-    /// Number of rmaps at `level`.
-    pub(crate) fn nr_rmaps(&self, level: MapLevel) -> usize {
-        self.rmaps[level.idx()].len()
-    }
-
-    /// Number of SPTEs in the rmaps: 0 once the slot was zapped.
+    /// Number of SPTEs in the slot's rmaps: 0 once the slot was zapped.
     pub(crate) fn sptes(&self) -> u64 {
-        self.sptes.load(Ordering::Relaxed)
-    }
-
-    /// Counts `n` SPTEs added to the rmaps.  Only the owning MMU, under its lock (R1).
-    fn add_sptes(&self, n: u64) {
-        self.sptes.store(self.sptes() + n, Ordering::Relaxed);
-    }
-
-    /// Counts `n` SPTEs removed from the rmaps.  Only the owning MMU, under its lock (R1).
-    fn sub_sptes(&self, n: u64) {
-        self.sptes
-            .store(self.sptes().saturating_sub(n), Ordering::Relaxed);
+        self.rmaps.sptes()
     }
 
     /// Calls `f` on the rmap of every block that `[start, end)` overlaps in the slot, at every
@@ -339,210 +381,17 @@ impl SlotRmaps {
     }
 }
 
-impl Drop for SlotRmaps {
-    fn drop(&mut self) {
-        // Non-empty rmaps would leak their descriptors, and their SPTEs would escape zapping.
-        debug_assert_eq!(
-            self.sptes(),
-            0,
-            "rmaps dropped before their slot was zapped"
-        );
-    }
-}
-
-/// [`RmapTable::owner`]: no MMU owns the table.
-const UNOWNED: usize = 0;
-/// [`RmapTable::owner`]: an MMU whose leaves keep A/D bits owns the table.
-const OWNED_AD: usize = 1;
-/// [`RmapTable::owner`]: an MMU whose leaves do not keep A/D bits owns the table.
-const OWNED_NO_AD: usize = 2;
-
-/// The rmaps of every memslot of a space, shared between the MMU that owns it and lockless
-/// agers (see "rmaps and their lifetime" in the module documentation, R1-R5).
-pub(crate) struct RmapTable {
-    /// Per slot id: the published rmaps (a leaked [`PBox`]), or null.
-    slots: [AtomicPtr<SlotRmaps>; MAX_SLOTS],
-    /// Bit `id` set while `slots[id]` is published (R2, R3).
-    live: AtomicU64,
-    /// [`UNOWNED`], [`OWNED_AD`] or [`OWNED_NO_AD`].
-    owner: AtomicUsize,
-}
-
-impl RmapTable {
-    /// Allocates an empty table, not owned by any MMU yet.  May sleep.
-    pub(crate) fn new() -> Result<PArc<RmapTable>, AllocError> {
-        prim::try_arc_sleepable(RmapTable {
-            slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
-            live: AtomicU64::new(0),
-            owner: AtomicUsize::new(UNOWNED),
-        })
-    }
-
-    /// Whether the SPTEs mapped through this table keep A/D bits, so that clearing young may
-    /// run without the MMU lock (`aging::use_lockless()`).  True while no MMU owns the table:
-    /// then nothing is mapped.
-    pub(crate) fn ad_enabled(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) != OWNED_NO_AD
-    }
-
-    /// The rmaps of slot `id`, for a lockless reader: valid as long as the reader keeps
-    /// preemption disabled, since they are freed only a grace period after they were detached
-    /// (R3).  The reader must expect the slot to be zapped and detached meanwhile: its rmaps
-    /// then are, or become, empty (R4).
-    pub(crate) fn get<'a>(&'a self, id: u32, _rcu: &'a NoPreempt<'_>) -> Option<&'a SlotRmaps> {
-        // Acquire pairs with the Release of `publish()` (R2).
-        let p = self.slots.get(id as usize)?.load(Ordering::Acquire);
-        // `p` is freed by `Drop` (excluded by `&'a self`) or by `free_after_grace_period()` a
-        // grace period after unpublishing, which `_rcu` (an RCU read side for 'a) holds off.
-        // SAFETY: non-null `p` came from a `PBox` leaked by `publish()` and is live for 'a.
-        unsafe { p.as_ref() }
-    }
-
-    /// The ids of the published slots, as a bitmap (bit `id` for slot `id`), to look up with
-    /// [`RmapTable::get()`] ([`slot_ids()`] iterates it).  A slot attached or detached meanwhile
-    /// may be in it or not (R2): `get()` then finds it or not.
-    #[inline]
-    pub(crate) fn live_ids(&self) -> u64 {
-        // Acquire pairs with the Release of `publish()`, for the owner's lookups (readers
-        // acquire the pointer itself).
-        self.live.load(Ordering::Acquire)
-    }
-
-    /// The rmaps of slot `id`, for the owning MMU.
-    ///
-    /// # Safety
-    ///
-    /// The caller is the MMU that owns the table (R1), and does not detach slot `id` while the
-    /// returned reference lives.
-    unsafe fn owner_get(&self, id: u32) -> Option<&SlotRmaps> {
-        // Relaxed: the owner published the pointer itself.
-        let p = self.slots.get(id as usize)?.load(Ordering::Relaxed);
-        // SAFETY: non-null, `p` came from a `PBox` leaked by `publish()`, and only the owner
-        // unpublishes it, which the caller excludes while the reference lives.
-        unsafe { p.as_ref() }
-    }
-
-    /// Publishes `rmaps` at `id` (R2), or gives them back if `id` is out of range or taken.
-    fn publish(&self, id: u32, rmaps: PBox<SlotRmaps>) -> Result<(), PBox<SlotRmaps>> {
-        let Some(entry) = self.slots.get(id as usize) else {
-            return Err(rmaps);
-        };
-        let p = PBox::into_raw(rmaps);
-        // Release: a reader that loads the pointer sees the geometry and the empty rmaps.
-        match entry.compare_exchange(ptr::null_mut(), p, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => {
-                // After the pointer: a reader that finds the bit finds the rmaps (R2).
-                self.live.fetch_or(1 << id, Ordering::Release);
-                Ok(())
-            }
-            // SAFETY: `p` was leaked just above and not published: we own it again.
-            Err(_) => Err(unsafe { PBox::from_raw(p) }),
-        }
-    }
-
-    /// Unpublishes the rmaps of slot `id` and returns them: readers may still be looking at
-    /// them until a grace period has passed.
-    fn unpublish(&self, id: u32) -> Option<NonNull<SlotRmaps>> {
-        let entry = self.slots.get(id as usize)?;
-        self.live.fetch_and(!(1 << id), Ordering::Relaxed);
-        // Relaxed: the grace period the caller waits for orders readers before the free.
-        NonNull::new(entry.swap(ptr::null_mut(), Ordering::Relaxed))
-    }
-}
-
-// Slot ids fit the bitmap of live slots.
-const _: () = assert!(MAX_SLOTS <= u64::BITS as usize);
-
-/// The slot ids whose bits are set in `bits` ([`RmapTable::live_ids()`]), lowest first.
-#[inline]
-pub(crate) fn slot_ids(mut bits: u64) -> impl Iterator<Item = u32> {
-    core::iter::from_fn(move || {
-        let id = bits.trailing_zeros();
-        bits &= bits.wrapping_sub(1);
-        (id < u64::BITS).then_some(id)
-    })
-}
-
-impl Drop for RmapTable {
-    fn drop(&mut self) {
-        for entry in &self.slots {
-            let p = entry.swap(ptr::null_mut(), Ordering::Relaxed);
-            if !p.is_null() {
-                // SAFETY: published by `publish()` from a leaked `PBox`, and no reader can see
-                // it: readers borrow the table (R5), and we have it exclusively.
-                drop(unsafe { PBox::from_raw(p) });
-            }
-        }
-    }
-}
-
-/// The rmaps of a slot that [`X86Mmu::detach_slot()`] unpublished.  Lockless readers may still
-/// be walking them: free them with [`DetachedRmaps::free_after_grace_period()`] once a grace
-/// period has passed (R3).  Dropping the handle instead leaks the rmaps (and complains in debug
-/// builds): leaking is safe, freeing early is not.
-#[must_use = "free the rmaps with free_after_grace_period() after a grace period"]
-pub(crate) struct DetachedRmaps(NonNull<SlotRmaps>);
-
-// SAFETY: the handle owns the `SlotRmaps`, which is `Send`; readers only share it.
-unsafe impl Send for DetachedRmaps {}
-
-impl DetachedRmaps {
-    fn rmaps(&self) -> &SlotRmaps {
-        // SAFETY: unpublished, but owned by this handle and not freed until it is consumed.
-        unsafe { self.0.as_ref() }
-    }
-
-    /// The slot the rmaps were made for.
-    pub(crate) fn slot(&self) -> &Slot {
-        self.rmaps().slot()
-    }
-
-    /// Number of SPTEs still in the rmaps: 0, since the slot was zapped before it was detached.
-    pub(crate) fn sptes(&self) -> u64 {
-        self.rmaps().sptes()
-    }
-
-    /// Frees the rmaps.  May sleep (the arrays may be vmalloc'ed): call it without spinning
-    /// locks held.
-    ///
-    /// # Safety
-    ///
-    /// A grace period has passed since the rmaps were detached: every lockless reader that may
-    /// have loaded them has left its preemption-disabled section (`synchronize_rcu()` in the
-    /// kernel).
-    pub(crate) unsafe fn free_after_grace_period(self) {
-        let p = self.0;
-        core::mem::forget(self);
-        // SAFETY: `p` came from a `PBox` leaked by `publish()` and unpublished since; no reader
-        // can see it any more, per the caller.
-        drop(unsafe { PBox::from_raw(p.as_ptr()) });
-    }
-}
-
-impl Drop for DetachedRmaps {
-    fn drop(&mut self) {
-        // Readers may still be in there: leak.
-        debug_assert!(
-            false,
-            "detached rmaps dropped instead of freed after a grace period"
-        );
-    }
-}
-
 /// The x86 EPT MMU.  See the module documentation for its locking and invariants.
 ///
-/// Dropping it zaps whatever is still mapped and frees every table page: no lockless walker
-/// ([`translate()`]) may run then, or later, with one of its roots.  Lockless agers may go on:
-/// they find the rmaps empty (R4), and the slots stay attached to the table, which outlives the
-/// MMU if they hold it.
+/// Dropping it frees every table page: no lockless walker ([`translate()`]) may run then, or
+/// later, with one of its roots, and every slot must have been zapped before ([`X86Mmu::zap_all()`]
+/// with the memslot set): the rmaps live in the set, which the MMU does not reach (R5).
 pub(crate) struct X86Mmu<P: PageOps> {
     /// The root tables' pfns, in `roots[..nr_roots]`.
     roots: [u64; MAX_ROOTS],
     nr_roots: usize,
     /// New leaves keep A/D (otherwise aging uses access tracking).
     ad_enabled: bool,
-    /// rmaps per slot id, owned (R1) and shared with lockless agers.
-    rmaps: PArc<RmapTable>,
     stats: MmuStats,
     /// Tables zaps unlinked, freed by [`X86Mmu::free_zapped_tables()`] after the next flush.
     zapped_tables: ZappedTables,
@@ -588,35 +437,17 @@ struct Mapping {
 
 impl<P: PageOps> X86Mmu<P> {
     /// Makes an MMU with `nr_roots` (1 to [`MAX_ROOTS`]) empty roots, whose leaves keep A/D bits
-    /// if `ad_enabled`, and a new [`RmapTable`] ([`X86Mmu::rmap_table()`]).  Allocates, and may
-    /// sleep: call it before the MMU is shared.  Fails on allocation failure, and for a root
-    /// count out of range (which the caller validates).
+    /// if `ad_enabled`.  Allocates, and may sleep: call it before the MMU is shared.  Fails on
+    /// allocation failure, and for a root count out of range (which the caller validates).
     pub(crate) fn new(nr_roots: usize, ad_enabled: bool) -> Result<Self, AllocError> {
-        Self::with_rmap_table(nr_roots, ad_enabled, RmapTable::new()?)
-    }
-
-    /// [`X86Mmu::new()`] with the rmaps in `rmaps`, which the MMU claims (R1).  Fails, besides,
-    /// if another MMU owns `rmaps`.  The table may hold rmaps attached for another MMU that was
-    /// dropped since: they are empty (it zapped them), and stay attached.
-    pub(crate) fn with_rmap_table(
-        nr_roots: usize,
-        ad_enabled: bool,
-        rmaps: PArc<RmapTable>,
-    ) -> Result<Self, AllocError> {
         if nr_roots == 0 || nr_roots > MAX_ROOTS {
             return Err(AllocError);
         }
         let zapped_tables = ZappedTables::new()?;
-        let owner = if ad_enabled { OWNED_AD } else { OWNED_NO_AD };
-        rmaps
-            .owner
-            .compare_exchange(UNOWNED, owner, Ordering::Relaxed, Ordering::Relaxed)
-            .map_err(|_| AllocError)?;
         let mut mmu = X86Mmu {
             roots: [0; MAX_ROOTS],
             nr_roots: 0,
             ad_enabled,
-            rmaps,
             stats: MmuStats::default(),
             zapped_tables,
             table_limit: u64::MAX,
@@ -655,19 +486,6 @@ impl<P: PageOps> X86Mmu<P> {
         self.roots[..self.nr_roots].get(root).copied()
     }
 
-    /// The rmap table, for lockless agers to hold (clone the [`PArc`]).
-    pub(crate) fn rmap_table(&self) -> &PArc<RmapTable> {
-        &self.rmaps
-    }
-
-    /// The rmaps of slot `id`, for as long as `self` is borrowed.
-    fn slot_rmaps(rmaps: &RmapTable, id: u32) -> Option<&SlotRmaps> {
-        // SAFETY: every `X86Mmu` owns its table (R1, claimed in `with_rmap_table()`), and this
-        // is only called on `self.rmaps` with `self` borrowed for the reference's lifetime, while
-        // detaching needs `&mut self` and does not hold such a reference.
-        unsafe { rmaps.owner_get(id) }
-    }
-
     /// The counters.
     pub(crate) fn stats(&self) -> MmuStats {
         self.stats
@@ -690,39 +508,7 @@ impl<P: PageOps> X86Mmu<P> {
         self.stats.leaves
     }
 
-    /// Attaches (publishes, R2) the rmaps of slot `id`, which must be made for the slot now at
-    /// `id` and be empty.  Gives them back if `id` is out of range, is not their slot's id, or
-    /// already has rmaps; the caller then drops them after releasing the MMU lock (they were
-    /// never published, so no grace period is needed).
-    pub(crate) fn attach_slot(
-        &mut self,
-        id: u32,
-        rmaps: PBox<SlotRmaps>,
-    ) -> Result<(), PBox<SlotRmaps>> {
-        debug_assert_eq!(rmaps.sptes(), 0);
-        if rmaps.slot.id != id {
-            return Err(rmaps);
-        }
-        self.rmaps.publish(id, rmaps)
-    }
-
-    /// Detaches (unpublishes, R3) the rmaps of slot `id`.  The caller must have zapped the slot
-    /// and flushed TLBs first (SPTEs left would have no rmap to be zapped through).  Lockless
-    /// agers may still be walking the rmaps: after releasing the MMU lock, the caller waits for a
-    /// grace period, then frees them with [`DetachedRmaps::free_after_grace_period()`].
-    ///
-    /// Should SPTEs be left anyway (a bug, flagged by debug builds), they are zapped here so
-    /// that none escapes later zaps; their TLB entries are then the caller's problem.
-    pub(crate) fn detach_slot(&mut self, id: u32) -> Option<DetachedRmaps> {
-        let left = Self::slot_rmaps(&self.rmaps, id)?.sptes();
-        if left != 0 {
-            warn_on!(true, "detaching slot {id} with {left} SPTEs");
-            self.zap_slot(id);
-        }
-        self.rmaps.unpublish(id).map(DetachedRmaps)
-    }
-
-    /// Maps `gfn` of slot `slot_id` to host page `pfn` in root `root`, writable if `writable`,
+    /// Maps `gfn` of `slot` to host page `pfn` in root `root`, writable if `writable`,
     /// as a fault does after resolving the page (KVM's `direct_map()` + `mmu_set_spte()`).
     ///
     /// Walks down from the root, linking missing tables from `tables`, then sets the 4K leaf:
@@ -744,23 +530,14 @@ impl<P: PageOps> X86Mmu<P> {
     pub(crate) fn map(
         &mut self,
         root: usize,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         gfn: u64,
         pfn: u64,
         writable: bool,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
-        self.map_level(
-            root,
-            slot_id,
-            gfn,
-            pfn,
-            writable,
-            MapLevel::L4K,
-            tables,
-            descs,
-        )
+        self.map_level(root, slot, gfn, pfn, writable, MapLevel::L4K, tables, descs)
     }
 
     /// [`X86Mmu::map()`] at any level: maps the `level`-sized block of gfns that starts at
@@ -780,7 +557,7 @@ impl<P: PageOps> X86Mmu<P> {
     pub(crate) fn map_level(
         &mut self,
         root: usize,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         gfn: u64,
         pfn: u64,
         writable: bool,
@@ -794,7 +571,7 @@ impl<P: PageOps> X86Mmu<P> {
             level,
             writable,
         };
-        self.map_at(root, slot_id, m, tables, descs)
+        self.map_at(root, slot, m, tables, descs)
     }
 
     /// Frees a table that a map unlinked ([`MapOutcome::unlinked`]), and the tables under it.
@@ -819,7 +596,7 @@ impl<P: PageOps> X86Mmu<P> {
     fn map_at(
         &mut self,
         root: usize,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         m: Mapping,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
@@ -834,7 +611,6 @@ impl<P: PageOps> X86Mmu<P> {
         if !pfn_fits(m.pfn) || m.pfn & (pages - 1) != 0 {
             return Err(MapError::BadPfn);
         }
-        let slot = Self::slot_rmaps(&self.rmaps, slot_id).ok_or(MapError::NoSlot)?;
         // The whole block is in the slot: every leaf under a table replaced by the huge leaf
         // maps a gfn of this slot, so it is in this slot's rmaps (I1).
         if !slot.contains(m.gfn) || !slot.contains(m.gfn + pages - 1) {
@@ -869,7 +645,7 @@ impl<P: PageOps> X86Mmu<P> {
         }
     }
 
-    /// One step of zapping the gfns `[cursor, end_gfn)` of slot `slot_id` in every root
+    /// One step of zapping the gfns `[cursor, end_gfn)` of `slot` in every root
     /// (KVM's `kvm_unmap_gfn_range()` through `__walk_slot_rmaps()`), resumable so that the
     /// caller can yield the MMU lock between steps.
     ///
@@ -889,34 +665,29 @@ impl<P: PageOps> X86Mmu<P> {
     ///
     /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
     /// dropping the lock (see Invalidation in `Documentation/secmmu.rst`), then free the
-    /// unlinked tables.  Make the cursor with [`ZapCursor::new()`] from the range start.  A slot
-    /// without rmaps has nothing to zap.  Never sleeps.
+    /// unlinked tables.  Make the cursor with [`ZapCursor::new()`] from the range start.  Never
+    /// sleeps.
     pub(crate) fn zap_gfn_range_step(
         &mut self,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         cursor: &mut ZapCursor,
         end_gfn: u64,
         should_stop: &mut dyn FnMut() -> bool,
     ) -> ZapProgress {
-        self.zap_step(slot_id, cursor, end_gfn, &mut StopHook(should_stop), true)
+        self.zap_step(slot, cursor, end_gfn, &mut StopHook(should_stop), true)
     }
 
     /// [`X86Mmu::zap_gfn_range_step()`], yielding as `hook` says, and unlinking the tables it
     /// empties if `unlink_tables`.
     fn zap_step(
         &mut self,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         cursor: &mut ZapCursor,
         end_gfn: u64,
         hook: &mut impl YieldHook,
         unlink_tables: bool,
     ) -> ZapProgress {
         let mut progress = ZapProgress::default();
-        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
-            cursor.finish();
-            progress.done = true;
-            return progress;
-        };
         let stats = &mut self.stats;
         let mut locked = self.write_side.locked();
 
@@ -928,7 +699,7 @@ impl<P: PageOps> X86Mmu<P> {
             while gfn < stop_gfn {
                 if let Some(head) = slot.rmap(level, gfn) {
                     let (zapped, dirty) = zap_rmap::<P>(head, &mut locked, stats);
-                    slot.sub_sptes(zapped);
+                    slot.rmaps.sub_sptes(zapped);
                     progress.zapped += zapped;
                     progress.dirty += dirty;
                 }
@@ -1015,33 +786,25 @@ impl<P: PageOps> X86Mmu<P> {
         });
     }
 
-    /// Zaps every SPTE of slot `slot_id` in every root, without yielding and without unlinking
-    /// tables.  Returns the number zapped; flush TLBs if nonzero.
-    pub(crate) fn zap_slot(&mut self, slot_id: u32) -> u64 {
-        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
-            return 0;
-        };
+    /// Zaps every SPTE of `slot` in every root, without yielding and without unlinking tables.
+    /// Returns the number zapped; flush TLBs if nonzero.
+    pub(crate) fn zap_slot(&mut self, slot: SlotRef<'_>) -> u64 {
         if slot.sptes() == 0 {
             return 0;
         }
-        let (start, end) = (slot.base_gfn(), slot.end_gfn());
-        let mut cursor = ZapCursor::new(start);
-        let progress = self.zap_step(
-            slot_id,
-            &mut cursor,
-            end,
-            &mut StopHook(&mut || false),
-            false,
-        );
+        let mut cursor = ZapCursor::new(slot.base_gfn());
+        let end = slot.end_gfn();
+        let progress = self.zap_step(slot, &mut cursor, end, &mut StopHook(&mut || false), false);
         debug_assert!(progress.done);
         progress.zapped
     }
 
-    /// Zaps every SPTE of every slot in every root (teardown, tests), without yielding.
-    /// Returns the number zapped; flush TLBs if nonzero.  The tables stay, empty, until the
-    /// MMU is dropped or a zap of their range unlinks them: walkers may still be in them.
-    pub(crate) fn zap_all(&mut self) -> u64 {
-        (0..MAX_SLOTS as u32).map(|id| self.zap_slot(id)).sum()
+    /// Zaps every SPTE of every one of `slots` (all the slots of the memslot set) in every root
+    /// (teardown, tests), without yielding.  Returns the number zapped; flush TLBs if nonzero.
+    /// The tables stay, empty, until the MMU is dropped or a zap of their range unlinks them:
+    /// walkers may still be in them.
+    pub(crate) fn zap_all<'s>(&mut self, slots: impl IntoIterator<Item = SlotRef<'s>>) -> u64 {
+        slots.into_iter().map(|slot| self.zap_slot(slot)).sum()
     }
 
     /// The snapshot byte of `gfn` in root `root` (`SECMMU_SNAP_*`): 0 if no present leaf maps
@@ -1083,23 +846,7 @@ impl<P: PageOps> X86Mmu<P> {
         Some((base, translation(w.old, w.level, base)))
     }
 
-    /// Ages the gfns of every attached slot that back the host-virtual range
-    /// `[hva_start, hva_end)` (exclusive end, "Ranges and mapping levels"), in every root, under
-    /// the MMU lock for write (`&mut self`): [`X86Mmu::age_gfn_range_locked()`] per slot.  A host
-    /// page aliased by several slots is aged in each.
-    pub(crate) fn age_hva_range_locked(
-        &mut self,
-        hva_start: u64,
-        hva_end: u64,
-        op: AgeOp,
-    ) -> AgeResult {
-        let rmaps = &self.rmaps;
-        let slots = slot_ids(rmaps.live_ids()).filter_map(|id| Self::slot_rmaps(rmaps, id));
-        let mut side = Locked::<P>(&mut self.write_side.locked(), PhantomData);
-        age_slots_hva(&mut side, slots, hva_start, hva_end, op)
-    }
-
-    /// Ages the gfns `[start, end)` of slot `slot_id` in every root, under the MMU lock for
+    /// Ages the gfns `[start, end)` of `slot` in every root, under the MMU lock for
     /// write (`&mut self`), through the rmaps of every level (huge levels from `start` aligned
     /// down, see "Ranges and mapping levels").
     ///
@@ -1115,14 +862,11 @@ impl<P: PageOps> X86Mmu<P> {
     /// writes would not be seen as dirty.
     pub(crate) fn age_gfn_range_locked(
         &mut self,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         start: u64,
         end: u64,
         op: AgeOp,
     ) -> AgeResult {
-        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
-            return AgeResult::new(op);
-        };
         let mut side = Locked::<P>(&mut self.write_side.locked(), PhantomData);
         age_slot(&mut side, slot, start, end, op)
     }
@@ -1156,7 +900,7 @@ impl<P: PageOps> X86Mmu<P> {
             .is_ok()
     }
 
-    /// Adds the SPTE `sptep` to the rmap of `gfn` at `level` of slot `slot_id`, as if a leaf had
+    /// Adds the SPTE `sptep` to the rmap of `gfn` at `level` of `slot`, as if a leaf had
     /// been installed there, for tests of huge levels (which [`X86Mmu::map()`] does not install
     /// yet).  Returns false if the slot has no rmap for it.
     ///
@@ -1167,22 +911,19 @@ impl<P: PageOps> X86Mmu<P> {
     #[cfg(all(test, not(loom)))]
     pub(crate) unsafe fn add_test_leaf(
         &mut self,
-        slot_id: u32,
+        slot: SlotRef<'_>,
         level: MapLevel,
         gfn: u64,
         sptep: &AtomicU64,
         descs: &mut DescCache,
     ) -> bool {
-        let Some(slot) = Self::slot_rmaps(&self.rmaps, slot_id) else {
-            return false;
-        };
         let Some(head) = slot.rmap(level, gfn) else {
             return false;
         };
         let mut locked = self.write_side.locked();
         // SAFETY: `sptep` stays valid until zapped out of the rmap, per the caller.
         unsafe { head.lock(&mut locked).add(NonNull::from(sptep), descs) };
-        slot.add_sptes(1);
+        slot.rmaps.add_sptes(1);
         self.stats.leaves += 1;
         true
     }
@@ -1190,9 +931,13 @@ impl<P: PageOps> X86Mmu<P> {
 
 impl<P: PageOps> Drop for X86Mmu<P> {
     fn drop(&mut self) {
-        // Empties every rmap (freeing the descriptors) and reports dirty pages: the primary MMU
-        // still has every page mapped, or `release()` would have zapped them already.
-        self.zap_all();
+        // Every slot was zapped before (R5): a leaf left would stay in the rmaps of a slot that
+        // outlives its tables.
+        warn_on!(
+            self.stats.leaves != 0,
+            "x86 MMU dropped with {} leaves mapped",
+            self.stats.leaves
+        );
         // No walker is left (the owner's guarantee), so no flush is needed first.
         self.free_zapped_tables();
         for &root in &self.roots[..self.nr_roots] {
@@ -1203,8 +948,6 @@ impl<P: PageOps> Drop for X86Mmu<P> {
         }
         self.nr_roots = 0;
         debug_assert_eq!(self.stats.table_pages(), 0);
-        // The rmaps are empty and stay attached; another MMU may take the table over.
-        self.rmaps.owner.store(UNOWNED, Ordering::Relaxed);
     }
 }
 
@@ -1217,7 +960,7 @@ struct MapWalker<'m, 'l, P: PageOps> {
     m: Mapping,
     /// The walker's level of the leaf.
     target: u32,
-    slot: &'m SlotRmaps,
+    slot: SlotRef<'m>,
     locked: &'m mut MmuWriteLocked<'l>,
     descs: &'m mut DescCache,
     tables: &'m mut TableCache<P>,
@@ -1397,7 +1140,7 @@ impl<'a, P: PageOps> Visitor<'a> for UnlinkEmpty<'_, P> {
 
 /// The walk of [`zap_tree()`]: zaps every leaf through its rmap in `slot` (I1).
 struct ZapTree<'m, 'l, P: PageOps> {
-    slot: &'m SlotRmaps,
+    slot: SlotRef<'m>,
     locked: &'m mut MmuWriteLocked<'l>,
     descs: &'m mut DescCache,
     stats: &'m mut MmuStats,
@@ -1443,7 +1186,7 @@ unsafe fn zap_tree<P: PageOps>(
     table_pfn: u64,
     level: u32,
     first_gfn: u64,
-    slot: &SlotRmaps,
+    slot: SlotRef<'_>,
     locked: &mut MmuWriteLocked<'_>,
     descs: &mut DescCache,
     stats: &mut MmuStats,
@@ -1470,7 +1213,7 @@ unsafe fn zap_tree<P: PageOps>(
 fn install_leaf(
     sptep: &AtomicU64,
     new: u64,
-    slot: &SlotRmaps,
+    slot: SlotRef<'_>,
     level: MapLevel,
     gfn: u64,
     locked: &mut MmuWriteLocked<'_>,
@@ -1495,7 +1238,7 @@ fn install_leaf(
         // before its table is freed.
         unsafe { guard.add(NonNull::from(sptep), descs) }
     };
-    slot.add_sptes(1);
+    slot.rmaps.add_sptes(1);
     before + 1
 }
 
@@ -1556,7 +1299,7 @@ fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<boo
 /// rmap (KVM's `drop_spte()`).
 fn drop_leaf<P: PageOps>(
     sptep: &AtomicU64,
-    slot: &SlotRmaps,
+    slot: SlotRef<'_>,
     level: MapLevel,
     gfn: u64,
     locked: &mut MmuWriteLocked<'_>,
@@ -1571,7 +1314,7 @@ fn drop_leaf<P: PageOps>(
     let found = head.lock(locked).remove(NonNull::from(sptep), descs);
     debug_assert!(found, "leaf for gfn {gfn:#x} not in its rmap");
     if found {
-        slot.sub_sptes(1);
+        slot.rmaps.sub_sptes(1);
     }
 }
 
@@ -1810,7 +1553,7 @@ pub(crate) fn age_rmap<S: AgeSide>(
 /// locks it.  Testing stops at the first young leaf.
 fn age_slot<S: AgeSide>(
     side: &mut S,
-    slot: &SlotRmaps,
+    slot: SlotRef<'_>,
     start: u64,
     end: u64,
     op: AgeOp,
@@ -1823,65 +1566,23 @@ fn age_slot<S: AgeSide>(
     result
 }
 
-/// Ages the gfns of each of `slots` that back the host-virtual range `[hva_start, hva_end)`
-/// (exclusive end, "Ranges and mapping levels"), [`age_slot()`] per slot, with the slot
-/// geometry the rmaps carry, so no memslot set is needed.  A host page aliased by several slots
-/// is aged in each.  Testing stops at the first young leaf.
-fn age_slots_hva<'s, S: AgeSide>(
-    side: &mut S,
-    slots: impl Iterator<Item = &'s SlotRmaps>,
-    hva_start: u64,
-    hva_end: u64,
-    op: AgeOp,
-) -> AgeResult {
-    let mut result = AgeResult::new(op);
-    for slot in slots {
-        let Some((start, end)) = slot.slot.hva_range_to_gfns(hva_start, hva_end) else {
-            continue;
-        };
-        result.merge(&age_slot(side, slot, start, end, op));
-        if result.done() {
-            break;
-        }
-    }
-    result
-}
-
-/// Ages the gfns `[start, end)` of slot `slot_id` in every root without the MMU lock (KVM's
+/// Ages the gfns `[start, end)` of `slot` in every root without the MMU lock (KVM's
 /// `kvm_rmap_age_gfn_range()`): [`age_slot()`] with each rmap locked read-only.  For spaces
 /// whose leaves keep A/D bits, or to test (`aging::use_lockless()`): accessed leaves without A/D
 /// are left alone and counted young ([`AgeResult::skipped`]).
 ///
 /// `no_preempt` must cover the whole call: it keeps the bit locks short and, being an RCU
-/// read-side critical section, keeps the slot's rmaps from being freed (R3).  If the result
+/// read-side critical section, keeps the memslot set that `slot` was read from, and so the
+/// slot's rmaps, from being freed (R3).  If the result
 /// [`needs_flush()`](AgeResult::needs_flush) (`clear_flush_young` made leaves old), flush TLBs.
 pub(crate) fn age_gfn_range_lockless(
-    table: &RmapTable,
+    slot: SlotRef<'_>,
     no_preempt: &NoPreempt<'_>,
-    slot_id: u32,
     start: u64,
     end: u64,
     op: AgeOp,
 ) -> AgeResult {
-    match table.get(slot_id, no_preempt) {
-        Some(slot) => age_slot(&mut Lockless(no_preempt), slot, start, end, op),
-        None => AgeResult::new(op),
-    }
-}
-
-/// Ages the gfns of every attached slot that back the host-virtual range `[hva_start, hva_end)`
-/// without the MMU lock: [`age_gfn_range_lockless()`] per slot.
-pub(crate) fn age_hva_range_lockless(
-    table: &RmapTable,
-    no_preempt: &NoPreempt<'_>,
-    hva_start: u64,
-    hva_end: u64,
-    op: AgeOp,
-) -> AgeResult {
-    // Only the live slots: loading all `MAX_SLOTS` pointers on every call (page_idle ages one
-    // page per call) costs more than aging the page.
-    let slots = slot_ids(table.live_ids()).filter_map(|id| table.get(id, no_preempt));
-    age_slots_hva(&mut Lockless(no_preempt), slots, hva_start, hva_end, op)
+    age_slot(&mut Lockless(no_preempt), slot, start, end, op)
 }
 
 /// The translation of `gfn` by the present leaf `spte` at the walker's `level`.
