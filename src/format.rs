@@ -16,7 +16,9 @@
 //!
 //! Whatever touches the tables of a specific format (the fault path, aging)
 //! matches on [`Pgt`]; what is the same for both (roots, snapshots, zaps,
-//! statistics) goes through the methods here.
+//! statistics) goes through the methods here. Zaps run under the zap driver
+//! of the core (`mmu/zap.rs`), which keeps the flush and yield rules for
+//! both formats ([`zap_gfn_range()`]).
 
 use crate::{
     arm64::mmu::{self as s2, S2Mmu, S2Root},
@@ -25,19 +27,33 @@ use crate::{
     kpages::KernelPages,
     mmu::aging::{self, AgeOp, AgeResult},
     mmu::memslot::{Memslots, Slot, SlotEntry},
-    mmu::pgtable::{
-        MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault, ZapCursor,
-        ZapProgress,
-    },
+    mmu::pgtable::{MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault},
     mmu::prim::{self, NoPreempt, PArc},
     mmu::stats::{Counter, Stats},
+    mmu::zap::{Yield, Zap, ZapLock, ZapTables},
     mmu_lock::{MmuLock, WriteGuard},
     space::{MmuState, Space},
     uapi,
-    x86::mmu::{self as x86, age_gfn_range_lockless, SlotRef, SlotRmaps, X86Mmu},
+    x86::mmu::{self as x86, age_gfn_range_lockless, SlotLookup, SlotRef, SlotRmaps, X86Mmu},
 };
-use core::ops::Deref;
+use core::{marker::PhantomData, ops::Deref};
 use kernel::alloc::AllocError;
+
+/// Evaluates `$e` with `$F` standing for the [`Format`] `$kind` names.
+macro_rules! with_kind {
+    ($kind:expr, $F:ident => $e:expr) => {
+        match $kind {
+            Kind::X86 => {
+                type $F = X86Mmu<KernelPages>;
+                $e
+            }
+            Kind::S2 => {
+                type $F = S2Mmu<KernelPages>;
+                $e
+            }
+        }
+    };
+}
 
 /// The page tables of a space.
 pub(crate) enum Pgt {
@@ -126,32 +142,6 @@ impl Pgt {
         }
     }
 
-    /// One step of a resumable zap of the gfns `[cursor, end)` of `slot`
-    /// (the x86 MMU finds them through the slot's rmaps; stage-2
-    /// walks its tables over the range), which also unlinks the tables it
-    /// leaves empty: flush, then [`Pgt::free_zapped_tables()`]; on
-    /// `tables_full`, flush, free and go on. MMU lock held for write.
-    pub(crate) fn zap_gfn_range_step(
-        &mut self,
-        slot: &MemSlot,
-        cursor: &mut ZapCursor,
-        end: u64,
-        should_stop: &mut dyn FnMut() -> bool,
-    ) -> ZapProgress {
-        match (self, x86_slot(slot)) {
-            (Pgt::X86(m), Some(slot)) => m.zap_gfn_range_step(slot, cursor, end, should_stop),
-            // Not reached: an x86 space's slots all have rmaps.
-            (Pgt::X86(_), None) => {
-                cursor.finish();
-                ZapProgress {
-                    done: true,
-                    ..ZapProgress::default()
-                }
-            }
-            (Pgt::S2(m), _) => m.zap_gfn_range_step(cursor, end, should_stop),
-        }
-    }
-
     /// The first leaf of root `root` mapping a gfn in `[gfn, end)`: its first
     /// gfn and that gfn's translation. MMU lock held, either side.
     pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
@@ -161,14 +151,78 @@ impl Pgt {
         }
     }
 
+    /// The format of the tables.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Pgt::X86(_) => Kind::X86,
+            Pgt::S2(_) => Kind::S2,
+        }
+    }
+}
+
+impl ZapTables for Pgt {
     /// Frees the table pages zaps unlinked (both formats unlink the tables a
     /// zap of a range leaves empty). MMU lock held for write, after the TLB
     /// flush that followed the zaps.
-    pub(crate) fn free_zapped_tables(&mut self) {
+    fn free_zapped_tables(&mut self) {
         match self {
             Pgt::X86(m) => m.free_zapped_tables(),
             Pgt::S2(m) => m.free_zapped_tables(),
         }
+    }
+}
+
+/// Zaps the gfns `[start, end)` of slot `slot_id` in every root of the tables
+/// `lock` guards, held for write, flushing and yielding the lock as the zap
+/// driver `z` says ([`Format::zap_gfn_range()`]); what it cleared since the
+/// last flush is left in `z` for the caller to flush before it drops the
+/// lock. The slot is looked up in `space`'s current memslot set at each
+/// step, since the set may change while the lock is yielded.
+pub(crate) fn zap_gfn_range<Y: Yield>(
+    lock: &mut impl ZapLock<Mmu = Pgt>,
+    space: &Space,
+    z: &mut Zap<Y>,
+    slot_id: u32,
+    start: u64,
+    end: u64,
+) {
+    let Some(kind) = lock.mmu().map(|m| m.kind()) else {
+        return;
+    };
+    with_kind!(kind, F => {
+        let mut lock = FormatLock::<_, F>(lock, PhantomData);
+        <F as Format>::zap_gfn_range(&mut lock, &mut CurrentSlots(space), z, slot_id, start, end)
+    })
+}
+
+/// The memslot set of a space current under its MMU lock, where an x86 zap
+/// finds its slot again after every yield ([`SlotLookup`]).
+struct CurrentSlots<'a>(&'a Space);
+
+impl SlotLookup for CurrentSlots<'_> {
+    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<SlotRef<'_>>) -> R) -> R {
+        // The set is replaced only under the MMU lock held for write, which
+        // the zap holds; the RCU read side covers the borrow all the same.
+        let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
+        f(self.0.memslots(&rcu).by_id(id).and_then(x86_slot))
+    }
+}
+
+/// The MMU lock `L` of a space's tables, seen as the lock of its tables of
+/// format `F`: what a format's zap yields (the tables of a space are never
+/// replaced, so they are of `F` again after every yield).
+struct FormatLock<'l, L, F>(&'l mut L, PhantomData<fn() -> F>);
+
+impl<L: ZapLock<Mmu = Pgt>, F: Format> ZapLock for FormatLock<'_, L, F> {
+    type Mmu = F;
+
+    fn mmu(&mut self) -> Option<&mut F> {
+        F::of_mut(self.0.mmu()?)
+    }
+
+    fn resched(&mut self) {
+        self.0.resched()
     }
 }
 
@@ -181,7 +235,7 @@ impl Pgt {
 /// KVM's x86 fault path likewise takes `mmu_lock` for write for the shadow
 /// MMU (`direct_page_fault()`) and for read for the TDP MMU
 /// (`kvm_tdp_mmu_page_fault()`), with one `struct kvm_page_fault`.
-pub(crate) trait Format: Sized {
+pub(crate) trait Format: Sized + ZapTables {
     /// The side of the MMU lock a fault holds to install a leaf.
     type FaultSide: FaultSide;
     /// Table pages a fault must have in its cache before it maps.
@@ -226,6 +280,20 @@ pub(crate) trait Format: Sized {
 
     /// The statistic [`Format::fix_access_fault()`]'s successes count in.
     fn access_fixes(stats: &Stats) -> &Counter;
+
+    /// Zaps the gfns `[start, end)` of slot `slot_id` in every root, with
+    /// `lock` held for write, flushing, freeing the tables it unlinks and
+    /// yielding as the zap driver `z` says (the x86 MMU finds the leaves
+    /// through the slot's rmaps, looked up in `slots` at every step; stage-2
+    /// walks its tables over the range).
+    fn zap_gfn_range<Y: Yield>(
+        lock: &mut impl ZapLock<Mmu = Self>,
+        slots: &mut impl SlotLookup,
+        z: &mut Zap<Y>,
+        slot_id: u32,
+        start: u64,
+        end: u64,
+    );
 
     /// The guest-physical address bits of a space whose SECMMU_CONFIGURE
     /// asked for `requested` (0: the default), `None` if the format cannot
@@ -410,6 +478,17 @@ impl Format for X86Mmu<KernelPages> {
         &stats.access_restores
     }
 
+    fn zap_gfn_range<Y: Yield>(
+        lock: &mut impl ZapLock<Mmu = Self>,
+        slots: &mut impl SlotLookup,
+        z: &mut Zap<Y>,
+        slot_id: u32,
+        start: u64,
+        end: u64,
+    ) {
+        X86Mmu::zap_gfn_range(lock, slots, z, slot_id, start, end)
+    }
+
     fn ia_bits(requested: u32) -> Option<u32> {
         // EPT walks 4 levels: 48 bits, always.
         match requested {
@@ -513,6 +592,18 @@ impl Format for S2Mmu<KernelPages> {
 
     fn access_fixes(stats: &Stats) -> &Counter {
         &stats.access_flag_faults
+    }
+
+    fn zap_gfn_range<Y: Yield>(
+        lock: &mut impl ZapLock<Mmu = Self>,
+        _slots: &mut impl SlotLookup,
+        z: &mut Zap<Y>,
+        _slot_id: u32,
+        start: u64,
+        end: u64,
+    ) {
+        // No rmaps: the walk finds the slot's leaves by its gfns.
+        S2Mmu::zap_gfn_range(lock, z, start, end)
     }
 
     fn ia_bits(requested: u32) -> Option<u32> {
@@ -625,22 +716,6 @@ pub(crate) enum Kind {
     X86 = uapi::FMT_X86_EPT4 as isize,
     /// arm64 stage-2, 4K granule.
     S2 = uapi::FMT_ARM64_S2 as isize,
-}
-
-/// Evaluates `$e` with `$F` standing for the [`Format`] `$kind` names.
-macro_rules! with_kind {
-    ($kind:expr, $F:ident => $e:expr) => {
-        match $kind {
-            Kind::X86 => {
-                type $F = X86Mmu<KernelPages>;
-                $e
-            }
-            Kind::S2 => {
-                type $F = S2Mmu<KernelPages>;
-                $e
-            }
-        }
-    };
 }
 
 impl Kind {

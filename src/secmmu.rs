@@ -137,8 +137,9 @@ mod kunit {
         kpages::KernelPages,
         mmu::aging::AgeOp,
         mmu::inval::checks,
-        mmu::pgtable::{MapAction, MapError, MapLevel, TableCache, ZapCursor},
+        mmu::pgtable::{MapAction, MapError, MapLevel, TableCache},
         mmu::prim::{AtomicU64, Ordering},
+        mmu::zap::{NoYield, Owned, Zap},
         mmu_lock::write_locked,
         x86::rmap::{DescCache, RmapHead, PTE_LIST_EXT},
         x86::spte::{self, Level},
@@ -376,9 +377,11 @@ mod kunit {
             let again = mmu.map(0, gfn, pfn, false, MapLevel::L4K, &mut cache, &flush);
             assert_eq!(again.map(|o| o.action), Ok(MapAction::Unchanged));
             let mut mmu = mmu;
-            let mut cursor = ZapCursor::new(0);
-            let p = mmu.zap_gfn_range_step(&mut cursor, 1 << 28, &mut || false);
-            assert!(p.done && p.zapped == 1);
+            let mut z = Zap::new(NoYield);
+            S2Mmu::zap_gfn_range(&mut Owned(&mut mmu), &mut z, 0, 1 << 28);
+            // No vCPU walks `mmu`: nothing to flush before the free.
+            z.flush_and_free(&mut Owned(&mut mmu));
+            assert!(z.zapped == 1);
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, true) }.is_err());
             // SAFETY: `pfn` came from the cache (`alloc_table()`) and was

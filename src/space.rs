@@ -48,10 +48,10 @@ use crate::{
     mmu::aging::{AgeOp, AgeResult},
     mmu::inval::Invalidations,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
-    mmu::pgtable::ZapCursor,
     mmu::prim::{self, NoPreempt, RcuPtr, Unpublished},
     mmu::stats::Stats,
     mmu::tlb::VcpuMode,
+    mmu::zap::{Yield, Zap, ZapLock},
     mmu_lock::{MmuLock, WriteGuard},
     uapi,
 };
@@ -136,13 +136,48 @@ pub(crate) struct Space {
 
 impl_has_mmu_notifier!(Space, notifier);
 
-/// Returned by the zap path: what was done, for stats.
-#[derive(Default)]
-struct Zapped {
-    sptes: u64,
-    dirty: u64,
-    /// Zapped entries that may still be in a vCPU's TLB.
-    flush_pending: bool,
+/// What a flush and a yield of a zap are to a space ([`Yield`]): a zap
+/// that may block yields when this CPU should reschedule or another waits
+/// for the MMU lock (KVM's `cond_resched_rwlock_write()` tests), and flushes
+/// with [`Space::flush_remote_tlbs()`].
+struct SpaceYield<'s> {
+    space: &'s Space,
+    /// The zap may sleep: an invalidation that is not blockable (the OOM
+    /// reaper's) never yields.
+    may_block: bool,
+}
+
+impl Yield for SpaceYield<'_> {
+    fn should_yield(&mut self) -> bool {
+        self.may_block && (sched::need_resched() || self.space.mmu.contended())
+    }
+
+    fn flush_tlbs(&mut self) {
+        self.space.flush_remote_tlbs();
+    }
+
+    fn flush_elided(&mut self) {
+        self.space.stats.tlb_flushes_elided.inc();
+    }
+}
+
+/// The MMU lock of a space, held for write by a zap ([`ZapLock`]).
+struct SpaceLock<'g, 'a> {
+    guard: &'g mut WriteGuard<'a, MmuState>,
+    stats: &'g Stats,
+}
+
+impl ZapLock for SpaceLock<'_, '_> {
+    type Mmu = Pgt;
+
+    fn mmu(&mut self) -> Option<&mut Pgt> {
+        self.guard.mmu.as_mut()
+    }
+
+    fn resched(&mut self) {
+        self.stats.zap_yields.inc();
+        self.guard.resched();
+    }
 }
 
 impl Space {
@@ -320,15 +355,8 @@ impl Space {
         let removed = prim::try_box_sleepable(removed)?;
         let mut guard = self.mmu.write();
         let before = self.memslots.replace(invalid);
-        let mut zapped = Zapped::default();
-        self.zap_gfns(
-            &mut guard,
-            &mut zapped,
-            id,
-            slot.base_gfn,
-            slot.end_gfn(),
-            true,
-        );
+        let mut zapped = self.zap(true);
+        self.zap_gfns(&mut guard, &mut zapped, id, slot.base_gfn, slot.end_gfn());
         self.flush_and_free(&mut guard, &mut zapped);
         {
             // SPTEs left in the slot's rmaps (a bug) would escape later
@@ -416,70 +444,55 @@ impl Space {
         self.stats.tlb_flushes.inc();
     }
 
+    /// A zap of this space, which yields only if `may_block`.
+    fn zap(&self, may_block: bool) -> Zap<SpaceYield<'_>> {
+        Zap::new(SpaceYield {
+            space: self,
+            may_block,
+        })
+    }
+
     /// Zaps the gfns `[start, end)` of slot `id` in every root, yielding the
-    /// MMU lock when `may_block` and someone needs the CPU or the lock.
-    /// Flushes what it zapped before every yield; what it zapped since is
-    /// left in `z.flush_pending` for the caller to flush before it drops the
-    /// lock for good ("TLB flush before dropping the MMU lock" in
+    /// MMU lock when `z` may block and someone needs the CPU or the lock
+    /// (the core's zap driver, `mmu/zap.rs`, flushes what it zapped and
+    /// frees what it unlinked before every yield). What it zapped since is
+    /// left in `z` for [`Self::flush_and_free()`], before the caller drops
+    /// the lock for good ("TLB flush before dropping the MMU lock" in
     /// Documentation/secmmu-protocols.rst).
     fn zap_gfns(
         &self,
         guard: &mut WriteGuard<'_, MmuState>,
-        z: &mut Zapped,
+        z: &mut Zap<SpaceYield<'_>>,
         id: u32,
         start: u64,
         end: u64,
-        may_block: bool,
     ) {
-        let mut cursor = ZapCursor::new(start);
-        while let Some(mmu) = guard.mmu.as_mut() {
-            let lock = &self.mmu;
-            let mut should_stop = || may_block && (sched::need_resched() || lock.contended());
-            let progress = {
-                // Looked up in the set current under the lock, again after
-                // every yield: a slot deleted meanwhile was zapped whole.
-                let preempt = PreemptGuard::new();
-                let rcu: NoPreempt<'_> = preempt.proof().into();
-                let Some(slot) = self.memslots(&rcu).by_id(id) else {
-                    break;
-                };
-                mmu.zap_gfn_range_step(slot, &mut cursor, end, &mut should_stop)
-            };
-            z.sptes += progress.zapped;
-            z.dirty += progress.dirty;
-            z.flush_pending |= progress.needs_flush();
-            if progress.done {
-                break;
-            }
-            self.flush_and_free(guard, z);
-            if progress.tables_full {
-                // Stopped only to free the tables it unlinked: go on.
-                continue;
-            }
-            self.stats.zap_yields.inc();
-            guard.resched();
-        }
+        let mut lock = SpaceLock {
+            guard,
+            stats: &self.stats,
+        };
+        // The slot is looked up in the set current under the lock, again
+        // after every yield: a slot deleted meanwhile was zapped whole.
+        format::zap_gfn_range(&mut lock, self, z, id, start, end);
     }
 
-    /// Flushes the TLBs if anything was zapped or unlinked since the last
-    /// flush, counting an elided flush otherwise (nothing valid was removed,
-    /// as in "Break-before-make"); then frees the tables the zaps unlinked,
-    /// which only that flush made sure no vCPU walks any more ("TLB flush
-    /// before freeing tables" in Documentation/secmmu-protocols.rst).
-    fn flush_and_free(&self, state: &mut MmuState, z: &mut Zapped) {
-        if z.flush_pending {
-            self.flush_remote_tlbs();
-            z.flush_pending = false;
-        } else {
-            self.stats.tlb_flushes_elided.inc();
-        }
-        if let Some(mmu) = state.mmu.as_mut() {
-            mmu.free_zapped_tables();
-        }
+    /// Ends the zaps of `z`: flushes the TLBs if anything was zapped or
+    /// unlinked since the last flush, counting an elided flush otherwise
+    /// (nothing valid was removed, as in "Break-before-make"); then frees
+    /// the tables the zaps unlinked, which only that flush made sure no vCPU
+    /// walks any more ("TLB flush before freeing tables" in
+    /// Documentation/secmmu-protocols.rst).
+    fn flush_and_free(&self, guard: &mut WriteGuard<'_, MmuState>, z: &mut Zap<SpaceYield<'_>>) {
+        let mut lock = SpaceLock {
+            guard,
+            stats: &self.stats,
+        };
+        z.flush_and_free(&mut lock);
     }
 
-    fn count_zapped(&self, z: &Zapped) {
-        self.stats.sptes_zapped.add(z.sptes);
+    /// Adds what the zaps of `z` did to the statistics.
+    fn count_zapped<Y>(&self, z: &Zap<Y>) {
+        self.stats.sptes_zapped.add(z.zapped);
         self.stats.dirty_pages.add(z.dirty);
     }
 
@@ -836,12 +849,12 @@ impl MmuNotifierOps for Space {
         // many GiB in many roots, and `exit_mmap()` may sleep here (KVM's
         // `kvm_mmu_zap_all()` yields with `cond_resched_rwlock_write()`).
         let mut guard = self.mmu.write();
-        let mut zapped = Zapped::default();
+        let mut zapped = self.zap(true);
         let mut from = 0;
         // Every slot, whole: the whole user range.
         while let Some((id, end, first, last)) = self.next_gfn_range(0, u64::MAX, from) {
             from = end;
-            self.zap_gfns(&mut guard, &mut zapped, id, first, last, true);
+            self.zap_gfns(&mut guard, &mut zapped, id, first, last);
         }
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
@@ -871,7 +884,7 @@ impl MmuNotifierOps for Space {
         // slot created meanwhile maps nothing of the range (its faults
         // retry until `end`); a slot being deleted stays in the set, marked
         // invalid, until its own zap is done, so it is zapped here too.
-        let mut zapped = Zapped::default();
+        let mut zapped = self.zap(blockable);
         let mut from = 0;
         loop {
             let next = self.next_gfn_range(start as u64, end as u64, from);
@@ -881,7 +894,7 @@ impl MmuNotifierOps for Space {
             from = slot_end;
             let skip = crate::testhooks::skip_zap();
             if skip == 0 {
-                self.zap_gfns(&mut guard, &mut zapped, id, gfn_start, gfn_end, blockable);
+                self.zap_gfns(&mut guard, &mut zapped, id, gfn_start, gfn_end);
                 continue;
             }
             // Tests only: leave every gfn that is a multiple of `skip`
@@ -891,14 +904,7 @@ impl MmuNotifierOps for Space {
                 let next = (gfn / skip + 1) * skip;
                 let first = if gfn % skip == 0 { gfn + 1 } else { gfn };
                 if first < next.min(gfn_end) {
-                    self.zap_gfns(
-                        &mut guard,
-                        &mut zapped,
-                        id,
-                        first,
-                        next.min(gfn_end),
-                        blockable,
-                    );
+                    self.zap_gfns(&mut guard, &mut zapped, id, first, next.min(gfn_end));
                 }
                 gfn = next;
             }
@@ -907,7 +913,7 @@ impl MmuNotifierOps for Space {
         drop(guard);
         self.count_zapped(&zapped);
         if !range.blockable() {
-            crate::testhooks::count_nonblock_zapped(zapped.sptes);
+            crate::testhooks::count_nonblock_zapped(zapped.zapped);
         }
         Ok(())
     }

@@ -21,8 +21,9 @@ use crate::mmu::memslot::{Slot, PAGE_SHIFT};
 use crate::mmu::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
 use crate::mmu::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::mmu::tlb::VcpuMode;
-use crate::test_util::Rng;
-use crate::x86::mmu::{translate, WalkFault, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS};
+use crate::mmu::zap::{Owned, Zap};
+use crate::test_util::{run_zap, FlushWith, Rng};
+use crate::x86::mmu::{translate, WalkFault, X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS};
 use crate::x86::rmap::{DescCache, PTE_LIST_EXT};
 use crate::x86::spte::{self, Level};
 use crate::x86_slots::{slot_ref, TestMmu, TestSlots};
@@ -116,20 +117,16 @@ impl<const ID: usize> Fixture<ID> {
     }
 
     fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> u64 {
-        let mut cursor = ZapCursor::new(start);
-        let mut zapped = 0;
-        loop {
-            let p = self
-                .mmu
-                .zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
-            zapped += p.zapped;
-            // (The flush the kernel does here.)
-            self.mmu.free_zapped_tables();
-            if p.done {
-                return zapped;
-            }
-            assert!(p.tables_full);
-        }
+        let slots = self.mmu.slots().clone();
+        let p = run_zap(
+            &mut *self.mmu,
+            HostPages::<ID>::frees,
+            || false,
+            |_| {},
+            |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, slot_id, start, end),
+        );
+        assert_eq!(p.yields, 0);
+        p.zapped
     }
 }
 
@@ -822,17 +819,14 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             }
             if rng.below(8) == 0 {
                 let start = s.base_gfn + rng.below(STRESS_GFNS);
-                let mut cursor = ZapCursor::new(start);
                 let end = start + rng.below(64);
-                loop {
-                    let p = m.zap_gfn_range_step(s.id, &mut cursor, end, &mut || false);
-                    unlinked += p.unlinked_tables;
-                    walker_mode.request_flush();
-                    m.free_zapped_tables();
-                    if p.done {
-                        break;
-                    }
-                }
+                // Every flush waits for the lockless walker, before the tables go.
+                let mut z = Zap::new(FlushWith(|| walker_mode.request_flush()));
+                let slots = m.slots().clone();
+                let mut lock = Owned(&mut **m);
+                X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, s.id, start, end);
+                z.flush_and_free(&mut lock);
+                unlinked += z.unlinked;
             }
             drop(m);
             HostPages::<ID>::take_dirty();

@@ -10,7 +10,7 @@ use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES as S2_MIN_TABLES};
 use crate::host_pages::HostPages;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::{MapLevel, TableCache};
-use crate::x86::mmu::{MAP_MIN_DESCS, MAP_MIN_TABLES};
+use crate::x86::mmu::{X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES};
 use crate::x86::rmap::DescCache;
 use crate::x86_slots::TestMmu;
 
@@ -60,12 +60,15 @@ fn x86_next_leaf_finds_each_leaf_once() {
     // A range that starts inside a leaf finds it; one that ends before it does not.
     assert_eq!(mmu.next_leaf(1, 0x201, 0x202).map(|(b, _)| b), Some(0x200));
     assert_eq!(mmu.next_leaf(1, 0x6, 0x200).map(|(b, _)| b), None);
+    let slots = mmu.slots().clone();
     for id in 0..LEAVES.len() as u32 {
-        let mut cursor = crate::mmu::pgtable::ZapCursor::new(0);
-        while !mmu
-            .zap_gfn_range_step(id, &mut cursor, 1 << 36, &mut || false)
-            .done
-        {}
+        crate::test_util::run_zap(
+            &mut *mmu,
+            HostPages::<52>::frees,
+            || false,
+            |_| {},
+            |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, id, 0, 1 << 36),
+        );
     }
     assert_eq!(mmu.next_leaf(1, 0, u64::MAX).map(|(b, _)| b), None);
 }

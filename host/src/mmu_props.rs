@@ -2,7 +2,7 @@
 
 //! Property tests of the two MMUs with host table pages: random maps at 4K, 2M and 1G (which
 //! split and collapse when the level of a block changes), translations, zaps of gfn ranges
-//! (driven to completion, also with a `should_stop` that stops at every chance), aging and the
+//! (driven to completion, also with a hook that yields at every chance), aging and the
 //! fault paths' fast restores, over several roots, checked after every step against a model
 //! of the leaves of each root.
 //!
@@ -23,7 +23,7 @@ use crate::host_pages::HostPages;
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::{snapshot_byte, MapAction, MapLevel, TableCache, Translation, WalkFault};
-use crate::test_util::prop_config;
+use crate::test_util::{prop_config, run_zap};
 
 /// A leaf of the model: the block of gfns from its key's gfn, at its key's level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +214,7 @@ mod x86 {
     use super::*;
 
     use crate::mmu::prim::NoPreempt;
-    use crate::x86::mmu::{translate, MapError, ZapCursor, MAP_MIN_DESCS, MAP_MIN_TABLES};
+    use crate::x86::mmu::{translate, MapError, X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES};
     use crate::x86::rmap::DescCache;
     use crate::x86::spte;
     use crate::x86_slots::{TestMmu, TestSlots};
@@ -461,28 +461,22 @@ mod x86 {
         }
 
         fn zap(&mut self, s: usize, start: u64, end: u64, stop_often: bool) {
-            let mut cursor = ZapCursor::new(start);
-            let (mut zapped, mut dirty) = (0, 0);
-            let mut steps = 0;
-            loop {
-                let p = self
-                    .mmu
-                    .zap_gfn_range_step(s as u32, &mut cursor, end, &mut || stop_often);
-                zapped += p.zapped;
-                dirty += p.dirty;
-                steps += 1;
-                // The flush the zap asks for, after which the tables it emptied can go.
-                self.mmu.free_zapped_tables();
-                if p.done {
-                    assert!(cursor.is_done());
-                    break;
-                }
-                assert!(
-                    stop_often || p.tables_full,
-                    "stopped without being asked to"
-                );
-                assert!(steps < 1 << 16, "the zap does not progress");
-            }
+            // The zap driver flushes before every yield and at the end, after which the tables
+            // it emptied can go (`run_zap()` checks that it does).
+            let slots = self.mmu.slots().clone();
+            let p = run_zap(
+                &mut *self.mmu,
+                HostPages::<ID>::frees,
+                || stop_often,
+                |_| {},
+                |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, s as u32, start, end),
+            );
+            let (zapped, dirty) = (p.zapped, p.dirty);
+            assert!(
+                stop_often || p.yields == 0,
+                "yielded without being asked to"
+            );
+            assert!(p.yields < 1 << 16, "the zap does not progress");
             let slot = &SLOTS[s];
             let (lo, hi) = (start.max(slot.base_gfn), end.min(slot.end_gfn()));
             let want = if lo < hi {
@@ -700,7 +694,7 @@ mod s2 {
 
     use std::cell::Cell;
 
-    use crate::arm64::mmu::{translate, MapError, S2Mmu, ZapCursor};
+    use crate::arm64::mmu::{translate, MapError, S2Mmu};
     use crate::arm64::pte::{self, MAX_IA_BITS, MIN_IA_BITS};
 
     const ID: usize = 57;
@@ -890,28 +884,21 @@ mod s2 {
         }
 
         fn zap(&mut self, start: u64, end: u64, stop_often: bool) {
-            let mut cursor = ZapCursor::new(start);
-            let (mut zapped, mut dirtied) = (0, 0);
-            let mut steps = 0;
-            loop {
-                let p = self
-                    .mmu
-                    .zap_gfn_range_step(&mut cursor, end, &mut || stop_often);
-                zapped += p.zapped;
-                dirtied += p.dirty;
-                steps += 1;
-                // The flush the zap asks for, after which its tables can go.
-                self.mmu.free_zapped_tables();
-                if p.done {
-                    assert!(cursor.is_done());
-                    break;
-                }
-                assert!(
-                    stop_often || p.tables_full,
-                    "stopped without being asked to"
-                );
-                assert!(steps < 1 << 16, "the zap does not progress");
-            }
+            // The zap driver flushes before every yield and at the end, after which its tables
+            // can go (`run_zap()` checks that it does).
+            let p = run_zap(
+                &mut self.mmu,
+                HostPages::<ID>::frees,
+                || stop_often,
+                |_| {},
+                |lock, z| S2Mmu::zap_gfn_range(lock, z, start, end),
+            );
+            let (zapped, dirtied) = (p.zapped, p.dirty);
+            assert!(
+                stop_often || p.yields == 0,
+                "yielded without being asked to"
+            );
+            assert!(p.yields < 1 << 16, "the zap does not progress");
             let end = end.min(self.mmu.geometry().gfn_limit());
             let want = zap_model(&mut self.model, start, end, dirty);
             assert_eq!((zapped, dirtied), want, "zap of [{start:#x}, {end:#x})");

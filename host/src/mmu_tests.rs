@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::vec::Vec;
 
@@ -21,11 +21,14 @@ use crate::mmu::pgtable::{
 };
 use crate::mmu::prim::Ordering;
 use crate::mmu::tlb::{SoftTlb, VcpuMode};
-use crate::test_util::Rng;
+use crate::mmu::zap::{Yield, Zap, ZapLock};
+use crate::test_util::{
+    check_zap_log, run_zap, unasked_flushes, Rng, TestLock, TestYield, ZapEvent, ZapRun,
+};
 use crate::x86::mmu::TABLE_SCAN_BATCH;
 use crate::x86::mmu::{
-    translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, ZapCursor, ZapProgress,
-    GFN_BITS, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
+    translate, MapError, MapOutcome, SlotRmaps, Translation, WalkFault, X86Mmu, GFN_BITS,
+    MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS,
 };
 use crate::x86::rmap::DescCache;
 use crate::x86::spte;
@@ -103,34 +106,33 @@ impl<const ID: usize> Fixture<ID> {
         sptep.fetch_and(!bits, Ordering::Relaxed);
     }
 
-    /// Zaps `[start, end)` of `slot_id` to the end, never asked to stop, as the kernel's caller
-    /// does: after each step, (flush and) free the tables it unlinked.  Returns the sum of the
-    /// steps.
-    fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> ZapProgress {
-        zap_to_end(&mut self.mmu, slot_id, start, end)
+    /// Zaps `[start, end)` of `slot_id` to the end, never asked to yield, then flushes and
+    /// frees as the kernel's caller does.
+    fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> ZapRun {
+        zap_to_end(&mut self.mmu, HostPages::<ID>::frees, slot_id, start, end)
     }
 }
 
-/// Zaps `[start, end)` of `slot_id` in `mmu` to the end (see [`Fixture::zap()`]).
-fn zap_to_end<P: PageOps>(mmu: &mut TestMmu<P>, slot_id: u32, start: u64, end: u64) -> ZapProgress {
-    let mut cursor = ZapCursor::new(start);
-    let mut sum = ZapProgress::default();
-    loop {
-        let p = mmu.zap_gfn_range_step(slot_id, &mut cursor, end, &mut || false);
-        // Only a full list of unlinked tables stops a step that is never asked to.
-        assert!(p.done || p.tables_full);
-        // (The flush the kernel does here.)
-        mmu.free_zapped_tables();
-        sum.zapped += p.zapped;
-        sum.dirty += p.dirty;
-        sum.visited += p.visited;
-        sum.unlinked_tables += p.unlinked_tables;
-        if p.done {
-            assert!(cursor.is_done());
-            sum.done = true;
-            return sum;
-        }
-    }
+/// Zaps `[start, end)` of `slot_id` in `mmu` to the end (see [`Fixture::zap()`]); `frees`
+/// counts the table pages freed.
+fn zap_to_end<P: PageOps>(
+    mmu: &mut TestMmu<P>,
+    frees: fn() -> u64,
+    slot_id: u32,
+    start: u64,
+    end: u64,
+) -> ZapRun {
+    let slots = mmu.slots().clone();
+    let run = run_zap(
+        &mut **mmu,
+        frees,
+        || false,
+        |_| {},
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, slot_id, start, end),
+    );
+    // Never asked to yield: only a full list of unlinked tables, and the end, flush.
+    assert_eq!((run.yields, run.polls), (0, run.polls));
+    run
 }
 
 /// Drops the fixture and checks that every table page it allocated was freed.
@@ -354,7 +356,7 @@ fn zap_range_reports_exactly_the_dirty_pages() {
     let (start, end) = (100, 1500);
     let p = f.zap(0, start, end);
     assert_eq!(p.zapped, 2 * (end - start));
-    assert!(p.needs_flush());
+    assert_eq!(p.flushes, 1);
     let expect_count = (0..2)
         .flat_map(|root| (start..end).filter(move |&g| written(root, g)))
         .count();
@@ -380,7 +382,7 @@ fn zap_range_reports_exactly_the_dirty_pages() {
     assert_eq!(f.mmu.leaf_sptes(), 2 * (n - (end - start)));
     // Zapping again finds nothing, and needs no flush.
     let p = f.zap(0, start, end);
-    assert_eq!((p.zapped, p.needs_flush()), (0, false));
+    assert_eq!((p.zapped, p.flushes), (0, 0));
     teardown(f);
 }
 
@@ -397,24 +399,35 @@ fn zap_resumes_where_it_stopped() {
     // No level ends on a batch boundary (0x12e1 4K rmaps), so every step but the last stops
     // after exactly one batch.
     let (start, end) = (0x20, 0x1301);
-    let mut cursor = ZapCursor::new(start);
-    let (mut zapped, mut visited, mut steps) = (0, 0, 0);
-    loop {
-        let mut polls = 0;
-        let p = f.mmu.zap_gfn_range_step(0, &mut cursor, end, &mut || {
-            polls += 1;
-            true
-        });
-        steps += 1;
-        zapped += p.zapped;
-        visited += p.visited;
-        assert_eq!(p.needs_flush(), p.zapped != 0);
-        if p.done {
-            assert!(cursor.is_done());
-            break;
+    // The leaves each step zapped: it ends at a yield.
+    let mut at = Vec::new();
+    let slots = f.mmu.slots().clone();
+    let p = run_zap(
+        &mut *f.mmu,
+        HostPages::<ID>::frees,
+        || true,
+        |mmu: &mut X86Mmu<_>| at.push(mmu.stats().zapped),
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, start, end),
+    );
+    let steps = p.yields as u64 + 1;
+    let (zapped, visited) = (p.zapped, p.visited);
+    // Asked at every poll, so every poll yielded, after one batch: progress every step, and
+    // what a step zapped flushed before its yield.
+    assert_eq!(p.polls, 0);
+    for (i, w) in p.log.windows(3).enumerate() {
+        if w[2].0 == ZapEvent::Resched {
+            let yield_no = p.log[..i]
+                .iter()
+                .filter(|e| e.0 == ZapEvent::Resched)
+                .count();
+            let before = if yield_no == 0 { 0 } else { at[yield_no - 1] };
+            let flush = if at[yield_no] > before {
+                ZapEvent::Flush
+            } else {
+                ZapEvent::Elided
+            };
+            assert_eq!(w[1].0, flush, "{:?}", p.log);
         }
-        // Stopped at the first poll, after one batch: progress every step.
-        assert_eq!((polls, p.visited), (1, 32));
     }
     // Every SPTE of the range zapped once (a second zap of one would trip the MMU's debug
     // check of a non-present SPTE in an rmap).
@@ -898,6 +911,117 @@ fn partial_zaps_keep_tables_with_live_leaves() {
 /// unlinked tables many times over: each step makes progress, stops either for the poll or for a
 /// full list, and the zap still unlinks every table it empties; the caller frees them between
 /// steps.
+/// The yield protocol of the x86 zap, through the rmaps and then the walk for empty tables,
+/// with the zap driver's hook: one flush right before each yield, after the poll that asked for
+/// it, and no other but for a full list of unlinked tables and the end; no yield while a vCPU
+/// could still use a translation of a leaf the zap cleared; tables freed only right after a
+/// flush (`check_zap_log()`), never more of them waiting than the list holds.
+#[test]
+fn zap_flushes_exactly_once_before_each_yield() {
+    const ID: usize = 64;
+    // 1G in every root, one page in every 15th 2M and a 2M leaf: 32 4K tables, a 2M and a 1G
+    // table per root, more than the list of unlinked tables holds; the walk for them visits the
+    // 512 2M entries of each root, and polls on the way.
+    let s = slot(0, 0x4_0000, 1 << 18);
+    let roots = 8;
+    let mut f = Fixture::<ID>::new(roots, true, &[s]);
+    let mut mapped = Vec::new();
+    for root in 0..roots {
+        for i in 0..32 {
+            let gfn = s.base_gfn + i * 15 * 512 + 3 * i;
+            f.map(root, 0, gfn, pfn_of(gfn), true);
+            mapped.push((root, gfn));
+        }
+    }
+    let huge = s.base_gfn + 500 * 512;
+    f.map_huge(huge, 0x8_0000, MapLevel::L2M);
+    mapped.push((0, huge));
+    // The vCPUs' TLBs: the translations they hold, filled with every leaf before the zap.
+    let tlb = std::cell::RefCell::new(mapped.iter().copied().collect::<BTreeSet<_>>());
+    let polls = std::cell::Cell::new(0u64);
+    let log = crate::test_util::ZapLog::default();
+
+    /// The test's yield: every seventh poll, and a flush empties the TLBs.
+    struct Hook<'t> {
+        inner: TestYield<Box<dyn FnMut() -> bool + 't>, fn() -> u64>,
+        tlb: &'t std::cell::RefCell<BTreeSet<(usize, u64)>>,
+    }
+    impl Yield for Hook<'_> {
+        fn should_yield(&mut self) -> bool {
+            self.inner.should_yield()
+        }
+        fn flush_tlbs(&mut self) {
+            self.tlb.borrow_mut().clear();
+            self.inner.flush_tlbs();
+        }
+        fn flush_elided(&mut self) {
+            self.inner.flush_elided();
+        }
+    }
+
+    let mut z = Zap::new(Hook {
+        inner: TestYield {
+            stop: Box::new(|| {
+                polls.set(polls.get() + 1);
+                polls.get().is_multiple_of(7)
+            }),
+            frees: HostPages::<ID>::frees,
+            log: log.clone(),
+        },
+        tlb: &tlb,
+    });
+    let mut yields_with_leaves = 0;
+    let slots = f.mmu.slots().clone();
+    let mut lock = TestLock {
+        mmu: &mut *f.mmu,
+        // The lock is dropped: the vCPUs run, on what their TLBs hold and what the tables map.
+        at_yield: |mmu: &mut X86Mmu<HostPages<ID>>| {
+            let mut tlb = tlb.borrow_mut();
+            let walk = |root: usize, gfn: u64| {
+                // SAFETY: a root of `mmu`, which is borrowed for the call.
+                unsafe { translate::<HostPages<ID>>(mmu.root_pfn(root).unwrap(), gfn, false) }
+            };
+            for &(root, gfn) in tlb.iter() {
+                assert!(
+                    walk(root, gfn).is_ok(),
+                    "gfn {gfn:#x} of root {root} cached"
+                );
+            }
+            tlb.clear();
+            for &(root, gfn) in &mapped {
+                if walk(root, gfn).is_ok() {
+                    tlb.insert((root, gfn));
+                }
+            }
+            yields_with_leaves += u64::from(!tlb.is_empty());
+        },
+        frees: HostPages::<ID>::frees,
+        log: log.clone(),
+    };
+    X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, 0, s.base_gfn, s.end_gfn());
+    // What the last step cleared is still cached until the caller's flush.
+    assert!(z.needs_flush());
+    z.flush_and_free(&mut lock);
+    assert!(tlb.borrow().is_empty());
+    drop(lock);
+    let yields = check_zap_log(&log, HostPages::<ID>::frees());
+    let log = log.take();
+    let mut freed = 0;
+    for e in &log {
+        assert!(e.1 - freed <= ZAPPED_TABLES as u64, "{log:?}");
+        freed = e.1;
+    }
+    // Yields while leaves were left, and while the tables were walked; flushes for a full list.
+    assert!(yields_with_leaves > 0 && yields as u64 > yields_with_leaves);
+    assert!(unasked_flushes(&log) > 1);
+    assert_eq!(z.zapped, mapped.len() as u64);
+    assert_eq!(z.unlinked, roots as u64 * 34);
+    assert_eq!(f.mmu.leaf_sptes(), 0);
+    assert_eq!(f.mmu.table_pages(), roots as u64);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
 #[test]
 fn zap_stopped_often_still_frees_everything() {
     const ID: usize = 59;
@@ -912,41 +1036,27 @@ fn zap_stopped_often_still_frees_everything() {
         }
     }
     assert_eq!(f.mmu.table_pages(), roots + MAX_ROOTS as u64 * 66);
-    let mut cursor = ZapCursor::new(s.base_gfn);
-    let (mut steps, mut full, mut stopped, mut unlinked, mut zapped) = (0, 0, 0, 0, 0);
-    let mut last = (cursor.table_root(), cursor.gfn());
-    loop {
-        let mut polls = 0;
-        let p = f
-            .mmu
-            .zap_gfn_range_step(0, &mut cursor, s.end_gfn(), &mut || {
-                polls += 1;
-                true
-            });
-        steps += 1;
-        zapped += p.zapped;
-        unlinked += p.unlinked_tables;
-        assert!(p.unlinked_tables <= ZAPPED_TABLES as u64);
-        // (The flush the kernel does here.)
-        f.mmu.free_zapped_tables();
-        if p.done {
-            break;
-        }
-        assert!(p.tables_full || polls == 1, "{p:?}");
-        full += u64::from(p.tables_full);
-        stopped += u64::from(!p.tables_full);
-        // Progress: a table is unlinked, or the cursor moved.
-        let now = (cursor.table_root(), cursor.gfn());
-        assert!(
-            p.unlinked_tables > 0 || now != last,
-            "no progress at {now:?}"
-        );
-        last = now;
+    let slots = f.mmu.slots().clone();
+    let p = run_zap(
+        &mut *f.mmu,
+        HostPages::<ID>::frees,
+        || true,
+        |_| {},
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, s.base_gfn, s.end_gfn()),
+    );
+    let (zapped, unlinked, stopped) = (p.zapped, p.unlinked_tables, p.yields);
+    let full = p.full as u64;
+    // Never more unlinked tables waiting for a flush than the list holds: each flush frees at
+    // most that many.
+    let mut freed = 0;
+    for e in &p.log {
+        assert!(e.1 - freed <= ZAPPED_TABLES as u64, "{:?}", p.log);
+        freed = e.1;
     }
     assert_eq!(zapped, MAX_ROOTS as u64 * 64);
     assert_eq!(unlinked, MAX_ROOTS as u64 * 66);
     assert!(full >= unlinked / ZAPPED_TABLES as u64, "{full} full stops");
-    assert!(stopped > 0, "{steps} steps");
+    assert!(stopped > 0, "{stopped} yields");
     assert_eq!(f.mmu.table_pages(), roots);
     assert_eq!(f.mmu.leaf_sptes(), 0);
     for root in [0, MAX_ROOTS - 1] {
@@ -967,23 +1077,23 @@ fn zap_stopped_often_still_frees_everything() {
     for gfn in [s.base_gfn, s.base_gfn + (1 << 19) + 7, s.end_gfn() - 1] {
         f.map(0, 0, gfn, pfn_of(gfn), false);
     }
-    let mut cursor = ZapCursor::new(s.base_gfn);
-    let (mut table_stops, mut unlinked) = (0, 0);
-    loop {
-        let p = f
-            .mmu
-            .zap_gfn_range_step(0, &mut cursor, s.end_gfn(), &mut || true);
-        unlinked += p.unlinked_tables;
-        f.mmu.free_zapped_tables();
-        if p.done {
-            break;
-        }
-        assert!(!p.tables_full);
-        if cursor.table_root().is_some() {
-            table_stops += 1;
-            assert!(p.visited >= TABLE_SCAN_BATCH, "{p:?}");
-        }
-    }
+    let slots = f.mmu.slots().clone();
+    let p = run_zap(
+        &mut *f.mmu,
+        HostPages::<ID2>::frees,
+        || true,
+        |_| {},
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, s.base_gfn, s.end_gfn()),
+    );
+    let unlinked = p.unlinked_tables;
+    // Yields while walking the rmaps, every 32 of them, but where a batch ends a level: of the
+    // 4K ones, and of the 2M ones (the count goes on from the last 4K batch, a whole one); none
+    // in the four 1G ones.
+    let n = s.npages;
+    let rmap_yields = (n / 32 - 1) + (n / 512 / 32 - 1);
+    let table_stops = p.yields as u64 - rmap_yields;
+    // Every table-walk stop after a budget of table entries.
+    assert!(p.visited >= n + n / 512 + 4 + table_stops * TABLE_SCAN_BATCH);
     // The slot spans the fifth to the eighth 1G, and has pages in three of them: the 512
     // entries of their three 2M tables, four 1G entries and a root entry make three polls.
     assert_eq!(table_stops, 3);
@@ -1103,6 +1213,50 @@ struct StressWorld<const ID: usize> {
     free_pages: VecDeque<u64>,
 }
 
+/// The stress test's MMU lock, held by the zapper: a yield drops it, and the vCPUs fault
+/// meanwhile.
+struct StressLock<'w, const ID: usize> {
+    world: &'w Mutex<StressWorld<ID>>,
+    /// Always `Some` but inside `resched()`.
+    guard: Option<MutexGuard<'w, StressWorld<ID>>>,
+    yields: u64,
+}
+
+impl<const ID: usize> ZapLock for StressLock<'_, ID> {
+    type Mmu = X86Mmu<HostPages<ID>>;
+
+    fn mmu(&mut self) -> Option<&mut Self::Mmu> {
+        self.guard.as_mut().map(|w| &mut *w.mmu)
+    }
+
+    fn resched(&mut self) {
+        self.guard = None;
+        self.yields += 1;
+        thread::yield_now();
+        self.guard = Some(self.world.lock().unwrap());
+    }
+}
+
+/// The stress test's flush and yield: a flush asks every vCPU to flush its TLB, and waits.
+struct StressYield<'r> {
+    rng: &'r mut Rng,
+    modes: &'r [VcpuMode],
+}
+
+impl Yield for StressYield<'_> {
+    fn should_yield(&mut self) -> bool {
+        self.rng.next().is_multiple_of(2)
+    }
+
+    fn flush_tlbs(&mut self) {
+        for m in self.modes {
+            m.request_flush();
+        }
+    }
+
+    fn flush_elided(&mut self) {}
+}
+
 const STRESS_GFNS: u64 = 600;
 const STRESS_VCPUS: usize = 4;
 
@@ -1197,6 +1351,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         })
         .collect();
 
+    let slots = world.lock().unwrap().mmu.slots().clone();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let (mut zapped, mut yields, mut unlinked) = (0u64, 0u64, 0u64);
     for _ in 0..1500 {
@@ -1209,32 +1364,23 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             let page = w.backing[(gfn - s.base_gfn) as usize].take().unwrap();
             old.insert(gfn, page);
         }
-        // ... and its mappings are zapped, yielding now and then.
-        let mut cursor = ZapCursor::new(start);
-        loop {
-            let p = w
-                .mmu
-                .zap_gfn_range_step(0, &mut cursor, end, &mut || rng.next().is_multiple_of(2));
-            zapped += p.zapped;
-            unlinked += p.unlinked_tables;
-            if p.needs_flush() {
-                for m in modes.iter() {
-                    m.request_flush();
-                }
-            }
-            // Every vCPU left guest mode since the unlink, or flushed: nobody walks them.
-            w.mmu.free_zapped_tables();
-            if p.done {
-                break;
-            }
-            if p.tables_full {
-                continue;
-            }
-            drop(w);
-            yields += 1;
-            thread::yield_now();
-            w = world.lock().unwrap();
-        }
+        // ... and its mappings are zapped, yielding now and then: the zap driver flushes and
+        // frees the tables unlinked before each yield, and at the end.
+        let mut lock = StressLock {
+            world: &world,
+            guard: Some(w),
+            yields: 0,
+        };
+        let mut z = Zap::new(StressYield {
+            rng: &mut rng,
+            modes: &modes,
+        });
+        X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, 0, start, end);
+        z.flush_and_free(&mut lock);
+        zapped += z.zapped;
+        unlinked += z.unlinked;
+        yields += lock.yields;
+        let mut w = lock.guard.take().unwrap();
         // Every mapping gone and every TLB flushed: the primary frees the pages...
         for &page in old.values() {
             header(page).store(POISON, StdOrdering::Relaxed);

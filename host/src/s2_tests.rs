@@ -15,8 +15,7 @@ use std::thread;
 use std::vec::Vec;
 
 use crate::arm64::mmu::{
-    translate, MapError, MapOutcome, S2Mmu, Translation, WalkFault, ZapCursor, ZapProgress,
-    MAP_MIN_TABLES, MAX_ROOTS,
+    translate, MapError, MapOutcome, S2Mmu, Translation, WalkFault, MAP_MIN_TABLES, MAX_ROOTS,
 };
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
@@ -26,7 +25,7 @@ use crate::mmu::pgtable::{
     SNAP_PRESENT, SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
 use crate::mmu::prim::{AtomicU64, Ordering};
-use crate::test_util::Rng;
+use crate::test_util::{run_zap, Rng, ZapRun};
 
 /// An MMU with host pages of test `ID`, the table cache a fault path would top up, and a count
 /// of the TLB flushes the MMU asked for.
@@ -87,33 +86,26 @@ impl<const ID: usize> Fixture<ID> {
         self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
     }
 
-    /// Zaps `[start, end)` to the end, never asked to stop, as the kernel's caller does: after
-    /// each step, (flush and) free the tables it unlinked.  Returns the sum of the steps.
-    fn zap(&mut self, start: u64, end: u64) -> ZapProgress {
-        zap_to_end(&mut self.mmu, start, end)
+    /// Zaps `[start, end)` to the end, never asked to yield, then flushes and frees as the
+    /// kernel's caller does.
+    fn zap(&mut self, start: u64, end: u64) -> ZapRun {
+        zap_to_end(&mut self.mmu, HostPages::<ID>::frees, start, end)
     }
 }
 
-/// Zaps `[start, end)` of `mmu` to the end (see [`Fixture::zap()`]).
-fn zap_to_end<P: PageOps>(mmu: &mut S2Mmu<P>, start: u64, end: u64) -> ZapProgress {
-    let mut cursor = ZapCursor::new(start);
-    let mut sum = ZapProgress::default();
-    loop {
-        let p = mmu.zap_gfn_range_step(&mut cursor, end, &mut || false);
-        // Only a full list of unlinked tables stops a step that is never asked to.
-        assert!(p.done || p.tables_full);
-        // (The flush the kernel does here.)
-        mmu.free_zapped_tables();
-        sum.zapped += p.zapped;
-        sum.dirty += p.dirty;
-        sum.visited += p.visited;
-        sum.unlinked_tables += p.unlinked_tables;
-        if p.done {
-            assert!(cursor.is_done());
-            sum.done = true;
-            return sum;
-        }
-    }
+/// Zaps `[start, end)` of `mmu` to the end (see [`Fixture::zap()`]); `frees` counts the table
+/// pages freed.
+fn zap_to_end<P: PageOps>(mmu: &mut S2Mmu<P>, frees: fn() -> u64, start: u64, end: u64) -> ZapRun {
+    let run = run_zap(
+        mmu,
+        frees,
+        || false,
+        |_| {},
+        |lock, z| S2Mmu::zap_gfn_range(lock, z, start, end),
+    );
+    // Never asked to yield: only a full list of unlinked tables, and the end, flush.
+    assert_eq!(run.yields, 0);
+    run
 }
 
 /// Drops the fixture and checks that every table page it allocated was freed.
@@ -750,7 +742,7 @@ fn zap_range_reports_exactly_the_dirty_pages() {
     assert_eq!(p.zapped, 4 * (end - start));
     let dirty_expect: u64 = (start..end).filter(|g| g % 3 != 0).count() as u64;
     assert_eq!(p.dirty, 4 * dirty_expect);
-    assert!(p.needs_flush());
+    assert_eq!(p.flushes, 1);
     let dirty = HostPages::<ID>::take_dirty();
     assert_eq!(dirty.len() as u64, 4 * dirty_expect);
     let set: BTreeSet<u64> = dirty.into_iter().collect();
@@ -789,44 +781,30 @@ fn zap_resumes_where_it_stopped() {
     }
     let total = gfns.len() as u64;
 
-    // Asked to stop at every poll: each step still makes progress, and never goes past the end.
-    let mut cursor = ZapCursor::new(0);
-    let (mut zapped, mut steps, mut polls, mut full) = (0, 0, 0, 0);
-    let mut last = 0;
-    loop {
-        let p = f.mmu.zap_gfn_range_step(&mut cursor, limit, &mut || {
-            polls += 1;
-            true
-        });
-        f.mmu.free_zapped_tables();
-        steps += 1;
-        zapped += p.zapped;
-        if p.tables_full {
-            // Stopped before a batch, to have its unlinked tables freed: resumes there.
-            full += 1;
-            assert_eq!(cursor.gfn(), last.max(cursor.gfn()));
-            last = cursor.gfn();
-            continue;
-        }
-        assert!(p.done || cursor.gfn() > last, "no progress at {last:#x}");
-        assert_eq!(cursor.level(), MapLevel::L4K, "only the 4K level is used");
-        // Everything below the cursor is gone in every root.
-        for &g in gfns.iter().filter(|&&g| g < cursor.gfn()) {
-            assert_eq!(
-                f.mmu.snapshot(g as usize % 2, g),
-                0,
-                "gfn {g:#x} below the cursor"
-            );
-        }
-        last = cursor.gfn();
-        if p.done {
-            assert!(cursor.is_done());
-            break;
-        }
-        assert!(steps < 100_000);
-    }
+    // Asked to yield at every poll: each step still makes progress, and never goes past the
+    // end.  At every yield, everything below where the zap stopped is gone in every root: the
+    // gfns it zapped all lie below those it did not.
+    let mut at_yield = |mmu: &mut S2Mmu<HostPages<ID>>| {
+        let mapped = |g: &&u64| mmu.snapshot(**g as usize % 2, **g) != 0;
+        let first_left = gfns.iter().find(mapped).copied().unwrap_or(u64::MAX);
+        let last_gone = gfns.iter().rev().find(|g| !mapped(g)).copied();
+        assert!(
+            last_gone.is_none_or(|g| g < first_left),
+            "{last_gone:?} {first_left:#x}"
+        );
+    };
+    let p = run_zap(
+        &mut f.mmu,
+        HostPages::<ID>::frees,
+        || true,
+        &mut at_yield,
+        |lock, z| S2Mmu::zap_gfn_range(lock, z, 0, limit),
+    );
+    let zapped = p.zapped;
+    // Every poll yielded; each flush for a full list came before a batch, and resumed there.
+    assert_eq!(p.polls, 0);
+    let steps = p.yields + p.full + 1;
     assert_eq!(zapped, total);
-    assert_eq!(polls + 1 + full, steps);
     // The whole space was zapped: every table below the start level went.
     assert_eq!(f.mmu.table_pages(), 2 * f.mmu.geometry().pgd_pages as u64);
     // At most a batch (or a scan budget) per step: the 300 dense gfns took several steps.
@@ -835,17 +813,22 @@ fn zap_resumes_where_it_stopped() {
     assert!(steps < 2000, "{steps} steps");
     assert_eq!(HostPages::<ID>::take_dirty().len() as u64, total);
 
-    // A zap that is never asked to stop is one step; an empty or inverted range does nothing.
-    let mut c = ZapCursor::new(100);
-    let p = f.mmu.zap_gfn_range_step(&mut c, 50, &mut || true);
-    assert!(p.done && p.zapped == 0 && c.is_done());
+    // An empty or inverted range does nothing, and never asks to yield.
+    let p = run_zap(
+        &mut f.mmu,
+        HostPages::<ID>::frees,
+        || true,
+        |_| {},
+        |lock, z| S2Mmu::zap_gfn_range(lock, z, 100, 50),
+    );
+    assert_eq!((p.zapped, p.yields, p.polls, p.flushes), (0, 0, 0, 0));
     teardown(f);
 }
 
 /// A zap unlinks the tables it leaves empty, as KVM's unmap does, whether it covered them whole
 /// or in part, and only those.  Unlinked tables are not reachable (walks fault) and wait for
-/// `free_zapped_tables()`, after the caller's flush; with many roots, a step stops for the
-/// caller to free them and goes on.
+/// `free_zapped_tables()`, after the flush; with many roots, the zap flushes and frees them when
+/// its list is full, and goes on.
 #[test]
 fn zap_frees_the_tables_it_empties() {
     const ID: usize = 37;
@@ -894,20 +877,8 @@ fn zap_frees_the_tables_it_empties() {
             f.map(root, gfn, pfn_of(gfn), true);
         }
     }
-    let mut cursor = ZapCursor::new(0);
-    let mut full = 0;
-    loop {
-        let p = f
-            .mmu
-            .zap_gfn_range_step(&mut cursor, 0x40000, &mut || false);
-        full += u64::from(p.tables_full);
-        f.mmu.free_zapped_tables();
-        if p.done {
-            break;
-        }
-        assert!(p.tables_full);
-    }
-    assert!(full > 0, "{} tables in one step", MAX_ROOTS * 33);
+    let p = f.zap(0, 0x40000);
+    assert!(p.full > 0, "{} tables in one step", MAX_ROOTS * 33);
     assert_eq!(f.mmu.table_pages(), pgd);
     assert_eq!(HostPages::<ID2>::take_dirty().len(), MAX_ROOTS * 32);
     teardown(f);
@@ -1333,7 +1304,7 @@ fn stress<const ID: usize>(hw_af: bool) {
                 );
             }
         }
-        let p = zap_to_end(&mut *mmu, start, end);
+        let p = zap_to_end(&mut *mmu, HostPages::<ID>::frees, start, end);
         assert_eq!(p.zapped, STRESS_ROOTS as u64 * STRESS_GFNS);
         assert_eq!(mmu.stats().leaves, 0);
         // The round's region is alone in its 1G: its four leaf tables and the level-2 table

@@ -391,6 +391,32 @@ impl YieldHook for Hook {
     }
 }
 
+/// A visitor `v` that yields as `hook` says: what [`walk_yielding()`] walks with.
+struct Yielding<V> {
+    v: V,
+    hook: Hook,
+}
+
+impl<'a, V: Visitor<'a>> Visitor<'a> for Yielding<V> {
+    const FLAGS: u32 = V::FLAGS;
+    const BOTTOM: u32 = V::BOTTOM;
+    type Break = V::Break;
+
+    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<V::Break> {
+        self.v.visit(ctx, visit)
+    }
+}
+
+impl<V> YieldHook for Yielding<V> {
+    fn should_yield(&mut self) -> bool {
+        self.hook.should_yield()
+    }
+
+    fn flush(&mut self) {
+        self.hook.flush()
+    }
+}
+
 #[test]
 fn a_yielding_walk_flushes_exactly_before_each_yield_and_visits_everything_once() {
     let mut t = Tree::new();
@@ -407,12 +433,14 @@ fn a_yielding_walk_flushes_exactly_before_each_yield_and_visits_everything_once(
     t.set(b2, 17, leaf(0x4000));
 
     for (every, n) in [(5, 1), (6, 2), (7, 1), (50, 3), (10_000, 1)] {
-        let mut hook = Hook {
-            polls: 0,
-            n,
-            events: Vec::new(),
+        let mut y = Yielding {
+            v: Recorder::<LEAF>::new(),
+            hook: Hook {
+                polls: 0,
+                n,
+                events: Vec::new(),
+            },
         };
-        let mut v = Recorder::<LEAF>::new();
         let (mut pos, mut budget, mut visited, mut yields) = (0, every, 0, 0);
         loop {
             let tables = t.tables();
@@ -422,16 +450,16 @@ fn a_yielding_walk_flushes_exactly_before_each_yield_and_visits_everything_once(
                     &tables,
                     &mut pos,
                     1 << 36,
-                    &mut v,
+                    &mut y,
                     &mut budget,
                     every,
                     &mut visited,
-                    &mut hook,
                 )
             };
             match w {
                 Walked::Done => break,
                 Walked::Yielded => {
+                    let hook = &y.hook;
                     // Flushed just now, after the poll that asked for the yield.
                     assert_eq!(hook.events[hook.events.len() - 2..], ["poll", "flush"]);
                     yields += 1;
@@ -439,6 +467,7 @@ fn a_yielding_walk_flushes_exactly_before_each_yield_and_visits_everything_once(
                 Walked::Broke(_) => unreachable!(),
             }
         }
+        let (v, hook) = (&y.v, &y.hook);
         // Every valid leaf exactly once, in order, whatever the yields.
         let leaves: Vec<u64> = v.seen.iter().map(|&(_, _, a)| a).collect();
         let mut sorted = leaves.clone();

@@ -14,11 +14,9 @@ use core::ops::{Deref, DerefMut};
 
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::memslot::{Memslots, Slot, SlotEntry, SlotError};
-use crate::mmu::pgtable::{
-    MapError, MapLevel, MapOutcome, PageOps, TableCache, ZapCursor, ZapProgress,
-};
+use crate::mmu::pgtable::{MapError, MapLevel, MapOutcome, PageOps, TableCache};
 use crate::mmu::prim::{warn_on, AllocError, AtomicU64, NoPreempt, PArc, RcuPtr, Unpublished};
-use crate::x86::mmu::{age_gfn_range_lockless, SlotRef, SlotRmaps, X86Mmu};
+use crate::x86::mmu::{age_gfn_range_lockless, SlotLookup, SlotRef, SlotRmaps, X86Mmu};
 use crate::x86::rmap::DescCache;
 
 /// The format data of a test slot: its rmaps.
@@ -97,6 +95,16 @@ impl TestSlots {
         // SAFETY: Only `TestMmu` replaces the set, through `&mut self`, and callers borrow the
         // `TestMmu` for as long as they use the reference.
         unsafe { self.set.get_unchecked() }
+    }
+}
+
+/// Where an x86 zap finds its slot again at every step, as the kernel glue's lookup in the set
+/// current under the MMU lock: the set is read in an RCU read side, so a slot detached while the
+/// zap yielded ends the zap.
+impl SlotLookup for &TestSlots {
+    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<SlotRef<'_>>) -> R) -> R {
+        let no_preempt = NoPreempt::new();
+        f(self.get(id, &no_preempt))
     }
 }
 
@@ -227,29 +235,6 @@ impl<P: PageOps> TestMmu<P> {
             .ok_or(MapError::NoSlot)?;
         self.mmu
             .map_level(root, slot, gfn, pfn, writable, level, tables, descs)
-    }
-
-    /// [`X86Mmu::zap_gfn_range_step()`] of slot `slot_id`; done at once if there is no such slot.
-    pub(crate) fn zap_gfn_range_step(
-        &mut self,
-        slot_id: u32,
-        cursor: &mut ZapCursor,
-        end_gfn: u64,
-        should_stop: &mut dyn FnMut() -> bool,
-    ) -> ZapProgress {
-        let slots = self.slots.locked();
-        match slots.by_id(slot_id).and_then(slot_ref) {
-            Some(slot) => self
-                .mmu
-                .zap_gfn_range_step(slot, cursor, end_gfn, should_stop),
-            None => {
-                cursor.finish();
-                ZapProgress {
-                    done: true,
-                    ..ZapProgress::default()
-                }
-            }
-        }
     }
 
     /// [`X86Mmu::zap_slot()`] of slot `slot_id`, 0 if there is no such slot.

@@ -37,7 +37,7 @@
 //!   table entry of this MMU, or was unlinked (by a block map, or by a zap that emptied it) and
 //!   waits to be freed.  A table page is freed only when the MMU is dropped, or, once unlinked,
 //!   with the write side of the MMU lock held ([`S2Mmu::free_unlinked()`],
-//!   [`S2Mmu::free_zapped_tables()`]) and after a TLB flush that followed the unlink: no walker
+//!   [`ZapTables::free_zapped_tables()`]) and after a TLB flush that followed the unlink: no walker
 //!   under the read side (faults, agers, the snapshot) can be inside it then, and the hardware
 //!   walker ([`translate()`], guest mode only) left it at that flush, after which it cannot
 //!   reach it again.  So a walker that read a table entry may dereference the table it points
@@ -111,13 +111,12 @@ use crate::mmu::pgtable::{
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 use crate::mmu::walk::{
-    self, leaf_level, map_level, Budget, Ctx, Format, Step, StopHook, Tables, Visit, Visitor,
-    YieldHook, LEAF, SHARED, TABLE_POST, TABLE_PRE,
+    self, leaf_level, map_level, Budget, Ctx, Format, Step, Tables, Visit, Visitor, YieldHook,
+    LEAF, SHARED, TABLE_POST, TABLE_PRE,
 };
+use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
 
-pub(crate) use crate::mmu::pgtable::{
-    MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
-};
+pub(crate) use crate::mmu::pgtable::{MapError, MapOutcome, Translation, WalkFault};
 
 /// Most roots an MMU can have (`SECMMU_MAX_ROOTS`).
 pub(crate) const MAX_ROOTS: usize = 32;
@@ -127,11 +126,11 @@ pub(crate) const MAX_ROOTS: usize = 32;
 /// the MMU lock; a shallower MMU needs fewer ([`S2Mmu::map_min_tables()`]).
 pub(crate) const MAP_MIN_TABLES: usize = (pte::MAX_LEVELS - 1) as usize;
 
-/// gfns a zap clears in every root between two polls of its `should_stop`.  A power of two.
+/// gfns a zap clears in every root between two times it asks whether to yield.  A power of two.
 const ZAP_BATCH: u64 = 32;
 
-/// Table entries a zap may scan in each root looking for the next mapped gfn between two polls
-/// of its `should_stop` (tables that zaps left empty are unlinked, but the tables a map links
+/// Table entries a zap may scan in each root looking for the next mapped gfn between two times
+/// it asks whether to yield (tables that zaps left empty are unlinked, but the tables a map links
 /// for a fault that then retries stay until a zap passes, so scanning them is not free).
 const ZAP_SCAN_BUDGET: u64 = 512;
 
@@ -324,7 +323,7 @@ pub(crate) struct S2Mmu<P: PageOps> {
     /// access-flag faults.
     hw_af: bool,
     counters: Counters,
-    /// Tables zaps unlinked, freed by [`S2Mmu::free_zapped_tables()`] after the next flush.
+    /// Tables zaps unlinked, freed by [`ZapTables::free_zapped_tables()`] after the next flush.
     zapped_tables: ZappedTables,
     /// Most table pages the MMU may hold ([`S2Mmu::set_table_limit()`]).
     table_limit: u64,
@@ -833,50 +832,49 @@ impl<P: PageOps> S2Mmu<P> {
         result
     }
 
-    /// One step of zapping the gfns `[cursor, end)` in every root (KVM's
-    /// `kvm_pgtable_stage2_unmap()`), resumable so that the caller can flush and yield the MMU
-    /// lock between steps ("TLB flush before dropping the MMU lock").  Same contract as the x86
-    /// MMU's `zap_gfn_range_step()`, but only the cursor's 4K level is used: the walk covers leaves
-    /// of every level at once (a block overlapping the range is zapped whole).
+    /// Zaps the gfns `[start, end)` in every root (KVM's `kvm_pgtable_stage2_unmap()`), with the
+    /// MMU lock `lock` held for write, yielding it and flushing as the zap driver `z` says
+    /// ([`Zap::run()`]; "TLB flush before dropping the MMU lock").  The walk covers leaves of
+    /// every level at once (a block overlapping the range is zapped whole).
     ///
     /// In gfn order: skips the gfns no root maps (whole empty subtrees at a time, scanning at
     /// most [`ZAP_SCAN_BUDGET`] entries per root), then clears the leaves of the next
-    /// [`ZAP_BATCH`] gfns in every root, marking the pages of writable leaves dirty (I4); polls
-    /// `should_stop` after each such round, and returns with the cursor where to resume when it
-    /// says so.  Everything below the cursor is zapped in every root.
+    /// [`ZAP_BATCH`] gfns in every root, marking the pages of writable leaves dirty (I4); asks
+    /// `z` whether to yield after each such round, and if so flushes, yields and resumes there.
+    /// Everything below that point is zapped in every root.
     ///
     /// A table under a start-level table that is empty when the zap leaves it is unlinked, as
-    /// KVM's unmap does, and kept for [`S2Mmu::free_zapped_tables()`].  When there may be no
-    /// room for the tables of one more batch, the step returns with
-    /// [`ZapProgress::tables_full`] set.
+    /// KVM's unmap does, and freed after the next flush (I1).  When there may be no room for the
+    /// tables of one more batch, `z` flushes and frees them first.
     ///
-    /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
-    /// dropping the lock, then free the unlinked tables.  Never sleeps.
-    pub(crate) fn zap_gfn_range_step(
-        &mut self,
-        cursor: &mut ZapCursor,
+    /// What the zap cleared and unlinked since its last flush is left in `z`: the caller flushes
+    /// and frees it ([`Zap::flush_and_free()`]) before dropping the lock.  Never sleeps, but in
+    /// `lock.resched()`.
+    pub(crate) fn zap_gfn_range<Y: Yield>(
+        lock: &mut impl ZapLock<Mmu = Self>,
+        z: &mut Zap<Y>,
+        start: u64,
         end: u64,
-        should_stop: &mut dyn FnMut() -> bool,
-    ) -> ZapProgress {
-        self.zap_step(cursor, end, &mut StopHook(should_stop), true)
+    ) {
+        let mut gfn = start;
+        z.run(lock, |mmu, z| mmu.zap_step(z, &mut gfn, end, true));
     }
 
-    /// [`S2Mmu::zap_gfn_range_step()`], yielding as `hook` says, and unlinking the tables it
-    /// empties if `unlink_tables`.
-    fn zap_step(
+    /// One step of [`S2Mmu::zap_gfn_range()`] from `*gfn`, up to the next yield or until the
+    /// list of unlinked tables may be too short for a batch, unlinking the tables it empties if
+    /// `unlink_tables`.
+    fn zap_step<Y: Yield>(
         &mut self,
-        cursor: &mut ZapCursor,
+        z: &mut Zap<Y>,
+        gfn: &mut u64,
         end: u64,
-        hook: &mut impl YieldHook,
         unlink_tables: bool,
-    ) -> ZapProgress {
-        let mut progress = ZapProgress::default();
+    ) -> Pause {
         // A batch unlinks at most one table per level below the start level, in each root.
         let batch_tables = self.nr_roots * (LAST_LEVEL - self.geo.start_level) as usize;
         let end = end.min(self.geo.gfn_limit());
         let n = self.geo.pgd_pages;
-        let mut gfn = cursor.gfn();
-        while gfn < end {
+        while *gfn < end {
             // The first gfn any root may map, at or after `gfn`.  Each root scans with its own
             // budget: a budget shared by all roots, spent by the first, would let the others
             // advance nothing, and the zap crawl a batch at a time through empty tables.
@@ -891,35 +889,33 @@ impl<P: PageOps> S2Mmu<P> {
                 let mut budget = ZAP_SCAN_BUDGET;
                 let tables = root_tables(&self.pgd[root * n..][..n], &self.geo);
                 // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`.
-                next = unsafe { first_mapped::<P>(&tables, gfn, next, &mut budget, &mut scan) };
-                progress.visited += ZAP_SCAN_BUDGET - budget;
-                if next == gfn {
+                next = unsafe { first_mapped::<P>(&tables, *gfn, next, &mut budget, &mut scan) };
+                z.visited += ZAP_SCAN_BUDGET - budget;
+                if next == *gfn {
                     break;
                 }
             }
-            progress.unlinked_tables += scan.unlinked;
-            gfn = next;
-            cursor.advance_to(gfn);
-            if gfn >= end {
+            z.unlinked(scan.unlinked);
+            *gfn = next;
+            if *gfn >= end {
                 break;
             }
 
             if unlink_tables && self.zapped_tables.room() < batch_tables {
-                progress.tables_full = true;
-                return progress;
+                return Pause::TablesFull;
             }
-            let batch_end = ((gfn | (ZAP_BATCH - 1)) + 1).min(end);
+            let batch_end = ((*gfn | (ZAP_BATCH - 1)) + 1).min(end);
             let zap = ZapRange {
-                start: gfn,
+                start: *gfn,
                 end: batch_end,
                 last: end,
                 unlink_tables,
             };
-            let mut v = ZapWalker::<P> {
+            let mut v = ZapWalker::<P, Y> {
                 zap: &zap,
                 counters: &self.counters,
                 zapped: &mut self.zapped_tables,
-                progress: &mut progress,
+                z,
                 _ops: PhantomData,
             };
             for root in 0..self.nr_roots {
@@ -935,40 +931,27 @@ impl<P: PageOps> S2Mmu<P> {
                     )
                 };
             }
-            gfn = batch_end;
-            cursor.advance_to(gfn);
-            if gfn < end && hook.should_yield() {
-                hook.flush();
-                return progress;
+            *gfn = batch_end;
+            if *gfn < end && z.should_yield() {
+                z.flush();
+                return Pause::Yield;
             }
         }
-        cursor.finish();
-        progress.done = true;
-        progress
-    }
-
-    /// Frees the tables zaps unlinked.  Call with the write side held (`&mut self`), after the
-    /// TLB flush that followed their unlink (the flush a zap's [`ZapProgress::needs_flush()`]
-    /// asks for): then no walker can be inside them (I1).
-    pub(crate) fn free_zapped_tables(&mut self) {
-        let counters = &self.counters;
-        self.zapped_tables.drain(|pfn| {
-            // SAFETY: unlinked by a zap of this MMU, empty, not freed since; per the caller no
-            // walker is left in it.
-            unsafe { P::free_table(pfn) };
-            Counters::add(&counters.tables_freed, 1);
-        });
+        Pause::Done
     }
 
     /// Zaps every leaf in every root (release, teardown), without yielding.  Returns the number
     /// zapped; flush TLBs if nonzero.  The tables stay, empty, until the MMU is dropped: walkers
     /// may still be in them (I1).
     pub(crate) fn zap_all(&mut self) -> u64 {
-        let mut cursor = ZapCursor::new(0);
+        let mut gfn = 0;
         let end = self.geo.gfn_limit();
-        let progress = self.zap_step(&mut cursor, end, &mut StopHook(&mut || false), false);
-        debug_assert!(progress.done);
-        progress.zapped
+        let mut z = Zap::new(NoYield);
+        z.run(&mut Owned(self), |mmu, z| {
+            mmu.zap_step(z, &mut gfn, end, false)
+        });
+        debug_assert!(gfn >= end);
+        z.zapped
     }
 
     /// The snapshot byte of `gfn` in root `root` (`SECMMU_SNAP_*`, `pgtable::snapshot_byte()`):
@@ -1054,6 +1037,21 @@ impl<P: PageOps> S2Mmu<P> {
             Counters::add(&self.counters.leaves, 1);
         }
         ok
+    }
+}
+
+impl<P: PageOps> ZapTables for S2Mmu<P> {
+    /// Frees the tables zaps unlinked.  Call with the write side held (`&mut self`), after the
+    /// TLB flush that followed their unlink (the zap driver's): then no walker can be inside
+    /// them (I1).
+    fn free_zapped_tables(&mut self) {
+        let counters = &self.counters;
+        self.zapped_tables.drain(|pfn| {
+            // SAFETY: unlinked by a zap of this MMU, empty, not freed since; per the caller no
+            // walker is left in it.
+            unsafe { P::free_table(pfn) };
+            Counters::add(&counters.tables_freed, 1);
+        });
     }
 }
 
@@ -1246,29 +1244,29 @@ impl ZapRange {
 }
 
 /// The walk of one batch of a zap in one root (KVM's `stage2_unmap_walker()`), under the write
-/// side: clears every valid leaf overlapping `[zap.start, zap.end)`, counting into `progress`
+/// side: clears every valid leaf overlapping `[zap.start, zap.end)`, counting into the zap `z`
 /// and `counters` and marking the pages of writable leaves dirty (I4).  A table the walk is
 /// done with that is empty is unlinked into `zapped` (if `zap.unlink_tables` and there is
 /// room), as KVM's unmap frees a table whose last entry it cleared: whether the zap covered it
 /// whole, or in part and nothing else is mapped there.
-struct ZapWalker<'z, P: PageOps> {
+struct ZapWalker<'z, P: PageOps, Y> {
     zap: &'z ZapRange,
     counters: &'z Counters,
     zapped: &'z mut ZappedTables,
-    progress: &'z mut ZapProgress,
+    z: &'z mut Zap<Y>,
     _ops: PhantomData<fn() -> P>,
 }
 
-impl<'a, P: PageOps> Visitor<'a> for ZapWalker<'_, P> {
+impl<'a, P: PageOps, Y: Yield> Visitor<'a> for ZapWalker<'_, P, Y> {
     const FLAGS: u32 = LEAF | TABLE_PRE | TABLE_POST;
     type Break = ();
 
     #[inline(always)]
     fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
         match visit {
-            Visit::TablePre => self.progress.visited += 1,
+            Visit::TablePre => self.z.visited += 1,
             Visit::Leaf => {
-                self.progress.visited += 1;
+                self.z.visited += 1;
                 // The write side: no map, ager or break-before-make runs, so no entry is
                 // locked (I2) and only the hardware walker may change one (setting AF).
                 if pte::is_valid(ctx.old) {
@@ -1279,8 +1277,8 @@ impl<'a, P: PageOps> Visitor<'a> for ZapWalker<'_, P> {
                     let old = ctx.ptep.swap(0, Ordering::Relaxed);
                     debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
                     if pte::is_valid(old) {
-                        self.progress.zapped += 1;
-                        self.progress.dirty += u64::from(leaf_removed::<P>(self.counters, old));
+                        let dirty = leaf_removed::<P>(self.counters, old);
+                        self.z.cleared(1, u64::from(dirty));
                     }
                 }
             }
@@ -1293,7 +1291,7 @@ impl<'a, P: PageOps> Visitor<'a> for ZapWalker<'_, P> {
                     && unsafe { table_is_empty::<P>(child) }
                 {
                     unlink_table(ctx.ptep, child, self.zapped);
-                    self.progress.unlinked_tables += 1;
+                    self.z.unlinked(1);
                 }
             }
         }

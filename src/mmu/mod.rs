@@ -16,3 +16,4 @@ pub(crate) mod prim;
 pub(crate) mod stats;
 pub(crate) mod tlb;
 pub(crate) mod walk;
+pub(crate) mod zap;

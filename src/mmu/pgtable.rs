@@ -3,7 +3,7 @@
 //! What the secondary page tables have in common whatever their format (x86 EPT, arm64 stage-2):
 //! where table pages come from ([`PageOps`], [`TableCache`]), the mapping levels ([`MapLevel`]),
 //! and the vocabulary of mapping, walking and zapping ([`MapOutcome`], [`Translation`],
-//! [`ZapCursor`], [`ZapProgress`], the snapshot byte).
+//! [`ZapCursor`], the snapshot byte).
 //!
 //! Section names in quotes are those of Documentation/secmmu-protocols.rst.
 //!
@@ -343,15 +343,15 @@ pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: 
     b
 }
 
-/// Where a resumable zap of `[start, end)` stands: the level being walked and the next gfn to
-/// visit at it.  Levels go from 4K up; at a huge level the walk starts from the start aligned
-/// down to that level ("Ranges and mapping levels"), so a huge page that only partly overlaps the
-/// range is zapped too.  Formats that zap by walking tables rather than rmaps use only the 4K
-/// level.
+/// Where a zap through rmaps (x86) of `[start, end)` stands, between the steps it takes under the
+/// zap driver (`zap::Zap::run()`): the level being walked and the next gfn to visit at it.
+/// Levels go from 4K up; at a huge level the walk starts from the start aligned down to that
+/// level ("Ranges and mapping levels"), so a huge page that only partly overlaps the range is
+/// zapped too.
 ///
-/// A format that zaps through rmaps (x86) then walks the tables of the range, root by root, to
-/// unlink those the zap left empty: [`ZapCursor::table_root()`] is the root being walked, and
-/// [`ZapCursor::gfn()`] the next gfn to visit in it.
+/// It then walks the tables of the range, root by root, to unlink those the zap left empty:
+/// [`ZapCursor::table_root()`] is the root being walked, and [`ZapCursor::gfn()`] the next gfn to
+/// visit in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ZapCursor {
     start: u64,
@@ -422,8 +422,8 @@ impl ZapCursor {
     }
 }
 
-/// Tables a zap may unlink before the caller must flush and free them
-/// ([`ZapProgress::tables_full`]).
+/// Tables a zap may unlink before it must flush and free them (`zap::Pause::TablesFull`): the
+/// bound on tables unlinked but not yet freed.
 pub(crate) const ZAPPED_TABLES: usize = 128;
 
 /// Table pages unlinked by zaps, waiting for the TLB flush after which they can be freed.  Room
@@ -460,36 +460,6 @@ impl ZappedTables {
             free(pfn);
         }
         self.nr = 0;
-    }
-}
-
-/// What one step of a resumable zap did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ZapProgress {
-    /// Leaves zapped by this step.  If nonzero, TLBs may still hold their translations: flush
-    /// before dropping the MMU lock ("TLB flush before dropping the MMU lock").
-    pub(crate) zapped: u64,
-    /// ... of which were dirty, so their page was marked dirty.
-    pub(crate) dirty: u64,
-    /// rmaps (or table entries) visited, empty or not.
-    pub(crate) visited: u64,
-    /// Empty table pages this step unlinked: they wait, with the MMU, for the TLB flush after
-    /// which no vCPU can be walking them.  Flush, then free them (the MMU's
-    /// `free_zapped_tables()`), before dropping the MMU lock.
-    pub(crate) unlinked_tables: u64,
-    /// The step stopped because the MMU holds as many unlinked tables as it can: flush, free
-    /// them, and resume with the same cursor (no need to yield).
-    pub(crate) tables_full: bool,
-    /// The whole range is done; otherwise the caller was asked to stop and may yield, then
-    /// resume with the same cursor.
-    pub(crate) done: bool,
-}
-
-impl ZapProgress {
-    /// Whether the step zapped or unlinked anything, so that a TLB flush is due before the lock
-    /// is dropped.
-    pub(crate) fn needs_flush(&self) -> bool {
-        self.zapped != 0 || self.unlinked_tables != 0
     }
 }
 

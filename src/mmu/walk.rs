@@ -32,9 +32,10 @@
 //! walk started again from the root at `pos` visits that entry again (with its subtree, for a
 //! post visit).  Resuming from the root, not from the table the walk stopped in, is what makes
 //! it safe to drop the MMU lock in between: that table may be freed meanwhile, the root is not.
-//! [`walk_yielding()`] polls a [`YieldHook`] every so many entries and, when it asks to yield,
-//! has the caller's TLB flush done first, as `tdp_mmu_iter_cond_resched()` flushes before it
-//! drops the lock ("Yielding in long walks" in `Documentation/secmmu-protocols.rst`).
+//! [`walk_yielding()`] polls its visitor, a [`YieldHook`], every so many entries and, when it
+//! asks to yield, has the caller's TLB flush done first, as `tdp_mmu_iter_cond_resched()`
+//! flushes before it drops the lock ("Yielding in long walks" in
+//! `Documentation/secmmu-protocols.rst`); the zaps yield through the zap driver (`zap.rs`).
 //!
 //! Why a table the walk dereferences is not freed under it.  A table page is freed only when
 //! the MMU is dropped, or once unlinked, with the MMU lock held for write, after the TLB flush
@@ -596,32 +597,18 @@ impl<'a, V: Visitor<'a>> Visitor<'a> for Budget<'_, V> {
 }
 
 /// The caller's side of a walk that may yield the MMU lock (KVM's `tdp_mmu_iter_cond_resched()`
-/// and the callers of `cond_resched_rwlock_write()`).
+/// and the callers of `cond_resched_rwlock_write()`): implemented by the visitor of a
+/// [`walk_yielding()`], which knows what its walk cleared.
 pub(crate) trait YieldHook {
     /// Whether to yield now: someone needs the CPU or the lock.  Asked at safe points only.
     fn should_yield(&mut self) -> bool;
 
     /// Called once before every yield, and never otherwise: flush the TLBs of what the walk
-    /// cleared and wait for the flush, then free the tables it unlinked, before the lock is
-    /// dropped ("TLB flush before dropping the MMU lock" and "TLB flush before freeing
-    /// tables" in `Documentation/secmmu-protocols.rst`).  A step that yields by
-    /// returning to its caller has nothing to do here: the caller flushes after the step
-    /// returns (`ZapProgress::needs_flush()`) and before it drops the lock.
+    /// cleared and wait for the flush, before the lock is dropped and the tables the walk
+    /// unlinked are freed ("TLB flush before dropping the MMU lock" and "TLB flush before
+    /// freeing tables" in `Documentation/secmmu-protocols.rst`).  The zaps' hook is the zap
+    /// driver's (`zap::Zap`).
     fn flush(&mut self);
-}
-
-/// A [`YieldHook`] for steps that yield by returning: `should_yield` is the step's
-/// `should_stop`, and the flush is left to the step's caller.
-pub(crate) struct StopHook<'s>(pub(crate) &'s mut dyn FnMut() -> bool);
-
-impl YieldHook for StopHook<'_> {
-    #[inline]
-    fn should_yield(&mut self) -> bool {
-        (self.0)()
-    }
-
-    #[inline]
-    fn flush(&mut self) {}
 }
 
 /// How a [`walk_yielding()`] ended.
@@ -636,8 +623,8 @@ pub(crate) enum Walked<B> {
 }
 
 /// [`walk()`] with safe points every `every` entries (counted across calls in `budget`, so that
-/// a caller walking several roots polls at the same rate), where `hook` is asked whether to
-/// yield: if it says so, it flushes ([`YieldHook::flush()`]) and the walk returns
+/// a caller walking several roots polls at the same rate), where the visitor `v` is asked
+/// whether to yield: if it says so, it flushes ([`YieldHook::flush()`]) and the walk returns
 /// [`Walked::Yielded`] with `*pos` at the next entry to visit; the caller drops the lock and
 /// walks again from the root at `*pos` (whatever it walked before may be gone by then).
 /// Otherwise the walk goes on, from the root too (the walk of a budget is done with its
@@ -650,9 +637,8 @@ pub(crate) enum Walked<B> {
 /// # Safety
 ///
 /// As for [`walk()`].
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a>>(
+pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a> + YieldHook>(
     tables: &Tables<'a>,
     pos: &mut u64,
     end: u64,
@@ -660,7 +646,6 @@ pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a>>(
     budget: &mut u64,
     every: u64,
     visited: &mut u64,
-    hook: &mut impl YieldHook,
 ) -> Walked<V::Break> {
     debug_assert!(every > MAX_LEVELS as u64);
     loop {
@@ -674,8 +659,8 @@ pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a>>(
             ControlFlow::Break(Stop::Visitor(brk)) => return Walked::Broke(brk),
             ControlFlow::Break(Stop::Budget) => {
                 *budget = every;
-                if hook.should_yield() {
-                    hook.flush();
+                if v.should_yield() {
+                    v.flush();
                     return Walked::Yielded;
                 }
             }

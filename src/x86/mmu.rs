@@ -32,10 +32,10 @@
 //! - I2. Every table page is a root or is linked by exactly one present non-leaf SPTE of this
 //!   MMU, or was unlinked and is waiting to be freed: by a collapse ([`X86Mmu::map_level()`]
 //!   putting a huge leaf where a table was), or by a zap that left it without a present entry
-//!   ([`X86Mmu::zap_gfn_range_step()`]).  A table page is freed only when the MMU is dropped,
+//!   ([`X86Mmu::zap_gfn_range()`]).  A table page is freed only when the MMU is dropped,
 //!   or, once unlinked, with the MMU lock held for write and after a TLB flush that waited for
 //!   every vCPU to leave guest mode ([`X86Mmu::free_unlinked()`],
-//!   [`X86Mmu::free_zapped_tables()`]; KVM's `kvm_mmu_commit_zap_page()` after
+//!   [`ZapTables::free_zapped_tables()`]; KVM's `kvm_mmu_commit_zap_page()` after
 //!   `kvm_flush_remote_tlbs()`).  No walker can be inside it then:
 //!   - the lockless walker ([`translate()`]) runs only in guest mode, so a walker that read a
 //!     non-leaf SPTE may dereference the table it points at until it leaves guest mode, which
@@ -134,19 +134,19 @@ use core::ptr::NonNull;
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::{
-    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
+    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZapCursor,
+    ZappedTables,
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, NoPreempt, Ordering, PVec};
 use crate::mmu::walk::{
-    self, map_level, walk_yielding, Ctx, Format, Step, StopHook, Tables, Visit, Visitor, Walked,
-    YieldHook, LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
+    self, map_level, walk_yielding, Ctx, Format, Step, Tables, Visit, Visitor, Walked, YieldHook,
+    LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
 };
+use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
 use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
 use crate::x86::spte::{self, Level};
 
-pub(crate) use crate::mmu::pgtable::{
-    MapError, MapOutcome, Translation, WalkFault, ZapCursor, ZapProgress,
-};
+pub(crate) use crate::mmu::pgtable::{MapError, MapOutcome, Translation, WalkFault};
 
 /// Most roots an MMU can have (`SECMMU_MAX_ROOTS`).
 pub(crate) const MAX_ROOTS: usize = 32;
@@ -163,11 +163,11 @@ pub(crate) const MAP_MIN_TABLES: usize = 3;
 /// before taking the MMU lock.
 pub(crate) const MAP_MIN_DESCS: usize = 1;
 
-/// rmaps a zap visits between two polls of its `should_stop`.
+/// rmaps a zap visits between two times it asks whether to yield.
 const ZAP_BATCH: u64 = 32;
 
-/// Table entries a zap's walk for the tables it emptied visits between two polls of its
-/// `should_stop`.  More than the entries on one path from the root to a 4K table, so that a
+/// Table entries a zap's walk for the tables it emptied visits between two times it asks
+/// whether to yield.  More than the entries on one path from the root to a 4K table, so that a
 /// step always gets past the gfn it resumed at.
 pub(crate) const TABLE_SCAN_BATCH: u64 = 512;
 
@@ -298,6 +298,15 @@ impl Drop for SlotRmaps {
     }
 }
 
+/// Where a zap finds its slot's rmaps again after each yield of the MMU lock: in the memslot set
+/// current under the lock, as KVM's `kvm_unmap_gfn_range()` gets its slot from the memslots
+/// under `mmu_lock` (a slot deleted meanwhile was zapped whole by its deletion).
+pub(crate) trait SlotLookup {
+    /// Calls `f` with slot `id` of the current set and its rmaps, `None` if the set has no slot
+    /// `id` (or it has no rmaps).  With the MMU lock held.
+    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<SlotRef<'_>>) -> R) -> R;
+}
+
 /// A memslot and its rmaps, as an entry of the memslot set holds them (KVM's
 /// `struct kvm_memory_slot` with its `arch.rmap`): what the MMU maps, zaps and ages through.
 /// Borrowed from a set that the borrower keeps alive: by holding the MMU lock, or by an RCU read
@@ -393,7 +402,7 @@ pub(crate) struct X86Mmu<P: PageOps> {
     /// New leaves keep A/D (otherwise aging uses access tracking).
     ad_enabled: bool,
     stats: MmuStats,
-    /// Tables zaps unlinked, freed by [`X86Mmu::free_zapped_tables()`] after the next flush.
+    /// Tables zaps unlinked, freed by [`ZapTables::free_zapped_tables()`] after the next flush.
     zapped_tables: ZappedTables,
     /// Most table pages the MMU may hold ([`X86Mmu::set_table_limit()`]).
     table_limit: u64,
@@ -645,53 +654,66 @@ impl<P: PageOps> X86Mmu<P> {
         }
     }
 
-    /// One step of zapping the gfns `[cursor, end_gfn)` of `slot` in every root
-    /// (KVM's `kvm_unmap_gfn_range()` through `__walk_slot_rmaps()`), resumable so that the
-    /// caller can yield the MMU lock between steps.
+    /// Zaps the gfns `[start, end_gfn)` of slot `slot_id` in every root (KVM's
+    /// `kvm_unmap_gfn_range()` through `__walk_slot_rmaps()`), with the MMU lock `lock` held for
+    /// write, yielding it and flushing as the zap driver `z` says ([`Zap::run()`]).  The slot's
+    /// rmaps are looked up in `slots` again for every step, since a yield may let the slot be
+    /// deleted (its deletion zaps it whole): the zap ends when the slot is gone.
     ///
     /// Walks the slot's rmaps at every level, 4K first, huge levels from the start aligned down
     /// ("Ranges and mapping levels"); empties each rmap under its bit lock, clearing every SPTE in
     /// it atomically and marking its page dirty if the SPTE was (D set, or writable without A/D).
-    /// Every [`ZAP_BATCH`] rmaps it polls `should_stop`: when that says so (need to reschedule,
-    /// lock contention) it returns with the cursor where to resume, after at least one batch.
+    /// Every [`ZAP_BATCH`] rmaps it asks `z` whether to yield (need to reschedule, lock
+    /// contention): if so, it flushes and yields, and resumes where it stopped.
     ///
     /// Then it walks the tables of the range in every root and unlinks, bottom-up, every table
     /// below a root that has no present entry left (a table whose last table it unlinked goes
     /// too), as KVM's shadow MMU zaps the shadow pages of a deleted memslot
     /// (`kvm_mmu_prepare_zap_page()`, then `kvm_mmu_commit_zap_page()` after the flush).  They
-    /// wait for [`X86Mmu::free_zapped_tables()`] (I2).  This walk polls `should_stop` every
-    /// [`TABLE_SCAN_BATCH`] entries; when the list of unlinked tables is full, the step returns
-    /// with [`ZapProgress::tables_full`] set: flush, free them, and go on with the same cursor.
+    /// are freed after the next flush (I2).  This walk asks `z` whether to yield every
+    /// [`TABLE_SCAN_BATCH`] entries, flushing inside the walk before it yields
+    /// ([`walk_yielding()`]); when the list of unlinked tables is full, `z` flushes and frees
+    /// them, and the walk goes on.
     ///
-    /// If the returned progress [`needs_flush()`](ZapProgress::needs_flush), flush TLBs before
-    /// dropping the lock (see Invalidation in `Documentation/secmmu.rst`), then free the
-    /// unlinked tables.  Make the cursor with [`ZapCursor::new()`] from the range start.  Never
-    /// sleeps.
-    pub(crate) fn zap_gfn_range_step(
-        &mut self,
-        slot: SlotRef<'_>,
-        cursor: &mut ZapCursor,
+    /// What the zap cleared and unlinked since its last flush is left in `z`: the caller flushes
+    /// and frees it ([`Zap::flush_and_free()`]) before dropping the lock (see Invalidation in
+    /// `Documentation/secmmu.rst`).  Never sleeps, but in `lock.resched()`.
+    pub(crate) fn zap_gfn_range<Y: Yield>(
+        lock: &mut impl ZapLock<Mmu = Self>,
+        slots: &mut impl SlotLookup,
+        z: &mut Zap<Y>,
+        slot_id: u32,
+        start: u64,
         end_gfn: u64,
-        should_stop: &mut dyn FnMut() -> bool,
-    ) -> ZapProgress {
-        self.zap_step(slot, cursor, end_gfn, &mut StopHook(should_stop), true)
+    ) {
+        let mut cursor = ZapCursor::new(start);
+        z.run(lock, |mmu, z| {
+            slots.with_slot(slot_id, |slot| match slot {
+                Some(slot) => mmu.zap_step(z, slot, &mut cursor, end_gfn, true),
+                None => {
+                    cursor.finish();
+                    Pause::Done
+                }
+            })
+        });
     }
 
-    /// [`X86Mmu::zap_gfn_range_step()`], yielding as `hook` says, and unlinking the tables it
-    /// empties if `unlink_tables`.
-    fn zap_step(
+    /// One step of [`X86Mmu::zap_gfn_range()`] from `cursor`, up to the next yield or until the
+    /// list of unlinked tables is full, unlinking the tables it empties if `unlink_tables`.
+    fn zap_step<Y: Yield>(
         &mut self,
+        z: &mut Zap<Y>,
         slot: SlotRef<'_>,
         cursor: &mut ZapCursor,
         end_gfn: u64,
-        hook: &mut impl YieldHook,
         unlink_tables: bool,
-    ) -> ZapProgress {
-        let mut progress = ZapProgress::default();
+    ) -> Pause {
         let stats = &mut self.stats;
         let mut locked = self.write_side.locked();
 
         let stop_gfn = end_gfn.min(slot.end_gfn());
+        // rmaps visited by this step: it asks whether to yield after every batch of them.
+        let mut visited = 0;
         while cursor.table_root().is_none() && !cursor.is_done() {
             let level = cursor.level();
             // Cursors at huge levels start aligned, and so does the slot's first block.
@@ -700,15 +722,15 @@ impl<P: PageOps> X86Mmu<P> {
                 if let Some(head) = slot.rmap(level, gfn) {
                     let (zapped, dirty) = zap_rmap::<P>(head, &mut locked, stats);
                     slot.rmaps.sub_sptes(zapped);
-                    progress.zapped += zapped;
-                    progress.dirty += dirty;
+                    z.cleared(zapped, dirty);
                 }
-                progress.visited += 1;
+                visited += 1;
                 gfn += level.pages();
-                if progress.visited % ZAP_BATCH == 0 && gfn < stop_gfn && hook.should_yield() {
-                    hook.flush();
+                if visited % ZAP_BATCH == 0 && gfn < stop_gfn && z.should_yield() {
+                    z.visited += visited;
+                    z.flush();
                     cursor.advance_to(gfn);
-                    return progress;
+                    return Pause::Yield;
                 }
             }
             if level.larger().is_none() && unlink_tables {
@@ -717,6 +739,7 @@ impl<P: PageOps> X86Mmu<P> {
                 cursor.next_level();
             }
         }
+        z.visited += visited;
 
         // The leaves of the range are gone from every root: unlink the tables left empty.
         // The budget of entries between two polls carries over from root to root.
@@ -730,12 +753,13 @@ impl<P: PageOps> X86Mmu<P> {
                 cursor.walk_tables(root + 1);
                 continue;
             }
-            let mut v = UnlinkEmpty::<P> {
+            let mut v = UnlinkEmpty::<P, Y> {
                 zapped: &mut self.zapped_tables,
-                unlinked: 0,
+                z,
                 _ops: PhantomData,
             };
             let mut pos = from;
+            let mut visited = 0;
             // SAFETY: a root of this MMU, whose lock is held for write (`&mut self`).
             let walked = unsafe {
                 walk_yielding::<Ept, P, _>(
@@ -745,11 +769,10 @@ impl<P: PageOps> X86Mmu<P> {
                     &mut v,
                     &mut budget,
                     TABLE_SCAN_BATCH,
-                    &mut progress.visited,
-                    hook,
+                    &mut visited,
                 )
             };
-            progress.unlinked_tables += v.unlinked;
+            z.visited += visited;
             match walked {
                 Walked::Done => cursor.walk_tables(root + 1),
                 // At the table that found no room in the list of unlinked tables: resumed
@@ -757,33 +780,17 @@ impl<P: PageOps> X86Mmu<P> {
                 // the walk needs to see before it).
                 Walked::Broke(()) => {
                     cursor.advance_to(pos);
-                    progress.tables_full = true;
-                    return progress;
+                    return Pause::TablesFull;
                 }
+                // Flushed inside the walk.
                 Walked::Yielded => {
                     cursor.advance_to(pos);
-                    return progress;
+                    return Pause::Yield;
                 }
             }
         }
         cursor.finish();
-        progress.done = true;
-        progress
-    }
-
-    /// Frees the tables zaps unlinked.  Call with the MMU lock held for write (`&mut self`),
-    /// after the TLB flush that followed their unlink (the flush a zap's
-    /// [`ZapProgress::needs_flush()`] asks for): then no walker can be inside them (I2).
-    pub(crate) fn free_zapped_tables(&mut self) {
-        let stats = &mut self.stats;
-        self.zapped_tables.drain(|pfn| {
-            // SAFETY: unlinked by a zap of this MMU, without a present entry, so without a
-            // leaf that an rmap could lead a lockless ager to (I1), and not freed since; per the
-            // caller, the flush since waited for every vCPU to leave guest mode, where alone
-            // the lockless walker runs, and walkers under the MMU lock cannot reach it (I2).
-            unsafe { P::free_table(pfn) };
-            stats.tables_freed += 1;
-        });
+        Pause::Done
     }
 
     /// Zaps every SPTE of `slot` in every root, without yielding and without unlinking tables.
@@ -792,11 +799,14 @@ impl<P: PageOps> X86Mmu<P> {
         if slot.sptes() == 0 {
             return 0;
         }
-        let mut cursor = ZapCursor::new(slot.base_gfn());
-        let end = slot.end_gfn();
-        let progress = self.zap_step(slot, &mut cursor, end, &mut StopHook(&mut || false), false);
-        debug_assert!(progress.done);
-        progress.zapped
+        let (start, end) = (slot.base_gfn(), slot.end_gfn());
+        let mut cursor = ZapCursor::new(start);
+        let mut z = Zap::new(NoYield);
+        z.run(&mut Owned(self), |mmu, z| {
+            mmu.zap_step(z, slot, &mut cursor, end, false)
+        });
+        debug_assert!(cursor.is_done());
+        z.zapped
     }
 
     /// Zaps every SPTE of every one of `slots` (all the slots of the memslot set) in every root
@@ -926,6 +936,23 @@ impl<P: PageOps> X86Mmu<P> {
         slot.rmaps.add_sptes(1);
         self.stats.leaves += 1;
         true
+    }
+}
+
+impl<P: PageOps> ZapTables for X86Mmu<P> {
+    /// Frees the tables zaps unlinked.  Call with the MMU lock held for write (`&mut self`),
+    /// after the TLB flush that followed their unlink (the zap driver's): then no walker can be
+    /// inside them (I2).
+    fn free_zapped_tables(&mut self) {
+        let stats = &mut self.stats;
+        self.zapped_tables.drain(|pfn| {
+            // SAFETY: unlinked by a zap of this MMU, without a present entry, so without a
+            // leaf that an rmap could lead a lockless ager to (I1), and not freed since; per the
+            // caller, the flush since waited for every vCPU to leave guest mode, where alone
+            // the lockless walker runs, and walkers under the MMU lock cannot reach it (I2).
+            unsafe { P::free_table(pfn) };
+            stats.tables_freed += 1;
+        });
     }
 }
 
@@ -1101,15 +1128,15 @@ unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: u32, stats: &mut MmuStats
 /// goes too.  A table the range covers only in part goes as well if it is empty: its other
 /// entries were empty already.  The walk does not go into the 4K tables, which link no table:
 /// they are checked whole.  When `zapped` has no room for an empty table, the walk breaks at
-/// it.  The MMU lock is held for write.
-struct UnlinkEmpty<'z, P: PageOps> {
+/// it.  The MMU lock is held for write.  It yields as the zap driver `z` says.
+struct UnlinkEmpty<'z, P: PageOps, Y> {
     zapped: &'z mut ZappedTables,
-    /// Tables unlinked.
-    unlinked: u64,
+    /// The zap: counts the tables unlinked, which a flush must then cover.
+    z: &'z mut Zap<Y>,
     _ops: PhantomData<fn() -> P>,
 }
 
-impl<'a, P: PageOps> Visitor<'a> for UnlinkEmpty<'_, P> {
+impl<'a, P: PageOps, Y: Yield> Visitor<'a> for UnlinkEmpty<'_, P, Y> {
     const FLAGS: u32 = TABLE_POST;
     const BOTTOM: u32 = LAST_LEVEL - 1;
     type Break = ();
@@ -1133,8 +1160,21 @@ impl<'a, P: PageOps> Visitor<'a> for UnlinkEmpty<'_, P> {
         // walker may still be inside until the flush that precedes the free (I2).
         ctx.ptep.store(0, Ordering::Relaxed);
         self.zapped.push(child);
-        self.unlinked += 1;
+        self.z.unlinked(1);
         Step::Continue
+    }
+}
+
+impl<P: PageOps, Y: Yield> YieldHook for UnlinkEmpty<'_, P, Y> {
+    #[inline]
+    fn should_yield(&mut self) -> bool {
+        self.z.should_yield()
+    }
+
+    /// The zap's flush, which covers the tables this walk unlinked (counted in `z`).
+    #[inline]
+    fn flush(&mut self) {
+        self.z.flush()
     }
 }
 
