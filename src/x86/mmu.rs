@@ -916,8 +916,8 @@ impl<P: PageOps> X86Mmu<P> {
     ///
     /// # Safety
     ///
-    /// `sptep` stays valid until it has been zapped out of the rmap (the MMU's drop zaps
-    /// everything), and holds a present leaf whenever the MMU lock is taken.
+    /// `sptep` stays valid until it has been zapped out of the rmap (the owner zaps every slot
+    /// before it drops the MMU, R5), and holds a present leaf whenever the MMU lock is taken.
     #[cfg(all(test, not(loom)))]
     pub(crate) unsafe fn add_test_leaf(
         &mut self,
@@ -1272,10 +1272,10 @@ fn install_leaf(
     let before = {
         let mut guard = head.lock(locked);
         // SAFETY: `sptep` is an entry of a table page that stays allocated until the MMU is
-        // dropped or the table is unlinked and freed (I2); the MMU's drop first zaps everything,
-        // a collapse zaps every leaf of the table it unlinks, a zap unlinks only tables without
-        // a leaf, and a cleared leaf leaves its rmap (I1), so the entry is removed from the rmap
-        // before its table is freed.
+        // dropped or the table is unlinked and freed (I2); every slot is zapped before the drop
+        // (R5), a collapse zaps every leaf of the table it unlinks, a zap unlinks only tables
+        // without a leaf, and a cleared leaf leaves its rmap (I1), so the entry is removed from
+        // the rmap before its table is freed.
         unsafe { guard.add(NonNull::from(sptep), descs) }
     };
     slot.rmaps.add_sptes(1);
