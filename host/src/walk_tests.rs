@@ -11,7 +11,7 @@ use crate::host_pages::HostPages;
 use crate::mmu::pgtable::PageOps;
 use crate::mmu::prim::{AtomicU64, Ordering};
 use crate::mmu::walk::{
-    self, find, level_pages, walk, walk_yielding, Ctx, Format, Step, Tables, Visit, Visitor,
+    self, find, level_pages, walk, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor,
     Walked, YieldHook, LEAF, TABLE_POST, TABLE_PRE,
 };
 
@@ -23,7 +23,7 @@ struct Toy;
 const VALID: u64 = 1;
 const TABLE: u64 = 2;
 
-impl Format for Toy {
+impl PteEncoding for Toy {
     const MIN_BLOCK_LEVEL: u32 = 1;
 
     fn is_valid(e: u64) -> bool {

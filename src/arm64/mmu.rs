@@ -111,7 +111,7 @@ use crate::mmu::pgtable::{
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 use crate::mmu::walk::{
-    self, leaf_level, map_level, Budget, Ctx, Format, Step, Tables, Visit, Visitor, YieldHook,
+    self, leaf_level, map_level, Budget, Ctx, PteEncoding, Step, Tables, Visit, Visitor, YieldHook,
     LEAF, SHARED, TABLE_POST, TABLE_PRE,
 };
 use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
@@ -187,7 +187,7 @@ impl S2Root {
 /// The stage-2 descriptors as the shared walker (`walk.rs`) sees them.
 pub(crate) struct S2;
 
-impl Format for S2 {
+impl PteEncoding for S2 {
     const MIN_BLOCK_LEVEL: u32 = pte::MIN_BLOCK_LEVEL;
 
     #[inline(always)]

@@ -10,7 +10,7 @@
 //! Geometry.  Both formats have 4 KiB tables of 512 entries (`pgtable::Table`), 9 bits of gfn
 //! per level, and up to four levels, numbered as KVM numbers arm64's: level [`LAST_LEVEL`] (3)
 //! maps 4K pages, 2 maps 2M, 1 maps 1G, 0 only points at tables.  (x86's 512G level is level 0,
-//! its root.)  What differs, the encoding of an entry, is the [`Format`] trait; where a walk
+//! its root.)  What differs, the encoding of an entry, is the [`PteEncoding`] trait; where a walk
 //! starts (the start level, and how many tables are concatenated there) is [`Tables`].
 //!
 //! The walk.  [`walk()`] visits, in gfn order, every entry that overlaps `[pos, end)`, at every
@@ -111,8 +111,10 @@ pub(crate) const fn map_level(level: u32) -> MapLevel {
     }
 }
 
-/// What an entry of a format is, as far as the walker cares.
-pub(crate) trait Format {
+/// How a format encodes its entries, as far as the walker cares: KVM's `kvm_pte_valid()` and
+/// `kvm_pte_table()` on arm64, `is_shadow_present_pte()` and `is_last_spte()` on x86.  (The rest
+/// of a format, its MMU, is behind the seam of `format.rs`, `format::Format`.)
+pub(crate) trait PteEncoding {
     /// The lowest level that can hold a leaf (a block): levels from it to [`LAST_LEVEL`] map.
     const MIN_BLOCK_LEVEL: u32;
 
@@ -314,7 +316,7 @@ struct Parent<'a> {
 /// guest mode for `'a`, and the MMU is not dropped, or the tables are an unlinked subtree that
 /// only the caller can free (see the module documentation).
 #[inline(always)]
-pub(crate) unsafe fn walk<'a, F: Format, P: PageOps, V: Visitor<'a>>(
+pub(crate) unsafe fn walk<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
     tables: &Tables<'a>,
     pos: &mut u64,
     end: u64,
@@ -333,7 +335,7 @@ pub(crate) unsafe fn walk<'a, F: Format, P: PageOps, V: Visitor<'a>>(
         // SAFETY: one of `tables`, not freed for 'a, per the caller.
         let table = unsafe { P::table::<'a>(pfn) };
         // SAFETY: as above, for the tables under it.
-        unsafe { walk_table::<F, P, V>(table, tables.level, pos, end, v) }?;
+        unsafe { walk_table::<E, P, V>(table, tables.level, pos, end, v) }?;
     }
     ControlFlow::Continue(())
 }
@@ -344,7 +346,7 @@ pub(crate) unsafe fn walk<'a, F: Format, P: PageOps, V: Visitor<'a>>(
 ///
 /// As for [`walk()`]: `top` and the tables under it are not freed for `'a`.
 #[inline(always)]
-unsafe fn walk_table<'a, F: Format, P: PageOps, V: Visitor<'a>>(
+unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
     top: &'a Table,
     top_level: u32,
     pos: &mut u64,
@@ -367,7 +369,7 @@ unsafe fn walk_table<'a, F: Format, P: PageOps, V: Visitor<'a>>(
         let ptep = &table[index(addr, level)];
         // Acquire: pairs with the Release that published the table or leaf (module doc).
         let mut old = ptep.load(Ordering::Acquire);
-        let mut is_table = F::is_table(old, level);
+        let mut is_table = E::is_table(old, level);
         let visit = if is_table {
             Visit::TablePre
         } else {
@@ -385,7 +387,7 @@ unsafe fn walk_table<'a, F: Format, P: PageOps, V: Visitor<'a>>(
                 Step::Continue => {}
                 Step::Reload => {
                     old = ptep.load(Ordering::Acquire);
-                    is_table = F::is_table(old, level);
+                    is_table = E::is_table(old, level);
                 }
                 Step::Break(b) => return ControlFlow::Break(b),
             }
@@ -400,7 +402,7 @@ unsafe fn walk_table<'a, F: Format, P: PageOps, V: Visitor<'a>>(
             depth += 1;
             // SAFETY: linked by the table entry `old` just loaded, so not freed for 'a, per the
             // caller (module documentation).
-            table = unsafe { P::table::<'a>(F::table_pfn(old)) };
+            table = unsafe { P::table::<'a>(E::table_pfn(old)) };
             level += 1;
             continue;
         }
@@ -482,7 +484,7 @@ impl<'a> Visitor<'a> for FindVisitor {
 ///
 /// As for [`walk()`].
 #[inline(always)]
-pub(crate) unsafe fn find<'a, F: Format, P: PageOps>(
+pub(crate) unsafe fn find<'a, E: PteEncoding, P: PageOps>(
     tables: &Tables<'a>,
     gfn: u64,
 ) -> Option<Found<'a>> {
@@ -491,7 +493,7 @@ pub(crate) unsafe fn find<'a, F: Format, P: PageOps>(
     }
     let mut pos = gfn;
     // SAFETY: per the caller.
-    match unsafe { walk::<F, P, _>(tables, &mut pos, gfn + 1, &mut FindVisitor) } {
+    match unsafe { walk::<E, P, _>(tables, &mut pos, gfn + 1, &mut FindVisitor) } {
         ControlFlow::Break(found) => Some(found),
         // Not reached: a walk of a gfn inside the tables ends at an entry that is not a table,
         // at the last level at the latest.
@@ -500,15 +502,15 @@ pub(crate) unsafe fn find<'a, F: Format, P: PageOps>(
 }
 
 /// The visitor of [`first_leaf()`]: breaks at the first valid leaf.
-struct FirstLeaf<F>(PhantomData<fn() -> F>);
+struct FirstLeaf<E>(PhantomData<fn() -> E>);
 
-impl<'a, F: Format> Visitor<'a> for FirstLeaf<F> {
+impl<'a, E: PteEncoding> Visitor<'a> for FirstLeaf<E> {
     const FLAGS: u32 = LEAF;
     type Break = (u64, Found<'a>);
 
     #[inline(always)]
     fn visit(&mut self, ctx: &Ctx<'a>, _visit: Visit) -> Step<Self::Break> {
-        if !F::is_leaf(ctx.old, ctx.level) {
+        if !E::is_leaf(ctx.old, ctx.level) {
             return Step::Continue;
         }
         let found = Found {
@@ -527,14 +529,14 @@ impl<'a, F: Format> Visitor<'a> for FirstLeaf<F> {
 ///
 /// As for [`walk()`].
 #[inline(always)]
-pub(crate) unsafe fn first_leaf<'a, F: Format, P: PageOps>(
+pub(crate) unsafe fn first_leaf<'a, E: PteEncoding, P: PageOps>(
     tables: &Tables<'a>,
     from: u64,
     end: u64,
 ) -> Option<(u64, Found<'a>)> {
     let mut pos = from;
     // SAFETY: per the caller.
-    let flow = unsafe { walk::<F, P, _>(tables, &mut pos, end, &mut FirstLeaf::<F>(PhantomData)) };
+    let flow = unsafe { walk::<E, P, _>(tables, &mut pos, end, &mut FirstLeaf::<E>(PhantomData)) };
     flow.break_value()
 }
 
@@ -638,7 +640,7 @@ pub(crate) enum Walked<B> {
 ///
 /// As for [`walk()`].
 #[inline(always)]
-pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a> + YieldHook>(
+pub(crate) unsafe fn walk_yielding<'a, E: PteEncoding, P: PageOps, V: Visitor<'a> + YieldHook>(
     tables: &Tables<'a>,
     pos: &mut u64,
     end: u64,
@@ -651,7 +653,7 @@ pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a> + Y
     loop {
         let mut b = Budget::new(v, *budget);
         // SAFETY: per the caller.
-        let flow = unsafe { walk::<F, P, _>(tables, pos, end, &mut b) };
+        let flow = unsafe { walk::<E, P, _>(tables, pos, end, &mut b) };
         *budget = b.left;
         *visited += b.spent;
         match flow {
@@ -670,16 +672,16 @@ pub(crate) unsafe fn walk_yielding<'a, F: Format, P: PageOps, V: Visitor<'a> + Y
 
 /// The visitor of [`free_subtree()`]: with `LEAVES`, it calls `leaf` on every entry that is not
 /// a table.
-struct Free<F, L, T, const LEAVES: bool> {
+struct Free<E, L, T, const LEAVES: bool> {
     /// Called on every entry that is not a table, with its level.
     leaf: L,
     /// Called on the entry of each table the walk is done with, to free that table.
     free: T,
-    _format: PhantomData<fn() -> F>,
+    _format: PhantomData<fn() -> E>,
 }
 
-impl<'a, F: Format, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> Visitor<'a>
-    for Free<F, L, T, LEAVES>
+impl<'a, E: PteEncoding, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> Visitor<'a>
+    for Free<E, L, T, LEAVES>
 {
     const FLAGS: u32 = TABLE_POST | if LEAVES { LEAF } else { 0 };
     // Without leaves to see, the entries of the last-level tables need no load.
@@ -692,7 +694,7 @@ impl<'a, F: Format, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> Visit
             Visit::Leaf => (self.leaf)(ctx.old, ctx.level),
             // The walk is done with the table under the entry (post-order): free it.  The walk
             // goes on in the table that holds the entry, freed after it.
-            _ => (self.free)(F::table_pfn(ctx.old)),
+            _ => (self.free)(E::table_pfn(ctx.old)),
         }
         Step::Continue
     }
@@ -709,14 +711,14 @@ impl<'a, F: Format, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> Visit
 /// (it was unlinked and a TLB flush with the MMU lock held for write since waited for every
 /// walker, or the MMU is being dropped); and each table under it is linked only from it or the
 /// tables under it.
-pub(crate) unsafe fn free_subtree<F: Format, P: PageOps, const LEAVES: bool>(
+pub(crate) unsafe fn free_subtree<E: PteEncoding, P: PageOps, const LEAVES: bool>(
     pfn: u64,
     level: u32,
     leaf: impl FnMut(u64, u32),
     mut freed: impl FnMut(),
 ) {
     {
-        let mut v = Free::<F, _, _, LEAVES> {
+        let mut v = Free::<E, _, _, LEAVES> {
             leaf,
             free: |child| {
                 // SAFETY: a table under `pfn`, linked only there, so unreachable like it, and its
@@ -730,7 +732,7 @@ pub(crate) unsafe fn free_subtree<F: Format, P: PageOps, const LEAVES: bool>(
         let mut pos = 0;
         // SAFETY: nothing but this walk frees the tables under `pfn` (per the caller), and it
         // frees each only once done with it.
-        let _ = unsafe { walk::<F, P, _>(&tables, &mut pos, tables.limit, &mut v) };
+        let _ = unsafe { walk::<E, P, _>(&tables, &mut pos, tables.limit, &mut v) };
     }
     // SAFETY: from `alloc_table()`, unreachable per the caller; the walk is done with it.
     unsafe { P::free_table(pfn) };

@@ -139,8 +139,8 @@ use crate::mmu::pgtable::{
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, NoPreempt, Ordering, PVec};
 use crate::mmu::walk::{
-    self, map_level, walk_yielding, Ctx, Format, Step, Tables, Visit, Visitor, Walked, YieldHook,
-    LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
+    self, map_level, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor, Walked,
+    YieldHook, LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
 };
 use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
 use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
@@ -188,7 +188,7 @@ fn spte_level(level: MapLevel) -> Level {
 /// table (every present 4K SPTE is a leaf, and above 4K the large-page bit makes a leaf).
 pub(crate) struct Ept;
 
-impl Format for Ept {
+impl PteEncoding for Ept {
     /// 1G: EPT has no 512G pages.
     const MIN_BLOCK_LEVEL: u32 = 1;
 
