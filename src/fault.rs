@@ -29,8 +29,9 @@ use crate::{
     },
     format::{FaultSide, Format, SlotSet, WithFormat},
     kpages::KernelPages,
+    mmu::level::Level,
     mmu::memslot::Slot,
-    mmu::pgtable::{MapAction, MapError, MapLevel, MapOutcome, TableCache},
+    mmu::pgtable::{MapAction, MapError, MapOutcome, TableCache},
     mmu::prim::NoPreempt,
     space::{MmuState, Space},
     x86::rmap::DescCache,
@@ -94,10 +95,10 @@ pub(crate) struct Fault {
     /// The host page backing `hva`, as get_user_pages resolved it.
     pfn: u64,
     /// The largest leaf the tables can hold: a stage-2 walk that starts
-    /// at level 2 has no 1G entry (KVM's `max_level`).
-    max_level: MapLevel,
+    /// at `Level::L2M` has no 1G entry (KVM's `max_level`).
+    max_level: Level,
     /// The size of the leaf to install (KVM's `goal_level`).
-    pub(crate) level: MapLevel,
+    pub(crate) level: Level,
 }
 
 impl Fault {
@@ -125,22 +126,22 @@ impl Fault {
     /// range, which makes [`Fault::must_retry()`] over that range (the
     /// fault's watch predates the lookup and covers every level the slot
     /// allows) send the fault round again.
-    fn adjust_level(&mut self, host_level: impl FnOnce() -> MapLevel) {
+    fn adjust_level(&mut self, host_level: impl FnOnce() -> Level) {
         let mut level = self.slot.max_level(self.gfn, self.max_level);
-        if level > MapLevel::L4K {
+        if level > Level::L4K {
             level = level.min(host_level());
         }
         // A huge host page maps its pfns in order; should it not (the pfn
         // of the faulting page is not where a huge page of the level would
         // put it), map what is known to be right.
-        while level > MapLevel::L4K {
+        while level > Level::L4K {
             let off = self.gfn - level.align_down(self.gfn);
             if self.pfn >= off && (self.pfn - off) & (level.pages() - 1) == 0 {
                 break;
             }
             level = match level {
-                MapLevel::L1G => MapLevel::L2M,
-                _ => MapLevel::L4K,
+                Level::L1G => Level::L2M,
+                _ => Level::L4K,
             };
         }
         self.level = level;
@@ -195,15 +196,15 @@ pub(crate) fn exit_point() -> Result<(), Exit> {
 /// with now: a snapshot, see [`Fault`](crate::fault::Fault). The calling
 /// task is the space's creator (`Space::check_caller()`): its mm is the one
 /// the space mirrors.
-fn host_level(hva: u64) -> MapLevel {
+fn host_level(hva: u64) -> Level {
     let task = kernel::current!();
     let host = task
         .mm()
         .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
     match host {
-        LeafLevel::Pud => MapLevel::L1G,
-        LeafLevel::Pmd => MapLevel::L2M,
-        LeafLevel::Pte => MapLevel::L4K,
+        LeafLevel::Pud => Level::L1G,
+        LeafLevel::Pmd => Level::L2M,
+        LeafLevel::Pte => Level::L4K,
     }
 }
 
@@ -318,7 +319,7 @@ fn begin(space: &Space, vcpu: usize, gfn: u64, write: bool) -> Result<Fault, Exi
     };
     let (start, end) = fault.hva_range();
     state.inval.watch(vcpu, start as usize, end as usize);
-    fault.level = MapLevel::L4K;
+    fault.level = Level::L4K;
     Ok(fault)
 }
 

@@ -26,8 +26,9 @@ use crate::{
     fault::{Fault, FaultCaches},
     kpages::KernelPages,
     mmu::aging::{self, AgeOp, AgeResult},
+    mmu::level::Level,
     mmu::memslot::{Memslots, Slot, SlotEntry},
-    mmu::pgtable::{MapError, MapLevel, MapOutcome, Translation, UnlinkedTable, WalkFault},
+    mmu::pgtable::{MapError, MapOutcome, Translation, UnlinkedTable, WalkFault},
     mmu::prim::{self, NoPreempt, PArc},
     mmu::stats::{Counter, Stats},
     mmu::zap::{Yield, Zap, ZapLock, ZapTables},
@@ -106,8 +107,8 @@ impl Pgt {
     }
 
     /// The largest leaf a map may install: the fault path clamps the level it maps at to this
-    /// (a stage-2 walk that starts at level 2 has no 1G entry, and its `map()` refuses 1G).
-    pub(crate) fn max_map_level(&self) -> MapLevel {
+    /// (a stage-2 walk that starts at `Level::L2M` has no 1G entry, and its `map()` refuses 1G).
+    pub(crate) fn max_map_level(&self) -> Level {
         match self {
             Pgt::X86(m) => m.max_map_level(),
             Pgt::S2(m) => m.max_map_level(),
@@ -794,12 +795,13 @@ mod kunit {
         kpages::KernelPages,
         mmu::aging::AgeOp,
         mmu::inval::checks,
-        mmu::pgtable::{MapAction, MapError, MapLevel, TableCache},
+        mmu::level::Level,
+        mmu::pgtable::{MapAction, MapError, TableCache},
         mmu::prim::{AtomicU64, Ordering},
         mmu::zap::{NoYield, Owned, Zap},
         mmu_lock::write_locked,
         x86::rmap::{DescCache, RmapHead, PTE_LIST_EXT},
-        x86::spte::{self, Level},
+        x86::spte,
     };
     use core::ptr::NonNull;
     use kernel::prelude::*;
@@ -917,7 +919,7 @@ mod kunit {
     /// and "Break-before-make" in Documentation/secmmu-protocols.rst).
     #[test]
     fn s2_descriptors_and_break_before_make() {
-        for level in 1..=s2::LAST_LEVEL {
+        for level in [Level::L1G, Level::L2M, s2::LAST_LEVEL] {
             for writable in [false, true] {
                 let pfn = 0x40000u64;
                 let v = s2::make_leaf(pfn, level, writable);
@@ -928,7 +930,7 @@ mod kunit {
             }
         }
         let t = s2::make_table(0x1234);
-        assert!(s2::is_table(t, 2) && s2::pfn(t) == 0x1234);
+        assert!(s2::is_table(t, Level::L2M) && s2::pfn(t) == 0x1234);
         assert!(!s2::is_valid(s2::LOCKED) && s2::is_locked(s2::LOCKED));
 
         let flushes = core::cell::Cell::new(0);
@@ -960,26 +962,26 @@ mod kunit {
             // Never dereferenced: read-only leaves are not marked dirty.
             let (gfn, pfn) = (0x40000u64, 0x80000u64);
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
-            let m = mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush);
+            let m = mmu.map(0, gfn, pfn, false, Level::L2M, &mut cache, &flush);
             assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
             let root = mmu.root(0).ok_or(EINVAL)?;
             // SAFETY: `mmu` lives until the end of the block.
             let t = unsafe { s2_translate::<KernelPages>(root, gfn + 7, false, true) };
-            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 7, MapLevel::L2M)));
+            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 7, Level::L2M)));
             // A page under the block: break it into a table.
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
-            let m = mmu.map(0, gfn + 3, 0x1234, false, MapLevel::L4K, &mut cache, &flush);
+            let m = mmu.map(0, gfn + 3, 0x1234, false, Level::L4K, &mut cache, &flush);
             assert!(m.is_ok());
             assert_eq!(flushes.get(), 1);
             // SAFETY: as above.
             let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
-            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((0x1234, MapLevel::L4K)));
+            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((0x1234, Level::L4K)));
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn + 4, false, true) }.is_err());
             let pages = mmu.table_pages();
             // The block again, over the table.
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
-            let m = mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush);
+            let m = mmu.map(0, gfn, pfn, false, Level::L2M, &mut cache, &flush);
             let o = m.map_err(|_| EINVAL)?;
             assert_eq!(o.action, MapAction::Replaced);
             assert_eq!(flushes.get(), 2);
@@ -990,7 +992,7 @@ mod kunit {
             assert_eq!(mmu.leaves(), 1);
             // SAFETY: as above.
             let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
-            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 3, MapLevel::L2M)));
+            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 3, Level::L2M)));
             assert_eq!(mmu.zap_all(), 1);
         }
         assert_eq!(crate::kpages::table_pages_now(), before);
@@ -1011,10 +1013,10 @@ mod kunit {
             let pfn = cache.take().ok_or(ENOMEM)?;
             let flush = || {};
             let gfn = 0x12345;
-            let m = mmu.map(0, gfn, pfn, false, MapLevel::L4K, &mut cache, &flush);
+            let m = mmu.map(0, gfn, pfn, false, Level::L4K, &mut cache, &flush);
             assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
             assert_eq!(
-                mmu.map(0, gfn, pfn, false, MapLevel::L2M, &mut cache, &flush),
+                mmu.map(0, gfn, pfn, false, Level::L2M, &mut cache, &flush),
                 Err(MapError::BadGfn)
             );
             let root = mmu.root(0).ok_or(EINVAL)?;
@@ -1031,7 +1033,7 @@ mod kunit {
             assert!(mmu.mkyoung(0, gfn, false));
             // (Read-only only: a writable leaf would mark the page dirty
             // when zapped, and this one is not a page cache page.)
-            let again = mmu.map(0, gfn, pfn, false, MapLevel::L4K, &mut cache, &flush);
+            let again = mmu.map(0, gfn, pfn, false, Level::L4K, &mut cache, &flush);
             assert_eq!(again.map(|o| o.action), Ok(MapAction::Unchanged));
             let mut mmu = mmu;
             let mut z = Zap::new(NoYield);

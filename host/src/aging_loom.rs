@@ -15,11 +15,12 @@ use loom::thread;
 use std::ptr::NonNull;
 
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::level::Level;
 use crate::mmu::pgtable::{MmuStats, PageOps, Table};
 use crate::mmu::prim::{AllocError, AtomicU64, NoPreempt, Ordering};
 use crate::x86::mmu::{age_leaf, age_rmap, zap_rmap, LeafAge, Lockless};
 use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
-use crate::x86::spte::{self, Level};
+use crate::x86::spte;
 
 /// [`PageOps`] for models that zap SPTEs but never walk tables.
 struct NoPages;

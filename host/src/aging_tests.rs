@@ -17,15 +17,16 @@ use std::vec::Vec;
 
 use crate::host_pages::HostPages;
 use crate::mmu::aging::{use_lockless, AgeOp, AgeResult};
+use crate::mmu::level::Level;
 use crate::mmu::memslot::{Slot, PAGE_SHIFT};
-use crate::mmu::pgtable::{MapAction, MapLevel, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
+use crate::mmu::pgtable::{MapAction, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
 use crate::mmu::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::mmu::tlb::VcpuMode;
 use crate::mmu::zap::{Owned, Zap};
 use crate::test_util::{run_zap, FlushWith, Rng};
 use crate::x86::mmu::{translate, WalkFault, X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS};
 use crate::x86::rmap::{DescCache, PTE_LIST_EXT};
-use crate::x86::spte::{self, Level};
+use crate::x86::spte;
 use crate::x86_slots::{slot_ref, TestMmu, TestSlots};
 
 /// Where the test slots' memory starts in the (pretend) user address space.
@@ -265,16 +266,11 @@ fn hva_ranges_partial_pages_and_aliases() {
 fn add_huge<const ID: usize>(
     f: &mut Fixture<ID>,
     slot_id: u32,
-    level: MapLevel,
+    level: Level,
     gfn: u64,
 ) -> Box<AtomicU64> {
-    let spte_level = match level {
-        MapLevel::L4K => Level::L4K,
-        MapLevel::L2M => Level::L2M,
-        MapLevel::L1G => Level::L1G,
-    };
     let pfn = level.align_down(0x4000_0000 + gfn);
-    let leaf = Box::new(AtomicU64::new(spte::make_leaf(pfn, spte_level, true, true)));
+    let leaf = Box::new(AtomicU64::new(spte::make_leaf(pfn, level, true, true)));
     f.descs.topup(1).unwrap();
     // SAFETY: the caller keeps the box until the MMU is dropped, which zaps it first, and the
     // leaf is present whenever the MMU lock is taken.
@@ -292,9 +288,9 @@ fn unaligned_ranges_at_huge_levels() {
     // An unaligned slot over 2M blocks 0 (partly), 1 and 2 (partly), and 1G block 0.
     let s = slot(0, 0x1f0, 0x400, HVA);
     let mut f = Fixture::<ID>::new(1, true, &[s]);
-    let b1 = add_huge(&mut f, 0, MapLevel::L2M, 0x200);
-    let b2 = add_huge(&mut f, 0, MapLevel::L2M, 0x400);
-    let g0 = add_huge(&mut f, 0, MapLevel::L1G, 0);
+    let b1 = add_huge(&mut f, 0, Level::L2M, 0x200);
+    let b2 = add_huge(&mut f, 0, Level::L2M, 0x400);
+    let g0 = add_huge(&mut f, 0, Level::L1G, 0);
 
     // [0x3ff, 0x401) touches 2M blocks 1 and 2: from 0x3ff stepping by 512 would miss block 2
     // (see "Ranges and mapping levels" in Documentation/secmmu-protocols.rst).  Visited: two 4K
@@ -541,7 +537,7 @@ fn memslot_set_attach_and_detach() {
         let no_preempt = NoPreempt::new();
         let rmaps = table.get(5, &no_preempt).unwrap();
         assert_eq!(*rmaps.slot(), s);
-        assert_eq!(rmaps.rmaps().nr_rmaps(MapLevel::L4K), 8);
+        assert_eq!(rmaps.rmaps().nr_rmaps(Level::L4K), 8);
         assert!(table.get(4, &no_preempt).is_none());
         assert!(table.get(u32::MAX, &no_preempt).is_none());
         assert_eq!(table.read(&no_preempt).iter().count(), 1);
@@ -649,7 +645,7 @@ fn contention_is_counted() {
             let no_preempt = NoPreempt::new();
             let rmaps = table.get(0, &no_preempt).unwrap();
             let guard = rmaps
-                .rmap(MapLevel::L4K, 1)
+                .rmap(Level::L4K, 1)
                 .unwrap()
                 .lock_readonly(&no_preempt);
             let ager = sc.spawn(|| {

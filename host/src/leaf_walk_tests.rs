@@ -8,24 +8,25 @@ use std::vec::Vec;
 
 use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES as S2_MIN_TABLES};
 use crate::host_pages::HostPages;
+use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
-use crate::mmu::pgtable::{MapLevel, TableCache};
+use crate::mmu::pgtable::TableCache;
 use crate::x86::mmu::{X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES};
 use crate::x86::rmap::DescCache;
 use crate::x86_slots::TestMmu;
 
 /// Leaves as `(first gfn, pfn of it, level, writable)`: far apart, at every level.
-const LEAVES: [(u64, u64, MapLevel, bool); 5] = [
-    (0x5, 0x1005, MapLevel::L4K, true),
-    (0x200, 0x40200, MapLevel::L2M, false),
-    (0x40000, 0x80000, MapLevel::L1G, true),
-    (0x100001, 0x1234, MapLevel::L4K, false),
-    (0xf_ffff_fe00, 0x600, MapLevel::L2M, true),
+const LEAVES: [(u64, u64, Level, bool); 5] = [
+    (0x5, 0x1005, Level::L4K, true),
+    (0x200, 0x40200, Level::L2M, false),
+    (0x40000, 0x80000, Level::L1G, true),
+    (0x100001, 0x1234, Level::L4K, false),
+    (0xf_ffff_fe00, 0x600, Level::L2M, true),
 ];
 
 fn collect(
     mut next: impl FnMut(u64) -> Option<(u64, crate::mmu::pgtable::Translation)>,
-) -> Vec<(u64, u64, MapLevel, bool)> {
+) -> Vec<(u64, u64, Level, bool)> {
     let mut found = Vec::new();
     let mut gfn = 0;
     while let Some((base, t)) = next(gfn) {

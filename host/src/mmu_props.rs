@@ -21,8 +21,9 @@ use proptest::prelude::*;
 
 use crate::host_pages::HostPages;
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
-use crate::mmu::pgtable::{snapshot_byte, MapAction, MapLevel, TableCache, Translation, WalkFault};
+use crate::mmu::pgtable::{snapshot_byte, MapAction, TableCache, Translation, WalkFault};
 use crate::test_util::{prop_config, run_zap};
 
 /// A leaf of the model: the block of gfns from its key's gfn, at its key's level.
@@ -60,12 +61,12 @@ impl Leaf {
 
 /// The leaves of one root, by (level, first gfn); they never overlap.
 #[derive(Clone, Default, Debug)]
-struct Root(BTreeMap<(MapLevel, u64), Leaf>);
+struct Root(BTreeMap<(Level, u64), Leaf>);
 
 impl Root {
     /// The leaf that maps `gfn`.
-    fn find(&mut self, gfn: u64) -> Option<(MapLevel, u64, &mut Leaf)> {
-        let key = MapLevel::ALL
+    fn find(&mut self, gfn: u64) -> Option<(Level, u64, &mut Leaf)> {
+        let key = Level::MAPPABLE
             .into_iter()
             .map(|l| (l, l.align_down(gfn)))
             .find(|k| self.0.contains_key(k))?;
@@ -73,7 +74,7 @@ impl Root {
     }
 
     /// The keys of the leaves overlapping `[start, end)`.
-    fn overlapping(&self, start: u64, end: u64) -> Vec<(MapLevel, u64)> {
+    fn overlapping(&self, start: u64, end: u64) -> Vec<(Level, u64)> {
         self.0
             .keys()
             .filter(|&&(l, g)| g < end && g + l.pages() > start)
@@ -96,7 +97,7 @@ struct MapEffect {
 /// smaller ones it collapses.  `dirty` says whether a leaf counts as dirty when removed.
 fn clear_for_map(
     root: &mut Root,
-    level: MapLevel,
+    level: Level,
     first: u64,
     dirty: impl Fn(&Leaf) -> bool,
 ) -> MapEffect {
@@ -161,7 +162,7 @@ fn age_model(
 }
 
 /// The translation of `gfn` by the leaf at (`level`, `first`).
-fn translation(level: MapLevel, first: u64, leaf: &Leaf, gfn: u64, dirty: bool) -> Translation {
+fn translation(level: Level, first: u64, leaf: &Leaf, gfn: u64, dirty: bool) -> Translation {
     Translation {
         pfn: leaf.pfn + (gfn - first),
         level,
@@ -195,8 +196,8 @@ fn age_op() -> impl Strategy<Value = AgeOp> {
     prop::sample::select(vec![AgeOp::Test, AgeOp::Clear, AgeOp::ClearFlush])
 }
 
-fn level() -> impl Strategy<Value = MapLevel> {
-    prop::sample::select(MapLevel::ALL.to_vec())
+fn level() -> impl Strategy<Value = Level> {
+    prop::sample::select(Level::MAPPABLE.to_vec())
 }
 
 /// 2M blocks and pages within their larger block that the gfns use: the first ones, and the
@@ -251,7 +252,7 @@ mod x86 {
             root: usize,
             slot: usize,
             gfn: u64,
-            level: MapLevel,
+            level: Level,
             version: u64,
             writable: bool,
         },
@@ -340,11 +341,11 @@ mod x86 {
             move |l| if ad { l.d } else { l.w() }
         }
 
-        fn snapshot(&self, leaf: &Leaf, level: MapLevel) -> u8 {
+        fn snapshot(&self, leaf: &Leaf, level: Level) -> u8 {
             snapshot_byte(leaf.w(), leaf.accessed, Self::dirty(self.ad)(leaf), level)
         }
 
-        fn map(&mut self, root: usize, s: usize, gfn: u64, level: MapLevel, pfn: u64, w: bool) {
+        fn map(&mut self, root: usize, s: usize, gfn: u64, level: Level, pfn: u64, w: bool) {
             let slot = &SLOTS[s];
             let first = level.align_down(gfn);
             self.tables.topup(MAP_MIN_TABLES).unwrap();
@@ -601,7 +602,7 @@ mod x86 {
             | Op::Restore { gfn, .. }
             | Op::Zap { gfn, .. }
             | Op::Age { gfn, .. }) = *op;
-            for level in MapLevel::ALL {
+            for level in Level::MAPPABLE {
                 let first = level.align_down(gfn);
                 probes.extend([first, first + level.pages() - 1]);
             }
@@ -704,7 +705,7 @@ mod s2 {
         Map {
             root: usize,
             gfn: u64,
-            level: MapLevel,
+            level: Level,
             version: u64,
             writable: bool,
         },
@@ -776,7 +777,7 @@ mod s2 {
         tables: TableCache<HostPages<ID>>,
         model: Vec<Root>,
         /// The largest level a leaf can have: a walk starting at level 2 has no 1G blocks.
-        max_level: MapLevel,
+        max_level: Level,
         probes: Vec<u64>,
         pages_before: u64,
     }
@@ -787,7 +788,7 @@ mod s2 {
     }
 
     impl World {
-        fn map(&mut self, root: usize, gfn: u64, level: MapLevel, pfn: u64, w: bool) {
+        fn map(&mut self, root: usize, gfn: u64, level: Level, pfn: u64, w: bool) {
             let first = level.align_down(gfn);
             self.tables.topup(self.mmu.map_min_tables()).unwrap();
             let flushes = Cell::new(0);
@@ -962,10 +963,10 @@ mod s2 {
         let geo = mmu.geometry();
         assert_eq!(mmu.root(0).unwrap().start_level(), geo.start_level);
         // Only levels the walk can hold: 1G blocks need a walk starting at level 1 or 0.
-        let max_level = if geo.start_level <= 1 {
-            MapLevel::L1G
+        let max_level = if geo.start_level >= Level::L1G {
+            Level::L1G
         } else {
-            MapLevel::L2M
+            Level::L2M
         };
         let limit = geo.gfn_limit();
         let mut probes = Vec::new();
@@ -975,7 +976,7 @@ mod s2 {
             | Op::Mkyoung { gfn, .. }
             | Op::Zap { gfn, .. }
             | Op::Age { gfn, .. }) = *op;
-            for level in MapLevel::ALL {
+            for level in Level::MAPPABLE {
                 let first = level.align_down(gfn);
                 probes.extend([first, first + level.pages() - 1]);
             }
@@ -1056,25 +1057,17 @@ fn s2_1g_map_at_start_level_2() {
     const ID: usize = 58;
     for ia_bits in 32..=34 {
         let mmu = S2Mmu::<HostPages<ID>>::new(1, ia_bits, true).unwrap();
-        assert_eq!(mmu.root(0).unwrap().start_level(), 2);
+        assert_eq!(mmu.root(0).unwrap().start_level(), Level::L2M);
         let mut tables = TableCache::<HostPages<ID>>::new();
         tables.topup(MAP_MIN_TABLES).unwrap();
-        let r = mmu.map(
-            0,
-            1 << 18,
-            1 << 28,
-            true,
-            MapLevel::L1G,
-            &mut tables,
-            &|| {},
-        );
+        let r = mmu.map(0, 1 << 18, 1 << 28, true, Level::L1G, &mut tables, &|| {});
         assert!(r.is_err(), "ia_bits {ia_bits}: a 1G map must be refused");
         if r.is_ok() {
             let last = (2 << 18) - 1;
             let leaf = mmu.leaf(0, last).map(|(_, _, level)| level);
             assert_eq!(
                 leaf,
-                Some(MapLevel::L1G),
+                Some(Level::L1G),
                 "ia_bits {ia_bits}: the 1G map left {last:#x} unmapped"
             );
         }

@@ -13,11 +13,12 @@ use std::thread;
 use std::vec::Vec;
 
 use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
+use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::ZAPPED_TABLES;
 use crate::mmu::pgtable::{
-    MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT,
-    SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
+    MapAction, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT, SNAP_WRITABLE,
+    TABLE_CACHE_CAPACITY,
 };
 use crate::mmu::prim::Ordering;
 use crate::mmu::tlb::{SoftTlb, VcpuMode};
@@ -173,7 +174,7 @@ fn map_translate_round_trip_all_roots() {
             let writable = gfn % 2 == 0;
             let t = f.translate(root, gfn, false).unwrap();
             assert_eq!(t.pfn, pfn_of(gfn));
-            assert_eq!(t.level, MapLevel::L4K);
+            assert_eq!(t.level, Level::L4K);
             assert_eq!((t.writable, t.dirty), (writable, writable));
             let snap = if writable {
                 SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY
@@ -457,7 +458,7 @@ fn unaligned_slots_and_ranges() {
     // Across a 1G boundary: two 1G blocks, two 2M blocks.
     let b = slot(1, 0x3ffff, 2);
     let (ra, rb) = (SlotRmaps::new(&a).unwrap(), SlotRmaps::new(&b).unwrap());
-    let counts = |r: &SlotRmaps| MapLevel::ALL.map(|l| r.nr_rmaps(l));
+    let counts = |r: &SlotRmaps| Level::MAPPABLE.map(|l| r.nr_rmaps(l));
     assert_eq!(counts(&ra), [0x420, 4, 1]);
     assert_eq!(counts(&rb), [2, 2, 2]);
     drop((ra, rb));
@@ -597,7 +598,7 @@ fn stale_leaf_is_zapped_and_replaced() {
 }
 
 impl<const ID: usize> Fixture<ID> {
-    fn map_huge(&mut self, gfn: u64, pfn: u64, level: MapLevel) -> MapOutcome {
+    fn map_huge(&mut self, gfn: u64, pfn: u64, level: Level) -> MapOutcome {
         self.tables.topup(MAP_MIN_TABLES).unwrap();
         self.descs.topup(MAP_MIN_DESCS).unwrap();
         let o = self
@@ -627,16 +628,16 @@ impl<const ID: usize> Fixture<ID> {
 fn huge_leaves_map_translate_and_zap() {
     const ID: usize = 60;
     let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
-    assert_eq!(f.mmu.max_map_level(), MapLevel::L1G);
-    let o = f.map_huge(0x200, 0x8_0000, MapLevel::L2M);
+    assert_eq!(f.mmu.max_map_level(), Level::L1G);
+    let o = f.map_huge(0x200, 0x8_0000, Level::L2M);
     assert_eq!(
         (o.action, o.new_tables, o.split),
         (MapAction::Installed, 2, false)
     );
     let t = f.translate(0, 0x2ff, true).unwrap();
-    assert_eq!((t.pfn, t.level), (0x8_00ff, MapLevel::L2M));
-    assert_eq!(f.mmu.snapshot(0, 0x3ff) >> 4, MapLevel::L2M as u8);
-    let o = f.map_huge(1 << 18, 1 << 20, MapLevel::L1G);
+    assert_eq!((t.pfn, t.level), (0x8_00ff, Level::L2M));
+    assert_eq!(f.mmu.snapshot(0, 0x3ff) >> 4, Level::L2M.uapi());
+    let o = f.map_huge(1 << 18, 1 << 20, Level::L1G);
     assert_eq!(o.action, MapAction::Installed);
     assert_eq!(
         f.translate(0, (1 << 18) + 7, false).unwrap().pfn,
@@ -650,7 +651,7 @@ fn huge_leaves_map_translate_and_zap() {
             0x201,
             0x8_0000,
             true,
-            MapLevel::L2M,
+            Level::L2M,
             &mut f.tables,
             &mut f.descs
         ),
@@ -663,7 +664,7 @@ fn huge_leaves_map_translate_and_zap() {
             0x400,
             0x8_0001,
             true,
-            MapLevel::L2M,
+            Level::L2M,
             &mut f.tables,
             &mut f.descs
         ),
@@ -686,16 +687,16 @@ fn huge_leaves_map_translate_and_zap() {
 fn split_and_collapse() {
     const ID: usize = 61;
     let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0, 1 << 19)]);
-    f.map_huge(0x400, 0x1000, MapLevel::L2M);
+    f.map_huge(0x400, 0x1000, Level::L2M);
     let o = f.map(0, 0, 0x405, 0x2005, true);
     assert!(o.split && o.needs_flush() && o.unlinked.is_none());
     assert_eq!(f.mmu.leaf_sptes(), 1);
-    assert_eq!(f.translate(0, 0x405, false).unwrap().level, MapLevel::L4K);
+    assert_eq!(f.translate(0, 0x405, false).unwrap().level, Level::L4K);
     assert_eq!(f.translate(0, 0x406, false), Err(WalkFault::NotPresent));
     f.map(0, 0, 0x407, 0x2007, true);
     let pages = f.mmu.table_pages();
-    let o = f.map_huge(0x400, 0x1000, MapLevel::L2M);
-    assert_eq!(o.unlinked.map(|t| t.covers), Some(MapLevel::L2M));
+    let o = f.map_huge(0x400, 0x1000, Level::L2M);
+    assert_eq!(o.unlinked.map(|t| t.covers), Some(Level::L2M));
     assert!(o.needs_flush() && !o.split && o.action == MapAction::Replaced);
     assert_eq!(f.mmu.table_pages(), pages - 1);
     assert_eq!(f.mmu.leaf_sptes(), 1);
@@ -703,8 +704,8 @@ fn split_and_collapse() {
     // A 1G collapse over 2M leaves, 4K tables and an empty table.
     f.map(0, 0, 0x600, 0x3000, true);
     let pages = f.mmu.table_pages();
-    let o = f.map_huge(0, 0, MapLevel::L1G);
-    assert_eq!(o.unlinked.map(|t| t.covers), Some(MapLevel::L1G));
+    let o = f.map_huge(0, 0, Level::L1G);
+    assert_eq!(o.unlinked.map(|t| t.covers), Some(Level::L1G));
     assert_eq!(f.mmu.table_pages(), pages - 2);
     assert_eq!(f.mmu.leaf_sptes(), 1);
     assert_eq!(f.translate(0, 0x405, false).unwrap().pfn, 0x405);
@@ -712,7 +713,7 @@ fn split_and_collapse() {
     // release): still unlinked and freed.
     f.map(0, 0, 1 << 18, 0x5000, true);
     f.mmu.zap_slot(0);
-    let o = f.map_huge(1 << 18, 1 << 18, MapLevel::L1G);
+    let o = f.map_huge(1 << 18, 1 << 18, Level::L1G);
     assert!(o.unlinked.is_some() && o.action == MapAction::Installed && o.needs_flush());
     HostPages::<ID>::take_dirty();
     teardown(f);
@@ -854,7 +855,7 @@ fn partial_zaps_keep_tables_with_live_leaves() {
             0x800,
             0x10_0000,
             false,
-            MapLevel::L2M,
+            Level::L2M,
             &mut f.tables,
             &mut f.descs,
         )
@@ -884,7 +885,7 @@ fn partial_zaps_keep_tables_with_live_leaves() {
     );
     assert_eq!(
         f.translate(0, 0x9ff, false).map(|t| (t.pfn, t.level)),
-        Ok((0x10_01ff, MapLevel::L2M))
+        Ok((0x10_01ff, Level::L2M))
     );
     // Slot 1's 4K page: its table goes, the 2M table stays for the 2M leaf.
     let p = f.zap(1, 0x600, 0x800);
@@ -934,7 +935,7 @@ fn zap_flushes_exactly_once_before_each_yield() {
         }
     }
     let huge = s.base_gfn + 500 * 512;
-    f.map_huge(huge, 0x8_0000, MapLevel::L2M);
+    f.map_huge(huge, 0x8_0000, Level::L2M);
     mapped.push((0, huge));
     // The vCPUs' TLBs: the translations they hold, filled with every leaf before the zap.
     let tlb = std::cell::RefCell::new(mapped.iter().copied().collect::<BTreeSet<_>>());
@@ -1125,7 +1126,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     assert_eq!(f.mmu.stats().tables_allocated, roots + 4);
     // No new table needed: a page in a 4K table there is, a 2M leaf in the 2M table.
     assert_eq!(f.map(0, 0, 0x206, 0x13, false).new_tables, 0);
-    assert_eq!(f.map_huge(0x600, 0x8_0000, MapLevel::L2M).new_tables, 0);
+    assert_eq!(f.map_huge(0x600, 0x8_0000, Level::L2M).new_tables, 0);
     // A page under the 2M leaf would split it into a new table: refused, the leaf stays.
     assert_eq!(
         f.try_map(0, 0, 0x601, 0x14, true),
@@ -1133,7 +1134,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     );
     assert_eq!(
         f.translate(0, 0x601, false).map(|t| (t.pfn, t.level)),
-        Ok((0x8_0001, MapLevel::L2M))
+        Ok((0x8_0001, Level::L2M))
     );
     // A zap frees the first 4K table: room for one.
     assert_eq!(f.zap(0, 0, 0x200).unlinked_tables, 1);

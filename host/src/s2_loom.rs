@@ -21,7 +21,8 @@ use std::vec::Vec;
 use crate::arm64::mmu::{translate, MapError, S2Mmu, WalkFault};
 use crate::arm64::pte;
 use crate::mmu::aging::AgeOp;
-use crate::mmu::pgtable::{MapAction, MapLevel, PageOps, Table, TableCache};
+use crate::mmu::level::Level;
+use crate::mmu::pgtable::{MapAction, PageOps, Table, TableCache};
 use crate::mmu::prim::{AllocError, AtomicU64};
 
 /// Distinct [`LoomPages`] registries, one per model (models run in parallel test threads).
@@ -112,15 +113,9 @@ fn loom_two_mappers_link_the_same_tables() {
             let mmu = mmu.clone();
             move || {
                 let mut tables = cache::<ID>(2);
-                let r = mmu.map(
-                    0,
-                    gfn,
-                    0x100 + gfn,
-                    true,
-                    MapLevel::L4K,
-                    &mut tables,
-                    &|| panic!("nothing to flush"),
-                );
+                let r = mmu.map(0, gfn, 0x100 + gfn, true, Level::L4K, &mut tables, &|| {
+                    panic!("nothing to flush")
+                });
                 // Nobody locks entries here, and each gfn has one mapper: no Again.
                 let o = r.unwrap();
                 assert_eq!(o.action, MapAction::Installed);
@@ -151,7 +146,7 @@ fn loom_two_mappers_link_the_same_tables() {
 fn one_leaf<const ID: usize>(old: bool) -> Arc<S2Mmu<LoomPages<ID>>> {
     let mmu = S2Mmu::<LoomPages<ID>>::new(1, IA_BITS, true).unwrap();
     let mut tables = cache::<ID>(2);
-    mmu.map(0, 7, 0x70, false, MapLevel::L4K, &mut tables, &|| ())
+    mmu.map(0, 7, 0x70, false, Level::L4K, &mut tables, &|| ())
         .unwrap();
     if old {
         mmu.age_gfn_range(7, 8, AgeOp::Clear);
@@ -180,7 +175,7 @@ fn loom_relax_racing_clear_young() {
             thread::spawn(move || mmu.age_gfn_range(0, 16, AgeOp::Clear))
         };
         let mut tables = cache::<ID>(2);
-        let r = mmu.map(0, 7, 0x70, true, MapLevel::L4K, &mut tables, &|| {
+        let r = mmu.map(0, 7, 0x70, true, Level::L4K, &mut tables, &|| {
             panic!("a relax never flushes")
         });
         let aged = ager.join().unwrap();
@@ -270,7 +265,7 @@ fn loom_locked_entry_is_never_taken_over() {
                     assert!(pte::is_locked(v), "lock taken over: {v:#x}");
                     flushes.set(flushes.get() + 1);
                 };
-                let r = mmu.map(0, 7, pfn, false, MapLevel::L4K, &mut tables, &flush);
+                let r = mmu.map(0, 7, pfn, false, Level::L4K, &mut tables, &flush);
                 match r {
                     Ok(o) => {
                         assert_eq!(flushes.get(), u64::from(o.action == MapAction::Replaced));

@@ -20,9 +20,10 @@ use crate::arm64::mmu::{
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
 use crate::mmu::aging::AgeOp;
+use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
-    MapAction, MapLevel, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT,
-    SNAP_PRESENT, SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
+    MapAction, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT, SNAP_PRESENT,
+    SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
 use crate::mmu::prim::{AtomicU64, Ordering};
 use crate::test_util::{run_zap, Rng, ZapRun};
@@ -50,7 +51,7 @@ impl<const ID: usize> Fixture<ID> {
         gfn: u64,
         pfn: u64,
         writable: bool,
-        level: MapLevel,
+        level: Level,
     ) -> Result<MapOutcome, MapError> {
         let mut tables = self.tables.borrow_mut();
         tables.topup(MAP_MIN_TABLES).unwrap();
@@ -68,7 +69,7 @@ impl<const ID: usize> Fixture<ID> {
         pfn: u64,
         writable: bool,
     ) -> Result<MapOutcome, MapError> {
-        self.try_map_at(root, gfn, pfn, writable, MapLevel::L4K)
+        self.try_map_at(root, gfn, pfn, writable, Level::L4K)
     }
 
     fn map(&self, root: usize, gfn: u64, pfn: u64, writable: bool) -> MapOutcome {
@@ -130,8 +131,8 @@ fn alt_of(gfn: u64) -> u64 {
 
 #[test]
 fn leaf_encoding() {
-    for level in pte::MIN_BLOCK_LEVEL..=LAST_LEVEL {
-        let align = pte::level_pages(level);
+    for level in [pte::MAX_BLOCK_LEVEL, Level::L2M, LAST_LEVEL] {
+        let align = level.pages();
         for pfn in [0, 0x1234_5678 & !(align - 1), (1 << 36) - align] {
             for writable in [false, true] {
                 let v = pte::make_leaf(pfn, level, writable);
@@ -159,13 +160,13 @@ fn leaf_encoding() {
         }
     }
     // The exact bits of a writable 4K page of pfn 0x12345: KVM's PAGE_S2 | S2AP_W | AF.
-    assert_eq!(pte::make_leaf(0x12345, 3, true), 0x1234_57ff);
-    assert_eq!(pte::make_leaf(0x200, 2, false), 0x20_077d);
+    assert_eq!(pte::make_leaf(0x12345, arm64_level(3), true), 0x1234_57ff);
+    assert_eq!(pte::make_leaf(0x200, arm64_level(2), false), 0x20_077d);
 }
 
 #[test]
 fn table_and_special_encodings() {
-    for level in 0..LAST_LEVEL {
+    for level in [0, 1, 2].map(arm64_level) {
         let v = pte::make_table(0xabcde);
         assert!(pte::is_valid(v) && pte::is_table(v, level) && !pte::is_leaf(v, level));
         assert_eq!(pte::pfn(v), 0xabcde);
@@ -176,7 +177,7 @@ fn table_and_special_encodings() {
     assert!(!pte::is_valid(0) && !pte::is_locked(0));
     assert_eq!(pte::LOCKED, 1 << 10);
     assert!(pte::is_locked(pte::LOCKED) && !pte::is_valid(pte::LOCKED));
-    for level in 0..=LAST_LEVEL {
+    for level in [0, 1, 2, 3].map(arm64_level) {
         assert!(!pte::is_table(pte::LOCKED, level) && !pte::is_leaf(pte::LOCKED, level));
     }
     assert!(pte::pfn_fits((1 << 36) - 1) && !pte::pfn_fits(1 << 36));
@@ -218,6 +219,12 @@ fn try_set_break_make() {
     assert_eq!(empty.load(Ordering::Relaxed), pte::make_table(9));
 }
 
+/// The [`Level`] of KVM's arm64 level `n` (0 to 3, 3 maps 4K pages), for the tests that transcribe
+/// KVM's arm64 numbers.
+fn arm64_level(n: i32) -> Level {
+    [Level::L512G, Level::L1G, Level::L2M, Level::L4K][usize::try_from(n).unwrap()]
+}
+
 /// KVM's formulas, transcribed with signed levels as in the C code: `stage2_pgtable_levels()`,
 /// `kvm_get_vtcr()`'s minimum of 2, the start level, `kvm_pgd_pages()`.
 fn kvm_geometry(ia_bits: u32) -> (u32, i32, u64) {
@@ -250,13 +257,13 @@ fn geometry_matches_kvm() {
         let g = Geometry::new(ia_bits).unwrap();
         let (levels, start, pages) = kvm_geometry(ia_bits);
         assert_eq!(g.levels, levels, "ia_bits {ia_bits}");
-        assert_eq!(g.start_level as i32, start, "ia_bits {ia_bits}");
+        assert_eq!(g.start_level, arm64_level(start), "ia_bits {ia_bits}");
         assert_eq!(g.pgd_pages as u64, pages, "ia_bits {ia_bits}");
         assert!(g.pgd_pages <= pte::MAX_PGD_PAGES);
         assert_eq!(g.map_min_tables(), levels as usize - 1);
         assert!(g.map_min_tables() <= MAP_MIN_TABLES);
         // The concatenated tables cover the space exactly.
-        let covered = g.pgd_pages as u64 * 512 * pte::level_pages(g.start_level);
+        let covered = g.pgd_pages as u64 * 512 * g.start_level.pages();
         assert!(covered >= g.gfn_limit(), "ia_bits {ia_bits}");
         assert!(covered / 2 < g.gfn_limit() || g.pgd_pages == 1);
         assert_eq!(g.pgd_page(g.gfn_limit() - 1), g.pgd_pages - 1);
@@ -266,8 +273,8 @@ fn geometry_matches_kvm() {
         }
     }
     assert_eq!(Geometry::new(48).unwrap().levels, 4);
-    assert_eq!(Geometry::new(40).unwrap().start_level, 1);
-    assert_eq!(Geometry::new(32).unwrap().start_level, 2);
+    assert_eq!(Geometry::new(40).unwrap().start_level, arm64_level(1));
+    assert_eq!(Geometry::new(32).unwrap().start_level, arm64_level(2));
     for bad in [0, 31, 49, 52, 64] {
         assert_eq!(Geometry::new(bad), None, "ia_bits {bad}");
     }
@@ -276,15 +283,15 @@ fn geometry_matches_kvm() {
 #[test]
 fn level_math() {
     assert_eq!(
-        [0, 1, 2, 3].map(pte::granule_shift),
+        [0, 1, 2, 3].map(arm64_level).map(pte::granule_shift),
         [39, 30, 21, 12],
         "kvm_granule_shift()"
     );
-    assert_eq!(pte::level_pages(2), 512);
+    assert_eq!(arm64_level(2).pages(), 512);
     // gfn with index 0x1a5 at level 3, 0x0f3 at 2, 0x1ff at 1 and 0x002 at 0.
     let gfn = (0x002 << 27) | (0x1ff << 18) | (0x0f3 << 9) | 0x1a5;
     assert_eq!(
-        [3, 2, 1, 0].map(|l| pte::index(gfn, l)),
+        [3, 2, 1, 0].map(|l| arm64_level(l).index(gfn)),
         [0x1a5, 0x0f3, 0x1ff, 0x002]
     );
 }
@@ -306,7 +313,7 @@ fn new_validates_ranges() {
         assert_eq!(r.pgd().len() as u64, pages);
         assert_eq!(r.geometry(), Geometry::new(ia_bits).unwrap());
         assert_eq!(r.levels(), r.geometry().levels);
-        assert_eq!(r.start_level(), 4 - r.levels());
+        assert_eq!(r.start_level(), arm64_level(4 - r.levels() as i32));
         assert!(m.root(3).is_none());
         let roots: BTreeSet<u64> = (0..3)
             .flat_map(|i| m.root(i).unwrap().pgd().to_vec())
@@ -362,7 +369,7 @@ fn map_translate_round_trip_all_geometries() {
                     t,
                     Translation {
                         pfn: pfn_of(gfn),
-                        level: MapLevel::L4K,
+                        level: Level::L4K,
                         writable: w,
                         dirty: w,
                     }
@@ -398,13 +405,13 @@ fn map_errors_change_nothing() {
     assert_eq!(f.try_map(0, limit, 1, true), Err(MapError::BadGfn));
     assert_eq!(f.try_map(0, u64::MAX, 1, true), Err(MapError::BadGfn));
     assert_eq!(f.try_map(0, 0, 1 << 36, true), Err(MapError::BadPfn));
-    for level in [MapLevel::L2M, MapLevel::L1G] {
+    for level in [Level::L2M, Level::L1G] {
         assert_eq!(f.try_map_at(0, 1, 0, true, level), Err(MapError::BadGfn));
         assert_eq!(f.try_map_at(0, 0, 1, true, level), Err(MapError::BadPfn));
     }
     // An empty cache: NeedTopup before anything.
     let mut empty = TableCache::<HostPages<ID>>::new();
-    let r = f.mmu.map(0, 5, 5, true, MapLevel::L4K, &mut empty, &|| ());
+    let r = f.mmu.map(0, 5, 5, true, Level::L4K, &mut empty, &|| ());
     assert_eq!(r, Err(MapError::NeedTopup));
     assert_eq!(f.mmu.stats().leaves, 0);
     assert_eq!(f.mmu.table_pages(), 2, "nothing linked");
@@ -423,26 +430,22 @@ fn map_errors_change_nothing() {
 fn block_maps_split_and_collapse() {
     const ID: usize = 62;
     let mut f = Fixture::<ID>::new(1, 40, true);
-    let o = f
-        .try_map_at(0, 0x200, 0x8_0000, false, MapLevel::L2M)
-        .unwrap();
+    let o = f.try_map_at(0, 0x200, 0x8_0000, false, Level::L2M).unwrap();
     assert_eq!(o.action, MapAction::Installed);
     let t = f.translate(0, 0x3ff, false).unwrap();
-    assert_eq!((t.pfn, t.level), (0x8_01ff, MapLevel::L2M));
+    assert_eq!((t.pfn, t.level), (0x8_01ff, Level::L2M));
     // A page under the block: broken into a table (one flush).
     f.map(0, 0x205, 0x777, true);
     assert_eq!(f.flushes.get(), 1);
     assert_eq!(f.translate(0, 0x206, false), Err(WalkFault::NotPresent));
     let pages = f.mmu.table_pages();
     // The block again, over the table: break-before-make, the writable page marked dirty.
-    let o = f
-        .try_map_at(0, 0x200, 0x8_0000, false, MapLevel::L2M)
-        .unwrap();
+    let o = f.try_map_at(0, 0x200, 0x8_0000, false, Level::L2M).unwrap();
     assert_eq!(o.action, MapAction::Replaced);
     assert_eq!(f.flushes.get(), 2);
     assert_eq!(HostPages::<ID>::take_dirty(), [0x777]);
     let t = o.unlinked.unwrap();
-    assert_eq!(t.covers, MapLevel::L2M);
+    assert_eq!(t.covers, Level::L2M);
     // A racing fault that was inside the table puts a leaf there: nothing can reach it.
     // SAFETY: the unlinked table is not freed until `free_unlinked()` below.
     let dead = unsafe { HostPages::<ID>::table(t.pfn) };
@@ -459,11 +462,11 @@ fn block_maps_split_and_collapse() {
     );
     // A 1G block over tables of tables.
     f.map(0, 1 << 18, 0x10, false);
-    let o = f.try_map_at(0, 0, 0x4_0000, false, MapLevel::L1G).unwrap();
+    let o = f.try_map_at(0, 0, 0x4_0000, false, Level::L1G).unwrap();
     // SAFETY: as above.
     unsafe { f.mmu.free_unlinked(o.unlinked.unwrap()) };
     let t = f.translate(0, 0x3ffff, false).unwrap();
-    assert_eq!((t.pfn, t.level), (0x7_ffff, MapLevel::L1G));
+    assert_eq!((t.pfn, t.level), (0x7_ffff, Level::L1G));
     assert_eq!(f.translate(0, 1 << 18, false).unwrap().pfn, 0x10);
     assert_eq!(f.mmu.stats().leaves, 2);
     // A zap of one page inside the 1G block zaps it whole ("Ranges and mapping levels" in
@@ -610,7 +613,10 @@ fn stale_compare_exchanges_fail() {
     // leaf installed from a stale "empty" value fails, and so does a relax from a stale leaf.
     f.map(0, 3, 0x30, false);
     let (slot, v, _) = f.mmu.leaf(0, 3).unwrap();
-    assert_eq!(pte::try_set(slot, 0, pte::make_leaf(0x31, 3, true)), Err(v));
+    assert_eq!(
+        pte::try_set(slot, 0, pte::make_leaf(0x31, LAST_LEVEL, true)),
+        Err(v)
+    );
     assert!(pte::try_set(slot, pte::mkold(v), pte::mkwrite(v)).is_err());
     assert_eq!(f.pte(0, 3), v);
     teardown(f);
@@ -643,7 +649,7 @@ fn mkyoung_is_the_access_flag_fault() {
     assert!(f.mmu.mkyoung(0, 11, true), "already young");
     assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
     assert_eq!(f.translate(0, 11, true).unwrap().pfn, 0x11);
-    assert_eq!(f.pte(0, 11), pte::make_leaf(0x11, 3, true));
+    assert_eq!(f.pte(0, 11), pte::make_leaf(0x11, LAST_LEVEL, true));
     teardown(f);
 }
 
@@ -919,12 +925,12 @@ fn blocks_walk_age_zap_and_break() {
     let (bgfn, bpfn) = (0x400, 0x20_0000);
     assert!(
         !f.mmu
-            .install_test_block(0, bgfn, bpfn + 1, MapLevel::L2M, true),
+            .install_test_block(0, bgfn, bpfn + 1, Level::L2M, true),
         "unaligned"
     );
-    assert!(f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true));
+    assert!(f.mmu.install_test_block(0, bgfn, bpfn, Level::L2M, true));
     assert!(
-        !f.mmu.install_test_block(0, bgfn, bpfn, MapLevel::L2M, true),
+        !f.mmu.install_test_block(0, bgfn, bpfn, Level::L2M, true),
         "not empty"
     );
 
@@ -933,13 +939,13 @@ fn blocks_walk_age_zap_and_break() {
         t,
         Translation {
             pfn: bpfn + 0x123,
-            level: MapLevel::L2M,
+            level: Level::L2M,
             writable: true,
             dirty: true
         }
     );
     let snap = f.mmu.snapshot(0, bgfn + 511);
-    assert_eq!(snap >> SNAP_LEVEL_SHIFT, MapLevel::L2M as u8);
+    assert_eq!(snap >> SNAP_LEVEL_SHIFT, Level::L2M.uapi());
     assert_eq!(
         snap & 0xf,
         SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY
@@ -951,7 +957,7 @@ fn blocks_walk_age_zap_and_break() {
     assert_eq!((r.cleared, r.visited), (1, 1));
     assert_eq!(
         f.translate(0, bgfn, false).unwrap().level,
-        MapLevel::L2M,
+        Level::L2M,
         "hw AF"
     );
 
@@ -967,7 +973,7 @@ fn blocks_walk_age_zap_and_break() {
     let b2 = 0x800;
     assert!(f
         .mmu
-        .install_test_block(0, b2, 0x40_0000, MapLevel::L2M, false));
+        .install_test_block(0, b2, 0x40_0000, Level::L2M, false));
     let p = f.zap(b2 + 511, b2 + 512);
     assert_eq!((p.zapped, p.dirty), (1, 0));
     assert_eq!(f.mmu.snapshot(0, b2), 0);
@@ -985,22 +991,22 @@ fn block_maps_fit_every_geometry() {
     for ia_bits in MIN_IA_BITS..=MAX_IA_BITS {
         let mut f = Fixture::<ID>::new(1, ia_bits, true);
         let geo = f.mmu.geometry();
-        let max = if geo.start_level <= 1 {
-            MapLevel::L1G
+        let max = if geo.start_level >= arm64_level(1) {
+            Level::L1G
         } else {
-            MapLevel::L2M
+            Level::L2M
         };
         assert_eq!(f.mmu.max_map_level(), max, "ia_bits {ia_bits}");
         let pgd = f.mmu.table_pages();
         // The second 1G, and a 2M block in the third.
         let (g1, p1) = (1u64 << 18, 0x40_0000u64);
         let (g2, p2) = ((2u64 << 18) + 0x600, 0x8_0000u64);
-        let o = f.try_map_at(0, g1, p1, true, MapLevel::L1G);
-        if max == MapLevel::L1G {
+        let o = f.try_map_at(0, g1, p1, true, Level::L1G);
+        if max == Level::L1G {
             assert_eq!(o.map(|o| o.action), Ok(MapAction::Installed));
-            for gfn in g1..g1 + MapLevel::L1G.pages() {
+            for gfn in g1..g1 + Level::L1G.pages() {
                 let t = f.translate(0, gfn, false).unwrap();
-                assert_eq!((t.pfn, t.level), (p1 + gfn - g1, MapLevel::L1G), "{gfn:#x}");
+                assert_eq!((t.pfn, t.level), (p1 + gfn - g1, Level::L1G), "{gfn:#x}");
             }
         } else {
             assert_eq!(o, Err(MapError::BadLevel), "ia_bits {ia_bits}");
@@ -1014,14 +1020,14 @@ fn block_maps_fit_every_geometry() {
                 assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
             }
         }
-        let o = f.try_map_at(0, g2, p2, false, MapLevel::L2M).unwrap();
+        let o = f.try_map_at(0, g2, p2, false, Level::L2M).unwrap();
         assert_eq!(o.action, MapAction::Installed);
-        for gfn in g2..g2 + MapLevel::L2M.pages() {
+        for gfn in g2..g2 + Level::L2M.pages() {
             let t = f.translate(0, gfn, false).unwrap();
-            assert_eq!((t.pfn, t.level), (p2 + gfn - g2, MapLevel::L2M), "{gfn:#x}");
+            assert_eq!((t.pfn, t.level), (p2 + gfn - g2, Level::L2M), "{gfn:#x}");
         }
         assert_eq!(f.translate(0, g2 + 512, false), Err(WalkFault::NotPresent));
-        let leaves = u64::from(max == MapLevel::L1G) + 1;
+        let leaves = u64::from(max == Level::L1G) + 1;
         assert_eq!(f.zap(0, geo.gfn_limit()).zapped, leaves);
         assert_eq!(f.mmu.table_pages(), pgd);
         teardown(f);
@@ -1050,9 +1056,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     assert_eq!(f.mmu.eagain(), 0);
     // No new table needed: a page next to the first, a 2M block in the level-2 table.
     assert_eq!(f.map(0, 0x6, 0x12, false).new_tables, 0);
-    let o = f
-        .try_map_at(0, 0x400, 0x8_0000, false, MapLevel::L2M)
-        .unwrap();
+    let o = f.try_map_at(0, 0x400, 0x8_0000, false, Level::L2M).unwrap();
     assert_eq!(o.new_tables, 0);
     // A page under the block would break it into a new table: refused, no flush, the block
     // stays.
@@ -1060,7 +1064,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     assert_eq!(f.flushes.get(), 0);
     assert_eq!(
         f.translate(0, 0x401, false).map(|t| (t.pfn, t.level)),
-        Ok((0x8_0001, MapLevel::L2M))
+        Ok((0x8_0001, Level::L2M))
     );
     // A zap frees the leaf table: room for one.
     assert_eq!(f.zap(0, 0x200).unlinked_tables, 1);
@@ -1159,7 +1163,7 @@ fn fault_in<const ID: usize>(
             Err(WalkFault::NotPresent) if mmu.mkyoung(root, gfn, write) => {
                 Tally::add(&tally.mkyoung, 1);
             }
-            Err(_) => match mmu.map(root, gfn, pfn, write, MapLevel::L4K, tables, &flush) {
+            Err(_) => match mmu.map(root, gfn, pfn, write, Level::L4K, tables, &flush) {
                 Ok(o) => {
                     Tally::add(&tally.new_tables, o.new_tables as u64);
                     let c = match o.action {
@@ -1252,7 +1256,7 @@ fn stress<const ID: usize>(hw_af: bool) {
                                         gfn,
                                         alt_of(gfn),
                                         write,
-                                        MapLevel::L4K,
+                                        Level::L4K,
                                         &mut tables,
                                         &flush,
                                     ) {
@@ -1299,7 +1303,7 @@ fn stress<const ID: usize>(hw_af: bool) {
                 let (_, v, level) = mmu.leaf(root, gfn).unwrap();
                 assert_eq!(
                     (pte::pfn(v), level),
-                    (want(gfn), MapLevel::L4K),
+                    (want(gfn), Level::L4K),
                     "gfn {gfn:#x}"
                 );
             }

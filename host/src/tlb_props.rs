@@ -12,7 +12,8 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::mmu::pgtable::{MapLevel, Translation, WalkFault};
+use crate::mmu::level::Level;
+use crate::mmu::pgtable::{Translation, WalkFault};
 use crate::mmu::tlb::{SoftTlb, TlbHit};
 use crate::test_util::prop_config;
 
@@ -28,8 +29,8 @@ fn gfn() -> impl Strategy<Value = u64> {
         .prop_map(|(g, m, p)| (g << 18) + (m << 9) + p)
 }
 
-fn level() -> impl Strategy<Value = MapLevel> {
-    prop::sample::select(MapLevel::ALL.to_vec())
+fn level() -> impl Strategy<Value = Level> {
+    prop::sample::select(Level::MAPPABLE.to_vec())
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +39,7 @@ enum Op {
     /// leaves it overlaps first, unless there are none.
     Map {
         gfn: u64,
-        level: MapLevel,
+        level: Level,
         version: u64,
         writable: bool,
     },
@@ -81,11 +82,11 @@ struct Leaf {
 
 /// The page tables: leaves by (level, first gfn), never overlapping.
 #[derive(Default)]
-struct Tables(BTreeMap<(MapLevel, u64), Leaf>);
+struct Tables(BTreeMap<(Level, u64), Leaf>);
 
 impl Tables {
-    fn key(&self, gfn: u64) -> Option<(MapLevel, u64)> {
-        MapLevel::ALL
+    fn key(&self, gfn: u64) -> Option<(Level, u64)> {
+        Level::MAPPABLE
             .into_iter()
             .map(|l| (l, l.align_down(gfn)))
             .find(|k| self.0.contains_key(k))
@@ -108,7 +109,7 @@ impl Tables {
     }
 
     /// Removes every leaf overlapping the `level` block of `gfn`; returns whether there was one.
-    fn zap_block(&mut self, level: MapLevel, gfn: u64) -> bool {
+    fn zap_block(&mut self, level: Level, gfn: u64) -> bool {
         let (start, end) = (level.align_down(gfn), level.align_down(gfn) + level.pages());
         let before = self.0.len();
         self.0
@@ -124,7 +125,7 @@ fn address(pfn: u64) -> usize {
 
 /// The translations the TLB may hold: the blocks filled since the last flush.
 #[derive(Default)]
-struct Filled(Vec<(MapLevel, u64)>);
+struct Filled(Vec<(Level, u64)>);
 
 impl Filled {
     fn covers(&self, gfn: u64) -> bool {

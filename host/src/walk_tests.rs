@@ -8,14 +8,22 @@
 use core::ops::ControlFlow;
 
 use crate::host_pages::HostPages;
+use crate::mmu::level::Level;
 use crate::mmu::pgtable::PageOps;
 use crate::mmu::prim::{AtomicU64, Ordering};
 use crate::mmu::walk::{
-    self, find, level_pages, walk, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor,
-    Walked, YieldHook, LEAF, TABLE_POST, TABLE_PRE,
+    self, find, walk, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor, Walked,
+    YieldHook, LEAF, TABLE_POST, TABLE_PRE,
 };
 
 type P = HostPages<48>;
+
+// The levels of the toy's 4-level tables, named as KVM numbers arm64's: level 0 is the root,
+// level 3 maps 4K pages.
+const L0: Level = Level::L512G;
+const L1: Level = Level::L1G;
+const L2: Level = Level::L2M;
+const L3: Level = Level::L4K;
 
 /// A toy format: bit 0 valid, bit 1 table (below the last level), the pfn from bit 12.
 struct Toy;
@@ -24,14 +32,14 @@ const VALID: u64 = 1;
 const TABLE: u64 = 2;
 
 impl PteEncoding for Toy {
-    const MIN_BLOCK_LEVEL: u32 = 1;
+    const MAX_LEAF: Level = Level::L1G;
 
     fn is_valid(e: u64) -> bool {
         e & VALID != 0
     }
 
-    fn is_table(e: u64, level: u32) -> bool {
-        level < walk::LAST_LEVEL && e & (VALID | TABLE) == VALID | TABLE
+    fn is_table(e: u64, level: Level) -> bool {
+        level > walk::LAST_LEVEL && e & (VALID | TABLE) == VALID | TABLE
     }
 
     fn table_pfn(e: u64) -> u64 {
@@ -81,7 +89,7 @@ impl Tree {
     }
 
     fn tables(&self) -> Tables<'_> {
-        Tables::new(core::slice::from_ref(&self.root), 0, 0, 1 << 36)
+        Tables::new(core::slice::from_ref(&self.root), L0, 0, 1 << 36)
     }
 }
 
@@ -111,12 +119,12 @@ fn sample() -> (Tree, u64, u64) {
 
 /// Gfn of entry `i` at each level below the root's entry 0.
 fn gfn(l1: u64, l2: u64, l3: u64) -> u64 {
-    l1 * level_pages(1) + l2 * level_pages(2) + l3 * level_pages(3)
+    l1 * L1.pages() + l2 * L2.pages() + l3 * L3.pages()
 }
 
 /// Records every visit as (kind, level, addr), breaking where asked.
 struct Recorder<const FLAGS: u32> {
-    seen: Vec<(Visit, u32, u64)>,
+    seen: Vec<(Visit, Level, u64)>,
     break_at: Option<(Visit, u64)>,
 }
 
@@ -172,16 +180,16 @@ fn visits_in_order_with_the_flags_asked() {
     assert_eq!(
         v.seen,
         [
-            (TablePre, 0, 0),
-            (TablePre, 1, gfn(1, 0, 0)),
-            (Leaf, 2, gfn(1, 3, 0)),
-            (TablePre, 2, gfn(1, 4, 0)),
-            (Leaf, 3, gfn(1, 4, 5)),
-            (Leaf, 3, gfn(1, 4, 6)),
-            (TablePost, 2, gfn(1, 4, 0)),
-            (TablePost, 1, gfn(1, 0, 0)),
-            (Leaf, 1, gfn(7, 0, 0)),
-            (TablePost, 0, 0),
+            (TablePre, L0, 0),
+            (TablePre, L1, gfn(1, 0, 0)),
+            (Leaf, L2, gfn(1, 3, 0)),
+            (TablePre, L2, gfn(1, 4, 0)),
+            (Leaf, L3, gfn(1, 4, 5)),
+            (Leaf, L3, gfn(1, 4, 6)),
+            (TablePost, L2, gfn(1, 4, 0)),
+            (TablePost, L1, gfn(1, 0, 0)),
+            (Leaf, L1, gfn(7, 0, 0)),
+            (TablePost, L0, 0),
         ]
     );
 
@@ -191,7 +199,7 @@ fn visits_in_order_with_the_flags_asked() {
     let mut pos = gfn(1, 3, 9);
     let end = gfn(1, 4, 6);
     assert_eq!(run(&t, &mut v, &mut pos, end), ControlFlow::Continue(()));
-    assert_eq!(v.seen, [(Leaf, 2, gfn(1, 3, 9)), (Leaf, 3, gfn(1, 4, 5))]);
+    assert_eq!(v.seen, [(Leaf, L2, gfn(1, 3, 9)), (Leaf, L3, gfn(1, 4, 5))]);
     assert_eq!(pos, end);
 
     // Posts only: a table the range covers in part gets its post visit too, as KVM's; each
@@ -205,9 +213,9 @@ fn visits_in_order_with_the_flags_asked() {
     assert_eq!(
         v.seen,
         [
-            (TablePost, 2, gfn(1, 4, 0)),
-            (TablePost, 1, gfn(1, 4, 0)),
-            (TablePost, 0, gfn(1, 4, 0))
+            (TablePost, L2, gfn(1, 4, 0)),
+            (TablePost, L1, gfn(1, 4, 0)),
+            (TablePost, L0, gfn(1, 4, 0))
         ]
     );
 }
@@ -240,12 +248,12 @@ fn a_break_leaves_the_walk_at_the_entry_and_resumes_there() {
     assert_eq!(
         v.seen[first..first + 3],
         [
-            (TablePre, 0, pos_at),
-            (TablePre, 1, pos_at),
-            (TablePre, 2, pos_at)
+            (TablePre, L0, pos_at),
+            (TablePre, L1, pos_at),
+            (TablePre, L2, pos_at)
         ]
     );
-    let leaves = |s: &[(Visit, u32, u64)]| -> Vec<(u32, u64)> {
+    let leaves = |s: &[(Visit, Level, u64)]| -> Vec<(Level, u64)> {
         s.iter()
             .filter(|e| e.0 == Leaf)
             .map(|e| (e.1, e.2))
@@ -267,14 +275,14 @@ fn a_break_leaves_the_walk_at_the_entry_and_resumes_there() {
         run(&t, &mut v, &mut pos, 1 << 36),
         ControlFlow::Continue(())
     );
-    assert_eq!(v.seen[0], (Visit::TablePost, 2, gfn(1, 4, 5)));
+    assert_eq!(v.seen[0], (Visit::TablePost, L2, gfn(1, 4, 5)));
 }
 
 /// Links a table from every empty entry above the last level on the way to its range, as a
 /// map does, and records the leaves it then meets.
 struct Linker {
     tree: Tree,
-    leaves: Vec<(u32, u64)>,
+    leaves: Vec<(Level, u64)>,
 }
 
 impl<'a> Visitor<'a> for Linker {
@@ -282,7 +290,7 @@ impl<'a> Visitor<'a> for Linker {
     type Break = ();
 
     fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
-        if ctx.old == 0 && ctx.level < walk::LAST_LEVEL {
+        if ctx.old == 0 && ctx.level > walk::LAST_LEVEL {
             let t = P::alloc_table().unwrap();
             self.tree.pages.push(t);
             assert_eq!(ctx.set(table_entry(t)), Ok(()));
@@ -304,7 +312,7 @@ fn a_reload_goes_into_the_table_the_visitor_linked() {
     // SAFETY: the tree is alive; tables are only added.
     let flow = unsafe {
         walk::<Toy, P, _>(
-            &Tables::new(core::slice::from_ref(&root), 0, 0, 1 << 36),
+            &Tables::new(core::slice::from_ref(&root), L0, 0, 1 << 36),
             &mut pos,
             gfn(2, 3, 6),
             &mut v,
@@ -313,15 +321,15 @@ fn a_reload_goes_into_the_table_the_visitor_linked() {
     assert_eq!(flow, ControlFlow::Continue(()));
     // Three tables linked on the way down, then the two 4K entries of the range.
     assert_eq!(v.tree.pages.len(), 4);
-    assert_eq!(v.leaves, [(3, gfn(2, 3, 4)), (3, gfn(2, 3, 5))]);
+    assert_eq!(v.leaves, [(L3, gfn(2, 3, 4)), (L3, gfn(2, 3, 5))]);
 }
 
 /// Counts visits, down to level 2 only.
-struct Shallow(Vec<(Visit, u32)>);
+struct Shallow(Vec<(Visit, Level)>);
 
 impl<'a> Visitor<'a> for Shallow {
     const FLAGS: u32 = ALL;
-    const BOTTOM: u32 = 2;
+    const BOTTOM: Level = L2;
     type Break = ();
 
     fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
@@ -342,14 +350,14 @@ fn the_walk_does_not_go_below_the_bottom() {
     assert_eq!(
         v.0,
         [
-            (TablePre, 0),
-            (TablePre, 1),
-            (Leaf, 2),
-            (TablePre, 2),
-            (TablePost, 2),
-            (TablePost, 1),
-            (Leaf, 1),
-            (TablePost, 0)
+            (TablePre, L0),
+            (TablePre, L1),
+            (Leaf, L2),
+            (TablePre, L2),
+            (TablePost, L2),
+            (TablePost, L1),
+            (Leaf, L1),
+            (TablePost, L0)
         ]
     );
 }
@@ -360,15 +368,15 @@ fn find_stops_at_the_first_entry_that_is_not_a_table() {
     // SAFETY: the tree is alive, and nothing frees its tables meanwhile.
     let f = |g| unsafe { find::<Toy, P>(&t.tables(), g) };
     let page = f(gfn(1, 4, 6)).unwrap();
-    assert_eq!((page.old, page.level), (leaf(0x2006), 3));
+    assert_eq!((page.old, page.level), (leaf(0x2006), L3));
     assert!(core::ptr::eq(page.ptep, Tree::entry(l3, 6)));
     let block = f(gfn(1, 3, 100)).unwrap();
-    assert_eq!((block.old, block.level), (leaf(0x1000), 2));
+    assert_eq!((block.old, block.level), (leaf(0x1000), L2));
     assert!(core::ptr::eq(block.ptep, Tree::entry(l2, 3)));
     let empty = f(gfn(1, 4, 7)).unwrap();
-    assert_eq!((empty.old, empty.level), (0, 3));
+    assert_eq!((empty.old, empty.level), (0, L3));
     let empty = f(gfn(3, 0, 0)).unwrap();
-    assert_eq!((empty.old, empty.level), (0, 1));
+    assert_eq!((empty.old, empty.level), (0, L1));
     assert!(f(1 << 36).is_none());
 }
 
@@ -399,7 +407,7 @@ struct Yielding<V> {
 
 impl<'a, V: Visitor<'a>> Visitor<'a> for Yielding<V> {
     const FLAGS: u32 = V::FLAGS;
-    const BOTTOM: u32 = V::BOTTOM;
+    const BOTTOM: Level = V::BOTTOM;
     type Break = V::Break;
 
     fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<V::Break> {

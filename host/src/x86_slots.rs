@@ -13,8 +13,9 @@
 use core::ops::{Deref, DerefMut};
 
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::level::Level;
 use crate::mmu::memslot::{Memslots, Slot, SlotEntry, SlotError};
-use crate::mmu::pgtable::{MapError, MapLevel, MapOutcome, PageOps, TableCache};
+use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache};
 use crate::mmu::prim::{warn_on, AllocError, AtomicU64, NoPreempt, PArc, RcuPtr, Unpublished};
 use crate::x86::mmu::{age_gfn_range_lockless, SlotLookup, SlotRef, SlotRmaps, X86Mmu};
 use crate::x86::rmap::DescCache;
@@ -224,7 +225,7 @@ impl<P: PageOps> TestMmu<P> {
         gfn: u64,
         pfn: u64,
         writable: bool,
-        level: MapLevel,
+        level: Level,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
@@ -296,7 +297,7 @@ impl<P: PageOps> TestMmu<P> {
     pub(crate) unsafe fn add_test_leaf(
         &mut self,
         slot_id: u32,
-        level: MapLevel,
+        level: Level,
         gfn: u64,
         sptep: &AtomicU64,
         descs: &mut DescCache,

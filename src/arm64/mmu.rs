@@ -72,8 +72,9 @@
 //! lock ("TLB flush before dropping the MMU lock"), as for x86.  Aging flushes nothing: after
 //! [`AgeOp::ClearFlush`] the caller flushes if [`AgeResult::cleared`] is nonzero.
 //!
-//! Huge mappings.  [`S2Mmu::map()`] installs blocks at levels 1 and 2 (1G, 2M) as well as
-//! pages, but none above the start level: a walk that starts at level 2 has no 1G entry, so it
+//! Huge mappings.  [`S2Mmu::map()`] installs blocks at [`Level::L1G`] and [`Level::L2M`] (KVM's
+//! arm64 levels 1 and 2) as well as pages, but none above the start level: a walk that starts
+//! at [`Level::L2M`] has no 1G entry, so it
 //! refuses 1G maps ([`S2Mmu::max_map_level()`], which the fault path clamps to).  A block met
 //! where a table must go is broken into an empty table with break-before-make (KVM's
 //! `stage2_map_walk_leaf()`); a table where a block goes is replaced by the block with
@@ -104,15 +105,16 @@ use core::ops::ControlFlow;
 // only explore their interleavings for nothing.
 use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 
-use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_PGD_PAGES};
+use crate::arm64::pte::{self, Geometry, MAX_PGD_PAGES};
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
-    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
+    snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 use crate::mmu::walk::{
-    self, leaf_level, map_level, Budget, Ctx, PteEncoding, Step, Tables, Visit, Visitor, YieldHook,
-    LEAF, SHARED, TABLE_POST, TABLE_PRE,
+    self, Budget, Ctx, PteEncoding, Step, Tables, Visit, Visitor, YieldHook, LEAF, SHARED,
+    TABLE_POST, TABLE_PRE,
 };
 use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
 
@@ -169,7 +171,7 @@ impl S2Root {
     }
 
     /// Level of the start-level tables.
-    pub(crate) fn start_level(&self) -> u32 {
+    pub(crate) fn start_level(&self) -> Level {
         self.geo.start_level
     }
 
@@ -188,7 +190,7 @@ impl S2Root {
 pub(crate) struct S2;
 
 impl PteEncoding for S2 {
-    const MIN_BLOCK_LEVEL: u32 = pte::MIN_BLOCK_LEVEL;
+    const MAX_LEAF: Level = pte::MAX_BLOCK_LEVEL;
 
     #[inline(always)]
     fn is_valid(entry: u64) -> bool {
@@ -196,7 +198,7 @@ impl PteEncoding for S2 {
     }
 
     #[inline(always)]
-    fn is_table(entry: u64, level: u32) -> bool {
+    fn is_table(entry: u64, level: Level) -> bool {
         pte::is_table(entry, level)
     }
 
@@ -213,8 +215,7 @@ fn root_tables<'a>(pgd: &'a [u64], geo: &Geometry) -> Tables<'a> {
 }
 
 /// The translation of `gfn` by the valid leaf `v` at `level`.
-fn translation(v: u64, level: u32, gfn: u64) -> Translation {
-    let level = map_level(level);
+fn translation(v: u64, level: Level, gfn: u64) -> Translation {
     let writable = pte::is_writable(v);
     Translation {
         pfn: pte::pfn(v) + (gfn & (level.pages() - 1)),
@@ -391,12 +392,12 @@ impl<P: PageOps> S2Mmu<P> {
     }
 
     /// The largest leaf this MMU can install (see [`S2Mmu::map()`]): a block is an entry at
-    /// its level (KVM's `kvm_level_supports_block_mapping()`: levels 1 and 2 with 4K pages), so
-    /// a 1G block needs a walk that starts at level 1 or 0 (`ia_bits` 35 and up), and a walk
-    /// that starts at level 2 (`ia_bits` 32 to 34) holds 2M blocks at most.  The fault path
+    /// its level (KVM's `kvm_level_supports_block_mapping()`: 1G and 2M with 4K pages), so a
+    /// 1G block needs a walk that starts at [`Level::L1G`] or above (`ia_bits` 35 and up), and a
+    /// walk that starts at [`Level::L2M`] (`ia_bits` 32 to 34) holds 2M blocks at most.  The fault path
     /// clamps the level it asks for to this.
-    pub(crate) fn max_map_level(&self) -> MapLevel {
-        map_level(self.geo.start_level.max(S2::MIN_BLOCK_LEVEL))
+    pub(crate) fn max_map_level(&self) -> Level {
+        self.geo.start_level.min(S2::MAX_LEAF)
     }
 
     /// Root `root`, for [`translate()`].  Its start-level tables stay the same, and allocated,
@@ -529,7 +530,7 @@ impl<P: PageOps> S2Mmu<P> {
         gfn: u64,
         pfn: u64,
         writable: bool,
-        level: MapLevel,
+        level: Level,
         tables: &mut TableCache<P>,
         flush: &dyn Fn(),
     ) -> Result<MapOutcome, MapError> {
@@ -556,7 +557,7 @@ impl<P: PageOps> S2Mmu<P> {
 
         let mut v = MapWalker {
             mmu: self,
-            target: leaf_level(level),
+            target: level,
             pfn,
             writable,
             covers: level,
@@ -599,17 +600,19 @@ impl<P: PageOps> S2Mmu<P> {
         ptep: &AtomicU64,
         old: u64,
         new: u64,
-        level: u32,
-        covers: MapLevel,
+        level: Level,
+        covers: Level,
         flush: &dyn Fn(),
     ) -> Result<UnlinkedTable, MapError> {
         if !pte::try_break(ptep, old, flush) {
             return self.again();
         }
-        // SAFETY: linked by the valid table entry `old` of `self` until the break just now, so a
-        // table of `self`, and freed only by `free_unlinked()`, with the write side held, which
-        // our read side excludes (I1).
-        unsafe { zap_unlinked::<P>(pte::pfn(old), level + 1, self) };
+        if let Some(lower) = level.lower() {
+            // SAFETY: linked by the valid table entry `old` of `self` until the break just now,
+            // so a table of `self`, and freed only by `free_unlinked()`, with the write side
+            // held, which our read side excludes (I1).
+            unsafe { zap_unlinked::<P>(pte::pfn(old), lower, self) };
+        }
         Counters::add(&self.counters.leaves, 1);
         pte::make(ptep, new);
         Ok(UnlinkedTable {
@@ -629,7 +632,10 @@ impl<P: PageOps> S2Mmu<P> {
     /// that unlinked it flushed the TLBs, which waited for every vCPU that could be walking
     /// inside it: hardware walkers run only in guest mode.)
     pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
-        let level = leaf_level(t.covers) + 1;
+        let Some(level) = t.covers.lower() else {
+            warn_on!(true, "a 4K entry never links a table");
+            return;
+        };
         // SAFETY: unlinked, per the caller; `&mut self`: no walker under the read side, and
         // none in guest mode since the break's flush.
         unsafe { drop_unlinked::<P>(t.pfn, level, &self.counters) };
@@ -642,7 +648,7 @@ impl<P: PageOps> S2Mmu<P> {
         &self,
         ptep: &AtomicU64,
         old: u64,
-        level: u32,
+        level: Level,
         tables: &mut TableCache<P>,
         flush: &dyn Fn(),
         new_tables: &mut usize,
@@ -708,7 +714,7 @@ impl<P: PageOps> S2Mmu<P> {
         ptep: &AtomicU64,
         old: u64,
         new: u64,
-        level: u32,
+        level: Level,
         flush: &dyn Fn(),
     ) -> Result<MapAction, MapError> {
         if pte::is_locked(old) {
@@ -728,7 +734,7 @@ impl<P: PageOps> S2Mmu<P> {
         }
         if pte::is_table(old, level) {
             // A table where a block goes: `map()` collapses it before it gets here.
-            warn_on!(true, "table at the leaf level {level}");
+            warn_on!(true, "table at the leaf level {level:?}");
             return Err(MapError::BadLevel);
         }
         if pte::pfn(old) == pte::pfn(new) {
@@ -871,7 +877,7 @@ impl<P: PageOps> S2Mmu<P> {
         unlink_tables: bool,
     ) -> Pause {
         // A batch unlinks at most one table per level below the start level, in each root.
-        let batch_tables = self.nr_roots * (LAST_LEVEL - self.geo.start_level) as usize;
+        let batch_tables = self.nr_roots * self.geo.map_min_tables();
         let end = end.min(self.geo.gfn_limit());
         let n = self.geo.pgd_pages;
         while *gfn < end {
@@ -972,14 +978,14 @@ impl<P: PageOps> S2Mmu<P> {
     /// The valid leaf that maps `gfn` in root `root`, the value loaded from it and its level
     /// (for tests and the snapshot).  It may change as soon as it was loaded, unless the MMU lock
     /// is held for write.
-    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, MapLevel)> {
+    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, Level)> {
         let (ptep, v, level) = self.entry(root, gfn)?;
-        pte::is_leaf(v, level).then(|| (ptep, v, map_level(level)))
+        pte::is_leaf(v, level).then_some((ptep, v, level))
     }
 
     /// The last entry a walk to `gfn` in root `root` loads: a leaf, an empty or a locked entry,
     /// with the value loaded and its level (for tests, which lock entries by hand).
-    pub(crate) fn entry(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, u32)> {
+    pub(crate) fn entry(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, Level)> {
         if root >= self.nr_roots {
             return None;
         }
@@ -1022,17 +1028,16 @@ impl<P: PageOps> S2Mmu<P> {
         root: usize,
         gfn: u64,
         pfn: u64,
-        level: MapLevel,
+        level: Level,
         writable: bool,
     ) -> bool {
-        let lvl = leaf_level(level);
         let Some((ptep, v, at)) = self.entry(root, gfn) else {
             return false;
         };
-        if at != lvl || v != 0 || pfn & (level.pages() - 1) != 0 {
+        if at != level || v != 0 || pfn & (level.pages() - 1) != 0 {
             return false;
         }
-        let ok = pte::try_set(ptep, 0, pte::make_leaf(pfn, lvl, writable)).is_ok();
+        let ok = pte::try_set(ptep, 0, pte::make_leaf(pfn, level, writable)).is_ok();
         if ok {
             Counters::add(&self.counters.leaves, 1);
         }
@@ -1081,11 +1086,11 @@ impl<P: PageOps> Drop for S2Mmu<P> {
 struct MapWalker<'m, P: PageOps> {
     mmu: &'m S2Mmu<P>,
     /// The level of the leaf.
-    target: u32,
+    target: Level,
     pfn: u64,
     writable: bool,
     /// The size of the leaf.
-    covers: MapLevel,
+    covers: Level,
     tables: &'m mut TableCache<P>,
     flush: &'m dyn Fn(),
     /// Tables linked on the way.
@@ -1098,7 +1103,7 @@ impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
 
     #[inline(always)]
     fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<Self::Break> {
-        if ctx.level < self.target {
+        if ctx.level > self.target {
             if visit == Visit::TablePre {
                 return Step::Continue;
             }
@@ -1179,7 +1184,7 @@ impl<'a, P: PageOps> Visitor<'a> for ZapUnlinked<'_, P> {
 /// # Safety
 ///
 /// `table_pfn` is a table of `mmu`, not freed while this runs.
-unsafe fn zap_unlinked<P: PageOps>(table_pfn: u64, level: u32, mmu: &S2Mmu<P>) {
+unsafe fn zap_unlinked<P: PageOps>(table_pfn: u64, level: Level, mmu: &S2Mmu<P>) {
     let tables = Tables::subtree(&table_pfn, level, 0);
     let mut pos = 0;
     // SAFETY: the table and those linked from it are freed only by `free_unlinked()`, after
@@ -1196,7 +1201,7 @@ unsafe fn zap_unlinked<P: PageOps>(table_pfn: u64, level: u32, mmu: &S2Mmu<P>) {
 ///
 /// As for [`free_tree()`]; besides, no walker under the read side of the MMU lock is left in
 /// it (the caller holds the write side).
-unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: u32, counters: &Counters) {
+unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: Level, counters: &Counters) {
     // SAFETY: unreachable, per the caller, and each table under it linked only there (I1).
     unsafe {
         walk::free_subtree::<S2, P, true>(
@@ -1316,7 +1321,7 @@ unsafe fn table_is_empty<P: PageOps>(table_pfn: u64) -> bool {
 ///
 /// `table_pfn` is a table of an `S2Mmu<P>`, not freed yet, that no walker can reach any more,
 /// and each table under it is linked only from it or from the tables under it (I1).
-unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: u32, counters: &Counters) {
+unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: Level, counters: &Counters) {
     // SAFETY: per the caller.
     unsafe {
         walk::free_subtree::<S2, P, false>(

@@ -6,7 +6,7 @@
 //! | bits  | name       | meaning                                                            |
 //! |-------|------------|--------------------------------------------------------------------|
 //! | 0     | valid      | `KVM_PTE_VALID`: the hardware walker uses the entry                 |
-//! | 1     | type       | table (levels 0-2) or page (level 3); 0 = block (levels 1-2)        |
+//! | 1     | type       | table (above 4K) or page (at 4K); 0 = block (1G, 2M)                |
 //! | 5:2   | MemAttr    | leaf: stage-2 memory attributes, normal write-back (`0xf`)         |
 //! | 6     | S2AP R     | leaf: readable                                                     |
 //! | 7     | S2AP W     | leaf: writable                                                     |
@@ -36,8 +36,11 @@
 //! DBM has no dirty bit, so a writable leaf counts as dirty ([`is_dirty()`]) and nothing needs to
 //! be remembered besides what the hardware bits say.
 //!
-//! Levels are numbered as KVM numbers them for 4 KiB pages: 3 is the last (4K pages), 2 maps 2M
-//! blocks, 1 maps 1G blocks, 0 only points at tables.  A walk starts at [`Geometry::start_level`],
+//! Levels are [`Level`]s, numbered like Linux's `PG_LEVEL_*` (`mmu/level.rs`).  KVM numbers
+//! arm64's levels the other way round, for 4 KiB pages: its level 3, the last (4K pages), is
+//! [`Level::L4K`]; 2, which maps 2M blocks, [`Level::L2M`]; 1, which maps 1G blocks,
+//! [`Level::L1G`]; 0, which only points at tables, [`Level::L512G`].  KVM's `level + 1` (a child
+//! table) is [`Level::lower()`].  A walk starts at [`Geometry::start_level`],
 //! which may use up to 16 concatenated tables ([`Geometry::pgd_pages`], KVM's `kvm_pgd_pages()`).
 //!
 //! The helpers that change an entry ([`try_set()`], [`try_break()`], [`make()`]) work on a shared
@@ -47,11 +50,12 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
+use crate::mmu::level::Level;
 use crate::mmu::prim::{AtomicU64, Ordering};
 
 /// `KVM_PTE_VALID`: the hardware walker uses the entry.
 pub(crate) const VALID: u64 = 1 << 0;
-/// `KVM_PTE_TYPE`: table (levels 0-2) or page (level 3) when set; block when clear.
+/// `KVM_PTE_TYPE`: table (above [`Level::L4K`]) or page (at it) when set; block when clear.
 pub(crate) const TYPE: u64 = 1 << 1;
 /// Position of the stage-2 memory attributes of a leaf.
 pub(crate) const MEMATTR_SHIFT: u32 = 2;
@@ -108,14 +112,12 @@ const _: () = {
     assert!(LOCKED & VALID == 0);
 };
 
-/// The last level: its entries map 4K pages.
-pub(crate) const LAST_LEVEL: u32 = 3;
-/// The lowest level that can map blocks with 4 KiB pages (`KVM_PGTABLE_MIN_BLOCK_LEVEL`).
-pub(crate) const MIN_BLOCK_LEVEL: u32 = 1;
+/// The last level (KVM's `KVM_PGTABLE_LAST_LEVEL`, 3): its entries map 4K pages.
+pub(crate) const LAST_LEVEL: Level = Level::L4K;
+/// The largest level that can map blocks with 4 KiB pages (`KVM_PGTABLE_MIN_BLOCK_LEVEL`, 1).
+pub(crate) const MAX_BLOCK_LEVEL: Level = Level::L1G;
 /// Address bits one table translates (512 entries, KVM's `PTDESC_TABLE_SHIFT`).
 pub(crate) const TABLE_SHIFT: u32 = PAGE_SHIFT - 3;
-/// Entries in one table (`PTRS_PER_PTE`).
-pub(crate) const ENTRIES_PER_TABLE: usize = 1 << TABLE_SHIFT;
 
 /// Smallest input (guest-physical) address size, in bits, an MMU may have.
 pub(crate) const MIN_IA_BITS: u32 = 32;
@@ -126,29 +128,11 @@ pub(crate) const MAX_PGD_PAGES: usize = 16;
 /// Most levels of a walk.
 pub(crate) const MAX_LEVELS: u32 = 4;
 
-/// Log2 of the bytes one entry at `level` (0..=3) covers (KVM's `kvm_granule_shift()`,
-/// `ARM64_HW_PGTABLE_LEVEL_SHIFT()`): 12 at level 3, 21, 30, 39 at level 0.
+/// Log2 of the bytes one entry at `level` covers (KVM's `kvm_granule_shift()`,
+/// `ARM64_HW_PGTABLE_LEVEL_SHIFT()`): 12 at [`Level::L4K`], 21, 30, 39 at [`Level::L512G`].
 #[inline]
-pub(crate) const fn granule_shift(level: u32) -> u32 {
-    TABLE_SHIFT * (4 - level) + 3
-}
-
-/// Log2 of the 4K gfns one entry at `level` covers.
-#[inline]
-pub(crate) const fn gfn_shift(level: u32) -> u32 {
-    granule_shift(level) - PAGE_SHIFT
-}
-
-/// Number of 4K gfns one entry at `level` covers.
-#[inline]
-pub(crate) const fn level_pages(level: u32) -> u64 {
-    1 << gfn_shift(level)
-}
-
-/// Index of the entry covering `gfn` in its table at `level` (KVM's `kvm_pgtable_idx()`).
-#[inline]
-pub(crate) const fn index(gfn: u64, level: u32) -> usize {
-    ((gfn >> gfn_shift(level)) as usize) & (ENTRIES_PER_TABLE - 1)
+pub(crate) const fn granule_shift(level: Level) -> u32 {
+    level.page_shift()
 }
 
 /// `ARM64_HW_PGTABLE_LEVELS(va_bits)` for 4 KiB pages: levels needed to translate `va_bits`.
@@ -172,8 +156,9 @@ pub(crate) struct Geometry {
     pub(crate) ia_bits: u32,
     /// Levels of the walk, 2 to 4 (KVM's `kvm_get_vtcr()` uses at least 2).
     pub(crate) levels: u32,
-    /// First level of the walk: `LAST_LEVEL + 1 - levels`.
-    pub(crate) start_level: u32,
+    /// First level of the walk: the root of a walk of `levels` (KVM's `KVM_PGTABLE_LAST_LEVEL + 1
+    /// - levels`).
+    pub(crate) start_level: Level,
     /// Concatenated tables at the start level, 1 to 16.
     pub(crate) pgd_pages: usize,
 }
@@ -190,9 +175,10 @@ impl Geometry {
         if levels < 2 {
             levels = 2;
         }
-        let start_level = LAST_LEVEL + 1 - levels;
+        let start_level = Level::root_of(levels);
         // kvm_pgd_pages(): the index of the start-level table holding the last address, + 1.
-        // granule_shift(start_level - 1) is the span of a whole start-level table.
+        // granule_shift(start_level - 1) (one level up, in KVM's numbering) is the span of a
+        // whole start-level table.
         let pgd_shift = granule_shift(start_level) + TABLE_SHIFT;
         let mask = (1u64 << ia_bits) - 1;
         let pgd_pages = (mask >> pgd_shift) as usize + 1;
@@ -223,7 +209,7 @@ impl Geometry {
     /// `kvm_pgd_page_idx()`); `gfn` must be below [`Geometry::gfn_limit()`].
     #[inline]
     pub(crate) const fn pgd_page(&self, gfn: u64) -> usize {
-        (gfn >> (gfn_shift(self.start_level) + TABLE_SHIFT)) as usize
+        (gfn >> (self.start_level.gfn_shift() + TABLE_SHIFT)) as usize
     }
 
     /// Table pages a map may need to link below the start level: one per level.
@@ -247,13 +233,13 @@ pub(crate) const fn is_locked(pte: u64) -> bool {
 
 /// Whether the entry at `level` points at a table (`kvm_pte_table()`).
 #[inline]
-pub(crate) const fn is_table(pte: u64, level: u32) -> bool {
-    level < LAST_LEVEL && is_valid(pte) && pte & TYPE != 0
+pub(crate) const fn is_table(pte: u64, level: Level) -> bool {
+    !matches!(level, LAST_LEVEL) && is_valid(pte) && pte & TYPE != 0
 }
 
 /// Whether the entry at `level` is a valid leaf: a page at the last level, a block above.
 #[inline]
-pub(crate) const fn is_leaf(pte: u64, level: u32) -> bool {
+pub(crate) const fn is_leaf(pte: u64, level: Level) -> bool {
     is_valid(pte) && !is_table(pte, level)
 }
 
@@ -319,14 +305,14 @@ pub(crate) const fn make_table(table_pfn: u64) -> u64 {
 /// (the fault counts as the access, like KVM's `stage2_set_prot_attr()`, which always sets AF).
 /// A page at the last level, a block above (`kvm_init_valid_leaf_pte()`).
 #[inline]
-pub(crate) const fn make_leaf(pfn: u64, level: u32, writable: bool) -> u64 {
+pub(crate) const fn make_leaf(pfn: u64, level: Level, writable: bool) -> u64 {
     let mut pte = ((pfn << PAGE_SHIFT) & ADDR_MASK)
         | (MEMATTR_NORMAL << MEMATTR_SHIFT)
         | S2AP_R
         | (SH_IS << SH_SHIFT)
         | AF
         | VALID;
-    if level == LAST_LEVEL {
+    if matches!(level, LAST_LEVEL) {
         pte |= TYPE;
     }
     if writable {
@@ -397,6 +383,6 @@ mod tests {
         assert!(!is_locked(0));
         // A valid leaf with AF set is not locked.
         assert!(!is_locked(make_leaf(1, LAST_LEVEL, false)));
-        assert!(!is_table(LOCKED, 0) && !is_leaf(LOCKED, LAST_LEVEL));
+        assert!(!is_table(LOCKED, Level::L512G) && !is_leaf(LOCKED, LAST_LEVEL));
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
-use crate::mmu::pgtable::MapLevel;
+use crate::mmu::level::Level;
 use crate::mmu::prim::{self, PVec};
 
 /// Guest page size: 4 KiB.
@@ -131,11 +131,11 @@ impl Slot {
     /// so one huge host page backs one huge guest page, and the whole huge
     /// range lies inside the slot.  The primary MMU must also map the host
     /// range at least that large: the caller takes the minimum.
-    pub(crate) fn max_level(&self, gfn: u64, max: MapLevel) -> MapLevel {
+    pub(crate) fn max_level(&self, gfn: u64, max: Level) -> Level {
         debug_assert!(self.contains(gfn));
         let hfn = self.gfn_to_hva(gfn) >> PAGE_SHIFT;
-        let mut best = MapLevel::L4K;
-        for level in MapLevel::ALL {
+        let mut best = Level::L4K;
+        for level in Level::MAPPABLE {
             if level > max {
                 break;
             }
@@ -411,20 +411,20 @@ mod tests {
         // 4 MiB at gpa 1 GiB, user 2 MiB-aligned: 2M, not 1G (not inside).
         let s = Slot::validate(&req(0, 1 << 30, 4 << 20, 0x4020_0000), &LIMITS).unwrap();
         let g = s.base_gfn;
-        assert_eq!(s.max_level(g, MapLevel::L1G), MapLevel::L2M);
-        assert_eq!(s.max_level(g + 0x3ff, MapLevel::L1G), MapLevel::L2M);
-        assert_eq!(s.max_level(g, MapLevel::L4K), MapLevel::L4K);
+        assert_eq!(s.max_level(g, Level::L1G), Level::L2M);
+        assert_eq!(s.max_level(g + 0x3ff, Level::L1G), Level::L2M);
+        assert_eq!(s.max_level(g, Level::L4K), Level::L4K);
         // User address off by 4K: 4K only.
         let s = Slot::validate(&req(0, 1 << 30, 4 << 20, 0x4020_1000), &LIMITS).unwrap();
-        assert_eq!(s.max_level(s.base_gfn + 5, MapLevel::L1G), MapLevel::L4K);
+        assert_eq!(s.max_level(s.base_gfn + 5, Level::L1G), Level::L4K);
         // Slot starting inside a 2M block: its first block is not whole.
         let s = Slot::validate(&req(0, (1 << 30) + 4096, 4 << 20, 0x4020_1000), &LIMITS);
         let s = s.unwrap();
-        assert_eq!(s.max_level(s.base_gfn, MapLevel::L1G), MapLevel::L4K);
-        assert_eq!(s.max_level(s.base_gfn + 511, MapLevel::L1G), MapLevel::L2M);
+        assert_eq!(s.max_level(s.base_gfn, Level::L1G), Level::L4K);
+        assert_eq!(s.max_level(s.base_gfn + 511, Level::L1G), Level::L2M);
         // A whole aligned 1G.
         let s = Slot::validate(&req(0, 1 << 30, 1 << 30, 0x4000_0000), &LIMITS).unwrap();
-        assert_eq!(s.max_level(s.base_gfn + 77, MapLevel::L1G), MapLevel::L1G);
+        assert_eq!(s.max_level(s.base_gfn + 77, Level::L1G), Level::L1G);
     }
 
     #[test]

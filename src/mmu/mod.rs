@@ -10,6 +10,7 @@
 
 pub(crate) mod aging;
 pub(crate) mod inval;
+pub(crate) mod level;
 pub(crate) mod memslot;
 pub(crate) mod pgtable;
 pub(crate) mod prim;

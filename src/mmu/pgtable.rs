@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! What the secondary page tables have in common whatever their format (x86 EPT, arm64 stage-2):
-//! where table pages come from ([`PageOps`], [`TableCache`]), the mapping levels ([`MapLevel`]),
-//! and the vocabulary of mapping, walking and zapping ([`MapOutcome`], [`Translation`],
-//! [`ZapCursor`], the snapshot byte).
+//! where table pages come from ([`PageOps`], [`TableCache`]), and the vocabulary of mapping,
+//! walking and zapping ([`MapOutcome`], [`Translation`], [`ZapCursor`], the snapshot byte).
+//! Levels are [`Level`]s (`level.rs`).
 //!
 //! Section names in quotes are those of Documentation/secmmu-protocols.rst.
 //!
@@ -22,6 +22,7 @@
 
 use core::marker::PhantomData;
 
+use crate::mmu::level::Level;
 use crate::mmu::prim::{self, AllocError, AtomicU64, PVec};
 
 /// Entries in one page table.
@@ -152,61 +153,6 @@ impl<P: PageOps> Drop for TableCache<P> {
     }
 }
 
-/// The sizes a leaf entry can map, whatever the format (x86 EPT and arm64 stage-2 with 4 KiB
-/// granules both have 4K pages, 2M and 1G blocks).  The value is the uAPI's level number
-/// (`SECMMU_SNAP_LEVEL`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub(crate) enum MapLevel {
-    /// 4 KiB pages.
-    L4K = 0,
-    /// 2 MiB pages.
-    L2M = 1,
-    /// 1 GiB pages.
-    L1G = 2,
-}
-
-impl MapLevel {
-    /// Every mapping level, smallest first: the order zaps visit them in.
-    pub(crate) const ALL: [MapLevel; 3] = [MapLevel::L4K, MapLevel::L2M, MapLevel::L1G];
-
-    /// Position in [`MapLevel::ALL`], for per-level arrays.
-    #[inline]
-    pub(crate) const fn idx(self) -> usize {
-        self as usize
-    }
-
-    /// Log2 of the number of 4K gfns a mapping at this level covers.
-    #[inline]
-    pub(crate) const fn gfn_shift(self) -> u32 {
-        9 * self as u32
-    }
-
-    /// Number of 4K gfns a mapping at this level covers.
-    #[inline]
-    pub(crate) const fn pages(self) -> u64 {
-        1 << self.gfn_shift()
-    }
-
-    /// First gfn of the mapping at this level around `gfn`.  A walk over a gfn range at a huge
-    /// level starts here, or the last huge page of an unaligned range is skipped ("Ranges and
-    /// mapping levels").
-    #[inline]
-    pub(crate) const fn align_down(self, gfn: u64) -> u64 {
-        gfn & !(self.pages() - 1)
-    }
-
-    /// The next larger level.
-    #[inline]
-    pub(crate) const fn larger(self) -> Option<MapLevel> {
-        match self {
-            MapLevel::L4K => Some(MapLevel::L2M),
-            MapLevel::L2M => Some(MapLevel::L1G),
-            MapLevel::L1G => None,
-        }
-    }
-}
-
 /// What a successful map did to the leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MapAction {
@@ -260,7 +206,7 @@ pub(crate) struct UnlinkedTable {
     /// The table page.
     pub(crate) pfn: u64,
     /// The size the entry that linked it mapped: its entries map the next smaller level.
-    pub(crate) covers: MapLevel,
+    pub(crate) covers: Level,
 }
 
 /// Why a map was refused.  Nothing was changed, except that tables linked on the way down stay
@@ -300,7 +246,7 @@ pub(crate) struct Translation {
     /// 4K page of it).
     pub(crate) pfn: u64,
     /// The level of the leaf that maps it.
-    pub(crate) level: MapLevel,
+    pub(crate) level: Level,
     /// The leaf allows writes.
     pub(crate) writable: bool,
     /// A write through this translation needs no update of the leaf: it is writable, and dirty
@@ -325,12 +271,12 @@ pub(crate) const SNAP_WRITABLE: u8 = 1 << 1;
 pub(crate) const SNAP_ACCESSED: u8 = 1 << 2;
 /// Snapshot byte: the leaf is dirty.
 pub(crate) const SNAP_DIRTY: u8 = 1 << 3;
-/// Snapshot byte: position of the leaf's [`MapLevel`].
+/// Snapshot byte: position of the leaf's level, as the uAPI numbers it ([`Level::uapi()`]).
 pub(crate) const SNAP_LEVEL_SHIFT: u32 = 4;
 
 /// The snapshot byte of a present leaf at `level`.
-pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: MapLevel) -> u8 {
-    let mut b = SNAP_PRESENT | ((level as u8) << SNAP_LEVEL_SHIFT);
+pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: Level) -> u8 {
+    let mut b = SNAP_PRESENT | (level.uapi() << SNAP_LEVEL_SHIFT);
     if writable {
         b |= SNAP_WRITABLE;
     }
@@ -355,7 +301,7 @@ pub(crate) fn snapshot_byte(writable: bool, accessed: bool, dirty: bool, level: 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ZapCursor {
     start: u64,
-    level: MapLevel,
+    level: Level,
     gfn: u64,
     table_root: Option<usize>,
     done: bool,
@@ -366,7 +312,7 @@ impl ZapCursor {
     pub(crate) const fn new(start: u64) -> Self {
         ZapCursor {
             start,
-            level: MapLevel::L4K,
+            level: Level::L4K,
             gfn: start,
             table_root: None,
             done: false,
@@ -385,7 +331,7 @@ impl ZapCursor {
     }
 
     /// The level being walked.
-    pub(crate) fn level(&self) -> MapLevel {
+    pub(crate) fn level(&self) -> Level {
         self.level
     }
 
@@ -491,26 +437,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn levels() {
-        assert_eq!(MapLevel::L4K.pages(), 1);
-        assert_eq!(MapLevel::L2M.pages(), 512);
-        assert_eq!(MapLevel::L1G.pages(), 1 << 18);
-        assert_eq!(MapLevel::L2M.align_down(0x3ff), 0x200);
-        assert_eq!(MapLevel::L1G.larger(), None);
-        for (i, l) in MapLevel::ALL.into_iter().enumerate() {
-            assert_eq!(l.idx(), i);
-        }
-    }
-
-    #[test]
     fn cursor_walks_levels_from_aligned_start() {
         let mut c = ZapCursor::new(0x40123);
-        assert_eq!((c.level(), c.gfn()), (MapLevel::L4K, 0x40123));
+        assert_eq!((c.level(), c.gfn()), (Level::L4K, 0x40123));
         c.advance_to(0x40200);
         c.next_level();
-        assert_eq!((c.level(), c.gfn()), (MapLevel::L2M, 0x40000));
+        assert_eq!((c.level(), c.gfn()), (Level::L2M, 0x40000));
         c.next_level();
-        assert_eq!((c.level(), c.gfn()), (MapLevel::L1G, 0x40000));
+        assert_eq!((c.level(), c.gfn()), (Level::L1G, 0x40000));
         assert!(!c.is_done());
         assert_eq!(c.table_root(), None);
         c.walk_tables(3);
@@ -521,9 +455,9 @@ mod tests {
 
     #[test]
     fn snapshot_bytes() {
-        assert_eq!(snapshot_byte(false, false, false, MapLevel::L4K), 0x01);
-        assert_eq!(snapshot_byte(true, true, true, MapLevel::L4K), 0x0f);
-        assert_eq!(snapshot_byte(false, true, false, MapLevel::L2M), 0x15);
-        assert_eq!(snapshot_byte(true, false, true, MapLevel::L1G), 0x2b);
+        assert_eq!(snapshot_byte(false, false, false, Level::L4K), 0x01);
+        assert_eq!(snapshot_byte(true, true, true, Level::L4K), 0x0f);
+        assert_eq!(snapshot_byte(false, true, false, Level::L2M), 0x15);
+        assert_eq!(snapshot_byte(true, false, true, Level::L1G), 0x2b);
     }
 }

@@ -40,11 +40,12 @@
 //! Kernel-free: built into the module and into the host crate.
 
 use crate::{
-    mmu::pgtable::{MapLevel, Translation, WalkFault},
+    mmu::level::Level,
+    mmu::pgtable::{Translation, WalkFault},
     mmu::prim::{self, fence, AtomicU64, Ordering},
 };
 
-/// Entries of a [`SoftTlb`] for each mapping size, indexed by [`MapLevel::idx()`]: like the
+/// Entries of a [`SoftTlb`] for each mapping size, indexed by [`Level::idx()`]: like the
 /// separate 4K, 2M and 1G arrays of a hardware TLB, so that one huge mapping takes one entry
 /// and serves every 4K page under it.
 pub(crate) const TLB_ENTRIES: [usize; 3] = [64, 32, 4];
@@ -60,7 +61,7 @@ const TLB_WRITABLE: u8 = 1 << 1;
 const TLB_DIRTY: u8 = 1 << 2;
 
 /// One cached translation, of the leaf mapping `tag` (the gfn shifted right by its level's
-/// [`MapLevel::gfn_shift()`]) to the host pages from `pfn` on, which the host reaches from
+/// [`Level::gfn_shift()`]) to the host pages from `pfn` on, which the host reaches from
 /// address `addr` on.
 #[derive(Clone, Copy)]
 struct TlbEntry {
@@ -129,12 +130,13 @@ impl SoftTlb {
     }
 
     /// The entry that would cache a `level`-sized translation of `gfn`.
-    fn entry(&mut self, level: MapLevel, gfn: u64) -> &mut TlbEntry {
+    fn entry(&mut self, level: Level, gfn: u64) -> &mut TlbEntry {
         let tag = gfn >> level.gfn_shift();
         let set: &mut [TlbEntry] = match level {
-            MapLevel::L4K => &mut self.small,
-            MapLevel::L2M => &mut self.large,
-            MapLevel::L1G => &mut self.giant,
+            Level::L4K => &mut self.small,
+            Level::L2M => &mut self.large,
+            // No format maps 512G leaves: `Level::L1G` only.
+            Level::L1G | Level::L512G => &mut self.giant,
         };
         let n = set.len() as u64;
         &mut set[(tag % n) as usize]
@@ -148,7 +150,7 @@ impl SoftTlb {
         } else {
             TLB_VALID
         };
-        for level in MapLevel::ALL {
+        for level in Level::MAPPABLE {
             let e = *self.entry(level, gfn);
             if e.tag == gfn >> level.gfn_shift() && e.flags & need == need {
                 self.hits += 1;
@@ -323,7 +325,7 @@ impl VcpuMode {
 mod tests {
     use super::*;
 
-    fn leaf(pfn: u64, level: MapLevel, writable: bool, dirty: bool) -> Translation {
+    fn leaf(pfn: u64, level: Level, writable: bool, dirty: bool) -> Translation {
         Translation {
             pfn,
             level,
@@ -356,26 +358,26 @@ mod tests {
     fn lookup_fill_flush() {
         let mut tlb = SoftTlb::new();
         assert_eq!(lookup(&mut tlb, 5, false), None);
-        fill(&mut tlb, 5, leaf(0x1234, MapLevel::L4K, false, false));
+        fill(&mut tlb, 5, leaf(0x1234, Level::L4K, false, false));
         assert_eq!(lookup(&mut tlb, 5, false), Some(0x1234));
         assert_eq!(
             lookup(&mut tlb, 5, true),
             None,
             "read-only entry serves no write"
         );
-        fill(&mut tlb, 5, leaf(0x1234, MapLevel::L4K, true, false));
+        fill(&mut tlb, 5, leaf(0x1234, Level::L4K, true, false));
         assert_eq!(
             lookup(&mut tlb, 5, true),
             None,
             "clean entry: the walk must set D"
         );
         assert_eq!(lookup(&mut tlb, 5, false), Some(0x1234));
-        fill(&mut tlb, 5, leaf(0x1234, MapLevel::L4K, true, true));
+        fill(&mut tlb, 5, leaf(0x1234, Level::L4K, true, true));
         assert_eq!(lookup(&mut tlb, 5, true), Some(0x1234));
         // Same slot, other gfn: direct-mapped, replaces.
         let alias = 5 + TLB_ENTRIES[0] as u64;
         assert_eq!(lookup(&mut tlb, alias, false), None);
-        fill(&mut tlb, alias, leaf(0x99, MapLevel::L4K, false, false));
+        fill(&mut tlb, alias, leaf(0x99, Level::L4K, false, false));
         assert_eq!(lookup(&mut tlb, 5, false), None);
         assert_eq!(lookup(&mut tlb, alias, false), Some(0x99));
         // gfn 0 in an empty TLB is not a hit on the zeroed entry.
@@ -395,7 +397,7 @@ mod tests {
     fn huge_entries_cover_their_leaf() {
         let mut tlb = SoftTlb::new();
         // gfn 0x40205 is mapped by the 2M leaf of gfns 0x40200..0x40400 at pfn 0x8000.
-        fill(&mut tlb, 0x40205, leaf(0x8005, MapLevel::L2M, true, true));
+        fill(&mut tlb, 0x40205, leaf(0x8005, Level::L2M, true, true));
         for gfn in 0x40200..0x40400 {
             assert_eq!(lookup(&mut tlb, gfn, true), Some(0x8000 + gfn - 0x40200));
         }
@@ -403,7 +405,7 @@ mod tests {
         assert_eq!(lookup(&mut tlb, 0x40400, false), None);
         // An alias 2M leaf replaces it.
         let alias = 0x40200 + (TLB_ENTRIES[1] as u64) * 512;
-        fill(&mut tlb, alias, leaf(0x10000, MapLevel::L2M, false, false));
+        fill(&mut tlb, alias, leaf(0x10000, Level::L2M, false, false));
         assert_eq!(lookup(&mut tlb, 0x40300, false), None);
         assert_eq!(lookup(&mut tlb, alias + 511, false), Some(0x10000 + 511));
         assert_eq!(
@@ -412,12 +414,8 @@ mod tests {
             "read-only huge entry"
         );
         // 1G leaf: gfns 0x80000..0xc0000 at pfn 0x100000; a 4K entry beside it.
-        fill(
-            &mut tlb,
-            0xbffff,
-            leaf(0x13ffff, MapLevel::L1G, true, false),
-        );
-        fill(&mut tlb, 0x7, leaf(0x77, MapLevel::L4K, false, false));
+        fill(&mut tlb, 0xbffff, leaf(0x13ffff, Level::L1G, true, false));
+        fill(&mut tlb, 0x7, leaf(0x77, Level::L4K, false, false));
         assert_eq!(lookup(&mut tlb, 0x80000, false), Some(0x100000));
         assert_eq!(lookup(&mut tlb, 0xa1234, false), Some(0x121234));
         assert_eq!(
@@ -447,7 +445,7 @@ mod tests {
                 false,
                 || {
                     walks += 1;
-                    Ok(leaf(0x1000 + gfn - 0x200, MapLevel::L2M, false, false))
+                    Ok(leaf(0x1000 + gfn - 0x200, Level::L2M, false, false))
                 },
                 addr,
             );
@@ -587,7 +585,7 @@ mod loom_tests {
                             0 => Err(WalkFault::NotPresent),
                             spte => Ok(Translation {
                                 pfn: spte - 1,
-                                level: MapLevel::L4K,
+                                level: Level::L4K,
                                 writable: false,
                                 dirty: false,
                             }),

@@ -8,9 +8,11 @@
 //! for dereferencing a table are written once, here.
 //!
 //! Geometry.  Both formats have 4 KiB tables of 512 entries (`pgtable::Table`), 9 bits of gfn
-//! per level, and up to four levels, numbered as KVM numbers arm64's: level [`LAST_LEVEL`] (3)
-//! maps 4K pages, 2 maps 2M, 1 maps 1G, 0 only points at tables.  (x86's 512G level is level 0,
-//! its root.)  What differs, the encoding of an entry, is the [`PteEncoding`] trait; where a walk
+//! per level, and up to four levels, [`Level`]s numbered like Linux's `PG_LEVEL_*`: level
+//! [`LAST_LEVEL`] ([`Level::L4K`]) maps 4K pages, [`Level::L2M`] 2M, [`Level::L1G`] 1G, and
+//! [`Level::L512G`] (x86's root, arm64's level 0) only points at tables; a walk goes down from
+//! its start level with [`Level::lower()`] where KVM arm64's goes `level + 1` (`level.rs`).
+//! What differs, the encoding of an entry, is the [`PteEncoding`] trait; where a walk
 //! starts (the start level, and how many tables are concatenated there) is [`Tables`].
 //!
 //! The walk.  [`walk()`] visits, in gfn order, every entry that overlaps `[pos, end)`, at every
@@ -57,90 +59,49 @@
 use core::marker::PhantomData;
 use core::ops::ControlFlow;
 
-use crate::mmu::pgtable::{MapLevel, PageOps, Table, ENTRIES_PER_TABLE};
+use crate::mmu::level::{Level, TABLE_SHIFT};
+use crate::mmu::pgtable::{PageOps, Table, ENTRIES_PER_TABLE};
 use crate::mmu::prim::{AtomicU64, Ordering};
 
-/// Log2 of the entries in a table: the gfn bits one level translates.
-pub(crate) const TABLE_SHIFT: u32 = 9;
-
 /// The last level: its entries map 4K pages, and are never tables.
-pub(crate) const LAST_LEVEL: u32 = 3;
+pub(crate) const LAST_LEVEL: Level = Level::L4K;
 
 /// Most levels of a walk.
-const MAX_LEVELS: usize = LAST_LEVEL as usize + 1;
+const MAX_LEVELS: usize = Level::ALL.len();
 
 const _: () = assert!(ENTRIES_PER_TABLE == 1 << TABLE_SHIFT);
-
-/// Log2 of the 4K gfns one entry at `level` covers.
-#[inline(always)]
-pub(crate) const fn gfn_shift(level: u32) -> u32 {
-    TABLE_SHIFT * (LAST_LEVEL - level)
-}
-
-/// Number of 4K gfns one entry at `level` covers.
-#[inline(always)]
-pub(crate) const fn level_pages(level: u32) -> u64 {
-    1 << gfn_shift(level)
-}
-
-/// Index of the entry covering `gfn` in its table at `level` (KVM's `kvm_pgtable_idx()`).
-#[inline(always)]
-pub(crate) const fn index(gfn: u64, level: u32) -> usize {
-    ((gfn >> gfn_shift(level)) as usize) & (ENTRIES_PER_TABLE - 1)
-}
-
-/// The first gfn of the entry at `level` that covers `gfn`.
-#[inline(always)]
-pub(crate) const fn align_down(gfn: u64, level: u32) -> u64 {
-    gfn & !(level_pages(level) - 1)
-}
-
-/// The level of the entries that map leaves of `level`.
-#[inline(always)]
-pub(crate) const fn leaf_level(level: MapLevel) -> u32 {
-    LAST_LEVEL - level as u32
-}
-
-/// The mapping level of a leaf at `level` (1 to 3: level 0 cannot map).
-#[inline(always)]
-pub(crate) const fn map_level(level: u32) -> MapLevel {
-    match LAST_LEVEL - level {
-        0 => MapLevel::L4K,
-        1 => MapLevel::L2M,
-        _ => MapLevel::L1G,
-    }
-}
 
 /// How a format encodes its entries, as far as the walker cares: KVM's `kvm_pte_valid()` and
 /// `kvm_pte_table()` on arm64, `is_shadow_present_pte()` and `is_last_spte()` on x86.  (The rest
 /// of a format, its MMU, is behind the seam of `format.rs`, `format::Format`.)
 pub(crate) trait PteEncoding {
-    /// The lowest level that can hold a leaf (a block): levels from it to [`LAST_LEVEL`] map.
-    const MIN_BLOCK_LEVEL: u32;
+    /// The largest level that can hold a leaf (a block; KVM's `KVM_PGTABLE_MIN_BLOCK_LEVEL`):
+    /// levels from [`LAST_LEVEL`] up to it map.
+    const MAX_LEAF: Level;
 
     /// Whether the entry is valid (present): the hardware walker uses it.
     fn is_valid(entry: u64) -> bool;
 
     /// Whether the entry at `level` points at a table.  Never true at [`LAST_LEVEL`].
-    fn is_table(entry: u64, level: u32) -> bool;
+    fn is_table(entry: u64, level: Level) -> bool;
 
     /// The pfn of the table the table entry `entry` points at.
     fn table_pfn(entry: u64) -> u64;
 
     /// Whether the entry at `level` is a valid leaf: a page at the last level, a block above.
     #[inline(always)]
-    fn is_leaf(entry: u64, level: u32) -> bool {
+    fn is_leaf(entry: u64, level: Level) -> bool {
         Self::is_valid(entry) && !Self::is_table(entry, level)
     }
 }
 
 /// Where walks start: `pfns.len()` concatenated tables at `level` (a root: x86's one table at
-/// level 0, a stage-2 start level of up to 16 tables; or an unlinked subtree), the first of
+/// [`Level::L512G`], a stage-2 start level of up to 16 tables; or an unlinked subtree), the first of
 /// which covers gfns from `base`, translating gfns below `limit`.
 #[derive(Clone, Copy)]
 pub(crate) struct Tables<'a> {
     pfns: &'a [u64],
-    level: u32,
+    level: Level,
     base: u64,
     limit: u64,
 }
@@ -149,10 +110,9 @@ impl<'a> Tables<'a> {
     /// The tables `pfns` at `level`, covering gfns from `base` (aligned to what one table at
     /// `level` covers) up to `limit` at most.
     #[inline(always)]
-    pub(crate) fn new(pfns: &'a [u64], level: u32, base: u64, limit: u64) -> Self {
-        debug_assert!(level <= LAST_LEVEL);
-        debug_assert_eq!(base & ((level_pages(level) << TABLE_SHIFT) - 1), 0);
-        let span = (pfns.len() as u64) << (gfn_shift(level) + TABLE_SHIFT);
+    pub(crate) fn new(pfns: &'a [u64], level: Level, base: u64, limit: u64) -> Self {
+        debug_assert_eq!(base & (level.table_pages() - 1), 0);
+        let span = pfns.len() as u64 * level.table_pages();
         Tables {
             pfns,
             level,
@@ -163,7 +123,7 @@ impl<'a> Tables<'a> {
 
     /// The single table `pfn` at `level`, whose first entry maps `base`: a subtree.
     #[inline(always)]
-    pub(crate) fn subtree(pfn: &'a u64, level: u32, base: u64) -> Self {
+    pub(crate) fn subtree(pfn: &'a u64, level: Level, base: u64) -> Self {
         Self::new(core::slice::from_ref(pfn), level, base, u64::MAX)
     }
 
@@ -214,7 +174,7 @@ pub(crate) struct Ctx<'a> {
     /// The value loaded from it (for a post visit: the value the walk went down through).
     pub(crate) old: u64,
     /// Its level.
-    pub(crate) level: u32,
+    pub(crate) level: Level,
     /// Where the walk entered it: its first gfn, or the start of the walk if that lies inside.
     pub(crate) addr: u64,
     /// The visitor's [`Visitor::FLAGS`].
@@ -225,13 +185,13 @@ impl Ctx<'_> {
     /// The first gfn the entry maps.
     #[inline(always)]
     pub(crate) fn base(&self) -> u64 {
-        align_down(self.addr, self.level)
+        self.level.align_down(self.addr)
     }
 
     /// Number of gfns the entry maps.
     #[inline(always)]
     pub(crate) fn pages(&self) -> u64 {
-        level_pages(self.level)
+        self.level.pages()
     }
 
     /// One past the last gfn the entry maps.
@@ -280,7 +240,7 @@ pub(crate) trait Visitor<'a> {
     /// The deepest level whose entries the walk visits: a table entry at this level is visited
     /// before and after its table, but the walk does not go into it.  The zaps that look for
     /// empty tables stop above the last level, whose tables they check whole.
-    const BOTTOM: u32 = LAST_LEVEL;
+    const BOTTOM: Level = LAST_LEVEL;
 
     /// Why it ends a walk.
     type Break;
@@ -300,6 +260,8 @@ struct Parent<'a> {
     old: u64,
     /// Where the walk entered the entry.
     addr: u64,
+    /// Its level.
+    level: Level,
 }
 
 /// Visits every entry of `tables` that overlaps `[*pos, end)`, and of the tables under them, in
@@ -326,7 +288,7 @@ pub(crate) unsafe fn walk<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
     if *pos < tables.base {
         *pos = tables.base;
     }
-    let top_shift = gfn_shift(tables.level) + TABLE_SHIFT;
+    let top_shift = tables.level.gfn_shift() + TABLE_SHIFT;
     while *pos < end {
         let i = ((*pos - tables.base) >> top_shift) as usize;
         let Some(&pfn) = tables.pfns.get(i) else {
@@ -348,7 +310,7 @@ pub(crate) unsafe fn walk<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
 #[inline(always)]
 unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
     top: &'a Table,
-    top_level: u32,
+    top_level: Level,
     pos: &mut u64,
     end: u64,
     v: &mut V,
@@ -358,6 +320,7 @@ unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
         ptep: &top[0],
         old: 0,
         addr: 0,
+        level: top_level,
     };
     // The table entries the walk went down through, `parents[..depth]`: at most one per level.
     let mut parents = [placeholder; MAX_LEVELS];
@@ -366,7 +329,7 @@ unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
     let mut level = top_level;
     loop {
         let addr = *pos;
-        let ptep = &table[index(addr, level)];
+        let ptep = &table[level.index(addr)];
         // Acquire: pairs with the Release that published the table or leaf (module doc).
         let mut old = ptep.load(Ordering::Acquire);
         let mut is_table = E::is_table(old, level);
@@ -392,19 +355,23 @@ unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
                 Step::Break(b) => return ControlFlow::Break(b),
             }
         }
-        if is_table && level < V::BOTTOM && level < LAST_LEVEL {
-            parents[depth] = Parent {
-                table,
-                ptep,
-                old,
-                addr,
-            };
-            depth += 1;
-            // SAFETY: linked by the table entry `old` just loaded, so not freed for 'a, per the
-            // caller (module documentation).
-            table = unsafe { P::table::<'a>(E::table_pfn(old)) };
-            level += 1;
-            continue;
+        match level.lower() {
+            Some(lower) if is_table && level > V::BOTTOM => {
+                parents[depth] = Parent {
+                    table,
+                    ptep,
+                    old,
+                    addr,
+                    level,
+                };
+                depth += 1;
+                // SAFETY: linked by the table entry `old` just loaded, so not freed for 'a, per
+                // the caller (module documentation).
+                table = unsafe { P::table::<'a>(E::table_pfn(old)) };
+                level = lower;
+                continue;
+            }
+            _ => {}
         }
         if is_table && V::FLAGS & TABLE_POST != 0 {
             // At the bottom: its table is not walked, so it is done with at once.
@@ -419,9 +386,9 @@ unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
                 return ControlFlow::Break(b);
             }
         }
-        *pos = align_down(addr, level) + level_pages(level);
+        *pos = level.align_down(addr) + level.pages();
         // Go up from the tables this was the last entry of, or the walk's last entry.
-        while *pos >= end || index(*pos, level) == 0 {
+        while *pos >= end || level.index(*pos) == 0 {
             if depth == 0 {
                 // The top table is done: the caller goes on in the next one, if any.
                 return ControlFlow::Continue(());
@@ -429,12 +396,12 @@ unsafe fn walk_table<'a, E: PteEncoding, P: PageOps, V: Visitor<'a>>(
             depth -= 1;
             let p = parents[depth];
             table = p.table;
-            level -= 1;
+            level = p.level;
             if V::FLAGS & TABLE_POST != 0 {
                 let ctx = Ctx {
                     ptep: p.ptep,
                     old: p.old,
-                    level,
+                    level: p.level,
                     addr: p.addr,
                     flags: V::FLAGS,
                 };
@@ -456,7 +423,7 @@ pub(crate) struct Found<'a> {
     /// The value loaded from it.
     pub(crate) old: u64,
     /// Its level.
-    pub(crate) level: u32,
+    pub(crate) level: Level,
 }
 
 /// The visitor of [`find()`]: breaks at the first entry that is not a table.
@@ -575,7 +542,7 @@ impl<'v, V> Budget<'v, V> {
 
 impl<'a, V: Visitor<'a>> Visitor<'a> for Budget<'_, V> {
     const FLAGS: u32 = V::FLAGS | LEAF | TABLE_PRE;
-    const BOTTOM: u32 = V::BOTTOM;
+    const BOTTOM: Level = V::BOTTOM;
     type Break = Stop<V::Break>;
 
     #[inline(always)]
@@ -680,12 +647,12 @@ struct Free<E, L, T, const LEAVES: bool> {
     _format: PhantomData<fn() -> E>,
 }
 
-impl<'a, E: PteEncoding, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> Visitor<'a>
+impl<'a, E: PteEncoding, L: FnMut(u64, Level), T: FnMut(u64), const LEAVES: bool> Visitor<'a>
     for Free<E, L, T, LEAVES>
 {
     const FLAGS: u32 = TABLE_POST | if LEAVES { LEAF } else { 0 };
     // Without leaves to see, the entries of the last-level tables need no load.
-    const BOTTOM: u32 = if LEAVES { LAST_LEVEL } else { LAST_LEVEL - 1 };
+    const BOTTOM: Level = if LEAVES { LAST_LEVEL } else { Level::L2M };
     type Break = ();
 
     #[inline(always)]
@@ -713,8 +680,8 @@ impl<'a, E: PteEncoding, L: FnMut(u64, u32), T: FnMut(u64), const LEAVES: bool> 
 /// tables under it.
 pub(crate) unsafe fn free_subtree<E: PteEncoding, P: PageOps, const LEAVES: bool>(
     pfn: u64,
-    level: u32,
-    leaf: impl FnMut(u64, u32),
+    level: Level,
+    leaf: impl FnMut(u64, Level),
     mut freed: impl FnMut(),
 ) {
     {

@@ -132,19 +132,19 @@ use core::ops::ControlFlow;
 use core::ptr::NonNull;
 
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::{
-    snapshot_byte, MapAction, MapLevel, MmuStats, PageOps, TableCache, UnlinkedTable, ZapCursor,
-    ZappedTables,
+    snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZapCursor, ZappedTables,
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, NoPreempt, Ordering, PVec};
 use crate::mmu::walk::{
-    self, map_level, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor, Walked,
-    YieldHook, LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
+    self, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor, Walked, YieldHook,
+    LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
 };
 use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
 use crate::x86::rmap::{DescCache, MmuWriteLocked, RmapHead};
-use crate::x86::spte::{self, Level};
+use crate::x86::spte;
 
 pub(crate) use crate::mmu::pgtable::{MapError, MapOutcome, Translation, WalkFault};
 
@@ -171,18 +171,8 @@ const ZAP_BATCH: u64 = 32;
 /// step always gets past the gfn it resumed at.
 pub(crate) const TABLE_SCAN_BATCH: u64 = 512;
 
-/// The walker's level of the root tables (`walk.rs` numbers levels from the top: the 512G
-/// level is 0, the 4K level [`LAST_LEVEL`]).
-const ROOT_LEVEL: u32 = 0;
-
-/// The SPTE level of leaves that map `level`.
-fn spte_level(level: MapLevel) -> Level {
-    match level {
-        MapLevel::L4K => Level::L4K,
-        MapLevel::L2M => Level::L2M,
-        MapLevel::L1G => Level::L1G,
-    }
-}
+/// The level of the root tables: 4-level EPT, KVM's `PT64_ROOT_4LEVEL`.
+const ROOT_LEVEL: Level = Level::L512G;
 
 /// EPT entries as the shared walker (`walk.rs`) sees them: a present non-leaf SPTE points at a
 /// table (every present 4K SPTE is a leaf, and above 4K the large-page bit makes a leaf).
@@ -190,7 +180,7 @@ pub(crate) struct Ept;
 
 impl PteEncoding for Ept {
     /// 1G: EPT has no 512G pages.
-    const MIN_BLOCK_LEVEL: u32 = 1;
+    const MAX_LEAF: Level = Level::L1G;
 
     #[inline(always)]
     fn is_valid(entry: u64) -> bool {
@@ -198,8 +188,8 @@ impl PteEncoding for Ept {
     }
 
     #[inline(always)]
-    fn is_table(entry: u64, level: u32) -> bool {
-        spte::is_present(entry) && level < LAST_LEVEL && entry & spte::LARGE == 0
+    fn is_table(entry: u64, level: Level) -> bool {
+        spte::is_present(entry) && level > LAST_LEVEL && entry & spte::LARGE == 0
     }
 
     #[inline(always)]
@@ -222,7 +212,7 @@ fn pfn_fits(pfn: u64) -> bool {
 
 /// Number of rmaps at `level` for the slot `[base, base + npages)`: one per `level`-sized,
 /// aligned block the slot overlaps, so from `level.align_down(base)` ("Ranges and mapping levels").
-fn rmap_count(base: u64, npages: u64, level: MapLevel) -> u64 {
+fn rmap_count(base: u64, npages: u64, level: Level) -> u64 {
     if npages == 0 {
         return 0;
     }
@@ -240,7 +230,7 @@ fn rmap_count(base: u64, npages: u64, level: MapLevel) -> u64 {
 /// last of them, which is retired an RCU grace period after a set without the slot replaced it
 /// (R3), outside the MMU lock (freeing may sleep).
 pub(crate) struct SlotRmaps {
-    /// Per [`MapLevel`]: the rmap of gfn `g` is at `(g >> shift) - (base_gfn >> shift)`.
+    /// Per [`Level`]: the rmap of gfn `g` is at `(g >> shift) - (base_gfn >> shift)`.
     rmaps: [PVec<RmapHead>; 3],
     /// SPTEs in all these rmaps.  Changed only under the MMU lock held for write (R1); atomic
     /// because lockless readers share the structure, not because anyone races on it.
@@ -250,23 +240,19 @@ pub(crate) struct SlotRmaps {
 impl SlotRmaps {
     /// Allocates empty rmaps covering `slot`, at every level.  May sleep.
     pub(crate) fn new(slot: &Slot) -> Result<Self, AllocError> {
-        let alloc = |level: MapLevel| {
+        let alloc = |level: Level| {
             let n = rmap_count(slot.base_gfn, slot.npages, level);
             let n = usize::try_from(n).map_err(|_| AllocError)?;
             prim::try_vec_with(n, RmapHead::new)
         };
         Ok(SlotRmaps {
-            rmaps: [
-                alloc(MapLevel::L4K)?,
-                alloc(MapLevel::L2M)?,
-                alloc(MapLevel::L1G)?,
-            ],
+            rmaps: [alloc(Level::L4K)?, alloc(Level::L2M)?, alloc(Level::L1G)?],
             sptes: AtomicU64::new(0),
         })
     }
 
     /// Number of rmaps at `level`.
-    pub(crate) fn nr_rmaps(&self, level: MapLevel) -> usize {
+    pub(crate) fn nr_rmaps(&self, level: Level) -> usize {
         self.rmaps[level.idx()].len()
     }
 
@@ -321,8 +307,8 @@ impl<'a> SlotRef<'a> {
     /// `slot` with `rmaps`, which [`SlotRmaps::new()`] made for a slot of the same geometry.
     pub(crate) fn new(slot: &'a Slot, rmaps: &'a SlotRmaps) -> Self {
         debug_assert_eq!(
-            rmaps.nr_rmaps(MapLevel::L4K) as u64,
-            rmap_count(slot.base_gfn, slot.npages, MapLevel::L4K)
+            rmaps.nr_rmaps(Level::L4K) as u64,
+            rmap_count(slot.base_gfn, slot.npages, Level::L4K)
         );
         SlotRef { slot, rmaps }
     }
@@ -353,7 +339,7 @@ impl<'a> SlotRef<'a> {
     }
 
     /// The rmap of `gfn` at `level`; `None` if the slot does not overlap its block.
-    pub(crate) fn rmap(&self, level: MapLevel, gfn: u64) -> Option<&'a RmapHead> {
+    pub(crate) fn rmap(&self, level: Level, gfn: u64) -> Option<&'a RmapHead> {
         let shift = level.gfn_shift();
         let i = (gfn >> shift).checked_sub(self.base_gfn() >> shift)?;
         self.rmaps.rmaps[level.idx()].get(usize::try_from(i).ok()?)
@@ -374,7 +360,7 @@ impl<'a> SlotRef<'a> {
         if start >= end {
             return false;
         }
-        for level in MapLevel::ALL {
+        for level in Level::MAPPABLE {
             // Not below the slot's first block: `start` is in the slot.
             let mut gfn = level.align_down(start);
             while gfn < end {
@@ -440,7 +426,7 @@ impl WriteSide {
 struct Mapping {
     gfn: u64,
     pfn: u64,
-    level: MapLevel,
+    level: Level,
     writable: bool,
 }
 
@@ -480,8 +466,8 @@ impl<P: PageOps> X86Mmu<P> {
 
     /// The largest leaf [`X86Mmu::map_level()`] installs: 1G (a 4-level EPT walk has 1G and 2M
     /// entries under its root; EPT has no 512G pages).
-    pub(crate) fn max_map_level(&self) -> MapLevel {
-        map_level(Ept::MIN_BLOCK_LEVEL)
+    pub(crate) fn max_map_level(&self) -> Level {
+        Ept::MAX_LEAF
     }
 
     /// Whether new leaves keep A/D bits.
@@ -546,7 +532,7 @@ impl<P: PageOps> X86Mmu<P> {
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
-        self.map_level(root, slot, gfn, pfn, writable, MapLevel::L4K, tables, descs)
+        self.map_level(root, slot, gfn, pfn, writable, Level::L4K, tables, descs)
     }
 
     /// [`X86Mmu::map()`] at any level: maps the `level`-sized block of gfns that starts at
@@ -570,7 +556,7 @@ impl<P: PageOps> X86Mmu<P> {
         gfn: u64,
         pfn: u64,
         writable: bool,
-        level: MapLevel,
+        level: Level,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
@@ -591,11 +577,10 @@ impl<P: PageOps> X86Mmu<P> {
     /// can still be inside it: a TLB flush that waits for every vCPU to leave guest mode (the
     /// only place [`translate()`] runs) has completed since the map unlinked it.
     pub(crate) unsafe fn free_unlinked(&mut self, t: UnlinkedTable) {
-        let level = walk::leaf_level(t.covers) + 1;
-        if level > LAST_LEVEL {
+        let Some(level) = t.covers.lower() else {
             warn_on!(true, "a 4K entry never links a table");
             return;
-        }
+        };
         // SAFETY: unlinked by a map of this MMU, so linked nowhere, with only empty entries and
         // tables linked from it alone (I2); no walker is left in it, per the caller.
         unsafe { free_tree::<P>(t.pfn, level, &mut self.stats) };
@@ -631,7 +616,7 @@ impl<P: PageOps> X86Mmu<P> {
         let mut locked = self.write_side.locked();
         let mut v = MapWalker {
             m,
-            target: walk::leaf_level(m.level),
+            target: m.level,
             slot,
             locked: &mut locked,
             descs,
@@ -836,13 +821,13 @@ impl<P: PageOps> X86Mmu<P> {
     /// The present leaf that maps `gfn` in root `root`, the value loaded from it and its level
     /// (for aging and tests).  It may change as soon as it was loaded, unless the MMU lock is
     /// held for write.
-    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, MapLevel)> {
+    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, Level)> {
         let root_pfn = self.roots[..self.nr_roots].get(root)?;
         // SAFETY: `root_pfn` is a root of `self`, which is borrowed, so neither dropped nor
         // freeing unlinked tables (`free_unlinked()` takes `&mut self`), for as long as the entry
         // returned: `&self` stands for the MMU lock (module documentation).
         let w = unsafe { walk::find::<Ept, P>(&root_tables(root_pfn), gfn) }?;
-        spte::is_present(w.old).then(|| (w.ptep, w.old, map_level(w.level)))
+        spte::is_present(w.old).then_some((w.ptep, w.old, w.level))
     }
 
     /// The first present leaf of root `root` that maps a gfn in `[gfn, end)`: the first gfn it
@@ -922,7 +907,7 @@ impl<P: PageOps> X86Mmu<P> {
     pub(crate) unsafe fn add_test_leaf(
         &mut self,
         slot: SlotRef<'_>,
-        level: MapLevel,
+        level: Level,
         gfn: u64,
         sptep: &AtomicU64,
         descs: &mut DescCache,
@@ -985,8 +970,8 @@ impl<P: PageOps> Drop for X86Mmu<P> {
 /// with the outcome.  The MMU lock is held for write (`locked`).
 struct MapWalker<'m, 'l, P: PageOps> {
     m: Mapping,
-    /// The walker's level of the leaf.
-    target: u32,
+    /// The level of the leaf.
+    target: Level,
     slot: SlotRef<'m>,
     locked: &'m mut MmuWriteLocked<'l>,
     descs: &'m mut DescCache,
@@ -1010,7 +995,7 @@ impl<'a, P: PageOps> MapWalker<'_, '_, P> {
         }
         if spte::is_present(ctx.old) {
             // A huge leaf where a table must go: zap it, then link a table instead.
-            let level = map_level(ctx.level);
+            let level = ctx.level;
             drop_leaf::<P>(
                 ctx.ptep,
                 self.slot,
@@ -1044,16 +1029,21 @@ impl<'a, P: PageOps> MapWalker<'_, '_, P> {
             let pfn = spte::pfn(old);
             // SAFETY: linked by the present non-leaf `old`, so a table of this MMU (I2), whose
             // gfns are all in the slot (`map_at()` checked the block); the lock is held.
-            let zapped = unsafe {
-                zap_tree::<P>(
-                    pfn,
-                    ctx.level + 1,
-                    m.gfn,
-                    self.slot,
-                    self.locked,
-                    self.descs,
-                    self.stats,
-                )
+            let zapped = match ctx.level.lower() {
+                // SAFETY: as above.
+                Some(lower) => unsafe {
+                    zap_tree::<P>(
+                        pfn,
+                        lower,
+                        m.gfn,
+                        self.slot,
+                        self.locked,
+                        self.descs,
+                        self.stats,
+                    )
+                },
+                // Not reached: a 4K entry is never a table.
+                None => 0,
             };
             self.zapped_huge |= zapped != 0;
             sptep.store(0, Ordering::Relaxed);
@@ -1063,7 +1053,7 @@ impl<'a, P: PageOps> MapWalker<'_, '_, P> {
             });
             old = 0;
         }
-        let new = spte::make_leaf(m.pfn, spte_level(m.level), m.writable, self.ad_enabled);
+        let new = spte::make_leaf(m.pfn, m.level, m.writable, self.ad_enabled);
         let (slot, stats) = (self.slot, &mut *self.stats);
         let (locked, descs) = (&mut *self.locked, &mut *self.descs);
         let (mut action, chain_len) = if !spte::is_present(old) {
@@ -1109,13 +1099,13 @@ impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, '_, P> {
     }
 }
 
-/// Frees `table_pfn`, a table at the walker's `level`, and every table under it.
+/// Frees `table_pfn`, a table at `level`, and every table under it.
 ///
 /// # Safety
 ///
 /// `table_pfn` is a table of this MMU, not freed yet, that no walker can reach any more, and
 /// each table under it is linked only from it or from the tables under it (I2).
-unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: u32, stats: &mut MmuStats) {
+unsafe fn free_tree<P: PageOps>(table_pfn: u64, level: Level, stats: &mut MmuStats) {
     // SAFETY: per the caller.
     unsafe {
         walk::free_subtree::<Ept, P, false>(table_pfn, level, |_, _| {}, || stats.tables_freed += 1)
@@ -1138,7 +1128,7 @@ struct UnlinkEmpty<'z, P: PageOps, Y> {
 
 impl<'a, P: PageOps, Y: Yield> Visitor<'a> for UnlinkEmpty<'_, P, Y> {
     const FLAGS: u32 = TABLE_POST;
-    const BOTTOM: u32 = LAST_LEVEL - 1;
+    const BOTTOM: Level = Level::L2M;
     type Break = ();
 
     #[inline(always)]
@@ -1196,11 +1186,10 @@ impl<'a, P: PageOps> Visitor<'a> for ZapTree<'_, '_, P> {
     #[inline(always)]
     fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
         if spte::is_present(ctx.old) {
-            let level = map_level(ctx.level);
             drop_leaf::<P>(
                 ctx.ptep,
                 self.slot,
-                level,
+                ctx.level,
                 ctx.base(),
                 self.locked,
                 self.descs,
@@ -1212,7 +1201,7 @@ impl<'a, P: PageOps> Visitor<'a> for ZapTree<'_, '_, P> {
     }
 }
 
-/// Zaps every leaf in `table_pfn`, a table at the walker's `level` whose first entry maps
+/// Zaps every leaf in `table_pfn`, a table at `level` whose first entry maps
 /// `first_gfn`, and in the tables under it, each through its rmap in `slot` (I1): the
 /// unlinking of the table by a collapse.  Tables under it stay linked from it, to be freed with
 /// it.  Returns the number of leaves zapped.
@@ -1224,7 +1213,7 @@ impl<'a, P: PageOps> Visitor<'a> for ZapTree<'_, '_, P> {
 #[allow(clippy::too_many_arguments)]
 unsafe fn zap_tree<P: PageOps>(
     table_pfn: u64,
-    level: u32,
+    level: Level,
     first_gfn: u64,
     slot: SlotRef<'_>,
     locked: &mut MmuWriteLocked<'_>,
@@ -1254,7 +1243,7 @@ fn install_leaf(
     sptep: &AtomicU64,
     new: u64,
     slot: SlotRef<'_>,
-    level: MapLevel,
+    level: Level,
     gfn: u64,
     locked: &mut MmuWriteLocked<'_>,
     descs: &mut DescCache,
@@ -1291,7 +1280,7 @@ fn install_leaf(
 fn upgrade_leaf(sptep: &AtomicU64, mut old: u64, m: Mapping) -> MapAction {
     loop {
         let (new, action) = if m.writable && !spte::is_writable(old) {
-            let level = spte_level(m.level);
+            let level = m.level;
             let new = spte::make_leaf(m.pfn, level, true, spte::is_ad_enabled(old));
             (new, MapAction::Upgraded)
         } else if spte::is_access_tracked(old) {
@@ -1340,7 +1329,7 @@ fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<boo
 fn drop_leaf<P: PageOps>(
     sptep: &AtomicU64,
     slot: SlotRef<'_>,
-    level: MapLevel,
+    level: Level,
     gfn: u64,
     locked: &mut MmuWriteLocked<'_>,
     descs: &mut DescCache,
@@ -1625,9 +1614,8 @@ pub(crate) fn age_gfn_range_lockless(
     age_slot(&mut Lockless(no_preempt), slot, start, end, op)
 }
 
-/// The translation of `gfn` by the present leaf `spte` at the walker's `level`.
-fn translation(spte: u64, level: u32, gfn: u64) -> Translation {
-    let level = map_level(level);
+/// The translation of `gfn` by the present leaf `spte` at `level`.
+fn translation(spte: u64, level: Level, gfn: u64) -> Translation {
     let writable = spte::is_writable(spte);
     Translation {
         pfn: spte::pfn(spte) + (gfn & (level.pages() - 1)),

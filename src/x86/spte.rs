@@ -37,6 +37,7 @@
 //!
 //! Section names in quotes are those of Documentation/secmmu-protocols.rst.
 
+use crate::mmu::level::Level;
 use crate::mmu::prim::{AtomicU64, Ordering};
 
 /// Readable.
@@ -97,77 +98,6 @@ const _: () = {
         i += 1;
     }
 };
-
-/// Number of address bits a table translates (512 entries).
-const LEVEL_BITS: u32 = 9;
-/// Entries in one page table.
-pub(crate) const ENTRIES_PER_TABLE: usize = 1 << LEVEL_BITS;
-
-/// A page-table level, numbered like KVM's `PG_LEVEL_*`.  The level of an SPTE is the level of
-/// the table holding it: a leaf at `L2M` maps a 2M page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub(crate) enum Level {
-    /// 4K pages, the last table of a walk.
-    L4K = 1,
-    /// 2M pages, or tables of 4K SPTEs.
-    L2M = 2,
-    /// 1G pages, or tables of 2M SPTEs.
-    L1G = 3,
-    /// Tables of 1G SPTEs (the root of a 4-level walk); EPT has no 512G pages.
-    L512G = 4,
-}
-
-impl Level {
-    /// Every level, smallest first.
-    pub(crate) const ALL: [Level; 4] = [Level::L4K, Level::L2M, Level::L1G, Level::L512G];
-
-    /// The largest level whose SPTEs can map a page.
-    pub(crate) const MAX_LEAF: Level = Level::L1G;
-
-    /// Log2 of the number of 4K gfns one SPTE at this level covers.
-    #[inline]
-    pub(crate) const fn gfn_shift(self) -> u32 {
-        LEVEL_BITS * (self as u32 - 1)
-    }
-
-    /// Log2 of the number of bytes one SPTE at this level covers.
-    #[inline]
-    pub(crate) const fn page_shift(self) -> u32 {
-        PAGE_SHIFT + self.gfn_shift()
-    }
-
-    /// Number of 4K gfns one SPTE at this level covers (KVM's `KVM_PAGES_PER_HPAGE`).
-    #[inline]
-    pub(crate) const fn pages(self) -> u64 {
-        1 << self.gfn_shift()
-    }
-
-    /// Index of the SPTE covering `gfn` in its table at this level (KVM's `SPTE_INDEX`).
-    #[inline]
-    pub(crate) const fn index(self, gfn: u64) -> usize {
-        ((gfn >> self.gfn_shift()) as usize) & (ENTRIES_PER_TABLE - 1)
-    }
-
-    /// First gfn of the range one SPTE at this level maps around `gfn`.  Walks over a gfn range
-    /// at a huge level must start here, or the last huge page of an unaligned range is skipped
-    /// ("Ranges and mapping levels").
-    #[inline]
-    pub(crate) const fn align_down(self, gfn: u64) -> u64 {
-        gfn & !(self.pages() - 1)
-    }
-
-    /// The level of the tables a non-leaf SPTE at this level points at.
-    #[inline]
-    pub(crate) const fn lower(self) -> Option<Level> {
-        match self {
-            Level::L4K => None,
-            Level::L2M => Some(Level::L4K),
-            Level::L1G => Some(Level::L2M),
-            Level::L512G => Some(Level::L1G),
-        }
-    }
-}
 
 /// Makes a leaf SPTE mapping host page `pfn` at `level`, as a fault installs it: readable,
 /// executable, write-back, accessed, and if `writable` also writable and dirty (like KVM's
