@@ -29,6 +29,7 @@ use crate::{
     },
     format::{FaultSide, Format, SlotSet, WithFormat},
     kpages::KernelPages,
+    mmu::addr::{Gfn, Hva, Pfn},
     mmu::level::Level,
     mmu::memslot::Slot,
     mmu::pgtable::{MapAction, MapError, MapOutcome, TableCache},
@@ -80,7 +81,7 @@ impl FaultCaches {
 /// what gets mapped.
 pub(crate) struct Fault {
     /// The faulting guest page, and whether the access writes it.
-    pub(crate) gfn: u64,
+    pub(crate) gfn: Gfn,
     pub(crate) write: bool,
     /// Its memslot, as it was when the fault began.
     pub(crate) slot: Slot,
@@ -91,9 +92,9 @@ pub(crate) struct Fault {
     /// ([`Invalidations::watch()`](crate::mmu::inval::Invalidations::watch)).
     vcpu: usize,
     /// The user address backing `gfn`.
-    hva: u64,
+    hva: Hva,
     /// The host page backing `hva`, as get_user_pages resolved it.
-    pfn: u64,
+    pfn: Pfn,
     /// The largest leaf the tables can hold: a stage-2 walk that starts
     /// at `Level::L2M` has no 1G entry (KVM's `max_level`).
     max_level: Level,
@@ -103,16 +104,15 @@ pub(crate) struct Fault {
 
 impl Fault {
     /// The first gfn and pfn of the `level`-sized block the fault maps.
-    pub(crate) fn block(&self) -> (u64, u64) {
-        let off = self.gfn - self.level.align_down(self.gfn);
+    pub(crate) fn block(&self) -> (Gfn, Pfn) {
+        let off = self.gfn.offset_in(self.level);
         (self.gfn - off, self.pfn - off)
     }
 
     /// The user range the mapping covers, `[start, end)`.
-    fn hva_range(&self) -> (u64, u64) {
-        let off = self.gfn - self.level.align_down(self.gfn);
-        let start = self.hva - (off << 12);
-        (start, start + (self.level.pages() << 12))
+    fn hva_range(&self) -> (Hva, Hva) {
+        let start = self.hva.sub_pages(self.gfn.offset_in(self.level));
+        (start, start.add_pages(self.level.pages()))
     }
 
     /// Sizes the mapping (KVM's `kvm_mmu_hugepage_adjust()`): the largest
@@ -135,8 +135,8 @@ impl Fault {
         // of the faulting page is not where a huge page of the level would
         // put it), map what is known to be right.
         while level > Level::L4K {
-            let off = self.gfn - level.align_down(self.gfn);
-            if self.pfn >= off && (self.pfn - off) & (level.pages() - 1) == 0 {
+            // The pfn sits where a huge page of the level would put it.
+            if self.pfn.offset_in(level) == self.gfn.offset_in(level) {
                 break;
             }
             level = match level {
@@ -168,7 +168,7 @@ impl Fault {
         slots.generation() != self.generation
             || state
                 .inval
-                .fault_must_retry(self.vcpu, start as usize, end as usize)
+                .fault_must_retry(self.vcpu, start.as_usize(), end.as_usize())
     }
 }
 
@@ -196,11 +196,11 @@ pub(crate) fn exit_point() -> Result<(), Exit> {
 /// with now: a snapshot, see [`Fault`](crate::fault::Fault). The calling
 /// task is the space's creator (`Space::check_caller()`): its mm is the one
 /// the space mirrors.
-fn host_level(hva: u64) -> Level {
+fn host_level(hva: Hva) -> Level {
     let task = kernel::current!();
     let host = task
         .mm()
-        .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva as usize));
+        .map_or(LeafLevel::Pte, |mm| mm::mapping_level(mm, hva.as_usize()));
     match host {
         LeafLevel::Pud => Level::L1G,
         LeafLevel::Pmd => Level::L2M,
@@ -217,7 +217,7 @@ pub(crate) struct FaultIn<'a> {
     pub(crate) vcpu: usize,
     pub(crate) root: usize,
     pub(crate) caches: &'a mut FaultCaches,
-    pub(crate) gfn: u64,
+    pub(crate) gfn: Gfn,
     pub(crate) write: bool,
 }
 
@@ -252,7 +252,7 @@ impl WithFormat for FaultIn<'_> {
 
             // `hva` is a user address of the current mm (the caller is the
             // space's creator).
-            let page = UserPageRef::get_fast(fault.hva as usize, write).map_err(|e| {
+            let page = UserPageRef::get_fast(fault.hva.as_usize(), write).map_err(|e| {
                 if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
                     Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR })
                 } else {
@@ -260,7 +260,8 @@ impl WithFormat for FaultIn<'_> {
                     Exit::MemoryFault
                 }
             })?;
-            fault.pfn = page.pfn() as u64;
+            // The kernel's pfn, an unsigned long: as wide as a u64 on 64-bit.
+            fault.pfn = Pfn::new(page.pfn() as u64);
             let hva = fault.hva;
             fault.adjust_level(|| host_level(hva));
 
@@ -296,7 +297,7 @@ impl WithFormat for FaultIn<'_> {
 /// Step 1 of a fault: its slot and the retry state, under the read side:
 /// the fault watches the host range of the largest leaf the slot allows it,
 /// which contains whatever it maps in the end.
-fn begin(space: &Space, vcpu: usize, gfn: u64, write: bool) -> Result<Fault, Exit> {
+fn begin(space: &Space, vcpu: usize, gfn: Gfn, write: bool) -> Result<Fault, Exit> {
     let state = space.mmu.read();
     let preempt = PreemptGuard::new();
     let rcu: NoPreempt<'_> = preempt.proof().into();
@@ -313,12 +314,12 @@ fn begin(space: &Space, vcpu: usize, gfn: u64, write: bool) -> Result<Fault, Exi
         generation: slots.generation(),
         vcpu,
         hva: slot.gfn_to_hva(gfn),
-        pfn: 0,
+        pfn: Pfn::new(0),
         max_level,
         level: slot.max_level(gfn, max_level),
     };
     let (start, end) = fault.hva_range();
-    state.inval.watch(vcpu, start as usize, end as usize);
+    state.inval.watch(vcpu, start.as_usize(), end.as_usize());
     fault.level = Level::L4K;
     Ok(fault)
 }
@@ -386,7 +387,7 @@ fn install<F: Format>(
 /// access-tracked leaf, stage-2 sets AF on an old leaf (KVM's
 /// `handle_access_fault()`), each under its format's side of the lock.
 /// False if there is no such leaf: take the full fault path.
-fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: u64, write: bool) -> bool {
+fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: Gfn, write: bool) -> bool {
     let mut guard = F::FaultSide::lock(&space.mmu);
     let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
         return false;

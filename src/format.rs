@@ -25,6 +25,7 @@ use crate::{
     ext::{preempt::PreemptGuard, rwlock::ReadGuard},
     fault::{Fault, FaultCaches},
     kpages::KernelPages,
+    mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
     mmu::level::Level,
     mmu::memslot::{Memslots, Slot, SlotEntry},
@@ -277,7 +278,7 @@ pub(crate) trait Format: Sized + ZapTables {
     /// that allows it, without resolving the page (an invalidation would
     /// have zapped the leaf). With the MMU lock held on
     /// [`Format::FaultSide`].
-    fn fix_access_fault(tables: Tables<'_, Self>, root: usize, gfn: u64, write: bool) -> bool;
+    fn fix_access_fault(tables: Tables<'_, Self>, root: usize, gfn: Gfn, write: bool) -> bool;
 
     /// The statistic [`Format::fix_access_fault()`]'s successes count in.
     fn access_fixes(stats: &Stats) -> &Counter;
@@ -456,8 +457,8 @@ impl Format for X86Mmu<KernelPages> {
         let mapped = tables.map_level(
             root,
             slot,
-            gfn,
-            pfn,
+            gfn.raw(),
+            pfn.raw(),
             fault.write,
             fault.level,
             &mut caches.tables,
@@ -471,8 +472,8 @@ impl Format for X86Mmu<KernelPages> {
         mapped
     }
 
-    fn fix_access_fault(tables: &mut Self, root: usize, gfn: u64, write: bool) -> bool {
-        tables.restore_access_tracked(root, gfn, write)
+    fn fix_access_fault(tables: &mut Self, root: usize, gfn: Gfn, write: bool) -> bool {
+        tables.restore_access_tracked(root, gfn.raw(), write)
     }
 
     fn access_fixes(stats: &Stats) -> &Counter {
@@ -578,8 +579,8 @@ impl Format for S2Mmu<KernelPages> {
         let (gfn, pfn) = fault.block();
         tables.map(
             root,
-            gfn,
-            pfn,
+            gfn.raw(),
+            pfn.raw(),
             fault.write,
             fault.level,
             &mut caches.tables,
@@ -587,8 +588,8 @@ impl Format for S2Mmu<KernelPages> {
         )
     }
 
-    fn fix_access_fault(tables: &Self, root: usize, gfn: u64, write: bool) -> bool {
-        tables.mkyoung(root, gfn, write)
+    fn fix_access_fault(tables: &Self, root: usize, gfn: Gfn, write: bool) -> bool {
+        tables.mkyoung(root, gfn.raw(), write)
     }
 
     fn access_fixes(stats: &Stats) -> &Counter {
@@ -700,8 +701,8 @@ fn age_hva_range(
     mut age: impl FnMut(&MemSlot, u64, u64) -> AgeResult,
 ) -> AgeResult {
     let mut r = AgeResult::new(op);
-    for (slot, first, last) in slots.gfn_ranges(start, end) {
-        r.merge(&age(slot, first, last));
+    for (slot, first, last) in slots.gfn_ranges(Hva::new(start), Hva::new(end)) {
+        r.merge(&age(slot, first.raw(), last.raw()));
         if r.done() {
             break;
         }

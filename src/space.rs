@@ -45,6 +45,7 @@ use crate::{
     },
     format::{self, Kind, Pgt, SlotSet},
     kpages,
+    mmu::addr::{Gfn, Hva},
     mmu::aging::{AgeOp, AgeResult},
     mmu::inval::Invalidations,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
@@ -356,7 +357,13 @@ impl Space {
         let mut guard = self.mmu.write();
         let before = self.memslots.replace(invalid);
         let mut zapped = self.zap(true);
-        self.zap_gfns(&mut guard, &mut zapped, id, slot.base_gfn, slot.end_gfn());
+        self.zap_gfns(
+            &mut guard,
+            &mut zapped,
+            id,
+            slot.base_gfn.raw(),
+            slot.end_gfn().raw(),
+        );
         self.flush_and_free(&mut guard, &mut zapped);
         {
             // SPTEs left in the slot's rmaps (a bug) would escape later
@@ -741,10 +748,10 @@ impl Space {
         while i < pages {
             // A leaf outside every memslot is stale: the slot's deletion
             // should have zapped it.
-            let Some(slot) = slots.lookup_any(base + i) else {
+            let Some(slot) = slots.lookup_any(Gfn::new(base + i)) else {
                 return LeafAudit::Stale;
             };
-            let hva = slot.gfn_to_hva(base + i);
+            let hva = slot.gfn_to_hva(Gfn::new(base + i)).raw();
             if state
                 .inval
                 .in_progress_overlaps(hva as usize, (hva + 4096) as usize)
@@ -765,7 +772,7 @@ impl Space {
                 LeafLevel::Pte => 1,
             };
             let left_in_host = host_pages - ((hva >> 12) & (host_pages - 1));
-            i += left_in_host.min(slot.end_gfn() - (base + i));
+            i += left_in_host.min(slot.end_gfn().raw() - (base + i));
         }
         LeafAudit::Coherent
     }
@@ -850,11 +857,12 @@ impl MmuNotifierOps for Space {
         // `kvm_mmu_zap_all()` yields with `cond_resched_rwlock_write()`).
         let mut guard = self.mmu.write();
         let mut zapped = self.zap(true);
-        let mut from = 0;
+        let mut from = Gfn::new(0);
         // Every slot, whole: the whole user range.
-        while let Some((id, end, first, last)) = self.next_gfn_range(0, u64::MAX, from) {
-            from = end;
-            self.zap_gfns(&mut guard, &mut zapped, id, first, last);
+        let (start, end) = (Hva::new(0), Hva::new(u64::MAX));
+        while let Some((id, slot_end, first, last)) = self.next_gfn_range(start, end, from) {
+            from = slot_end;
+            self.zap_gfns(&mut guard, &mut zapped, id, first.raw(), last.raw());
         }
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
@@ -885,13 +893,14 @@ impl MmuNotifierOps for Space {
         // retry until `end`); a slot being deleted stays in the set, marked
         // invalid, until its own zap is done, so it is zapped here too.
         let mut zapped = self.zap(blockable);
-        let mut from = 0;
+        let mut from = Gfn::new(0);
         loop {
-            let next = self.next_gfn_range(start as u64, end as u64, from);
+            let next = self.next_gfn_range(Hva::new(start as u64), Hva::new(end as u64), from);
             let Some((id, slot_end, gfn_start, gfn_end)) = next else {
                 break;
             };
             from = slot_end;
+            let (gfn_start, gfn_end) = (gfn_start.raw(), gfn_end.raw());
             let skip = crate::testhooks::skip_zap();
             if skip == 0 {
                 self.zap_gfns(&mut guard, &mut zapped, id, gfn_start, gfn_end);
@@ -1004,7 +1013,7 @@ impl Space {
     /// deleted stays in the set, marked invalid, until its own zap is done.
     ///
     /// [`Memslots::next_gfn_range()`]: crate::mmu::memslot::Memslots::next_gfn_range
-    fn next_gfn_range(&self, start: u64, end: u64, from: u64) -> Option<(u32, u64, u64, u64)> {
+    fn next_gfn_range(&self, start: Hva, end: Hva, from: Gfn) -> Option<(u32, Gfn, Gfn, Gfn)> {
         let preempt = PreemptGuard::new();
         let rcu: NoPreempt<'_> = preempt.proof().into();
         let (slot, first, last) = self.memslots(&rcu).next_gfn_range(start, end, from)?;

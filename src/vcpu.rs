@@ -22,6 +22,7 @@ use crate::{
     },
     fault::{exit_point, Exit, FaultCaches, FaultIn},
     format::Root,
+    mmu::addr::Gfn,
     mmu::pgtable::WalkFault,
     mmu::tlb::{SoftTlb, VcpuMode},
     space::Space,
@@ -168,7 +169,7 @@ impl Vcpu {
     }
 
     /// Faults guest page `gfn` in for a read or a `write`.
-    fn fault(&self, st: &mut VcpuState, gfn: u64, write: bool) -> Result<(), Exit> {
+    fn fault(&self, st: &mut VcpuState, gfn: Gfn, write: bool) -> Result<(), Exit> {
         self.root_tables.kind().with_format(FaultIn {
             space: &self.space,
             vcpu: self.id.idx,
@@ -204,7 +205,7 @@ impl Vcpu {
     fn with_guest_page(
         &self,
         st: &mut VcpuState,
-        gfn: u64,
+        gfn: Gfn,
         write: bool,
         op: impl FnOnce(*mut u8),
     ) -> Result<(), Exit> {
@@ -331,7 +332,7 @@ impl Vcpu {
                 acc.exit_gpa = u64::MAX;
                 return Err(EFAULT);
             }
-            let r = self.with_guest_page(&mut st, gpa >> 12, write, |page| {
+            let r = self.with_guest_page(&mut st, Gfn::from_gpa(gpa), write, |page| {
                 // SAFETY: `page + off .. + n` lies in one mapped guest page;
                 // `buf` is our own kernel buffer of `n` bytes.
                 unsafe {
@@ -378,16 +379,16 @@ impl GuestMode<'_> {
     /// The kernel address of guest page `gfn`, translated for a read or a
     /// `write` through the TLB or else a walk of the tables, as the
     /// hardware does. Valid until guest mode ends.
-    fn page(&mut self, gfn: u64, write: bool) -> Result<*mut u8, WalkFault> {
+    fn page(&mut self, gfn: Gfn, write: bool) -> Result<*mut u8, WalkFault> {
         let root = self.root;
         let hit = self.tlb.translate(
-            gfn,
+            gfn.raw(),
             write,
             || {
                 // SAFETY: `root` is a root of the space's MMU, which lives as
                 // long as the space, which the vCPU keeps alive; we are in
                 // guest mode (`Vcpu::in_guest()`).
-                unsafe { root.translate(gfn, write) }
+                unsafe { root.translate(gfn.raw(), write) }
             },
             // SAFETY: A page the walk found mapped: a page of RAM (the
             // host's, from GUP), in the direct map on a 64-bit kernel.
@@ -417,7 +418,7 @@ enum Stretch {
     Yield,
     /// The access at the cursor found no usable translation: fault `gfn`
     /// in, then run it again.
-    Fault(u64),
+    Fault(Gfn),
 }
 
 /// One guest-mode stretch of SECMMU_RUN: accesses from `cur` on, advancing
@@ -437,9 +438,9 @@ fn run_stretch(
             return Stretch::Yield;
         }
         let gpa = cur.gpa;
-        let page = match g.page(gpa >> 12, write) {
+        let page = match g.page(Gfn::from_gpa(gpa), write) {
             Ok(page) => page,
-            Err(_) => return Stretch::Fault(gpa >> 12),
+            Err(_) => return Stretch::Fault(Gfn::from_gpa(gpa)),
         };
         let value = run.pattern ^ gpa;
         // SAFETY: `page` is a mapped 4 KiB page, valid in guest mode, and

@@ -16,6 +16,7 @@ use std::time::Duration;
 use std::vec::Vec;
 
 use crate::host_pages::HostPages;
+use crate::mmu::addr::{Gfn, Hva};
 use crate::mmu::aging::{use_lockless, AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{Slot, PAGE_SHIFT};
@@ -36,15 +37,15 @@ fn slot(id: u32, base_gfn: u64, npages: u64, userspace_addr: u64) -> Slot {
     Slot {
         id,
         flags: 0,
-        base_gfn,
+        base_gfn: Gfn::new(base_gfn),
         npages,
-        userspace_addr,
+        userspace_addr: Hva::new(userspace_addr),
     }
 }
 
 /// The host-virtual address of `gfn` in `s`.
 fn hva(s: &Slot, gfn: u64) -> u64 {
-    s.gfn_to_hva(gfn)
+    s.gfn_to_hva(Gfn::new(gfn)).raw()
 }
 
 fn pfn_of(gfn: u64) -> u64 {
@@ -156,14 +157,14 @@ fn lockless_aging_all_roots_long_chains() {
     let s = slot(0, 0x100, N, HVA);
     let mut f = Fixture::<ID>::new(MAX_ROOTS, true, &[s]);
     for root in 0..MAX_ROOTS {
-        for gfn in s.base_gfn..s.end_gfn() {
+        for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
             assert_eq!(f.map(root, 0, gfn, gfn.is_multiple_of(2)), root + 1);
         }
     }
     // Every 4K rmap holds 32 SPTEs: a chain of three descriptors.
     const { assert!(MAX_ROOTS > 2 * PTE_LIST_EXT) };
     let (hva_start, hva_end) = (HVA, HVA + (N << PAGE_SHIFT));
-    let gfns = s.base_gfn..s.end_gfn();
+    let gfns = s.base_gfn.raw()..s.end_gfn().raw();
     let before = all_sptes(&f, MAX_ROOTS, gfns.clone());
     assert!(before.iter().all(|&v| spte::is_accessed(v)));
 
@@ -222,7 +223,7 @@ fn hva_ranges_partial_pages_and_aliases() {
     let s1 = slot(1, 0x1000, 16, HVA + (8 << PAGE_SHIFT));
     let mut f = Fixture::<ID>::new(1, true, &[s0, s1]);
     for s in [s0, s1] {
-        for gfn in s.base_gfn..s.end_gfn() {
+        for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
             f.map(0, s.id, gfn, false);
         }
     }
@@ -389,7 +390,7 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
     let mut f = Fixture::<ID>::new(ROOTS, false, &[s]);
     let writable = |gfn: u64| gfn.is_multiple_of(2);
     for root in 0..ROOTS {
-        for gfn in s.base_gfn..s.end_gfn() {
+        for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
             f.map(root, 0, gfn, writable(gfn));
         }
     }
@@ -399,13 +400,16 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
     assert!(!use_lockless(AgeOp::ClearFlush, false, false));
     assert!(!use_lockless(AgeOp::Test, true, true));
     let (hs, he) = (HVA, HVA + (N << PAGE_SHIFT));
-    let before = all_sptes(&f, ROOTS, s.base_gfn..s.end_gfn());
+    let before = all_sptes(&f, ROOTS, s.base_gfn.raw()..s.end_gfn().raw());
 
     // The lockless walk can test, but must not access-track: it skips, counting young.
     assert!(f.lockless(hs, he, AgeOp::Test).young);
     let r = f.lockless(hs, he, AgeOp::Clear);
     assert_eq!((r.young, r.cleared, r.skipped), (true, 0, N * ROOTS as u64));
-    assert_eq!(all_sptes(&f, ROOTS, s.base_gfn..s.end_gfn()), before);
+    assert_eq!(
+        all_sptes(&f, ROOTS, s.base_gfn.raw()..s.end_gfn().raw()),
+        before
+    );
 
     // Under the lock: every SPTE tracked, W dropped, dirty captured first.
     let r = f.mmu.age_hva_range_locked(hs, he, AgeOp::Clear);
@@ -417,14 +421,14 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
     dirty.sort_unstable();
     let mut expect: Vec<u64> = (0..ROOTS)
         .flat_map(|_| {
-            (s.base_gfn..s.end_gfn())
+            (s.base_gfn.raw()..s.end_gfn().raw())
                 .filter(|&g| writable(g))
                 .map(pfn_of)
         })
         .collect();
     expect.sort_unstable();
     assert_eq!(dirty, expect);
-    for gfn in s.base_gfn..s.end_gfn() {
+    for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
         for root in 0..ROOTS {
             let v = f.spte(root, gfn);
             assert!(spte::is_present(v) && spte::is_access_tracked(v));
@@ -440,7 +444,7 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
     // The fault path restores without resolving the page: a write to a writable one.
     let (even, odd) = (0x42, 0x43);
     assert!(f.mmu.restore_access_tracked(0, even, true));
-    assert_eq!(f.spte(0, even), before[(even - s.base_gfn) as usize]);
+    assert_eq!(f.spte(0, even), before[(even - s.base_gfn.raw()) as usize]);
     assert_eq!(f.translate(0, even, true), Ok(pfn_of(even)));
     assert!(
         !f.mmu.restore_access_tracked(0, even, true),
@@ -488,33 +492,36 @@ fn locked_aging_with_ad_matches_lockless() {
     let s = slot(2, 0x800, 40, HVA);
     let mut f = Fixture::<ID>::new(ROOTS, true, &[s]);
     for root in 0..ROOTS {
-        for gfn in s.base_gfn..s.end_gfn() {
+        for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
             f.map(root, 2, gfn, gfn.is_multiple_of(3));
         }
     }
     let (hs, he) = (HVA, HVA + (40 << PAGE_SHIFT));
-    let before = all_sptes(&f, ROOTS, s.base_gfn..s.end_gfn());
+    let before = all_sptes(&f, ROOTS, s.base_gfn.raw()..s.end_gfn().raw());
     let r = f.mmu.age_hva_range_locked(hs, he, AgeOp::Test);
     assert!(r.young && r.visited == 1);
     let r = f.mmu.age_hva_range_locked(hs, he, AgeOp::Clear);
     assert_eq!((r.young, r.cleared), (true, 40 * ROOTS as u64));
     assert_eq!((r.write_protected, r.dirty, r.lost_races), (0, 0, 0));
     assert!(!r.needs_flush());
-    let after = all_sptes(&f, ROOTS, s.base_gfn..s.end_gfn());
+    let after = all_sptes(&f, ROOTS, s.base_gfn.raw()..s.end_gfn().raw());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(*a, b & !spte::ACCESSED);
     }
     assert!(HostPages::<ID>::take_dirty().is_empty());
     // Accessed again: the lockless walk finds and clears the same.
     for root in 0..ROOTS {
-        for gfn in s.base_gfn..s.end_gfn() {
+        for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
             f.translate(root, gfn, false).unwrap();
         }
     }
     let r = f.lockless(hs, he, AgeOp::ClearFlush);
     assert_eq!((r.young, r.cleared), (true, 40 * ROOTS as u64));
     assert!(r.needs_flush());
-    assert_eq!(all_sptes(&f, ROOTS, s.base_gfn..s.end_gfn()), after);
+    assert_eq!(
+        all_sptes(&f, ROOTS, s.base_gfn.raw()..s.end_gfn().raw()),
+        after
+    );
     f.mmu.zap_all();
     teardown(f);
 }
@@ -618,7 +625,7 @@ fn slots_up_to_the_last_id() {
     let r = f.lockless(page, page + 4096, AgeOp::Clear);
     assert_eq!((r.young, r.cleared), (true, 1));
 
-    assert_eq!(f.zap(5, b.base_gfn, b.end_gfn()), 0);
+    assert_eq!(f.zap(5, b.base_gfn.raw(), b.end_gfn().raw()), 0);
     let detached = f.mmu.detach_slot(5).unwrap();
     assert_eq!(ids(&f), [0, 63]);
     // SAFETY: no lockless reader runs in this test.
@@ -749,7 +756,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 let mut rng = Rng(77);
                 while !done.load(StdOrdering::Relaxed) {
                     let s = &slots[rng.below(2) as usize];
-                    let gfn = s.base_gfn + rng.below(STRESS_GFNS);
+                    let gfn = s.base_gfn.raw() + rng.below(STRESS_GFNS);
                     let root = rng.below(STRESS_ROOTS as u64) as usize;
                     mode.enter_guest();
                     // SAFETY: the MMU outlives the scope, and we are in guest mode: tables the
@@ -796,7 +803,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             descs.topup(8 * MAP_MIN_DESCS).unwrap();
             let mut m = mmu.lock().unwrap();
             for _ in 0..8 {
-                let gfn = s.base_gfn + rng.below(STRESS_GFNS);
+                let gfn = s.base_gfn.raw() + rng.below(STRESS_GFNS);
                 let root = rng.below(STRESS_ROOTS as u64) as usize;
                 if !ad_enabled && m.restore_access_tracked(root, gfn, false) {
                     restored += 1;
@@ -814,7 +821,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 );
             }
             if rng.below(8) == 0 {
-                let start = s.base_gfn + rng.below(STRESS_GFNS);
+                let start = s.base_gfn.raw() + rng.below(STRESS_GFNS);
                 let end = start + rng.below(64);
                 // Every flush waits for the lockless walker, before the tables go.
                 let mut z = Zap::new(FlushWith(|| walker_mode.request_flush()));
@@ -848,7 +855,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
     let mut present = 0;
     for root in 0..STRESS_ROOTS {
         for s in &slots {
-            present += (s.base_gfn..s.end_gfn())
+            present += (s.base_gfn.raw()..s.end_gfn().raw())
                 .filter(|&gfn| mmu.leaf(root, gfn).is_some())
                 .count() as u64;
         }
@@ -902,7 +909,7 @@ fn aging_per_call_cost() {
     let a_hva = HVA + (1 << 40);
     let asl = slot(1, 0x20_0000, A_PAGES, a_hva);
     let mut f = Fixture::<ID>::new(1, true, &[fs, asl]);
-    for gfn in asl.base_gfn..asl.end_gfn() {
+    for gfn in asl.base_gfn.raw()..asl.end_gfn().raw() {
         f.map(0, 1, gfn, true);
     }
     let pass = |f: &mut Fixture<ID>, locked: bool, base: u64| {

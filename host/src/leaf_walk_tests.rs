@@ -8,6 +8,7 @@ use std::vec::Vec;
 
 use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES as S2_MIN_TABLES};
 use crate::host_pages::HostPages;
+use crate::mmu::addr::{Gfn, Hva};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::TableCache;
@@ -46,9 +47,9 @@ fn x86_next_leaf_finds_each_leaf_once() {
         let s = Slot {
             id: i as u32,
             flags: 0,
-            base_gfn: level.align_down(gfn),
+            base_gfn: Gfn::new(level.align_down(gfn)),
             npages: level.pages(),
-            userspace_addr: 0,
+            userspace_addr: Hva::new(0),
         };
         assert!(mmu.attach_slot(&s).is_ok());
         tables.topup(MAP_MIN_TABLES).unwrap();

@@ -20,6 +20,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::host_pages::HostPages;
+use crate::mmu::addr::{Gfn, Hva};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
@@ -229,16 +230,16 @@ mod x86 {
         Slot {
             id: 0,
             flags: 0,
-            base_gfn: 1 << 18,
+            base_gfn: Gfn::new(1 << 18),
             npages: (1 << 18) + 1024,
-            userspace_addr: 0x7000_0000_0000,
+            userspace_addr: Hva::new(0x7000_0000_0000),
         },
         Slot {
             id: 1,
             flags: 0,
-            base_gfn: (3 << 18) - 0x100,
+            base_gfn: Gfn::new((3 << 18) - 0x100),
             npages: (1 << 18) + 0x100 + 512,
-            userspace_addr: 0x7100_0000_0000,
+            userspace_addr: Hva::new(0x7100_0000_0000),
         },
     ];
 
@@ -360,7 +361,9 @@ mod x86 {
                 &mut self.tables,
                 &mut self.descs,
             );
-            if !slot.contains(first) || !slot.contains(first + level.pages() - 1) {
+            if !slot.contains(Gfn::new(first))
+                || !slot.contains(Gfn::new(first + level.pages() - 1))
+            {
                 assert_eq!(r.unwrap_err(), MapError::BadGfn);
                 return;
             }
@@ -416,7 +419,10 @@ mod x86 {
         /// generated for the first slot reach into the second, which starts near the end of the
         /// first's second 1G), or `s` when neither does (then neither model maps it).
         fn slot_of(s: usize, gfn: u64) -> usize {
-            SLOTS.iter().position(|sl| sl.contains(gfn)).unwrap_or(s)
+            SLOTS
+                .iter()
+                .position(|sl| sl.contains(Gfn::new(gfn)))
+                .unwrap_or(s)
         }
 
         fn translate(&mut self, root: usize, s: usize, gfn: u64, write: bool) {
@@ -479,7 +485,10 @@ mod x86 {
             );
             assert!(p.yields < 1 << 16, "the zap does not progress");
             let slot = &SLOTS[s];
-            let (lo, hi) = (start.max(slot.base_gfn), end.min(slot.end_gfn()));
+            let (lo, hi) = (
+                start.max(slot.base_gfn.raw()),
+                end.min(slot.end_gfn().raw()),
+            );
             let want = if lo < hi {
                 zap_model(&mut self.model[s], lo, hi, Self::dirty(self.ad))
             } else {
@@ -497,7 +506,10 @@ mod x86 {
                     .age_gfn_range_lockless(&no_preempt, s as u32, start, end, op)
             };
             let slot = &SLOTS[s];
-            let (lo, hi) = (start.max(slot.base_gfn), end.min(slot.end_gfn()));
+            let (lo, hi) = (
+                start.max(slot.base_gfn.raw()),
+                end.min(slot.end_gfn().raw()),
+            );
             if lo >= hi {
                 assert!(!r.young && r.visited == 0, "{r:?}");
                 return;
@@ -549,7 +561,7 @@ mod x86 {
             assert_eq!(self.mmu.leaf_sptes(), leaves);
             for &gfn in &self.probes {
                 // Leaves lie whole in their slot: outside the slots, nothing is mapped.
-                let s = SLOTS.iter().position(|s| s.contains(gfn));
+                let s = SLOTS.iter().position(|s| s.contains(Gfn::new(gfn)));
                 for root in 0..self.mmu.nr_roots() {
                     let want = s.and_then(|s| {
                         let found = self.model[s][root].find(gfn);

@@ -13,6 +13,7 @@ use std::thread;
 use std::vec::Vec;
 
 use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
+use crate::mmu::addr::{Gfn, Hva};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::ZAPPED_TABLES;
@@ -39,9 +40,9 @@ fn slot(id: u32, base_gfn: u64, npages: u64) -> Slot {
     Slot {
         id,
         flags: 0,
-        base_gfn,
+        base_gfn: Gfn::new(base_gfn),
         npages,
-        userspace_addr: 0x7000_0000_0000,
+        userspace_addr: Hva::new(0x7000_0000_0000),
     }
 }
 
@@ -466,13 +467,13 @@ fn unaligned_slots_and_ranges() {
     let mut f = Fixture::<ID>::new(1, true, &[a, b]);
     let map_all = |f: &mut Fixture<ID>| {
         for s in [a, b] {
-            for gfn in s.base_gfn..s.end_gfn() {
+            for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
                 f.map(0, s.id, gfn, pfn_of(gfn), true);
             }
         }
     };
     let check = |f: &Fixture<ID>, s: Slot, zapped: &dyn Fn(u64) -> bool| {
-        for gfn in s.base_gfn..s.end_gfn() {
+        for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
             let mapped = f.translate(0, gfn, false).is_ok();
             assert_eq!(mapped, !zapped(gfn), "gfn {gfn:#x}");
         }
@@ -494,7 +495,9 @@ fn unaligned_slots_and_ranges() {
     for ((start, end), visited) in cases {
         let p = f.zap(0, start, end);
         assert_eq!(p.visited, visited, "[{start:#x}, {end:#x})");
-        let expect = end.min(a.end_gfn()).saturating_sub(start.max(a.base_gfn));
+        let expect = end
+            .min(a.end_gfn().raw())
+            .saturating_sub(start.max(a.base_gfn.raw()));
         assert_eq!(p.zapped, expect);
         check(&f, a, &|g| g >= start && g < end);
         check(&f, b, &|_| false);
@@ -526,7 +529,7 @@ fn zap_all_then_drop_frees_every_table() {
     let mut mapped = 0;
     for root in 0..4 {
         for s in &slots {
-            for gfn in s.base_gfn..s.end_gfn() {
+            for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
                 f.map(root, s.id, gfn, pfn_of(gfn), gfn % 2 == 1);
                 mapped += 1;
             }
@@ -541,7 +544,7 @@ fn zap_all_then_drop_frees_every_table() {
     );
     // Mapped again, then dropped without zapping: the drop zaps.
     for s in &slots {
-        f.map(3, s.id, s.base_gfn, 1, true);
+        f.map(3, s.id, s.base_gfn.raw(), 1, true);
     }
     // Allocated: the tables linked, and those left in the cache.
     let allocated = f.mmu.table_pages() + f.tables.len() as u64;
@@ -812,7 +815,7 @@ fn slots_at_fresh_addresses_free_their_tables() {
             assert!(o.new_tables >= 2, "cycle {i}");
         }
         assert!(f.mmu.table_pages() >= roots + 4);
-        let p = f.zap(7, s.base_gfn, s.end_gfn());
+        let p = f.zap(7, s.base_gfn.raw(), s.end_gfn().raw());
         assert_eq!(p.zapped, 2);
         assert_eq!(f.mmu.table_pages(), roots, "cycle {i}: {p:?}");
         assert_eq!(f.translate(1, base + 5, false), Err(WalkFault::NotPresent));
@@ -929,12 +932,12 @@ fn zap_flushes_exactly_once_before_each_yield() {
     let mut mapped = Vec::new();
     for root in 0..roots {
         for i in 0..32 {
-            let gfn = s.base_gfn + i * 15 * 512 + 3 * i;
+            let gfn = s.base_gfn.raw() + i * 15 * 512 + 3 * i;
             f.map(root, 0, gfn, pfn_of(gfn), true);
             mapped.push((root, gfn));
         }
     }
-    let huge = s.base_gfn + 500 * 512;
+    let huge = s.base_gfn.raw() + 500 * 512;
     f.map_huge(huge, 0x8_0000, Level::L2M);
     mapped.push((0, huge));
     // The vCPUs' TLBs: the translations they hold, filled with every leaf before the zap.
@@ -999,7 +1002,14 @@ fn zap_flushes_exactly_once_before_each_yield() {
         frees: HostPages::<ID>::frees,
         log: log.clone(),
     };
-    X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, 0, s.base_gfn, s.end_gfn());
+    X86Mmu::zap_gfn_range(
+        &mut lock,
+        &mut &*slots,
+        &mut z,
+        0,
+        s.base_gfn.raw(),
+        s.end_gfn().raw(),
+    );
     // What the last step cleared is still cached until the caller's flush.
     assert!(z.needs_flush());
     z.flush_and_free(&mut lock);
@@ -1032,7 +1042,7 @@ fn zap_stopped_often_still_frees_everything() {
     let roots = f.mmu.table_pages();
     for root in 0..MAX_ROOTS {
         for i in 0..64 {
-            let gfn = s.base_gfn + i * 512 + 3;
+            let gfn = s.base_gfn.raw() + i * 512 + 3;
             f.map(root, 0, gfn, pfn_of(gfn), true);
         }
     }
@@ -1043,7 +1053,16 @@ fn zap_stopped_often_still_frees_everything() {
         HostPages::<ID>::frees,
         || true,
         |_| {},
-        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, s.base_gfn, s.end_gfn()),
+        |lock, z| {
+            X86Mmu::zap_gfn_range(
+                lock,
+                &mut &*slots,
+                z,
+                0,
+                s.base_gfn.raw(),
+                s.end_gfn().raw(),
+            )
+        },
     );
     let (zapped, unlinked, stopped) = (p.zapped, p.unlinked_tables, p.yields);
     let full = p.full as u64;
@@ -1062,7 +1081,7 @@ fn zap_stopped_often_still_frees_everything() {
     assert_eq!(f.mmu.leaf_sptes(), 0);
     for root in [0, MAX_ROOTS - 1] {
         assert_eq!(
-            f.translate(root, s.base_gfn + 3, false),
+            f.translate(root, s.base_gfn.raw() + 3, false),
             Err(WalkFault::NotPresent)
         );
     }
@@ -1075,7 +1094,11 @@ fn zap_stopped_often_still_frees_everything() {
     let s = slot(0, 1 << 20, 1 << 20);
     let mut f = Fixture::<ID2>::new(1, true, &[s]);
     let roots = f.mmu.table_pages();
-    for gfn in [s.base_gfn, s.base_gfn + (1 << 19) + 7, s.end_gfn() - 1] {
+    for gfn in [
+        s.base_gfn.raw(),
+        s.base_gfn.raw() + (1 << 19) + 7,
+        s.end_gfn().raw() - 1,
+    ] {
         f.map(0, 0, gfn, pfn_of(gfn), false);
     }
     let slots = f.mmu.slots().clone();
@@ -1084,7 +1107,16 @@ fn zap_stopped_often_still_frees_everything() {
         HostPages::<ID2>::frees,
         || true,
         |_| {},
-        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, s.base_gfn, s.end_gfn()),
+        |lock, z| {
+            X86Mmu::zap_gfn_range(
+                lock,
+                &mut &*slots,
+                z,
+                0,
+                s.base_gfn.raw(),
+                s.end_gfn().raw(),
+            )
+        },
     );
     let unlinked = p.unlinked_tables;
     // Yields while walking the rmaps, every 32 of them, but where a batch ends a level: of the
@@ -1278,7 +1310,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         .collect();
     let mut free_pages: VecDeque<u64> = all_pages.iter().copied().collect();
     let mut backing = Vec::new();
-    for gfn in s.base_gfn..s.end_gfn() {
+    for gfn in s.base_gfn.raw()..s.end_gfn().raw() {
         let pfn = free_pages.pop_front().unwrap();
         header(pfn).store(gfn, StdOrdering::Relaxed);
         backing.push(Some(pfn));
@@ -1303,7 +1335,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 let (mut accesses, mut faults) = (0u64, 0u64);
                 while !stop.load(StdOrdering::Relaxed) || accesses < 20_000 {
                     let r = rng.next();
-                    let gfn = s.base_gfn + r % STRESS_GFNS;
+                    let gfn = s.base_gfn.raw() + r % STRESS_GFNS;
                     let write = r & (1 << 40) != 0;
                     loop {
                         // Guest mode: TLB, walker and page only in here.
@@ -1335,7 +1367,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                         tables.topup(MAP_MIN_TABLES).unwrap();
                         descs.topup(MAP_MIN_DESCS).unwrap();
                         let mut w = world.lock().unwrap();
-                        let Some(page) = w.backing[(gfn - s.base_gfn) as usize] else {
+                        let Some(page) = w.backing[(gfn - s.base_gfn.raw()) as usize] else {
                             drop(w);
                             thread::yield_now();
                             continue;
@@ -1357,12 +1389,12 @@ fn stress<const ID: usize>(ad_enabled: bool) {
     let (mut zapped, mut yields, mut unlinked) = (0u64, 0u64, 0u64);
     for _ in 0..1500 {
         let mut w = world.lock().unwrap();
-        let start = s.base_gfn + rng.next() % STRESS_GFNS;
-        let end = (start + 1 + rng.next() % 160).min(s.end_gfn());
+        let start = s.base_gfn.raw() + rng.next() % STRESS_GFNS;
+        let end = (start + 1 + rng.next() % 160).min(s.end_gfn().raw());
         // invalidate_range_start: from now on faults of the range retry...
         let mut old = BTreeMap::new();
         for gfn in start..end {
-            let page = w.backing[(gfn - s.base_gfn) as usize].take().unwrap();
+            let page = w.backing[(gfn - s.base_gfn.raw()) as usize].take().unwrap();
             old.insert(gfn, page);
         }
         // ... and its mappings are zapped, yielding now and then: the zap driver flushes and
@@ -1391,7 +1423,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
         for gfn in start..end {
             let page = w.free_pages.pop_front().unwrap();
             header(page).store(gfn, StdOrdering::Relaxed);
-            w.backing[(gfn - s.base_gfn) as usize] = Some(page);
+            w.backing[(gfn - s.base_gfn.raw()) as usize] = Some(page);
         }
         drop(w);
         thread::yield_now();

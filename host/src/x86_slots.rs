@@ -12,6 +12,7 @@
 
 use core::ops::{Deref, DerefMut};
 
+use crate::mmu::addr::Hva;
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{Memslots, Slot, SlotEntry, SlotError};
@@ -64,9 +65,12 @@ impl TestSlots {
         op: AgeOp,
     ) -> AgeResult {
         let mut r = AgeResult::new(op);
-        for (slot, s, e) in self.read(rcu).gfn_ranges(hva_start, hva_end) {
+        for (slot, s, e) in self
+            .read(rcu)
+            .gfn_ranges(Hva::new(hva_start), Hva::new(hva_end))
+        {
             if let Some(slot) = slot_ref(slot) {
-                r.merge(&age_gfn_range_lockless(slot, rcu, s, e, op));
+                r.merge(&age_gfn_range_lockless(slot, rcu, s.raw(), e.raw(), op));
             }
             if r.done() {
                 break;
@@ -278,9 +282,9 @@ impl<P: PageOps> TestMmu<P> {
     ) -> AgeResult {
         let slots = self.slots.locked();
         let mut r = AgeResult::new(op);
-        for (slot, s, e) in slots.gfn_ranges(hva_start, hva_end) {
+        for (slot, s, e) in slots.gfn_ranges(Hva::new(hva_start), Hva::new(hva_end)) {
             if let Some(slot) = slot_ref(slot) {
-                r.merge(&self.mmu.age_gfn_range_locked(slot, s, e, op));
+                r.merge(&self.mmu.age_gfn_range_locked(slot, s.raw(), e.raw(), op));
             }
             if r.done() {
                 break;

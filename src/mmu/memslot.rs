@@ -16,6 +16,7 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
+use crate::mmu::addr::{Gfn, Hva};
 use crate::mmu::level::Level;
 use crate::mmu::prim::{self, PVec};
 
@@ -56,9 +57,9 @@ pub(crate) enum SlotError {
 pub(crate) struct Slot {
     pub(crate) id: u32,
     pub(crate) flags: u32,
-    pub(crate) base_gfn: u64,
+    pub(crate) base_gfn: Gfn,
     pub(crate) npages: u64,
-    pub(crate) userspace_addr: u64,
+    pub(crate) userspace_addr: Hva,
 }
 
 impl Slot {
@@ -93,19 +94,19 @@ impl Slot {
         Ok(Self {
             id: req.id,
             flags: req.flags,
-            base_gfn: req.guest_phys_addr >> PAGE_SHIFT,
+            base_gfn: Gfn::from_gpa(req.guest_phys_addr),
             npages: req.memory_size >> PAGE_SHIFT,
-            userspace_addr: req.userspace_addr,
+            userspace_addr: Hva::new(req.userspace_addr),
         })
     }
 
     /// One past the last gfn of the slot.
-    pub(crate) fn end_gfn(&self) -> u64 {
+    pub(crate) fn end_gfn(&self) -> Gfn {
         self.base_gfn + self.npages
     }
 
     /// Does the slot map `gfn`?
-    pub(crate) fn contains(&self, gfn: u64) -> bool {
+    pub(crate) fn contains(&self, gfn: Gfn) -> bool {
         gfn >= self.base_gfn && gfn < self.end_gfn()
     }
 
@@ -120,9 +121,9 @@ impl Slot {
     }
 
     /// The user address backing `gfn`, which the slot must contain.
-    pub(crate) fn gfn_to_hva(&self, gfn: u64) -> u64 {
+    pub(crate) fn gfn_to_hva(&self, gfn: Gfn) -> Hva {
         debug_assert!(self.contains(gfn));
-        self.userspace_addr + ((gfn - self.base_gfn) << PAGE_SHIFT)
+        self.userspace_addr.add_pages(gfn - self.base_gfn)
     }
 
     /// The largest level up to `max` at which `gfn` may be mapped as far as
@@ -131,17 +132,16 @@ impl Slot {
     /// so one huge host page backs one huge guest page, and the whole huge
     /// range lies inside the slot.  The primary MMU must also map the host
     /// range at least that large: the caller takes the minimum.
-    pub(crate) fn max_level(&self, gfn: u64, max: Level) -> Level {
+    pub(crate) fn max_level(&self, gfn: Gfn, max: Level) -> Level {
         debug_assert!(self.contains(gfn));
-        let hfn = self.gfn_to_hva(gfn) >> PAGE_SHIFT;
+        let hva = self.gfn_to_hva(gfn);
         let mut best = Level::L4K;
         for level in Level::MAPPABLE {
             if level > max {
                 break;
             }
-            let mask = level.pages() - 1;
-            let first = level.align_down(gfn);
-            if (gfn ^ hfn) & mask != 0
+            let first = gfn.align_down(level);
+            if gfn.offset_in(level) != hva.page_offset_in(level)
                 || first < self.base_gfn
                 || first.saturating_add(level.pages()) > self.end_gfn()
             {
@@ -155,16 +155,16 @@ impl Slot {
     /// The gfns `[start, end)` whose backing pages intersect the user range
     /// `[hva_start, hva_end)`, if any. `hva_end` is exclusive, as the
     /// notifier's is (KVM's `kvm_handle_hva_range()`).
-    pub(crate) fn hva_range_to_gfns(&self, hva_start: u64, hva_end: u64) -> Option<(u64, u64)> {
-        let slot_end = self.userspace_addr + (self.npages << PAGE_SHIFT);
+    pub(crate) fn hva_range_to_gfns(&self, hva_start: Hva, hva_end: Hva) -> Option<(Gfn, Gfn)> {
+        let slot_end = self.userspace_addr.add_pages(self.npages);
         let start = hva_start.max(self.userspace_addr);
         let end = hva_end.min(slot_end);
         if start >= end {
             return None;
         }
-        let first = self.base_gfn + ((start - self.userspace_addr) >> PAGE_SHIFT);
+        let first = self.base_gfn + start.pages_from(self.userspace_addr);
         // Round the end up: a partial page at the end still maps that gfn.
-        let last = self.base_gfn + ((end - self.userspace_addr).div_ceil(PAGE_SIZE));
+        let last = self.base_gfn + end.pages_from_up(self.userspace_addr);
         Some((first, last))
     }
 }
@@ -250,12 +250,12 @@ impl<D: Clone> Memslots<D> {
 
     /// The slot a fault on `gfn` may map through: none for a slot being
     /// deleted.
-    pub(crate) fn lookup(&self, gfn: u64) -> Option<&SlotEntry<D>> {
+    pub(crate) fn lookup(&self, gfn: Gfn) -> Option<&SlotEntry<D>> {
         self.lookup_any(gfn).filter(|s| !s.is_invalid())
     }
 
     /// The slot mapping `gfn`, even one being deleted.
-    pub(crate) fn lookup_any(&self, gfn: u64) -> Option<&SlotEntry<D>> {
+    pub(crate) fn lookup_any(&self, gfn: Gfn) -> Option<&SlotEntry<D>> {
         let idx = self.slots.partition_point(|s| s.base_gfn <= gfn);
         let slot = self.slots.get(idx.checked_sub(1)?)?;
         slot.contains(gfn).then_some(slot)
@@ -268,9 +268,9 @@ impl<D: Clone> Memslots<D> {
     /// must stay covered by invalidations and aging until their zap is done.
     pub(crate) fn gfn_ranges(
         &self,
-        hva_start: u64,
-        hva_end: u64,
-    ) -> impl Iterator<Item = (&SlotEntry<D>, u64, u64)> {
+        hva_start: Hva,
+        hva_end: Hva,
+    ) -> impl Iterator<Item = (&SlotEntry<D>, Gfn, Gfn)> {
         self.iter().filter_map(move |s| {
             let (first, last) = s.hva_range_to_gfns(hva_start, hva_end)?;
             Some((s, first, last))
@@ -282,10 +282,10 @@ impl<D: Clone> Memslots<D> {
     /// again, in whatever set is current then.
     pub(crate) fn next_gfn_range(
         &self,
-        hva_start: u64,
-        hva_end: u64,
-        from: u64,
-    ) -> Option<(&SlotEntry<D>, u64, u64)> {
+        hva_start: Hva,
+        hva_end: Hva,
+        from: Gfn,
+    ) -> Option<(&SlotEntry<D>, Gfn, Gfn)> {
         self.gfn_ranges(hva_start, hva_end)
             .find(|(s, _, _)| s.base_gfn >= from)
     }
@@ -471,15 +471,15 @@ mod tests {
             add(&mut m, req(1, 0x200000, 0x1000, 0x1000)),
             Err(SlotError::Busy)
         );
-        assert_eq!(m.lookup(0x100).map(|s| s.id), Some(3));
-        assert_eq!(m.lookup(0x10f).map(|s| s.id), Some(3));
-        assert_eq!(m.lookup(0x110), None);
-        assert_eq!(m.lookup(0xf).map(|s| s.id), Some(1));
-        assert_eq!(m.lookup(0x10), None);
+        assert_eq!(m.lookup(Gfn::new(0x100)).map(|s| s.id), Some(3));
+        assert_eq!(m.lookup(Gfn::new(0x10f)).map(|s| s.id), Some(3));
+        assert_eq!(m.lookup(Gfn::new(0x110)), None);
+        assert_eq!(m.lookup(Gfn::new(0xf)).map(|s| s.id), Some(1));
+        assert_eq!(m.lookup(Gfn::new(0x10)), None);
         let g = m.generation();
         assert_eq!(remove(&mut m, 3).map(|s| s.id), Ok(3));
         assert!(m.generation() > g);
-        assert_eq!(m.lookup(0x100), None);
+        assert_eq!(m.lookup(Gfn::new(0x100)), None);
         assert_eq!(remove(&mut m, 3), Err(SlotError::NotFound));
     }
 
@@ -490,7 +490,7 @@ mod tests {
         let g = m.generation();
         let s = invalidate(&mut m, 3).unwrap();
         assert!(s.is_invalid() && m.generation() > g);
-        assert_eq!(m.lookup(0x10), None);
+        assert_eq!(m.lookup(Gfn::new(0x10)), None);
         assert_eq!(m.iter().count(), 1);
         assert_eq!(invalidate(&mut m, 3), Err(SlotError::NotFound));
         // Still occupies its id and range until removed.
@@ -503,19 +503,22 @@ mod tests {
     fn hva_to_gfn_ranges_round_out() {
         let s = Slot::validate(&req(0, 0x10000, 0x4000, 0x7000_0000), &LIMITS).unwrap();
         assert_eq!(
-            s.hva_range_to_gfns(0x7000_0000, 0x7000_4000),
-            Some((0x10, 0x14))
+            s.hva_range_to_gfns(Hva::new(0x7000_0000), Hva::new(0x7000_4000)),
+            Some((Gfn::new(0x10), Gfn::new(0x14)))
         );
         assert_eq!(
-            s.hva_range_to_gfns(0x6fff_0000, 0x7000_1001),
-            Some((0x10, 0x12))
+            s.hva_range_to_gfns(Hva::new(0x6fff_0000), Hva::new(0x7000_1001)),
+            Some((Gfn::new(0x10), Gfn::new(0x12)))
         );
         assert_eq!(
-            s.hva_range_to_gfns(0x7000_3fff, 0x7001_0000),
-            Some((0x13, 0x14))
+            s.hva_range_to_gfns(Hva::new(0x7000_3fff), Hva::new(0x7001_0000)),
+            Some((Gfn::new(0x13), Gfn::new(0x14)))
         );
-        assert_eq!(s.hva_range_to_gfns(0x7000_4000, 0x7001_0000), None);
-        assert_eq!(s.gfn_to_hva(0x12), 0x7000_2000);
+        assert_eq!(
+            s.hva_range_to_gfns(Hva::new(0x7000_4000), Hva::new(0x7001_0000)),
+            None
+        );
+        assert_eq!(s.gfn_to_hva(Gfn::new(0x12)), Hva::new(0x7000_2000));
     }
 
     #[test]
@@ -527,8 +530,8 @@ mod tests {
         add(&mut m, req(0, 0x1000, 0x2000, 0x7000_4000)).unwrap();
         add(&mut m, req(1, 0x20_0000, 0x4000, 0x7000_6000)).unwrap();
         let ranges = |s: u64, e: u64| {
-            m.gfn_ranges(s, e)
-                .map(|(slot, first, last)| (slot.id, first, last))
+            m.gfn_ranges(Hva::new(s), Hva::new(e))
+                .map(|(slot, first, last)| (slot.id, first.raw(), last.raw()))
                 .collect::<Vec<_>>()
         };
         // Guest-physical order, each clipped to the part of the range it backs.
@@ -546,8 +549,8 @@ mod tests {
         );
         // Resuming after a slot, as a zap that dropped the lock does.
         let next = |from| {
-            m.next_gfn_range(0x7000_0000, 0x7001_0000, from)
-                .map(|(s, f, l)| (s.id, f, l))
+            m.next_gfn_range(Hva::new(0x7000_0000), Hva::new(0x7001_0000), Gfn::new(from))
+                .map(|(s, f, l)| (s.id, f.raw(), l.raw()))
         };
         assert_eq!(next(0), Some((0, 0x1, 0x3)));
         assert_eq!(next(0x3), Some((1, 0x200, 0x204)));
@@ -562,15 +565,23 @@ mod tests {
         add(&mut m, req(4, 0x10_0000, 0x4000, 0x7000_0000)).unwrap();
         add(&mut m, req(5, 0x2000, 0x2000, 0x7000_2000)).unwrap();
         let got: Vec<_> = m
-            .gfn_ranges(0x7000_2000, 0x7000_3000)
-            .map(|(s, f, l)| (s.id, f, l))
+            .gfn_ranges(Hva::new(0x7000_2000), Hva::new(0x7000_3000))
+            .map(|(s, f, l)| (s.id, f.raw(), l.raw()))
             .collect();
         assert_eq!(got, [(5, 0x2, 0x3), (4, 0x102, 0x103)]);
         // A slot being deleted still gets its range (invalidations must zap it).
         invalidate(&mut m, 5).unwrap();
-        assert_eq!(m.gfn_ranges(0x7000_2000, 0x7000_3000).count(), 2);
+        assert_eq!(
+            m.gfn_ranges(Hva::new(0x7000_2000), Hva::new(0x7000_3000))
+                .count(),
+            2
+        );
         remove(&mut m, 5).unwrap();
-        assert_eq!(m.gfn_ranges(0x7000_2000, 0x7000_3000).count(), 1);
+        assert_eq!(
+            m.gfn_ranges(Hva::new(0x7000_2000), Hva::new(0x7000_3000))
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -641,7 +652,7 @@ mod tests {
                     let rcu = NoPreempt::new();
                     let set = ptr.read(&rcu);
                     match set.by_id(1) {
-                        Some(s) => assert_eq!((s.base_gfn, set.generation()), (1, 1)),
+                        Some(s) => assert_eq!((s.base_gfn.raw(), set.generation()), (1, 1)),
                         None => assert_eq!((set.iter().count(), set.generation()), (0, 0)),
                     }
                 })

@@ -8,6 +8,7 @@
 //! the same files. The kernel glue (`../*.rs`) and the formats (`../x86/`,
 //! `../arm64/`) build on it; it builds on nothing of theirs.
 
+pub(crate) mod addr;
 pub(crate) mod aging;
 pub(crate) mod inval;
 pub(crate) mod level;

@@ -131,6 +131,7 @@ use core::marker::PhantomData;
 use core::ops::ControlFlow;
 use core::ptr::NonNull;
 
+use crate::mmu::addr::Gfn;
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
@@ -241,7 +242,7 @@ impl SlotRmaps {
     /// Allocates empty rmaps covering `slot`, at every level.  May sleep.
     pub(crate) fn new(slot: &Slot) -> Result<Self, AllocError> {
         let alloc = |level: Level| {
-            let n = rmap_count(slot.base_gfn, slot.npages, level);
+            let n = rmap_count(slot.base_gfn.raw(), slot.npages, level);
             let n = usize::try_from(n).map_err(|_| AllocError)?;
             prim::try_vec_with(n, RmapHead::new)
         };
@@ -308,7 +309,7 @@ impl<'a> SlotRef<'a> {
     pub(crate) fn new(slot: &'a Slot, rmaps: &'a SlotRmaps) -> Self {
         debug_assert_eq!(
             rmaps.nr_rmaps(Level::L4K) as u64,
-            rmap_count(slot.base_gfn, slot.npages, Level::L4K)
+            rmap_count(slot.base_gfn.raw(), slot.npages, Level::L4K)
         );
         SlotRef { slot, rmaps }
     }
@@ -325,17 +326,17 @@ impl<'a> SlotRef<'a> {
 
     /// First gfn of the slot.
     fn base_gfn(&self) -> u64 {
-        self.slot.base_gfn
+        self.slot.base_gfn.raw()
     }
 
     /// One past the last gfn of the slot.
     fn end_gfn(&self) -> u64 {
-        self.slot.end_gfn()
+        self.slot.end_gfn().raw()
     }
 
     /// Whether the slot holds `gfn`.
     fn contains(&self, gfn: u64) -> bool {
-        self.slot.contains(gfn)
+        self.slot.contains(Gfn::new(gfn))
     }
 
     /// The rmap of `gfn` at `level`; `None` if the slot does not overlap its block.
