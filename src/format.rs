@@ -85,7 +85,7 @@ impl Root {
     /// before this returns, and the caller is in guest mode until it
     /// returns (tables a map or a zap unlinks are freed only after a TLB
     /// flush that waited for guest mode to end).
-    pub(crate) unsafe fn translate(self, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
+    pub(crate) unsafe fn translate(self, gfn: Gfn, write: bool) -> Result<Translation, WalkFault> {
         match self {
             // SAFETY: Per the caller, the MMU of the root outlives the call,
             // and the caller is in guest mode throughout.
@@ -146,7 +146,7 @@ impl Pgt {
 
     /// The first leaf of root `root` mapping a gfn in `[gfn, end)`: its first
     /// gfn and that gfn's translation. MMU lock held, either side.
-    pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
+    pub(crate) fn next_leaf(&self, root: usize, gfn: Gfn, end: Gfn) -> Option<(Gfn, Translation)> {
         match self {
             Pgt::X86(m) => m.next_leaf(root, gfn, end),
             Pgt::S2(m) => m.next_leaf(root, gfn, end),
@@ -457,8 +457,8 @@ impl Format for X86Mmu<KernelPages> {
         let mapped = tables.map_level(
             root,
             slot,
-            gfn.raw(),
-            pfn.raw(),
+            gfn,
+            pfn,
             fault.write,
             fault.level,
             &mut caches.tables,
@@ -579,8 +579,8 @@ impl Format for S2Mmu<KernelPages> {
         let (gfn, pfn) = fault.block();
         tables.map(
             root,
-            gfn.raw(),
-            pfn.raw(),
+            gfn,
+            pfn,
             fault.write,
             fault.level,
             &mut caches.tables,
@@ -794,6 +794,7 @@ mod kunit {
         },
         ext::{preempt::PreemptGuard, rwlock::new_rwlock},
         kpages::KernelPages,
+        mmu::addr::{Gfn, Pfn},
         mmu::aging::AgeOp,
         mmu::inval::checks,
         mmu::level::Level,
@@ -961,7 +962,7 @@ mod kunit {
             let flushes = core::cell::Cell::new(0);
             let flush = || flushes.set(flushes.get() + 1);
             // Never dereferenced: read-only leaves are not marked dirty.
-            let (gfn, pfn) = (0x40000u64, 0x80000u64);
+            let (gfn, pfn) = (Gfn::new(0x40000), Pfn::new(0x80000));
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
             let m = mmu.map(0, gfn, pfn, false, Level::L2M, &mut cache, &flush);
             assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
@@ -971,12 +972,23 @@ mod kunit {
             assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 7, Level::L2M)));
             // A page under the block: break it into a table.
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
-            let m = mmu.map(0, gfn + 3, 0x1234, false, Level::L4K, &mut cache, &flush);
+            let m = mmu.map(
+                0,
+                gfn + 3,
+                Pfn::new(0x1234),
+                false,
+                Level::L4K,
+                &mut cache,
+                &flush,
+            );
             assert!(m.is_ok());
             assert_eq!(flushes.get(), 1);
             // SAFETY: as above.
             let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
-            assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((0x1234, Level::L4K)));
+            assert_eq!(
+                t.map(|t| (t.pfn, t.level)),
+                Ok((Pfn::new(0x1234), Level::L4K))
+            );
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn + 4, false, true) }.is_err());
             let pages = mmu.table_pages();
@@ -1011,9 +1023,10 @@ mod kunit {
             let mut cache = TableCache::<KernelPages>::new();
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
             // Any host page will do as the mapped pfn: nothing touches it.
-            let pfn = cache.take().ok_or(ENOMEM)?;
+            let page = cache.take().ok_or(ENOMEM)?;
+            let pfn = Pfn::new(page);
             let flush = || {};
-            let gfn = 0x12345;
+            let gfn = Gfn::new(0x12345);
             let m = mmu.map(0, gfn, pfn, false, Level::L4K, &mut cache, &flush);
             assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
             assert_eq!(
@@ -1027,11 +1040,17 @@ mod kunit {
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, true, false) }.is_err());
             // Aged: old, so the walker without hardware AF faults.
-            assert!(mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Clear).young);
-            assert!(!mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Test).young);
+            assert!(
+                mmu.age_gfn_range(gfn.raw(), gfn.raw() + 1, AgeOp::Clear)
+                    .young
+            );
+            assert!(
+                !mmu.age_gfn_range(gfn.raw(), gfn.raw() + 1, AgeOp::Test)
+                    .young
+            );
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, false) }.is_err());
-            assert!(mmu.mkyoung(0, gfn, false));
+            assert!(mmu.mkyoung(0, gfn.raw(), false));
             // (Read-only only: a writable leaf would mark the page dirty
             // when zapped, and this one is not a page cache page.)
             let again = mmu.map(0, gfn, pfn, false, Level::L4K, &mut cache, &flush);
@@ -1046,7 +1065,7 @@ mod kunit {
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, true) }.is_err());
             // SAFETY: `pfn` came from the cache (`alloc_table()`) and was
             // only ever mapped by `mmu`, whose leaf is zapped.
-            unsafe { <KernelPages as crate::mmu::pgtable::PageOps>::free_table(pfn) };
+            unsafe { <KernelPages as crate::mmu::pgtable::PageOps>::free_table(page) };
         }
         assert_eq!(crate::kpages::table_pages_now(), before);
         Ok(())

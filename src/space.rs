@@ -45,9 +45,10 @@ use crate::{
     },
     format::{self, Kind, Pgt, SlotSet},
     kpages,
-    mmu::addr::{Gfn, Hva},
+    mmu::addr::{Gfn, Hva, Pfn},
     mmu::aging::{AgeOp, AgeResult},
     mmu::inval::Invalidations,
+    mmu::level::Level,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
     mmu::prim::{self, NoPreempt, RcuPtr, Unpublished},
     mmu::stats::Stats,
@@ -597,7 +598,7 @@ struct Audit {
     leaves: u64,
     mismatches: u64,
     skipped: u64,
-    first: Option<(u32, u64)>,
+    first: Option<(u32, Gfn)>,
     /// Pages that looked incoherent to the lockless look-up, to confirm
     /// ([`Space::audit_confirm()`]) once the MMU lock is dropped.
     suspects: [Suspect; AUDIT_SUSPECTS],
@@ -608,18 +609,18 @@ struct Audit {
 #[derive(Clone, Copy, Default)]
 struct Suspect {
     root: u32,
-    gfn: u64,
+    gfn: Gfn,
     /// What the leaf maps the gfn to, and whether writably.
-    pfn: u64,
+    pfn: Pfn,
     writable: bool,
     /// The user address the gfn's memslot gives.
-    hva: u64,
+    hva: Hva,
     /// The invalidation sequence when the leaf was looked at.
     seq: u64,
 }
 
 impl Audit {
-    fn mismatch(&mut self, root: u32, gfn: u64) {
+    fn mismatch(&mut self, root: u32, gfn: Gfn) {
         self.mismatches += 1;
         self.first.get_or_insert((root, gfn));
     }
@@ -649,7 +650,7 @@ impl Space {
         }
         let mut a = Audit::default();
         for root in 0..cfg.nr_roots {
-            let mut gfn = 0;
+            let mut gfn = Gfn::new(0);
             loop {
                 if kernel::current!().signal_pending() {
                     return Err(EINTR);
@@ -682,7 +683,7 @@ impl Space {
             leaves: a.leaves,
             mismatches: a.mismatches,
             skipped: a.skipped,
-            first_gpa: a.first.map_or(0, |(_, gfn)| gfn << 12),
+            first_gpa: a.first.map_or(0, |(_, gfn)| gfn.to_gpa()),
             first_root: a.first.map_or(0, |(root, _)| root),
             ..Default::default()
         };
@@ -700,12 +701,12 @@ impl Space {
         mm: &MmWithUser,
         mmu: &Pgt,
         root: u32,
-        mut gfn: u64,
+        mut gfn: Gfn,
         a: &mut Audit,
-    ) -> Option<u64> {
+    ) -> Option<Gfn> {
         let mut budget = AUDIT_BATCH;
         while budget > 0 && a.nr_suspects < AUDIT_SUSPECTS {
-            let (base, t) = mmu.next_leaf(root as usize, gfn, u64::MAX)?;
+            let (base, t) = mmu.next_leaf(root as usize, gfn, Gfn::new(u64::MAX))?;
             let pages = t.level.pages();
             budget = budget.saturating_sub(pages.min(512));
             gfn = base + pages;
@@ -739,40 +740,41 @@ impl Space {
         state: &MmuState,
         slots: &SlotSet,
         mm: &MmWithUser,
-        base: u64,
+        base: Gfn,
         pages: u64,
-        pfn: u64,
+        pfn: Pfn,
         writable: bool,
     ) -> LeafAudit {
         let mut i = 0;
         while i < pages {
             // A leaf outside every memslot is stale: the slot's deletion
             // should have zapped it.
-            let Some(slot) = slots.lookup_any(Gfn::new(base + i)) else {
+            let Some(slot) = slots.lookup_any(base + i) else {
                 return LeafAudit::Stale;
             };
-            let hva = slot.gfn_to_hva(Gfn::new(base + i)).raw();
+            let hva = slot.gfn_to_hva(base + i);
             if state
                 .inval
-                .in_progress_overlaps(hva as usize, (hva + 4096) as usize)
+                .in_progress_overlaps(hva.as_usize(), hva.add_pages(1).as_usize())
             {
                 return LeafAudit::Invalidating;
             }
             let suspect = LeafAudit::Suspect { gfn: base + i, hva };
-            let Some(host) = mm::leaf(mm, hva as usize) else {
+            let Some(host) = mm::leaf(mm, hva.as_usize()) else {
                 return suspect;
             };
-            if host.pfn as u64 != pfn + i || (writable && !host.writable) {
+            // The kernel's pfn, an unsigned long: as wide as a u64 on 64-bit.
+            if Pfn::new(host.pfn as u64) != pfn + i || (writable && !host.writable) {
                 return suspect;
             }
             // The rest of a huge host leaf maps on in order: skip it.
-            let host_pages: u64 = match host.level {
-                LeafLevel::Pud => 1 << 18,
-                LeafLevel::Pmd => 1 << 9,
-                LeafLevel::Pte => 1,
+            let host_level = match host.level {
+                LeafLevel::Pud => Level::L1G,
+                LeafLevel::Pmd => Level::L2M,
+                LeafLevel::Pte => Level::L4K,
             };
-            let left_in_host = host_pages - ((hva >> 12) & (host_pages - 1));
-            i += left_in_host.min(slot.end_gfn().raw() - (base + i));
+            let left_in_host = host_level.pages() - hva.page_offset_in(host_level);
+            i += left_in_host.min(slot.end_gfn() - (base + i));
         }
         LeafAudit::Coherent
     }
@@ -796,8 +798,8 @@ impl Space {
     fn audit_confirm(&self, a: &mut Audit) {
         let suspects = a.suspects;
         for s in &suspects[..a.nr_suspects] {
-            if let Ok(page) = UserPageRef::get_mapped(s.hva as usize, s.writable) {
-                if page.pfn() as u64 == s.pfn {
+            if let Ok(page) = UserPageRef::get_mapped(s.hva.as_usize(), s.writable) {
+                if Pfn::new(page.pfn() as u64) == s.pfn {
                     continue;
                 }
             }
@@ -808,7 +810,7 @@ impl Space {
                         t.pfn + (s.gfn - base) == s.pfn && t.writable == s.writable
                     })
             });
-            let hva = s.hva as usize;
+            let hva = s.hva.as_usize();
             let quiet = !state.inval.changed_since(hva, hva + 4096, s.seq);
             drop(state);
             if same_leaf && quiet {
@@ -829,7 +831,7 @@ enum LeafAudit {
     Stale,
     /// The lockless look-up of the page at `gfn` (user address `hva`)
     /// disagrees with the leaf.
-    Suspect { gfn: u64, hva: u64 },
+    Suspect { gfn: Gfn, hva: Hva },
     /// An invalidation in progress covers part of the leaf.
     Invalidating,
 }

@@ -382,17 +382,17 @@ impl GuestMode<'_> {
     fn page(&mut self, gfn: Gfn, write: bool) -> Result<*mut u8, WalkFault> {
         let root = self.root;
         let hit = self.tlb.translate(
-            gfn.raw(),
+            gfn,
             write,
             || {
                 // SAFETY: `root` is a root of the space's MMU, which lives as
                 // long as the space, which the vCPU keeps alive; we are in
                 // guest mode (`Vcpu::in_guest()`).
-                unsafe { root.translate(gfn.raw(), write) }
+                unsafe { root.translate(gfn, write) }
             },
             // SAFETY: A page the walk found mapped: a page of RAM (the
             // host's, from GUP), in the direct map on a 64-bit kernel.
-            |pfn| unsafe { pfn::to_virt(pfn as usize) } as usize,
+            |pfn| unsafe { pfn::to_virt(pfn.raw() as usize) } as usize,
         )?;
         // In guest mode the page stays mapped by the secondary MMU, so the
         // primary cannot free it until we exit (the zap waits for us).

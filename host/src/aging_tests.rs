@@ -16,7 +16,7 @@ use std::time::Duration;
 use std::vec::Vec;
 
 use crate::host_pages::HostPages;
-use crate::mmu::addr::{Gfn, Hva};
+use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{use_lockless, AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{Slot, PAGE_SHIFT};
@@ -82,8 +82,8 @@ impl<const ID: usize> Fixture<ID> {
         let o = self.mmu.map(
             root,
             slot_id,
-            gfn,
-            pfn_of(gfn),
+            Gfn::new(gfn),
+            Pfn::new(pfn_of(gfn)),
             writable,
             &mut self.tables,
             &mut self.descs,
@@ -115,7 +115,7 @@ impl<const ID: usize> Fixture<ID> {
     fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<u64, WalkFault> {
         let root_pfn = self.mmu.root_pfn(root).unwrap();
         // SAFETY: `root_pfn` is a root of `self.mmu`, which is borrowed for the call.
-        unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }.map(|t| t.pfn)
+        unsafe { translate::<HostPages<ID>>(root_pfn, Gfn::new(gfn), write) }.map(|t| t.pfn.raw())
     }
 
     fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> u64 {
@@ -464,7 +464,15 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
     f.descs.topup(MAP_MIN_DESCS).unwrap();
     let o = f
         .mmu
-        .map(1, 0, odd, pfn_of(odd), false, &mut f.tables, &mut f.descs)
+        .map(
+            1,
+            0,
+            Gfn::new(odd),
+            Pfn::new(pfn_of(odd)),
+            false,
+            &mut f.tables,
+            &mut f.descs,
+        )
         .unwrap();
     assert_eq!(o.action, MapAction::Restored);
     assert_ne!(f.mmu.snapshot(1, odd) & SNAP_ACCESSED, 0);
@@ -554,8 +562,16 @@ fn memslot_set_attach_and_detach() {
     for root in 0..2 {
         tables.topup(MAP_MIN_TABLES).unwrap();
         descs.topup(MAP_MIN_DESCS).unwrap();
-        mmu.map(root, 5, 0x12, 7, true, &mut tables, &mut descs)
-            .unwrap();
+        mmu.map(
+            root,
+            5,
+            Gfn::new(0x12),
+            Pfn::new(7),
+            true,
+            &mut tables,
+            &mut descs,
+        )
+        .unwrap();
     }
     let no_preempt = NoPreempt::new();
     // A reader that read the set before the deletion.
@@ -578,8 +594,16 @@ fn memslot_set_attach_and_detach() {
     assert!(mmu.attach_slot(&s).is_ok());
     tables.topup(MAP_MIN_TABLES).unwrap();
     descs.topup(MAP_MIN_DESCS).unwrap();
-    mmu.map(0, 5, 0x13, 8, true, &mut tables, &mut descs)
-        .unwrap();
+    mmu.map(
+        0,
+        5,
+        Gfn::new(0x13),
+        Pfn::new(8),
+        true,
+        &mut tables,
+        &mut descs,
+    )
+    .unwrap();
     drop((mmu, tables));
     assert_eq!(HostPages::<ID>::take_dirty(), [8]);
     assert_eq!(table.get(5, &no_preempt).unwrap().sptes(), 0);
@@ -762,7 +786,11 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                     // SAFETY: the MMU outlives the scope, and we are in guest mode: tables the
                     // zaps unlink are freed after a flush that waits for us to leave it.
                     let _ = unsafe {
-                        translate::<HostPages<ID>>(roots[root], gfn, rng.next().is_multiple_of(4))
+                        translate::<HostPages<ID>>(
+                            roots[root],
+                            Gfn::new(gfn),
+                            rng.next().is_multiple_of(4),
+                        )
                     };
                     mode.exit_guest();
                 }
@@ -813,8 +841,8 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 let _ = m.map(
                     root,
                     s.id,
-                    gfn,
-                    pfn_of(gfn),
+                    Gfn::new(gfn),
+                    Pfn::new(pfn_of(gfn)),
                     rng.next().is_multiple_of(2),
                     &mut tables,
                     &mut descs,

@@ -8,7 +8,7 @@ use std::vec::Vec;
 
 use crate::arm64::mmu::{S2Mmu, MAP_MIN_TABLES as S2_MIN_TABLES};
 use crate::host_pages::HostPages;
-use crate::mmu::addr::{Gfn, Hva};
+use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::TableCache;
@@ -26,12 +26,12 @@ const LEAVES: [(u64, u64, Level, bool); 5] = [
 ];
 
 fn collect(
-    mut next: impl FnMut(u64) -> Option<(u64, crate::mmu::pgtable::Translation)>,
+    mut next: impl FnMut(Gfn) -> Option<(Gfn, crate::mmu::pgtable::Translation)>,
 ) -> Vec<(u64, u64, Level, bool)> {
     let mut found = Vec::new();
-    let mut gfn = 0;
+    let mut gfn = Gfn::new(0);
     while let Some((base, t)) = next(gfn) {
-        found.push((base, t.pfn, t.level, t.writable));
+        found.push((base.raw(), t.pfn.raw(), t.level, t.writable));
         gfn = base + t.level.pages();
     }
     found
@@ -54,14 +54,37 @@ fn x86_next_leaf_finds_each_leaf_once() {
         assert!(mmu.attach_slot(&s).is_ok());
         tables.topup(MAP_MIN_TABLES).unwrap();
         descs.topup(MAP_MIN_DESCS).unwrap();
-        mmu.map_level(1, s.id, gfn, pfn, w, level, &mut tables, &mut descs)
-            .unwrap();
+        mmu.map_level(
+            1,
+            s.id,
+            Gfn::new(gfn),
+            Pfn::new(pfn),
+            w,
+            level,
+            &mut tables,
+            &mut descs,
+        )
+        .unwrap();
     }
-    assert_eq!(collect(|g| mmu.next_leaf(1, g, u64::MAX)), LEAVES.to_vec());
-    assert_eq!(collect(|g| mmu.next_leaf(0, g, u64::MAX)), Vec::new());
+    assert_eq!(
+        collect(|g| mmu.next_leaf(1, g, Gfn::new(u64::MAX))),
+        LEAVES.to_vec()
+    );
+    assert_eq!(
+        collect(|g| mmu.next_leaf(0, g, Gfn::new(u64::MAX))),
+        Vec::new()
+    );
     // A range that starts inside a leaf finds it; one that ends before it does not.
-    assert_eq!(mmu.next_leaf(1, 0x201, 0x202).map(|(b, _)| b), Some(0x200));
-    assert_eq!(mmu.next_leaf(1, 0x6, 0x200).map(|(b, _)| b), None);
+    assert_eq!(
+        mmu.next_leaf(1, Gfn::new(0x201), Gfn::new(0x202))
+            .map(|(b, _)| b.raw()),
+        Some(0x200)
+    );
+    assert_eq!(
+        mmu.next_leaf(1, Gfn::new(0x6), Gfn::new(0x200))
+            .map(|(b, _)| b.raw()),
+        None
+    );
     let slots = mmu.slots().clone();
     for id in 0..LEAVES.len() as u32 {
         crate::test_util::run_zap(
@@ -72,7 +95,11 @@ fn x86_next_leaf_finds_each_leaf_once() {
             |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, id, 0, 1 << 36),
         );
     }
-    assert_eq!(mmu.next_leaf(1, 0, u64::MAX).map(|(b, _)| b), None);
+    assert_eq!(
+        mmu.next_leaf(1, Gfn::new(0), Gfn::new(u64::MAX))
+            .map(|(b, _)| b.raw()),
+        None
+    );
 }
 
 #[test]
@@ -81,10 +108,33 @@ fn s2_next_leaf_finds_each_leaf_once() {
     let mut tables = TableCache::<HostPages<53>>::new();
     for &(gfn, pfn, level, w) in &LEAVES {
         tables.topup(S2_MIN_TABLES).unwrap();
-        mmu.map(1, gfn, pfn, w, level, &mut tables, &|| {}).unwrap();
+        mmu.map(
+            1,
+            Gfn::new(gfn),
+            Pfn::new(pfn),
+            w,
+            level,
+            &mut tables,
+            &|| {},
+        )
+        .unwrap();
     }
-    assert_eq!(collect(|g| mmu.next_leaf(1, g, u64::MAX)), LEAVES.to_vec());
-    assert_eq!(collect(|g| mmu.next_leaf(0, g, u64::MAX)), Vec::new());
-    assert_eq!(mmu.next_leaf(1, 0x201, 0x202).map(|(b, _)| b), Some(0x200));
-    assert_eq!(mmu.next_leaf(1, 0x6, 0x200).map(|(b, _)| b), None);
+    assert_eq!(
+        collect(|g| mmu.next_leaf(1, g, Gfn::new(u64::MAX))),
+        LEAVES.to_vec()
+    );
+    assert_eq!(
+        collect(|g| mmu.next_leaf(0, g, Gfn::new(u64::MAX))),
+        Vec::new()
+    );
+    assert_eq!(
+        mmu.next_leaf(1, Gfn::new(0x201), Gfn::new(0x202))
+            .map(|(b, _)| b.raw()),
+        Some(0x200)
+    );
+    assert_eq!(
+        mmu.next_leaf(1, Gfn::new(0x6), Gfn::new(0x200))
+            .map(|(b, _)| b.raw()),
+        None
+    );
 }

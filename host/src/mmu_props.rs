@@ -20,7 +20,7 @@ use std::vec::Vec;
 use proptest::prelude::*;
 
 use crate::host_pages::HostPages;
-use crate::mmu::addr::{Gfn, Hva};
+use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
@@ -165,7 +165,7 @@ fn age_model(
 /// The translation of `gfn` by the leaf at (`level`, `first`).
 fn translation(level: Level, first: u64, leaf: &Leaf, gfn: u64, dirty: bool) -> Translation {
     Translation {
-        pfn: leaf.pfn + (gfn - first),
+        pfn: Pfn::new(leaf.pfn + (gfn - first)),
         level,
         writable: leaf.w(),
         dirty,
@@ -354,8 +354,8 @@ mod x86 {
             let r = self.mmu.map_level(
                 root,
                 s as u32,
-                first,
-                pfn,
+                Gfn::new(first),
+                Pfn::new(pfn),
                 w,
                 level,
                 &mut self.tables,
@@ -430,7 +430,7 @@ mod x86 {
             let s = Self::slot_of(s, gfn);
             let root_pfn = self.mmu.root_pfn(root).unwrap();
             // SAFETY: a root of `self.mmu`, which is borrowed for the call.
-            let got = unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) };
+            let got = unsafe { translate::<HostPages<ID>>(root_pfn, Gfn::new(gfn), write) };
             let ad = self.ad;
             let want = match self.model[s][root].find(gfn) {
                 None => Err(WalkFault::NotPresent),
@@ -804,11 +804,15 @@ mod s2 {
             let first = level.align_down(gfn);
             self.tables.topup(self.mmu.map_min_tables()).unwrap();
             let flushes = Cell::new(0);
-            let r = self
-                .mmu
-                .map(root, first, pfn, w, level, &mut self.tables, &|| {
-                    flushes.set(flushes.get() + 1)
-                });
+            let r = self.mmu.map(
+                root,
+                Gfn::new(first),
+                Pfn::new(pfn),
+                w,
+                level,
+                &mut self.tables,
+                &|| flushes.set(flushes.get() + 1),
+            );
             if first >= self.mmu.geometry().gfn_limit() {
                 assert_eq!(r.unwrap_err(), MapError::BadGfn);
                 return;
@@ -871,7 +875,7 @@ mod s2 {
             let r = self.mmu.root(root).unwrap();
             let hw_af = self.mmu.hw_af();
             // SAFETY: a root of `self.mmu`, which is borrowed for the call.
-            let got = unsafe { translate::<HostPages<ID>>(r, gfn, write, hw_af) };
+            let got = unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, hw_af) };
             let want = match self.model[root].find(gfn) {
                 None => Err(WalkFault::NotPresent),
                 Some((_, _, l)) if !l.accessed && !hw_af => Err(WalkFault::NotPresent),
@@ -1072,7 +1076,15 @@ fn s2_1g_map_at_start_level_2() {
         assert_eq!(mmu.root(0).unwrap().start_level(), Level::L2M);
         let mut tables = TableCache::<HostPages<ID>>::new();
         tables.topup(MAP_MIN_TABLES).unwrap();
-        let r = mmu.map(0, 1 << 18, 1 << 28, true, Level::L1G, &mut tables, &|| {});
+        let r = mmu.map(
+            0,
+            Gfn::new(1 << 18),
+            Pfn::new(1 << 28),
+            true,
+            Level::L1G,
+            &mut tables,
+            &|| {},
+        );
         assert!(r.is_err(), "ia_bits {ia_bits}: a 1G map must be refused");
         if r.is_ok() {
             let last = (2 << 18) - 1;

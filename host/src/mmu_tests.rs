@@ -13,7 +13,7 @@ use std::thread;
 use std::vec::Vec;
 
 use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
-use crate::mmu::addr::{Gfn, Hva};
+use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::ZAPPED_TABLES;
@@ -79,8 +79,8 @@ impl<const ID: usize> Fixture<ID> {
         self.mmu.map(
             root,
             slot_id,
-            gfn,
-            pfn,
+            Gfn::new(gfn),
+            Pfn::new(pfn),
             writable,
             &mut self.tables,
             &mut self.descs,
@@ -94,7 +94,7 @@ impl<const ID: usize> Fixture<ID> {
     fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
         let root_pfn = self.mmu.root_pfn(root).unwrap();
         // SAFETY: `root_pfn` is a root of `self.mmu`, which is borrowed for the call.
-        unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) }
+        unsafe { translate::<HostPages<ID>>(root_pfn, Gfn::new(gfn), write) }
     }
 
     /// The leaf value of `gfn` in `root`, or 0.
@@ -174,7 +174,7 @@ fn map_translate_round_trip_all_roots() {
         for gfn in base..base + n {
             let writable = gfn % 2 == 0;
             let t = f.translate(root, gfn, false).unwrap();
-            assert_eq!(t.pfn, pfn_of(gfn));
+            assert_eq!(t.pfn.raw(), pfn_of(gfn));
             assert_eq!(t.level, Level::L4K);
             assert_eq!((t.writable, t.dirty), (writable, writable));
             let snap = if writable {
@@ -229,7 +229,7 @@ fn read_only_upgraded_in_place() {
 
     assert_eq!(f.translate(0, 3, true), Err(WalkFault::WriteProtected));
     let t = f.translate(0, 3, false).unwrap();
-    assert_eq!((t.pfn, t.writable, t.dirty), (0x42, false, false));
+    assert_eq!((t.pfn.raw(), t.writable, t.dirty), (0x42, false, false));
     // A read fault on a read-only leaf changes nothing.
     assert_eq!(f.map(0, 0, 3, 0x42, false).action, MapAction::Unchanged);
 
@@ -243,7 +243,7 @@ fn read_only_upgraded_in_place() {
     assert!(std::ptr::eq(before, after), "upgraded in place");
     assert!(spte::is_writable(spte) && spte::is_dirty(spte));
     let t = f.translate(0, 3, true).unwrap();
-    assert_eq!((t.pfn, t.writable, t.dirty), (0x42, true, true));
+    assert_eq!((t.pfn.raw(), t.writable, t.dirty), (0x42, true, true));
     // A read-only map never takes W away.
     assert_eq!(f.map(0, 0, 3, 0x42, false).action, MapAction::Unchanged);
     assert!(f.translate(0, 3, true).is_ok());
@@ -592,8 +592,8 @@ fn stale_leaf_is_zapped_and_replaced() {
     assert!(o.needs_flush());
     assert_eq!(HostPages::<ID>::take_dirty(), [0xa]);
     let t = f.translate(0, 2, false).unwrap();
-    assert_eq!((t.pfn, t.writable), (0xb, false));
-    assert_eq!(f.translate(1, 2, false).unwrap().pfn, 0xa);
+    assert_eq!((t.pfn.raw(), t.writable), (0xb, false));
+    assert_eq!(f.translate(1, 2, false).unwrap().pfn.raw(), 0xa);
     assert_eq!(f.mmu.leaf_sptes(), 2);
     assert_eq!(f.mmu.zap_all(), 2);
     assert_eq!(HostPages::<ID>::take_dirty(), [0xa]);
@@ -609,8 +609,8 @@ impl<const ID: usize> Fixture<ID> {
             .map_level(
                 0,
                 0,
-                gfn,
-                pfn,
+                Gfn::new(gfn),
+                Pfn::new(pfn),
                 true,
                 level,
                 &mut self.tables,
@@ -638,12 +638,12 @@ fn huge_leaves_map_translate_and_zap() {
         (MapAction::Installed, 2, false)
     );
     let t = f.translate(0, 0x2ff, true).unwrap();
-    assert_eq!((t.pfn, t.level), (0x8_00ff, Level::L2M));
+    assert_eq!((t.pfn.raw(), t.level), (0x8_00ff, Level::L2M));
     assert_eq!(f.mmu.snapshot(0, 0x3ff) >> 4, Level::L2M.uapi());
     let o = f.map_huge(1 << 18, 1 << 20, Level::L1G);
     assert_eq!(o.action, MapAction::Installed);
     assert_eq!(
-        f.translate(0, (1 << 18) + 7, false).unwrap().pfn,
+        f.translate(0, (1 << 18) + 7, false).unwrap().pfn.raw(),
         (1 << 20) + 7
     );
     // Unaligned: refused.
@@ -651,8 +651,8 @@ fn huge_leaves_map_translate_and_zap() {
         f.mmu.map_level(
             0,
             0,
-            0x201,
-            0x8_0000,
+            Gfn::new(0x201),
+            Pfn::new(0x8_0000),
             true,
             Level::L2M,
             &mut f.tables,
@@ -664,8 +664,8 @@ fn huge_leaves_map_translate_and_zap() {
         f.mmu.map_level(
             0,
             0,
-            0x400,
-            0x8_0001,
+            Gfn::new(0x400),
+            Pfn::new(0x8_0001),
             true,
             Level::L2M,
             &mut f.tables,
@@ -703,7 +703,7 @@ fn split_and_collapse() {
     assert!(o.needs_flush() && !o.split && o.action == MapAction::Replaced);
     assert_eq!(f.mmu.table_pages(), pages - 1);
     assert_eq!(f.mmu.leaf_sptes(), 1);
-    assert_eq!(f.translate(0, 0x405, false).unwrap().pfn, 0x1005);
+    assert_eq!(f.translate(0, 0x405, false).unwrap().pfn.raw(), 0x1005);
     // A 1G collapse over 2M leaves, 4K tables and an empty table.
     f.map(0, 0, 0x600, 0x3000, true);
     let pages = f.mmu.table_pages();
@@ -711,7 +711,7 @@ fn split_and_collapse() {
     assert_eq!(o.unlinked.map(|t| t.covers), Some(Level::L1G));
     assert_eq!(f.mmu.table_pages(), pages - 2);
     assert_eq!(f.mmu.leaf_sptes(), 1);
-    assert_eq!(f.translate(0, 0x405, false).unwrap().pfn, 0x405);
+    assert_eq!(f.translate(0, 0x405, false).unwrap().pfn.raw(), 0x405);
     // Empty tables (a zap of a range unlinks them, but not a zap of the whole slot, as at
     // release): still unlinked and freed.
     f.map(0, 0, 1 << 18, 0x5000, true);
@@ -740,15 +740,39 @@ fn map_errors_change_nothing() {
 
     let mut tables = TableCache::<HostPages<ID>>::new();
     let mut descs = DescCache::new(1);
-    let r = f.mmu.map(0, 0, 0x100, 1, true, &mut tables, &mut descs);
+    let r = f.mmu.map(
+        0,
+        0,
+        Gfn::new(0x100),
+        Pfn::new(1),
+        true,
+        &mut tables,
+        &mut descs,
+    );
     assert_eq!(r, Err(MapError::NeedTopup));
     tables.topup(MAP_MIN_TABLES).unwrap();
-    let r = f.mmu.map(0, 0, 0x100, 1, true, &mut tables, &mut descs);
+    let r = f.mmu.map(
+        0,
+        0,
+        Gfn::new(0x100),
+        Pfn::new(1),
+        true,
+        &mut tables,
+        &mut descs,
+    );
     assert_eq!(r, Err(MapError::NeedTopup), "descriptor cache empty");
     assert_eq!(f.mmu.table_pages(), pages);
     assert_eq!(f.mmu.snapshot(0, 0x100), 0);
     descs.topup(MAP_MIN_DESCS).unwrap();
-    let r = f.mmu.map(0, 0, 0x100, 1, true, &mut tables, &mut descs);
+    let r = f.mmu.map(
+        0,
+        0,
+        Gfn::new(0x100),
+        Pfn::new(1),
+        true,
+        &mut tables,
+        &mut descs,
+    );
     assert_eq!(r.unwrap().new_tables, 3);
     assert_eq!(tables.len(), TABLE_CACHE_CAPACITY - 3);
     drop((tables, descs));
@@ -855,8 +879,8 @@ fn partial_zaps_keep_tables_with_live_leaves() {
         .map_level(
             0,
             1,
-            0x800,
-            0x10_0000,
+            Gfn::new(0x800),
+            Pfn::new(0x10_0000),
             false,
             Level::L2M,
             &mut f.tables,
@@ -871,7 +895,7 @@ fn partial_zaps_keep_tables_with_live_leaves() {
     let p = f.zap(0, 0x200, 0x201);
     assert_eq!((p.zapped, p.unlinked_tables), (1, 0));
     assert_eq!(
-        f.translate(0, 0x3ff, false).map(|t| t.pfn),
+        f.translate(0, 0x3ff, false).map(|t| t.pfn.raw()),
         Ok(pfn_of(0x3ff))
     );
     // Its last leaf, by another zap that covers it in part: it goes.
@@ -883,11 +907,11 @@ fn partial_zaps_keep_tables_with_live_leaves() {
     assert_eq!((p.zapped, p.unlinked_tables), (2, 1));
     assert_eq!(f.mmu.table_pages(), roots + 1 + 2 + 2);
     assert_eq!(
-        f.translate(0, 0x601, false).map(|t| t.pfn),
+        f.translate(0, 0x601, false).map(|t| t.pfn.raw()),
         Ok(pfn_of(0x601))
     );
     assert_eq!(
-        f.translate(0, 0x9ff, false).map(|t| (t.pfn, t.level)),
+        f.translate(0, 0x9ff, false).map(|t| (t.pfn.raw(), t.level)),
         Ok((0x10_01ff, Level::L2M))
     );
     // Slot 1's 4K page: its table goes, the 2M table stays for the 2M leaf.
@@ -983,7 +1007,9 @@ fn zap_flushes_exactly_once_before_each_yield() {
             let mut tlb = tlb.borrow_mut();
             let walk = |root: usize, gfn: u64| {
                 // SAFETY: a root of `mmu`, which is borrowed for the call.
-                unsafe { translate::<HostPages<ID>>(mmu.root_pfn(root).unwrap(), gfn, false) }
+                unsafe {
+                    translate::<HostPages<ID>>(mmu.root_pfn(root).unwrap(), Gfn::new(gfn), false)
+                }
             };
             for &(root, gfn) in tlb.iter() {
                 assert!(
@@ -1165,7 +1191,7 @@ fn table_limit_refuses_new_tables_until_freed() {
         Err(MapError::TableLimit)
     );
     assert_eq!(
-        f.translate(0, 0x601, false).map(|t| (t.pfn, t.level)),
+        f.translate(0, 0x601, false).map(|t| (t.pfn.raw(), t.level)),
         Ok((0x8_0001, Level::L2M))
     );
     // A zap frees the first 4K table: room for one.
@@ -1344,14 +1370,16 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                         }
                         let pfn = tlb
                             .translate(
-                                gfn,
+                                Gfn::new(gfn),
                                 write,
                                 // SAFETY: the MMU of `root_pfn` is dropped only after this
                                 // thread is joined.
-                                || unsafe { translate::<HostPages<ID>>(root_pfn, gfn, write) },
-                                |pfn| pfn as usize,
+                                || unsafe {
+                                    translate::<HostPages<ID>>(root_pfn, Gfn::new(gfn), write)
+                                },
+                                |pfn| pfn.raw() as usize,
                             )
-                            .map(|hit| hit.pfn);
+                            .map(|hit| hit.pfn.raw());
                         if let Ok(pfn) = pfn {
                             let h = header(pfn).load(StdOrdering::Relaxed);
                             assert_eq!(h, gfn, "vCPU {v}: stale translation of gfn {gfn:#x}");
@@ -1373,7 +1401,15 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                             continue;
                         };
                         w.mmu
-                            .map(v, 0, gfn, page, write, &mut tables, &mut descs)
+                            .map(
+                                v,
+                                0,
+                                Gfn::new(gfn),
+                                Pfn::new(page),
+                                write,
+                                &mut tables,
+                                &mut descs,
+                            )
                             .unwrap();
                         faults += 1;
                     }

@@ -20,6 +20,7 @@ use std::vec::Vec;
 
 use crate::arm64::mmu::{translate, MapError, S2Mmu, WalkFault};
 use crate::arm64::pte;
+use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::AgeOp;
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{MapAction, PageOps, Table, TableCache};
@@ -113,9 +114,15 @@ fn loom_two_mappers_link_the_same_tables() {
             let mmu = mmu.clone();
             move || {
                 let mut tables = cache::<ID>(2);
-                let r = mmu.map(0, gfn, 0x100 + gfn, true, Level::L4K, &mut tables, &|| {
-                    panic!("nothing to flush")
-                });
+                let r = mmu.map(
+                    0,
+                    Gfn::new(gfn),
+                    Pfn::new(0x100 + gfn),
+                    true,
+                    Level::L4K,
+                    &mut tables,
+                    &|| panic!("nothing to flush"),
+                );
                 // Nobody locks entries here, and each gfn has one mapper: no Again.
                 let o = r.unwrap();
                 assert_eq!(o.action, MapAction::Installed);
@@ -133,8 +140,8 @@ fn loom_two_mappers_link_the_same_tables() {
         for gfn in [1, 2] {
             let r = mmu.root(0).unwrap();
             // SAFETY: `mmu` is alive.
-            let t = unsafe { translate::<LoomPages<ID>>(r, gfn, true, true) }.unwrap();
-            assert_eq!(t.pfn, 0x100 + gfn);
+            let t = unsafe { translate::<LoomPages<ID>>(r, Gfn::new(gfn), true, true) }.unwrap();
+            assert_eq!(t.pfn.raw(), 0x100 + gfn);
         }
         assert_eq!(mmu.eagain(), 0);
         drop(mmu);
@@ -146,8 +153,16 @@ fn loom_two_mappers_link_the_same_tables() {
 fn one_leaf<const ID: usize>(old: bool) -> Arc<S2Mmu<LoomPages<ID>>> {
     let mmu = S2Mmu::<LoomPages<ID>>::new(1, IA_BITS, true).unwrap();
     let mut tables = cache::<ID>(2);
-    mmu.map(0, 7, 0x70, false, Level::L4K, &mut tables, &|| ())
-        .unwrap();
+    mmu.map(
+        0,
+        Gfn::new(7),
+        Pfn::new(0x70),
+        false,
+        Level::L4K,
+        &mut tables,
+        &|| (),
+    )
+    .unwrap();
     if old {
         mmu.age_gfn_range(7, 8, AgeOp::Clear);
     }
@@ -175,9 +190,15 @@ fn loom_relax_racing_clear_young() {
             thread::spawn(move || mmu.age_gfn_range(0, 16, AgeOp::Clear))
         };
         let mut tables = cache::<ID>(2);
-        let r = mmu.map(0, 7, 0x70, true, Level::L4K, &mut tables, &|| {
-            panic!("a relax never flushes")
-        });
+        let r = mmu.map(
+            0,
+            Gfn::new(7),
+            Pfn::new(0x70),
+            true,
+            Level::L4K,
+            &mut tables,
+            &|| panic!("a relax never flushes"),
+        );
         let aged = ager.join().unwrap();
 
         assert!(aged.young, "the leaf was young");
@@ -224,10 +245,10 @@ fn loom_hardware_af_racing_aging() {
         };
         let r = mmu.root(0).unwrap();
         // SAFETY: `mmu` is alive.
-        let t = unsafe { translate::<LoomPages<ID>>(r, 7, false, true) };
+        let t = unsafe { translate::<LoomPages<ID>>(r, Gfn::new(7), false, true) };
         let (tested, cleared) = ager.join().unwrap();
 
-        assert_eq!(t.map(|t| t.pfn), Ok(0x70));
+        assert_eq!(t.map(|t| t.pfn.raw()), Ok(0x70));
         assert_eq!(tested.cleared, 0);
         // The clear either saw the leaf old (the walker came after), or young: then it cleared
         // it or lost to nobody (only the walker writes, and only once).
@@ -265,7 +286,15 @@ fn loom_locked_entry_is_never_taken_over() {
                     assert!(pte::is_locked(v), "lock taken over: {v:#x}");
                     flushes.set(flushes.get() + 1);
                 };
-                let r = mmu.map(0, 7, pfn, false, Level::L4K, &mut tables, &flush);
+                let r = mmu.map(
+                    0,
+                    Gfn::new(7),
+                    Pfn::new(pfn),
+                    false,
+                    Level::L4K,
+                    &mut tables,
+                    &flush,
+                );
                 match r {
                     Ok(o) => {
                         assert_eq!(flushes.get(), u64::from(o.action == MapAction::Replaced));
@@ -285,7 +314,7 @@ fn loom_locked_entry_is_never_taken_over() {
             thread::spawn(move || {
                 let r = mmu.root(0).unwrap();
                 // SAFETY: `mmu` is alive.
-                unsafe { translate::<LoomPages<ID>>(r, 7, false, true) }
+                unsafe { translate::<LoomPages<ID>>(r, Gfn::new(7), false, true) }
             })
         };
         let mine = replace(0x90)();
@@ -293,7 +322,7 @@ fn loom_locked_entry_is_never_taken_over() {
         let seen = walker.join().unwrap();
 
         match seen {
-            Ok(t) => assert!([0x70, 0x80, 0x90].contains(&t.pfn), "{t:?}"),
+            Ok(t) => assert!([0x70, 0x80, 0x90].contains(&t.pfn.raw()), "{t:?}"),
             Err(f) => assert_eq!(f, WalkFault::NotPresent),
         }
         let v = leaf7(&mmu);

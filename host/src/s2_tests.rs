@@ -19,6 +19,7 @@ use crate::arm64::mmu::{
 };
 use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
+use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::AgeOp;
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
@@ -56,10 +57,15 @@ impl<const ID: usize> Fixture<ID> {
         let mut tables = self.tables.borrow_mut();
         tables.topup(MAP_MIN_TABLES).unwrap();
         let flushes = &self.flushes;
-        self.mmu
-            .map(root, gfn, pfn, writable, level, &mut tables, &|| {
-                flushes.set(flushes.get() + 1)
-            })
+        self.mmu.map(
+            root,
+            Gfn::new(gfn),
+            Pfn::new(pfn),
+            writable,
+            level,
+            &mut tables,
+            &|| flushes.set(flushes.get() + 1),
+        )
     }
 
     fn try_map(
@@ -79,7 +85,7 @@ impl<const ID: usize> Fixture<ID> {
     fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
         let r = self.mmu.root(root).unwrap();
         // SAFETY: `r` is a root of `self.mmu`, which is borrowed for the call.
-        unsafe { translate::<HostPages<ID>>(r, gfn, write, self.mmu.hw_af()) }
+        unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, self.mmu.hw_af()) }
     }
 
     /// The leaf value of `gfn` in `root`, or 0.
@@ -368,7 +374,7 @@ fn map_translate_round_trip_all_geometries() {
                 assert_eq!(
                     t,
                     Translation {
-                        pfn: pfn_of(gfn),
+                        pfn: Pfn::new(pfn_of(gfn)),
                         level: Level::L4K,
                         writable: w,
                         dirty: w,
@@ -411,7 +417,15 @@ fn map_errors_change_nothing() {
     }
     // An empty cache: NeedTopup before anything.
     let mut empty = TableCache::<HostPages<ID>>::new();
-    let r = f.mmu.map(0, 5, 5, true, Level::L4K, &mut empty, &|| ());
+    let r = f.mmu.map(
+        0,
+        Gfn::new(5),
+        Pfn::new(5),
+        true,
+        Level::L4K,
+        &mut empty,
+        &|| (),
+    );
     assert_eq!(r, Err(MapError::NeedTopup));
     assert_eq!(f.mmu.stats().leaves, 0);
     assert_eq!(f.mmu.table_pages(), 2, "nothing linked");
@@ -433,7 +447,7 @@ fn block_maps_split_and_collapse() {
     let o = f.try_map_at(0, 0x200, 0x8_0000, false, Level::L2M).unwrap();
     assert_eq!(o.action, MapAction::Installed);
     let t = f.translate(0, 0x3ff, false).unwrap();
-    assert_eq!((t.pfn, t.level), (0x8_01ff, Level::L2M));
+    assert_eq!((t.pfn.raw(), t.level), (0x8_01ff, Level::L2M));
     // A page under the block: broken into a table (one flush).
     f.map(0, 0x205, 0x777, true);
     assert_eq!(f.flushes.get(), 1);
@@ -451,7 +465,7 @@ fn block_maps_split_and_collapse() {
     let dead = unsafe { HostPages::<ID>::table(t.pfn) };
     dead[9].store(pte::make_leaf(0x999, LAST_LEVEL, true), Ordering::Release);
     f.mmu.count_test_leaf();
-    assert_eq!(f.translate(0, 0x209, false).unwrap().pfn, 0x8_0009);
+    assert_eq!(f.translate(0, 0x209, false).unwrap().pfn.raw(), 0x8_0009);
     // SAFETY: from this MMU's map, not freed; `&mut` MMU: no walker under the read side.
     unsafe { f.mmu.free_unlinked(t) };
     assert_eq!(f.mmu.table_pages(), pages - 1);
@@ -466,8 +480,8 @@ fn block_maps_split_and_collapse() {
     // SAFETY: as above.
     unsafe { f.mmu.free_unlinked(o.unlinked.unwrap()) };
     let t = f.translate(0, 0x3ffff, false).unwrap();
-    assert_eq!((t.pfn, t.level), (0x7_ffff, Level::L1G));
-    assert_eq!(f.translate(0, 1 << 18, false).unwrap().pfn, 0x10);
+    assert_eq!((t.pfn.raw(), t.level), (0x7_ffff, Level::L1G));
+    assert_eq!(f.translate(0, 1 << 18, false).unwrap().pfn.raw(), 0x10);
     assert_eq!(f.mmu.stats().leaves, 2);
     // A zap of one page inside the 1G block zaps it whole ("Ranges and mapping levels" in
     // Documentation/secmmu-protocols.rst).
@@ -539,9 +553,9 @@ fn stale_leaf_replaced_with_break_before_make() {
         "writable = dirty"
     );
     let t = f.translate(0, gfn, false).unwrap();
-    assert_eq!((t.pfn, t.writable), (alt_of(gfn), false));
+    assert_eq!((t.pfn.raw(), t.writable), (alt_of(gfn), false));
     // The other root is its own address space.
-    assert_eq!(f.translate(1, gfn, false).unwrap().pfn, pfn_of(gfn));
+    assert_eq!(f.translate(1, gfn, false).unwrap().pfn.raw(), pfn_of(gfn));
 
     // A read-only old leaf: flushed too, but not dirty.
     let o = f.map(1, gfn, alt_of(gfn), true);
@@ -648,7 +662,7 @@ fn mkyoung_is_the_access_flag_fault() {
     assert!(f.mmu.mkyoung(0, 11, true));
     assert!(f.mmu.mkyoung(0, 11, true), "already young");
     assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
-    assert_eq!(f.translate(0, 11, true).unwrap().pfn, 0x11);
+    assert_eq!(f.translate(0, 11, true).unwrap().pfn.raw(), 0x11);
     assert_eq!(f.pte(0, 11), pte::make_leaf(0x11, LAST_LEVEL, true));
     teardown(f);
 }
@@ -663,7 +677,7 @@ fn hardware_af_sets_the_flag_on_access() {
     // A permission fault does not set AF.
     assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
     assert!(!pte::is_young(f.pte(0, 10)));
-    assert_eq!(f.translate(0, 10, false).unwrap().pfn, 0x10);
+    assert_eq!(f.translate(0, 10, false).unwrap().pfn.raw(), 0x10);
     assert!(pte::is_young(f.pte(0, 10)));
     assert_eq!(f.mmu.snapshot(0, 10), SNAP_PRESENT | SNAP_ACCESSED);
     teardown(f);
@@ -861,7 +875,10 @@ fn zap_frees_the_tables_it_empties() {
     assert_eq!((p.zapped, p.unlinked_tables), (511, 2));
     assert_eq!(f.mmu.table_pages(), pgd + 2);
     assert_eq!(f.translate(0, b + 3, false), Err(WalkFault::NotPresent));
-    assert_eq!(f.translate(0, far, false).map(|t| t.pfn), Ok(pfn_of(far)));
+    assert_eq!(
+        f.translate(0, far, false).map(|t| t.pfn.raw()),
+        Ok(pfn_of(far))
+    );
     // A zap of nothing mapped frees nothing.
     assert_eq!(f.zap(0, 0x40000).unlinked_tables, 0);
     // One page, alone in its tables.
@@ -938,7 +955,7 @@ fn blocks_walk_age_zap_and_break() {
     assert_eq!(
         t,
         Translation {
-            pfn: bpfn + 0x123,
+            pfn: Pfn::new(bpfn + 0x123),
             level: Level::L2M,
             writable: true,
             dirty: true
@@ -966,7 +983,7 @@ fn blocks_walk_age_zap_and_break() {
     assert_eq!((o.action, o.new_tables), (MapAction::Installed, 1));
     assert_eq!(f.flushes.get(), 1);
     assert_eq!(HostPages::<ID>::take_dirty(), vec![bpfn]);
-    assert_eq!(f.translate(0, bgfn + 5, false).unwrap().pfn, 0x55);
+    assert_eq!(f.translate(0, bgfn + 5, false).unwrap().pfn.raw(), 0x55);
     assert_eq!(f.translate(0, bgfn + 6, false), Err(WalkFault::NotPresent));
 
     // A zap of a range overlapping a block's head zaps the block whole.
@@ -1006,7 +1023,11 @@ fn block_maps_fit_every_geometry() {
             assert_eq!(o.map(|o| o.action), Ok(MapAction::Installed));
             for gfn in g1..g1 + Level::L1G.pages() {
                 let t = f.translate(0, gfn, false).unwrap();
-                assert_eq!((t.pfn, t.level), (p1 + gfn - g1, Level::L1G), "{gfn:#x}");
+                assert_eq!(
+                    (t.pfn.raw(), t.level),
+                    (p1 + gfn - g1, Level::L1G),
+                    "{gfn:#x}"
+                );
             }
         } else {
             assert_eq!(o, Err(MapError::BadLevel), "ia_bits {ia_bits}");
@@ -1024,7 +1045,11 @@ fn block_maps_fit_every_geometry() {
         assert_eq!(o.action, MapAction::Installed);
         for gfn in g2..g2 + Level::L2M.pages() {
             let t = f.translate(0, gfn, false).unwrap();
-            assert_eq!((t.pfn, t.level), (p2 + gfn - g2, Level::L2M), "{gfn:#x}");
+            assert_eq!(
+                (t.pfn.raw(), t.level),
+                (p2 + gfn - g2, Level::L2M),
+                "{gfn:#x}"
+            );
         }
         assert_eq!(f.translate(0, g2 + 512, false), Err(WalkFault::NotPresent));
         let leaves = u64::from(max == Level::L1G) + 1;
@@ -1063,7 +1088,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     assert_eq!(f.try_map(0, 0x401, 0x13, true), Err(MapError::TableLimit));
     assert_eq!(f.flushes.get(), 0);
     assert_eq!(
-        f.translate(0, 0x401, false).map(|t| (t.pfn, t.level)),
+        f.translate(0, 0x401, false).map(|t| (t.pfn.raw(), t.level)),
         Ok((0x8_0001, Level::L2M))
     );
     // A zap frees the leaf table: room for one.
@@ -1153,17 +1178,25 @@ fn fault_in<const ID: usize>(
         let mmu = lock.read().unwrap();
         let r = mmu.root(root).unwrap();
         // SAFETY: the read guard keeps the MMU alive for the call.
-        let t = unsafe { translate::<HostPages<ID>>(r, gfn, write, mmu.hw_af()) };
+        let t = unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, mmu.hw_af()) };
         match t {
             Ok(t) => {
                 Tally::add(&tally.translations, 1);
                 assert!(!write || (t.writable && t.dirty));
-                return t.pfn;
+                return t.pfn.raw();
             }
             Err(WalkFault::NotPresent) if mmu.mkyoung(root, gfn, write) => {
                 Tally::add(&tally.mkyoung, 1);
             }
-            Err(_) => match mmu.map(root, gfn, pfn, write, Level::L4K, tables, &flush) {
+            Err(_) => match mmu.map(
+                root,
+                Gfn::new(gfn),
+                Pfn::new(pfn),
+                write,
+                Level::L4K,
+                tables,
+                &flush,
+            ) {
                 Ok(o) => {
                     Tally::add(&tally.new_tables, o.new_tables as u64);
                     let c = match o.action {
@@ -1253,8 +1286,8 @@ fn stress<const ID: usize>(hw_af: bool) {
                                     let flush = || Tally::add(&tally.flushes, 1);
                                     match mmu.map(
                                         root,
-                                        gfn,
-                                        alt_of(gfn),
+                                        Gfn::new(gfn),
+                                        Pfn::new(alt_of(gfn)),
                                         write,
                                         Level::L4K,
                                         &mut tables,

@@ -12,6 +12,7 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
+use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{Translation, WalkFault};
 use crate::mmu::tlb::{SoftTlb, TlbHit};
@@ -101,7 +102,7 @@ impl Tables {
         }
         leaf.dirty |= write;
         Ok(Translation {
-            pfn: leaf.pfn + (gfn - key.1),
+            pfn: Pfn::new(leaf.pfn + (gfn - key.1)),
             level: key.0,
             writable: leaf.writable,
             dirty: leaf.writable && leaf.dirty,
@@ -119,8 +120,8 @@ impl Tables {
 }
 
 /// The host address of page `pfn`, as the TLB's `address` callback gives it.
-fn address(pfn: u64) -> usize {
-    0x4000_0000_0000 + ((pfn as usize) << 12)
+fn address(pfn: Pfn) -> usize {
+    0x4000_0000_0000 + ((pfn.raw() as usize) << 12)
 }
 
 /// The translations the TLB may hold: the blocks filled since the last flush.
@@ -142,7 +143,7 @@ fn check_hit(tables: &Tables, filled: &Filled, gfn: u64, write: bool, hit: TlbHi
     );
     let key = tables.key(gfn).expect("a hit for an unmapped gfn");
     let leaf = tables.0[&key];
-    assert_eq!(hit.pfn, leaf.pfn + (gfn - key.1), "gfn {gfn:#x}");
+    assert_eq!(hit.pfn, Pfn::new(leaf.pfn + (gfn - key.1)), "gfn {gfn:#x}");
     assert_eq!(hit.addr, address(hit.pfn), "gfn {gfn:#x}");
     if write {
         assert!(
@@ -197,7 +198,7 @@ fn run(ops: &[Op]) {
                 lookups += 1;
                 let mut walked = None;
                 let r = tlb.translate(
-                    gfn,
+                    Gfn::new(gfn),
                     write,
                     || {
                         let t = tables.walk(gfn, write);
@@ -220,7 +221,9 @@ fn run(ops: &[Op]) {
                             filled.0.push((t.level, t.level.align_down(gfn)));
                             // Just filled: a read hits, with what the walk returned.
                             lookups += 1;
-                            let hit = tlb.lookup(gfn, false).expect("no hit after a fill");
+                            let hit = tlb
+                                .lookup(Gfn::new(gfn), false)
+                                .expect("no hit after a fill");
                             assert_eq!(hit.pfn, t.pfn);
                         }
                     }
@@ -228,13 +231,13 @@ fn run(ops: &[Op]) {
             }
             Op::Lookup { gfn, write } => {
                 lookups += 1;
-                if let Some(hit) = tlb.lookup(gfn, write) {
+                if let Some(hit) = tlb.lookup(Gfn::new(gfn), write) {
                     check_hit(&tables, &filled, gfn, write, hit);
                 }
             }
             Op::Fill { gfn } => {
                 if let Ok(t) = tables.walk(gfn, false) {
-                    tlb.fill(gfn, &t, address(t.pfn));
+                    tlb.fill(Gfn::new(gfn), &t, address(t.pfn));
                     filled.0.push((t.level, t.level.align_down(gfn)));
                 }
             }
@@ -246,7 +249,11 @@ fn run(ops: &[Op]) {
     flush(&mut tlb, &mut filled, &mut flushes);
     for op in ops {
         if let Op::Translate { gfn, write } | Op::Lookup { gfn, write } = *op {
-            assert_eq!(tlb.lookup(gfn, write), None, "gfn {gfn:#x} after a flush");
+            assert_eq!(
+                tlb.lookup(Gfn::new(gfn), write),
+                None,
+                "gfn {gfn:#x} after a flush"
+            );
         }
     }
 }

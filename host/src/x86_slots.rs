@@ -12,7 +12,7 @@
 
 use core::ops::{Deref, DerefMut};
 
-use crate::mmu::addr::Hva;
+use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{Memslots, Slot, SlotEntry, SlotError};
@@ -206,8 +206,8 @@ impl<P: PageOps> TestMmu<P> {
         &mut self,
         root: usize,
         slot_id: u32,
-        gfn: u64,
-        pfn: u64,
+        gfn: Gfn,
+        pfn: Pfn,
         writable: bool,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
@@ -226,8 +226,8 @@ impl<P: PageOps> TestMmu<P> {
         &mut self,
         root: usize,
         slot_id: u32,
-        gfn: u64,
-        pfn: u64,
+        gfn: Gfn,
+        pfn: Pfn,
         writable: bool,
         level: Level,
         tables: &mut TableCache<P>,

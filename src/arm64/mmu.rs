@@ -106,6 +106,7 @@ use core::ops::ControlFlow;
 use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 
 use crate::arm64::pte::{self, Geometry, MAX_PGD_PAGES};
+use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
@@ -215,10 +216,10 @@ fn root_tables<'a>(pgd: &'a [u64], geo: &Geometry) -> Tables<'a> {
 }
 
 /// The translation of `gfn` by the valid leaf `v` at `level`.
-fn translation(v: u64, level: Level, gfn: u64) -> Translation {
+fn translation(v: u64, level: Level, gfn: Gfn) -> Translation {
     let writable = pte::is_writable(v);
     Translation {
-        pfn: pte::pfn(v) + (gfn & (level.pages() - 1)),
+        pfn: Pfn::new(pte::pfn(v)) + gfn.offset_in(level),
         level,
         writable,
         // I4: no dirty bit, a writable leaf is dirty already; writes need no update.
@@ -249,14 +250,14 @@ fn translation(v: u64, level: Level, gfn: u64) -> Translation {
 /// unlinked by a block map or a zap is freed under the walk (I1).
 pub(crate) unsafe fn translate<P: PageOps>(
     root: S2Root,
-    gfn: u64,
+    gfn: Gfn,
     write: bool,
     hw_af: bool,
 ) -> Result<Translation, WalkFault> {
     'walk: loop {
         // SAFETY: per the caller, the MMU of `root` outlives this call, and the caller stays in
         // guest mode (or holds the MMU lock) until it returns (I1).
-        let Some(w) = (unsafe { walk::find::<S2, P>(&root.tables(), gfn) }) else {
+        let Some(w) = (unsafe { walk::find::<S2, P>(&root.tables(), gfn.raw()) }) else {
             // Outside the space.
             return Err(WalkFault::NotPresent);
         };
@@ -527,8 +528,8 @@ impl<P: PageOps> S2Mmu<P> {
     pub(crate) fn map(
         &self,
         root: usize,
-        gfn: u64,
-        pfn: u64,
+        gfn: Gfn,
+        pfn: Pfn,
         writable: bool,
         level: Level,
         tables: &mut TableCache<P>,
@@ -542,13 +543,13 @@ impl<P: PageOps> S2Mmu<P> {
             // smaller block than asked, and the rest of the range would fault forever.
             return Err(MapError::BadLevel);
         }
-        if gfn & (level.pages() - 1) != 0 {
+        if !gfn.is_aligned(level) {
             return Err(MapError::BadGfn);
         }
-        if gfn >= self.geo.gfn_limit() {
+        if gfn >= Gfn::new(self.geo.gfn_limit()) {
             return Err(MapError::BadGfn);
         }
-        if !pte::pfn_fits(pfn) || pfn & (level.pages() - 1) != 0 {
+        if !pte::pfn_fits(pfn.raw()) || !pfn.is_aligned(level) {
             return Err(MapError::BadPfn);
         }
         if tables.len() < self.map_min_tables() {
@@ -565,14 +566,15 @@ impl<P: PageOps> S2Mmu<P> {
             flush,
             new_tables: 0,
         };
-        let mut pos = gfn;
+        // The walker's position: a bare gfn.
+        let mut pos = gfn.raw();
         // SAFETY: the start-level tables of root `root` of `self`, which is borrowed (the
         // read side of the MMU lock, at least): no table the walk reaches is freed (I1).
         let flow = unsafe {
             walk::walk::<S2, P, _>(
                 &root_tables(self.root_pgd(root), &self.geo),
                 &mut pos,
-                gfn + 1,
+                gfn.raw() + 1,
                 &mut v,
             )
         };
@@ -999,15 +1001,15 @@ impl<P: PageOps> S2Mmu<P> {
     /// maps and the translation of that gfn.  Skips empty (and locked) entries a whole entry at a
     /// time, so a sparse range costs a walk per empty entry, not per gfn (the coherence audit).
     /// Loads only; the MMU lock, either side, keeps the tables.
-    pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
+    pub(crate) fn next_leaf(&self, root: usize, gfn: Gfn, end: Gfn) -> Option<(Gfn, Translation)> {
         if root >= self.nr_roots {
             return None;
         }
+        let tables = root_tables(self.root_pgd(root), &self.geo);
         // SAFETY: the start-level tables of a root of `self`, which is borrowed (the MMU lock,
         // either side): no table the walk reaches is freed (I1).
-        let (base, w) = unsafe {
-            walk::first_leaf::<S2, P>(&root_tables(self.root_pgd(root), &self.geo), gfn, end)
-        }?;
+        let (base, w) = unsafe { walk::first_leaf::<S2, P>(&tables, gfn.raw(), end.raw()) }?;
+        let base = Gfn::new(base);
         Some((base, translation(w.old, w.level, base)))
     }
 
@@ -1087,7 +1089,7 @@ struct MapWalker<'m, P: PageOps> {
     mmu: &'m S2Mmu<P>,
     /// The level of the leaf.
     target: Level,
-    pfn: u64,
+    pfn: Pfn,
     writable: bool,
     /// The size of the leaf.
     covers: Level,
@@ -1121,7 +1123,7 @@ impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
                 Err(e) => Step::Break(Err(e)),
             };
         }
-        let new = pte::make_leaf(self.pfn, ctx.level, self.writable);
+        let new = pte::make_leaf(self.pfn.raw(), ctx.level, self.writable);
         let mut unlinked = None;
         let action = if visit == Visit::TablePre {
             self.mmu

@@ -22,6 +22,7 @@
 
 use core::marker::PhantomData;
 
+use crate::mmu::addr::Pfn;
 use crate::mmu::level::Level;
 use crate::mmu::prim::{self, AllocError, AtomicU64, PVec};
 
@@ -244,7 +245,7 @@ pub(crate) enum MapError {
 pub(crate) struct Translation {
     /// The host page backing the 4K gfn that was walked (within a huge mapping, the right
     /// 4K page of it).
-    pub(crate) pfn: u64,
+    pub(crate) pfn: Pfn,
     /// The level of the leaf that maps it.
     pub(crate) level: Level,
     /// The leaf allows writes.

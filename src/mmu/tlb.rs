@@ -40,6 +40,7 @@
 //! Kernel-free: built into the module and into the host crate.
 
 use crate::{
+    mmu::addr::{Gfn, Pfn},
     mmu::level::Level,
     mmu::pgtable::{Translation, WalkFault},
     mmu::prim::{self, fence, AtomicU64, Ordering},
@@ -66,7 +67,7 @@ const TLB_DIRTY: u8 = 1 << 2;
 #[derive(Clone, Copy)]
 struct TlbEntry {
     tag: u64,
-    pfn: u64,
+    pfn: Pfn,
     addr: usize,
     flags: u8,
 }
@@ -74,7 +75,7 @@ struct TlbEntry {
 impl TlbEntry {
     const EMPTY: TlbEntry = TlbEntry {
         tag: 0,
-        pfn: 0,
+        pfn: Pfn::new(0),
         addr: 0,
         flags: 0,
     };
@@ -84,8 +85,14 @@ impl TlbEntry {
 /// (the kernel's direct map, for the module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TlbHit {
-    pub(crate) pfn: u64,
+    pub(crate) pfn: Pfn,
     pub(crate) addr: usize,
+}
+
+/// The tag of the `level`-sized leaf that maps `gfn`: the number of its `level`-sized block.
+#[inline]
+fn tag(level: Level, gfn: Gfn) -> u64 {
+    gfn.align_down(level).raw() >> level.gfn_shift()
 }
 
 /// A vCPU's software TLB: direct-mapped arrays, one per mapping size, from a gfn to its host
@@ -130,8 +137,8 @@ impl SoftTlb {
     }
 
     /// The entry that would cache a `level`-sized translation of `gfn`.
-    fn entry(&mut self, level: Level, gfn: u64) -> &mut TlbEntry {
-        let tag = gfn >> level.gfn_shift();
+    fn entry(&mut self, level: Level, gfn: Gfn) -> &mut TlbEntry {
+        let tag = tag(level, gfn);
         let set: &mut [TlbEntry] = match level {
             Level::L4K => &mut self.small,
             Level::L2M => &mut self.large,
@@ -144,7 +151,7 @@ impl SoftTlb {
 
     /// The cached translation of `gfn`, if it allows the access: a write needs a writable entry
     /// whose leaf is known dirty, otherwise the walk must set D first.
-    pub(crate) fn lookup(&mut self, gfn: u64, write: bool) -> Option<TlbHit> {
+    pub(crate) fn lookup(&mut self, gfn: Gfn, write: bool) -> Option<TlbHit> {
         let need = if write {
             TLB_VALID | TLB_WRITABLE | TLB_DIRTY
         } else {
@@ -152,9 +159,9 @@ impl SoftTlb {
         };
         for level in Level::MAPPABLE {
             let e = *self.entry(level, gfn);
-            if e.tag == gfn >> level.gfn_shift() && e.flags & need == need {
+            if e.tag == tag(level, gfn) && e.flags & need == need {
                 self.hits += 1;
-                let off = gfn & (level.pages() - 1);
+                let off = gfn.offset_in(level);
                 return Some(TlbHit {
                     pfn: e.pfn + off,
                     addr: e.addr + ((off as usize) << PAGE_SHIFT),
@@ -168,7 +175,7 @@ impl SoftTlb {
     /// Caches `t`, the translation of `gfn` found by a walk, at the size of its leaf: so that
     /// reads (and, if the leaf is writable and dirty, writes) of every gfn the leaf maps need
     /// no walk.  `addr` is the host address of page `t.pfn`.  Replaces whatever the entry held.
-    pub(crate) fn fill(&mut self, gfn: u64, t: &Translation, addr: usize) {
+    pub(crate) fn fill(&mut self, gfn: Gfn, t: &Translation, addr: usize) {
         let mut flags = TLB_VALID;
         if t.writable {
             flags |= TLB_WRITABLE;
@@ -176,9 +183,9 @@ impl SoftTlb {
                 flags |= TLB_DIRTY;
             }
         }
-        let off = gfn & (t.level.pages() - 1);
+        let off = gfn.offset_in(t.level);
         *self.entry(t.level, gfn) = TlbEntry {
-            tag: gfn >> t.level.gfn_shift(),
+            tag: tag(t.level, gfn),
             pfn: t.pfn - off,
             addr: addr - ((off as usize) << PAGE_SHIFT),
             flags,
@@ -190,10 +197,10 @@ impl SoftTlb {
     /// `address` gives for its page.
     pub(crate) fn translate(
         &mut self,
-        gfn: u64,
+        gfn: Gfn,
         write: bool,
         walk: impl FnOnce() -> Result<Translation, WalkFault>,
-        address: impl FnOnce(u64) -> usize,
+        address: impl FnOnce(Pfn) -> usize,
     ) -> Result<TlbHit, WalkFault> {
         if let Some(hit) = self.lookup(gfn, write) {
             return Ok(hit);
@@ -327,7 +334,7 @@ mod tests {
 
     fn leaf(pfn: u64, level: Level, writable: bool, dirty: bool) -> Translation {
         Translation {
-            pfn,
+            pfn: Pfn::new(pfn),
             level,
             writable,
             dirty,
@@ -335,23 +342,23 @@ mod tests {
     }
 
     /// Host address of page `pfn` in the tests: anything linear in the pfn.
-    fn addr(pfn: u64) -> usize {
-        0x1000_0000 + ((pfn as usize) << 12)
+    fn addr(pfn: Pfn) -> usize {
+        0x1000_0000 + ((pfn.raw() as usize) << 12)
     }
 
     /// [`SoftTlb::lookup()`], checking that the address is that of the pfn.
     fn lookup(tlb: &mut SoftTlb, gfn: u64, write: bool) -> Option<u64> {
-        let hit = tlb.lookup(gfn, write)?;
+        let hit = tlb.lookup(Gfn::new(gfn), write)?;
         assert_eq!(
             hit.addr,
             addr(hit.pfn),
             "gfn {gfn:#x}: address of another page"
         );
-        Some(hit.pfn)
+        Some(hit.pfn.raw())
     }
 
     fn fill(tlb: &mut SoftTlb, gfn: u64, t: Translation) {
-        tlb.fill(gfn, &t, addr(t.pfn));
+        tlb.fill(Gfn::new(gfn), &t, addr(t.pfn));
     }
 
     #[test]
@@ -441,7 +448,7 @@ mod tests {
         let mut walks = 0;
         for gfn in 0x200..0x400 {
             let hit = tlb.translate(
-                gfn,
+                Gfn::new(gfn),
                 false,
                 || {
                     walks += 1;
@@ -449,7 +456,7 @@ mod tests {
                 },
                 addr,
             );
-            let pfn = 0x1000 + gfn - 0x200;
+            let pfn = Pfn::new(0x1000 + gfn - 0x200);
             assert_eq!(
                 hit,
                 Ok(TlbHit {
@@ -460,7 +467,7 @@ mod tests {
         }
         assert_eq!(walks, 1, "one walk for a whole 2M leaf");
         assert_eq!(
-            tlb.translate(0x400, false, || Err(WalkFault::NotPresent), addr),
+            tlb.translate(Gfn::new(0x400), false, || Err(WalkFault::NotPresent), addr),
             Err(WalkFault::NotPresent)
         );
         assert_eq!(
@@ -577,24 +584,24 @@ mod loom_tests {
             }
             for &gfn in gfns {
                 let hit = tlb.translate(
-                    gfn as u64,
+                    Gfn::new(gfn as u64),
                     false,
                     || {
                         // The walk: Acquire, as the walker's loads are.
                         match self.sptes[gfn].load(Ordering::Acquire) {
                             0 => Err(WalkFault::NotPresent),
                             spte => Ok(Translation {
-                                pfn: spte - 1,
+                                pfn: Pfn::new(spte - 1),
                                 level: Level::L4K,
                                 writable: false,
                                 dirty: false,
                             }),
                         }
                     },
-                    |pfn| pfn as usize,
+                    |pfn| pfn.raw() as usize,
                 );
                 if let Ok(TlbHit { pfn, .. }) = hit {
-                    let value = self.pages[pfn as usize].with(|p| {
+                    let value = self.pages[pfn.raw() as usize].with(|p| {
                         // SAFETY: loom checks that this read is ordered against the free.
                         unsafe { *p }
                     });
@@ -645,7 +652,7 @@ mod loom_tests {
             requester.join().unwrap();
             assert!(world.mode.enter_guest(), "flush request lost");
             tlb.flush();
-            assert_eq!(tlb.lookup(0, false), None);
+            assert_eq!(tlb.lookup(Gfn::new(0), false), None);
             world.mode.exit_guest();
             // gfn 1 was not zapped: walked again, still mapped.
             assert_eq!(world.guest_stretch(&mut tlb, &[0, 1]), 1);

@@ -131,7 +131,7 @@ use core::marker::PhantomData;
 use core::ops::ControlFlow;
 use core::ptr::NonNull;
 
-use crate::mmu::addr::Gfn;
+use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
@@ -527,8 +527,8 @@ impl<P: PageOps> X86Mmu<P> {
         &mut self,
         root: usize,
         slot: SlotRef<'_>,
-        gfn: u64,
-        pfn: u64,
+        gfn: Gfn,
+        pfn: Pfn,
         writable: bool,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
@@ -554,16 +554,17 @@ impl<P: PageOps> X86Mmu<P> {
         &mut self,
         root: usize,
         slot: SlotRef<'_>,
-        gfn: u64,
-        pfn: u64,
+        gfn: Gfn,
+        pfn: Pfn,
         writable: bool,
         level: Level,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
     ) -> Result<MapOutcome, MapError> {
+        // The walk, the rmaps and the SPTE take the numbers underneath.
         let m = Mapping {
-            gfn,
-            pfn,
+            gfn: gfn.raw(),
+            pfn: pfn.raw(),
             level,
             writable,
         };
@@ -835,10 +836,12 @@ impl<P: PageOps> X86Mmu<P> {
     /// maps and the translation of that gfn.  Skips empty subtrees a whole entry at a time, so a
     /// sparse range costs a walk per empty entry, not per gfn (the coherence audit).  Loads only;
     /// the MMU lock, either side, keeps the tables.
-    pub(crate) fn next_leaf(&self, root: usize, gfn: u64, end: u64) -> Option<(u64, Translation)> {
+    pub(crate) fn next_leaf(&self, root: usize, gfn: Gfn, end: Gfn) -> Option<(Gfn, Translation)> {
         let root_pfn = self.roots[..self.nr_roots].get(root)?;
+        let tables = root_tables(root_pfn);
         // SAFETY: as in `leaf()`: `&self` stands for the MMU lock.
-        let (base, w) = unsafe { walk::first_leaf::<Ept, P>(&root_tables(root_pfn), gfn, end) }?;
+        let (base, w) = unsafe { walk::first_leaf::<Ept, P>(&tables, gfn.raw(), end.raw()) }?;
+        let base = Gfn::new(base);
         Some((base, translation(w.old, w.level, base)))
     }
 
@@ -1616,10 +1619,10 @@ pub(crate) fn age_gfn_range_lockless(
 }
 
 /// The translation of `gfn` by the present leaf `spte` at `level`.
-fn translation(spte: u64, level: Level, gfn: u64) -> Translation {
+fn translation(spte: u64, level: Level, gfn: Gfn) -> Translation {
     let writable = spte::is_writable(spte);
     Translation {
-        pfn: spte::pfn(spte) + (gfn & (level.pages() - 1)),
+        pfn: Pfn::new(spte::pfn(spte)) + gfn.offset_in(level),
         level,
         writable,
         dirty: writable && spte::is_dirty(spte),
@@ -1645,14 +1648,14 @@ fn translation(spte: u64, level: Level, gfn: u64) -> Translation {
 /// that no table unlinked meanwhile is freed under the walk (I2).
 pub(crate) unsafe fn translate<P: PageOps>(
     root_pfn: u64,
-    gfn: u64,
+    gfn: Gfn,
     write: bool,
 ) -> Result<Translation, WalkFault> {
     'walk: loop {
         // SAFETY: per the caller, the MMU of `root_pfn` outlives this call, and the caller is
         // in guest mode or holds the MMU lock throughout, so no table the walk reaches is freed
         // (I2).
-        let Some(w) = (unsafe { walk::find::<Ept, P>(&root_tables(&root_pfn), gfn) }) else {
+        let Some(w) = (unsafe { walk::find::<Ept, P>(&root_tables(&root_pfn), gfn.raw()) }) else {
             // Beyond what 4 levels translate.
             return Err(WalkFault::NotPresent);
         };
