@@ -137,7 +137,7 @@ impl Pgt {
     }
 
     /// The snapshot byte of `gfn` in root `root`.
-    pub(crate) fn snapshot(&self, root: usize, gfn: u64) -> u8 {
+    pub(crate) fn snapshot(&self, root: usize, gfn: Gfn) -> u8 {
         match self {
             Pgt::X86(m) => m.snapshot(root, gfn),
             Pgt::S2(m) => m.snapshot(root, gfn),
@@ -473,7 +473,7 @@ impl Format for X86Mmu<KernelPages> {
     }
 
     fn fix_access_fault(tables: &mut Self, root: usize, gfn: Gfn, write: bool) -> bool {
-        tables.restore_access_tracked(root, gfn.raw(), write)
+        tables.restore_access_tracked(root, gfn, write)
     }
 
     fn access_fixes(stats: &Stats) -> &Counter {
@@ -589,7 +589,7 @@ impl Format for S2Mmu<KernelPages> {
     }
 
     fn fix_access_fault(tables: &Self, root: usize, gfn: Gfn, write: bool) -> bool {
-        tables.mkyoung(root, gfn.raw(), write)
+        tables.mkyoung(root, gfn, write)
     }
 
     fn access_fixes(stats: &Stats) -> &Counter {
@@ -1050,7 +1050,7 @@ mod kunit {
             );
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, false) }.is_err());
-            assert!(mmu.mkyoung(0, gfn.raw(), false));
+            assert!(mmu.mkyoung(0, gfn, false));
             // (Read-only only: a writable leaf would mark the page dirty
             // when zapped, and this one is not a page cache page.)
             let again = mmu.map(0, gfn, pfn, false, Level::L4K, &mut cache, &flush);

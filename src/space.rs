@@ -555,8 +555,9 @@ impl Space {
         if req.npages == 0 || req.npages > uapi::SNAPSHOT_MAX {
             return Err(EINVAL);
         }
-        let first = req.gpa >> 12;
+        let first = Gfn::from_gpa(req.gpa);
         first
+            .raw()
             .checked_add(req.npages)
             .filter(|&e| e <= 1 << 36)
             .ok_or(EINVAL)?;
@@ -574,8 +575,8 @@ impl Space {
             {
                 let state = self.mmu.read();
                 let mmu = state.mmu.as_ref().ok_or(EINVAL)?;
-                for gfn in first + done..first + done + n {
-                    buf.push(mmu.snapshot(req.root as usize, gfn), GFP_ATOMIC)?;
+                for i in done..done + n {
+                    buf.push(mmu.snapshot(req.root as usize, first + i), GFP_ATOMIC)?;
                 }
             }
             writer.write_slice(&buf)?;

@@ -93,11 +93,11 @@ impl<const ID: usize> Fixture<ID> {
 
     /// The leaf value of `gfn` in `root`, or 0.
     fn spte(&self, root: usize, gfn: u64) -> u64 {
-        self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
+        self.mmu.leaf(root, Gfn::new(gfn)).map_or(0, |(_, v, _)| v)
     }
 
     fn sptep(&self, root: usize, gfn: u64) -> &AtomicU64 {
-        self.mmu.leaf(root, gfn).unwrap().0
+        self.mmu.leaf(root, Gfn::new(gfn)).unwrap().0
     }
 
     fn lockless(&self, hva_start: u64, hva_end: u64, op: AgeOp) -> AgeResult {
@@ -432,7 +432,7 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
         for root in 0..ROOTS {
             let v = f.spte(root, gfn);
             assert!(spte::is_present(v) && spte::is_access_tracked(v));
-            assert_eq!(f.mmu.snapshot(root, gfn), SNAP_PRESENT);
+            assert_eq!(f.mmu.snapshot(root, Gfn::new(gfn)), SNAP_PRESENT);
             assert_eq!(f.translate(root, gfn, false), Err(WalkFault::NotPresent));
         }
     }
@@ -443,22 +443,22 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
 
     // The fault path restores without resolving the page: a write to a writable one.
     let (even, odd) = (0x42, 0x43);
-    assert!(f.mmu.restore_access_tracked(0, even, true));
+    assert!(f.mmu.restore_access_tracked(0, Gfn::new(even), true));
     assert_eq!(f.spte(0, even), before[(even - s.base_gfn.raw()) as usize]);
     assert_eq!(f.translate(0, even, true), Ok(pfn_of(even)));
     assert!(
-        !f.mmu.restore_access_tracked(0, even, true),
+        !f.mmu.restore_access_tracked(0, Gfn::new(even), true),
         "not tracked any more"
     );
     // A write to one that was read-only needs the normal fault; a read does not.
     let tracked = f.spte(0, odd);
-    assert!(!f.mmu.restore_access_tracked(0, odd, true));
+    assert!(!f.mmu.restore_access_tracked(0, Gfn::new(odd), true));
     assert_eq!(f.spte(0, odd), tracked);
-    assert!(f.mmu.restore_access_tracked(0, odd, false));
+    assert!(f.mmu.restore_access_tracked(0, Gfn::new(odd), false));
     assert_eq!(f.translate(0, odd, false), Ok(pfn_of(odd)));
     // Nothing mapped, or a bad root: the normal fault path.
-    assert!(!f.mmu.restore_access_tracked(0, 0x1000, false));
-    assert!(!f.mmu.restore_access_tracked(ROOTS, even, false));
+    assert!(!f.mmu.restore_access_tracked(0, Gfn::new(0x1000), false));
+    assert!(!f.mmu.restore_access_tracked(ROOTS, Gfn::new(even), false));
     // The normal fault path's map restores too.
     f.tables.topup(MAP_MIN_TABLES).unwrap();
     f.descs.topup(MAP_MIN_DESCS).unwrap();
@@ -475,13 +475,13 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
         )
         .unwrap();
     assert_eq!(o.action, MapAction::Restored);
-    assert_ne!(f.mmu.snapshot(1, odd) & SNAP_ACCESSED, 0);
+    assert_ne!(f.mmu.snapshot(1, Gfn::new(odd)) & SNAP_ACCESSED, 0);
 
     // The write after aging is not lost: aging again, or zapping, reports the page dirty.
     let r = f.mmu.age_gfn_range_locked(0, even, even + 1, AgeOp::Clear);
     assert_eq!((r.cleared, r.dirty), (1, 1));
     assert_eq!(HostPages::<ID>::take_dirty(), [pfn_of(even)]);
-    assert!(f.mmu.restore_access_tracked(0, even, true));
+    assert!(f.mmu.restore_access_tracked(0, Gfn::new(even), true));
     assert_eq!(f.zap(0, even, even + 1), ROOTS as u64);
     assert_eq!(HostPages::<ID>::take_dirty(), [pfn_of(even)]);
 
@@ -833,7 +833,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             for _ in 0..8 {
                 let gfn = s.base_gfn.raw() + rng.below(STRESS_GFNS);
                 let root = rng.below(STRESS_ROOTS as u64) as usize;
-                if !ad_enabled && m.restore_access_tracked(root, gfn, false) {
+                if !ad_enabled && m.restore_access_tracked(root, Gfn::new(gfn), false) {
                     restored += 1;
                     continue;
                 }
@@ -884,7 +884,7 @@ fn stress<const ID: usize>(ad_enabled: bool) {
     for root in 0..STRESS_ROOTS {
         for s in &slots {
             present += (s.base_gfn.raw()..s.end_gfn().raw())
-                .filter(|&gfn| mmu.leaf(root, gfn).is_some())
+                .filter(|&gfn| mmu.leaf(root, Gfn::new(gfn)).is_some())
                 .count() as u64;
         }
     }

@@ -455,7 +455,7 @@ mod x86 {
         fn restore(&mut self, root: usize, s: usize, gfn: u64, write: bool) {
             // Neither does a restore.
             let s = Self::slot_of(s, gfn);
-            let got = self.mmu.restore_access_tracked(root, gfn, write);
+            let got = self.mmu.restore_access_tracked(root, Gfn::new(gfn), write);
             let want = match self.model[s][root].find(gfn) {
                 Some((_, _, l)) if l.tracked && (!write || l.writable) => {
                     l.tracked = false;
@@ -567,7 +567,7 @@ mod x86 {
                         let found = self.model[s][root].find(gfn);
                         found.map(|(l, f, leaf)| (l, f, *leaf))
                     });
-                    let got = self.mmu.leaf(root, gfn).map(|(_, v, l)| (v, l));
+                    let got = self.mmu.leaf(root, Gfn::new(gfn)).map(|(_, v, l)| (v, l));
                     match (want, got) {
                         (None, None) => {}
                         (Some((level, first, leaf)), Some((v, l))) => {
@@ -578,7 +578,7 @@ mod x86 {
                                 "root {root} gfn {gfn:#x} ({first:#x})"
                             );
                             assert_eq!(
-                                self.mmu.snapshot(root, gfn),
+                                self.mmu.snapshot(root, Gfn::new(gfn)),
                                 self.snapshot(&leaf, level),
                                 "root {root} gfn {gfn:#x}: {leaf:?}"
                             );
@@ -681,7 +681,10 @@ mod x86 {
         assert_eq!(w.mmu.leaf_sptes(), 0);
         for &gfn in &w.probes {
             for root in 0..roots {
-                assert!(w.mmu.leaf(root, gfn).is_none(), "root {root} gfn {gfn:#x}");
+                assert!(
+                    w.mmu.leaf(root, Gfn::new(gfn)).is_none(),
+                    "root {root} gfn {gfn:#x}"
+                );
             }
         }
         let World { mmu, tables, .. } = w;
@@ -889,7 +892,7 @@ mod s2 {
         }
 
         fn mkyoung(&mut self, root: usize, gfn: u64, write: bool) {
-            let got = self.mmu.mkyoung(root, gfn, write);
+            let got = self.mmu.mkyoung(root, Gfn::new(gfn), write);
             let want = match self.model[root].find(gfn) {
                 Some((_, _, l)) if !write || l.writable => {
                     l.accessed = true;
@@ -940,7 +943,7 @@ mod s2 {
             for &gfn in &self.probes {
                 for root in 0..self.mmu.nr_roots() {
                     let want = self.model[root].find(gfn).map(|(l, f, leaf)| (l, f, *leaf));
-                    let got = self.mmu.leaf(root, gfn).map(|(_, v, l)| (v, l));
+                    let got = self.mmu.leaf(root, Gfn::new(gfn)).map(|(_, v, l)| (v, l));
                     match (want, got) {
                         (None, None) => {}
                         (Some((level, first, leaf)), Some((v, l))) => {
@@ -952,7 +955,7 @@ mod s2 {
                                 "root {root} gfn {gfn:#x} ({first:#x})"
                             );
                             assert_eq!(
-                                self.mmu.snapshot(root, gfn),
+                                self.mmu.snapshot(root, Gfn::new(gfn)),
                                 snapshot_byte(leaf.writable, leaf.accessed, leaf.writable, level),
                                 "root {root} gfn {gfn:#x}: {leaf:?}"
                             );
@@ -1088,7 +1091,7 @@ fn s2_1g_map_at_start_level_2() {
         assert!(r.is_err(), "ia_bits {ia_bits}: a 1G map must be refused");
         if r.is_ok() {
             let last = (2 << 18) - 1;
-            let leaf = mmu.leaf(0, last).map(|(_, _, level)| level);
+            let leaf = mmu.leaf(0, Gfn::new(last)).map(|(_, _, level)| level);
             assert_eq!(
                 leaf,
                 Some(Level::L1G),

@@ -99,12 +99,12 @@ impl<const ID: usize> Fixture<ID> {
 
     /// The leaf value of `gfn` in `root`, or 0.
     fn spte(&self, root: usize, gfn: u64) -> u64 {
-        self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
+        self.mmu.leaf(root, Gfn::new(gfn)).map_or(0, |(_, v, _)| v)
     }
 
     /// Clears `bits` in the leaf of `gfn` in `root`, as aging or a test would.
     fn clear_bits(&self, root: usize, gfn: u64, bits: u64) {
-        let (sptep, _, _) = self.mmu.leaf(root, gfn).unwrap();
+        let (sptep, _, _) = self.mmu.leaf(root, Gfn::new(gfn)).unwrap();
         sptep.fetch_and(!bits, Ordering::Relaxed);
     }
 
@@ -182,7 +182,7 @@ fn map_translate_round_trip_all_roots() {
             } else {
                 SNAP_PRESENT | SNAP_ACCESSED
             };
-            assert_eq!(f.mmu.snapshot(root, gfn), snap);
+            assert_eq!(f.mmu.snapshot(root, Gfn::new(gfn)), snap);
         }
         assert_eq!(
             f.translate(root, base - 1, false),
@@ -199,7 +199,7 @@ fn map_translate_round_trip_all_roots() {
     for root in [0, MAX_ROOTS - 1] {
         for gfn in base..base + n {
             assert_eq!(f.translate(root, gfn, false), Err(WalkFault::NotPresent));
-            assert_eq!(f.mmu.snapshot(root, gfn), 0);
+            assert_eq!(f.mmu.snapshot(root, Gfn::new(gfn)), 0);
         }
     }
     // Fresh writable leaves are dirty: every root's mapping of every writable page reported.
@@ -224,7 +224,7 @@ fn read_only_upgraded_in_place() {
         (o.action, o.chain_len, o.new_tables),
         (MapAction::Installed, 1, 3)
     );
-    let (before, _, _) = f.mmu.leaf(0, 3).unwrap();
+    let (before, _, _) = f.mmu.leaf(0, Gfn::new(3)).unwrap();
     let before = std::ptr::from_ref(before);
 
     assert_eq!(f.translate(0, 3, true), Err(WalkFault::WriteProtected));
@@ -239,7 +239,7 @@ fn read_only_upgraded_in_place() {
         (MapAction::Upgraded, 0, 0)
     );
     assert!(!o.needs_flush());
-    let (after, spte, _) = f.mmu.leaf(0, 3).unwrap();
+    let (after, spte, _) = f.mmu.leaf(0, Gfn::new(3)).unwrap();
     assert!(std::ptr::eq(before, after), "upgraded in place");
     assert!(spte::is_writable(spte) && spte::is_dirty(spte));
     let t = f.translate(0, 3, true).unwrap();
@@ -264,14 +264,17 @@ fn walker_sets_accessed_and_dirty() {
     let mut f = Fixture::<ID>::new(1, true, &[slot(0, 0x100, 16)]);
     f.map(0, 0, 0x105, 0x77, true);
     f.clear_bits(0, 0x105, spte::ACCESSED | spte::DIRTY);
-    assert_eq!(f.mmu.snapshot(0, 0x105), SNAP_PRESENT | SNAP_WRITABLE);
+    assert_eq!(
+        f.mmu.snapshot(0, Gfn::new(0x105)),
+        SNAP_PRESENT | SNAP_WRITABLE
+    );
 
     let t = f.translate(0, 0x105, false).unwrap();
     assert!(t.writable && !t.dirty, "a read does not set D");
     let v = f.spte(0, 0x105);
     assert!(spte::is_accessed(v) && !spte::is_dirty(v));
     assert_eq!(
-        f.mmu.snapshot(0, 0x105),
+        f.mmu.snapshot(0, Gfn::new(0x105)),
         SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED
     );
 
@@ -308,22 +311,22 @@ fn ad_disabled_walks_and_access_tracking() {
     assert_eq!(f.translate(0, 2, true), Err(WalkFault::WriteProtected));
     assert!(f.translate(0, 2, false).is_ok());
     assert_eq!((f.spte(0, 1), f.spte(0, 2)), (v1, v2));
-    assert_eq!(f.mmu.snapshot(0, 1), 0x0f);
-    assert_eq!(f.mmu.snapshot(0, 2), SNAP_PRESENT | SNAP_ACCESSED);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1)), 0x0f);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(2)), SNAP_PRESENT | SNAP_ACCESSED);
 
     // Access-tracked: present for the MMU, a fault for the walker.
-    let (sptep, _, _) = f.mmu.leaf(0, 1).unwrap();
+    let (sptep, _, _) = f.mmu.leaf(0, Gfn::new(1)).unwrap();
     sptep.store(spte::mark_access_tracked(v1), Ordering::Relaxed);
     assert_eq!(f.translate(0, 1, false), Err(WalkFault::NotPresent));
     assert_eq!(f.translate(0, 1, true), Err(WalkFault::NotPresent));
-    assert_eq!(f.mmu.snapshot(0, 1), SNAP_PRESENT);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1)), SNAP_PRESENT);
     // The fault path restores it.
     assert_eq!(f.map(0, 0, 1, 0x11, false).action, MapAction::Restored);
     assert_eq!(f.spte(0, 1), v1);
     assert!(f.translate(0, 1, true).is_ok());
 
     // A write fault on a tracked read-only leaf makes it writable.
-    let (sptep, _, _) = f.mmu.leaf(0, 2).unwrap();
+    let (sptep, _, _) = f.mmu.leaf(0, Gfn::new(2)).unwrap();
     sptep.store(spte::mark_access_tracked(v2), Ordering::Relaxed);
     assert_eq!(f.map(0, 0, 2, 0x22, true).action, MapAction::Upgraded);
     assert!(f.translate(0, 2, true).is_ok());
@@ -559,21 +562,21 @@ fn snapshot_bytes() {
     let mut f = Fixture::<ID>::new(2, true, &[slot(0, 0, 4)]);
     f.map(0, 0, 0, 0x10, false);
     f.map(0, 0, 1, 0x11, true);
-    assert_eq!(f.mmu.snapshot(0, 0), 0x05);
-    assert_eq!(f.mmu.snapshot(0, 1), 0x0f);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(0)), 0x05);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1)), 0x0f);
     f.clear_bits(0, 0, spte::ACCESSED);
     f.clear_bits(0, 1, spte::ACCESSED | spte::DIRTY);
-    assert_eq!(f.mmu.snapshot(0, 0), 0x01);
-    assert_eq!(f.mmu.snapshot(0, 1), 0x03);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(0)), 0x01);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1)), 0x03);
     f.translate(0, 1, false).unwrap();
-    assert_eq!(f.mmu.snapshot(0, 1), 0x07);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1)), 0x07);
     f.translate(0, 1, true).unwrap();
-    assert_eq!(f.mmu.snapshot(0, 1), 0x0f);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1)), 0x0f);
     // Unmapped, other root, no such root, beyond the guest-physical width.
-    assert_eq!(f.mmu.snapshot(0, 2), 0);
-    assert_eq!(f.mmu.snapshot(1, 1), 0);
-    assert_eq!(f.mmu.snapshot(2, 1), 0);
-    assert_eq!(f.mmu.snapshot(0, 1 | (1 << GFN_BITS)), 0);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(2)), 0);
+    assert_eq!(f.mmu.snapshot(1, Gfn::new(1)), 0);
+    assert_eq!(f.mmu.snapshot(2, Gfn::new(1)), 0);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(1 | (1 << GFN_BITS))), 0);
     assert_eq!(
         f.translate(0, 1 | (1 << GFN_BITS), false),
         Err(WalkFault::NotPresent)
@@ -639,7 +642,7 @@ fn huge_leaves_map_translate_and_zap() {
     );
     let t = f.translate(0, 0x2ff, true).unwrap();
     assert_eq!((t.pfn.raw(), t.level), (0x8_00ff, Level::L2M));
-    assert_eq!(f.mmu.snapshot(0, 0x3ff) >> 4, Level::L2M.uapi());
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(0x3ff)) >> 4, Level::L2M.uapi());
     let o = f.map_huge(1 << 18, 1 << 20, Level::L1G);
     assert_eq!(o.action, MapAction::Installed);
     assert_eq!(
@@ -762,7 +765,7 @@ fn map_errors_change_nothing() {
     );
     assert_eq!(r, Err(MapError::NeedTopup), "descriptor cache empty");
     assert_eq!(f.mmu.table_pages(), pages);
-    assert_eq!(f.mmu.snapshot(0, 0x100), 0);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(0x100)), 0);
     descs.topup(MAP_MIN_DESCS).unwrap();
     let r = f.mmu.map(
         0,
@@ -1178,7 +1181,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     // Past it: a third 4K table, a 2M table of another 1G.
     for gfn in [0x405, (1 << 18) + 5] {
         assert_eq!(f.try_map(0, 0, gfn, 0x12, true), Err(MapError::TableLimit));
-        assert_eq!(f.mmu.snapshot(0, gfn), 0);
+        assert_eq!(f.mmu.snapshot(0, Gfn::new(gfn)), 0);
     }
     assert_eq!(f.mmu.table_pages(), roots + 4);
     assert_eq!(f.mmu.stats().tables_allocated, roots + 4);

@@ -171,7 +171,7 @@ fn one_leaf<const ID: usize>(old: bool) -> Arc<S2Mmu<LoomPages<ID>>> {
 
 /// The leaf of gfn 7, loaded.
 fn leaf7<const ID: usize>(mmu: &S2Mmu<LoomPages<ID>>) -> u64 {
-    mmu.entry(0, 7).unwrap().1
+    mmu.entry(0, Gfn::new(7)).unwrap().1
 }
 
 /// (b) A permission relax (RO -> RW) racing clear_young on the same young leaf, both under the
@@ -282,7 +282,7 @@ fn loom_locked_entry_is_never_taken_over() {
                 let flushes = std::cell::Cell::new(0);
                 let flush = || {
                     // During the flush the entry is ours: still locked.
-                    let v = mmu.entry(0, 7).unwrap().1;
+                    let v = mmu.entry(0, Gfn::new(7)).unwrap().1;
                     assert!(pte::is_locked(v), "lock taken over: {v:#x}");
                     flushes.set(flushes.get() + 1);
                 };

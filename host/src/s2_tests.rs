@@ -90,7 +90,7 @@ impl<const ID: usize> Fixture<ID> {
 
     /// The leaf value of `gfn` in `root`, or 0.
     fn pte(&self, root: usize, gfn: u64) -> u64 {
-        self.mmu.leaf(root, gfn).map_or(0, |(_, v, _)| v)
+        self.mmu.leaf(root, Gfn::new(gfn)).map_or(0, |(_, v, _)| v)
     }
 
     /// Zaps `[start, end)` to the end, never asked to yield, then flushes and frees as the
@@ -383,16 +383,16 @@ fn map_translate_round_trip_all_geometries() {
                 assert_eq!(f.translate(root, gfn, true).is_ok(), w);
                 let snap =
                     SNAP_PRESENT | SNAP_ACCESSED | if w { SNAP_WRITABLE | SNAP_DIRTY } else { 0 };
-                assert_eq!(f.mmu.snapshot(root, gfn), snap);
+                assert_eq!(f.mmu.snapshot(root, Gfn::new(gfn)), snap);
             }
             for gfn in [600, limit - 601, limit / 2] {
                 assert_eq!(f.translate(root, gfn, false), Err(WalkFault::NotPresent));
-                assert_eq!(f.mmu.snapshot(root, gfn), 0);
+                assert_eq!(f.mmu.snapshot(root, Gfn::new(gfn)), 0);
             }
             // Outside the space.
             assert_eq!(f.translate(root, limit, false), Err(WalkFault::NotPresent));
-            assert_eq!(f.mmu.snapshot(root, limit), 0);
-            assert_eq!(f.mmu.snapshot(root, u64::MAX), 0);
+            assert_eq!(f.mmu.snapshot(root, Gfn::new(limit)), 0);
+            assert_eq!(f.mmu.snapshot(root, Gfn::new(u64::MAX)), 0);
         }
         assert_eq!(f.flushes.get(), 0, "installing never flushes");
         assert_eq!(f.mmu.zap_all(), 2 * gfns.len() as u64);
@@ -501,12 +501,12 @@ fn relax_permissions_in_place() {
     let gfn = 0x1234;
     let o = f.map(0, gfn, 0x42, false);
     assert_eq!(o.action, MapAction::Installed);
-    let (slot, ro, _) = f.mmu.leaf(0, gfn).unwrap();
+    let (slot, ro, _) = f.mmu.leaf(0, Gfn::new(gfn)).unwrap();
     assert_eq!(f.translate(0, gfn, true), Err(WalkFault::WriteProtected));
 
     // RO -> RW: the same entry, only W added.
     assert_eq!(f.map(0, gfn, 0x42, true).action, MapAction::Upgraded);
-    let (again, rw, _) = f.mmu.leaf(0, gfn).unwrap();
+    let (again, rw, _) = f.mmu.leaf(0, Gfn::new(gfn)).unwrap();
     assert!(std::ptr::eq(slot, again));
     assert_eq!(rw, pte::mkwrite(ro));
     assert!(f.translate(0, gfn, true).unwrap().dirty);
@@ -575,7 +575,7 @@ fn locked_entries_make_maps_back_off() {
     let f = Fixture::<ID>::new(1, 40, false);
     let gfn = 0x4_0000 + 9;
     f.map(0, gfn, 0x99, true);
-    let (slot, old, _) = f.mmu.leaf(0, gfn).unwrap();
+    let (slot, old, _) = f.mmu.leaf(0, Gfn::new(gfn)).unwrap();
     // Another walker's break-before-make in progress.
     slot.store(pte::LOCKED, Ordering::Relaxed);
 
@@ -591,8 +591,8 @@ fn locked_entries_make_maps_back_off() {
     }
     assert_eq!(f.mmu.eagain(), 4);
     assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
-    assert_eq!(f.mmu.snapshot(0, gfn), 0);
-    assert!(!f.mmu.mkyoung(0, gfn, false));
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(gfn)), 0);
+    assert!(!f.mmu.mkyoung(0, Gfn::new(gfn), false));
     let r = f.mmu.age_gfn_range(0, 1 << 20, AgeOp::Clear);
     assert_eq!(
         (r.young, r.visited),
@@ -607,7 +607,7 @@ fn locked_entries_make_maps_back_off() {
     // A locked entry above the leaf level (as while a block there is broken into a table): maps
     // under it back off too, and link nothing.
     let far = 0x20_0000;
-    let (upper, v, level) = f.mmu.entry(0, far).unwrap();
+    let (upper, v, level) = f.mmu.entry(0, Gfn::new(far)).unwrap();
     assert_eq!((v, level), (0, f.mmu.geometry().start_level));
     upper.store(pte::LOCKED, Ordering::Relaxed);
     let before = f.mmu.table_pages();
@@ -626,7 +626,7 @@ fn stale_compare_exchanges_fail() {
     // A race lost between a walker's load and its compare-exchange, staged from one thread: a
     // leaf installed from a stale "empty" value fails, and so does a relax from a stale leaf.
     f.map(0, 3, 0x30, false);
-    let (slot, v, _) = f.mmu.leaf(0, 3).unwrap();
+    let (slot, v, _) = f.mmu.leaf(0, Gfn::new(3)).unwrap();
     assert_eq!(
         pte::try_set(slot, 0, pte::make_leaf(0x31, LAST_LEVEL, true)),
         Err(v)
@@ -642,8 +642,8 @@ fn mkyoung_is_the_access_flag_fault() {
     let f = Fixture::<ID>::new(1, 40, false);
     f.map(0, 10, 0x10, false);
     f.map(0, 11, 0x11, true);
-    assert!(!f.mmu.mkyoung(0, 12, false), "nothing mapped");
-    assert!(!f.mmu.mkyoung(1, 10, false), "no such root");
+    assert!(!f.mmu.mkyoung(0, Gfn::new(12), false), "nothing mapped");
+    assert!(!f.mmu.mkyoung(1, Gfn::new(10), false), "no such root");
 
     let r = f.mmu.age_gfn_range(10, 12, AgeOp::ClearFlush);
     assert_eq!((r.young, r.cleared, r.visited), (true, 2, 2));
@@ -653,14 +653,14 @@ fn mkyoung_is_the_access_flag_fault() {
         // permission check.
         assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
         assert_eq!(f.translate(0, gfn, true), Err(WalkFault::NotPresent));
-        assert_eq!(f.mmu.snapshot(0, gfn) & SNAP_ACCESSED, 0);
+        assert_eq!(f.mmu.snapshot(0, Gfn::new(gfn)) & SNAP_ACCESSED, 0);
     }
     // A write to the read-only leaf needs the full fault path.
-    assert!(!f.mmu.mkyoung(0, 10, true));
+    assert!(!f.mmu.mkyoung(0, Gfn::new(10), true));
     assert!(!pte::is_young(f.pte(0, 10)));
-    assert!(f.mmu.mkyoung(0, 10, false));
-    assert!(f.mmu.mkyoung(0, 11, true));
-    assert!(f.mmu.mkyoung(0, 11, true), "already young");
+    assert!(f.mmu.mkyoung(0, Gfn::new(10), false));
+    assert!(f.mmu.mkyoung(0, Gfn::new(11), true));
+    assert!(f.mmu.mkyoung(0, Gfn::new(11), true), "already young");
     assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
     assert_eq!(f.translate(0, 11, true).unwrap().pfn.raw(), 0x11);
     assert_eq!(f.pte(0, 11), pte::make_leaf(0x11, LAST_LEVEL, true));
@@ -679,7 +679,10 @@ fn hardware_af_sets_the_flag_on_access() {
     assert!(!pte::is_young(f.pte(0, 10)));
     assert_eq!(f.translate(0, 10, false).unwrap().pfn.raw(), 0x10);
     assert!(pte::is_young(f.pte(0, 10)));
-    assert_eq!(f.mmu.snapshot(0, 10), SNAP_PRESENT | SNAP_ACCESSED);
+    assert_eq!(
+        f.mmu.snapshot(0, Gfn::new(10)),
+        SNAP_PRESENT | SNAP_ACCESSED
+    );
     teardown(f);
 }
 
@@ -805,7 +808,7 @@ fn zap_resumes_where_it_stopped() {
     // end.  At every yield, everything below where the zap stopped is gone in every root: the
     // gfns it zapped all lie below those it did not.
     let mut at_yield = |mmu: &mut S2Mmu<HostPages<ID>>| {
-        let mapped = |g: &&u64| mmu.snapshot(**g as usize % 2, **g) != 0;
+        let mapped = |g: &&u64| mmu.snapshot(**g as usize % 2, Gfn::new(**g)) != 0;
         let first_left = gfns.iter().find(mapped).copied().unwrap_or(u64::MAX);
         let last_gone = gfns.iter().rev().find(|g| !mapped(g)).copied();
         assert!(
@@ -961,13 +964,13 @@ fn blocks_walk_age_zap_and_break() {
             dirty: true
         }
     );
-    let snap = f.mmu.snapshot(0, bgfn + 511);
+    let snap = f.mmu.snapshot(0, Gfn::new(bgfn + 511));
     assert_eq!(snap >> SNAP_LEVEL_SHIFT, Level::L2M.uapi());
     assert_eq!(
         snap & 0xf,
         SNAP_PRESENT | SNAP_WRITABLE | SNAP_ACCESSED | SNAP_DIRTY
     );
-    assert_eq!(f.mmu.snapshot(0, bgfn + 512), 0);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(bgfn + 512)), 0);
 
     // Aging a range that only overlaps the block's tail still sees it.
     let r = f.mmu.age_gfn_range(bgfn + 500, bgfn + 501, AgeOp::Clear);
@@ -993,7 +996,7 @@ fn blocks_walk_age_zap_and_break() {
         .install_test_block(0, b2, 0x40_0000, Level::L2M, false));
     let p = f.zap(b2 + 511, b2 + 512);
     assert_eq!((p.zapped, p.dirty), (1, 0));
-    assert_eq!(f.mmu.snapshot(0, b2), 0);
+    assert_eq!(f.mmu.snapshot(0, Gfn::new(b2)), 0);
     let s = f.mmu.stats();
     assert_eq!((s.leaves, s.zapped, s.dirty), (2, 2, 1));
     teardown(f);
@@ -1074,7 +1077,7 @@ fn table_limit_refuses_new_tables_until_freed() {
     let cached = f.tables.borrow().len();
     for gfn in [0x205, 0x4_0005] {
         assert_eq!(f.try_map(0, gfn, 0x11, true), Err(MapError::TableLimit));
-        assert_eq!(f.mmu.entry(0, gfn).map(|(_, v, _)| v), Some(0));
+        assert_eq!(f.mmu.entry(0, Gfn::new(gfn)).map(|(_, v, _)| v), Some(0));
     }
     assert_eq!(f.tables.borrow().len(), cached);
     assert_eq!(f.mmu.stats().tables_allocated, pgd + 2);
@@ -1185,7 +1188,7 @@ fn fault_in<const ID: usize>(
                 assert!(!write || (t.writable && t.dirty));
                 return t.pfn.raw();
             }
-            Err(WalkFault::NotPresent) if mmu.mkyoung(root, gfn, write) => {
+            Err(WalkFault::NotPresent) if mmu.mkyoung(root, Gfn::new(gfn), write) => {
                 Tally::add(&tally.mkyoung, 1);
             }
             Err(_) => match mmu.map(
@@ -1333,7 +1336,7 @@ fn stress<const ID: usize>(hw_af: bool) {
         let want = if remap(round) { alt_of } else { pfn_of };
         for root in 0..STRESS_ROOTS {
             for gfn in start..end {
-                let (_, v, level) = mmu.leaf(root, gfn).unwrap();
+                let (_, v, level) = mmu.leaf(root, Gfn::new(gfn)).unwrap();
                 assert_eq!(
                     (pte::pfn(v), level),
                     (want(gfn), Level::L4K),

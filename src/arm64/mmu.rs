@@ -779,7 +779,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// may retry it.  False, changing nothing, if there is no valid leaf (empty, locked) or the
     /// access is a write to a read-only leaf: take the full fault path.  Permissions only grow,
     /// so no TLB flush.
-    pub(crate) fn mkyoung(&self, root: usize, gfn: u64, write: bool) -> bool {
+    pub(crate) fn mkyoung(&self, root: usize, gfn: Gfn, write: bool) -> bool {
         let Some((ptep, mut v, level)) = self.entry(root, gfn) else {
             return false;
         };
@@ -965,7 +965,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// The snapshot byte of `gfn` in root `root` (`SECMMU_SNAP_*`, `pgtable::snapshot_byte()`):
     /// 0 if no valid leaf maps it (empty or locked), otherwise present, writable, accessed (AF),
     /// dirty (= writable, I4) and the leaf's level.  Loads only; the read side is enough.
-    pub(crate) fn snapshot(&self, root: usize, gfn: u64) -> u8 {
+    pub(crate) fn snapshot(&self, root: usize, gfn: Gfn) -> u8 {
         let Some((_, v, level)) = self.leaf(root, gfn) else {
             return 0;
         };
@@ -980,20 +980,22 @@ impl<P: PageOps> S2Mmu<P> {
     /// The valid leaf that maps `gfn` in root `root`, the value loaded from it and its level
     /// (for tests and the snapshot).  It may change as soon as it was loaded, unless the MMU lock
     /// is held for write.
-    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, Level)> {
+    pub(crate) fn leaf(&self, root: usize, gfn: Gfn) -> Option<(&AtomicU64, u64, Level)> {
         let (ptep, v, level) = self.entry(root, gfn)?;
         pte::is_leaf(v, level).then_some((ptep, v, level))
     }
 
     /// The last entry a walk to `gfn` in root `root` loads: a leaf, an empty or a locked entry,
     /// with the value loaded and its level (for tests, which lock entries by hand).
-    pub(crate) fn entry(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, Level)> {
+    pub(crate) fn entry(&self, root: usize, gfn: Gfn) -> Option<(&AtomicU64, u64, Level)> {
         if root >= self.nr_roots {
             return None;
         }
         // SAFETY: the start-level tables of a root of `self`, which is borrowed for the returned
         // lifetime (the MMU lock, either side): no table the walk reaches is freed (I1).
-        let w = unsafe { walk::find::<S2, P>(&root_tables(self.root_pgd(root), &self.geo), gfn) }?;
+        let w = unsafe {
+            walk::find::<S2, P>(&root_tables(self.root_pgd(root), &self.geo), gfn.raw())
+        }?;
         Some((w.ptep, w.old, w.level))
     }
 
@@ -1033,7 +1035,7 @@ impl<P: PageOps> S2Mmu<P> {
         level: Level,
         writable: bool,
     ) -> bool {
-        let Some((ptep, v, at)) = self.entry(root, gfn) else {
+        let Some((ptep, v, at)) = self.entry(root, Gfn::new(gfn)) else {
             return false;
         };
         if at != level || v != 0 || pfn & (level.pages() - 1) != 0 {

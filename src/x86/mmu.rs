@@ -808,7 +808,7 @@ impl<P: PageOps> X86Mmu<P> {
     /// it, otherwise present, writable, accessed, dirty and the leaf's level.  An access-tracked
     /// leaf is present, but neither writable nor accessed.  Loads entries atomically; the read
     /// side of the MMU lock is enough.
-    pub(crate) fn snapshot(&self, root: usize, gfn: u64) -> u8 {
+    pub(crate) fn snapshot(&self, root: usize, gfn: Gfn) -> u8 {
         let Some((_, spte, level)) = self.leaf(root, gfn) else {
             return 0;
         };
@@ -823,12 +823,12 @@ impl<P: PageOps> X86Mmu<P> {
     /// The present leaf that maps `gfn` in root `root`, the value loaded from it and its level
     /// (for aging and tests).  It may change as soon as it was loaded, unless the MMU lock is
     /// held for write.
-    pub(crate) fn leaf(&self, root: usize, gfn: u64) -> Option<(&AtomicU64, u64, Level)> {
+    pub(crate) fn leaf(&self, root: usize, gfn: Gfn) -> Option<(&AtomicU64, u64, Level)> {
         let root_pfn = self.roots[..self.nr_roots].get(root)?;
         // SAFETY: `root_pfn` is a root of `self`, which is borrowed, so neither dropped nor
         // freeing unlinked tables (`free_unlinked()` takes `&mut self`), for as long as the entry
         // returned: `&self` stands for the MMU lock (module documentation).
-        let w = unsafe { walk::find::<Ept, P>(&root_tables(root_pfn), gfn) }?;
+        let w = unsafe { walk::find::<Ept, P>(&root_tables(root_pfn), gfn.raw()) }?;
         spte::is_present(w.old).then_some((w.ptep, w.old, w.level))
     }
 
@@ -881,7 +881,7 @@ impl<P: PageOps> X86Mmu<P> {
     /// path, whose [`X86Mmu::map()`] also restores ([`MapAction::Restored`]) or upgrades it.
     ///
     /// Permissions only grow, so no TLB flush is needed.
-    pub(crate) fn restore_access_tracked(&mut self, root: usize, gfn: u64, write: bool) -> bool {
+    pub(crate) fn restore_access_tracked(&mut self, root: usize, gfn: Gfn, write: bool) -> bool {
         let Some((sptep, old, _)) = self.leaf(root, gfn) else {
             return false;
         };
