@@ -27,15 +27,13 @@ use crate::{
         preempt::PreemptGuard,
         sched,
     },
-    format::{FaultSide, Format, SlotSet, WithFormat},
-    kpages::KernelPages,
+    format::{FaultCaches, FaultSide, Format, SlotSet, WithFormat},
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::level::Level,
     mmu::memslot::Slot,
-    mmu::pgtable::{MapAction, MapError, MapOutcome, TableCache},
+    mmu::pgtable::{MapAction, MapError, MapOutcome},
     mmu::prim::NoPreempt,
     space::{MmuState, Space},
-    x86::rmap::DescCache,
 };
 use kernel::prelude::*;
 
@@ -50,30 +48,6 @@ pub(crate) enum Exit {
 impl From<Error> for Exit {
     fn from(e: Error) -> Self {
         Exit::Errno(e)
-    }
-}
-
-/// What a fault preallocates before it takes the MMU lock (KVM's
-/// `mmu_topup_memory_caches()`): table pages and rmap descriptors.
-pub(crate) struct FaultCaches {
-    pub(crate) tables: TableCache<KernelPages>,
-    pub(crate) descs: DescCache,
-}
-
-impl FaultCaches {
-    /// Empty caches; rmap descriptors freed into them are kept up to `descs`.
-    pub(crate) fn new(descs: usize) -> Self {
-        Self {
-            tables: TableCache::new(),
-            descs: DescCache::new(descs),
-        }
-    }
-
-    /// Fills the caches with what one map of format `F` may use.
-    fn topup<F: Format>(&mut self) -> Result {
-        self.tables.topup(F::MAP_MIN_TABLES).map_err(|_| ENOMEM)?;
-        self.descs.topup(F::MAP_MIN_DESCS).map_err(|_| ENOMEM)?;
-        Ok(())
     }
 }
 

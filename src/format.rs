@@ -23,23 +23,24 @@
 use crate::{
     arm64::mmu::{self as s2, S2Mmu, S2Root},
     ext::{preempt::PreemptGuard, rwlock::ReadGuard},
-    fault::{Fault, FaultCaches},
+    fault::Fault,
     kpages::KernelPages,
     mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
     mmu::level::Level,
-    mmu::memslot::{Memslots, Slot, SlotEntry},
-    mmu::pgtable::{MapError, MapOutcome, Translation, UnlinkedTable, WalkFault},
+    mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry},
+    mmu::pgtable::{MapError, MapOutcome, TableCache, Translation, UnlinkedTable, WalkFault},
     mmu::prim::{self, NoPreempt, PArc},
     mmu::stats::{Counter, Stats},
     mmu::zap::{Yield, Zap, ZapLock, ZapTables},
     mmu_lock::{MmuLock, WriteGuard},
     space::{MmuState, Space},
     uapi,
-    x86::mmu::{self as x86, age_gfn_range_lockless, SlotLookup, SlotRef, SlotRmaps, X86Mmu},
+    x86::mmu::{self as x86, age_gfn_range_lockless, RmapsOf, SlotRef, SlotRmaps, X86Mmu},
+    x86::rmap::DescCache,
 };
 use core::{marker::PhantomData, ops::Deref};
-use kernel::alloc::AllocError;
+use kernel::{alloc::AllocError, error::Result, prelude::ENOMEM};
 
 /// Evaluates `$e` with `$F` standing for the [`Format`] `$kind` names.
 macro_rules! with_kind {
@@ -193,21 +194,21 @@ pub(crate) fn zap_gfn_range<Y: Yield>(
     };
     with_kind!(kind, F => {
         let mut lock = FormatLock::<_, F>(lock, PhantomData);
-        <F as Format>::zap_gfn_range(&mut lock, &mut CurrentSlots(space), z, slot_id, start, end)
+        <F as Format>::zap_gfn_range(&mut lock, &mut SpaceSlots(space), z, slot_id, start, end)
     })
 }
 
-/// The memslot set of a space current under its MMU lock, where an x86 zap
-/// finds its slot again after every yield ([`SlotLookup`]).
-struct CurrentSlots<'a>(&'a Space);
+/// The memslot set of a space current under its MMU lock, where a zap finds
+/// its slot again after every yield ([`CurrentSlots`]).
+struct SpaceSlots<'a>(&'a Space);
 
-impl SlotLookup for CurrentSlots<'_> {
-    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<SlotRef<'_>>) -> R) -> R {
+impl CurrentSlots<SlotData> for SpaceSlots<'_> {
+    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<&MemSlot>) -> R) -> R {
         // The set is replaced only under the MMU lock held for write, which
         // the zap holds; the RCU read side covers the borrow all the same.
         let preempt = PreemptGuard::new();
         let rcu: NoPreempt<'_> = preempt.proof().into();
-        f(self.0.memslots(&rcu).by_id(id).and_then(x86_slot))
+        f(self.0.memslots(&rcu).by_id(id))
     }
 }
 
@@ -225,6 +226,30 @@ impl<L: ZapLock<Mmu = Pgt>, F: Format> ZapLock for FormatLock<'_, L, F> {
 
     fn resched(&mut self) {
         self.0.resched()
+    }
+}
+
+/// What a fault preallocates before it takes the MMU lock (KVM's
+/// `mmu_topup_memory_caches()`): table pages and rmap descriptors.
+pub(crate) struct FaultCaches {
+    pub(crate) tables: TableCache<KernelPages>,
+    pub(crate) descs: DescCache,
+}
+
+impl FaultCaches {
+    /// Empty caches; rmap descriptors freed into them are kept up to `descs`.
+    pub(crate) fn new(descs: usize) -> Self {
+        Self {
+            tables: TableCache::new(),
+            descs: DescCache::new(descs),
+        }
+    }
+
+    /// Fills the caches with what one map of format `F` may use.
+    pub(crate) fn topup<F: Format>(&mut self) -> Result {
+        self.tables.topup(F::MAP_MIN_TABLES).map_err(|_| ENOMEM)?;
+        self.descs.topup(F::MAP_MIN_DESCS).map_err(|_| ENOMEM)?;
+        Ok(())
     }
 }
 
@@ -290,7 +315,7 @@ pub(crate) trait Format: Sized + ZapTables {
     /// walks its tables over the range).
     fn zap_gfn_range<Y: Yield>(
         lock: &mut impl ZapLock<Mmu = Self>,
-        slots: &mut impl SlotLookup,
+        slots: &mut impl CurrentSlots<SlotData>,
         z: &mut Zap<Y>,
         slot_id: u32,
         start: u64,
@@ -482,7 +507,7 @@ impl Format for X86Mmu<KernelPages> {
 
     fn zap_gfn_range<Y: Yield>(
         lock: &mut impl ZapLock<Mmu = Self>,
-        slots: &mut impl SlotLookup,
+        slots: &mut impl CurrentSlots<SlotData>,
         z: &mut Zap<Y>,
         slot_id: u32,
         start: u64,
@@ -598,7 +623,7 @@ impl Format for S2Mmu<KernelPages> {
 
     fn zap_gfn_range<Y: Yield>(
         lock: &mut impl ZapLock<Mmu = Self>,
-        _slots: &mut impl SlotLookup,
+        _slots: &mut impl CurrentSlots<SlotData>,
         z: &mut Zap<Y>,
         _slot_id: u32,
         start: u64,
@@ -674,12 +699,15 @@ pub(crate) type SlotSet = Memslots<SlotData>;
 /// A memslot of a space's set, with the format's data for it.
 pub(crate) type MemSlot = SlotEntry<SlotData>;
 
+impl RmapsOf for SlotData {
+    fn rmaps(&self) -> Option<&SlotRmaps> {
+        self.0.as_deref()
+    }
+}
+
 /// The x86 MMU's view of `slot`: the slot with its rmaps, if it has them.
 fn x86_slot(slot: &MemSlot) -> Option<SlotRef<'_>> {
-    slot.data
-        .0
-        .as_deref()
-        .map(|rmaps| SlotRef::new(&slot.slot, rmaps))
+    SlotRef::of(slot)
 }
 
 /// SPTEs left in the rmaps of `slot` (x86; 0 for stage-2): 0 once its zap

@@ -4,8 +4,8 @@
 //!
 //! The MMU lock is an `rwlock_t` ([`RwLock`], in `rust/rwlock.rs`) around a
 //! space's page tables, memslots and invalidation retry state, as KVM's
-//! `mmu_lock`: the x86 shadow MMU changes tables under the write side,
-//! arm64 stage-2 faults run in parallel under the read side. Both sides
+//! `mmu_lock`: one format changes tables under the write side, another
+//! faults in parallel under the read side (`Format::FaultSide`). Both sides
 //! spin; nothing that sleeps may run under either.
 //!
 //! The core takes its own proof tokens ([`MmuWriteLocked`], [`NoPreempt`]),
@@ -15,8 +15,7 @@
 
 use crate::{
     ext::{preempt::PreemptDisabled, rwlock},
-    mmu::prim::NoPreempt,
-    x86::rmap::MmuWriteLocked,
+    mmu::prim::{MmuWriteLocked, NoPreempt},
 };
 
 /// The MMU lock around `T`.

@@ -15,10 +15,10 @@ use core::ops::{Deref, DerefMut};
 use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
-use crate::mmu::memslot::{Memslots, Slot, SlotEntry, SlotError};
+use crate::mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry, SlotError};
 use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache};
 use crate::mmu::prim::{warn_on, AllocError, AtomicU64, NoPreempt, PArc, RcuPtr, Unpublished};
-use crate::x86::mmu::{age_gfn_range_lockless, SlotLookup, SlotRef, SlotRmaps, X86Mmu};
+use crate::x86::mmu::{age_gfn_range_lockless, RmapsOf, SlotRef, SlotRmaps, X86Mmu};
 use crate::x86::rmap::DescCache;
 
 /// The format data of a test slot: its rmaps.
@@ -29,7 +29,13 @@ pub(crate) type TestSet = Memslots<Option<Rmaps>>;
 
 /// `slot` with its rmaps, as the x86 MMU takes it.
 pub(crate) fn slot_ref(slot: &SlotEntry<Option<Rmaps>>) -> Option<SlotRef<'_>> {
-    slot.data.as_deref().map(|r| SlotRef::new(&slot.slot, r))
+    SlotRef::of(slot)
+}
+
+impl RmapsOf for Option<Rmaps> {
+    fn rmaps(&self) -> Option<&SlotRmaps> {
+        self.as_deref()
+    }
 }
 
 /// A published memslot set, shared by an MMU and lockless agers.
@@ -106,10 +112,14 @@ impl TestSlots {
 /// Where an x86 zap finds its slot again at every step, as the kernel glue's lookup in the set
 /// current under the MMU lock: the set is read in an RCU read side, so a slot detached while the
 /// zap yielded ends the zap.
-impl SlotLookup for &TestSlots {
-    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<SlotRef<'_>>) -> R) -> R {
+impl CurrentSlots<Option<Rmaps>> for &TestSlots {
+    fn with_slot<R>(
+        &mut self,
+        id: u32,
+        f: impl FnOnce(Option<&SlotEntry<Option<Rmaps>>>) -> R,
+    ) -> R {
         let no_preempt = NoPreempt::new();
-        f(self.get(id, &no_preempt))
+        f(self.read(&no_preempt).by_id(id))
     }
 }
 

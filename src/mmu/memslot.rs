@@ -208,6 +208,16 @@ impl<D> core::ops::Deref for SlotEntry<D> {
     }
 }
 
+/// The memslot set current under the MMU lock, for a zap that yields the lock and so must find
+/// its slot again after each yield, in whatever set is current then (KVM's
+/// `kvm_unmap_gfn_range()` gets its slot from the memslots under `mmu_lock`; a slot deleted
+/// meanwhile was zapped whole by its deletion).
+pub(crate) trait CurrentSlots<D> {
+    /// Calls `f` with slot `id` of the current set, `None` if it has no slot `id`.  With the MMU
+    /// lock held.
+    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<&SlotEntry<D>>) -> R) -> R;
+}
+
 /// An immutable set of memslots, sorted by `base_gfn` (KVM's `struct kvm_memslots`).
 ///
 /// A set never changes once made: a change makes a new set from the current one

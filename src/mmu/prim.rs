@@ -326,6 +326,26 @@ impl NoPreempt<'_> {
     }
 }
 
+/// Proof that the current thread holds the MMU lock for write, which x86 rmap modifications
+/// require ("Rmap locking" in Documentation/secmmu-protocols.rst).  Writers pass it by `&mut`,
+/// so one thread cannot have two write guards, and thus two diverging views of one rmap, at
+/// once.  The kernel makes it from a write guard of the MMU lock only (`mmu_lock.rs`).
+pub(crate) struct MmuWriteLocked<'a>(PhantomData<(&'a (), *mut ())>);
+
+impl MmuWriteLocked<'_> {
+    /// Asserts that the MMU lock is held for write.
+    ///
+    /// # Safety
+    ///
+    /// For as long as the returned value lives, the current thread holds the MMU lock for
+    /// write, and (the MMU lock being a spinning lock) preemption is disabled.  Writers rely on
+    /// it for mutual exclusion on empty rmaps, where the bit lock is elided.
+    #[inline]
+    pub(crate) unsafe fn assume() -> Self {
+        MmuWriteLocked(PhantomData)
+    }
+}
+
 /// A cell for data whose accesses are serialized by a lock kept outside of it, e.g. rmap
 /// descriptors serialized by the rmap bit lock.  Under loom this is `loom::cell::UnsafeCell`,
 /// which checks that every access is ordered after the previous conflicting one.

@@ -134,7 +134,7 @@ use core::ptr::NonNull;
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
 use crate::mmu::level::Level;
-use crate::mmu::memslot::Slot;
+use crate::mmu::memslot::{CurrentSlots, Slot, SlotEntry};
 use crate::mmu::pgtable::{
     snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZapCursor, ZappedTables,
 };
@@ -285,13 +285,10 @@ impl Drop for SlotRmaps {
     }
 }
 
-/// Where a zap finds its slot's rmaps again after each yield of the MMU lock: in the memslot set
-/// current under the lock, as KVM's `kvm_unmap_gfn_range()` gets its slot from the memslots
-/// under `mmu_lock` (a slot deleted meanwhile was zapped whole by its deletion).
-pub(crate) trait SlotLookup {
-    /// Calls `f` with slot `id` of the current set and its rmaps, `None` if the set has no slot
-    /// `id` (or it has no rmaps).  With the MMU lock held.
-    fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<SlotRef<'_>>) -> R) -> R;
+/// What a memslot set's entry keeps for the x86 MMU: the slot's rmaps, if it has them.
+pub(crate) trait RmapsOf {
+    /// The slot's rmaps.
+    fn rmaps(&self) -> Option<&SlotRmaps>;
 }
 
 /// A memslot and its rmaps, as an entry of the memslot set holds them (KVM's
@@ -312,6 +309,14 @@ impl<'a> SlotRef<'a> {
             rmap_count(slot.base_gfn.raw(), slot.npages, Level::L4K)
         );
         SlotRef { slot, rmaps }
+    }
+
+    /// The slot of a memslot set's `entry` with its rmaps, if it has them.
+    pub(crate) fn of<D: RmapsOf>(entry: &'a SlotEntry<D>) -> Option<Self> {
+        entry
+            .data
+            .rmaps()
+            .map(|rmaps| Self::new(&entry.slot, rmaps))
     }
 
     /// The slot.
@@ -665,9 +670,9 @@ impl<P: PageOps> X86Mmu<P> {
     /// What the zap cleared and unlinked since its last flush is left in `z`: the caller flushes
     /// and frees it ([`Zap::flush_and_free()`]) before dropping the lock (see Invalidation in
     /// `Documentation/secmmu.rst`).  Never sleeps, but in `lock.resched()`.
-    pub(crate) fn zap_gfn_range<Y: Yield>(
+    pub(crate) fn zap_gfn_range<Y: Yield, D: RmapsOf>(
         lock: &mut impl ZapLock<Mmu = Self>,
-        slots: &mut impl SlotLookup,
+        slots: &mut impl CurrentSlots<D>,
         z: &mut Zap<Y>,
         slot_id: u32,
         start: u64,
@@ -675,7 +680,7 @@ impl<P: PageOps> X86Mmu<P> {
     ) {
         let mut cursor = ZapCursor::new(start);
         z.run(lock, |mmu, z| {
-            slots.with_slot(slot_id, |slot| match slot {
+            slots.with_slot(slot_id, |slot| match slot.and_then(SlotRef::of) {
                 Some(slot) => mmu.zap_step(z, slot, &mut cursor, end_gfn, true),
                 None => {
                     cursor.finish();

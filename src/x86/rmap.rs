@@ -39,6 +39,7 @@
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 
+pub(crate) use crate::mmu::prim::MmuWriteLocked;
 use crate::mmu::prim::{self, AllocError, AtomicU64, AtomicUsize, NoPreempt, Ordering, UnsafeCell};
 
 /// SPTE pointers per descriptor: with its 16-byte header a descriptor is two cache lines, and
@@ -250,25 +251,6 @@ impl Drop for DescCache {
             // SAFETY: off the free list, the descriptor is ours and no longer reachable.
             unsafe { Desc::free(desc) };
         }
-    }
-}
-
-/// Proof that the current thread holds the MMU lock for write, which rmap modifications require
-/// ("Rmap locking").  Writers pass it by `&mut`, so one thread cannot have two write guards, and
-/// thus two diverging views of one rmap, at once.
-pub(crate) struct MmuWriteLocked<'a>(PhantomData<(&'a (), *mut ())>);
-
-impl MmuWriteLocked<'_> {
-    /// Asserts that the MMU lock is held for write.
-    ///
-    /// # Safety
-    ///
-    /// For as long as the returned value lives, the current thread holds the MMU lock for
-    /// write, and (the MMU lock being a spinning lock) preemption is disabled.  Writers rely on
-    /// it for mutual exclusion on empty rmaps, where the bit lock is elided.
-    #[inline]
-    pub(crate) unsafe fn assume() -> Self {
-        MmuWriteLocked(PhantomData)
     }
 }
 
