@@ -139,10 +139,7 @@ impl Fault {
     /// looked up, makes the fault retry and look again.
     fn must_retry(&self, state: &MmuState, slots: &SlotSet) -> bool {
         let (start, end) = self.hva_range();
-        slots.generation() != self.generation
-            || state
-                .inval
-                .fault_must_retry(self.vcpu, start.as_usize(), end.as_usize())
+        slots.generation() != self.generation || state.inval.fault_must_retry(self.vcpu, start, end)
     }
 }
 
@@ -293,7 +290,7 @@ fn begin(space: &Space, vcpu: usize, gfn: Gfn, write: bool) -> Result<Fault, Exi
         level: slot.max_level(gfn, max_level),
     };
     let (start, end) = fault.hva_range();
-    state.inval.watch(vcpu, start.as_usize(), end.as_usize());
+    state.inval.watch(vcpu, start, end);
     fault.level = Level::L4K;
     Ok(fault)
 }

@@ -186,8 +186,8 @@ pub(crate) fn zap_gfn_range<Y: Yield>(
     space: &Space,
     z: &mut Zap<Y>,
     slot_id: u32,
-    start: u64,
-    end: u64,
+    start: Gfn,
+    end: Gfn,
 ) {
     let Some(kind) = lock.mmu().map(|m| m.kind()) else {
         return;
@@ -318,8 +318,8 @@ pub(crate) trait Format: Sized + ZapTables {
         slots: &mut impl CurrentSlots<SlotData>,
         z: &mut Zap<Y>,
         slot_id: u32,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
     );
 
     /// The guest-physical address bits of a space whose SECMMU_CONFIGURE
@@ -343,7 +343,7 @@ pub(crate) trait Format: Sized + ZapTables {
     /// `clear_flush_young` or access tracking requires. The range becomes
     /// (slot, gfn range) pairs once, through [`age_hva_range()`], and the
     /// format ages each pair.
-    fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult>;
+    fn age(space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult>;
 
     /// Frees a table that a map unlinked, with the MMU lock held for write.
     ///
@@ -510,8 +510,8 @@ impl Format for X86Mmu<KernelPages> {
         slots: &mut impl CurrentSlots<SlotData>,
         z: &mut Zap<Y>,
         slot_id: u32,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
     ) {
         X86Mmu::zap_gfn_range(lock, slots, z, slot_id, start, end)
     }
@@ -539,7 +539,7 @@ impl Format for X86Mmu<KernelPages> {
     /// rmaps with it, are freed after a grace period).
     /// Without them, or when `aging_locked` asks, under the write side:
     /// access tracking takes W away.
-    fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+    fn age(space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
         if aging::use_lockless(op, space.ad_enabled(), space.aging_locked()) {
             space.stats.aging_lockless.inc();
             let r = {
@@ -626,8 +626,8 @@ impl Format for S2Mmu<KernelPages> {
         _slots: &mut impl CurrentSlots<SlotData>,
         z: &mut Zap<Y>,
         _slot_id: u32,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
     ) {
         // No rmaps: the walk finds the slot's leaves by its gfns.
         S2Mmu::zap_gfn_range(lock, z, start, end)
@@ -657,7 +657,7 @@ impl Format for S2Mmu<KernelPages> {
     /// `aging_locked` asks, for comparison. No permission is taken away in
     /// either A/D mode (a writable leaf is dirty already), so only
     /// `clear_flush_young` needs a flush.
-    fn age(space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+    fn age(space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
         let walk = |state: &MmuState| {
             let mmu = Self::of(state.mmu.as_ref()?)?;
             // The set is the current one for as long as the lock is held.
@@ -723,14 +723,14 @@ pub(crate) fn slot_sptes(slot: &MemSlot) -> u64 {
 /// is aged in each.
 fn age_hva_range(
     slots: &SlotSet,
-    start: u64,
-    end: u64,
+    start: Hva,
+    end: Hva,
     op: AgeOp,
-    mut age: impl FnMut(&MemSlot, u64, u64) -> AgeResult,
+    mut age: impl FnMut(&MemSlot, Gfn, Gfn) -> AgeResult,
 ) -> AgeResult {
     let mut r = AgeResult::new(op);
-    for (slot, first, last) in slots.gfn_ranges(Hva::new(start), Hva::new(end)) {
-        r.merge(&age(slot, first.raw(), last.raw()));
+    for (slot, first, last) in slots.gfn_ranges(start, end) {
+        r.merge(&age(slot, first, last));
         if r.done() {
             break;
         }
@@ -785,7 +785,7 @@ impl Kind {
     }
 
     /// [`Format::age()`] of this format.
-    pub(crate) fn age(self, space: &Space, start: u64, end: u64, op: AgeOp) -> Option<AgeResult> {
+    pub(crate) fn age(self, space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
         with_kind!(self, F => <F as Format>::age(space, start, end, op))
     }
 }
@@ -1068,14 +1068,8 @@ mod kunit {
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, true, false) }.is_err());
             // Aged: old, so the walker without hardware AF faults.
-            assert!(
-                mmu.age_gfn_range(gfn.raw(), gfn.raw() + 1, AgeOp::Clear)
-                    .young
-            );
-            assert!(
-                !mmu.age_gfn_range(gfn.raw(), gfn.raw() + 1, AgeOp::Test)
-                    .young
-            );
+            assert!(mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Clear).young);
+            assert!(!mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Test).young);
             // SAFETY: as above.
             assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, false) }.is_err());
             assert!(mmu.mkyoung(0, gfn, false));
@@ -1085,7 +1079,7 @@ mod kunit {
             assert_eq!(again.map(|o| o.action), Ok(MapAction::Unchanged));
             let mut mmu = mmu;
             let mut z = Zap::new(NoYield);
-            S2Mmu::zap_gfn_range(&mut Owned(&mut mmu), &mut z, 0, 1 << 28);
+            S2Mmu::zap_gfn_range(&mut Owned(&mut mmu), &mut z, Gfn::new(0), Gfn::new(1 << 28));
             // No vCPU walks `mmu`: nothing to flush before the free.
             z.flush_and_free(&mut Owned(&mut mmu));
             assert!(z.zapped == 1);

@@ -358,13 +358,7 @@ impl Space {
         let mut guard = self.mmu.write();
         let before = self.memslots.replace(invalid);
         let mut zapped = self.zap(true);
-        self.zap_gfns(
-            &mut guard,
-            &mut zapped,
-            id,
-            slot.base_gfn.raw(),
-            slot.end_gfn().raw(),
-        );
+        self.zap_gfns(&mut guard, &mut zapped, id, slot.base_gfn, slot.end_gfn());
         self.flush_and_free(&mut guard, &mut zapped);
         {
             // SPTEs left in the slot's rmaps (a bug) would escape later
@@ -472,8 +466,8 @@ impl Space {
         guard: &mut WriteGuard<'_, MmuState>,
         z: &mut Zap<SpaceYield<'_>>,
         id: u32,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
     ) {
         let mut lock = SpaceLock {
             guard,
@@ -754,10 +748,7 @@ impl Space {
                 return LeafAudit::Stale;
             };
             let hva = slot.gfn_to_hva(base + i);
-            if state
-                .inval
-                .in_progress_overlaps(hva.as_usize(), hva.add_pages(1).as_usize())
-            {
+            if state.inval.in_progress_overlaps(hva, hva.add_pages(1)) {
                 return LeafAudit::Invalidating;
             }
             let suspect = LeafAudit::Suspect { gfn: base + i, hva };
@@ -811,8 +802,7 @@ impl Space {
                         t.pfn + (s.gfn - base) == s.pfn && t.writable == s.writable
                     })
             });
-            let hva = s.hva.as_usize();
-            let quiet = !state.inval.changed_since(hva, hva + 4096, s.seq);
+            let quiet = !state.inval.changed_since(s.hva, s.hva.add_pages(1), s.seq);
             drop(state);
             if same_leaf && quiet {
                 a.mismatch(s.root, s.gfn);
@@ -865,7 +855,7 @@ impl MmuNotifierOps for Space {
         let (start, end) = (Hva::new(0), Hva::new(u64::MAX));
         while let Some((id, slot_end, first, last)) = self.next_gfn_range(start, end, from) {
             from = slot_end;
-            self.zap_gfns(&mut guard, &mut zapped, id, first.raw(), last.raw());
+            self.zap_gfns(&mut guard, &mut zapped, id, first, last);
         }
         self.flush_and_free(&mut guard, &mut zapped);
         drop(guard);
@@ -876,13 +866,13 @@ impl MmuNotifierOps for Space {
     /// `invalidate_range_end()`, and a space needs its `end` (the retry
     /// state). A range that is not blockable is zapped without yielding.
     fn invalidate_range_start(&self, range: &Range) -> Result {
-        let (start, end, blockable) = (range.start(), range.end(), range.blockable());
+        let (start, end) = (Hva::from_usize(range.start()), Hva::from_usize(range.end()));
+        let blockable = range.blockable();
         self.stats.invalidations.inc();
         if !blockable {
             self.stats.invalidations_nonblock.inc();
         }
-        let pages = (end - start) >> kernel::page::PAGE_SHIFT;
-        self.stats.invalidated_pages.add(pages as u64);
+        self.stats.invalidated_pages.add(end.pages_from(start));
         // First make every fault of the range retry, then remove the
         // mappings that exist (KVM's kvm_mmu_notifier_invalidate_range_start()
         // does the same): a fault that installed before `begin`
@@ -898,12 +888,11 @@ impl MmuNotifierOps for Space {
         let mut zapped = self.zap(blockable);
         let mut from = Gfn::new(0);
         loop {
-            let next = self.next_gfn_range(Hva::new(start as u64), Hva::new(end as u64), from);
+            let next = self.next_gfn_range(start, end, from);
             let Some((id, slot_end, gfn_start, gfn_end)) = next else {
                 break;
             };
             from = slot_end;
-            let (gfn_start, gfn_end) = (gfn_start.raw(), gfn_end.raw());
             let skip = crate::testhooks::skip_zap();
             if skip == 0 {
                 self.zap_gfns(&mut guard, &mut zapped, id, gfn_start, gfn_end);
@@ -911,12 +900,14 @@ impl MmuNotifierOps for Space {
             }
             // Tests only: leave every gfn that is a multiple of `skip`
             // mapped, for SECMMU_AUDIT to find.
-            let mut gfn = gfn_start;
+            let (mut gfn, gfn_end) = (gfn_start.raw(), gfn_end.raw());
             while gfn < gfn_end {
                 let next = (gfn / skip + 1) * skip;
                 let first = if gfn % skip == 0 { gfn + 1 } else { gfn };
-                if first < next.min(gfn_end) {
-                    self.zap_gfns(&mut guard, &mut zapped, id, first, next.min(gfn_end));
+                let last = next.min(gfn_end);
+                if first < last {
+                    let (first, last) = (Gfn::new(first), Gfn::new(last));
+                    self.zap_gfns(&mut guard, &mut zapped, id, first, last);
                 }
                 gfn = next;
             }
@@ -980,7 +971,7 @@ impl Space {
         let Some(kind) = Kind::from_uapi(self.format.load(Ordering::Acquire)) else {
             return false;
         };
-        let Some(r) = kind.age(self, start as u64, end as u64, op) else {
+        let Some(r) = kind.age(self, Hva::from_usize(start), Hva::from_usize(end), op) else {
             return false;
         };
         self.count_aging(&r);

@@ -109,7 +109,7 @@ impl<const ID: usize> Fixture<ID> {
     fn lockless_gfns(&self, slot_id: u32, start: u64, end: u64, op: AgeOp) -> AgeResult {
         let no_preempt = NoPreempt::new();
         self.table
-            .age_gfn_range_lockless(&no_preempt, slot_id, start, end, op)
+            .age_gfn_range_lockless(&no_preempt, slot_id, Gfn::new(start), Gfn::new(end), op)
     }
 
     fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<u64, WalkFault> {
@@ -125,7 +125,16 @@ impl<const ID: usize> Fixture<ID> {
             HostPages::<ID>::frees,
             || false,
             |_| {},
-            |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, slot_id, start, end),
+            |lock, z| {
+                X86Mmu::zap_gfn_range(
+                    lock,
+                    &mut &*slots,
+                    z,
+                    slot_id,
+                    Gfn::new(start),
+                    Gfn::new(end),
+                )
+            },
         );
         assert_eq!(p.yields, 0);
         p.zapped
@@ -312,7 +321,9 @@ fn unaligned_ranges_at_huge_levels() {
     assert_eq!((r.cleared, r.visited), (1, 3));
     // The first gfn of the slot is under the partial block 0, which has no leaf, and 1G block 0.
     g0.fetch_or(spte::ACCESSED, Ordering::Relaxed);
-    let r = f.mmu.age_gfn_range_locked(0, 0x1f0, 0x1f1, AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range_locked(0, Gfn::new(0x1f0), Gfn::new(0x1f1), AgeOp::Clear);
     assert_eq!((r.cleared, r.visited), (1, 3));
     // Beyond the slot: nothing.
     assert_eq!(f.lockless_gfns(0, 0x5f0, 0x700, AgeOp::Test).visited, 0);
@@ -478,7 +489,9 @@ fn no_ad_locked_aging_tracks_captures_dirty_and_restores() {
     assert_ne!(f.mmu.snapshot(1, Gfn::new(odd)) & SNAP_ACCESSED, 0);
 
     // The write after aging is not lost: aging again, or zapping, reports the page dirty.
-    let r = f.mmu.age_gfn_range_locked(0, even, even + 1, AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range_locked(0, Gfn::new(even), Gfn::new(even + 1), AgeOp::Clear);
     assert_eq!((r.cleared, r.dirty), (1, 1));
     assert_eq!(HostPages::<ID>::take_dirty(), [pfn_of(even)]);
     assert!(f.mmu.restore_access_tracked(0, Gfn::new(even), true));
@@ -682,7 +695,7 @@ fn contention_is_counted() {
             let ager = sc.spawn(|| {
                 let no_preempt = NoPreempt::new();
                 started.store(true, StdOrdering::Release);
-                table.age_gfn_range_lockless(&no_preempt, 0, 1, 2, AgeOp::Clear)
+                table.age_gfn_range_lockless(&no_preempt, 0, Gfn::new(1), Gfn::new(2), AgeOp::Clear)
             });
             while !started.load(StdOrdering::Acquire) {
                 thread::yield_now();
@@ -855,7 +868,14 @@ fn stress<const ID: usize>(ad_enabled: bool) {
                 let mut z = Zap::new(FlushWith(|| walker_mode.request_flush()));
                 let slots = m.slots().clone();
                 let mut lock = Owned(&mut **m);
-                X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, s.id, start, end);
+                X86Mmu::zap_gfn_range(
+                    &mut lock,
+                    &mut &*slots,
+                    &mut z,
+                    s.id,
+                    Gfn::new(start),
+                    Gfn::new(end),
+                );
                 z.flush_and_free(&mut lock);
                 unlinked += z.unlinked;
             }

@@ -92,7 +92,9 @@ fn x86_next_leaf_finds_each_leaf_once() {
             HostPages::<52>::frees,
             || false,
             |_| {},
-            |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, id, 0, 1 << 36),
+            |lock, z| {
+                X86Mmu::zap_gfn_range(lock, &mut &*slots, z, id, Gfn::new(0), Gfn::new(1 << 36))
+            },
         );
     }
     assert_eq!(

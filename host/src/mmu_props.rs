@@ -476,7 +476,16 @@ mod x86 {
                 HostPages::<ID>::frees,
                 || stop_often,
                 |_| {},
-                |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, s as u32, start, end),
+                |lock, z| {
+                    X86Mmu::zap_gfn_range(
+                        lock,
+                        &mut &*slots,
+                        z,
+                        s as u32,
+                        Gfn::new(start),
+                        Gfn::new(end),
+                    )
+                },
             );
             let (zapped, dirty) = (p.zapped, p.dirty);
             assert!(
@@ -499,11 +508,17 @@ mod x86 {
 
         fn age(&mut self, s: usize, start: u64, end: u64, op: AgeOp, locked: bool) {
             let r: AgeResult = if locked {
-                self.mmu.age_gfn_range_locked(s as u32, start, end, op)
+                self.mmu
+                    .age_gfn_range_locked(s as u32, Gfn::new(start), Gfn::new(end), op)
             } else {
                 let no_preempt = NoPreempt::new();
-                self.table
-                    .age_gfn_range_lockless(&no_preempt, s as u32, start, end, op)
+                self.table.age_gfn_range_lockless(
+                    &no_preempt,
+                    s as u32,
+                    Gfn::new(start),
+                    Gfn::new(end),
+                    op,
+                )
             };
             let slot = &SLOTS[s];
             let (lo, hi) = (
@@ -911,7 +926,7 @@ mod s2 {
                 HostPages::<ID>::frees,
                 || stop_often,
                 |_| {},
-                |lock, z| S2Mmu::zap_gfn_range(lock, z, start, end),
+                |lock, z| S2Mmu::zap_gfn_range(lock, z, Gfn::new(start), Gfn::new(end)),
             );
             let (zapped, dirtied) = (p.zapped, p.dirty);
             assert!(
@@ -925,7 +940,7 @@ mod s2 {
         }
 
         fn age(&mut self, start: u64, end: u64, op: AgeOp) {
-            let r = self.mmu.age_gfn_range(start, end, op);
+            let r = self.mmu.age_gfn_range(Gfn::new(start), Gfn::new(end), op);
             let (young, n) = age_model(&mut self.model, start, end, op, |l| l.accessed = false);
             let what = format!("{op:?} of [{start:#x}, {end:#x}): {r:?}");
             assert_eq!(r.young, young, "{what}");

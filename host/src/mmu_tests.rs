@@ -130,7 +130,16 @@ fn zap_to_end<P: PageOps>(
         frees,
         || false,
         |_| {},
-        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, slot_id, start, end),
+        |lock, z| {
+            X86Mmu::zap_gfn_range(
+                lock,
+                &mut &*slots,
+                z,
+                slot_id,
+                Gfn::new(start),
+                Gfn::new(end),
+            )
+        },
     );
     // Never asked to yield: only a full list of unlinked tables, and the end, flush.
     assert_eq!((run.yields, run.polls), (0, run.polls));
@@ -412,7 +421,7 @@ fn zap_resumes_where_it_stopped() {
         HostPages::<ID>::frees,
         || true,
         |mmu: &mut X86Mmu<_>| at.push(mmu.stats().zapped),
-        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, start, end),
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, Gfn::new(start), Gfn::new(end)),
     );
     let steps = p.yields as u64 + 1;
     let (zapped, visited) = (p.zapped, p.visited);
@@ -1031,14 +1040,7 @@ fn zap_flushes_exactly_once_before_each_yield() {
         frees: HostPages::<ID>::frees,
         log: log.clone(),
     };
-    X86Mmu::zap_gfn_range(
-        &mut lock,
-        &mut &*slots,
-        &mut z,
-        0,
-        s.base_gfn.raw(),
-        s.end_gfn().raw(),
-    );
+    X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, 0, s.base_gfn, s.end_gfn());
     // What the last step cleared is still cached until the caller's flush.
     assert!(z.needs_flush());
     z.flush_and_free(&mut lock);
@@ -1082,16 +1084,7 @@ fn zap_stopped_often_still_frees_everything() {
         HostPages::<ID>::frees,
         || true,
         |_| {},
-        |lock, z| {
-            X86Mmu::zap_gfn_range(
-                lock,
-                &mut &*slots,
-                z,
-                0,
-                s.base_gfn.raw(),
-                s.end_gfn().raw(),
-            )
-        },
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, s.base_gfn, s.end_gfn()),
     );
     let (zapped, unlinked, stopped) = (p.zapped, p.unlinked_tables, p.yields);
     let full = p.full as u64;
@@ -1136,16 +1129,7 @@ fn zap_stopped_often_still_frees_everything() {
         HostPages::<ID2>::frees,
         || true,
         |_| {},
-        |lock, z| {
-            X86Mmu::zap_gfn_range(
-                lock,
-                &mut &*slots,
-                z,
-                0,
-                s.base_gfn.raw(),
-                s.end_gfn().raw(),
-            )
-        },
+        |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, 0, s.base_gfn, s.end_gfn()),
     );
     let unlinked = p.unlinked_tables;
     // Yields while walking the rmaps, every 32 of them, but where a batch ends a level: of the
@@ -1447,7 +1431,14 @@ fn stress<const ID: usize>(ad_enabled: bool) {
             rng: &mut rng,
             modes: &modes,
         });
-        X86Mmu::zap_gfn_range(&mut lock, &mut &*slots, &mut z, 0, start, end);
+        X86Mmu::zap_gfn_range(
+            &mut lock,
+            &mut &*slots,
+            &mut z,
+            0,
+            Gfn::new(start),
+            Gfn::new(end),
+        );
         z.flush_and_free(&mut lock);
         zapped += z.zapped;
         unlinked += z.unlinked;

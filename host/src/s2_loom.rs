@@ -164,7 +164,7 @@ fn one_leaf<const ID: usize>(old: bool) -> Arc<S2Mmu<LoomPages<ID>>> {
     )
     .unwrap();
     if old {
-        mmu.age_gfn_range(7, 8, AgeOp::Clear);
+        mmu.age_gfn_range(Gfn::new(7), Gfn::new(8), AgeOp::Clear);
     }
     Arc::new(mmu)
 }
@@ -187,7 +187,7 @@ fn loom_relax_racing_clear_young() {
         let mmu = one_leaf::<ID>(false);
         let ager = {
             let mmu = mmu.clone();
-            thread::spawn(move || mmu.age_gfn_range(0, 16, AgeOp::Clear))
+            thread::spawn(move || mmu.age_gfn_range(Gfn::new(0), Gfn::new(16), AgeOp::Clear))
         };
         let mut tables = cache::<ID>(2);
         let r = mmu.map(
@@ -238,8 +238,8 @@ fn loom_hardware_af_racing_aging() {
         let ager = {
             let mmu = mmu.clone();
             thread::spawn(move || {
-                let t = mmu.age_gfn_range(0, 16, AgeOp::Test);
-                let c = mmu.age_gfn_range(0, 16, AgeOp::Clear);
+                let t = mmu.age_gfn_range(Gfn::new(0), Gfn::new(16), AgeOp::Test);
+                let c = mmu.age_gfn_range(Gfn::new(0), Gfn::new(16), AgeOp::Clear);
                 (t, c)
             })
         };

@@ -108,7 +108,7 @@ fn zap_to_end<P: PageOps>(mmu: &mut S2Mmu<P>, frees: fn() -> u64, start: u64, en
         frees,
         || false,
         |_| {},
-        |lock, z| S2Mmu::zap_gfn_range(lock, z, start, end),
+        |lock, z| S2Mmu::zap_gfn_range(lock, z, Gfn::new(start), Gfn::new(end)),
     );
     // Never asked to yield: only a full list of unlinked tables, and the end, flush.
     assert_eq!(run.yields, 0);
@@ -516,7 +516,9 @@ fn relax_permissions_in_place() {
     assert_eq!(f.pte(0, gfn), rw);
 
     // An old leaf made young by the map (the access-flag fault done by a full fault).
-    let r = f.mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(gfn), Gfn::new(gfn + 1), AgeOp::Clear);
     assert_eq!((r.young, r.cleared), (true, 1));
     assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
     assert_eq!(f.map(0, gfn, 0x42, false).action, MapAction::Restored);
@@ -524,7 +526,8 @@ fn relax_permissions_in_place() {
     // Old and read-only: a writable map both upgrades and sets AF.
     let gfn2 = gfn + 1;
     f.map(0, gfn2, 0x43, false);
-    f.mmu.age_gfn_range(gfn2, gfn2 + 1, AgeOp::Clear);
+    f.mmu
+        .age_gfn_range(Gfn::new(gfn2), Gfn::new(gfn2 + 1), AgeOp::Clear);
     assert_eq!(f.map(0, gfn2, 0x43, true).action, MapAction::Upgraded);
     assert_eq!(f.pte(0, gfn2), pte::make_leaf(0x43, LAST_LEVEL, true));
 
@@ -593,7 +596,9 @@ fn locked_entries_make_maps_back_off() {
     assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
     assert_eq!(f.mmu.snapshot(0, Gfn::new(gfn)), 0);
     assert!(!f.mmu.mkyoung(0, Gfn::new(gfn), false));
-    let r = f.mmu.age_gfn_range(0, 1 << 20, AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(0), Gfn::new(1 << 20), AgeOp::Clear);
     assert_eq!(
         (r.young, r.visited),
         (false, 0),
@@ -645,7 +650,9 @@ fn mkyoung_is_the_access_flag_fault() {
     assert!(!f.mmu.mkyoung(0, Gfn::new(12), false), "nothing mapped");
     assert!(!f.mmu.mkyoung(1, Gfn::new(10), false), "no such root");
 
-    let r = f.mmu.age_gfn_range(10, 12, AgeOp::ClearFlush);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(10), Gfn::new(12), AgeOp::ClearFlush);
     assert_eq!((r.young, r.cleared, r.visited), (true, 2, 2));
     assert!(r.needs_flush());
     for gfn in [10, 11] {
@@ -672,7 +679,8 @@ fn hardware_af_sets_the_flag_on_access() {
     const ID: usize = 28;
     let f = Fixture::<ID>::new(1, 40, true);
     f.map(0, 10, 0x10, false);
-    f.mmu.age_gfn_range(0, 100, AgeOp::Clear);
+    f.mmu
+        .age_gfn_range(Gfn::new(0), Gfn::new(100), AgeOp::Clear);
     assert!(!pte::is_young(f.pte(0, 10)));
     // A permission fault does not set AF.
     assert_eq!(f.translate(0, 10, true), Err(WalkFault::WriteProtected));
@@ -704,7 +712,9 @@ fn aging_test_clear_and_ranges() {
 
     // Test: young, stops at the first, changes nothing.
     let before: Vec<u64> = gfns.iter().map(|&g| f.pte(0, g)).collect();
-    let r = f.mmu.age_gfn_range(start, end, AgeOp::Test);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(start), Gfn::new(end), AgeOp::Test);
     assert!(r.young && r.done());
     assert_eq!((r.visited, r.cleared), (1, 0));
     assert_eq!(
@@ -713,7 +723,9 @@ fn aging_test_clear_and_ranges() {
     );
 
     // Clear a sub-range: exactly its leaves in both roots.
-    let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(gfns[10]), Gfn::new(gfns[20]), AgeOp::Clear);
     assert_eq!(
         (r.young, r.cleared, r.visited, r.lost_races),
         (true, 20, 20, 0)
@@ -725,12 +737,18 @@ fn aging_test_clear_and_ranges() {
         }
     }
     // Nothing young left there: test and clear say old.
-    let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Test);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(gfns[10]), Gfn::new(gfns[20]), AgeOp::Test);
     assert_eq!((r.young, r.visited), (false, 20));
-    let r = f.mmu.age_gfn_range(gfns[10], gfns[20], AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(gfns[10]), Gfn::new(gfns[20]), AgeOp::Clear);
     assert_eq!((r.young, r.cleared), (false, 0));
     // Clear-flush the whole range.
-    let r = f.mmu.age_gfn_range(0, u64::MAX, AgeOp::ClearFlush);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(0), Gfn::new(u64::MAX), AgeOp::ClearFlush);
     assert_eq!((r.young, r.cleared, r.visited), (true, 80, 100));
     assert!(r.needs_flush());
     // Aging never takes permissions or reports dirty pages: writable is dirty (I4 of
@@ -742,8 +760,17 @@ fn aging_test_clear_and_ranges() {
     assert!(HostPages::<ID>::take_dirty().is_empty());
     assert_eq!(f.mmu.eagain(), 0);
     // Empty ranges.
-    assert!(!f.mmu.age_gfn_range(5, 5, AgeOp::Test).young);
-    assert_eq!(f.mmu.age_gfn_range(0, 0x10_0000, AgeOp::Clear).visited, 0);
+    assert!(
+        !f.mmu
+            .age_gfn_range(Gfn::new(5), Gfn::new(5), AgeOp::Test)
+            .young
+    );
+    assert_eq!(
+        f.mmu
+            .age_gfn_range(Gfn::new(0), Gfn::new(0x10_0000), AgeOp::Clear)
+            .visited,
+        0
+    );
     teardown(f);
 }
 
@@ -821,7 +848,7 @@ fn zap_resumes_where_it_stopped() {
         HostPages::<ID>::frees,
         || true,
         &mut at_yield,
-        |lock, z| S2Mmu::zap_gfn_range(lock, z, 0, limit),
+        |lock, z| S2Mmu::zap_gfn_range(lock, z, Gfn::new(0), Gfn::new(limit)),
     );
     let zapped = p.zapped;
     // Every poll yielded; each flush for a full list came before a batch, and resumed there.
@@ -842,7 +869,7 @@ fn zap_resumes_where_it_stopped() {
         HostPages::<ID>::frees,
         || true,
         |_| {},
-        |lock, z| S2Mmu::zap_gfn_range(lock, z, 100, 50),
+        |lock, z| S2Mmu::zap_gfn_range(lock, z, Gfn::new(100), Gfn::new(50)),
     );
     assert_eq!((p.zapped, p.yields, p.polls, p.flushes), (0, 0, 0, 0));
     teardown(f);
@@ -973,7 +1000,9 @@ fn blocks_walk_age_zap_and_break() {
     assert_eq!(f.mmu.snapshot(0, Gfn::new(bgfn + 512)), 0);
 
     // Aging a range that only overlaps the block's tail still sees it.
-    let r = f.mmu.age_gfn_range(bgfn + 500, bgfn + 501, AgeOp::Clear);
+    let r = f
+        .mmu
+        .age_gfn_range(Gfn::new(bgfn + 500), Gfn::new(bgfn + 501), AgeOp::Clear);
     assert_eq!((r.cleared, r.visited), (1, 1));
     assert_eq!(
         f.translate(0, bgfn, false).unwrap().level,
@@ -1242,7 +1271,10 @@ fn stress<const ID: usize>(hw_af: bool) {
                         [AgeOp::Test, AgeOp::Clear, AgeOp::ClearFlush][rng.next() as usize % 3];
                     let a = start + rng.next() % STRESS_GFNS;
                     let b = (a + 1 + rng.next() % 700).min(end);
-                    let r = lock.read().unwrap().age_gfn_range(a, b, op);
+                    let r = lock
+                        .read()
+                        .unwrap()
+                        .age_gfn_range(Gfn::new(a), Gfn::new(b), op);
                     Tally::add(&aged, r.cleared);
                     Tally::add(&lost_races, r.lost_races);
                     assert!(op != AgeOp::Test || r.cleared == 0);

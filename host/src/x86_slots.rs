@@ -76,7 +76,7 @@ impl TestSlots {
             .gfn_ranges(Hva::new(hva_start), Hva::new(hva_end))
         {
             if let Some(slot) = slot_ref(slot) {
-                r.merge(&age_gfn_range_lockless(slot, rcu, s.raw(), e.raw(), op));
+                r.merge(&age_gfn_range_lockless(slot, rcu, s, e, op));
             }
             if r.done() {
                 break;
@@ -90,8 +90,8 @@ impl TestSlots {
         &self,
         rcu: &NoPreempt<'_>,
         id: u32,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
         op: AgeOp,
     ) -> AgeResult {
         match self.get(id, rcu) {
@@ -271,8 +271,8 @@ impl<P: PageOps> TestMmu<P> {
     pub(crate) fn age_gfn_range_locked(
         &mut self,
         slot_id: u32,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
         op: AgeOp,
     ) -> AgeResult {
         let slots = self.slots.locked();
@@ -294,7 +294,7 @@ impl<P: PageOps> TestMmu<P> {
         let mut r = AgeResult::new(op);
         for (slot, s, e) in slots.gfn_ranges(Hva::new(hva_start), Hva::new(hva_end)) {
             if let Some(slot) = slot_ref(slot) {
-                r.merge(&self.mmu.age_gfn_range_locked(slot, s.raw(), e.raw(), op));
+                r.merge(&self.mmu.age_gfn_range_locked(slot, s, e, op));
             }
             if r.done() {
                 break;

@@ -814,21 +814,21 @@ impl<P: PageOps> S2Mmu<P> {
     /// access-flag fault ([`S2Mmu::mkyoung()`]).  No permission is taken and no dirty state
     /// needs capturing (I4).  Locked entries are skipped (their new leaf will be young).  If the
     /// result [`needs_flush()`](AgeResult::needs_flush) (`ClearFlush` cleared some), flush TLBs.
-    pub(crate) fn age_gfn_range(&self, start: u64, end: u64, op: AgeOp) -> AgeResult {
+    pub(crate) fn age_gfn_range(&self, start: Gfn, end: Gfn, op: AgeOp) -> AgeResult {
         let mut result = AgeResult::new(op);
         let mut v = AgeWalker {
             op,
             result: &mut result,
         };
         for root in 0..self.nr_roots {
-            let mut pos = start;
+            let mut pos = start.raw();
             // SAFETY: the start-level tables of a root of `self`, which is borrowed (the read
             // side of the MMU lock, at least): no table the walk reaches is freed (I1).
             let flow = unsafe {
                 walk::walk::<S2, P, _>(
                     &root_tables(self.root_pgd(root), &self.geo),
                     &mut pos,
-                    end,
+                    end.raw(),
                     &mut v,
                 )
             };
@@ -861,11 +861,11 @@ impl<P: PageOps> S2Mmu<P> {
     pub(crate) fn zap_gfn_range<Y: Yield>(
         lock: &mut impl ZapLock<Mmu = Self>,
         z: &mut Zap<Y>,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
     ) {
-        let mut gfn = start;
-        z.run(lock, |mmu, z| mmu.zap_step(z, &mut gfn, end, true));
+        let mut gfn = start.raw();
+        z.run(lock, |mmu, z| mmu.zap_step(z, &mut gfn, end.raw(), true));
     }
 
     /// One step of [`S2Mmu::zap_gfn_range()`] from `*gfn`, up to the next yield or until the

@@ -198,6 +198,12 @@ impl Hva {
         (self.0 >> PAGE_SHIFT) & (level.pages() - 1)
     }
 
+    /// The address `addr`, from the kernel's mm (an `unsigned long`).
+    #[inline(always)]
+    pub(crate) const fn from_usize(addr: usize) -> Hva {
+        Hva(addr as u64)
+    }
+
     /// The address as a `usize`, for the kernel's mm calls.
     #[inline(always)]
     pub(crate) const fn as_usize(self) -> usize {

@@ -27,7 +27,8 @@
 //! never write the same watch).
 //! Kernel-free: built into the module and into the host crate.
 
-use crate::mmu::prim::{AtomicBool, AtomicUsize, Ordering};
+use crate::mmu::addr::Hva;
+use crate::mmu::prim::{AtomicBool, AtomicU64, Ordering};
 
 /// How many faults may watch at once: one per vCPU (`SECMMU_MAX_VCPUS`).
 pub(crate) const MAX_WATCHES: usize = 64;
@@ -40,22 +41,23 @@ pub(crate) const MAX_WATCHES: usize = 64;
 /// side); they are atomics only because the read side hands out `&self`.
 #[derive(Debug)]
 struct Watch {
-    start: AtomicUsize,
-    end: AtomicUsize,
+    start: AtomicU64,
+    end: AtomicU64,
     stale: AtomicBool,
 }
 
 impl Watch {
     fn new() -> Self {
         Self {
-            start: AtomicUsize::new(0),
-            end: AtomicUsize::new(0),
+            start: AtomicU64::new(0),
+            end: AtomicU64::new(0),
             stale: AtomicBool::new(false),
         }
     }
 
-    fn overlaps(&self, start: usize, end: usize) -> bool {
-        start < self.end.load(Ordering::Relaxed) && end > self.start.load(Ordering::Relaxed)
+    fn overlaps(&self, start: Hva, end: Hva) -> bool {
+        start.raw() < self.end.load(Ordering::Relaxed)
+            && end.raw() > self.start.load(Ordering::Relaxed)
     }
 }
 
@@ -67,8 +69,8 @@ pub(crate) struct Invalidations {
     in_progress: u32,
     /// Union `[start, end)` of the ranges of the in-progress invalidations.
     /// Only meaningful while `in_progress > 0`.
-    start: usize,
-    end: usize,
+    start: Hva,
+    end: Hva,
     /// Bumped at every `end` (KVM's `mmu_invalidate_seq`): for readers that
     /// need no range, such as the coherence audit.
     seq: u64,
@@ -81,8 +83,8 @@ impl Invalidations {
     pub(crate) fn new() -> Self {
         Self {
             in_progress: 0,
-            start: 0,
-            end: 0,
+            start: Hva::new(0),
+            end: Hva::new(0),
             seq: 0,
             watches: core::array::from_fn(|_| Watch::new()),
         }
@@ -100,7 +102,7 @@ impl Invalidations {
 
     /// Whether an invalidation in progress may cover any of `[start, end)`
     /// (the union of those in progress overlaps it).
-    pub(crate) fn in_progress_overlaps(&self, start: usize, end: usize) -> bool {
+    pub(crate) fn in_progress_overlaps(&self, start: Hva, end: Hva) -> bool {
         self.in_progress != 0 && start < self.end && end > self.start
     }
 
@@ -111,7 +113,7 @@ impl Invalidations {
     /// Nested or concurrent invalidations widen the tracked range to their
     /// union, as KVM does: a fault outside every range but inside the union
     /// retries needlessly, which is rare and harmless.
-    pub(crate) fn begin(&mut self, start: usize, end: usize) {
+    pub(crate) fn begin(&mut self, start: Hva, end: Hva) {
         debug_assert!(start < end);
         if self.in_progress == 0 {
             self.start = start;
@@ -150,10 +152,10 @@ impl Invalidations {
     /// already in progress over it does so at once: its `end` may come
     /// before the fault looks, and the primary may be changing the page
     /// under the fault's look-up right now.
-    pub(crate) fn watch(&self, id: usize, start: usize, end: usize) {
+    pub(crate) fn watch(&self, id: usize, start: Hva, end: Hva) {
         let w = &self.watches[id];
-        w.start.store(start, Ordering::Relaxed);
-        w.end.store(end, Ordering::Relaxed);
+        w.start.store(start.raw(), Ordering::Relaxed);
+        w.end.store(end.raw(), Ordering::Relaxed);
         w.stale
             .store(self.in_progress_overlaps(start, end), Ordering::Relaxed);
     }
@@ -163,10 +165,11 @@ impl Invalidations {
     /// `[start, end)`? Yes if an invalidation overlapping its watch began
     /// since it started watching, or one overlapping `[start, end)` is in
     /// progress.
-    pub(crate) fn fault_must_retry(&self, id: usize, start: usize, end: usize) -> bool {
+    pub(crate) fn fault_must_retry(&self, id: usize, start: Hva, end: Hva) -> bool {
         let w = &self.watches[id];
         debug_assert!(
-            w.start.load(Ordering::Relaxed) <= start && end <= w.end.load(Ordering::Relaxed)
+            w.start.load(Ordering::Relaxed) <= start.raw()
+                && end.raw() <= w.end.load(Ordering::Relaxed)
         );
         w.stale.load(Ordering::Relaxed) || self.in_progress_overlaps(start, end)
     }
@@ -175,7 +178,7 @@ impl Invalidations {
     /// changed the primary's mapping of `[start, end)`: an invalidation of
     /// it is in progress, or any invalidation ended since. Conservative
     /// (any range), for readers that are not faults.
-    pub(crate) fn changed_since(&self, start: usize, end: usize, seq: u64) -> bool {
+    pub(crate) fn changed_since(&self, start: Hva, end: Hva, seq: u64) -> bool {
         self.in_progress_overlaps(start, end) || self.seq != seq
     }
 }
@@ -183,21 +186,26 @@ impl Invalidations {
 #[cfg(any(test, CONFIG_KUNIT))]
 pub(crate) mod checks {
     //! Checks shared by the host's `cargo test` and the in-kernel KUnit suite.
-    use super::{Invalidations, MAX_WATCHES};
+    use super::{Hva, Invalidations, MAX_WATCHES};
+
+    /// The host address `a`.
+    fn h(a: u64) -> Hva {
+        Hva::new(a)
+    }
 
     /// A fault racing one invalidation of its range retries whether the
     /// invalidation is in progress or over when it looks; one that started
     /// watching after the end does not.
     pub(crate) fn retry_around_one_invalidation() -> bool {
         let mut inv = Invalidations::new();
-        inv.watch(0, 0x1000, 0x3000);
-        let quiet = !inv.fault_must_retry(0, 0x1000, 0x2000);
-        inv.begin(0x2000, 0x3000);
-        let during = inv.fault_must_retry(0, 0x1000, 0x2000);
+        inv.watch(0, h(0x1000), h(0x3000));
+        let quiet = !inv.fault_must_retry(0, h(0x1000), h(0x2000));
+        inv.begin(h(0x2000), h(0x3000));
+        let during = inv.fault_must_retry(0, h(0x1000), h(0x2000));
         let ended = inv.end();
-        let after = inv.fault_must_retry(0, 0x1000, 0x2000);
-        inv.watch(0, 0x1000, 0x3000);
-        let fresh = !inv.fault_must_retry(0, 0x1000, 0x3000);
+        let after = inv.fault_must_retry(0, h(0x1000), h(0x2000));
+        inv.watch(0, h(0x1000), h(0x3000));
+        let fresh = !inv.fault_must_retry(0, h(0x1000), h(0x3000));
         quiet && during && ended && after && fresh && !inv.in_progress()
     }
 
@@ -205,31 +213,31 @@ pub(crate) mod checks {
     /// those of another vCPU's range.
     pub(crate) fn storm_elsewhere_never_retries() -> bool {
         let mut inv = Invalidations::new();
-        inv.watch(0, 0x200000, 0x400000);
-        inv.watch(1, 0x800000, 0x801000);
+        inv.watch(0, h(0x200000), h(0x400000));
+        inv.watch(1, h(0x800000), h(0x801000));
         let seq = inv.seq();
         let mut ok = true;
         for i in 0..1000 {
             let a = 0x800000 + (i % 16) * 0x1000;
-            inv.begin(a, a + 0x1000);
-            ok &= !inv.fault_must_retry(0, 0x200000, 0x400000);
+            inv.begin(h(a), h(a + 0x1000));
+            ok &= !inv.fault_must_retry(0, h(0x200000), h(0x400000));
             ok &= inv.end();
         }
-        ok && !inv.fault_must_retry(0, 0x200000, 0x400000)
-            && inv.fault_must_retry(1, 0x800000, 0x801000)
-            && inv.changed_since(0x200000, 0x400000, seq)
+        ok && !inv.fault_must_retry(0, h(0x200000), h(0x400000))
+            && inv.fault_must_retry(1, h(0x800000), h(0x801000))
+            && inv.changed_since(h(0x200000), h(0x400000), seq)
     }
 
     /// Watching a range that an invalidation in progress covers is stale at
     /// once, even if that invalidation ends before the fault looks.
     pub(crate) fn watch_during_invalidation_is_stale() -> bool {
         let mut inv = Invalidations::new();
-        inv.begin(0x3ff000, 0x400000);
-        inv.watch(2, 0x200000, 0x400000);
+        inv.begin(h(0x3ff000), h(0x400000));
+        inv.watch(2, h(0x200000), h(0x400000));
         let ended = inv.end();
-        let stale = inv.fault_must_retry(2, 0x3fe000, 0x3ff000);
-        inv.watch(3, 0x400000, 0x600000);
-        ended && stale && !inv.fault_must_retry(3, 0x400000, 0x600000)
+        let stale = inv.fault_must_retry(2, h(0x3fe000), h(0x3ff000));
+        inv.watch(3, h(0x400000), h(0x600000));
+        ended && stale && !inv.fault_must_retry(3, h(0x400000), h(0x600000))
     }
 
     /// Nested invalidations keep the union until the last one ends, and an
@@ -237,13 +245,13 @@ pub(crate) mod checks {
     pub(crate) fn nested_invalidations_keep_union() -> bool {
         let mut inv = Invalidations::new();
         let unbalanced = !inv.end() && inv.seq() == 0;
-        inv.begin(0x1000, 0x2000);
-        inv.begin(0x8000, 0x9000);
-        let union = inv.in_progress_overlaps(0x5000, 0x6000);
+        inv.begin(h(0x1000), h(0x2000));
+        inv.begin(h(0x8000), h(0x9000));
+        let union = inv.in_progress_overlaps(h(0x5000), h(0x6000));
         let e1 = inv.end();
-        let still = inv.in_progress_overlaps(0x1000, 0x1001) && inv.in_progress();
+        let still = inv.in_progress_overlaps(h(0x1000), h(0x1001)) && inv.in_progress();
         let e2 = inv.end();
-        inv.watch(MAX_WATCHES - 1, 0x1000, 0x2000);
+        inv.watch(MAX_WATCHES - 1, h(0x1000), h(0x2000));
         unbalanced
             && e1
             && e2
@@ -251,7 +259,7 @@ pub(crate) mod checks {
             && still
             && !inv.in_progress()
             && inv.seq() == 2
-            && !inv.fault_must_retry(MAX_WATCHES - 1, 0x1000, 0x2000)
+            && !inv.fault_must_retry(MAX_WATCHES - 1, h(0x1000), h(0x2000))
     }
 }
 

@@ -360,9 +360,9 @@ impl<'a> SlotRef<'a> {
     /// level, 4K first, until `f` returns true.  At huge levels the walk starts from `start`
     /// aligned down to the level, or the last huge block of an unaligned range would be missed
     /// ("Ranges and mapping levels").  Returns whether `f` stopped the walk.
-    fn for_each_rmap(&self, start: u64, end: u64, mut f: impl FnMut(&RmapHead) -> bool) -> bool {
-        let start = start.max(self.base_gfn());
-        let end = end.min(self.end_gfn());
+    fn for_each_rmap(&self, start: Gfn, end: Gfn, mut f: impl FnMut(&RmapHead) -> bool) -> bool {
+        let start = start.raw().max(self.base_gfn());
+        let end = end.raw().min(self.end_gfn());
         if start >= end {
             return false;
         }
@@ -675,10 +675,11 @@ impl<P: PageOps> X86Mmu<P> {
         slots: &mut impl CurrentSlots<D>,
         z: &mut Zap<Y>,
         slot_id: u32,
-        start: u64,
-        end_gfn: u64,
+        start: Gfn,
+        end: Gfn,
     ) {
-        let mut cursor = ZapCursor::new(start);
+        let mut cursor = ZapCursor::new(start.raw());
+        let end_gfn = end.raw();
         z.run(lock, |mmu, z| {
             slots.with_slot(slot_id, |slot| match slot.and_then(SlotRef::of) {
                 Some(slot) => mmu.zap_step(z, slot, &mut cursor, end_gfn, true),
@@ -867,8 +868,8 @@ impl<P: PageOps> X86Mmu<P> {
     pub(crate) fn age_gfn_range_locked(
         &mut self,
         slot: SlotRef<'_>,
-        start: u64,
-        end: u64,
+        start: Gfn,
+        end: Gfn,
         op: AgeOp,
     ) -> AgeResult {
         let mut side = Locked::<P>(&mut self.write_side.locked(), PhantomData);
@@ -1592,8 +1593,8 @@ pub(crate) fn age_rmap<S: AgeSide>(
 fn age_slot<S: AgeSide>(
     side: &mut S,
     slot: SlotRef<'_>,
-    start: u64,
-    end: u64,
+    start: Gfn,
+    end: Gfn,
     op: AgeOp,
 ) -> AgeResult {
     let mut result = AgeResult::new(op);
@@ -1616,8 +1617,8 @@ fn age_slot<S: AgeSide>(
 pub(crate) fn age_gfn_range_lockless(
     slot: SlotRef<'_>,
     no_preempt: &NoPreempt<'_>,
-    start: u64,
-    end: u64,
+    start: Gfn,
+    end: Gfn,
     op: AgeOp,
 ) -> AgeResult {
     age_slot(&mut Lockless(no_preempt), slot, start, end, op)
