@@ -3,14 +3,15 @@
 //! The fault path: one for both page-table formats.
 //!
 //! A vCPU whose walk found no usable translation faults here (KVM's
-//! `kvm_mmu_page_fault()`). The fault is described by a [`Fault`], like
-//! KVM's `struct kvm_page_fault`, and goes through three steps:
+//! `kvm_mmu_page_fault()`). The fault is described by a [`Fault`] of the
+//! kernel-free core (`mmu/fault.rs`), like KVM's `struct kvm_page_fault`,
+//! and goes through three steps:
 //!
 //! 1. Under the read side of the MMU lock: find the memslot, snapshot the
-//!    slot generation and the invalidation sequence.
+//!    slot generation and watch the host range ([`Fault::new()`]).
 //! 2. With no lock held: resolve the host page (get_user_pages, which may
 //!    sleep and may itself invalidate), and size the mapping
-//!    ([`Fault::adjust_level()`], KVM's `kvm_mmu_hugepage_adjust()`).
+//!    ([`Fault::resolved()`], KVM's `kvm_mmu_hugepage_adjust()`).
 //! 3. Under the side of the MMU lock the format's faults hold
 //!    ([`Format::FaultSide`]: the write side for x86, the read side for
 //!    stage-2): install the leaf unless the slots changed or an
@@ -27,13 +28,13 @@ use crate::{
         preempt::PreemptGuard,
         sched,
     },
-    format::{FaultCaches, FaultSide, Format, SlotSet, WithFormat},
+    format::{FaultCaches, FaultSide, Format, WithFormat},
     mmu::addr::{Gfn, Hva, Pfn},
+    mmu::fault::Fault,
     mmu::level::Level,
-    mmu::memslot::Slot,
     mmu::pgtable::{MapAction, MapError, MapOutcome},
     mmu::prim::NoPreempt,
-    space::{MmuState, Space},
+    space::Space,
 };
 use kernel::prelude::*;
 
@@ -48,98 +49,6 @@ pub(crate) enum Exit {
 impl From<Error> for Exit {
     fn from(e: Error) -> Self {
         Exit::Errno(e)
-    }
-}
-
-/// One fault: what the vCPU asked for, what the host resolved it to, and
-/// what gets mapped.
-pub(crate) struct Fault {
-    /// The faulting guest page, and whether the access writes it.
-    pub(crate) gfn: Gfn,
-    pub(crate) write: bool,
-    /// Its memslot, as it was when the fault began.
-    pub(crate) slot: Slot,
-    /// The memslot set's generation when the fault began.
-    generation: u64,
-    /// The vCPU whose fault it is: its watch on the host range the fault
-    /// may map stands in for KVM's `mmu_seq`
-    /// ([`Invalidations::watch()`](crate::mmu::inval::Invalidations::watch)).
-    vcpu: usize,
-    /// The user address backing `gfn`.
-    hva: Hva,
-    /// The host page backing `hva`, as get_user_pages resolved it.
-    pfn: Pfn,
-    /// The largest leaf the tables can hold: a stage-2 walk that starts
-    /// at `Level::L2M` has no 1G entry (KVM's `max_level`).
-    max_level: Level,
-    /// The size of the leaf to install (KVM's `goal_level`).
-    pub(crate) level: Level,
-}
-
-impl Fault {
-    /// The first gfn and pfn of the `level`-sized block the fault maps.
-    pub(crate) fn block(&self) -> (Gfn, Pfn) {
-        let off = self.gfn.offset_in(self.level);
-        (self.gfn - off, self.pfn - off)
-    }
-
-    /// The user range the mapping covers, `[start, end)`.
-    fn hva_range(&self) -> (Hva, Hva) {
-        let start = self.hva.sub_pages(self.gfn.offset_in(self.level));
-        (start, start.add_pages(self.level.pages()))
-    }
-
-    /// Sizes the mapping (KVM's `kvm_mmu_hugepage_adjust()`): the largest
-    /// leaf up to `max_level` that the slot allows (`Slot::max_level()`:
-    /// same alignment, whole range in the slot) and the primary MMU maps
-    /// `hva` with now, never the folio size alone: a PTE-mapped THP or a
-    /// partly unmapped huge page is mapped 4K.
-    ///
-    /// The primary's level is a snapshot taken after get_user_pages: it may
-    /// split right after, but only inside an invalidation of the huge
-    /// range, which makes [`Fault::must_retry()`] over that range (the
-    /// fault's watch predates the lookup and covers every level the slot
-    /// allows) send the fault round again.
-    fn adjust_level(&mut self, host_level: impl FnOnce() -> Level) {
-        let mut level = self.slot.max_level(self.gfn, self.max_level);
-        if level > Level::L4K {
-            level = level.min(host_level());
-        }
-        // A huge host page maps its pfns in order; should it not (the pfn
-        // of the faulting page is not where a huge page of the level would
-        // put it), map what is known to be right.
-        while level > Level::L4K {
-            // The pfn sits where a huge page of the level would put it.
-            if self.pfn.offset_in(level) == self.gfn.offset_in(level) {
-                break;
-            }
-            level = match level {
-                Level::L1G => Level::L2M,
-                _ => Level::L4K,
-            };
-        }
-        self.level = level;
-    }
-
-    /// Whether the fault must start over: the slots changed, or an
-    /// invalidation of any of the host range the fault maps began since it
-    /// started watching that range, or is in progress. `state` is borrowed
-    /// from an MMU lock guard, either side, and `slots` is the memslot set
-    /// current under it: invalidations change the retry
-    /// state with the lock held for write before they zap, so a fault that
-    /// passes this check installs before the zap and is zapped by it (KVM's
-    /// `mmu_invalidate_retry_gfn()`, but by range whether the invalidation
-    /// has ended or not: an invalidation of other memory never makes it
-    /// retry).
-    ///
-    /// The whole huge range is checked, not only the faulting page: the
-    /// primary MMU splits a huge mapping, or unmaps part of it, only inside
-    /// an invalidation of (at least) that part, so a split or partial unmap
-    /// that ran after the fault began, and so maybe after the host level was
-    /// looked up, makes the fault retry and look again.
-    fn must_retry(&self, state: &MmuState, slots: &SlotSet) -> bool {
-        let (start, end) = self.hva_range();
-        slots.generation() != self.generation || state.inval.fault_must_retry(self.vcpu, start, end)
     }
 }
 
@@ -164,7 +73,7 @@ pub(crate) fn exit_point() -> Result<(), Exit> {
 }
 
 /// The level the primary MMU maps user address `hva` of the calling task
-/// with now: a snapshot, see [`Fault`](crate::fault::Fault). The calling
+/// with now: a snapshot, see [`Fault`]. The calling
 /// task is the space's creator (`Space::check_caller()`): its mm is the one
 /// the space mirrors.
 fn host_level(hva: Hva) -> Level {
@@ -232,9 +141,8 @@ impl WithFormat for FaultIn<'_> {
                 }
             })?;
             // The kernel's pfn, an unsigned long: as wide as a u64 on 64-bit.
-            fault.pfn = Pfn::new(page.pfn() as u64);
             let hva = fault.hva;
-            fault.adjust_level(|| host_level(hva));
+            fault.resolved(Pfn::new(page.pfn() as u64), || host_level(hva));
 
             let mapped = match install::<F>(space, root, &fault, caches) {
                 Installed::Mapped(m) => m,
@@ -278,21 +186,16 @@ fn begin(space: &Space, vcpu: usize, gfn: Gfn, write: bool) -> Result<Fault, Exi
         return Err(Exit::MemoryFault);
     };
     let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
-    let mut fault = Fault {
+    let generation = slots.generation();
+    Ok(Fault::new(
+        &state.inval,
+        vcpu,
         gfn,
         write,
-        slot: slot.slot,
-        generation: slots.generation(),
-        vcpu,
-        hva: slot.gfn_to_hva(gfn),
-        pfn: Pfn::new(0),
+        slot,
+        generation,
         max_level,
-        level: slot.max_level(gfn, max_level),
-    };
-    let (start, end) = fault.hva_range();
-    state.inval.watch(vcpu, start, end);
-    fault.level = Level::L4K;
-    Ok(fault)
+    ))
 }
 
 /// Step 3 of a fault: installs the leaf under the format's side of the MMU
@@ -315,7 +218,7 @@ fn install<F: Format>(
         let preempt = PreemptGuard::new();
         let rcu: NoPreempt<'_> = preempt.proof().into();
         let slots = space.memslots(&rcu);
-        if fault.must_retry(&guard, slots) {
+        if fault.must_retry(&guard.inval, slots.generation()) {
             space.stats.fault_retries.inc();
             return Installed::Retry;
         }

@@ -23,10 +23,10 @@
 use crate::{
     arm64::mmu::{self as s2, S2Mmu, S2Root},
     ext::{preempt::PreemptGuard, rwlock::ReadGuard},
-    fault::Fault,
     kpages::KernelPages,
     mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
+    mmu::fault::Fault,
     mmu::level::Level,
     mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry},
     mmu::pgtable::{MapError, MapOutcome, TableCache, Translation, UnlinkedTable, WalkFault},
