@@ -24,7 +24,7 @@ use crate::mmu::pgtable::{MapAction, TableCache, SNAP_ACCESSED, SNAP_PRESENT};
 use crate::mmu::prim::{AtomicU64, NoPreempt, Ordering, PArc};
 use crate::mmu::tlb::VcpuMode;
 use crate::mmu::zap::{Owned, Zap};
-use crate::test_util::{run_zap, FlushWith, Rng};
+use crate::test_util::{FlushWith, Rng};
 use crate::x86::mmu::{translate, WalkFault, X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES, MAX_ROOTS};
 use crate::x86::rmap::{DescCache, PTE_LIST_EXT};
 use crate::x86::spte;
@@ -119,24 +119,10 @@ impl<const ID: usize> Fixture<ID> {
     }
 
     fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> u64 {
-        let slots = self.mmu.slots().clone();
-        let p = run_zap(
-            &mut *self.mmu,
-            HostPages::<ID>::frees,
-            || false,
-            |_| {},
-            |lock, z| {
-                X86Mmu::zap_gfn_range(
-                    lock,
-                    &mut &*slots,
-                    z,
-                    slot_id,
-                    Gfn::new(start),
-                    Gfn::new(end),
-                )
-            },
-        );
-        assert_eq!(p.yields, 0);
+        let (start, end) = (Gfn::new(start), Gfn::new(end));
+        let p = self
+            .mmu
+            .zap_to_end(HostPages::<ID>::frees, slot_id, start, end);
         p.zapped
     }
 }

@@ -11,7 +11,7 @@ use crate::host_pages::HostPages;
 use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
-use crate::mmu::pgtable::TableCache;
+use crate::mmu::pgtable::{TableCache, Translation};
 use crate::x86::mmu::{X86Mmu, MAP_MIN_DESCS, MAP_MIN_TABLES};
 use crate::x86::rmap::DescCache;
 use crate::x86_slots::TestMmu;
@@ -26,7 +26,7 @@ const LEAVES: [(u64, u64, Level, bool); 5] = [
 ];
 
 fn collect(
-    mut next: impl FnMut(Gfn) -> Option<(Gfn, crate::mmu::pgtable::Translation)>,
+    mut next: impl FnMut(Gfn) -> Option<(Gfn, Translation)>,
 ) -> Vec<(u64, u64, Level, bool)> {
     let mut found = Vec::new();
     let mut gfn = Gfn::new(0);
@@ -35,6 +35,18 @@ fn collect(
         gfn = base + t.level.pages();
     }
     found
+}
+
+/// What `next_leaf` of root 1, which maps [`LEAVES`], and of the empty root 0 find: every leaf
+/// once, in order, and nothing in root 0; a range that starts inside a leaf finds it, one that
+/// ends before it does not.
+fn check_leaves(next_leaf: impl Fn(usize, Gfn, Gfn) -> Option<(Gfn, Translation)>) {
+    let end = Gfn::new(u64::MAX);
+    assert_eq!(collect(|g| next_leaf(1, g, end)), LEAVES.to_vec());
+    assert_eq!(collect(|g| next_leaf(0, g, end)), Vec::new());
+    let first = |start, end| next_leaf(1, Gfn::new(start), Gfn::new(end)).map(|(b, _)| b.raw());
+    assert_eq!(first(0x201, 0x202), Some(0x200));
+    assert_eq!(first(0x6, 0x200), None);
 }
 
 #[test]
@@ -66,25 +78,7 @@ fn x86_next_leaf_finds_each_leaf_once() {
         )
         .unwrap();
     }
-    assert_eq!(
-        collect(|g| mmu.next_leaf(1, g, Gfn::new(u64::MAX))),
-        LEAVES.to_vec()
-    );
-    assert_eq!(
-        collect(|g| mmu.next_leaf(0, g, Gfn::new(u64::MAX))),
-        Vec::new()
-    );
-    // A range that starts inside a leaf finds it; one that ends before it does not.
-    assert_eq!(
-        mmu.next_leaf(1, Gfn::new(0x201), Gfn::new(0x202))
-            .map(|(b, _)| b.raw()),
-        Some(0x200)
-    );
-    assert_eq!(
-        mmu.next_leaf(1, Gfn::new(0x6), Gfn::new(0x200))
-            .map(|(b, _)| b.raw()),
-        None
-    );
+    check_leaves(|root, g, end| mmu.next_leaf(root, g, end));
     let slots = mmu.slots().clone();
     for id in 0..LEAVES.len() as u32 {
         crate::test_util::run_zap(
@@ -121,22 +115,5 @@ fn s2_next_leaf_finds_each_leaf_once() {
         )
         .unwrap();
     }
-    assert_eq!(
-        collect(|g| mmu.next_leaf(1, g, Gfn::new(u64::MAX))),
-        LEAVES.to_vec()
-    );
-    assert_eq!(
-        collect(|g| mmu.next_leaf(0, g, Gfn::new(u64::MAX))),
-        Vec::new()
-    );
-    assert_eq!(
-        mmu.next_leaf(1, Gfn::new(0x201), Gfn::new(0x202))
-            .map(|(b, _)| b.raw()),
-        Some(0x200)
-    );
-    assert_eq!(
-        mmu.next_leaf(1, Gfn::new(0x6), Gfn::new(0x200))
-            .map(|(b, _)| b.raw()),
-        None
-    );
+    check_leaves(|root, g, end| mmu.next_leaf(root, g, end));
 }

@@ -18,7 +18,7 @@ use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::ZAPPED_TABLES;
 use crate::mmu::pgtable::{
-    MapAction, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT, SNAP_WRITABLE,
+    MapAction, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_PRESENT, SNAP_WRITABLE,
     TABLE_CACHE_CAPACITY,
 };
 use crate::mmu::prim::Ordering;
@@ -111,39 +111,13 @@ impl<const ID: usize> Fixture<ID> {
     /// Zaps `[start, end)` of `slot_id` to the end, never asked to yield, then flushes and
     /// frees as the kernel's caller does.
     fn zap(&mut self, slot_id: u32, start: u64, end: u64) -> ZapRun {
-        zap_to_end(&mut self.mmu, HostPages::<ID>::frees, slot_id, start, end)
+        self.mmu.zap_to_end(
+            HostPages::<ID>::frees,
+            slot_id,
+            Gfn::new(start),
+            Gfn::new(end),
+        )
     }
-}
-
-/// Zaps `[start, end)` of `slot_id` in `mmu` to the end (see [`Fixture::zap()`]); `frees`
-/// counts the table pages freed.
-fn zap_to_end<P: PageOps>(
-    mmu: &mut TestMmu<P>,
-    frees: fn() -> u64,
-    slot_id: u32,
-    start: u64,
-    end: u64,
-) -> ZapRun {
-    let slots = mmu.slots().clone();
-    let run = run_zap(
-        &mut **mmu,
-        frees,
-        || false,
-        |_| {},
-        |lock, z| {
-            X86Mmu::zap_gfn_range(
-                lock,
-                &mut &*slots,
-                z,
-                slot_id,
-                Gfn::new(start),
-                Gfn::new(end),
-            )
-        },
-    );
-    // Never asked to yield: only a full list of unlinked tables, and the end, flush.
-    assert_eq!((run.yields, run.polls), (0, run.polls));
-    run
 }
 
 /// Drops the fixture and checks that every table page it allocated was freed.

@@ -18,6 +18,7 @@ use crate::mmu::level::Level;
 use crate::mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry, SlotError};
 use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache};
 use crate::mmu::prim::{warn_on, AllocError, AtomicU64, NoPreempt, PArc, RcuPtr, Unpublished};
+use crate::test_util::{run_zap, ZapRun};
 use crate::x86::mmu::{age_gfn_range_lockless, RmapsOf, SlotRef, SlotRmaps, X86Mmu};
 use crate::x86::rmap::DescCache;
 
@@ -250,6 +251,28 @@ impl<P: PageOps> TestMmu<P> {
             .ok_or(MapError::NoSlot)?;
         self.mmu
             .map_level(root, slot, gfn, pfn, writable, level, tables, descs)
+    }
+
+    /// [`X86Mmu::zap_gfn_range()`] of `[start, end)` of slot `slot_id`, to the end, never
+    /// asked to yield (so only a full list of unlinked tables, and the end, flush); `frees`
+    /// counts the table pages freed.
+    pub(crate) fn zap_to_end(
+        &mut self,
+        frees: fn() -> u64,
+        slot_id: u32,
+        start: Gfn,
+        end: Gfn,
+    ) -> ZapRun {
+        let slots = self.slots.clone();
+        let run = run_zap(
+            &mut self.mmu,
+            frees,
+            || false,
+            |_| {},
+            |lock, z| X86Mmu::zap_gfn_range(lock, &mut &*slots, z, slot_id, start, end),
+        );
+        assert_eq!(run.yields, 0);
+        run
     }
 
     /// [`X86Mmu::zap_slot()`] of slot `slot_id`, 0 if there is no such slot.
