@@ -37,9 +37,11 @@ pub(crate) struct Fault {
     pub(crate) hva: Hva,
     /// The host page backing `hva`, as get_user_pages resolved it.
     pfn: Pfn,
-    /// The largest leaf the tables can hold: a stage-2 walk that starts
-    /// at `Level::L2M` has no 1G entry (KVM's `max_level`).
-    max_level: Level,
+    /// The largest leaf the slot allows at `gfn` in tables whose leaves are
+    /// at most the fault's `max_level` (a stage-2 walk that starts at
+    /// `Level::L2M` has no 1G entry; KVM's `max_level`): the range the
+    /// fault watches, and the most [`Fault::adjust_level()`] may map.
+    slot_level: Level,
     /// The size of the leaf to install (KVM's `goal_level`).
     pub(crate) level: Level,
 }
@@ -62,6 +64,7 @@ impl Fault {
         generation: u64,
         max_level: Level,
     ) -> Self {
+        let slot_level = slot.max_level(gfn, max_level);
         let mut fault = Fault {
             gfn,
             write,
@@ -70,8 +73,8 @@ impl Fault {
             vcpu,
             hva: slot.gfn_to_hva(gfn),
             pfn: Pfn::new(0),
-            max_level,
-            level: slot.max_level(gfn, max_level),
+            slot_level,
+            level: slot_level,
         };
         let (start, end) = fault.hva_range();
         inval.watch(vcpu, start, end);
@@ -111,7 +114,7 @@ impl Fault {
     /// fault's watch predates the lookup and covers every level the slot
     /// allows) send the fault round again.
     fn adjust_level(&mut self, host_level: impl FnOnce() -> Level) {
-        let mut level = self.slot.max_level(self.gfn, self.max_level);
+        let mut level = self.slot_level;
         if level > Level::L4K {
             level = level.min(host_level());
         }
