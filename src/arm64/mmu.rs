@@ -94,8 +94,8 @@
 //! Walks.  Every walk of the tables is a visitor of the shared walker (`walk.rs`, [`S2`] says
 //! what a descriptor is to it), as every walk of KVM's stage-2 is a `kvm_pgtable_walker`: the
 //! lookups and [`translate()`] ([`walk::find()`]), [`S2Mmu::map()`] ([`MapWalker`]), the
-//! collapse's zap ([`zap_unlinked()`]), aging ([`AgeWalker`]), the zap's scan and batches
-//! ([`Scan`], [`ZapWalker`]), [`S2Mmu::next_leaf()`] and the frees ([`walk::free_subtree()`]).
+//! collapse's zap ([`zap_unlinked()`]), aging ([`AgeWalker`]), the zaps ([`ZapWalker`], resumable
+//! with [`walk_yielding()`]), [`S2Mmu::next_leaf()`] and the frees ([`walk::free_subtree()`]).
 //!
 //! Kernel-free: built into the module and into the host crate.
 
@@ -114,8 +114,8 @@ use crate::mmu::pgtable::{
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 use crate::mmu::walk::{
-    self, Budget, Ctx, PteEncoding, Step, Tables, Visit, Visitor, YieldHook, LEAF, SHARED,
-    TABLE_POST, TABLE_PRE,
+    self, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor, Walked, YieldHook, LEAF,
+    SHARED, TABLE_POST, TABLE_PRE,
 };
 use crate::mmu::zap::{NoYield, Owned, Pause, Yield, Zap, ZapLock, ZapTables};
 
@@ -129,13 +129,11 @@ pub(crate) const MAX_ROOTS: usize = 32;
 /// the MMU lock; a shallower MMU needs fewer ([`S2Mmu::map_min_tables()`]).
 pub(crate) const MAP_MIN_TABLES: usize = (pte::MAX_LEVELS - 1) as usize;
 
-/// gfns a zap clears in every root between two times it asks whether to yield.  A power of two.
-const ZAP_BATCH: u64 = 32;
-
-/// Table entries a zap may scan in each root looking for the next mapped gfn between two times
-/// it asks whether to yield (tables that zaps left empty are unlinked, but the tables a map links
-/// for a fault that then retries stay until a zap passes, so scanning them is not free).
-const ZAP_SCAN_BUDGET: u64 = 512;
+/// Entries a zap visits between two times it asks whether to yield, counted across roots
+/// ([`walk_yielding()`]): more than a path from a root to a leaf, so that every yield follows
+/// progress.  KVM's TDP MMU zaps ask at every entry; asking every few entries costs less and
+/// holds the lock about as briefly.
+const ZAP_YIELD_EVERY: u64 = 64;
 
 /// The entries of table page `pfn`.
 ///
@@ -845,15 +843,17 @@ impl<P: PageOps> S2Mmu<P> {
     /// ([`Zap::run()`]; "TLB flush before dropping the MMU lock").  The walk covers leaves of
     /// every level at once (a block overlapping the range is zapped whole).
     ///
-    /// In gfn order: skips the gfns no root maps (whole empty subtrees at a time, scanning at
-    /// most [`ZAP_SCAN_BUDGET`] entries per root), then clears the leaves of the next
-    /// [`ZAP_BATCH`] gfns in every root, marking the pages of writable leaves dirty (I4); asks
-    /// `z` whether to yield after each such round, and if so flushes, yields and resumes there.
-    /// Everything below that point is zapped in every root.
+    /// Root by root, as KVM's TDP MMU zaps (`kvm_tdp_mmu_zap_leafs()`): one resumable walk of
+    /// each root ([`walk_yielding()`], KVM's `tdp_mmu_iter_cond_resched()`) clears every valid
+    /// leaf overlapping the range, marking the pages of writable leaves dirty (I4), and skips
+    /// empty subtrees whole.  Every [`ZAP_YIELD_EVERY`] entries it asks `z` whether to yield; if
+    /// so, the walk flushes and stops, the driver yields, and the walk resumes from the root at
+    /// the entry it stopped at (the tables it was in may be gone by then).
     ///
-    /// A table under a start-level table that is empty when the zap leaves it is unlinked, as
-    /// KVM's unmap does, and freed after the next flush (I1).  When there may be no room for the
-    /// tables of one more batch, `z` flushes and frees them first.
+    /// A table below a start-level table that is empty when the walk is done with it is
+    /// unlinked, bottom-up, as KVM's unmap does (`stage2_unmap_walker()`), and freed after the
+    /// next flush (I1).  When the list of unlinked tables is full, the walk stops at that table
+    /// and `z` flushes and frees them; the walk resumes there.
     ///
     /// What the zap cleared and unlinked since its last flush is left in `z`: the caller flushes
     /// and frees it ([`Zap::flush_and_free()`]) before dropping the lock.  Never sleeps, but in
@@ -864,85 +864,62 @@ impl<P: PageOps> S2Mmu<P> {
         start: Gfn,
         end: Gfn,
     ) {
-        let mut gfn = start.raw();
-        z.run(lock, |mmu, z| mmu.zap_step(z, &mut gfn, end.raw(), true));
+        let mut at = ZapAt {
+            root: 0,
+            pos: start.raw(),
+        };
+        z.run(lock, |mmu, z| {
+            mmu.zap_step(z, &mut at, start.raw(), end.raw(), true)
+        });
     }
 
-    /// One step of [`S2Mmu::zap_gfn_range()`] from `*gfn`, up to the next yield or until the
-    /// list of unlinked tables may be too short for a batch, unlinking the tables it empties if
+    /// One step of [`S2Mmu::zap_gfn_range()`] of `[start, end)` from `at`, up to the next yield
+    /// or until the list of unlinked tables is full, unlinking the tables it empties if
     /// `unlink_tables`.
     fn zap_step<Y: Yield>(
         &mut self,
         z: &mut Zap<Y>,
-        gfn: &mut u64,
+        at: &mut ZapAt,
+        start: u64,
         end: u64,
         unlink_tables: bool,
     ) -> Pause {
-        // A batch unlinks at most one table per level below the start level, in each root.
-        let batch_tables = self.nr_roots * self.geo.map_min_tables();
         let end = end.min(self.geo.gfn_limit());
         let n = self.geo.pgd_pages;
-        while *gfn < end {
-            // The first gfn any root may map, at or after `gfn`.  Each root scans with its own
-            // budget: a budget shared by all roots, spent by the first, would let the others
-            // advance nothing, and the zap crawl a batch at a time through empty tables.
-            let mut next = end;
-            let mut scan = Scan::<P> {
-                limit: end,
-                zapped: unlink_tables.then_some(&mut self.zapped_tables),
-                unlinked: 0,
-                _ops: PhantomData,
-            };
-            for root in 0..self.nr_roots {
-                let mut budget = ZAP_SCAN_BUDGET;
-                let tables = root_tables(&self.pgd[root * n..][..n], &self.geo);
-                // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`.
-                next = unsafe { first_mapped::<P>(&tables, *gfn, next, &mut budget, &mut scan) };
-                z.visited += ZAP_SCAN_BUDGET - budget;
-                if next == *gfn {
-                    break;
-                }
-            }
-            z.unlinked(scan.unlinked);
-            *gfn = next;
-            if *gfn >= end {
-                break;
-            }
-
-            if unlink_tables && self.zapped_tables.room() < batch_tables {
-                return Pause::TablesFull;
-            }
-            let batch_end = ((*gfn | (ZAP_BATCH - 1)) + 1).min(end);
-            let zap = ZapRange {
-                start: *gfn,
-                end: batch_end,
-                last: end,
-                unlink_tables,
-            };
+        // Entries until the next safe point: carried over from root to root.
+        let mut budget = ZAP_YIELD_EVERY;
+        while at.root < self.nr_roots {
             let mut v = ZapWalker::<P, Y> {
-                zap: &zap,
+                unlink_tables,
                 counters: &self.counters,
                 zapped: &mut self.zapped_tables,
                 z,
                 _ops: PhantomData,
             };
-            for root in 0..self.nr_roots {
-                let mut pos = zap.start;
-                // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`: the
-                // write side.
-                let _ = unsafe {
-                    walk::walk::<S2, P, _>(
-                        &root_tables(&self.pgd[root * n..][..n], &self.geo),
-                        &mut pos,
-                        zap.end,
-                        &mut v,
-                    )
-                };
-            }
-            *gfn = batch_end;
-            if *gfn < end && z.should_yield() {
-                z.flush();
-                return Pause::Yield;
+            let mut visited = 0;
+            // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`: the
+            // write side.
+            let walked = unsafe {
+                walk_yielding::<S2, P, _>(
+                    &root_tables(&self.pgd[at.root * n..][..n], &self.geo),
+                    &mut at.pos,
+                    end,
+                    &mut v,
+                    &mut budget,
+                    ZAP_YIELD_EVERY,
+                    &mut visited,
+                )
+            };
+            z.visited += visited;
+            match walked {
+                Walked::Done => {
+                    at.root += 1;
+                    at.pos = start;
+                }
+                // At the empty table that found no room: resumed there, it is visited again.
+                Walked::Broke(()) => return Pause::TablesFull,
+                // Flushed inside the walk.
+                Walked::Yielded => return Pause::Yield,
             }
         }
         Pause::Done
@@ -952,13 +929,13 @@ impl<P: PageOps> S2Mmu<P> {
     /// zapped; flush TLBs if nonzero.  The tables stay, empty, until the MMU is dropped: walkers
     /// may still be in them (I1).
     pub(crate) fn zap_all(&mut self) -> u64 {
-        let mut gfn = 0;
         let end = self.geo.gfn_limit();
+        let mut at = ZapAt { root: 0, pos: 0 };
         let mut z = Zap::new(NoYield);
         z.run(&mut Owned(self), |mmu, z| {
-            mmu.zap_step(z, &mut gfn, end, false)
+            mmu.zap_step(z, &mut at, 0, end, false)
         });
-        debug_assert!(gfn >= end);
+        debug_assert!(at.root >= self.nr_roots);
         z.zapped
     }
 
@@ -1234,32 +1211,20 @@ fn leaf_removed<P: PageOps>(c: &Counters, old: u64) -> bool {
     dirty
 }
 
-/// One batch of a zap: the gfns `[start, end)`, of a zap that ends at `last`.
-struct ZapRange {
-    start: u64,
-    end: u64,
-    last: u64,
-    /// Unlink the tables the zap empties.
-    unlink_tables: bool,
+/// Where a zap resumes: the root, and the gfn in it.
+struct ZapAt {
+    root: usize,
+    pos: u64,
 }
 
-impl ZapRange {
-    /// Whether this batch is the zap's last visit of `[base, base + span)`: it reaches the
-    /// end of that range, or it is the zap's last batch.  A table there is checked for
-    /// emptiness then, once per zap.
-    fn leaves(&self, base: u64, span: u64) -> bool {
-        self.end >= base + span || self.end >= self.last
-    }
-}
-
-/// The walk of one batch of a zap in one root (KVM's `stage2_unmap_walker()`), under the write
-/// side: clears every valid leaf overlapping `[zap.start, zap.end)`, counting into the zap `z`
-/// and `counters` and marking the pages of writable leaves dirty (I4).  A table the walk is
-/// done with that is empty is unlinked into `zapped` (if `zap.unlink_tables` and there is
-/// room), as KVM's unmap frees a table whose last entry it cleared: whether the zap covered it
-/// whole, or in part and nothing else is mapped there.
+/// The walk of a zap in one root (KVM's `stage2_unmap_walker()`), under the write side: clears
+/// every valid leaf it visits, counting into the zap `z` and `counters` and marking the pages of
+/// writable leaves dirty (I4).  With `unlink_tables`, a table the walk is done with that is
+/// empty is unlinked into `zapped`, as KVM's unmap frees a table whose last entry it cleared:
+/// whether the zap covered it whole, or in part and nothing else is mapped there.  When
+/// `zapped` has no room for it, the walk breaks at it.
 struct ZapWalker<'z, P: PageOps, Y> {
-    zap: &'z ZapRange,
+    unlink_tables: bool,
     counters: &'z Counters,
     zapped: &'z mut ZappedTables,
     z: &'z mut Zap<Y>,
@@ -1267,44 +1232,53 @@ struct ZapWalker<'z, P: PageOps, Y> {
 }
 
 impl<'a, P: PageOps, Y: Yield> Visitor<'a> for ZapWalker<'_, P, Y> {
-    const FLAGS: u32 = LEAF | TABLE_PRE | TABLE_POST;
+    const FLAGS: u32 = LEAF | TABLE_POST;
     type Break = ();
 
     #[inline(always)]
     fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
-        match visit {
-            Visit::TablePre => self.z.visited += 1,
-            Visit::Leaf => {
-                self.z.visited += 1;
-                // The write side: no map, ager or break-before-make runs, so no entry is
-                // locked (I2) and only the hardware walker may change one (setting AF).
-                if pte::is_valid(ctx.old) {
-                    // Swap, not store: the hardware walker may set AF meanwhile, and the dirty
-                    // state must not be lost.  Relaxed: the caller's TLB flush, before the
-                    // lock is dropped, orders the clear before anything the primary MMU does to
-                    // the page next ("TLB flush before dropping the MMU lock").
-                    let old = ctx.ptep.swap(0, Ordering::Relaxed);
-                    debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
-                    if pte::is_valid(old) {
-                        let dirty = leaf_removed::<P>(self.counters, old);
-                        self.z.cleared(1, u64::from(dirty));
-                    }
+        if visit == Visit::Leaf {
+            // The write side: no map, ager or break-before-make runs, so no entry is locked
+            // (I2) and only the hardware walker may change one (setting AF).
+            if pte::is_valid(ctx.old) {
+                // Swap, not store: the hardware walker may set AF meanwhile, and the dirty state
+                // must not be lost.  Relaxed: the caller's TLB flush, before the lock is
+                // dropped, orders the clear before anything the primary MMU does to the page
+                // next ("TLB flush before dropping the MMU lock").
+                let old = ctx.ptep.swap(0, Ordering::Relaxed);
+                debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
+                if pte::is_valid(old) {
+                    let dirty = leaf_removed::<P>(self.counters, old);
+                    self.z.cleared(1, u64::from(dirty));
                 }
             }
-            Visit::TablePost => {
-                let child = pte::pfn(ctx.old);
-                if self.zap.unlink_tables
-                    && self.zap.leaves(ctx.base(), ctx.pages())
-                    && self.zapped.room() > 0
-                    // SAFETY: linked by a valid table entry of the MMU (I1); write side held.
-                    && unsafe { table_is_empty::<P>(child) }
-                {
-                    unlink_table(ctx.ptep, child, self.zapped);
-                    self.z.unlinked(1);
-                }
-            }
+            return Step::Continue;
         }
+        let child = pte::pfn(ctx.old);
+        // SAFETY: linked by a valid table entry of the MMU (I1); write side held.
+        if !self.unlink_tables || !unsafe { table_is_empty::<P>(child) } {
+            return Step::Continue;
+        }
+        if self.zapped.room() == 0 {
+            return Step::Break(());
+        }
+        unlink_table(ctx.ptep, child, self.zapped);
+        self.z.unlinked(1);
         Step::Continue
+    }
+}
+
+impl<P: PageOps, Y: Yield> YieldHook for ZapWalker<'_, P, Y> {
+    #[inline]
+    fn should_yield(&mut self) -> bool {
+        self.z.should_yield()
+    }
+
+    /// The zap's flush, which covers the leaves cleared and the tables unlinked (counted in
+    /// `z`).
+    #[inline]
+    fn flush(&mut self) {
+        self.z.flush()
     }
 }
 
@@ -1358,83 +1332,6 @@ impl<'a> Visitor<'a> for AgeWalker<'_> {
             }
         }
         Step::Continue
-    }
-}
-
-/// The walk of a zap's scan for the next mapped gfn ([`first_mapped()`]): ends at the first
-/// valid leaf; with `zapped`, unlinks into it the tables it finds empty, once it went through
-/// them up to their end (the zap may have emptied the part before the scan's start, and
-/// anything after `limit` was empty already).  When there is no room left there, the scan
-/// stops at that table, as when its budget runs out.
-struct Scan<'z, P: PageOps> {
-    limit: u64,
-    zapped: Option<&'z mut ZappedTables>,
-    /// Tables unlinked.
-    unlinked: u64,
-    _ops: PhantomData<fn() -> P>,
-}
-
-impl<'a, P: PageOps> Visitor<'a> for Scan<'_, P> {
-    const FLAGS: u32 = LEAF | TABLE_POST;
-    type Break = ();
-
-    #[inline(always)]
-    fn visit(&mut self, ctx: &Ctx<'a>, visit: Visit) -> Step<()> {
-        if visit == Visit::Leaf {
-            return if pte::is_valid(ctx.old) {
-                Step::Break(())
-            } else {
-                Step::Continue
-            };
-        }
-        let Some(zapped) = self.zapped.as_deref_mut() else {
-            return Step::Continue;
-        };
-        if ctx.end() > self.limit {
-            // Not scanned to its end: mapped beyond `limit`, likely.
-            return Step::Continue;
-        }
-        if zapped.room() == 0 {
-            return Step::Break(());
-        }
-        let child = pte::pfn(ctx.old);
-        // SAFETY: linked by a valid table entry of the MMU (I1); with `zapped`, the write side
-        // is held (see `first_mapped()`).
-        if unsafe { table_is_empty::<P>(child) } {
-            unlink_table(ctx.ptep, child, zapped);
-            self.unlinked += 1;
-        }
-        Step::Continue
-    }
-}
-
-/// The first gfn in `[from, limit)` that a valid leaf covers in the root `tables`, or where
-/// `budget` (entries to scan, decremented) ran out, or `limit`: the root maps nothing in
-/// `[from, returned)`.  With `scan.zapped`, tables the scan finds empty that the zap covered
-/// whole are unlinked on the way (see [`Scan`]).
-///
-/// # Safety
-///
-/// `tables` are the start-level tables of a root of an `S2Mmu<P>` that is not dropped while
-/// this runs; with `scan.zapped`, the caller holds its write side.
-unsafe fn first_mapped<P: PageOps>(
-    tables: &Tables<'_>,
-    from: u64,
-    limit: u64,
-    budget: &mut u64,
-    scan: &mut Scan<'_, P>,
-) -> u64 {
-    scan.limit = limit;
-    let mut b = Budget::new(scan, *budget);
-    let mut pos = from;
-    // SAFETY: per the caller; the tables the walk reaches are linked, and freed only under the
-    // write side after a flush (I1), which the caller's lock excludes.
-    let flow = unsafe { walk::walk::<S2, P, _>(tables, &mut pos, limit, &mut b) };
-    *budget = b.left;
-    match flow {
-        ControlFlow::Continue(()) => limit,
-        // At the leaf found, or where the budget or the room for tables ran out.
-        ControlFlow::Break(_) => pos.min(limit),
     }
 }
 
