@@ -27,6 +27,7 @@ use crate::{
     mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
     mmu::fault::Fault,
+    mmu::inval::Invalidations,
     mmu::level::Level,
     mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry},
     mmu::pgtable::{MapError, MapOutcome, TableCache, Translation, UnlinkedTable, WalkFault},
@@ -34,7 +35,6 @@ use crate::{
     mmu::stats::{Counter, Stats},
     mmu::zap::{Yield, Zap, ZapLock, ZapTables},
     mmu_lock::{MmuLock, WriteGuard},
-    space::{MmuState, Space},
     uapi,
     x86::mmu::{self as x86, age_gfn_range_lockless, RmapsOf, SlotRef, SlotRmaps, X86Mmu},
     x86::rmap::DescCache,
@@ -56,6 +56,41 @@ macro_rules! with_kind {
             }
         }
     };
+}
+
+/// What the MMU lock protects.
+pub(crate) struct MmuState {
+    /// The page tables; `None` until SECMMU_CONFIGURE.
+    pub(crate) mmu: Option<Pgt>,
+    /// Invalidations in progress, and the retry sequence (KVM's
+    /// `mmu_invalidate_seq` and `mmu_invalidate_in_progress`).
+    pub(crate) inval: Invalidations,
+}
+
+/// What the format glue needs of the space whose tables it runs: its MMU
+/// lock, memslot set, statistics and TLB flush (implemented by the device
+/// layer's `Space`, which this file does not name: the layers above the
+/// seam depend on it, not it on them).
+pub(crate) trait SpaceMmu {
+    /// The MMU lock, around the tables and the invalidation state.
+    fn mmu_lock(&self) -> &MmuLock<MmuState>;
+
+    /// The memslot set current in the RCU read-side critical section
+    /// `rcu` (KVM's `kvm_memslots()`), valid until it ends.
+    fn slots<'a>(&'a self, rcu: &'a NoPreempt<'_>) -> &'a SlotSet;
+
+    /// The space's statistics.
+    fn stats(&self) -> &Stats;
+
+    /// Whether the walker sets accessed and dirty bits (A/D bits).
+    fn ad_enabled(&self) -> bool;
+
+    /// Whether aging must take the MMU lock even where it need not.
+    fn aging_locked(&self) -> bool;
+
+    /// Flushes every vCPU's TLB and waits for the flush (KVM's
+    /// `kvm_flush_remote_tlbs()`).
+    fn flush_remote_tlbs(&self);
 }
 
 /// The page tables of a space.
@@ -183,7 +218,7 @@ impl ZapTables for Pgt {
 /// step, since the set may change while the lock is yielded.
 pub(crate) fn zap_gfn_range<Y: Yield>(
     lock: &mut impl ZapLock<Mmu = Pgt>,
-    space: &Space,
+    space: &impl SpaceMmu,
     z: &mut Zap<Y>,
     slot_id: u32,
     start: Gfn,
@@ -200,15 +235,15 @@ pub(crate) fn zap_gfn_range<Y: Yield>(
 
 /// The memslot set of a space current under its MMU lock, where a zap finds
 /// its slot again after every yield ([`CurrentSlots`]).
-struct SpaceSlots<'a>(&'a Space);
+struct SpaceSlots<'a, S>(&'a S);
 
-impl CurrentSlots<SlotData> for SpaceSlots<'_> {
+impl<S: SpaceMmu> CurrentSlots<SlotData> for SpaceSlots<'_, S> {
     fn with_slot<R>(&mut self, id: u32, f: impl FnOnce(Option<&MemSlot>) -> R) -> R {
         // The set is replaced only under the MMU lock held for write, which
         // the zap holds; the RCU read side covers the borrow all the same.
         let preempt = PreemptGuard::new();
         let rcu: NoPreempt<'_> = preempt.proof().into();
-        f(self.0.memslots(&rcu).by_id(id))
+        f(self.0.slots(&rcu).by_id(id))
     }
 }
 
@@ -343,7 +378,7 @@ pub(crate) trait Format: Sized + ZapTables {
     /// `clear_flush_young` or access tracking requires. The range becomes
     /// (slot, gfn range) pairs once, through [`age_hva_range()`], and the
     /// format ages each pair.
-    fn age(space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult>;
+    fn age(space: &impl SpaceMmu, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult>;
 
     /// Frees a table that a map unlinked, with the MMU lock held for write.
     ///
@@ -539,14 +574,14 @@ impl Format for X86Mmu<KernelPages> {
     /// rmaps with it, are freed after a grace period).
     /// Without them, or when `aging_locked` asks, under the write side:
     /// access tracking takes W away.
-    fn age(space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
+    fn age(space: &impl SpaceMmu, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
         if aging::use_lockless(op, space.ad_enabled(), space.aging_locked()) {
-            space.stats.aging_lockless.inc();
+            space.stats().aging_lockless.inc();
             let r = {
                 // Nothing in the walk sleeps.
                 let preempt = PreemptGuard::new();
                 let rcu: NoPreempt<'_> = preempt.proof().into();
-                age_hva_range(space.memslots(&rcu), start, end, op, |slot, s, e| {
+                age_hva_range(space.slots(&rcu), start, end, op, |slot, s, e| {
                     x86_slot(slot).map_or(AgeResult::new(op), |slot| {
                         age_gfn_range_lockless(slot, &rcu, s, e, op)
                     })
@@ -559,12 +594,12 @@ impl Format for X86Mmu<KernelPages> {
             }
             return Some(r);
         }
-        let mut guard = space.mmu.write();
+        let mut guard = space.mmu_lock().write();
         let mmu = Self::of_mut(guard.mmu.as_mut()?)?;
         // The set is the current one for as long as the write side is held.
         let preempt = PreemptGuard::new();
         let rcu: NoPreempt<'_> = preempt.proof().into();
-        let r = age_hva_range(space.memslots(&rcu), start, end, op, |slot, s, e| {
+        let r = age_hva_range(space.slots(&rcu), start, end, op, |slot, s, e| {
             x86_slot(slot).map_or(AgeResult::new(op), |slot| {
                 mmu.age_gfn_range_locked(slot, s, e, op)
             })
@@ -657,13 +692,13 @@ impl Format for S2Mmu<KernelPages> {
     /// `aging_locked` asks, for comparison. No permission is taken away in
     /// either A/D mode (a writable leaf is dirty already), so only
     /// `clear_flush_young` needs a flush.
-    fn age(space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
+    fn age(space: &impl SpaceMmu, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
         let walk = |state: &MmuState| {
             let mmu = Self::of(state.mmu.as_ref()?)?;
             // The set is the current one for as long as the lock is held.
             let preempt = PreemptGuard::new();
             let rcu: NoPreempt<'_> = preempt.proof().into();
-            let r = age_hva_range(space.memslots(&rcu), start, end, op, |_, s, e| {
+            let r = age_hva_range(space.slots(&rcu), start, end, op, |_, s, e| {
                 mmu.age_gfn_range(s, e, op)
             });
             drop(preempt);
@@ -673,10 +708,10 @@ impl Format for S2Mmu<KernelPages> {
             Some(r)
         };
         if space.aging_locked() {
-            walk(&space.mmu.write())
+            walk(&space.mmu_lock().write())
         } else {
-            space.stats.aging_lockless.inc();
-            walk(&space.mmu.read())
+            space.stats().aging_lockless.inc();
+            walk(&space.mmu_lock().read())
         }
     }
 
@@ -785,7 +820,13 @@ impl Kind {
     }
 
     /// [`Format::age()`] of this format.
-    pub(crate) fn age(self, space: &Space, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
+    pub(crate) fn age(
+        self,
+        space: &impl SpaceMmu,
+        start: Hva,
+        end: Hva,
+        op: AgeOp,
+    ) -> Option<AgeResult> {
         with_kind!(self, F => <F as Format>::age(space, start, end, op))
     }
 }

@@ -43,7 +43,7 @@ use crate::{
         rwlock::new_rwlock,
         sched,
     },
-    format::{self, Kind, Pgt, SlotSet},
+    format::{self, Kind, MmuState, Pgt, SlotSet, SpaceMmu},
     kpages,
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::aging::{AgeOp, AgeResult},
@@ -64,15 +64,6 @@ use kernel::{
     prelude::*,
     sync::{rcu, Arc, Mutex, MutexGuard},
 };
-
-/// What the MMU lock protects.
-pub(crate) struct MmuState {
-    /// The page tables; `None` until SECMMU_CONFIGURE.
-    pub(crate) mmu: Option<Pgt>,
-    /// Invalidations in progress, and the retry sequence (KVM's
-    /// `mmu_invalidate_seq` and `mmu_invalidate_in_progress`).
-    pub(crate) inval: Invalidations,
-}
 
 /// The configuration SECMMU_CONFIGURE fixed.
 #[derive(Clone, Copy)]
@@ -825,6 +816,32 @@ enum LeafAudit {
     Suspect { gfn: Gfn, hva: Hva },
     /// An invalidation in progress covers part of the leaf.
     Invalidating,
+}
+
+impl SpaceMmu for Space {
+    fn mmu_lock(&self) -> &MmuLock<MmuState> {
+        &self.mmu
+    }
+
+    fn slots<'a>(&'a self, rcu: &'a NoPreempt<'_>) -> &'a SlotSet {
+        self.memslots(rcu)
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn ad_enabled(&self) -> bool {
+        Space::ad_enabled(self)
+    }
+
+    fn aging_locked(&self) -> bool {
+        Space::aging_locked(self)
+    }
+
+    fn flush_remote_tlbs(&self) {
+        Space::flush_remote_tlbs(self)
+    }
 }
 
 /// The errno of a refused memslot change.
