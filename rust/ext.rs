@@ -19,6 +19,7 @@ pub(crate) mod mm;
 pub(crate) mod mmu_notifier;
 pub(crate) mod pfn;
 pub(crate) mod preempt;
+pub(crate) mod raw_spinlock;
 pub(crate) mod rcu;
 pub(crate) mod rwlock;
 pub(crate) mod sched;

@@ -43,6 +43,39 @@ void secmmu_preempt_enable(void)
 	preempt_enable();
 }
 
+void secmmu_raw_spin_lock_init(raw_spinlock_t *lock, const char *name,
+			       struct lock_class_key *key)
+{
+#ifdef CONFIG_DEBUG_SPINLOCK
+	__raw_spin_lock_init(lock, name, key, LD_WAIT_SPIN);
+#else
+	raw_spin_lock_init(lock);
+#endif
+}
+
+unsigned long secmmu_raw_spin_lock_irqsave(raw_spinlock_t *lock)
+{
+	unsigned long flags;
+
+	raw_spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+bool secmmu_raw_spin_trylock_irqsave(raw_spinlock_t *lock, unsigned long *flags)
+{
+	return raw_spin_trylock_irqsave(lock, *flags);
+}
+
+void secmmu_raw_spin_unlock_irqrestore(raw_spinlock_t *lock, unsigned long flags)
+{
+	raw_spin_unlock_irqrestore(lock, flags);
+}
+
+void secmmu_raw_spin_assert_is_held(raw_spinlock_t *lock)
+{
+	lockdep_assert_held(lock);
+}
+
 void secmmu_rwlock_init(rwlock_t *lock, const char *name,
 			struct lock_class_key *key)
 {

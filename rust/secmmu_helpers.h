@@ -32,6 +32,17 @@ void secmmu_preempt_disable(void);
 void secmmu_preempt_enable(void);
 
 /*
+ * raw_spin_lock_init() with the lockdep class @key and @name (a lock that
+ * spins on PREEMPT_RT too, for hard IRQ context), and the irqsave pair.
+ */
+void secmmu_raw_spin_lock_init(raw_spinlock_t *lock, const char *name,
+			       struct lock_class_key *key);
+unsigned long secmmu_raw_spin_lock_irqsave(raw_spinlock_t *lock);
+bool secmmu_raw_spin_trylock_irqsave(raw_spinlock_t *lock, unsigned long *flags);
+void secmmu_raw_spin_unlock_irqrestore(raw_spinlock_t *lock, unsigned long flags);
+void secmmu_raw_spin_assert_is_held(raw_spinlock_t *lock);
+
+/*
  * rwlock_init() with the lockdep class @key and @name, as the kernel's Rust
  * helper does for spinlocks (without CONFIG_DEBUG_SPINLOCK, rwlock_init()).
  */
