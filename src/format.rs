@@ -897,6 +897,21 @@ mod kunit {
         assert!(checks::watch_during_invalidation_is_stale());
     }
 
+    #[test]
+    fn gpc_refresh_then_invalidate() {
+        assert!(crate::mmu::pfncache::checks::refresh_then_invalidate());
+    }
+
+    #[test]
+    fn gpc_refresh_retries_only_for_its_page() {
+        assert!(crate::mmu::pfncache::checks::refresh_retries_only_for_its_page());
+    }
+
+    #[test]
+    fn gpc_memslots_and_deactivation() {
+        assert!(crate::mmu::pfncache::checks::memslots_and_deactivation());
+    }
+
     /// Every leaf decodes to what it was made of, at every level.
     #[test]
     fn spte_leaf_encode_decode() {

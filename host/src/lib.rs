@@ -65,5 +65,8 @@ mod leaf_walk_tests;
 #[cfg(all(test, loom))]
 mod s2_loom;
 
+#[cfg(all(test, loom))]
+mod gpc_loom;
+
 #[cfg(all(test, not(loom)))]
 mod walk_tests;

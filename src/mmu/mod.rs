@@ -14,6 +14,7 @@ pub(crate) mod fault;
 pub(crate) mod inval;
 pub(crate) mod level;
 pub(crate) mod memslot;
+pub(crate) mod pfncache;
 pub(crate) mod pgtable;
 pub(crate) mod prim;
 pub(crate) mod stats;
