@@ -9,11 +9,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include <linux/secmmu.h>
@@ -263,6 +265,39 @@ static inline int recv_fd(int sock)
 		return -1;
 	memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
 	return fd;
+}
+
+/* The counters of the space's guest page caches (zero on error). */
+static inline struct secmmu_gpc_stats get_gpc_stats(int fd)
+{
+	struct secmmu_gpc_stats s;
+
+	memset(&s, 0, sizeof(s));
+	ioctl(fd, SECMMU_GET_GPC_STATS, &s);
+	return s;
+}
+
+/*
+ * A thread that invalidates @mem (2 MiB, private anonymous) in a loop until
+ * @stop: each round populates one page and MADV_DONTNEEDs the whole range,
+ * one invalidate_range_start()/end() of 2 MiB. @rounds counts them.
+ */
+struct dontneed_storm {
+	char *mem;
+	atomic_int stop;
+	unsigned long rounds;
+};
+
+static inline void *dontneed_storm(void *arg)
+{
+	struct dontneed_storm *s = arg;
+
+	while (!atomic_load(&s->stop)) {
+		s->mem[(s->rounds % 512) * PAGE_SZ] = 1;
+		madvise(s->mem, SZ_2M, MADV_DONTNEED);
+		s->rounds++;
+	}
+	return NULL;
 }
 
 #endif /* _SECMMU_LIB_H */

@@ -16,6 +16,7 @@
 mod ext;
 mod fault;
 mod format;
+mod gpc;
 mod kpages;
 mod mmu_lock;
 mod space;
@@ -51,6 +52,10 @@ module! {
         aging_locked: bool {
             default: false,
             description: "Age (clear_young/test_young) under the MMU lock even where A/D bits allow lockless aging",
+        },
+        gpc_any_invalidation: bool {
+            default: false,
+            description: "Refresh guest page caches as KVM 7.3 does (retry while any invalidation runs), for comparison",
         },
         max_table_pages: u64 {
             default: 262144,
@@ -101,6 +106,7 @@ impl MiscDevice for SecmmuDevice {
             mm,
             module_parameters::aging_locked.value(),
             module_parameters::max_table_pages.value(),
+            module_parameters::gpc_any_invalidation.value(),
         )
     }
 
@@ -113,6 +119,8 @@ impl MiscDevice for SecmmuDevice {
             uapi::SET_MEMSLOT => space.set_memslot(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::CREATE_VCPU => Vcpu::create(&space.into(), &uapi::read_arg(arg)?),
             uapi::SNAPSHOT => space.snapshot(&uapi::read_arg(arg)?).map(|()| 0),
+            uapi::GET_GPC_STATS => uapi::write_arg(arg, &space.gpc_stats()).map(|()| 0),
+            uapi::SET_CLOCK_PAGE => space.set_clock_page(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::TEST_YOUNG => space.test_young_ioctl(&uapi::read_arg(arg)?),
             uapi::AUDIT => {
                 let mut req: uapi::secmmu_audit = uapi::read_arg(arg)?;

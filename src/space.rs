@@ -44,12 +44,14 @@ use crate::{
         sched,
     },
     format::{self, Kind, MmuState, Pgt, SlotSet, SpaceMmu},
+    gpc::GpcSet,
     kpages,
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::aging::{AgeOp, AgeResult},
     mmu::inval::Invalidations,
     mmu::level::Level,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
+    mmu::pfncache::Policy,
     mmu::prim::{self, NoPreempt, RcuPtr, Unpublished},
     mmu::stats::Stats,
     mmu::tlb::VcpuMode,
@@ -125,6 +127,11 @@ pub(crate) struct Space {
     /// dead address space" in Documentation/secmmu-protocols.rst).
     released: AtomicBool,
     pub(crate) stats: Stats,
+    /// Kernel-mapped guest page caches: one per vCPU id (its run page) and
+    /// the clock page's. The notifier invalidates them; `release()` stops
+    /// the clock and deactivates them all.
+    #[pin]
+    pub(crate) gpcs: GpcSet,
 }
 
 impl_has_mmu_notifier!(Space, notifier);
@@ -180,7 +187,13 @@ impl Space {
         mm: &MmWithUser,
         aging_locked: bool,
         max_table_pages: u64,
+        gpc_any_invalidation: bool,
     ) -> Result<Arc<Self>> {
+        let gpc_policy = if gpc_any_invalidation {
+            Policy::AnyInvalidation
+        } else {
+            Policy::Range
+        };
         let memslots = RcuPtr::new(prim::try_box_sleepable(SlotSet::new())?);
         let space = Arc::pin_init(
             try_pin_init!(Self {
@@ -202,6 +215,7 @@ impl Space {
                 vcpu_ids: AtomicU64::new(0),
                 released: AtomicBool::new(false),
                 stats: Stats::default(),
+                gpcs <- GpcSet::new(gpc_policy),
                 // SAFETY: Last: callbacks may run from here on, and every
                 // other field is initialized.
                 notifier <- unsafe { MmuNotifier::register(mm) },
@@ -347,7 +361,7 @@ impl Space {
         let invalid = prim::try_box_sleepable(invalid)?;
         let removed = prim::try_box_sleepable(removed)?;
         let mut guard = self.mmu.write();
-        let before = self.memslots.replace(invalid);
+        let before = self.swap_memslots(&guard, invalid);
         let mut zapped = self.zap(true);
         self.zap_gfns(&mut guard, &mut zapped, id, slot.base_gfn, slot.end_gfn());
         self.flush_and_free(&mut guard, &mut zapped);
@@ -359,7 +373,7 @@ impl Space {
             let left = self.memslots(&rcu).by_id(id).map_or(0, format::slot_sptes);
             kernel::warn_on!(left != 0);
         }
-        let during = self.memslots.replace(removed);
+        let during = self.swap_memslots(&guard, removed);
         drop(guard);
         self.retire_memslots(before);
         self.retire_memslots(during);
@@ -394,8 +408,46 @@ impl Space {
     /// generation moved). Returns the old set, for [`Self::retire_memslots()`].
     /// Called with `config` held.
     fn publish_memslots(&self, new: prim::PBox<SlotSet>) -> Unpublished<SlotSet> {
-        let _guard = self.mmu.write();
+        let guard = self.mmu.write();
+        self.swap_memslots(&guard, new)
+    }
+
+    /// Makes `new` the current memslot set, with the MMU lock held for
+    /// write (`_guard`), and tells the guest page caches its generation.
+    fn swap_memslots(
+        &self,
+        _guard: &WriteGuard<'_, MmuState>,
+        new: prim::PBox<SlotSet>,
+    ) -> Unpublished<SlotSet> {
+        self.gpcs.memslots_changed(new.generation());
         self.memslots.replace(new)
+    }
+
+    /// SECMMU_SET_CLOCK_PAGE: starts the clock at a guest address, or stops
+    /// it.
+    pub(crate) fn set_clock_page(&self, req: &uapi::secmmu_clock_setup) -> Result {
+        uapi::check_zero(&req.reserved)?;
+        if req.flags & !uapi::CLOCK_PAGE_ENABLE != 0 || req.pad != 0 {
+            return Err(EINVAL);
+        }
+        let _config = self.config.lock();
+        if req.flags & uapi::CLOCK_PAGE_ENABLE == 0 {
+            if req.gpa != 0 || req.period_ns != 0 {
+                return Err(EINVAL);
+            }
+            self.gpcs.stop_clock();
+            return Ok(());
+        }
+        let len = size_of::<uapi::secmmu_clock_page>() as u64;
+        if req.gpa & 7 != 0 || req.gpa >= 1 << 52 || (req.gpa & 0xfff) + len > 4096 {
+            return Err(EINVAL);
+        }
+        if !(uapi::CLOCK_PERIOD_MIN..=uapi::CLOCK_PERIOD_MAX).contains(&req.period_ns) {
+            return Err(EINVAL);
+        }
+        let period = kernel::time::Delta::from_nanos(req.period_ns as i64);
+        // Clock changes are serialized by `config`, held.
+        self.gpcs.start_clock(self, req.gpa, period)
     }
 
     /// Takes the lowest free vCPU id; `ENOSPC` if all
@@ -416,6 +468,8 @@ impl Space {
     /// Gives back vCPU id `idx`: its vCPU is gone, or was never made. The
     /// vCPU is out of guest mode for good, so flushers may skip it.
     pub(crate) fn put_vcpu_id(&self, idx: usize) {
+        // The next vCPU with this id starts without a run page.
+        self.gpcs.deactivate(idx);
         self.vcpu_ids.fetch_and(!(1 << idx), Ordering::Release);
     }
 
@@ -487,6 +541,23 @@ impl Space {
     fn count_zapped<Y>(&self, z: &Zap<Y>) {
         self.stats.sptes_zapped.add(z.zapped);
         self.stats.dirty_pages.add(z.dirty);
+    }
+
+    /// Fills `SECMMU_GET_GPC_STATS`'s answer.
+    pub(crate) fn gpc_stats(&self) -> uapi::secmmu_gpc_stats {
+        let s = &self.gpcs.stats;
+        uapi::secmmu_gpc_stats {
+            refreshes: s.refreshes.get(),
+            retries_overlap: s.retries_overlap.get(),
+            retries_memslots: s.retries_memslots.get(),
+            retries_unrelated: s.retries_unrelated.get(),
+            invalidations: s.invalidations.get(),
+            run_page_updates: s.run_page_updates.get(),
+            run_page_errors: s.run_page_errors.get(),
+            clock_updates: s.clock_updates.get(),
+            clock_misses: s.clock_misses.get(),
+            reserved: [0; 7],
+        }
     }
 
     /// Fills `SECMMU_GET_STATS`'s answer.
@@ -862,6 +933,10 @@ impl MmuNotifierOps for Space {
         // touch the mm's pages: the address space is being torn down.
         self.released.store(true, Ordering::Release);
         self.stats.releases.inc();
+        // No cache may map a page of the dying address space; refreshes
+        // fail from now on (the caller's mm is not the space's any more).
+        // The clock's timer goes first: it writes through its cache.
+        self.gpcs.release();
         // Zap slot by slot, yielding like an invalidation: a space may map
         // many GiB in many roots, and `exit_mmap()` may sleep here (KVM's
         // `kvm_mmu_zap_all()` yields with `cond_resched_rwlock_write()`).
@@ -897,6 +972,10 @@ impl MmuNotifierOps for Space {
         // MMU lock for write: faults check under the read side at least.
         let mut guard = self.mmu.write();
         guard.inval.begin(start, end);
+        // Caches of kernel-mapped guest pages go at the start too: from
+        // here on the primary may free their pages ("Kernel-mapped guest
+        // pages" in Documentation/secmmu-protocols.rst).
+        self.gpcs.invalidate(start, end);
         // The slots this range backs, in guest-physical order, found again
         // after every slot's zap, since `zap_gfns` may yield the lock. A
         // slot created meanwhile maps nothing of the range (its faults

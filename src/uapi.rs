@@ -26,8 +26,11 @@ pub(crate) const CONFIGURE: u32 = _IOW::<secmmu_config>(SECMMUIO, 0x02);
 pub(crate) const SET_MEMSLOT: u32 = _IOW::<secmmu_memslot>(SECMMUIO, 0x03);
 pub(crate) const CREATE_VCPU: u32 = _IOW::<secmmu_vcpu_create>(SECMMUIO, 0x04);
 pub(crate) const SNAPSHOT: u32 = _IOW::<secmmu_snapshot>(SECMMUIO, 0x05);
+pub(crate) const GET_GPC_STATS: u32 = _IOR::<secmmu_gpc_stats>(SECMMUIO, 0x06);
+pub(crate) const SET_CLOCK_PAGE: u32 = _IOW::<secmmu_clock_setup>(SECMMUIO, 0x07);
 pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
+pub(crate) const SET_RUN_PAGE: u32 = _IOW::<secmmu_run_page_setup>(SECMMUIO, 0x12);
 pub(crate) const TEST_YOUNG: u32 = _IOW::<secmmu_test_young>(SECMMUIO, 0x20);
 pub(crate) const AUDIT: u32 = _IOWR::<secmmu_audit>(SECMMUIO, 0x21);
 
@@ -196,6 +199,70 @@ pub(crate) struct secmmu_audit {
     pub(crate) reserved: [u64; 4],
 }
 
+/// `struct secmmu_run_page_setup`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_run_page_setup {
+    pub(crate) gpa: u64,
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+    pub(crate) reserved: [u64; 2],
+}
+
+/// `SECMMU_RUN_PAGE_ENABLE`.
+pub(crate) const RUN_PAGE_ENABLE: u32 = 1 << 0;
+
+/// `struct secmmu_run_page`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_run_page {
+    pub(crate) exits: u64,
+    pub(crate) accesses: u64,
+    pub(crate) exit_reason: u32,
+    pub(crate) error: i32,
+}
+
+/// `struct secmmu_gpc_stats`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_gpc_stats {
+    pub(crate) refreshes: u64,
+    pub(crate) retries_overlap: u64,
+    pub(crate) retries_memslots: u64,
+    pub(crate) retries_unrelated: u64,
+    pub(crate) invalidations: u64,
+    pub(crate) run_page_updates: u64,
+    pub(crate) run_page_errors: u64,
+    pub(crate) clock_updates: u64,
+    pub(crate) clock_misses: u64,
+    pub(crate) reserved: [u64; 7],
+}
+
+/// `SECMMU_CLOCK_PAGE_ENABLE`.
+pub(crate) const CLOCK_PAGE_ENABLE: u32 = 1 << 0;
+/// `SECMMU_CLOCK_PERIOD_MIN`, `SECMMU_CLOCK_PERIOD_MAX`.
+pub(crate) const CLOCK_PERIOD_MIN: u64 = 10_000;
+pub(crate) const CLOCK_PERIOD_MAX: u64 = 1_000_000_000;
+
+/// `struct secmmu_clock_setup`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_clock_setup {
+    pub(crate) gpa: u64,
+    pub(crate) period_ns: u64,
+    pub(crate) flags: u32,
+    pub(crate) pad: u32,
+    pub(crate) reserved: [u64; 2],
+}
+
+/// `struct secmmu_clock_page`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_clock_page {
+    pub(crate) ticks: u64,
+    pub(crate) time_ns: u64,
+}
+
 macro_rules! plain_uapi_struct {
     ($($t:ty),*) => {$(
         // SAFETY: `repr(C)` of integers and integer arrays only, laid out
@@ -215,7 +282,12 @@ plain_uapi_struct!(
     secmmu_run,
     secmmu_access,
     secmmu_test_young,
-    secmmu_audit
+    secmmu_audit,
+    secmmu_run_page_setup,
+    secmmu_run_page,
+    secmmu_gpc_stats,
+    secmmu_clock_setup,
+    secmmu_clock_page
 );
 
 /// Reads an ioctl's argument struct from user memory.

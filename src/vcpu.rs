@@ -23,6 +23,7 @@ use crate::{
     fault::{exit_point, Exit, FaultIn},
     format::{FaultCaches, Root},
     mmu::addr::Gfn,
+    mmu::pfncache::Target,
     mmu::pgtable::WalkFault,
     mmu::tlb::{SoftTlb, VcpuMode},
     space::Space,
@@ -52,6 +53,11 @@ struct VcpuState {
     tlb: SoftTlb,
     /// Allocations for a fault, made before the MMU lock is taken.
     caches: FaultCaches,
+    /// RUN and ACCESS calls that returned, for the run page.
+    exits: u64,
+    /// Whether the run page is on (its cache is the space's cache of this
+    /// vCPU's id).
+    run_page: bool,
 }
 
 /// A vCPU id of a space, given back when dropped.
@@ -120,6 +126,8 @@ impl Vcpu {
                 state <- new_mutex!(VcpuState {
                     tlb: SoftTlb::new(),
                     caches: FaultCaches::new(CACHED_DESCS),
+                    exits: 0,
+                    run_page: false,
                 }),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -148,16 +156,92 @@ impl Vcpu {
             uapi::RUN => {
                 let mut run: uapi::secmmu_run = uapi::read_arg(arg)?;
                 let ret = self.run(&mut run);
+                self.exited(run.accesses, run.exit_reason, &ret);
                 uapi::write_arg(arg, &run)?;
                 ret.map(|()| 0)
             }
             uapi::ACCESS => {
                 let mut acc: uapi::secmmu_access = uapi::read_arg(arg)?;
                 let ret = self.access(&mut acc);
+                self.exited(0, uapi::EXIT_NONE, &ret);
                 uapi::write_arg(arg, &acc)?;
                 ret.map(|()| 0)
             }
+            uapi::SET_RUN_PAGE => self.set_run_page(&uapi::read_arg(arg)?).map(|()| 0),
             _ => Err(ENOTTY),
+        }
+    }
+
+    /// SECMMU_SET_RUN_PAGE: turns the run page on at a guest address, or
+    /// off. On, its cache is refreshed at once, so that a bad address fails
+    /// here rather than at every exit.
+    fn set_run_page(&self, req: &uapi::secmmu_run_page_setup) -> Result {
+        uapi::check_zero(&req.reserved)?;
+        if req.flags & !uapi::RUN_PAGE_ENABLE != 0 || req.pad != 0 {
+            return Err(EINVAL);
+        }
+        let mut st = self.busy_or_lock()?;
+        let gpcs = &self.space.gpcs;
+        let id = self.id.idx;
+        if req.flags & uapi::RUN_PAGE_ENABLE == 0 {
+            if req.gpa != 0 {
+                return Err(EINVAL);
+            }
+            st.run_page = false;
+            gpcs.deactivate(id);
+            return Ok(());
+        }
+        let len = size_of::<uapi::secmmu_run_page>() as u64;
+        if req.gpa & 7 != 0 || req.gpa >= 1 << 52 || (req.gpa & 0xfff) + len > 4096 {
+            return Err(EINVAL);
+        }
+        st.run_page = false;
+        gpcs.activate(id, Target::Gpa(req.gpa), len, true)?;
+        if let Err(e) = gpcs.refresh(&*self.space, id) {
+            gpcs.deactivate(id);
+            return Err(e);
+        }
+        st.run_page = true;
+        Ok(())
+    }
+
+    /// A RUN or ACCESS returned with `ret`, after `accesses` accesses and
+    /// exit reason `reason`: count it, and write the run page if it is on
+    /// (KVM's `record_steal_time()` writes through its cache the same
+    /// way). An update that fails is counted, never reported to the call.
+    fn exited(&self, accesses: u64, reason: u32, ret: &Result) {
+        // Another thread runs the vCPU: its own exit writes the page.
+        let Ok(mut st) = self.busy_or_lock() else {
+            return;
+        };
+        st.exits += 1;
+        // Refresh what the clock's timer could not, as KVM does on entry.
+        self.space.gpcs.service(&*self.space);
+        if !st.run_page {
+            return;
+        }
+        let page = uapi::secmmu_run_page {
+            exits: st.exits,
+            accesses,
+            exit_reason: reason,
+            error: ret.as_ref().err().map_or(0, |e| e.to_errno()),
+        };
+        let stats = &self.space.gpcs.stats;
+        let len = size_of::<uapi::secmmu_run_page>() as u64;
+        let written = self
+            .space
+            .gpcs
+            .write_with(&*self.space, self.id.idx, len, |p| {
+                // SAFETY: `p` is the kernel address of the run page, valid for
+                // `len` bytes while the cache stays valid, which its lock
+                // (held during this call) guarantees; 8-byte aligned (checked
+                // at setup). Volatile: the guest and userspace read the page
+                // concurrently.
+                unsafe { core::ptr::write_volatile(p.cast::<uapi::secmmu_run_page>(), page) };
+            });
+        match written {
+            Ok(()) => stats.run_page_updates.inc(),
+            Err(_) => stats.run_page_errors.inc(),
         }
     }
 

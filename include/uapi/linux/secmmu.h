@@ -272,4 +272,88 @@ struct secmmu_audit {
 
 #define SECMMU_AUDIT		_IOWR(SECMMUIO, 0x21, struct secmmu_audit)
 
+/*
+ * SECMMU_SET_RUN_PAGE, on a vCPU fd: the vCPU's run page. With
+ * SECMMU_RUN_PAGE_ENABLE, the kernel writes a struct secmmu_run_page at
+ * guest address @gpa whenever a RUN or ACCESS of this vCPU returns, through
+ * a kernel-mapped guest page cache (like KVM's steal-time page); without
+ * it, the run page is turned off (@gpa must be 0). @gpa must be 8-byte
+ * aligned and the struct must fit in its page. Returns 0 once the page is
+ * mapped; -EFAULT if no memslot holds @gpa, or it is read-only, and the
+ * run page stays off. Later updates never fail the RUN or ACCESS: an update
+ * that cannot be made (its slot was deleted) is counted in
+ * secmmu_gpc_stats.run_page_errors. -EINVAL: bad @gpa, unknown flags,
+ * nonzero pad or reserved.
+ */
+#define SECMMU_RUN_PAGE_ENABLE	(1U << 0)
+
+struct secmmu_run_page_setup {
+	__u64 gpa;
+	__u32 flags;		/* SECMMU_RUN_PAGE_ENABLE */
+	__u32 pad;
+	__u64 reserved[2];
+};
+
+/* What the run page holds, as of the last RUN or ACCESS that returned. */
+struct secmmu_run_page {
+	__u64 exits;		/* RUN and ACCESS calls returned so far */
+	__u64 accesses;		/* guest accesses of the last RUN */
+	__u32 exit_reason;	/* SECMMU_EXIT_* of the last RUN */
+	__s32 error;		/* its errno (negative), 0 if it succeeded */
+};
+
+#define SECMMU_SET_RUN_PAGE	_IOW(SECMMUIO, 0x12, struct secmmu_run_page_setup)
+
+/*
+ * SECMMU_GET_GPC_STATS: counters of the space's kernel-mapped guest page
+ * caches. Counters only grow; the reserved tail reads as zero.
+ */
+struct secmmu_gpc_stats {
+	__u64 refreshes;		/* refreshes that mapped their page */
+	__u64 retries_overlap;		/* restarts: an invalidation of the page */
+	__u64 retries_memslots;		/* restarts: the memslots changed */
+	__u64 retries_unrelated;	/* restarts for other memory (KVM 7.3 rule) */
+	__u64 invalidations;		/* caches invalidated by the notifier */
+	__u64 run_page_updates;		/* run pages written */
+	__u64 run_page_errors;		/* run page updates that failed */
+	__u64 clock_updates;		/* clock pages written by the timer */
+	__u64 clock_misses;		/* timer ticks that found the cache invalid */
+	__u64 reserved[7];
+};
+
+#define SECMMU_GET_GPC_STATS	_IOR(SECMMUIO, 0x06, struct secmmu_gpc_stats)
+
+/*
+ * SECMMU_SET_CLOCK_PAGE: the space's clock page. With
+ * SECMMU_CLOCK_PAGE_ENABLE, a timer writes a struct secmmu_clock_page at
+ * guest address @gpa every @period_ns nanoseconds (10 us to 1 s), from hard
+ * IRQ context, through a kernel-mapped guest page cache (like kvmclock or
+ * Xen's shared info). A tick that finds the cache invalid (the primary MMU
+ * changed the page, or the memslots changed) writes nothing, counts a miss
+ * in secmmu_gpc_stats.clock_misses, and leaves the refresh to the next RUN
+ * or ACCESS of any vCPU of the space. Without the flag the clock stops
+ * (@gpa and @period_ns must be 0). Returns 0 once the page is mapped and
+ * the timer runs; -EFAULT if no writable memslot holds @gpa. -EINVAL: bad
+ * @gpa (8-byte aligned, the struct within its page) or @period_ns, unknown
+ * flags, nonzero pad or reserved.
+ */
+#define SECMMU_CLOCK_PAGE_ENABLE	(1U << 0)
+#define SECMMU_CLOCK_PERIOD_MIN		10000ULL
+#define SECMMU_CLOCK_PERIOD_MAX		1000000000ULL
+
+struct secmmu_clock_setup {
+	__u64 gpa;
+	__u64 period_ns;
+	__u32 flags;		/* SECMMU_CLOCK_PAGE_ENABLE */
+	__u32 pad;
+	__u64 reserved[2];
+};
+
+struct secmmu_clock_page {
+	__u64 ticks;		/* timer ticks since the clock started */
+	__u64 time_ns;		/* monotonic time since then, at the last tick */
+};
+
+#define SECMMU_SET_CLOCK_PAGE	_IOW(SECMMUIO, 0x07, struct secmmu_clock_setup)
+
 #endif /* _UAPI_LINUX_SECMMU_H */
