@@ -3,7 +3,7 @@
 # Runs inside the perf VM: load secmmu and the HMM test driver, run the
 # benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES [LABEL]]
 # (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/; BENCHES: some of
-# "dmirror fault huge aging", default all; LABEL: names the build in the
+# "dmirror fault huge aging gpc", default all; LABEL: names the build in the
 # first line, when one VM runs several)
 top=$1 kdir=$2 only=${3:-all} label=${4:+ [$4]}
 want() { [ "$only" = all ] || case " $only " in *" $1 "*) ;; *) false ;; esac; }
@@ -41,5 +41,31 @@ if want aging; then
 		[ $locked = 1 ] && label=locked
 		"$top/selftests/secmmu_aging_bench" $label "${SECMMU_AGING_SECS:-6}" || rc=1
 	done
+fi
+
+# Guest page cache refreshes under an unrelated MADV_DONTNEED storm: the
+# range retry rule, then KVM 7.3's (module parameter), same kernel, same run.
+if want gpc && [ -x "$top/selftests/secmmu_gpc_bench" ]; then
+	echo "== bench: gpc: guest page cache refresh while another thread"
+	echo "   MADV_DONTNEEDs (or mprotects) unrelated memory (target: p99 >= 10x"
+	echo "   lower with the range rule than with KVM 7.3's), and a timer's misses"
+	out=
+	for any in 0 1; do
+		rmmod secmmu
+		insmod "$top/secmmu.ko" gpc_any_invalidation=$any || rc=1
+		label=range
+		[ $any = 1 ] && label=kvm-7.3
+		for storm in dontneed mprotect; do
+			o=$("$top/selftests/secmmu_gpc_bench" $label \
+				"${SECMMU_GPC_REFRESHES:-20000}" $storm) || rc=1
+			echo "$o"
+			out="$out$o
+"
+		done
+	done
+	echo "$out" | awk '/refresh:/ { p99[$3 " " $2] = $9 }
+		END { for (s in p99) { split(s, k, " "); if (k[2] == "range" && p99[k[1] " range"] > 0)
+			printf "gpc refresh p99 under the %s storm, kvm-7.3 / range: %.1fx\n",
+			       k[1], p99[k[1] " kvm-7.3"] / p99[k[1] " range"] } }'
 fi
 echo "SECMMU-BENCH-EXIT $rc"
