@@ -21,6 +21,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "secmmu_lib.h"
@@ -226,6 +228,193 @@ TEST_F(gpc, coherence)
 
 	munmap(old, SIZE);
 	close(memfd2);
+}
+
+static int write_file(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY), ok;
+
+	if (fd < 0)
+		return -1;
+	ok = write(fd, val, strlen(val)) == (ssize_t)strlen(val);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+#define MPOL_MF_MOVE	2	/* numaif.h */
+
+/* The pfn of the page at @p (the tests run as root), or 0. */
+static unsigned long page_pfn(void *p)
+{
+	unsigned long e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0)
+		return 0;
+	if (pread(fd, &e, 8, (unsigned long)p / PAGE_SZ * 8) != 8)
+		e = 0;
+	close(fd);
+	return (e >> 63) ? e & ((1UL << 55) - 1) : 0;
+}
+
+/* The NUMA node of the page at @p, or -1. */
+static int page_node(void *p)
+{
+	int status = -1;
+
+	if (syscall(__NR_move_pages, 0, 1, &p, NULL, &status, 0))
+		return -1;
+	return status;
+}
+
+/*
+ * The run page in private anonymous memory, through the changes the
+ * primary makes to such a page: MADV_DONTNEED frees it, move_pages()
+ * migrates it to the other node, KSM merges it with an identical page. After
+ * each, the next exit writes the page the primary maps now: userspace sees
+ * the new count there, and the page the cache mapped before (freed, the
+ * old copy, or the KSM page shared with another address) never changes.
+ * The auditor finds the space coherent at the end.
+ */
+TEST_F_TIMEOUT(gpc, coherence_private, 120)
+{
+	char *priv = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned long gpa = GPA_BASE + SIZE + RUN_OFF;
+	char *page = priv + 3 * PAGE_SZ, *twin = priv + 4 * PAGE_SZ;
+	struct secmmu_audit a;
+	int node, tries;
+	char b;
+
+	ASSERT_NE(MAP_FAILED, priv);
+	/* Every page different, so that KSM merges only the twins below. */
+	for (tries = 0; tries < (int)NPAGES; tries++)
+		memset(priv + tries * PAGE_SZ, 0x10 + tries, PAGE_SZ);
+	memset(page, 0, PAGE_SZ);
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, GPA_BASE + SIZE, SIZE, priv));
+	ASSERT_EQ(0, set_run_page(self->vcpu, gpa, SECMMU_RUN_PAGE_ENABLE));
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+	EXPECT_EQ(1, run_page_at(priv, RUN_OFF).exits);
+
+	/* Freed: the next exit writes a new page, not the freed one. */
+	ASSERT_EQ(0, madvise(page, PAGE_SZ, MADV_DONTNEED));
+	EXPECT_EQ(0, run_page_at(priv, RUN_OFF).exits);
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+	EXPECT_EQ(2, run_page_at(priv, RUN_OFF).exits);
+
+	/* Migrated to the other node (with two). */
+	node = page_node(page);
+	if (node >= 0) {
+		int to = !node, status = -1;
+		void *pg = page;
+
+		if (!syscall(__NR_move_pages, 0, 1, &pg, &to, &status, MPOL_MF_MOVE) &&
+		    status == to) {
+			ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+			EXPECT_EQ(3, run_page_at(priv, RUN_OFF).exits);
+			EXPECT_EQ(to, page_node(page));
+		} else {
+			TH_LOG("no second node: migration not tried");
+			ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+		}
+	}
+
+	/*
+	 * Merged by KSM with an identical page: the exit after writes a
+	 * private copy again, and the twin (sharing the KSM page) keeps its
+	 * content.
+	 */
+	if (!write_file("/sys/kernel/mm/ksm/run", "1")) {
+		write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0");
+		write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000");
+		unsigned long inval = get_gpc_stats(self->fd).invalidations;
+
+		memcpy(twin, page, PAGE_SZ);
+		ASSERT_EQ(0, madvise(priv, SIZE, MADV_MERGEABLE));
+		for (tries = 0; tries < 300; tries++) {
+			if (page_pfn(page) && page_pfn(page) == page_pfn(twin))
+				break;
+			usleep(100000);
+		}
+		EXPECT_EQ(page_pfn(page), page_pfn(twin)) TH_LOG("KSM did not merge the twins");
+		EXPECT_GT(get_gpc_stats(self->fd).invalidations, inval);
+		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+		EXPECT_EQ(4, run_page_at(priv, RUN_OFF).exits);
+		EXPECT_EQ(3, run_page_at(twin, 16).exits)
+			TH_LOG("a write through the cache landed in the KSM page");
+		EXPECT_NE(page_pfn(page), page_pfn(twin));
+		madvise(priv, SIZE, MADV_UNMERGEABLE);
+		write_file("/sys/kernel/mm/ksm/run", "2");
+	}
+	EXPECT_EQ(0, get_gpc_stats(self->fd).retries_unrelated);
+	if (!audit_space(self->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+	ASSERT_EQ(0, set_run_page(self->vcpu, 0, 0));
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, GPA_BASE + SIZE, 0, priv));
+	munmap(priv, SIZE);
+}
+
+/*
+ * What the kernel writes through the cache of a MAP_SHARED file on a
+ * writeback filesystem (ext4 on a loop device) reaches the disk: after
+ * writeback cleaned the page (and write-protected it, invalidating the
+ * cache), the next refresh dirties it again; the last count survives
+ * msync, a cache drop and a remount.
+ */
+TEST_F_TIMEOUT(gpc, run_page_writeback, 120)
+{
+	const char *img = "/tmp/secmmu-gpc.img", *mnt = "/tmp/secmmu-gpc-mnt";
+	char cmd[512], loopdev[64] = {};
+	char *mem, b;
+	int ffd, i;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd),
+		 "rm -f %s && truncate -s 64M %s && mkfs.ext4 -q -F %s && mkdir -p %s",
+		 img, img, img, mnt);
+	if (system(cmd))
+		SKIP(return, "cannot make an ext4 image");
+	snprintf(cmd, sizeof(cmd), "losetup -f --show %s", img);
+	f = popen(cmd, "r");
+	if (!f || !fgets(loopdev, sizeof(loopdev), f)) {
+		if (f)
+			pclose(f);
+		SKIP(return, "no loop device");
+	}
+	pclose(f);
+	loopdev[strcspn(loopdev, "\n")] = 0;
+	ASSERT_EQ(0, mount(loopdev, mnt, "ext4", 0, NULL)) TH_LOG("mount: %s", strerror(errno));
+	ffd = open("/tmp/secmmu-gpc-mnt/run", O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ASSERT_GE(ffd, 0);
+	ASSERT_EQ(0, ftruncate(ffd, SIZE));
+	mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, ffd, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, GPA_BASE + SIZE, SIZE, mem));
+	ASSERT_EQ(0, set_run_page(self->vcpu, GPA_BASE + SIZE + RUN_OFF,
+				  SECMMU_RUN_PAGE_ENABLE));
+	for (i = 1; i <= 4; i++) {
+		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+		EXPECT_EQ(i, run_page_at(mem, RUN_OFF).exits);
+		ASSERT_EQ(0, msync(mem, SIZE, MS_SYNC));
+	}
+	ASSERT_EQ(0, set_run_page(self->vcpu, 0, 0));
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, GPA_BASE + SIZE, 0, mem));
+	munmap(mem, SIZE);
+	close(ffd);
+
+	ASSERT_EQ(0, umount(mnt));
+	ASSERT_EQ(0, write_file("/proc/sys/vm/drop_caches", "3"));
+	ASSERT_EQ(0, mount(loopdev, mnt, "ext4", 0, NULL));
+	ffd = open("/tmp/secmmu-gpc-mnt/run", O_RDONLY);
+	ASSERT_GE(ffd, 0);
+	mem = mmap(NULL, SIZE, PROT_READ, MAP_SHARED, ffd, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	EXPECT_EQ(4, run_page_at(mem, RUN_OFF).exits);
+	munmap(mem, SIZE);
+	close(ffd);
+	umount(mnt);
+	snprintf(cmd, sizeof(cmd), "losetup -d %s; rm -f %s", loopdev, img);
+	system(cmd);
 }
 
 /*
