@@ -308,14 +308,17 @@ TEST_F_TIMEOUT(gpc, coherence_private, 120)
 		int to = !node, status = -1;
 		void *pg = page;
 
-		if (!syscall(__NR_move_pages, 0, 1, &pg, &to, &status, MPOL_MF_MOVE) &&
-		    status == to) {
+		if (access("/sys/devices/system/node/node1", F_OK)) {
+			TH_LOG("one NUMA node: no migration");
+			ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
+		} else {
+			/* Migrates: the valid cache holds no pin on the page. */
+			ASSERT_EQ(0, syscall(__NR_move_pages, 0, 1, &pg, &to, &status,
+					     MPOL_MF_MOVE));
+			EXPECT_EQ(to, status);
 			ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
 			EXPECT_EQ(3, run_page_at(priv, RUN_OFF).exits);
 			EXPECT_EQ(to, page_node(page));
-		} else {
-			TH_LOG("no second node: migration not tried");
-			ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
 		}
 	}
 
