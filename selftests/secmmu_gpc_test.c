@@ -367,26 +367,12 @@ TEST_F_TIMEOUT(gpc, coherence_private, 120)
 TEST_F_TIMEOUT(gpc, run_page_writeback, 120)
 {
 	const char *img = "/tmp/secmmu-gpc.img", *mnt = "/tmp/secmmu-gpc-mnt";
-	char cmd[512], loopdev[64] = {};
+	char loopdev[64] = {};
 	char *mem, b;
 	int ffd, i;
-	FILE *f;
 
-	snprintf(cmd, sizeof(cmd),
-		 "rm -f %s && truncate -s 64M %s && mkfs.ext4 -q -F %s && mkdir -p %s",
-		 img, img, img, mnt);
-	if (system(cmd))
-		SKIP(return, "cannot make an ext4 image");
-	snprintf(cmd, sizeof(cmd), "losetup -f --show %s", img);
-	f = popen(cmd, "r");
-	if (!f || !fgets(loopdev, sizeof(loopdev), f)) {
-		if (f)
-			pclose(f);
-		SKIP(return, "no loop device");
-	}
-	pclose(f);
-	loopdev[strcspn(loopdev, "\n")] = 0;
-	ASSERT_EQ(0, mount(loopdev, mnt, "ext4", 0, NULL)) TH_LOG("mount: %s", strerror(errno));
+	if (scratch_ext4(img, mnt, loopdev, sizeof(loopdev)))
+		SKIP(return, "cannot make an ext4 filesystem on a loop device");
 	ffd = open("/tmp/secmmu-gpc-mnt/run", O_RDWR | O_CREAT | O_TRUNC, 0600);
 	ASSERT_GE(ffd, 0);
 	ASSERT_EQ(0, ftruncate(ffd, SIZE));
@@ -415,9 +401,7 @@ TEST_F_TIMEOUT(gpc, run_page_writeback, 120)
 	EXPECT_EQ(4, run_page_at(mem, RUN_OFF).exits);
 	munmap(mem, SIZE);
 	close(ffd);
-	umount(mnt);
-	snprintf(cmd, sizeof(cmd), "losetup -d %s; rm -f %s", loopdev, img);
-	system(cmd);
+	scratch_ext4_remove(img, mnt, loopdev);
 }
 
 /*

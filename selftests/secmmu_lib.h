@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 
 #include <linux/secmmu.h>
@@ -265,6 +267,44 @@ static inline int recv_fd(int sock)
 		return -1;
 	memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
 	return fd;
+}
+
+/*
+ * A scratch ext4 filesystem (writeback, unlike tmpfs): a 64 MiB image
+ * @img on a loop device, mounted at @mnt. The device's name goes to
+ * @loopdev (@n bytes). Returns 0, or -1 if this machine cannot make one
+ * (the caller skips). Undo with scratch_ext4_remove().
+ */
+static inline int scratch_ext4(const char *img, const char *mnt, char *loopdev, size_t n)
+{
+	char cmd[512];
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd),
+		 "rm -f %s && truncate -s 64M %s && mkfs.ext4 -q -F %s && mkdir -p %s",
+		 img, img, img, mnt);
+	if (system(cmd))
+		return -1;
+	snprintf(cmd, sizeof(cmd), "losetup -f --show %s", img);
+	f = popen(cmd, "r");
+	if (!f || !fgets(loopdev, n, f)) {
+		if (f)
+			pclose(f);
+		return -1;
+	}
+	pclose(f);
+	loopdev[strcspn(loopdev, "\n")] = 0;
+	return mount(loopdev, mnt, "ext4", 0, NULL) ? -1 : 0;
+}
+
+static inline void scratch_ext4_remove(const char *img, const char *mnt, const char *loopdev)
+{
+	char cmd[512];
+
+	umount(mnt);
+	snprintf(cmd, sizeof(cmd), "losetup -d %s; rm -f %s", loopdev, img);
+	if (system(cmd))
+		return;
 }
 
 /* The counters of the space's guest page caches (zero on error). */

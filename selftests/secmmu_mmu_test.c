@@ -654,26 +654,12 @@ TEST_F(mirror, ksm_coherence)
 TEST_F_TIMEOUT(fmt, shared_file_dirty, 120)
 {
 	const char *img = "/tmp/secmmu-ext4.img", *mnt = "/tmp/secmmu-mnt";
-	char cmd[512], loopdev[64] = {};
+	char loopdev[64] = {};
 	int fd, vcpu, ffd;
 	char *mem;
-	FILE *f;
 
-	snprintf(cmd, sizeof(cmd),
-		 "rm -f %s && truncate -s 64M %s && mkfs.ext4 -q -F %s && mkdir -p %s",
-		 img, img, img, mnt);
-	if (system(cmd))
-		SKIP(return, "cannot make an ext4 image");
-	f = popen("losetup -f --show /tmp/secmmu-ext4.img", "r");
-	if (!f || !fgets(loopdev, sizeof(loopdev), f)) {
-		if (f)
-			pclose(f);
-		SKIP(return, "no loop device");
-	}
-	pclose(f);
-	loopdev[strcspn(loopdev, "\n")] = 0;
-	ASSERT_EQ(0, mount(loopdev, mnt, "ext4", 0, NULL)) TH_LOG("mount: %s", strerror(errno));
-
+	if (scratch_ext4(img, mnt, loopdev, sizeof(loopdev)))
+		SKIP(return, "cannot make an ext4 filesystem on a loop device");
 	ffd = open("/tmp/secmmu-mnt/data", O_RDWR | O_CREAT | O_TRUNC, 0600);
 	ASSERT_GE(ffd, 0);
 	ASSERT_EQ(0, ftruncate(ffd, SIZE));
@@ -707,9 +693,7 @@ TEST_F_TIMEOUT(fmt, shared_file_dirty, 120)
 	EXPECT_EQ(0, host_mismatches(mem, 0xd2));
 	munmap(mem, SIZE);
 	close(ffd);
-	umount(mnt);
-	snprintf(cmd, sizeof(cmd), "losetup -d %s; rm -f %s", loopdev, img);
-	system(cmd);
+	scratch_ext4_remove(img, mnt, loopdev);
 }
 
 struct runner {
