@@ -704,7 +704,7 @@ TEST_F_TIMEOUT(aging, lru_gen_aging, 180)
 		 */
 		joined = joined > untouched ? joined - untouched : 0;
 		TH_LOG("pass %d: %ld of %ld touched pages moved", pass, moved, touched);
-		TH_LOG("pass %d: %ld pages in the memcg, %ld outside the region, %ld untouched joined the LRU",
+		TH_LOG("pass %d: %ld pages in the memcg, %ld outside the region, %ld joined late",
 		       pass, total, other, joined);
 		TH_LOG("pass %d: %llu clear_young calls, %llu young, %llu cleared", pass,
 		       s1.aging_calls - s0.aging_calls, s1.aging_young - s0.aging_young,

@@ -150,10 +150,11 @@ int main(int argc, char **argv)
 	t1 = now_s();
 	b = get_gpc_stats(fd);
 	qsort(lat, n, sizeof(*lat), cmp_u64);
-	printf("gpc %-9s %-8s refresh: median %7lu ns  p99 %9lu ns  max %10lu ns  %8.0f /s"
-	       "  retries: %llu overlap, %llu unrelated; %lu storm rounds\n",
+	printf("gpc %-9s %-8s refresh: median %7lu ns  p99 %9lu ns  max %10lu ns  %8.0f /s",
 	       label, mp ? "mprotect" : "dontneed", lat[n / 2], lat[n * 99 / 100], lat[n - 1],
-	       n / (t1 - t0), b.retries_overlap - a.retries_overlap,
+	       n / (t1 - t0));
+	printf("  retries: %llu overlap, %llu unrelated; %lu storm rounds\n",
+	       b.retries_overlap - a.retries_overlap,
 	       b.retries_unrelated - a.retries_unrelated, *rounds);
 
 	/* The timer's misses, with its page invalidated every 5 ms. */
