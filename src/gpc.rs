@@ -287,9 +287,10 @@ impl GpcSet {
                     overlapping: guard.inval.in_progress_overlaps(uhva, page_end),
                     any: guard.inval.in_progress() || guard.inval.seq() != seq,
                 };
-                let preempt = PreemptGuard::new();
-                let rcu: NoPreempt<'_> = preempt.proof().into();
-                let generation = space.slots(&rcu).generation();
+                // The generation the checks compare: the set's, as it is
+                // updated with the set under the write side, which the read
+                // side held here excludes.
+                let generation = self.generation.load(Ordering::Relaxed);
                 let mut st = gpc.lock();
                 // Under the cache's lock, which `release()` takes after it
                 // set `dead`.
