@@ -195,13 +195,14 @@ impl Space {
             Policy::Range
         };
         let memslots = RcuPtr::new(prim::try_box_sleepable(SlotSet::new())?);
+        let inval = Invalidations::new()?;
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 config <- new_mutex!(None, "secmmu_config"),
                 mmu <- new_rwlock!(
                     MmuState {
                         mmu: None,
-                        inval: Invalidations::new(),
+                        inval,
                     },
                     "secmmu_mmu_lock"
                 ),

@@ -37,7 +37,7 @@ impl World {
         let mut gpc = GpcState::new();
         gpc.activate(Target::Hva(UHVA), 8, true).unwrap();
         World {
-            mmu: RwLock::new(Invalidations::new()),
+            mmu: RwLock::new(Invalidations::new().unwrap()),
             gpc: Mutex::new(gpc),
             primary: AtomicU64::new(1),
             freed: core::array::from_fn(|_| AtomicBool::new(false)),

@@ -187,7 +187,7 @@ mod tests {
     fn adjust_level_takes_the_largest_leaf_everything_allows() {
         const G1: u64 = 1 << 30;
         const M2: u64 = 2 << 20;
-        let inval = Invalidations::new();
+        let inval = Invalidations::new().unwrap();
         let mut seen = [0u32; 3];
         for (gpa, hva_off) in [
             (G1, 0),
@@ -247,7 +247,7 @@ mod tests {
         let s = slot(1 << 30, 1 << 30, 0x7000_0000_0000);
         let gfn = s.base_gfn + 0x203;
         let hva = s.gfn_to_hva(gfn);
-        let mut inval = Invalidations::new();
+        let mut inval = Invalidations::new().unwrap();
         inval.begin(hva, hva.add_pages(1));
         assert!(inval.end());
         let mut f = Fault::new(&inval, 3, gfn, true, &s, 7, Level::L1G);

@@ -28,7 +28,7 @@
 //! Kernel-free: built into the module and into the host crate.
 
 use crate::mmu::addr::Hva;
-use crate::mmu::prim::{AtomicBool, AtomicU64, Ordering};
+use crate::mmu::prim::{self, AllocError, AtomicBool, AtomicU64, Ordering, PVec};
 
 /// How many faults may watch at once: one per vCPU (`SECMMU_MAX_VCPUS`).
 pub(crate) const MAX_WATCHES: usize = 64;
@@ -39,7 +39,11 @@ pub(crate) const MAX_WATCHES: usize = 64;
 /// Relaxed atomics: the MMU lock orders every access (a watch is written
 /// under the read side by its vCPU only, and by `begin` under the write
 /// side); they are atomics only because the read side hands out `&self`.
+///
+/// A cache line each, written by its vCPU at every fault: vCPUs faulting
+/// in parallel under the read side must not pass a line back and forth.
 #[derive(Debug)]
+#[repr(align(64))]
 struct Watch {
     start: AtomicU64,
     end: AtomicU64,
@@ -74,20 +78,22 @@ pub(crate) struct Invalidations {
     /// Bumped at every `end` (KVM's `mmu_invalidate_seq`): for readers that
     /// need no range, such as the coherence audit.
     seq: u64,
-    /// One per vCPU, by vCPU id.
-    watches: [Watch; MAX_WATCHES],
+    /// One per vCPU, by vCPU id ([`MAX_WATCHES`] of them). Out of line:
+    /// the rest of the state, which every fault reads beside the MMU lock,
+    /// stays in one cache line.
+    watches: PVec<Watch>,
 }
 
 impl Invalidations {
     /// Creates the state of a space that never saw an invalidation.
-    pub(crate) fn new() -> Self {
-        Self {
+    pub(crate) fn new() -> Result<Self, AllocError> {
+        Ok(Self {
             in_progress: 0,
             start: Hva::new(0),
             end: Hva::new(0),
             seq: 0,
-            watches: core::array::from_fn(|_| Watch::new()),
-        }
+            watches: prim::try_vec_with(MAX_WATCHES, Watch::new)?,
+        })
     }
 
     /// The number of invalidations that ended so far.
@@ -123,7 +129,7 @@ impl Invalidations {
             self.end = self.end.max(end);
         }
         self.in_progress += 1;
-        for w in &self.watches {
+        for w in self.watches.iter() {
             if w.overlaps(start, end) {
                 w.stale.store(true, Ordering::Relaxed);
             }
@@ -197,7 +203,7 @@ pub(crate) mod checks {
     /// invalidation is in progress or over when it looks; one that started
     /// watching after the end does not.
     pub(crate) fn retry_around_one_invalidation() -> bool {
-        let mut inv = Invalidations::new();
+        let mut inv = Invalidations::new().unwrap();
         inv.watch(0, h(0x1000), h(0x3000));
         let quiet = !inv.fault_must_retry(0, h(0x1000), h(0x2000));
         inv.begin(h(0x2000), h(0x3000));
@@ -212,7 +218,7 @@ pub(crate) mod checks {
     /// Invalidations elsewhere, however many, never make a fault retry; nor
     /// those of another vCPU's range.
     pub(crate) fn storm_elsewhere_never_retries() -> bool {
-        let mut inv = Invalidations::new();
+        let mut inv = Invalidations::new().unwrap();
         inv.watch(0, h(0x200000), h(0x400000));
         inv.watch(1, h(0x800000), h(0x801000));
         let seq = inv.seq();
@@ -231,7 +237,7 @@ pub(crate) mod checks {
     /// Watching a range that an invalidation in progress covers is stale at
     /// once, even if that invalidation ends before the fault looks.
     pub(crate) fn watch_during_invalidation_is_stale() -> bool {
-        let mut inv = Invalidations::new();
+        let mut inv = Invalidations::new().unwrap();
         inv.begin(h(0x3ff000), h(0x400000));
         inv.watch(2, h(0x200000), h(0x400000));
         let ended = inv.end();
@@ -243,7 +249,7 @@ pub(crate) mod checks {
     /// Nested invalidations keep the union until the last one ends, and an
     /// `end` without a `begin` changes nothing.
     pub(crate) fn nested_invalidations_keep_union() -> bool {
-        let mut inv = Invalidations::new();
+        let mut inv = Invalidations::new().unwrap();
         let unbalanced = !inv.end() && inv.seq() == 0;
         inv.begin(h(0x1000), h(0x2000));
         inv.begin(h(0x8000), h(0x9000));
