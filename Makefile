@@ -20,9 +20,10 @@ modules clean:
 .PHONY: all modules clean
 
 # Benchmarks on the perf kernel, in one VM run (see scripts/bench);
-# BASE=REV runs git revision REV's first, in the same VM boot.
+# BASE=REV runs git revision REV's first, in the same VM boot; ICOUNT=1
+# counts instructions instead of time (no host noise).
 bench:
-	SECMMU_BENCH_BASE="$(BASE)" ./scripts/bench
+	SECMMU_BENCH_BASE="$(BASE)" SECMMU_BENCH_ICOUNT="$(ICOUNT)" ./scripts/bench
 
 # The randomized stress test for DURATION seconds per format, on the debug
 # kernel of each arch or of ARCH=x86_64|arm64 (see scripts/soak).

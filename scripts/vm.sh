@@ -67,7 +67,10 @@ kvm_ok && accel=
 mode=KVM; [ -n "$accel" ] && mode=TCG
 log "booting $(basename "$kdir") ($mode), timeout ${tmo}s"
 set +e
-vng_run "$tmo" $accel --exec "$*" > "$logf" 2>&1
+# SECMMU_QEMU_OPTS: more QEMU options, e.g. "-icount shift=0" to make the
+# guest's clock count instructions (1 ns each): code-path lengths compared
+# without the host's noise (the vCPUs then run in turns).
+vng_run "$tmo" $accel ${SECMMU_QEMU_OPTS:+--qemu-opts="$SECMMU_QEMU_OPTS"} --exec "$*" > "$logf" 2>&1
 rc=$?
 set -e
 [ $rc -eq 124 ] && log "VM run timed out after ${tmo}s"
