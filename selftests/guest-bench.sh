@@ -55,7 +55,7 @@ if want gpc && [ -x "$top/selftests/secmmu_gpc_bench" ]; then
 		insmod "$top/secmmu.ko" gpc_any_invalidation=$any || rc=1
 		label=range
 		[ $any = 1 ] && label=kvm-7.3
-		for storm in dontneed mprotect; do
+		for storm in dontneed dontneed1 dontneed-shared mprotect; do
 			o=$("$top/selftests/secmmu_gpc_bench" $label \
 				"${SECMMU_GPC_REFRESHES:-20000}" $storm) || rc=1
 			echo "$o"

@@ -8,8 +8,16 @@
  * usage: secmmu_gpc_bench LABEL [REFRESHES [STORM]]
  *
  * STORM is what the other thread does to memory the caches never map:
- * "dontneed" (default): populate one page of 2 MiB and MADV_DONTNEED the
- * 2 MiB, in a loop; "mprotect": make 64 MiB of populated memory read-only
+ * "dontneed" (default): populate 2 MiB of 4K pages and MADV_DONTNEED them,
+ * in a loop, as a balloon driver releasing guest memory does (each
+ * invalidation zaps and frees 512 pages); "dontneed1": the same with one
+ * page populated per round, so that each invalidation is about as short as
+ * a refresh; "dontneed-shared": the same on 16 MiB of a shared memfd
+ * mapping, populated in one MADV_POPULATE_READ (the pages stay in the page
+ * cache, so a round is about half the zap of 4096 entries: an invalidation
+ * is in progress much of the time, as when a VMM releases a large range of
+ * memfd-backed guest memory over and over);
+ * "mprotect": make 64 MiB of populated memory read-only
  * and writable again, in a loop, so that an invalidation is in progress
  * nearly all the time (KVM's worst case: a refresh under its rule waits for
  * a moment with none in progress and none ended since it began).
@@ -19,10 +27,13 @@
  * and runs this for both, in the same VM boot.
  *
  * Refreshes: SECMMU_SET_RUN_PAGE activates a vCPU's run-page cache and
- * refreshes it; each call is timed. With the range rule a refresh starts
- * over only for an invalidation of its own page; with KVM 7.3's it starts
- * over while any invalidation is in progress, or when one ended since it
- * began.
+ * refreshes it. REFRESHES of them, one every 50 us, are timed each
+ * (median, p99, max); then as many back to back give the rate. The
+ * refreshing thread runs on CPU 0 and the storm on CPU 1: sharing a CPU,
+ * a refresh would wait for the storm's time slice under either rule.
+ * With the range rule a refresh starts over only for an invalidation of
+ * its own page; with KVM 7.3's it starts over while any invalidation is in
+ * progress, or when one ended since it began.
  *
  * Timer: the clock page ticks every 20 us from hard IRQ context, a vCPU
  * exits in a loop (each exit refreshes the clock's cache if the timer found
@@ -33,6 +44,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +58,8 @@
 #define SIZE		(16 * PAGE_SZ)
 
 #define MPROTECT_SZ	(64 * SZ_1M)
+#define SHARED_SZ	(16 * SZ_1M)
+#define PACE_NS		50000
 
 struct mprotect_storm {
 	char *mem;
@@ -87,11 +101,38 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Runs the calling thread on @cpu only, if there is such a CPU. */
+static void pin_to(int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu >= sysconf(_SC_NPROCESSORS_ONLN))
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* A storm on CPU 1, away from the refreshing thread on CPU 0. */
+struct storm {
+	void *(*fn)(void *arg);
+	void *arg;
+};
+
+static void *pinned_storm(void *arg)
+{
+	struct storm *st = arg;
+
+	pin_to(1);
+	return st->fn(st->arg);
+}
+
 int main(int argc, char **argv)
 {
 	const char *label = argc > 1 ? argv[1] : "?";
 	unsigned long n = argc > 2 ? strtoul(argv[2], NULL, 0) : 20000, i;
-	int mp = argc > 3 && !strcmp(argv[3], "mprotect");
+	const char *storm = argc > 3 ? argv[3] : "dontneed";
+	int mp = !strcmp(storm, "mprotect");
 	struct mprotect_storm ms = { 0 };
 	unsigned long *rounds;
 	struct secmmu_run_page_setup rp = { .gpa = GPA_BASE + 3 * PAGE_SZ,
@@ -100,17 +141,35 @@ int main(int argc, char **argv)
 					 .period_ns = 20000,
 					 .flags = SECMMU_CLOCK_PAGE_ENABLE };
 	struct secmmu_gpc_stats a, b;
-	struct dontneed_storm s = { 0 };
+	int shared = !strcmp(storm, "dontneed-shared");
+	struct dontneed_storm s = {
+		.size = shared ? SHARED_SZ : SZ_2M,
+		.pages = !strcmp(storm, "dontneed1") ? 1 : 512,
+		.read = shared,
+	};
 	struct exits e = { 0 };
 	unsigned long *lat;
 	pthread_t st, et;
-	double t0, t1;
+	double t0, t1, next;
+	struct storm storm_fn;
 	int fd, vcpu, vcpu2;
 	char *mem;
 
 	fd = space_create(SECMMU_FMT_X86_EPT4, 1, 0);
 	mem = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	s.mem = mmap(NULL, SZ_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (shared) {
+		int memfd = memfd_create("secmmu-gpc-storm", 0);
+
+		if (memfd < 0 || ftruncate(memfd, SHARED_SZ))
+			return 1;
+		s.mem = mmap(NULL, SHARED_SZ, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+		close(memfd);
+		if (s.mem != MAP_FAILED)
+			memset(s.mem, 1, SHARED_SZ);
+	} else {
+		s.mem = mmap(NULL, SZ_2M, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
 	lat = calloc(n, sizeof(*lat));
 	rounds = mp ? &ms.rounds : &s.rounds;
 	if (mp) {
@@ -133,25 +192,40 @@ int main(int argc, char **argv)
 
 	/* Refresh latency under the storm. */
 	a = get_gpc_stats(fd);
-	if (mp)
-		pthread_create(&st, NULL, mprotect_storm, &ms);
-	else
-		pthread_create(&st, NULL, dontneed_storm, &s);
-	t0 = now_s();
+	storm_fn.fn = mp ? mprotect_storm : dontneed_storm;
+	storm_fn.arg = mp ? (void *)&ms : (void *)&s;
+	pin_to(0);
+	pthread_create(&st, NULL, pinned_storm, &storm_fn);
+	/*
+	 * Latency: refreshes at a steady rate, one every PACE_NS, so that
+	 * they sample the storm's time evenly. Back-to-back refreshes would
+	 * hide the tail (coordinated omission): one that meets a long
+	 * invalidation waits it out, and the loop starts no other refresh
+	 * meanwhile, so each invalidation would delay a single sample.
+	 */
+	next = now_s();
 	for (i = 0; i < n; i++) {
-		double t = now_s();
+		double t;
 
+		while ((t = now_s()) < next)
+			;
+		next = (next + PACE_NS / 1e9 < t ? t : next + PACE_NS / 1e9);
 		if (secmmu_ioctl(vcpu, SECMMU_SET_RUN_PAGE, &rp)) {
 			fprintf(stderr, "gpc bench: SET_RUN_PAGE: %s\n", strerror(errno));
 			return 1;
 		}
 		lat[i] = (unsigned long)((now_s() - t) * 1e9);
 	}
+	/* Throughput: back to back. */
+	t0 = now_s();
+	for (i = 0; i < n; i++)
+		if (secmmu_ioctl(vcpu, SECMMU_SET_RUN_PAGE, &rp))
+			return 1;
 	t1 = now_s();
 	b = get_gpc_stats(fd);
 	qsort(lat, n, sizeof(*lat), cmp_u64);
-	printf("gpc %-9s %-8s refresh: median %7lu ns  p99 %9lu ns  max %10lu ns  %8.0f /s",
-	       label, mp ? "mprotect" : "dontneed", lat[n / 2], lat[n * 99 / 100], lat[n - 1],
+	printf("gpc %-9s %-15s refresh: median %7lu ns  p99 %9lu ns  max %10lu ns  %8.0f /s",
+	       label, storm, lat[n / 2], lat[n * 99 / 100], lat[n - 1],
 	       n / (t1 - t0));
 	printf("  retries: %llu overlap, %llu unrelated; %lu storm rounds\n",
 	       b.retries_overlap - a.retries_overlap,
@@ -182,8 +256,8 @@ int main(int argc, char **argv)
 		unsigned long up = b.clock_updates - a.clock_updates;
 		unsigned long miss = b.clock_misses - a.clock_misses;
 
-		printf("gpc %-9s %-8s timer: %lu ticks, %lu missed (%.2f%%)\n", label,
-		       mp ? "mprotect" : "dontneed", up + miss, miss,
+		printf("gpc %-9s %-15s timer: %lu ticks, %lu missed (%.2f%%)\n", label,
+		       storm, up + miss, miss,
 		       up + miss ? 100.0 * miss / (up + miss) : 0);
 	}
 	close(vcpu2);

@@ -318,12 +318,22 @@ static inline struct secmmu_gpc_stats get_gpc_stats(int fd)
 }
 
 /*
- * A thread that invalidates @mem (2 MiB, private anonymous) in a loop until
- * @stop: each round populates one page and MADV_DONTNEEDs the whole range,
- * one invalidate_range_start()/end() of 2 MiB. @rounds counts them.
+ * A thread that invalidates @mem in a loop until @stop, one
+ * invalidate_range_start()/end() of the whole range per round: each round
+ * populates @pages of its 4K pages and MADV_DONTNEEDs it. @size is the
+ * range (0: 2 MiB); @pages 0 or 1 populates one page, a different one each
+ * round, more populate that many from the start (all of a private range:
+ * each invalidation zaps and frees them, as a balloon releasing guest
+ * memory does); @read instead populates all of it in one
+ * MADV_POPULATE_READ, for a shared mapping whose pages stay in the page
+ * cache: a round is then about half invalidation (the zap of every entry).
+ * @rounds counts the rounds.
  */
 struct dontneed_storm {
 	char *mem;
+	unsigned long size;
+	unsigned int pages;
+	int read;
 	atomic_int stop;
 	unsigned long rounds;
 };
@@ -331,10 +341,19 @@ struct dontneed_storm {
 static inline void *dontneed_storm(void *arg)
 {
 	struct dontneed_storm *s = arg;
+	unsigned long size = s->size ? s->size : SZ_2M, i;
 
+	madvise(s->mem, size, MADV_NOHUGEPAGE);
 	while (!atomic_load(&s->stop)) {
-		s->mem[(s->rounds % 512) * PAGE_SZ] = 1;
-		madvise(s->mem, SZ_2M, MADV_DONTNEED);
+		if (s->read) {
+			madvise(s->mem, size, MADV_POPULATE_READ);
+		} else if (s->pages > 1) {
+			for (i = 0; i < s->pages && i < size / PAGE_SZ; i++)
+				s->mem[i * PAGE_SZ] = 1;
+		} else {
+			s->mem[(s->rounds % (size / PAGE_SZ)) * PAGE_SZ] = 1;
+		}
+		madvise(s->mem, size, MADV_DONTNEED);
 		s->rounds++;
 	}
 	return NULL;
