@@ -488,6 +488,28 @@ static struct secmmu_clock_page clock_at(void *base, unsigned long off)
 }
 
 /* The clock page: page 5 of the slot. */
+/*
+ * Makes vCPU exits, a millisecond apart, until the clock page at @base +
+ * @off shows more than @ticks ticks: each exit refreshes the clock's cache
+ * if the timer found it invalid, and under TCG the timer may fire only
+ * every few milliseconds. False after five seconds.
+ */
+static bool clock_advances(int vcpu, unsigned long gpa, void *base, unsigned long off,
+			   unsigned long long ticks)
+{
+	char c;
+	int i;
+
+	for (i = 0; i < 5000; i++) {
+		if (clock_at(base, off).ticks > ticks)
+			return true;
+		if (guest_access(vcpu, gpa, &c, 1, 0))
+			return false;
+		usleep(1000);
+	}
+	return false;
+}
+
 #define CLOCK_OFF	(5 * PAGE_SZ + 64)
 #define CLOCK_GPA	(GPA_BASE + CLOCK_OFF)
 #define PERIOD_NS	20000UL
@@ -651,9 +673,7 @@ TEST_F(gpc, coherence_under_timer)
 		}
 		/* The file mapped now does. */
 		before = clock_at(view[cur], CLOCK_OFF).ticks;
-		usleep(5000);
-		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
-		EXPECT_GT(clock_at(view[cur], CLOCK_OFF).ticks, before);
+		EXPECT_TRUE(clock_advances(self->vcpu, GPA_BASE, view[cur], CLOCK_OFF, before));
 		EXPECT_GT(run_page_at(view[cur], RUN_OFF).exits, 0);
 	}
 	atomic_store(&c.stop, 1);
@@ -665,6 +685,104 @@ TEST_F(gpc, coherence_under_timer)
 	for (r = 0; r < 2; r++)
 		munmap(view[r], SIZE);
 	close(c.memfd[1]);
+}
+
+/*
+ * The clock's timer writes a private anonymous page while the primary frees
+ * it (MADV_DONTNEED), migrates it and merges it with KSM. Until a vCPU exit
+ * refreshes the cache, the timer only misses: no write lands in the page the
+ * primary maps there now, nor in the KSM page it shares with a twin; after
+ * the exit the page mapped now gets the writes.
+ */
+TEST_F_TIMEOUT(gpc, coherence_private_timer, 120)
+{
+	char *priv = mmap(NULL, SIZE, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *page = priv + 5 * PAGE_SZ, *twin = priv + 6 * PAGE_SZ;
+	unsigned long misses, tries, gpa;
+	int node, migrated = 0, merged = 0;
+	struct secmmu_clock_page a;
+	struct secmmu_audit au;
+
+	ASSERT_NE(MAP_FAILED, priv);
+	/* Every page different, so that KSM merges only the twins below. */
+	for (tries = 0; tries < NPAGES; tries++)
+		memset(priv + tries * PAGE_SZ, 0x10 + tries, PAGE_SZ);
+	memset(page, 0, PAGE_SZ);
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, GPA_BASE + SIZE, SIZE, priv));
+	ASSERT_EQ(0, set_clock_page(self->fd, GPA_BASE + SIZE + CLOCK_OFF, PERIOD_NS,
+				    SECMMU_CLOCK_PAGE_ENABLE));
+	/* Exits of a vCPU that touches another page of the slot. */
+	gpa = GPA_BASE + SIZE;
+	EXPECT_TRUE(clock_advances(self->vcpu, gpa, priv, CLOCK_OFF, 0));
+
+	/* Freed: the page mapped after (the zero page) gets no write. */
+	misses = get_gpc_stats(self->fd).clock_misses;
+	ASSERT_EQ(0, madvise(page, PAGE_SZ, MADV_DONTNEED));
+	for (tries = 0; tries < 5000 && get_gpc_stats(self->fd).clock_misses == misses; tries++)
+		usleep(1000);
+	EXPECT_GT(get_gpc_stats(self->fd).clock_misses, misses);
+	EXPECT_EQ(0, clock_at(priv, CLOCK_OFF).ticks);
+	EXPECT_TRUE(clock_advances(self->vcpu, gpa, priv, CLOCK_OFF, 0));
+
+	/* Migrated to the other node (with two): the new page, after an exit. */
+	node = page_node(page);
+	if (node >= 0 && !access("/sys/devices/system/node/node1", F_OK)) {
+		int to = !node, status = -1;
+		void *pg = page;
+
+		ASSERT_EQ(0, syscall(__NR_move_pages, 0, 1, &pg, &to, &status, MPOL_MF_MOVE));
+		EXPECT_EQ(to, status);
+		a = clock_at(priv, CLOCK_OFF);
+		usleep(20000);
+		EXPECT_EQ(a.ticks, clock_at(priv, CLOCK_OFF).ticks);
+		EXPECT_TRUE(clock_advances(self->vcpu, gpa, priv, CLOCK_OFF, a.ticks));
+		EXPECT_EQ(to, page_node(page));
+		migrated = 1;
+	} else {
+		TH_LOG("one NUMA node: no migration");
+	}
+
+	/*
+	 * Merged by KSM with a twin: the cache is invalidated first (the page
+	 * must hold still for KSM to merge it), and the timer must not write
+	 * the KSM page; the exit after gets a private copy again.
+	 */
+	if (!write_file("/sys/kernel/mm/ksm/run", "1")) {
+		write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0");
+		write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000");
+		ASSERT_EQ(0, mprotect(page, PAGE_SZ, PROT_READ));
+		ASSERT_EQ(0, mprotect(page, PAGE_SZ, PROT_READ | PROT_WRITE));
+		memcpy(twin, page, PAGE_SZ);
+		ASSERT_EQ(0, madvise(priv, SIZE, MADV_MERGEABLE));
+		for (tries = 0; tries < 300; tries++) {
+			if (page_pfn(page) && page_pfn(page) == page_pfn(twin))
+				break;
+			usleep(100000);
+		}
+		EXPECT_EQ(page_pfn(page), page_pfn(twin)) TH_LOG("KSM did not merge the twins");
+		merged = page_pfn(page) == page_pfn(twin);
+		/* The twin's copy of the clock: what the KSM page holds. */
+		a = clock_at(twin, CLOCK_OFF % PAGE_SZ);
+		usleep(20000);
+		EXPECT_EQ(a.ticks, clock_at(twin, CLOCK_OFF % PAGE_SZ).ticks)
+			TH_LOG("the timer wrote the KSM page");
+		EXPECT_TRUE(clock_advances(self->vcpu, gpa, priv, CLOCK_OFF, a.ticks));
+		EXPECT_EQ(a.ticks, clock_at(twin, CLOCK_OFF % PAGE_SZ).ticks);
+		EXPECT_NE(page_pfn(page), page_pfn(twin));
+		madvise(priv, SIZE, MADV_UNMERGEABLE);
+		write_file("/sys/kernel/mm/ksm/run", "2");
+	}
+	ASSERT_EQ(0, set_clock_page(self->fd, 0, 0, 0));
+	EXPECT_EQ(0, get_gpc_stats(self->fd).retries_unrelated);
+	if (!audit_space(self->fd, &au))
+		EXPECT_EQ(0, au.mismatches);
+	TH_LOG("%s: %llu clock updates, %llu misses, %llu invalidations, %s, %s",
+	       format_name(variant->format), get_gpc_stats(self->fd).clock_updates,
+	       get_gpc_stats(self->fd).clock_misses, get_gpc_stats(self->fd).invalidations,
+	       migrated ? "migrated" : "not migrated", merged ? "KSM-merged" : "no KSM");
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, GPA_BASE + SIZE, 0, priv));
+	munmap(priv, SIZE);
 }
 
 /*
