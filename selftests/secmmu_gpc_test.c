@@ -267,6 +267,34 @@ static int page_node(void *p)
 	return status;
 }
 
+/* Makes KSM scan fast; false if this kernel has no KSM. */
+static bool ksm_start(void)
+{
+	if (write_file("/sys/kernel/mm/ksm/run", "1"))
+		return false;
+	write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0");
+	write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000");
+	return true;
+}
+
+/*
+ * Marks @mem (@size bytes) mergeable and waits up to 30 s for KSM to merge
+ * @page with its identical @twin: whether it did.
+ */
+static bool ksm_merge(char *mem, size_t size, char *page, char *twin)
+{
+	int tries;
+
+	if (madvise(mem, size, MADV_MERGEABLE))
+		return false;
+	for (tries = 0; tries < 300; tries++) {
+		if (page_pfn(page) && page_pfn(page) == page_pfn(twin))
+			return true;
+		usleep(100000);
+	}
+	return false;
+}
+
 /*
  * The run page in private anonymous memory, through the changes the
  * primary makes to such a page: MADV_DONTNEED frees it, move_pages()
@@ -327,19 +355,12 @@ TEST_F_TIMEOUT(gpc, coherence_private, 120)
 	 * private copy again, and the twin (sharing the KSM page) keeps its
 	 * content.
 	 */
-	if (!write_file("/sys/kernel/mm/ksm/run", "1")) {
-		write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0");
-		write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000");
+	if (ksm_start()) {
 		unsigned long inval = get_gpc_stats(self->fd).invalidations;
 
 		memcpy(twin, page, PAGE_SZ);
-		ASSERT_EQ(0, madvise(priv, SIZE, MADV_MERGEABLE));
-		for (tries = 0; tries < 300; tries++) {
-			if (page_pfn(page) && page_pfn(page) == page_pfn(twin))
-				break;
-			usleep(100000);
-		}
-		EXPECT_EQ(page_pfn(page), page_pfn(twin)) TH_LOG("KSM did not merge the twins");
+		EXPECT_TRUE(ksm_merge(priv, SIZE, page, twin))
+			TH_LOG("KSM did not merge the twins");
 		EXPECT_GT(get_gpc_stats(self->fd).invalidations, inval);
 		ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, &b, 1, 0));
 		EXPECT_EQ(4, run_page_at(priv, RUN_OFF).exits);
@@ -748,20 +769,12 @@ TEST_F_TIMEOUT(gpc, coherence_private_timer, 120)
 	 * must hold still for KSM to merge it), and the timer must not write
 	 * the KSM page; the exit after gets a private copy again.
 	 */
-	if (!write_file("/sys/kernel/mm/ksm/run", "1")) {
-		write_file("/sys/kernel/mm/ksm/sleep_millisecs", "0");
-		write_file("/sys/kernel/mm/ksm/pages_to_scan", "10000");
+	if (ksm_start()) {
 		ASSERT_EQ(0, mprotect(page, PAGE_SZ, PROT_READ));
 		ASSERT_EQ(0, mprotect(page, PAGE_SZ, PROT_READ | PROT_WRITE));
 		memcpy(twin, page, PAGE_SZ);
-		ASSERT_EQ(0, madvise(priv, SIZE, MADV_MERGEABLE));
-		for (tries = 0; tries < 300; tries++) {
-			if (page_pfn(page) && page_pfn(page) == page_pfn(twin))
-				break;
-			usleep(100000);
-		}
-		EXPECT_EQ(page_pfn(page), page_pfn(twin)) TH_LOG("KSM did not merge the twins");
-		merged = page_pfn(page) == page_pfn(twin);
+		merged = ksm_merge(priv, SIZE, page, twin);
+		EXPECT_TRUE(merged) TH_LOG("KSM did not merge the twins");
 		/* The twin's copy of the clock: what the KSM page holds. */
 		a = clock_at(twin, CLOCK_OFF % PAGE_SZ);
 		usleep(20000);
