@@ -14,6 +14,7 @@ use std::vec::Vec;
 
 use crate::host_pages::{alloc_page, free_page, page_ptr, HostPages};
 use crate::mmu::addr::{Gfn, Hva, Pfn};
+use crate::mmu::aging::AgeOp;
 use crate::mmu::level::Level;
 use crate::mmu::memslot::Slot;
 use crate::mmu::pgtable::ZAPPED_TABLES;
@@ -1462,4 +1463,96 @@ fn stress_lockless_walkers_against_zaps() {
 #[test]
 fn stress_lockless_walkers_against_zaps_without_ad() {
     stress::<17>(false);
+}
+
+/// Dirty logging's write protection (`X86Mmu::write_protect_gfn_range()`): every leaf of the
+/// range loses W in every root, huge ones whole, D stays for the zap to report, read-only and
+/// access-tracked leaves are handled, and a write map afterwards upgrades (4K) or splits (huge).
+#[test]
+fn write_protection_for_dirty_logging() {
+    const ID: usize = 65;
+    for ad in [true, false] {
+        let mut f = Fixture::<ID>::new(2, ad, &[slot(0, 0, 1 << 19)]);
+        for root in 0..2 {
+            for gfn in 0..64 {
+                f.map(root, 0, gfn, pfn_of(gfn), gfn % 4 != 3);
+            }
+        }
+        f.map_huge(0x400, 0x1000, Level::L2M);
+        // A range that ends inside the huge leaf and leaves gfns 0..8 alone.
+        let done = f.mmu.write_protect(0, Gfn::new(8), Gfn::new(0x401));
+        let writable_4k = (8..64).filter(|g| g % 4 != 3).count() as u64;
+        assert_eq!(done.leaves, 2 * writable_4k + 1);
+        assert_eq!(done.visited, 2 * 56 + 1);
+        assert!(done.needs_flush());
+        for root in 0..2 {
+            for gfn in 0..64 {
+                let w = f.translate(root, gfn, true);
+                if gfn < 8 && gfn % 4 != 3 {
+                    assert!(w.is_ok(), "gfn {gfn} outside the range");
+                } else {
+                    assert_eq!(w, Err(WalkFault::WriteProtected), "gfn {gfn}");
+                    assert!(f.translate(root, gfn, false).is_ok());
+                }
+            }
+        }
+        assert_eq!(
+            f.translate(0, 0x5ff, true),
+            Err(WalkFault::WriteProtected),
+            "the whole huge leaf"
+        );
+        // Without A/D, W was the dirty state: the pages were marked as W went.  With A/D, D
+        // stays in the leaf, and the zap reports it.
+        let marked = HostPages::<ID>::take_dirty().len() as u64;
+        assert_eq!(marked, if ad { 0 } else { 2 * writable_4k + 1 });
+        // Again: nothing is writable any more, nothing to flush.
+        let again = f.mmu.write_protect(0, Gfn::new(0), Gfn::new(1 << 19));
+        assert_eq!(again.leaves, 2 * 6);
+        assert_eq!(again.visited, 2 * 64 + 1);
+        // The write fault of a logged page: a 4K upgrade in place, and a split of the huge leaf.
+        assert_eq!(f.map(0, 0, 9, pfn_of(9), true).action, MapAction::Upgraded);
+        assert!(f.translate(0, 9, true).is_ok());
+        let o = f.map(0, 0, 0x405, 0x1005, true);
+        assert!(o.split && o.needs_flush());
+        assert!(f.translate(0, 0x405, true).is_ok());
+        // Every leaf left is zapped, and with A/D every leaf that was writable reports dirty.
+        let p = f.zap(0, 0, 1 << 19);
+        // 64 4K leaves in each root, and the one the split put under the huge leaf.
+        assert_eq!(p.zapped, 2 * 64 + 1);
+        if ad {
+            let mut dirty = HostPages::<ID>::take_dirty();
+            dirty.sort_unstable();
+            dirty.dedup();
+            assert_eq!(
+                dirty.len() as u64,
+                48 + 1 + 1,
+                "48 4K pages, 0x1000 split, 0x1005"
+            );
+        } else {
+            HostPages::<ID>::take_dirty();
+        }
+        teardown(f);
+    }
+}
+
+/// Without A/D, an access-tracked leaf loses its saved W too: restoring it after the write
+/// protection gives read access only, so the next write still faults and is logged.
+#[test]
+fn write_protection_covers_access_tracked_leaves() {
+    const ID: usize = 66;
+    let mut f = Fixture::<ID>::new(1, false, &[slot(0, 0, 64)]);
+    f.map(0, 0, 5, 0x55, true);
+    let r = f
+        .mmu
+        .age_gfn_range_locked(0, Gfn::new(0), Gfn::new(64), AgeOp::Clear);
+    assert_eq!(r.cleared, 1);
+    assert_eq!(HostPages::<ID>::take_dirty(), [0x55]);
+    let done = f.mmu.write_protect(0, Gfn::new(0), Gfn::new(64));
+    assert_eq!((done.leaves, done.visited), (0, 1));
+    assert!(f.mmu.restore_access_tracked(0, Gfn::new(5), false));
+    assert_eq!(f.translate(0, 5, true), Err(WalkFault::WriteProtected));
+    assert!(!f.mmu.restore_access_tracked(0, Gfn::new(5), true));
+    f.zap(0, 0, 64);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
 }

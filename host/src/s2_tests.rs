@@ -1439,3 +1439,57 @@ fn stress_parallel_faults_hw_af() {
 fn stress_parallel_faults_no_hw_af() {
     stress::<36>(false);
 }
+
+/// Dirty logging's write protection (`S2Mmu::write_protect_gfn_range()`): every valid leaf of
+/// the range loses W in every root, a block whole; a writable leaf counts as dirty, so its page
+/// is marked as W goes (I4); a write map afterwards upgrades a page in place, and breaks the
+/// block to map a page under it.
+#[test]
+fn write_protection_for_dirty_logging() {
+    const ID: usize = 67;
+    let mut f = Fixture::<ID>::new(2, 40, true);
+    for root in 0..2 {
+        for gfn in 0..64 {
+            f.map(root, gfn, pfn_of(gfn), gfn % 4 != 3);
+        }
+    }
+    f.try_map_at(0, 0x400, 0x8_0000, true, Level::L2M).unwrap();
+    HostPages::<ID>::take_dirty();
+    // A range that ends inside the block and leaves gfns 0..8 alone.
+    let done = f.mmu.write_protect_gfn_range(Gfn::new(8), Gfn::new(0x401));
+    let writable_4k = (8..64).filter(|g| g % 4 != 3).count() as u64;
+    assert_eq!(done.leaves, 2 * writable_4k + 1);
+    assert_eq!(done.visited, 2 * 56 + 1);
+    assert_eq!(HostPages::<ID>::take_dirty().len() as u64, done.leaves);
+    for root in 0..2 {
+        for gfn in 0..64 {
+            let w = f.translate(root, gfn, true);
+            if gfn < 8 && gfn % 4 != 3 {
+                assert!(w.is_ok(), "gfn {gfn} outside the range");
+            } else {
+                assert_eq!(w, Err(WalkFault::WriteProtected), "gfn {gfn}");
+                assert!(f.translate(root, gfn, false).is_ok());
+            }
+        }
+    }
+    assert_eq!(f.translate(0, 0x5ff, true), Err(WalkFault::WriteProtected));
+    let again = f
+        .mmu
+        .write_protect_gfn_range(Gfn::new(0), Gfn::new(1 << 20));
+    assert_eq!((again.leaves, again.visited), (2 * 6, 2 * 64 + 1));
+    HostPages::<ID>::take_dirty();
+    // The write faults of logged pages.
+    assert_eq!(f.map(0, 9, pfn_of(9), true).action, MapAction::Upgraded);
+    assert!(f.translate(0, 9, true).is_ok());
+    let flushes = f.flushes.get();
+    f.map(0, 0x405, 0x8_0005, true);
+    assert!(
+        f.flushes.get() > flushes,
+        "the block is broken before the make"
+    );
+    assert_eq!(f.translate(0, 0x405, true).unwrap().level, Level::L4K);
+    assert_eq!(f.translate(0, 0x406, false), Err(WalkFault::NotPresent));
+    f.zap(0, 1 << 20);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}

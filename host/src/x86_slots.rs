@@ -14,6 +14,7 @@ use core::ops::{Deref, DerefMut};
 
 use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::dirty::Protected;
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry, SlotError};
 use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache};
@@ -171,6 +172,15 @@ impl<P: PageOps> TestMmu<P> {
     /// Slot `id` of the current set, with its rmaps.
     pub(crate) fn slot(&self, id: u32) -> Option<SlotRef<'_>> {
         self.slots.locked().by_id(id).and_then(slot_ref)
+    }
+
+    /// Write-protects the gfns `[start, end)` of slot `id` (dirty logging), as the kernel glue
+    /// does under the MMU lock.
+    pub(crate) fn write_protect(&mut self, id: u32, start: Gfn, end: Gfn) -> Protected {
+        let slots = self.slots.clone();
+        let set = slots.locked();
+        let slot = set.by_id(id).and_then(slot_ref).expect("no such slot");
+        self.mmu.write_protect_gfn_range(slot, start, end)
     }
 
     /// Publishes a set with `slot` added, with new rmaps (SECMMU_SET_MEMSLOT).  No reader can

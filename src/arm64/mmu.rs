@@ -108,6 +108,7 @@ use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 use crate::arm64::pte::{self, Geometry, MAX_PGD_PAGES};
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::dirty::Protected;
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
     snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
@@ -838,6 +839,39 @@ impl<P: PageOps> S2Mmu<P> {
         result
     }
 
+    /// Write-protects every valid leaf overlapping the gfns `[start, end)` in every root (KVM's
+    /// `kvm_pgtable_stage2_wrprotect()`, `stage2_wp_range()`), for dirty logging ("Dirty logging"
+    /// in Documentation/secmmu-protocols.rst).  A block overlapping the range loses W whole: its
+    /// next write fault maps a page under it (the slot maps pages only while it logs), breaking
+    /// it into a table.
+    ///
+    /// `&mut self`: the write side, as KVM write-protects under the write lock, so no fault is
+    /// relaxing a permission or holding a locked entry meanwhile (I2).  The hardware walker may
+    /// still set AF with a compare-exchange, so W goes with an atomic AND, which its
+    /// compare-exchange then fails on (I3).  A writable leaf counts as dirty (I4): its page is
+    /// marked dirty as W goes.  If the result [`needs_flush()`](Protected::needs_flush), flush
+    /// TLBs before dropping the lock.
+    pub(crate) fn write_protect_gfn_range(&mut self, start: Gfn, end: Gfn) -> Protected {
+        let mut v = WriteProtectWalker::<P> {
+            done: Protected::default(),
+            _ops: PhantomData,
+        };
+        for root in 0..self.nr_roots {
+            let mut pos = start.raw();
+            // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`: no table
+            // the walk reaches is freed (I1).
+            let _ = unsafe {
+                walk::walk::<S2, P, _>(
+                    &root_tables(self.root_pgd(root), &self.geo),
+                    &mut pos,
+                    end.raw().min(self.geo.gfn_limit()),
+                    &mut v,
+                )
+            };
+        }
+        v.done
+    }
+
     /// Zaps the gfns `[start, end)` in every root (KVM's `kvm_pgtable_stage2_unmap()`), with the
     /// MMU lock `lock` held for write, yielding it and flushing as the zap driver `z` says
     /// ([`Zap::run()`]; "TLB flush before dropping the MMU lock").  The walk covers leaves of
@@ -1329,6 +1363,35 @@ impl<'a> Visitor<'a> for AgeWalker<'_> {
             age_leaf(ctx.ptep, ctx.old, self.op, self.result);
             if self.result.done() {
                 return Step::Break(());
+            }
+        }
+        Step::Continue
+    }
+}
+
+/// The walk of [`S2Mmu::write_protect_gfn_range()`] in one root (KVM's `stage2_attr_walker()`
+/// clearing `KVM_PTE_LEAF_ATTR_LO_S2AP_W`): takes W from every valid writable leaf.
+struct WriteProtectWalker<P> {
+    done: Protected,
+    _ops: PhantomData<fn() -> P>,
+}
+
+impl<'a, P: PageOps> Visitor<'a> for WriteProtectWalker<P> {
+    const FLAGS: u32 = LEAF;
+    type Break = ();
+
+    #[inline(always)]
+    fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
+        if pte::is_valid(ctx.old) {
+            self.done.visited += 1;
+            if pte::is_writable(ctx.old) {
+                // Atomic: the hardware walker may set AF meanwhile (I3).
+                let old = ctx.ptep.fetch_and(!pte::S2AP_W, Ordering::Relaxed);
+                if pte::is_writable(old) {
+                    // A writable leaf counts as dirty (I4).
+                    P::set_page_dirty(pte::pfn(old));
+                    self.done.leaves += 1;
+                }
             }
         }
         Step::Continue

@@ -28,8 +28,11 @@ pub(crate) const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 pub(crate) const MAX_SLOTS: usize = 64;
 /// `SECMMU_MEM_READONLY`: guest writes to the slot fault to userspace.
 pub(crate) const MEM_READONLY: u32 = 1 << 0;
+/// `SECMMU_MEM_LOG_DIRTY_PAGES`: log the pages the guest writes
+/// (`dirty.rs`); set and cleared on an existing slot by a flags-only change.
+pub(crate) const MEM_LOG_DIRTY_PAGES: u32 = 1 << 1;
 /// Every flag `SECMMU_SET_MEMSLOT` knows.
-pub(crate) const MEM_FLAGS: u32 = MEM_READONLY;
+pub(crate) const MEM_FLAGS: u32 = MEM_READONLY | MEM_LOG_DIRTY_PAGES;
 /// Internal, never from userspace: the slot is being deleted (KVM's
 /// `KVM_MEMSLOT_INVALID`). Faults treat it as absent; invalidations and
 /// aging still see it, so its mappings stay covered by the mmu_notifier
@@ -115,6 +118,12 @@ impl Slot {
         self.flags & MEM_READONLY != 0
     }
 
+    /// Whether the slot logs the pages the guest writes
+    /// ([`MEM_LOG_DIRTY_PAGES`]).
+    pub(crate) fn logs_dirty(&self) -> bool {
+        self.flags & MEM_LOG_DIRTY_PAGES != 0
+    }
+
     /// Whether the slot is being deleted ([`SLOT_INVALID`]).
     pub(crate) fn is_invalid(&self) -> bool {
         self.flags & SLOT_INVALID != 0
@@ -132,10 +141,18 @@ impl Slot {
     /// so one huge host page backs one huge guest page, and the whole huge
     /// range lies inside the slot.  The primary MMU must also map the host
     /// range at least that large: the caller takes the minimum.
+    ///
+    /// A slot that logs dirty pages maps 4K only, as KVM's
+    /// `kvm_mmu_max_mapping_level()` does for `kvm_slot_dirty_track_enabled()`:
+    /// a write to a huge leaf must not dirty 512 pages at once, and the
+    /// write fault of a write-protected huge leaf splits it.
     pub(crate) fn max_level(&self, gfn: Gfn, max: Level) -> Level {
         debug_assert!(self.contains(gfn));
         let hva = self.gfn_to_hva(gfn);
         let mut best = Level::L4K;
+        if self.logs_dirty() {
+            return best;
+        }
         for level in Level::MAPPABLE {
             if level > max {
                 break;
@@ -369,6 +386,52 @@ impl<D: Clone> Memslots<D> {
         self.derive(self.slots.len() + 1, entries)
     }
 
+    /// Checks a `SECMMU_SET_MEMSLOT` of `req` for the id of `current`, a slot
+    /// that exists (KVM's `kvm_set_memory_region()` sorting a change into
+    /// `KVM_MR_FLAGS_ONLY`): `Ok(true)` if only [`MEM_LOG_DIRTY_PAGES`]
+    /// changes, `Ok(false)` if nothing does; [`SlotError::Invalid`] if
+    /// [`MEM_READONLY`] would change (as KVM refuses it), and
+    /// [`SlotError::Busy`] if the range or the user address would (delete
+    /// the slot first: slots do not move).
+    pub(crate) fn flags_only_change(current: &Slot, req: &Slot) -> Result<bool, SlotError> {
+        if req.base_gfn != current.base_gfn
+            || req.npages != current.npages
+            || req.userspace_addr != current.userspace_addr
+        {
+            return Err(SlotError::Busy);
+        }
+        if (req.flags ^ current.flags) & MEM_READONLY != 0 {
+            return Err(SlotError::Invalid);
+        }
+        Ok(req.flags != current.flags)
+    }
+
+    /// A new set: this one with slot `id` given `flags`, and the format's data
+    /// `f` makes from its current data (a flags-only change: the slot's range
+    /// and its rmaps stay).  Allocates, and may sleep.
+    pub(crate) fn flags_updated(
+        &self,
+        id: u32,
+        flags: u32,
+        f: impl FnOnce(&D) -> D,
+    ) -> Result<Self, SlotError> {
+        let mut f = Some(f);
+        if self.iter().all(|s| s.id != id || s.is_invalid()) {
+            return Err(SlotError::NotFound);
+        }
+        let entries = self.iter().map(|s| {
+            let mut s = s.clone();
+            if s.id == id {
+                s.slot.flags = flags;
+                if let Some(f) = f.take() {
+                    s.data = f(&s.data);
+                }
+            }
+            s
+        });
+        self.derive(self.slots.len(), entries)
+    }
+
     /// A new set: this one without the slot with id `id`, which is returned too.  Allocates,
     /// and may sleep.
     pub(crate) fn removed(&self, id: u32) -> Result<(Self, Slot), SlotError> {
@@ -459,7 +522,7 @@ mod tests {
             );
         }
         let mut flags = req(0, 0, 4096, 0x10000);
-        flags.flags = 2;
+        flags.flags = 1 << 2;
         assert_eq!(Slot::validate(&flags, &LIMITS), Err(SlotError::Invalid));
         assert!(Slot::validate(&req(0, (1 << 48) - 4096, 4096, 0x10000), &LIMITS).is_ok());
     }
@@ -491,6 +554,45 @@ mod tests {
         assert!(m.generation() > g);
         assert_eq!(m.lookup(Gfn::new(0x100)), None);
         assert_eq!(remove(&mut m, 3), Err(SlotError::NotFound));
+    }
+
+    /// Only MEM_LOG_DIRTY_PAGES may change on an existing slot, and a slot that logs maps 4K.
+    #[test]
+    fn flags_only_changes_and_logging_slots() {
+        let mut m = Set::new();
+        add(&mut m, req(3, 1 << 30, 1 << 30, 0x40_0000_0000)).unwrap();
+        let cur = m.by_id(3).unwrap().slot;
+        let mut r = cur;
+        assert_eq!(Set::flags_only_change(&cur, &r), Ok(false));
+        r.flags = MEM_LOG_DIRTY_PAGES;
+        assert_eq!(Set::flags_only_change(&cur, &r), Ok(true));
+        r.flags = MEM_READONLY;
+        assert_eq!(Set::flags_only_change(&cur, &r), Err(SlotError::Invalid));
+        for moved in [
+            Slot {
+                base_gfn: cur.base_gfn + 1,
+                ..cur
+            },
+            Slot { npages: 1, ..cur },
+            Slot {
+                userspace_addr: cur.userspace_addr.add_pages(1),
+                ..cur
+            },
+        ] {
+            assert_eq!(Set::flags_only_change(&cur, &moved), Err(SlotError::Busy));
+        }
+        let gfn = cur.base_gfn + 0x1234;
+        assert_eq!(cur.max_level(gfn, Level::L1G), Level::L1G);
+        let gen = m.generation();
+        let logging = m.flags_updated(3, MEM_LOG_DIRTY_PAGES, |d| *d).unwrap();
+        assert!(logging.generation() > gen);
+        let s = logging.by_id(3).unwrap();
+        assert!(s.logs_dirty() && s.base_gfn == cur.base_gfn);
+        assert_eq!(s.max_level(gfn, Level::L1G), Level::L4K);
+        assert_eq!(
+            m.flags_updated(4, 0, |d| *d).err(),
+            Some(SlotError::NotFound)
+        );
     }
 
     #[test]

@@ -133,6 +133,7 @@ use core::ptr::NonNull;
 
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
+use crate::mmu::dirty::Protected;
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{CurrentSlots, Slot, SlotEntry};
 use crate::mmu::pgtable::{
@@ -876,6 +877,43 @@ impl<P: PageOps> X86Mmu<P> {
         age_slot(&mut side, slot, start, end, op)
     }
 
+    /// Write-protects every leaf that maps a gfn of `[start, end)` in `slot`, in every root and
+    /// at every level, through the slot's rmaps (KVM's `kvm_mmu_slot_remove_write_access()` and
+    /// `kvm_mmu_write_protect_pt_masked()` through `rmap_write_protect()`), for dirty logging
+    /// ("Dirty logging" in Documentation/secmmu-protocols.rst).  A huge leaf overlapping the range
+    /// loses W whole: its next write fault maps 4K under it (the slot maps 4K only while it logs),
+    /// which splits it.
+    ///
+    /// W goes with an atomic AND, since walkers may be setting D meanwhile: D stays, so a later
+    /// zap still marks the page dirty.  Without A/D, W is the dirty state, so the page is marked
+    /// dirty before W goes.  The saved W of an access-tracked leaf goes too, or restoring it would
+    /// bring write access back without a fault.  `&mut self`: the MMU lock is held for write.
+    /// If the result [`needs_flush()`](Protected::needs_flush), flush TLBs before dropping it.
+    pub(crate) fn write_protect_gfn_range(
+        &mut self,
+        slot: SlotRef<'_>,
+        start: Gfn,
+        end: Gfn,
+    ) -> Protected {
+        let mut locked = self.write_side.locked();
+        let mut done = Protected::default();
+        slot.for_each_rmap(start, end, |head| {
+            // Exact under the write side: only its holders add to rmaps.
+            if head.is_empty() {
+                return false;
+            }
+            let guard = head.lock(&mut locked);
+            for sptep in guard.sptes() {
+                done.visited += 1;
+                if write_protect_leaf::<P>(sptep) {
+                    done.leaves += 1;
+                }
+            }
+            false
+        });
+        done
+    }
+
     /// Restores the access-tracked leaf that maps `gfn` in root `root` for the fault that an
     /// access to it caused, a `write` or a read, under the MMU lock for write (`&mut self`):
     /// the fast path of a fault, with no need to resolve the host page again (the leaf still
@@ -1332,6 +1370,21 @@ fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<boo
         stats.dirty += 1;
     }
     Some(dirty)
+}
+
+/// Write-protects the leaf in `sptep` (see [`X86Mmu::write_protect_gfn_range()`]).  Returns
+/// whether it was writable, so that TLBs may still allow writes.  MMU lock held for write.
+fn write_protect_leaf<P: PageOps>(sptep: &AtomicU64) -> bool {
+    let old = sptep.load(Ordering::Relaxed);
+    if !spte::is_present(old) || !(spte::is_writable(old) || spte::is_access_tracked(old)) {
+        return false;
+    }
+    let old = spte::clear_writable_capture_dirty(sptep);
+    // With A/D, D stays in the leaf for the zap to find; without, W was the dirty state.
+    if !spte::is_ad_enabled(old) && spte::is_dirty(old) {
+        P::set_page_dirty(spte::pfn(old));
+    }
+    spte::is_writable(old)
 }
 
 /// Zaps the present leaf in `sptep`, mapping `gfn` at `level` in `slot`, and removes it from its

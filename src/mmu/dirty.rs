@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Dirty logging by write protection: a memslot's dirty bitmap (KVM's
+//! `memslot->dirty_bitmap`) and the checks of the bitmap ioctls.
+//!
+//! A slot with `SECMMU_MEM_LOG_DIRTY_PAGES` has one bit per page. A fault
+//! that maps a page of the slot writable sets its bit under the MMU lock
+//! (either side: stage-2 faults hold the read side and race, so bits are set
+//! with an atomic OR), before the vCPU can write through the leaf. Harvesting
+//! takes bits away under the write side and write-protects the pages whose
+//! bits it took, and flushes the TLBs before the lock is dropped, so the next
+//! write to such a page faults and sets its bit again. That keeps the one
+//! invariant dirty logging rests on ("Dirty logging" in
+//! Documentation/secmmu-protocols.rst): a page whose bit is clear is mapped
+//! writable by no leaf and no TLB of the slot's space.
+//!
+//! Kernel-free: built into the module and into the host crate.
+
+use crate::mmu::prim::{self, AllocError, AtomicU64, Ordering, PVec};
+
+/// Pages per bitmap word, and the unit of `SECMMU_CLEAR_DIRTY_LOG`.
+pub(crate) const WORD_PAGES: u64 = 64;
+
+/// The dirty bitmap of one slot: bit `i` of word `i / 64` for the slot's page `i`.
+pub(crate) struct DirtyBitmap {
+    words: PVec<AtomicU64>,
+    npages: u64,
+}
+
+impl DirtyBitmap {
+    /// A bitmap for a slot of `npages` pages, clean, or with every page dirty if
+    /// `initially_set` (KVM_DIRTY_LOG_INITIALLY_SET). Allocates, and may sleep.
+    pub(crate) fn new(npages: u64, initially_set: bool) -> Result<Self, AllocError> {
+        let nwords = usize::try_from(npages.div_ceil(WORD_PAGES)).map_err(|_| AllocError)?;
+        let words = prim::try_vec_with(nwords, || AtomicU64::new(0))?;
+        let map = Self { words, npages };
+        if initially_set {
+            for w in 0..nwords {
+                map.words[w].store(map.valid_bits(w), Ordering::Relaxed);
+            }
+        }
+        Ok(map)
+    }
+
+    /// Pages the bitmap covers.
+    pub(crate) fn npages(&self) -> u64 {
+        self.npages
+    }
+
+    /// Words in the bitmap.
+    pub(crate) fn nwords(&self) -> usize {
+        self.words.len()
+    }
+
+    /// The bits of word `w` that stand for pages of the slot: all but the
+    /// tail of the last word.
+    pub(crate) fn valid_bits(&self, w: usize) -> u64 {
+        let first = w as u64 * WORD_PAGES;
+        match self.npages.saturating_sub(first) {
+            n if n >= WORD_PAGES => u64::MAX,
+            n => (1u64 << n) - 1,
+        }
+    }
+
+    /// Marks page `page` of the slot dirty (KVM's `mark_page_dirty_in_slot()`).
+    /// Any context; the caller holds the MMU lock, either side, so that a
+    /// harvest (write side) sees the bit before or write-protects after it.
+    pub(crate) fn mark(&self, page: u64) {
+        debug_assert!(page < self.npages);
+        if let Some(w) = self.words.get((page / WORD_PAGES) as usize) {
+            // Relaxed: the MMU lock orders the bit against harvests.
+            w.fetch_or(1 << (page % WORD_PAGES), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether page `page` is marked dirty.
+    pub(crate) fn is_dirty(&self, page: u64) -> bool {
+        self.word(page as usize / WORD_PAGES as usize) & (1 << (page % WORD_PAGES)) != 0
+    }
+
+    /// Word `w`, as it is now (the manual-protect `SECMMU_GET_DIRTY_LOG`,
+    /// which takes nothing away).
+    pub(crate) fn word(&self, w: usize) -> u64 {
+        self.words.get(w).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// Takes word `w`: returns it and leaves it clear (the
+    /// `SECMMU_GET_DIRTY_LOG` without manual protect, KVM's `xchg()` in
+    /// `kvm_get_dirty_log_protect()`). With the MMU lock held for write, so
+    /// that the pages taken are write-protected before any fault can see the
+    /// lock free.
+    pub(crate) fn take_word(&self, w: usize) -> u64 {
+        self.words
+            .get(w)
+            .map_or(0, |w| w.swap(0, Ordering::Relaxed))
+    }
+
+    /// Clears the bits of `mask` in word `w` and returns those of them that
+    /// were set (KVM's `atomic_long_fetch_andnot()` in
+    /// `kvm_clear_dirty_log_protect()`): only those pages need write
+    /// protection. Bits beyond the slot are ignored. MMU lock held for write.
+    pub(crate) fn clear_word(&self, w: usize, mask: u64) -> u64 {
+        let mask = mask & self.valid_bits(w);
+        if mask == 0 {
+            return 0;
+        }
+        self.words
+            .get(w)
+            .map_or(0, |word| word.fetch_and(!mask, Ordering::Relaxed) & mask)
+    }
+
+    /// Sets the bits of `mask` in word `w` again: what a harvest took but
+    /// could not hand to userspace (the copy out faulted) stays reported.
+    pub(crate) fn restore_word(&self, w: usize, mask: u64) {
+        if let Some(word) = self.words.get(w) {
+            word.fetch_or(mask & self.valid_bits(w), Ordering::Relaxed);
+        }
+    }
+
+    /// Pages marked dirty now.
+    pub(crate) fn count(&self) -> u64 {
+        (0..self.nwords())
+            .map(|w| u64::from(self.word(w).count_ones()))
+            .sum()
+    }
+}
+
+/// What a write protection of a gfn range did (the formats'
+/// `write_protect_gfn_range()`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct Protected {
+    /// Leaves that were writable and are not any more.
+    pub(crate) leaves: u64,
+    /// Leaves visited.
+    pub(crate) visited: u64,
+}
+
+impl Protected {
+    /// Whether TLBs may still allow writes that the leaves no longer do:
+    /// flush before the MMU lock is dropped, or those writes go unlogged.
+    pub(crate) fn needs_flush(&self) -> bool {
+        self.leaves != 0
+    }
+
+    /// Adds `other` to this.
+    pub(crate) fn add(&mut self, other: Protected) {
+        self.leaves += other.leaves;
+        self.visited += other.visited;
+    }
+}
+
+/// Why a `SECMMU_CLEAR_DIRTY_LOG` range is refused (`EINVAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadClearRange;
+
+/// Checks the range of a `SECMMU_CLEAR_DIRTY_LOG` of a slot of `npages`
+/// pages, as KVM's `kvm_clear_dirty_log_protect()` does: `first_page` a
+/// multiple of 64, the range inside the slot, and `num_pages` a multiple of
+/// 64 unless the range ends at the slot's end. An empty range is valid and
+/// clears nothing.
+pub(crate) fn check_clear_range(
+    npages: u64,
+    first_page: u64,
+    num_pages: u64,
+) -> Result<(), BadClearRange> {
+    if first_page % WORD_PAGES != 0 || first_page > npages || num_pages > npages - first_page {
+        return Err(BadClearRange);
+    }
+    if num_pages < npages - first_page && num_pages % WORD_PAGES != 0 {
+        return Err(BadClearRange);
+    }
+    Ok(())
+}
+
+/// The runs of set bits in `mask`, as `[first, last)` bit numbers, lowest
+/// first: the gfn ranges a word's harvest write-protects.
+pub(crate) fn runs(mut mask: u64) -> impl Iterator<Item = (u64, u64)> {
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let first = u64::from(mask.trailing_zeros());
+        let ones = u64::from((mask >> first).trailing_ones());
+        let last = first + ones;
+        mask &= if last >= 64 { 0 } else { !0u64 << last };
+        Some((first, last))
+    })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_marks_takes_clears_and_restores() {
+        for npages in [1u64, 63, 64, 65, 200, 4096] {
+            let b = DirtyBitmap::new(npages, false).unwrap();
+            assert_eq!(b.nwords() as u64, npages.div_ceil(64));
+            assert_eq!(b.count(), 0);
+            b.mark(npages - 1);
+            b.mark(0);
+            assert!(b.is_dirty(0) && b.is_dirty(npages - 1));
+            assert_eq!(b.count(), if npages == 1 { 1 } else { 2 });
+            // Clearing bits beyond the slot, or clear ones, returns nothing.
+            let last = b.nwords() - 1;
+            assert_eq!(b.clear_word(last, !b.valid_bits(last)), 0);
+            let took = b.take_word(0);
+            assert_eq!(took & 1, 1);
+            assert!(!b.is_dirty(0));
+            b.restore_word(0, took | !b.valid_bits(0));
+            assert!(b.is_dirty(0));
+            assert_eq!(b.word(0) & !b.valid_bits(0), 0);
+            let before = b.word(last);
+            assert_ne!(before & (1 << ((npages - 1) % 64)), 0);
+            assert_eq!(b.clear_word(last, u64::MAX), before);
+            assert_eq!(b.word(last), 0);
+            assert!(!b.is_dirty(npages - 1));
+
+            let all = DirtyBitmap::new(npages, true).unwrap();
+            assert_eq!(all.count(), npages);
+            assert_eq!(all.clear_word(0, 0b101), 0b101 & all.valid_bits(0));
+        }
+    }
+
+    #[test]
+    fn clear_ranges_are_checked_like_kvm() {
+        let n = 1000;
+        assert!(check_clear_range(n, 0, n).is_ok());
+        assert!(check_clear_range(n, 0, 0).is_ok());
+        assert!(check_clear_range(n, 64, 128).is_ok());
+        // To the end, with a tail that is not a multiple of 64.
+        assert!(check_clear_range(n, 960, 40).is_ok());
+        assert!(check_clear_range(n, n - n % 64, n % 64).is_ok());
+        assert_eq!(check_clear_range(n, 1, 64), Err(BadClearRange));
+        assert_eq!(check_clear_range(n, 0, 65), Err(BadClearRange));
+        assert_eq!(check_clear_range(n, 960, 41), Err(BadClearRange));
+        assert_eq!(check_clear_range(n, 1024, 0), Err(BadClearRange));
+        assert_eq!(check_clear_range(n, 64, u64::MAX), Err(BadClearRange));
+        assert_eq!(check_clear_range(n, u64::MAX - 63, 64), Err(BadClearRange));
+    }
+
+    #[test]
+    fn runs_cover_exactly_the_set_bits() {
+        for mask in [
+            0u64,
+            1,
+            u64::MAX,
+            0b1011_0110,
+            1 << 63,
+            0x8000_0000_0000_0001,
+        ] {
+            let mut rebuilt = 0u64;
+            let mut prev_end = 0;
+            for (first, last) in runs(mask) {
+                assert!(first < last && last <= 64 && first >= prev_end);
+                assert!(first == 0 || first > prev_end || prev_end == 0);
+                for b in first..last {
+                    rebuilt |= 1 << b;
+                }
+                prev_end = last;
+            }
+            assert_eq!(rebuilt, mask);
+        }
+    }
+}
