@@ -60,15 +60,6 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void pin(int cpu)
-{
-	cpu_set_t set;
-
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-}
-
 /*
  * The vCPU thread faults for @secs seconds; its faults and the time go
  * to *@faults and *@time. The sweep goes on where the previous window
@@ -80,7 +71,7 @@ static void fault_for(double secs, double *faults, double *time)
 	__u64 f0 = get_stats(fd).faults;
 	double t0 = now(), t;
 
-	pin(0);
+	pin_to_cpu(0);
 	do {
 		run_range(vcpu, SECMMU_RUN_WRITE, F_GPA + off, F_GPA + off + F_CHUNK,
 			  PAGE_SZ, 1, NULL);
@@ -107,7 +98,7 @@ static void ager(int stop, int out)
 	unsigned long n = 0, w;
 	double res[2] = { 0, 0 }, t0;
 
-	pin(1);
+	pin_to_cpu(1);
 	t0 = now();
 	while (bitmap >= 0) {
 		for (w = 0; w <= maxword; w++) {
@@ -132,7 +123,7 @@ static void spinner(int stop)
 	struct pollfd p = { .fd = stop, .events = POLLIN };
 	unsigned long i;
 
-	pin(1);
+	pin_to_cpu(1);
 	for (;;) {
 		for (i = 0; i < 100000; i++)
 			__asm__ __volatile__("" ::: "memory");

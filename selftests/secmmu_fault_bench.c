@@ -44,11 +44,8 @@ struct worker {
 static void *worker_fn(void *arg)
 {
 	struct worker *w = arg;
-	cpu_set_t cpus;
 
-	CPU_ZERO(&cpus);
-	CPU_SET(w->cpu, &cpus);
-	sched_setaffinity(0, sizeof(cpus), &cpus);
+	pin_to_cpu(w->cpu);
 	pthread_barrier_wait(w->barrier);
 	w->ret = run_range(w->vcpu, SECMMU_RUN_READ, w->start, w->end, PAGE_SZ,
 			   0, NULL);

@@ -101,18 +101,6 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Runs the calling thread on @cpu only, if there is such a CPU. */
-static void pin_to(int cpu)
-{
-	cpu_set_t set;
-
-	if (cpu >= sysconf(_SC_NPROCESSORS_ONLN))
-		return;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-}
-
 /* A storm on CPU 1, away from the refreshing thread on CPU 0. */
 struct storm {
 	void *(*fn)(void *arg);
@@ -123,7 +111,7 @@ static void *pinned_storm(void *arg)
 {
 	struct storm *st = arg;
 
-	pin_to(1);
+	pin_to_cpu(1);
 	return st->fn(st->arg);
 }
 
@@ -194,7 +182,7 @@ int main(int argc, char **argv)
 	a = get_gpc_stats(fd);
 	storm_fn.fn = mp ? mprotect_storm : dontneed_storm;
 	storm_fn.arg = mp ? (void *)&ms : (void *)&s;
-	pin_to(0);
+	pin_to_cpu(0);
 	pthread_create(&st, NULL, pinned_storm, &storm_fn);
 	/*
 	 * Latency: refreshes at a steady rate, one every PACE_NS, so that
@@ -231,7 +219,11 @@ int main(int argc, char **argv)
 	       b.retries_overlap - a.retries_overlap,
 	       b.retries_unrelated - a.retries_unrelated, *rounds);
 
-	/* The timer's misses, with its page invalidated every 5 ms. */
+	/*
+	 * The timer's misses, with its page invalidated every 5 ms; its exit
+	 * loop runs on any CPU, not on the refresher's.
+	 */
+	unpin_cpu();
 	a = get_gpc_stats(fd);
 	if (secmmu_ioctl(fd, SECMMU_SET_CLOCK_PAGE, &cs)) {
 		fprintf(stderr, "gpc bench: SET_CLOCK_PAGE: %s\n", strerror(errno));

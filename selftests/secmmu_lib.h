@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdatomic.h>
@@ -38,6 +39,34 @@ static inline unsigned long test_scale(void)
 	unsigned long v = s ? strtoul(s, NULL, 0) : 1;
 
 	return v ? v : 1;
+}
+
+/*
+ * Runs the calling thread on CPU @cpu only: 0, or -errno (-EINVAL if there
+ * is no such CPU online; callers that only prefer a CPU ignore it). The
+ * including file defines _GNU_SOURCE, as every selftest here does.
+ */
+static inline int pin_to_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu < 0 || cpu >= sysconf(_SC_NPROCESSORS_ONLN))
+		return -EINVAL;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) ? -errno : 0;
+}
+
+/* Lets the calling thread run on every online CPU again: 0 or -errno. */
+static inline int unpin_cpu(void)
+{
+	long i, n = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	for (i = 0; i < n && i < CPU_SETSIZE; i++)
+		CPU_SET(i, &set);
+	return sched_setaffinity(0, sizeof(set), &set) ? -errno : 0;
 }
 
 static inline int secmmu_ioctl(int fd, unsigned long cmd, void *arg)

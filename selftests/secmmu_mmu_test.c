@@ -968,13 +968,10 @@ TEST_F_TIMEOUT(fmt, zap_yield, 180)
 	struct secmmu_stats before, after;
 	int stop = 0;
 	pthread_t t;
-	cpu_set_t cpus;
 	int fd, vcpu;
 	char *mem;
 
-	CPU_ZERO(&cpus);
-	CPU_SET(0, &cpus);
-	ASSERT_EQ(0, sched_setaffinity(0, sizeof(cpus), &cpus));
+	ASSERT_EQ(0, pin_to_cpu(0));
 	fd = space_create(variant->format, 1, 0);
 	ASSERT_GE(fd, 0);
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
@@ -1924,15 +1921,6 @@ static void *rel_run_fn(void *arg)
 	return NULL;
 }
 
-static int pin_to_cpu0(void)
-{
-	cpu_set_t cpus;
-
-	CPU_ZERO(&cpus);
-	CPU_SET(0, &cpus);
-	return sched_setaffinity(0, sizeof(cpus), &cpus);
-}
-
 /*
  * The child: builds the space, moves to CPU 0, starts vCPU threads, writes
  * a byte to @ready and waits to be killed. Returns (exits with) a step
@@ -1988,7 +1976,7 @@ static int release_child(unsigned int format, int sparse, int ready)
 			close(vcpu);
 		}
 	}
-	if (pin_to_cpu0())
+	if (pin_to_cpu(0))
 		return 17;
 	for (i = 0; i < (alias ? 2 : 1); i++)
 		if (pthread_create(&t[i], NULL, rel_run_fn, &r[i]))
@@ -2020,7 +2008,7 @@ TEST_F_TIMEOUT(fmt, release_huge_space, 300)
 		}
 		close(pipefd[1]);
 		if (read(pipefd[0], &c, 1) == 1) {
-			ASSERT_EQ(0, pin_to_cpu0());
+			ASSERT_EQ(0, pin_to_cpu(0));
 			usleep(200000);		/* the vCPUs are in their RUN */
 			ASSERT_EQ(0, kill(pid, SIGKILL));
 		}
