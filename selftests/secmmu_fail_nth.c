@@ -5,7 +5,7 @@
  *
  * A whole space lifecycle (open, CONFIGURE with 32 roots, memslots on 4K
  * and THP memory, CREATE_VCPU, RUN writes and reads, ACCESS, MADV_DONTNEED,
- * mprotect, SNAPSHOT, aging, slot deletion, munmap, close) runs with
+ * mprotect, dirty logging, SNAPSHOT, aging, slot deletion, munmap, close) runs with
  * /proc/self/task/TID/fail-nth armed: the Nth slab or page allocation of
  * this thread fails, for N = 1, 2, ... until a lifecycle runs without
  * reaching N. failslab and fail_page_alloc are set up to fail any
@@ -61,6 +61,7 @@ struct life {
 static unsigned char snap_buf[512];
 static char acc_buf[2 * PAGE_SZ], acc_back[2 * PAGE_SZ];
 static __u64 pm_buf[NPAGES_4K];
+static __u64 log_buf[SZ_2M / PAGE_SZ / 64];
 
 static __printf(2, 3) int bad(struct life *l, const char *fmt, ...)
 {
@@ -263,6 +264,51 @@ static int st_mprotect(struct life *l)
 		   THP_STRIDE, l->pattern, NULL);
 }
 
+/* Dirty logging starts on the THP slot: a bitmap, a new set, write protection. */
+static int st_log_start(struct life *l)
+{
+	return set_slot(l->fd, 1, SECMMU_MEM_LOG_DIRTY_PAGES, GPA_THP, SZ_2M, l->thp);
+}
+
+/* The guest writes the THP slot: each write splits, maps 4K and logs. */
+static int st_log_write(struct life *l)
+{
+	l->pattern ^= 0x7777;
+	return run(l, l->vcpu[0], SECMMU_RUN_WRITE, GPA_THP, GPA_THP + SZ_2M,
+		   THP_STRIDE, l->pattern, NULL);
+}
+
+/* The log holds exactly the pages written, and taking it empties it. */
+static int st_log_get(struct life *l)
+{
+	struct secmmu_dirty_log log = { .slot = 1, .bitmap = (uintptr_t)log_buf };
+	unsigned long i, n = 0;
+	int ret = secmmu_ioctl(l->fd, SECMMU_GET_DIRTY_LOG, &log);
+
+	if (ret)
+		return ret;
+	for (i = 0; i < SZ_2M / PAGE_SZ; i++)
+		if (log_buf[i / 64] >> (i % 64) & 1) {
+			if (i % (THP_STRIDE / PAGE_SZ))
+				return bad(l, "page %lu logged, never written", i);
+			n++;
+		}
+	if (n != SZ_2M / THP_STRIDE)
+		return bad(l, "%lu pages logged, %lu written", n, SZ_2M / THP_STRIDE);
+	return 0;
+}
+
+/* Logging stops: the slot is zapped, the data stays. */
+static int st_log_stop(struct life *l)
+{
+	int ret = set_slot(l->fd, 1, 0, GPA_THP, SZ_2M, l->thp);
+
+	if (ret)
+		return ret;
+	return run(l, l->vcpu[1], SECMMU_RUN_VERIFY, GPA_THP, GPA_THP + SZ_2M,
+		   THP_STRIDE, l->pattern, NULL);
+}
+
 static int st_snapshot(struct life *l)
 {
 	int ret = snapshot(l->fd, 0, GPA_THP, SZ_2M / PAGE_SZ, snap_buf);
@@ -350,6 +396,10 @@ static const struct {
 	{ "access", st_access },
 	{ "dontneed", st_dontneed },
 	{ "mprotect", st_mprotect },
+	{ "log_start", st_log_start },
+	{ "log_write", st_log_write },
+	{ "log_get", st_log_get },
+	{ "log_stop", st_log_stop },
 	{ "snapshot", st_snapshot },
 	{ "aging", st_aging },
 	{ "delete_4k", st_delete_4k },
@@ -381,6 +431,7 @@ static int life_prepare(struct life *l)
 		acc_buf[i] = (char)(i * 7 + l->pattern);
 	memset(acc_back, 0, sizeof(acc_back));
 	memset(snap_buf, 0, sizeof(snap_buf));
+	memset(log_buf, 0, sizeof(log_buf));
 	memset(pm_buf, 0, sizeof(pm_buf));
 	return 0;
 }

@@ -11,6 +11,7 @@
  * mremap away and back; new THPs or MADV_COLLAPSE; move_pages between the
  * NUMA nodes; KSM;
  * page_idle aging and SECMMU_TEST_YOUNG; SNAPSHOT; CREATE_VCPU and close;
+ * dirty logging started, harvested and stopped on a chunk's slot;
  * fork (the child must get EIO); and a child process that creates its own
  * space and is killed (SIGKILL) or exits in the middle of RUN. Another
  * thread runs SECMMU_AUDIT in a loop: no leaf may be incoherent, ever.
@@ -28,7 +29,9 @@
  * write to a read-only slot or to a PROT_READ page), and nowhere else;
  * every value read (RUN VERIFY, ACCESS, userspace) is what the model says;
  * after a slot deletion, a mprotect or a munmap nothing is mapped that
- * may not be. Data-preserving operations (move_pages, PAGEOUT, KSM, aging,
+ * may not be; every page the guest wrote since the last harvest of a
+ * logging slot is in the dirty log (under the chunk's locks, as the slot
+ * operations). Data-preserving operations (move_pages, PAGEOUT, KSM, aging,
  * fork, SNAPSHOT, unchecked reads) run without locks, on any region, at
  * the same time as the checked ones.
  *
@@ -90,6 +93,7 @@ struct page_model {
 	__u8 fill;		/* FILL, not KNOWN */
 	__u8 maybe_zero;	/* MADV_FREE'd since written: zero is fine */
 	__u8 host_ro;	/* mprotect(PROT_READ) */
+	__u8 logged;	/* the guest wrote it since its logging slot's last harvest */
 };
 
 struct region {
@@ -106,21 +110,21 @@ enum {
 	OP_RUN_WRITE, OP_ACCESS_WRITE, OP_HOST_WRITE, OP_VERIFY, OP_DONTNEED,
 	OP_FREE, OP_MPROTECT, OP_SLOT, OP_REMAP, OP_MREMAP, OP_MERGEABLE,
 	OP_SNAPCHECK, OP_THP, OP_VCPU, OP_READ, OP_PAGEOUT, OP_MOVE, OP_IDLE,
-	OP_FORK, OP_CHILD, OP_SNAPSHOT, OP_CHURN, OP_VCPUS_FULL, NR_OPS
+	OP_FORK, OP_CHILD, OP_SNAPSHOT, OP_CHURN, OP_VCPUS_FULL, OP_DIRTY, NR_OPS
 };
 
 static const char * const op_names[NR_OPS] = {
 	"run_write", "access_write", "host_write", "verify", "dontneed",
 	"free", "mprotect", "slot", "remap", "mremap", "mergeable",
 	"snapcheck", "thp", "vcpu", "read", "pageout", "move_pages", "idle",
-	"fork", "child", "snapshot", "churn", "vcpus_full",
+	"fork", "child", "snapshot", "churn", "vcpus_full", "dirty_log",
 };
 
 /* Relative frequencies. */
 static const unsigned int op_weights[NR_OPS] = {
 	12, 6, 6, 14, 4, 4, 5, 2, 3, 3, 1,
 	3, 1, 2, 8, 3, 3, 3,
-	1, 1, 2, 2, 1,
+	1, 1, 2, 2, 1, 2,
 };
 
 struct worker {
@@ -139,6 +143,7 @@ static struct {
 	char *mem;
 	struct region reg[NR_REGIONS];
 	int slot[NR_CHUNKS];	/* SLOT_*: under all the chunk's region locks */
+	int logging[NR_CHUNKS];	/* its slot logs dirty pages: the same locks */
 	pthread_mutex_t vcpu_lock;
 	unsigned int nr_vcpus;	/* live */
 	int stop;
@@ -172,6 +177,13 @@ static __printf(1, 2) void fail(const char *fmt, ...)
 }
 
 #define SLOT_OF(r)	S.slot[(r)->chunk]
+
+/* The guest wrote page @p of @r: its logging slot must report it. */
+static void guest_wrote(struct region *r, unsigned int p)
+{
+	if (S.logging[r->chunk])
+		r->pg[p].logged = 1;
+}
 
 static int stopped(void)
 {
@@ -292,8 +304,10 @@ static int guest_run(struct worker *w, struct region *r, unsigned int op,
 		if (ret == -EINTR && run.exit_reason == SECMMU_EXIT_SIGNAL &&
 		    run.exit_gpa >= gpa && run.exit_gpa < fgpa) {
 			if (write)
-				for (q = p; q <= (run.exit_gpa - r->gpa) / PAGE_SZ; q++)
+				for (q = p; q <= (run.exit_gpa - r->gpa) / PAGE_SZ; q++) {
 					set_page(r, q, pattern, 0);
+					guest_wrote(r, q);
+				}
 			gpa = run.exit_gpa;
 			continue;
 		}
@@ -320,8 +334,10 @@ static int guest_run(struct worker *w, struct region *r, unsigned int op,
 			return -1;
 		}
 		if (write)
-			for (q = p; q < f; q++)
+			for (q = p; q < f; q++) {
 				set_page(r, q, pattern, 0);
+				guest_wrote(r, q);
+			}
 		if (f < b)
 			count(&S.memfaults);
 		gpa = fgpa + PAGE_SZ;
@@ -419,8 +435,10 @@ static void op_access_write(struct worker *w, struct region *r, unsigned int a,
 	if (guest_access_pages(w, r, a, b, w->buf, 1, faulted))
 		return;
 	for (p = a; p < b; p++)
-		if (!faulted[p])
+		if (!faulted[p]) {
 			set_page(r, p, val, fill);
+			guest_wrote(r, p);
+		}
 }
 
 /* Userspace writes: PROT_READ pages are left alone. */
@@ -592,6 +610,8 @@ static int slot_set(unsigned int c, int slot)
 		return -1;
 	}
 	S.slot[c] = slot;
+	if (slot == SLOT_NONE)
+		S.logging[c] = 0;
 	return 0;
 }
 
@@ -628,6 +648,65 @@ static void op_slot(struct worker *w, unsigned int c)
 			return;
 	if (stress_below(&w->rng, 2))
 		slot_set(c, SLOT_RO);
+}
+
+/*
+ * Dirty logging on the slot of a chunk: start it, or harvest it
+ * (SECMMU_GET_DIRTY_LOG, which write-protects what it reports) and check
+ * that every page the guest wrote since the last harvest is reported, and
+ * maybe stop it. Under every region lock of the chunk, so no guest write
+ * of the chunk runs meanwhile.
+ */
+static void op_dirty(struct worker *w, unsigned int c)
+{
+	unsigned int flags = S.slot[c] == SLOT_RO ? SECMMU_MEM_READONLY : 0, i, p;
+	__u64 map[SZ_2M / PAGE_SZ / 64];
+	struct secmmu_dirty_log log = { .slot = c, .bitmap = (uintptr_t)map };
+	int ret;
+
+	if (S.slot[c] == SLOT_NONE)
+		return;
+	if (!S.logging[c]) {
+		ret = set_slot(S.fd, c, flags | SECMMU_MEM_LOG_DIRTY_PAGES,
+			       GPA_BASE + c * SZ_2M, SZ_2M, S.mem + c * SZ_2M);
+		if (ret) {
+			fail("SET_MEMSLOT %u: start logging: %s", c, strerror(-ret));
+			return;
+		}
+		S.logging[c] = 1;
+		for (i = 0; i < CHUNK_REGIONS; i++)
+			for (p = 0; p < REGION_PAGES; p++)
+				S.reg[c * CHUNK_REGIONS + i].pg[p].logged = 0;
+		return;
+	}
+	ret = secmmu_ioctl(S.fd, SECMMU_GET_DIRTY_LOG, &log);
+	if (ret) {
+		fail("GET_DIRTY_LOG %u: %s", c, strerror(-ret));
+		return;
+	}
+	for (i = 0; i < CHUNK_REGIONS; i++) {
+		struct region *r = &S.reg[c * CHUNK_REGIONS + i];
+
+		for (p = 0; p < REGION_PAGES; p++) {
+			unsigned int bit = i * REGION_PAGES + p;
+
+			if (r->pg[p].logged && !(map[bit / 64] >> (bit % 64) & 1)) {
+				fail("dirty log of slot %u: page %#lx written, not reported",
+				     c, page_gpa(r, p));
+				return;
+			}
+			r->pg[p].logged = 0;
+		}
+	}
+	if (!stress_below(&w->rng, 3)) {
+		ret = set_slot(S.fd, c, flags, GPA_BASE + c * SZ_2M, SZ_2M,
+			       S.mem + c * SZ_2M);
+		if (ret) {
+			fail("SET_MEMSLOT %u: stop logging: %s", c, strerror(-ret));
+			return;
+		}
+		S.logging[c] = 0;
+	}
 }
 
 /*
@@ -1215,14 +1294,16 @@ static void locked_op(struct worker *w, unsigned int op)
 						   NR_WORKERS)];
 	unsigned int a, b;
 
-	if (op == OP_SLOT || op == OP_THP) {
+	if (op == OP_SLOT || op == OP_THP || op == OP_DIRTY) {
 		unsigned int c = stress_below(&w->rng, NR_CHUNKS);
 
 		lock_chunk(c);
 		if (op == OP_SLOT)
 			op_slot(w, c);
-		else
+		else if (op == OP_THP)
 			op_thp(w, c);
+		else
+			op_dirty(w, c);
 		unlock_chunk(c);
 		return;
 	}

@@ -231,7 +231,18 @@ fn install<F: Format>(
             return Installed::Dead;
         };
         let flush = || space.flush_remote_tlbs();
-        F::map(tables, root, fault, slot, caches, &flush)
+        let mapped = F::map(tables, root, fault, slot, caches, &flush);
+        // Dirty logging: the page is logged before the lock is dropped, so
+        // before the vCPU can write through the leaf, and a harvest (write
+        // side) sees the bit or comes after and write-protects the leaf
+        // ("Dirty logging" in Documentation/secmmu-protocols.rst). A write
+        // fault maps writable; it logs even when it found the leaf writable.
+        if fault.write && mapped.is_ok() {
+            if let Some(log) = slot.data.dirty() {
+                log.mark(fault.gfn - slot.base_gfn);
+            }
+        }
+        mapped
     };
     if F::BREAK_BEFORE_MAKE
         && mapped

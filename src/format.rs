@@ -26,6 +26,7 @@ use crate::{
     kpages::KernelPages,
     mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
+    mmu::dirty::{DirtyBitmap, Protected},
     mmu::fault::Fault,
     mmu::inval::Invalidations,
     mmu::level::Level,
@@ -186,6 +187,24 @@ impl Pgt {
         match self {
             Pgt::X86(m) => m.next_leaf(root, gfn, end),
             Pgt::S2(m) => m.next_leaf(root, gfn, end),
+        }
+    }
+
+    /// Write-protects the leaves that map gfns `[start, end)` of `slot` in
+    /// every root, at every level, for dirty logging: x86 through the slot's
+    /// rmaps, stage-2 by walking the tables. MMU lock held for write; flush
+    /// before dropping it if the result says so.
+    pub(crate) fn write_protect_gfn_range(
+        &mut self,
+        slot: &MemSlot,
+        start: Gfn,
+        end: Gfn,
+    ) -> Protected {
+        match self {
+            Pgt::X86(m) => x86_slot(slot).map_or(Protected::default(), |slot| {
+                m.write_protect_gfn_range(slot, start, end)
+            }),
+            Pgt::S2(m) => m.write_protect_gfn_range(start, end),
         }
     }
 
@@ -565,7 +584,10 @@ impl Format for X86Mmu<KernelPages> {
 
     fn prepare_slot(slot: &Slot) -> Result<SlotData, AllocError> {
         let rmaps = prim::try_arc_sleepable(SlotRmaps::new(slot)?)?;
-        Ok(SlotData(Some(rmaps)))
+        Ok(SlotData {
+            rmaps: Some(rmaps),
+            dirty: None,
+        })
     }
 
     /// With A/D bits, without the MMU lock: the memslot set is read, and
@@ -682,7 +704,7 @@ impl Format for S2Mmu<KernelPages> {
 
     fn prepare_slot(_slot: &Slot) -> Result<SlotData, AllocError> {
         // No rmaps: zaps and aging walk the tables.
-        Ok(SlotData(None))
+        Ok(SlotData::default())
     }
 
     /// Under the read side of the MMU lock, racing faults and the other
@@ -725,8 +747,32 @@ impl Format for S2Mmu<KernelPages> {
 /// ([`Format::prepare_slot()`]): x86 its rmaps, shared by pointer by every
 /// set that holds the slot (KVM's `slot->arch.rmap`; see "Memslots and
 /// their lifetime" in Documentation/secmmu-protocols.rst); stage-2 nothing.
+/// Both keep the slot's dirty bitmap there while it logs dirty pages.
 #[derive(Clone, Default)]
-pub(crate) struct SlotData(Option<PArc<SlotRmaps>>);
+pub(crate) struct SlotData {
+    rmaps: Option<PArc<SlotRmaps>>,
+    /// The dirty bitmap (KVM's `memslot->dirty_bitmap`), while the slot
+    /// has `SECMMU_MEM_LOG_DIRTY_PAGES`: made before the set that enables
+    /// logging is published, and freed with the last set that holds it, a
+    /// grace period after logging stopped, like the rmaps.
+    dirty: Option<PArc<DirtyBitmap>>,
+}
+
+impl SlotData {
+    /// The slot's dirty bitmap, while it logs dirty pages.
+    pub(crate) fn dirty(&self) -> Option<&DirtyBitmap> {
+        self.dirty.as_deref()
+    }
+
+    /// This data with the dirty bitmap `dirty` instead (a flags-only change
+    /// of the slot: the rmaps stay).
+    pub(crate) fn with_dirty(&self, dirty: Option<PArc<DirtyBitmap>>) -> Self {
+        Self {
+            rmaps: self.rmaps.clone(),
+            dirty,
+        }
+    }
+}
 
 /// A space's memslot set.
 pub(crate) type SlotSet = Memslots<SlotData>;
@@ -736,7 +782,7 @@ pub(crate) type MemSlot = SlotEntry<SlotData>;
 
 impl RmapsOf for SlotData {
     fn rmaps(&self) -> Option<&SlotRmaps> {
-        self.0.as_deref()
+        self.rmaps.as_deref()
     }
 }
 
@@ -910,6 +956,11 @@ mod kunit {
     #[test]
     fn gpc_memslots_and_deactivation() {
         assert!(crate::mmu::pfncache::checks::memslots_and_deactivation());
+    }
+
+    #[test]
+    fn gpc_dirty_logging() {
+        assert!(crate::mmu::pfncache::checks::dirty_logging());
     }
 
     /// Every leaf decodes to what it was made of, at every level.

@@ -71,6 +71,20 @@ fn dirty(dropped: Option<Pfn>) {
     }
 }
 
+/// Marks the page of guest-physical address `gpa` dirty in the dirty log of
+/// its slot, if that logs: a writable cache may have written it. With the
+/// MMU lock held, either side.
+fn mark_logged(space: &impl SpaceMmu, gpa: u64) {
+    let preempt = PreemptGuard::new();
+    let rcu: NoPreempt<'_> = preempt.proof().into();
+    let gfn = Gfn::new(gpa >> 12);
+    if let Some(slot) = space.slots(&rcu).lookup_any(gfn) {
+        if let Some(log) = slot.data.dirty() {
+            log.mark(gfn - slot.base_gfn);
+        }
+    }
+}
+
 /// One cache.
 #[pin_data]
 pub(crate) struct Gpc {
@@ -214,6 +228,20 @@ impl GpcSet {
         }
     }
 
+    /// Dirty logging: a harvest of the dirty log of the guest-physical
+    /// range `[start, end)` (one slot's) reports dirty, through `mark`, the
+    /// pages that writable caches have mapped since the last harvest: they
+    /// may have been written without a fault. With the MMU lock held, either
+    /// side (then no refresh commits meanwhile).
+    pub(crate) fn harvest_logged(&self, start: u64, end: u64, mut mark: impl FnMut(u64)) {
+        for gpc in &self.caches {
+            let logged = gpc.lock().harvest_logged(start, end);
+            if let Some(gpa) = logged {
+                mark(gpa);
+            }
+        }
+    }
+
     /// Refreshes cache `id` of `space` (KVM's `kvm_gpc_refresh()`), in the
     /// space creator's process context: resolves its target to a user page,
     /// watches that page, gets it with get_user_pages (which may sleep and
@@ -298,8 +326,15 @@ impl GpcSet {
                     return Err(EIO);
                 }
                 let r = st.refresh_commit(&refresh, mapping, generation, inval, self.policy);
-                if let Ok(dropped) = r {
+                let unlogged = if let Ok(dropped) = r {
                     dirty(dropped);
+                    st.log_commit()
+                } else {
+                    None
+                };
+                drop(st);
+                if let Some(gpa) = unlogged {
+                    mark_logged(space, gpa);
                 }
                 r
             };

@@ -121,6 +121,8 @@ impl MiscDevice for SecmmuDevice {
             uapi::SNAPSHOT => space.snapshot(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::GET_GPC_STATS => uapi::write_arg(arg, &space.gpc_stats()).map(|()| 0),
             uapi::SET_CLOCK_PAGE => space.set_clock_page(&uapi::read_arg(arg)?).map(|()| 0),
+            uapi::GET_DIRTY_LOG => space.get_dirty_log(&uapi::read_arg(arg)?).map(|()| 0),
+            uapi::CLEAR_DIRTY_LOG => space.clear_dirty_log(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::TEST_YOUNG => space.test_young_ioctl(&uapi::read_arg(arg)?),
             uapi::AUDIT => {
                 let mut req: uapi::secmmu_audit = uapi::read_arg(arg)?;

@@ -48,6 +48,7 @@ use crate::{
     kpages,
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::aging::{AgeOp, AgeResult},
+    mmu::dirty::DirtyBitmap,
     mmu::inval::Invalidations,
     mmu::level::Level,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
@@ -75,6 +76,12 @@ pub(crate) struct Config {
     pub(crate) nr_roots: u32,
     /// Guest-physical address bits: memslots must fit below `1 << ia_bits`.
     pub(crate) ia_bits: u32,
+    /// `SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT`: SECMMU_GET_DIRTY_LOG only
+    /// copies, SECMMU_CLEAR_DIRTY_LOG clears and write-protects.
+    pub(crate) manual_protect: bool,
+    /// `SECMMU_CFG_DIRTY_LOG_INITIALLY_SET`: logging starts with every page
+    /// dirty and nothing write-protected.
+    pub(crate) initially_set: bool,
 }
 
 /// The state of one open `/dev/secmmu`.
@@ -135,6 +142,8 @@ pub(crate) struct Space {
 }
 
 impl_has_mmu_notifier!(Space, notifier);
+
+mod dirty_log;
 
 /// What a flush and a yield of a zap are to a space ([`Yield`]): a zap
 /// that may block yields when this CPU should reschedule or another waits
@@ -271,6 +280,12 @@ impl Space {
         if cfg.nr_roots == 0 || cfg.nr_roots > uapi::MAX_ROOTS {
             return Err(EINVAL);
         }
+        // As KVM_DIRTY_LOG_INITIALLY_SET, only with manual protection.
+        let manual_protect = cfg.flags & uapi::CFG_DIRTY_LOG_MANUAL_PROTECT != 0;
+        let initially_set = cfg.flags & uapi::CFG_DIRTY_LOG_INITIALLY_SET != 0;
+        if initially_set && !manual_protect {
+            return Err(EINVAL);
+        }
         let kind = Kind::from_uapi(cfg.format).ok_or(EINVAL)?;
         let ia_bits = kind.ia_bits(cfg.ia_bits).ok_or(EINVAL)?;
         let mut config = self.config.lock();
@@ -291,6 +306,8 @@ impl Space {
             format: cfg.format,
             nr_roots: cfg.nr_roots,
             ia_bits,
+            manual_protect,
+            initially_set,
         });
         Ok(())
     }
@@ -326,13 +343,25 @@ impl Space {
         )
         .map_err(slot_errno)?;
         let current = self.memslots_of_config(&config);
+        if let Some(old) = current.by_id(slot.id) {
+            // A flags-only change (KVM_MR_FLAGS_ONLY), or nothing to do.
+            if !SlotSet::flags_only_change(old, &slot).map_err(slot_errno)? {
+                return Ok(());
+            }
+            return self.set_dirty_logging(&config, &cfg, slot.id, slot.flags);
+        }
         // Check before allocating the rmaps.
         current.check_insert(&slot).map_err(slot_errno)?;
         // The format's share of the slot (x86: its rmaps) and the new set,
         // made before the lock: they may sleep. A failure leaves the
         // current set as it is.
         let kind = Kind::from_uapi(cfg.format).ok_or(EINVAL)?;
-        let data = kind.prepare_slot(&slot)?;
+        let mut data = kind.prepare_slot(&slot)?;
+        if slot.logs_dirty() {
+            // Created logging: nothing is mapped yet, so nothing to protect.
+            let log = DirtyBitmap::new(slot.npages, cfg.initially_set)?;
+            data = data.with_dirty(Some(prim::try_arc_sleepable(log)?));
+        }
         let new = current.inserted(slot, data).map_err(slot_errno)?;
         let new = prim::try_box_sleepable(new)?;
         let old = self.publish_memslots(new);

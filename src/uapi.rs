@@ -28,6 +28,8 @@ pub(crate) const CREATE_VCPU: u32 = _IOW::<secmmu_vcpu_create>(SECMMUIO, 0x04);
 pub(crate) const SNAPSHOT: u32 = _IOW::<secmmu_snapshot>(SECMMUIO, 0x05);
 pub(crate) const GET_GPC_STATS: u32 = _IOR::<secmmu_gpc_stats>(SECMMUIO, 0x06);
 pub(crate) const SET_CLOCK_PAGE: u32 = _IOW::<secmmu_clock_setup>(SECMMUIO, 0x07);
+pub(crate) const GET_DIRTY_LOG: u32 = _IOW::<secmmu_dirty_log>(SECMMUIO, 0x08);
+pub(crate) const CLEAR_DIRTY_LOG: u32 = _IOW::<secmmu_clear_dirty_log>(SECMMUIO, 0x09);
 pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
 pub(crate) const SET_RUN_PAGE: u32 = _IOW::<secmmu_run_page_setup>(SECMMUIO, 0x12);
@@ -39,7 +41,10 @@ pub(crate) const FMT_ARM64_S2: u32 = 2;
 pub(crate) const IA_BITS_DEFAULT: u32 = 48;
 pub(crate) const IA_BITS_MIN_ARM64: u32 = 32;
 pub(crate) const CFG_NO_AD: u32 = 1 << 0;
-pub(crate) const CFG_FLAGS: u32 = CFG_NO_AD;
+pub(crate) const CFG_DIRTY_LOG_MANUAL_PROTECT: u32 = 1 << 1;
+pub(crate) const CFG_DIRTY_LOG_INITIALLY_SET: u32 = 1 << 2;
+pub(crate) const CFG_FLAGS: u32 =
+    CFG_NO_AD | CFG_DIRTY_LOG_MANUAL_PROTECT | CFG_DIRTY_LOG_INITIALLY_SET;
 pub(crate) const MAX_ROOTS: u32 = 32;
 pub(crate) const MAX_VCPUS: usize = 64;
 pub(crate) const SNAPSHOT_MAX: u64 = 1 << 20;
@@ -263,6 +268,27 @@ pub(crate) struct secmmu_clock_page {
     pub(crate) time_ns: u64,
 }
 
+/// `struct secmmu_dirty_log`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_dirty_log {
+    pub(crate) slot: u32,
+    pub(crate) pad: u32,
+    pub(crate) bitmap: u64,
+    pub(crate) reserved: [u64; 2],
+}
+
+/// `struct secmmu_clear_dirty_log`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_clear_dirty_log {
+    pub(crate) slot: u32,
+    pub(crate) num_pages: u32,
+    pub(crate) first_page: u64,
+    pub(crate) bitmap: u64,
+    pub(crate) reserved: [u64; 2],
+}
+
 macro_rules! plain_uapi_struct {
     ($($t:ty),*) => {$(
         // SAFETY: `repr(C)` of integers and integer arrays only, laid out
@@ -287,7 +313,9 @@ plain_uapi_struct!(
     secmmu_run_page,
     secmmu_gpc_stats,
     secmmu_clock_setup,
-    secmmu_clock_page
+    secmmu_clock_page,
+    secmmu_dirty_log,
+    secmmu_clear_dirty_log
 );
 
 /// Reads an ioctl's argument struct from user memory.

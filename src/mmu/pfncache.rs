@@ -127,6 +127,12 @@ pub(crate) struct GpcState {
     refreshing: Option<u64>,
     /// An invalidation of `uhva` began since the refresh started watching it.
     stale: bool,
+    /// Dirty logging: the guest-physical address a writable cache has mapped since the last
+    /// harvest of the dirty log that covers it ([`GpcState::harvest_logged()`]).  Its users may
+    /// write through the cache at any time, without faulting, so a harvest reports the page dirty
+    /// while the cache maps it, and once more after (KVM's `kvm_gpc_mark_dirty_in_slot()`, at
+    /// harvest time rather than at each write, which may come in hard IRQ context).
+    logged: Option<u64>,
 }
 
 /// A refresh in progress: what [`GpcState::refresh_begin()`] handed out.
@@ -285,6 +291,29 @@ impl GpcState {
             .map(|o| o.pfn))
     }
 
+    /// Dirty logging, after a successful [`GpcState::refresh_commit()`]: a writable cache of a
+    /// guest-physical address is logged from now on.  Returns the address it was logged at before,
+    /// if another, for the caller to mark dirty now (the cache may have written through it since
+    /// the last harvest, and no harvest will look for it any more).
+    pub(crate) fn log_commit(&mut self) -> Option<u64> {
+        let Some(Target::Gpa(gpa)) = self.target.filter(|_| self.writable && self.is_mapped())
+        else {
+            return None;
+        };
+        self.logged.replace(gpa).filter(|&old| old != gpa)
+    }
+
+    /// A harvest of the dirty log of the guest-physical range `[start, end)`: the address this
+    /// cache is logged at, if in the range, for the harvest to mark dirty.  A cache that no longer
+    /// maps it is logged no more.
+    pub(crate) fn harvest_logged(&mut self, start: u64, end: u64) -> Option<u64> {
+        let gpa = self.logged.filter(|g| (start..end).contains(g))?;
+        if !self.is_mapped() {
+            self.logged = None;
+        }
+        Some(gpa)
+    }
+
     /// `invalidate_range_start()` of the user range `[start, end)`: a cache that maps a page of
     /// it becomes invalid, and a refresh watching one must start over.  `None` if the range
     /// leaves the cache alone; otherwise the page if the cache mapped it writable, for the caller
@@ -424,11 +453,60 @@ pub(crate) mod checks {
         ok &= g.activate(Target::Gpa(0xff8), 8, false).is_ok();
         ok
     }
+
+    /// Dirty logging: a writable cache of a guest-physical address is logged once it commits;
+    /// a harvest of a range holding it reports it while the cache maps it, and once more after
+    /// the cache lost it; a refresh to another address hands back the old one to mark at once.
+    /// Read-only caches and user-address caches are never logged.
+    pub(crate) fn dirty_logging() -> bool {
+        let mut g = GpcState::new();
+        let uhva = Hva::new(0x1000);
+        let mut ok = g.activate(Target::Gpa(0x4010), 8, true).is_ok();
+        ok &= g.harvest_logged(0, u64::MAX).is_none();
+        let (r, _) = g.refresh_begin(epoch(&g), uhva, 1, false).unwrap();
+        ok &= g.refresh_commit(&r, m(1), 1, QUIET, Policy::Range).is_ok();
+        ok &= g.log_commit().is_none();
+        // Outside the range harvested: nothing; inside: every harvest while mapped.
+        ok &= g.harvest_logged(0x5000, 0x6000).is_none();
+        ok &= g.harvest_logged(0x4000, 0x5000) == Some(0x4010);
+        ok &= g.harvest_logged(0x4000, 0x5000) == Some(0x4010);
+        // Invalidated: once more, then no more.
+        ok &= g.invalidate(uhva, uhva.add_pages(1)) == Some(Some(Pfn::new(1)));
+        ok &= g.harvest_logged(0x4000, 0x5000) == Some(0x4010);
+        ok &= g.harvest_logged(0x4000, 0x5000).is_none();
+        // Logged again, then moved to another address before any harvest: the old one is
+        // handed back.
+        let (r, _) = g.refresh_begin(epoch(&g), uhva, 1, false).unwrap();
+        ok &= g.refresh_commit(&r, m(1), 1, QUIET, Policy::Range).is_ok();
+        ok &= g.log_commit().is_none();
+        ok &= g.activate(Target::Gpa(0x9000), 8, true).is_ok();
+        let (r, _) = g
+            .refresh_begin(epoch(&g), Hva::new(0x2000), 1, false)
+            .unwrap();
+        ok &= g.refresh_commit(&r, m(2), 1, QUIET, Policy::Range).is_ok();
+        ok &= g.log_commit() == Some(0x4010);
+        ok &= g.harvest_logged(0x4000, 0x5000).is_none();
+        ok &= g.harvest_logged(0x9000, 0xa000) == Some(0x9000);
+        // Read-only and user-address caches are never logged.
+        for (target, writable) in [(Target::Gpa(0x7000), false), (Target::Hva(0x7000), true)] {
+            let mut g = GpcState::new();
+            ok &= g.activate(target, 8, writable).is_ok();
+            let (r, _) = g.refresh_begin(epoch(&g), uhva, 1, false).unwrap();
+            ok &= g.refresh_commit(&r, m(1), 1, QUIET, Policy::Range).is_ok();
+            ok &= g.log_commit().is_none() && g.harvest_logged(0, u64::MAX).is_none();
+        }
+        ok
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::checks;
+
+    #[test]
+    fn dirty_logging() {
+        assert!(checks::dirty_logging());
+    }
 
     #[test]
     fn refresh_then_invalidate() {

@@ -104,6 +104,8 @@ pub(crate) struct Stats {
     pub(crate) splits: Counter,
     /// Tables a fault zapped and replaced by a huge leaf.
     pub(crate) collapses: Counter,
+    /// Leaves that dirty logging write-protected (they were writable).
+    pub(crate) dirty_protected: Counter,
     /// SECMMU_AUDIT runs.
     pub(crate) audits: Counter,
     /// Leaves they found incoherent with the primary MMU.

@@ -79,7 +79,12 @@ struct secmmu_stats {
 #define SECMMU_FMT_ARM64_S2	2	/* arm64 stage-2, 4K granule, ia_bits */
 
 #define SECMMU_CFG_NO_AD	(1u << 0)	/* no accessed/dirty bits */
-#define SECMMU_CFG_FLAGS	SECMMU_CFG_NO_AD
+/* Dirty logging: see SECMMU_GET_DIRTY_LOG and SECMMU_CLEAR_DIRTY_LOG */
+#define SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT	(1u << 1)
+#define SECMMU_CFG_DIRTY_LOG_INITIALLY_SET	(1u << 2)
+#define SECMMU_CFG_FLAGS	(SECMMU_CFG_NO_AD | \
+				 SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT | \
+				 SECMMU_CFG_DIRTY_LOG_INITIALLY_SET)
 
 #define SECMMU_MAX_ROOTS	32
 
@@ -97,11 +102,20 @@ struct secmmu_config {
  * SECMMU_SET_MEMSLOT: create slot @slot, or delete it when @memory_size is
  * 0 (its mappings are zapped). Addresses and size must be 4K aligned; the
  * guest range must fit the format's guest-physical width and not overlap
- * another slot (-EEXIST); the user range must lie in user space. An
- * existing slot must be deleted before it is created again (-EBUSY).
+ * another slot (-EEXIST); the user range must lie in user space.
+ *
+ * The same request for an existing slot with only
+ * SECMMU_MEM_LOG_DIRTY_PAGES changed is a flags-only change (KVM's
+ * KVM_MR_FLAGS_ONLY): setting it starts dirty logging (the slot's pages are
+ * write-protected, unless SECMMU_CFG_DIRTY_LOG_INITIALLY_SET, and mapped 4K
+ * from then on); clearing it stops logging and zaps the slot, so that the
+ * next faults map huge pages again. The same request with the same flags
+ * changes nothing. Changing SECMMU_MEM_READONLY is -EINVAL; changing the
+ * range or the user address is -EBUSY (delete the slot first).
  */
 #define SECMMU_MAX_MEMSLOTS	64
 #define SECMMU_MEM_READONLY	(1u << 0)
+#define SECMMU_MEM_LOG_DIRTY_PAGES	(1u << 1)
 
 struct secmmu_memslot {
 	__u32 slot;
@@ -355,5 +369,44 @@ struct secmmu_clock_page {
 };
 
 #define SECMMU_SET_CLOCK_PAGE	_IOW(SECMMUIO, 0x07, struct secmmu_clock_setup)
+
+/*
+ * SECMMU_GET_DIRTY_LOG: copies the dirty bitmap of slot @slot, which logs
+ * dirty pages, to @bitmap: bit i (of little-endian 64-bit words) for the
+ * slot's page i, ALIGN(npages, 64) / 8 bytes (KVM_GET_DIRTY_LOG). Without
+ * SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT the bits copied are cleared and their
+ * pages write-protected again, so the next write to each is logged; with
+ * it, nothing changes (use SECMMU_CLEAR_DIRTY_LOG). -ENOENT: no such slot,
+ * or it does not log; -EFAULT: @bitmap not writable (the bits stay set);
+ * -EINVAL: nonzero pad or reserved.
+ */
+struct secmmu_dirty_log {
+	__u32 slot;
+	__u32 pad;
+	__u64 bitmap;		/* user pointer */
+	__u64 reserved[2];
+};
+
+#define SECMMU_GET_DIRTY_LOG	_IOW(SECMMUIO, 0x08, struct secmmu_dirty_log)
+
+/*
+ * SECMMU_CLEAR_DIRTY_LOG: for each bit set in @bitmap (bit i for the slot's
+ * page @first_page + i, @num_pages bits), clears the page's dirty bit and,
+ * if it was set, write-protects the page, so that its next write is logged
+ * (KVM_CLEAR_DIRTY_LOG). Needs SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT
+ * (-EINVAL without). @first_page must be a multiple of 64 and @num_pages
+ * too, unless the range ends at the slot's end; the range must lie in the
+ * slot (-EINVAL). -ENOENT: no such slot, or it does not log; -EFAULT:
+ * @bitmap not readable.
+ */
+struct secmmu_clear_dirty_log {
+	__u32 slot;
+	__u32 num_pages;
+	__u64 first_page;
+	__u64 bitmap;		/* user pointer */
+	__u64 reserved[2];
+};
+
+#define SECMMU_CLEAR_DIRTY_LOG	_IOW(SECMMUIO, 0x09, struct secmmu_clear_dirty_log)
 
 #endif /* _UAPI_LINUX_SECMMU_H */

@@ -1,0 +1,788 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * secmmu dirty logging selftests: SECMMU_MEM_LOG_DIRTY_PAGES with the
+ * bitmap ioctls SECMMU_GET_DIRTY_LOG and SECMMU_CLEAR_DIRTY_LOG, the ports
+ * of KVM's dirty_log_test.c and dirty_log_page_splitting_test.c.
+ *
+ * The "dirty" fixture: one memslot at GPA_BASE over private memory of one
+ * backing (4K pages, THP, or 2M hugetlb pages), in a space of either
+ * page-table format, with one vCPU. Every test first writes every page
+ * through the vCPU, so the tables hold writable leaves, huge ones where the
+ * backing allows, before logging starts: write protection has work to do.
+ * The "dirty_api" fixture is the same over 4K pages only, for the tests
+ * whose subject is not the backing (the run page, the uAPI's checks).
+ *
+ * The round-tagged workload (KVM's dirty_log_test.c): a writer thread
+ * writes the round number into random pages through the vCPU while the main
+ * thread harvests the log; at the end of each round the writer pauses, the
+ * main thread harvests once more and checks every page: a page that holds
+ * this round's number must have been reported (nothing written goes
+ * unreported), and a page reported must hold it (every bit comes from a
+ * write of the round: write protection logs exactly the pages written).
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+
+#include "secmmu_lib.h"
+#include "kselftest_harness.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE	23
+#endif
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT		26
+#endif
+
+/* 1G-aligned, so 2M leaves line up with the backing's huge pages. */
+#define GPA_BASE	0x40000000UL
+#define ROUNDS		32
+#define LOG		SECMMU_MEM_LOG_DIRTY_PAGES
+#define MANUAL		SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT
+#define INIT_SET	SECMMU_CFG_DIRTY_LOG_INITIALLY_SET
+
+enum backing { B_4K, B_THP, B_HUGETLB };
+
+/* kB of the VMA holding @p that are PMD-mapped THPs (smaps AnonHugePages). */
+static long anon_huge_kb(void *p)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	unsigned long start, end;
+	char line[256];
+	long kb = -1;
+	int in = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
+			in = start <= (uintptr_t)p && (uintptr_t)p < end;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	}
+	fclose(f);
+	return kb;
+}
+
+/*
+ * Private memory of @size (a multiple of 2M) at a 2M-aligned address, of
+ * backing @b, faulted in; NULL if the VM has no such memory.
+ */
+static char *backing_alloc(enum backing b, unsigned long size)
+{
+	unsigned long len = size + SZ_2M;
+	char *p, *a;
+
+	if (b == B_HUGETLB) {
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB |
+			 (21 << MAP_HUGE_SHIFT), -1, 0);
+		if (p == MAP_FAILED)
+			return NULL;
+		if (madvise(p, size, MADV_POPULATE_WRITE)) {
+			munmap(p, size);
+			return NULL;
+		}
+		return p;
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	a = (char *)(((uintptr_t)p + SZ_2M - 1) & ~(SZ_2M - 1));
+	if (a > p)
+		munmap(p, a - p);
+	if (p + len > a + size)
+		munmap(a + size, p + len - (a + size));
+	if (madvise(a, size, b == B_THP ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) ||
+	    madvise(a, size, MADV_POPULATE_WRITE)) {
+		munmap(a, size);
+		return NULL;
+	}
+	if (b == B_THP && anon_huge_kb(a) < (long)(size / 1024)) {
+		munmap(a, size);
+		return NULL;
+	}
+	return a;
+}
+
+static int get_log(int fd, unsigned int slot, void *bitmap)
+{
+	struct secmmu_dirty_log log = {
+		.slot = slot,
+		.bitmap = (uintptr_t)bitmap,
+	};
+
+	return secmmu_ioctl(fd, SECMMU_GET_DIRTY_LOG, &log);
+}
+
+static int clear_log(int fd, unsigned int slot, unsigned long first,
+		     unsigned int num, void *bitmap)
+{
+	struct secmmu_clear_dirty_log c = {
+		.slot = slot,
+		.num_pages = num,
+		.first_page = first,
+		.bitmap = (uintptr_t)bitmap,
+	};
+
+	return secmmu_ioctl(fd, SECMMU_CLEAR_DIRTY_LOG, &c);
+}
+
+static bool test_bit(const unsigned long *map, unsigned long i)
+{
+	return map[i / 64] >> (i % 64) & 1;
+}
+
+static unsigned long count_set(const unsigned long *map, unsigned long n)
+{
+	unsigned long i, c = 0;
+
+	for (i = 0; i < n; i++)
+		c += test_bit(map, i);
+	return c;
+}
+
+/* The vCPU writing round numbers into random pages (dirty_log_test's guest). */
+struct writer {
+	int vcpu;
+	unsigned long npages;
+	atomic_ulong round;
+	atomic_bool pause, paused, stop;
+	atomic_ulong writes;
+	int err;
+	unsigned int seed;
+};
+
+static void *writer_fn(void *arg)
+{
+	struct writer *w = arg;
+
+	while (!atomic_load(&w->stop)) {
+		unsigned long page;
+		__u64 v;
+		int ret;
+
+		if (atomic_load(&w->pause)) {
+			atomic_store(&w->paused, true);
+			while (atomic_load(&w->pause) && !atomic_load(&w->stop))
+				usleep(100);
+			atomic_store(&w->paused, false);
+			continue;
+		}
+		page = rand_r(&w->seed) % w->npages;
+		v = atomic_load(&w->round);
+		ret = guest_access(w->vcpu, GPA_BASE + page * PAGE_SZ, &v,
+				   sizeof(v), 1);
+		if (ret) {
+			w->err = ret;
+			break;
+		}
+		atomic_fetch_add(&w->writes, 1);
+	}
+	atomic_store(&w->paused, true);
+	return NULL;
+}
+
+/* Stops the writer between two writes, and waits until it has. */
+static void writer_pause(struct writer *w)
+{
+	atomic_store(&w->pause, true);
+	while (!atomic_load(&w->paused))
+		usleep(50);
+}
+
+static void writer_resume(struct writer *w)
+{
+	atomic_store(&w->paused, false);
+	atomic_store(&w->pause, false);
+}
+
+/* Lets the writer do @n more writes, or run for 2 s, whichever first. */
+static void writer_wait(struct writer *w, unsigned long n)
+{
+	unsigned long goal = atomic_load(&w->writes) + n;
+	double end = now_s() + 2;
+
+	while (atomic_load(&w->writes) < goal && now_s() < end && !w->err)
+		usleep(200);
+}
+
+/* What the tests of both fixtures share: a space over one slot of memory. */
+struct dlog {
+	int fd;
+	int vcpu;
+	char *mem;
+	unsigned long size;
+	unsigned long npages;
+	unsigned long nwords;
+	unsigned long *bmap;	/* one harvest (64-bit words) */
+	unsigned long *seen;	/* a round's harvests, ORed */
+	unsigned char *snap;
+};
+
+/* Memory of @backing for a test, and its bitmaps; no space yet. */
+static void dlog_setup(struct __test_metadata *_metadata, struct dlog *d,
+		       enum backing backing)
+{
+	/* 8M of 4K pages (a bitmap tail that is not a word: +3 pages), 8M huge. */
+	unsigned long size = 8 * SZ_1M;
+
+	d->fd = -1;
+	d->vcpu = -1;
+	d->size = size;
+	d->mem = backing_alloc(backing, size);
+	if (backing == B_4K && d->mem)
+		d->size -= 61 * PAGE_SZ;
+	d->npages = d->size / PAGE_SZ;
+	d->nwords = (d->npages + 63) / 64;
+	d->bmap = calloc(d->nwords, 8);
+	d->seen = calloc(d->nwords, 8);
+	d->snap = calloc(d->npages, 1);
+	ASSERT_NE(NULL, d->bmap);
+	ASSERT_NE(NULL, d->seen);
+	ASSERT_NE(NULL, d->snap);
+}
+
+static void dlog_teardown(struct dlog *d, enum backing backing)
+{
+	if (d->vcpu >= 0)
+		close(d->vcpu);
+	if (d->fd >= 0)
+		close(d->fd);
+	if (d->mem)
+		munmap(d->mem, backing == B_4K ?
+		       d->size + 61 * PAGE_SZ : d->size);
+	free(d->bmap);
+	free(d->seen);
+	free(d->snap);
+}
+
+FIXTURE(dirty) {
+	struct dlog d;
+};
+
+FIXTURE_VARIANT(dirty) {
+	unsigned int format;
+	enum backing backing;
+};
+
+FIXTURE_VARIANT_ADD(dirty, x86_4k) { SECMMU_FMT_X86_EPT4, B_4K };
+FIXTURE_VARIANT_ADD(dirty, x86_thp) { SECMMU_FMT_X86_EPT4, B_THP };
+FIXTURE_VARIANT_ADD(dirty, x86_hugetlb) { SECMMU_FMT_X86_EPT4, B_HUGETLB };
+FIXTURE_VARIANT_ADD(dirty, arm64_4k) { SECMMU_FMT_ARM64_S2, B_4K };
+FIXTURE_VARIANT_ADD(dirty, arm64_thp) { SECMMU_FMT_ARM64_S2, B_THP };
+FIXTURE_VARIANT_ADD(dirty, arm64_hugetlb) { SECMMU_FMT_ARM64_S2, B_HUGETLB };
+
+FIXTURE_SETUP(dirty)
+{
+	dlog_setup(_metadata, &self->d, variant->backing);
+}
+
+FIXTURE_TEARDOWN(dirty)
+{
+	dlog_teardown(&self->d, variant->backing);
+}
+
+/* The tests one backing is enough for: 4K pages, per format. */
+FIXTURE(dirty_api) {
+	struct dlog d;
+};
+
+FIXTURE_VARIANT(dirty_api) {
+	unsigned int format;
+};
+
+FIXTURE_VARIANT_ADD(dirty_api, x86) { SECMMU_FMT_X86_EPT4 };
+FIXTURE_VARIANT_ADD(dirty_api, arm64) { SECMMU_FMT_ARM64_S2 };
+
+FIXTURE_SETUP(dirty_api)
+{
+	dlog_setup(_metadata, &self->d, B_4K);
+}
+
+FIXTURE_TEARDOWN(dirty_api)
+{
+	dlog_teardown(&self->d, B_4K);
+}
+
+/*
+ * The space of a test: configured with @cfg_flags, slot 0 over the memory
+ * (not logging yet), one vCPU, every page written through it (the value
+ * written is its gpa, never a round number). 0 or -errno.
+ */
+static int dirty_space(struct dlog *d, unsigned int format,
+		       unsigned int cfg_flags)
+{
+	int ret;
+
+	d->fd = space_create(format, 1, cfg_flags);
+	if (d->fd < 0)
+		return d->fd;
+	ret = set_slot(d->fd, 0, 0, GPA_BASE, d->size, d->mem);
+	if (ret)
+		return ret;
+	d->vcpu = vcpu_create(d->fd, 0);
+	if (d->vcpu < 0)
+		return d->vcpu;
+	return run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			 GPA_BASE + d->size, PAGE_SZ, 0, NULL);
+}
+
+static unsigned long snap_count(struct dlog *d, unsigned int bits,
+				int level)
+{
+	unsigned long i, n = 0;
+
+	for (i = 0; i < d->npages; i++) {
+		unsigned char b = d->snap[i];
+
+		if ((b & bits) == bits &&
+		    (level < 0 || (int)SECMMU_SNAP_LEVEL(b) == level))
+			n++;
+	}
+	return n;
+}
+
+static int take_snapshot(struct dlog *d)
+{
+	return snapshot(d->fd, 0, GPA_BASE, d->npages, d->snap);
+}
+
+/*
+ * One harvest into @d->bmap, ORed into @d->seen: SECMMU_GET_DIRTY_LOG,
+ * and with manual protection SECMMU_CLEAR_DIRTY_LOG of what it returned, in
+ * two pieces (a first half of whole words, then the rest up to the slot's
+ * end, whose last word is partial for the 4K backing).
+ */
+static int harvest(struct dlog *d, bool manual)
+{
+	unsigned long half = (d->npages / 2) & ~63UL, i;
+	int ret;
+
+	memset(d->bmap, 0xa5, d->nwords * 8);
+	ret = get_log(d->fd, 0, d->bmap);
+	if (ret)
+		return ret;
+	/* Bits past the slot's end are zero. */
+	if (d->npages % 64 &&
+	    d->bmap[d->nwords - 1] >> (d->npages % 64))
+		return -EPROTO;
+	if (manual) {
+		ret = clear_log(d->fd, 0, 0, half, d->bmap);
+		if (!ret)
+			ret = clear_log(d->fd, 0, half, d->npages - half,
+					d->bmap + half / 64);
+		if (ret)
+			return ret;
+	}
+	for (i = 0; i < d->nwords; i++)
+		d->seen[i] |= d->bmap[i];
+	return 0;
+}
+
+/*
+ * The check of round @r: every page holding @r was reported; unless @any,
+ * every page reported holds @r. Returns the pages reported.
+ */
+static unsigned long verify_round(struct __test_metadata *_metadata,
+				  struct dlog *d, unsigned long r,
+				  bool any)
+{
+	unsigned long page, reported = 0;
+
+	for (page = 0; page < d->npages; page++) {
+		/* The writer is paused: nothing changes the page meanwhile. */
+		unsigned long val = *(__u64 *)(d->mem + page * PAGE_SZ);
+		bool dirty = test_bit(d->seen, page);
+
+		reported += dirty;
+		if (val == r && !dirty) {
+			TH_LOG("round %lu: page %lu written, not reported", r, page);
+			ASSERT_TRUE(dirty);
+		}
+		if (dirty && !any && val != r) {
+			TH_LOG("round %lu: page %lu reported, holds %#lx", r,
+			       page, (unsigned long)val);
+			ASSERT_EQ(r, val);
+		}
+	}
+	return reported;
+}
+
+/*
+ * The round-tagged workload of dirty_log_test.c for one mode: @cfg_flags
+ * chooses manual protection and INITIALLY_SET. Returns after checking all
+ * ROUNDS rounds and the coherence auditor.
+ */
+static void dirty_log_rounds(struct __test_metadata *_metadata,
+			     struct dlog *d,
+			     const struct _fixture_variant_dirty *variant,
+			     unsigned int cfg_flags)
+{
+	bool manual = cfg_flags & MANUAL, init_set = cfg_flags & INIT_SET;
+	unsigned long r, total = 0, huge_before;
+	struct writer w = { .seed = 42 };
+	struct secmmu_audit a;
+	pthread_t t;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, cfg_flags));
+	ASSERT_EQ(0, take_snapshot(d));
+	huge_before = d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0);
+	if (variant->backing != B_4K && !huge_before)
+		TH_LOG("no huge leaf before logging started");
+
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, take_snapshot(d));
+	/* Write-protected at once, huge leaves too; INITIALLY_SET protects nothing. */
+	if (!init_set)
+		ASSERT_EQ(0, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+
+	w.vcpu = d->vcpu;
+	w.npages = d->npages;
+	atomic_store(&w.pause, true);
+	ASSERT_EQ(0, pthread_create(&t, NULL, writer_fn, &w));
+	writer_pause(&w);
+	for (r = 1; r <= ROUNDS; r++) {
+		memset(d->seen, 0, d->nwords * 8);
+		atomic_store(&w.round, r);
+		writer_resume(&w);
+		writer_wait(&w, d->npages / 8);
+		/* Harvest while the vCPU writes, then once more after it stopped. */
+		ASSERT_EQ(0, harvest(d, manual));
+		writer_wait(&w, 16);
+		writer_pause(&w);
+		ASSERT_EQ(0, w.err);
+		ASSERT_EQ(0, harvest(d, manual));
+		if (init_set && r == 1) {
+			/* Every page dirty: the bitmap started full. */
+			ASSERT_EQ(d->npages, verify_round(_metadata, d, r, true));
+			continue;
+		}
+		total += verify_round(_metadata, d, r, false);
+	}
+	atomic_store(&w.stop, true);
+	pthread_join(t, NULL);
+	ASSERT_EQ(0, w.err);
+	TH_LOG("%s %s: %lu pages, %lu writes, %lu reported dirty in %d rounds",
+	       format_name(variant->format),
+	       manual ? (init_set ? "clear-log initially-set" : "clear-log") :
+	       "bitmap", d->npages, (unsigned long)atomic_load(&w.writes),
+	       total, ROUNDS);
+	ASSERT_LT(0, total);
+	/* Every leaf is 4K while the slot logs. */
+	ASSERT_EQ(0, take_snapshot(d));
+	EXPECT_EQ(snap_count(d, SECMMU_SNAP_PRESENT, -1),
+		  snap_count(d, SECMMU_SNAP_PRESENT, 0));
+	if (!audit_space(d->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+}
+
+/* GET_DIRTY_LOG takes the bits and write-protects their pages. */
+TEST_F_TIMEOUT(dirty, dirty_log_bitmap, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, 0);
+}
+
+/* GET_DIRTY_LOG copies; CLEAR_DIRTY_LOG clears and write-protects. */
+TEST_F_TIMEOUT(dirty, dirty_log_clear, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, MANUAL);
+}
+
+/* Logging starts with every page dirty and nothing write-protected. */
+TEST_F_TIMEOUT(dirty, dirty_log_initially_set, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, MANUAL | INIT_SET);
+}
+
+/*
+ * The port of dirty_log_page_splitting_test.c, counting leaves by level
+ * in SECMMU_SNAPSHOT: huge leaves before; once logging starts, none is
+ * writable; after the guest writes every page, every leaf is 4K and
+ * writable (each write fault split what was over it); after logging stops
+ * and the guest writes again, huge leaves are back as many as before.
+ */
+TEST_F_TIMEOUT(dirty, dirty_log_page_splitting, 300)
+{
+	struct dlog *d = &self->d;
+	unsigned long huge_before, huge_after;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
+	ASSERT_EQ(0, take_snapshot(d));
+	huge_before = d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0);
+	if (variant->backing == B_4K)
+		ASSERT_EQ(0, huge_before);
+
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, take_snapshot(d));
+	EXPECT_EQ(0, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+	/* Reads go through the protected leaves, huge or not. */
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_VERIFY, GPA_BASE,
+			       GPA_BASE + d->size, PAGE_SZ, 0, NULL));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + d->size, PAGE_SZ, 0, NULL));
+	ASSERT_EQ(0, take_snapshot(d));
+	EXPECT_EQ(d->npages, snap_count(d, SECMMU_SNAP_PRESENT |
+					   SECMMU_SNAP_WRITABLE, 0));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(d->npages, count_set(d->bmap, d->npages));
+
+	ASSERT_EQ(0, set_slot(d->fd, 0, 0, GPA_BASE, d->size, d->mem));
+	EXPECT_EQ(-ENOENT, get_log(d->fd, 0, d->bmap));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + d->size, PAGE_SZ, 0, NULL));
+	ASSERT_EQ(0, take_snapshot(d));
+	huge_after = d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0);
+	TH_LOG("%s: pages in huge leaves: %lu before logging, %lu after",
+	       format_name(variant->format), huge_before, huge_after);
+	EXPECT_EQ(huge_before, huge_after);
+}
+
+/*
+ * Invalidations of logged pages lose nothing: pages the guest wrote stay
+ * reported through MADV_DONTNEED, mprotect() and a MAP_FIXED replacement
+ * of their memory, the tables stay coherent (the auditor), and a deleted
+ * slot's log is gone (-ENOENT) while a new slot at the same place starts
+ * clean.
+ */
+TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
+{
+	struct dlog *d = &self->d;
+	unsigned long quarter = d->npages / 4 * PAGE_SZ, page;
+	struct secmmu_audit a;
+	char *p;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, MANUAL));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	/* The guest writes every other page. */
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + d->size, 2 * PAGE_SZ, 7, NULL));
+
+	ASSERT_EQ(0, madvise(d->mem, quarter, MADV_DONTNEED));
+	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter, PROT_READ));
+	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter,
+			      PROT_READ | PROT_WRITE));
+	if (variant->backing != B_HUGETLB) {
+		p = mmap(d->mem + 2 * quarter, quarter, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		ASSERT_EQ(d->mem + 2 * quarter, p);
+	}
+	if (!audit_space(d->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	for (page = 0; page < d->npages; page++)
+		if (!(page & 1) && !test_bit(d->bmap, page)) {
+			TH_LOG("page %lu written, not reported", page);
+			ASSERT_TRUE(test_bit(d->bmap, page));
+		}
+	EXPECT_EQ((d->npages + 1) / 2, count_set(d->bmap, d->npages));
+
+	/* The guest writes the invalidated memory again: logged. */
+	ASSERT_EQ(0, clear_log(d->fd, 0, 0, d->npages, d->bmap));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(0, count_set(d->bmap, d->npages));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + 3 * quarter, PAGE_SZ, 9, NULL));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(3 * quarter / PAGE_SZ, count_set(d->bmap, d->npages));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_VERIFY, GPA_BASE,
+			       GPA_BASE + 3 * quarter, PAGE_SZ, 9, NULL));
+
+	/* Deleted while logging: its log goes with it. */
+	ASSERT_EQ(0, set_slot(d->fd, 0, 0, GPA_BASE, 0, NULL));
+	EXPECT_EQ(-ENOENT, get_log(d->fd, 0, d->bmap));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(0, count_set(d->bmap, d->npages));
+	if (!audit_space(d->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+}
+
+/*
+ * Starting and stopping logging while the vCPU writes (the flags-only
+ * change racing faults that began under the other flags): nothing fails,
+ * and once logging is on for good, rounds check out as in
+ * dirty_log_bitmap; the tables stay coherent.
+ */
+TEST_F_TIMEOUT(dirty, dirty_log_toggle_race, 300)
+{
+	struct dlog *d = &self->d;
+	struct writer w = { .seed = 7 };
+	struct secmmu_audit a;
+	unsigned long r;
+	pthread_t t;
+	int i;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
+	w.vcpu = d->vcpu;
+	w.npages = d->npages;
+	atomic_store(&w.round, 1000);
+	ASSERT_EQ(0, pthread_create(&t, NULL, writer_fn, &w));
+	for (i = 0; i < 40; i++) {
+		ASSERT_EQ(0, set_slot(d->fd, 0, i & 1 ? 0 : LOG, GPA_BASE,
+				      d->size, d->mem));
+		writer_wait(&w, 8);
+		if (!(i & 1))
+			ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+		ASSERT_EQ(0, w.err);
+	}
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	writer_pause(&w);
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	for (r = 1; r <= 4; r++) {
+		memset(d->seen, 0, d->nwords * 8);
+		atomic_store(&w.round, r);
+		writer_resume(&w);
+		writer_wait(&w, d->npages / 16);
+		ASSERT_EQ(0, harvest(d, false));
+		writer_pause(&w);
+		ASSERT_EQ(0, harvest(d, false));
+		verify_round(_metadata, d, r, false);
+	}
+	atomic_store(&w.stop, true);
+	pthread_join(t, NULL);
+	ASSERT_EQ(0, w.err);
+	if (!audit_space(d->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+}
+
+/*
+ * A page the kernel writes through a kernel-mapped guest page cache (the
+ * vCPU's run page) takes no fault: it is reported at every harvest while
+ * the cache maps it, once more after the cache lost it (an invalidation),
+ * and not after that until the cache maps it again.
+ */
+TEST_F_TIMEOUT(dirty_api, dirty_log_run_page, 120)
+{
+	struct dlog *d = &self->d;
+	struct secmmu_run_page_setup rp = {
+		.gpa = GPA_BASE + 5 * PAGE_SZ + 64,
+		.flags = SECMMU_RUN_PAGE_ENABLE,
+	};
+	char b;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, MANUAL));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, secmmu_ioctl(d->vcpu, SECMMU_SET_RUN_PAGE, &rp));
+	ASSERT_EQ(0, guest_access(d->vcpu, GPA_BASE, &b, 1, 0));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_TRUE(test_bit(d->bmap, 5));
+	EXPECT_EQ(1, count_set(d->bmap, d->npages));
+	ASSERT_EQ(0, clear_log(d->fd, 0, 0, d->npages, d->bmap));
+	/* Still mapped: reported again, written or not. */
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_TRUE(test_bit(d->bmap, 5));
+	ASSERT_EQ(0, clear_log(d->fd, 0, 0, d->npages, d->bmap));
+	/* The primary drops the page: the cache goes, reported once more. */
+	ASSERT_EQ(0, madvise(d->mem + 5 * PAGE_SZ, PAGE_SZ, MADV_DONTNEED));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_TRUE(test_bit(d->bmap, 5));
+	ASSERT_EQ(0, clear_log(d->fd, 0, 0, d->npages, d->bmap));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(0, count_set(d->bmap, d->npages));
+	/* The next exit maps it again. */
+	ASSERT_EQ(0, guest_access(d->vcpu, GPA_BASE, &b, 1, 0));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_TRUE(test_bit(d->bmap, 5));
+}
+
+/*
+ * The uAPI's validation: every malformed request gets its errno and
+ * changes nothing; a harvest whose copy-out faults loses no bit.
+ */
+TEST_F(dirty_api, dirty_log_uapi)
+{
+	struct dlog *d = &self->d;
+	struct secmmu_dirty_log log = { .slot = 0 };
+	struct secmmu_clear_dirty_log c = { .slot = 0 };
+	unsigned long n;
+	int fd;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	/* INITIALLY_SET needs manual protection. */
+	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, INIT_SET));
+	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
+	n = d->npages;
+
+	/* No such slot, or not logging: ENOENT; an id no slot can have: EINVAL. */
+	EXPECT_EQ(-ENOENT, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(-ENOENT, get_log(d->fd, 1, d->bmap));
+	EXPECT_EQ(-EINVAL, get_log(d->fd, SECMMU_MAX_MEMSLOTS, d->bmap));
+	/* Flags-only changes: READONLY may not change, the slot may not move. */
+	EXPECT_EQ(-EINVAL, set_slot(d->fd, 0, SECMMU_MEM_READONLY | LOG,
+				    GPA_BASE, d->size, d->mem));
+	EXPECT_EQ(-EBUSY, set_slot(d->fd, 0, LOG, GPA_BASE + SZ_2M,
+				   d->size, d->mem));
+	EXPECT_EQ(-EBUSY, set_slot(d->fd, 0, LOG, GPA_BASE,
+				   d->size - PAGE_SZ, d->mem));
+	EXPECT_EQ(-EINVAL, set_slot(d->fd, 0, 1u << 7, GPA_BASE,
+				    d->size, d->mem));
+	EXPECT_EQ(-ENOENT, get_log(d->fd, 0, d->bmap));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	/* The same flags again: nothing to do. */
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+
+	log.bitmap = (uintptr_t)d->bmap;
+	log.pad = 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(d->fd, SECMMU_GET_DIRTY_LOG, &log));
+	log.pad = 0;
+	log.reserved[1] = 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(d->fd, SECMMU_GET_DIRTY_LOG, &log));
+	log.reserved[1] = 0;
+	/* Without manual protection, CLEAR_DIRTY_LOG is refused. */
+	EXPECT_EQ(-EINVAL, clear_log(d->fd, 0, 0, n, d->bmap));
+
+	/* A harvest that cannot be delivered keeps its bits. */
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + 64 * PAGE_SZ, PAGE_SZ, 3, NULL));
+	EXPECT_EQ(-EFAULT, get_log(d->fd, 0, (void *)16));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(64, count_set(d->bmap, n));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(0, count_set(d->bmap, n));
+
+	/* Manual protection: the ranges of CLEAR_DIRTY_LOG. */
+	fd = space_create(variant->format, 1, MANUAL);
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, set_slot(fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	memset(d->bmap, 0xff, d->nwords * 8);
+	EXPECT_EQ(-EINVAL, clear_log(fd, 0, 1, 64, d->bmap));
+	EXPECT_EQ(-EINVAL, clear_log(fd, 0, 0, 65, d->bmap));
+	EXPECT_EQ(-EINVAL, clear_log(fd, 0, 64, n, d->bmap));
+	EXPECT_EQ(-EINVAL, clear_log(fd, 0, (n + 63) / 64 * 64, 0, d->bmap));
+	EXPECT_EQ(-ENOENT, clear_log(fd, 1, 0, 64, d->bmap));
+	EXPECT_EQ(-EINVAL, clear_log(fd, SECMMU_MAX_MEMSLOTS, 0, 64, d->bmap));
+	c.first_page = 0;
+	c.num_pages = 64;
+	c.bitmap = (uintptr_t)d->bmap;
+	c.reserved[0] = 1;
+	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CLEAR_DIRTY_LOG, &c));
+	EXPECT_EQ(-EFAULT, clear_log(fd, 0, 0, 64, (void *)16));
+	EXPECT_EQ(-EFAULT, get_log(fd, 0, (void *)16));
+	/* The tail of a slot whose size is not a multiple of 64 pages. */
+	EXPECT_EQ(0, clear_log(fd, 0, n / 64 * 64, n % 64, d->bmap));
+	EXPECT_EQ(0, clear_log(fd, 0, 0, n, d->bmap));
+	EXPECT_EQ(0, clear_log(fd, 0, 0, 0, d->bmap));
+	close(fd);
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Dirty logging of a space by write protection: the flags-only change that
+//! starts and stops it, and the bitmap ioctls (KVM's KVM_GET_DIRTY_LOG and
+//! KVM_CLEAR_DIRTY_LOG with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+//!
+//! The rule all of it keeps ("Dirty logging" in
+//! Documentation/secmmu-protocols.rst): a page whose bit is clear is mapped
+//! writable by no leaf and no TLB of the space, so its next write faults and
+//! sets the bit ([`crate::fault`] marks it under the MMU lock). So a harvest
+//! takes bits and write-protects their pages under the MMU lock held for
+//! write, and flushes TLBs before dropping it; enabling write-protects the
+//! whole slot the same way, after publishing a set that makes faults map 4K
+//! and log.
+//!
+//! Everything here holds [`Space::config`], so the slot and its bitmap stay
+//! as they are throughout (KVM's `slots_lock`).
+
+use super::{slot_errno, Config, Space};
+use crate::{
+    ext::{preempt::PreemptGuard, sched},
+    format::{MemSlot, Pgt, SlotSet},
+    mmu::addr::Gfn,
+    mmu::dirty::{self, DirtyBitmap, Protected, WORD_PAGES},
+    mmu::memslot::{MAX_SLOTS, MEM_LOG_DIRTY_PAGES},
+    mmu::prim::{self, NoPreempt},
+    uapi,
+};
+use kernel::{
+    alloc::KVVec,
+    prelude::*,
+    sync::MutexGuard,
+    uaccess::{UserPtr, UserSlice},
+};
+
+/// Bitmap words handled under one hold of the MMU lock (32768 pages): a
+/// harvest or a write protection of a large slot yields between them, as
+/// KVM's `slot_handle_level_range()` does.
+const WORDS_PER_LOCK: usize = 512;
+
+impl Space {
+    /// A flags-only change of slot `id` (KVM_MR_FLAGS_ONLY) to `flags`,
+    /// which differ from its own in [`MEM_LOG_DIRTY_PAGES`] only.
+    ///
+    /// Starting: a new bitmap (every bit set with INITIALLY_SET) goes into a
+    /// new set, published under the MMU lock: the generation moves, so
+    /// faults that began under the old flags retry, and from then on every
+    /// fault of the slot maps 4K and logs its writes. Then, unless
+    /// INITIALLY_SET says every page is dirty already, the slot's leaves
+    /// are write-protected ([`Space::write_protect_gfns()`]).
+    ///
+    /// Stopping: the set without the bitmap is published, then the slot is
+    /// zapped, so the next faults map as large as the primary allows again
+    /// (KVM recovers huge pages by zapping the collapsible SPTEs,
+    /// `kvm_mmu_zap_collapsible_sptes()`; here every leaf of the slot is
+    /// 4K while it logs, so all of them are). The bitmap goes with the last
+    /// set that holds it, a grace period later.
+    pub(super) fn set_dirty_logging(
+        &self,
+        config: &MutexGuard<'_, Option<Config>>,
+        cfg: &Config,
+        id: u32,
+        flags: u32,
+    ) -> Result {
+        let current = self.memslots_of_config(config);
+        let slot = current.by_id(id).ok_or(ENOENT)?.slot;
+        let enable = flags & MEM_LOG_DIRTY_PAGES != 0;
+        let log = if enable {
+            let bitmap = DirtyBitmap::new(slot.npages, cfg.initially_set)?;
+            Some(prim::try_arc_sleepable(bitmap)?)
+        } else {
+            None
+        };
+        let new = current
+            .flags_updated(id, flags, |d| d.with_dirty(log))
+            .map_err(slot_errno)?;
+        let new = prim::try_box_sleepable(new)?;
+        let old = self.publish_memslots(new);
+        if !enable {
+            let mut guard = self.mmu.write();
+            let mut zapped = self.zap(true);
+            self.zap_gfns(&mut guard, &mut zapped, id, slot.base_gfn, slot.end_gfn());
+            self.flush_and_free(&mut guard, &mut zapped);
+            drop(guard);
+            self.count_zapped(&zapped);
+        } else if !cfg.initially_set {
+            self.write_protect_gfns(id, slot.base_gfn, slot.end_gfn());
+        }
+        self.retire_memslots(old);
+        Ok(())
+    }
+
+    /// Write-protects the gfns `[start, end)` of slot `id` in every root, in
+    /// chunks of [`WORDS_PER_LOCK`] words' worth of pages, each under the MMU
+    /// lock held for write and flushed before it is dropped, rescheduling in
+    /// between (KVM's `kvm_mmu_slot_remove_write_access()`).
+    fn write_protect_gfns(&self, id: u32, start: Gfn, end: Gfn) {
+        let chunk = WORDS_PER_LOCK as u64 * WORD_PAGES;
+        let mut gfn = start;
+        while gfn < end {
+            let next = end.min(gfn + chunk);
+            self.protect_locked(id, |mmu, slot| mmu.write_protect_gfn_range(slot, gfn, next));
+            sched::cond_resched();
+            gfn = next;
+        }
+    }
+
+    /// Runs `f` on the tables and on slot `id` of the current set, with the
+    /// MMU lock held for write, and flushes the TLBs before the lock is
+    /// dropped if what `f` write-protected needs it ("TLB flush before
+    /// dropping the MMU lock" in Documentation/secmmu-protocols.rst): a TLB
+    /// still allowing writes would let them go unlogged.
+    fn protect_locked(&self, id: u32, f: impl FnOnce(&mut Pgt, &MemSlot) -> Protected) {
+        let mut guard = self.mmu.write();
+        let done = {
+            // The set is the current one for as long as the lock is held.
+            let preempt = PreemptGuard::new();
+            let rcu: NoPreempt<'_> = preempt.proof().into();
+            let slot = self.memslots(&rcu).by_id(id);
+            match (guard.mmu.as_mut(), slot) {
+                (Some(mmu), Some(slot)) => f(mmu, slot),
+                _ => Protected::default(),
+            }
+        };
+        if done.needs_flush() {
+            self.flush_remote_tlbs();
+        }
+        drop(guard);
+        self.stats.dirty_protected.add(done.leaves);
+    }
+
+    /// The slot `id` of the set `config` keeps current, and its dirty
+    /// bitmap: `EINVAL` for an id no slot can have, `ENOENT` if there is no
+    /// such slot or it does not log.
+    fn logging_slot<'a>(
+        &'a self,
+        config: &'a MutexGuard<'_, Option<Config>>,
+        id: u32,
+    ) -> Result<(&'a MemSlot, &'a DirtyBitmap)> {
+        if id as usize >= MAX_SLOTS {
+            return Err(EINVAL);
+        }
+        let slots: &SlotSet = self.memslots_of_config(config);
+        let slot = slots.by_id(id).ok_or(ENOENT)?;
+        let log = slot.data.dirty().ok_or(ENOENT)?;
+        Ok((slot, log))
+    }
+
+    /// SECMMU_GET_DIRTY_LOG (KVM's `kvm_get_dirty_log_protect()`).
+    ///
+    /// First the pages that writable guest page caches may have written
+    /// without a fault are marked ([`crate::gpc::GpcSet::harvest_logged()`]).
+    /// With manual protection the bitmap is only copied. Without, each word
+    /// is taken (left clear) and the pages of its bits write-protected, under
+    /// the MMU lock, a chunk at a time; the words are copied out at the end,
+    /// and if that faults, they are put back: the pages stay reported.
+    pub(crate) fn get_dirty_log(&self, req: &uapi::secmmu_dirty_log) -> Result {
+        uapi::check_zero(&req.reserved)?;
+        if req.pad != 0 {
+            return Err(EINVAL);
+        }
+        let config = self.config.lock();
+        let cfg = (*config).ok_or(ENOENT)?;
+        let (slot, log) = self.logging_slot(&config, req.slot)?;
+        let (id, base) = (slot.id, slot.base_gfn);
+        {
+            let _lock = self.mmu.read();
+            let (start, end) = (base.to_gpa(), slot.end_gfn().to_gpa());
+            self.gpcs
+                .harvest_logged(start, end, |gpa| log.mark(Gfn::from_gpa(gpa) - base));
+        }
+        let nwords = log.nwords();
+        let mut words = KVVec::with_capacity(nwords, GFP_KERNEL_ACCOUNT)?;
+        let mut w = 0;
+        while w < nwords {
+            let n = (nwords - w).min(WORDS_PER_LOCK);
+            if cfg.manual_protect {
+                for i in w..w + n {
+                    words.push(log.word(i), GFP_KERNEL)?;
+                }
+                sched::cond_resched();
+            } else {
+                self.protect_locked(id, |mmu, slot| {
+                    let mut done = Protected::default();
+                    for i in w..w + n {
+                        let bits = log.take_word(i);
+                        // Cannot fail: the capacity is there.
+                        let _ = words.push(bits, GFP_ATOMIC);
+                        done.add(write_protect_bits(mmu, slot, i, bits));
+                    }
+                    done
+                });
+                sched::cond_resched();
+            }
+            w += n;
+        }
+        let mut writer =
+            UserSlice::new(UserPtr::from_addr(req.bitmap as usize), nwords * 8).writer();
+        for (i, bits) in words.iter().enumerate() {
+            if i % WORDS_PER_LOCK == WORDS_PER_LOCK - 1 {
+                sched::cond_resched();
+            }
+            if let Err(e) = writer.write(bits) {
+                if !cfg.manual_protect {
+                    // Taken, protected, but not delivered: report them
+                    // again next time.
+                    for (j, bits) in words.iter().enumerate().skip(i) {
+                        log.restore_word(j, *bits);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// SECMMU_CLEAR_DIRTY_LOG (KVM's `kvm_clear_dirty_log_protect()`): for
+    /// each bit set in the user's bitmap, clears the page's dirty bit and,
+    /// if it was set, write-protects the page, under the MMU lock a chunk at
+    /// a time. Only with manual protection.
+    pub(crate) fn clear_dirty_log(&self, req: &uapi::secmmu_clear_dirty_log) -> Result {
+        uapi::check_zero(&req.reserved)?;
+        let config = self.config.lock();
+        let cfg = (*config).ok_or(ENOENT)?;
+        if !cfg.manual_protect {
+            return Err(EINVAL);
+        }
+        let (slot, log) = self.logging_slot(&config, req.slot)?;
+        let id = slot.id;
+        let (first, npages) = (req.first_page, u64::from(req.num_pages));
+        dirty::check_clear_range(log.npages(), first, npages).map_err(|_| EINVAL)?;
+        let nwords = npages.div_ceil(WORD_PAGES) as usize;
+        let mut reader =
+            UserSlice::new(UserPtr::from_addr(req.bitmap as usize), nwords * 8).reader();
+        // A chunk of the caller's bitmap at a time: the copy is bounded
+        // however large the slot (what was cleared before a faulting chunk
+        // stays cleared, and protected).
+        let mut masks = KVec::with_capacity(WORDS_PER_LOCK, GFP_KERNEL)?;
+        let first_word = (first / WORD_PAGES) as usize;
+        let mut w = 0;
+        while w < nwords {
+            let n = (nwords - w).min(WORDS_PER_LOCK);
+            masks.clear();
+            for i in w..w + n {
+                let mut mask: u64 = reader.read()?;
+                // Bits past `num_pages` in the last word are not the caller's.
+                let left = npages - i as u64 * WORD_PAGES;
+                if left < WORD_PAGES {
+                    mask &= (1 << left) - 1;
+                }
+                masks.push(mask, GFP_KERNEL)?;
+            }
+            self.protect_locked(id, |mmu, slot| {
+                let mut done = Protected::default();
+                for (i, &mask) in masks.iter().enumerate() {
+                    let word = first_word + w + i;
+                    let cleared = log.clear_word(word, mask);
+                    done.add(write_protect_bits(mmu, slot, word, cleared));
+                }
+                done
+            });
+            sched::cond_resched();
+            w += n;
+        }
+        Ok(())
+    }
+}
+
+/// Write-protects the pages of `slot` whose bits are set in `bits`, word
+/// `word` of its bitmap, a run of pages at a time. MMU lock held for write.
+fn write_protect_bits(mmu: &mut Pgt, slot: &MemSlot, word: usize, bits: u64) -> Protected {
+    let mut done = Protected::default();
+    let base = slot.base_gfn + word as u64 * WORD_PAGES;
+    for (first, last) in dirty::runs(bits) {
+        done.add(mmu.write_protect_gfn_range(slot, base + first, base + last));
+    }
+    done
+}
