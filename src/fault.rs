@@ -128,6 +128,11 @@ impl WithFormat for FaultIn<'_> {
             if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write) {
                 return Ok(());
             }
+            // Dirty logging write-protected the leaf: make it writable again
+            // and log the page, without get_user_pages.
+            if write && fault.slot.logs_dirty() && fix_write_protect::<F>(space, root, gfn) {
+                return Ok(());
+            }
             caches.topup::<F>()?;
 
             // `hva` is a user address of the current mm (the caller is the
@@ -282,6 +287,37 @@ fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: Gfn, write: bool
     }
     drop(guard);
     F::access_fixes(&space.stats).inc();
+    true
+}
+
+/// The fast path of a write fault on a page of a logging slot (KVM's
+/// `fast_page_fault()`): the format makes the leaf writable again if only
+/// dirty logging's write protection kept it read-only, and the page is
+/// logged before the lock is dropped ("Dirty logging" in
+/// Documentation/secmmu-protocols.rst). False if the format cannot: take
+/// the full fault path.
+fn fix_write_protect<F: Format>(space: &Space, root: usize, gfn: Gfn) -> bool {
+    let mut guard = F::FaultSide::lock(&space.mmu);
+    let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
+        return false;
+    };
+    if !F::fix_write_protect_fault(tables, root, gfn) {
+        return false;
+    }
+    {
+        // The set current under the lock: a slot that stopped logging since
+        // the fault began has no log to mark.
+        let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
+        if let Some(slot) = space.memslots(&rcu).lookup(gfn) {
+            if let Some(log) = slot.data.dirty() {
+                log.mark(gfn - slot.base_gfn);
+            }
+        }
+    }
+    drop(guard);
+    space.stats.faults.inc();
+    space.stats.dirty_fast_faults.inc();
     true
 }
 

@@ -359,6 +359,13 @@ pub(crate) trait Format: Sized + ZapTables {
     /// [`Format::FaultSide`].
     fn fix_access_fault(tables: Tables<'_, Self>, root: usize, gfn: Gfn, write: bool) -> bool;
 
+    /// A write fault on a page of a slot that logs dirty pages: makes the
+    /// leaf of `gfn` writable again without resolving the page, if dirty
+    /// logging's write protection is all that keeps it read-only (KVM's
+    /// `fast_page_fault()`). With the MMU lock held on
+    /// [`Format::FaultSide`]; the caller logs the page under it.
+    fn fix_write_protect_fault(tables: Tables<'_, Self>, root: usize, gfn: Gfn) -> bool;
+
     /// The statistic [`Format::fix_access_fault()`]'s successes count in.
     fn access_fixes(stats: &Stats) -> &Counter;
 
@@ -555,6 +562,10 @@ impl Format for X86Mmu<KernelPages> {
         tables.restore_access_tracked(root, gfn, write)
     }
 
+    fn fix_write_protect_fault(tables: &mut Self, root: usize, gfn: Gfn) -> bool {
+        tables.restore_write_protected(root, gfn)
+    }
+
     fn access_fixes(stats: &Stats) -> &Counter {
         &stats.access_restores
     }
@@ -672,6 +683,12 @@ impl Format for S2Mmu<KernelPages> {
 
     fn fix_access_fault(tables: &Self, root: usize, gfn: Gfn, write: bool) -> bool {
         tables.mkyoung(root, gfn, write)
+    }
+
+    /// A stage-2 leaf keeps no trace of having been writable (no software
+    /// bit for it yet): the write fault of a logged page takes the full path.
+    fn fix_write_protect_fault(_tables: &Self, _root: usize, _gfn: Gfn) -> bool {
+        false
     }
 
     fn access_fixes(stats: &Stats) -> &Counter {

@@ -1509,6 +1509,24 @@ fn write_protection_for_dirty_logging() {
         let again = f.mmu.write_protect(0, Gfn::new(0), Gfn::new(1 << 19));
         assert_eq!(again.leaves, 2 * 6);
         assert_eq!(again.visited, 2 * 64 + 1);
+        // The fast path of a write fault: only a leaf that was writable before the protection.
+        assert!(f.mmu.restore_write_protected(0, Gfn::new(10)));
+        let t = f.translate(0, 10, true).unwrap();
+        assert!(t.writable && t.dirty);
+        assert!(
+            !f.mmu.restore_write_protected(0, Gfn::new(11)),
+            "mapped read-only"
+        );
+        assert!(
+            !f.mmu.restore_write_protected(0, Gfn::new(10)),
+            "writable already"
+        );
+        assert!(!f.mmu.restore_write_protected(0, Gfn::new(0x405)), "huge");
+        assert!(
+            !f.mmu.restore_write_protected(0, Gfn::new(0x9999)),
+            "not mapped"
+        );
+        assert_eq!(f.translate(1, 10, true), Err(WalkFault::WriteProtected));
         // The write fault of a logged page: a 4K upgrade in place, and a split of the huge leaf.
         assert_eq!(f.map(0, 0, 9, pfn_of(9), true).action, MapAction::Upgraded);
         assert!(f.translate(0, 9, true).is_ok());
@@ -1549,8 +1567,14 @@ fn write_protection_covers_access_tracked_leaves() {
     assert_eq!(HostPages::<ID>::take_dirty(), [0x55]);
     let done = f.mmu.write_protect(0, Gfn::new(0), Gfn::new(64));
     assert_eq!((done.leaves, done.visited), (0, 1));
+    assert!(
+        !f.mmu.restore_write_protected(0, Gfn::new(5)),
+        "access-tracked"
+    );
     assert!(f.mmu.restore_access_tracked(0, Gfn::new(5), false));
     assert_eq!(f.translate(0, 5, true), Err(WalkFault::WriteProtected));
+    assert!(f.mmu.restore_write_protected(0, Gfn::new(5)));
+    assert!(f.translate(0, 5, true).is_ok());
     assert!(!f.mmu.restore_access_tracked(0, Gfn::new(5), true));
     f.zap(0, 0, 64);
     HostPages::<ID>::take_dirty();

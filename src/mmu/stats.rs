@@ -106,6 +106,9 @@ pub(crate) struct Stats {
     pub(crate) collapses: Counter,
     /// Leaves that dirty logging write-protected (they were writable).
     pub(crate) dirty_protected: Counter,
+    /// Write faults that made such a leaf writable again without
+    /// get_user_pages (x86, KVM's fast page fault).
+    pub(crate) dirty_fast_faults: Counter,
     /// SECMMU_AUDIT runs.
     pub(crate) audits: Counter,
     /// Leaves they found incoherent with the primary MMU.

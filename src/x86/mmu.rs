@@ -914,6 +914,34 @@ impl<P: PageOps> X86Mmu<P> {
         done
     }
 
+    /// Makes the leaf that maps `gfn` in root `root` writable again for a write fault, if dirty
+    /// logging's write protection is all that keeps it read-only (KVM's `fast_page_fault()` for
+    /// an MMU-writable SPTE): a present 4K leaf without W that was mapped writable
+    /// (MMU-writable, which write protection leaves, [`spte::clear_writable_capture_dirty()`]).
+    /// No other SPTE is like that: a read fault maps without MMU-writable, and access tracking
+    /// moves W to the saved bits.  The page needs no resolving: the primary MMU maps it
+    /// writable still, or an invalidation would have zapped the leaf.  Returns whether it did;
+    /// the caller logs the page before it drops the MMU lock.  `&mut self`: the write side.
+    ///
+    /// Permissions only grow, so TLBs need no flush.  D is set with W, as a walker would on
+    /// the write (without A/D, W is the dirty state).
+    pub(crate) fn restore_write_protected(&mut self, root: usize, gfn: Gfn) -> bool {
+        let Some((sptep, old, level)) = self.leaf(root, gfn) else {
+            return false;
+        };
+        if level != Level::L4K
+            || spte::is_writable(old)
+            || spte::is_access_tracked(old)
+            || old & spte::MMU_WRITABLE == 0
+        {
+            return false;
+        }
+        let new = old | spte::WRITABLE | spte::DIRTY;
+        sptep
+            .compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Restores the access-tracked leaf that maps `gfn` in root `root` for the fault that an
     /// access to it caused, a `write` or a read, under the MMU lock for write (`&mut self`):
     /// the fast path of a fault, with no need to resolve the host page again (the leaf still
