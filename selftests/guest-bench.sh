@@ -3,7 +3,7 @@
 # Runs inside the perf VM: load secmmu and the HMM test driver, run the
 # benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES [LABEL]]
 # (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/; BENCHES: some of
-# "dmirror fault huge aging gpc", default all; LABEL: names the build in the
+# "dmirror fault huge aging gpc dirty", default all; LABEL: names the build in the
 # first line, when one VM runs several)
 top=$1 kdir=$2 only=${3:-all} label=${4:+ [$4]}
 want() { [ "$only" = all ] || case " $only " in *" $1 "*) ;; *) false ;; esac; }
@@ -26,6 +26,13 @@ if want huge; then
 	echo "== bench: fault-in of THP-backed vs 4K memory (targets: >= 100x fewer"
 	echo "   faults and >= 10x less time with huge mappings)"
 	"$top/selftests/secmmu_huge_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+fi
+
+# Dirty logging: enabling, harvesting, split on fault, both formats.
+if want dirty && [ -x "$top/selftests/secmmu_dirty_bench" ]; then
+	echo "== bench: dirty logging (target: enabling >= 20x faster with"
+	echo "   INITIALLY_SET; harvest and clear times per GiB)"
+	"$top/selftests/secmmu_dirty_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
 fi
 
 # Aging: lockless (default) and under the MMU lock, same kernel, same run.
