@@ -50,27 +50,6 @@
 
 enum backing { B_4K, B_THP, B_HUGETLB };
 
-/* kB of the VMA holding @p that are PMD-mapped THPs (smaps AnonHugePages). */
-static long anon_huge_kb(void *p)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	unsigned long start, end;
-	char line[256];
-	long kb = -1;
-	int in = 0;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
-			in = start <= (uintptr_t)p && (uintptr_t)p < end;
-		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
-			break;
-	}
-	fclose(f);
-	return kb;
-}
-
 /*
  * Private memory of @size (a multiple of 2M) at a 2M-aligned address, of
  * backing @b, faulted in; NULL if the VM has no such memory.

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -219,6 +220,27 @@ static inline int audit_space(int fd, struct secmmu_audit *a)
 {
 	memset(a, 0, sizeof(*a));
 	return secmmu_ioctl(fd, SECMMU_AUDIT, a);
+}
+
+/* kB of the VMA holding @p that are PMD-mapped THPs (smaps AnonHugePages). */
+static inline long anon_huge_kb(void *p)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	unsigned long start, end;
+	char line[256];
+	long kb = -1;
+	int in = 0;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
+			in = start <= (uintptr_t)p && (uintptr_t)p < end;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	}
+	fclose(f);
+	return kb;
 }
 
 /* Seconds on the monotonic clock. */

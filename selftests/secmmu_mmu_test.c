@@ -1241,27 +1241,6 @@ static char *alloc_aligned(unsigned long size, int advice)
 	return a;
 }
 
-/* kB of the VMA holding @p that are PMD-mapped THPs (smaps AnonHugePages). */
-static long anon_huge_kb(void *p)
-{
-	FILE *f = fopen("/proc/self/smaps", "r");
-	unsigned long start, end;
-	char line[256];
-	long kb = -1;
-	int in = 0;
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
-			in = start <= (uintptr_t)p && (uintptr_t)p < end;
-		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
-			break;
-	}
-	fclose(f);
-	return kb;
-}
-
 /* Host writes pattern ^ gpa in the first word of each page of @mem. */
 static void host_fill(char *mem, unsigned long size, unsigned long gpa,
 		      unsigned long pattern)
