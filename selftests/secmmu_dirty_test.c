@@ -30,6 +30,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
 #include "secmmu_lib.h"
 #include "kselftest_harness.h"
@@ -37,6 +38,8 @@
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE	23
 #endif
+#define MPOL_MF_MOVE		2	/* numaif.h */
+#define MIGRATE_PAGES		16
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT		26
 #endif
@@ -531,10 +534,10 @@ TEST_F_TIMEOUT(dirty, dirty_log_page_splitting, 300)
 
 /*
  * Invalidations of logged pages lose nothing: pages the guest wrote stay
- * reported through MADV_DONTNEED, mprotect() and a MAP_FIXED replacement
- * of their memory, the tables stay coherent (the auditor), and a deleted
- * slot's log is gone (-ENOENT) while a new slot at the same place starts
- * clean.
+ * reported through MADV_DONTNEED, mprotect(), a MAP_FIXED replacement of
+ * their memory (munmap and mmap) and migration to the other node; the
+ * tables stay coherent (the auditor); a deleted slot's log is gone
+ * (-ENOENT), and a new slot at the same place starts clean.
  */
 TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
 {
@@ -559,6 +562,28 @@ TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
 		p = mmap(d->mem + 2 * quarter, quarter, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 		ASSERT_EQ(d->mem + 2 * quarter, p);
+	}
+	/* Written pages of the last quarter migrate to the other node (with two). */
+	if (variant->backing != B_HUGETLB &&
+	    !access("/sys/devices/system/node/node1", F_OK)) {
+		void *pages[MIGRATE_PAGES];
+		int nodes[MIGRATE_PAGES], status[MIGRATE_PAGES], i, moved = 0;
+
+		for (i = 0; i < MIGRATE_PAGES; i++)
+			pages[i] = d->mem + 3 * quarter + 2 * i * PAGE_SZ;
+		ASSERT_EQ(0, syscall(__NR_move_pages, 0, MIGRATE_PAGES, pages, NULL,
+				     status, 0));
+		for (i = 0; i < MIGRATE_PAGES; i++)
+			nodes[i] = status[i] == 0;
+		ASSERT_EQ(0, syscall(__NR_move_pages, 0, MIGRATE_PAGES, pages, nodes,
+				     status, MPOL_MF_MOVE));
+		for (i = 0; i < MIGRATE_PAGES; i++)
+			moved += status[i] == nodes[i];
+		TH_LOG("%d of %d pages migrated", moved, MIGRATE_PAGES);
+		/* The guest reads what it wrote there, from the new pages. */
+		ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_VERIFY, GPA_BASE + 3 * quarter,
+				       GPA_BASE + 3 * quarter + 2 * MIGRATE_PAGES * PAGE_SZ,
+				       2 * PAGE_SZ, 7, NULL));
 	}
 	if (!audit_space(d->fd, &a))
 		EXPECT_EQ(0, a.mismatches);
