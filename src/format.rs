@@ -685,10 +685,8 @@ impl Format for S2Mmu<KernelPages> {
         tables.mkyoung(root, gfn, write)
     }
 
-    /// A stage-2 leaf keeps no trace of having been writable (no software
-    /// bit for it yet): the write fault of a logged page takes the full path.
-    fn fix_write_protect_fault(_tables: &Self, _root: usize, _gfn: Gfn) -> bool {
-        false
+    fn fix_write_protect_fault(tables: &Self, root: usize, gfn: Gfn) -> bool {
+        tables.restore_write_protected(root, gfn)
     }
 
     fn access_fixes(stats: &Stats) -> &Counter {

@@ -153,20 +153,24 @@ fn leaf_encoding() {
                 assert_ne!(v & pte::S2AP_R, 0);
                 assert_eq!((v & pte::MEMATTR_MASK) >> pte::MEMATTR_SHIFT, 0xf);
                 assert_eq!((v & pte::SH_MASK) >> pte::SH_SHIFT, 3);
-                assert_eq!(
-                    v & (pte::XN_MASK | pte::SW_MASK),
-                    0,
-                    "executable, no SW bits"
-                );
+                assert_eq!(v & pte::XN_MASK, 0, "executable");
+                // Of the SW bits, only "made writable", on a writable leaf.
+                assert_eq!(pte::was_writable(v), writable, "{what:?}");
+                assert_eq!(v & pte::SW_MASK & !pte::SW_WRITABLE, 0, "{what:?}");
                 // Aging and relaxing touch only their bits.
                 assert_eq!(pte::mkold(v), v & !pte::AF);
                 assert_eq!(pte::mkyoung(pte::mkold(v)), v);
-                assert_eq!(pte::mkwrite(v) & !pte::S2AP_W, v & !pte::S2AP_W);
+                let relaxed = pte::S2AP_W | pte::SW_WRITABLE;
+                assert_eq!(pte::mkwrite(v) & !relaxed, v & !relaxed);
             }
         }
     }
-    // The exact bits of a writable 4K page of pfn 0x12345: KVM's PAGE_S2 | S2AP_W | AF.
-    assert_eq!(pte::make_leaf(0x12345, arm64_level(3), true), 0x1234_57ff);
+    // The exact bits of a writable 4K page of pfn 0x12345: KVM's PAGE_S2 | S2AP_W | AF, and
+    // the software bit that says a fault made it writable.
+    assert_eq!(
+        pte::make_leaf(0x12345, arm64_level(3), true),
+        0x1234_57ff | pte::SW_WRITABLE
+    );
     assert_eq!(pte::make_leaf(0x200, arm64_level(2), false), 0x20_077d);
 }
 
@@ -504,7 +508,7 @@ fn relax_permissions_in_place() {
     let (slot, ro, _) = f.mmu.leaf(0, Gfn::new(gfn)).unwrap();
     assert_eq!(f.translate(0, gfn, true), Err(WalkFault::WriteProtected));
 
-    // RO -> RW: the same entry, only W added.
+    // RO -> RW: the same entry, only W (and that a fault made it writable) added.
     assert_eq!(f.map(0, gfn, 0x42, true).action, MapAction::Upgraded);
     let (again, rw, _) = f.mmu.leaf(0, Gfn::new(gfn)).unwrap();
     assert!(std::ptr::eq(slot, again));
@@ -1478,6 +1482,23 @@ fn write_protection_for_dirty_logging() {
         .write_protect_gfn_range(Gfn::new(0), Gfn::new(1 << 20));
     assert_eq!((again.leaves, again.visited), (2 * 6, 2 * 64 + 1));
     HostPages::<ID>::take_dirty();
+    // The fast path of a write fault: only a page leaf a fault made writable.
+    assert!(f.mmu.restore_write_protected(0, Gfn::new(10)));
+    assert!(f.translate(0, 10, true).is_ok());
+    assert!(
+        !f.mmu.restore_write_protected(0, Gfn::new(11)),
+        "mapped read-only"
+    );
+    assert!(
+        !f.mmu.restore_write_protected(0, Gfn::new(10)),
+        "writable already"
+    );
+    assert!(!f.mmu.restore_write_protected(0, Gfn::new(0x405)), "block");
+    assert!(
+        !f.mmu.restore_write_protected(0, Gfn::new(0x9999)),
+        "not mapped"
+    );
+    assert_eq!(f.translate(1, 10, true), Err(WalkFault::WriteProtected));
     // The write faults of logged pages.
     assert_eq!(f.map(0, 9, pfn_of(9), true).action, MapAction::Upgraded);
     assert!(f.translate(0, 9, true).is_ok());

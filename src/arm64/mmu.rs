@@ -796,6 +796,35 @@ impl<P: PageOps> S2Mmu<P> {
         }
     }
 
+    /// Makes the page leaf that maps `gfn` in root `root` writable again for a write fault, if
+    /// dirty logging's write protection is all that keeps it read-only: a valid 4K leaf without
+    /// [`S2AP_W`](pte::S2AP_W) that a fault made writable ([`pte::SW_WRITABLE`], which the
+    /// protection leaves; aging never takes W).  The page needs no resolving: the primary MMU
+    /// maps it writable still, or an invalidation would have zapped the leaf.  Returns whether
+    /// it did; the caller logs the page before it drops the MMU lock.
+    ///
+    /// The read side is enough: a compare-exchange from the value loaded, retried on a change
+    /// (a racing fault or ager), fails on a locked entry (I2, I3).  Permissions only grow, so
+    /// TLBs need no flush.  AF is set too: the write is an access.
+    pub(crate) fn restore_write_protected(&self, root: usize, gfn: Gfn) -> bool {
+        let Some((ptep, mut v, level)) = self.entry(root, gfn) else {
+            return false;
+        };
+        loop {
+            if level != Level::L4K
+                || !pte::is_leaf(v, level)
+                || pte::is_writable(v)
+                || !pte::was_writable(v)
+            {
+                return false;
+            }
+            match pte::try_set(ptep, v, pte::mkyoung(pte::mkwrite(v))) {
+                Ok(()) => return true,
+                Err(cur) => v = cur,
+            }
+        }
+    }
+
     /// Ages the gfns `[start, end)` in every root under the read side of the MMU lock (KVM's
     /// `kvm_pgtable_stage2_test_clear_young()` since it runs under the read lock, see "Stage-2
     /// aging under the read side" and "Aging without the MMU lock"), walking the tables over the

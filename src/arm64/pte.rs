@@ -85,6 +85,11 @@ pub(crate) const XN_SHIFT: u32 = 53;
 pub(crate) const XN_MASK: u64 = 0b11 << XN_SHIFT;
 /// `KVM_PTE_LEAF_ATTR_HI_SW`: bits the walker ignores, for software.
 pub(crate) const SW_MASK: u64 = 0b1111 << 55;
+/// A software bit of [`SW_MASK`]: a fault made the leaf writable (it resolved the page for
+/// write).  Dirty logging's write protection takes [`S2AP_W`] and leaves this, so a write fault
+/// may make the leaf writable again without resolving the page (x86's MMU-writable SPTE bit;
+/// KVM's arm64 keeps no such bit and resolves the page again).
+pub(crate) const SW_WRITABLE: u64 = 1 << 55;
 /// `KVM_INVALID_PTE_LOCKED`: the invalid value of an entry owned by a break-before-make.
 pub(crate) const LOCKED: u64 = AF;
 
@@ -262,6 +267,12 @@ pub(crate) const fn is_writable(pte: u64) -> bool {
     pte & S2AP_W != 0
 }
 
+/// Whether a fault made the leaf writable, even if write protection took [`S2AP_W`] since.
+#[inline]
+pub(crate) const fn was_writable(pte: u64) -> bool {
+    pte & SW_WRITABLE != 0
+}
+
 /// Whether the leaf's access flag is set: accessed since made or last aged.
 #[inline]
 pub(crate) const fn is_young(pte: u64) -> bool {
@@ -288,10 +299,10 @@ pub(crate) const fn mkold(pte: u64) -> u64 {
 }
 
 /// The leaf made writable, keeping every other bit (a permission relax,
-/// `kvm_pgtable_stage2_relax_perms()`).
+/// `kvm_pgtable_stage2_relax_perms()`), and marked as made writable ([`SW_WRITABLE`]).
 #[inline]
 pub(crate) const fn mkwrite(pte: u64) -> u64 {
-    pte | S2AP_W
+    pte | S2AP_W | SW_WRITABLE
 }
 
 /// A table entry pointing at the table in host page `table_pfn` (`kvm_init_table_pte()`).
@@ -316,7 +327,7 @@ pub(crate) const fn make_leaf(pfn: u64, level: Level, writable: bool) -> u64 {
         pte |= TYPE;
     }
     if writable {
-        pte |= S2AP_W;
+        pte |= S2AP_W | SW_WRITABLE;
     }
     pte
 }
