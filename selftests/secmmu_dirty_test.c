@@ -718,6 +718,7 @@ TEST_F(dirty_api, dirty_log_uapi)
 	struct secmmu_dirty_log log = { .slot = 0 };
 	struct secmmu_clear_dirty_log c = { .slot = 0 };
 	unsigned long n;
+	char *buf;
 	int fd;
 
 	if (!d->mem)
@@ -763,6 +764,21 @@ TEST_F(dirty_api, dirty_log_uapi)
 	EXPECT_EQ(64, count_set(d->bmap, n));
 	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
 	EXPECT_EQ(0, count_set(d->bmap, n));
+	/*
+	 * Nor one that faults after its first word reached the buffer: the
+	 * call fails, so that word is not delivered either.
+	 */
+	buf = mmap(NULL, 2 * PAGE_SZ, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, buf);
+	ASSERT_EQ(0, munmap(buf + PAGE_SZ, PAGE_SZ));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + 128 * PAGE_SZ, PAGE_SZ, 4, NULL));
+	EXPECT_EQ(-EFAULT, get_log(d->fd, 0, buf + PAGE_SZ - 8));
+	EXPECT_EQ(~0UL, *(unsigned long *)(buf + PAGE_SZ - 8));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(128, count_set(d->bmap, n));
+	munmap(buf, PAGE_SZ);
 
 	/* Manual protection: the ranges of CLEAR_DIRTY_LOG. */
 	fd = space_create(variant->format, 1, MANUAL);

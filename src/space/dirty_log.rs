@@ -202,9 +202,10 @@ impl Space {
             }
             if let Err(e) = writer.write(bits) {
                 if !cfg.manual_protect {
-                    // Taken, protected, but not delivered: report them
-                    // again next time.
-                    for (j, bits) in words.iter().enumerate().skip(i) {
+                    // Taken and protected, but the call fails: the caller
+                    // cannot trust what did reach its buffer, so all of
+                    // them are reported again next time.
+                    for (j, bits) in words.iter().enumerate() {
                         log.restore_word(j, *bits);
                     }
                 }
