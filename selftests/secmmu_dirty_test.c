@@ -50,6 +50,7 @@
 #define LOG		SECMMU_MEM_LOG_DIRTY_PAGES
 #define MANUAL		SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT
 #define INIT_SET	SECMMU_CFG_DIRTY_LOG_INITIALLY_SET
+#define EAGER		SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT
 
 enum backing { B_4K, B_THP, B_HUGETLB };
 
@@ -455,11 +456,11 @@ static void dirty_log_rounds(struct __test_metadata *_metadata,
 	atomic_store(&w.stop, true);
 	pthread_join(t, NULL);
 	ASSERT_EQ(0, w.err);
-	TH_LOG("%s %s: %lu pages, %lu writes, %lu reported dirty in %d rounds",
+	TH_LOG("%s %s%s: %lu pages, %lu writes, %lu reported dirty in %d rounds",
 	       format_name(variant->format),
 	       manual ? (init_set ? "clear-log initially-set" : "clear-log") :
-	       "bitmap", d->npages, (unsigned long)atomic_load(&w.writes),
-	       total, ROUNDS);
+	       "bitmap", cfg_flags & EAGER ? " eager" : "", d->npages,
+	       (unsigned long)atomic_load(&w.writes), total, ROUNDS);
 	ASSERT_LT(0, total);
 	/* Every leaf is 4K while the slot logs. */
 	ASSERT_EQ(0, take_snapshot(d));
@@ -488,20 +489,33 @@ TEST_F_TIMEOUT(dirty, dirty_log_initially_set, 300)
 }
 
 /*
+ * Clearing splits what it clears (eager splitting with INITIALLY_SET),
+ * while the vCPU writes: the splits lose no write.
+ */
+TEST_F_TIMEOUT(dirty, dirty_log_eager_initially_set, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, MANUAL | INIT_SET | EAGER);
+}
+
+/*
  * The port of dirty_log_page_splitting_test.c, counting leaves by level
  * in SECMMU_SNAPSHOT: huge leaves before; once logging starts, none is
- * writable; after the guest writes every page, every leaf is 4K and
- * writable (each write fault split what was over it); after logging stops
- * and the guest writes again, huge leaves are back as many as before.
+ * writable, and with eager splitting (@cfg_flags EAGER) none is huge
+ * either: every page is mapped by a 4K leaf at once; after the guest writes
+ * every page, every leaf is 4K and writable (without eager splitting, each
+ * write fault split what was over it); after logging stops and the guest
+ * writes again, huge leaves are back as many as before.
  */
-TEST_F_TIMEOUT(dirty, dirty_log_page_splitting, 300)
+static void page_splitting(struct __test_metadata *_metadata,
+			   struct dlog *d,
+			   const struct _fixture_variant_dirty *variant,
+			   unsigned int cfg_flags)
 {
-	struct dlog *d = &self->d;
 	unsigned long huge_before, huge_after;
 
 	if (!d->mem)
 		SKIP(return, "no memory of this backing in the VM");
-	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
+	ASSERT_EQ(0, dirty_space(d, variant->format, cfg_flags));
 	ASSERT_EQ(0, take_snapshot(d));
 	huge_before = d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0);
 	if (variant->backing == B_4K)
@@ -510,6 +524,8 @@ TEST_F_TIMEOUT(dirty, dirty_log_page_splitting, 300)
 	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
 	ASSERT_EQ(0, take_snapshot(d));
 	EXPECT_EQ(0, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+	if (cfg_flags & EAGER)
+		EXPECT_EQ(d->npages, snap_count(d, SECMMU_SNAP_PRESENT, 0));
 	/* Reads go through the protected leaves, huge or not. */
 	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_VERIFY, GPA_BASE,
 			       GPA_BASE + d->size, PAGE_SZ, 0, NULL));
@@ -527,9 +543,75 @@ TEST_F_TIMEOUT(dirty, dirty_log_page_splitting, 300)
 			       GPA_BASE + d->size, PAGE_SZ, 0, NULL));
 	ASSERT_EQ(0, take_snapshot(d));
 	huge_after = d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0);
-	TH_LOG("%s: pages in huge leaves: %lu before logging, %lu after",
-	       format_name(variant->format), huge_before, huge_after);
+	TH_LOG("%s%s: pages in huge leaves: %lu before logging, %lu after",
+	       format_name(variant->format),
+	       cfg_flags & EAGER ? " eager" : "", huge_before, huge_after);
 	EXPECT_EQ(huge_before, huge_after);
+}
+
+/* Split on fault: each huge leaf splits on its first write. */
+TEST_F_TIMEOUT(dirty, dirty_log_page_splitting, 300)
+{
+	page_splitting(_metadata, &self->d, variant, 0);
+}
+
+/* Eager splitting: starting to log splits every huge leaf. */
+TEST_F_TIMEOUT(dirty, dirty_log_eager_split, 300)
+{
+	page_splitting(_metadata, &self->d, variant, EAGER);
+}
+
+/*
+ * Eager splitting with INITIALLY_SET: starting splits and protects
+ * nothing; each SECMMU_CLEAR_DIRTY_LOG splits and protects what it clears,
+ * and no more: after the first half is cleared, its pages are mapped 4K and
+ * read-only, and the second half's leaves are as they were.
+ */
+TEST_F_TIMEOUT(dirty, dirty_log_eager_split_on_clear, 300)
+{
+	struct dlog *d = &self->d;
+	unsigned long half = (d->npages / 2) & ~63UL, huge, huge2, i, n4k, nw;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, MANUAL | INIT_SET | EAGER));
+	ASSERT_EQ(0, take_snapshot(d));
+	huge = d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0);
+	for (i = half, huge2 = 0; i < d->npages; i++)
+		huge2 += SECMMU_SNAP_LEVEL(d->snap[i]) != 0;
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, take_snapshot(d));
+	EXPECT_EQ(huge, d->npages - snap_count(d, SECMMU_SNAP_PRESENT, 0));
+	EXPECT_EQ(d->npages, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	ASSERT_EQ(d->npages, count_set(d->bmap, d->npages));
+	ASSERT_EQ(0, clear_log(d->fd, 0, 0, half, d->bmap));
+	ASSERT_EQ(0, take_snapshot(d));
+	for (i = n4k = nw = 0; i < half; i++) {
+		unsigned char b = d->snap[i];
+
+		n4k += (b & SECMMU_SNAP_PRESENT) && !SECMMU_SNAP_LEVEL(b);
+		nw += !!(b & SECMMU_SNAP_WRITABLE);
+	}
+	EXPECT_EQ(half, n4k);
+	EXPECT_EQ(0, nw);
+	for (i = half, n4k = 0; i < d->npages; i++)
+		n4k += (d->snap[i] & SECMMU_SNAP_PRESENT) &&
+		       !SECMMU_SNAP_LEVEL(d->snap[i]);
+	/* Huge leaves lie on 2M boundaries, and half is one: none crosses it. */
+	EXPECT_EQ(d->npages - half, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+	EXPECT_EQ(d->npages - half - huge2, n4k);
+
+	ASSERT_EQ(0, clear_log(d->fd, 0, half, d->npages - half,
+			       d->bmap + half / 64));
+	ASSERT_EQ(0, take_snapshot(d));
+	EXPECT_EQ(d->npages, snap_count(d, SECMMU_SNAP_PRESENT, 0));
+	EXPECT_EQ(0, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + d->size, PAGE_SZ, 0, NULL));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(d->npages, count_set(d->bmap, d->npages));
 }
 
 /*
@@ -622,9 +704,10 @@ TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
  * and once logging is on for good, rounds check out as in
  * dirty_log_bitmap; the tables stay coherent.
  */
-TEST_F_TIMEOUT(dirty, dirty_log_toggle_race, 300)
+static void toggle_race(struct __test_metadata *_metadata, struct dlog *d,
+			const struct _fixture_variant_dirty *variant,
+			unsigned int cfg_flags)
 {
-	struct dlog *d = &self->d;
 	struct writer w = { .seed = 7 };
 	struct secmmu_audit a;
 	unsigned long r;
@@ -633,7 +716,7 @@ TEST_F_TIMEOUT(dirty, dirty_log_toggle_race, 300)
 
 	if (!d->mem)
 		SKIP(return, "no memory of this backing in the VM");
-	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
+	ASSERT_EQ(0, dirty_space(d, variant->format, cfg_flags));
 	w.vcpu = d->vcpu;
 	w.npages = d->npages;
 	atomic_store(&w.round, 1000);
@@ -664,6 +747,17 @@ TEST_F_TIMEOUT(dirty, dirty_log_toggle_race, 300)
 	ASSERT_EQ(0, w.err);
 	if (!audit_space(d->fd, &a))
 		EXPECT_EQ(0, a.mismatches);
+}
+
+TEST_F_TIMEOUT(dirty, dirty_log_toggle_race, 300)
+{
+	toggle_race(_metadata, &self->d, variant, 0);
+}
+
+/* The same with eager splitting: each start splits under the writer. */
+TEST_F_TIMEOUT(dirty, dirty_log_toggle_race_eager, 300)
+{
+	toggle_race(_metadata, &self->d, variant, EAGER);
 }
 
 /*
@@ -725,6 +819,7 @@ TEST_F(dirty_api, dirty_log_uapi)
 		SKIP(return, "no memory of this backing in the VM");
 	/* INITIALLY_SET needs manual protection. */
 	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, INIT_SET));
+	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, EAGER << 1));
 	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
 	n = d->npages;
 

@@ -49,7 +49,7 @@
 #define BAD		1	/* a step misbehaved; life->why says how */
 
 struct life {
-	unsigned int format;
+	unsigned int format, cfg_flags;
 	int fd, vcpu[2];
 	char *mem, *thp, *raw;
 	__u64 pattern;
@@ -117,7 +117,11 @@ static int st_open(struct life *l)
 
 static int st_configure(struct life *l)
 {
-	struct secmmu_config cfg = { .format = l->format, .nr_roots = NR_ROOTS };
+	struct secmmu_config cfg = {
+		.flags = l->cfg_flags,
+		.format = l->format,
+		.nr_roots = NR_ROOTS,
+	};
 
 	return secmmu_ioctl(l->fd, SECMMU_CONFIGURE, &cfg);
 }
@@ -264,7 +268,11 @@ static int st_mprotect(struct life *l)
 		   THP_STRIDE, l->pattern, NULL);
 }
 
-/* Dirty logging starts on the THP slot: a bitmap, a new set, write protection. */
+/*
+ * Dirty logging starts on the THP slot: a bitmap, a new set, write
+ * protection, and with eager splitting the split (whose failures leave the
+ * rest to split on fault, unseen).
+ */
 static int st_log_start(struct life *l)
 {
 	return set_slot(l->fd, 1, SECMMU_MEM_LOG_DIRTY_PAGES, GPA_THP, SZ_2M, l->thp);
@@ -505,11 +513,21 @@ FIXTURE(fail_nth) {
 };
 
 FIXTURE_VARIANT(fail_nth) {
-	unsigned int format;
+	unsigned int format, cfg_flags;
 };
 
 FIXTURE_VARIANT_ADD(fail_nth, x86) { .format = SECMMU_FMT_X86_EPT4 };
 FIXTURE_VARIANT_ADD(fail_nth, arm64) { .format = SECMMU_FMT_ARM64_S2 };
+/* log_start splits the THP slot eagerly: its allocations fail too. */
+FIXTURE_VARIANT_ADD(fail_nth, x86_eager) {
+	.format = SECMMU_FMT_X86_EPT4,
+	.cfg_flags = SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT,
+};
+
+FIXTURE_VARIANT_ADD(fail_nth, arm64_eager) {
+	.format = SECMMU_FMT_ARM64_S2,
+	.cfg_flags = SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT,
+};
 
 FIXTURE_SETUP(fail_nth)
 {
@@ -560,7 +578,7 @@ TEST_F_TIMEOUT(fail_nth, lifecycle, 3 * BUDGET_S)
 	unsigned long step = env_step(), failed = 0, silent = 0, points;
 	unsigned int nth, i;
 	long base, now, left = 0;
-	struct life l = { .format = variant->format };
+	struct life l = { .format = variant->format, .cfg_flags = variant->cfg_flags };
 	__u64 t0, t1, deadline = -1ULL;
 	int done = 0;
 

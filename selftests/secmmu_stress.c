@@ -1508,11 +1508,13 @@ TEST_F_TIMEOUT(stress, stress_random, 100)
 	S.format = variant->format;
 	S.seed = seed_env ? strtoull(seed_env, NULL, 0) : stress_now_ns() ^ getpid();
 	fprintf(stderr, "# seed %llu\n", S.seed);
-	fprintf(stderr, "# %s: %lu s, %d workers, %d regions of %lu KiB, %d roots\n",
+	fprintf(stderr, "# %s: %lu s, %d workers, %d regions of %lu KiB, %d roots%s\n",
 		format_name(S.format), seconds, NR_WORKERS, NR_REGIONS, REGION_SZ / 1024,
-		NR_ROOTS);
+		NR_ROOTS, S.seed & 1 ? ", eager split" : "");
 
-	S.fd = space_create(S.format, NR_ROOTS, 0);
+	/* Half the seeds split huge leaves when a dirty_log op starts logging. */
+	S.fd = space_create(S.format, NR_ROOTS,
+			    S.seed & 1 ? SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT : 0);
 	ASSERT_GE(S.fd, 0) TH_LOG("space: %s", strerror(-S.fd));
 	/* 2M-aligned, THP-advised: huge mappings until the ops split them. */
 	raw = mmap(NULL, MEM_SZ + SZ_2M, PROT_READ | PROT_WRITE,

@@ -26,12 +26,15 @@ use crate::{
     kpages::KernelPages,
     mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
-    mmu::dirty::{DirtyBitmap, Protected},
+    mmu::dirty::{DirtyBitmap, Protected, Split, SplitAt},
     mmu::fault::Fault,
     mmu::inval::Invalidations,
     mmu::level::Level,
     mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry},
-    mmu::pgtable::{MapError, MapOutcome, TableCache, Translation, UnlinkedTable, WalkFault},
+    mmu::pgtable::{
+        MapError, MapOutcome, TableCache, Translation, UnlinkedTable, WalkFault,
+        TABLE_CACHE_CAPACITY,
+    },
     mmu::prim::{self, NoPreempt, PArc},
     mmu::stats::{Counter, Stats},
     mmu::zap::{Yield, Zap, ZapLock, ZapTables},
@@ -208,6 +211,29 @@ impl Pgt {
         }
     }
 
+    /// Splits the huge leaves that map gfns of `[at.gfn, end)` of `slot` down
+    /// to 4K, in every root, for dirty logging's eager splitting: x86 through
+    /// the slot's rmaps, stage-2 by walking the tables, breaking each block
+    /// before making its table, with `flush` flushing the TLBs. Takes tables
+    /// and rmap descriptors from `caches` (topped up with
+    /// [`FaultCaches::topup_split()`]) and stops when they run out. MMU lock
+    /// held for write; no flush is needed after.
+    pub(crate) fn split_huge_gfn_range(
+        &mut self,
+        slot: &MemSlot,
+        at: SplitAt,
+        end: Gfn,
+        caches: &mut FaultCaches,
+        flush: &dyn Fn(),
+    ) -> Split {
+        match self {
+            Pgt::X86(m) => x86_slot(slot).map_or(Split::default(), |slot| {
+                m.split_huge_gfn_range(slot, at, end, &mut caches.tables, &mut caches.descs)
+            }),
+            Pgt::S2(m) => m.split_huge_gfn_range(at, end, &mut caches.tables, flush),
+        }
+    }
+
     /// The format of the tables.
     pub(crate) fn kind(&self) -> Kind {
         match self {
@@ -297,6 +323,21 @@ impl FaultCaches {
             tables: TableCache::new(),
             descs: DescCache::new(descs),
         }
+    }
+
+    /// Fills the caches for an eager split
+    /// ([`Pgt::split_huge_gfn_range()`]) of tables of format `kind` with
+    /// `nr_roots` roots: tables to capacity, and on x86 the descriptors the
+    /// split of one huge leaf may take.
+    pub(crate) fn topup_split(&mut self, kind: Kind, nr_roots: usize) -> Result {
+        self.tables
+            .topup(TABLE_CACHE_CAPACITY)
+            .map_err(|_| ENOMEM)?;
+        if kind == Kind::X86 {
+            let descs = x86::split_min_descs(nr_roots);
+            self.descs.topup(descs).map_err(|_| ENOMEM)?;
+        }
+        Ok(())
     }
 
     /// Fills the caches with what one map of format `F` may use.

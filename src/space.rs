@@ -82,6 +82,10 @@ pub(crate) struct Config {
     /// `SECMMU_CFG_DIRTY_LOG_INITIALLY_SET`: logging starts with every page
     /// dirty and nothing write-protected.
     pub(crate) initially_set: bool,
+    /// `SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT`: starting to log splits the slot's
+    /// huge leaves (with INITIALLY_SET, clearing a range splits its own),
+    /// instead of leaving each to split on its first write fault.
+    pub(crate) eager_split: bool,
 }
 
 /// The state of one open `/dev/secmmu`.
@@ -308,6 +312,7 @@ impl Space {
             ia_bits,
             manual_protect,
             initially_set,
+            eager_split: cfg.flags & uapi::CFG_DIRTY_LOG_EAGER_SPLIT != 0,
         });
         Ok(())
     }

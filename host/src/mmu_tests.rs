@@ -589,12 +589,16 @@ fn stale_leaf_is_zapped_and_replaced() {
 
 impl<const ID: usize> Fixture<ID> {
     fn map_huge(&mut self, gfn: u64, pfn: u64, level: Level) -> MapOutcome {
+        self.map_huge_in(0, gfn, pfn, level)
+    }
+
+    fn map_huge_in(&mut self, root: usize, gfn: u64, pfn: u64, level: Level) -> MapOutcome {
         self.tables.topup(MAP_MIN_TABLES).unwrap();
         self.descs.topup(MAP_MIN_DESCS).unwrap();
         let o = self
             .mmu
             .map_level(
-                0,
+                root,
                 0,
                 Gfn::new(gfn),
                 Pfn::new(pfn),
@@ -1549,6 +1553,133 @@ fn write_protection_for_dirty_logging() {
         } else {
             HostPages::<ID>::take_dirty();
         }
+        teardown(f);
+    }
+}
+
+/// Eager splitting (`X86Mmu::split_huge_gfn_range()`): after the write protection of a slot,
+/// its 1G and 2M leaves in two roots become 4K leaves that translate to the same pages,
+/// read-only, each in its rmap (a zap through the rmaps finds every one), dirty where the huge
+/// leaf was, and made writable by the fast path of a write fault; a split of a range that
+/// touches a huge leaf splits it whole; the caches are topped up between calls, and the table
+/// limit stops it.
+#[test]
+fn eager_split_for_dirty_logging() {
+    const ID: usize = 68;
+    const G1: u64 = 1 << 18;
+    for ad in [true, false] {
+        let mut f = Fixture::<ID>::new(2, ad, &[slot(0, 0, 1 << 19)]);
+        // Root 0: a 1G leaf, a 2M leaf; root 1: the same 2M leaf, and a 4K leaf beside it in
+        // root 0, so the pieces' rmaps need descriptors.
+        f.map_huge_in(0, G1, 1 << 20, Level::L1G);
+        f.map_huge_in(0, 0x400, 0x1000, Level::L2M);
+        f.map_huge_in(1, 0x400, 0x1000, Level::L2M);
+        f.map(0, 0, 0x200, 0x3000, true);
+        let leaves = f.mmu.leaf_sptes();
+        assert_eq!(leaves, 4);
+        let _ = f.mmu.write_protect(0, Gfn::new(0), Gfn::new(1 << 19));
+        HostPages::<ID>::take_dirty();
+
+        // A range of one gfn splits the whole 2M leaf over it, in both roots, and nothing else.
+        let (done, _) = f.mmu.split(
+            0,
+            Gfn::new(0x450),
+            Gfn::new(0x451),
+            &mut f.tables,
+            &mut f.descs,
+        );
+        assert_eq!((done.split, done.limited), (2, false));
+        assert_eq!(f.mmu.leaf_sptes(), leaves - 2 + 2 * 512);
+        assert_eq!(f.translate(0, G1 + 5, false).unwrap().level, Level::L1G);
+
+        // The whole slot: 1 + 512 more splits, the caches topped up on the way.
+        let (done, calls) = f.mmu.split(
+            0,
+            Gfn::new(0),
+            Gfn::new(1 << 19),
+            &mut f.tables,
+            &mut f.descs,
+        );
+        assert_eq!(done.split, 513);
+        assert!(calls > 513 / TABLE_CACHE_CAPACITY, "{calls} calls");
+        let leaves = 1 + 2 * 512 + 512 * 512;
+        assert_eq!(f.mmu.leaf_sptes(), leaves);
+        for (gfn, pfn) in [
+            (0x400, 0x1000),
+            (0x5ff, 0x11ff),
+            (G1, 1 << 20),
+            (G1 + 0x3_1234, (1 << 20) + 0x3_1234),
+        ] {
+            for root in 0..2 {
+                if root == 1 && gfn >= G1 {
+                    continue;
+                }
+                let t = f.translate(root, gfn, false).unwrap();
+                assert_eq!(
+                    (t.pfn.raw(), t.level, t.writable),
+                    (pfn, Level::L4K, false),
+                    "gfn {gfn:#x}"
+                );
+                assert_eq!(f.translate(root, gfn, true), Err(WalkFault::WriteProtected));
+            }
+        }
+        // The pieces were writable before the protection: a write fault's fast path.
+        assert!(f.mmu.restore_write_protected(0, Gfn::new(G1 + 7)));
+        assert!(f.translate(0, G1 + 7, true).unwrap().writable);
+        // Nothing huge is left: splitting again does nothing.
+        let (done, calls) = f.mmu.split(
+            0,
+            Gfn::new(0),
+            Gfn::new(1 << 19),
+            &mut f.tables,
+            &mut f.descs,
+        );
+        assert_eq!((done.split, calls), (0, 1));
+
+        // Every piece is in its rmap: the zap through the rmaps finds them all, and with A/D
+        // every piece of the (dirty) huge leaves reports its page dirty.
+        let p = f.zap(0, 0, 1 << 19);
+        assert_eq!(p.zapped, leaves);
+        assert_eq!(f.mmu.leaf_sptes(), 0);
+        let mut dirty = HostPages::<ID>::take_dirty();
+        dirty.sort_unstable();
+        dirty.dedup();
+        // Without A/D, W was the dirty state, marked as the protection took it: only the
+        // piece made writable since is dirty.
+        assert_eq!(dirty.len() as u64, if ad { 1 + 512 + 512 * 512 } else { 1 });
+
+        // At the table limit the split stops for good, leaving the rest huge.
+        f.map_huge_in(0, G1, 1 << 20, Level::L1G);
+        let limit = f.mmu.table_pages() + 3;
+        f.mmu.set_table_limit(limit);
+        let (done, _) = f.mmu.split(
+            0,
+            Gfn::new(0),
+            Gfn::new(1 << 19),
+            &mut f.tables,
+            &mut f.descs,
+        );
+        assert_eq!((done.split, done.limited), (3, true));
+        assert_eq!(
+            f.translate(0, G1 + 3 * 512, false).unwrap().level,
+            Level::L2M
+        );
+        f.mmu.set_table_limit(u64::MAX);
+        let _ = f.zap(0, 0, 1 << 19);
+        HostPages::<ID>::take_dirty();
+        teardown(f);
+
+        // With one root no piece's rmap holds an SPTE already: no descriptor is needed (an
+        // empty cache would panic in a test build).
+        let mut f = Fixture::<ID>::new(1, ad, &[slot(0, 0, 1 << 19)]);
+        f.map_huge(G1, 1 << 20, Level::L1G);
+        let mut descs = DescCache::new(0);
+        let (done, _) = f
+            .mmu
+            .split(0, Gfn::new(0), Gfn::new(1 << 19), &mut f.tables, &mut descs);
+        assert_eq!((done.split, descs.len()), (513, 0));
+        assert_eq!(f.zap(0, 0, 1 << 19).zapped, 512 * 512);
+        HostPages::<ID>::take_dirty();
         teardown(f);
     }
 }

@@ -21,6 +21,7 @@ use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::AgeOp;
+use crate::mmu::dirty::{Split, SplitAt};
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
     MapAction, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT, SNAP_PRESENT,
@@ -1510,6 +1511,103 @@ fn write_protection_for_dirty_logging() {
     );
     assert_eq!(f.translate(0, 0x405, true).unwrap().level, Level::L4K);
     assert_eq!(f.translate(0, 0x406, false), Err(WalkFault::NotPresent));
+    f.zap(0, 1 << 20);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
+/// Eager splitting (`S2Mmu::split_huge_gfn_range()`): after the write protection, 1G and 2M
+/// blocks in two roots become pages that translate to the same pages with the same attributes
+/// (read-only, young, made writable by the fast path of a write fault), each block broken with a
+/// flush first; a range touching a block splits it whole; an empty cache stops the split where
+/// it is, to go on from there (in the same root or the next), and the table limit stops it.
+#[test]
+fn eager_split_for_dirty_logging() {
+    const ID: usize = 69;
+    const G1: u64 = 1 << 18;
+    let mut f = Fixture::<ID>::new(2, 40, true);
+    f.try_map_at(0, G1, 1 << 20, true, Level::L1G).unwrap();
+    for root in 0..2 {
+        f.try_map_at(root, 0x400, 0x8_0000, true, Level::L2M)
+            .unwrap();
+    }
+    f.map(0, 0x200, 0x3000, true);
+    let _ = f
+        .mmu
+        .write_protect_gfn_range(Gfn::new(0), Gfn::new(1 << 20));
+    HostPages::<ID>::take_dirty();
+    let split = |f: &mut Fixture<ID>, start: u64, end: u64| {
+        let mut tables = TableCache::<HostPages<ID>>::new();
+        let (mut total, mut calls) = (Split::default(), 0);
+        let mut at = SplitAt::new(Gfn::new(start));
+        let flushes = f.flushes.clone();
+        loop {
+            tables.topup(TABLE_CACHE_CAPACITY).unwrap();
+            let done = f
+                .mmu
+                .split_huge_gfn_range(at, Gfn::new(end), &mut tables, &|| {
+                    flushes.set(flushes.get() + 1)
+                });
+            f.flushes.set(flushes.get());
+            calls += 1;
+            total.split += done.split;
+            total.limited |= done.limited;
+            match done.resume {
+                Some(next) => at = next,
+                None => return (total, calls),
+            }
+        }
+    };
+
+    // One gfn of the 2M block: that block, in both roots, each broken with a flush.
+    let (leaves, flushes) = (f.mmu.leaves(), f.flushes.get());
+    let (done, _) = split(&mut f, 0x450, 0x451);
+    assert_eq!((done.split, done.limited), (2, false));
+    assert_eq!(f.flushes.get() - flushes, 2);
+    assert_eq!(f.mmu.leaves(), leaves + 2 * 511);
+    assert_eq!(f.translate(0, G1 + 5, false).unwrap().level, Level::L1G);
+
+    let (done, calls) = split(&mut f, 0, 1 << 20);
+    assert_eq!(done.split, 513);
+    assert!(calls > 513 / TABLE_CACHE_CAPACITY, "{calls} calls");
+    assert_eq!(f.mmu.leaves(), 1 + 2 * 512 + 512 * 512);
+    for (gfn, pfn) in [
+        (0x400, 0x8_0000),
+        (0x5ff, 0x8_01ff),
+        (G1, 1 << 20),
+        (G1 + 0x3_1234, (1 << 20) + 0x3_1234),
+    ] {
+        for root in 0..2 {
+            if root == 1 && gfn >= G1 {
+                continue;
+            }
+            let t = f.translate(root, gfn, false).unwrap();
+            assert_eq!((t.pfn.raw(), t.level, t.writable), (pfn, Level::L4K, false));
+            assert_eq!(f.translate(root, gfn, true), Err(WalkFault::WriteProtected));
+            assert!(pte::is_young(f.pte(root, gfn)));
+        }
+    }
+    assert!(f.mmu.restore_write_protected(0, Gfn::new(G1 + 7)));
+    assert!(f.translate(0, G1 + 7, true).unwrap().writable);
+    let (done, calls) = split(&mut f, 0, 1 << 20);
+    assert_eq!((done.split, calls), (0, 1));
+
+    // The zap finds every piece; only the one made writable since is dirty (I4).
+    let p = f.zap(0, 1 << 20);
+    assert_eq!(p.zapped, 1 + 2 * 512 + 512 * 512);
+    assert_eq!(HostPages::<ID>::take_dirty(), [(1 << 20) + 7]);
+
+    // At the table limit the split stops for good, leaving the rest as blocks.
+    f.try_map_at(0, G1, 1 << 20, true, Level::L1G).unwrap();
+    let limit = f.mmu.table_pages() + 3;
+    f.mmu.set_table_limit(limit);
+    let (done, _) = split(&mut f, 0, 1 << 20);
+    assert_eq!((done.split, done.limited), (3, true));
+    assert_eq!(
+        f.translate(0, G1 + 3 * 512, false).unwrap().level,
+        Level::L2M
+    );
+    f.mmu.set_table_limit(u64::MAX);
     f.zap(0, 1 << 20);
     HostPages::<ID>::take_dirty();
     teardown(f);

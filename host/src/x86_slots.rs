@@ -14,13 +14,15 @@ use core::ops::{Deref, DerefMut};
 
 use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
-use crate::mmu::dirty::Protected;
+use crate::mmu::dirty::{Protected, Split, SplitAt};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry, SlotError};
-use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache};
+use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache, TABLE_CACHE_CAPACITY};
 use crate::mmu::prim::{warn_on, AllocError, AtomicU64, NoPreempt, PArc, RcuPtr, Unpublished};
 use crate::test_util::{run_zap, ZapRun};
-use crate::x86::mmu::{age_gfn_range_lockless, RmapsOf, SlotRef, SlotRmaps, X86Mmu};
+use crate::x86::mmu::{
+    age_gfn_range_lockless, split_min_descs, RmapsOf, SlotRef, SlotRmaps, X86Mmu,
+};
 use crate::x86::rmap::DescCache;
 
 /// The format data of a test slot: its rmaps.
@@ -181,6 +183,37 @@ impl<P: PageOps> TestMmu<P> {
         let set = slots.locked();
         let slot = set.by_id(id).and_then(slot_ref).expect("no such slot");
         self.mmu.write_protect_gfn_range(slot, start, end)
+    }
+
+    /// Splits the huge leaves over the gfns `[start, end)` of slot `id` down to 4K (dirty
+    /// logging's eager split), as the kernel glue does: the caches topped up to their capacity
+    /// before each call, called again from where it stopped until it is done.  Returns the
+    /// leaves split and the number of calls.
+    pub(crate) fn split(
+        &mut self,
+        id: u32,
+        start: Gfn,
+        end: Gfn,
+        tables: &mut TableCache<P>,
+        descs: &mut DescCache,
+    ) -> (Split, usize) {
+        let slots = self.slots.clone();
+        let set = slots.locked();
+        let slot = set.by_id(id).and_then(slot_ref).expect("no such slot");
+        let (mut total, mut calls) = (Split::default(), 0);
+        let mut at = SplitAt::new(start);
+        loop {
+            tables.topup(TABLE_CACHE_CAPACITY).unwrap();
+            descs.topup(split_min_descs(self.mmu.nr_roots())).unwrap();
+            let done = self.mmu.split_huge_gfn_range(slot, at, end, tables, descs);
+            calls += 1;
+            total.split += done.split;
+            total.limited |= done.limited;
+            match done.resume {
+                Some(next) => at = next,
+                None => return (total, calls),
+            }
+        }
     }
 
     /// Publishes a set with `slot` added, with new rmaps (SECMMU_SET_MEMSLOT).  No reader can

@@ -108,10 +108,11 @@ use core::sync::atomic::{AtomicU64 as Counter, Ordering as CounterOrdering};
 use crate::arm64::pte::{self, Geometry, MAX_PGD_PAGES};
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
-use crate::mmu::dirty::Protected;
+use crate::mmu::dirty::{Protected, Split, SplitAt};
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
     snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZappedTables,
+    ENTRIES_PER_TABLE,
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, Ordering, PVec};
 use crate::mmu::walk::{
@@ -901,6 +902,62 @@ impl<P: PageOps> S2Mmu<P> {
         v.done
     }
 
+    /// Splits every block overlapping the gfns `[at.gfn, end)` down to pages with the same
+    /// attributes, root by root from `at.root` (eager page splitting for dirty logging, KVM's
+    /// `kvm_mmu_split_huge_pages()` through `kvm_pgtable_stage2_split()`): a 1G block into 2M
+    /// blocks, which the walk then goes into and splits in turn.  The write faults that dirty
+    /// logging takes later then find pages to make writable
+    /// ([`S2Mmu::restore_write_protected()`]) instead of breaking a block and resolving every
+    /// page again.
+    ///
+    /// Each split takes a table from `tables`: when it is empty the split stops with
+    /// [`Split::resume`] at the block it could not split, for the caller to top it up without
+    /// the lock (KVM's `need_split_memcache_topup_or_resched()`).  At the MMU's table limit it
+    /// stops for good ([`Split::limited`]).
+    ///
+    /// `&mut self`: the write side, as KVM splits under the write lock: no fault holds a locked
+    /// entry or relaxes one meanwhile.  The hardware walker ([`translate()`]) still runs, so a
+    /// block becomes a table with break-before-make, each break flushing through `flush`
+    /// ("Break-before-make"; the table maps what the block did, but the architecture allows no
+    /// TLB to hold both sizes).  The pieces are made from the block as the break took it, so an
+    /// AF the walker set before is kept, and the walker faults on the locked entry and waits for
+    /// the lock until the table is in.
+    pub(crate) fn split_huge_gfn_range(
+        &mut self,
+        at: SplitAt,
+        end: Gfn,
+        tables: &mut TableCache<P>,
+        flush: &dyn Fn(),
+    ) -> Split {
+        let mut v = SplitWalker {
+            mmu: self,
+            tables,
+            flush,
+            done: Split::default(),
+        };
+        let end = end.raw().min(self.geo.gfn_limit());
+        for root in at.root..self.nr_roots {
+            let mut pos = if root == at.root { at.gfn } else { at.start }.raw();
+            // SAFETY: the start-level tables of a root of `self`, which we hold `&mut`: no table
+            // the walk reaches is freed (I1).
+            let flow = unsafe {
+                walk::walk::<S2, P, _>(
+                    &root_tables(self.root_pgd(root), &self.geo),
+                    &mut pos,
+                    end,
+                    &mut v,
+                )
+            };
+            if flow.is_break() {
+                if !v.done.limited {
+                    v.done.resume = Some(at.at(root, Gfn::new(pos)));
+                }
+                break;
+            }
+        }
+        v.done
+    }
+
     /// Zaps the gfns `[start, end)` in every root (KVM's `kvm_pgtable_stage2_unmap()`), with the
     /// MMU lock `lock` held for write, yielding it and flushing as the zap driver `z` says
     /// ([`Zap::run()`]; "TLB flush before dropping the MMU lock").  The walk covers leaves of
@@ -1424,6 +1481,61 @@ impl<'a, P: PageOps> Visitor<'a> for WriteProtectWalker<P> {
             }
         }
         Step::Continue
+    }
+}
+
+/// The walk of [`S2Mmu::split_huge_gfn_range()`] in one root (KVM's `stage2_split_walker()`):
+/// breaks every valid block it meets and makes a table of its pieces in its place, then goes
+/// into that table.  Breaks when the cache is empty or the limit is reached.
+struct SplitWalker<'m, P: PageOps> {
+    mmu: &'m S2Mmu<P>,
+    tables: &'m mut TableCache<P>,
+    flush: &'m dyn Fn(),
+    done: Split,
+}
+
+impl<'a, P: PageOps> Visitor<'a> for SplitWalker<'_, P> {
+    const FLAGS: u32 = LEAF;
+    type Break = ();
+
+    fn visit(&mut self, ctx: &Ctx<'a>, _: Visit) -> Step<()> {
+        let Some(child) = ctx.level.lower() else {
+            return Step::Continue;
+        };
+        if !pte::is_leaf(ctx.old, ctx.level) {
+            return Step::Continue;
+        }
+        if self.tables.is_empty() {
+            return Step::Break(());
+        }
+        if self.mmu.reserve_table().is_err() {
+            self.done.limited = true;
+            return Step::Break(());
+        }
+        let Some(table_pfn) = self.tables.take() else {
+            self.mmu.unreserve_table();
+            return Step::Break(());
+        };
+        if !pte::try_break(ctx.ptep, ctx.old, self.flush) {
+            // The hardware walker set AF meanwhile (nothing else changes an entry under the
+            // write side, I2): visit the entry again as it is now.
+            // SAFETY: taken from `tables` above, never linked, still zeroed.
+            unsafe { self.tables.put_back(table_pfn) };
+            self.mmu.unreserve_table();
+            return Step::Reload;
+        }
+        // SAFETY: from `tables`, so from `alloc_table()`; ours until `make()` links it, then a
+        // table of this MMU, freed only under the write side we hold (I1).
+        let entries = unsafe { table::<P>(table_pfn) };
+        for (i, entry) in entries.iter().enumerate() {
+            // Relaxed: published by the Release of `make()`.
+            entry.store(pte::make_split_child(ctx.old, child, i), Ordering::Relaxed);
+        }
+        Counters::add(&self.mmu.counters.leaves, ENTRIES_PER_TABLE as u64 - 1);
+        pte::make(ctx.ptep, pte::make_table(table_pfn));
+        self.done.split += 1;
+        // Into the new table: the pieces of a 1G block are 2M blocks to split in turn.
+        Step::Reload
     }
 }
 

@@ -332,6 +332,21 @@ pub(crate) const fn make_leaf(pfn: u64, level: Level, writable: bool) -> u64 {
     pte
 }
 
+/// The entry at index `i` of the table that replaces the block `block` when it is split into
+/// leaves at `child` level (KVM's `stage2_split_walker()`, which has
+/// `kvm_pgtable_stage2_create_unlinked()` map the block's range with its attributes one level
+/// down): the same attributes (S2AP, AF, the software bits), the output address of the `i`-th
+/// piece, and a page descriptor at the last level, a block above.
+#[inline]
+pub(crate) const fn make_split_child(block: u64, child: Level, i: usize) -> u64 {
+    let pfn = pfn(block) + i as u64 * child.pages();
+    let mut pte = (block & !(ADDR_MASK | TYPE)) | ((pfn << PAGE_SHIFT) & ADDR_MASK);
+    if matches!(child, LAST_LEVEL) {
+        pte |= TYPE;
+    }
+    pte
+}
+
 /// Replaces `old`, the value the caller loaded from `ptep`, by `new` with one compare-exchange
 /// (`stage2_try_set_pte()` of a shared walk).  Returns the value found instead on failure.
 ///

@@ -16,6 +16,7 @@
 //!
 //! Kernel-free: built into the module and into the host crate.
 
+use crate::mmu::addr::Gfn;
 use crate::mmu::prim::{self, AllocError, AtomicU64, Ordering, PVec};
 
 /// Pages per bitmap word, and the unit of `SECMMU_CLEAR_DIRTY_LOG`.
@@ -150,6 +151,49 @@ impl Protected {
     }
 }
 
+/// Where an eager split of huge leaves of a range goes on: the root
+/// (stage-2 splits root by root; x86 splits through the rmaps, which span
+/// the roots, and keeps 0) and the gfn in it, with the start of the range
+/// for the roots after it. Everything before it is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SplitAt {
+    pub(crate) start: Gfn,
+    pub(crate) root: usize,
+    pub(crate) gfn: Gfn,
+}
+
+impl SplitAt {
+    /// The beginning of a split of a range from `start`.
+    pub(crate) fn new(start: Gfn) -> Self {
+        Self {
+            start,
+            root: 0,
+            gfn: start,
+        }
+    }
+
+    /// The same split, going on at `gfn` of `root`.
+    pub(crate) fn at(self, root: usize, gfn: Gfn) -> Self {
+        Self { root, gfn, ..self }
+    }
+}
+
+/// What one call of an eager split (`split_huge_gfn_range()` of either
+/// format; KVM's `kvm_mmu_try_split_huge_pages()` and
+/// `kvm_pgtable_stage2_split()`) did under one hold of the MMU lock.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct Split {
+    /// Huge leaves replaced by a table of leaves one level down.
+    pub(crate) split: u64,
+    /// The caches ran out before the range was done: top them up with the
+    /// lock dropped and call again from here.
+    pub(crate) resume: Option<SplitAt>,
+    /// The MMU holds its limit of table pages: the rest of the range stays
+    /// huge and splits on its write faults, as when eager splitting is off.
+    pub(crate) limited: bool,
+}
+
 /// Why a `SECMMU_CLEAR_DIRTY_LOG` range is refused (`EINVAL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BadClearRange;
@@ -188,9 +232,30 @@ pub(crate) fn runs(mut mask: u64) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
+/// The pages from the first bit set in `words` to the last, as `[first,
+/// last)` page numbers from the first word's first page; `None` if no bit is
+/// set. What a clear with INITIALLY_SET splits before it protects.
+pub(crate) fn span(words: &[u64]) -> Option<(u64, u64)> {
+    let first = words.iter().position(|&w| w != 0)?;
+    let last = words.iter().rposition(|&w| w != 0)?;
+    let lo = first as u64 * WORD_PAGES + u64::from(words[first].trailing_zeros());
+    let hi = last as u64 * WORD_PAGES + WORD_PAGES - u64::from(words[last].leading_zeros());
+    Some((lo, hi))
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn span_of_set_bits() {
+        assert_eq!(span(&[]), None);
+        assert_eq!(span(&[0, 0]), None);
+        assert_eq!(span(&[1]), Some((0, 1)));
+        assert_eq!(span(&[1 << 63]), Some((63, 64)));
+        assert_eq!(span(&[0, 0b1100, 0, 1 << 5, 0]), Some((66, 198)));
+        assert_eq!(span(&[u64::MAX; 3]), Some((0, 192)));
+    }
 
     #[test]
     fn bitmap_marks_takes_clears_and_restores() {

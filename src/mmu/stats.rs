@@ -106,6 +106,9 @@ pub(crate) struct Stats {
     pub(crate) collapses: Counter,
     /// Leaves that dirty logging write-protected (they were writable).
     pub(crate) dirty_protected: Counter,
+    /// Huge leaves dirty logging split before any write faulted on them
+    /// (eager page splitting).
+    pub(crate) eager_splits: Counter,
     /// Write faults that made such a leaf writable again without
     /// get_user_pages (x86, KVM's fast page fault).
     pub(crate) dirty_fast_faults: Counter,

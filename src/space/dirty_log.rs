@@ -19,12 +19,13 @@
 use super::{slot_errno, Config, Space};
 use crate::{
     ext::{preempt::PreemptGuard, sched},
-    format::{MemSlot, Pgt, SlotSet},
+    format::{FaultCaches, Kind, MemSlot, Pgt, SlotSet},
     mmu::addr::Gfn,
-    mmu::dirty::{self, DirtyBitmap, Protected, WORD_PAGES},
+    mmu::dirty::{self, DirtyBitmap, Protected, Split, SplitAt, WORD_PAGES},
     mmu::memslot::{MAX_SLOTS, MEM_LOG_DIRTY_PAGES},
     mmu::prim::{self, NoPreempt},
     uapi,
+    x86::mmu as x86,
 };
 use kernel::{
     alloc::KVVec,
@@ -85,6 +86,9 @@ impl Space {
             self.count_zapped(&zapped);
         } else if !cfg.initially_set {
             self.write_protect_gfns(id, slot.base_gfn, slot.end_gfn());
+            if cfg.eager_split {
+                self.split_gfns(cfg, id, slot.base_gfn, slot.end_gfn());
+            }
         }
         self.retire_memslots(old);
         Ok(())
@@ -102,6 +106,49 @@ impl Space {
             self.protect_locked(id, |mmu, slot| mmu.write_protect_gfn_range(slot, gfn, next));
             sched::cond_resched();
             gfn = next;
+        }
+    }
+
+    /// Splits the huge leaves over the gfns `[start, end)` of slot `id` down
+    /// to 4K (eager page splitting: KVM's `kvm_mmu_split_memory_region()`,
+    /// with a chunk of KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE, and x86's
+    /// `kvm_mmu_slot_try_split_huge_pages()`). Each hold of the MMU lock for
+    /// write splits what one top-up of the caches allows (16 MiB of 2M leaves),
+    /// then the lock is dropped to top them up again and reschedule.
+    ///
+    /// The pieces keep the leaf's permissions: after the write protection of
+    /// a start, read-only 4K leaves whose first write is a fast fault. Best
+    /// effort, as KVM's: if an allocation fails or the MMU holds its limit of
+    /// tables, what is left huge splits on its first write fault instead.
+    fn split_gfns(&self, cfg: &Config, id: u32, start: Gfn, end: Gfn) {
+        let Some(kind) = Kind::from_uapi(cfg.format) else {
+            return;
+        };
+        let nr_roots = cfg.nr_roots as usize;
+        let mut caches = FaultCaches::new(x86::split_min_descs(nr_roots));
+        let mut at = SplitAt::new(start);
+        while caches.topup_split(kind, nr_roots).is_ok() {
+            let mut guard = self.mmu.write();
+            let done = {
+                // The set is the current one for as long as the lock is held.
+                let preempt = PreemptGuard::new();
+                let rcu: NoPreempt<'_> = preempt.proof().into();
+                let slot = self.memslots(&rcu).by_id(id);
+                match (guard.mmu.as_mut(), slot) {
+                    (Some(mmu), Some(slot)) => {
+                        let flush = || self.flush_remote_tlbs();
+                        mmu.split_huge_gfn_range(slot, at, end, &mut caches, &flush)
+                    }
+                    _ => Split::default(),
+                }
+            };
+            drop(guard);
+            self.stats.eager_splits.add(done.split);
+            let Some(next) = done.resume else {
+                break;
+            };
+            at = next;
+            sched::cond_resched();
         }
     }
 
@@ -250,6 +297,16 @@ impl Space {
                     mask &= (1 << left) - 1;
                 }
                 masks.push(mask, GFP_KERNEL)?;
+            }
+            if cfg.eager_split && cfg.initially_set {
+                // Nothing was protected or split when logging started: split
+                // what this chunk clears first, as x86 KVM does
+                // (`kvm_arch_mmu_enable_log_dirty_pt_masked()`). No fault
+                // maps huge in a logging slot, so it stays split.
+                let base = slot.base_gfn + (first_word + w) as u64 * WORD_PAGES;
+                if let Some((lo, hi)) = dirty::span(&masks) {
+                    self.split_gfns(&cfg, id, base + lo, base + hi);
+                }
             }
             self.protect_locked(id, |mmu, slot| {
                 let mut done = Protected::default();

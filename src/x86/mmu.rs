@@ -133,11 +133,12 @@ use core::ptr::NonNull;
 
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
-use crate::mmu::dirty::Protected;
+use crate::mmu::dirty::{Protected, Split, SplitAt};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{CurrentSlots, Slot, SlotEntry};
 use crate::mmu::pgtable::{
-    snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZapCursor, ZappedTables,
+    snapshot_byte, MapAction, MmuStats, PageOps, TableCache, UnlinkedTable, ZapCursor,
+    ZappedTables, ENTRIES_PER_TABLE,
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, NoPreempt, Ordering, PVec};
 use crate::mmu::walk::{
@@ -167,6 +168,18 @@ pub(crate) const MAP_MIN_DESCS: usize = 1;
 
 /// rmaps a zap visits between two times it asks whether to yield.
 const ZAP_BATCH: u64 = 32;
+
+/// Rmap descriptors an eager split of one huge leaf may take in an MMU of `nr_roots` roots: one
+/// per piece if another root maps the piece's gfn at its level already (KVM tops up
+/// `SPLIT_DESC_CACHE_MIN_NR_OBJECTS`, 513, whatever the roots), none with one root, where the
+/// rmap of every piece is empty (the huge leaf covered its gfn in the only root).
+pub(crate) const fn split_min_descs(nr_roots: usize) -> usize {
+    if nr_roots > 1 {
+        ENTRIES_PER_TABLE
+    } else {
+        0
+    }
+}
 
 /// Table entries a zap's walk for the tables it emptied visits between two times it asks
 /// whether to yield.  More than the entries on one path from the root to a 4K table, so that a
@@ -912,6 +925,135 @@ impl<P: PageOps> X86Mmu<P> {
             false
         });
         done
+    }
+
+    /// Splits every huge leaf that maps a gfn of `[at.gfn, end)` in `slot`, in every root, down
+    /// to 4K leaves with the same permissions (eager page splitting for dirty logging, KVM's
+    /// `kvm_mmu_slot_try_split_huge_pages()` through the shadow MMU's rmaps,
+    /// `shadow_mmu_try_split_huge_pages()`): a 1G leaf into 2M leaves and those into 4K ones,
+    /// so the write faults that dirty logging takes later find 4K leaves to make writable
+    /// (KVM's fast page fault, [`X86Mmu::restore_write_protected()`]) instead of splitting and
+    /// resolving every page again.
+    ///
+    /// The range goes 1G region by 1G region, each region's 1G rmap first, then its 2M rmaps,
+    /// so that whatever is before the gfn it stops at is split to 4K.  A split takes one table
+    /// from `tables` and up to [`split_min_descs()`] descriptors from `descs`: when either is
+    /// short the split stops with [`Split::resume`], for the caller to top them up without the
+    /// lock.  At the MMU's table limit it stops for good ([`Split::limited`]).  A huge leaf
+    /// overlapping the range is split whole, its pieces outside the range too.
+    ///
+    /// No TLB flush: the pieces map what the huge leaf did, as it did (KVM's TDP MMU splits
+    /// without a flush either, `tdp_mmu_split_huge_page()`).  `&mut self`: the MMU lock is held
+    /// for write, so no fault maps meanwhile; walkers may set A/D ([`X86Mmu::split_leaf()`]).
+    pub(crate) fn split_huge_gfn_range(
+        &mut self,
+        slot: SlotRef<'_>,
+        at: SplitAt,
+        end: Gfn,
+        tables: &mut TableCache<P>,
+        descs: &mut DescCache,
+    ) -> Split {
+        let mut done = Split::default();
+        let stop = end.raw().min(slot.end_gfn());
+        let mut region = at.gfn.raw().max(slot.base_gfn());
+        while region < stop {
+            let region_end = stop.min(Level::L1G.align_down(region) + Level::L1G.pages());
+            for level in [Level::L1G, Level::L2M] {
+                let mut gfn = level.align_down(region);
+                while gfn < region_end {
+                    let Some(head) = slot.rmap(level, gfn) else {
+                        break;
+                    };
+                    // Exact under the write side: only its holders change rmaps.
+                    while !head.is_empty() {
+                        if self.stats.table_pages() >= self.table_limit {
+                            done.limited = true;
+                            return done;
+                        }
+                        if tables.is_empty() || descs.len() < split_min_descs(self.nr_roots) {
+                            done.resume = Some(at.at(0, Gfn::new(gfn.max(region))));
+                            return done;
+                        }
+                        let sptep = {
+                            let mut locked = self.write_side.locked();
+                            let mut guard = head.lock(&mut locked);
+                            let Some(sptep) = guard.sptes().next().map(NonNull::from) else {
+                                break;
+                            };
+                            // Found just now: cannot fail.
+                            let removed = guard.remove(sptep, descs);
+                            debug_assert!(removed);
+                            sptep
+                        };
+                        slot.rmaps.sub_sptes(1);
+                        // SAFETY: an entry of a linked table of this MMU: an rmap holds only
+                        // those (I1), and the table is not freed while the lock is held (I2).
+                        let sptep = unsafe { sptep.as_ref() };
+                        self.split_leaf(sptep, slot, level, level.align_down(gfn), tables, descs);
+                        done.split += 1;
+                    }
+                    gfn += level.pages();
+                }
+            }
+            region = region_end;
+        }
+        done
+    }
+
+    /// Replaces the huge leaf in `sptep`, which maps the block at `gfn` and `level` of `slot`
+    /// and was just taken out of its rmap, by a table from `tables` of 512 leaves one level
+    /// down that map the same pages as it did (KVM's `shadow_mmu_split_huge_page()`), each in
+    /// the rmap of its gfn (I1).
+    ///
+    /// The pieces are made from the leaf as loaded, and the table goes in with an exchange: a
+    /// walker may set A or D on the leaf in between (a leaf out of its rmap is safe from
+    /// lockless agers, which only clear).  What it set is given to every piece, as the huge
+    /// leaf's D stands for all its pages.  Release: a walker that Acquire-loads the table
+    /// entry sees the pieces.  The caller checked the caches.
+    fn split_leaf(
+        &mut self,
+        sptep: &AtomicU64,
+        slot: SlotRef<'_>,
+        level: Level,
+        gfn: u64,
+        tables: &mut TableCache<P>,
+        descs: &mut DescCache,
+    ) {
+        let old = sptep.load(Ordering::Relaxed);
+        let (Some(child), Some(table_pfn)) = (level.lower(), tables.take()) else {
+            return;
+        };
+        if !spte::is_present(old) || !spte::is_leaf(old, level) {
+            warn_on!(true, "rmap of level {level:?} holds {old:#x}");
+            // SAFETY: taken from `tables` above, never linked, still zeroed.
+            unsafe { tables.put_back(table_pfn) };
+            return;
+        }
+        // SAFETY: from `tables`, so from `alloc_table()`; ours until linked below, and from then
+        // on a table of this MMU, freed only under the write side we hold (I2).
+        let entries = unsafe { P::table(table_pfn) };
+        let mut locked = self.write_side.locked();
+        for (i, entry) in entries.iter().enumerate() {
+            entry.store(spte::make_split_child(old, child, i), Ordering::Relaxed);
+            let Some(head) = slot.rmap(child, gfn + i as u64 * child.pages()) else {
+                warn_on!(true, "no rmap for gfn {gfn:#x} in its slot");
+                continue;
+            };
+            // SAFETY: `entry` is in a table that is linked below and stays allocated until it
+            // is unlinked and freed, which a zap does only after taking every leaf of it out of
+            // its rmap (I1, I2).
+            unsafe { head.lock(&mut locked).add(NonNull::from(entry), descs) };
+        }
+        slot.rmaps.add_sptes(ENTRIES_PER_TABLE as u64);
+        let prev = sptep.swap(spte::make_nonleaf(table_pfn), Ordering::AcqRel);
+        let late = prev & !old & (spte::ACCESSED | spte::DIRTY);
+        if late != 0 {
+            for entry in entries {
+                entry.fetch_or(late, Ordering::Relaxed);
+            }
+        }
+        self.stats.leaves += ENTRIES_PER_TABLE as u64 - 1;
+        self.stats.tables_allocated += 1;
     }
 
     /// Makes the leaf that maps `gfn` in root `root` writable again for a write fault, if dirty

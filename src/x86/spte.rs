@@ -140,6 +140,22 @@ pub(crate) fn make_nonleaf(table_pfn: u64) -> u64 {
     MMU_PRESENT | RWX_MASK | ACCESSED | ((table_pfn << PAGE_SHIFT) & PFN_MASK)
 }
 
+/// The SPTE at index `i` of the table that replaces the huge leaf `huge` when it is split into
+/// leaves at `child` level (KVM's `make_small_spte()`, `make_huge_page_split_spte()`): the same
+/// permissions, memory type, A/D and software bits, so the split changes no translation and
+/// needs no TLB flush; the pfn of the `i`-th piece; the large-page bit only above 4K.  Works
+/// for an access-tracked leaf too: its saved bits are copied like the rest.
+#[inline]
+pub(crate) fn make_split_child(huge: u64, child: Level, i: usize) -> u64 {
+    debug_assert!(huge & LARGE != 0 && i < 512);
+    let pfn = pfn(huge) + i as u64 * child.pages();
+    let mut spte = (huge & !(PFN_MASK | LARGE)) | ((pfn << PAGE_SHIFT) & PFN_MASK);
+    if child > Level::L4K {
+        spte |= LARGE;
+    }
+    spte
+}
+
 /// Whether the SPTE maps something: a page, a table, or an access-tracked page.
 #[inline]
 pub(crate) fn is_present(spte: u64) -> bool {

@@ -82,9 +82,17 @@ struct secmmu_stats {
 /* Dirty logging: see SECMMU_GET_DIRTY_LOG and SECMMU_CLEAR_DIRTY_LOG */
 #define SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT	(1u << 1)
 #define SECMMU_CFG_DIRTY_LOG_INITIALLY_SET	(1u << 2)
+/*
+ * Eager page splitting: starting to log splits the slot's huge mappings
+ * into 4K ones (with INITIALLY_SET, SECMMU_CLEAR_DIRTY_LOG splits the
+ * range it clears), a chunk at a time, so that the first write to each page
+ * takes a fast fault; without it a huge mapping splits on its first write.
+ */
+#define SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT	(1u << 3)
 #define SECMMU_CFG_FLAGS	(SECMMU_CFG_NO_AD | \
 				 SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT | \
-				 SECMMU_CFG_DIRTY_LOG_INITIALLY_SET)
+				 SECMMU_CFG_DIRTY_LOG_INITIALLY_SET | \
+				 SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT)
 
 #define SECMMU_MAX_ROOTS	32
 
