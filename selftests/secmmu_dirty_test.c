@@ -51,6 +51,7 @@
 #define MANUAL		SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT
 #define INIT_SET	SECMMU_CFG_DIRTY_LOG_INITIALLY_SET
 #define EAGER		SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT
+#define DBIT		SECMMU_CFG_DIRTY_LOG_DIRTY_BIT
 
 enum backing { B_4K, B_THP, B_HUGETLB };
 
@@ -210,6 +211,15 @@ struct dlog {
 	unsigned long *seen;	/* a round's harvests, ORed */
 	unsigned char *snap;
 };
+
+/* Closes the space of a test and its vCPU, for another space. */
+static void dlog_close(struct dlog *d)
+{
+	close(d->vcpu);
+	close(d->fd);
+	d->vcpu = -1;
+	d->fd = -1;
+}
 
 /* Memory of @backing for a test, and its bitmaps; no space yet. */
 static void dlog_setup(struct __test_metadata *_metadata, struct dlog *d,
@@ -426,9 +436,14 @@ static void dirty_log_rounds(struct __test_metadata *_metadata,
 
 	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
 	ASSERT_EQ(0, take_snapshot(d));
-	/* Write-protected at once, huge leaves too; INITIALLY_SET protects nothing. */
+	/*
+	 * Clean at once, huge leaves too: write-protected, or by the dirty
+	 * bit no leaf both writable and dirty (stage-2 counts W as dirty).
+	 * INITIALLY_SET cleans nothing.
+	 */
 	if (!init_set)
-		ASSERT_EQ(0, snap_count(d, SECMMU_SNAP_WRITABLE, -1));
+		ASSERT_EQ(0, snap_count(d, SECMMU_SNAP_WRITABLE |
+					(cfg_flags & DBIT ? SECMMU_SNAP_DIRTY : 0), -1));
 
 	w.vcpu = d->vcpu;
 	w.npages = d->npages;
@@ -456,10 +471,11 @@ static void dirty_log_rounds(struct __test_metadata *_metadata,
 	atomic_store(&w.stop, true);
 	pthread_join(t, NULL);
 	ASSERT_EQ(0, w.err);
-	TH_LOG("%s %s%s: %lu pages, %lu writes, %lu reported dirty in %d rounds",
+	TH_LOG("%s %s%s%s: %lu pages, %lu writes, %lu reported dirty in %d rounds",
 	       format_name(variant->format),
 	       manual ? (init_set ? "clear-log initially-set" : "clear-log") :
-	       "bitmap", cfg_flags & EAGER ? " eager" : "", d->npages,
+	       "bitmap", cfg_flags & EAGER ? " eager" : "",
+	       cfg_flags & DBIT ? " dirty-bit" : "", d->npages,
 	       (unsigned long)atomic_load(&w.writes), total, ROUNDS);
 	ASSERT_LT(0, total);
 	/* Every leaf is 4K while the slot logs. */
@@ -486,6 +502,56 @@ TEST_F_TIMEOUT(dirty, dirty_log_clear, 300)
 TEST_F_TIMEOUT(dirty, dirty_log_initially_set, 300)
 {
 	dirty_log_rounds(_metadata, &self->d, variant, MANUAL | INIT_SET);
+}
+
+/* The same by the dirty bit: the vCPU's page-modification log reports. */
+TEST_F_TIMEOUT(dirty, dirty_log_dirty_bit, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, DBIT);
+}
+
+TEST_F_TIMEOUT(dirty, dirty_log_dirty_bit_clear, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, MANUAL | DBIT | EAGER);
+}
+
+/*
+ * Write faults of a pass over every page after logging started, and after
+ * a harvest, by the dirty bit against write protection (the target of KVM's
+ * PML: none against one per page). With eager splitting, so that huge
+ * leaves are split into writable pieces before they are cleaned: the dirty
+ * bit takes no fault on any backing. Every page is reported both times.
+ */
+TEST_F_TIMEOUT(dirty, dirty_log_dirty_bit_no_faults, 300)
+{
+	struct dlog *d = &self->d;
+	unsigned long faults[2][2];
+	int mode, pass;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	for (mode = 0; mode < 2; mode++) {
+		ASSERT_EQ(0, dirty_space(d, variant->format,
+					 EAGER | (mode ? DBIT : 0)));
+		ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+		for (pass = 0; pass < 2; pass++) {
+			__u64 before = get_stats(d->fd).faults;
+
+			ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+					       GPA_BASE + d->size, PAGE_SZ,
+					       pass + 1, NULL));
+			faults[mode][pass] = get_stats(d->fd).faults - before;
+			ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+			EXPECT_EQ(d->npages, count_set(d->bmap, d->npages));
+		}
+		dlog_close(d);
+	}
+	TH_LOG("%s: faults per pass, write protection %lu, %lu; dirty bit %lu, %lu (%lu pages)",
+	       format_name(variant->format), faults[0][0], faults[0][1],
+	       faults[1][0], faults[1][1], d->npages);
+	EXPECT_EQ(d->npages, faults[0][1]);
+	EXPECT_EQ(0, faults[1][0]);
+	EXPECT_EQ(0, faults[1][1]);
 }
 
 /*
@@ -760,6 +826,76 @@ TEST_F_TIMEOUT(dirty, dirty_log_toggle_race_eager, 300)
 	toggle_race(_metadata, &self->d, variant, EAGER);
 }
 
+struct long_writer {
+	int vcpu;
+	unsigned int passes;
+	atomic_bool started, done;
+	int err;
+};
+
+static void *long_writer_fn(void *arg)
+{
+	struct long_writer *lw = arg;
+	struct secmmu_run run = {
+		.op = SECMMU_RUN_WRITE, .start = GPA_BASE,
+		.end = GPA_BASE + 16 * PAGE_SZ, .stride = PAGE_SZ,
+		.pattern = 0x5eed, .passes = lw->passes,
+	};
+
+	atomic_store(&lw->started, true);
+	lw->err = vcpu_run(lw->vcpu, &run);
+	atomic_store(&lw->done, true);
+	return NULL;
+}
+
+/*
+ * The TLB flush of a harvest: a vCPU writes 16 pages over and over in one
+ * long SECMMU_RUN, which keeps its TLB across guest-mode stretches unless a
+ * flush is requested; a harvest in the middle cleans the pages. Every page
+ * is written again after it, so the harvest after the run must report all
+ * 16: without the flush, the vCPU would go on writing through writable (or
+ * dirty) translations it cached before, and nothing would log them. Both
+ * ways of tracking writes.
+ */
+TEST_F_TIMEOUT(dirty_api, dirty_log_tlb_flush, 120)
+{
+	struct dlog *d = &self->d;
+	unsigned int passes = 20000;
+	int mode, tries;
+
+	for (mode = 0; mode < 2; mode++) {
+		ASSERT_EQ(0, dirty_space(d, variant->format, mode ? DBIT : 0));
+		ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+		for (tries = 0; tries < 8; tries++) {
+			struct long_writer lw = { .vcpu = d->vcpu, .passes = passes };
+			pthread_t t;
+			bool spanned;
+
+			ASSERT_EQ(0, pthread_create(&t, NULL, long_writer_fn, &lw));
+			while (!atomic_load(&lw.started))
+				sched_yield();
+			usleep(20000);
+			ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+			spanned = !atomic_load(&lw.done);
+			pthread_join(t, NULL);
+			ASSERT_EQ(0, lw.err);
+			ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+			if (!spanned) {
+				/* The run ended before the harvest: longer. */
+				passes *= 4;
+				continue;
+			}
+			EXPECT_EQ(16, count_set(d->bmap, 16))
+				TH_LOG("%s, %s: pages written after a harvest, not reported",
+				       format_name(variant->format),
+				       mode ? "dirty bit" : "write protection");
+			break;
+		}
+		ASSERT_LT(tries, 8) TH_LOG("no run outlasted a harvest");
+		dlog_close(d);
+	}
+}
+
 /*
  * A page the kernel writes through a kernel-mapped guest page cache (the
  * vCPU's run page) takes no fault: it is reported at every harvest while
@@ -819,7 +955,10 @@ TEST_F(dirty_api, dirty_log_uapi)
 		SKIP(return, "no memory of this backing in the VM");
 	/* INITIALLY_SET needs manual protection. */
 	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, INIT_SET));
-	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, EAGER << 1));
+	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, DBIT << 1));
+	/* The dirty bit needs A/D. */
+	EXPECT_EQ(-EINVAL, space_create(variant->format, 1,
+					DBIT | SECMMU_CFG_NO_AD));
 	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
 	n = d->npages;
 

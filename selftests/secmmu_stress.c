@@ -1508,13 +1508,18 @@ TEST_F_TIMEOUT(stress, stress_random, 100)
 	S.format = variant->format;
 	S.seed = seed_env ? strtoull(seed_env, NULL, 0) : stress_now_ns() ^ getpid();
 	fprintf(stderr, "# seed %llu\n", S.seed);
-	fprintf(stderr, "# %s: %lu s, %d workers, %d regions of %lu KiB, %d roots%s\n",
+	fprintf(stderr, "# %s: %lu s, %d workers, %d regions of %lu KiB, %d roots%s%s\n",
 		format_name(S.format), seconds, NR_WORKERS, NR_REGIONS, REGION_SZ / 1024,
-		NR_ROOTS, S.seed & 1 ? ", eager split" : "");
+		NR_ROOTS, S.seed & 1 ? ", eager split" : "",
+		S.seed & 2 ? ", dirty bit" : "");
 
-	/* Half the seeds split huge leaves when a dirty_log op starts logging. */
+	/*
+	 * Half the seeds split huge leaves when a dirty_log op starts
+	 * logging, and half track writes by the dirty bit.
+	 */
 	S.fd = space_create(S.format, NR_ROOTS,
-			    S.seed & 1 ? SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT : 0);
+			    (S.seed & 1 ? SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT : 0) |
+			    (S.seed & 2 ? SECMMU_CFG_DIRTY_LOG_DIRTY_BIT : 0));
 	ASSERT_GE(S.fd, 0) TH_LOG("space: %s", strerror(-S.fd));
 	/* 2M-aligned, THP-advised: huge mappings until the ops split them. */
 	raw = mmap(NULL, MEM_SZ + SZ_2M, PROT_READ | PROT_WRITE,

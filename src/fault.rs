@@ -243,9 +243,7 @@ fn install<F: Format>(
         // ("Dirty logging" in Documentation/secmmu-protocols.rst). A write
         // fault maps writable; it logs even when it found the leaf writable.
         if fault.write && mapped.is_ok() {
-            if let Some(log) = slot.data.dirty() {
-                log.mark(fault.gfn - slot.base_gfn);
-            }
+            slot.mark_dirty(fault.gfn);
         }
         mapped
     };
@@ -310,9 +308,7 @@ fn fix_write_protect<F: Format>(space: &Space, root: usize, gfn: Gfn) -> bool {
         let preempt = PreemptGuard::new();
         let rcu: NoPreempt<'_> = preempt.proof().into();
         if let Some(slot) = space.memslots(&rcu).lookup(gfn) {
-            if let Some(log) = slot.data.dirty() {
-                log.mark(gfn - slot.base_gfn);
-            }
+            slot.mark_dirty(gfn);
         }
     }
     drop(guard);

@@ -26,7 +26,7 @@ use crate::{
     kpages::KernelPages,
     mmu::addr::{Gfn, Hva},
     mmu::aging::{self, AgeOp, AgeResult},
-    mmu::dirty::{DirtyBitmap, Protected, Split, SplitAt},
+    mmu::dirty::{DirtyBitmap, Protected, Split, SplitAt, Tracking},
     mmu::fault::Fault,
     mmu::inval::Invalidations,
     mmu::level::Level,
@@ -111,8 +111,9 @@ pub(crate) enum Pgt {
 pub(crate) enum Root {
     /// The root table's pfn.
     X86(u64),
-    /// The start-level tables, and whether the walker sets AF itself.
-    S2(S2Root, bool),
+    /// The start-level tables, whether the walker sets AF itself, and
+    /// whether it sets W on a page with DBM.
+    S2(S2Root, bool, bool),
 }
 
 impl Root {
@@ -131,8 +132,8 @@ impl Root {
             // and the caller is in guest mode throughout.
             Root::X86(pfn) => unsafe { x86::translate::<KernelPages>(pfn, gfn, write) },
             // SAFETY: As above.
-            Root::S2(root, hw_af) => unsafe {
-                s2::translate::<KernelPages>(root, gfn, write, hw_af)
+            Root::S2(root, hw_af, hw_dbm) => unsafe {
+                s2::translate::<KernelPages>(root, gfn, write, hw_af, hw_dbm)
             },
         }
     }
@@ -143,7 +144,7 @@ impl Pgt {
     pub(crate) fn root(&self, root: usize) -> Option<Root> {
         match self {
             Pgt::X86(m) => m.root_pfn(root).map(Root::X86),
-            Pgt::S2(m) => m.root(root).map(|r| Root::S2(r, m.hw_af())),
+            Pgt::S2(m) => m.root(root).map(|r| Root::S2(r, m.hw_af(), m.hw_dbm())),
         }
     }
 
@@ -165,6 +166,17 @@ impl Pgt {
         match self {
             Pgt::X86(m) => m.set_table_limit(pages),
             Pgt::S2(m) => m.set_table_limit(pages),
+        }
+    }
+
+    /// Has the walkers log writes by the dirty bit (dirty logging's
+    /// `SECMMU_CFG_DIRTY_LOG_DIRTY_BIT`): x86's walkers set D anyway;
+    /// stage-2's set W on a page with DBM instead of faulting. Before the
+    /// tables are shared. False if the walkers keep no A/D state.
+    pub(crate) fn set_hw_dirty(&mut self) -> bool {
+        match self {
+            Pgt::X86(m) => m.ad_enabled(),
+            Pgt::S2(m) => m.set_hw_dbm(),
         }
     }
 
@@ -193,19 +205,25 @@ impl Pgt {
         }
     }
 
-    /// Write-protects the leaves that map gfns `[start, end)` of `slot` in
-    /// every root, at every level, for dirty logging: x86 through the slot's
-    /// rmaps, stage-2 by walking the tables. MMU lock held for write; flush
-    /// before dropping it if the result says so.
-    pub(crate) fn write_protect_gfn_range(
+    /// Makes the pages `[start, end)` of `slot` clean for dirty logging, in
+    /// every root, at every level, so that their next write is logged, as
+    /// `tracking` says: write-protects their leaves, or with
+    /// [`Tracking::DirtyBit`] clears D on x86's 4K leaves (protecting huge
+    /// ones). Stage-2 write-protects either way: with DBM the walker makes W
+    /// come back on a write instead of faulting. x86 goes through the
+    /// slot's rmaps, stage-2 walks the tables. MMU lock held for write;
+    /// flush before dropping it if the result says so.
+    pub(crate) fn protect_gfn_range(
         &mut self,
         slot: &MemSlot,
         start: Gfn,
         end: Gfn,
+        tracking: Tracking,
     ) -> Protected {
         match self {
-            Pgt::X86(m) => x86_slot(slot).map_or(Protected::default(), |slot| {
-                m.write_protect_gfn_range(slot, start, end)
+            Pgt::X86(m) => x86_slot(slot).map_or(Protected::default(), |slot| match tracking {
+                Tracking::WriteProtect => m.write_protect_gfn_range(slot, start, end),
+                Tracking::DirtyBit => m.clear_dirty_gfn_range(slot, start, end),
             }),
             Pgt::S2(m) => m.write_protect_gfn_range(start, end),
         }
@@ -836,6 +854,19 @@ pub(crate) type SlotSet = Memslots<SlotData>;
 /// A memslot of a space's set, with the format's data for it.
 pub(crate) type MemSlot = SlotEntry<SlotData>;
 
+impl MemSlot {
+    /// Marks `gfn`, a gfn of the slot, dirty in its log if it logs (KVM's
+    /// `mark_page_dirty_in_slot()`): from the fault path and its fast path,
+    /// the guest page caches and the harvest of their pages, with the MMU
+    /// lock held (either side), and from a vCPU flushing its
+    /// page-modification log in guest mode ([`crate::mmu::dirty::PmlLog`]).
+    pub(crate) fn mark_dirty(&self, gfn: Gfn) {
+        if let Some(log) = self.data.dirty() {
+            log.mark(gfn - self.base_gfn);
+        }
+    }
+}
+
 impl RmapsOf for SlotData {
     fn rmaps(&self) -> Option<&SlotRmaps> {
         self.rmaps.as_deref()
@@ -1159,7 +1190,7 @@ mod kunit {
             assert_eq!(m.map(|o| o.action), Ok(MapAction::Installed));
             let root = mmu.root(0).ok_or(EINVAL)?;
             // SAFETY: `mmu` lives until the end of the block.
-            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 7, false, true) };
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 7, false, true, false) };
             assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 7, Level::L2M)));
             // A page under the block: break it into a table.
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
@@ -1175,13 +1206,14 @@ mod kunit {
             assert!(m.is_ok());
             assert_eq!(flushes.get(), 1);
             // SAFETY: as above.
-            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true, false) };
             assert_eq!(
                 t.map(|t| (t.pfn, t.level)),
                 Ok((Pfn::new(0x1234), Level::L4K))
             );
             // SAFETY: as above.
-            assert!(unsafe { s2_translate::<KernelPages>(root, gfn + 4, false, true) }.is_err());
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 4, false, true, false) };
+            assert!(t.is_err());
             let pages = mmu.table_pages();
             // The block again, over the table.
             cache.topup(mmu.map_min_tables()).map_err(|_| ENOMEM)?;
@@ -1195,7 +1227,7 @@ mod kunit {
             assert_eq!(mmu.table_pages(), pages - 1);
             assert_eq!(mmu.leaves(), 1);
             // SAFETY: as above.
-            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true) };
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn + 3, false, true, false) };
             assert_eq!(t.map(|t| (t.pfn, t.level)), Ok((pfn + 3, Level::L2M)));
             assert_eq!(mmu.zap_all(), 1);
         }
@@ -1226,15 +1258,16 @@ mod kunit {
             );
             let root = mmu.root(0).ok_or(EINVAL)?;
             // SAFETY: `mmu` lives until the end of the block.
-            let t = unsafe { s2_translate::<KernelPages>(root, gfn, false, false) };
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn, false, false, false) };
             assert_eq!(t.map(|t| t.pfn), Ok(pfn));
             // SAFETY: as above.
-            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, true, false) }.is_err());
+            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, true, false, false) }.is_err());
             // Aged: old, so the walker without hardware AF faults.
             assert!(mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Clear).young);
             assert!(!mmu.age_gfn_range(gfn, gfn + 1, AgeOp::Test).young);
             // SAFETY: as above.
-            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, false) }.is_err());
+            let t = unsafe { s2_translate::<KernelPages>(root, gfn, false, false, false) };
+            assert!(t.is_err());
             assert!(mmu.mkyoung(0, gfn, false));
             // (Read-only only: a writable leaf would mark the page dirty
             // when zapped, and this one is not a page cache page.)
@@ -1247,7 +1280,7 @@ mod kunit {
             z.flush_and_free(&mut Owned(&mut mmu));
             assert!(z.zapped == 1);
             // SAFETY: as above.
-            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, true) }.is_err());
+            assert!(unsafe { s2_translate::<KernelPages>(root, gfn, false, true, false) }.is_err());
             // SAFETY: `pfn` came from the cache (`alloc_table()`) and was
             // only ever mapped by `mmu`, whose leaf is zapped.
             unsafe { <KernelPages as crate::mmu::pgtable::PageOps>::free_table(page) };

@@ -79,9 +79,7 @@ fn mark_logged(space: &impl SpaceMmu, gpa: u64) {
     let rcu: NoPreempt<'_> = preempt.proof().into();
     let gfn = Gfn::new(gpa >> 12);
     if let Some(slot) = space.slots(&rcu).lookup_any(gfn) {
-        if let Some(log) = slot.data.dirty() {
-            log.mark(gfn - slot.base_gfn);
-        }
+        slot.mark_dirty(gfn);
     }
 }
 

@@ -48,7 +48,7 @@ use crate::{
     kpages,
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::aging::{AgeOp, AgeResult},
-    mmu::dirty::DirtyBitmap,
+    mmu::dirty::{DirtyBitmap, Tracking},
     mmu::inval::Invalidations,
     mmu::level::Level,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
@@ -86,6 +86,9 @@ pub(crate) struct Config {
     /// huge leaves (with INITIALLY_SET, clearing a range splits its own),
     /// instead of leaving each to split on its first write fault.
     pub(crate) eager_split: bool,
+    /// How logging slots track writes: `SECMMU_CFG_DIRTY_LOG_DIRTY_BIT`
+    /// chooses the dirty bit and the vCPUs' page-modification logs.
+    pub(crate) tracking: Tracking,
 }
 
 /// The state of one open `/dev/secmmu`.
@@ -301,6 +304,14 @@ impl Space {
         // Allocates the roots: may sleep, so before the MMU lock.
         let mut mmu = kind.new_tables(nr_roots, ia_bits, ad_enabled)?;
         mmu.set_table_limit(self.max_table_pages);
+        let tracking = if cfg.flags & uapi::CFG_DIRTY_LOG_DIRTY_BIT == 0 {
+            Tracking::WriteProtect
+        } else if mmu.set_hw_dirty() {
+            Tracking::DirtyBit
+        } else {
+            // As PML needs EPT A/D bits: no dirty bit without A/D.
+            return Err(EINVAL);
+        };
         self.ad_enabled.store(ad_enabled, Ordering::Relaxed);
         self.mmu.write().mmu = Some(mmu);
         // Release: an ager that sees the format sees the tables published
@@ -313,6 +324,7 @@ impl Space {
             manual_protect,
             initially_set,
             eager_split: cfg.flags & uapi::CFG_DIRTY_LOG_EAGER_SPLIT != 0,
+            tracking,
         });
         Ok(())
     }

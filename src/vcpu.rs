@@ -23,8 +23,10 @@ use crate::{
     fault::{exit_point, Exit, FaultIn},
     format::{FaultCaches, Root},
     mmu::addr::Gfn,
+    mmu::dirty::PmlLog,
     mmu::pfncache::Target,
     mmu::pgtable::WalkFault,
+    mmu::prim::NoPreempt,
     mmu::tlb::{SoftTlb, VcpuMode},
     space::Space,
     uapi,
@@ -51,6 +53,10 @@ struct VcpuState {
     /// old until a miss; across calls, a page the guest touches again
     /// always looks young.
     tlb: SoftTlb,
+    /// Gfns the vCPU's walks made dirty, for dirty logging by the dirty
+    /// bit: empty outside guest mode (flushed into the dirty bitmaps before
+    /// the vCPU leaves it, and when full).
+    pml: PmlLog,
     /// Allocations for a fault, made before the MMU lock is taken.
     caches: FaultCaches,
     /// RUN and ACCESS calls that returned, for the run page.
@@ -115,6 +121,7 @@ impl Vcpu {
                 .and_then(|m| m.root(root))
                 .ok_or(EINVAL)?
         };
+        let pml = PmlLog::new().map_err(|_| ENOMEM)?;
         // Given back if anything below fails, and when the vCPU goes.
         let id = VcpuId::new(space)?;
         let vcpu = Arc::pin_init(
@@ -125,6 +132,7 @@ impl Vcpu {
                 root_tables,
                 state <- new_mutex!(VcpuState {
                     tlb: SoftTlb::new(),
+                    pml,
                     caches: FaultCaches::new(CACHED_DESCS),
                     exits: 0,
                     run_page: false,
@@ -268,17 +276,35 @@ impl Vcpu {
     /// disabled, the TLB flushed first if a flush was requested. `body` gets
     /// the TLB, and a [`GuestMode`] to translate and to see flush requests
     /// with; it must be short and take no lock.
-    fn in_guest<R>(&self, tlb: &mut SoftTlb, body: impl FnOnce(&mut GuestMode<'_>) -> R) -> R {
+    ///
+    /// The page-modification log is flushed before guest mode ends, as a
+    /// CPU's PML buffer is on every VM exit: a harvest waits for guest mode
+    /// to end (`Space::sync_dirty_log()`), so it finds every write of the
+    /// stretch in the bitmaps.
+    fn in_guest<R>(
+        &self,
+        tlb: &mut SoftTlb,
+        pml: &mut PmlLog,
+        body: impl FnOnce(&mut GuestMode<'_>) -> R,
+    ) -> R {
         let mode = self.space.vcpu_mode(self.id.idx);
         let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
         if mode.enter_guest() {
             tlb.flush();
         }
-        let r = body(&mut GuestMode {
+        let mut g = GuestMode {
             tlb,
+            pml,
+            space: &self.space,
+            rcu: &rcu,
             root: self.root_tables,
             mode,
-        });
+        };
+        let r = body(&mut g);
+        if !g.pml.is_empty() {
+            g.flush_pml();
+        }
         mode.exit_guest();
         drop(preempt);
         r
@@ -296,7 +322,7 @@ impl Vcpu {
         let mut op = Some(op);
         loop {
             exit_point()?;
-            let r = self.in_guest(&mut st.tlb, |g| {
+            let r = self.in_guest(&mut st.tlb, &mut st.pml, |g| {
                 let page = g.page(gfn, write)?;
                 if let Some(op) = op.take() {
                     op(page);
@@ -358,7 +384,9 @@ impl Vcpu {
             if let Err(e) = exit_point() {
                 break Err(e);
             }
-            match self.in_guest(&mut st.tlb, |g| run_stretch(g, run, &mut cur, write)) {
+            match self.in_guest(&mut st.tlb, &mut st.pml, |g| {
+                run_stretch(g, run, &mut cur, write)
+            }) {
                 Stretch::Yield => {}
                 Stretch::Fault(gfn) => {
                     if let Err(e) = self.fault(st, gfn, write) {
@@ -455,6 +483,10 @@ const GUEST_BUDGET: u32 = 256;
 /// A vCPU in guest mode: what it may use there (tlb.rs, rule 1).
 struct GuestMode<'a> {
     tlb: &'a mut SoftTlb,
+    pml: &'a mut PmlLog,
+    space: &'a Space,
+    /// Guest mode runs with preemption disabled: an RCU read side.
+    rcu: &'a NoPreempt<'a>,
     root: Root,
     mode: &'a VcpuMode,
 }
@@ -465,6 +497,7 @@ impl GuestMode<'_> {
     /// hardware does. Valid until guest mode ends.
     fn page(&mut self, gfn: Gfn, write: bool) -> Result<*mut u8, WalkFault> {
         let root = self.root;
+        let mut dirtied = false;
         let hit = self.tlb.translate(
             gfn,
             write,
@@ -472,15 +505,38 @@ impl GuestMode<'_> {
                 // SAFETY: `root` is a root of the space's MMU, which lives as
                 // long as the space, which the vCPU keeps alive; we are in
                 // guest mode (`Vcpu::in_guest()`).
-                unsafe { root.translate(gfn, write) }
+                let t = unsafe { root.translate(gfn, write) }?;
+                dirtied = t.dirtied;
+                Ok(t)
             },
             // SAFETY: A page the walk found mapped: a page of RAM (the
             // host's, from GUP), in the direct map on a 64-bit kernel.
             |pfn| unsafe { pfn::to_virt(pfn.raw() as usize) } as usize,
         )?;
+        // The walk made the leaf dirty: log the page, as PML does on the
+        // clean-to-dirty transition; a full log is flushed at once (Intel's
+        // PML-full exit), before the next walk could need its room.
+        if dirtied && self.pml.push(gfn) {
+            self.flush_pml();
+        }
         // In guest mode the page stays mapped by the secondary MMU, so the
         // primary cannot free it until we exit (the zap waits for us).
         Ok(hit.addr as *mut u8)
+    }
+
+    /// Flushes the page-modification log into the dirty bitmaps of the
+    /// slots of the gfns in it (KVM's `vmx_flush_pml_buffer()`, through
+    /// `mark_page_dirty()`), under the RCU read side of guest mode: the
+    /// set current now, whose bitmaps live until a grace period after it is
+    /// replaced. A gfn of a slot that stopped logging since is dropped.
+    fn flush_pml(&mut self) {
+        let slots = self.space.memslots(self.rcu);
+        let n = self.pml.drain(|gfn| {
+            if let Some(slot) = slots.lookup(gfn) {
+                slot.mark_dirty(gfn);
+            }
+        });
+        self.space.stats.pml_logged.add(n as u64);
     }
 
     /// Whether a TLB flush was requested: leave guest mode now, the

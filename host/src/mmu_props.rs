@@ -169,6 +169,7 @@ fn translation(level: Level, first: u64, leaf: &Leaf, gfn: u64, dirty: bool) -> 
         level,
         writable: leaf.w(),
         dirty,
+        dirtied: false,
     }
 }
 
@@ -893,7 +894,7 @@ mod s2 {
             let r = self.mmu.root(root).unwrap();
             let hw_af = self.mmu.hw_af();
             // SAFETY: a root of `self.mmu`, which is borrowed for the call.
-            let got = unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, hw_af) };
+            let got = unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, hw_af, false) };
             let want = match self.model[root].find(gfn) {
                 None => Err(WalkFault::NotPresent),
                 Some((_, _, l)) if !l.accessed && !hw_af => Err(WalkFault::NotPresent),

@@ -1557,6 +1557,61 @@ fn write_protection_for_dirty_logging() {
     }
 }
 
+/// Dirty logging by the dirty bit (`X86Mmu::clear_dirty_gfn_range()`): 4K leaves of the range
+/// keep W and lose D in every root, their pages marked dirty for the primary as D goes; huge
+/// leaves lose W instead; the walker's next write sets D again and reports the clean-to-dirty
+/// transition once (`Translation::dirtied`), for the vCPU's log.
+#[test]
+fn dirty_bit_clearing_for_dirty_logging() {
+    const ID: usize = 70;
+    let mut f = Fixture::<ID>::new(2, true, &[slot(0, 0, 1 << 19)]);
+    for root in 0..2 {
+        for gfn in 0..16 {
+            f.map(root, 0, gfn, pfn_of(gfn), gfn != 15);
+        }
+    }
+    f.map_huge(0x400, 0x1000, Level::L2M);
+    HostPages::<ID>::take_dirty();
+    let done = f.mmu.clear_dirty(0, Gfn::new(4), Gfn::new(0x401));
+    // 11 dirty 4K leaves per root, and the huge leaf.
+    assert_eq!((done.leaves, done.visited), (2 * 11 + 1, 2 * 12 + 1));
+    let mut marked = HostPages::<ID>::take_dirty();
+    marked.sort_unstable();
+    marked.dedup();
+    assert_eq!(
+        marked.len(),
+        11,
+        "each page dirty in both roots, marked as D went"
+    );
+    for root in 0..2 {
+        for gfn in 4..15 {
+            let t = f.translate(root, gfn, false).unwrap();
+            assert!(t.writable && !t.dirty && !t.dirtied, "gfn {gfn}");
+            let t = f.translate(root, gfn, true).unwrap();
+            assert!(t.dirty && t.dirtied, "the first write dirties, gfn {gfn}");
+            let t = f.translate(root, gfn, true).unwrap();
+            assert!(t.dirty && !t.dirtied, "only the first, gfn {gfn}");
+        }
+        assert!(f.translate(root, 3, true).unwrap().dirty);
+        assert!(
+            !f.translate(root, 3, true).unwrap().dirtied,
+            "outside the range"
+        );
+    }
+    assert_eq!(f.translate(0, 15, true), Err(WalkFault::WriteProtected));
+    assert_eq!(
+        f.translate(0, 0x4ff, true),
+        Err(WalkFault::WriteProtected),
+        "huge: W went"
+    );
+    // Again: nothing left dirty in the range but what the walks dirtied.
+    let again = f.mmu.clear_dirty(0, Gfn::new(0), Gfn::new(0x401));
+    assert_eq!(again.leaves, 2 * 15);
+    let _ = f.zap(0, 0, 1 << 19);
+    HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
 /// Eager splitting (`X86Mmu::split_huge_gfn_range()`): after the write protection of a slot,
 /// its 1G and 2M leaves in two roots become 4K leaves that translate to the same pages,
 /// read-only, each in its rmap (a zap through the rmaps finds every one), dirty where the huge

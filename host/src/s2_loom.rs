@@ -140,7 +140,8 @@ fn loom_two_mappers_link_the_same_tables() {
         for gfn in [1, 2] {
             let r = mmu.root(0).unwrap();
             // SAFETY: `mmu` is alive.
-            let t = unsafe { translate::<LoomPages<ID>>(r, Gfn::new(gfn), true, true) }.unwrap();
+            let t =
+                unsafe { translate::<LoomPages<ID>>(r, Gfn::new(gfn), true, true, false) }.unwrap();
             assert_eq!(t.pfn.raw(), 0x100 + gfn);
         }
         assert_eq!(mmu.eagain(), 0);
@@ -245,7 +246,7 @@ fn loom_hardware_af_racing_aging() {
         };
         let r = mmu.root(0).unwrap();
         // SAFETY: `mmu` is alive.
-        let t = unsafe { translate::<LoomPages<ID>>(r, Gfn::new(7), false, true) };
+        let t = unsafe { translate::<LoomPages<ID>>(r, Gfn::new(7), false, true, false) };
         let (tested, cleared) = ager.join().unwrap();
 
         assert_eq!(t.map(|t| t.pfn.raw()), Ok(0x70));
@@ -314,7 +315,7 @@ fn loom_locked_entry_is_never_taken_over() {
             thread::spawn(move || {
                 let r = mmu.root(0).unwrap();
                 // SAFETY: `mmu` is alive.
-                unsafe { translate::<LoomPages<ID>>(r, Gfn::new(7), false, true) }
+                unsafe { translate::<LoomPages<ID>>(r, Gfn::new(7), false, true, false) }
             })
         };
         let mine = replace(0x90)();

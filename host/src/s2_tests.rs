@@ -86,7 +86,7 @@ impl<const ID: usize> Fixture<ID> {
     fn translate(&self, root: usize, gfn: u64, write: bool) -> Result<Translation, WalkFault> {
         let r = self.mmu.root(root).unwrap();
         // SAFETY: `r` is a root of `self.mmu`, which is borrowed for the call.
-        unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, self.mmu.hw_af()) }
+        unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, self.mmu.hw_af(), false) }
     }
 
     /// The leaf value of `gfn` in `root`, or 0.
@@ -383,6 +383,7 @@ fn map_translate_round_trip_all_geometries() {
                         level: Level::L4K,
                         writable: w,
                         dirty: w,
+                        dirtied: false,
                     }
                 );
                 assert_eq!(f.translate(root, gfn, true).is_ok(), w);
@@ -996,7 +997,8 @@ fn blocks_walk_age_zap_and_break() {
             pfn: Pfn::new(bpfn + 0x123),
             level: Level::L2M,
             writable: true,
-            dirty: true
+            dirty: true,
+            dirtied: false,
         }
     );
     let snap = f.mmu.snapshot(0, Gfn::new(bgfn + 511));
@@ -1218,7 +1220,7 @@ fn fault_in<const ID: usize>(
         let mmu = lock.read().unwrap();
         let r = mmu.root(root).unwrap();
         // SAFETY: the read guard keeps the MMU alive for the call.
-        let t = unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, mmu.hw_af()) };
+        let t = unsafe { translate::<HostPages<ID>>(r, Gfn::new(gfn), write, mmu.hw_af(), false) };
         match t {
             Ok(t) => {
                 Tally::add(&tally.translations, 1);
@@ -1610,5 +1612,48 @@ fn eager_split_for_dirty_logging() {
     f.mmu.set_table_limit(u64::MAX);
     f.zap(0, 1 << 20);
     HostPages::<ID>::take_dirty();
+    teardown(f);
+}
+
+/// The dirty bit modifier (`translate()` with `hw_dbm`): a write to a page that a fault made
+/// writable and dirty logging protected sets W itself, once reporting `dirtied`; a page mapped
+/// read-only, a block, or a walker without DBM still takes a permission fault.
+#[test]
+fn dbm_walker_sets_w_on_logged_pages() {
+    const ID: usize = 71;
+    let mut f = Fixture::<ID>::new(1, 40, true);
+    f.map(0, 1, pfn_of(1), true);
+    f.map(0, 2, pfn_of(2), false);
+    f.try_map_at(0, 0x400, 0x8_0000, true, Level::L2M).unwrap();
+    let _ = f
+        .mmu
+        .write_protect_gfn_range(Gfn::new(0), Gfn::new(1 << 20));
+    HostPages::<ID>::take_dirty();
+    let r = f.mmu.root(0).unwrap();
+    // SAFETY: `r` is a root of `f.mmu`, alive for the calls.
+    let walk = |gfn: u64, dbm: bool| unsafe {
+        translate::<HostPages<ID>>(r, Gfn::new(gfn), true, true, dbm)
+    };
+    assert_eq!(walk(1, false), Err(WalkFault::WriteProtected), "no DBM");
+    let t = walk(1, true).unwrap();
+    assert!(t.writable && t.dirty && t.dirtied);
+    assert!(pte::is_writable(f.pte(0, 1)));
+    assert!(!walk(1, true).unwrap().dirtied, "dirty already");
+    assert_eq!(
+        walk(2, true),
+        Err(WalkFault::WriteProtected),
+        "mapped read-only"
+    );
+    assert_eq!(walk(0x405, true), Err(WalkFault::WriteProtected), "a block");
+    assert!(!f.mmu.hw_dbm());
+    assert!(f.mmu.set_hw_dbm());
+    assert!(f.mmu.hw_dbm());
+    let mut g = Fixture::<ID>::new(1, 40, false);
+    assert!(!g.mmu.set_hw_dbm(), "DBM needs hardware AF");
+    drop(g);
+    // A writable page counts as dirty: the zap marks it (I4).
+    let p = f.zap(0, 1 << 20);
+    assert_eq!(p.zapped, 3);
+    assert_eq!(HostPages::<ID>::take_dirty(), [pfn_of(1)]);
     teardown(f);
 }

@@ -106,6 +106,7 @@ impl Tables {
             level: key.0,
             writable: leaf.writable,
             dirty: leaf.writable && leaf.dirty,
+            dirtied: false,
         })
     }
 

@@ -185,6 +185,16 @@ impl<P: PageOps> TestMmu<P> {
         self.mmu.write_protect_gfn_range(slot, start, end)
     }
 
+    /// Clears D on the 4K leaves of the gfns `[start, end)` of slot `id`, and write-protects
+    /// the huge ones (dirty logging by the dirty bit), as the kernel glue does under the MMU
+    /// lock.
+    pub(crate) fn clear_dirty(&mut self, id: u32, start: Gfn, end: Gfn) -> Protected {
+        let slots = self.slots.clone();
+        let set = slots.locked();
+        let slot = set.by_id(id).and_then(slot_ref).expect("no such slot");
+        self.mmu.clear_dirty_gfn_range(slot, start, end)
+    }
+
     /// Splits the huge leaves over the gfns `[start, end)` of slot `id` down to 4K (dirty
     /// logging's eager split), as the kernel glue does: the caches topped up to their capacity
     /// before each call, called again from where it stopped until it is done.  Returns the

@@ -224,6 +224,7 @@ fn translation(v: u64, level: Level, gfn: Gfn) -> Translation {
         writable,
         // I4: no dirty bit, a writable leaf is dirty already; writes need no update.
         dirty: writable,
+        dirtied: false,
     }
 }
 
@@ -238,7 +239,14 @@ fn translation(v: u64, level: Level, gfn: Gfn) -> Translation {
 ///   again (I3).  Without it, [`WalkFault::NotPresent`]: an access-flag fault, which the fault
 ///   path resolves with [`S2Mmu::mkyoung()`] without resolving the page again.  As on hardware,
 ///   the access-flag fault comes before a permission fault.
-/// - A write to a read-only leaf is [`WalkFault::WriteProtected`] (a permission fault).
+/// - A write to a read-only leaf is [`WalkFault::WriteProtected`] (a permission fault), unless
+///   the walker manages dirty state (`hw_dbm`, `VTCR_EL2.HD`) and the leaf is a page with
+///   [`SW_WRITABLE`](pte::SW_WRITABLE), this format's dirty bit modifier (DBM): a fault made it
+///   writable, and only dirty logging's write protection took W since.  Then the walker sets W
+///   (and AF) with a compare-exchange from the value read, as the hardware's DBM update makes a
+///   writable-clean entry writable-dirty, and reports [`Translation::dirtied`], for the vCPU to
+///   log the page.  Blocks never: a block with W is a whole block dirty, and dirty logging
+///   splits them (a logging slot maps pages only).
 ///
 /// The translation is only good until a zap's (or a break-before-make's) TLB flush: use it, and
 /// the page, only inside guest mode (`tlb.rs`).
@@ -253,6 +261,7 @@ pub(crate) unsafe fn translate<P: PageOps>(
     gfn: Gfn,
     write: bool,
     hw_af: bool,
+    hw_dbm: bool,
 ) -> Result<Translation, WalkFault> {
     'walk: loop {
         // SAFETY: per the caller, the MMU of `root` outlives this call, and the caller stays in
@@ -274,7 +283,22 @@ pub(crate) unsafe fn translate<P: PageOps>(
                 return Err(WalkFault::NotPresent);
             }
             if write && !pte::is_writable(v) {
-                return Err(WalkFault::WriteProtected);
+                if !(hw_dbm && w.level == pte::LAST_LEVEL && pte::was_writable(v)) {
+                    return Err(WalkFault::WriteProtected);
+                }
+                // DBM: writable-clean to writable-dirty, and young.
+                let new = pte::mkyoung(pte::mkwrite(v));
+                match pte::try_set(w.ptep, v, new) {
+                    Ok(()) => {
+                        let mut t = translation(new, w.level, gfn);
+                        t.dirtied = true;
+                        return Ok(t);
+                    }
+                    Err(cur) => {
+                        v = cur;
+                        continue;
+                    }
+                }
             }
             if pte::is_young(v) {
                 return Ok(translation(v, w.level, gfn));
@@ -324,6 +348,9 @@ pub(crate) struct S2Mmu<P: PageOps> {
     /// The walkers set AF in hardware (`VTCR_EL2.HA`); otherwise accesses to old leaves take
     /// access-flag faults.
     hw_af: bool,
+    /// The walkers manage dirty state (`VTCR_EL2.HD`, [`translate()`]): a write to a page whose
+    /// write protection only dirty logging made takes no fault.
+    hw_dbm: bool,
     counters: Counters,
     /// Tables zaps unlinked, freed by [`ZapTables::free_zapped_tables()`] after the next flush.
     zapped_tables: ZappedTables,
@@ -350,6 +377,7 @@ impl<P: PageOps> S2Mmu<P> {
             pgd,
             pgd_allocated: 0,
             hw_af,
+            hw_dbm: false,
             counters: Counters::default(),
             zapped_tables: ZappedTables::new()?,
             table_limit: u64::MAX,
@@ -384,6 +412,21 @@ impl<P: PageOps> S2Mmu<P> {
     /// to an old leaf takes an access-flag fault ([`S2Mmu::mkyoung()`]).
     pub(crate) fn hw_af(&self) -> bool {
         self.hw_af
+    }
+
+    /// Has the walkers manage dirty state from now on ([`S2Mmu::hw_dbm()`]), for dirty logging
+    /// by the dirty bit.  Needs `hw_af`, as `VTCR_EL2.HD` needs `HA`: returns false, changing
+    /// nothing, without it.  Call it before the MMU is shared (the vCPUs copy it with their
+    /// root).
+    pub(crate) fn set_hw_dbm(&mut self) -> bool {
+        self.hw_dbm = self.hw_af;
+        self.hw_dbm
+    }
+
+    /// Whether the walkers set W themselves on a write to a page whose write protection only
+    /// dirty logging made, as hardware dirty state management does with DBM.
+    pub(crate) fn hw_dbm(&self) -> bool {
+        self.hw_dbm
     }
 
     /// Table pages a map may link in this MMU: one per level below the start level

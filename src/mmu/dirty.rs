@@ -64,12 +64,16 @@ impl DirtyBitmap {
     }
 
     /// Marks page `page` of the slot dirty (KVM's `mark_page_dirty_in_slot()`).
-    /// Any context; the caller holds the MMU lock, either side, so that a
-    /// harvest (write side) sees the bit before or write-protects after it.
+    /// Any context. The caller holds the MMU lock, either side, so that a
+    /// harvest (write side) sees the bit before or write-protects after it;
+    /// or it is a vCPU in guest mode flushing its page-modification log,
+    /// for pages its walks made dirty: a harvest waits for guest mode to end
+    /// before it takes bits, and a bit set after a take is taken next time.
     pub(crate) fn mark(&self, page: u64) {
         debug_assert!(page < self.npages);
         if let Some(w) = self.words.get((page / WORD_PAGES) as usize) {
-            // Relaxed: the MMU lock orders the bit against harvests.
+            // Relaxed: the MMU lock, or the end of guest mode that a harvest
+            // waits for, orders the bit against harvests.
             w.fetch_or(1 << (page % WORD_PAGES), Ordering::Relaxed);
         }
     }
@@ -148,6 +152,71 @@ impl Protected {
     pub(crate) fn add(&mut self, other: Protected) {
         self.leaves += other.leaves;
         self.visited += other.visited;
+    }
+}
+
+/// How a space tracks the writes of the slots that log (x86 KVM chooses
+/// between the two in `tdp_mmu.c`: write protection, or D bits with PML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tracking {
+    /// A clean page is read-only: its first write faults, and the fault
+    /// logs it.
+    WriteProtect,
+    /// A clean page stays writable, with D clear (x86) or W clear and DBM
+    /// set (stage-2): the walker sets the dirty state on the first write and
+    /// the vCPU logs the page in its page-modification log
+    /// ([`PmlLog`]), which it flushes into the bitmap.
+    DirtyBit,
+}
+
+/// Entries of a vCPU's page-modification log, as Intel's PML buffer.
+pub(crate) const PML_ENTRIES: usize = 512;
+
+/// A vCPU's page-modification log (Intel PML): the gfns whose leaves the
+/// vCPU's walks made dirty ([`crate::mmu::pgtable::Translation::dirtied`]),
+/// to be flushed into the dirty bitmaps of their slots when it is full and
+/// whenever the vCPU leaves guest mode (KVM flushes PML on every VM exit,
+/// `vmx_flush_pml_buffer()`). Only its vCPU touches it.
+pub(crate) struct PmlLog {
+    /// [`PML_ENTRIES`] entries, the first `len` logged (a page of its own,
+    /// as Intel's PML buffer, not 4 KiB on the stack of whoever makes it).
+    gfns: PVec<Gfn>,
+    len: usize,
+}
+
+impl PmlLog {
+    /// An empty log. Allocates, and may sleep.
+    pub(crate) fn new() -> Result<Self, AllocError> {
+        Ok(Self {
+            gfns: prim::try_vec_with(PML_ENTRIES, || Gfn::new(0))?,
+            len: 0,
+        })
+    }
+
+    /// Logs `gfn`. Returns true if the log is full now: flush it before the
+    /// next walk (Intel's PML-full exit).
+    pub(crate) fn push(&mut self, gfn: Gfn) -> bool {
+        if self.len < PML_ENTRIES {
+            self.gfns[self.len] = gfn;
+            self.len += 1;
+        }
+        self.len == PML_ENTRIES
+    }
+
+    /// Whether nothing is logged.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands every logged gfn to `f`, oldest first, and empties the log.
+    /// Returns how many there were.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(Gfn)) -> usize {
+        let n = self.len;
+        for &gfn in &self.gfns[..n] {
+            f(gfn);
+        }
+        self.len = 0;
+        n
     }
 }
 
@@ -246,6 +315,24 @@ pub(crate) fn span(words: &[u64]) -> Option<(u64, u64)> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pml_log_fills_and_drains() {
+        let mut log = PmlLog::new().unwrap();
+        assert!(log.is_empty());
+        for i in 0..PML_ENTRIES as u64 - 1 {
+            assert!(!log.push(Gfn::new(i)));
+        }
+        assert!(log.push(Gfn::new(1000)), "full at 512");
+        // Full: more pushes are dropped, and it says so (the caller flushes first).
+        assert!(log.push(Gfn::new(2000)));
+        let mut seen = std::vec::Vec::new();
+        assert_eq!(log.drain(|g| seen.push(g.raw())), PML_ENTRIES);
+        assert_eq!(seen[0], 0);
+        assert_eq!(seen[PML_ENTRIES - 1], 1000);
+        assert!(log.is_empty());
+        assert_eq!(log.drain(|_| panic!("empty")), 0);
+    }
 
     #[test]
     fn span_of_set_bits() {

@@ -253,6 +253,10 @@ pub(crate) struct Translation {
     /// A write through this translation needs no update of the leaf: it is writable, and dirty
     /// (D set, or A/D not kept).  A TLB may then serve writes without walking.
     pub(crate) dirty: bool,
+    /// This walk made the leaf dirty: it set D on a writable 4K leaf (x86), or W on a 4K leaf
+    /// that allows it (stage-2's dirty bit modifier).  The vCPU logs the gfn for dirty logging
+    /// by the dirty bit, as a CPU logs such a write in its page-modification log (PML).
+    pub(crate) dirtied: bool,
 }
 
 /// Why a lockless walk found no usable translation.

@@ -106,6 +106,9 @@ pub(crate) struct Stats {
     pub(crate) collapses: Counter,
     /// Leaves that dirty logging write-protected (they were writable).
     pub(crate) dirty_protected: Counter,
+    /// Gfns the vCPUs' page-modification logs brought into dirty bitmaps
+    /// (dirty logging by the dirty bit).
+    pub(crate) pml_logged: Counter,
     /// Huge leaves dirty logging split before any write faulted on them
     /// (eager page splitting).
     pub(crate) eager_splits: Counter,

@@ -338,6 +338,7 @@ mod tests {
             level,
             writable,
             dirty,
+            dirtied: false,
         }
     }
 
@@ -595,6 +596,7 @@ mod loom_tests {
                                 level: Level::L4K,
                                 writable: false,
                                 dirty: false,
+                                dirtied: false,
                             }),
                         }
                     },

@@ -21,7 +21,7 @@ use crate::{
     ext::{preempt::PreemptGuard, sched},
     format::{FaultCaches, Kind, MemSlot, Pgt, SlotSet},
     mmu::addr::Gfn,
-    mmu::dirty::{self, DirtyBitmap, Protected, Split, SplitAt, WORD_PAGES},
+    mmu::dirty::{self, DirtyBitmap, Protected, Split, SplitAt, Tracking, WORD_PAGES},
     mmu::memslot::{MAX_SLOTS, MEM_LOG_DIRTY_PAGES},
     mmu::prim::{self, NoPreempt},
     uapi,
@@ -85,25 +85,29 @@ impl Space {
             drop(guard);
             self.count_zapped(&zapped);
         } else if !cfg.initially_set {
-            self.write_protect_gfns(id, slot.base_gfn, slot.end_gfn());
             if cfg.eager_split {
                 self.split_gfns(cfg, id, slot.base_gfn, slot.end_gfn());
             }
+            self.protect_gfns(id, slot.base_gfn, slot.end_gfn(), cfg.tracking);
         }
         self.retire_memslots(old);
         Ok(())
     }
 
-    /// Write-protects the gfns `[start, end)` of slot `id` in every root, in
-    /// chunks of [`WORDS_PER_LOCK`] words' worth of pages, each under the MMU
-    /// lock held for write and flushed before it is dropped, rescheduling in
-    /// between (KVM's `kvm_mmu_slot_remove_write_access()`).
-    fn write_protect_gfns(&self, id: u32, start: Gfn, end: Gfn) {
+    /// Makes the gfns `[start, end)` of slot `id` clean in every root, as
+    /// `tracking` says (write-protected, or with D clear), in chunks of
+    /// [`WORDS_PER_LOCK`] words' worth of pages, each under the MMU lock held
+    /// for write and flushed before it is dropped, rescheduling in between
+    /// (KVM's `kvm_mmu_slot_remove_write_access()`, or
+    /// `kvm_mmu_slot_leaf_clear_dirty()` with PML).
+    fn protect_gfns(&self, id: u32, start: Gfn, end: Gfn, tracking: Tracking) {
         let chunk = WORDS_PER_LOCK as u64 * WORD_PAGES;
         let mut gfn = start;
         while gfn < end {
             let next = end.min(gfn + chunk);
-            self.protect_locked(id, |mmu, slot| mmu.write_protect_gfn_range(slot, gfn, next));
+            self.protect_locked(id, |mmu, slot| {
+                mmu.protect_gfn_range(slot, gfn, next, tracking)
+            });
             sched::cond_resched();
             gfn = next;
         }
@@ -193,6 +197,20 @@ impl Space {
         Ok((slot, log))
     }
 
+    /// With [`Tracking::DirtyBit`], brings what the vCPUs logged in their
+    /// page-modification logs into the bitmaps (KVM's
+    /// `kvm_arch_sync_dirty_log()`, which kicks every vCPU so that it
+    /// flushes its PML buffer): a vCPU flushes its log before it leaves
+    /// guest mode, and a TLB flush request waits for every vCPU in guest
+    /// mode to leave it, so every write that was done when this was called
+    /// is in the bitmap when it returns. A vCPU outside guest mode has
+    /// nothing logged.
+    fn sync_dirty_log(&self, cfg: &Config) {
+        if cfg.tracking == Tracking::DirtyBit {
+            self.flush_remote_tlbs();
+        }
+    }
+
     /// SECMMU_GET_DIRTY_LOG (KVM's `kvm_get_dirty_log_protect()`).
     ///
     /// First the pages that writable guest page caches may have written
@@ -209,12 +227,13 @@ impl Space {
         let config = self.config.lock();
         let cfg = (*config).ok_or(ENOENT)?;
         let (slot, log) = self.logging_slot(&config, req.slot)?;
-        let (id, base) = (slot.id, slot.base_gfn);
+        let id = slot.id;
+        self.sync_dirty_log(&cfg);
         {
             let _lock = self.mmu.read();
-            let (start, end) = (base.to_gpa(), slot.end_gfn().to_gpa());
+            let (start, end) = (slot.base_gfn.to_gpa(), slot.end_gfn().to_gpa());
             self.gpcs
-                .harvest_logged(start, end, |gpa| log.mark(Gfn::from_gpa(gpa) - base));
+                .harvest_logged(start, end, |gpa| slot.mark_dirty(Gfn::from_gpa(gpa)));
         }
         let nwords = log.nwords();
         let mut words = KVVec::with_capacity(nwords, GFP_KERNEL_ACCOUNT)?;
@@ -233,7 +252,7 @@ impl Space {
                         let bits = log.take_word(i);
                         // Cannot fail: the capacity is there.
                         let _ = words.push(bits, GFP_ATOMIC);
-                        done.add(write_protect_bits(mmu, slot, i, bits));
+                        done.add(protect_bits(mmu, slot, i, bits, cfg.tracking));
                     }
                     done
                 });
@@ -275,6 +294,7 @@ impl Space {
         }
         let (slot, log) = self.logging_slot(&config, req.slot)?;
         let id = slot.id;
+        self.sync_dirty_log(&cfg);
         let (first, npages) = (req.first_page, u64::from(req.num_pages));
         dirty::check_clear_range(log.npages(), first, npages).map_err(|_| EINVAL)?;
         let nwords = npages.div_ceil(WORD_PAGES) as usize;
@@ -313,7 +333,7 @@ impl Space {
                 for (i, &mask) in masks.iter().enumerate() {
                     let word = first_word + w + i;
                     let cleared = log.clear_word(word, mask);
-                    done.add(write_protect_bits(mmu, slot, word, cleared));
+                    done.add(protect_bits(mmu, slot, word, cleared, cfg.tracking));
                 }
                 done
             });
@@ -324,13 +344,20 @@ impl Space {
     }
 }
 
-/// Write-protects the pages of `slot` whose bits are set in `bits`, word
-/// `word` of its bitmap, a run of pages at a time. MMU lock held for write.
-fn write_protect_bits(mmu: &mut Pgt, slot: &MemSlot, word: usize, bits: u64) -> Protected {
+/// Makes the pages of `slot` whose bits are set in `bits`, word `word` of
+/// its bitmap, clean as `tracking` says, a run of pages at a time. MMU lock
+/// held for write.
+fn protect_bits(
+    mmu: &mut Pgt,
+    slot: &MemSlot,
+    word: usize,
+    bits: u64,
+    tracking: Tracking,
+) -> Protected {
     let mut done = Protected::default();
     let base = slot.base_gfn + word as u64 * WORD_PAGES;
     for (first, last) in dirty::runs(bits) {
-        done.add(mmu.write_protect_gfn_range(slot, base + first, base + last));
+        done.add(mmu.protect_gfn_range(slot, base + first, base + last, tracking));
     }
     done
 }

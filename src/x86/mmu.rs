@@ -927,6 +927,50 @@ impl<P: PageOps> X86Mmu<P> {
         done
     }
 
+    /// Clears D on every 4K leaf that maps a gfn of `[start, end)` in `slot`, in every root, and
+    /// write-protects the huge ones, for dirty logging by the dirty bit (KVM's
+    /// `kvm_mmu_clear_dirty_pt_masked()` through `__rmap_clear_dirty()` when PML logs the
+    /// writes): the leaves stay writable, and the walker's next write to each sets D again and
+    /// reports it [`Translation::dirtied`] for the vCPU's log.  A huge leaf loses W instead, so
+    /// that a write splits it and maps 4K (a clean writable huge leaf would be logged as one
+    /// page).  Leaves without A/D (which that mode does not allow) are write-protected too.
+    ///
+    /// D goes with an atomic AND, since walkers may set it meanwhile, and a page whose D went
+    /// is marked dirty for the primary MMU first (KVM's `mmu_spte_update()` does so for a
+    /// cleared D).  [`Protected::leaves`] counts the leaves that were dirty or writable: TLBs
+    /// may let writes through them without setting D, so flush before dropping the lock.
+    /// `&mut self`: the MMU lock is held for write.
+    pub(crate) fn clear_dirty_gfn_range(
+        &mut self,
+        slot: SlotRef<'_>,
+        start: Gfn,
+        end: Gfn,
+    ) -> Protected {
+        let mut locked = self.write_side.locked();
+        let mut done = Protected::default();
+        slot.for_each_rmap(start, end, |head| {
+            // Exact under the write side: only its holders add to rmaps.
+            if head.is_empty() {
+                return false;
+            }
+            let guard = head.lock(&mut locked);
+            for sptep in guard.sptes() {
+                done.visited += 1;
+                let old = sptep.load(Ordering::Relaxed);
+                let changed = if old & spte::LARGE == 0 && spte::is_ad_enabled(old) {
+                    clear_dirty_leaf::<P>(sptep)
+                } else {
+                    write_protect_leaf::<P>(sptep)
+                };
+                if changed {
+                    done.leaves += 1;
+                }
+            }
+            false
+        });
+        done
+    }
+
     /// Splits every huge leaf that maps a gfn of `[at.gfn, end)` in `slot`, in every root, down
     /// to 4K leaves with the same permissions (eager page splitting for dirty logging, KVM's
     /// `kvm_mmu_slot_try_split_huge_pages()` through the shadow MMU's rmaps,
@@ -1557,6 +1601,20 @@ fn write_protect_leaf<P: PageOps>(sptep: &AtomicU64) -> bool {
     spte::is_writable(old)
 }
 
+/// Clears D in the present 4K leaf `sptep` (see [`X86Mmu::clear_dirty_gfn_range()`]), marking its
+/// page dirty if it was.  Returns whether it was.  MMU lock held for write.
+fn clear_dirty_leaf<P: PageOps>(sptep: &AtomicU64) -> bool {
+    if sptep.load(Ordering::Relaxed) & spte::DIRTY == 0 {
+        return false;
+    }
+    let old = sptep.fetch_and(!spte::DIRTY, Ordering::Relaxed);
+    let dirty = old & spte::DIRTY != 0;
+    if dirty {
+        P::set_page_dirty(spte::pfn(old));
+    }
+    dirty
+}
+
 /// Zaps the present leaf in `sptep`, mapping `gfn` at `level` in `slot`, and removes it from its
 /// rmap (KVM's `drop_spte()`).
 fn drop_leaf<P: PageOps>(
@@ -1855,6 +1913,7 @@ fn translation(spte: u64, level: Level, gfn: Gfn) -> Translation {
         level,
         writable,
         dirty: writable && spte::is_dirty(spte),
+        dirtied: false,
     }
 }
 
@@ -1919,7 +1978,14 @@ pub(crate) unsafe fn translate<P: PageOps>(
                 .ptep
                 .compare_exchange_weak(spte, new, Ordering::Relaxed, Ordering::Acquire)
             {
-                Ok(_) => return Ok(translation(new, w.level, gfn)),
+                Ok(_) => {
+                    let mut t = translation(new, w.level, gfn);
+                    // Clean to dirty: for the vCPU's log (PML).  Dirty logging keeps no
+                    // writable clean huge leaf in a logging slot (it protects those instead of
+                    // clearing D), so a whole block is never logged as one page.
+                    t.dirtied = write && !spte::is_dirty(spte);
+                    return Ok(t);
+                }
                 Err(cur) => spte = cur,
             }
         }

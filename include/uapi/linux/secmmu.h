@@ -89,10 +89,20 @@ struct secmmu_stats {
  * takes a fast fault; without it a huge mapping splits on its first write.
  */
 #define SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT	(1u << 3)
+/*
+ * Dirty logging by the dirty bit (Intel's PML, arm64's DBM) instead of write
+ * protection: a clean page stays writable (x86: D clear; arm64: W clear with
+ * DBM, which the walker sets back), the vCPU's walker sets the dirty state
+ * on the first write and logs the page in a 512-entry page-modification log
+ * that it flushes into the bitmap; harvesting cleans the pages it reports.
+ * Writes to clean 4K pages take no fault. Not with SECMMU_CFG_NO_AD.
+ */
+#define SECMMU_CFG_DIRTY_LOG_DIRTY_BIT	(1u << 4)
 #define SECMMU_CFG_FLAGS	(SECMMU_CFG_NO_AD | \
 				 SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT | \
 				 SECMMU_CFG_DIRTY_LOG_INITIALLY_SET | \
-				 SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT)
+				 SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT | \
+				 SECMMU_CFG_DIRTY_LOG_DIRTY_BIT)
 
 #define SECMMU_MAX_ROOTS	32
 
