@@ -21,14 +21,13 @@ use crate::arm64::pte::{self, Geometry, LAST_LEVEL, MAX_IA_BITS, MIN_IA_BITS};
 use crate::host_pages::HostPages;
 use crate::mmu::addr::{Gfn, Pfn};
 use crate::mmu::aging::AgeOp;
-use crate::mmu::dirty::{Split, SplitAt};
 use crate::mmu::level::Level;
 use crate::mmu::pgtable::{
     MapAction, PageOps, TableCache, SNAP_ACCESSED, SNAP_DIRTY, SNAP_LEVEL_SHIFT, SNAP_PRESENT,
     SNAP_WRITABLE, TABLE_CACHE_CAPACITY,
 };
 use crate::mmu::prim::{AtomicU64, Ordering};
-use crate::test_util::{run_zap, Rng, ZapRun};
+use crate::test_util::{drive_split, run_zap, Rng, ZapRun};
 
 /// An MMU with host pages of test `ID`, the table cache a fault path would top up, and a count
 /// of the TLB flushes the MMU asked for.
@@ -1540,25 +1539,14 @@ fn eager_split_for_dirty_logging() {
     HostPages::<ID>::take_dirty();
     let split = |f: &mut Fixture<ID>, start: u64, end: u64| {
         let mut tables = TableCache::<HostPages<ID>>::new();
-        let (mut total, mut calls) = (Split::default(), 0);
-        let mut at = SplitAt::new(Gfn::new(start));
-        let flushes = f.flushes.clone();
-        loop {
+        let flushes = &f.flushes;
+        let mmu = &mut f.mmu;
+        drive_split(Gfn::new(start), |at| {
             tables.topup(TABLE_CACHE_CAPACITY).unwrap();
-            let done = f
-                .mmu
-                .split_huge_gfn_range(at, Gfn::new(end), &mut tables, &|| {
-                    flushes.set(flushes.get() + 1)
-                });
-            f.flushes.set(flushes.get());
-            calls += 1;
-            total.split += done.split;
-            total.limited |= done.limited;
-            match done.resume {
-                Some(next) => at = next,
-                None => return (total, calls),
-            }
-        }
+            mmu.split_huge_gfn_range(at, Gfn::new(end), &mut tables, &|| {
+                flushes.set(flushes.get() + 1)
+            })
+        })
     };
 
     // One gfn of the 2M block: that block, in both roots, each broken with a flush.

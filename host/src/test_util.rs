@@ -11,6 +11,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::mmu::addr::Gfn;
+use crate::mmu::dirty::{Split, SplitAt};
 use crate::mmu::zap::{Yield, Zap, ZapLock, ZapTables};
 
 /// A small deterministic generator (xorshift64).  Seed it with anything but 0.
@@ -255,4 +257,22 @@ impl<F: FnMut()> Yield for FlushWith<F> {
     }
 
     fn flush_elided(&mut self) {}
+}
+
+/// Drives an eager split of a range from `start` as the kernel glue does: `step` tops up its
+/// caches and splits from where the last call stopped, until a call finishes.  Returns the
+/// total ([`Split::split`], and whether the table limit stopped it) and the number of calls.
+pub(crate) fn drive_split(start: Gfn, mut step: impl FnMut(SplitAt) -> Split) -> (Split, usize) {
+    let (mut total, mut calls) = (Split::default(), 0);
+    let mut at = SplitAt::new(start);
+    loop {
+        let done = step(at);
+        calls += 1;
+        total.split += done.split;
+        total.limited |= done.limited;
+        match done.resume {
+            Some(next) => at = next,
+            None => return (total, calls),
+        }
+    }
 }

@@ -14,12 +14,12 @@ use core::ops::{Deref, DerefMut};
 
 use crate::mmu::addr::{Gfn, Hva, Pfn};
 use crate::mmu::aging::{AgeOp, AgeResult};
-use crate::mmu::dirty::{Protected, Split, SplitAt};
+use crate::mmu::dirty::{Protected, Split};
 use crate::mmu::level::Level;
 use crate::mmu::memslot::{CurrentSlots, Memslots, Slot, SlotEntry, SlotError};
 use crate::mmu::pgtable::{MapError, MapOutcome, PageOps, TableCache, TABLE_CACHE_CAPACITY};
 use crate::mmu::prim::{warn_on, AllocError, AtomicU64, NoPreempt, PArc, RcuPtr, Unpublished};
-use crate::test_util::{run_zap, ZapRun};
+use crate::test_util::{drive_split, run_zap, ZapRun};
 use crate::x86::mmu::{
     age_gfn_range_lockless, split_min_descs, RmapsOf, SlotRef, SlotRmaps, X86Mmu,
 };
@@ -210,20 +210,11 @@ impl<P: PageOps> TestMmu<P> {
         let slots = self.slots.clone();
         let set = slots.locked();
         let slot = set.by_id(id).and_then(slot_ref).expect("no such slot");
-        let (mut total, mut calls) = (Split::default(), 0);
-        let mut at = SplitAt::new(start);
-        loop {
+        drive_split(start, |at| {
             tables.topup(TABLE_CACHE_CAPACITY).unwrap();
             descs.topup(split_min_descs(self.mmu.nr_roots())).unwrap();
-            let done = self.mmu.split_huge_gfn_range(slot, at, end, tables, descs);
-            calls += 1;
-            total.split += done.split;
-            total.limited |= done.limited;
-            match done.resume {
-                Some(next) => at = next,
-                None => return (total, calls),
-            }
-        }
+            self.mmu.split_huge_gfn_range(slot, at, end, tables, descs)
+        })
     }
 
     /// Publishes a set with `slot` added, with new rmaps (SECMMU_SET_MEMSLOT).  No reader can

@@ -19,11 +19,12 @@
 use super::{slot_errno, Config, Space};
 use crate::{
     ext::{preempt::PreemptGuard, sched},
-    format::{FaultCaches, Kind, MemSlot, Pgt, SlotSet},
+    format::{FaultCaches, Kind, MemSlot, MmuState, Pgt, SlotSet},
     mmu::addr::Gfn,
-    mmu::dirty::{self, DirtyBitmap, Protected, Split, SplitAt, Tracking, WORD_PAGES},
+    mmu::dirty::{self, DirtyBitmap, Protected, SplitAt, Tracking, WORD_PAGES},
     mmu::memslot::{MAX_SLOTS, MEM_LOG_DIRTY_PAGES},
     mmu::prim::{self, NoPreempt},
+    mmu_lock::WriteGuard,
     uapi,
     x86::mmu as x86,
 };
@@ -133,20 +134,12 @@ impl Space {
         let mut at = SplitAt::new(start);
         while caches.topup_split(kind, nr_roots).is_ok() {
             let mut guard = self.mmu.write();
-            let done = {
-                // The set is the current one for as long as the lock is held.
-                let preempt = PreemptGuard::new();
-                let rcu: NoPreempt<'_> = preempt.proof().into();
-                let slot = self.memslots(&rcu).by_id(id);
-                match (guard.mmu.as_mut(), slot) {
-                    (Some(mmu), Some(slot)) => {
-                        let flush = || self.flush_remote_tlbs();
-                        mmu.split_huge_gfn_range(slot, at, end, &mut caches, &flush)
-                    }
-                    _ => Split::default(),
-                }
-            };
+            let flush = || self.flush_remote_tlbs();
+            let done = self.with_slot_tables(&mut guard, id, |mmu, slot| {
+                mmu.split_huge_gfn_range(slot, at, end, &mut caches, &flush)
+            });
             drop(guard);
+            let done = done.unwrap_or_default();
             self.stats.eager_splits.add(done.split);
             let Some(next) = done.resume else {
                 break;
@@ -157,22 +150,28 @@ impl Space {
     }
 
     /// Runs `f` on the tables and on slot `id` of the current set, with the
+    /// MMU lock held for write (`guard`): `None` if either is missing.
+    fn with_slot_tables<R>(
+        &self,
+        guard: &mut WriteGuard<'_, MmuState>,
+        id: u32,
+        f: impl FnOnce(&mut Pgt, &MemSlot) -> R,
+    ) -> Option<R> {
+        // The set is the current one for as long as the lock is held.
+        let preempt = PreemptGuard::new();
+        let rcu: NoPreempt<'_> = preempt.proof().into();
+        let slot = self.memslots(&rcu).by_id(id)?;
+        Some(f(guard.mmu.as_mut()?, slot))
+    }
+
+    /// Runs `f` on the tables and on slot `id` of the current set, with the
     /// MMU lock held for write, and flushes the TLBs before the lock is
     /// dropped if what `f` write-protected needs it ("TLB flush before
     /// dropping the MMU lock" in Documentation/secmmu-protocols.rst): a TLB
     /// still allowing writes would let them go unlogged.
     fn protect_locked(&self, id: u32, f: impl FnOnce(&mut Pgt, &MemSlot) -> Protected) {
         let mut guard = self.mmu.write();
-        let done = {
-            // The set is the current one for as long as the lock is held.
-            let preempt = PreemptGuard::new();
-            let rcu: NoPreempt<'_> = preempt.proof().into();
-            let slot = self.memslots(&rcu).by_id(id);
-            match (guard.mmu.as_mut(), slot) {
-                (Some(mmu), Some(slot)) => f(mmu, slot),
-                _ => Protected::default(),
-            }
-        };
+        let done = self.with_slot_tables(&mut guard, id, f).unwrap_or_default();
         if done.needs_flush() {
             self.flush_remote_tlbs();
         }

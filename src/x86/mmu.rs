@@ -908,6 +908,20 @@ impl<P: PageOps> X86Mmu<P> {
         start: Gfn,
         end: Gfn,
     ) -> Protected {
+        self.protect_leaves(slot, start, end, write_protect_leaf::<P>)
+    }
+
+    /// Runs `protect` on every leaf that maps a gfn of `[start, end)` in `slot`, through the
+    /// slot's rmaps at every level (see [`X86Mmu::write_protect_gfn_range()`]): how many it
+    /// visited, and how many `protect` said it changed.  `&mut self`: the MMU lock is held for
+    /// write.
+    fn protect_leaves(
+        &mut self,
+        slot: SlotRef<'_>,
+        start: Gfn,
+        end: Gfn,
+        mut protect: impl FnMut(&AtomicU64) -> bool,
+    ) -> Protected {
         let mut locked = self.write_side.locked();
         let mut done = Protected::default();
         slot.for_each_rmap(start, end, |head| {
@@ -918,7 +932,7 @@ impl<P: PageOps> X86Mmu<P> {
             let guard = head.lock(&mut locked);
             for sptep in guard.sptes() {
                 done.visited += 1;
-                if write_protect_leaf::<P>(sptep) {
+                if protect(sptep) {
                     done.leaves += 1;
                 }
             }
@@ -946,29 +960,14 @@ impl<P: PageOps> X86Mmu<P> {
         start: Gfn,
         end: Gfn,
     ) -> Protected {
-        let mut locked = self.write_side.locked();
-        let mut done = Protected::default();
-        slot.for_each_rmap(start, end, |head| {
-            // Exact under the write side: only its holders add to rmaps.
-            if head.is_empty() {
-                return false;
+        self.protect_leaves(slot, start, end, |sptep| {
+            let old = sptep.load(Ordering::Relaxed);
+            if old & spte::LARGE == 0 && spte::is_ad_enabled(old) {
+                clear_dirty_leaf::<P>(sptep)
+            } else {
+                write_protect_leaf::<P>(sptep)
             }
-            let guard = head.lock(&mut locked);
-            for sptep in guard.sptes() {
-                done.visited += 1;
-                let old = sptep.load(Ordering::Relaxed);
-                let changed = if old & spte::LARGE == 0 && spte::is_ad_enabled(old) {
-                    clear_dirty_leaf::<P>(sptep)
-                } else {
-                    write_protect_leaf::<P>(sptep)
-                };
-                if changed {
-                    done.leaves += 1;
-                }
-            }
-            false
-        });
-        done
+        })
     }
 
     /// Splits every huge leaf that maps a gfn of `[at.gfn, end)` in `slot`, in every root, down
