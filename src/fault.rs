@@ -115,6 +115,12 @@ impl WithFormat for FaultIn<'_> {
         } = self;
         loop {
             space.check_alive()?;
+            // Dirty logging write-protected the leaf: make it writable again
+            // and log the page, without get_user_pages, and before anything
+            // else, as KVM's fast_page_fault() runs first.
+            if write && logs_dirty(space, gfn) && fix_write_protect::<F>(space, root, gfn) {
+                return Ok(());
+            }
             let mut fault = begin(space, vcpu, gfn, write)?;
             if write && fault.slot.readonly() {
                 space.stats.memory_faults.inc();
@@ -126,11 +132,6 @@ impl WithFormat for FaultIn<'_> {
             // sequence check is needed). With A/D bits the walker keeps
             // entries young itself: skip the extra trip through the lock.
             if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write) {
-                return Ok(());
-            }
-            // Dirty logging write-protected the leaf: make it writable again
-            // and log the page, without get_user_pages.
-            if write && fault.slot.logs_dirty() && fix_write_protect::<F>(space, root, gfn) {
                 return Ok(());
             }
             caches.topup::<F>()?;
@@ -288,29 +289,48 @@ fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: Gfn, write: bool
     true
 }
 
+/// Whether `gfn` is in a slot that logs dirty pages now: a look at the
+/// current set without the MMU lock (it is published with RCU), so that a
+/// write fault outside logging slots pays nothing for the fast path.
+fn logs_dirty(space: &Space, gfn: Gfn) -> bool {
+    let preempt = PreemptGuard::new();
+    let rcu: NoPreempt<'_> = preempt.proof().into();
+    space
+        .memslots(&rcu)
+        .lookup(gfn)
+        .is_some_and(|slot| slot.logs_dirty())
+}
+
 /// The fast path of a write fault on a page of a logging slot (KVM's
 /// `fast_page_fault()`): the format makes the leaf writable again if only
 /// dirty logging's write protection kept it read-only, and the page is
 /// logged before the lock is dropped ("Dirty logging" in
-/// Documentation/secmmu-protocols.rst). False if the format cannot: take
-/// the full fault path.
+/// Documentation/secmmu-protocols.rst). False if the format cannot, or the
+/// slot does not log under the lock: take the full fault path.
+///
+/// It needs no invalidation sequence: the leaf maps the page as the
+/// primary MMU still does, or an invalidation would have zapped it, and the
+/// set read under the lock is the current one.
 fn fix_write_protect<F: Format>(space: &Space, root: usize, gfn: Gfn) -> bool {
     let mut guard = F::FaultSide::lock(&space.mmu);
+    if space.check_alive().is_err() {
+        return false;
+    }
+    let preempt = PreemptGuard::new();
+    let rcu: NoPreempt<'_> = preempt.proof().into();
+    // A slot that stopped logging since the look before the lock has no
+    // log to mark, and its leaves are not protected any more.
+    let Some(slot) = space.memslots(&rcu).lookup(gfn).filter(|s| s.logs_dirty()) else {
+        return false;
+    };
     let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
         return false;
     };
     if !F::fix_write_protect_fault(tables, root, gfn) {
         return false;
     }
-    {
-        // The set current under the lock: a slot that stopped logging since
-        // the fault began has no log to mark.
-        let preempt = PreemptGuard::new();
-        let rcu: NoPreempt<'_> = preempt.proof().into();
-        if let Some(slot) = space.memslots(&rcu).lookup(gfn) {
-            slot.mark_dirty(gfn);
-        }
-    }
+    slot.mark_dirty(gfn);
+    drop(preempt);
     drop(guard);
     space.stats.faults.inc();
     space.stats.dirty_fast_faults.inc();
