@@ -896,6 +896,71 @@ TEST_F_TIMEOUT(dirty_api, dirty_log_tlb_flush, 120)
 	}
 }
 
+struct pass_writer {
+	int vcpu;
+	unsigned long npages;
+	__u64 pattern;
+	int err;
+	atomic_bool done;
+};
+
+static void *pass_writer_fn(void *arg)
+{
+	struct pass_writer *pw = arg;
+
+	pw->err = run_range(pw->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			    GPA_BASE + pw->npages * PAGE_SZ, PAGE_SZ,
+			    pw->pattern, NULL);
+	atomic_store(&pw->done, true);
+	return NULL;
+}
+
+/*
+ * By the dirty bit, a harvest reports what vCPUs still running logged: a
+ * vCPU writes the pages in order in one SECMMU_RUN, logging each in its
+ * page-modification log, which it flushes only every so many accesses; as
+ * soon as the host sees page 257 written (just past the start of a
+ * guest-mode stretch, with most of it to go), it takes the log, which must
+ * report pages 0 to 257. Without the kick that makes running vCPUs flush
+ * their logs first, the last of them would sit in the vCPU's log while the
+ * stretch lasts: a window of a few hundred accesses, which a round hits
+ * now and then, hence many rounds.
+ */
+TEST_F_TIMEOUT(dirty_api, dirty_log_pml_sync, 120)
+{
+	struct dlog *d = &self->d;
+	const unsigned long seen = 257, n = 1024;
+	int round;
+
+	ASSERT_LE(n, d->npages);
+	ASSERT_EQ(0, dirty_space(d, variant->format, DBIT));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	for (round = 1; round <= 64; round++) {
+		struct pass_writer pw = {
+			.vcpu = d->vcpu, .npages = n, .pattern = 0x1000 + round,
+		};
+		__u64 *word = (__u64 *)(d->mem + seen * PAGE_SZ);
+		__u64 want = pw.pattern ^ (GPA_BASE + seen * PAGE_SZ);
+		unsigned long i, missing = 0;
+		pthread_t t;
+
+		ASSERT_EQ(0, pthread_create(&t, NULL, pass_writer_fn, &pw));
+		while (__atomic_load_n(word, __ATOMIC_ACQUIRE) != want &&
+		       !atomic_load(&pw.done))
+			;
+		ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+		pthread_join(t, NULL);
+		ASSERT_EQ(0, pw.err);
+		for (i = 0; i <= seen; i++)
+			missing += !test_bit(d->bmap, i);
+		EXPECT_EQ(0, missing)
+			TH_LOG("%s, round %d: %lu pages written before page %lu not reported",
+			       format_name(variant->format), round, missing, seen);
+		/* What the rest of the pass dirtied, for a clean next round. */
+		ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	}
+}
+
 /*
  * A page the kernel writes through a kernel-mapped guest page cache (the
  * vCPU's run page) takes no fault: it is reported at every harvest while
