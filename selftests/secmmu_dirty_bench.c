@@ -35,6 +35,7 @@
 #include <sys/mman.h>
 
 #include "secmmu_lib.h"
+#include "kselftest.h"
 
 #define GPA	0x100000000UL
 #define REPS	3
@@ -217,25 +218,24 @@ int main(int argc, char **argv)
 		const struct figures none = { 1e9, 1e9, 0, 1e9, 1e9, 0 };
 		struct figures wp = none, is = none, cl = none, db = none;
 		struct figures sp = none, ep = none, dsp = none, dep = none, r;
+		const struct {
+			unsigned int cfg;
+			enum backing b;
+			struct figures *best;
+		} modes[] = {
+			{ 0, B_4K, &wp }, { init_set, B_4K, &is },
+			{ manual, B_4K, &cl }, { dbit, B_4K, &db },
+			{ 0, huge, &sp }, { eager, huge, &ep },
+			{ dbit, huge, &dsp }, { dbit | eager, huge, &dep },
+		};
+		unsigned int m;
 
 		/* Interleaved, so that a noisy stretch falls on no one mode. */
 		for (i = 0; i < REPS; i++) {
-			r = run_once(formats[f], size, 0, B_4K);
-			keep_best(&wp, &r);
-			r = run_once(formats[f], size, init_set, B_4K);
-			keep_best(&is, &r);
-			r = run_once(formats[f], size, manual, B_4K);
-			keep_best(&cl, &r);
-			r = run_once(formats[f], size, dbit, B_4K);
-			keep_best(&db, &r);
-			r = run_once(formats[f], size, 0, huge);
-			keep_best(&sp, &r);
-			r = run_once(formats[f], size, eager, huge);
-			keep_best(&ep, &r);
-			r = run_once(formats[f], size, dbit, huge);
-			keep_best(&dsp, &r);
-			r = run_once(formats[f], size, dbit | eager, huge);
-			keep_best(&dep, &r);
+			for (m = 0; m < ARRAY_SIZE(modes); m++) {
+				r = run_once(formats[f], size, modes[m].cfg, modes[m].b);
+				keep_best(modes[m].best, &r);
+			}
 		}
 		ok = wp.enable >= 20 * is.enable;
 		met &= ok;
