@@ -40,10 +40,6 @@
 #define GPA	0x100000000UL
 #define REPS	3
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
 static void die(const char *what, int err)
 {
 	fprintf(stderr, "secmmu_dirty_bench: %s: %s\n", what, strerror(-err));

@@ -35,14 +35,8 @@
 #include "secmmu_lib.h"
 #include "kselftest_harness.h"
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE	23
-#endif
 #define MPOL_MF_MOVE		2	/* numaif.h */
 #define MIGRATE_PAGES		16
-#ifndef MAP_HUGE_SHIFT
-#define MAP_HUGE_SHIFT		26
-#endif
 
 /* 1G-aligned, so 2M leaves line up with the backing's huge pages. */
 #define GPA_BASE	0x40000000UL
@@ -61,7 +55,6 @@ enum backing { B_4K, B_THP, B_HUGETLB };
  */
 static char *backing_alloc(enum backing b, unsigned long size)
 {
-	unsigned long len = size + SZ_2M;
 	char *p, *a;
 
 	if (b == B_HUGETLB) {
@@ -76,17 +69,10 @@ static char *backing_alloc(enum backing b, unsigned long size)
 		}
 		return p;
 	}
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	a = mmap_2m_aligned(size, b == B_THP ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	if (!a)
 		return NULL;
-	a = (char *)(((uintptr_t)p + SZ_2M - 1) & ~(SZ_2M - 1));
-	if (a > p)
-		munmap(p, a - p);
-	if (p + len > a + size)
-		munmap(a + size, p + len - (a + size));
-	if (madvise(a, size, b == B_THP ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) ||
-	    madvise(a, size, MADV_POPULATE_WRITE)) {
+	if (madvise(a, size, MADV_POPULATE_WRITE)) {
 		munmap(a, size);
 		return NULL;
 	}

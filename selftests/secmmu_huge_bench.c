@@ -30,18 +30,6 @@
 #define GPA	0x100000000UL
 #define REPS	3
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
-static double now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /*
  * Seconds to fault in @size bytes; the faults taken in @faults, the huge
  * mappings made in @huge, the seconds of a second pass in @again.
@@ -74,12 +62,12 @@ static double fault_in(unsigned int format, unsigned long size, int thp,
 		fprintf(stderr, "vcpu: %d\n", vcpu);
 		exit(1);
 	}
-	t0 = now();
+	t0 = now_s();
 	ret = run_range(vcpu, SECMMU_RUN_READ, GPA, GPA + size, PAGE_SZ, 0, NULL);
-	t1 = now();
+	t1 = now_s();
 	if (!ret)
 		ret = run_range(vcpu, SECMMU_RUN_READ, GPA, GPA + size, PAGE_SZ, 0, NULL);
-	t2 = now();
+	t2 = now_s();
 	if (ret) {
 		fprintf(stderr, "run failed: %d\n", ret);
 		exit(1);

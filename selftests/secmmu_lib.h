@@ -29,6 +29,14 @@
 #define SZ_2M		(2 * SZ_1M)
 #define SZ_1G		(1024 * SZ_1M)
 
+/* What older C libraries lack. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE	23
+#endif
+#ifndef MAP_HUGE_SHIFT
+#define MAP_HUGE_SHIFT		26
+#endif
+
 /*
  * What the big tests divide their sizes by: SECMMU_TEST_SCALE from the
  * environment (guest-run.sh sets it, e.g. 4 under emulated arm64), 1 if
@@ -241,6 +249,33 @@ static inline long anon_huge_kb(void *p)
 	}
 	fclose(f);
 	return kb;
+}
+
+/*
+ * A private anonymous mapping of @size bytes (a multiple of 2M) at a
+ * 2M-aligned address, advised with @advice (MADV_HUGEPAGE or
+ * MADV_NOHUGEPAGE), not populated; munmap(p, @size) frees it. NULL on
+ * failure.
+ */
+static inline char *mmap_2m_aligned(unsigned long size, int advice)
+{
+	unsigned long len = size + SZ_2M;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *a;
+
+	if (p == MAP_FAILED)
+		return NULL;
+	a = (char *)(((uintptr_t)p + SZ_2M - 1) & ~(SZ_2M - 1));
+	if (a > p)
+		munmap(p, a - p);
+	if (p + len > a + size)
+		munmap(a + size, p + len - (a + size));
+	if (madvise(a, size, advice)) {
+		munmap(a, size);
+		return NULL;
+	}
+	return a;
 }
 
 /* Seconds on the monotonic clock. */

@@ -1239,28 +1239,6 @@ static unsigned int huge_level(unsigned int format, unsigned int level)
 	       level : 0;
 }
 
-/* Anonymous memory of @size at a 2M-aligned address, with @advice. */
-static char *alloc_aligned(unsigned long size, int advice)
-{
-	unsigned long len = size + SZ_2M;
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	char *a;
-
-	if (p == MAP_FAILED)
-		return NULL;
-	a = (char *)(((uintptr_t)p + SZ_2M - 1) & ~(SZ_2M - 1));
-	if (a > p)
-		munmap(p, a - p);
-	if (p + len > a + size)
-		munmap(a + size, p + len - (a + size));
-	if (madvise(a, size, advice)) {
-		munmap(a, size);
-		return NULL;
-	}
-	return a;
-}
-
 /* Host writes pattern ^ gpa in the first word of each page of @mem. */
 static void host_fill(char *mem, unsigned long size, unsigned long gpa,
 		      unsigned long pattern)
@@ -1274,7 +1252,7 @@ static void host_fill(char *mem, unsigned long size, unsigned long gpa,
 /* THP-backed memory of @size (2M-aligned), all PMD-mapped, or NULL. */
 static char *thp_alloc(unsigned long size)
 {
-	char *mem = alloc_aligned(size, MADV_HUGEPAGE);
+	char *mem = mmap_2m_aligned(size, MADV_HUGEPAGE);
 
 	if (!mem)
 		return NULL;
@@ -1498,7 +1476,7 @@ TEST_F(fmt, collapse)
 	unsigned int lvl = huge_level(variant->format, 1);
 	unsigned long present, tables;
 	struct secmmu_stats st;
-	char *mem = alloc_aligned(SZ_2M, MADV_NOHUGEPAGE);
+	char *mem = mmap_2m_aligned(SZ_2M, MADV_NOHUGEPAGE);
 
 	ASSERT_NE(NULL, mem);
 	host_fill(mem, SZ_2M, HUGE_GPA, 4);
@@ -1533,10 +1511,6 @@ TEST_F(fmt, collapse)
 	HUGE_TEARDOWN();
 	munmap(mem, SZ_2M);
 }
-
-#ifndef MAP_HUGE_SHIFT
-#define MAP_HUGE_SHIFT 26
-#endif
 
 /* One hugetlbfs page of @size, faulted in, or NULL. */
 static char *hugetlb_alloc(unsigned long size, int shift)
@@ -1830,7 +1804,7 @@ TEST_F_TIMEOUT(fmt, s2_all_geometries, 600)
 	double t0 = now_s();
 
 	ASSERT_EQ(0, catch_signal(SIGALRM));
-	mem[GEO_4K] = alloc_aligned(size[GEO_4K], MADV_NOHUGEPAGE);
+	mem[GEO_4K] = mmap_2m_aligned(size[GEO_4K], MADV_NOHUGEPAGE);
 	ASSERT_NE(NULL, mem[GEO_4K]);
 	mem[GEO_THP] = thp_alloc(size[GEO_THP]);
 	mem[GEO_2M] = hugetlb_alloc(size[GEO_2M], 21);
@@ -2098,7 +2072,7 @@ TEST_F_TIMEOUT(mirror, retry_storm, 120)
 	int ret;
 
 	ASSERT_EQ(0, catch_signal(SIGALRM));
-	mem = alloc_aligned(size, MADV_NOHUGEPAGE);
+	mem = mmap_2m_aligned(size, MADV_NOHUGEPAGE);
 	ASSERT_NE(NULL, mem);
 	memset(mem, 0x11, size);
 	ASSERT_EQ(0, set_slot(self->fd, 1, 0, STORM_GPA, size, mem));
@@ -2136,7 +2110,7 @@ TEST_F_TIMEOUT(mirror, retry_storm, 120)
 	 * that looks at any invalidation of the mm (not the fault's range)
 	 * retries nearly every one of these faults.
 	 */
-	thp = alloc_aligned(STORM_THP, MADV_HUGEPAGE);
+	thp = mmap_2m_aligned(STORM_THP, MADV_HUGEPAGE);
 	ASSERT_NE(NULL, thp);
 	ASSERT_EQ(0, set_slot(self->fd, 2, 0, STORM_THP_GPA, STORM_THP, thp));
 	s.stop = 0;
@@ -2395,7 +2369,7 @@ TEST_F_TIMEOUT(mirror, delete_slot_vs_munmap, 300)
 	double t0 = now_s();
 	char *mem;
 
-	mem = alloc_aligned(size, MADV_NOHUGEPAGE);
+	mem = mmap_2m_aligned(size, MADV_NOHUGEPAGE);
 	ASSERT_NE(NULL, mem);
 	d.mem = mem;
 	for (round = 0; round < rounds; round++) {
