@@ -56,9 +56,12 @@
 //!   or without lock, and the new value is computed from that value.  So a change can never
 //!   undo another one made in between: a leaf zapped or broken meanwhile is not made valid again
 //!   by setting or clearing AF, and a table linked by a racing mapper is not overwritten.
-//! - I4. A stage-2 leaf has no dirty bit (no DBM): a writable leaf counts as dirty.  Whoever
-//!   removes a writable leaf (zap, break-before-make) marks its page dirty; permission changes
-//!   under the read side only add permissions (relax), never remove W.
+//! - I4. A stage-2 leaf has no dirty bit: a writable leaf counts as dirty.  Whoever removes a
+//!   writable leaf (zap, break-before-make) marks its page dirty; permission changes under the
+//!   read side only add permissions (relax), never remove W.  With dirty-bit logging
+//!   ([`S2Mmu::set_hw_dbm()`]) the walker also adds W, to a page that [`pte::SW_WRITABLE`]
+//!   marks (the dirty bit modifier), as hardware DBM does: W stays the dirty state, and only the
+//!   write side takes it away (dirty logging's write protection).
 //!
 //! Memory orderings.  Walkers load entries with `Acquire` (each pairs with the `Release` that
 //! published the table or leaf, "Publishing with release"); every publish of a table or a leaf is
