@@ -39,7 +39,8 @@
 use super::bindings;
 use core::marker::PhantomData;
 use kernel::{
-    error::VTABLE_DEFAULT_ERROR, fs::File, module::this_module, prelude::*, types::ForeignOwnable,
+    error::VTABLE_DEFAULT_ERROR, fs::File, mm::virt::VmaNew, module::this_module, prelude::*,
+    types::ForeignOwnable,
 };
 
 /// The operations of a file on the anonymous inode.
@@ -61,6 +62,17 @@ pub(crate) trait AnonInodeFile: Sized {
         _cmd: u32,
         _arg: usize,
     ) -> Result<isize> {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Sets up `vma`, a new mapping of the file (`mmap()`): check what is
+    /// asked, set the VMA's flags, and map the pages or install the VMA's
+    /// operations.
+    fn mmap(
+        _data: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _vma: &VmaNew,
+    ) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
@@ -164,6 +176,26 @@ impl<T: AnonInodeFile> AnonInodeVTable<T> {
         }
     }
 
+    /// # Safety
+    ///
+    /// `file` must be a file made by [`getfd::<T>`](getfd), and `vma` a
+    /// VMA being set up by an `mmap()` of it.
+    unsafe extern "C" fn mmap(
+        file: *mut bindings::file,
+        vma: *mut bindings::vm_area_struct,
+    ) -> c_int {
+        // SAFETY: As in `ioctl()`: the file and its data live for the call.
+        let data = unsafe { T::Ptr::borrow((*file).private_data) };
+        // SAFETY: The caller passes a VMA in its initial setup, for the call.
+        let vma = unsafe { VmaNew::from_raw(vma) };
+        // SAFETY: As in `ioctl()`.
+        let file = unsafe { File::from_raw_file(file) };
+        match T::mmap(data, file, vma) {
+            Ok(()) => 0,
+            Err(err) => err.to_errno(),
+        }
+    }
+
     const VTABLE: bindings::file_operations = bindings::file_operations {
         owner: this_module::<T::OwnerModule>().as_ptr(),
         release: Some(Self::release),
@@ -180,6 +212,7 @@ impl<T: AnonInodeFile> AnonInodeVTable<T> {
         } else {
             None
         },
+        mmap: if T::HAS_MMAP { Some(Self::mmap) } else { None },
         // Seeking succeeds and does nothing, as on KVM's fds.
         llseek: Some(bindings::noop_llseek),
         ..pin_init::zeroed()

@@ -11,6 +11,7 @@
 #include <linux/preempt.h>
 #include <linux/sched.h>
 #include <linux/sched/mm.h>
+#include <linux/vmalloc.h>
 #include "secmmu_helpers.h"
 
 bool secmmu_range_blockable(const struct mmu_notifier_range *range)
@@ -223,4 +224,9 @@ int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
 out:
 	local_irq_restore(flags);
 	return level;
+}
+
+void *secmmu_vmalloc_user(unsigned long size)
+{
+	return vmalloc_user(size);
 }

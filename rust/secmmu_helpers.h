@@ -14,6 +14,7 @@
 #include <linux/mmu_notifier.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
+#include <linux/vmalloc.h>
 
 /* mmu_notifier_range_blockable(): may this invalidation sleep? */
 bool secmmu_range_blockable(const struct mmu_notifier_range *range);
@@ -90,5 +91,11 @@ void secmmu_set_page_dirty(unsigned long pfn);
  */
 int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
 		     unsigned long *pfn, bool *writable);
+
+/*
+ * vmalloc_user(): zeroed vmalloc memory that remap_vmalloc_range() may map
+ * into user space (a macro, for allocation tagging).
+ */
+void *secmmu_vmalloc_user(unsigned long size);
 
 #endif /* _SECMMU_HELPERS_H */
