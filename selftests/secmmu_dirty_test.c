@@ -12,6 +12,10 @@
  * The "dirty_api" fixture is the same over 4K pages only, for the tests
  * whose subject is not the backing (the run page, the uAPI's checks).
  *
+ * With dirty rings (SECMMU_CONFIGURE's dirty_ring_size), the vCPU logs
+ * into its ring, which the tests map and harvest as KVM's
+ * dirty_log_test.c does in its ring mode; dirty_ring_full fills it.
+ *
  * The round-tagged workload (KVM's dirty_log_test.c): a writer thread
  * writes the round number into random pages through the vCPU while the main
  * thread harvests the log; at the end of each round the writer pauses, the
@@ -46,6 +50,11 @@
 #define INIT_SET	SECMMU_CFG_DIRTY_LOG_INITIALLY_SET
 #define EAGER		SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT
 #define DBIT		SECMMU_CFG_DIRTY_LOG_DIRTY_BIT
+/* Not a SECMMU_CFG_ flag: the tests' own, for a space with dirty rings. */
+#define RING		0x80000000u
+/* 1024 entries: soft full at 448, SECMMU_DIRTY_RING_RSVD_ENTRIES short. */
+#define RING_BYTES	(16 * 1024)
+#define RING_ENTRIES	(RING_BYTES / sizeof(struct secmmu_dirty_gfn))
 
 enum backing { B_4K, B_THP, B_HUGETLB };
 
@@ -127,6 +136,9 @@ struct writer {
 	atomic_ulong round;
 	atomic_bool pause, paused, stop;
 	atomic_ulong writes;
+	/* Dirty rings: exits for a full ring, and waiting for a harvest now. */
+	atomic_ulong ring_full;
+	atomic_bool full;
 	int err;
 	unsigned int seed;
 };
@@ -151,6 +163,15 @@ static void *writer_fn(void *arg)
 		v = atomic_load(&w->round);
 		ret = guest_access(w->vcpu, GPA_BASE + page * PAGE_SZ, &v,
 				   sizeof(v), 1);
+		while (ret == -EAGAIN && !atomic_load(&w->stop)) {
+			/* The ring is full: write again once it was harvested. */
+			atomic_fetch_add(&w->ring_full, 1);
+			atomic_store(&w->full, true);
+			usleep(100);
+			ret = guest_access(w->vcpu, GPA_BASE + page * PAGE_SZ,
+					   &v, sizeof(v), 1);
+		}
+		atomic_store(&w->full, false);
 		if (ret) {
 			w->err = ret;
 			break;
@@ -181,7 +202,8 @@ static void writer_wait(struct writer *w, unsigned long n)
 	unsigned long goal = atomic_load(&w->writes) + n;
 	double end = now_s() + 2;
 
-	while (atomic_load(&w->writes) < goal && now_s() < end && !w->err)
+	while (atomic_load(&w->writes) < goal && now_s() < end && !w->err &&
+	       !atomic_load(&w->full))
 		usleep(200);
 }
 
@@ -196,11 +218,21 @@ struct dlog {
 	unsigned long *bmap;	/* one harvest (64-bit words) */
 	unsigned long *seen;	/* a round's harvests, ORed */
 	unsigned char *snap;
+	struct secmmu_dirty_gfn *ring;	/* the vCPU's dirty ring, mapped */
+	unsigned long ring_next;	/* the next entry to collect */
 };
+
+static void ring_unmap(struct dlog *d)
+{
+	if (d->ring)
+		munmap(d->ring, RING_BYTES);
+	d->ring = NULL;
+}
 
 /* Closes the space of a test and its vCPU, for another space. */
 static void dlog_close(struct dlog *d)
 {
+	ring_unmap(d);
 	close(d->vcpu);
 	close(d->fd);
 	d->vcpu = -1;
@@ -232,6 +264,7 @@ static void dlog_setup(struct __test_metadata *_metadata, struct dlog *d,
 
 static void dlog_teardown(struct dlog *d, enum backing backing)
 {
+	ring_unmap(d);
 	if (d->vcpu >= 0)
 		close(d->vcpu);
 	if (d->fd >= 0)
@@ -292,17 +325,37 @@ FIXTURE_TEARDOWN(dirty_api)
 	dlog_teardown(&self->d, B_4K);
 }
 
+/* Maps the dirty ring of @d's vCPU: 0 or -errno. */
+static int ring_map(struct dlog *d)
+{
+	void *p = mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED,
+		       d->vcpu, SECMMU_DIRTY_LOG_PAGE_OFFSET * PAGE_SZ);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	d->ring = p;
+	d->ring_next = 0;
+	return 0;
+}
+
 /*
- * The space of a test: configured with @cfg_flags, slot 0 over the memory
- * (not logging yet), one vCPU, every page written through it (the value
- * written is its gpa, never a round number). 0 or -errno.
+ * The space of a test: configured with @cfg_flags (RING: with dirty rings,
+ * the vCPU's mapped), slot 0 over the memory (not logging yet), one vCPU,
+ * every page written through it (the value written is its gpa, never a
+ * round number). 0 or -errno.
  */
 static int dirty_space(struct dlog *d, unsigned int format,
 		       unsigned int cfg_flags)
 {
+	struct secmmu_config cfg = {
+		.flags = cfg_flags & ~RING,
+		.format = format,
+		.nr_roots = 1,
+		.dirty_ring_size = cfg_flags & RING ? RING_BYTES : 0,
+	};
 	int ret;
 
-	d->fd = space_create(format, 1, cfg_flags);
+	d->fd = space_create_cfg(&cfg);
 	if (d->fd < 0)
 		return d->fd;
 	ret = set_slot(d->fd, 0, 0, GPA_BASE, d->size, d->mem);
@@ -311,8 +364,49 @@ static int dirty_space(struct dlog *d, unsigned int format,
 	d->vcpu = vcpu_create(d->fd, 0);
 	if (d->vcpu < 0)
 		return d->vcpu;
+	if (cfg_flags & RING) {
+		ret = ring_map(d);
+		if (ret)
+			return ret;
+	}
 	return run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
 			 GPA_BASE + d->size, PAGE_SZ, 0, NULL);
+}
+
+/*
+ * Collects the dirty entries of the ring from where the last collection
+ * stopped, into @d->bmap, as dirty_ring_collect_dirty_pages() of KVM's
+ * dirty_log_test.c does: flags read with acquire, RESET set with release.
+ * Returns how many, or -EPROTO for an entry the kernel should not have
+ * pushed (not slot 0, past the slot, flags other than DIRTY).
+ */
+static long ring_collect(struct dlog *d)
+{
+	long n = 0;
+
+	for (;;) {
+		struct secmmu_dirty_gfn *e = &d->ring[d->ring_next % RING_ENTRIES];
+		__u32 flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+
+		if (!(flags & SECMMU_DIRTY_GFN_F_DIRTY))
+			return n;
+		if (flags != SECMMU_DIRTY_GFN_F_DIRTY || e->slot != 0 ||
+		    e->offset >= d->npages)
+			return -EPROTO;
+		d->bmap[e->offset / 64] |= 1UL << (e->offset % 64);
+		__atomic_store_n(&e->flags, flags | SECMMU_DIRTY_GFN_F_RESET,
+				 __ATOMIC_RELEASE);
+		d->ring_next++;
+		n++;
+	}
+}
+
+/* SECMMU_RESET_DIRTY_RINGS: the entries it freed, or -errno. */
+static long ring_reset(int fd)
+{
+	long ret = ioctl(fd, SECMMU_RESET_DIRTY_RINGS, 0);
+
+	return ret < 0 ? -errno : ret;
 }
 
 static unsigned long snap_count(struct dlog *d, unsigned int bits,
@@ -346,6 +440,23 @@ static int harvest(struct dlog *d, bool manual)
 	unsigned long half = (d->npages / 2) & ~63UL, i;
 	int ret;
 
+	if (d->ring) {
+		/* Collect, then reset: it frees exactly what was collected. */
+		long n, freed;
+
+		memset(d->bmap, 0, d->nwords * 8);
+		n = ring_collect(d);
+		if (n < 0)
+			return n;
+		freed = ring_reset(d->fd);
+		if (freed < 0)
+			return freed;
+		if (freed != n)
+			return -EPROTO;
+		for (i = 0; i < d->nwords; i++)
+			d->seen[i] |= d->bmap[i];
+		return 0;
+	}
 	memset(d->bmap, 0xa5, d->nwords * 8);
 	ret = get_log(d->fd, 0, d->bmap);
 	if (ret)
@@ -397,6 +508,25 @@ static unsigned long verify_round(struct __test_metadata *_metadata,
 }
 
 /*
+ * Pauses the writer as writer_pause() does; with a ring, harvests into
+ * @d->seen while the writer waits for room, so that it finishes its write.
+ */
+static int writer_pause_harvest(struct writer *w, struct dlog *d)
+{
+	atomic_store(&w->pause, true);
+	while (!atomic_load(&w->paused)) {
+		if (d->ring && atomic_load(&w->full)) {
+			int ret = harvest(d, false);
+
+			if (ret)
+				return ret;
+		}
+		usleep(50);
+	}
+	return 0;
+}
+
+/*
  * The round-tagged workload of dirty_log_test.c for one mode: @cfg_flags
  * chooses manual protection and INITIALLY_SET. Returns after checking all
  * ROUNDS rounds and the coherence auditor.
@@ -440,11 +570,12 @@ static void dirty_log_rounds(struct __test_metadata *_metadata,
 		memset(d->seen, 0, d->nwords * 8);
 		atomic_store(&w.round, r);
 		writer_resume(&w);
-		writer_wait(&w, d->npages / 8);
+		/* With a ring, long enough to fill it: the writer waits for this. */
+		writer_wait(&w, d->npages / (cfg_flags & RING ? 2 : 8));
 		/* Harvest while the vCPU writes, then once more after it stopped. */
 		ASSERT_EQ(0, harvest(d, manual));
 		writer_wait(&w, 16);
-		writer_pause(&w);
+		ASSERT_EQ(0, writer_pause_harvest(&w, d));
 		ASSERT_EQ(0, w.err);
 		ASSERT_EQ(0, harvest(d, manual));
 		if (init_set && r == 1) {
@@ -457,12 +588,14 @@ static void dirty_log_rounds(struct __test_metadata *_metadata,
 	atomic_store(&w.stop, true);
 	pthread_join(t, NULL);
 	ASSERT_EQ(0, w.err);
-	TH_LOG("%s %s%s%s: %lu pages, %lu writes, %lu reported dirty in %d rounds",
+	TH_LOG("%s %s%s%s: %lu pages, %lu writes, %lu reported dirty in %d rounds, %lu ring-full",
 	       format_name(variant->format),
-	       manual ? (init_set ? "clear-log initially-set" : "clear-log") :
+	       cfg_flags & RING ? "ring" : manual ?
+	       (init_set ? "clear-log initially-set" : "clear-log") :
 	       "bitmap", cfg_flags & EAGER ? " eager" : "",
 	       cfg_flags & DBIT ? " dirty-bit" : "", d->npages,
-	       (unsigned long)atomic_load(&w.writes), total, ROUNDS);
+	       (unsigned long)atomic_load(&w.writes), total, ROUNDS,
+	       (unsigned long)atomic_load(&w.ring_full));
 	ASSERT_LT(0, total);
 	/* Every leaf is 4K while the slot logs. */
 	ASSERT_EQ(0, take_snapshot(d));
@@ -488,6 +621,18 @@ TEST_F_TIMEOUT(dirty, dirty_log_clear, 300)
 TEST_F_TIMEOUT(dirty, dirty_log_initially_set, 300)
 {
 	dirty_log_rounds(_metadata, &self->d, variant, MANUAL | INIT_SET);
+}
+
+/* Each vCPU logs into its dirty ring; a reset write-protects again. */
+TEST_F_TIMEOUT(dirty, dirty_log_ring, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, RING);
+}
+
+/* The same by the dirty bit: the page-modification log flushes to the ring. */
+TEST_F_TIMEOUT(dirty, dirty_log_ring_dirty_bit, 300)
+{
+	dirty_log_rounds(_metadata, &self->d, variant, RING | DBIT);
 }
 
 /* The same by the dirty bit: the vCPU's page-modification log reports. */
@@ -1088,6 +1233,208 @@ TEST_F(dirty_api, dirty_log_uapi)
 	EXPECT_EQ(0, clear_log(fd, 0, 0, n, d->bmap));
 	EXPECT_EQ(0, clear_log(fd, 0, 0, 0, d->bmap));
 	close(fd);
+}
+
+/* Whether exactly the pages [@first, @first + @n) are set in @d->bmap. */
+static bool bmap_is_run(struct dlog *d, unsigned long first, unsigned long n)
+{
+	unsigned long i;
+
+	for (i = 0; i < d->npages; i++)
+		if (test_bit(d->bmap, i) != (i >= first && i < first + n))
+			return false;
+	return true;
+}
+
+/*
+ * The ring fills (KVM's KVM_EXIT_DIRTY_RING_FULL): one RUN pass writes
+ * every page of a logging slot; it exits with -EAGAIN and
+ * SECMMU_EXIT_DIRTY_RING_FULL once the ring is soft full, before an access
+ * it has not done, and again at once, doing nothing, until a reset frees
+ * entries; then it goes on from where it stopped. Write protection pushes
+ * at each fault, so the vCPU stops exactly at the soft limit; the dirty bit
+ * pushes a guest-mode stretch's log at once, into the reserved room.
+ */
+static void ring_full(struct __test_metadata *_metadata, struct dlog *d,
+		      unsigned int format, unsigned int flags)
+{
+	unsigned long soft = RING_ENTRIES - SECMMU_DIRTY_RING_RSVD_ENTRIES;
+	struct secmmu_run run = {
+		.op = SECMMU_RUN_WRITE, .start = GPA_BASE,
+		.end = GPA_BASE + d->size, .stride = PAGE_SZ, .pattern = 5,
+		.passes = 1,
+	};
+	unsigned long first = 0, exits = 0, page;
+	long n;
+
+	ASSERT_EQ(0, dirty_space(d, format, flags | RING));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	for (;;) {
+		struct secmmu_run again;
+		int ret = vcpu_run(d->vcpu, &run);
+
+		if (!ret)
+			break;
+		ASSERT_EQ(-EAGAIN, ret);
+		ASSERT_EQ(SECMMU_EXIT_DIRTY_RING_FULL, run.exit_reason);
+		ASSERT_EQ(0, run.exit_pass);
+		exits++;
+		again = run;
+		again.start = run.exit_gpa;
+		ASSERT_EQ(-EAGAIN, vcpu_run(d->vcpu, &again));
+		ASSERT_EQ(0, again.accesses);
+		ASSERT_EQ(SECMMU_EXIT_DIRTY_RING_FULL, again.exit_reason);
+
+		memset(d->bmap, 0, d->nwords * 8);
+		n = ring_collect(d);
+		ASSERT_LE((long)soft, n);
+		ASSERT_GT((long)RING_ENTRIES, n);
+		if (!(flags & DBIT))
+			ASSERT_EQ((long)soft, n);
+		/* The pages written since the last resume, each once, in order. */
+		ASSERT_TRUE(bmap_is_run(d, first, n));
+		/* Collected but not reset: still full. */
+		ASSERT_EQ(-EAGAIN, vcpu_run(d->vcpu, &again));
+		ASSERT_EQ(n, ring_reset(d->fd));
+		/* Go on from the access it had not done. */
+		first = (run.exit_gpa - GPA_BASE) / PAGE_SZ;
+		run.start = run.exit_gpa;
+	}
+	TH_LOG("%s%s: %lu ring-full exits over %lu pages", format_name(format),
+	       flags & DBIT ? " dirty-bit" : "", exits, d->npages);
+	ASSERT_LE(d->npages / RING_ENTRIES, exits);
+	memset(d->bmap, 0, d->nwords * 8);
+	n = ring_collect(d);
+	ASSERT_TRUE(bmap_is_run(d, first, d->npages - first));
+	ASSERT_EQ(n, ring_reset(d->fd));
+	/* Every write landed, once resumed. */
+	for (page = 0; page < d->npages; page++) {
+		unsigned long gpa = GPA_BASE + page * PAGE_SZ;
+
+		ASSERT_EQ(5 ^ gpa, *(__u64 *)(d->mem + page * PAGE_SZ));
+	}
+}
+
+TEST_F_TIMEOUT(dirty_api, dirty_ring_full, 120)
+{
+	if (!self->d.mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ring_full(_metadata, &self->d, variant->format, 0);
+	dlog_close(&self->d);
+	ring_full(_metadata, &self->d, variant->format, DBIT);
+}
+
+/* The ring's uAPI: its size, its mapping, and resets of broken entries. */
+TEST_F(dirty_api, dirty_ring_uapi)
+{
+	struct secmmu_config cfg = { .format = variant->format, .nr_roots = 1 };
+	unsigned long ring_pages = RING_BYTES / PAGE_SZ;
+	unsigned long off = SECMMU_DIRTY_LOG_PAGE_OFFSET * PAGE_SZ;
+	struct dlog *d = &self->d;
+	struct secmmu_dirty_gfn *e;
+	void *p;
+	int i;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	/* A power of two, of at least a page and the reserved entries. */
+	cfg.dirty_ring_size = PAGE_SZ;
+	EXPECT_EQ(-EINVAL, space_create_cfg(&cfg));
+	cfg.dirty_ring_size = 8192;
+	EXPECT_EQ(-EINVAL, space_create_cfg(&cfg));
+	cfg.dirty_ring_size = 3 * 8192;
+	EXPECT_EQ(-EINVAL, space_create_cfg(&cfg));
+	cfg.dirty_ring_size = 2 * SECMMU_DIRTY_RING_MAX_ENTRIES * 16;
+	EXPECT_EQ(-E2BIG, space_create_cfg(&cfg));
+	cfg.dirty_ring_size = 1u << 31;
+	EXPECT_EQ(-E2BIG, space_create_cfg(&cfg));
+	cfg.dirty_ring_size = RING_BYTES;
+	cfg.pad = 1;
+	EXPECT_EQ(-EINVAL, space_create_cfg(&cfg));
+
+	/* Without rings: no reset, nothing to map. */
+	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
+	EXPECT_EQ(-EINVAL, ring_reset(d->fd));
+	p = mmap(NULL, PAGE_SZ, PROT_READ, MAP_SHARED, d->vcpu, off);
+	EXPECT_EQ(MAP_FAILED, p);
+	EXPECT_EQ(EINVAL, errno);
+	dlog_close(d);
+
+	ASSERT_EQ(0, dirty_space(d, variant->format, RING));
+	EXPECT_EQ(-1, ioctl(d->fd, SECMMU_RESET_DIRTY_RINGS, 1));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(0, ring_reset(d->fd));
+	/* Shared, not executable, from the ring's offset, within the ring. */
+	p = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE, d->vcpu, off);
+	EXPECT_EQ(MAP_FAILED, p);
+	p = mmap(NULL, PAGE_SZ, PROT_READ | PROT_EXEC, MAP_SHARED, d->vcpu, off);
+	EXPECT_EQ(MAP_FAILED, p);
+	p = mmap(NULL, PAGE_SZ, PROT_READ, MAP_SHARED, d->vcpu, 0);
+	EXPECT_EQ(MAP_FAILED, p);
+	p = mmap(NULL, PAGE_SZ, PROT_READ, MAP_SHARED, d->vcpu, off - PAGE_SZ);
+	EXPECT_EQ(MAP_FAILED, p);
+	p = mmap(NULL, 2 * RING_BYTES, PROT_READ, MAP_SHARED, d->vcpu, off);
+	EXPECT_EQ(MAP_FAILED, p);
+	p = mmap(NULL, PAGE_SZ, PROT_READ, MAP_SHARED, d->vcpu,
+		 off + RING_BYTES);
+	EXPECT_EQ(MAP_FAILED, p);
+	/* Its last page alone, which is the ring's. */
+	p = mmap(NULL, PAGE_SZ, PROT_READ, MAP_SHARED, d->vcpu,
+		 off + (ring_pages - 1) * PAGE_SZ);
+	ASSERT_NE(MAP_FAILED, p);
+	EXPECT_EQ(0, memcmp(p, (char *)d->ring + RING_BYTES - PAGE_SZ, PAGE_SZ));
+	munmap(p, PAGE_SZ);
+	EXPECT_EQ(-1, mprotect(d->ring, PAGE_SZ, PROT_READ | PROT_EXEC));
+
+	/* Four entries: pages 0-3 written while the slot logs. */
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + 4 * PAGE_SZ, PAGE_SZ, 1, NULL));
+	e = d->ring;
+	for (i = 0; i < 4; i++) {
+		EXPECT_EQ(SECMMU_DIRTY_GFN_F_DIRTY, e[i].flags);
+		EXPECT_EQ(0, e[i].slot);
+		EXPECT_EQ(i, e[i].offset);
+	}
+	EXPECT_EQ(0, e[4].flags);
+	/* Not collected: nothing to free. */
+	EXPECT_EQ(0, ring_reset(d->fd));
+	/* RESET without DIRTY: refused there, and left as it is. */
+	e[0].flags = SECMMU_DIRTY_GFN_F_RESET;
+	EXPECT_EQ(-EINVAL, ring_reset(d->fd));
+	EXPECT_EQ(SECMMU_DIRTY_GFN_F_RESET, e[0].flags);
+	/* An unknown bit: the entries before it are freed. */
+	e[0].flags = SECMMU_DIRTY_GFN_F_DIRTY | SECMMU_DIRTY_GFN_F_RESET;
+	e[1].flags = 7;
+	EXPECT_EQ(-EINVAL, ring_reset(d->fd));
+	EXPECT_EQ(0, e[0].flags);
+	EXPECT_EQ(7, e[1].flags);
+	/* A slot that does not exist, a page far past the slot: freed. */
+	e[1].flags = SECMMU_DIRTY_GFN_F_DIRTY | SECMMU_DIRTY_GFN_F_RESET;
+	e[2].slot = 99;
+	e[2].flags |= SECMMU_DIRTY_GFN_F_RESET;
+	e[3].offset = ~0ULL;
+	e[3].flags |= SECMMU_DIRTY_GFN_F_RESET;
+	/* Entries the vCPU never pushed are never read. */
+	for (i = 4; i < 8; i++)
+		e[i].flags = SECMMU_DIRTY_GFN_F_DIRTY | SECMMU_DIRTY_GFN_F_RESET;
+	EXPECT_EQ(3, ring_reset(d->fd));
+	EXPECT_EQ(0, ring_reset(d->fd));
+	/* The next push overwrites what userspace wrote there. */
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE + 10 * PAGE_SZ,
+			       GPA_BASE + 11 * PAGE_SZ, PAGE_SZ, 1, NULL));
+	EXPECT_EQ(SECMMU_DIRTY_GFN_F_DIRTY, e[4].flags);
+	EXPECT_EQ(10, e[4].offset);
+	e[4].flags |= SECMMU_DIRTY_GFN_F_RESET;
+	EXPECT_EQ(1, ring_reset(d->fd));
+	/* vCPU writes went to the ring, none to the bitmap, which still reads. */
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_EQ(0, count_set(d->bmap, d->npages));
+	/* The mapping outlives the vCPU; the space has no ring to reset. */
+	close(d->vcpu);
+	d->vcpu = -1;
+	EXPECT_EQ(10, e[4].offset);
+	EXPECT_EQ(0, ring_reset(d->fd));
 }
 
 TEST_HARNESS_MAIN

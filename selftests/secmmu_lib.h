@@ -93,6 +93,22 @@ static inline const char *format_name(unsigned int format)
  * A space configured with @nr_roots roots of page-table format @format and
  * @ia_bits guest-physical bits (0: the format's default, 48).
  */
+/* A space configured with @cfg; returns its fd or -errno. */
+static inline int space_create_cfg(struct secmmu_config *cfg)
+{
+	int fd = open("/dev/secmmu", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	if (secmmu_ioctl(fd, SECMMU_CONFIGURE, cfg)) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
 static inline int space_create_ia(unsigned int format, unsigned int nr_roots,
 				  unsigned int flags, unsigned int ia_bits)
 {
@@ -102,17 +118,8 @@ static inline int space_create_ia(unsigned int format, unsigned int nr_roots,
 		.nr_roots = nr_roots,
 		.ia_bits = ia_bits,
 	};
-	int fd = open("/dev/secmmu", O_RDWR | O_CLOEXEC);
 
-	if (fd < 0)
-		return -errno;
-	if (secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg)) {
-		int err = -errno;
-
-		close(fd);
-		return err;
-	}
-	return fd;
+	return space_create_cfg(&cfg);
 }
 
 /* A space configured with @nr_roots roots of page-table format @format. */

@@ -199,9 +199,9 @@ TEST_F(fmt, memslot_validation)
 	if (!arm64)
 		EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	cfg.ia_bits = arm64 ? 40 : 0;
-	cfg.reserved[3] = 1;
+	cfg.reserved[2] = 1;
 	EXPECT_EQ(-EINVAL, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
-	cfg.reserved[3] = 0;
+	cfg.reserved[2] = 0;
 	ASSERT_EQ(0, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	EXPECT_EQ(-EBUSY, secmmu_ioctl(fd, SECMMU_CONFIGURE, &cfg));
 	/* A slot must fit the configured width. */

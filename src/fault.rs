@@ -22,6 +22,7 @@
 //! Documentation/secmmu-protocols.rst.
 
 use crate::{
+    dirty_ring::VcpuRing,
     ext::{
         gup::UserPageRef,
         mm::{self, LeafLevel},
@@ -44,6 +45,8 @@ pub(crate) enum Exit {
     MemoryFault,
     /// Another error: `EINTR` for a signal, `EIO` after release, `ENOMEM`.
     Errno(Error),
+    /// The vCPU's dirty ring is soft full (`EAGAIN`, ring-full exit).
+    DirtyRingFull,
 }
 
 impl From<Error> for Exit {
@@ -97,6 +100,9 @@ pub(crate) struct FaultIn<'a> {
     pub(crate) vcpu: usize,
     pub(crate) root: usize,
     pub(crate) caches: &'a mut FaultCaches,
+    /// The faulting vCPU's dirty ring, if the space has rings: a write
+    /// fault in a logging slot logs there.
+    pub(crate) ring: Option<&'a VcpuRing>,
     pub(crate) gfn: Gfn,
     pub(crate) write: bool,
 }
@@ -110,6 +116,7 @@ impl WithFormat for FaultIn<'_> {
             vcpu,
             root,
             caches,
+            ring,
             gfn,
             write,
         } = self;
@@ -118,7 +125,7 @@ impl WithFormat for FaultIn<'_> {
             // Dirty logging write-protected the leaf: make it writable again
             // and log the page, without get_user_pages, and before anything
             // else, as KVM's fast_page_fault() runs first.
-            if write && logs_dirty(space, gfn) && fix_write_protect::<F>(space, root, gfn) {
+            if write && logs_dirty(space, gfn) && fix_write_protect::<F>(space, root, gfn, ring) {
                 return Ok(());
             }
             let mut fault = begin(space, vcpu, gfn, write)?;
@@ -150,7 +157,7 @@ impl WithFormat for FaultIn<'_> {
             let hva = fault.hva;
             fault.resolved(Pfn::new(page.pfn() as u64), || host_level(hva));
 
-            let mapped = match install::<F>(space, root, &fault, caches) {
+            let mapped = match install::<F>(space, root, &fault, caches, ring) {
                 Installed::Mapped(m) => m,
                 Installed::Dead => return Err(Exit::Errno(EIO)),
                 Installed::Retry => {
@@ -211,6 +218,7 @@ fn install<F: Format>(
     root: usize,
     fault: &Fault,
     caches: &mut FaultCaches,
+    ring: Option<&VcpuRing>,
 ) -> Installed {
     let mut guard = F::FaultSide::lock(&space.mmu);
     // A space released since the fault began keeps its tables, but nothing
@@ -243,8 +251,8 @@ fn install<F: Format>(
         // side) sees the bit or comes after and write-protects the leaf
         // ("Dirty logging" in Documentation/secmmu-protocols.rst). A write
         // fault maps writable; it logs even when it found the leaf writable.
-        if fault.write && mapped.is_ok() {
-            slot.mark_dirty(fault.gfn);
+        if fault.write && mapped.is_ok() && slot.mark_dirty_by(fault.gfn, ring) {
+            space.stats.dirty_ring_overflows.inc();
         }
         mapped
     };
@@ -311,7 +319,12 @@ fn logs_dirty(space: &Space, gfn: Gfn) -> bool {
 /// It needs no invalidation sequence: the leaf maps the page as the
 /// primary MMU still does, or an invalidation would have zapped it, and the
 /// set read under the lock is the current one.
-fn fix_write_protect<F: Format>(space: &Space, root: usize, gfn: Gfn) -> bool {
+fn fix_write_protect<F: Format>(
+    space: &Space,
+    root: usize,
+    gfn: Gfn,
+    ring: Option<&VcpuRing>,
+) -> bool {
     let mut guard = F::FaultSide::lock(&space.mmu);
     if space.check_alive().is_err() {
         return false;
@@ -329,7 +342,9 @@ fn fix_write_protect<F: Format>(space: &Space, root: usize, gfn: Gfn) -> bool {
     if !F::fix_write_protect_fault(tables, root, gfn) {
         return false;
     }
-    slot.mark_dirty(gfn);
+    if slot.mark_dirty_by(gfn, ring) {
+        space.stats.dirty_ring_overflows.inc();
+    }
     drop(preempt);
     drop(guard);
     space.stats.faults.inc();

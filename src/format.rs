@@ -22,6 +22,7 @@
 
 use crate::{
     arm64::mmu::{self as s2, S2Mmu, S2Root},
+    dirty_ring::VcpuRing,
     ext::{preempt::PreemptGuard, rwlock::ReadGuard},
     kpages::KernelPages,
     mmu::addr::{Gfn, Hva},
@@ -863,6 +864,27 @@ impl MemSlot {
     pub(crate) fn mark_dirty(&self, gfn: Gfn) {
         if let Some(log) = self.data.dirty() {
             log.mark(gfn - self.base_gfn);
+        }
+    }
+
+    /// Marks `gfn`, a gfn of the slot, dirty for the vCPU whose dirty ring
+    /// is `ring` if the space has rings: pushed there if the slot logs
+    /// (KVM's `mark_page_dirty_in_slot()` with a running vCPU), else as
+    /// [`MemSlot::mark_dirty()`]. The vCPU's own thread only, from the
+    /// same places. Returns whether the gfn went to a full ring and so to
+    /// the bitmap instead (not reached while the vCPU exits on a soft-full
+    /// ring: `crate::mmu::dirty_ring`).
+    pub(crate) fn mark_dirty_by(&self, gfn: Gfn, ring: Option<&VcpuRing>) -> bool {
+        let Some(log) = self.data.dirty() else {
+            return false;
+        };
+        let offset = gfn - self.base_gfn;
+        match ring.map(|r| r.push(self.id, offset)) {
+            Some(Ok(())) => false,
+            full => {
+                log.mark(offset);
+                full.is_some()
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 
 // Kernel abstractions the kernel crate lacks, written for rust/kernel/:
 // the only code that uses raw bindings.
+mod dirty_ring;
 #[allow(dead_code)]
 #[path = "../rust/ext.rs"]
 mod ext;
@@ -123,6 +124,7 @@ impl MiscDevice for SecmmuDevice {
             uapi::SET_CLOCK_PAGE => space.set_clock_page(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::GET_DIRTY_LOG => space.get_dirty_log(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::CLEAR_DIRTY_LOG => space.clear_dirty_log(&uapi::read_arg(arg)?).map(|()| 0),
+            uapi::RESET_DIRTY_RINGS => space.reset_dirty_rings(arg),
             uapi::TEST_YOUNG => space.test_young_ioctl(&uapi::read_arg(arg)?),
             uapi::AUDIT => {
                 let mut req: uapi::secmmu_audit = uapi::read_arg(arg)?;

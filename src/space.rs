@@ -34,6 +34,7 @@
 //! before any other field is dropped.
 
 use crate::{
+    dirty_ring::VcpuRing,
     ext::{
         gup::UserPageRef,
         mm::{self, LeafLevel},
@@ -49,6 +50,7 @@ use crate::{
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::aging::{AgeOp, AgeResult},
     mmu::dirty::{DirtyBitmap, Tracking},
+    mmu::dirty_ring::{self, RingSizeError},
     mmu::inval::Invalidations,
     mmu::level::Level,
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
@@ -64,6 +66,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
     mm::MmWithUser,
     new_mutex,
+    page::PAGE_SIZE,
     prelude::*,
     sync::{rcu, Arc, Mutex, MutexGuard},
 };
@@ -89,6 +92,9 @@ pub(crate) struct Config {
     /// How logging slots track writes: `SECMMU_CFG_DIRTY_LOG_DIRTY_BIT`
     /// chooses the dirty bit and the vCPUs' page-modification logs.
     pub(crate) tracking: Tracking,
+    /// Entries of each vCPU's dirty ring (`dirty_ring_size`), 0 for none:
+    /// then vCPUs log into the slots' bitmaps.
+    pub(crate) ring_entries: u32,
 }
 
 /// The state of one open `/dev/secmmu`.
@@ -137,6 +143,10 @@ pub(crate) struct Space {
     /// taken under `config` and given back when a vCPU goes (or its
     /// creation fails), so they are reused.
     vcpu_ids: AtomicU64,
+    /// The dirty ring of each vCPU, by vCPU id, while it has one and the id
+    /// is taken: for SECMMU_RESET_DIRTY_RINGS. Taken inside `config`.
+    #[pin]
+    dirty_rings: Mutex<[Option<Arc<VcpuRing>>; uapi::MAX_VCPUS]>,
     /// Set by `release()`: the mm's address space is gone ("Release and the
     /// dead address space" in Documentation/secmmu-protocols.rst).
     released: AtomicBool,
@@ -230,6 +240,7 @@ impl Space {
                 format: AtomicU32::new(0),
                 vcpu_modes: [const { VcpuMode::new() }; uapi::MAX_VCPUS],
                 vcpu_ids: AtomicU64::new(0),
+                dirty_rings <- new_mutex!([const { None }; uapi::MAX_VCPUS], "secmmu_dirty_rings"),
                 released: AtomicBool::new(false),
                 stats: Stats::default(),
                 gpcs <- GpcSet::new(gpc_policy),
@@ -284,9 +295,16 @@ impl Space {
         if cfg.flags & !uapi::CFG_FLAGS != 0 {
             return Err(EINVAL);
         }
-        if cfg.nr_roots == 0 || cfg.nr_roots > uapi::MAX_ROOTS {
+        if cfg.nr_roots == 0 || cfg.nr_roots > uapi::MAX_ROOTS || cfg.pad != 0 {
             return Err(EINVAL);
         }
+        let ring_entries = match cfg.dirty_ring_size {
+            0 => 0,
+            size => dirty_ring::ring_entries(size, PAGE_SIZE as u32).map_err(|e| match e {
+                RingSizeError::Invalid => EINVAL,
+                RingSizeError::TooBig => E2BIG,
+            })?,
+        };
         // As KVM_DIRTY_LOG_INITIALLY_SET, only with manual protection.
         let manual_protect = cfg.flags & uapi::CFG_DIRTY_LOG_MANUAL_PROTECT != 0;
         let initially_set = cfg.flags & uapi::CFG_DIRTY_LOG_INITIALLY_SET != 0;
@@ -325,6 +343,7 @@ impl Space {
             initially_set,
             eager_split: cfg.flags & uapi::CFG_DIRTY_LOG_EAGER_SPLIT != 0,
             tracking,
+            ring_entries,
         });
         Ok(())
     }
@@ -497,15 +516,17 @@ impl Space {
         self.gpcs.start_clock(self, req.gpa, period)
     }
 
-    /// Takes the lowest free vCPU id; `ENOSPC` if all
-    /// `SECMMU_MAX_VCPUS` exist. Give it back with [`Self::put_vcpu_id`].
-    pub(crate) fn get_vcpu_id(&self) -> Result<usize> {
+    /// Takes the lowest free vCPU id, for a vCPU with dirty ring `ring` if
+    /// the space has rings; `ENOSPC` if all `SECMMU_MAX_VCPUS` exist. Give
+    /// it back with [`Self::put_vcpu_id`].
+    pub(crate) fn get_vcpu_id(&self, ring: Option<Arc<VcpuRing>>) -> Result<usize> {
         let _config = self.config.lock();
         let ids = self.vcpu_ids.load(Ordering::Relaxed);
         let idx = (!ids).trailing_zeros() as usize;
         if idx >= uapi::MAX_VCPUS {
             return Err(ENOSPC);
         }
+        self.dirty_rings.lock()[idx] = ring;
         // Release: a flusher that sees the id sees the mode as its last
         // user left it (out of guest mode).
         self.vcpu_ids.fetch_or(1 << idx, Ordering::Release);
@@ -515,8 +536,9 @@ impl Space {
     /// Gives back vCPU id `idx`: its vCPU is gone, or was never made. The
     /// vCPU is out of guest mode for good, so flushers may skip it.
     pub(crate) fn put_vcpu_id(&self, idx: usize) {
-        // The next vCPU with this id starts without a run page.
+        // The next vCPU with this id starts without a run page, or the ring.
         self.gpcs.deactivate(idx);
+        self.dirty_rings.lock()[idx] = None;
         self.vcpu_ids.fetch_and(!(1 << idx), Ordering::Release);
     }
 

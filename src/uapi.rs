@@ -30,6 +30,7 @@ pub(crate) const GET_GPC_STATS: u32 = _IOR::<secmmu_gpc_stats>(SECMMUIO, 0x06);
 pub(crate) const SET_CLOCK_PAGE: u32 = _IOW::<secmmu_clock_setup>(SECMMUIO, 0x07);
 pub(crate) const GET_DIRTY_LOG: u32 = _IOW::<secmmu_dirty_log>(SECMMUIO, 0x08);
 pub(crate) const CLEAR_DIRTY_LOG: u32 = _IOW::<secmmu_clear_dirty_log>(SECMMUIO, 0x09);
+pub(crate) const RESET_DIRTY_RINGS: u32 = _IO(SECMMUIO, 0x0a);
 pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
 pub(crate) const SET_RUN_PAGE: u32 = _IOW::<secmmu_run_page_setup>(SECMMUIO, 0x12);
@@ -61,6 +62,9 @@ pub(crate) const RUN_VERIFY: u32 = 3;
 pub(crate) const EXIT_NONE: u32 = 0;
 pub(crate) const EXIT_MEMORY_FAULT: u32 = 1;
 pub(crate) const EXIT_SIGNAL: u32 = 2;
+pub(crate) const EXIT_DIRTY_RING_FULL: u32 = 3;
+/// `SECMMU_DIRTY_LOG_PAGE_OFFSET`: where a vCPU fd maps its dirty ring.
+pub(crate) const DIRTY_LOG_PAGE_OFFSET: usize = 64;
 pub(crate) const ACCESS_WRITE: u32 = 1 << 0;
 
 /// `struct secmmu_stats`.
@@ -111,7 +115,9 @@ pub(crate) struct secmmu_config {
     pub(crate) format: u32,
     pub(crate) nr_roots: u32,
     pub(crate) ia_bits: u32,
-    pub(crate) reserved: [u64; 4],
+    pub(crate) dirty_ring_size: u32,
+    pub(crate) pad: u32,
+    pub(crate) reserved: [u64; 3],
 }
 
 /// `struct secmmu_memslot`.

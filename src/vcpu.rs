@@ -15,6 +15,7 @@
 //! rescheduling and user copies happen outside guest mode.
 
 use crate::{
+    dirty_ring::{self, VcpuRing},
     ext::{
         anon_inode::{self, AnonInodeFile},
         pfn,
@@ -37,6 +38,7 @@ use kernel::{
         file::flags::{O_CLOEXEC, O_RDWR},
         File,
     },
+    mm::virt::VmaNew,
     new_mutex,
     prelude::*,
     sync::{Arc, ArcBorrow, Mutex},
@@ -73,9 +75,11 @@ struct VcpuId {
 }
 
 impl VcpuId {
-    fn new(space: &Arc<Space>) -> Result<Self> {
+    /// An id for a vCPU with dirty ring `ring`, which the space holds for
+    /// resets until the id is given back.
+    fn new(space: &Arc<Space>, ring: Option<Arc<VcpuRing>>) -> Result<Self> {
         Ok(Self {
-            idx: space.get_vcpu_id()?,
+            idx: space.get_vcpu_id(ring)?,
             space: space.clone(),
         })
     }
@@ -97,6 +101,9 @@ pub(crate) struct Vcpu {
     /// The root's tables for the lockless walker: fixed once the space is
     /// configured, freed only with the space, which this vCPU keeps alive.
     root_tables: Root,
+    /// Its dirty ring, if the space has rings: pushed to only by the
+    /// vCPU's own thread, under `state`.
+    ring: Option<Arc<VcpuRing>>,
     #[pin]
     state: Mutex<VcpuState>,
 }
@@ -122,14 +129,19 @@ impl Vcpu {
                 .ok_or(EINVAL)?
         };
         let pml = PmlLog::new().map_err(|_| ENOMEM)?;
+        let ring = match config.ring_entries {
+            0 => None,
+            n => Some(dirty_ring::new_ring(n)?),
+        };
         // Given back if anything below fails, and when the vCPU goes.
-        let id = VcpuId::new(space)?;
+        let id = VcpuId::new(space, ring.clone())?;
         let vcpu = Arc::pin_init(
             try_pin_init!(Vcpu {
                 space: space.clone(),
                 id,
                 root,
                 root_tables,
+                ring,
                 state <- new_mutex!(VcpuState {
                     tlb: SoftTlb::new(),
                     pml,
@@ -154,6 +166,13 @@ impl AnonInodeFile for Vcpu {
 
     fn ioctl(vcpu: ArcBorrow<'_, Vcpu>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         vcpu.ioctl(cmd, arg)
+    }
+
+    /// Maps the vCPU's dirty ring (`dirty_ring::mmap()`), from the space's
+    /// own process only.
+    fn mmap(vcpu: ArcBorrow<'_, Vcpu>, _file: &File, vma: &VmaNew) -> Result {
+        vcpu.space.check_caller()?;
+        dirty_ring::mmap(vcpu.ring.as_deref(), vma)
     }
 }
 
@@ -267,9 +286,23 @@ impl Vcpu {
             vcpu: self.id.idx,
             root: self.root,
             caches: &mut st.caches,
+            ring: self.ring.as_deref(),
             gfn,
             write,
         })
+    }
+
+    /// The vCPU's exit for a soft-full dirty ring, checked before it enters
+    /// the guest (KVM's `kvm_dirty_ring_check_request()`): what one
+    /// guest-mode stretch and one fault push fits in the ring then.
+    fn check_ring(&self) -> Result<(), Exit> {
+        match &self.ring {
+            Some(ring) if ring.soft_full() => {
+                self.space.stats.dirty_ring_full_exits.inc();
+                Err(Exit::DirtyRingFull)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Runs `body` in one guest-mode stretch (tlb.rs, rule 1): preemption
@@ -296,6 +329,7 @@ impl Vcpu {
         let mut g = GuestMode {
             tlb,
             pml,
+            ring: self.ring.as_deref(),
             space: &self.space,
             rcu: &rcu,
             root: self.root_tables,
@@ -322,6 +356,7 @@ impl Vcpu {
         let mut op = Some(op);
         loop {
             exit_point()?;
+            self.check_ring()?;
             let r = self.in_guest(&mut st.tlb, &mut st.pml, |g| {
                 let page = g.page(gfn, write)?;
                 if let Some(op) = op.take() {
@@ -381,7 +416,7 @@ impl Vcpu {
             if cur.pass >= run.passes {
                 break Ok(());
             }
-            if let Err(e) = exit_point() {
+            if let Err(e) = exit_point().and_then(|()| self.check_ring()) {
                 break Err(e);
             }
             match self.in_guest(&mut st.tlb, &mut st.pml, |g| {
@@ -405,6 +440,10 @@ impl Vcpu {
             Exit::MemoryFault => {
                 run.exit_reason = uapi::EXIT_MEMORY_FAULT;
                 EFAULT
+            }
+            Exit::DirtyRingFull => {
+                run.exit_reason = uapi::EXIT_DIRTY_RING_FULL;
+                EAGAIN
             }
             Exit::Errno(e) => {
                 if e == EINTR {
@@ -461,6 +500,10 @@ impl Vcpu {
                     acc.exit_gpa = gpa;
                     return Err(EFAULT);
                 }
+                Err(Exit::DirtyRingFull) => {
+                    acc.exit_gpa = gpa;
+                    return Err(EAGAIN);
+                }
                 Err(Exit::Errno(e)) => {
                     acc.exit_gpa = gpa;
                     return Err(e);
@@ -484,6 +527,8 @@ const GUEST_BUDGET: u32 = 256;
 struct GuestMode<'a> {
     tlb: &'a mut SoftTlb,
     pml: &'a mut PmlLog,
+    /// The vCPU's dirty ring, if the space has rings.
+    ring: Option<&'a VcpuRing>,
     space: &'a Space,
     /// Guest mode runs with preemption disabled: an RCU read side.
     rcu: &'a NoPreempt<'a>,
@@ -524,19 +569,26 @@ impl GuestMode<'_> {
         Ok(hit.addr as *mut u8)
     }
 
-    /// Flushes the page-modification log into the dirty bitmaps of the
-    /// slots of the gfns in it (KVM's `vmx_flush_pml_buffer()`, through
-    /// `mark_page_dirty()`), under the RCU read side of guest mode: the
-    /// set current now, whose bitmaps live until a grace period after it is
-    /// replaced. A gfn of a slot that stopped logging since is dropped.
+    /// Flushes the page-modification log into the vCPU's dirty ring, or
+    /// the dirty bitmaps of the slots of the gfns in it (KVM's
+    /// `vmx_flush_pml_buffer()`, through `mark_page_dirty()`), under the RCU
+    /// read side of guest mode: the set current now, whose bitmaps live
+    /// until a grace period after it is replaced. A gfn of a slot that
+    /// stopped logging since is dropped. The ring has room for a whole log:
+    /// the vCPU entered guest mode with it not soft full.
     fn flush_pml(&mut self) {
         let slots = self.space.memslots(self.rcu);
+        let ring = self.ring;
+        let mut overflows = 0;
         let n = self.pml.drain(|gfn| {
             if let Some(slot) = slots.lookup(gfn) {
-                slot.mark_dirty(gfn);
+                overflows += u64::from(slot.mark_dirty_by(gfn, ring));
             }
         });
         self.space.stats.pml_logged.add(n as u64);
+        if overflows != 0 {
+            self.space.stats.dirty_ring_overflows.add(overflows);
+        }
     }
 
     /// Whether a TLB flush was requested: leave guest mode now, the

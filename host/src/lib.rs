@@ -68,5 +68,8 @@ mod s2_loom;
 #[cfg(all(test, loom))]
 mod gpc_loom;
 
+#[cfg(all(test, loom))]
+mod ring_loom;
+
 #[cfg(all(test, not(loom)))]
 mod walk_tests;

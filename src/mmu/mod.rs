@@ -11,6 +11,7 @@
 pub(crate) mod addr;
 pub(crate) mod aging;
 pub(crate) mod dirty;
+pub(crate) mod dirty_ring;
 pub(crate) mod fault;
 pub(crate) mod inval;
 pub(crate) mod level;

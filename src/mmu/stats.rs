@@ -115,6 +115,12 @@ pub(crate) struct Stats {
     /// Write faults that made such a leaf writable again without
     /// get_user_pages (x86, KVM's fast page fault).
     pub(crate) dirty_fast_faults: Counter,
+    /// Dirty-ring entries SECMMU_RESET_DIRTY_RINGS freed.
+    pub(crate) dirty_ring_resets: Counter,
+    /// vCPU exits for a soft-full dirty ring.
+    pub(crate) dirty_ring_full_exits: Counter,
+    /// Gfns that found their vCPU's ring full and went to the bitmap.
+    pub(crate) dirty_ring_overflows: Counter,
     /// SECMMU_AUDIT runs.
     pub(crate) audits: Counter,
     /// Leaves they found incoherent with the primary MMU.

@@ -18,10 +18,12 @@
 
 use super::{slot_errno, Config, Space};
 use crate::{
+    dirty_ring::VcpuRing,
     ext::{preempt::PreemptGuard, sched},
     format::{FaultCaches, Kind, MemSlot, MmuState, Pgt, SlotSet},
     mmu::addr::Gfn,
     mmu::dirty::{self, DirtyBitmap, Protected, SplitAt, Tracking, WORD_PAGES},
+    mmu::dirty_ring::{Coalesce, Masked},
     mmu::memslot::{MAX_SLOTS, MEM_LOG_DIRTY_PAGES},
     mmu::prim::{self, NoPreempt},
     mmu_lock::WriteGuard,
@@ -31,7 +33,7 @@ use crate::{
 use kernel::{
     alloc::KVVec,
     prelude::*,
-    sync::MutexGuard,
+    sync::{Arc, MutexGuard},
     uaccess::{UserPtr, UserSlice},
 };
 
@@ -170,8 +172,26 @@ impl Space {
     /// dropping the MMU lock" in Documentation/secmmu-protocols.rst): a TLB
     /// still allowing writes would let them go unlogged.
     fn protect_locked(&self, id: u32, f: impl FnOnce(&mut Pgt, &MemSlot) -> Protected) {
+        self.protect_in_set(|mmu, slots| {
+            slots
+                .by_id(id)
+                .map_or_else(Protected::default, |slot| f(mmu, slot))
+        });
+    }
+
+    /// [`Space::protect_locked()`] for `f` given the whole current set.
+    fn protect_in_set(&self, f: impl FnOnce(&mut Pgt, &SlotSet) -> Protected) {
         let mut guard = self.mmu.write();
-        let done = self.with_slot_tables(&mut guard, id, f).unwrap_or_default();
+        let done = {
+            // The set is the current one for as long as the lock is held.
+            let preempt = PreemptGuard::new();
+            let rcu: NoPreempt<'_> = preempt.proof().into();
+            let slots = self.memslots(&rcu);
+            guard
+                .mmu
+                .as_mut()
+                .map_or_else(Protected::default, |mmu| f(mmu, slots))
+        };
         if done.needs_flush() {
             self.flush_remote_tlbs();
         }
@@ -344,8 +364,7 @@ impl Space {
 }
 
 /// Makes the pages of `slot` whose bits are set in `bits`, word `word` of
-/// its bitmap, clean as `tracking` says, a run of pages at a time. MMU lock
-/// held for write.
+/// its bitmap, clean as `tracking` says. MMU lock held for write.
 fn protect_bits(
     mmu: &mut Pgt,
     slot: &MemSlot,
@@ -353,10 +372,140 @@ fn protect_bits(
     bits: u64,
     tracking: Tracking,
 ) -> Protected {
+    protect_mask(mmu, slot, word as u64 * WORD_PAGES, bits, tracking)
+}
+
+/// Makes page `offset + i` of `slot` clean as `tracking` says for each bit
+/// `i` set in `mask`, a run of pages at a time; bits past the slot's end
+/// are ignored. MMU lock held for write.
+fn protect_mask(
+    mmu: &mut Pgt,
+    slot: &MemSlot,
+    offset: u64,
+    mask: u64,
+    tracking: Tracking,
+) -> Protected {
     let mut done = Protected::default();
-    let base = slot.base_gfn + word as u64 * WORD_PAGES;
-    for (first, last) in dirty::runs(bits) {
+    if offset >= slot.npages {
+        return done;
+    }
+    let left = slot.npages - offset;
+    let mask = if left < WORD_PAGES {
+        mask & ((1 << left) - 1)
+    } else {
+        mask
+    };
+    let base = slot.base_gfn + offset;
+    for (first, last) in dirty::runs(mask) {
         done.add(mmu.protect_gfn_range(slot, base + first, base + last, tracking));
     }
     done
+}
+
+/// Runs of pages a reset of the dirty rings write-protects under one hold
+/// of the MMU lock.
+const MASKS_PER_LOCK: usize = 256;
+
+/// The pages a reset of the dirty rings makes clean: gathered into runs
+/// ([`Coalesce`]), and the runs into batches that are protected a lock hold
+/// each (KVM takes the MMU lock once per run, `kvm_reset_dirty_gfn()`).
+struct RingReset<'a> {
+    space: &'a Space,
+    tracking: Tracking,
+    coalesce: Coalesce,
+    batch: KVec<Masked>,
+}
+
+impl RingReset<'_> {
+    /// Page `offset` of slot `slot`, from an entry being freed.
+    fn add(&mut self, slot: u32, offset: u64) {
+        if let Some(run) = self.coalesce.add(slot, offset) {
+            if self.batch.len() == MASKS_PER_LOCK {
+                self.protect_batch();
+            }
+            // Cannot fail: the capacity is there.
+            let _ = self.batch.push(run, GFP_ATOMIC);
+        }
+    }
+
+    /// Protects the runs gathered so far, including the open one.
+    fn finish(&mut self) {
+        if let Some(run) = self.coalesce.finish() {
+            if self.batch.len() == MASKS_PER_LOCK {
+                self.protect_batch();
+            }
+            let _ = self.batch.push(run, GFP_ATOMIC);
+        }
+        self.protect_batch();
+    }
+
+    /// Protects the batch, in the slots of the current set: a run of a slot
+    /// that is gone (or was never one), or that stopped logging, has nothing
+    /// to protect, as in KVM.
+    fn protect_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (batch, tracking) = (&self.batch, self.tracking);
+        self.space.protect_in_set(|mmu, slots| {
+            let mut done = Protected::default();
+            for run in batch.iter() {
+                let slot = slots.by_id(run.slot).filter(|s| s.logs_dirty());
+                if let Some(slot) = slot {
+                    done.add(protect_mask(mmu, slot, run.offset, run.mask, tracking));
+                }
+            }
+            done
+        });
+        self.batch.clear();
+        sched::cond_resched();
+    }
+}
+
+impl Space {
+    /// SECMMU_RESET_DIRTY_RINGS (KVM's `kvm_vm_ioctl_reset_dirty_pages()`):
+    /// frees the entries userspace collected in every vCPU's ring, and
+    /// write-protects (or cleans) their pages again, so that their next
+    /// writes are logged; returns how many entries it freed. A ring with a
+    /// broken entry is reset up to it, the others wholly, and the call then
+    /// fails with `EINVAL`. `EINVAL` too if the space has no rings.
+    ///
+    /// Userspace copies a page it collected after the reset returns (as
+    /// QEMU sends the pages of the entries it collected after the reset):
+    /// every write before the reset is in the copy, and every write after
+    /// it faults (or sets the dirty bit) and is logged again.
+    pub(crate) fn reset_dirty_rings(&self, arg: usize) -> Result<isize> {
+        // An `_IO` ioctl: no argument.
+        if arg != 0 {
+            return Err(EINVAL);
+        }
+        let config = self.config.lock();
+        let cfg = (*config).ok_or(EINVAL)?;
+        if cfg.ring_entries == 0 {
+            return Err(EINVAL);
+        }
+        // The vCPUs cannot go while the rings are reset: their Arcs are held.
+        let rings: [Option<Arc<VcpuRing>>; uapi::MAX_VCPUS] = self.dirty_rings.lock().clone();
+        let mut reset = RingReset {
+            space: self,
+            tracking: cfg.tracking,
+            coalesce: Coalesce::default(),
+            batch: KVec::with_capacity(MASKS_PER_LOCK, GFP_KERNEL)?,
+        };
+        let mut freed: u64 = 0;
+        let mut broken = false;
+        for ring in rings.iter().flatten() {
+            match ring.reset(|slot, offset| reset.add(slot, offset)) {
+                Ok(n) => freed += u64::from(n),
+                Err(_) => broken = true,
+            }
+        }
+        reset.finish();
+        drop(config);
+        self.stats.dirty_ring_resets.add(freed);
+        if broken {
+            return Err(EINVAL);
+        }
+        Ok(freed as isize)
+    }
 }

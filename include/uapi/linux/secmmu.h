@@ -111,7 +111,9 @@ struct secmmu_config {
 	__u32 format;		/* SECMMU_FMT_* */
 	__u32 nr_roots;		/* 1..SECMMU_MAX_ROOTS */
 	__u32 ia_bits;		/* guest-physical bits, 0: 48; arm64: 32..48 */
-	__u64 reserved[4];
+	__u32 dirty_ring_size;	/* bytes of each vCPU's dirty ring, 0: none */
+	__u32 pad;
+	__u64 reserved[3];
 };
 
 #define SECMMU_CONFIGURE	_IOW(SECMMUIO, 0x02, struct secmmu_config)
@@ -209,6 +211,7 @@ struct secmmu_snapshot {
 #define SECMMU_EXIT_NONE		0
 #define SECMMU_EXIT_MEMORY_FAULT	1
 #define SECMMU_EXIT_SIGNAL		2
+#define SECMMU_EXIT_DIRTY_RING_FULL	3
 
 #define SECMMU_ACCESS_WRITE	(1u << 0)	/* in exit_flags and access flags */
 
@@ -426,5 +429,58 @@ struct secmmu_clear_dirty_log {
 };
 
 #define SECMMU_CLEAR_DIRTY_LOG	_IOW(SECMMUIO, 0x09, struct secmmu_clear_dirty_log)
+
+/*
+ * Dirty rings (KVM_CAP_DIRTY_LOG_RING): with @dirty_ring_size in
+ * SECMMU_CONFIGURE, each vCPU logs the pages it dirties in a ring of
+ * struct secmmu_dirty_gfn of that many bytes (a power of two, at least a
+ * page and SECMMU_DIRTY_RING_RSVD_ENTRIES entries: -EINVAL; at most
+ * SECMMU_DIRTY_RING_MAX_ENTRIES entries: -E2BIG), instead of in the
+ * bitmaps of the slots. Userspace maps the ring with mmap() of the vCPU fd,
+ * MAP_SHARED, readable and writable, not executable, at page offset
+ * SECMMU_DIRTY_LOG_PAGE_OFFSET (in pages; -EINVAL otherwise).
+ *
+ * Each entry goes 00 (free) -> 01 (DIRTY: pushed by the vCPU, with the
+ * slot and the page's offset in it) -> 1X (RESET: collected by userspace)
+ * -> 00 (freed by SECMMU_RESET_DIRTY_RINGS). Userspace reads the entries
+ * in ring order from where it last stopped, @flags with acquire semantics
+ * (stopping at the first not DIRTY), and collects one by setting RESET with
+ * release semantics after reading it.
+ *
+ * SECMMU_RESET_DIRTY_RINGS frees, in each vCPU's ring, the collected entries
+ * from the last one it freed on, stopping at the first not collected, and
+ * write-protects (or cleans, with SECMMU_CFG_DIRTY_LOG_DIRTY_BIT) their
+ * pages, so that their next writes are logged again. Returns how many it
+ * freed; -EINVAL without rings. An entry in no valid state (RESET without
+ * DIRTY, unknown bits) stops the reset of its ring there, after the entries
+ * before it are freed; the other rings are reset, then the call fails with
+ * -EINVAL. An entry naming a slot that is gone or does not log, or a page
+ * outside its slot, is freed and nothing else. Entries past the last one
+ * the vCPU pushed are never read. Copy a collected page after the reset
+ * that frees its entry: writes after the reset are logged again.
+ *
+ * A vCPU whose ring is SECMMU_DIRTY_RING_RSVD_ENTRIES short of full (room
+ * for a whole page-modification log) exits SECMMU_RUN and SECMMU_ACCESS
+ * before it accesses guest memory again, with -EAGAIN, @exit_reason
+ * SECMMU_EXIT_DIRTY_RING_FULL and its position in the exit fields, until a
+ * reset frees entries (KVM_EXIT_DIRTY_RING_FULL).
+ *
+ * Writes that no vCPU makes (the guest page caches: the run page and the
+ * clock page) go to the slot's bitmap, which SECMMU_GET_DIRTY_LOG reads as
+ * without rings (KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP).
+ */
+#define SECMMU_DIRTY_GFN_F_DIRTY	(1u << 0)
+#define SECMMU_DIRTY_GFN_F_RESET	(1u << 1)
+#define SECMMU_DIRTY_LOG_PAGE_OFFSET	64
+#define SECMMU_DIRTY_RING_RSVD_ENTRIES	(512 + 64)
+#define SECMMU_DIRTY_RING_MAX_ENTRIES	65536
+
+struct secmmu_dirty_gfn {
+	__u32 flags;
+	__u32 slot;		/* the slot's id */
+	__u64 offset;		/* the page's offset in the slot, in pages */
+};
+
+#define SECMMU_RESET_DIRTY_RINGS	_IO(SECMMUIO, 0x0a)
 
 #endif /* _UAPI_LINUX_SECMMU_H */
