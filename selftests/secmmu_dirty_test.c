@@ -373,40 +373,11 @@ static int dirty_space(struct dlog *d, unsigned int format,
 			 GPA_BASE + d->size, PAGE_SZ, 0, NULL);
 }
 
-/*
- * Collects the dirty entries of the ring from where the last collection
- * stopped, into @d->bmap, as dirty_ring_collect_dirty_pages() of KVM's
- * dirty_log_test.c does: flags read with acquire, RESET set with release.
- * Returns how many, or -EPROTO for an entry the kernel should not have
- * pushed (not slot 0, past the slot, flags other than DIRTY).
- */
+/* Collects the ring's dirty entries from where the last collection stopped. */
 static long ring_collect(struct dlog *d)
 {
-	long n = 0;
-
-	for (;;) {
-		struct secmmu_dirty_gfn *e = &d->ring[d->ring_next % RING_ENTRIES];
-		__u32 flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
-
-		if (!(flags & SECMMU_DIRTY_GFN_F_DIRTY))
-			return n;
-		if (flags != SECMMU_DIRTY_GFN_F_DIRTY || e->slot != 0 ||
-		    e->offset >= d->npages)
-			return -EPROTO;
-		d->bmap[e->offset / 64] |= 1UL << (e->offset % 64);
-		__atomic_store_n(&e->flags, flags | SECMMU_DIRTY_GFN_F_RESET,
-				 __ATOMIC_RELEASE);
-		d->ring_next++;
-		n++;
-	}
-}
-
-/* SECMMU_RESET_DIRTY_RINGS: the entries it freed, or -errno. */
-static long ring_reset(int fd)
-{
-	long ret = ioctl(fd, SECMMU_RESET_DIRTY_RINGS, 0);
-
-	return ret < 0 ? -errno : ret;
+	return dirty_ring_collect(d->ring, RING_ENTRIES, &d->ring_next, d->bmap,
+				  d->npages);
 }
 
 static unsigned long snap_count(struct dlog *d, unsigned int bits,
@@ -448,7 +419,7 @@ static int harvest(struct dlog *d, bool manual)
 		n = ring_collect(d);
 		if (n < 0)
 			return n;
-		freed = ring_reset(d->fd);
+		freed = dirty_ring_reset(d->fd);
 		if (freed < 0)
 			return freed;
 		if (freed != n)
@@ -1295,7 +1266,7 @@ static void ring_full(struct __test_metadata *_metadata, struct dlog *d,
 		ASSERT_TRUE(bmap_is_run(d, first, n));
 		/* Collected but not reset: still full. */
 		ASSERT_EQ(-EAGAIN, vcpu_run(d->vcpu, &again));
-		ASSERT_EQ(n, ring_reset(d->fd));
+		ASSERT_EQ(n, dirty_ring_reset(d->fd));
 		/* Go on from the access it had not done. */
 		first = (run.exit_gpa - GPA_BASE) / PAGE_SZ;
 		run.start = run.exit_gpa;
@@ -1306,7 +1277,7 @@ static void ring_full(struct __test_metadata *_metadata, struct dlog *d,
 	memset(d->bmap, 0, d->nwords * 8);
 	n = ring_collect(d);
 	ASSERT_TRUE(bmap_is_run(d, first, d->npages - first));
-	ASSERT_EQ(n, ring_reset(d->fd));
+	ASSERT_EQ(n, dirty_ring_reset(d->fd));
 	/* Every write landed, once resumed. */
 	for (page = 0; page < d->npages; page++) {
 		unsigned long gpa = GPA_BASE + page * PAGE_SZ;
@@ -1354,7 +1325,7 @@ TEST_F(dirty_api, dirty_ring_uapi)
 
 	/* Without rings: no reset, nothing to map. */
 	ASSERT_EQ(0, dirty_space(d, variant->format, 0));
-	EXPECT_EQ(-EINVAL, ring_reset(d->fd));
+	EXPECT_EQ(-EINVAL, dirty_ring_reset(d->fd));
 	p = mmap(NULL, PAGE_SZ, PROT_READ, MAP_SHARED, d->vcpu, off);
 	EXPECT_EQ(MAP_FAILED, p);
 	EXPECT_EQ(EINVAL, errno);
@@ -1363,7 +1334,7 @@ TEST_F(dirty_api, dirty_ring_uapi)
 	ASSERT_EQ(0, dirty_space(d, variant->format, RING));
 	EXPECT_EQ(-1, ioctl(d->fd, SECMMU_RESET_DIRTY_RINGS, 1));
 	EXPECT_EQ(EINVAL, errno);
-	EXPECT_EQ(0, ring_reset(d->fd));
+	EXPECT_EQ(0, dirty_ring_reset(d->fd));
 	/* Shared, not executable, from the ring's offset, within the ring. */
 	p = mmap(NULL, PAGE_SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE, d->vcpu, off);
 	EXPECT_EQ(MAP_FAILED, p);
@@ -1398,15 +1369,15 @@ TEST_F(dirty_api, dirty_ring_uapi)
 	}
 	EXPECT_EQ(0, e[4].flags);
 	/* Not collected: nothing to free. */
-	EXPECT_EQ(0, ring_reset(d->fd));
+	EXPECT_EQ(0, dirty_ring_reset(d->fd));
 	/* RESET without DIRTY: refused there, and left as it is. */
 	e[0].flags = SECMMU_DIRTY_GFN_F_RESET;
-	EXPECT_EQ(-EINVAL, ring_reset(d->fd));
+	EXPECT_EQ(-EINVAL, dirty_ring_reset(d->fd));
 	EXPECT_EQ(SECMMU_DIRTY_GFN_F_RESET, e[0].flags);
 	/* An unknown bit: the entries before it are freed. */
 	e[0].flags = SECMMU_DIRTY_GFN_F_DIRTY | SECMMU_DIRTY_GFN_F_RESET;
 	e[1].flags = 7;
-	EXPECT_EQ(-EINVAL, ring_reset(d->fd));
+	EXPECT_EQ(-EINVAL, dirty_ring_reset(d->fd));
 	EXPECT_EQ(0, e[0].flags);
 	EXPECT_EQ(7, e[1].flags);
 	/* A slot that does not exist, a page far past the slot: freed. */
@@ -1418,15 +1389,15 @@ TEST_F(dirty_api, dirty_ring_uapi)
 	/* Entries the vCPU never pushed are never read. */
 	for (i = 4; i < 8; i++)
 		e[i].flags = SECMMU_DIRTY_GFN_F_DIRTY | SECMMU_DIRTY_GFN_F_RESET;
-	EXPECT_EQ(3, ring_reset(d->fd));
-	EXPECT_EQ(0, ring_reset(d->fd));
+	EXPECT_EQ(3, dirty_ring_reset(d->fd));
+	EXPECT_EQ(0, dirty_ring_reset(d->fd));
 	/* The next push overwrites what userspace wrote there. */
 	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE + 10 * PAGE_SZ,
 			       GPA_BASE + 11 * PAGE_SZ, PAGE_SZ, 1, NULL));
 	EXPECT_EQ(SECMMU_DIRTY_GFN_F_DIRTY, e[4].flags);
 	EXPECT_EQ(10, e[4].offset);
 	e[4].flags |= SECMMU_DIRTY_GFN_F_RESET;
-	EXPECT_EQ(1, ring_reset(d->fd));
+	EXPECT_EQ(1, dirty_ring_reset(d->fd));
 	/* vCPU writes went to the ring, none to the bitmap, which still reads. */
 	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
 	EXPECT_EQ(0, count_set(d->bmap, d->npages));
@@ -1434,7 +1405,7 @@ TEST_F(dirty_api, dirty_ring_uapi)
 	close(d->vcpu);
 	d->vcpu = -1;
 	EXPECT_EQ(10, e[4].offset);
-	EXPECT_EQ(0, ring_reset(d->fd));
+	EXPECT_EQ(0, dirty_ring_reset(d->fd));
 }
 
 TEST_HARNESS_MAIN

@@ -184,6 +184,46 @@ static inline int guest_access(int vcpu, unsigned long gpa, void *buf,
 	return secmmu_ioctl(vcpu, SECMMU_ACCESS, &a);
 }
 
+/*
+ * Collects the dirty entries of a mapped dirty ring of @entries entries from
+ * entry *@next on, setting their pages' bits in @bmap (slot 0, @npages
+ * pages), as dirty_ring_collect_dirty_pages() of KVM's dirty_log_test.c
+ * does: flags read with acquire, RESET set with release. Returns how many,
+ * or -EPROTO for an entry the kernel should not have pushed (another slot,
+ * a page past @npages, flags other than DIRTY).
+ */
+static inline long dirty_ring_collect(struct secmmu_dirty_gfn *ring,
+				      unsigned long entries,
+				      unsigned long *next, unsigned long *bmap,
+				      unsigned long npages)
+{
+	long n = 0;
+
+	for (;;) {
+		struct secmmu_dirty_gfn *e = &ring[*next % entries];
+		__u32 flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+
+		if (!(flags & SECMMU_DIRTY_GFN_F_DIRTY))
+			return n;
+		if (flags != SECMMU_DIRTY_GFN_F_DIRTY || e->slot != 0 ||
+		    e->offset >= npages)
+			return -EPROTO;
+		bmap[e->offset / 64] |= 1UL << (e->offset % 64);
+		__atomic_store_n(&e->flags, flags | SECMMU_DIRTY_GFN_F_RESET,
+				 __ATOMIC_RELEASE);
+		(*next)++;
+		n++;
+	}
+}
+
+/* SECMMU_RESET_DIRTY_RINGS: the entries it freed, or -errno. */
+static inline long dirty_ring_reset(int fd)
+{
+	long ret = ioctl(fd, SECMMU_RESET_DIRTY_RINGS, 0);
+
+	return ret < 0 ? -errno : ret;
+}
+
 static inline int snapshot(int fd, unsigned int root, unsigned long gpa,
 			   unsigned long npages, unsigned char *buf)
 {
