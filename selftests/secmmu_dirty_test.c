@@ -867,6 +867,101 @@ TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
 }
 
 /*
+ * One RUN pass of @op over [start, end) by @stride; with a ring, a ring-full
+ * exit is harvested into @d->seen and the pass goes on from where it
+ * stopped. 0 or -errno.
+ */
+static int ring_run(struct dlog *d, unsigned int op, unsigned long start,
+		    unsigned long end, unsigned long stride,
+		    unsigned long pattern)
+{
+	struct secmmu_run run;
+	int ret;
+
+	for (;;) {
+		ret = run_range(d->vcpu, op, start, end, stride, pattern, &run);
+		if (ret != -EAGAIN || !d->ring ||
+		    run.exit_reason != SECMMU_EXIT_DIRTY_RING_FULL)
+			return ret;
+		ret = harvest(d, false);
+		if (ret)
+			return ret;
+		start = run.exit_gpa;
+	}
+}
+
+/*
+ * dirty_log_invalidation with a dirty ring: what the guest wrote is in the
+ * ring whatever the primary did to the pages since; written again, they
+ * are logged again; entries of a slot deleted before they are reset are
+ * freed by the reset (which protects those pages of a new slot with the
+ * same id, as KVM's does: harmless, they fault once more).
+ */
+TEST_F_TIMEOUT(dirty, dirty_ring_invalidation, 300)
+{
+	struct dlog *d = &self->d;
+	unsigned long quarter = d->npages / 4 * PAGE_SZ, page;
+	struct secmmu_audit a;
+	char *p;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, RING));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	memset(d->seen, 0, d->nwords * 8);
+	/* The guest writes every other page, filling the ring twice. */
+	ASSERT_EQ(0, ring_run(d, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + d->size,
+			      2 * PAGE_SZ, 7));
+
+	ASSERT_EQ(0, madvise(d->mem, quarter, MADV_DONTNEED));
+	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter, PROT_READ));
+	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter,
+			      PROT_READ | PROT_WRITE));
+	if (variant->backing != B_HUGETLB) {
+		p = mmap(d->mem + 2 * quarter, quarter, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		ASSERT_EQ(d->mem + 2 * quarter, p);
+	}
+	if (!audit_space(d->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+	ASSERT_EQ(0, harvest(d, false));
+	for (page = 0; page < d->npages; page++)
+		if (test_bit(d->seen, page) != !(page & 1)) {
+			TH_LOG("page %lu: written %d, reported %d", page,
+			       !(page & 1), test_bit(d->seen, page));
+			ASSERT_EQ(!(page & 1), test_bit(d->seen, page));
+		}
+
+	/* Written again, after the resets protected them: logged again. */
+	memset(d->seen, 0, d->nwords * 8);
+	ASSERT_EQ(0, ring_run(d, SECMMU_RUN_WRITE, GPA_BASE,
+			      GPA_BASE + 3 * quarter, PAGE_SZ, 9));
+	ASSERT_EQ(0, harvest(d, false));
+	EXPECT_EQ(3 * quarter / PAGE_SZ, count_set(d->seen, d->npages));
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_VERIFY, GPA_BASE,
+			       GPA_BASE + 3 * quarter, PAGE_SZ, 9, NULL));
+
+	/* Deleted with 16 entries not reset, and made again. */
+	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+			       GPA_BASE + 16 * PAGE_SZ, PAGE_SZ, 11, NULL));
+	ASSERT_EQ(0, set_slot(d->fd, 0, 0, GPA_BASE, 0, NULL));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	memset(d->seen, 0, d->nwords * 8);
+	ASSERT_EQ(0, harvest(d, false));
+	EXPECT_EQ(16, count_set(d->seen, d->npages));
+	/* Nothing of the new slot is in the ring until the guest writes it. */
+	memset(d->seen, 0, d->nwords * 8);
+	ASSERT_EQ(0, harvest(d, false));
+	EXPECT_EQ(0, count_set(d->seen, d->npages));
+	ASSERT_EQ(0, ring_run(d, SECMMU_RUN_WRITE, GPA_BASE,
+			      GPA_BASE + 64 * PAGE_SZ, 2 * PAGE_SZ, 13));
+	ASSERT_EQ(0, harvest(d, false));
+	EXPECT_EQ(32, count_set(d->seen, d->npages));
+	if (!audit_space(d->fd, &a))
+		EXPECT_EQ(0, a.mismatches);
+}
+
+/*
  * Starting and stopping logging while the vCPU writes (the flags-only
  * change racing faults that began under the other flags): nothing fails,
  * and once logging is on for good, rounds check out as in
