@@ -783,6 +783,27 @@ TEST_F_TIMEOUT(dirty, dirty_log_eager_split_on_clear, 300)
 }
 
 /*
+ * The primary MMU's invalidations of dirty_log_invalidation: MADV_DONTNEED
+ * of the first quarter of the memory, mprotect() of the second, a
+ * MAP_FIXED replacement of the third (not hugetlb). 0 or -errno.
+ */
+static int invalidate_quarters(struct dlog *d, enum backing backing)
+{
+	unsigned long quarter = d->npages / 4 * PAGE_SZ;
+	char *p;
+
+	if (madvise(d->mem, quarter, MADV_DONTNEED) ||
+	    mprotect(d->mem + quarter, quarter, PROT_READ) ||
+	    mprotect(d->mem + quarter, quarter, PROT_READ | PROT_WRITE))
+		return -errno;
+	if (backing == B_HUGETLB)
+		return 0;
+	p = mmap(d->mem + 2 * quarter, quarter, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	return p == d->mem + 2 * quarter ? 0 : -EFAULT;
+}
+
+/*
  * Invalidations of logged pages lose nothing: pages the guest wrote stay
  * reported through MADV_DONTNEED, mprotect(), a MAP_FIXED replacement of
  * their memory (munmap and mmap) and migration to the other node; the
@@ -794,7 +815,6 @@ TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
 	struct dlog *d = &self->d;
 	unsigned long quarter = d->npages / 4 * PAGE_SZ, page;
 	struct secmmu_audit a;
-	char *p;
 
 	if (!d->mem)
 		SKIP(return, "no memory of this backing in the VM");
@@ -804,15 +824,7 @@ TEST_F_TIMEOUT(dirty, dirty_log_invalidation, 300)
 	ASSERT_EQ(0, run_range(d->vcpu, SECMMU_RUN_WRITE, GPA_BASE,
 			       GPA_BASE + d->size, 2 * PAGE_SZ, 7, NULL));
 
-	ASSERT_EQ(0, madvise(d->mem, quarter, MADV_DONTNEED));
-	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter, PROT_READ));
-	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter,
-			      PROT_READ | PROT_WRITE));
-	if (variant->backing != B_HUGETLB) {
-		p = mmap(d->mem + 2 * quarter, quarter, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-		ASSERT_EQ(d->mem + 2 * quarter, p);
-	}
+	ASSERT_EQ(0, invalidate_quarters(d, variant->backing));
 	/* Written pages of the last quarter migrate to the other node (with two). */
 	if (variant->backing != B_HUGETLB &&
 	    !access("/sys/devices/system/node/node1", F_OK)) {
@@ -902,7 +914,6 @@ TEST_F_TIMEOUT(dirty, dirty_ring_invalidation, 300)
 	struct dlog *d = &self->d;
 	unsigned long quarter = d->npages / 4 * PAGE_SZ, page;
 	struct secmmu_audit a;
-	char *p;
 
 	if (!d->mem)
 		SKIP(return, "no memory of this backing in the VM");
@@ -913,15 +924,7 @@ TEST_F_TIMEOUT(dirty, dirty_ring_invalidation, 300)
 	ASSERT_EQ(0, ring_run(d, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + d->size,
 			      2 * PAGE_SZ, 7));
 
-	ASSERT_EQ(0, madvise(d->mem, quarter, MADV_DONTNEED));
-	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter, PROT_READ));
-	ASSERT_EQ(0, mprotect(d->mem + quarter, quarter,
-			      PROT_READ | PROT_WRITE));
-	if (variant->backing != B_HUGETLB) {
-		p = mmap(d->mem + 2 * quarter, quarter, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-		ASSERT_EQ(d->mem + 2 * quarter, p);
-	}
+	ASSERT_EQ(0, invalidate_quarters(d, variant->backing));
 	if (!audit_space(d->fd, &a))
 		EXPECT_EQ(0, a.mismatches);
 	ASSERT_EQ(0, harvest(d, false));

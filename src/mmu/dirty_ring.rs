@@ -472,6 +472,22 @@ mod tests {
         assert_eq!(c.finish(), None);
     }
 
+    /// Resets `r`, counting in `cleaned` each page of the runs it gathers.
+    fn reset_coalesced(
+        r: &DirtyRing<Vec<RingEntry>>,
+        cleaned: &mut std::collections::BTreeMap<(u32, u64), u32>,
+    ) {
+        let mut c = Coalesce::default();
+        let mut runs = Vec::new();
+        r.reset(|s, o| runs.extend(c.add(s, o))).unwrap();
+        runs.extend(c.finish());
+        for m in runs {
+            for i in (0..64).filter(|i| m.mask & 1 << i != 0) {
+                *cleaned.entry((m.slot, m.offset + i)).or_default() += 1;
+            }
+        }
+    }
+
     /// Every page pushed and collected comes out of a reset exactly once,
     /// whatever the order and the collection pattern.
     #[test]
@@ -495,34 +511,14 @@ mod tests {
                     e.collect();
                 }
             }
-            let mut c = Coalesce::default();
-            let mut runs = Vec::new();
-            r.reset(|s, o| runs.extend(c.add(s, o))).unwrap();
-            runs.extend(c.finish());
-            for m in runs {
-                for i in 0..64 {
-                    if m.mask & 1 << i != 0 {
-                        *cleaned.entry((m.slot, m.offset + i)).or_default() += 1;
-                    }
-                }
-            }
+            reset_coalesced(&r, &mut cleaned);
         }
         for e in r.mem().iter() {
             if e.read().0 == GFN_F_DIRTY {
                 e.collect();
             }
         }
-        let mut c = Coalesce::default();
-        let mut runs = Vec::new();
-        r.reset(|s, o| runs.extend(c.add(s, o))).unwrap();
-        runs.extend(c.finish());
-        for m in runs {
-            for i in 0..64 {
-                if m.mask & 1 << i != 0 {
-                    *cleaned.entry((m.slot, m.offset + i)).or_default() += 1;
-                }
-            }
-        }
+        reset_coalesced(&r, &mut cleaned);
         assert_eq!(r.used(), 0);
         // A run may cover a page twice only if it was pushed twice.
         assert_eq!(
