@@ -23,4 +23,4 @@ pub(crate) mod raw_spinlock;
 pub(crate) mod rcu;
 pub(crate) mod rwlock;
 pub(crate) mod sched;
-pub(crate) mod vmalloc_user;
+pub(crate) mod user_mappable;

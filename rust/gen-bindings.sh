@@ -23,6 +23,6 @@ abs_out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
 cd "$objtree"
 # Only our own functions; no recursion, so types come from kernel::bindings.
 eval "$bindgen \"$abs_header\" --allowlist-function 'secmmu_.*' --allowlist-function anon_inode_getfd" \
-	"--allowlist-function remap_vmalloc_range --allowlist-function vfree" \
+	"--allowlist-function remap_vmalloc_range --allowlist-function vunmap" \
 	"--no-recursive-allowlist -o \"$abs_out.tmp\" $flags -DMODULE"
 mv "$abs_out.tmp" "$abs_out"

@@ -226,7 +226,7 @@ out:
 	return level;
 }
 
-void *secmmu_vmalloc_user(unsigned long size)
+void *secmmu_vmap_user(struct page **pages, unsigned int count)
 {
-	return vmalloc_user(size);
+	return vmap(pages, count, VM_USERMAP, PAGE_KERNEL);
 }

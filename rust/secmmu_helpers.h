@@ -93,9 +93,9 @@ int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
 		     unsigned long *pfn, bool *writable);
 
 /*
- * vmalloc_user(): zeroed vmalloc memory that remap_vmalloc_range() may map
- * into user space (a macro, for allocation tagging).
+ * vmap() of @count pages as one kernel mapping that remap_vmalloc_range()
+ * may map into user space (VM_USERMAP, PAGE_KERNEL: a macro).
  */
-void *secmmu_vmalloc_user(unsigned long size);
+void *secmmu_vmap_user(struct page **pages, unsigned int count);
 
 #endif /* _SECMMU_HELPERS_H */

@@ -80,7 +80,7 @@ struct ring {
 static void ring_harvest(struct ring *r)
 {
 	double t0 = now_s();
-	long n = dirty_ring_collect(r->gfns, RING_ENTRIES, &r->next, r->bmap,
+	long n = dirty_ring_collect(r->gfns, RING_ENTRIES, &r->next, 0, r->bmap,
 				    r->npages);
 	long freed = n < 0 ? n : dirty_ring_reset(r->fd);
 

@@ -376,8 +376,8 @@ static int dirty_space(struct dlog *d, unsigned int format,
 /* Collects the ring's dirty entries from where the last collection stopped. */
 static long ring_collect(struct dlog *d)
 {
-	return dirty_ring_collect(d->ring, RING_ENTRIES, &d->ring_next, d->bmap,
-				  d->npages);
+	return dirty_ring_collect(d->ring, RING_ENTRIES, &d->ring_next, 0,
+				  d->bmap, d->npages);
 }
 
 static unsigned long snap_count(struct dlog *d, unsigned int bits,

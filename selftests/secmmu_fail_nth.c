@@ -5,7 +5,8 @@
  *
  * A whole space lifecycle (open, CONFIGURE with 32 roots, memslots on 4K
  * and THP memory, CREATE_VCPU, RUN writes and reads, ACCESS, MADV_DONTNEED,
- * mprotect, dirty logging, SNAPSHOT, aging, slot deletion, munmap, close) runs with
+ * mprotect, dirty logging (with a dirty ring in the _ring variants), SNAPSHOT, aging,
+ * slot deletion, munmap, close) runs with
  * /proc/self/task/TID/fail-nth armed: the Nth slab or page allocation of
  * this thread fails, for N = 1, 2, ... until a lifecycle runs without
  * reaching N. failslab and fail_page_alloc are set up to fail any
@@ -47,10 +48,14 @@
 #define NR_ROOTS	SECMMU_MAX_ROOTS
 #define BUDGET_S	45
 #define BAD		1	/* a step misbehaved; life->why says how */
+#define RING_BYTES	(16 * 1024)
+#define RING_ENTRIES	(RING_BYTES / sizeof(struct secmmu_dirty_gfn))
 
 struct life {
-	unsigned int format, cfg_flags;
+	unsigned int format, cfg_flags, ring_bytes;
 	int fd, vcpu[2];
+	struct secmmu_dirty_gfn *ring;	/* vCPU 0's dirty ring, mapped */
+	unsigned long ring_next;
 	char *mem, *thp, *raw;
 	__u64 pattern;
 	int pagemap, bitmap;
@@ -121,6 +126,7 @@ static int st_configure(struct life *l)
 		.flags = l->cfg_flags,
 		.format = l->format,
 		.nr_roots = NR_ROOTS,
+		.dirty_ring_size = l->ring_bytes,
 	};
 
 	return secmmu_ioctl(l->fd, SECMMU_CONFIGURE, &cfg);
@@ -286,7 +292,26 @@ static int st_log_write(struct life *l)
 		   THP_STRIDE, l->pattern, NULL);
 }
 
-/* The log holds exactly the pages written, and taking it empties it. */
+/* vCPU 0's dirty ring, mapped: its pages are allocated by the call. */
+static int st_ring_map(struct life *l)
+{
+	void *p;
+
+	if (!l->ring_bytes)
+		return 0;
+	p = mmap(NULL, RING_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, l->vcpu[0],
+		 SECMMU_DIRTY_LOG_PAGE_OFFSET * PAGE_SZ);
+	if (p == MAP_FAILED)
+		return -errno;
+	l->ring = p;
+	return 0;
+}
+
+/*
+ * The log holds exactly the pages written, and taking it empties it. With
+ * a ring, they are in vCPU 0's ring (collected here, no call), and the
+ * bitmap stays empty.
+ */
 static int st_log_get(struct life *l)
 {
 	struct secmmu_dirty_log log = { .slot = 1, .bitmap = (uintptr_t)log_buf };
@@ -295,6 +320,17 @@ static int st_log_get(struct life *l)
 
 	if (ret)
 		return ret;
+	if (l->ring) {
+		long got;
+
+		for (i = 0; i < ARRAY_SIZE(log_buf); i++)
+			if (log_buf[i])
+				return bad(l, "a vCPU's write in the bitmap, with a ring");
+		got = dirty_ring_collect(l->ring, RING_ENTRIES, &l->ring_next, 1,
+					 (unsigned long *)log_buf, SZ_2M / PAGE_SZ);
+		if (got < 0)
+			return bad(l, "ring entry %lu: not what was pushed", l->ring_next);
+	}
 	for (i = 0; i < SZ_2M / PAGE_SZ; i++)
 		if (log_buf[i / 64] >> (i % 64) & 1) {
 			if (i % (THP_STRIDE / PAGE_SZ))
@@ -303,6 +339,21 @@ static int st_log_get(struct life *l)
 		}
 	if (n != SZ_2M / THP_STRIDE)
 		return bad(l, "%lu pages logged, %lu written", n, SZ_2M / THP_STRIDE);
+	return 0;
+}
+
+/* The ring's reset frees what was collected: the pages written. */
+static int st_ring_reset(struct life *l)
+{
+	long freed;
+
+	if (!l->ring)
+		return 0;
+	freed = dirty_ring_reset(l->fd);
+	if (freed < 0)
+		return freed;
+	if (freed != SZ_2M / THP_STRIDE)
+		return bad(l, "ring reset freed %ld, %lu collected", freed, SZ_2M / THP_STRIDE);
 	return 0;
 }
 
@@ -380,6 +431,9 @@ static int st_delete_thp(struct life *l)
 
 static int st_close(struct life *l)
 {
+	if (l->ring)
+		munmap(l->ring, RING_BYTES);
+	l->ring = NULL;
 	close(l->vcpu[0]);
 	close(l->vcpu[1]);
 	close(l->fd);
@@ -399,6 +453,7 @@ static const struct {
 	{ "slot_thp", st_slot_thp },
 	{ "vcpu0", st_vcpu0 },
 	{ "vcpu31", st_vcpu1 },
+	{ "ring_map", st_ring_map },
 	{ "write", st_write },
 	{ "verify", st_verify },
 	{ "access", st_access },
@@ -407,6 +462,7 @@ static const struct {
 	{ "log_start", st_log_start },
 	{ "log_write", st_log_write },
 	{ "log_get", st_log_get },
+	{ "ring_reset", st_ring_reset },
 	{ "log_stop", st_log_stop },
 	{ "snapshot", st_snapshot },
 	{ "aging", st_aging },
@@ -425,6 +481,8 @@ static int life_prepare(struct life *l)
 	l->fd = -1;
 	l->vcpu[0] = -1;
 	l->vcpu[1] = -1;
+	l->ring = NULL;
+	l->ring_next = 0;
 	l->mem = mmap(NULL, SIZE_4K, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	l->raw = mmap(NULL, 2 * SZ_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (l->mem == MAP_FAILED || l->raw == MAP_FAILED)
@@ -446,6 +504,8 @@ static int life_prepare(struct life *l)
 
 static void life_cleanup(struct life *l)
 {
+	if (l->ring)
+		munmap(l->ring, RING_BYTES);
 	if (l->vcpu[0] >= 0)
 		close(l->vcpu[0]);
 	if (l->vcpu[1] >= 0)
@@ -513,7 +573,7 @@ FIXTURE(fail_nth) {
 };
 
 FIXTURE_VARIANT(fail_nth) {
-	unsigned int format, cfg_flags;
+	unsigned int format, cfg_flags, ring_bytes;
 };
 
 FIXTURE_VARIANT_ADD(fail_nth, x86) { .format = SECMMU_FMT_X86_EPT4 };
@@ -527,6 +587,18 @@ FIXTURE_VARIANT_ADD(fail_nth, x86_eager) {
 FIXTURE_VARIANT_ADD(fail_nth, arm64_eager) {
 	.format = SECMMU_FMT_ARM64_S2,
 	.cfg_flags = SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT,
+};
+
+/* vCPUs with dirty rings: their allocation, mapping and reset fail too. */
+FIXTURE_VARIANT_ADD(fail_nth, x86_ring) {
+	.format = SECMMU_FMT_X86_EPT4,
+	.ring_bytes = RING_BYTES,
+};
+
+FIXTURE_VARIANT_ADD(fail_nth, arm64_ring) {
+	.format = SECMMU_FMT_ARM64_S2,
+	.cfg_flags = SECMMU_CFG_DIRTY_LOG_DIRTY_BIT,
+	.ring_bytes = RING_BYTES,
 };
 
 FIXTURE_SETUP(fail_nth)
@@ -578,7 +650,10 @@ TEST_F_TIMEOUT(fail_nth, lifecycle, 3 * BUDGET_S)
 	unsigned long step = env_step(), failed = 0, silent = 0, points;
 	unsigned int nth, i;
 	long base, now, left = 0;
-	struct life l = { .format = variant->format, .cfg_flags = variant->cfg_flags };
+	struct life l = {
+		.format = variant->format, .cfg_flags = variant->cfg_flags,
+		.ring_bytes = variant->ring_bytes,
+	};
 	__u64 t0, t1, deadline = -1ULL;
 	int done = 0;
 

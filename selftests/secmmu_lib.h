@@ -186,16 +186,16 @@ static inline int guest_access(int vcpu, unsigned long gpa, void *buf,
 
 /*
  * Collects the dirty entries of a mapped dirty ring of @entries entries from
- * entry *@next on, setting their pages' bits in @bmap (slot 0, @npages
- * pages), as dirty_ring_collect_dirty_pages() of KVM's dirty_log_test.c
- * does: flags read with acquire, RESET set with release. Returns how many,
- * or -EPROTO for an entry the kernel should not have pushed (another slot,
- * a page past @npages, flags other than DIRTY).
+ * entry *@next on, setting their pages' bits in @bmap (slot @slot, of
+ * @npages pages), as dirty_ring_collect_dirty_pages() of KVM's
+ * dirty_log_test.c does: flags read with acquire, RESET set with release.
+ * Returns how many, or -EPROTO for an entry the kernel should not have
+ * pushed (another slot, a page past @npages, flags other than DIRTY).
  */
 static inline long dirty_ring_collect(struct secmmu_dirty_gfn *ring,
 				      unsigned long entries,
-				      unsigned long *next, unsigned long *bmap,
-				      unsigned long npages)
+				      unsigned long *next, unsigned int slot,
+				      unsigned long *bmap, unsigned long npages)
 {
 	long n = 0;
 
@@ -205,7 +205,7 @@ static inline long dirty_ring_collect(struct secmmu_dirty_gfn *ring,
 
 		if (!(flags & SECMMU_DIRTY_GFN_F_DIRTY))
 			return n;
-		if (flags != SECMMU_DIRTY_GFN_F_DIRTY || e->slot != 0 ||
+		if (flags != SECMMU_DIRTY_GFN_F_DIRTY || e->slot != slot ||
 		    e->offset >= npages)
 			return -EPROTO;
 		bmap[e->offset / 64] |= 1UL << (e->offset % 64);

@@ -10,7 +10,7 @@
 //! SECMMU_RESET_DIRTY_RINGS until the vCPU gives its id back.
 
 use crate::{
-    ext::vmalloc_user::{self, UserMappable},
+    ext::user_mappable::{self, UserMappable},
     mmu::dirty_ring::{DirtyRing, RingEntry, ENTRY_BYTES},
     uapi,
 };
@@ -49,7 +49,7 @@ pub(crate) fn new_ring(entries: u32) -> Result<Arc<VcpuRing>> {
 /// within the ring (`EINVAL` otherwise).
 pub(crate) fn mmap(ring: Option<&VcpuRing>, vma: &VmaNew) -> Result {
     let ring = ring.ok_or(EINVAL)?;
-    let pgoff = vmalloc_user::vma_pgoff(vma);
+    let pgoff = user_mappable::vma_pgoff(vma);
     if pgoff < uapi::DIRTY_LOG_PAGE_OFFSET {
         return Err(EINVAL);
     }
