@@ -189,6 +189,15 @@ impl Pgt {
         }
     }
 
+    /// Leaves mapped now, in all roots, by level: 4K, 2M, 1G (KVM's `pages_4k`, `pages_2m`,
+    /// `pages_1g`).
+    pub(crate) fn leaves_by_level(&self) -> [u64; 3] {
+        match self {
+            Pgt::X86(m) => m.leaves_by_level(),
+            Pgt::S2(m) => m.leaves_by_level(),
+        }
+    }
+
     /// The snapshot byte of `gfn` in root `root`.
     pub(crate) fn snapshot(&self, root: usize, gfn: Gfn) -> u8 {
         match self {

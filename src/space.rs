@@ -762,8 +762,7 @@ impl Space {
     /// What the lockless look-up finds incoherent is confirmed under the
     /// primary's page-table lock before it counts.
     pub(crate) fn audit(&self, req: &mut uapi::secmmu_audit) -> Result {
-        uapi::check_zero(&req.reserved)?;
-        if req.flags != 0 || req.pad != 0 || req.pad2 != 0 {
+        if req.flags != 0 || req.pad != 0 || req.pad2 != 0 || req.reserved != 0 {
             return Err(EINVAL);
         }
         let cfg = self.config().ok_or(EINVAL)?;
@@ -798,6 +797,10 @@ impl Space {
                 sched::cond_resched();
             }
         }
+        let pages = {
+            let state = self.mmu.read();
+            state.mmu.as_ref().map_or([0; 3], |m| m.leaves_by_level())
+        };
         self.stats.audits.inc();
         self.stats.audit_mismatches.add(a.mismatches);
         // A debug kernel makes an incoherent mapping loud, unless a test
@@ -811,6 +814,9 @@ impl Space {
             skipped: a.skipped,
             first_gpa: a.first.map_or(0, |(_, gfn)| gfn.to_gpa()),
             first_root: a.first.map_or(0, |(root, _)| root),
+            pages_4k: pages[0],
+            pages_2m: pages[1],
+            pages_1g: pages[2],
             ..Default::default()
         };
         Ok(())

@@ -212,7 +212,10 @@ pub(crate) struct secmmu_audit {
     pub(crate) first_gpa: u64,
     pub(crate) first_root: u32,
     pub(crate) pad2: u32,
-    pub(crate) reserved: [u64; 4],
+    pub(crate) pages_4k: u64,
+    pub(crate) pages_2m: u64,
+    pub(crate) pages_1g: u64,
+    pub(crate) reserved: u64,
 }
 
 /// `struct secmmu_run_page_setup`.

@@ -105,7 +105,7 @@ fn loom_clear_young_racing_zap_rmap() {
         // SAFETY: the only writer.
         let mut mmu = unsafe { MmuWriteLocked::assume() };
         let mut stats = MmuStats::default();
-        let (zapped, dirty) = zap_rmap::<NoPages>(&world.head, &mut mmu, &mut stats);
+        let (zapped, dirty) = zap_rmap::<NoPages>(&world.head, Level::L4K, &mut mmu, &mut stats);
         let r = ager.join().unwrap();
 
         assert_eq!((zapped, dirty), (2, 1));
@@ -163,7 +163,7 @@ fn loom_clear_young_racing_drop_leaf() {
         let mut mmu = unsafe { MmuWriteLocked::assume() };
         let mut stats = MmuStats::default();
         assert_eq!(
-            zap_rmap::<NoPages>(&world.head, &mut mmu, &mut stats),
+            zap_rmap::<NoPages>(&world.head, Level::L4K, &mut mmu, &mut stats),
             (1, 1)
         );
     });

@@ -575,6 +575,11 @@ mod x86 {
                 leaves += n as u64;
             }
             assert_eq!(self.mmu.leaf_sptes(), leaves);
+            let by_level = Level::MAPPABLE.map(|l| {
+                let in_root = |r: &Root| r.0.keys().filter(|k| k.0 == l).count() as u64;
+                self.model.iter().flatten().map(in_root).sum::<u64>()
+            });
+            assert_eq!(self.mmu.leaves_by_level(), by_level);
             for &gfn in &self.probes {
                 // Leaves lie whole in their slot: outside the slots, nothing is mapped.
                 let s = SLOTS.iter().position(|s| s.contains(Gfn::new(gfn)));
@@ -956,6 +961,11 @@ mod s2 {
         fn check(&mut self) {
             let leaves: usize = self.model.iter().map(|r| r.0.len()).sum();
             assert_eq!(self.mmu.leaves(), leaves as u64);
+            let by_level = Level::MAPPABLE.map(|l| {
+                let in_root = |r: &Root| r.0.keys().filter(|k| k.0 == l).count() as u64;
+                self.model.iter().map(in_root).sum::<u64>()
+            });
+            assert_eq!(self.mmu.leaves_by_level(), by_level);
             for &gfn in &self.probes {
                 for root in 0..self.mmu.nr_roots() {
                     let want = self.model[root].find(gfn).map(|(l, f, leaf)| (l, f, *leaf));

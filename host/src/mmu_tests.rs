@@ -684,7 +684,7 @@ fn split_and_collapse() {
     f.map_huge(0x400, 0x1000, Level::L2M);
     let o = f.map(0, 0, 0x405, 0x2005, true);
     assert!(o.split && o.needs_flush() && o.unlinked.is_none());
-    assert_eq!(f.mmu.leaf_sptes(), 1);
+    assert_eq!(f.mmu.leaves_by_level(), [1, 0, 0]);
     assert_eq!(f.translate(0, 0x405, false).unwrap().level, Level::L4K);
     assert_eq!(f.translate(0, 0x406, false), Err(WalkFault::NotPresent));
     f.map(0, 0, 0x407, 0x2007, true);
@@ -693,7 +693,7 @@ fn split_and_collapse() {
     assert_eq!(o.unlinked.map(|t| t.covers), Some(Level::L2M));
     assert!(o.needs_flush() && !o.split && o.action == MapAction::Replaced);
     assert_eq!(f.mmu.table_pages(), pages - 1);
-    assert_eq!(f.mmu.leaf_sptes(), 1);
+    assert_eq!(f.mmu.leaves_by_level(), [0, 1, 0]);
     assert_eq!(f.translate(0, 0x405, false).unwrap().pfn.raw(), 0x1005);
     // A 1G collapse over 2M leaves, 4K tables and an empty table.
     f.map(0, 0, 0x600, 0x3000, true);
@@ -701,7 +701,7 @@ fn split_and_collapse() {
     let o = f.map_huge(0, 0, Level::L1G);
     assert_eq!(o.unlinked.map(|t| t.covers), Some(Level::L1G));
     assert_eq!(f.mmu.table_pages(), pages - 2);
-    assert_eq!(f.mmu.leaf_sptes(), 1);
+    assert_eq!(f.mmu.leaves_by_level(), [0, 0, 1]);
     assert_eq!(f.translate(0, 0x405, false).unwrap().pfn.raw(), 0x405);
     // Empty tables (a zap of a range unlinks them, but not a zap of the whole slot, as at
     // release): still unlinked and freed.
@@ -1632,6 +1632,7 @@ fn eager_split_for_dirty_logging() {
         f.map(0, 0, 0x200, 0x3000, true);
         let leaves = f.mmu.leaf_sptes();
         assert_eq!(leaves, 4);
+        assert_eq!(f.mmu.leaves_by_level(), [1, 2, 1]);
         let _ = f.mmu.write_protect(0, Gfn::new(0), Gfn::new(1 << 19));
         HostPages::<ID>::take_dirty();
 
@@ -1645,6 +1646,7 @@ fn eager_split_for_dirty_logging() {
         );
         assert_eq!((done.split, done.limited), (2, false));
         assert_eq!(f.mmu.leaf_sptes(), leaves - 2 + 2 * 512);
+        assert_eq!(f.mmu.leaves_by_level(), [1 + 2 * 512, 0, 1]);
         assert_eq!(f.translate(0, G1 + 5, false).unwrap().level, Level::L1G);
 
         // The whole slot: 1 + 512 more splits, the caches topped up on the way.
@@ -1659,6 +1661,7 @@ fn eager_split_for_dirty_logging() {
         assert!(calls > 513 / TABLE_CACHE_CAPACITY, "{calls} calls");
         let leaves = 1 + 2 * 512 + 512 * 512;
         assert_eq!(f.mmu.leaf_sptes(), leaves);
+        assert_eq!(f.mmu.leaves_by_level(), [leaves, 0, 0]);
         for (gfn, pfn) in [
             (0x400, 0x1000),
             (0x5ff, 0x11ff),
@@ -1695,7 +1698,7 @@ fn eager_split_for_dirty_logging() {
         // every piece of the (dirty) huge leaves reports its page dirty.
         let p = f.zap(0, 0, 1 << 19);
         assert_eq!(p.zapped, leaves);
-        assert_eq!(f.mmu.leaf_sptes(), 0);
+        assert_eq!(f.mmu.leaves_by_level(), [0, 0, 0]);
         let mut dirty = HostPages::<ID>::take_dirty();
         dirty.sort_unstable();
         dirty.dedup();

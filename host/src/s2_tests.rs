@@ -370,7 +370,7 @@ fn map_translate_round_trip_all_geometries() {
             f.mmu.table_pages(),
             2 * g.pgd_pages as u64 + new_tables as u64
         );
-        assert_eq!(f.mmu.stats().leaves, 2 * gfns.len() as u64);
+        assert_eq!(f.mmu.stats().leaf_count(), 2 * gfns.len() as u64);
         for root in 0..2 {
             for &gfn in &gfns {
                 let w = gfn % 2 == 0;
@@ -432,7 +432,7 @@ fn map_errors_change_nothing() {
         &|| (),
     );
     assert_eq!(r, Err(MapError::NeedTopup));
-    assert_eq!(f.mmu.stats().leaves, 0);
+    assert_eq!(f.mmu.stats().leaf_count(), 0);
     assert_eq!(f.mmu.table_pages(), 2, "nothing linked");
     assert_eq!(f.mmu.eagain(), 0);
     // One level below the start is enough at 36 bits (3 levels): 2 tables.
@@ -474,7 +474,7 @@ fn block_maps_split_and_collapse() {
     // SAFETY: from this MMU's map, not freed; `&mut` MMU: no walker under the read side.
     unsafe { f.mmu.free_unlinked(t) };
     assert_eq!(f.mmu.table_pages(), pages - 1);
-    assert_eq!(f.mmu.stats().leaves, 1);
+    assert_eq!(f.mmu.leaves_by_level(), [0, 1, 0]);
     assert!(
         HostPages::<ID>::take_dirty().is_empty(),
         "dead leaves are not dirty"
@@ -487,7 +487,7 @@ fn block_maps_split_and_collapse() {
     let t = f.translate(0, 0x3ffff, false).unwrap();
     assert_eq!((t.pfn.raw(), t.level), (0x7_ffff, Level::L1G));
     assert_eq!(f.translate(0, 1 << 18, false).unwrap().pfn.raw(), 0x10);
-    assert_eq!(f.mmu.stats().leaves, 2);
+    assert_eq!(f.mmu.leaves_by_level(), [1, 0, 1]);
     // A zap of one page inside the 1G block zaps it whole ("Ranges and mapping levels" in
     // Documentation/secmmu-protocols.rst).
     assert_eq!(f.zap(0x12345, 0x12346).zapped, 1);
@@ -538,7 +538,7 @@ fn relax_permissions_in_place() {
 
     assert_eq!(f.flushes.get(), 0, "relaxing never flushes");
     assert_eq!(f.mmu.stats().zapped, 0);
-    assert_eq!(f.mmu.stats().leaves, 2);
+    assert_eq!(f.mmu.stats().leaf_count(), 2);
     teardown(f);
 }
 
@@ -572,7 +572,7 @@ fn stale_leaf_replaced_with_break_before_make() {
     assert!(HostPages::<ID>::take_dirty().is_empty());
 
     let s = f.mmu.stats();
-    assert_eq!((s.leaves, s.zapped, s.dirty), (2, 2, 1));
+    assert_eq!((s.leaf_count(), s.zapped, s.dirty), (2, 2, 1));
     assert_eq!(f.mmu.leaves(), 2);
     teardown(f);
 }
@@ -812,7 +812,7 @@ fn zap_range_reports_exactly_the_dirty_pages() {
         }
     }
     let s = f.mmu.stats();
-    assert_eq!((s.leaves, s.zapped), (4 * (n - 1000), 4000));
+    assert_eq!((s.leaf_count(), s.zapped), (4 * (n - 1000), 4000));
     // Zapping again finds nothing.
     assert_eq!(f.zap(start, end).zapped, 0);
     // And the tables stay, so the same gfns map again without new tables.
@@ -1036,7 +1036,7 @@ fn blocks_walk_age_zap_and_break() {
     assert_eq!((p.zapped, p.dirty), (1, 0));
     assert_eq!(f.mmu.snapshot(0, Gfn::new(b2)), 0);
     let s = f.mmu.stats();
-    assert_eq!((s.leaves, s.zapped, s.dirty), (2, 2, 1));
+    assert_eq!((s.leaf_count(), s.zapped, s.dirty), (2, 2, 1));
     teardown(f);
 }
 
@@ -1387,7 +1387,7 @@ fn stress<const ID: usize>(hw_af: bool) {
         }
         let p = zap_to_end(&mut *mmu, HostPages::<ID>::frees, start, end);
         assert_eq!(p.zapped, STRESS_ROOTS as u64 * STRESS_GFNS);
-        assert_eq!(mmu.stats().leaves, 0);
+        assert_eq!(mmu.stats().leaf_count(), 0);
         // The round's region is alone in its 1G: its four leaf tables and the level-2 table
         // above them went, in each root.
         assert_eq!(p.unlinked_tables, STRESS_ROOTS as u64 * 5);
@@ -1551,16 +1551,18 @@ fn eager_split_for_dirty_logging() {
 
     // One gfn of the 2M block: that block, in both roots, each broken with a flush.
     let (leaves, flushes) = (f.mmu.leaves(), f.flushes.get());
+    assert_eq!(f.mmu.leaves_by_level(), [1, 2, 1]);
     let (done, _) = split(&mut f, 0x450, 0x451);
     assert_eq!((done.split, done.limited), (2, false));
     assert_eq!(f.flushes.get() - flushes, 2);
     assert_eq!(f.mmu.leaves(), leaves + 2 * 511);
+    assert_eq!(f.mmu.leaves_by_level(), [1 + 2 * 512, 0, 1]);
     assert_eq!(f.translate(0, G1 + 5, false).unwrap().level, Level::L1G);
 
     let (done, calls) = split(&mut f, 0, 1 << 20);
     assert_eq!(done.split, 513);
     assert!(calls > 513 / TABLE_CACHE_CAPACITY, "{calls} calls");
-    assert_eq!(f.mmu.leaves(), 1 + 2 * 512 + 512 * 512);
+    assert_eq!(f.mmu.leaves_by_level(), [1 + 2 * 512 + 512 * 512, 0, 0]);
     for (gfn, pfn) in [
         (0x400, 0x8_0000),
         (0x5ff, 0x8_01ff),
@@ -1585,6 +1587,7 @@ fn eager_split_for_dirty_logging() {
     // The zap finds every piece; only the one made writable since is dirty (I4).
     let p = f.zap(0, 1 << 20);
     assert_eq!(p.zapped, 1 + 2 * 512 + 512 * 512);
+    assert_eq!(f.mmu.leaves_by_level(), [0, 0, 0]);
     assert_eq!(HostPages::<ID>::take_dirty(), [(1 << 20) + 7]);
 
     // At the table limit the split stops for good, leaving the rest as blocks.

@@ -319,7 +319,8 @@ pub(crate) unsafe fn translate<P: PageOps>(
 struct Counters {
     tables_allocated: Counter,
     tables_freed: Counter,
-    leaves: Counter,
+    /// Valid leaves now, by level ([`Level::idx()`]).
+    leaves: [Counter; 3],
     zapped: Counter,
     dirty: Counter,
     eagain: Counter,
@@ -332,6 +333,16 @@ impl Counters {
 
     fn get(c: &Counter) -> u64 {
         c.load(CounterOrdering::Relaxed)
+    }
+
+    /// A valid leaf was made at `level`.
+    fn leaf_added(&self, level: Level) {
+        Self::add(&self.leaves[level.idx()], 1);
+    }
+
+    /// A valid leaf at `level` went.
+    fn leaf_gone(&self, level: Level) {
+        self.leaves[level.idx()].fetch_sub(1, CounterOrdering::Relaxed);
     }
 }
 
@@ -471,7 +482,7 @@ impl<P: PageOps> S2Mmu<P> {
         MmuStats {
             tables_allocated: Counters::get(&c.tables_allocated),
             tables_freed: Counters::get(&c.tables_freed),
-            leaves: Counters::get(&c.leaves),
+            leaves: c.leaves.each_ref().map(Counters::get),
             zapped: Counters::get(&c.zapped),
             dirty: Counters::get(&c.dirty),
         }
@@ -516,7 +527,12 @@ impl<P: PageOps> S2Mmu<P> {
 
     /// Valid leaves now, in all roots.
     pub(crate) fn leaves(&self) -> u64 {
-        Counters::get(&self.counters.leaves)
+        self.stats().leaf_count()
+    }
+
+    /// Valid leaves now, in all roots, by level (4K, 2M, 1G).
+    pub(crate) fn leaves_by_level(&self) -> [u64; 3] {
+        self.stats().leaves
     }
 
     /// Races lost so far (`-EAGAIN`): maps that returned [`MapError::Again`] and aging
@@ -531,11 +547,11 @@ impl<P: PageOps> S2Mmu<P> {
         Err(MapError::Again)
     }
 
-    /// Accounts for the valid leaf `old` having been removed from its entry (zap or
+    /// Accounts for the valid leaf `old` at `level` having been removed from its entry (zap or
     /// break-before-make): one leaf less, one zapped, and its page marked dirty if it was
     /// writable (I4).  Returns whether it was dirty.
-    fn leaf_removed(&self, old: u64) -> bool {
-        leaf_removed::<P>(&self.counters, old)
+    fn leaf_removed(&self, old: u64, level: Level) -> bool {
+        leaf_removed::<P>(&self.counters, old, level)
     }
 
     /// Maps `gfn` to host page `pfn` in root `root` at `level`, writable if `writable`, as a
@@ -661,7 +677,7 @@ impl<P: PageOps> S2Mmu<P> {
             // held, which our read side excludes (I1).
             unsafe { zap_unlinked::<P>(pte::pfn(old), lower, self) };
         }
-        Counters::add(&self.counters.leaves, 1);
+        self.counters.leaf_added(level);
         pte::make(ptep, new);
         Ok(UnlinkedTable {
             pfn: pte::pfn(old),
@@ -723,7 +739,7 @@ impl<P: PageOps> S2Mmu<P> {
                 self.unreserve_table();
                 return self.again();
             }
-            self.leaf_removed(old);
+            self.leaf_removed(old, level);
             *new_tables += 1;
             // Release (in `make()`): walkers that load the table entry see the zeroed table.
             pte::make(ptep, new);
@@ -774,7 +790,7 @@ impl<P: PageOps> S2Mmu<P> {
             // page, and must see what was done to it before it was mapped.
             return match pte::try_set(ptep, old, new) {
                 Ok(()) => {
-                    Counters::add(&self.counters.leaves, 1);
+                    self.counters.leaf_added(level);
                     Ok(MapAction::Installed)
                 }
                 Err(_) => self.again(),
@@ -809,8 +825,8 @@ impl<P: PageOps> S2Mmu<P> {
         if !pte::try_break(ptep, old, flush) {
             return self.again();
         }
-        self.leaf_removed(old);
-        Counters::add(&self.counters.leaves, 1);
+        self.leaf_removed(old, level);
+        self.counters.leaf_added(level);
         pte::make(ptep, new);
         Ok(MapAction::Replaced)
     }
@@ -1162,7 +1178,7 @@ impl<P: PageOps> S2Mmu<P> {
     /// would have, for tests of [`S2Mmu::free_unlinked()`].
     #[cfg(all(test, not(loom)))]
     pub(crate) fn count_test_leaf(&self) {
-        Counters::add(&self.counters.leaves, 1);
+        self.counters.leaf_added(Level::L4K);
     }
 
     /// Installs a block leaf mapping `gfn`'s aligned block at `level` to `pfn` in root `root`,
@@ -1186,7 +1202,7 @@ impl<P: PageOps> S2Mmu<P> {
         }
         let ok = pte::try_set(ptep, 0, pte::make_leaf(pfn, level, writable)).is_ok();
         if ok {
-            Counters::add(&self.counters.leaves, 1);
+            self.counters.leaf_added(level);
         }
         ok
     }
@@ -1313,7 +1329,7 @@ impl<'a, P: PageOps> Visitor<'a> for ZapUnlinked<'_, P> {
             }
             match pte::try_set(ctx.ptep, v, 0) {
                 Ok(()) => {
-                    self.0.leaf_removed(v);
+                    self.0.leaf_removed(v, ctx.level);
                     return Step::Continue;
                 }
                 Err(cur) => v = cur,
@@ -1356,7 +1372,7 @@ unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: Level, counters: &Cou
             level,
             |v, level| {
                 if pte::is_leaf(v, level) {
-                    counters.leaves.fetch_sub(1, CounterOrdering::Relaxed);
+                    counters.leaf_gone(level);
                     Counters::add(&counters.zapped, 1);
                 }
             },
@@ -1366,8 +1382,8 @@ unsafe fn drop_unlinked<P: PageOps>(table_pfn: u64, level: Level, counters: &Cou
 }
 
 /// [`S2Mmu::leaf_removed()`], on an MMU's `counters`.
-fn leaf_removed<P: PageOps>(c: &Counters, old: u64) -> bool {
-    c.leaves.fetch_sub(1, CounterOrdering::Relaxed);
+fn leaf_removed<P: PageOps>(c: &Counters, old: u64, level: Level) -> bool {
+    c.leaf_gone(level);
     Counters::add(&c.zapped, 1);
     let dirty = pte::is_dirty(old);
     if dirty {
@@ -1414,7 +1430,7 @@ impl<'a, P: PageOps, Y: Yield> Visitor<'a> for ZapWalker<'_, P, Y> {
                 let old = ctx.ptep.swap(0, Ordering::Relaxed);
                 debug_assert!(pte::is_valid(old) && !pte::is_locked(old));
                 if pte::is_valid(old) {
-                    let dirty = leaf_removed::<P>(self.counters, old);
+                    let dirty = leaf_removed::<P>(self.counters, old, ctx.level);
                     self.z.cleared(1, u64::from(dirty));
                 }
             }
@@ -1577,7 +1593,11 @@ impl<'a, P: PageOps> Visitor<'a> for SplitWalker<'_, P> {
             // Relaxed: published by the Release of `make()`.
             entry.store(pte::make_split_child(ctx.old, child, i), Ordering::Relaxed);
         }
-        Counters::add(&self.mmu.counters.leaves, ENTRIES_PER_TABLE as u64 - 1);
+        self.mmu.counters.leaf_gone(ctx.level);
+        Counters::add(
+            &self.mmu.counters.leaves[child.idx()],
+            ENTRIES_PER_TABLE as u64,
+        );
         pte::make(ctx.ptep, pte::make_table(table_pfn));
         self.done.split += 1;
         // Into the new table: the pieces of a 1G block are 2M blocks to split in turn.

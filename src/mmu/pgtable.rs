@@ -422,8 +422,9 @@ pub(crate) struct MmuStats {
     pub(crate) tables_allocated: u64,
     /// Table pages freed since the MMU was made.
     pub(crate) tables_freed: u64,
-    /// Present leaf entries now.
-    pub(crate) leaves: u64,
+    /// Present leaf entries now, by level ([`Level::idx()`]: 4K, 2M, 1G), as KVM's
+    /// `pages_4k`, `pages_2m` and `pages_1g`.
+    pub(crate) leaves: [u64; 3],
     /// Leaves zapped since the MMU was made.
     pub(crate) zapped: u64,
     /// ... of which were dirty.
@@ -434,6 +435,11 @@ impl MmuStats {
     /// Table pages allocated now.
     pub(crate) fn table_pages(&self) -> u64 {
         self.tables_allocated - self.tables_freed
+    }
+
+    /// Present leaf entries now, at every level.
+    pub(crate) fn leaf_count(&self) -> u64 {
+        self.leaves.iter().sum()
     }
 }
 

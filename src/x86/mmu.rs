@@ -520,6 +520,11 @@ impl<P: PageOps> X86Mmu<P> {
 
     /// Present leaf SPTEs now, in all roots.
     pub(crate) fn leaf_sptes(&self) -> u64 {
+        self.stats.leaf_count()
+    }
+
+    /// Present leaf SPTEs now, in all roots, by level (4K, 2M, 1G).
+    pub(crate) fn leaves_by_level(&self) -> [u64; 3] {
         self.stats.leaves
     }
 
@@ -727,7 +732,7 @@ impl<P: PageOps> X86Mmu<P> {
             let mut gfn = cursor.gfn().max(level.align_down(slot.base_gfn()));
             while gfn < stop_gfn {
                 if let Some(head) = slot.rmap(level, gfn) {
-                    let (zapped, dirty) = zap_rmap::<P>(head, &mut locked, stats);
+                    let (zapped, dirty) = zap_rmap::<P>(head, level, &mut locked, stats);
                     slot.rmaps.sub_sptes(zapped);
                     z.cleared(zapped, dirty);
                 }
@@ -1095,7 +1100,9 @@ impl<P: PageOps> X86Mmu<P> {
                 entry.fetch_or(late, Ordering::Relaxed);
             }
         }
-        self.stats.leaves += ENTRIES_PER_TABLE as u64 - 1;
+        let leaves = &mut self.stats.leaves;
+        leaves[level.idx()] = leaves[level.idx()].saturating_sub(1);
+        leaves[child.idx()] += ENTRIES_PER_TABLE as u64;
         self.stats.tables_allocated += 1;
     }
 
@@ -1180,7 +1187,7 @@ impl<P: PageOps> X86Mmu<P> {
         // SAFETY: `sptep` stays valid until zapped out of the rmap, per the caller.
         unsafe { head.lock(&mut locked).add(NonNull::from(sptep), descs) };
         slot.rmaps.add_sptes(1);
-        self.stats.leaves += 1;
+        self.stats.leaves[level.idx()] += 1;
         true
     }
 }
@@ -1207,8 +1214,8 @@ impl<P: PageOps> Drop for X86Mmu<P> {
         // Every slot was zapped before (R5): a leaf left would stay in the rmaps of a slot that
         // outlives its tables.
         warn_on!(
-            self.stats.leaves != 0,
-            "x86 MMU dropped with {} leaves mapped",
+            self.stats.leaf_count() != 0,
+            "x86 MMU dropped with {:?} leaves mapped",
             self.stats.leaves
         );
         // No walker is left (the owner's guarantee), so no flush is needed first.
@@ -1518,7 +1525,7 @@ fn install_leaf(
     // Release: a walker that Acquire-loads the leaf then touches the page, and must see what
     // this thread did to the page before mapping it.
     sptep.store(new, Ordering::Release);
-    stats.leaves += 1;
+    stats.leaves[level.idx()] += 1;
     let before = {
         let mut guard = head.lock(locked);
         // SAFETY: `sptep` is an entry of a table page that stays allocated until the MMU is
@@ -1567,14 +1574,15 @@ fn upgrade_leaf(sptep: &AtomicU64, mut old: u64, m: Mapping) -> MapAction {
 /// `mmu_spte_clear_track_bits()`).  The caller removes it from its rmap.  Returns whether it was
 /// dirty, or `None` if it was not present, which under the MMU lock means corruption ("Lockless
 /// rmap walks").
-fn clear_leaf<P: PageOps>(sptep: &AtomicU64, stats: &mut MmuStats) -> Option<bool> {
+fn clear_leaf<P: PageOps>(sptep: &AtomicU64, level: Level, stats: &mut MmuStats) -> Option<bool> {
     // Atomic where a walker's D update could otherwise be lost.
     let old = spte::zap(sptep);
     if !spte::is_present(old) {
         warn_on!(true, "non-present SPTE in an rmap under the MMU lock");
         return None;
     }
-    stats.leaves = stats.leaves.saturating_sub(1);
+    let n = &mut stats.leaves[level.idx()];
+    *n = n.saturating_sub(1);
     stats.zapped += 1;
     // Captured atomically with the clear: D set, or without A/D, W.
     let dirty = spte::is_dirty(old);
@@ -1625,7 +1633,7 @@ fn drop_leaf<P: PageOps>(
     descs: &mut DescCache,
     stats: &mut MmuStats,
 ) {
-    clear_leaf::<P>(sptep, stats);
+    clear_leaf::<P>(sptep, level, stats);
     let Some(head) = slot.rmap(level, gfn) else {
         warn_on!(true, "no rmap for gfn {gfn:#x} in its slot");
         return;
@@ -1637,10 +1645,11 @@ fn drop_leaf<P: PageOps>(
     }
 }
 
-/// Zaps every leaf in the rmap `head` (KVM's `kvm_zap_rmap()`): empties it under its bit lock,
-/// clearing each leaf.  Returns the number of leaves zapped and how many of them were dirty.
+/// Zaps every leaf in the rmap `head` of leaves at `level` (KVM's `kvm_zap_rmap()`): empties it
+/// under its bit lock, clearing each leaf.  Returns the number of leaves zapped and how many of them were dirty.
 pub(crate) fn zap_rmap<P: PageOps>(
     head: &RmapHead,
+    level: Level,
     locked: &mut MmuWriteLocked<'_>,
     stats: &mut MmuStats,
 ) -> (u64, u64) {
@@ -1653,7 +1662,7 @@ pub(crate) fn zap_rmap<P: PageOps>(
     let mut descs = DescCache::new(0);
     let (mut zapped, mut dirty) = (0, 0);
     head.lock(locked).drain(&mut descs, |sptep| {
-        if let Some(d) = clear_leaf::<P>(sptep, stats) {
+        if let Some(d) = clear_leaf::<P>(sptep, level, stats) {
             zapped += 1;
             dirty += u64::from(d);
         }

@@ -290,7 +290,10 @@ struct secmmu_test_young {
  * the primary may have changed them already and the secondary is allowed
  * until that invalidation's start returns to remove them. Returns 0 with
  * the counts; a debug build also WARNs on a mismatch. @first_gpa and
- * @first_root locate the first mismatch. -EINVAL: unconfigured space, or
+ * @first_root locate the first mismatch. @pages_4k, @pages_2m and @pages_1g
+ * are the leaves mapped at each level when the audit ends, the MMU's
+ * instant counters (KVM's pages_4k/2m/1g): with nothing mapping or zapping
+ * meanwhile, they add up to @leaves. -EINVAL: unconfigured space, or
  * nonzero flags, pad or reserved.
  */
 struct secmmu_audit {
@@ -302,7 +305,10 @@ struct secmmu_audit {
 	__u64 first_gpa;	/* out: guest address of the first mismatch */
 	__u32 first_root;	/* out: its root */
 	__u32 pad2;
-	__u64 reserved[4];
+	__u64 pages_4k;		/* out: 4K leaves mapped now, all roots */
+	__u64 pages_2m;		/* out: 2M leaves */
+	__u64 pages_1g;		/* out: 1G leaves */
+	__u64 reserved;
 };
 
 #define SECMMU_AUDIT		_IOWR(SECMMUIO, 0x21, struct secmmu_audit)
