@@ -19,7 +19,7 @@
  *   dirty ring (1 MiB, 65536 entries), the time spent collecting its
  *   entries and resetting them (SECMMU_RESET_DIRTY_RINGS) over the whole
  *   pass, which exits on a full ring every 64K pages.
- * - The same after a sparse write pass (one page in 64): the bitmap
+ * - The same after a sparse write pass (one page in 512): the bitmap
  *   harvest scans the whole slot however little was written, the ring's
  *   only what was (its ratio against the bitmap printed).
  * - The first guest write pass after enabling on hugetlb-backed memory (a
@@ -63,7 +63,7 @@ struct figures {
 	double harvest;		/* s of one harvest of the whole log */
 	double write2;		/* s of the write pass after the harvest */
 	double faults2;		/* faults per page of that pass */
-	double sparse;		/* s of a harvest after one page in 64 written */
+	double sparse;		/* s of a harvest after one page in 512 written */
 };
 
 /* A space's dirty ring, mapped, and what userspace keeps with it. */
@@ -243,7 +243,7 @@ static struct figures run_once(unsigned int format, unsigned long size,
 		f.harvest = r.harvest;
 	f.write2 = write_pass(fd, vcpu, size, 1, 3, &r, &f.faults2);
 	harvest(fd, cfg, &r, &log, &clr);
-	write_pass(fd, vcpu, size, 64, 4, &r, &sparse_faults);
+	write_pass(fd, vcpu, size, 512, 4, &r, &sparse_faults);
 	f.sparse = harvest(fd, cfg, &r, &log, &clr);
 	if (r.gfns)
 		munmap(r.gfns, RING_BYTES);
@@ -336,7 +336,7 @@ int main(int argc, char **argv)
 		       fmt, wp.harvest / gib, cl.harvest / gib, db.harvest / gib);
 		printf("%s: harvest per GiB: ring %.4f s, ring by the dirty bit %.4f s\n",
 		       fmt, rg.harvest / gib, rd.harvest / gib);
-		printf("%s: harvest after 1 page in 64: bitmap %.6f s, ring %.6f s: %.2fx\n",
+		printf("%s: harvest after 1 page in 512: bitmap %.6f s, ring %.6f s: %.2fx\n",
 		       fmt, wp.sparse, rg.sparse, rg.sparse / wp.sparse);
 		printf("%s: %s, WP, on fault: enable %.4f s, pass %.4f s, %.2f faults/page\n",
 		       fmt, backing_name[huge], sp.enable, sp.write, sp.faults);
