@@ -26,10 +26,8 @@ pub(crate) struct RingMem(UserMappable);
 impl AsRef<[RingEntry]> for RingMem {
     fn as_ref(&self) -> &[RingEntry] {
         let n = self.0.len() / ENTRY_BYTES as usize;
-        // SAFETY: The buffer is `n` entries long, page aligned and zeroed
-        // when made, and lives as long as `self`; `RingEntry` is `repr(C)`
-        // atomics, valid for any bits, that userspace writing the same memory
-        // through its mapping cannot make undefined behaviour of.
+        // SAFETY: `n` entries, page aligned, zeroed when made, alive as long as `self`;
+        // `RingEntry` is `repr(C)` atomics, valid for any bits userspace may write.
         unsafe { core::slice::from_raw_parts(self.0.as_ptr().cast::<RingEntry>(), n) }
     }
 }
