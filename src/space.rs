@@ -171,11 +171,21 @@ struct SpaceYield<'s> {
     /// The zap may sleep: an invalidation that is not blockable (the OOM
     /// reaper's) never yields.
     may_block: bool,
+    /// The times it asked whether to yield, for the `test_zap_resched`
+    /// hook (`testhooks.rs`).
+    asked: u64,
 }
 
 impl Yield for SpaceYield<'_> {
     fn should_yield(&mut self) -> bool {
-        self.may_block && (sched::need_resched() || self.space.mmu.contended())
+        if !self.may_block {
+            return false;
+        }
+        self.asked += 1;
+        let every = crate::testhooks::zap_resched();
+        (every != 0 && self.asked % every == 0)
+            || sched::need_resched()
+            || self.space.mmu.contended()
     }
 
     fn flush_tlbs(&mut self) {
@@ -565,6 +575,7 @@ impl Space {
         Zap::new(SpaceYield {
             space: self,
             may_block,
+            asked: 0,
         })
     }
 

@@ -8,6 +8,14 @@
 //! allocated (the page cache's): a skipped page the primary frees would be
 //! used after free. The selftest `audit_detects_stale` sets and clears it.
 //!
+//! `test_zap_resched`: 0 (the default) or N > 0, in which case a zap
+//! that may block acts as if this CPU were wanted every Nth time it asks
+//! whether to yield (once per batch of entries): it flushes, frees what it
+//! unlinked, drops the MMU lock, reschedules and goes on, as when the
+//! scheduler asks. The scheduler asks only when a zap outlasts a slice,
+//! which a test under TCG cannot count on; the selftest `zap_yield` sets
+//! it to make every large zap yield.
+//!
 //! `nonblock_zapped` (read-only): the leaves zapped by invalidations that
 //! could not block (`mmu_notifier_range_blockable()` false: the OOM reaper
 //! and `process_mrelease()`) since the module was loaded, in every space.
@@ -23,6 +31,7 @@ use core::{
 use kernel::{debugfs::Dir, prelude::*, uaccess::UserSliceReader};
 
 static SKIP_ZAP: AtomicU64 = AtomicU64::new(0);
+static ZAP_RESCHED: AtomicU64 = AtomicU64::new(0);
 static NONBLOCK_ZAPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The `test_skip_zap` setting: 0, or skip the zap of gfns that are
@@ -33,6 +42,16 @@ pub(crate) fn skip_zap() -> u64 {
 
 fn show(_: &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", skip_zap())
+}
+
+/// The `test_zap_resched` setting: 0, or yield every Nth time a zap that
+/// may block asks.
+pub(crate) fn zap_resched() -> u64 {
+    ZAP_RESCHED.load(Ordering::Relaxed)
+}
+
+fn show_zap_resched(_: &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    writeln!(f, "{}", zap_resched())
 }
 
 /// Counts `n` leaves zapped by an invalidation that could not block.
@@ -47,7 +66,8 @@ fn show_nonblock_zapped(_: &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", NONBLOCK_ZAPPED.load(Ordering::Relaxed))
 }
 
-fn store(_: &(), r: &mut UserSliceReader) -> Result {
+/// Parses the decimal number written to a hook.
+fn read_u64(r: &mut UserSliceReader) -> Result<u64> {
     let mut buf = [0u8; 24];
     let n = r.len();
     if n == 0 || n > buf.len() {
@@ -55,8 +75,16 @@ fn store(_: &(), r: &mut UserSliceReader) -> Result {
     }
     r.read_slice(&mut buf[..n])?;
     let text = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
-    let v = text.trim().parse::<u64>().map_err(|_| EINVAL)?;
-    SKIP_ZAP.store(v, Ordering::Relaxed);
+    text.trim().parse::<u64>().map_err(|_| EINVAL)
+}
+
+fn store(_: &(), r: &mut UserSliceReader) -> Result {
+    SKIP_ZAP.store(read_u64(r)?, Ordering::Relaxed);
+    Ok(())
+}
+
+fn store_zap_resched(_: &(), r: &mut UserSliceReader) -> Result {
+    ZAP_RESCHED.store(read_u64(r)?, Ordering::Relaxed);
     Ok(())
 }
 
@@ -65,6 +93,8 @@ fn store(_: &(), r: &mut UserSliceReader) -> Result {
 pub(crate) struct TestHooks {
     #[pin]
     _skip_zap: kernel::debugfs::File<()>,
+    #[pin]
+    _zap_resched: kernel::debugfs::File<()>,
     #[pin]
     _nonblock_zapped: kernel::debugfs::File<()>,
     _dir: Dir,
@@ -75,6 +105,12 @@ impl TestHooks {
         let dir = Dir::new(c"secmmu");
         try_pin_init!(Self {
             _skip_zap <- dir.read_write_callback_file(c"test_skip_zap", (), &show, &store),
+            _zap_resched <- dir.read_write_callback_file(
+                c"test_zap_resched",
+                (),
+                &show_zap_resched,
+                &store_zap_resched
+            ),
             _nonblock_zapped <- dir.read_callback_file(c"nonblock_zapped", (), &show_nonblock_zapped),
             _dir: dir,
         })
