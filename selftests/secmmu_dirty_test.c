@@ -1520,6 +1520,36 @@ TEST_F_TIMEOUT(dirty_api, dirty_ring_full, 120)
 	ring_full(_metadata, &self->d, variant->format, DBIT);
 }
 
+/*
+ * With rings, writes that no vCPU makes go to the bitmap: the run page,
+ * written through its guest page cache at every exit, is reported by
+ * SECMMU_GET_DIRTY_LOG (KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP), and the
+ * vCPU's own writes by its ring only.
+ */
+TEST_F_TIMEOUT(dirty_api, dirty_ring_run_page, 120)
+{
+	struct dlog *d = &self->d;
+	struct secmmu_run_page_setup rp = {
+		.gpa = GPA_BASE + 5 * PAGE_SZ + 64,
+		.flags = SECMMU_RUN_PAGE_ENABLE,
+	};
+	__u64 v = 1;
+
+	if (!d->mem)
+		SKIP(return, "no memory of this backing in the VM");
+	ASSERT_EQ(0, dirty_space(d, variant->format, RING));
+	ASSERT_EQ(0, set_slot(d->fd, 0, LOG, GPA_BASE, d->size, d->mem));
+	ASSERT_EQ(0, secmmu_ioctl(d->vcpu, SECMMU_SET_RUN_PAGE, &rp));
+	ASSERT_EQ(0, guest_access(d->vcpu, GPA_BASE + 7 * PAGE_SZ, &v, 8, 1));
+	memset(d->bmap, 0, d->nwords * 8);
+	ASSERT_EQ(1, ring_collect(d));
+	EXPECT_TRUE(test_bit(d->bmap, 7));
+	ASSERT_EQ(1, dirty_ring_reset(d->fd));
+	ASSERT_EQ(0, get_log(d->fd, 0, d->bmap));
+	EXPECT_TRUE(test_bit(d->bmap, 5));
+	EXPECT_EQ(1, count_set(d->bmap, d->npages));
+}
+
 /* The ring's uAPI: its size, its mapping, and resets of broken entries. */
 TEST_F(dirty_api, dirty_ring_uapi)
 {
