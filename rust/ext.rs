@@ -23,4 +23,5 @@ pub(crate) mod raw_spinlock;
 pub(crate) mod rcu;
 pub(crate) mod rwlock;
 pub(crate) mod sched;
+pub(crate) mod tracepoint;
 pub(crate) mod user_mappable;

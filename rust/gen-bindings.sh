@@ -20,9 +20,13 @@ bindgen=$(echo "$cmd" | awk '{print $1}')
 
 abs_header=$(cd "$(dirname "$header")" && pwd)/$(basename "$header")
 abs_out=$(cd "$(dirname "$out")" && pwd)/$(basename "$out")
+# <trace/events/secmmu.h>, as Kbuild's ccflags find it.
+inc=$(cd "$(dirname "$header")/../include" && pwd)
 cd "$objtree"
-# Only our own functions; no recursion, so types come from kernel::bindings.
+# Only our own functions and trace events; no recursion, so types come from
+# kernel::bindings.
 eval "$bindgen \"$abs_header\" --allowlist-function 'secmmu_.*' --allowlist-function anon_inode_getfd" \
 	"--allowlist-function remap_vmalloc_range --allowlist-function vunmap" \
-	"--no-recursive-allowlist -o \"$abs_out.tmp\" $flags -DMODULE"
+	"--allowlist-var '__tracepoint_secmmu_.*' --allowlist-function 'rust_do_trace_secmmu_.*'" \
+	"--no-recursive-allowlist -o \"$abs_out.tmp\" $flags -DMODULE -I\"$inc\""
 mv "$abs_out.tmp" "$abs_out"

@@ -105,6 +105,11 @@ impl Event {
     pub(crate) const MIGRATE: Event = Event(bindings::mmu_notifier_event_MMU_NOTIFY_MIGRATE);
     /// Conversion of an entry to device-exclusive.
     pub(crate) const EXCLUSIVE: Event = Event(bindings::mmu_notifier_event_MMU_NOTIFY_EXCLUSIVE);
+
+    /// The C value (`MMU_NOTIFY_*`), as trace events record it.
+    pub(crate) fn raw(self) -> u32 {
+        self.0
+    }
 }
 
 /// An invalidation as the mm core reports it (`struct mmu_notifier_range`).

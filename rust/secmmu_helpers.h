@@ -16,6 +16,12 @@
 #include <linux/types.h>
 #include <linux/vmalloc.h>
 
+/*
+ * The trace events: bindgen takes their __tracepoint_secmmu_* keys and the
+ * rust_do_trace_secmmu_* functions src/trace.c defines (rust/tracepoint.rs).
+ */
+#include <trace/events/secmmu.h>
+
 /* mmu_notifier_range_blockable(): may this invalidation sleep? */
 bool secmmu_range_blockable(const struct mmu_notifier_range *range);
 

@@ -36,6 +36,7 @@ use crate::{
     mmu::pgtable::{MapAction, MapError, MapOutcome},
     mmu::prim::NoPreempt,
     space::Space,
+    trace::{self, FaultOutcome},
 };
 use kernel::prelude::*;
 
@@ -111,6 +112,22 @@ impl WithFormat for FaultIn<'_> {
     type Output = Result<(), Exit>;
 
     fn run<F: Format>(self) -> Result<(), Exit> {
+        let (space, vcpu, gfn, write) = (self.space, self.vcpu, self.gfn, self.write);
+        let r = self.fault_in::<F>();
+        // What ended in a fault exit or an errno; the other outcomes are
+        // traced where they are counted.
+        let outcome = match r {
+            Ok(()) | Err(Exit::DirtyRingFull) => return r,
+            Err(Exit::MemoryFault) => FaultOutcome::MemoryExit,
+            Err(Exit::Errno(_)) => FaultOutcome::Error,
+        };
+        trace::fault(space.id, vcpu, gfn, None, write, outcome);
+        r
+    }
+}
+
+impl FaultIn<'_> {
+    fn fault_in<F: Format>(self) -> Result<(), Exit> {
         let FaultIn {
             space,
             vcpu,
@@ -126,6 +143,7 @@ impl WithFormat for FaultIn<'_> {
             // and log the page, without get_user_pages, and before anything
             // else, as KVM's fast_page_fault() runs first.
             if write && logs_dirty(space, gfn) && fix_write_protect::<F>(space, root, gfn, ring) {
+                trace::fault(space.id, vcpu, gfn, None, write, FaultOutcome::WpFixed);
                 return Ok(());
             }
             let mut fault = begin(space, vcpu, gfn, write)?;
@@ -139,6 +157,7 @@ impl WithFormat for FaultIn<'_> {
             // sequence check is needed). With A/D bits the walker keeps
             // entries young itself: skip the extra trip through the lock.
             if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write) {
+                trace::fault(space.id, vcpu, gfn, None, write, FaultOutcome::AfFixed);
                 return Ok(());
             }
             caches.topup::<F>()?;
@@ -234,6 +253,7 @@ fn install<F: Format>(
         let slots = space.memslots(&rcu);
         if fault.must_retry(&guard.inval, slots.generation()) {
             space.stats.fault_retries.inc();
+            trace_fault(space, fault, None, FaultOutcome::Retry);
             return Installed::Retry;
         }
         let Some(slot) = slots.lookup(fault.gfn) else {
@@ -262,10 +282,12 @@ fn install<F: Format>(
             .is_ok_and(|o| o.action == MapAction::Replaced)
     {
         space.stats.bbm.inc();
+        trace::bbm(space.id, fault.gfn, fault.level);
     }
     match mapped {
         Err(MapError::Again) => {
             space.stats.fault_eagain.inc();
+            trace_fault(space, fault, Some(fault.level), FaultOutcome::Again);
             Installed::Retry
         }
         Ok(MapOutcome {
@@ -352,18 +374,33 @@ fn fix_write_protect<F: Format>(
     true
 }
 
-/// Counts a fault that installed (or found) its leaf.
+/// Traces how `fault` went (`secmmu_fault`).
+fn trace_fault(space: &Space, fault: &Fault, level: Option<Level>, outcome: FaultOutcome) {
+    trace::fault(
+        space.id,
+        fault.vcpu(),
+        fault.gfn,
+        level,
+        fault.write,
+        outcome,
+    );
+}
+
+/// Counts and traces a fault that installed (or found) its leaf.
 fn count_fault(space: &Space, fault: &Fault, outcome: &MapOutcome) {
     let stats = &space.stats;
     stats.faults.inc();
+    trace_fault(space, fault, Some(fault.level), FaultOutcome::Installed);
     if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
         stats.mappings[fault.level.idx()].inc();
     }
     if outcome.split {
         stats.splits.inc();
+        trace::split(space.id, fault.gfn, fault.level);
     }
     if outcome.unlinked.is_some() {
         stats.collapses.inc();
+        trace::collapse(space.id, fault.gfn, fault.level);
     }
     stats.rmap_max_chain.max(outcome.chain_len as u64);
 }

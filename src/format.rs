@@ -84,9 +84,6 @@ pub(crate) trait SpaceMmu {
     /// `rcu` (KVM's `kvm_memslots()`), valid until it ends.
     fn slots<'a>(&'a self, rcu: &'a NoPreempt<'_>) -> &'a SlotSet;
 
-    /// The space's statistics.
-    fn stats(&self) -> &Stats;
-
     /// Whether the walker sets accessed and dirty bits (A/D bits).
     fn ad_enabled(&self) -> bool;
 
@@ -678,8 +675,7 @@ impl Format for X86Mmu<KernelPages> {
     /// access tracking takes W away.
     fn age(space: &impl SpaceMmu, start: Hva, end: Hva, op: AgeOp) -> Option<AgeResult> {
         if aging::use_lockless(op, space.ad_enabled(), space.aging_locked()) {
-            space.stats().aging_lockless.inc();
-            let r = {
+            let mut r = {
                 // Nothing in the walk sleeps.
                 let preempt = PreemptGuard::new();
                 let rcu: NoPreempt<'_> = preempt.proof().into();
@@ -689,6 +685,7 @@ impl Format for X86Mmu<KernelPages> {
                     })
                 })
             };
+            r.lockless = true;
             // clear_flush_young: the entries made old must not stay cached
             // as young translations (no MMU lock needed to flush).
             if r.needs_flush() {
@@ -816,8 +813,10 @@ impl Format for S2Mmu<KernelPages> {
         if space.aging_locked() {
             walk(&space.mmu_lock().write())
         } else {
-            space.stats().aging_lockless.inc();
-            walk(&space.mmu_lock().read())
+            walk(&space.mmu_lock().read()).map(|r| AgeResult {
+                lockless: true,
+                ..r
+            })
         }
     }
 

@@ -22,6 +22,7 @@ mod kpages;
 mod mmu_lock;
 mod space;
 mod testhooks;
+mod trace;
 mod uapi;
 mod vcpu;
 

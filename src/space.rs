@@ -60,7 +60,7 @@ use crate::{
     mmu::tlb::VcpuMode,
     mmu::zap::{Yield, Zap, ZapLock},
     mmu_lock::{MmuLock, WriteGuard},
-    uapi,
+    trace, uapi,
 };
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::{
@@ -104,6 +104,9 @@ pub(crate) struct Space {
     /// before everything else; initialized (registered) last.
     #[pin]
     notifier: MmuNotifier<Space>,
+    /// Unique among the spaces since the module was loaded: names the
+    /// space in trace events.
+    pub(crate) id: u32,
     /// Serializes configuration changes; holds the configuration.
     #[pin]
     config: Mutex<Option<Config>>,
@@ -160,6 +163,9 @@ pub(crate) struct Space {
 
 impl_has_mmu_notifier!(Space, notifier);
 
+/// The id of the next space ([`Space::id`]); ids start at 1.
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
 mod dirty_log;
 
 /// What a flush and a yield of a zap are to a space ([`Yield`]): a zap
@@ -194,6 +200,7 @@ impl Yield for SpaceYield<'_> {
 
     fn flush_elided(&mut self) {
         self.space.stats.tlb_flushes_elided.inc();
+        trace::tlb_flush(self.space.id, 0, true);
     }
 }
 
@@ -201,6 +208,18 @@ impl Yield for SpaceYield<'_> {
 struct SpaceLock<'g, 'a> {
     guard: &'g mut WriteGuard<'a, MmuState>,
     stats: &'g Stats,
+    /// The times the zap dropped the lock.
+    yields: u64,
+}
+
+impl<'g, 'a> SpaceLock<'g, 'a> {
+    fn new(guard: &'g mut WriteGuard<'a, MmuState>, stats: &'g Stats) -> Self {
+        SpaceLock {
+            guard,
+            stats,
+            yields: 0,
+        }
+    }
 }
 
 impl ZapLock for SpaceLock<'_, '_> {
@@ -212,6 +231,7 @@ impl ZapLock for SpaceLock<'_, '_> {
 
     fn resched(&mut self) {
         self.stats.zap_yields.inc();
+        self.yields += 1;
         self.guard.resched();
     }
 }
@@ -234,6 +254,7 @@ impl Space {
         let inval = Invalidations::new()?;
         let space = Arc::pin_init(
             try_pin_init!(Self {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 config <- new_mutex!(None, "secmmu_config"),
                 mmu <- new_rwlock!(
                     MmuState {
@@ -563,11 +584,13 @@ impl Space {
     /// Documentation/secmmu-protocols.rst).
     pub(crate) fn flush_remote_tlbs(&self) {
         let mut ids = self.vcpu_ids.load(Ordering::Acquire);
+        let vcpus = ids.count_ones();
         while ids != 0 {
             self.vcpu_modes[ids.trailing_zeros() as usize].request_flush();
             ids &= ids - 1;
         }
         self.stats.tlb_flushes.inc();
+        trace::tlb_flush(self.id, vcpus, false);
     }
 
     /// A zap of this space, which yields only if `may_block`.
@@ -594,13 +617,12 @@ impl Space {
         start: Gfn,
         end: Gfn,
     ) {
-        let mut lock = SpaceLock {
-            guard,
-            stats: &self.stats,
-        };
+        let mut lock = SpaceLock::new(guard, &self.stats);
+        let before = z.zapped;
         // The slot is looked up in the set current under the lock, again
         // after every yield: a slot deleted meanwhile was zapped whole.
         format::zap_gfn_range(&mut lock, self, z, id, start, end);
+        trace::zap(self.id, id, start, end, z.zapped - before, lock.yields);
     }
 
     /// Ends the zaps of `z`: flushes the TLBs if anything was zapped or
@@ -610,11 +632,7 @@ impl Space {
     /// walks any more ("TLB flush before freeing tables" in
     /// Documentation/secmmu-protocols.rst).
     fn flush_and_free(&self, guard: &mut WriteGuard<'_, MmuState>, z: &mut Zap<SpaceYield<'_>>) {
-        let mut lock = SpaceLock {
-            guard,
-            stats: &self.stats,
-        };
-        z.flush_and_free(&mut lock);
+        z.flush_and_free(&mut SpaceLock::new(guard, &self.stats));
     }
 
     /// Adds what the zaps of `z` did to the statistics.
@@ -984,10 +1002,6 @@ impl SpaceMmu for Space {
         self.memslots(rcu)
     }
 
-    fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
     fn ad_enabled(&self) -> bool {
         Space::ad_enabled(self)
     }
@@ -1046,6 +1060,7 @@ impl MmuNotifierOps for Space {
     fn invalidate_range_start(&self, range: &Range) -> Result {
         let (start, end) = (Hva::from_usize(range.start()), Hva::from_usize(range.end()));
         let blockable = range.blockable();
+        trace::invalidate_range_start(self.id, start, end, range.event().raw(), blockable);
         self.stats.invalidations.inc();
         if !blockable {
             self.stats.invalidations_nonblock.inc();
@@ -1103,7 +1118,9 @@ impl MmuNotifierOps for Space {
         Ok(())
     }
 
-    fn invalidate_range_end(&self, _range: &Range) {
+    fn invalidate_range_end(&self, range: &Range) {
+        let (start, end) = (Hva::from_usize(range.start()), Hva::from_usize(range.end()));
+        trace::invalidate_range_end(self.id, start, end);
         let balanced = self.mmu.write().inval.end();
         // An end without its start: the mm core broke the contract.
         kernel::warn_on!(!balanced);
@@ -1150,14 +1167,19 @@ impl Space {
             return false;
         }
         self.stats.aging_calls.inc();
-        let Some(kind) = Kind::from_uapi(self.format.load(Ordering::Acquire)) else {
-            return false;
-        };
-        let Some(r) = kind.age(self, Hva::from_usize(start), Hva::from_usize(end), op) else {
-            return false;
-        };
-        self.count_aging(&r);
-        r.young
+        let (start, end) = (Hva::from_usize(start), Hva::from_usize(end));
+        let r = Kind::from_uapi(self.format.load(Ordering::Acquire))
+            .and_then(|kind| kind.age(self, start, end, op));
+        let (young, lockless) = r.as_ref().map_or((false, false), |r| (r.young, r.lockless));
+        match op {
+            AgeOp::Test => trace::test_young(self.id, start, young, lockless),
+            AgeOp::Clear => trace::age(self.id, start, end, false, young, lockless),
+            AgeOp::ClearFlush => trace::age(self.id, start, end, true, young, lockless),
+        }
+        if let Some(r) = r {
+            self.count_aging(&r);
+        }
+        young
     }
 
     /// Whether aging must take the MMU lock even where A/D bits allow
@@ -1168,6 +1190,9 @@ impl Space {
 
     fn count_aging(&self, r: &AgeResult) {
         let s = &self.stats;
+        if r.lockless {
+            s.aging_lockless.inc();
+        }
         if r.young {
             s.aging_young.inc();
         }

@@ -78,6 +78,9 @@ pub(crate) struct AgeResult {
     /// Accessed entries without A/D bits that the lockless walk could not clear: counted
     /// young; the space should age with the locked walk.
     pub(crate) skipped: u64,
+    /// The walk did not hold the MMU lock for write: lockless (x86, with A/D bits) or under the
+    /// read side (stage-2): the `aging_lockless` count.
+    pub(crate) lockless: bool,
 }
 
 impl AgeResult {
@@ -94,6 +97,7 @@ impl AgeResult {
             lost_races: 0,
             not_present: 0,
             skipped: 0,
+            lockless: false,
         }
     }
 

@@ -47,6 +47,11 @@ pub(crate) struct Fault {
 }
 
 impl Fault {
+    /// The vCPU whose fault it is.
+    pub(crate) fn vcpu(&self) -> usize {
+        self.vcpu
+    }
+
     /// Begins a fault of vCPU `vcpu` on `gfn` of `slot`, which the memslot set
     /// of generation `generation` holds, in tables whose leaves are at most
     /// `max_level`: the fault watches the host range of the largest leaf the
