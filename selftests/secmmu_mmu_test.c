@@ -88,6 +88,8 @@ FIXTURE_SETUP(mirror)
 
 /* Test hook of the auditor's test: invalidations skip some zaps. */
 #define SKIP_ZAP_PARAM	"/sys/kernel/debug/secmmu/test_skip_zap"
+/* Test hook: a zap that may block yields every Nth time it asks. */
+#define ZAP_RESCHED_PARAM	"/sys/kernel/debug/secmmu/test_zap_resched"
 
 static int write_file(const char *path, const char *val);
 
@@ -881,10 +883,10 @@ static unsigned long stress_phase(struct stress_vcpu *v, unsigned int op,
 	return v[0].err || v[1].err ? -1UL : faults;
 }
 
-static int mmu_stress_child(unsigned int format)
+/* The space, its memory and two vCPUs over halves of it (steps 10-12). */
+static int mmu_stress_setup(unsigned int format, struct stress_vcpu *v,
+			    int *fdp, char **memp)
 {
-	const unsigned long npages = STRESS_SZ / PAGE_SZ;
-	struct stress_vcpu v[2] = {};
 	char *mem;
 	int fd, s, i;
 
@@ -893,6 +895,8 @@ static int mmu_stress_child(unsigned int format)
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (fd < 0 || mem == MAP_FAILED)
 		return 10;
+	*fdp = fd;
+	*memp = mem;
 	for (s = 0; s < STRESS_SLOTS; s++)
 		if (set_slot(fd, s, 0, GPA_BASE + s * STRESS_SLOT_SZ, STRESS_SLOT_SZ,
 			     mem + s * STRESS_SLOT_SZ))
@@ -904,6 +908,15 @@ static int mmu_stress_child(unsigned int format)
 		if (v[i].vcpu < 0)
 			return 12;
 	}
+	return 0;
+}
+
+/* KVM's mmu_stress_test phases, racing mprotect() (steps 13-21). */
+static int mmu_stress_phases(struct stress_vcpu *v, char *mem)
+{
+	const unsigned long npages = STRESS_SZ / PAGE_SZ;
+	unsigned long i;
+
 	if (stress_phase(v, SECMMU_RUN_WRITE, 1))		/* run1 */
 		return 13;
 	if (stress_phase(v, SECMMU_RUN_WRITE, 2))		/* run2 */
@@ -920,16 +933,38 @@ static int mmu_stress_child(unsigned int format)
 		return 19;
 	if (stress_phase(v, SECMMU_RUN_WRITE, 4))
 		return 20;
-	for (i = 0; i < (int)npages; i++)
+	for (i = 0; i < npages; i++)
 		if (*(uint64_t *)(mem + i * PAGE_SZ) != (4 ^ (GPA_BASE + i * PAGE_SZ)))
 			return 21;
-	/* Teardown: even slots deleted, half unmapped, the rest left to exit. */
+	return 0;
+}
+
+/* Teardown: even slots deleted, half unmapped (steps 22-23). */
+static int mmu_stress_teardown(int fd, char *mem)
+{
+	int s;
+
 	for (s = 0; s < STRESS_SLOTS; s += 2)
 		if (set_slot(fd, s, 0, 0, 0, NULL))
 			return 22;
 	if (munmap(mem, STRESS_SZ / 2))
 		return 23;
 	return 0;
+}
+
+/* The rest is left to exit. */
+static int mmu_stress_child(unsigned int format)
+{
+	struct stress_vcpu v[2] = {};
+	char *mem;
+	int fd, step;
+
+	step = mmu_stress_setup(format, v, &fd, &mem);
+	if (!step)
+		step = mmu_stress_phases(v, mem);
+	if (!step)
+		step = mmu_stress_teardown(fd, mem);
+	return step;
 }
 
 TEST_F_TIMEOUT(fmt, mmu_stress, 180)
@@ -945,8 +980,323 @@ TEST_F_TIMEOUT(fmt, mmu_stress, 180)
 	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("failed at step %d", WEXITSTATUS(status));
 }
 
-/* Test hook: a zap that may block yields every Nth time it asks. */
-#define ZAP_RESCHED_PARAM	"/sys/kernel/debug/secmmu/test_zap_resched"
+/*
+ * trace_counts: secmmu's trace events, read from a tracefs instance of
+ * their own, count what the space's statistics count. One pass of the
+ * mmu_stress workload (faults racing mprotect(), memslot deletions, a
+ * munmap; zaps made to yield by the test_zap_resched hook), then aging by
+ * test_young and by page_idle's clear_young, with
+ * the events of this space only (a filter on its id), in a buffer that
+ * drops rather than overwrites: every statistic's delta must equal what
+ * its events add up to.
+ */
+#define TRACEFS		"/sys/kernel/tracing"
+#define TRACE_INST	TRACEFS "/instances/secmmu_trace_counts"
+
+enum {
+	FO_INSTALLED, FO_WP_FIXED, FO_AF_FIXED, FO_RETRY, FO_EAGAIN,
+	FO_MEMORY_EXIT, FO_ERROR, FO_NR
+};
+
+static const char * const fault_outcomes[FO_NR] = {
+	"installed", "wp_fixed", "af_fixed", "retry", "eagain", "memory_exit",
+	"error",
+};
+
+struct trace_counts {
+	unsigned long long inval_start, inval_end, zaps, zap_leaves, zap_yields;
+	unsigned long long faults[FO_NR];
+	unsigned long long flushes, flushes_elided;
+	unsigned long long aging, aging_young, aging_lockless;
+	unsigned long long splits, collapses, bbm, other_space, unknown;
+};
+
+static int trace_write(const char *file, const char *val)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), TRACE_INST "/%s", file);
+	return write_file(path, val);
+}
+
+/* The trace of the instance, as text (malloc'ed), or NULL. */
+static char *trace_read(void)
+{
+	size_t len = 0, cap = 1 << 20;
+	char *buf = malloc(cap);
+	int fd = open(TRACE_INST "/trace", O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0 || !buf) {
+		free(buf);
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
+		len += n;
+		if (cap - len < 4096) {
+			char *more = realloc(buf, cap * 2);
+
+			if (!more)
+				break;
+			buf = more;
+			cap *= 2;
+		}
+	}
+	close(fd);
+	buf[len] = 0;
+	return buf;
+}
+
+/* Events the instance lost: dropped or overrun, over every CPU. */
+static unsigned long long trace_lost(void)
+{
+	unsigned long long lost = 0, v;
+	char path[256], line[128];
+	int cpu;
+
+	for (cpu = 0; cpu < 64; cpu++) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), TRACE_INST "/per_cpu/cpu%d/stats", cpu);
+		f = fopen(path, "r");
+		if (!f)
+			break;
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "overrun: %llu", &v) == 1 ||
+			    sscanf(line, "dropped events: %llu", &v) == 1)
+				lost += v;
+		fclose(f);
+	}
+	return lost;
+}
+
+/* The id of the space whose vCPU faulted on @gfn, per the trace, or -1. */
+static long trace_space_of(const char *text, unsigned long long gfn)
+{
+	const char *p = text;
+	unsigned long long g;
+	unsigned int space, vcpu;
+
+	while ((p = strstr(p, ": secmmu_fault: "))) {
+		p += strlen(": secmmu_fault: ");
+		if (sscanf(p, "space %u vcpu %u gfn %llx", &space, &vcpu, &g) == 3 &&
+		    g == gfn)
+			return space;
+	}
+	return -1;
+}
+
+/* Adds up the events of space @id in @text, which it splits into lines. */
+static void trace_count(char *text, unsigned int id, struct trace_counts *c)
+{
+	char *line, *save = NULL;
+
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *p = strstr(line, ": secmmu_");
+		unsigned long long a, b, n, y;
+		char ev[32], w[16], o[16];
+		unsigned int space, u, lvl;
+		int i;
+
+		if (!p)
+			continue;
+		if (sscanf(p + 2, "%31[^:]: space %u", ev, &space) != 2) {
+			c->unknown++;
+			continue;
+		}
+		if (space != id) {
+			c->other_space++;
+			continue;
+		}
+		p = strchr(p + 2, ':') + 2;
+		if (!strcmp(ev, "secmmu_invalidate_range_start")) {
+			c->inval_start++;
+		} else if (!strcmp(ev, "secmmu_invalidate_range_end")) {
+			c->inval_end++;
+		} else if (!strcmp(ev, "secmmu_zap")) {
+			if (sscanf(p, "space %u slot %u gfn %llx-%llx leaves %llu yields %llu",
+				   &space, &u, &a, &b, &n, &y) != 6) {
+				c->unknown++;
+				continue;
+			}
+			c->zaps++;
+			c->zap_leaves += n;
+			c->zap_yields += y;
+		} else if (!strcmp(ev, "secmmu_fault")) {
+			if (sscanf(p, "space %u vcpu %u gfn %llx level %u %15s %15s",
+				   &space, &u, &a, &lvl, w, o) != 6) {
+				c->unknown++;
+				continue;
+			}
+			for (i = 0; i < FO_NR; i++)
+				if (!strcmp(o, fault_outcomes[i]))
+					break;
+			if (i == FO_NR)
+				c->unknown++;
+			else
+				c->faults[i]++;
+		} else if (!strcmp(ev, "secmmu_age") || !strcmp(ev, "secmmu_test_young")) {
+			/* "space N hva A[-B][ flush] young|old[ lockless]" */
+			c->aging++;
+			if (strstr(p, " young"))
+				c->aging_young++;
+			if (strstr(p, " lockless"))
+				c->aging_lockless++;
+		} else if (!strcmp(ev, "secmmu_tlb_flush")) {
+			if (strstr(p, " elided"))
+				c->flushes_elided++;
+			else
+				c->flushes++;
+		} else if (!strcmp(ev, "secmmu_split")) {
+			c->splits++;
+		} else if (!strcmp(ev, "secmmu_collapse")) {
+			c->collapses++;
+		} else if (!strcmp(ev, "secmmu_bbm")) {
+			c->bbm++;
+		} else {
+			c->unknown++;
+		}
+	}
+}
+
+/* Empties the instance's buffer. */
+static int trace_clear(void)
+{
+	int fd = open(TRACE_INST "/trace", O_WRONLY | O_TRUNC);
+
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+/* Clears young through page_idle for @n pages at @mem; returns how many. */
+static int page_idle_clear(char *mem, int n)
+{
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	int bitmap = open("/sys/kernel/mm/page_idle/bitmap", O_RDWR);
+	int i, done = 0;
+
+	for (i = 0; pagemap >= 0 && bitmap >= 0 && i < n; i++) {
+		__u64 e, pfn, word;
+
+		if (pread(pagemap, &e, 8, ((uintptr_t)(mem + i * PAGE_SZ) / PAGE_SZ) * 8) != 8 ||
+		    !(e & (1ULL << 63)))
+			continue;
+		pfn = e & ((1ULL << 55) - 1);
+		word = 1ULL << (pfn % 64);
+		/* Setting the idle bit clears young through the notifiers. */
+		if (pwrite(bitmap, &word, 8, pfn / 64 * 8) == 8)
+			done++;
+	}
+	if (pagemap >= 0)
+		close(pagemap);
+	if (bitmap >= 0)
+		close(bitmap);
+	return done;
+}
+
+TEST_F_TIMEOUT(fmt, trace_counts, 300)
+{
+	struct secmmu_stats b, a;
+	struct trace_counts c = {};
+	struct stress_vcpu v[2] = {};
+	char *text, filter[32];
+	long id;
+	int fd, i, step, idle;
+	char *mem;
+
+	if (access(TRACEFS "/events/secmmu", F_OK)) {
+		mount("nodev", TRACEFS, "tracefs", 0, NULL);
+		if (access(TRACEFS "/events/secmmu", F_OK))
+			SKIP(return, "no secmmu trace events (kernel without TRACING?)");
+	}
+	rmdir(TRACE_INST);
+	ASSERT_EQ(0, mkdir(TRACE_INST, 0755)) TH_LOG("%s: %s", TRACE_INST, strerror(errno));
+	ASSERT_EQ(0, trace_write("buffer_size_kb", "16384"));
+	ASSERT_EQ(0, trace_write("options/overwrite", "0"));
+	ASSERT_EQ(0, trace_write("events/secmmu/enable", "1"));
+
+	step = mmu_stress_setup(variant->format, v, &fd, &mem);
+	ASSERT_EQ(0, step);
+	/* The space's id: the one of the fault on the first gfn. */
+	ASSERT_EQ(0, run_range(v[0].vcpu, SECMMU_RUN_READ, GPA_BASE, GPA_BASE + PAGE_SZ,
+			       PAGE_SZ, 0, NULL));
+	text = trace_read();
+	ASSERT_NE(NULL, text);
+	id = trace_space_of(text, GPA_BASE / PAGE_SZ);
+	free(text);
+	ASSERT_GE(id, 0) TH_LOG("no secmmu_fault on gfn %#lx in the trace", GPA_BASE / PAGE_SZ);
+	snprintf(filter, sizeof(filter), "space == %ld", id);
+	ASSERT_EQ(0, trace_write("events/secmmu/filter", filter));
+	ASSERT_EQ(0, trace_clear());
+
+	/* Zaps yield too: every other time they ask. */
+	write_file(ZAP_RESCHED_PARAM, "2");
+	b = get_stats(fd);
+	step = mmu_stress_phases(v, mem);
+	EXPECT_EQ(0, step) TH_LOG("failed at step %d", step);
+	for (i = 0; i < 64; i++)
+		test_young(fd, mem + i * PAGE_SZ);
+	idle = page_idle_clear(mem + 64 * PAGE_SZ, 64);
+	step = mmu_stress_teardown(fd, mem);
+	EXPECT_EQ(0, step) TH_LOG("failed at step %d", step);
+	a = get_stats(fd);
+	ASSERT_EQ(0, trace_write("tracing_on", "0"));
+	write_file(ZAP_RESCHED_PARAM, "0");
+
+	EXPECT_EQ(0, trace_lost()) TH_LOG("the trace buffer lost events: make it larger");
+	text = trace_read();
+	ASSERT_NE(NULL, text);
+	trace_count(text, id, &c);
+	free(text);
+	TH_LOG("%s space %ld: %llu faults, %llu retries, %llu eagain, %llu invalidations",
+	       format_name(variant->format), id,
+	       c.faults[FO_INSTALLED] + c.faults[FO_WP_FIXED], c.faults[FO_RETRY],
+	       c.faults[FO_EAGAIN], c.inval_start);
+	TH_LOG("%llu zaps of %llu leaves (%llu yields), %llu+%llu elided flushes",
+	       c.zaps, c.zap_leaves, c.zap_yields, c.flushes, c.flushes_elided);
+	TH_LOG("%llu aging (%llu young, %llu lockless; idle %d)",
+	       c.aging, c.aging_young, c.aging_lockless, idle);
+	TH_LOG("%llu split, %llu collapse, %llu bbm", c.splits, c.collapses, c.bbm);
+	EXPECT_EQ(0, c.unknown);
+	EXPECT_EQ(0, c.other_space);
+	EXPECT_EQ(a.faults - b.faults, c.faults[FO_INSTALLED] + c.faults[FO_WP_FIXED]);
+	EXPECT_EQ(a.fault_retries - b.fault_retries, c.faults[FO_RETRY]);
+	EXPECT_EQ(a.fault_eagain - b.fault_eagain, c.faults[FO_EAGAIN]);
+	EXPECT_EQ(a.memory_faults - b.memory_faults, c.faults[FO_MEMORY_EXIT]);
+	EXPECT_EQ(a.access_restores - b.access_restores +
+		  a.access_flag_faults - b.access_flag_faults, c.faults[FO_AF_FIXED]);
+	EXPECT_EQ(0, c.faults[FO_ERROR]);
+	EXPECT_EQ(a.invalidations - b.invalidations, c.inval_start);
+	EXPECT_EQ(c.inval_start, c.inval_end);
+	EXPECT_EQ(a.sptes_zapped - b.sptes_zapped, c.zap_leaves);
+	EXPECT_EQ(a.zap_yields - b.zap_yields, c.zap_yields);
+	EXPECT_EQ(a.tlb_flushes - b.tlb_flushes, c.flushes);
+	EXPECT_EQ(a.tlb_flushes_elided - b.tlb_flushes_elided, c.flushes_elided);
+	EXPECT_EQ(a.aging_calls - b.aging_calls, c.aging);
+	EXPECT_EQ(a.aging_young - b.aging_young, c.aging_young);
+	EXPECT_EQ(a.aging_lockless - b.aging_lockless, c.aging_lockless);
+	EXPECT_EQ(a.splits - b.splits, c.splits);
+	EXPECT_EQ(a.collapses - b.collapses, c.collapses);
+	EXPECT_EQ(a.bbm - b.bbm, c.bbm);
+	/* The workload did each of these: counts of nothing prove nothing. */
+	EXPECT_GT(c.faults[FO_INSTALLED], 0);
+	EXPECT_GT(c.inval_start, 0);
+	EXPECT_GT(c.zap_leaves, 0);
+	EXPECT_GT(c.zap_yields, 0);
+	EXPECT_GT(c.flushes, 0);
+	EXPECT_GE(c.aging, 64);
+
+	trace_write("events/secmmu/enable", "0");
+	for (i = 0; i < 2; i++)
+		close(v[i].vcpu);
+	close(fd);
+	munmap(mem + STRESS_SZ / 2, STRESS_SZ / 2);
+	rmdir(TRACE_INST);
+}
 
 /*
  * munmap of 1 GiB of 4K mappings (divided by SECMMU_TEST_SCALE): the zap
