@@ -4,11 +4,13 @@
 # into build/ARCH (Kbuild MO=), so an x86_64 and an arm64 build coexist.
 # Also the lint that needs the kernel tree: clippy (into build/ARCH-clippy).
 #
-# usage: scripts/module.sh KBUILD_DIR [--clippy]
+# usage: scripts/module.sh KBUILD_DIR [--clippy|--notrace]
+# --notrace builds, into build/ARCH-notrace, a secmmu.ko without its trace
+# events: the trace benchmark's baseline.
 . "$(dirname "$0")/lib.sh"
 
 kdir=$1
-clippy=${2:-}
+mode=${2:-}
 karch=x86_64
 grep -q '^CONFIG_ARM64=y' "$kdir/.config" && karch=arm64
 out=$(build_dir $karch)
@@ -19,7 +21,7 @@ mk() { in_toolchain "$SECMMU_TOP" make KDIR="$kdir" ARCH=$karch LLVM=1 "$@"; }
 # has left its modules.order next to the sources: clean that one first.
 [ -f "$SECMMU_TOP/modules.order" ] && mk -s clean >&2
 
-if [ "$clippy" = --clippy ]; then
+if [ "$mode" = --clippy ]; then
 	# A clean clippy build: every warning is an error for the test command.
 	mk -s MO="$out-clippy" clean >&2
 	res=$(mk MO="$out-clippy" CLIPPY=1 2>&1) || {
@@ -33,6 +35,10 @@ if [ "$clippy" = --clippy ]; then
 	exit 0
 fi
 
+if [ "$mode" = --notrace ]; then
+	out=$out-notrace
+	mk() { in_toolchain "$SECMMU_TOP" make KDIR="$kdir" ARCH=$karch LLVM=1 SECMMU_NOTRACE=1 "$@"; }
+fi
 res=$(mk -s MO="$out" 2>&1) || {
 	echo "$res" >&2
 	die "module build failed"

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 # Runs inside the perf VM: load secmmu and the HMM test driver, run the
 # benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES [LABEL]]
-# (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/; BENCHES: some of
-# "dmirror fault huge aging gpc dirty", default all; LABEL: names the build in the
+# (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/, and TOP-notrace/secmmu.ko
+# built without trace events; BENCHES: some of
+# "dmirror fault huge aging gpc dirty trace", default all; LABEL: names the build in the
 # first line, when one VM runs several)
 top=$1 kdir=$2 only=${3:-all} label=${4:+ [$4]}
 want() { [ "$only" = all ] || case " $only " in *" $1 "*) ;; *) false ;; esac; }
@@ -74,5 +75,48 @@ if want gpc && [ -x "$top/selftests/secmmu_gpc_bench" ]; then
 		END { for (s in p99) { split(s, k, " "); if (k[2] == "range" && p99[k[1] " range"] > 0)
 			printf "gpc refresh p99 under the %s storm, kvm-7.3 / range: %.1fx\n",
 			       k[1], p99[k[1] " kvm-7.3"] / p99[k[1] " range"] } }'
+fi
+# Trace events: compiled in but disabled against compiled out, and on,
+# in turns in the same boot; best of the rounds for each build.
+if want trace && [ -f "$top-notrace/secmmu.ko" ]; then
+	echo "== bench: trace events compiled in but disabled vs compiled out"
+	echo "   (target: within 2%), and with every secmmu event on; the figures"
+	echo "   are secmmu_bench's, per page, best of ${SECMMU_TRACE_ROUNDS:-3} rounds"
+	tr=/sys/kernel/tracing
+	[ -d $tr/events ] || mount -t tracefs nodev $tr 2>/dev/null
+	out=
+	for round in $(seq "${SECMMU_TRACE_ROUNDS:-3}"); do
+		for build in out disabled on; do
+			rmmod secmmu
+			ko=$top/secmmu.ko
+			[ $build = out ] && ko=$top-notrace/secmmu.ko
+			insmod "$ko" || rc=1
+			[ $build = on ] && echo 1 > $tr/events/secmmu/enable
+			o=$("$top/selftests/secmmu_bench" "${SECMMU_BENCH_MIB:-256}") || rc=1
+			[ $build = on ] && echo 0 > $tr/events/secmmu/enable
+			out="$out$(echo "$o" | sed -n \
+				-e "s/^fault-in, RUN 4K stride (no copy) *\([0-9.]*\) ns.*/$build run \1/p" \
+				-e "s/^fault-in + copy (ACCESS\/READ) *\([0-9.]*\) ns.*/$build access \1/p" \
+				-e "s/^zap after RUN (munmap) *\([0-9.]*\) ns.*/$build zap \1/p")
+"
+		done
+	done
+	rmmod secmmu
+	insmod "$top/secmmu.ko" || rc=1
+	echo "$out" | awk 'NF == 3 { k = $1 " " $2; if (!(k in b) || $3 < b[k]) b[k] = $3 }
+		END {
+			printf "%-28s %12s %12s %9s %12s %9s\n", "ns per page", "compiled out",
+			       "disabled", "dis/out", "on", "on/out"
+			split("run access zap", m, " ")
+			name["run"] = "fault-in, RUN 4K stride"
+			name["access"] = "fault-in + copy (ACCESS)"
+			name["zap"] = "zap after RUN (munmap)"
+			for (i = 1; i <= 3; i++) {
+				o = b["out " m[i]]; d = b["disabled " m[i]]; n = b["on " m[i]]
+				if (o > 0)
+					printf "%-28s %12.1f %12.1f %8.3fx %12.1f %8.3fx\n",
+					       name[m[i]], o, d, d / o, n, n / o
+			}
+		}'
 fi
 echo "SECMMU-BENCH-EXIT $rc"
