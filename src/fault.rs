@@ -35,6 +35,7 @@ use crate::{
     mmu::level::Level,
     mmu::pgtable::{MapAction, MapError, MapOutcome},
     mmu::prim::NoPreempt,
+    mmu::stats::VcpuStats,
     space::Space,
     trace::{self, FaultOutcome},
 };
@@ -106,6 +107,9 @@ pub(crate) struct FaultIn<'a> {
     pub(crate) ring: Option<&'a VcpuRing>,
     pub(crate) gfn: Gfn,
     pub(crate) write: bool,
+    /// The faulting vCPU's counters: the fault runs in the vCPU's thread,
+    /// their only writer.
+    pub(crate) stats: &'a VcpuStats,
 }
 
 impl WithFormat for FaultIn<'_> {
@@ -136,19 +140,23 @@ impl FaultIn<'_> {
             ring,
             gfn,
             write,
+            stats,
         } = self;
         loop {
             space.check_alive()?;
             // Dirty logging write-protected the leaf: make it writable again
             // and log the page, without get_user_pages, and before anything
             // else, as KVM's fast_page_fault() runs first.
-            if write && logs_dirty(space, gfn) && fix_write_protect::<F>(space, root, gfn, ring) {
+            if write
+                && logs_dirty(space, gfn)
+                && fix_write_protect::<F>(space, root, gfn, ring, stats)
+            {
                 trace::fault(space.id, vcpu, gfn, None, write, FaultOutcome::WpFixed);
                 return Ok(());
             }
-            let mut fault = begin(space, vcpu, gfn, write)?;
+            let mut fault = begin(space, vcpu, gfn, write, stats)?;
             if write && fault.slot.readonly() {
-                space.stats.memory_faults.inc();
+                stats.memory_faults.inc();
                 return Err(Exit::MemoryFault);
             }
             // Aging without A/D bits made the leaf access-tracked (x86) or
@@ -156,7 +164,7 @@ impl FaultIn<'_> {
             // get_user_pages (an invalidation would have zapped it, so no
             // sequence check is needed). With A/D bits the walker keeps
             // entries young itself: skip the extra trip through the lock.
-            if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write) {
+            if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write, stats) {
                 trace::fault(space.id, vcpu, gfn, None, write, FaultOutcome::AfFixed);
                 return Ok(());
             }
@@ -168,7 +176,7 @@ impl FaultIn<'_> {
                 if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
                     Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR })
                 } else {
-                    space.stats.memory_faults.inc();
+                    stats.memory_faults.inc();
                     Exit::MemoryFault
                 }
             })?;
@@ -176,7 +184,7 @@ impl FaultIn<'_> {
             let hva = fault.hva;
             fault.resolved(Pfn::new(page.pfn() as u64), || host_level(hva));
 
-            let mapped = match install::<F>(space, root, &fault, caches, ring) {
+            let mapped = match install::<F>(space, root, &fault, caches, ring, stats) {
                 Installed::Mapped(m) => m,
                 Installed::Dead => return Err(Exit::Errno(EIO)),
                 Installed::Retry => {
@@ -199,7 +207,7 @@ impl FaultIn<'_> {
                 MapError::TableLimit => ENOSPC,
                 _ => ENOMEM,
             })?;
-            count_fault(space, &fault, &outcome);
+            count_fault(space, stats, &fault, &outcome);
             return Ok(());
         }
     }
@@ -208,13 +216,19 @@ impl FaultIn<'_> {
 /// Step 1 of a fault: its slot and the retry state, under the read side:
 /// the fault watches the host range of the largest leaf the slot allows it,
 /// which contains whatever it maps in the end.
-fn begin(space: &Space, vcpu: usize, gfn: Gfn, write: bool) -> Result<Fault, Exit> {
+fn begin(
+    space: &Space,
+    vcpu: usize,
+    gfn: Gfn,
+    write: bool,
+    stats: &VcpuStats,
+) -> Result<Fault, Exit> {
     let state = space.mmu.read();
     let preempt = PreemptGuard::new();
     let rcu: NoPreempt<'_> = preempt.proof().into();
     let slots = space.memslots(&rcu);
     let Some(slot) = slots.lookup(gfn) else {
-        space.stats.memory_faults.inc();
+        stats.memory_faults.inc();
         return Err(Exit::MemoryFault);
     };
     let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
@@ -238,6 +252,7 @@ fn install<F: Format>(
     fault: &Fault,
     caches: &mut FaultCaches,
     ring: Option<&VcpuRing>,
+    stats: &VcpuStats,
 ) -> Installed {
     let mut guard = F::FaultSide::lock(&space.mmu);
     // A space released since the fault began keeps its tables, but nothing
@@ -252,7 +267,7 @@ fn install<F: Format>(
         let rcu: NoPreempt<'_> = preempt.proof().into();
         let slots = space.memslots(&rcu);
         if fault.must_retry(&guard.inval, slots.generation()) {
-            space.stats.fault_retries.inc();
+            stats.fault_retries.inc();
             trace_fault(space, fault, None, FaultOutcome::Retry);
             return Installed::Retry;
         }
@@ -272,7 +287,7 @@ fn install<F: Format>(
         // ("Dirty logging" in Documentation/secmmu-protocols.rst). A write
         // fault maps writable; it logs even when it found the leaf writable.
         if fault.write && mapped.is_ok() && slot.mark_dirty_by(fault.gfn, ring) {
-            space.stats.dirty_ring_overflows.inc();
+            stats.dirty_ring_overflows.inc();
         }
         mapped
     };
@@ -281,12 +296,12 @@ fn install<F: Format>(
             .as_ref()
             .is_ok_and(|o| o.action == MapAction::Replaced)
     {
-        space.stats.bbm.inc();
+        stats.bbm.inc();
         trace::bbm(space.id, fault.gfn, fault.level);
     }
     match mapped {
         Err(MapError::Again) => {
-            space.stats.fault_eagain.inc();
+            stats.fault_eagain.inc();
             trace_fault(space, fault, Some(fault.level), FaultOutcome::Again);
             Installed::Retry
         }
@@ -306,7 +321,13 @@ fn install<F: Format>(
 /// access-tracked leaf, stage-2 sets AF on an old leaf (KVM's
 /// `handle_access_fault()`), each under its format's side of the lock.
 /// False if there is no such leaf: take the full fault path.
-fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: Gfn, write: bool) -> bool {
+fn fix_access_fault<F: Format>(
+    space: &Space,
+    root: usize,
+    gfn: Gfn,
+    write: bool,
+    stats: &VcpuStats,
+) -> bool {
     let mut guard = F::FaultSide::lock(&space.mmu);
     let Some(tables) = F::FaultSide::tables::<F>(&mut guard) else {
         return false;
@@ -315,7 +336,7 @@ fn fix_access_fault<F: Format>(space: &Space, root: usize, gfn: Gfn, write: bool
         return false;
     }
     drop(guard);
-    F::access_fixes(&space.stats).inc();
+    F::access_fixes(stats).inc();
     true
 }
 
@@ -346,6 +367,7 @@ fn fix_write_protect<F: Format>(
     root: usize,
     gfn: Gfn,
     ring: Option<&VcpuRing>,
+    stats: &VcpuStats,
 ) -> bool {
     let mut guard = F::FaultSide::lock(&space.mmu);
     if space.check_alive().is_err() {
@@ -365,12 +387,12 @@ fn fix_write_protect<F: Format>(
         return false;
     }
     if slot.mark_dirty_by(gfn, ring) {
-        space.stats.dirty_ring_overflows.inc();
+        stats.dirty_ring_overflows.inc();
     }
     drop(preempt);
     drop(guard);
-    space.stats.faults.inc();
-    space.stats.dirty_fast_faults.inc();
+    stats.faults.inc();
+    stats.dirty_fast_faults.inc();
     true
 }
 
@@ -386,13 +408,13 @@ fn trace_fault(space: &Space, fault: &Fault, level: Option<Level>, outcome: Faul
     );
 }
 
-/// Counts and traces a fault that installed (or found) its leaf.
-fn count_fault(space: &Space, fault: &Fault, outcome: &MapOutcome) {
-    let stats = &space.stats;
+/// Counts a fault that installed (or found) its leaf, in the vCPU's
+/// counters, and traces it.
+fn count_fault(space: &Space, stats: &VcpuStats, fault: &Fault, outcome: &MapOutcome) {
     stats.faults.inc();
     trace_fault(space, fault, Some(fault.level), FaultOutcome::Installed);
     if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
-        stats.mappings[fault.level.idx()].inc();
+        stats.mappings.at(fault.level.idx()).inc();
     }
     if outcome.split {
         stats.splits.inc();
@@ -402,5 +424,10 @@ fn count_fault(space: &Space, fault: &Fault, outcome: &MapOutcome) {
         stats.collapses.inc();
         trace::collapse(space.id, fault.gfn, fault.level);
     }
-    stats.rmap_max_chain.max(outcome.chain_len as u64);
+    // The chain the new leaf joined (x86; 0 where no leaf was added, or
+    // the format keeps no rmaps: not a chain).
+    if outcome.chain_len != 0 {
+        stats.rmap_max_chain.max(outcome.chain_len as u64);
+        stats.rmap_chain.record(outcome.chain_len as u64);
+    }
 }

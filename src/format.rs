@@ -37,7 +37,7 @@ use crate::{
         TABLE_CACHE_CAPACITY,
     },
     mmu::prim::{self, NoPreempt, PArc},
-    mmu::stats::{Counter, Stats},
+    mmu::stats::{OwnCounter, VcpuStats},
     mmu::zap::{Yield, Zap, ZapLock, ZapTables},
     mmu_lock::{MmuLock, WriteGuard},
     uapi,
@@ -433,7 +433,7 @@ pub(crate) trait Format: Sized + ZapTables {
     fn fix_write_protect_fault(tables: Tables<'_, Self>, root: usize, gfn: Gfn) -> bool;
 
     /// The statistic [`Format::fix_access_fault()`]'s successes count in.
-    fn access_fixes(stats: &Stats) -> &Counter;
+    fn access_fixes(stats: &VcpuStats) -> &OwnCounter;
 
     /// Zaps the gfns `[start, end)` of slot `slot_id` in every root, with
     /// `lock` held for write, flushing, freeing the tables it unlinks and
@@ -632,7 +632,7 @@ impl Format for X86Mmu<KernelPages> {
         tables.restore_write_protected(root, gfn)
     }
 
-    fn access_fixes(stats: &Stats) -> &Counter {
+    fn access_fixes(stats: &VcpuStats) -> &OwnCounter {
         &stats.access_restores
     }
 
@@ -755,7 +755,7 @@ impl Format for S2Mmu<KernelPages> {
         tables.restore_write_protected(root, gfn)
     }
 
-    fn access_fixes(stats: &Stats) -> &Counter {
+    fn access_fixes(stats: &VcpuStats) -> &OwnCounter {
         &stats.access_flag_faults
     }
 

@@ -56,7 +56,7 @@ use crate::{
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
     mmu::pfncache::Policy,
     mmu::prim::{self, NoPreempt, RcuPtr, Unpublished},
-    mmu::stats::Stats,
+    mmu::stats::{Stats, VcpuStats, VcpuTotals},
     mmu::tlb::VcpuMode,
     mmu::zap::{Yield, Zap, ZapLock},
     mmu_lock::{MmuLock, WriteGuard},
@@ -153,7 +153,13 @@ pub(crate) struct Space {
     /// Set by `release()`: the mm's address space is gone ("Release and the
     /// dead address space" in Documentation/secmmu-protocols.rst).
     released: AtomicBool,
+    /// The counters no vCPU keeps: bumped by notifier callbacks, zaps,
+    /// aging and ioctls of any thread.
     pub(crate) stats: Stats,
+    /// The vCPUs' counters, for the space's totals ("Statistics" in
+    /// Documentation/secmmu.rst). Taken inside `config`, alone by readers.
+    #[pin]
+    vcpu_stats: Mutex<VcpuStatsSet>,
     /// Kernel-mapped guest page caches: one per vCPU id (its run page) and
     /// the clock page's. The notifier invalidates them; `release()` stops
     /// the clock and deactivates them all.
@@ -165,6 +171,16 @@ impl_has_mmu_notifier!(Space, notifier);
 
 /// The id of the next space ([`Space::id`]); ids start at 1.
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// The counters of a space's vCPUs: the live ones', by vCPU id, and the
+/// sum of those of the vCPUs gone. One lock over both, so a vCPU's counts
+/// move from the live set to the sum at once: a reader sees them in one
+/// place or the other, never both or neither, and the totals never go
+/// backwards.
+struct VcpuStatsSet {
+    live: [Option<Arc<VcpuStats>>; uapi::MAX_VCPUS],
+    exited: VcpuTotals,
+}
 
 mod dirty_log;
 
@@ -274,6 +290,13 @@ impl Space {
                 dirty_rings <- new_mutex!([const { None }; uapi::MAX_VCPUS], "secmmu_dirty_rings"),
                 released: AtomicBool::new(false),
                 stats: Stats::default(),
+                vcpu_stats <- new_mutex!(
+                    VcpuStatsSet {
+                        live: [const { None }; uapi::MAX_VCPUS],
+                        exited: VcpuTotals::default(),
+                    },
+                    "secmmu_vcpu_stats"
+                ),
                 gpcs <- GpcSet::new(gpc_policy),
                 // SAFETY: Last: callbacks may run from here on, and every
                 // other field is initialized.
@@ -548,9 +571,14 @@ impl Space {
     }
 
     /// Takes the lowest free vCPU id, for a vCPU with dirty ring `ring` if
-    /// the space has rings; `ENOSPC` if all `SECMMU_MAX_VCPUS` exist. Give
-    /// it back with [`Self::put_vcpu_id`].
-    pub(crate) fn get_vcpu_id(&self, ring: Option<Arc<VcpuRing>>) -> Result<usize> {
+    /// the space has rings, and counters `stats`, which count in the
+    /// space's totals from now on; `ENOSPC` if all `SECMMU_MAX_VCPUS`
+    /// exist. Give it back with [`Self::put_vcpu_id`].
+    pub(crate) fn get_vcpu_id(
+        &self,
+        ring: Option<Arc<VcpuRing>>,
+        stats: Arc<VcpuStats>,
+    ) -> Result<usize> {
         let _config = self.config.lock();
         let ids = self.vcpu_ids.load(Ordering::Relaxed);
         let idx = (!ids).trailing_zeros() as usize;
@@ -558,6 +586,7 @@ impl Space {
             return Err(ENOSPC);
         }
         self.dirty_rings.lock()[idx] = ring;
+        self.vcpu_stats.lock().live[idx] = Some(stats);
         // Release: a flusher that sees the id sees the mode as its last
         // user left it (out of guest mode).
         self.vcpu_ids.fetch_or(1 << idx, Ordering::Release);
@@ -570,6 +599,13 @@ impl Space {
         // The next vCPU with this id starts without a run page, or the ring.
         self.gpcs.deactivate(idx);
         self.dirty_rings.lock()[idx] = None;
+        // The vCPU is gone, so its counters are final: fold them into the
+        // space's sum of exited vCPUs, under the same lock as the move.
+        let mut set = self.vcpu_stats.lock();
+        if let Some(gone) = set.live[idx].take() {
+            set.exited.add(&gone.snapshot());
+        }
+        drop(set);
         self.vcpu_ids.fetch_and(!(1 << idx), Ordering::Release);
     }
 
@@ -635,8 +671,10 @@ impl Space {
         z.flush_and_free(&mut SpaceLock::new(guard, &self.stats));
     }
 
-    /// Adds what the zaps of `z` did to the statistics.
+    /// Adds what the zaps of `z` did to the statistics: one zap, of
+    /// `z.zapped` leaves, in the histogram of zap sizes.
     fn count_zapped<Y>(&self, z: &Zap<Y>) {
+        self.stats.zap_batch.record(z.zapped);
         self.stats.sptes_zapped.add(z.zapped);
         self.stats.dirty_pages.add(z.dirty);
     }
@@ -658,32 +696,45 @@ impl Space {
         }
     }
 
-    /// Fills `SECMMU_GET_STATS`'s answer.
+    /// The totals of the vCPUs' counters: those of the vCPUs gone, and of
+    /// the live ones now (see [`VcpuStatsSet`]).
+    pub(crate) fn vcpu_totals(&self) -> VcpuTotals {
+        let set = self.vcpu_stats.lock();
+        let mut t = set.exited;
+        for v in set.live.iter().flatten() {
+            t.add(&v.snapshot());
+        }
+        t
+    }
+
+    /// Fills `SECMMU_GET_STATS`'s answer: the space's counters plus the
+    /// totals of its vCPUs, live and gone, as the stats file reports them.
     pub(crate) fn stats(&self) -> uapi::secmmu_stats {
         let s = &self.stats;
+        let v = self.vcpu_totals();
         uapi::secmmu_stats {
             invalidations: s.invalidations.get(),
             invalidations_nonblock: s.invalidations_nonblock.get(),
             invalidated_pages: s.invalidated_pages.get(),
-            faults: s.faults.get(),
-            fault_retries: s.fault_retries.get(),
-            memory_faults: s.memory_faults.get(),
+            faults: v.faults,
+            fault_retries: v.fault_retries,
+            memory_faults: v.memory_faults,
             sptes_zapped: s.sptes_zapped.get(),
             dirty_pages: s.dirty_pages.get(),
             zap_yields: s.zap_yields.get(),
             tlb_flushes: s.tlb_flushes.get(),
             tlb_flushes_elided: s.tlb_flushes_elided.get(),
-            rmap_max_chain: s.rmap_max_chain.get(),
+            rmap_max_chain: v.rmap_max_chain,
             table_pages: self.mmu.read().mmu.as_ref().map_or(0, |m| m.table_pages()),
-            fault_eagain: s.fault_eagain.get(),
-            access_flag_faults: s.access_flag_faults.get(),
-            bbm: s.bbm.get(),
+            fault_eagain: v.fault_eagain,
+            access_flag_faults: v.access_flag_faults,
+            bbm: v.bbm,
             module_table_pages: kpages::table_pages_now(),
-            mappings_4k: s.mappings[0].get(),
-            mappings_2m: s.mappings[1].get(),
-            mappings_1g: s.mappings[2].get(),
-            splits: s.splits.get(),
-            collapses: s.collapses.get(),
+            mappings_4k: v.mappings.0[0],
+            mappings_2m: v.mappings.0[1],
+            mappings_1g: v.mappings.0[2],
+            splits: v.splits,
+            collapses: v.collapses,
             audits: s.audits.get(),
             audit_mismatches: s.audit_mismatches.get(),
             slot_zaps: s.slot_zaps.get(),
@@ -694,7 +745,7 @@ impl Space {
             aging_cleared: s.aging_cleared.get(),
             rmap_contention: s.rmap_contention.get(),
             aging_lost_races: s.aging_lost_races.get(),
-            access_restores: s.access_restores.get(),
+            access_restores: v.access_restores,
             ..Default::default()
         }
     }

@@ -28,6 +28,7 @@ use crate::{
     mmu::pfncache::Target,
     mmu::pgtable::WalkFault,
     mmu::prim::NoPreempt,
+    mmu::stats::VcpuStats,
     mmu::tlb::{SoftTlb, VcpuMode},
     space::Space,
     uapi,
@@ -75,11 +76,12 @@ struct VcpuId {
 }
 
 impl VcpuId {
-    /// An id for a vCPU with dirty ring `ring`, which the space holds for
-    /// resets until the id is given back.
-    fn new(space: &Arc<Space>, ring: Option<Arc<VcpuRing>>) -> Result<Self> {
+    /// An id for a vCPU with dirty ring `ring` and counters `stats`, which
+    /// the space holds (for resets, and for its totals) until the id is
+    /// given back.
+    fn new(space: &Arc<Space>, ring: Option<Arc<VcpuRing>>, stats: Arc<VcpuStats>) -> Result<Self> {
         Ok(Self {
-            idx: space.get_vcpu_id(ring)?,
+            idx: space.get_vcpu_id(ring, stats)?,
             space: space.clone(),
         })
     }
@@ -104,6 +106,11 @@ pub(crate) struct Vcpu {
     /// Its dirty ring, if the space has rings: pushed to only by the
     /// vCPU's own thread, under `state`.
     ring: Option<Arc<VcpuRing>>,
+    /// Its counters: written only by the thread that holds `state` (the
+    /// invariant of [`OwnCounter`](crate::mmu::stats::OwnCounter)), read
+    /// by anyone; shared with the space's totals while the vCPU lives and
+    /// with its stats files, which may outlive it.
+    stats: Arc<VcpuStats>,
     #[pin]
     state: Mutex<VcpuState>,
 }
@@ -133,8 +140,10 @@ impl Vcpu {
             0 => None,
             n => Some(dirty_ring::new_ring(n)?),
         };
-        // Given back if anything below fails, and when the vCPU goes.
-        let id = VcpuId::new(space, ring.clone())?;
+        let stats = Arc::new(VcpuStats::default(), GFP_KERNEL_ACCOUNT)?;
+        // Given back if anything below fails, and when the vCPU goes: then
+        // its counts are folded into the space's.
+        let id = VcpuId::new(space, ring.clone(), stats.clone())?;
         let vcpu = Arc::pin_init(
             try_pin_init!(Vcpu {
                 space: space.clone(),
@@ -142,6 +151,7 @@ impl Vcpu {
                 root,
                 root_tables,
                 ring,
+                stats,
                 state <- new_mutex!(VcpuState {
                     tlb: SoftTlb::new(),
                     pml,
@@ -289,6 +299,7 @@ impl Vcpu {
             ring: self.ring.as_deref(),
             gfn,
             write,
+            stats: &self.stats,
         })
     }
 
@@ -298,7 +309,7 @@ impl Vcpu {
     fn check_ring(&self) -> Result<(), Exit> {
         match &self.ring {
             Some(ring) if ring.soft_full() => {
-                self.space.stats.dirty_ring_full_exits.inc();
+                self.stats.dirty_ring_full_exits.inc();
                 Err(Exit::DirtyRingFull)
             }
             _ => Ok(()),
@@ -331,6 +342,7 @@ impl Vcpu {
             pml,
             ring: self.ring.as_deref(),
             space: &self.space,
+            stats: &self.stats,
             rcu: &rcu,
             root: self.root_tables,
             mode,
@@ -530,6 +542,8 @@ struct GuestMode<'a> {
     /// The vCPU's dirty ring, if the space has rings.
     ring: Option<&'a VcpuRing>,
     space: &'a Space,
+    /// The vCPU's counters (this thread is their writer).
+    stats: &'a VcpuStats,
     /// Guest mode runs with preemption disabled: an RCU read side.
     rcu: &'a NoPreempt<'a>,
     root: Root,
@@ -585,10 +599,8 @@ impl GuestMode<'_> {
                 overflows += u64::from(slot.mark_dirty_by(gfn, ring));
             }
         });
-        self.space.stats.pml_logged.add(n as u64);
-        if overflows != 0 {
-            self.space.stats.dirty_ring_overflows.add(overflows);
-        }
+        self.stats.pml_logged.add(n as u64);
+        self.stats.dirty_ring_overflows.add(overflows);
     }
 
     /// Whether a TLB flush was requested: leave guest mode now, the
