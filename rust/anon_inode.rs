@@ -6,8 +6,9 @@
 //! C header: [`include/linux/anon_inodes.h`](srctree/include/linux/anon_inodes.h)
 //!
 //! A type implements [`AnonInodeFile`], as a misc device implements
-//! `MiscDevice`, and [`getfd`] makes a file of it: the file's private data
-//! is the `T::Ptr` given, handed to each callback borrowed, and to
+//! `MiscDevice`, and [`getfd`] (or [`getfd_pread`]) makes a file of it:
+//! the file's private data is the `T::Ptr` given, handed to each callback
+//! borrowed, and to
 //! [`AnonInodeFile::release`] by value when the last reference to the file
 //! goes. Callbacks the type does not implement stay `NULL` in the
 //! `file_operations` (`#[vtable]`). Each file holds a reference on the
@@ -39,8 +40,13 @@
 use super::bindings;
 use core::marker::PhantomData;
 use kernel::{
-    error::VTABLE_DEFAULT_ERROR, fs::File, mm::virt::VmaNew, module::this_module, prelude::*,
+    error::VTABLE_DEFAULT_ERROR,
+    fs::File,
+    mm::virt::VmaNew,
+    module::this_module,
+    prelude::*,
     types::ForeignOwnable,
+    uaccess::{UserPtr, UserSlice, UserSliceWriter},
 };
 
 /// The operations of a file on the anonymous inode.
@@ -73,6 +79,19 @@ pub(crate) trait AnonInodeFile: Sized {
         _file: &File,
         _vma: &VmaNew,
     ) -> Result {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Reads from the file at offset `*pos` into `buf` (`read()` at the
+    /// file position, `pread()` at its offset): returns the bytes read, 0
+    /// at the end, and advances `*pos` by as many. Files made by
+    /// [`getfd_pread`] accept `pread()`.
+    fn read(
+        _data: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _buf: &mut UserSliceWriter,
+        _pos: &mut i64,
+    ) -> Result<usize> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
@@ -109,6 +128,36 @@ pub(crate) fn getfd<T: AnonInodeFile>(
     // callbacks take `private_data` as the `T::Ptr` stored here.
     let fd = unsafe {
         bindings::anon_inode_getfd(
+            name.as_char_ptr(),
+            AnonInodeVTable::<T>::build(),
+            private,
+            flags as c_int,
+        )
+    };
+    if fd < 0 {
+        // SAFETY: `private` came from `into_foreign` above, and the failed
+        // call made no file that could own it.
+        drop(unsafe { T::Ptr::from_foreign(private) });
+        return Err(Error::from_errno(fd));
+    }
+    Ok(fd as u32)
+}
+
+/// [`getfd`] for a file `pread()` may read (`FMODE_PREAD`), as KVM's
+/// stats files are (`anon_inode_getfile_fmode()`): with `O_RDONLY` in
+/// `flags`, a read-only file that `write()` refuses (`EBADF`).
+///
+/// Returns the file descriptor. On failure `data` is dropped.
+pub(crate) fn getfd_pread<T: AnonInodeFile>(
+    name: &'static CStr,
+    data: T::Ptr,
+    flags: u32,
+) -> Result<u32> {
+    let private = data.into_foreign();
+    // SAFETY: As in `getfd()`: `name` is a static C string; the ops are a
+    // static table whose callbacks take `private_data` as a `T::Ptr`.
+    let fd = unsafe {
+        bindings::secmmu_anon_inode_getfd_pread(
             name.as_char_ptr(),
             AnonInodeVTable::<T>::build(),
             private,
@@ -178,6 +227,32 @@ impl<T: AnonInodeFile> AnonInodeVTable<T> {
 
     /// # Safety
     ///
+    /// `file` must be a file made by [`getfd::<T>`](getfd) or
+    /// [`getfd_pread::<T>`](getfd_pread), `buf` a user pointer of the
+    /// caller's, and `pos` valid for reads and writes for the call.
+    unsafe extern "C" fn read(
+        file: *mut bindings::file,
+        buf: *mut c_char,
+        len: usize,
+        pos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: As in `ioctl()`: the file and its data live for the call.
+        let data = unsafe { T::Ptr::borrow((*file).private_data) };
+        // SAFETY: As in `ioctl()`.
+        let file = unsafe { File::from_raw_file(file) };
+        // A user address: every access through it checks it.
+        let mut writer = UserSlice::new(UserPtr::from_addr(buf as usize), len).writer();
+        // SAFETY: The VFS passes the position to read at (the file's, under
+        // `fdget_pos()`, or `pread()`'s own), valid and unshared for the call.
+        let pos = unsafe { &mut *pos };
+        match T::read(data, file, &mut writer, pos) {
+            Ok(n) => n as isize,
+            Err(err) => err.to_errno() as isize,
+        }
+    }
+
+    /// # Safety
+    ///
     /// `file` must be a file made by [`getfd::<T>`](getfd), and `vma` a
     /// VMA being set up by an `mmap()` of it.
     unsafe extern "C" fn mmap(
@@ -213,6 +288,7 @@ impl<T: AnonInodeFile> AnonInodeVTable<T> {
             None
         },
         mmap: if T::HAS_MMAP { Some(Self::mmap) } else { None },
+        read: if T::HAS_READ { Some(Self::read) } else { None },
         // Seeking succeeds and does nothing, as on KVM's fds.
         llseek: Some(bindings::noop_llseek),
         ..pin_init::zeroed()

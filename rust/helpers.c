@@ -4,6 +4,7 @@
  * calls. Keep each one a single call or close to it: logic belongs in Rust.
  */
 
+#include <linux/file.h>
 #include <linux/irqflags.h>
 #include <linux/mm.h>
 #include <linux/pgtable.h>
@@ -229,4 +230,23 @@ out:
 void *secmmu_vmap_user(struct page **pages, unsigned int count)
 {
 	return vmap(pages, count, VM_USERMAP, PAGE_KERNEL);
+}
+
+int secmmu_anon_inode_getfd_pread(const char *name,
+				  const struct file_operations *fops,
+				  void *priv, int flags)
+{
+	struct file *file;
+	int fd;
+
+	fd = get_unused_fd_flags(flags);
+	if (fd < 0)
+		return fd;
+	file = anon_inode_getfile_fmode(name, fops, priv, flags, FMODE_PREAD);
+	if (IS_ERR(file)) {
+		put_unused_fd(fd);
+		return PTR_ERR(file);
+	}
+	fd_install(fd, file);
+	return fd;
 }

@@ -104,4 +104,14 @@ int secmmu_host_leaf(struct mm_struct *mm, unsigned long hva,
  */
 void *secmmu_vmap_user(struct page **pages, unsigned int count);
 
+/*
+ * anon_inode_getfd() for a file that pread() may read: a new fd (with
+ * @flags' O_CLOEXEC) of a new file on the anonymous inode, with @fops and
+ * @priv and open @flags, and FMODE_PREAD (KVM's stats fds,
+ * anon_inode_getfile_fmode()). On failure @priv is not consumed.
+ */
+int secmmu_anon_inode_getfd_pread(const char *name,
+				  const struct file_operations *fops,
+				  void *priv, int flags);
+
 #endif /* _SECMMU_HELPERS_H */

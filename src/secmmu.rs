@@ -21,6 +21,7 @@ mod gpc;
 mod kpages;
 mod mmu_lock;
 mod space;
+mod stats_fd;
 mod testhooks;
 mod trace;
 mod uapi;
@@ -117,6 +118,7 @@ impl MiscDevice for SecmmuDevice {
         match cmd {
             uapi::GET_API_VERSION => Ok(uapi::API_VERSION),
             uapi::GET_STATS => uapi::write_arg(arg, &space.stats()).map(|()| 0),
+            uapi::GET_STATS_FD => stats_fd::StatsFile::for_space(space.into(), arg),
             uapi::CONFIGURE => space.configure(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::SET_MEMSLOT => space.set_memslot(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::CREATE_VCPU => Vcpu::create(&space.into(), &uapi::read_arg(arg)?),

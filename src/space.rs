@@ -56,7 +56,7 @@ use crate::{
     mmu::memslot::{Slot, SlotError, SlotLimits, SlotRequest},
     mmu::pfncache::Policy,
     mmu::prim::{self, NoPreempt, RcuPtr, Unpublished},
-    mmu::stats::{Stats, VcpuStats, VcpuTotals},
+    mmu::stats::{self, SpaceView, Stats, VcpuStats, VcpuTotals},
     mmu::tlb::VcpuMode,
     mmu::zap::{Yield, Zap, ZapLock},
     mmu_lock::{MmuLock, WriteGuard},
@@ -705,6 +705,28 @@ impl Space {
             t.add(&v.snapshot());
         }
         t
+    }
+
+    /// Reads the space's statistics, in [`stats::SPACE_STATS`]' order,
+    /// into `out`: the cumulative ones the space's counters plus its
+    /// vCPUs' totals, the instant ones from the tables now.
+    pub(crate) fn stats_values(&self, out: &mut [u64]) {
+        let vcpus = self.vcpu_totals();
+        let (table_pages, leaves) = {
+            let state = self.mmu.read();
+            state
+                .mmu
+                .as_ref()
+                .map_or((0, [0; 3]), |m| (m.table_pages(), m.leaves_by_level()))
+        };
+        let view = SpaceView {
+            stats: &self.stats,
+            vcpus: &vcpus,
+            table_pages,
+            module_table_pages: kpages::table_pages_now(),
+            leaves,
+        };
+        stats::space_values(&view, out);
     }
 
     /// Fills `SECMMU_GET_STATS`'s answer: the space's counters plus the

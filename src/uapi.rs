@@ -31,9 +31,11 @@ pub(crate) const SET_CLOCK_PAGE: u32 = _IOW::<secmmu_clock_setup>(SECMMUIO, 0x07
 pub(crate) const GET_DIRTY_LOG: u32 = _IOW::<secmmu_dirty_log>(SECMMUIO, 0x08);
 pub(crate) const CLEAR_DIRTY_LOG: u32 = _IOW::<secmmu_clear_dirty_log>(SECMMUIO, 0x09);
 pub(crate) const RESET_DIRTY_RINGS: u32 = _IO(SECMMUIO, 0x0a);
+pub(crate) const GET_STATS_FD: u32 = _IO(SECMMUIO, 0x0b);
 pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
 pub(crate) const SET_RUN_PAGE: u32 = _IOW::<secmmu_run_page_setup>(SECMMUIO, 0x12);
+pub(crate) const GET_VCPU_STATS_FD: u32 = _IO(SECMMUIO, 0x13);
 pub(crate) const TEST_YOUNG: u32 = _IOW::<secmmu_test_young>(SECMMUIO, 0x20);
 pub(crate) const AUDIT: u32 = _IOWR::<secmmu_audit>(SECMMUIO, 0x21);
 
@@ -106,6 +108,43 @@ pub(crate) struct secmmu_stats {
     pub(crate) audit_mismatches: u64,
     pub(crate) reserved: u64,
 }
+
+/// `SECMMU_STATS_NAME_SIZE`: bytes of the id string and of each name.
+pub(crate) const STATS_NAME_SIZE: u32 = 48;
+pub(crate) const STATS_TYPE_CUMULATIVE: u32 = 0x0;
+pub(crate) const STATS_TYPE_INSTANT: u32 = 0x1;
+pub(crate) const STATS_TYPE_PEAK: u32 = 0x2;
+pub(crate) const STATS_TYPE_LOG_HIST: u32 = 0x4;
+pub(crate) const STATS_UNIT_NONE: u32 = 0x0 << 4;
+pub(crate) const STATS_BASE_POW10: u32 = 0x0 << 8;
+
+/// `struct secmmu_stats_header` (KVM's `struct kvm_stats_header`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_stats_header {
+    pub(crate) flags: u32,
+    pub(crate) name_size: u32,
+    pub(crate) num_desc: u32,
+    pub(crate) id_offset: u32,
+    pub(crate) desc_offset: u32,
+    pub(crate) data_offset: u32,
+}
+
+/// `struct secmmu_stats_desc` (KVM's `struct kvm_stats_desc`) without its
+/// name, which follows it in the file (`name_size` bytes).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_stats_desc {
+    pub(crate) flags: u32,
+    pub(crate) exponent: i16,
+    pub(crate) size: u16,
+    pub(crate) offset: u32,
+    pub(crate) bucket_size: u32,
+}
+
+// KVM's layout, which tools parse: no implicit padding anywhere.
+const _: () = assert!(size_of::<secmmu_stats_header>() == 24);
+const _: () = assert!(size_of::<secmmu_stats_desc>() == 16);
 
 /// `struct secmmu_config`.
 #[repr(C)]
@@ -329,7 +368,9 @@ plain_uapi_struct!(
     secmmu_clock_setup,
     secmmu_clock_page,
     secmmu_dirty_log,
-    secmmu_clear_dirty_log
+    secmmu_clear_dirty_log,
+    secmmu_stats_header,
+    secmmu_stats_desc
 );
 
 /// Reads an ioctl's argument struct from user memory.

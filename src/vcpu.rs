@@ -31,6 +31,7 @@ use crate::{
     mmu::stats::VcpuStats,
     mmu::tlb::{SoftTlb, VcpuMode},
     space::Space,
+    stats_fd::StatsFile,
     uapi,
 };
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -205,6 +206,7 @@ impl Vcpu {
                 ret.map(|()| 0)
             }
             uapi::SET_RUN_PAGE => self.set_run_page(&uapi::read_arg(arg)?).map(|()| 0),
+            uapi::GET_VCPU_STATS_FD => StatsFile::for_vcpu(self.stats.clone(), self.id.idx, arg),
             _ => Err(ENOTTY),
         }
     }

@@ -32,6 +32,15 @@
 /*
  * SECMMU_GET_STATS: event counters of the space. Counters only grow; the
  * reserved tail reads as zero and takes counters of later API versions.
+ * Exceptions: @table_pages and @module_table_pages are values now (the
+ * latter of the whole module, every space), @rmap_max_chain a peak.
+ *
+ * The fault counters (@faults, @fault_retries, @memory_faults,
+ * @rmap_max_chain, @access_restores, @fault_eagain, @access_flag_faults,
+ * @bbm, @mappings_*, @splits, @collapses) are kept by each vCPU; here they
+ * are the space's totals: the sum over its live vCPUs and the vCPUs it had
+ * (folded in when a vCPU fd is released), so they still only grow. The
+ * same values, and more, are in the stats file of SECMMU_GET_STATS_FD.
  */
 struct secmmu_stats {
 	__u64 invalidations;		/* invalidate_range_start() calls */
@@ -488,5 +497,80 @@ struct secmmu_dirty_gfn {
 };
 
 #define SECMMU_RESET_DIRTY_RINGS	_IO(SECMMUIO, 0x0a)
+
+/*
+ * SECMMU_GET_STATS_FD (space fd) and SECMMU_GET_VCPU_STATS_FD (vCPU fd):
+ * return a new read-only file descriptor (O_CLOEXEC) of the space's or the
+ * vCPU's statistics, in the layout of KVM's binary statistics
+ * (KVM_GET_STATS_FD; same structs, same values, so tools that parse KVM's
+ * stats files parse these). The argument must be 0 (-EINVAL otherwise).
+ * The file holds a reference on its space (or the vCPU's counters): it
+ * stays readable after the space's or the vCPU's fd is closed; a vCPU's
+ * counters stop there.
+ *
+ * The file is: a struct secmmu_stats_header at offset 0; the id string
+ * ("secmmu-<pid>" or "secmmu-<pid>/vcpu<N>", NUL-padded to @name_size) at
+ * @id_offset; @num_desc descriptors at @desc_offset, each a struct
+ * secmmu_stats_desc followed by its NUL-padded name of @name_size bytes;
+ * and at @data_offset the values, @size u64s per statistic at @offset
+ * bytes into the data. read() and pread() work at any offset and length
+ * and return 0 past the end; the values are read at the time of the read.
+ * Header, id and descriptors never change for the life of the file.
+ * write() fails with -EBADF. Every statistic is listed, with its type, in
+ * Documentation/secmmu.rst ("Statistics").
+ */
+#define SECMMU_STATS_NAME_SIZE		48
+
+struct secmmu_stats_header {
+	__u32 flags;		/* 0 */
+	__u32 name_size;	/* SECMMU_STATS_NAME_SIZE */
+	__u32 num_desc;
+	__u32 id_offset;
+	__u32 desc_offset;
+	__u32 data_offset;
+};
+
+#define SECMMU_STATS_TYPE_SHIFT		0
+#define SECMMU_STATS_TYPE_MASK		(0xF << SECMMU_STATS_TYPE_SHIFT)
+#define SECMMU_STATS_TYPE_CUMULATIVE	(0x0 << SECMMU_STATS_TYPE_SHIFT)
+#define SECMMU_STATS_TYPE_INSTANT	(0x1 << SECMMU_STATS_TYPE_SHIFT)
+#define SECMMU_STATS_TYPE_PEAK		(0x2 << SECMMU_STATS_TYPE_SHIFT)
+#define SECMMU_STATS_TYPE_LINEAR_HIST	(0x3 << SECMMU_STATS_TYPE_SHIFT)
+#define SECMMU_STATS_TYPE_LOG_HIST	(0x4 << SECMMU_STATS_TYPE_SHIFT)
+#define SECMMU_STATS_TYPE_MAX		SECMMU_STATS_TYPE_LOG_HIST
+
+#define SECMMU_STATS_UNIT_SHIFT		4
+#define SECMMU_STATS_UNIT_MASK		(0xF << SECMMU_STATS_UNIT_SHIFT)
+#define SECMMU_STATS_UNIT_NONE		(0x0 << SECMMU_STATS_UNIT_SHIFT)
+#define SECMMU_STATS_UNIT_BYTES		(0x1 << SECMMU_STATS_UNIT_SHIFT)
+#define SECMMU_STATS_UNIT_SECONDS	(0x2 << SECMMU_STATS_UNIT_SHIFT)
+#define SECMMU_STATS_UNIT_CYCLES	(0x3 << SECMMU_STATS_UNIT_SHIFT)
+#define SECMMU_STATS_UNIT_BOOLEAN	(0x4 << SECMMU_STATS_UNIT_SHIFT)
+#define SECMMU_STATS_UNIT_MAX		SECMMU_STATS_UNIT_BOOLEAN
+
+#define SECMMU_STATS_BASE_SHIFT		8
+#define SECMMU_STATS_BASE_MASK		(0xF << SECMMU_STATS_BASE_SHIFT)
+#define SECMMU_STATS_BASE_POW10		(0x0 << SECMMU_STATS_BASE_SHIFT)
+#define SECMMU_STATS_BASE_POW2		(0x1 << SECMMU_STATS_BASE_SHIFT)
+#define SECMMU_STATS_BASE_MAX		SECMMU_STATS_BASE_POW2
+
+/*
+ * @flags: type | unit | base. @exponent: the value is value * base^exponent
+ * (0 for every secmmu statistic). @size: u64s of the value (a histogram's
+ * buckets; bucket 0 of a LOG_HIST counts 0, bucket i counts [2^(i-1),
+ * 2^i), the last also everything above). @offset: bytes from @data_offset.
+ * @bucket_size: LINEAR_HIST only, else 0.
+ */
+struct secmmu_stats_desc {
+	__u32 flags;
+	__s16 exponent;
+	__u16 size;
+	__u32 offset;
+	__u32 bucket_size;
+	char name[];		/* @name_size bytes, NUL-terminated */
+};
+
+#define SECMMU_GET_STATS_FD		_IO(SECMMUIO, 0x0b)
+#define SECMMU_GET_VCPU_STATS_FD	_IO(SECMMUIO, 0x13)
 
 #endif /* _UAPI_LINUX_SECMMU_H */
