@@ -882,7 +882,8 @@ mod s2 {
                     }
                 }
             }
-            assert!(!o.split, "{what}");
+            // A split is a block broken on the way down for the new leaf's table.
+            assert_eq!(o.split, effect.larger.is_some(), "{what}");
             assert_eq!(
                 o.unlinked.is_some(),
                 effect.same.is_none() && effect.larger.is_none() && o.action == MapAction::Replaced,

@@ -627,6 +627,7 @@ impl<P: PageOps> S2Mmu<P> {
             tables,
             flush,
             new_tables: 0,
+            split: false,
         };
         // The walker's position: a bare gfn.
         let mut pos = gfn.raw();
@@ -1258,6 +1259,8 @@ struct MapWalker<'m, P: PageOps> {
     flush: &'m dyn Fn(),
     /// Tables linked on the way.
     new_tables: usize,
+    /// A block on the way down was broken for a table (a split).
+    split: bool,
 }
 
 impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
@@ -1279,8 +1282,12 @@ impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
                 &mut self.new_tables,
             );
             return match linked {
-                // Into the table now linked there.
-                Ok(()) => Step::Reload,
+                // Into the table now linked there; a valid entry there was a block, which
+                // the table replaced.
+                Ok(()) => {
+                    self.split |= pte::is_valid(ctx.old);
+                    Step::Reload
+                }
                 Err(e) => Step::Break(Err(e)),
             };
         }
@@ -1301,7 +1308,7 @@ impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
             action,
             chain_len: 0,
             new_tables: self.new_tables,
-            split: false,
+            split: self.split,
             unlinked,
         }))
     }
