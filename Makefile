@@ -31,4 +31,11 @@ DURATION ?= 600
 soak:
 	SECMMU_SOAK_ARCH="$(ARCH)" ./scripts/soak $(DURATION)
 
-.PHONY: bench soak
+# Host benchmarks of the kernel-free core (release build, timing harnesses
+# that cargo test ignores by default): per-vCPU statistics against shared
+# atomics, and aging's per-call cost.
+bench-host:
+	cd host && cargo test --release -- --ignored --nocapture stats_counter_cost
+	cd host && cargo test --release -- --ignored --nocapture aging_per_call_cost
+
+.PHONY: bench soak bench-host

@@ -73,3 +73,7 @@ mod ring_loom;
 
 #[cfg(all(test, not(loom)))]
 mod walk_tests;
+
+// Per-vCPU statistics against shared atomics (an ignored timing harness).
+#[cfg(all(test, not(loom)))]
+mod stats_bench;
