@@ -11,8 +11,10 @@
  * counts are exactly its own, the space's are their sum, before and after
  * vCPU fds close, and SECMMU_GET_STATS agrees with the stats file.
  * stats_instant: pages_4k/2m/1g follow maps, zaps, splits and collapses.
+ * stats_debugfs: the space's debugfs directory, its stats and its rmaps.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -668,6 +670,132 @@ TEST_F(stats, stats_instant)
 	close(fd);
 	munmap(small, SZ_2M);
 	munmap(mem, 3 * SZ_2M);
+}
+
+#define DEBUGFS_SECMMU	"/sys/kernel/debug/secmmu"
+
+/*
+ * The debugfs directory of this process's newest space (the highest id
+ * among "<pid>-<id>"), into @path; 0, or -1 if there is none.
+ */
+static int space_debugfs_dir(char *path, size_t size)
+{
+	DIR *d = opendir(DEBUGFS_SECMMU);
+	struct dirent *e;
+	long best = -1;
+	int pid, id;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (sscanf(e->d_name, "%d-%d", &pid, &id) == 2 && pid == getpid() && id > best)
+			best = id;
+	closedir(d);
+	if (best < 0)
+		return -1;
+	snprintf(path, size, DEBUGFS_SECMMU "/%d-%ld", getpid(), best);
+	return 0;
+}
+
+/* The first line of @dir/@file that starts with "@name ", or NULL. */
+static char *debugfs_line(const char *dir, const char *file, const char *name,
+			  char *line, size_t size)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	while (fgets(line, size, f))
+		if (!strncmp(line, name, strlen(name)) && line[strlen(name)] == ' ') {
+			fclose(f);
+			return line;
+		}
+	fclose(f);
+	return NULL;
+}
+
+static unsigned long long debugfs_stat(const char *dir, const char *name)
+{
+	char line[1024];
+
+	if (!debugfs_line(dir, "stats", name, line, sizeof(line)))
+		return -1ULL;
+	return strtoull(line + strlen(name) + 1, NULL, 0);
+}
+
+/*
+ * stats_debugfs: the space's directory (<pid>-<id>, as KVM's <pid>-<fd>)
+ * appears with the space, its "stats" says what SECMMU_GET_STATS says,
+ * its "mmu_rmaps_stat" counts the rmaps now by length (x86: two roots map
+ * every page, so each rmap of a faulted gfn has two SPTEs; stage-2 keeps
+ * none), and the directory goes with the space's file, even while a vCPU
+ * file keeps the space.
+ */
+TEST_F(stats, stats_debugfs)
+{
+	const unsigned long npages = 64;
+	unsigned long long rmaps[16];
+	char dir[256], line[1024], *p;
+	struct secmmu_stats st;
+	int fd, vcpu[2], i, n;
+	char *mem;
+
+	if (access(DEBUGFS_SECMMU, R_OK))
+		SKIP(return, "no %s", DEBUGFS_SECMMU);
+	fd = space_create(variant->format, 2, 0);
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, space_debugfs_dir(dir, sizeof(dir)));
+	mem = mmap(NULL, npages * PAGE_SZ, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	ASSERT_EQ(0, set_slot(fd, 0, 0, GPA_BASE, npages * PAGE_SZ, mem));
+	for (i = 0; i < 2; i++) {
+		vcpu[i] = vcpu_create(fd, i);
+		ASSERT_GE(vcpu[i], 0);
+		ASSERT_EQ(0, run_range(vcpu[i], SECMMU_RUN_WRITE, GPA_BASE,
+				       GPA_BASE + npages * PAGE_SZ, PAGE_SZ, i, NULL));
+	}
+	st = get_stats(fd);
+	EXPECT_EQ(2 * npages, st.faults);
+	EXPECT_EQ(st.faults, debugfs_stat(dir, "faults"));
+	EXPECT_EQ(st.invalidations, debugfs_stat(dir, "invalidations"));
+	EXPECT_EQ(2 * npages, debugfs_stat(dir, "pages_4k"));
+
+	if (variant->format == SECMMU_FMT_X86_EPT4) {
+		ASSERT_NE(NULL, debugfs_line(dir, "mmu_rmaps_stat", "4K", line,
+					     sizeof(line)));
+		TH_LOG("mmu_rmaps_stat: %s", line);
+		/* Buckets: 0, 1, 2-3, ...: every rmap holds both roots' SPTE. */
+		for (p = line + 3, n = 0; n < 16 && sscanf(p, "%llu%n", &rmaps[n], &i) == 1; n++)
+			p += i;
+		ASSERT_EQ(16, n);
+		EXPECT_EQ(0, rmaps[0]);
+		EXPECT_EQ(0, rmaps[1]);
+		EXPECT_EQ(npages, rmaps[2]);
+		/* The 2M rmaps over them (one or two) are empty. */
+		ASSERT_NE(NULL, debugfs_line(dir, "mmu_rmaps_stat", "2M", line, sizeof(line)));
+		for (p = line + 3, n = 0; n < 16 && sscanf(p, "%llu%n", &rmaps[n], &i) == 1; n++)
+			p += i;
+		ASSERT_EQ(16, n);
+		EXPECT_GE(rmaps[0], 1);
+		for (n = 1; n < 16; n++)
+			EXPECT_EQ(0, rmaps[n]);
+	} else {
+		EXPECT_NE(NULL, debugfs_line(dir, "mmu_rmaps_stat", "no", line,
+					     sizeof(line)));
+	}
+
+	/* The directory goes with the space's file, not with the space. */
+	close(fd);
+	snprintf(line, sizeof(line), "%s/stats", dir);
+	EXPECT_NE(0, access(line, F_OK));
+	EXPECT_NE(0, access(dir, F_OK));
+	for (i = 0; i < 2; i++)
+		close(vcpu[i]);
+	munmap(mem, npages * PAGE_SZ);
 }
 
 TEST_HARNESS_MAIN

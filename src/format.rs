@@ -908,6 +908,19 @@ fn x86_slot(slot: &MemSlot) -> Option<SlotRef<'_>> {
     SlotRef::of(slot)
 }
 
+/// [`SlotRef::chain_lengths()`] of the rmaps of `slot` at `level` (x86);
+/// `None` past the last, or for a slot without rmaps (stage-2).
+pub(crate) fn rmap_chain_lengths(
+    slot: &MemSlot,
+    level: Level,
+    from: usize,
+    n: usize,
+    no_preempt: &NoPreempt<'_>,
+    hist: &mut [u64],
+) -> Option<usize> {
+    x86_slot(slot)?.chain_lengths(level, from, n, no_preempt, hist)
+}
+
 /// SPTEs left in the rmaps of `slot` (x86; 0 for stage-2): 0 once its zap
 /// is done.
 pub(crate) fn slot_sptes(slot: &MemSlot) -> u64 {

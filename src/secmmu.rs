@@ -11,6 +11,7 @@
 
 // Kernel abstractions the kernel crate lacks, written for rust/kernel/:
 // the only code that uses raw bindings.
+mod debugfs;
 mod dirty_ring;
 #[allow(dead_code)]
 #[path = "../rust/ext.rs"]
@@ -77,18 +78,27 @@ const _: () = assert!(
 // Every vCPU has its fault's watch on the invalidations.
 const _: () = assert!(mmu::inval::MAX_WATCHES == uapi::MAX_VCPUS);
 
+// Fields drop in order: the device first (no space is left then: each
+// held the module), then the spaces' debugfs root, then the hooks.
 #[pin_data]
 struct SecmmuModule {
     #[pin]
     _miscdev: MiscDeviceRegistration<SecmmuDevice>,
+    _spaces: debugfs::SpacesRoot,
     #[pin]
     _hooks: testhooks::TestHooks,
 }
 
 impl kernel::InPlaceModule for SecmmuModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        // The module's debugfs directory: the test hooks and a directory
+        // per space.
+        let dir = kernel::debugfs::Dir::new(c"secmmu");
         try_pin_init!(Self {
-            _hooks <- testhooks::TestHooks::new(),
+            _hooks <- testhooks::TestHooks::new(dir.clone()),
+            // SAFETY: Once, in the module's init, before the device (and
+            // so any space) exists.
+            _spaces: unsafe { debugfs::SpacesRoot::new(dir) },
             _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"secmmu" }),
         })
     }
@@ -105,12 +115,19 @@ impl MiscDevice for SecmmuDevice {
         let task = kernel::current!();
         // A kernel thread has no mm to mirror.
         let mm = task.mm().ok_or(EINVAL)?;
-        Space::create(
+        let space = Space::create(
             mm,
             module_parameters::aging_locked.value(),
             module_parameters::max_table_pages.value(),
             module_parameters::gpc_any_invalidation.value(),
-        )
+        )?;
+        space.add_debugfs(task.pid())?;
+        Ok(space)
+    }
+
+    fn release(space: Arc<Space>, _file: &File) {
+        // The debugfs directory holds a reference on the space.
+        space.remove_debugfs();
     }
 
     fn ioctl(space: ArcBorrow<'_, Space>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {

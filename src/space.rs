@@ -34,6 +34,7 @@
 //! before any other field is dropped.
 
 use crate::{
+    debugfs,
     dirty_ring::VcpuRing,
     ext::{
         gup::UserPageRef,
@@ -105,8 +106,12 @@ pub(crate) struct Space {
     #[pin]
     notifier: MmuNotifier<Space>,
     /// Unique among the spaces since the module was loaded: names the
-    /// space in trace events.
+    /// space in trace events and its debugfs directory.
     pub(crate) id: u32,
+    /// The space's debugfs directory (`debugfs.rs`), while its file is
+    /// open: it holds a reference on the space, which `release` drops.
+    #[pin]
+    debugfs: Mutex<Option<debugfs::SpaceDir>>,
     /// Serializes configuration changes; holds the configuration.
     #[pin]
     config: Mutex<Option<Config>>,
@@ -168,6 +173,9 @@ pub(crate) struct Space {
 }
 
 impl_has_mmu_notifier!(Space, notifier);
+
+/// Rmaps [`Space::rmaps_stat()`] counts with preemption off at a time.
+const RMAPS_STAT_BATCH: usize = 4096;
 
 /// The id of the next space ([`Space::id`]); ids start at 1.
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
@@ -271,6 +279,7 @@ impl Space {
         let space = Arc::pin_init(
             try_pin_init!(Self {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                debugfs <- new_mutex!(None, "secmmu_debugfs"),
                 config <- new_mutex!(None, "secmmu_config"),
                 mmu <- new_rwlock!(
                     MmuState {
@@ -319,6 +328,75 @@ impl Space {
             return Err(EIO);
         }
         self.check_alive()
+    }
+
+    /// Gives the space its debugfs directory, named for the task `pid`.
+    pub(crate) fn add_debugfs(self: &Arc<Self>, pid: i32) -> Result {
+        let dir = debugfs::space_dir(self, pid)?;
+        *self.debugfs.lock() = dir;
+        Ok(())
+    }
+
+    /// Removes the space's debugfs directory, once its file is closed:
+    /// waits for the directory's readers, and drops its reference.
+    pub(crate) fn remove_debugfs(&self) {
+        let dir = self.debugfs.lock().take();
+        drop(dir);
+    }
+
+    /// Whether the space's tables keep rmaps (x86).
+    pub(crate) fn has_rmaps(&self) -> bool {
+        Kind::from_uapi(self.format.load(Ordering::Acquire)) == Some(Kind::X86)
+    }
+
+    /// The rmaps of every memslot now (x86), by level (4K, 2M, 1G) and by
+    /// log2 of their length (bucket 0: empty; KVM's `mmu_rmaps_stat`):
+    /// walked without the MMU lock, each rmap under its bit lock taken
+    /// read-only, [`RMAPS_STAT_BATCH`] rmaps per preemption-off stretch,
+    /// rescheduling between them. Slots are taken in id order, each looked
+    /// up again at each batch: one deleted meanwhile ends early. `EINTR`
+    /// on a signal.
+    pub(crate) fn rmaps_stat(&self) -> Result<[[u64; stats::RMAP_CHAIN_BUCKETS]; 3]> {
+        let mut hist = [[0u64; stats::RMAP_CHAIN_BUCKETS]; 3];
+        let mut last: Option<u32> = None;
+        loop {
+            let next = {
+                let preempt = PreemptGuard::new();
+                let rcu: NoPreempt<'_> = preempt.proof().into();
+                self.memslots(&rcu)
+                    .iter()
+                    .map(|e| e.slot.id)
+                    .filter(|&id| last.is_none_or(|l| id > l))
+                    .min()
+            };
+            let Some(id) = next else {
+                return Ok(hist);
+            };
+            last = Some(id);
+            for (level, counts) in Level::MAPPABLE.iter().zip(hist.iter_mut()) {
+                let mut from = Some(0);
+                while let Some(at) = from {
+                    if kernel::current!().signal_pending() {
+                        return Err(EINTR);
+                    }
+                    from = {
+                        let preempt = PreemptGuard::new();
+                        let rcu: NoPreempt<'_> = preempt.proof().into();
+                        self.memslots(&rcu).by_id(id).and_then(|slot| {
+                            format::rmap_chain_lengths(
+                                slot,
+                                *level,
+                                at,
+                                RMAPS_STAT_BATCH,
+                                &rcu,
+                                counts,
+                            )
+                        })
+                    };
+                    sched::cond_resched();
+                }
+            }
+        }
     }
 
     /// `EIO` once `release()` ran.

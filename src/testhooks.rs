@@ -101,8 +101,8 @@ pub(crate) struct TestHooks {
 }
 
 impl TestHooks {
-    pub(crate) fn new() -> impl PinInit<Self, Error> {
-        let dir = Dir::new(c"secmmu");
+    /// The hooks, in the module's debugfs directory `dir`.
+    pub(crate) fn new(dir: Dir) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             _skip_zap <- dir.read_write_callback_file(c"test_skip_zap", (), &show, &store),
             _zap_resched <- dir.read_write_callback_file(

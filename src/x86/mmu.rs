@@ -141,6 +141,7 @@ use crate::mmu::pgtable::{
     ZappedTables, ENTRIES_PER_TABLE,
 };
 use crate::mmu::prim::{self, warn_on, AllocError, AtomicU64, NoPreempt, Ordering, PVec};
+use crate::mmu::stats::log_hist_bucket;
 use crate::mmu::walk::{
     self, walk_yielding, Ctx, PteEncoding, Step, Tables, Visit, Visitor, Walked, YieldHook,
     LAST_LEVEL, LEAF, TABLE_POST, TABLE_PRE,
@@ -363,6 +364,34 @@ impl<'a> SlotRef<'a> {
         let shift = level.gfn_shift();
         let i = (gfn >> shift).checked_sub(self.base_gfn() >> shift)?;
         self.rmaps.rmaps[level.idx()].get(usize::try_from(i).ok()?)
+    }
+
+    /// Adds the length of each rmap of `level` from index `from` on, at most `n` of them, to its
+    /// log2 bucket in `hist` ([`log_hist_bucket()`]; KVM's `kvm_mmu_rmaps_stat_show()`, which
+    /// counts under the MMU lock).  Each rmap is read under its bit lock taken read-only, as
+    /// lockless aging does ("Lockless rmap walks"), so the counts are each rmap's at some moment
+    /// of the walk.  Returns the index to go on from, `None` past the last.
+    pub(crate) fn chain_lengths(
+        &self,
+        level: Level,
+        from: usize,
+        n: usize,
+        no_preempt: &NoPreempt<'_>,
+        hist: &mut [u64],
+    ) -> Option<usize> {
+        let rmaps = &self.rmaps.rmaps[level.idx()];
+        let end = from.saturating_add(n).min(rmaps.len());
+        for head in (from..end).filter_map(|i| rmaps.get(i)) {
+            let len = if head.is_empty() {
+                0
+            } else {
+                head.lock_readonly(no_preempt).len()
+            };
+            if let Some(b) = hist.get_mut(log_hist_bucket(len as u64, hist.len())) {
+                *b += 1;
+            }
+        }
+        (end < rmaps.len()).then_some(end)
     }
 
     /// Number of SPTEs in the slot's rmaps: 0 once the slot was zapped.
