@@ -45,6 +45,7 @@ fn level_nr(level: Option<Level>) -> u8 {
 
 /// `secmmu_invalidate_range_start`: the mm core's `event`
 /// (`enum mmu_notifier_event`), and whether the invalidation may sleep.
+#[inline(always)]
 pub(crate) fn invalidate_range_start(
     space: u32,
     start: Hva,
@@ -59,6 +60,7 @@ pub(crate) fn invalidate_range_start(
 }
 
 /// `secmmu_invalidate_range_end`.
+#[inline(always)]
 pub(crate) fn invalidate_range_end(space: u32, start: Hva, end: Hva) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_invalidate_range_end(space, start.as_usize(), end.as_usize()) };
@@ -66,12 +68,14 @@ pub(crate) fn invalidate_range_end(space: u32, start: Hva, end: Hva) {
 
 /// `secmmu_zap`: the gfns `[start, end)` of slot `slot` were zapped,
 /// `leaves` of them, and the zap yielded the MMU lock `yields` times.
+#[inline(always)]
 pub(crate) fn zap(space: u32, slot: u32, start: Gfn, end: Gfn, leaves: u64, yields: u64) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_zap(space, slot, start.raw(), end.raw(), leaves, yields) };
 }
 
 /// `secmmu_fault`.
+#[inline(always)]
 pub(crate) fn fault(
     space: u32,
     vcpu: usize,
@@ -94,6 +98,7 @@ pub(crate) fn fault(
 }
 
 /// `secmmu_age` (clear_young, or clear_flush_young if `flush`).
+#[inline(always)]
 pub(crate) fn age(space: u32, start: Hva, end: Hva, flush: bool, young: bool, lockless: bool) {
     // SAFETY: The event takes integers only.
     unsafe {
@@ -109,6 +114,7 @@ pub(crate) fn age(space: u32, start: Hva, end: Hva, flush: bool, young: bool, lo
 }
 
 /// `secmmu_test_young`.
+#[inline(always)]
 pub(crate) fn test_young(space: u32, hva: Hva, young: bool, lockless: bool) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_test_young(space, hva.as_usize(), young, lockless) };
@@ -116,6 +122,7 @@ pub(crate) fn test_young(space: u32, hva: Hva, young: bool, lockless: bool) {
 
 /// `secmmu_tlb_flush`: a flush round asked of `vcpus` vCPUs, or one a zap
 /// `elided`.
+#[inline(always)]
 pub(crate) fn tlb_flush(space: u32, vcpus: u32, elided: bool) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_tlb_flush(space, vcpus, elided) };
@@ -123,12 +130,14 @@ pub(crate) fn tlb_flush(space: u32, vcpus: u32, elided: bool) {
 
 /// `secmmu_split`: a huge leaf made way for a table, to map `gfn` at
 /// `level` under it.
+#[inline(always)]
 pub(crate) fn split(space: u32, gfn: Gfn, level: Level) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_split(space, gfn.raw(), level_nr(Some(level))) };
 }
 
 /// `secmmu_collapse`: a table made way for a huge leaf at `level`.
+#[inline(always)]
 pub(crate) fn collapse(space: u32, gfn: Gfn, level: Level) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_collapse(space, gfn.raw(), level_nr(Some(level))) };
@@ -136,6 +145,7 @@ pub(crate) fn collapse(space: u32, gfn: Gfn, level: Level) {
 
 /// `secmmu_bbm`: break-before-make replaced a valid entry to map `gfn` at
 /// `level`.
+#[inline(always)]
 pub(crate) fn bbm(space: u32, gfn: Gfn, level: Level) {
     // SAFETY: The event takes integers only.
     unsafe { tp::secmmu_bbm(space, gfn.raw(), level_nr(Some(level))) };
