@@ -14,12 +14,37 @@
 //! that need them, in `src/trace.rs`.
 
 /// Declares the Rust entry point of each tracepoint named, as the kernel's
-/// `declare_trace!` does, over `super::bindings`.
+/// `declare_trace!` does, over `super::bindings`, and `<name>_enabled()`,
+/// its static branch alone: a caller whose arguments cost something to
+/// compute tests it first, out of line from its hot path.
 ///
 /// The generated functions are unsafe: their requirements are the C
 /// tracepoint's (for every secmmu event: none, as they take integers only).
 macro_rules! declare_trace {
     ($($(#[$attr:meta])* $pub:vis unsafe fn $name:ident($($argname:ident : $argtyp:ty),* $(,)?);)*) => {$(
+        kernel::macros::paste! {
+            /// Whether the event is enabled: a static branch.
+            #[inline(always)]
+            $pub fn [< $name _enabled >]() -> bool {
+                #[cfg(all(CONFIG_TRACEPOINTS, not(secmmu_notrace)))]
+                {
+                    // SAFETY: It is always fine to test the static key of a
+                    // tracepoint, which C defines (src/trace.c).
+                    unsafe {
+                        kernel::static_branch_unlikely!(
+                            super::bindings::[< __tracepoint_ $name >],
+                            kernel::bindings::tracepoint,
+                            key
+                        )
+                    }
+                }
+                #[cfg(not(all(CONFIG_TRACEPOINTS, not(secmmu_notrace))))]
+                {
+                    false
+                }
+            }
+        }
+
         $( #[$attr] )*
         #[inline(always)]
         $pub unsafe fn $name($($argname : $argtyp),*) {

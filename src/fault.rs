@@ -120,17 +120,32 @@ impl WithFormat for FaultIn<'_> {
         let r = self.fault_in::<F>();
         // What ended in a fault exit or an errno; the other outcomes are
         // traced where they are counted.
-        let outcome = match r {
-            Ok(()) | Err(Exit::DirtyRingFull) => return r,
-            Err(Exit::MemoryFault) => FaultOutcome::MemoryExit,
-            Err(Exit::Errno(_)) => FaultOutcome::Error,
-        };
-        trace::fault(space.id, vcpu, gfn, None, write, outcome);
+        if let Err(e) = &r {
+            if trace::fault_enabled() {
+                trace_exit(space, vcpu, gfn, write, e);
+            }
+        }
         r
     }
 }
 
+/// Traces a fault that ended in a fault exit or an errno (nothing for a
+/// full dirty ring, which is no fault's outcome).
+#[cold]
+#[inline(never)]
+fn trace_exit(space: &Space, vcpu: usize, gfn: Gfn, write: bool, e: &Exit) {
+    let outcome = match e {
+        Exit::DirtyRingFull => return,
+        Exit::MemoryFault => FaultOutcome::MemoryExit,
+        Exit::Errno(_) => FaultOutcome::Error,
+    };
+    trace::fault(space.id, vcpu, gfn, None, write, outcome);
+}
+
 impl FaultIn<'_> {
+    // Inline in `run()`: the fault's inputs, used all along, stay in the
+    // registers they are in for the exit's event.
+    #[inline(always)]
     fn fault_in<F: Format>(self) -> Result<(), Exit> {
         let FaultIn {
             space,
@@ -412,22 +427,38 @@ fn trace_fault(space: &Space, fault: &Fault, level: Option<Level>, outcome: Faul
 /// counters, and traces it.
 fn count_fault(space: &Space, stats: &VcpuStats, fault: &Fault, outcome: &MapOutcome) {
     stats.faults.inc();
-    trace_fault(space, fault, Some(fault.level), FaultOutcome::Installed);
     if matches!(outcome.action, MapAction::Installed | MapAction::Replaced) {
         stats.mappings.at(fault.level.idx()).inc();
     }
     if outcome.split {
         stats.splits.inc();
-        trace::split(space.id, fault.gfn, fault.level);
     }
     if outcome.unlinked.is_some() {
         stats.collapses.inc();
-        trace::collapse(space.id, fault.gfn, fault.level);
     }
     // The chain the new leaf joined (x86; 0 where no leaf was added, or
     // the format keeps no rmaps: not a chain).
     if outcome.chain_len != 0 {
         stats.rmap_max_chain.max(outcome.chain_len as u64);
         stats.rmap_chain.record(outcome.chain_len as u64);
+    }
+    // Last, and out of line: the events' arguments are loaded only when
+    // one is enabled, and nothing is live across their calls.
+    if trace::install_enabled() {
+        trace_installed(space, fault, outcome);
+    }
+}
+
+/// Traces a fault that installed (or found) its leaf: `secmmu_fault`, and
+/// `secmmu_split` or `secmmu_collapse` if it replaced a leaf or a table.
+#[cold]
+#[inline(never)]
+fn trace_installed(space: &Space, fault: &Fault, outcome: &MapOutcome) {
+    trace_fault(space, fault, Some(fault.level), FaultOutcome::Installed);
+    if outcome.split {
+        trace::split(space.id, fault.gfn, fault.level);
+    }
+    if outcome.unlinked.is_some() {
+        trace::collapse(space.id, fault.gfn, fault.level);
     }
 }

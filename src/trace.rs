@@ -74,6 +74,19 @@ pub(crate) fn zap(space: u32, slot: u32, start: Gfn, end: Gfn, leaves: u64, yiel
     unsafe { tp::secmmu_zap(space, slot, start.raw(), end.raw(), leaves, yields) };
 }
 
+/// Whether any of `secmmu_fault`, `secmmu_split` and `secmmu_collapse` is
+/// enabled: what a fault that installed a leaf may report.
+#[inline(always)]
+pub(crate) fn install_enabled() -> bool {
+    tp::secmmu_fault_enabled() || tp::secmmu_split_enabled() || tp::secmmu_collapse_enabled()
+}
+
+/// Whether `secmmu_fault` is enabled.
+#[inline(always)]
+pub(crate) fn fault_enabled() -> bool {
+    tp::secmmu_fault_enabled()
+}
+
 /// `secmmu_fault`.
 #[inline(always)]
 pub(crate) fn fault(
