@@ -61,6 +61,26 @@ impl UserPageRef {
         Self::get(addr, write, true)
     }
 
+    /// The page the current task's primary MMU maps at `addr` now, mapped
+    /// writable if `write`, with a reference on it: the lockless walk alone
+    /// (`get_user_page_fast_only()`), which neither faults nor sleeps.
+    /// `None` if it finds no such page. KVM's `hva_to_pfn_fast()` asks it
+    /// whether a read fault may map writable.
+    pub(crate) fn get_fast_only(addr: usize, write: bool) -> Option<Self> {
+        kernel::current!().mm()?;
+        let mut pfn = 0;
+        // SAFETY: As in `get()`: the current task has an mm; any address is
+        // fine; `pfn` is a valid out pointer.
+        let found = unsafe { bindings::secmmu_get_user_page_fast_only(addr, write, &mut pfn) };
+        // Not `found.then_some(Self { .. })`: that would make (and drop,
+        // putting a reference never taken) a value for a page not found.
+        if !found {
+            return None;
+        }
+        // INVARIANT: It found the page: it took a reference on `pfn`.
+        Some(Self { pfn })
+    }
+
     fn get(addr: usize, write: bool, nofault: bool) -> Result<Self> {
         if kernel::current!().mm().is_none() {
             return Err(EFAULT);

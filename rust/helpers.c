@@ -144,6 +144,17 @@ int secmmu_get_user_page(unsigned long hva, bool write, bool nofault,
 	return 0;
 }
 
+bool secmmu_get_user_page_fast_only(unsigned long hva, bool write,
+				    unsigned long *pfn)
+{
+	struct page *page;
+
+	if (!get_user_page_fast_only(hva, write ? FOLL_WRITE : 0, &page))
+		return false;
+	*pfn = page_to_pfn(page);
+	return true;
+}
+
 void secmmu_put_user_page(unsigned long pfn)
 {
 	put_page(pfn_to_page(pfn));

@@ -81,6 +81,14 @@ void *secmmu_pfn_to_virt(unsigned long pfn);
 int secmmu_get_user_page(unsigned long hva, bool write, bool nofault,
 			 unsigned long *pfn);
 
+/*
+ * get_user_page_fast_only(): the page the lockless walk finds mapped at
+ * @hva (writable if @write), with a reference, without faulting or
+ * sleeping; false if there is none.
+ */
+bool secmmu_get_user_page_fast_only(unsigned long hva, bool write,
+				    unsigned long *pfn);
+
 /* Drops the reference secmmu_get_user_page() took. */
 void secmmu_put_user_page(unsigned long pfn);
 

@@ -981,6 +981,58 @@ TEST_F_TIMEOUT(fmt, mmu_stress, 180)
 }
 
 /*
+ * read_then_write_one_fault: a read of a private page the process already
+ * wrote (the primary maps it writable) maps it writable, so the guest's
+ * write after the read takes no second fault (KVM's map_writable); a page
+ * never written (the zero page) is mapped read-only, and the write after
+ * the read breaks copy-on-write through a second fault, landing in the
+ * process's own new page. The data is checked from both sides.
+ */
+TEST_F(fmt, read_then_write_one_fault)
+{
+	const unsigned long npages = 64, size = 2 * npages * PAGE_SZ;
+	struct secmmu_stats b, r, w;
+	unsigned long i;
+	int fd, vcpu;
+	char *mem;
+
+	fd = space_create(variant->format, 1, 0);
+	ASSERT_GE(fd, 0);
+	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, mem);
+	ASSERT_EQ(0, madvise(mem, size, MADV_NOHUGEPAGE));
+	/* The first half written by the process: writable and dirty. */
+	memset(mem, 0x5a, npages * PAGE_SZ);
+	ASSERT_EQ(0, set_slot(fd, 0, 0, GPA_BASE, size, mem));
+	vcpu = vcpu_create(fd, 0);
+	ASSERT_GE(vcpu, 0);
+
+	b = get_stats(fd);
+	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, GPA_BASE, GPA_BASE + size, PAGE_SZ,
+			       0, NULL));
+	r = get_stats(fd);
+	EXPECT_EQ(2 * npages, r.faults - b.faults);
+	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_WRITE, GPA_BASE, GPA_BASE + size, PAGE_SZ,
+			       7, NULL));
+	w = get_stats(fd);
+	/* Only the zero-page half faults again, to break COW. */
+	EXPECT_EQ(npages, w.faults - r.faults);
+	EXPECT_EQ(0, w.memory_faults - b.memory_faults);
+	for (i = 0; i < 2 * npages; i++)
+		ASSERT_EQ(7 ^ (GPA_BASE + i * PAGE_SZ), *(uint64_t *)(mem + i * PAGE_SZ))
+			TH_LOG("page %lu", i);
+	/* And the guest reads what the process writes now. */
+	for (i = 0; i < 2 * npages; i++)
+		*(uint64_t *)(mem + i * PAGE_SZ) = 9 ^ (GPA_BASE + i * PAGE_SZ);
+	EXPECT_EQ(0, run_range(vcpu, SECMMU_RUN_VERIFY, GPA_BASE, GPA_BASE + size, PAGE_SZ,
+			       9, NULL));
+	expect_coherent(_metadata, fd);
+	close(vcpu);
+	close(fd);
+	munmap(mem, size);
+}
+
+/*
  * trace_counts: secmmu's trace events, read from a tracefs instance of
  * their own, count what the space's statistics count. One pass of the
  * mmu_stress workload (faults racing mprotect(), memslot deletions, a

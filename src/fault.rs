@@ -186,18 +186,28 @@ impl FaultIn<'_> {
             caches.topup::<F>()?;
 
             // `hva` is a user address of the current mm (the caller is the
-            // space's creator).
-            let page = UserPageRef::get_fast(fault.hva.as_usize(), write).map_err(|e| {
-                if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
-                    Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR })
-                } else {
-                    stats.memory_faults.inc();
-                    Exit::MemoryFault
-                }
-            })?;
+            // space's creator). A read of a page the primary already maps
+            // writable maps it writable too (see `may_map_writable()`).
+            let writable_page = (!write && may_map_writable(space, &fault))
+                .then(|| UserPageRef::get_fast_only(fault.hva.as_usize(), true))
+                .flatten();
+            let map_writable = write || writable_page.is_some();
+            let page = match writable_page {
+                Some(page) => page,
+                None => UserPageRef::get_fast(fault.hva.as_usize(), write).map_err(|e| {
+                    if e == ENOMEM || e == EINTR || e == ERESTARTSYS {
+                        Exit::Errno(if e == ENOMEM { ENOMEM } else { EINTR })
+                    } else {
+                        stats.memory_faults.inc();
+                        Exit::MemoryFault
+                    }
+                })?,
+            };
             // The kernel's pfn, an unsigned long: as wide as a u64 on 64-bit.
             let hva = fault.hva;
-            fault.resolved(Pfn::new(page.pfn() as u64), || host_level(hva));
+            fault.resolved(Pfn::new(page.pfn() as u64), map_writable, || {
+                host_level(hva)
+            });
 
             let mapped = match install::<F>(space, root, &fault, caches, ring, stats) {
                 Installed::Mapped(m) => m,
@@ -213,8 +223,11 @@ impl FaultIn<'_> {
             };
             // Like KVM: a page mapped writable is dirty from now on; the
             // zap marks it dirty again if the guest wrote it (D bit).
-            if mapped.is_ok() && write {
+            if mapped.is_ok() && map_writable {
                 page.set_dirty();
+                if !write {
+                    stats.writable_on_read.inc();
+                }
             }
             drop(page);
             let outcome = mapped.map_err(|e| match e {
@@ -226,6 +239,19 @@ impl FaultIn<'_> {
             return Ok(());
         }
     }
+}
+
+/// Whether a read `fault` may map writable the page the primary already maps
+/// writable, so that the guest's first write after the read does not fault
+/// again (KVM's `hva_to_pfn_fast()` with `map_writable`). The lockless walk
+/// alone is asked (`UserPageRef::get_fast_only()`), which breaks no
+/// copy-on-write: a private page not yet written stays read-only, and the
+/// write breaks COW through the fault path as before. Not in a read-only
+/// slot, nor in a slot that logs dirty pages, whose writes must fault (or
+/// be seen by the walker) to be logged; nor with the module parameter
+/// `map_writable_on_read` off.
+fn may_map_writable(space: &Space, fault: &Fault) -> bool {
+    space.map_writable_on_read() && !fault.slot.readonly() && !fault.slot.logs_dirty()
 }
 
 /// Step 1 of a fault: its slot and the retry state, under the read side:

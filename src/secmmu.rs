@@ -53,6 +53,10 @@ module! {
     description: "A secondary MMU kept coherent with its process through an mmu_notifier",
     license: "GPL",
     params: {
+        map_writable_on_read: bool {
+            default: true,
+            description: "A read fault maps writable when the primary already maps the page writable (0: read-only, for comparison)",
+        },
         aging_locked: bool {
             default: false,
             description: "Age (clear_young/test_young) under the MMU lock even where A/D bits allow lockless aging",
@@ -120,6 +124,7 @@ impl MiscDevice for SecmmuDevice {
             module_parameters::aging_locked.value(),
             module_parameters::max_table_pages.value(),
             module_parameters::gpc_any_invalidation.value(),
+            module_parameters::map_writable_on_read.value(),
         )?;
         space.add_debugfs(task.pid())?;
         Ok(space)

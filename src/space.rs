@@ -133,6 +133,9 @@ pub(crate) struct Space {
     /// Age under the MMU lock even where A/D bits allow lockless aging
     /// (module parameter `aging_locked`, read at open).
     aging_locked: bool,
+    /// Read faults map writable what the primary already maps writable
+    /// (module parameter `map_writable_on_read`, read at open).
+    map_writable_on_read: bool,
     /// The most table pages the space's tables may hold (module parameter
     /// `max_table_pages`, read at open): past it, faults that need a new
     /// table fail with `ENOSPC` until zaps free some.
@@ -268,6 +271,7 @@ impl Space {
         aging_locked: bool,
         max_table_pages: u64,
         gpc_any_invalidation: bool,
+        map_writable_on_read: bool,
     ) -> Result<Arc<Self>> {
         let gpc_policy = if gpc_any_invalidation {
             Policy::AnyInvalidation
@@ -291,6 +295,7 @@ impl Space {
                 memslots,
                 retired <- new_mutex!(KVec::new(), "secmmu_retired_memslots"),
                 aging_locked,
+                map_writable_on_read,
                 max_table_pages,
                 ad_enabled: AtomicBool::new(true),
                 format: AtomicU32::new(0),
@@ -342,6 +347,12 @@ impl Space {
     pub(crate) fn remove_debugfs(&self) {
         let dir = self.debugfs.lock().take();
         drop(dir);
+    }
+
+    /// Whether a read fault may map writable a page the primary already
+    /// maps writable (module parameter `map_writable_on_read`).
+    pub(crate) fn map_writable_on_read(&self) -> bool {
+        self.map_writable_on_read
     }
 
     /// Whether the space's tables keep rmaps (x86).

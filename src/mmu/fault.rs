@@ -26,6 +26,10 @@ pub(crate) struct Fault {
     /// The faulting guest page, and whether the access writes it.
     pub(crate) gfn: Gfn,
     pub(crate) write: bool,
+    /// Whether the leaf is mapped writable (KVM's `fault->map_writable`):
+    /// for a write, and for a read whose page the primary MMU already maps
+    /// writable ([`Fault::resolved()`]).
+    pub(crate) map_writable: bool,
     /// Its memslot, as it was when the fault began.
     pub(crate) slot: Slot,
     /// The memslot set's generation when the fault began.
@@ -73,6 +77,7 @@ impl Fault {
         let mut fault = Fault {
             gfn,
             write,
+            map_writable: write,
             slot: *slot,
             generation,
             vcpu,
@@ -87,11 +92,19 @@ impl Fault {
         fault
     }
 
-    /// The host page get_user_pages resolved the fault's `hva` to, and how
+    /// The host page get_user_pages resolved the fault's `hva` to, whether
+    /// the primary maps it `writable` (always, for a write fault), and how
     /// large the primary MMU maps it now (a snapshot, see
     /// [`Fault::adjust_level()`]).
-    pub(crate) fn resolved(&mut self, pfn: Pfn, host_level: impl FnOnce() -> Level) {
+    pub(crate) fn resolved(
+        &mut self,
+        pfn: Pfn,
+        writable: bool,
+        host_level: impl FnOnce() -> Level,
+    ) {
+        debug_assert!(writable || !self.write);
         self.pfn = pfn;
+        self.map_writable = writable;
         self.adjust_level(host_level);
     }
 
@@ -212,7 +225,7 @@ mod tests {
                             // `host`'s size at 1T would put it, or off by
                             // `pfn_off`.
                             let pfn = Pfn::new((1 << 28) + gfn.offset_in(host) + pfn_off);
-                            f.resolved(pfn, || host);
+                            f.resolved(pfn, false, || host);
                             let l = f.level;
                             let (g, p) = f.block();
                             assert!(l <= host && l <= max, "{l:?} {host:?} {max:?}");
@@ -256,7 +269,7 @@ mod tests {
         inval.begin(hva, hva.add_pages(1));
         assert!(inval.end());
         let mut f = Fault::new(&inval, 3, gfn, true, &s, 7, Level::L1G);
-        f.resolved(Pfn::new(0x80203), || Level::L2M);
+        f.resolved(Pfn::new(0x80203), true, || Level::L2M);
         assert_eq!(f.level, Level::L2M);
         assert!(!f.must_retry(&inval, 7));
         assert!(f.must_retry(&inval, 8));
@@ -278,7 +291,7 @@ mod tests {
         assert!(f.must_retry(&inval, 7));
         // Watching again after the end: quiet.
         let mut f = Fault::new(&inval, 3, gfn, true, &s, 7, Level::L1G);
-        f.resolved(Pfn::new(0x80203), || Level::L2M);
+        f.resolved(Pfn::new(0x80203), true, || Level::L2M);
         assert!(!f.must_retry(&inval, 7));
     }
 }

@@ -293,6 +293,10 @@ vcpu_stats! {
     /// Write faults that made a write-protected leaf writable again without
     /// get_user_pages (x86, KVM's fast page fault).
     dirty_fast_faults: OwnCounter,
+    /// Read faults that mapped writable: the primary already mapped the
+    /// page writable (KVM's `map_writable`), so a write after the read
+    /// takes no second fault.
+    writable_on_read: OwnCounter,
     /// vCPU exits for a soft-full dirty ring.
     dirty_ring_full_exits: OwnCounter,
     /// Gfns that found the vCPU's ring full and went to the bitmap.
@@ -496,6 +500,7 @@ stat_table! {
         "dirty_protected": Cumulative[1] = v.stats.dirty_protected.get(),
         "eager_splits": Cumulative[1] = v.stats.eager_splits.get(),
         "dirty_fast_faults": Cumulative[1] = v.vcpus.dirty_fast_faults,
+        "writable_on_read": Cumulative[1] = v.vcpus.writable_on_read,
         "dirty_ring_resets": Cumulative[1] = v.stats.dirty_ring_resets.get(),
         "dirty_ring_full_exits": Cumulative[1] = v.vcpus.dirty_ring_full_exits,
         "dirty_ring_overflows": Cumulative[1] = v.vcpus.dirty_ring_overflows,
@@ -525,6 +530,7 @@ stat_table! {
         "splits": Cumulative[1] = v.splits,
         "collapses": Cumulative[1] = v.collapses,
         "dirty_fast_faults": Cumulative[1] = v.dirty_fast_faults,
+        "writable_on_read": Cumulative[1] = v.writable_on_read,
         "dirty_ring_full_exits": Cumulative[1] = v.dirty_ring_full_exits,
         "dirty_ring_overflows": Cumulative[1] = v.dirty_ring_overflows,
         "pml_logged": Cumulative[1] = v.pml_logged,
