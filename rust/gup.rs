@@ -114,3 +114,134 @@ impl Drop for UserPageRef {
         unsafe { bindings::secmmu_put_user_page(self.pfn) };
     }
 }
+
+/// References on the pages behind a run of user addresses of the current
+/// task, from one `get_user_pages_fast()` call: up to `N` pages, put
+/// (`put_page()`) when released or dropped.
+///
+/// The batch form of [`UserPageRef`], for callers that resolve many
+/// consecutive pages at once (KVM's `kvm_prefault_memory()`-like loops): one
+/// call walks the page tables once for the whole run, and takes the
+/// references of a large folio in one go.
+///
+/// # Examples
+///
+/// ```
+/// use crate::ext::gup::UserPages;
+///
+/// fn pfns(addr: usize) -> Result<usize> {
+///     let mut pages = KBox::new(UserPages::<64>::new(), GFP_KERNEL)?;
+///     let n = pages.get_fast(addr, 64, false)?;
+///     // ... map `pages.pfn(0..n)` somewhere, read-only ...
+///     Ok(n)
+/// } // put_page() on each
+/// ```
+///
+/// # Invariants
+///
+/// `pages[..nr]` are pages on each of which the value owns one reference.
+pub(crate) struct UserPages<const N: usize> {
+    pages: [*mut bindings::page; N],
+    nr: usize,
+}
+
+impl<const N: usize> UserPages<N> {
+    /// An empty batch.
+    pub(crate) const fn new() -> Self {
+        // INVARIANT: No page is held.
+        Self {
+            pages: [core::ptr::null_mut(); N],
+            nr: 0,
+        }
+    }
+
+    /// Puts the pages held, if any, then resolves the `nr` pages from user
+    /// address `addr` (page aligned) of the current task, faulting them in
+    /// (for writing when `write`, breaking copy-on-write; for reading
+    /// never), and takes a reference on each. May sleep.
+    ///
+    /// Returns how many pages it holds, from the first: at least one, and
+    /// fewer than `nr` if a page past the first cannot be resolved (the
+    /// end of a VMA, ...). Fails, holding nothing, with `EINVAL` if `nr`
+    /// is 0 or more than `N` or `addr` is not page aligned, `EFAULT` if the
+    /// first page cannot be mapped (or the task has no mm), and otherwise
+    /// with GUP's errors: `ENOMEM`, `EINTR` or `ERESTARTSYS` on a fatal
+    /// signal, `EHWPOISON`, ...
+    pub(crate) fn get_fast(&mut self, addr: usize, nr: usize, write: bool) -> Result<usize> {
+        self.release();
+        if nr == 0 || nr > N || addr % kernel::page::PAGE_SIZE != 0 {
+            return Err(EINVAL);
+        }
+        if kernel::current!().mm().is_none() {
+            return Err(EFAULT);
+        }
+        let flags: u32 = if write { bindings::FOLL_WRITE } else { 0 };
+        // `nr` is at most `N`; a batch larger than `c_int` is refused.
+        let count = i32::try_from(nr).map_err(|_| EINVAL)?;
+        // SAFETY: The current task has an mm, whose pages GUP resolves; any
+        // address is fine (GUP checks it); `pages` has room for `nr` page
+        // pointers, and GUP writes at most that many.
+        let got =
+            unsafe { bindings::get_user_pages_fast(addr, count, flags, self.pages.as_mut_ptr()) };
+        if got < 0 {
+            return Err(Error::from_errno(got));
+        }
+        // Not expected (GUP fails rather than return nothing), but never
+        // trust a count beyond what was asked.
+        let got = (got as usize).min(nr);
+        if got == 0 {
+            return Err(EFAULT);
+        }
+        // INVARIANT: GUP took one reference on each of the first `got`
+        // pages it stored.
+        self.nr = got;
+        Ok(got)
+    }
+
+    /// How many pages the batch holds.
+    pub(crate) fn len(&self) -> usize {
+        self.nr
+    }
+
+    /// Whether the batch holds no page.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nr == 0
+    }
+
+    /// The frame number of page `i` of the batch (`i < len()`).
+    pub(crate) fn pfn(&self, i: usize) -> usize {
+        assert!(i < self.nr);
+        // SAFETY: By the type invariants we hold a reference on page `i`,
+        // so it is a valid, allocated page.
+        unsafe { bindings::secmmu_page_to_pfn(self.pages[i]) }
+    }
+
+    /// Marks page `i` (`i < len()`) dirty, as [`UserPageRef::set_dirty()`].
+    pub(crate) fn set_dirty(&self, i: usize) {
+        let pfn = self.pfn(i);
+        // SAFETY: By the type invariants we hold a reference on page `i`,
+        // so it is allocated.
+        unsafe { bindings::secmmu_set_page_dirty(pfn) };
+    }
+
+    /// Puts every page held: the batch is empty after.
+    pub(crate) fn release(&mut self) {
+        for &page in &self.pages[..self.nr] {
+            // SAFETY: By the type invariants, this is our reference on the
+            // page; `nr` is reset below, so it is put once.
+            unsafe { bindings::secmmu_put_page(page) };
+        }
+        // INVARIANT: Every reference was put.
+        self.nr = 0;
+    }
+}
+
+impl<const N: usize> Drop for UserPages<N> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+// SAFETY: The page references are not tied to the thread that took them:
+// `put_page()` may run on any thread.
+unsafe impl<const N: usize> Send for UserPages<N> {}

@@ -160,6 +160,16 @@ void secmmu_put_user_page(unsigned long pfn)
 	put_page(pfn_to_page(pfn));
 }
 
+unsigned long secmmu_page_to_pfn(struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+void secmmu_put_page(struct page *page)
+{
+	put_page(page);
+}
+
 void secmmu_set_page_dirty(unsigned long pfn)
 {
 	struct page *page = pfn_to_page(pfn);

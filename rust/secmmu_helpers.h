@@ -92,6 +92,12 @@ bool secmmu_get_user_page_fast_only(unsigned long hva, bool write,
 /* Drops the reference secmmu_get_user_page() took. */
 void secmmu_put_user_page(unsigned long pfn);
 
+/* page_to_pfn(): the frame number of @page. */
+unsigned long secmmu_page_to_pfn(struct page *page);
+
+/* put_page(): drops a reference get_user_pages_fast() took on @page. */
+void secmmu_put_page(struct page *page);
+
 /*
  * Marks the page at @pfn dirty, because it was written through the
  * secondary MMU (like KVM's kvm_set_page_dirty(): not for reserved pages).
