@@ -81,7 +81,7 @@ pub(crate) fn exit_point() -> Result<(), Exit> {
 /// with now: a snapshot, see [`Fault`]. The calling
 /// task is the space's creator (`Space::check_caller()`): its mm is the one
 /// the space mirrors.
-fn host_level(hva: Hva) -> Level {
+pub(crate) fn host_level(hva: Hva) -> Level {
     let task = kernel::current!();
     let host = task
         .mm()

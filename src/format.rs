@@ -606,16 +606,21 @@ impl Format for X86Mmu<KernelPages> {
     ) -> Result<MapOutcome, MapError> {
         let (gfn, pfn) = fault.block();
         let slot = x86_slot(slot).ok_or(MapError::NoSlot)?;
-        let mapped = tables.map_level(
-            root,
-            slot,
-            gfn,
-            pfn,
-            fault.map_writable,
-            fault.level,
-            &mut caches.tables,
-            &mut caches.descs,
-        );
+        let (tc, dc) = (&mut caches.tables, &mut caches.descs);
+        let mapped = if fault.prefetch {
+            tables.map_level_prefetch(root, slot, gfn, pfn, fault.level, tc, dc)
+        } else {
+            tables.map_level(
+                root,
+                slot,
+                gfn,
+                pfn,
+                fault.map_writable,
+                fault.level,
+                tc,
+                dc,
+            )
+        };
         // The leaf or table replaced may be cached: flush before the write
         // side is dropped, and before an unlinked table is freed.
         if mapped.as_ref().is_ok_and(MapOutcome::needs_flush) {

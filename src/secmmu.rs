@@ -21,6 +21,7 @@ mod format;
 mod gpc;
 mod kpages;
 mod mmu_lock;
+mod prefault;
 mod space;
 mod stats_fd;
 mod testhooks;

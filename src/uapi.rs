@@ -36,6 +36,7 @@ pub(crate) const RUN: u32 = _IOWR::<secmmu_run>(SECMMUIO, 0x10);
 pub(crate) const ACCESS: u32 = _IOWR::<secmmu_access>(SECMMUIO, 0x11);
 pub(crate) const SET_RUN_PAGE: u32 = _IOW::<secmmu_run_page_setup>(SECMMUIO, 0x12);
 pub(crate) const GET_VCPU_STATS_FD: u32 = _IO(SECMMUIO, 0x13);
+pub(crate) const PRE_FAULT_MEMORY: u32 = _IOWR::<secmmu_pre_fault_memory>(SECMMUIO, 0x14);
 pub(crate) const TEST_YOUNG: u32 = _IOW::<secmmu_test_young>(SECMMUIO, 0x20);
 pub(crate) const AUDIT: u32 = _IOWR::<secmmu_audit>(SECMMUIO, 0x21);
 
@@ -229,6 +230,17 @@ pub(crate) struct secmmu_access {
     pub(crate) reserved: [u64; 2],
 }
 
+/// `struct secmmu_pre_fault_memory` (KVM's `struct kvm_pre_fault_memory`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct secmmu_pre_fault_memory {
+    pub(crate) gpa: u64,
+    pub(crate) size: u64,
+    pub(crate) flags: u64,
+    pub(crate) padding: [u64; 5],
+}
+const _: () = assert!(size_of::<secmmu_pre_fault_memory>() == 64);
+
 /// `struct secmmu_test_young`.
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -360,6 +372,7 @@ plain_uapi_struct!(
     secmmu_snapshot,
     secmmu_run,
     secmmu_access,
+    secmmu_pre_fault_memory,
     secmmu_test_young,
     secmmu_audit,
     secmmu_run_page_setup,

@@ -30,6 +30,7 @@ use crate::{
     mmu::prim::NoPreempt,
     mmu::stats::VcpuStats,
     mmu::tlb::{SoftTlb, VcpuMode},
+    prefault::{self, PreFault},
     space::Space,
     stats_fd::StatsFile,
     uapi,
@@ -207,6 +208,13 @@ impl Vcpu {
             }
             uapi::SET_RUN_PAGE => self.set_run_page(&uapi::read_arg(arg)?).map(|()| 0),
             uapi::GET_VCPU_STATS_FD => StatsFile::for_vcpu(self.stats.clone(), self.id.idx, arg),
+            uapi::PRE_FAULT_MEMORY => {
+                let mut req: uapi::secmmu_pre_fault_memory = uapi::read_arg(arg)?;
+                let ret = self.pre_fault(&mut req);
+                // Pass back what is left, as KVM does, whatever the result.
+                uapi::write_arg(arg, &req)?;
+                ret.map(|()| 0)
+            }
             _ => Err(ENOTTY),
         }
     }
@@ -289,6 +297,24 @@ impl Vcpu {
     /// at once, so no caller ever sleeps behind a RUN that may last long.
     fn busy_or_lock(&self) -> Result<kernel::sync::MutexGuard<'_, VcpuState>> {
         self.state.try_lock().ok_or(EBUSY)
+    }
+
+    /// SECMMU_PRE_FAULT_MEMORY: maps `req`'s range into the vCPU's root as
+    /// read faults would, and updates it to what is left (prefault.rs).
+    fn pre_fault(&self, req: &mut uapi::secmmu_pre_fault_memory) -> Result {
+        prefault::check(req)?;
+        let mut st = self.busy_or_lock()?;
+        self.space.check_alive()?;
+        let mut pages = KBox::new(prefault::BatchPages::new(), GFP_KERNEL)?;
+        self.root_tables.kind().with_format(PreFault {
+            space: &self.space,
+            vcpu: self.id.idx,
+            root: self.root,
+            caches: &mut st.caches,
+            pages: &mut pages,
+            stats: &self.stats,
+            range: req,
+        })
     }
 
     /// Faults guest page `gfn` in for a read or a `write`.

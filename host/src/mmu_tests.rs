@@ -322,6 +322,67 @@ fn ad_disabled_walks_and_access_tracking() {
     teardown(f);
 }
 
+/// A pre-fault's leaf (KVM's prefetched SPTE, `mark_spte_for_access_track()`): read-only and
+/// not accessed with A/D bits, until the walker's first access sets A; access-tracked without
+/// them, until the fault path restores it.  A leaf already there is left as it is, young or
+/// access-tracked.
+#[test]
+fn prefetch_leaves_are_not_accessed() {
+    const ID: usize = 72;
+    for ad in [true, false] {
+        let mut f = Fixture::<ID>::new(1, ad, &[slot(0, 0, 1024)]);
+        let prefetch = |f: &mut Fixture<ID>, gfn: u64, level: Level| {
+            f.tables.topup(MAP_MIN_TABLES).unwrap();
+            f.descs.topup(MAP_MIN_DESCS).unwrap();
+            f.mmu
+                .map_level_prefetch(
+                    0,
+                    0,
+                    Gfn::new(gfn),
+                    Pfn::new(0x4_0000 + gfn),
+                    level,
+                    &mut f.tables,
+                    &mut f.descs,
+                )
+                .unwrap()
+        };
+        assert_eq!(prefetch(&mut f, 3, Level::L4K).action, MapAction::Installed);
+        assert_eq!(
+            prefetch(&mut f, 512, Level::L2M).action,
+            MapAction::Installed
+        );
+        for (gfn, level) in [(3, Level::L4K), (512, Level::L2M)] {
+            let v = f.spte(0, gfn);
+            assert!(spte::is_present(v) && !spte::is_writable(v) && !spte::is_accessed(v));
+            assert_eq!(f.mmu.snapshot(0, Gfn::new(gfn)) & SNAP_ACCESSED, 0);
+            if ad {
+                let t = f.translate(0, gfn, false).unwrap();
+                assert!(!t.writable);
+                assert!(spte::is_accessed(f.spte(0, gfn)), "the walker sets A");
+            } else {
+                assert!(spte::is_access_tracked(v));
+                assert_eq!(f.translate(0, gfn, false), Err(WalkFault::NotPresent));
+                // A pre-fault does not restore it either; a fault does.
+                let again = prefetch(&mut f, gfn, level).action;
+                assert_eq!(again, MapAction::Unchanged);
+                assert!(spte::is_access_tracked(f.spte(0, gfn)));
+                if level == Level::L4K {
+                    let restored = f.map(0, 0, gfn, 0x4_0000 + gfn, false).action;
+                    assert_eq!(restored, MapAction::Restored);
+                    assert!(f.translate(0, gfn, false).is_ok());
+                }
+            }
+        }
+        // A young leaf stays young, and a writable one writable.
+        f.map(0, 0, 7, 0x4_0007, true);
+        let v = f.spte(0, 7);
+        assert_eq!(prefetch(&mut f, 7, Level::L4K).action, MapAction::Unchanged);
+        assert_eq!(f.spte(0, 7), v);
+        f.zap(0, 0, 1024);
+        teardown(f);
+    }
+}
+
 #[test]
 fn zap_range_reports_exactly_the_dirty_pages() {
     const ID: usize = 5;

@@ -297,6 +297,27 @@ impl<P: PageOps> TestMmu<P> {
             .map_level(root, slot, gfn, pfn, writable, level, tables, descs)
     }
 
+    /// [`X86Mmu::map_level_prefetch()`] through slot `slot_id`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn map_level_prefetch(
+        &mut self,
+        root: usize,
+        slot_id: u32,
+        gfn: Gfn,
+        pfn: Pfn,
+        level: Level,
+        tables: &mut TableCache<P>,
+        descs: &mut DescCache,
+    ) -> Result<MapOutcome, MapError> {
+        let slots = self.slots.locked();
+        let slot = slots
+            .by_id(slot_id)
+            .and_then(slot_ref)
+            .ok_or(MapError::NoSlot)?;
+        self.mmu
+            .map_level_prefetch(root, slot, gfn, pfn, level, tables, descs)
+    }
+
     /// [`X86Mmu::zap_gfn_range()`] of `[start, end)` of slot `slot_id`, to the end, never
     /// asked to yield (so only a full list of unlinked tables, and the end, flush); `frees`
     /// counts the table pages freed.

@@ -48,6 +48,11 @@ pub(crate) struct Fault {
     slot_level: Level,
     /// The size of the leaf to install (KVM's `goal_level`).
     pub(crate) level: Level,
+    /// A read fault made ahead of any access (SECMMU_PRE_FAULT_MEMORY, KVM's
+    /// `fault->prefetch`): the leaf is installed not accessed where the
+    /// format keeps an accessed bit (KVM's `make_spte()` marks prefetched
+    /// SPTEs for access tracking).
+    pub(crate) prefetch: bool,
 }
 
 impl Fault {
@@ -85,11 +90,80 @@ impl Fault {
             pfn: Pfn::new(0),
             slot_level,
             level: slot_level,
+            prefetch: false,
         };
         let (start, end) = fault.hva_range();
         inval.watch(vcpu, start, end);
         fault.level = Level::L4K;
         fault
+    }
+
+    /// Begins the read fault of a pre-fault batch (SECMMU_PRE_FAULT_MEMORY)
+    /// on `gfn` of `slot`, as [`Fault::new()`] but without a watch of its
+    /// own: the batch watches for all its faults ([`Fault::watch_batch()`],
+    /// called before any of its pages is resolved).
+    pub(crate) fn new_prefetch(
+        vcpu: usize,
+        gfn: Gfn,
+        slot: &Slot,
+        generation: u64,
+        max_level: Level,
+    ) -> Self {
+        let slot_level = slot.max_level(gfn, max_level);
+        Fault {
+            gfn,
+            write: false,
+            map_writable: false,
+            slot: *slot,
+            generation,
+            vcpu,
+            hva: slot.gfn_to_hva(gfn),
+            pfn: Pfn::new(0),
+            slot_level,
+            level: Level::L4K,
+            prefetch: true,
+        }
+    }
+
+    /// Vcpu `vcpu` is about to resolve the host pages of the gfns `[first,
+    /// end)` of `slot` (non-empty, all in the slot) for a pre-fault batch:
+    /// it watches the union of the host ranges the faults of these gfns
+    /// watch one by one (the largest leaf the slot allows at each, so
+    /// whatever any of them maps in the end), one range since the slot maps
+    /// its gfns onto consecutive user addresses. [`Fault::must_retry()`] of
+    /// each [`Fault::new_prefetch()`] fault of the batch then holds as for a
+    /// fault that watched alone: an invalidation of what it maps that began
+    /// since the watch makes it retry ("Invalidation and the retry
+    /// sequence" in Documentation/secmmu-protocols.rst); one of another
+    /// page of the batch makes it retry too, for nothing, which is rare.
+    pub(crate) fn watch_batch(
+        inval: &Invalidations,
+        vcpu: usize,
+        slot: &Slot,
+        first: Gfn,
+        end: Gfn,
+        max_level: Level,
+    ) {
+        debug_assert!(first < end && slot.contains(first) && slot.contains(end - 1));
+        // Blocks are aligned: the first gfn's block starts lowest and the
+        // last gfn's ends highest, unless a gfn in between has a larger
+        // one, which then contains the first's or the last's (the slot
+        // allows a level at one gfn of an aligned block iff at all of
+        // them). Taking each gfn's block keeps that argument out of the
+        // proof, for a few shifts per page.
+        let mut lo = u64::MAX;
+        let mut hi = 0;
+        let mut gfn = first;
+        while gfn < end {
+            let level = slot.max_level(gfn, max_level);
+            let start = gfn.align_down(level);
+            lo = lo.min(start.raw());
+            hi = hi.max(start.raw() + level.pages());
+            gfn += 1;
+        }
+        let base = slot.base_gfn.raw();
+        let start = slot.userspace_addr.add_pages(lo - base);
+        inval.watch(vcpu, start, start.add_pages(hi - lo));
     }
 
     /// The host page get_user_pages resolved the fault's `hva` to, whether
@@ -253,6 +327,50 @@ mod tests {
         }
         // Every size came out somewhere.
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
+
+    /// A pre-fault batch's one watch covers what every fault of the batch
+    /// may map (`fault_must_retry()` asserts it in debug builds), whatever
+    /// the batch's place and length and the slot's alignment: none retries
+    /// while nothing is invalidated, and an invalidation of any page one of
+    /// them maps makes that one retry.
+    #[test]
+    fn watch_batch_covers_every_fault_of_the_batch() {
+        const G1: u64 = 1 << 30;
+        const M2: u64 = 2 << 20;
+        for (gpa, hva_off) in [(G1, 0), (G1, 4096), (G1 + M2 - 4096 * 3, 0)] {
+            let s = slot(gpa, 2 * G1, 0x40_0000_0000 + hva_off);
+            for first in [0u64, 1, 509, 511, 512, 0x3ffff - 3, s.npages - 64] {
+                for len in [1u64, 3, 64] {
+                    let len = len.min(s.npages - first);
+                    let start = s.base_gfn + first;
+                    for max in Level::MAPPABLE {
+                        let mut inval = Invalidations::new().unwrap();
+                        Fault::watch_batch(&inval, 5, &s, start, start + len, max);
+                        for host in Level::MAPPABLE {
+                            for p in 0..len {
+                                let g = start + p;
+                                let mut f = Fault::new_prefetch(5, g, &s, 9, max);
+                                assert!(f.prefetch && !f.write);
+                                f.resolved(Pfn::new((1 << 28) + g.offset_in(host)), false, || host);
+                                assert!(!f.must_retry(&inval, 9));
+                                assert!(f.must_retry(&inval, 10));
+                            }
+                        }
+                        // The last page's block, invalidated: its fault retries.
+                        let g = start + (len - 1);
+                        let mut f = Fault::new_prefetch(5, g, &s, 9, max);
+                        f.resolved(Pfn::new((1 << 28) + g.offset_in(Level::L4K)), false, || {
+                            Level::L4K
+                        });
+                        let h = s.gfn_to_hva(g);
+                        inval.begin(h, h.add_pages(1));
+                        assert!(inval.end());
+                        assert!(f.must_retry(&inval, 9));
+                    }
+                }
+            }
+        }
     }
 
     /// A fault retries for an invalidation that began since it was made over

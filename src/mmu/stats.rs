@@ -304,6 +304,9 @@ vcpu_stats! {
     /// Gfns the vCPU's page-modification log brought into dirty bitmaps
     /// (dirty logging by the dirty bit).
     pml_logged: OwnCounter,
+    /// Leaves installed by SECMMU_PRE_FAULT_MEMORY (KVM_PRE_FAULT_MEMORY):
+    /// read faults made ahead of the vCPU's accesses, at any level.
+    pre_faults: OwnCounter,
     /// Longest rmap chain a fault added an SPTE to, counting it.
     rmap_max_chain: OwnPeak,
     /// Lengths of the rmap chains faults added an SPTE to (x86; stage-2
@@ -505,6 +508,7 @@ stat_table! {
         "dirty_ring_full_exits": Cumulative[1] = v.vcpus.dirty_ring_full_exits,
         "dirty_ring_overflows": Cumulative[1] = v.vcpus.dirty_ring_overflows,
         "pml_logged": Cumulative[1] = v.vcpus.pml_logged,
+        "pre_faults": Cumulative[1] = v.vcpus.pre_faults,
         "rmap_chain_length": LogHist[RMAP_CHAIN_BUCKETS] = v.vcpus.rmap_chain,
         "zap_batch_leaves": LogHist[ZAP_BATCH_BUCKETS] = v.stats.zap_batch.get(),
     ]
@@ -534,6 +538,7 @@ stat_table! {
         "dirty_ring_full_exits": Cumulative[1] = v.dirty_ring_full_exits,
         "dirty_ring_overflows": Cumulative[1] = v.dirty_ring_overflows,
         "pml_logged": Cumulative[1] = v.pml_logged,
+        "pre_faults": Cumulative[1] = v.pre_faults,
         "rmap_max_chain": Peak[1] = v.rmap_max_chain,
         "rmap_chain_length": LogHist[RMAP_CHAIN_BUCKETS] = v.rmap_chain,
     ]

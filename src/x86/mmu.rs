@@ -477,6 +477,8 @@ struct Mapping {
     pfn: u64,
     level: Level,
     writable: bool,
+    /// Made by a pre-fault (KVM's `prefetch`): installed not accessed.
+    prefetch: bool,
 }
 
 impl<P: PageOps> X86Mmu<P> {
@@ -620,6 +622,34 @@ impl<P: PageOps> X86Mmu<P> {
             pfn: pfn.raw(),
             level,
             writable,
+            prefetch: false,
+        };
+        self.map_at(root, slot, m, tables, descs)
+    }
+
+    /// [`X86Mmu::map_level()`] of a read-only leaf for a pre-fault (SECMMU_PRE_FAULT_MEMORY):
+    /// the new leaf is marked for access tracking, as KVM's `make_spte()` marks a prefetched
+    /// SPTE (`mark_spte_for_access_track()`): with A/D bits it is installed with A clear, so
+    /// aging sees the page unused until the vCPU touches it; without, access-tracked, so the
+    /// first access restores it without get_user_pages.  A leaf already present is left as it
+    /// is, young or not (KVM's spurious prefetch).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn map_level_prefetch(
+        &mut self,
+        root: usize,
+        slot: SlotRef<'_>,
+        gfn: Gfn,
+        pfn: Pfn,
+        level: Level,
+        tables: &mut TableCache<P>,
+        descs: &mut DescCache,
+    ) -> Result<MapOutcome, MapError> {
+        let m = Mapping {
+            gfn: gfn.raw(),
+            pfn: pfn.raw(),
+            level,
+            writable: false,
+            prefetch: true,
         };
         self.map_at(root, slot, m, tables, descs)
     }
@@ -1350,7 +1380,12 @@ impl<'a, P: PageOps> MapWalker<'_, '_, P> {
             });
             old = 0;
         }
-        let new = spte::make_leaf(m.pfn, m.level, m.writable, self.ad_enabled);
+        let mut new = spte::make_leaf(m.pfn, m.level, m.writable, self.ad_enabled);
+        if m.prefetch {
+            // Read-only, so no dirty state to capture first.
+            debug_assert!(!m.writable);
+            new = spte::mark_access_tracked(new);
+        }
         let (slot, stats) = (self.slot, &mut *self.stats);
         let (locked, descs) = (&mut *self.locked, &mut *self.descs);
         let (mut action, chain_len) = if !spte::is_present(old) {
@@ -1580,7 +1615,7 @@ fn upgrade_leaf(sptep: &AtomicU64, mut old: u64, m: Mapping) -> MapAction {
             let level = m.level;
             let new = spte::make_leaf(m.pfn, level, true, spte::is_ad_enabled(old));
             (new, MapAction::Upgraded)
-        } else if spte::is_access_tracked(old) {
+        } else if spte::is_access_tracked(old) && !m.prefetch {
             (spte::restore_access_tracked(old), MapAction::Restored)
         } else {
             return MapAction::Unchanged;

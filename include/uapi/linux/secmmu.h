@@ -270,6 +270,33 @@ struct secmmu_access {
 #define SECMMU_ACCESS		_IOWR(SECMMUIO, 0x11, struct secmmu_access)
 
 /*
+ * On a vCPU fd: SECMMU_PRE_FAULT_MEMORY maps [@gpa, @gpa + @size) into the
+ * vCPU's root as read faults would (KVM_PRE_FAULT_MEMORY): pages are faulted
+ * in for reading (copy-on-write is never broken), huge leaves are used where
+ * the memslot and the primary MMU allow, and on x86 with A/D bits the new
+ * leaves are not accessed. On return @gpa and @size describe what is left
+ * (a huge leaf may end past the range: @size then becomes 0).
+ *
+ * Returns 0 if at least one page was processed, else: -EINVAL for nonzero
+ * @flags or @padding, @gpa or @size not page aligned, @size 0 or
+ * @gpa + @size overflowing; -ENOENT if @gpa is in no memslot (a range that
+ * leaves the memslots later stops there); -EINTR if a signal is pending;
+ * -EFAULT if the process's memory cannot be faulted in there; -ENOSPC,
+ * -ENOMEM as SECMMU_RUN; -EBUSY while another thread runs the vCPU; -EIO
+ * after the space was released.
+ */
+struct secmmu_pre_fault_memory {
+	/* in/out */
+	__u64 gpa;
+	__u64 size;
+	/* in */
+	__u64 flags;
+	__u64 padding[5];
+};
+
+#define SECMMU_PRE_FAULT_MEMORY	_IOWR(SECMMUIO, 0x14, struct secmmu_pre_fault_memory)
+
+/*
  * SECMMU_TEST_YOUNG: a debug hook for tests. Asks the space's own
  * mmu_notifier test_young callback, through the ops table the mm core
  * calls, whether the page of the caller's address space at @hva was
