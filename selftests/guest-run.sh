@@ -53,7 +53,7 @@ fi
 # plan is complete is one failure. SECMMU_SELFTESTS picks binaries and
 # SECMMU_KSFT_ARGS harness options (-r FIXTURE.VARIANT.TEST, -f, -t) for a
 # partial run (scripts/vm-test).
-for t in ${SECMMU_SELFTESTS:-secmmu_test secmmu_mmu_test secmmu_aging_test secmmu_gpc_test secmmu_dirty_test secmmu_stats_test secmmu_stress secmmu_fail_nth secmmu_oom_test}; do
+for t in ${SECMMU_SELFTESTS:-secmmu_test secmmu_mmu_test secmmu_aging_test secmmu_gpc_test secmmu_dirty_test secmmu_stats_test secmmu_prefault_test secmmu_stress secmmu_fail_nth secmmu_oom_test}; do
 	t0=$(date +%s)
 	# shellcheck disable=SC2086 # word splitting of the options is wanted
 	SECMMU_KO=$ko "$top/selftests/$t" ${SECMMU_KSFT_ARGS:-} > /tmp/$t.tap 2>&1
