@@ -4,7 +4,7 @@
 # benchmarks.  usage: guest-bench.sh TOP KBUILD_DIR [BENCHES [LABEL]]
 # (TOP: a build dir: TOP/secmmu.ko, TOP/selftests/, and TOP-notrace/secmmu.ko
 # built without trace events; BENCHES: some of
-# "dmirror fault huge aging gpc dirty trace", default all; LABEL: names the build in the
+# "dmirror fault huge aging gpc dirty trace prefault", default all; LABEL: names the build in the
 # first line, when one VM runs several)
 top=$1 kdir=$2 only=${3:-all} label=${4:+ [$4]}
 want() { [ "$only" = all ] || case " $only " in *" $1 "*) ;; *) false ;; esac; }
@@ -34,6 +34,13 @@ if want dirty && [ -x "$top/selftests/secmmu_dirty_bench" ]; then
 	echo "== bench: dirty logging (target: enabling >= 20x faster with"
 	echo "   INITIALLY_SET; harvest and clear times per GiB)"
 	"$top/selftests/secmmu_dirty_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
+fi
+
+# Pre-fault (SECMMU_PRE_FAULT_MEMORY) against demand faults, both formats.
+if want prefault && [ -x "$top/selftests/secmmu_prefault_bench" ]; then
+	echo "== bench: pre-fault vs demand faults of 4K memory (target: pre-fault"
+	echo "   >= 3x faster)"
+	"$top/selftests/secmmu_prefault_bench" "${SECMMU_BENCH_MIB:-1024}" || rc=1
 fi
 
 # Aging: lockless (default) and under the MMU lock, same kernel, same run.
