@@ -123,24 +123,18 @@ pub(crate) fn getfd<T: AnonInodeFile>(
     data: T::Ptr,
     flags: u32,
 ) -> Result<u32> {
-    let private = data.into_foreign();
-    // SAFETY: `name` is a static C string; the ops are a static table whose
-    // callbacks take `private_data` as the `T::Ptr` stored here.
-    let fd = unsafe {
-        bindings::anon_inode_getfd(
-            name.as_char_ptr(),
-            AnonInodeVTable::<T>::build(),
-            private,
-            flags as c_int,
-        )
-    };
-    if fd < 0 {
-        // SAFETY: `private` came from `into_foreign` above, and the failed
-        // call made no file that could own it.
-        drop(unsafe { T::Ptr::from_foreign(private) });
-        return Err(Error::from_errno(fd));
-    }
-    Ok(fd as u32)
+    install::<T>(data, |private| {
+        // SAFETY: `name` is a static C string; the ops are a static table
+        // whose callbacks take `private_data` as the `T::Ptr` stored here.
+        unsafe {
+            bindings::anon_inode_getfd(
+                name.as_char_ptr(),
+                AnonInodeVTable::<T>::build(),
+                private,
+                flags as c_int,
+            )
+        }
+    })
 }
 
 /// [`getfd`] for a file `pread()` may read (`FMODE_PREAD`), as KVM's
@@ -153,17 +147,26 @@ pub(crate) fn getfd_pread<T: AnonInodeFile>(
     data: T::Ptr,
     flags: u32,
 ) -> Result<u32> {
+    install::<T>(data, |private| {
+        // SAFETY: As in `getfd()`: `name` is a static C string; the ops are
+        // a static table whose callbacks take `private_data` as a `T::Ptr`.
+        unsafe {
+            bindings::secmmu_anon_inode_getfd_pread(
+                name.as_char_ptr(),
+                AnonInodeVTable::<T>::build(),
+                private,
+                flags as c_int,
+            )
+        }
+    })
+}
+
+/// Hands `data` to `make`, which makes a file owning it as its private data
+/// and returns its descriptor, or a negative errno: then no file owns it,
+/// and it is dropped.
+fn install<T: AnonInodeFile>(data: T::Ptr, make: impl FnOnce(*mut c_void) -> c_int) -> Result<u32> {
     let private = data.into_foreign();
-    // SAFETY: As in `getfd()`: `name` is a static C string; the ops are a
-    // static table whose callbacks take `private_data` as a `T::Ptr`.
-    let fd = unsafe {
-        bindings::secmmu_anon_inode_getfd_pread(
-            name.as_char_ptr(),
-            AnonInodeVTable::<T>::build(),
-            private,
-            flags as c_int,
-        )
-    };
+    let fd = make(private);
     if fd < 0 {
         // SAFETY: `private` came from `into_foreign` above, and the failed
         // call made no file that could own it.
