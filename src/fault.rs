@@ -166,7 +166,9 @@ impl FaultIn<'_> {
                 && logs_dirty(space, gfn)
                 && fix_write_protect::<F>(space, root, gfn, ring, stats)
             {
-                trace::fault(space.id, vcpu, gfn, None, write, FaultOutcome::WpFixed);
+                if trace::fault_enabled() {
+                    trace_outcome(space, vcpu, gfn, write, FaultOutcome::WpFixed);
+                }
                 return Ok(());
             }
             let mut fault = begin(space, vcpu, gfn, write, stats)?;
@@ -180,7 +182,9 @@ impl FaultIn<'_> {
             // sequence check is needed). With A/D bits the walker keeps
             // entries young itself: skip the extra trip through the lock.
             if !space.ad_enabled() && fix_access_fault::<F>(space, root, gfn, write, stats) {
-                trace::fault(space.id, vcpu, gfn, None, write, FaultOutcome::AfFixed);
+                if trace::fault_enabled() {
+                    trace_outcome(space, vcpu, gfn, write, FaultOutcome::AfFixed);
+                }
                 return Ok(());
             }
             caches.topup::<F>()?;
@@ -309,7 +313,9 @@ fn install<F: Format>(
         let slots = space.memslots(&rcu);
         if fault.must_retry(&guard.inval, slots.generation()) {
             stats.fault_retries.inc();
-            trace_fault(space, fault, None, FaultOutcome::Retry);
+            if trace::fault_enabled() {
+                trace_fault(space, fault, None, FaultOutcome::Retry);
+            }
             return Installed::Retry;
         }
         let Some(slot) = slots.lookup(fault.gfn) else {
@@ -338,12 +344,16 @@ fn install<F: Format>(
             .is_ok_and(|o| o.action == MapAction::Replaced)
     {
         stats.bbm.inc();
-        trace::bbm(space.id, fault.gfn, fault.level);
+        if trace::bbm_enabled() {
+            trace_bbm(space, fault);
+        }
     }
     match mapped {
         Err(MapError::Again) => {
             stats.fault_eagain.inc();
-            trace_fault(space, fault, Some(fault.level), FaultOutcome::Again);
+            if trace::fault_enabled() {
+                trace_fault(space, fault, Some(fault.level), FaultOutcome::Again);
+            }
             Installed::Retry
         }
         Ok(MapOutcome {
@@ -438,6 +448,13 @@ fn fix_write_protect<F: Format>(
 }
 
 /// Traces how `fault` went (`secmmu_fault`).
+///
+/// The fault path's events are traced out of line, and only once their
+/// static branch says they are on (`trace::*_enabled()`): their arguments
+/// are then loaded in cold code, and the hot path keeps no register for
+/// them (the trace benchmark counts the difference).
+#[cold]
+#[inline(never)]
 fn trace_fault(space: &Space, fault: &Fault, level: Option<Level>, outcome: FaultOutcome) {
     trace::fault(
         space.id,
@@ -447,6 +464,20 @@ fn trace_fault(space: &Space, fault: &Fault, level: Option<Level>, outcome: Faul
         fault.write,
         outcome,
     );
+}
+
+/// Traces how the fault of `vcpu` on `gfn` ended, before it knew its level.
+#[cold]
+#[inline(never)]
+fn trace_outcome(space: &Space, vcpu: usize, gfn: Gfn, write: bool, outcome: FaultOutcome) {
+    trace::fault(space.id, vcpu, gfn, None, write, outcome);
+}
+
+/// Traces a break-before-make of `fault`'s install (`secmmu_bbm`).
+#[cold]
+#[inline(never)]
+fn trace_bbm(space: &Space, fault: &Fault) {
+    trace::bbm(space.id, fault.gfn, fault.level);
 }
 
 /// Counts a fault that installed (or found) its leaf, in the vCPU's

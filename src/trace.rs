@@ -87,6 +87,12 @@ pub(crate) fn fault_enabled() -> bool {
     tp::secmmu_fault_enabled()
 }
 
+/// Whether `secmmu_bbm` is enabled.
+#[inline(always)]
+pub(crate) fn bbm_enabled() -> bool {
+    tp::secmmu_bbm_enabled()
+}
+
 /// `secmmu_fault`.
 #[inline(always)]
 pub(crate) fn fault(
