@@ -986,7 +986,8 @@ TEST_F_TIMEOUT(fmt, mmu_stress, 180)
  * write after the read takes no second fault (KVM's map_writable); a page
  * never written (the zero page) is mapped read-only, and the write after
  * the read breaks copy-on-write through a second fault, landing in the
- * process's own new page. The data is checked from both sides.
+ * process's own new page. The data is checked from both sides. In a slot
+ * that logs dirty pages, reads map read-only, so every write is logged.
  */
 TEST_F(fmt, read_then_write_one_fault)
 {
@@ -1026,6 +1027,36 @@ TEST_F(fmt, read_then_write_one_fault)
 		*(uint64_t *)(mem + i * PAGE_SZ) = 9 ^ (GPA_BASE + i * PAGE_SZ);
 	EXPECT_EQ(0, run_range(vcpu, SECMMU_RUN_VERIFY, GPA_BASE, GPA_BASE + size, PAGE_SZ,
 			       9, NULL));
+
+	/*
+	 * In a slot that logs dirty pages, a read maps read-only even a page
+	 * the process wrote: the write after it must fault, to be logged
+	 * ("Dirty logging" in Documentation/secmmu-protocols.rst).
+	 */
+	{
+		unsigned char bitmap[2 * 64 / 8] = {};
+		unsigned long n;
+		struct secmmu_dirty_log log = {
+			.slot = 0, .bitmap = (unsigned long)bitmap,
+		};
+
+		ASSERT_EQ(0, set_slot(fd, 0, 0, 0, 0, NULL));
+		ASSERT_EQ(0, set_slot(fd, 0, SECMMU_MEM_LOG_DIRTY_PAGES, GPA_BASE, size, mem));
+		/* Clears the bitmap a new logging slot starts with. */
+		ASSERT_EQ(0, secmmu_ioctl(fd, SECMMU_GET_DIRTY_LOG, &log));
+		b = get_stats(fd);
+		ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, GPA_BASE,
+				       GPA_BASE + npages * PAGE_SZ, PAGE_SZ, 0, NULL));
+		ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_WRITE, GPA_BASE,
+				       GPA_BASE + npages * PAGE_SZ, PAGE_SZ, 11, NULL));
+		w = get_stats(fd);
+		EXPECT_EQ(2 * npages, w.faults - b.faults);
+		memset(bitmap, 0, sizeof(bitmap));
+		ASSERT_EQ(0, secmmu_ioctl(fd, SECMMU_GET_DIRTY_LOG, &log));
+		for (i = 0, n = 0; i < 2 * npages; i++)
+			n += (bitmap[i / 8] >> (i % 8)) & 1;
+		EXPECT_EQ(npages, n);
+	}
 	expect_coherent(_metadata, fd);
 	close(vcpu);
 	close(fd);
