@@ -178,11 +178,11 @@ impl<const N: usize> UserPages<N> {
         let flags: u32 = if write { bindings::FOLL_WRITE } else { 0 };
         // `nr` is at most `N`; a batch larger than `c_int` is refused.
         let count = i32::try_from(nr).map_err(|_| EINVAL)?;
+        let pages = self.pages.as_mut_ptr();
         // SAFETY: The current task has an mm, whose pages GUP resolves; any
         // address is fine (GUP checks it); `pages` has room for `nr` page
         // pointers, and GUP writes at most that many.
-        let got =
-            unsafe { bindings::get_user_pages_fast(addr, count, flags, self.pages.as_mut_ptr()) };
+        let got = unsafe { bindings::get_user_pages_fast(addr, count, flags, pages) };
         if got < 0 {
             return Err(Error::from_errno(got));
         }
