@@ -8,8 +8,9 @@
  * anonymous memory without THP, so every leaf is 4K.
  *
  * pre_fault_memory: the range in pieces and whole; the vCPU then reads it
- *   with no fault, and the right data; on x86 (A/D) the leaves are old
- *   until that read; the leaves are read-only and counted in pre_faults.
+ *   with no fault, and the right data; the leaves are old until that
+ *   read (x86: A clear; stage-2: AF clear, with hardware AF); they are
+ *   read-only and counted in pre_faults.
  * ranges: across two slots, into a gap (progress, then -ENOENT), from a gap.
  * bad_args: each -EINVAL, -EFAULT, and -EIO from another process.
  * signal_pending: -EINTR and an unchanged range with no progress, 0 and the
@@ -178,7 +179,7 @@ TEST_F(prefault, pre_fault_memory)
 	/* Each leaf was counted once, when it was installed. */
 	EXPECT_EQ(pre + npages, vcpu_stat(self->vcpu, "pre_faults"));
 
-	/* Read-only 4K leaves everywhere; on x86 with A/D, not accessed. */
+	/* Read-only 4K leaves everywhere, not accessed. */
 	ASSERT_EQ(0, snapshot(self->fd, 0, BASE, npages, snap));
 	EXPECT_EQ(npages, count_bits(snap, npages, SECMMU_SNAP_PRESENT));
 	EXPECT_EQ(0, count_bits(snap, npages, SECMMU_SNAP_WRITABLE));
@@ -186,12 +187,10 @@ TEST_F(prefault, pre_fault_memory)
 		if (SECMMU_SNAP_LEVEL(snap[i]) != 0)
 			break;
 	EXPECT_EQ(npages, i);
-	if (variant->format == SECMMU_FMT_X86_EPT4) {
-		EXPECT_EQ(0, count_bits(snap, npages, SECMMU_SNAP_ACCESSED));
-		for (i = 0; i < npages; i += 97)
-			EXPECT_EQ(0, test_young(self->fd, self->mem + i * PAGE_SZ))
-				TH_LOG("page %lu young after pre-fault", i);
-	}
+	EXPECT_EQ(0, count_bits(snap, npages, SECMMU_SNAP_ACCESSED));
+	for (i = 0; i < npages; i += 97)
+		EXPECT_EQ(0, test_young(self->fd, self->mem + i * PAGE_SZ))
+			TH_LOG("page %lu young after pre-fault", i);
 
 	/* The vCPU reads it all without a fault, and reads the right data. */
 	faults = vcpu_stat(self->vcpu, "faults");
@@ -202,11 +201,9 @@ TEST_F(prefault, pre_fault_memory)
 	EXPECT_EQ(faults, vcpu_stat(self->vcpu, "faults"));
 	EXPECT_EQ(pre + npages, vcpu_stat(self->vcpu, "pre_faults"));
 	/* And now they are young. */
-	if (variant->format == SECMMU_FMT_X86_EPT4) {
-		ASSERT_EQ(0, snapshot(self->fd, 0, BASE, npages, snap));
-		EXPECT_EQ(npages, count_bits(snap, npages, SECMMU_SNAP_ACCESSED));
-		EXPECT_EQ(1, test_young(self->fd, self->mem));
-	}
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE, npages, snap));
+	EXPECT_EQ(npages, count_bits(snap, npages, SECMMU_SNAP_ACCESSED));
+	EXPECT_EQ(1, test_young(self->fd, self->mem));
 	free(snap);
 }
 

@@ -741,15 +741,14 @@ impl Format for S2Mmu<KernelPages> {
         flush: &dyn Fn(),
     ) -> Result<MapOutcome, MapError> {
         let (gfn, pfn) = fault.block();
-        tables.map(
-            root,
-            gfn,
-            pfn,
-            fault.map_writable,
-            fault.level,
-            &mut caches.tables,
-            flush,
-        )
+        let (writable, level, tc) = (fault.map_writable, fault.level, &mut caches.tables);
+        // Without hardware AF, an old leaf would cost an access-flag fault
+        // on the first access: a prefetch maps it young then.
+        if fault.prefetch && tables.hw_af() {
+            tables.map_prefetch(root, gfn, pfn, writable, level, tc, flush)
+        } else {
+            tables.map(root, gfn, pfn, writable, level, tc, flush)
+        }
     }
 
     fn fix_access_fault(tables: &Self, root: usize, gfn: Gfn, write: bool) -> bool {

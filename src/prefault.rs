@@ -4,8 +4,9 @@
 //! root ahead of its accesses, as KVM_PRE_FAULT_MEMORY does (KVM's
 //! `kvm_vcpu_pre_fault_memory()` and `kvm_arch_vcpu_pre_fault_memory()`):
 //! read faults (copy-on-write is never broken, nothing is marked dirty),
-//! at the level a fault would map (`Fault::adjust_level()`), and on x86
-//! not accessed (`X86Mmu::map_level_prefetch()`).
+//! at the level a fault would map (`Fault::adjust_level()`), and not
+//! accessed where the walker can set the accessed bit itself
+//! (`X86Mmu::map_level_prefetch()`, `S2Mmu::map_prefetch()`).
 //!
 //! Unlike KVM, which faults page by page through `kvm_tdp_map_page()`, the
 //! range is taken in batches of up to [`BATCH`] pages of one memslot:

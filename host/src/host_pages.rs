@@ -17,7 +17,7 @@ use crate::mmu::pgtable::{PageOps, Table};
 use crate::mmu::prim::AllocError;
 
 /// How many distinct `HostPages<ID>` there can be.
-pub(crate) const MAX_IDS: usize = 73;
+pub(crate) const MAX_IDS: usize = 74;
 
 /// A 4 KiB page, 4 KiB aligned.
 const PAGE: Layout = match Layout::from_size_align(4096, 4096) {

@@ -1648,3 +1648,47 @@ fn dbm_walker_sets_w_on_logged_pages() {
     assert_eq!(HostPages::<ID>::take_dirty(), [pfn_of(1)]);
     teardown(f);
 }
+
+/// A prefetched leaf (a pre-fault or a fault-around, with hardware AF) is installed old, so aging
+/// sees the page unused; the walker's first access makes it young without a fault.  A valid leaf
+/// of the page keeps its age, and may only gain W.
+#[test]
+fn prefetch_leaves_are_old_until_accessed() {
+    const ID: usize = 73;
+    let f = Fixture::<ID>::new(1, 40, true);
+    let prefetch = |gfn: u64, writable: bool| {
+        let mut tables = f.tables.borrow_mut();
+        tables.topup(MAP_MIN_TABLES).unwrap();
+        f.mmu
+            .map_prefetch(
+                0,
+                Gfn::new(gfn),
+                Pfn::new(pfn_of(gfn)),
+                writable,
+                Level::L4K,
+                &mut tables,
+                &|| {},
+            )
+            .unwrap()
+            .action
+    };
+    assert_eq!(prefetch(3, true), MapAction::Installed);
+    let v = f.pte(0, 3);
+    assert!(pte::is_valid(v) && pte::is_writable(v) && !pte::is_young(v));
+    // The same again: nothing to do; nor for a young leaf, which stays young.
+    assert_eq!(prefetch(3, true), MapAction::Unchanged);
+    f.map(0, 4, pfn_of(4), false);
+    assert_eq!(prefetch(4, false), MapAction::Unchanged);
+    assert!(pte::is_young(f.pte(0, 4)));
+    // A read-only old leaf gains W, not AF.
+    assert_eq!(prefetch(5, false), MapAction::Installed);
+    assert_eq!(prefetch(5, true), MapAction::Upgraded);
+    let v = f.pte(0, 5);
+    assert!(pte::is_writable(v) && !pte::is_young(v));
+    // The walker sets AF on the first access: no fault.
+    assert!(f.translate(0, 3, true).is_ok());
+    assert!(pte::is_young(f.pte(0, 3)));
+    let mut f = f;
+    f.zap(0, 16);
+    teardown(f);
+}

@@ -597,6 +597,40 @@ impl<P: PageOps> S2Mmu<P> {
         tables: &mut TableCache<P>,
         flush: &dyn Fn(),
     ) -> Result<MapOutcome, MapError> {
+        self.map_aged(root, gfn, pfn, writable, true, level, tables, flush)
+    }
+
+    /// [`S2Mmu::map()`] of a leaf made ahead of any access (a pre-fault or a fault-around, KVM's
+    /// prefetch), with hardware AF management (`hw_af`): the new leaf is old (AF clear), so that
+    /// aging sees the page unused until a walker sets AF on the first access, which takes no
+    /// fault.  A valid leaf of the page is left as old or young as it is, and may only gain W.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn map_prefetch(
+        &self,
+        root: usize,
+        gfn: Gfn,
+        pfn: Pfn,
+        writable: bool,
+        level: Level,
+        tables: &mut TableCache<P>,
+        flush: &dyn Fn(),
+    ) -> Result<MapOutcome, MapError> {
+        debug_assert!(self.hw_af());
+        self.map_aged(root, gfn, pfn, writable, false, level, tables, flush)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_aged(
+        &self,
+        root: usize,
+        gfn: Gfn,
+        pfn: Pfn,
+        writable: bool,
+        young: bool,
+        level: Level,
+        tables: &mut TableCache<P>,
+        flush: &dyn Fn(),
+    ) -> Result<MapOutcome, MapError> {
         if root >= self.nr_roots {
             return Err(MapError::BadRoot);
         }
@@ -623,6 +657,7 @@ impl<P: PageOps> S2Mmu<P> {
             target: level,
             pfn,
             writable,
+            young,
             covers: level,
             tables,
             flush,
@@ -803,8 +838,13 @@ impl<P: PageOps> S2Mmu<P> {
             return Err(MapError::BadLevel);
         }
         if pte::pfn(old) == pte::pfn(new) {
-            // Relax (`kvm_pgtable_stage2_relax_perms()`): only ever add W and AF (I4).
-            let mut want = pte::mkyoung(old);
+            // Relax (`kvm_pgtable_stage2_relax_perms()`): only ever add W and AF (I4); a
+            // prefetch (an old `new`) adds no AF.
+            let mut want = if pte::is_young(new) {
+                pte::mkyoung(old)
+            } else {
+                old
+            };
             if pte::is_writable(new) {
                 want = pte::mkwrite(want);
             }
@@ -1253,6 +1293,8 @@ struct MapWalker<'m, P: PageOps> {
     target: Level,
     pfn: Pfn,
     writable: bool,
+    /// AF of a new leaf: clear for a prefetch ([`S2Mmu::map_prefetch()`]).
+    young: bool,
     /// The size of the leaf.
     covers: Level,
     tables: &'m mut TableCache<P>,
@@ -1291,7 +1333,10 @@ impl<'a, P: PageOps> Visitor<'a> for MapWalker<'_, P> {
                 Err(e) => Step::Break(Err(e)),
             };
         }
-        let new = pte::make_leaf(self.pfn.raw(), ctx.level, self.writable);
+        let mut new = pte::make_leaf(self.pfn.raw(), ctx.level, self.writable);
+        if !self.young {
+            new = pte::mkold(new);
+        }
         let mut unlinked = None;
         let action = if visit == Visit::TablePre {
             self.mmu
