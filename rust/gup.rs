@@ -198,6 +198,41 @@ impl<const N: usize> UserPages<N> {
         Ok(got)
     }
 
+    /// Puts the pages held, if any, then takes a reference on each page the
+    /// current task's primary MMU maps (writable, if `write`) from user
+    /// address `addr` (page aligned) on, up to `nr` pages and the first that
+    /// it does not map so: the lockless walk alone
+    /// (`get_user_pages_fast_only()`), which neither faults nor sleeps, as
+    /// KVM's `kvm_prefetch_pages()` asks for the pages around a fault.
+    ///
+    /// Returns how many pages it holds, from the first: 0 if the first page
+    /// is not mapped so, if `nr` is 0 or more than `N`, if `addr` is not
+    /// page aligned, or if the task has no mm.
+    pub(crate) fn get_fast_only(&mut self, addr: usize, nr: usize, write: bool) -> usize {
+        self.release();
+        if nr == 0 || nr > N || addr % kernel::page::PAGE_SIZE != 0 {
+            return 0;
+        }
+        if kernel::current!().mm().is_none() {
+            return 0;
+        }
+        let flags: u32 = if write { bindings::FOLL_WRITE } else { 0 };
+        let Ok(count) = i32::try_from(nr) else {
+            return 0;
+        };
+        let pages = self.pages.as_mut_ptr();
+        // SAFETY: The current task has an mm, whose pages the lockless walk
+        // looks up; any address is fine (it checks it); `pages` has room for
+        // `nr` page pointers, and it writes at most that many.
+        let got = unsafe { bindings::get_user_pages_fast_only(addr, count, flags, pages) };
+        // Negative: nothing taken. Never trust a count beyond what was asked.
+        let got = usize::try_from(got).unwrap_or(0).min(nr);
+        // INVARIANT: The walk took one reference on each of the first `got`
+        // pages it stored.
+        self.nr = got;
+        got
+    }
+
     /// How many pages the batch holds.
     pub(crate) fn len(&self) -> usize {
         self.nr

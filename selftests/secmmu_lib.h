@@ -256,6 +256,51 @@ static inline struct secmmu_stats get_stats(int fd)
 }
 
 /*
+ * Statistic @name of the binary stats file that @cmd (SECMMU_GET_STATS_FD
+ * on a space, SECMMU_GET_VCPU_STATS_FD on a vCPU) opens on @fd: its first
+ * value, or ~0 if missing.
+ */
+static inline __u64 stat_named(int fd, unsigned long cmd, const char *name)
+{
+	struct secmmu_stats_header h;
+	size_t dsz;
+	char *descs;
+	__u64 v = ~0ull;
+	unsigned int i;
+	int sfd = ioctl(fd, cmd, 0);
+
+	if (sfd < 0)
+		return ~0ull;
+	if (pread(sfd, &h, sizeof(h), 0) != sizeof(h))
+		goto out;
+	dsz = sizeof(struct secmmu_stats_desc) + h.name_size;
+	descs = malloc(h.num_desc * dsz);
+	if (!descs)
+		goto out;
+	if (pread(sfd, descs, h.num_desc * dsz, h.desc_offset) == (ssize_t)(h.num_desc * dsz)) {
+		for (i = 0; i < h.num_desc; i++) {
+			struct secmmu_stats_desc *d = (void *)(descs + i * dsz);
+
+			if (strcmp(d->name, name))
+				continue;
+			if (pread(sfd, &v, sizeof(v), h.data_offset + d->offset) != sizeof(v))
+				v = ~0ull;
+			break;
+		}
+	}
+	free(descs);
+out:
+	close(sfd);
+	return v;
+}
+
+/* vCPU statistic @name; ~0 if missing. */
+static inline __u64 vcpu_stat(int vcpu, const char *name)
+{
+	return stat_named(vcpu, SECMMU_GET_VCPU_STATS_FD, name);
+}
+
+/*
  * SECMMU_TEST_YOUNG: 1 if the space says the page at @hva is young, 0 if
  * not, -errno on error.
  */

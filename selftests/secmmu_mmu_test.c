@@ -997,7 +997,8 @@ TEST_F(fmt, read_then_write_one_fault)
 	int fd, vcpu;
 	char *mem;
 
-	fd = space_create(variant->format, 1, 0);
+	/* The faults' own counts: no leaves mapped around them. */
+	fd = space_create(variant->format, 1, SECMMU_CFG_NO_FAULT_AROUND);
 	ASSERT_GE(fd, 0);
 	mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, mem);
@@ -1413,7 +1414,8 @@ TEST_F_TIMEOUT(fmt, zap_yield, 180)
 	ASSERT_EQ(0, run_range(vcpu, SECMMU_RUN_READ, GPA_BASE, GPA_BASE + size,
 			       PAGE_SZ, 0, NULL));
 	before = get_stats(fd);
-	ASSERT_EQ(npages, before.faults);
+	/* Every page mapped, by a fault or around one. */
+	ASSERT_EQ(npages, before.faults + stat_named(fd, SECMMU_GET_STATS_FD, "fault_around"));
 
 	ASSERT_EQ(0, write_file(ZAP_RESCHED_PARAM, "8"));
 	ASSERT_EQ(0, munmap(mem, size));
@@ -1526,13 +1528,20 @@ static int race_pass(int vcpus[2], unsigned int op, unsigned long start,
 #define RACE_ROUNDS	48
 #define RACE_PAGES	512UL
 
-TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
+/*
+ * The race above, in a space configured with @cfg: with fault-around, a
+ * vCPU's fault also installs leaves the other vCPU is faulting at the same
+ * time, in the same table.
+ */
+static void parallel_race(struct __test_metadata *_metadata, unsigned int format,
+			  unsigned int cfg)
 {
 	const unsigned long size = RACE_PAGES * PAGE_SZ;
 	const unsigned long rounds = RACE_ROUNDS / test_scale() ?: 1;
 	unsigned long round, i, bad, roots;
 	struct secmmu_stats base, st;
 	int probe, fd, vcpus[2];
+	__u64 around;
 	char *mem;
 
 	/* A space without tables, to read the module-wide count with. */
@@ -1540,7 +1549,7 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 	ASSERT_GE(probe, 0);
 	base = settled_stats(probe, 0);
 
-	fd = space_create(variant->format, 1, 0);
+	fd = space_create(format, 1, cfg);
 	ASSERT_GE(fd, 0);
 	roots = get_stats(fd).table_pages;
 	for (i = 0; i < 2; i++) {
@@ -1568,11 +1577,13 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 		ASSERT_EQ(0, munmap(mem, size));
 	}
 	st = get_stats(fd);
-	TH_LOG("%s: %llu faults, %llu -EAGAIN retries, %llu invalidation retries, %llu table pages",
-	       format_name(variant->format), st.faults, st.fault_eagain,
-	       st.fault_retries, st.table_pages);
-	/* Each page is faulted by a read, then upgraded by a write. */
-	EXPECT_GE(st.faults, rounds * RACE_PAGES);
+	around = stat_named(fd, SECMMU_GET_STATS_FD, "fault_around");
+	TH_LOG("%s: %llu faults, %llu leaves around them, %llu -EAGAIN retries",
+	       format_name(format), st.faults, around, st.fault_eagain);
+	TH_LOG("%llu invalidation retries, %llu table pages", st.fault_retries, st.table_pages);
+	/* Each page is mapped by a fault (or around one, if on). */
+	EXPECT_GE(st.faults + around, rounds * RACE_PAGES);
+	EXPECT_EQ(!(cfg & SECMMU_CFG_NO_FAULT_AROUND), around > 0);
 	/*
 	 * Each round's slot deletion zapped its GiB, and freed the tables it
 	 * emptied, in either format: only the roots are left.
@@ -1585,6 +1596,16 @@ TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
 	st = settled_stats(probe, base.module_table_pages);
 	EXPECT_EQ(base.module_table_pages, st.module_table_pages);
 	close(probe);
+}
+
+TEST_F_TIMEOUT(fmt, parallel_fault_race, 180)
+{
+	parallel_race(_metadata, variant->format, SECMMU_CFG_NO_FAULT_AROUND);
+}
+
+TEST_F_TIMEOUT(fmt, parallel_fault_around_race, 180)
+{
+	parallel_race(_metadata, variant->format, 0);
 }
 
 /*

@@ -62,41 +62,6 @@ static long pre_fault_range(int vcpu, unsigned long gpa, unsigned long size,
 	return ret ? ret : (long)r.size;
 }
 
-/* vCPU statistic @name from its stats file; ~0 if missing. */
-static __u64 vcpu_stat(int vcpu, const char *name)
-{
-	struct secmmu_stats_header h;
-	size_t dsz;
-	char *descs;
-	__u64 v = ~0ull;
-	unsigned int i;
-	int sfd = ioctl(vcpu, SECMMU_GET_VCPU_STATS_FD, 0);
-
-	if (sfd < 0)
-		return ~0ull;
-	if (pread(sfd, &h, sizeof(h), 0) != sizeof(h))
-		goto out;
-	dsz = sizeof(struct secmmu_stats_desc) + h.name_size;
-	descs = malloc(h.num_desc * dsz);
-	if (!descs)
-		goto out;
-	if (pread(sfd, descs, h.num_desc * dsz, h.desc_offset) == (ssize_t)(h.num_desc * dsz)) {
-		for (i = 0; i < h.num_desc; i++) {
-			struct secmmu_stats_desc *d = (void *)(descs + i * dsz);
-
-			if (strcmp(d->name, name))
-				continue;
-			if (pread(sfd, &v, sizeof(v), h.data_offset + d->offset) != sizeof(v))
-				v = ~0ull;
-			break;
-		}
-	}
-	free(descs);
-out:
-	close(sfd);
-	return v;
-}
-
 /* Writes PATTERN ^ gpa into the first word of each page of [hva, hva+size). */
 static void fill(char *hva, unsigned long gpa, unsigned long size)
 {
@@ -509,6 +474,336 @@ TEST_F(prefault, race_dontneed)
 	fill(self->mem, BASE, size);
 	ASSERT_EQ(0, pre_fault_range(self->vcpu, BASE, size, NULL));
 	ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_VERIFY, BASE, BASE + size,
+			       PAGE_SZ, PATTERN, &run));
+	EXPECT_EQ(0, run.mismatches) TH_LOG("first at %#llx", run.first_mismatch);
+}
+
+/*
+ * Fault-around: a 4K fault also maps the pages of its aligned group of
+ * AROUND pages (module parameter fault_around, default 16) that the
+ * primary MMU already maps writable, not accessed, counted in the vCPU
+ * statistic fault_around. Memory: slot 0 only, 4K pages.
+ */
+#define AROUND	16
+
+FIXTURE(around) {
+	int fd, vcpu;
+	char *mem;
+	unsigned char snap[SLOT0_SIZE / 4096];
+};
+
+FIXTURE_VARIANT(around) {
+	unsigned int format;
+};
+
+FIXTURE_VARIANT_ADD(around, x86) { .format = SECMMU_FMT_X86_EPT4 };
+FIXTURE_VARIANT_ADD(around, arm64) { .format = SECMMU_FMT_ARM64_S2 };
+
+FIXTURE_SETUP(around)
+{
+	self->fd = space_create(variant->format, 1, 0);
+	ASSERT_GE(self->fd, 0) TH_LOG("space_create: %s", strerror(-self->fd));
+	self->mem = mmap(NULL, SLOT0_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, self->mem);
+	madvise(self->mem, SLOT0_SIZE, MADV_NOHUGEPAGE);
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, BASE, SLOT0_SIZE, self->mem));
+	self->vcpu = vcpu_create(self->fd, 0);
+	ASSERT_GE(self->vcpu, 0);
+}
+
+FIXTURE_TEARDOWN(around)
+{
+	struct secmmu_audit a;
+
+	if (audit_space(self->fd, &a) == 0)
+		EXPECT_EQ(0, a.mismatches) TH_LOG("first at %#llx", a.first_gpa);
+	close(self->vcpu);
+	close(self->fd);
+	munmap(self->mem, SLOT0_SIZE);
+}
+
+/* One read of page @page of slot 0 by @vcpu: its faults and fault_around. */
+static int read_page(int vcpu, unsigned long page, __u64 *faults, __u64 *around)
+{
+	__u64 f = vcpu_stat(vcpu, "faults"), a = vcpu_stat(vcpu, "fault_around");
+	int ret = run_range(vcpu, SECMMU_RUN_READ, BASE + page * PAGE_SZ,
+			    BASE + (page + 1) * PAGE_SZ, PAGE_SZ, 0, NULL);
+
+	*faults = vcpu_stat(vcpu, "faults") - f;
+	*around = vcpu_stat(vcpu, "fault_around") - a;
+	return ret;
+}
+
+/* Bit @bit of snapshot entries [first, end) equals @want for each. */
+static unsigned long snap_mismatch(const unsigned char *snap, unsigned long first,
+				   unsigned long end, unsigned char bit, int want)
+{
+	unsigned long i, bad = 0;
+
+	for (i = first; i < end; i++)
+		bad += !!(snap[i] & bit) != want;
+	return bad;
+}
+
+/*
+ * A read fault on written memory maps its group: the faulting page young,
+ * the others writable but old (aging sees them unused), nothing outside
+ * the group; the vCPU then reads and writes the group with no fault.
+ */
+TEST_F(around, maps_the_group)
+{
+	const unsigned long npages = 256, page = 37, first = 32;
+	struct secmmu_run run;
+	__u64 faults, around;
+
+	fill(self->mem, BASE, npages * PAGE_SZ);
+	ASSERT_EQ(0, read_page(self->vcpu, page, &faults, &around));
+	EXPECT_EQ(1, faults);
+	ASSERT_EQ(AROUND - 1, around);
+
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE, npages, self->snap));
+	EXPECT_EQ(0, snap_mismatch(self->snap, 0, first, SECMMU_SNAP_PRESENT, 0));
+	EXPECT_EQ(0, snap_mismatch(self->snap, first, first + AROUND, SECMMU_SNAP_PRESENT, 1));
+	EXPECT_EQ(0, snap_mismatch(self->snap, first + AROUND, npages, SECMMU_SNAP_PRESENT, 0));
+	EXPECT_EQ(0, snap_mismatch(self->snap, first, first + AROUND, SECMMU_SNAP_WRITABLE, 1));
+	/* Old but the faulting page: A (x86), AF with hardware AF (arm64). */
+	EXPECT_EQ(1, count_bits(self->snap + first, AROUND, SECMMU_SNAP_ACCESSED));
+	EXPECT_NE(0, self->snap[page] & SECMMU_SNAP_ACCESSED);
+	EXPECT_EQ(1, test_young(self->fd, self->mem + page * PAGE_SZ));
+	EXPECT_EQ(0, test_young(self->fd, self->mem + first * PAGE_SZ));
+	EXPECT_EQ(0, test_young(self->fd, self->mem + (first + AROUND - 1) * PAGE_SZ));
+
+	/* The group reads right, and takes writes, with no further fault. */
+	faults = vcpu_stat(self->vcpu, "faults");
+	ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_VERIFY, BASE + first * PAGE_SZ,
+			       BASE + (first + AROUND) * PAGE_SZ, PAGE_SZ, PATTERN, &run));
+	EXPECT_EQ(0, run.mismatches) TH_LOG("first at %#llx", run.first_mismatch);
+	ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_WRITE, BASE + first * PAGE_SZ,
+			       BASE + (first + AROUND) * PAGE_SZ, PAGE_SZ, ~PATTERN, &run));
+	EXPECT_EQ(faults, vcpu_stat(self->vcpu, "faults"));
+	EXPECT_EQ(~PATTERN ^ (BASE + first * PAGE_SZ), *(__u64 *)(self->mem + first * PAGE_SZ));
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE + first * PAGE_SZ, AROUND, self->snap));
+	EXPECT_EQ(AROUND, count_bits(self->snap, AROUND, SECMMU_SNAP_ACCESSED));
+	EXPECT_EQ(1, test_young(self->fd, self->mem + first * PAGE_SZ));
+}
+
+/*
+ * Only pages the primary maps writable, looked up without faulting: never
+ * written ones (not mapped, or the zero page, read-only) stay unmapped and
+ * fault on their own; the runs go from the page above the fault's up and
+ * from the group's first page up, each to the first page missing.
+ */
+TEST_F(around, only_what_the_primary_maps_writable)
+{
+	__u64 faults, around;
+
+	/* Group [64, 80): 64..71 written, 72..75 read (zero page), rest never. */
+	fill(self->mem + 64 * PAGE_SZ, BASE + 64 * PAGE_SZ, 8 * PAGE_SZ);
+	ASSERT_EQ(0, madvise(self->mem + 72 * PAGE_SZ, 4 * PAGE_SZ, MADV_POPULATE_READ));
+	ASSERT_EQ(0, read_page(self->vcpu, 64, &faults, &around));
+	EXPECT_EQ(1, faults);
+	EXPECT_EQ(7, around);
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE + 64 * PAGE_SZ, AROUND, self->snap));
+	EXPECT_EQ(0, snap_mismatch(self->snap, 0, 8, SECMMU_SNAP_PRESENT, 1));
+	EXPECT_EQ(0, snap_mismatch(self->snap, 8, AROUND, SECMMU_SNAP_PRESENT, 0));
+	/* The zero page reads as zero, after its own fault. */
+	ASSERT_EQ(0, read_page(self->vcpu, 73, &faults, &around));
+	EXPECT_EQ(1, faults);
+	EXPECT_EQ(0, around);
+
+	/* Group [128, 144): 128..129 and 140..143 written; a fault at 130. */
+	fill(self->mem + 128 * PAGE_SZ, BASE + 128 * PAGE_SZ, 2 * PAGE_SZ);
+	fill(self->mem + 140 * PAGE_SZ, BASE + 140 * PAGE_SZ, 4 * PAGE_SZ);
+	ASSERT_EQ(0, read_page(self->vcpu, 130, &faults, &around));
+	EXPECT_EQ(1, faults);
+	/* Below: 128, 129; above: 131 is missing, so nothing. */
+	EXPECT_EQ(2, around);
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE + 128 * PAGE_SZ, AROUND, self->snap));
+	EXPECT_EQ(3, count_bits(self->snap, AROUND, SECMMU_SNAP_PRESENT));
+	EXPECT_EQ(0, snap_mismatch(self->snap, 0, 3, SECMMU_SNAP_PRESENT, 1));
+}
+
+/* Never past the slot: a group cut by the slot's end maps what is inside. */
+TEST_F(around, stays_in_its_slot)
+{
+	__u64 faults, around;
+
+	/* Slot 0 becomes [BASE, BASE + 20 pages), slot 1 the next 20 pages. */
+	fill(self->mem, BASE, 64 * PAGE_SZ);
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, BASE, 0, self->mem));
+	ASSERT_EQ(0, set_slot(self->fd, 0, 0, BASE, 20 * PAGE_SZ, self->mem));
+	ASSERT_EQ(0, set_slot(self->fd, 1, 0, BASE + 20 * PAGE_SZ, 20 * PAGE_SZ,
+			      self->mem + 20 * PAGE_SZ));
+	ASSERT_EQ(0, read_page(self->vcpu, 18, &faults, &around));
+	EXPECT_EQ(1, faults);
+	EXPECT_EQ(3, around);	/* 16, 17, 19 */
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE, 40, self->snap));
+	EXPECT_EQ(4, count_bits(self->snap, 40, SECMMU_SNAP_PRESENT));
+	EXPECT_EQ(0, snap_mismatch(self->snap, 16, 20, SECMMU_SNAP_PRESENT, 1));
+	/* And from slot 1's first page: its group [16, 32) is cut at 20. */
+	ASSERT_EQ(0, read_page(self->vcpu, 20, &faults, &around));
+	EXPECT_EQ(1, faults);
+	EXPECT_EQ(11, around);	/* 21..31 */
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE, 40, self->snap));
+	EXPECT_EQ(16, count_bits(self->snap, 40, SECMMU_SNAP_PRESENT));
+	EXPECT_EQ(0, snap_mismatch(self->snap, 32, 40, SECMMU_SNAP_PRESENT, 0));
+}
+
+/*
+ * None where it would be wrong or was asked away: SECMMU_CFG_NO_FAULT_AROUND,
+ * SECMMU_CFG_NO_AD (prefetched pages would look used to aging), read-only
+ * slots, dirty-logging slots (writes must fault to be logged).
+ */
+TEST_F(around, not_where_it_must_not)
+{
+	static const struct {
+		unsigned int cfg, slot;
+		const char *why;
+	} cases[] = {
+		{ SECMMU_CFG_NO_FAULT_AROUND, 0, "NO_FAULT_AROUND" },
+		{ SECMMU_CFG_NO_AD, 0, "NO_AD" },
+		{ 0, SECMMU_MEM_READONLY, "READONLY slot" },
+		{ 0, SECMMU_MEM_LOG_DIRTY_PAGES, "logging slot" },
+	};
+	__u64 faults, around;
+	unsigned int i;
+
+	fill(self->mem, BASE, 64 * PAGE_SZ);
+	for (i = 0; i < ARRAY_SIZE(cases); i++) {
+		int fd = space_create(variant->format, 1, cases[i].cfg), vcpu;
+
+		ASSERT_GE(fd, 0) TH_LOG("%s: %s", cases[i].why, strerror(-fd));
+		ASSERT_EQ(0, set_slot(fd, 0, cases[i].slot, BASE, SLOT0_SIZE, self->mem));
+		vcpu = vcpu_create(fd, 0);
+		ASSERT_GE(vcpu, 0);
+		ASSERT_EQ(0, read_page(vcpu, 5, &faults, &around)) TH_LOG("%s", cases[i].why);
+		EXPECT_EQ(1, faults) TH_LOG("%s", cases[i].why);
+		EXPECT_EQ(0, around) TH_LOG("%s", cases[i].why);
+		ASSERT_EQ(0, snapshot(fd, 0, BASE, AROUND, self->snap));
+		EXPECT_EQ(1, count_bits(self->snap, AROUND, SECMMU_SNAP_PRESENT))
+			TH_LOG("%s", cases[i].why);
+		close(vcpu);
+		close(fd);
+	}
+	/* An unknown flag past NO_FAULT_AROUND is refused. */
+	EXPECT_EQ(-EINVAL, space_create(variant->format, 1, SECMMU_CFG_NO_FAULT_AROUND << 1));
+}
+
+/*
+ * fault_around_coherence: leaves mapped around a fault are zapped by
+ * invalidations like any leaf: DONTNEED, munmap and a new mapping at the
+ * same address, mprotect; the vCPU then reads what the process has.
+ */
+TEST_F(around, fault_around_coherence)
+{
+	unsigned char s;
+	struct secmmu_run run;
+	struct secmmu_audit a;
+	__u64 faults, around, buf;
+
+	fill(self->mem, BASE, 64 * PAGE_SZ);
+	ASSERT_EQ(0, read_page(self->vcpu, 0, &faults, &around));
+	ASSERT_EQ(AROUND - 1, around);
+
+	/* DONTNEED of a neighbour: its leaf goes; it reads zero after. */
+	ASSERT_EQ(0, madvise(self->mem + 5 * PAGE_SZ, PAGE_SZ, MADV_DONTNEED));
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE + 5 * PAGE_SZ, 1, &s));
+	EXPECT_EQ(0, s & SECMMU_SNAP_PRESENT);
+	ASSERT_EQ(0, guest_access(self->vcpu, BASE + 5 * PAGE_SZ, &buf, sizeof(buf), 0));
+	EXPECT_EQ(0, buf);
+
+	/* A new page mapped at a neighbour's address: the vCPU reads it. */
+	ASSERT_EQ((void *)(self->mem + 7 * PAGE_SZ),
+		  mmap(self->mem + 7 * PAGE_SZ, PAGE_SZ, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+	*(__u64 *)(self->mem + 7 * PAGE_SZ) = 0x7777;
+	ASSERT_EQ(0, guest_access(self->vcpu, BASE + 7 * PAGE_SZ, &buf, sizeof(buf), 0));
+	EXPECT_EQ(0x7777, buf);
+
+	/* Read-only in the primary: no longer writable here either. */
+	ASSERT_EQ(0, mprotect(self->mem + 9 * PAGE_SZ, PAGE_SZ, PROT_READ));
+	ASSERT_EQ(0, snapshot(self->fd, 0, BASE + 9 * PAGE_SZ, 1, &s));
+	EXPECT_EQ(0, s & SECMMU_SNAP_WRITABLE);
+	EXPECT_NE(0, run_range(self->vcpu, SECMMU_RUN_WRITE, BASE + 9 * PAGE_SZ,
+			       BASE + 10 * PAGE_SZ, PAGE_SZ, 1, NULL));
+	ASSERT_EQ(0, mprotect(self->mem + 9 * PAGE_SZ, PAGE_SZ, PROT_READ | PROT_WRITE));
+
+	ASSERT_EQ(0, audit_space(self->fd, &a));
+	EXPECT_EQ(0, a.mismatches) TH_LOG("first at %#llx", a.first_gpa);
+	/* The rest of the group still reads what was written. */
+	ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_VERIFY, BASE + 10 * PAGE_SZ,
+			       BASE + AROUND * PAGE_SZ, PAGE_SZ, PATTERN, &run));
+	EXPECT_EQ(0, run.mismatches);
+}
+
+struct rewrite {
+	char *mem;
+	unsigned long pages;
+	int stop;
+	unsigned long rounds;
+};
+
+/* DONTNEEDs a few pages at a time and writes them again, in a loop. */
+static void *rewrite_thread(void *arg)
+{
+	struct rewrite *r = arg;
+	unsigned int seed = 1;
+
+	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED)) {
+		unsigned long p = rand_r(&seed) % r->pages, n = 1 + rand_r(&seed) % 8;
+
+		if (p + n > r->pages)
+			n = r->pages - p;
+		madvise(r->mem + p * PAGE_SZ, n * PAGE_SZ, MADV_DONTNEED);
+		fill(r->mem + p * PAGE_SZ, BASE + p * PAGE_SZ, n * PAGE_SZ);
+		r->rounds++;
+	}
+	return NULL;
+}
+
+/*
+ * fault_around_coherence, racing: the vCPU reads random groups while
+ * another thread DONTNEEDs pages and writes them again; no leaf is ever
+ * stale (SECMMU_AUDIT after each round), and the groups were mapped
+ * around faults all along.
+ */
+TEST_F_TIMEOUT(around, race_with_invalidations, 60)
+{
+	const unsigned long pages = SZ_1M / PAGE_SZ;
+	struct rewrite r = { .mem = self->mem, .pages = pages };
+	unsigned long rounds = 0;
+	unsigned int seed = 7;
+	struct secmmu_audit a;
+	struct secmmu_run run;
+	__u64 around = vcpu_stat(self->vcpu, "fault_around");
+	pthread_t t;
+	double end;
+
+	fill(self->mem, BASE, SZ_1M);
+	ASSERT_EQ(0, pthread_create(&t, NULL, rewrite_thread, &r));
+	end = now_s() + 10 / test_scale();
+	while (now_s() < end) {
+		unsigned long p = rand_r(&seed) % pages;
+
+		ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_READ, BASE + p * PAGE_SZ,
+				       BASE + (p + 1) * PAGE_SZ, PAGE_SZ, 0, NULL));
+		if (++rounds % 64 == 0) {
+			ASSERT_EQ(0, audit_space(self->fd, &a));
+			ASSERT_EQ(0, a.mismatches) TH_LOG("first at %#llx", a.first_gpa);
+		}
+	}
+	__atomic_store_n(&r.stop, 1, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	ASSERT_EQ(0, audit_space(self->fd, &a));
+	EXPECT_EQ(0, a.mismatches) TH_LOG("first at %#llx", a.first_gpa);
+	around = vcpu_stat(self->vcpu, "fault_around") - around;
+	ksft_print_msg("%lu reads, %lu rewrites, %llu leaves around faults, %llu retries\n",
+		       rounds, r.rounds, (unsigned long long)around,
+		       (unsigned long long)vcpu_stat(self->vcpu, "fault_retries"));
+	EXPECT_GT(around, 0);
+	/* What the vCPU reads now is what the process has. */
+	ASSERT_EQ(0, run_range(self->vcpu, SECMMU_RUN_VERIFY, BASE, BASE + SZ_1M,
 			       PAGE_SZ, PATTERN, &run));
 	EXPECT_EQ(0, run.mismatches) TH_LOG("first at %#llx", run.first_mismatch);
 }

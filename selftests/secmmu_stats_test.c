@@ -745,7 +745,8 @@ TEST_F(stats, stats_debugfs)
 
 	if (access(DEBUGFS_SECMMU, R_OK))
 		SKIP(return, "no %s", DEBUGFS_SECMMU);
-	fd = space_create(variant->format, 2, 0);
+	/* A fault per page and vCPU: none mapped around another. */
+	fd = space_create(variant->format, 2, SECMMU_CFG_NO_FAULT_AROUND);
 	ASSERT_GE(fd, 0);
 	ASSERT_EQ(0, space_debugfs_dir(dir, sizeof(dir)));
 	mem = mmap(NULL, npages * PAGE_SZ, PROT_READ | PROT_WRITE,

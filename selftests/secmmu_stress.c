@@ -1606,6 +1606,9 @@ TEST_F_TIMEOUT(stress, stress_random, 100)
 	fprintf(stderr, " invalidations %llu splits %llu collapses %llu 2M %llu\n",
 		(unsigned long long)st.invalidations, (unsigned long long)st.splits,
 		(unsigned long long)st.collapses, (unsigned long long)st.mappings_2m);
+	fprintf(stderr, "# leaves mapped around faults %llu, pre-faulted %llu\n",
+		(unsigned long long)stat_named(S.fd, SECMMU_GET_STATS_FD, "fault_around"),
+		(unsigned long long)stat_named(S.fd, SECMMU_GET_STATS_FD, "pre_faults"));
 	for (i = 0; i < NR_WORKERS; i++) {
 		close_vcpu(w[i].vcpu);
 		free(w[i].buf);

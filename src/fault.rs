@@ -24,12 +24,12 @@
 use crate::{
     dirty_ring::VcpuRing,
     ext::{
-        gup::UserPageRef,
+        gup::{UserPageRef, UserPages},
         mm::{self, LeafLevel},
         preempt::PreemptGuard,
         sched,
     },
-    format::{FaultCaches, FaultSide, Format, WithFormat},
+    format::{FaultCaches, FaultSide, Format, MemSlot, WithFormat},
     mmu::addr::{Gfn, Hva, Pfn},
     mmu::fault::Fault,
     mmu::level::Level,
@@ -77,6 +77,145 @@ pub(crate) fn exit_point() -> Result<(), Exit> {
     Ok(())
 }
 
+/// The most pages a fault-around window holds (module parameter
+/// `fault_around`).
+pub(crate) const AROUND_MAX: usize = 64;
+
+/// The fault-around window, in pages, for the module parameter
+/// `fault_around`: 1 (none) below 2, else the power of two at or below it,
+/// at most [`AROUND_MAX`].
+pub(crate) fn around_pages(param: u32) -> u32 {
+    if param < 2 {
+        1
+    } else {
+        1 << param.min(AROUND_MAX as u32).ilog2()
+    }
+}
+
+/// The user pages of a fault-around (KVM's `direct_pte_prefetch()`): the
+/// pages the primary MMU maps writable in the fault's window
+/// ([`Fault::around()`]), as runs from the page above the fault's and from
+/// the window's first page, found by the lockless walk alone
+/// ([`UserPages::get_fast_only()`]: nothing is faulted in, no
+/// copy-on-write broken). A vCPU keeps one, out of its stack.
+pub(crate) struct AroundPages {
+    above: UserPages<AROUND_MAX>,
+    below: UserPages<AROUND_MAX>,
+    /// The gfns of the first pages of `above` and `below`.
+    above_gfn: Gfn,
+    below_gfn: Gfn,
+}
+
+impl AroundPages {
+    pub(crate) const fn new() -> Self {
+        Self {
+            above: UserPages::new(),
+            below: UserPages::new(),
+            above_gfn: Gfn::new(0),
+            below_gfn: Gfn::new(0),
+        }
+    }
+
+    /// Looks up the pages of `fault`'s window of `pages` pages, with no
+    /// lock held: after the fault's watch began ([`Fault::new_around()`]),
+    /// so that [`Fault::must_retry()`] of each neighbour's fault says
+    /// whether the primary may have changed it since.
+    fn get(&mut self, fault: &Fault, pages: u64) {
+        let (first, end) = fault.around(pages);
+        let slot = &fault.slot;
+        self.above_gfn = fault.gfn + 1;
+        self.below_gfn = first;
+        // Both runs are at most the window, AROUND_MAX pages.
+        let above = (end - self.above_gfn) as usize;
+        let below = (fault.gfn - first) as usize;
+        if above == 0 {
+            self.above.release();
+        } else {
+            let hva = slot.gfn_to_hva(self.above_gfn).as_usize();
+            self.above.get_fast_only(hva, above, true);
+        }
+        if below == 0 {
+            self.below.release();
+        } else {
+            let hva = slot.gfn_to_hva(first).as_usize();
+            self.below.get_fast_only(hva, below, true);
+        }
+    }
+
+    /// Maps the pages found around `fault`, whose own leaf (4K) was just
+    /// installed under `guard`, in `slot`, of the set of generation
+    /// `generation`: each not accessed and writable, as KVM's
+    /// `kvm_mmu_prefetch_sptes()` maps them, unless its fault must retry
+    /// (the window was watched with the fault: an invalidation of a
+    /// neighbour only leaves it unmapped) or the caches ran low. Leaves
+    /// that are there already are left as they are, but for write
+    /// permission (the primary maps the page writable). Then puts the pages,
+    /// marking dirty those mapped writable, as KVM does: the guest may
+    /// write them without a fault.
+    #[allow(clippy::too_many_arguments)]
+    fn map<F: Format>(
+        &mut self,
+        space: &Space,
+        guard: &mut <F::FaultSide as FaultSide>::Guard<'_>,
+        root: usize,
+        fault: &Fault,
+        slot: &MemSlot,
+        generation: u64,
+        caches: &mut FaultCaches,
+        stats: &VcpuStats,
+    ) {
+        let mut written = [0u64; 2];
+        for (run, first) in [(0, self.above_gfn), (1, self.below_gfn)] {
+            let pages = if run == 0 { &self.above } else { &self.below };
+            for i in 0..pages.len() {
+                let gfn = first + i as u64;
+                let nf = fault.new_neighbour(gfn, Pfn::new(pages.pfn(i) as u64), true);
+                // Under the lock, the retry state cannot change: checked
+                // before the tables are borrowed from the guard.
+                if nf.must_retry(&guard.inval, generation) {
+                    break;
+                }
+                if caches.tables.len() < F::MAP_MIN_TABLES || caches.descs.len() < F::MAP_MIN_DESCS
+                {
+                    break;
+                }
+                let Some(tables) = F::FaultSide::tables::<F>(guard) else {
+                    break;
+                };
+                let flush = || space.flush_remote_tlbs();
+                match F::map(tables, root, &nf, slot, caches, &flush) {
+                    Ok(o) if o.unlinked.is_none() => {
+                        if matches!(o.action, MapAction::Installed | MapAction::Replaced) {
+                            stats.fault_around.inc();
+                        }
+                        if o.action != MapAction::Unchanged {
+                            written[run] |= 1 << i;
+                        }
+                    }
+                    // A 4K leaf never unlinks a table; a lost race (stage-2)
+                    // or a full table limit ends the fault-around.
+                    _ => break,
+                }
+            }
+        }
+        for (run, mask) in written.into_iter().enumerate() {
+            let pages = if run == 0 { &self.above } else { &self.below };
+            let mut m = mask;
+            while m != 0 {
+                pages.set_dirty(m.trailing_zeros() as usize);
+                m &= m - 1;
+            }
+        }
+        self.release();
+    }
+
+    /// Puts the pages held.
+    fn release(&mut self) {
+        self.above.release();
+        self.below.release();
+    }
+}
+
 /// The level the primary MMU maps user address `hva` of the calling task
 /// with now: a snapshot, see [`Fault`]. The calling
 /// task is the space's creator (`Space::check_caller()`): its mm is the one
@@ -102,6 +241,8 @@ pub(crate) struct FaultIn<'a> {
     pub(crate) vcpu: usize,
     pub(crate) root: usize,
     pub(crate) caches: &'a mut FaultCaches,
+    /// Room for the pages of a fault-around.
+    pub(crate) around: &'a mut AroundPages,
     /// The faulting vCPU's dirty ring, if the space has rings: a write
     /// fault in a logging slot logs there.
     pub(crate) ring: Option<&'a VcpuRing>,
@@ -152,6 +293,7 @@ impl FaultIn<'_> {
             vcpu,
             root,
             caches,
+            around,
             ring,
             gfn,
             write,
@@ -171,7 +313,7 @@ impl FaultIn<'_> {
                 }
                 return Ok(());
             }
-            let mut fault = begin(space, vcpu, gfn, write, stats)?;
+            let (mut fault, around_pages) = begin(space, vcpu, gfn, write, stats)?;
             if write && fault.slot.readonly() {
                 stats.memory_faults.inc();
                 return Err(Exit::MemoryFault);
@@ -212,8 +354,23 @@ impl FaultIn<'_> {
             fault.resolved(Pfn::new(page.pfn() as u64), map_writable, || {
                 host_level(hva)
             });
-
-            let mapped = match install::<F>(space, root, &fault, caches, ring, stats) {
+            // A 4K leaf: the pages around it that the primary maps too.
+            let with_around = fault.level == Level::L4K && around_pages > 1;
+            if with_around {
+                around.get(&fault, around_pages);
+            }
+            let installed = install::<F>(
+                space,
+                root,
+                &fault,
+                caches,
+                ring,
+                stats,
+                with_around.then_some(&mut *around),
+            );
+            // What the install did not map.
+            around.release();
+            let mapped = match installed {
                 Installed::Mapped(m) => m,
                 Installed::Dead => return Err(Exit::Errno(EIO)),
                 Installed::Retry => {
@@ -260,14 +417,15 @@ fn may_map_writable(space: &Space, fault: &Fault) -> bool {
 
 /// Step 1 of a fault: its slot and the retry state, under the read side:
 /// the fault watches the host range of the largest leaf the slot allows it,
-/// which contains whatever it maps in the end.
+/// which contains whatever it maps in the end, and its fault-around window
+/// (returned: 1 page for none).
 fn begin(
     space: &Space,
     vcpu: usize,
     gfn: Gfn,
     write: bool,
     stats: &VcpuStats,
-) -> Result<Fault, Exit> {
+) -> Result<(Fault, u64), Exit> {
     let state = space.mmu.read();
     let preempt = PreemptGuard::new();
     let rcu: NoPreempt<'_> = preempt.proof().into();
@@ -278,7 +436,8 @@ fn begin(
     };
     let max_level = state.mmu.as_ref().ok_or(EIO)?.max_map_level();
     let generation = slots.generation();
-    Ok(Fault::new(
+    let around = space.fault_around(slot);
+    let fault = Fault::new_around(
         &state.inval,
         vcpu,
         gfn,
@@ -286,11 +445,14 @@ fn begin(
         slot,
         generation,
         max_level,
-    ))
+        around,
+    );
+    Ok((fault, around))
 }
 
 /// Step 3 of a fault: installs the leaf under the format's side of the MMU
 /// lock, unless the fault must start over.
+#[allow(clippy::too_many_arguments)]
 fn install<F: Format>(
     space: &Space,
     root: usize,
@@ -298,6 +460,7 @@ fn install<F: Format>(
     caches: &mut FaultCaches,
     ring: Option<&VcpuRing>,
     stats: &VcpuStats,
+    around: Option<&mut AroundPages>,
 ) -> Installed {
     let mut guard = F::FaultSide::lock(&space.mmu);
     // A space released since the fault began keeps its tables, but nothing
@@ -335,6 +498,16 @@ fn install<F: Format>(
         // fault maps writable; it logs even when it found the leaf writable.
         if fault.write && mapped.is_ok() && slot.mark_dirty_by(fault.gfn, ring) {
             stats.dirty_ring_overflows.inc();
+        }
+        // The neighbours, under the same hold, once the fault's own leaf
+        // left the last-level table linked (a 4K leaf never unlinks one).
+        if let Some(around) = around {
+            if mapped.as_ref().is_ok_and(|o| o.unlinked.is_none()) {
+                let generation = slots.generation();
+                around.map::<F>(
+                    space, &mut guard, root, fault, slot, generation, caches, stats,
+                );
+            }
         }
         mapped
     };

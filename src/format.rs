@@ -607,20 +607,14 @@ impl Format for X86Mmu<KernelPages> {
         let (gfn, pfn) = fault.block();
         let slot = x86_slot(slot).ok_or(MapError::NoSlot)?;
         let (tc, dc) = (&mut caches.tables, &mut caches.descs);
-        let mapped = if fault.prefetch {
-            tables.map_level_prefetch(root, slot, gfn, pfn, fault.level, tc, dc)
+        // A leaf made ahead of any access is installed not accessed.
+        let map_level = if fault.prefetch {
+            Self::map_level_prefetch
         } else {
-            tables.map_level(
-                root,
-                slot,
-                gfn,
-                pfn,
-                fault.map_writable,
-                fault.level,
-                tc,
-                dc,
-            )
+            Self::map_level
         };
+        let (writable, level) = (fault.map_writable, fault.level);
+        let mapped = map_level(tables, root, slot, gfn, pfn, writable, level, tc, dc);
         // The leaf or table replaced may be cached: flush before the write
         // side is dropped, and before an unlinked table is freed.
         if mapped.as_ref().is_ok_and(MapOutcome::needs_flush) {

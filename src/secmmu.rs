@@ -58,6 +58,10 @@ module! {
             default: true,
             description: "A read fault maps writable when the primary already maps the page writable (0: read-only, for comparison)",
         },
+        fault_around: u32 {
+            default: 16,
+            description: "Pages a 4K fault maps around its own when the primary already maps them writable: an aligned group in the same table (0 or 1: none; at most 64)",
+        },
         aging_locked: bool {
             default: false,
             description: "Age (clear_young/test_young) under the MMU lock even where A/D bits allow lockless aging",
@@ -126,6 +130,7 @@ impl MiscDevice for SecmmuDevice {
             module_parameters::max_table_pages.value(),
             module_parameters::gpc_any_invalidation.value(),
             module_parameters::map_writable_on_read.value(),
+            module_parameters::fault_around.value(),
         )?;
         space.add_debugfs(task.pid())?;
         Ok(space)

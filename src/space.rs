@@ -45,6 +45,7 @@ use crate::{
         rwlock::new_rwlock,
         sched,
     },
+    fault,
     format::{self, Kind, MmuState, Pgt, SlotSet, SpaceMmu},
     gpc::GpcSet,
     kpages,
@@ -136,6 +137,11 @@ pub(crate) struct Space {
     /// Read faults map writable what the primary already maps writable
     /// (module parameter `map_writable_on_read`, read at open).
     map_writable_on_read: bool,
+    /// The fault-around window, in pages: a power of two up to
+    /// [`fault::AROUND_MAX`], 1 for none (module parameter `fault_around`,
+    /// read at open; 1 once SECMMU_CONFIGURE asked for
+    /// `SECMMU_CFG_NO_FAULT_AROUND`).
+    fault_around: AtomicU32,
     /// The most table pages the space's tables may hold (module parameter
     /// `max_table_pages`, read at open): past it, faults that need a new
     /// table fail with `ENOSPC` until zaps free some.
@@ -272,6 +278,7 @@ impl Space {
         max_table_pages: u64,
         gpc_any_invalidation: bool,
         map_writable_on_read: bool,
+        fault_around: u32,
     ) -> Result<Arc<Self>> {
         let gpc_policy = if gpc_any_invalidation {
             Policy::AnyInvalidation
@@ -296,6 +303,7 @@ impl Space {
                 retired <- new_mutex!(KVec::new(), "secmmu_retired_memslots"),
                 aging_locked,
                 map_writable_on_read,
+                fault_around: AtomicU32::new(fault::around_pages(fault_around)),
                 max_table_pages,
                 ad_enabled: AtomicBool::new(true),
                 format: AtomicU32::new(0),
@@ -353,6 +361,22 @@ impl Space {
     /// maps writable (module parameter `map_writable_on_read`).
     pub(crate) fn map_writable_on_read(&self) -> bool {
         self.map_writable_on_read
+    }
+
+    /// The pages a 4K fault of a page of `slot` may map around its own
+    /// ([`Fault::around()`](crate::mmu::fault::Fault::around)): 1 (none)
+    /// unless fault-around is on, the walkers keep accessed bits (without,
+    /// pages mapped ahead of any access would look used to aging, as KVM's
+    /// `direct_pte_prefetch()` reasons), and the slot is writable and does
+    /// not log dirty pages (neighbours are mapped writable, KVM's
+    /// `gfn_to_memslot_dirty_bitmap()`).
+    pub(crate) fn fault_around(&self, slot: &Slot) -> u64 {
+        let pages = self.fault_around.load(Ordering::Relaxed);
+        if pages > 1 && self.ad_enabled() && !slot.readonly() && !slot.logs_dirty() {
+            pages.into()
+        } else {
+            1
+        }
     }
 
     /// Whether the space's tables keep rmaps (x86).
@@ -474,6 +498,9 @@ impl Space {
             return Err(EINVAL);
         };
         self.ad_enabled.store(ad_enabled, Ordering::Relaxed);
+        if cfg.flags & uapi::CFG_NO_FAULT_AROUND != 0 {
+            self.fault_around.store(1, Ordering::Relaxed);
+        }
         self.mmu.write().mmu = Some(mmu);
         // Release: an ager that sees the format sees the tables published
         // (it takes the MMU lock anyway, which orders it too).

@@ -49,11 +49,13 @@ pub(crate) const CFG_DIRTY_LOG_MANUAL_PROTECT: u32 = 1 << 1;
 pub(crate) const CFG_DIRTY_LOG_INITIALLY_SET: u32 = 1 << 2;
 pub(crate) const CFG_DIRTY_LOG_EAGER_SPLIT: u32 = 1 << 3;
 pub(crate) const CFG_DIRTY_LOG_DIRTY_BIT: u32 = 1 << 4;
+pub(crate) const CFG_NO_FAULT_AROUND: u32 = 1 << 5;
 pub(crate) const CFG_FLAGS: u32 = CFG_NO_AD
     | CFG_DIRTY_LOG_MANUAL_PROTECT
     | CFG_DIRTY_LOG_INITIALLY_SET
     | CFG_DIRTY_LOG_EAGER_SPLIT
-    | CFG_DIRTY_LOG_DIRTY_BIT;
+    | CFG_DIRTY_LOG_DIRTY_BIT
+    | CFG_NO_FAULT_AROUND;
 pub(crate) const MAX_ROOTS: u32 = 32;
 pub(crate) const MAX_VCPUS: usize = 64;
 pub(crate) const SNAPSHOT_MAX: u64 = 1 << 20;

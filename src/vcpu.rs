@@ -21,7 +21,7 @@ use crate::{
         pfn,
         preempt::PreemptGuard,
     },
-    fault::{exit_point, Exit, FaultIn},
+    fault::{exit_point, AroundPages, Exit, FaultIn},
     format::{FaultCaches, Root},
     mmu::addr::Gfn,
     mmu::dirty::PmlLog,
@@ -64,6 +64,8 @@ struct VcpuState {
     pml: PmlLog,
     /// Allocations for a fault, made before the MMU lock is taken.
     caches: FaultCaches,
+    /// Room for the pages a fault maps around its own.
+    around: AroundPages,
     /// RUN and ACCESS calls that returned, for the run page.
     exits: u64,
     /// Whether the run page is on (its cache is the space's cache of this
@@ -158,6 +160,7 @@ impl Vcpu {
                     tlb: SoftTlb::new(),
                     pml,
                     caches: FaultCaches::new(CACHED_DESCS),
+                    around: AroundPages::new(),
                     exits: 0,
                     run_page: false,
                 }),
@@ -324,6 +327,7 @@ impl Vcpu {
             vcpu: self.id.idx,
             root: self.root,
             caches: &mut st.caches,
+            around: &mut st.around,
             ring: self.ring.as_deref(),
             gfn,
             write,

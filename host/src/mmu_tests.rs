@@ -331,7 +331,7 @@ fn prefetch_leaves_are_not_accessed() {
     const ID: usize = 72;
     for ad in [true, false] {
         let mut f = Fixture::<ID>::new(1, ad, &[slot(0, 0, 1024)]);
-        let prefetch = |f: &mut Fixture<ID>, gfn: u64, level: Level| {
+        let prefetch_w = |f: &mut Fixture<ID>, gfn: u64, level: Level, writable: bool| {
             f.tables.topup(MAP_MIN_TABLES).unwrap();
             f.descs.topup(MAP_MIN_DESCS).unwrap();
             f.mmu
@@ -340,12 +340,15 @@ fn prefetch_leaves_are_not_accessed() {
                     0,
                     Gfn::new(gfn),
                     Pfn::new(0x4_0000 + gfn),
+                    writable,
                     level,
                     &mut f.tables,
                     &mut f.descs,
                 )
                 .unwrap()
         };
+        let prefetch =
+            |f: &mut Fixture<ID>, gfn: u64, level: Level| prefetch_w(f, gfn, level, false);
         assert_eq!(prefetch(&mut f, 3, Level::L4K).action, MapAction::Installed);
         assert_eq!(
             prefetch(&mut f, 512, Level::L2M).action,
@@ -378,6 +381,27 @@ fn prefetch_leaves_are_not_accessed() {
         let v = f.spte(0, 7);
         assert_eq!(prefetch(&mut f, 7, Level::L4K).action, MapAction::Unchanged);
         assert_eq!(f.spte(0, 7), v);
+        // A fault-around's leaf: writable but not accessed, until the walker
+        // (or, without A/D, a fault) makes it so; a read-only leaf there
+        // gains W and keeps its age.
+        let got = prefetch_w(&mut f, 9, Level::L4K, true).action;
+        assert_eq!(got, MapAction::Installed);
+        let v = f.spte(0, 9);
+        assert!(spte::is_present(v) && !spte::is_accessed(v));
+        if ad {
+            assert!(spte::is_writable(v));
+            assert!(f.translate(0, 9, true).unwrap().writable);
+            assert!(spte::is_accessed(f.spte(0, 9)), "the walker sets A");
+        } else {
+            assert!(spte::is_access_tracked(v));
+            f.map(0, 0, 9, 0x4_0009, true);
+            let v = f.spte(0, 9);
+            assert!(spte::is_writable(v) && !spte::is_access_tracked(v));
+        }
+        f.map(0, 0, 11, 0x4_000b, false);
+        let got = prefetch_w(&mut f, 11, Level::L4K, true).action;
+        assert_eq!(got, MapAction::Upgraded);
+        assert!(spte::is_writable(f.spte(0, 11)));
         f.zap(0, 0, 1024);
         teardown(f);
     }

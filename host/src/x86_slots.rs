@@ -305,6 +305,7 @@ impl<P: PageOps> TestMmu<P> {
         slot_id: u32,
         gfn: Gfn,
         pfn: Pfn,
+        writable: bool,
         level: Level,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
@@ -315,7 +316,7 @@ impl<P: PageOps> TestMmu<P> {
             .and_then(slot_ref)
             .ok_or(MapError::NoSlot)?;
         self.mmu
-            .map_level_prefetch(root, slot, gfn, pfn, level, tables, descs)
+            .map_level_prefetch(root, slot, gfn, pfn, writable, level, tables, descs)
     }
 
     /// [`X86Mmu::zap_gfn_range()`] of `[start, end)` of slot `slot_id`, to the end, never

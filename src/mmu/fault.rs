@@ -78,6 +78,25 @@ impl Fault {
         generation: u64,
         max_level: Level,
     ) -> Self {
+        Self::new_around(inval, vcpu, gfn, write, slot, generation, max_level, 1)
+    }
+
+    /// Begins a fault as [`Fault::new()`] that may also map the pages of
+    /// its fault-around window of `around` pages ([`Fault::around()`]): it
+    /// watches the union of the two host ranges, so that the faults of the
+    /// window's pages ([`Fault::new_neighbour()`]) retry, as its own does,
+    /// for any invalidation of what they map that begins from now on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_around(
+        inval: &Invalidations,
+        vcpu: usize,
+        gfn: Gfn,
+        write: bool,
+        slot: &Slot,
+        generation: u64,
+        max_level: Level,
+        around: u64,
+    ) -> Self {
         let slot_level = slot.max_level(gfn, max_level);
         let mut fault = Fault {
             gfn,
@@ -92,10 +111,55 @@ impl Fault {
             level: slot_level,
             prefetch: false,
         };
-        let (start, end) = fault.hva_range();
+        let (mut start, mut end) = fault.hva_range();
+        if around > 1 {
+            // One range: the slot maps its gfns onto consecutive user
+            // addresses, and the window holds `gfn`, which the leaf's range
+            // holds too.
+            let (first, last) = fault.around(around);
+            start = start.min(slot.gfn_to_hva(first));
+            end = end.max(slot.gfn_to_hva(last - 1).add_pages(1));
+        }
         inval.watch(vcpu, start, end);
         fault.level = Level::L4K;
         fault
+    }
+
+    /// The fault-around window of `pages` pages (a power of two, at most a
+    /// last-level table's 512): the gfns `[first, end)` of the aligned group
+    /// of `pages` that holds the fault's gfn, less what lies outside its
+    /// slot. Always inside one last-level table, which a 4K leaf of the
+    /// fault leaves linked (KVM's `__direct_pte_prefetch()` takes the
+    /// aligned group of `PTE_PREFETCH_NUM` in the faulting SPTE's table).
+    pub(crate) fn around(&self, pages: u64) -> (Gfn, Gfn) {
+        debug_assert!(pages.is_power_of_two() && pages <= Level::L2M.pages());
+        let first = self.gfn.raw() & !(pages - 1);
+        let first = first.max(self.slot.base_gfn.raw());
+        let end = (first | (pages - 1)) + 1;
+        let end = end.min(self.slot.end_gfn().raw());
+        (Gfn::new(first), Gfn::new(end))
+    }
+
+    /// The fault of the fault-around of `self` on `gfn`, a page of its
+    /// window ([`Fault::around()`]) other than its own, whose host page the
+    /// primary MMU maps at 4K or more: made ahead of any access (not
+    /// accessed where the format can tell), mapped 4K, writable if
+    /// `writable`, and covered by `self`'s watch ([`Fault::new_around()`]).
+    pub(crate) fn new_neighbour(&self, gfn: Gfn, pfn: Pfn, writable: bool) -> Self {
+        debug_assert!(self.slot.contains(gfn) && gfn != self.gfn);
+        Fault {
+            gfn,
+            write: false,
+            map_writable: writable,
+            slot: self.slot,
+            generation: self.generation,
+            vcpu: self.vcpu,
+            hva: self.slot.gfn_to_hva(gfn),
+            pfn,
+            slot_level: Level::L4K,
+            level: Level::L4K,
+            prefetch: true,
+        }
     }
 
     /// Begins the read fault of a pre-fault batch (SECMMU_PRE_FAULT_MEMORY)
@@ -367,6 +431,72 @@ mod tests {
                         inval.begin(h, h.add_pages(1));
                         assert!(inval.end());
                         assert!(f.must_retry(&inval, 9));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fault-around window is the aligned group of its size that holds the
+    /// fault's gfn, clipped to the slot, inside one last-level table; the
+    /// fault's watch covers every neighbour's fault (`fault_must_retry()`
+    /// asserts it in debug builds), which retries for an invalidation of
+    /// its page and not while nothing is invalidated, whatever the slot's
+    /// alignment (down to 4K leaves only) and the gfn's place.
+    #[test]
+    fn around_window_and_watch_cover_every_neighbour() {
+        const G1: u64 = 1 << 30;
+        const M2: u64 = 2 << 20;
+        for (gpa, size, hva_off) in [
+            (G1, 2 * G1, 0),
+            (G1, 2 * G1, 4096),
+            (G1 + M2 - 4096 * 5, 40 * 4096, 0),
+            (G1 + 4096 * 3, 9 * 4096, 4096),
+        ] {
+            let s = slot(gpa, size, 0x40_0000_0000 + hva_off);
+            for page in [0u64, 1, 5, 15, 16, 63, 511, 512, s.npages - 1] {
+                if page >= s.npages {
+                    continue;
+                }
+                let gfn = s.base_gfn + page;
+                for pages in [2u64, 8, 16, 64] {
+                    for max in Level::MAPPABLE {
+                        let mut inval = Invalidations::new().unwrap();
+                        let f = Fault::new_around(&inval, 2, gfn, false, &s, 4, max, pages);
+                        let (first, end) = f.around(pages);
+                        assert!(first <= gfn && gfn < end && s.contains(first));
+                        assert!(s.contains(end - 1));
+                        assert!(end - first <= pages);
+                        assert_eq!(first.raw() / pages, (end.raw() - 1) / pages);
+                        assert_eq!(
+                            first.align_down(Level::L2M),
+                            (end - 1).align_down(Level::L2M)
+                        );
+                        // Whole unless the slot cut it.
+                        if (end - first) < pages {
+                            assert!(first == s.base_gfn || end == s.end_gfn());
+                        }
+                        let mut g = first;
+                        while g < end {
+                            if g != gfn {
+                                let n = f.new_neighbour(g, Pfn::new(0x1000 + g.raw()), true);
+                                assert!(n.prefetch && !n.write && n.map_writable);
+                                assert_eq!(n.level, Level::L4K);
+                                assert!(!n.must_retry(&inval, 4));
+                                assert!(n.must_retry(&inval, 5));
+                            }
+                            g += 1;
+                        }
+                        // The window's last page invalidated: its fault
+                        // retries, and so does the fault itself (one watch).
+                        let last = end - 1;
+                        let h = s.gfn_to_hva(last);
+                        inval.begin(h, h.add_pages(1));
+                        assert!(inval.end());
+                        if last != gfn {
+                            let n = f.new_neighbour(last, Pfn::new(0x1000), true);
+                            assert!(n.must_retry(&inval, 4));
+                        }
                     }
                 }
             }

@@ -307,6 +307,10 @@ vcpu_stats! {
     /// Leaves installed by SECMMU_PRE_FAULT_MEMORY (KVM_PRE_FAULT_MEMORY):
     /// read faults made ahead of the vCPU's accesses, at any level.
     pre_faults: OwnCounter,
+    /// Leaves a fault installed around its own, in the same last-level
+    /// table, for pages the primary already mapped writable (KVM's
+    /// `direct_pte_prefetch()`): not counted in `faults` nor `mappings_*`.
+    fault_around: OwnCounter,
     /// Longest rmap chain a fault added an SPTE to, counting it.
     rmap_max_chain: OwnPeak,
     /// Lengths of the rmap chains faults added an SPTE to (x86; stage-2
@@ -509,6 +513,7 @@ stat_table! {
         "dirty_ring_overflows": Cumulative[1] = v.vcpus.dirty_ring_overflows,
         "pml_logged": Cumulative[1] = v.vcpus.pml_logged,
         "pre_faults": Cumulative[1] = v.vcpus.pre_faults,
+        "fault_around": Cumulative[1] = v.vcpus.fault_around,
         "rmap_chain_length": LogHist[RMAP_CHAIN_BUCKETS] = v.vcpus.rmap_chain,
         "zap_batch_leaves": LogHist[ZAP_BATCH_BUCKETS] = v.stats.zap_batch.get(),
     ]
@@ -539,6 +544,7 @@ stat_table! {
         "dirty_ring_overflows": Cumulative[1] = v.dirty_ring_overflows,
         "pml_logged": Cumulative[1] = v.pml_logged,
         "pre_faults": Cumulative[1] = v.pre_faults,
+        "fault_around": Cumulative[1] = v.fault_around,
         "rmap_max_chain": Peak[1] = v.rmap_max_chain,
         "rmap_chain_length": LogHist[RMAP_CHAIN_BUCKETS] = v.rmap_chain,
     ]

@@ -627,12 +627,13 @@ impl<P: PageOps> X86Mmu<P> {
         self.map_at(root, slot, m, tables, descs)
     }
 
-    /// [`X86Mmu::map_level()`] of a read-only leaf for a pre-fault (SECMMU_PRE_FAULT_MEMORY):
-    /// the new leaf is marked for access tracking, as KVM's `make_spte()` marks a prefetched
-    /// SPTE (`mark_spte_for_access_track()`): with A/D bits it is installed with A clear, so
-    /// aging sees the page unused until the vCPU touches it; without, access-tracked, so the
-    /// first access restores it without get_user_pages.  A leaf already present is left as it
-    /// is, young or not (KVM's spurious prefetch).
+    /// [`X86Mmu::map_level()`] of a leaf made ahead of any access: a pre-fault
+    /// (SECMMU_PRE_FAULT_MEMORY, read-only) or a fault-around (writable if the primary maps the
+    /// page writable).  The new leaf is marked for access tracking, as KVM's `make_spte()` marks
+    /// a prefetched SPTE (`mark_spte_for_access_track()`): with A/D bits it is installed with A
+    /// clear, so aging sees the page unused until the vCPU touches it; without, access-tracked,
+    /// so the first access restores it without get_user_pages.  A leaf already present is left
+    /// as it is, young or not (KVM's spurious prefetch), but may become writable.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn map_level_prefetch(
         &mut self,
@@ -640,6 +641,7 @@ impl<P: PageOps> X86Mmu<P> {
         slot: SlotRef<'_>,
         gfn: Gfn,
         pfn: Pfn,
+        writable: bool,
         level: Level,
         tables: &mut TableCache<P>,
         descs: &mut DescCache,
@@ -648,7 +650,7 @@ impl<P: PageOps> X86Mmu<P> {
             gfn: gfn.raw(),
             pfn: pfn.raw(),
             level,
-            writable: false,
+            writable,
             prefetch: true,
         };
         self.map_at(root, slot, m, tables, descs)
@@ -1382,8 +1384,7 @@ impl<'a, P: PageOps> MapWalker<'_, '_, P> {
         }
         let mut new = spte::make_leaf(m.pfn, m.level, m.writable, self.ad_enabled);
         if m.prefetch {
-            // Read-only, so no dirty state to capture first.
-            debug_assert!(!m.writable);
+            // A new leaf: no dirty state to capture first.
             new = spte::mark_access_tracked(new);
         }
         let (slot, stats) = (self.slot, &mut *self.stats);

@@ -107,11 +107,20 @@ struct secmmu_stats {
  * Writes to clean 4K pages take no fault. Not with SECMMU_CFG_NO_AD.
  */
 #define SECMMU_CFG_DIRTY_LOG_DIRTY_BIT	(1u << 4)
+/*
+ * Faults map only their own page. Without it, a 4K fault also maps the
+ * pages around it, in an aligned group of the same table (module parameter
+ * fault_around, default 16 pages), that the primary MMU already maps
+ * writable: not accessed, counted in the vCPU statistic fault_around. Never
+ * in read-only or dirty-logging slots, nor with SECMMU_CFG_NO_AD.
+ */
+#define SECMMU_CFG_NO_FAULT_AROUND	(1u << 5)
 #define SECMMU_CFG_FLAGS	(SECMMU_CFG_NO_AD | \
 				 SECMMU_CFG_DIRTY_LOG_MANUAL_PROTECT | \
 				 SECMMU_CFG_DIRTY_LOG_INITIALLY_SET | \
 				 SECMMU_CFG_DIRTY_LOG_EAGER_SPLIT | \
-				 SECMMU_CFG_DIRTY_LOG_DIRTY_BIT)
+				 SECMMU_CFG_DIRTY_LOG_DIRTY_BIT | \
+				 SECMMU_CFG_NO_FAULT_AROUND)
 
 #define SECMMU_MAX_ROOTS	32
 
