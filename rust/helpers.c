@@ -130,6 +130,22 @@ void *secmmu_pfn_to_virt(unsigned long pfn)
 	return page_address(pfn_to_page(pfn));
 }
 
+unsigned long secmmu_virt_to_pfn(const void *addr)
+{
+	return page_to_pfn(virt_to_page(addr));
+}
+
+void secmmu_get_page(unsigned long pfn)
+{
+	get_page(pfn_to_page(pfn));
+}
+
+unsigned long secmmu_copy_page_to_user(void __user *dst, unsigned long pfn,
+				       unsigned long off, unsigned long len)
+{
+	return copy_to_user(dst, page_address(pfn_to_page(pfn)) + off, len);
+}
+
 int secmmu_get_user_page(unsigned long hva, bool write, bool nofault,
 			 unsigned long *pfn)
 {

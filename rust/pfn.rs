@@ -60,3 +60,92 @@ pub(crate) unsafe fn set_dirty(pfn: usize) {
     // SAFETY: Per the function's safety requirements.
     unsafe { bindings::secmmu_set_page_dirty(pfn) };
 }
+
+/// Copies `len` bytes at offset `off` of the page `pfn` to user address
+/// `dst` of the current task (`copy_to_user()`), straight from the page: no
+/// bounce buffer. May fault and sleep. `EFAULT` if not every byte could be
+/// copied; `EINVAL` if the range is not inside the page.
+///
+/// # Safety
+///
+/// `pfn` must be a page of RAM that is not in highmem and stays allocated
+/// for the duration of the call: the caller holds a reference on it.
+pub(crate) unsafe fn copy_to_user(
+    pfn: usize,
+    off: usize,
+    len: usize,
+    dst: kernel::uaccess::UserPtr,
+) -> kernel::error::Result {
+    let in_page = off
+        .checked_add(len)
+        .is_some_and(|end| end <= kernel::page::PAGE_SIZE);
+    if !in_page {
+        return Err(kernel::error::code::EINVAL);
+    }
+    // SAFETY: Per the function's safety requirements, the page is
+    // allocated and in the direct map; `off + len` lies inside it (checked
+    // above); `copy_to_user()` checks `dst` and copes with faults. The
+    // page's bytes may change meanwhile (the process may write them):
+    // copied raw, never seen as a Rust reference.
+    let left = unsafe { bindings::secmmu_copy_page_to_user(dst.as_mut_ptr(), pfn, off, len) };
+    if left != 0 {
+        return Err(kernel::error::code::EFAULT);
+    }
+    Ok(())
+}
+
+/// A reference on a page named by its pfn (`get_page()`), put
+/// (`put_page()`) when dropped: keeps a page allocated while it is used
+/// away from what guaranteed its lifetime until then, e.g. a secondary
+/// MMU's mapping, which an invalidation may remove as soon as the vCPU
+/// leaves guest mode.
+///
+/// # Invariants
+///
+/// The value owns one reference on the page of frame number `pfn`, a page
+/// of RAM not in highmem.
+pub(crate) struct PageRef {
+    pfn: usize,
+}
+
+impl PageRef {
+    /// Takes a reference on the page at kernel (direct map) address
+    /// `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `addr` must be inside a page of RAM, not in highmem, that is
+    /// allocated for the duration of the call (e.g. a page mapped by the
+    /// secondary MMU, seen in guest mode: the zap that removes the mapping
+    /// waits for the vCPU to leave guest mode).
+    pub(crate) unsafe fn get_virt(addr: *const u8) -> Self {
+        // SAFETY: Per the function's safety requirements, `addr` is in the
+        // direct map.
+        let pfn = unsafe { bindings::secmmu_virt_to_pfn(addr.cast()) };
+        // SAFETY: Per the function's safety requirements, the page is
+        // allocated, so its refcount is not zero.
+        unsafe { bindings::secmmu_get_page(pfn) };
+        // INVARIANT: We took a reference on `pfn`, a page of RAM not in
+        // highmem (its address is in the direct map).
+        Self { pfn }
+    }
+
+    /// [`copy_to_user()`] from this page.
+    pub(crate) fn copy_to_user(
+        &self,
+        off: usize,
+        len: usize,
+        dst: kernel::uaccess::UserPtr,
+    ) -> kernel::error::Result {
+        // SAFETY: By the type invariants we hold a reference on the page,
+        // a page of RAM not in highmem.
+        unsafe { copy_to_user(self.pfn, off, len, dst) }
+    }
+}
+
+impl Drop for PageRef {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariants, this is our reference on the page.
+        unsafe { bindings::secmmu_put_user_page(self.pfn) };
+    }
+}

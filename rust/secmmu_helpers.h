@@ -72,6 +72,19 @@ void secmmu_free_table_page(unsigned long pfn);
 /* The kernel (direct map) address of the page at @pfn. */
 void *secmmu_pfn_to_virt(unsigned long pfn);
 
+/* The frame number of the page at kernel (direct map) address @addr. */
+unsigned long secmmu_virt_to_pfn(const void *addr);
+
+/* get_page(): takes a reference on the (allocated) page at @pfn. */
+void secmmu_get_page(unsigned long pfn);
+
+/*
+ * copy_to_user() of @len bytes at offset @off of the page at @pfn to @dst:
+ * the bytes not copied. May fault and sleep.
+ */
+unsigned long secmmu_copy_page_to_user(void __user *dst, unsigned long pfn,
+				       unsigned long off, unsigned long len);
+
 /*
  * Resolves the user address @hva of the current mm to its page, faulting
  * it in (for writing when @write) unless @nofault, and takes a reference on

@@ -300,6 +300,48 @@ TEST_F(mirror, access_roundtrip)
 }
 
 /*
+ * A read copies out of guest mode, holding the page it translated: the
+ * copy may fault and sleep. Into a buffer that is not mapped: -EFAULT,
+ * with the progress made and exit_gpa ~0. Into the guest's own memory,
+ * whose copy-on-write break then invalidates the page being read (the
+ * zero page here, read into itself): the data is right, and later reads
+ * see the process's new page.
+ */
+TEST_F(mirror, access_read_copy_faults)
+{
+	struct secmmu_access a = {};
+	char *buf = mmap(NULL, 2 * PAGE_SZ, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	__u64 word;
+
+	ASSERT_NE(MAP_FAILED, buf);
+	/* 8 bytes of room, then a page that cannot be written. */
+	ASSERT_EQ(0, mprotect(buf + PAGE_SZ, PAGE_SZ, PROT_NONE));
+	host_write_all(self->mem, 0x1234);
+	a.gpa = GPA_BASE + PAGE_SZ - 8;
+	a.len = 16;
+	a.buf = (unsigned long)buf + PAGE_SZ - 8;
+	EXPECT_EQ(-EFAULT, secmmu_ioctl(self->vcpu, SECMMU_ACCESS, &a));
+	EXPECT_EQ(8, a.done);
+	EXPECT_EQ(~0ull, a.exit_gpa);
+
+	/* Pages 1 and 2: the zero page, mapped by the vCPU's reads. */
+	ASSERT_EQ(0, madvise(self->mem + PAGE_SZ, 2 * PAGE_SZ, MADV_DONTNEED));
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE + PAGE_SZ, &word, 8, 0));
+	EXPECT_EQ(0, word);
+	/* Page 0 read into page 1; page 2 read into itself. */
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE, self->mem + PAGE_SZ, PAGE_SZ, 0));
+	EXPECT_EQ(0, memcmp(self->mem, self->mem + PAGE_SZ, PAGE_SZ));
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE + 2 * PAGE_SZ,
+				  self->mem + 2 * PAGE_SZ, PAGE_SZ, 0));
+	EXPECT_EQ(0, *(__u64 *)(self->mem + 2 * PAGE_SZ));
+	ASSERT_EQ(0, guest_access(self->vcpu, GPA_BASE + PAGE_SZ, &word, 8, 0));
+	EXPECT_EQ(*(__u64 *)self->mem, word);
+	expect_coherent(_metadata, self->fd);
+	munmap(buf, 2 * PAGE_SZ);
+}
+
+/*
  * SECMMU_RUN is a guest loop that stays in guest mode across accesses, and
  * leaves it only to fault or every so many accesses: every access is made
  * once per pass, in order, also across those exits; the counts and the

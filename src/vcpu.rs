@@ -499,8 +499,13 @@ impl Vcpu {
     }
 
     /// SECMMU_ACCESS: copies between a user buffer and guest memory, a page
-    /// at most at a time, through a kernel bounce buffer (user copies may
-    /// fault and sleep, so never in guest mode).
+    /// at most at a time. User copies may fault and sleep, so never in guest
+    /// mode: a write goes through a kernel bounce buffer, copied into the
+    /// page in guest mode (where the translation is good); a read takes a
+    /// reference on the page in guest mode and copies it out straight after,
+    /// as KVM's `kvm_vcpu_map()` holds the page it maps (the read happened
+    /// when the page was translated: an invalidation meanwhile cannot free
+    /// it, and a later access translates again).
     fn access(&self, acc: &mut uapi::secmmu_access) -> Result {
         uapi::check_zero(&acc.reserved)?;
         if acc.flags & !uapi::ACCESS_WRITE != 0 || acc.pad != 0 || acc.len > uapi::ACCESS_MAX {
@@ -513,29 +518,35 @@ impl Vcpu {
         let write = acc.flags & uapi::ACCESS_WRITE != 0;
         acc.done = 0;
         acc.exit_gpa = 0;
-        let mut bounce = KVec::<u8>::from_elem(0u8, 4096, GFP_KERNEL)?;
-        let user = UserSlice::new(UserPtr::from_addr(acc.buf as usize), acc.len as usize);
-        let (mut reader, mut writer) = user.reader_writer();
+        let mut bounce = KVec::<u8>::new();
+        if write {
+            bounce.extend_with(4096, 0u8, GFP_KERNEL)?;
+        }
+        let user = UserPtr::from_addr(acc.buf as usize);
+        let mut reader = UserSlice::new(user, acc.len as usize).reader();
         let mut st = self.busy_or_lock()?;
         st.tlb.flush();
         while acc.done < acc.len {
             let gpa = acc.gpa + acc.done;
             let off = (gpa & 0xfff) as usize;
             let n = (4096 - off).min((acc.len - acc.done) as usize);
-            let buf = &mut bounce[..n];
-            if write && reader.read_slice(buf).is_err() {
+            if write && reader.read_slice(&mut bounce[..n]).is_err() {
                 acc.exit_gpa = u64::MAX;
                 return Err(EFAULT);
             }
+            let mut held = None;
             let r = self.with_guest_page(&mut st, Gfn::from_gpa(gpa), write, |page| {
-                // SAFETY: `page + off .. + n` lies in one mapped guest page;
-                // `buf` is our own kernel buffer of `n` bytes.
-                unsafe {
-                    if write {
-                        core::ptr::copy_nonoverlapping(buf.as_ptr(), page.add(off), n);
-                    } else {
-                        core::ptr::copy_nonoverlapping(page.add(off), buf.as_mut_ptr(), n);
-                    }
+                if write {
+                    // SAFETY: `page + off .. + n` lies in one mapped guest
+                    // page; `bounce` is our own kernel buffer of at least
+                    // `n` bytes.
+                    unsafe { core::ptr::copy_nonoverlapping(bounce.as_ptr(), page.add(off), n) };
+                } else {
+                    // SAFETY: A page mapped by the secondary MMU, in guest
+                    // mode: the zap that removes the mapping waits for the
+                    // vCPU to leave guest mode, so it is allocated; a page
+                    // of RAM (the host's, from GUP) in the direct map.
+                    held = Some(unsafe { pfn::PageRef::get_virt(page) });
                 }
             });
             match r {
@@ -553,9 +564,13 @@ impl Vcpu {
                     return Err(e);
                 }
             }
-            if !write && writer.write_slice(buf).is_err() {
-                acc.exit_gpa = u64::MAX;
-                return Err(EFAULT);
+            if let Some(page) = held {
+                // Out of guest mode: the copy may fault and sleep.
+                let dst = user.wrapping_byte_add(acc.done as usize);
+                if page.copy_to_user(off, n, dst).is_err() {
+                    acc.exit_gpa = u64::MAX;
+                    return Err(EFAULT);
+                }
             }
             acc.done += n as u64;
         }
