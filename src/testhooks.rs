@@ -16,6 +16,14 @@
 //! which a test under TCG cannot count on; the selftest `zap_yield` sets
 //! it to make every large zap yield.
 //!
+//! `bench_floor` (write-only, benchmarks only): writing "SRC DST LEN"
+//! (decimal; SRC and DST page aligned) copies LEN bytes from user address
+//! SRC of the writer to DST as SECMMU_ACCESS copies guest memory out (a
+//! page at a time, `copy_to_user()` straight from the page), but finds the
+//! pages with `get_user_pages_fast()`, 64 at a time, with no secondary
+//! tables at all: the floor of a fault-in and copy, which the benchmark
+//! prints secmmu's figure against (`selftests/secmmu_bench.c`).
+//!
 //! `nonblock_zapped` (read-only): the leaves zapped by invalidations that
 //! could not block (`mmu_notifier_range_blockable()` false: the OOM reaper
 //! and `process_mrelease()`) since the module was loaded, in every space.
@@ -24,11 +32,16 @@
 //! parent that the reaper's invalidation found live mappings to zap
 //! (secmmu_oom_test).
 
+use crate::ext::{gup::UserPages, pfn, sched};
 use core::{
     fmt,
     sync::atomic::{AtomicU64, Ordering},
 };
-use kernel::{debugfs::Dir, prelude::*, uaccess::UserSliceReader};
+use kernel::{
+    debugfs::Dir,
+    prelude::*,
+    uaccess::{UserPtr, UserSliceReader},
+};
 
 static SKIP_ZAP: AtomicU64 = AtomicU64::new(0);
 static ZAP_RESCHED: AtomicU64 = AtomicU64::new(0);
@@ -66,16 +79,30 @@ fn show_nonblock_zapped(_: &(), f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(f, "{}", NONBLOCK_ZAPPED.load(Ordering::Relaxed))
 }
 
-/// Parses the decimal number written to a hook.
-fn read_u64(r: &mut UserSliceReader) -> Result<u64> {
-    let mut buf = [0u8; 24];
+/// Parses the `N` decimal numbers, separated by white space, written to a
+/// hook.
+fn read_u64s<const N: usize>(r: &mut UserSliceReader) -> Result<[u64; N]> {
+    let mut buf = [0u8; 72];
     let n = r.len();
     if n == 0 || n > buf.len() {
         return Err(EINVAL);
     }
     r.read_slice(&mut buf[..n])?;
     let text = core::str::from_utf8(&buf[..n]).map_err(|_| EINVAL)?;
-    text.trim().parse::<u64>().map_err(|_| EINVAL)
+    let mut values = [0u64; N];
+    let mut words = text.split_ascii_whitespace();
+    for v in &mut values {
+        *v = words.next().ok_or(EINVAL)?.parse().map_err(|_| EINVAL)?;
+    }
+    if words.next().is_some() {
+        return Err(EINVAL);
+    }
+    Ok(values)
+}
+
+/// Parses the decimal number written to a hook.
+fn read_u64(r: &mut UserSliceReader) -> Result<u64> {
+    read_u64s::<1>(r).map(|[v]| v)
 }
 
 fn store(_: &(), r: &mut UserSliceReader) -> Result {
@@ -88,6 +115,39 @@ fn store_zap_resched(_: &(), r: &mut UserSliceReader) -> Result {
     Ok(())
 }
 
+/// `bench_floor`: the copy described in the module documentation above.
+fn store_floor(_: &(), r: &mut UserSliceReader) -> Result {
+    const PAGE: usize = kernel::page::PAGE_SIZE;
+    let [src, dst, len] = read_u64s::<3>(r)?;
+    let (src, dst, len) = (
+        usize::try_from(src).map_err(|_| EINVAL)?,
+        usize::try_from(dst).map_err(|_| EINVAL)?,
+        usize::try_from(len).map_err(|_| EINVAL)?,
+    );
+    if src % PAGE != 0 || dst % PAGE != 0 || len % PAGE != 0 {
+        return Err(EINVAL);
+    }
+    let mut pages = KBox::new(UserPages::<64>::new(), GFP_KERNEL)?;
+    let mut done = 0;
+    while done < len {
+        if kernel::current!().signal_pending() {
+            return Err(EINTR);
+        }
+        let want = ((len - done) / PAGE).min(64);
+        let got = pages.get_fast(src + done, want, false)?;
+        for i in 0..got {
+            let to = UserPtr::from_addr(dst).wrapping_byte_add(done + i * PAGE);
+            // SAFETY: We hold a reference on page `i`, a page of RAM from
+            // GUP, in the direct map on a 64-bit kernel.
+            unsafe { pfn::copy_to_user(pages.pfn(i), 0, PAGE, to) }?;
+        }
+        pages.release();
+        done += got * PAGE;
+        sched::cond_resched();
+    }
+    Ok(())
+}
+
 /// The hooks' debugfs directory; removed when dropped.
 #[pin_data]
 pub(crate) struct TestHooks {
@@ -97,6 +157,8 @@ pub(crate) struct TestHooks {
     _zap_resched: kernel::debugfs::File<()>,
     #[pin]
     _nonblock_zapped: kernel::debugfs::File<()>,
+    #[pin]
+    _bench_floor: kernel::debugfs::File<()>,
     _dir: Dir,
 }
 
@@ -112,6 +174,7 @@ impl TestHooks {
                 &store_zap_resched
             ),
             _nonblock_zapped <- dir.read_callback_file(c"nonblock_zapped", (), &show_nonblock_zapped),
+            _bench_floor <- dir.write_callback_file(c"bench_floor", (), &store_floor),
             _dir: dir,
         })
     }
