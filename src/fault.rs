@@ -104,6 +104,8 @@ pub(crate) struct AroundPages {
     /// The gfns of the first pages of `above` and `below`.
     above_gfn: Gfn,
     below_gfn: Gfn,
+    /// Pages of `above` and `below` mapped writable: marked dirty when put.
+    written: [u64; 2],
 }
 
 impl AroundPages {
@@ -113,6 +115,7 @@ impl AroundPages {
             below: UserPages::new(),
             above_gfn: Gfn::new(0),
             below_gfn: Gfn::new(0),
+            written: [0; 2],
         }
     }
 
@@ -149,9 +152,9 @@ impl AroundPages {
     /// (the window was watched with the fault: an invalidation of a
     /// neighbour only leaves it unmapped) or the caches ran low. Leaves
     /// that are there already are left as they are, but for write
-    /// permission (the primary maps the page writable). Then puts the pages,
-    /// marking dirty those mapped writable, as KVM does: the guest may
-    /// write them without a fault.
+    /// permission (the primary maps the page writable). Those mapped
+    /// writable are marked dirty by [`AroundPages::release()`], after the
+    /// lock is dropped.
     #[allow(clippy::too_many_arguments)]
     fn map<F: Format>(
         &mut self,
@@ -164,7 +167,7 @@ impl AroundPages {
         caches: &mut FaultCaches,
         stats: &VcpuStats,
     ) {
-        let mut written = [0u64; 2];
+        let written = &mut self.written;
         for (run, first) in [(0, self.above_gfn), (1, self.below_gfn)] {
             let pages = if run == 0 { &self.above } else { &self.below };
             for i in 0..pages.len() {
@@ -198,7 +201,14 @@ impl AroundPages {
                 }
             }
         }
-        for (run, mask) in written.into_iter().enumerate() {
+    }
+
+    /// Puts the pages held, marking dirty those [`AroundPages::map()`]
+    /// mapped writable, as KVM's `kvm_mmu_prefetch_sptes()` does (the guest
+    /// may write them without a fault). With no lock held: a put may free
+    /// the page.
+    fn release(&mut self) {
+        for (run, mask) in core::mem::take(&mut self.written).into_iter().enumerate() {
             let pages = if run == 0 { &self.above } else { &self.below };
             let mut m = mask;
             while m != 0 {
@@ -206,11 +216,6 @@ impl AroundPages {
                 m &= m - 1;
             }
         }
-        self.release();
-    }
-
-    /// Puts the pages held.
-    fn release(&mut self) {
         self.above.release();
         self.below.release();
     }
@@ -368,7 +373,8 @@ impl FaultIn<'_> {
                 stats,
                 with_around.then_some(&mut *around),
             );
-            // What the install did not map.
+            // Out of the lock: the pages the install mapped get marked
+            // dirty, and every one is put.
             around.release();
             let mapped = match installed {
                 Installed::Mapped(m) => m,
